@@ -1,0 +1,68 @@
+"""memworker: write-behind memory for AI agents on Valkey.
+
+Importing this package starts nothing: public names are loaded on first access.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # Configuration
+    "Settings",
+    # Store
+    "ValkeyStore",
+    "ValkeyCache",
+    # Errors
+    "MemworkerError",
+    "ConfigError",
+    "ValidationError",
+    "DimensionMismatchError",
+    "StoreError",
+    "ConnectionLostError",
+    "EmbeddedServerError",
+]
+
+_LAZY = {
+    "Settings": "memworker.settings",
+    "ValkeyStore": "memworker.store",
+    "ValkeyCache": "memworker.cache",
+    "MemworkerError": "memworker.errors",
+    "ConfigError": "memworker.errors",
+    "ValidationError": "memworker.errors",
+    "DimensionMismatchError": "memworker.errors",
+    "StoreError": "memworker.errors",
+    "ConnectionLostError": "memworker.errors",
+    "EmbeddedServerError": "memworker.errors",
+}
+
+if TYPE_CHECKING:
+    from memworker.cache import ValkeyCache
+    from memworker.errors import (
+        ConfigError,
+        ConnectionLostError,
+        DimensionMismatchError,
+        EmbeddedServerError,
+        MemworkerError,
+        StoreError,
+        ValidationError,
+    )
+    from memworker.settings import Settings
+    from memworker.store import ValkeyStore
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memworker' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,458 @@
+"""Records <-> hash fields, scopes, filter tokens. No I/O.
+
+A record hash holds readable fields (``content``, ``scope``, ``categories`` and
+``metadata`` as JSON, ``importance``, ``created_at``/``last_accessed`` as epoch
+seconds with exactly six decimals, ``source``, ``private``), the embedding as
+little-endian float32 bytes, and the *filter tokens* the vector index sees:
+
+- ``scope_anc``: one token for the scope and each ancestor (``/``, ``/a``, ``/a/b``);
+- ``cat_t``: one token per category; ``meta_t``: one per top-level metadata pair;
+- ``src_t``: the source; ``vis``: ``pub`` for a shared record, or the token of
+  its source for a private one.
+
+A token is the hex BLAKE2b digest of the kind and the value. User strings
+therefore never enter a query as text: whatever a scope, category, metadata
+value or source contains (``| } { \\ * => $ @ - , . /``, unicode, case), its
+token is 32 characters of ``[0-9a-f]``, which no search module can misparse,
+case-fold or split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from memworker.errors import ValidationError
+from memworker.keys import LAYOUT_VERSION
+
+__all__ = [
+    "EncodedRecord",
+    "RECORD_FIELDS",
+    "MAX_SCOPE_LENGTH",
+    "MAX_CATEGORY_LENGTH",
+    "MAX_CATEGORIES",
+    "MAX_CONTENT_BYTES",
+    "MAX_METADATA_BYTES",
+    "normalize_scope",
+    "normalize_scope_prefix",
+    "scope_ancestors",
+    "token",
+    "metadata_token",
+    "visibility_token",
+    "PUBLIC_TOKEN",
+    "encode_record",
+    "decode_record",
+    "vector_bytes",
+    "vector_from_bytes",
+    "format_timestamp",
+    "parse_timestamp",
+]
+
+#: Longest scope accepted, in characters.
+MAX_SCOPE_LENGTH = 1024
+#: Longest category accepted, in characters.
+MAX_CATEGORY_LENGTH = 256
+#: Most categories one record may carry.
+MAX_CATEGORIES = 64
+#: Largest record content accepted, in UTF-8 bytes.
+MAX_CONTENT_BYTES = 1 << 20
+#: Largest metadata accepted, in bytes of JSON.
+MAX_METADATA_BYTES = 64 * 1024
+#: Token of records visible to every source.
+PUBLIC_TOKEN = "pub"
+
+#: Fields read back to build a record, in this order (HMGET / FT.SEARCH RETURN).
+RECORD_FIELDS: tuple[str, ...] = (
+    "id",
+    "content",
+    "scope",
+    "categories",
+    "metadata",
+    "importance",
+    "created_at",
+    "last_accessed",
+    "source",
+    "private",
+    "embedding",
+)
+
+
+# --------------------------------------------------------------------------- scopes
+def normalize_scope(scope: Any, *, field: str = "scope") -> str:
+    """A record's scope in canonical form: ``/a/b`` (root is ``/``).
+
+    A missing leading ``/`` is added and a trailing one removed.
+
+    Raises:
+        ValidationError: Not a string, empty, longer than ``MAX_SCOPE_LENGTH``,
+            an empty path component (``//``), or a control character.
+    """
+    if not isinstance(scope, str):
+        raise ValidationError(f"{field} must be a string, got {type(scope).__name__}")
+    if not scope:
+        raise ValidationError(f"{field} must not be empty (use '/' for the root)")
+    if len(scope) > MAX_SCOPE_LENGTH:
+        raise ValidationError(
+            f"{field} is {len(scope)} characters, the limit is {MAX_SCOPE_LENGTH}"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in scope):
+        raise ValidationError(f"{field} must not contain control characters: {scope!r}")
+    if not scope.startswith("/"):
+        scope = "/" + scope
+    if len(scope) > 1:
+        scope = scope.rstrip("/") or "/"
+    if "//" in scope:
+        raise ValidationError(f"{field} must not contain an empty path component ('//'): {scope!r}")
+    return scope
+
+
+def normalize_scope_prefix(scope_prefix: str | None, *, field: str = "scope_prefix") -> str:
+    """A read's scope filter: ``None``, ``""`` and ``"/"`` all mean the root."""
+    if scope_prefix is None:
+        return "/"
+    if isinstance(scope_prefix, str) and scope_prefix.strip("/") == "":
+        return "/"
+    return normalize_scope(scope_prefix, field=field)
+
+
+def scope_ancestors(scope: str) -> list[str]:
+    """``/a/b`` -> ``["/", "/a", "/a/b"]``. The scope must be normalized."""
+    if scope == "/":
+        return ["/"]
+    parts = scope.split("/")[1:]
+    return ["/"] + ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+# --------------------------------------------------------------------------- tokens
+def token(kind: str, value: str) -> str:
+    """The filter token of a value: hex BLAKE2b-128 of ``kind`` and the UTF-8 value."""
+    digest = hashlib.blake2b(digest_size=16, person=b"memworker-tok1")
+    digest.update(kind.encode())
+    digest.update(b"\x00")
+    digest.update(value.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    """Metadata value in canonical form: integral floats become ints (1.0 == 1)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def metadata_token(key: str, value: Any) -> str:
+    """Token of one metadata pair; equal for values equal as JSON (``1`` and ``1.0``)."""
+    text = json.dumps(
+        [key, _canonical(value)],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return token("m", text)
+
+
+def visibility_token(source: str | None) -> str:
+    """The ``vis`` token of a private record of ``source`` (``None`` -> nobody's)."""
+    return token("v", "\x00none" if source is None else source)
+
+
+# --------------------------------------------------------------------------- times
+def _to_utc_naive(value: Any, field: str) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError(f"{field} is not an ISO datetime: {value!r}") from None
+    if not isinstance(value, datetime):
+        raise ValidationError(f"{field} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def format_timestamp(value: datetime) -> str:
+    """Naive UTC datetime -> ``"<seconds>.<micros>"``: exact, and a NUMERIC value."""
+    delta = value - _EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    sign = "-" if micros < 0 else ""
+    seconds, rest = divmod(abs(micros), 1_000_000)
+    return f"{sign}{seconds}.{rest:06d}"
+
+
+def parse_timestamp(raw: bytes | str | float) -> datetime:
+    """Inverse of :func:`format_timestamp` (also accepts a float sorted-set score)."""
+    from datetime import timedelta
+
+    if isinstance(raw, float):
+        return _EPOCH + timedelta(microseconds=round(raw * 1_000_000))
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    negative = text.startswith("-")
+    whole, _, frac = text.lstrip("-").partition(".")
+    micros = int(whole) * 1_000_000 + int((frac + "000000")[:6])
+    return _EPOCH + timedelta(microseconds=-micros if negative else micros)
+
+
+# --------------------------------------------------------------------------- vectors
+def vector_bytes(values: Any, *, field: str = "embedding") -> tuple[bytes, int]:
+    """A vector as little-endian float32 bytes and its dimension.
+
+    Raises:
+        ValidationError: Empty, not numeric, or not finite.
+    """
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{field} must be a sequence of numbers") from None
+    if array.ndim != 1 or array.size == 0:
+        raise ValidationError(f"{field} must be a non-empty 1-D sequence of numbers")
+    if not np.isfinite(array).all():
+        raise ValidationError(f"{field} contains a non-finite value (NaN or infinity)")
+    if not np.any(array):
+        raise ValidationError(f"{field} is all zeros; cosine similarity is undefined for it")
+    return array.astype("<f4", copy=False).tobytes(), int(array.size)
+
+
+def vector_from_bytes(raw: bytes) -> np.ndarray:
+    """float32 bytes -> 1-D array (a copy that owns its memory)."""
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+# --------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class EncodedRecord:
+    """A validated record ready for the write script.
+
+    Attributes:
+        id: Record id.
+        scope: Normalized scope.
+        created_at: ``created_at`` as the sorted-set score text.
+        categories_json: The categories as JSON (the script counts them).
+        fields: Every hash field, as ``(name, value)`` pairs.
+        dim: Vector dimension, or 0 when the record keeps its stored embedding.
+    """
+
+    id: str
+    scope: str
+    created_at: str
+    categories_json: str
+    fields: tuple[tuple[str, bytes | str], ...]
+    dim: int
+
+
+def _get(record: Any, name: str, default: Any = None) -> Any:
+    if isinstance(record, Mapping):
+        return record.get(name, default)
+    return getattr(record, name, default)
+
+
+def _check_id(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{where}.id must be a non-empty string")
+    if len(value) > 256:
+        raise ValidationError(f"{where}.id is {len(value)} characters, the limit is 256")
+    if any(ord(c) < 32 for c in value):
+        raise ValidationError(f"{where}.id must not contain control characters")
+    return value
+
+
+def encode_record(record: Any, *, where: str = "record", require_embedding: bool = True) -> EncodedRecord:
+    """Validate one record (a ``MemoryRecord`` or a mapping) and encode it.
+
+    Args:
+        record: The record.
+        where: How error messages name it (``records[3]``).
+        require_embedding: When False a missing embedding means "keep the stored one".
+
+    Raises:
+        ValidationError: Naming the field and the limit.
+    """
+    record_id = _check_id(_get(record, "id"), where)
+    content = _get(record, "content")
+    if not isinstance(content, str):
+        raise ValidationError(f"{where}.content must be a string")
+    try:
+        content_bytes = content.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{where}.content is not valid unicode text") from None
+    if len(content_bytes) > MAX_CONTENT_BYTES:
+        raise ValidationError(
+            f"{where}.content is {len(content_bytes)} bytes, the limit is {MAX_CONTENT_BYTES}"
+        )
+    scope = normalize_scope(_get(record, "scope", "/"), field=f"{where}.scope")
+
+    categories = _get(record, "categories") or []
+    if isinstance(categories, str) or not isinstance(categories, Sequence):
+        raise ValidationError(f"{where}.categories must be a list of strings")
+    if len(categories) > MAX_CATEGORIES:
+        raise ValidationError(
+            f"{where}.categories has {len(categories)} entries, the limit is {MAX_CATEGORIES}"
+        )
+    for i, cat in enumerate(categories):
+        if not isinstance(cat, str) or not cat:
+            raise ValidationError(f"{where}.categories[{i}] must be a non-empty string")
+        if len(cat) > MAX_CATEGORY_LENGTH:
+            raise ValidationError(
+                f"{where}.categories[{i}] is {len(cat)} characters, the limit is {MAX_CATEGORY_LENGTH}"
+            )
+        try:
+            cat.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(f"{where}.categories[{i}] is not valid unicode text") from None
+
+    metadata = _get(record, "metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise ValidationError(f"{where}.metadata must be a mapping")
+    try:
+        metadata_json = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False)
+        metadata_json.encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise ValidationError(f"{where}.metadata is not JSON-serializable: {exc}") from None
+    if len(metadata_json) > MAX_METADATA_BYTES:
+        raise ValidationError(
+            f"{where}.metadata is {len(metadata_json)} bytes of JSON, the limit is {MAX_METADATA_BYTES}"
+        )
+    if any(not isinstance(k, str) for k in metadata):
+        raise ValidationError(f"{where}.metadata keys must be strings")
+
+    importance = _get(record, "importance", 0.5)
+    if isinstance(importance, bool) or not isinstance(importance, (int, float)):
+        raise ValidationError(f"{where}.importance must be a number from 0 to 1")
+    if not (math.isfinite(importance) and 0.0 <= importance <= 1.0):
+        raise ValidationError(f"{where}.importance must be from 0 to 1, got {importance!r}")
+
+    from memworker.types import utcnow
+
+    created = _to_utc_naive(_get(record, "created_at") or utcnow(), f"{where}.created_at")
+    accessed = _to_utc_naive(_get(record, "last_accessed") or created, f"{where}.last_accessed")
+
+    source = _get(record, "source")
+    if source is not None and not isinstance(source, str):
+        raise ValidationError(f"{where}.source must be a string or None")
+    if source is not None:
+        try:
+            source.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(f"{where}.source is not valid unicode text") from None
+    private = bool(_get(record, "private", False))
+
+    embedding = _get(record, "embedding")
+    if embedding is None:
+        if require_embedding:
+            raise ValidationError(f"{where}.embedding is missing: records must be embedded before save")
+        vector, dim = None, 0
+    else:
+        vector, dim = vector_bytes(embedding, field=f"{where}.embedding")
+
+    created_text = format_timestamp(created)
+    categories_list = list(categories)
+    unique_cats = list(dict.fromkeys(categories_list))
+    fields: list[tuple[str, bytes | str]] = [
+        ("v", LAYOUT_VERSION),
+        ("id", record_id),
+        ("content", content),
+        ("scope", scope),
+        ("categories", json.dumps(categories_list, ensure_ascii=False)),
+        ("metadata", metadata_json),
+        ("importance", repr(float(importance))),
+        ("created_at", created_text),
+        ("last_accessed", format_timestamp(accessed)),
+        ("private", "1" if private else "0"),
+        ("scope_anc", ",".join(token("s", a) for a in scope_ancestors(scope))),
+        ("vis", visibility_token(source) if private else PUBLIC_TOKEN),
+    ]
+    if source is not None:
+        fields.append(("source", source))
+        fields.append(("src_t", token("u", source)))
+    if unique_cats:
+        fields.append(("cat_t", ",".join(token("c", c) for c in unique_cats)))
+    if metadata:
+        fields.append(("meta_t", ",".join(metadata_token(k, v) for k, v in metadata.items())))
+    if vector is not None:
+        fields.append(("embedding", vector))
+    return EncodedRecord(
+        id=record_id,
+        scope=scope,
+        created_at=created_text,
+        categories_json=json.dumps(unique_cats, ensure_ascii=False),
+        fields=tuple(fields),
+        dim=dim,
+    )
+
+
+def encode_records(records: Iterable[Any], *, require_embedding: bool = True) -> list[EncodedRecord]:
+    """Validate a whole batch before anything is written.
+
+    Raises:
+        ValidationError: The first bad record, named by index; or mixed dimensions.
+        memworker.errors.DimensionMismatchError: Vectors of different lengths in one batch.
+    """
+    from memworker.types import dimension_mismatch
+
+    encoded = [
+        encode_record(r, where=f"records[{i}]", require_embedding=require_embedding)
+        for i, r in enumerate(records)
+    ]
+    dims = {e.dim for e in encoded if e.dim}
+    if len(dims) > 1:
+        first = next(e.dim for e in encoded if e.dim)
+        other = next(e.dim for e in encoded if e.dim and e.dim != first)
+        raise dimension_mismatch(first, other)
+    ids = [e.id for e in encoded]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise ValidationError(f"records: id {dup!r} appears more than once in one batch")
+    return encoded
+
+
+def _text(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    return raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else str(raw)
+
+
+def decode_record(values: Sequence[Any], record_cls: type[Any]) -> Any:
+    """Build a record from hash values in :data:`RECORD_FIELDS` order.
+
+    Returns ``None`` when the hash does not exist (all values ``None``).
+    """
+    if values is None or all(v is None for v in values):
+        return None
+    row = dict(zip(RECORD_FIELDS, values))
+    if row["content"] is None or row["id"] is None:
+        return None
+    embedding = row["embedding"]
+    return record_cls(
+        id=_text(row["id"]),
+        content=_text(row["content"]),
+        scope=_text(row["scope"]) or "/",
+        categories=json.loads(_text(row["categories"]) or "[]"),
+        metadata=json.loads(_text(row["metadata"]) or "{}"),
+        importance=float(_text(row["importance"]) or 0.5),
+        created_at=parse_timestamp(row["created_at"]),
+        last_accessed=parse_timestamp(row["last_accessed"] or row["created_at"]),
+        embedding=vector_from_bytes(embedding).tolist() if embedding else None,
+        source=_text(row["source"]),
+        private=_text(row["private"]) == "1",
+    )

@@ -1,0 +1,54 @@
+"""The memworker error hierarchy.
+
+Every error derives from :class:`MemworkerError`, which derives from
+``Exception`` and never from ``RuntimeError``: CrewAI's background-save code
+treats ``RuntimeError`` as interpreter shutdown and silently drops the save.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MemworkerError",
+    "ConfigError",
+    "ValidationError",
+    "DimensionMismatchError",
+    "StoreError",
+    "ConnectionLostError",
+    "EmbeddedServerError",
+]
+
+
+class MemworkerError(Exception):
+    """Base class of every error raised by memworker."""
+
+
+class ConfigError(MemworkerError):
+    """A setting or URL is invalid; the message names the part that is wrong."""
+
+
+class ValidationError(MemworkerError, ValueError):
+    """Input was rejected before anything was written; the message names the field."""
+
+
+class DimensionMismatchError(ValidationError):
+    """A vector's dimension differs from the dimension stored for the namespace."""
+
+    def __init__(self, stored_dim: int, new_dim: int) -> None:
+        self.stored_dim = stored_dim
+        self.new_dim = new_dim
+        super().__init__(
+            f"embedding dimension mismatch: the store holds {stored_dim}-dimensional "
+            f"vectors, got a {new_dim}-dimensional vector"
+        )
+
+
+class StoreError(MemworkerError):
+    """The store could not complete an operation (a server-side error)."""
+
+
+class ConnectionLostError(StoreError):
+    """The server could not be reached after every retry."""
+
+
+class EmbeddedServerError(MemworkerError):
+    """The embedded Valkey server could not be started or found."""

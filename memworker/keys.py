@@ -1,0 +1,63 @@
+"""Every key name of a namespace, in one place. No I/O.
+
+Layout (``ns`` is the namespace, default ``memworker``)::
+
+    ns:rec:<id>          hash    one record (fields: memworker.codec)
+    ns:tree:<scope>      zset    id -> created_at, for the record's scope and each ancestor
+    ns:children:<scope>  hash    immediate child scope -> records under that child
+    ns:cats:<scope>      hash    category -> records under the scope carrying it
+    ns:meta              hash    dim, model, layout
+    ns:idx                       the vector index over the prefix ns:rec:
+    ns:cache:<key>       string  ValkeyCache values
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys", "LAYOUT_VERSION"]
+
+#: Version of the record layout written into ``ns:meta`` and every record.
+LAYOUT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one namespace."""
+
+    namespace: str
+
+    @property
+    def rec_prefix(self) -> str:
+        """Prefix of record hashes (the vector index covers it)."""
+        return f"{self.namespace}:rec:"
+
+    def rec(self, record_id: str) -> str:
+        """The hash of one record."""
+        return f"{self.namespace}:rec:{record_id}"
+
+    def tree(self, scope: str) -> str:
+        """Sorted set of the ids under ``scope`` (the scope and its descendants)."""
+        return f"{self.namespace}:tree:{scope}"
+
+    def children(self, scope: str) -> str:
+        """Hash of the immediate child scopes of ``scope`` with their record counts."""
+        return f"{self.namespace}:children:{scope}"
+
+    def cats(self, scope: str) -> str:
+        """Hash of category counts under ``scope``."""
+        return f"{self.namespace}:cats:{scope}"
+
+    @property
+    def meta(self) -> str:
+        """Hash of namespace facts: vector dimension, embedder model id, layout version."""
+        return f"{self.namespace}:meta"
+
+    @property
+    def index(self) -> str:
+        """Name of the vector index."""
+        return f"{self.namespace}:idx"
+
+    def cache(self, key: str) -> str:
+        """A ValkeyCache entry."""
+        return f"{self.namespace}:cache:{key}"

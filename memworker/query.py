@@ -1,0 +1,174 @@
+"""Search filters -> FT query text, and the same filter as a predicate. No I/O.
+
+One :class:`SearchFilter` is rendered two ways that must agree:
+
+- :meth:`SearchFilter.ft_query` for a search module: only the subset both
+  valkey-search and RediSearch accept, ``(<tag filters>)=>[KNN k @embedding $vec AS dist]``
+  or ``*=>[KNN ...]`` with no filter, run with ``PARAMS``, ``RETURN``, ``LIMIT``
+  and ``DIALECT 2``;
+- :meth:`SearchFilter.matches` for the exact path, over the same token fields.
+
+Every user string is turned into a token (:func:`memworker.codec.token`) before
+it gets here, so no value can change the structure of the query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from memworker.codec import (
+    PUBLIC_TOKEN,
+    metadata_token,
+    normalize_scope_prefix,
+    token,
+    visibility_token,
+)
+from memworker.errors import ValidationError
+
+__all__ = ["SearchFilter", "TOKEN_FIELDS", "MAX_LIMIT"]
+
+#: Hash fields holding filter tokens, in the order the exact path reads them.
+TOKEN_FIELDS: tuple[str, ...] = ("scope_anc", "cat_t", "meta_t", "src_t", "vis")
+#: Largest ``limit`` a search accepts.
+MAX_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """A conjunction of token filters; the empty filter matches everything.
+
+    Attributes:
+        scope: Normalized scope prefix (``/`` = everything).
+        categories_any: Tokens of which a record needs at least one.
+        metadata_all: Tokens a record needs every one of.
+        source: Token the record's source must equal, or ``None``.
+        visible: Tokens of which the record's ``vis`` must be one; ``None`` = no privacy filter.
+    """
+
+    scope: str = "/"
+    categories_any: tuple[str, ...] = ()
+    metadata_all: tuple[str, ...] = ()
+    source: str | None = None
+    visible: tuple[str, ...] | None = None
+    _scope_token: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_scope_token", token("s", self.scope))
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        scope_prefix: str | None = None,
+        categories: Sequence[str] | None = None,
+        metadata_filter: Mapping[str, Any] | None = None,
+        source: str | None = None,
+        include_private: bool = True,
+        viewer: str | None = None,
+    ) -> SearchFilter:
+        """Validate user filter values and turn them into tokens.
+
+        Args:
+            scope_prefix: Records in this scope or below it (path components, not characters:
+                ``/a`` matches ``/a`` and ``/a/b``, not ``/ab``).
+            categories: Records carrying at least one of these categories.
+            metadata_filter: Records whose metadata has every one of these pairs.
+            source: Records whose source equals this.
+            include_private: False hides private records except those of ``viewer``.
+            viewer: The source asking; its own private records stay visible.
+
+        Raises:
+            ValidationError: Naming the bad field.
+        """
+        scope = normalize_scope_prefix(scope_prefix)
+        cats: list[str] = []
+        if categories:
+            if isinstance(categories, str):
+                raise ValidationError("categories must be a list of strings, not a string")
+            for i, cat in enumerate(categories):
+                if not isinstance(cat, str):
+                    raise ValidationError(f"categories[{i}] must be a string")
+                cats.append(token("c", cat))
+        metas: list[str] = []
+        if metadata_filter:
+            if not isinstance(metadata_filter, Mapping):
+                raise ValidationError("metadata_filter must be a mapping")
+            for key, value in metadata_filter.items():
+                if not isinstance(key, str):
+                    raise ValidationError("metadata_filter keys must be strings")
+                try:
+                    metas.append(metadata_token(key, value))
+                except (TypeError, ValueError) as exc:
+                    raise ValidationError(
+                        f"metadata_filter[{key!r}] is not JSON-serializable: {exc}"
+                    ) from None
+        if source is not None and not isinstance(source, str):
+            raise ValidationError("source must be a string or None")
+        if viewer is not None and not isinstance(viewer, str):
+            raise ValidationError("viewer must be a string or None")
+        visible: tuple[str, ...] | None = None
+        if not include_private:
+            visible = (PUBLIC_TOKEN,) if viewer is None else (PUBLIC_TOKEN, visibility_token(viewer))
+        return cls(
+            scope=scope,
+            categories_any=tuple(dict.fromkeys(cats)),
+            metadata_all=tuple(dict.fromkeys(metas)),
+            source=token("u", source) if source is not None else None,
+            visible=visible,
+        )
+
+    # ------------------------------------------------------------------ module path
+    def clauses(self) -> list[str]:
+        """The tag clauses, ANDed; empty for the identity filter."""
+        out: list[str] = []
+        if self.scope != "/":
+            out.append(f"@scope_anc:{{{self._scope_token}}}")
+        if self.categories_any:
+            out.append("@cat_t:{" + "|".join(self.categories_any) + "}")
+        for tok in self.metadata_all:
+            out.append(f"@meta_t:{{{tok}}}")
+        if self.source is not None:
+            out.append(f"@src_t:{{{self.source}}}")
+        if self.visible is not None:
+            out.append("@vis:{" + "|".join(self.visible) + "}")
+        return out
+
+    def ft_query(self, k: int) -> str:
+        """The FT.SEARCH query text for the top ``k`` neighbours under this filter."""
+        clauses = self.clauses()
+        head = "(" + " ".join(clauses) + ")" if clauses else "*"
+        return f"{head}=>[KNN {int(k)} @embedding $vec AS dist]"
+
+    # ------------------------------------------------------------------ exact path
+    @property
+    def needs_tokens(self) -> bool:
+        """True when the exact path must read token fields (more than a scope filter)."""
+        return bool(
+            self.categories_any or self.metadata_all or self.source is not None or self.visible is not None
+        )
+
+    def matches(self, tokens: Sequence[Any]) -> bool:
+        """Whether a record's token fields (:data:`TOKEN_FIELDS` order) pass the filter.
+
+        The scope part is not checked here: the exact path takes its candidates
+        from the scope's sorted set.
+        """
+        _, cat_t, meta_t, src_t, vis = (_split(v) for v in tokens)
+        if self.categories_any and not cat_t.intersection(self.categories_any):
+            return False
+        if self.metadata_all and not meta_t.issuperset(self.metadata_all):
+            return False
+        if self.source is not None and self.source not in src_t:
+            return False
+        if self.visible is not None and not vis.intersection(self.visible):
+            return False
+        return True
+
+
+def _split(raw: Any) -> set[str]:
+    if raw is None:
+        return set()
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return set(text.split(",")) if text else set()

