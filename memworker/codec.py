@@ -102,8 +102,10 @@ def normalize_scope(scope: Any, *, field: str = "scope") -> str:
         raise ValidationError(
             f"{field} is {len(scope)} characters, the limit is {MAX_SCOPE_LENGTH}"
         )
-    if any(ord(c) < 32 or ord(c) == 127 for c in scope):
-        raise ValidationError(f"{field} must not contain control characters: {scope!r}")
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in scope):
+        raise ValidationError(
+            f"{field} must not contain control characters or lone surrogates: {scope!r}"
+        )
     if not scope.startswith("/"):
         scope = "/" + scope
     if len(scope) > 1:
@@ -171,7 +173,7 @@ def metadata_token(key: str, value: Any) -> str:
 
 def visibility_token(source: str | None) -> str:
     """The ``vis`` token of a private record of ``source`` (``None`` -> nobody's)."""
-    return token("v", "\x00none" if source is None else source)
+    return token("v-none", "") if source is None else token("v", source)
 
 
 # --------------------------------------------------------------------------- times
@@ -271,8 +273,8 @@ def _check_id(value: Any, where: str) -> str:
         raise ValidationError(f"{where}.id must be a non-empty string")
     if len(value) > 256:
         raise ValidationError(f"{where}.id is {len(value)} characters, the limit is 256")
-    if any(ord(c) < 32 for c in value):
-        raise ValidationError(f"{where}.id must not contain control characters")
+    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise ValidationError(f"{where}.id must not contain control characters or lone surrogates")
     return value
 
 

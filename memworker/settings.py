@@ -51,6 +51,10 @@ _TIMEOUT_PARAMS = {
 }
 
 
+#: Fields that from_env reads from MEMWORKER_* variables.
+_ENV_FIELDS = ("namespace", "home", "search_module", "search_mode")
+
+
 def _check_namespace(namespace: str) -> str:
     if not isinstance(namespace, str) or not namespace:
         raise ConfigError("namespace must be a non-empty string")
@@ -143,8 +147,12 @@ class Settings:
         try:
             port = parts.port
         except ValueError:
-            netloc_tail = parts.netloc.rsplit("@", 1)[-1]
-            raise ConfigError(f"URL port is not a number from 1 to 65535: {netloc_tail!r}") from None
+            # Never echo the netloc: a password with an unencoded '/', '?' or '#'
+            # makes urlsplit read part of it as the host and port.
+            raise ConfigError(
+                "URL port is not a number from 1 to 65535 (if the password contains "
+                "'/', '?', '#' or '@', percent-encode it)"
+            ) from None
         host = parts.hostname
         if not host:
             raise ConfigError("URL has no host")
@@ -229,7 +237,10 @@ class Settings:
             return replace(url, **overrides) if overrides else url  # type: ignore[arg-type]
         if url is None:
             return cls.from_env(**overrides)
-        base = cls.from_env(**{k: v for k, v in overrides.items()})
+        # An explicit URL wins: only the MEMWORKER_* variables are read, never
+        # VALKEY_URL/REDIS_URL (a bad one there must not break an explicit URL).
+        env = {k: v for k, v in os.environ.items() if k.startswith("MEMWORKER_")}
+        base = cls.from_env(env, **{k: v for k, v in overrides.items() if k in _ENV_FIELDS})
         return cls.from_url(
             url,
             namespace=base.namespace,
@@ -239,7 +250,7 @@ class Settings:
             **{
                 k: v
                 for k, v in overrides.items()
-                if k not in ("namespace", "home", "search_module", "search_mode")
+                if k not in _ENV_FIELDS
             },
         )
 

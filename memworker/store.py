@@ -47,8 +47,8 @@ READ_CHUNK = 2_000
 #: Ids per delete script call.
 DELETE_CHUNK = 500
 
-_DIM_RE = re.compile(r"DIMMISMATCH (\d+) (\d+)")
-_NOTFOUND_RE = re.compile(r"NOTFOUND (.+)")
+_DIM_RE = re.compile(r"DIMMISMATCH:? (\d+) (\d+)")
+_NOTFOUND_RE = re.compile(r"NOTFOUND:? (.+)")
 
 
 def _text(raw: Any) -> str:
@@ -440,11 +440,12 @@ class ValkeyStore:
         return out[:limit]
 
     def _p_search_module(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
-        returned = ["dist", *RECORD_FIELDS]
+        # Only the distance comes from FT.SEARCH: modules may round NUMERIC fields
+        # they return (RediSearch keeps 12 digits), so records are read with HMGET.
         command = [
             "FT.SEARCH", self.keys.index, flt.ft_query(limit),
             "PARAMS", "2", "vec", vector,
-            "RETURN", str(len(returned)), *returned,
+            "RETURN", "1", "dist",
             "LIMIT", "0", str(limit),
             "DIALECT", "2",
         ]  # fmt: skip
@@ -456,18 +457,19 @@ class ValkeyStore:
                 self._state.index_ready = False
                 return []
             raise
-        record_cls = record_types()[0]
-        hits: list[tuple[Any, float]] = []
-        for fields in _ft_documents(reply):
+        prefix = self.keys.rec_prefix
+        scored: list[tuple[str, float]] = []
+        for key, fields in _ft_documents(reply):
             if isinstance(fields, Mapping):
                 row = {_text(k): v for k, v in fields.items()}
             else:
                 row = {_text(fields[j]): fields[j + 1] for j in range(0, len(fields), 2)}
-            record = decode_record([row.get(name) for name in RECORD_FIELDS], record_cls)
-            if record is None or row.get("dist") is None:
+            name = _text(key)
+            if row.get("dist") is None or not name.startswith(prefix):
                 continue
-            hits.append((record, 1.0 - float(_text(row["dist"]))))
-        return hits
+            scored.append((name[len(prefix) :], 1.0 - float(_text(row["dist"]))))
+        records = yield from self._p_fetch([i for i, _ in scored])
+        return [(r, s) for (_, s), r in zip(scored, records) if r is not None]
 
     def _p_search_exact(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
         ids = [_text(i) for i in (yield Call(["ZRANGE", self.keys.tree(flt.scope), "0", "-1"]))]
@@ -699,14 +701,14 @@ class ValkeyStore:
         return self._sync.run(self._p_probe())
 
 
-def _ft_documents(reply: Any) -> list[Any]:
-    """The field sets of an FT.SEARCH reply: glide's ``[total, {key: fields}]``
+def _ft_documents(reply: Any) -> list[tuple[Any, Any]]:
+    """``(key, fields)`` of an FT.SEARCH reply: glide's ``[total, {key: fields}]``
     or the raw RESP2 ``[total, key, fields, key, fields, ...]``."""
     if not reply or len(reply) < 2:
         return []
     if isinstance(reply[1], Mapping):
-        return list(reply[1].values())
-    return [reply[i + 1] for i in range(1, len(reply) - 1, 2)]
+        return list(reply[1].items())
+    return [(reply[i], reply[i + 1]) for i in range(1, len(reply) - 1, 2)]
 
 
 def _module_name(entry: Any) -> str:

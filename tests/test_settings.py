@@ -1,0 +1,273 @@
+"""Settings: URL and environment parsing (pure unit tests, no server), and a quiet import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memworker import ConfigError
+from memworker.settings import DEFAULT_NAMESPACE, Settings
+
+SECRET = "s3cr3t-PASS"
+
+
+# ============================================================================ from_url
+@pytest.mark.parametrize(
+    "url,tls",
+    [
+        ("valkey://h.example:6380", False),
+        ("valkeys://h.example:6380", True),
+        ("redis://h.example:6380", False),
+        ("rediss://h.example:6380", True),
+        ("VALKEYS://h.example:6380", True),
+    ],
+)
+def test_schemes_and_tls(url: str, tls: bool) -> None:
+    s = Settings.from_url(url)
+    assert (s.host, s.port, s.tls, s.db) == ("h.example", 6380, tls, 0)
+    assert s.username is None and s.password is None
+    assert not s.embedded
+
+
+def test_defaults() -> None:
+    s = Settings.from_url("valkey://localhost")
+    assert (s.host, s.port, s.db, s.tls) == ("localhost", 6379, 0, False)
+    assert s.namespace == DEFAULT_NAMESPACE
+    assert s.request_timeout_ms > 0 and s.connect_timeout_ms > 0
+
+
+def test_acl_user_and_password() -> None:
+    s = Settings.from_url(f"valkey://alice:{SECRET}@h:7000/2")
+    assert (s.username, s.password, s.host, s.port, s.db) == ("alice", SECRET, "h", 7000, 2)
+
+
+def test_percent_encoded_credentials() -> None:
+    s = Settings.from_url("rediss://al%40ice%3Ax:p%40ss%3Aw%2Fo%25rd%20%23@h:6390/3")
+    assert s.username == "al@ice:x"
+    assert s.password == "p@ss:w/o%rd #"
+    assert (s.host, s.port, s.db, s.tls) == ("h", 6390, 3, True)
+
+
+def test_password_only_and_user_only() -> None:
+    s = Settings.from_url(f"valkey://:{SECRET}@h")
+    assert (s.username, s.password) == (None, SECRET)
+    s = Settings.from_url("valkey://bob@h")
+    assert (s.username, s.password) == ("bob", None)
+
+
+def test_ipv6_host() -> None:
+    s = Settings.from_url("valkey://[::1]:6400/1")
+    assert (s.host, s.port, s.db) == ("::1", 6400, 1)
+
+
+@pytest.mark.parametrize("path,db", [("", 0), ("/", 0), ("/0", 0), ("/5", 5), ("/15", 15)])
+def test_db_in_path(path: str, db: int) -> None:
+    assert Settings.from_url(f"valkey://h:1{path}").db == db
+
+
+def test_timeouts_as_query_params() -> None:
+    s = Settings.from_url("valkey://h?request_timeout_ms=1500&connect_timeout_ms=250")
+    assert (s.request_timeout_ms, s.connect_timeout_ms) == (1500, 250)
+    s = Settings.from_url("valkey://h?timeout=2.5&socket_connect_timeout=1")
+    assert (s.request_timeout_ms, s.connect_timeout_ms) == (2500, 1000)
+    s = Settings.from_url("valkey://h?socket_timeout=0.5")
+    assert s.request_timeout_ms == 500
+
+
+def test_tls_params() -> None:
+    s = Settings.from_url("valkeys://h?ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=none")
+    assert (s.tls, s.tls_ca_file, s.tls_insecure) == (True, "/etc/ca.pem", True)
+    assert Settings.from_url("valkeys://h?ssl_cert_reqs=required").tls_insecure is False
+
+
+def test_overrides() -> None:
+    s = Settings.from_url("valkey://h", namespace="other", search_mode="exact")
+    assert (s.namespace, s.search_mode) == ("other", "exact")
+
+
+@pytest.mark.parametrize(
+    "url,part",
+    [
+        ("http://h:6379", "scheme"),
+        ("h:6379", "scheme"),
+        ("unix:///tmp/valkey.sock", "scheme"),
+        ("valkey://h:abc", "port"),
+        ("valkey://h:70000", "port"),
+        ("valkey://h:0", "port"),
+        ("valkey://h:-1", "port"),
+        ("valkey://h/x", "database"),
+        ("valkey://h/1/2", "database"),
+        ("valkey://h/-1", "database"),
+        ("valkey://h?bogus=1", "bogus"),
+        ("valkey://h?timeout=abc", "timeout"),
+        ("valkey://h?timeout=0", "timeout"),
+        ("valkey://h?request_timeout_ms=-5", "request_timeout_ms"),
+        ("valkey://h?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
+        ("valkey://h?db=x", "db"),
+        ("valkey://:6379", "host"),
+        ("", "empty"),
+        ("   ", "empty"),
+    ],
+)
+def test_bad_urls_raise_config_error_naming_the_part(url: str, part: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_url(url)
+    assert part in str(err.value).lower()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"valkey://alice:{SECRET}@h:abc/0",
+        f"valkey://alice:{SECRET}@h:70000/0",
+        f"valkey://alice:{SECRET}@h:0/0",
+        f"valkey://:{SECRET}@h:abc",
+        f"valkey://alice:{SECRET}@h/x",
+        f"valkey://alice:{SECRET}@h?nope=1",
+        f"valkey://alice:{SECRET}@h?timeout=abc",
+        f"http://alice:{SECRET}@h",
+        f"valkey://alice:{SECRET}@:6379",
+        f"valkey://alice:{SECRET}@[::1",
+        f"valkey://alice:{SECRET}@h:6379",  # valid URL, bad namespace below
+    ],
+)
+def test_password_never_in_error_messages(url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_url(url, namespace="bad namespace!")
+    text = f"{err.value}|{err.value!r}|{err.value.args}"
+    assert SECRET not in text
+    assert SECRET.lower() not in text.lower()
+
+
+@pytest.mark.parametrize("sep", ["/", "?", "#"])
+def test_password_with_unencoded_url_delimiter_not_leaked(sep: str) -> None:
+    """A password that was not percent-encoded and contains '/', '?' or '#' cuts the
+    authority short; the resulting error must still not show it."""
+    url = f"valkey://alice:{SECRET}{sep}x@h:6379"
+    try:
+        s = Settings.from_url(url)
+    except ConfigError as err:
+        assert SECRET not in str(err)
+    else:
+        assert SECRET not in repr(s) and SECRET not in s.redacted_url()
+
+
+def test_password_never_in_repr_str_or_redacted_url() -> None:
+    s = Settings.from_url(f"valkeys://alice:{SECRET}@h:7000/2?timeout=3")
+    for text in (repr(s), str(s), s.redacted_url(), f"{s}", f"{s!r}"):
+        assert SECRET not in text
+    assert s.redacted_url() == "valkeys://alice:***@h:7000/2"
+    assert "alice" in str(s)
+    # the unredacted form exists for the client library, and round-trips
+    assert Settings.from_url(s.url(redact=False)).password == SECRET
+
+
+def test_redacted_url_of_embedded_settings_starts_nothing(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path / "home")
+    assert s.embedded
+    assert s.redacted_url() == f"embedded:{tmp_path / 'home'}"
+    assert not (tmp_path / "home").exists()
+
+
+# ============================================================================ from_env
+def test_from_env_precedence() -> None:
+    both = {"VALKEY_URL": "valkey://v-host:1", "REDIS_URL": "redis://r-host:2"}
+    assert Settings.from_env(both).host == "v-host"
+    assert Settings.from_env({"REDIS_URL": "redis://r-host:2"}).host == "r-host"
+    assert Settings.from_env({"VALKEY_URL": "", "REDIS_URL": "redis://r-host:2"}).host == "r-host"
+    embedded = Settings.from_env({})
+    assert embedded.embedded and embedded.host is None and embedded.port is None
+    assert Settings.from_env({"VALKEY_URL": "", "REDIS_URL": ""}).embedded
+
+
+def test_from_env_reads_memworker_variables(tmp_path: Path) -> None:
+    env = {
+        "VALKEY_URL": "valkey://h:1",
+        "MEMWORKER_NAMESPACE": "team-a.prod_1",
+        "MEMWORKER_HOME": str(tmp_path / "mw"),
+        "MEMWORKER_SEARCH": "exact",
+    }
+    s = Settings.from_env(env)
+    assert (s.host, s.namespace, s.home, s.search_mode) == (
+        "h",
+        "team-a.prod_1",
+        tmp_path / "mw",
+        "exact",
+    )
+    e = Settings.from_env({k: v for k, v in env.items() if k != "VALKEY_URL"})
+    assert e.embedded and (e.namespace, e.home, e.search_mode) == (
+        "team-a.prod_1",
+        tmp_path / "mw",
+        "exact",
+    )
+
+
+def test_from_env_ignores_empty_variables() -> None:
+    s = Settings.from_env({"MEMWORKER_NAMESPACE": "", "MEMWORKER_HOME": "", "MEMWORKER_SEARCH": ""})
+    assert (s.namespace, s.home, s.search_mode) == (DEFAULT_NAMESPACE, Path(".memworker"), "auto")
+
+
+def test_from_env_keyword_overrides_win() -> None:
+    s = Settings.from_env(
+        {"MEMWORKER_NAMESPACE": "envns", "VALKEY_URL": "valkey://h"}, namespace="kw"
+    )
+    assert s.namespace == "kw"
+
+
+def test_from_env_uses_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VALKEY_URL", "")
+    monkeypatch.setenv("REDIS_URL", "redis://from-os:6400")
+    monkeypatch.setenv("MEMWORKER_NAMESPACE", "osns")
+    s = Settings.from_env()
+    assert (s.host, s.port, s.namespace) == ("from-os", 6400, "osns")
+
+
+def test_explicit_url_does_not_depend_on_env_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit URL wins; a broken VALKEY_URL/REDIS_URL that is not used must not break it."""
+    monkeypatch.setenv("VALKEY_URL", "valkey://h:notaport")
+    monkeypatch.setenv("REDIS_URL", "redis://h?bogus=1")
+    monkeypatch.setenv("MEMWORKER_NAMESPACE", "envns")
+    s = Settings.resolve("valkey://good:6390")
+    assert (s.host, s.port, s.namespace) == ("good", 6390, "envns")
+
+
+def test_resolve_keeps_a_settings_object() -> None:
+    base = Settings.from_url(f"valkey://u:{SECRET}@h:1/2")
+    assert Settings.resolve(base) is base
+    moved = Settings.resolve(base, namespace="other", search_mode=None)
+    assert (moved.namespace, moved.password, moved.db) == ("other", SECRET, 2)
+
+
+@pytest.mark.parametrize("namespace", ["bad namespace", "a:b", "a/b", "é", "x" * 65, "a*", "{a}"])
+def test_bad_namespace(namespace: str) -> None:
+    with pytest.raises(ConfigError, match="namespace"):
+        Settings.from_env({"MEMWORKER_NAMESPACE": namespace})
+    with pytest.raises(ConfigError, match="namespace"):
+        Settings.from_url("valkey://h", namespace=namespace)
+
+
+def test_bad_search_mode() -> None:
+    with pytest.raises(ConfigError, match="search mode"):
+        Settings.from_env({"MEMWORKER_SEARCH": "fast"})
+
+
+def test_bad_url_in_env_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="port"):
+        Settings.from_env({"VALKEY_URL": f"valkey://u:{SECRET}@h:99999"})
+
+
+# ============================================================================ import
+def test_import_starts_nothing() -> None:
+    code = (
+        "import memworker, threading, sys; "
+        "assert threading.active_count() == 1, threading.enumerate(); "
+        "heavy = [m for m in ('glide', 'glide_sync', 'crewai', 'numpy', 'dramatiq', 'torch') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
