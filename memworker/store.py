@@ -435,7 +435,8 @@ class ValkeyStore:
             hits = yield from self._p_search_module(vector, flt, limit)
         else:
             hits = yield from self._p_search_exact(vector, flt, limit)
-        out = [(r, s) for r, s in hits if s >= min_score]
+        # CrewAI passes min_score=0.0 to mean "no threshold": cosine can be negative.
+        out = [(r, s) for r, s in hits if min_score <= 0 or s >= min_score]
         out.sort(key=lambda pair: (-pair[1], pair[0].id))
         return out[:limit]
 
