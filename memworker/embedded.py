@@ -203,16 +203,22 @@ def serve_forever(
     try:
         with _locked(home, timeout):
             running = _find_live(home, timeout, recover=True)
-            if running is not None:
+            if running is not None and _recorded_foreground(home):
                 print(
                     f"memworker: a Valkey server for {home} is already running on "
                     f"{running.host}:{running.port} (pid {running.pid})",
                     flush=True,
                 )
                 return 1
-            proc, bound = _start(home, port, module, fsync, timeout, detached=False)
-            server = EmbeddedServer(HOST, bound, proc.pid, home, module)
-            _write_state(server, foreground=True)
+            if running is None:
+                proc, bound = _start(home, port, module, fsync, timeout, detached=False)
+                server = EmbeddedServer(HOST, bound, proc.pid, home, module)
+                _write_state(server, foreground=True)
+        if running is not None:
+            # A background server, started on first use by a worker that won the race
+            # against this command (e.g. under a Procfile): adopt it rather than fail.
+            return _adopt(running, received, timeout)
+        assert proc is not None
         if received:
             proc.send_signal(received[0])
         print(
@@ -231,6 +237,29 @@ def serve_forever(
 
 
 # ---------------------------------------------------------------------- state
+def _recorded_foreground(home: Path) -> bool:
+    try:
+        return bool(json.loads((home / STATE_FILE).read_text()).get("foreground"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _adopt(server: EmbeddedServer, received: list[int], timeout: float) -> int:
+    """Supervise a running background server: wait while it lives, stop it on a signal."""
+    print(
+        f"memworker: adopted the running valkey-server on {server.host}:{server.port} "
+        f"(pid {server.pid}), data: {server.data_dir}",
+        flush=True,
+    )
+    while _pid_alive(server.pid):
+        if received:
+            _terminate(server.pid, timeout)
+            _forget_state(server.home, server.pid, timeout)
+            return 0
+        time.sleep(POLL_INTERVAL)
+    return 0
+
+
 def _prepare_home(home: Path | str) -> Path:
     path = Path(home).expanduser().resolve()
     try:

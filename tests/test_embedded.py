@@ -282,3 +282,32 @@ def test_settings_address_uses_embedded_server(home: Path) -> None:
     server = ensure_server(home, search_module="none")
     assert (host, port) == (server.host, server.port)
     assert valkey.Valkey(host=host, port=port).ping() is True
+
+
+def test_serve_forever_adopts_a_background_server(home: Path) -> None:
+    """Under a Procfile a worker may start the server (on first use) before
+    `memworker server` runs: the foreground command then adopts it, and stops it
+    on SIGTERM."""
+    started = _result(_spawn_ensure(home))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, str(home)], stdout=subprocess.PIPE, text=True, env=_env()
+    )
+    try:
+        assert proc.stdout is not None
+        banner = ""
+        for line in proc.stdout:
+            if line.startswith("memworker:"):
+                banner = line
+                break
+        assert "adopted" in banner and str(started["port"]) in banner
+        assert proc.poll() is None  # still supervising
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=PROC_TIMEOUT) == 0
+        assert _valkey_pids(home) == []
+        assert not (home / "valkey.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
