@@ -15,6 +15,10 @@ __all__ = [
     # Store
     "ValkeyStore",
     "ValkeyCache",
+    # Queue
+    "MemoryQueue",
+    "DrainReport",
+    "DrainTimeout",
     # Errors
     "MemworkerError",
     "ConfigError",
@@ -29,6 +33,9 @@ _LAZY = {
     "Settings": "memworker.settings",
     "ValkeyStore": "memworker.store",
     "ValkeyCache": "memworker.cache",
+    "MemoryQueue": "memworker.queue",
+    "DrainReport": "memworker.jobs",
+    "DrainTimeout": "memworker.jobs",
     "MemworkerError": "memworker.errors",
     "ConfigError": "memworker.errors",
     "ValidationError": "memworker.errors",
@@ -49,6 +56,8 @@ if TYPE_CHECKING:
         StoreError,
         ValidationError,
     )
+    from memworker.jobs import DrainReport, DrainTimeout
+    from memworker.queue import MemoryQueue
     from memworker.settings import Settings
     from memworker.store import ValkeyStore
 

@@ -58,6 +58,36 @@ def make_argument_parser() -> argparse.ArgumentParser:
         help="AOF fsync policy (default: $MEMWORKER_APPENDFSYNC or everysec)",
     )
 
+    worker = commands.add_parser("worker", help="run worker processes (dramatiq, our broker and middleware)")
+    worker.add_argument("--processes", "-p", type=int, default=1, help="worker processes (default 1)")
+    worker.add_argument("--threads", "-t", type=int, default=8, help="threads per process (default 8)")
+    worker.add_argument("--queues", "-Q", nargs="*", default=None, help="queues to consume (default: all)")
+
+    status = commands.add_parser("status", help="queue depth, dead letters, pending per producer, live workers")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    drain = commands.add_parser("drain", help="wait until pending jobs are committed or failed")
+    drain.add_argument("--all", action="store_true", help="every producer of the namespace (default: --producer)")
+    drain.add_argument("--producer", default=None, help="drain this producer's jobs")
+    drain.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+
+    dead = commands.add_parser("dead", help="dead-lettered jobs")
+    dead_commands = dead.add_subparsers(dest="dead_command", metavar="ACTION")
+    dead_commands.required = True
+    dead_list = dead_commands.add_parser("list", help="list dead-lettered jobs")
+    dead_list.add_argument("--limit", type=int, default=100)
+    dead_list.add_argument("--json", action="store_true", help="print JSON")
+    for name, text in (("requeue", "enqueue dead jobs again"), ("purge", "delete dead jobs")):
+        action = dead_commands.add_parser(name, help=text)
+        action.add_argument("ids", nargs="*", help="message ids (default: all)")
+
+    check = commands.add_parser("check", help="exit 0 if a worker heartbeat is live, 1 otherwise")
+    check.add_argument(
+        "--any",
+        action="store_true",
+        help="any worker of the namespace counts (default: only workers on this host)",
+    )
+
     demo = commands.add_parser("demo", help="run a realistic workload on the local Valkey and print a report")
     demo.add_argument("--records", type=int, default=2000, help="memories to write (default 2000)")
     demo.add_argument("--agents", type=int, default=8, help="simulated agents (default 8)")
@@ -102,7 +132,98 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"server": _cmd_server, "demo": _cmd_demo}
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from memworker.worker import run_worker
+
+    return run_worker(_settings(args), processes=args.processes, threads=args.threads, queues=args.queues)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from memworker.queue import queue_status
+
+    status = queue_status(_settings(args))
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return EXIT_OK
+    rows = [
+        ("namespace", status["namespace"]),
+        ("queue depth", status["depth"]),
+        ("in flight", status["in_flight"]),
+        ("delayed (retrying)", status["delayed"]),
+        ("dead letters", status["dead"]),
+        ("pending jobs", status["pending_total"]),
+        ("live workers", len(status["workers"])),
+    ]
+    rows += [(f"  pending: {p}", n) for p, n in sorted(status["pending"].items())]
+    rows += [(f"  worker: {w['id']}", f"processed {w.get('processed', '?')}") for w in status["workers"]]
+    rows += [(f"  counter: {k}", v) for k, v in sorted(status["counters"].items())]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value}")
+    return EXIT_OK
+
+
+def _cmd_drain(args: argparse.Namespace) -> int:
+    from memworker.jobs import DrainTimeout
+    from memworker.queue import MemoryQueue
+
+    if not args.all and not args.producer:
+        print("memworker drain: give --all or --producer ID", file=sys.stderr)
+        return EXIT_USAGE
+    with MemoryQueue(_settings(args), producer_id=args.producer) as queue:
+        try:
+            report = queue.drain_all(args.timeout) if args.all else queue.drain(args.timeout)
+        except DrainTimeout as exc:
+            print(f"memworker drain: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+    print(f"committed {report.committed} jobs, failed {len(report.failed)}")
+    for failed in report.failed:
+        print(f"  failed {failed.job_id}: {failed.error}")
+    return EXIT_OK
+
+
+def _cmd_dead(args: argparse.Namespace) -> int:
+    import json
+
+    from memworker.queue import dead_list, dead_purge, dead_requeue
+
+    settings = _settings(args)
+    if args.dead_command == "list":
+        entries = dead_list(settings, limit=args.limit)
+        if args.json:
+            print(json.dumps(entries, indent=2, default=str))
+        for entry in [] if args.json else entries:
+            print("  ".join(f"{k}={v}" for k, v in entry.items()))
+        return EXIT_OK
+    ids = args.ids or None
+    if args.dead_command == "requeue":
+        print(f"requeued {dead_requeue(settings, ids)} jobs")
+    else:
+        print(f"purged {dead_purge(settings, ids)} jobs")
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import socket
+
+    from memworker.queue import check_health
+
+    healthy = check_health(_settings(args), host=None if args.any else socket.gethostname())
+    print("ok" if healthy else "no live worker", file=sys.stdout if healthy else sys.stderr)
+    return EXIT_OK if healthy else EXIT_FAILURE
+
+
+_COMMANDS = {
+    "server": _cmd_server,
+    "worker": _cmd_worker,
+    "status": _cmd_status,
+    "drain": _cmd_drain,
+    "dead": _cmd_dead,
+    "check": _cmd_check,
+    "demo": _cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

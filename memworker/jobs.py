@@ -1,0 +1,409 @@
+"""Job schema, queue key layout and queue errors. No I/O.
+
+A job is one dramatiq message whose only argument is a JSON object::
+
+    {"v": 1, "job": <job id>, "producer": <producer id>, "items": [...]}
+
+``save_records`` items are records already embedded; ``encode_records`` items are
+texts with their fields, embedded by the worker. Every item carries its record id,
+assigned by the producer at enqueue time, so a redelivered job rewrites the same
+keys. Embeddings travel as base64 of little-endian float32 bytes (field
+``embedding_b64``): exact, and about 4x smaller than a JSON list of floats.
+Nothing is ever unpickled: dramatiq's JSON encoder carries the message.
+
+Key layout (``ns`` is the namespace; dramatiq's own keys live under ``ns:dq``)::
+
+    ns:pending:<producer>   zset    job id -> enqueue time (ms); removed at commit or failure
+    ns:failed:<producer>    hash    job id -> JSON {job_id, record_ids, error}; consumed by drain
+    ns:done:<producer>      channel a job id is published when it leaves the pending set
+    ns:producers            set     producer ids that ever enqueued (for drain_all / status)
+    ns:deliveries           hash    "<job id>:<attempt>" -> deliveries of that attempt (poison guard)
+    ns:workers              zset    worker id -> last heartbeat (ms)
+    ns:workers:<worker id>  hash    pid, host, started, processed, failed (TTL: HEALTH_TTL_MS)
+    ns:stats                hash    committed, failed, records (throughput counters)
+    ns:dq:<queue>           list    dramatiq: message ids (redis_message_id)
+    ns:dq:<queue>.msgs      hash    dramatiq: message id -> message JSON
+    ns:dq:<queue>.wake      list    wake-up tokens for idle consumers (one per enqueue)
+    ns:dq:<queue>.DQ[...]   dramatiq's delay queue (retries); ns:dq:<queue>.XQ dead letters
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from memworker.codec import encode_record, encode_records
+from memworker.errors import MemworkerError, ValidationError
+
+__all__ = [
+    "DEFAULT_MAX_ITEMS",
+    "DEFAULT_MAX_JOB_BYTES",
+    "DEFAULT_QUEUE",
+    "ENCODE_ACTOR",
+    "JOB_SCHEMA",
+    "SAVE_ACTOR",
+    "DrainReport",
+    "DrainTimeout",
+    "FailedJob",
+    "JobPayloadError",
+    "PoisonJobError",
+    "QueueError",
+    "QueueKeys",
+    "build_message",
+    "encode_items",
+    "parse_job",
+    "records_from_save_job",
+    "save_items",
+]
+
+#: Version of the job payload; a worker rejects (dead-letters) any other.
+JOB_SCHEMA = 1
+#: Queue the actors consume.
+DEFAULT_QUEUE = "default"
+#: Largest encoded job accepted at enqueue, in bytes.
+DEFAULT_MAX_JOB_BYTES = 1 << 20
+#: Most items (records or texts) in one job.
+DEFAULT_MAX_ITEMS = 1000
+#: Actor names.
+SAVE_ACTOR = "save_records"
+ENCODE_ACTOR = "encode_records"
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+
+# --------------------------------------------------------------------------- errors
+class QueueError(MemworkerError):
+    """A queue operation failed."""
+
+
+class DrainTimeout(QueueError):
+    """``drain`` timed out; names the jobs still pending and the likely cause."""
+
+    def __init__(self, job_ids: Sequence[str], cause: str, timeout: float | None) -> None:
+        self.job_ids = list(job_ids)
+        self.cause = cause
+        shown = ", ".join(self.job_ids[:10]) + (" ..." if len(self.job_ids) > 10 else "")
+        super().__init__(
+            f"drain timed out after {timeout} s with {len(self.job_ids)} job(s) still pending "
+            f"({shown}): {cause}"
+        )
+
+
+class JobPayloadError(ValidationError):
+    """A job's payload is malformed (wrong schema version, bad field): never retried."""
+
+
+class PoisonJobError(QueueError):
+    """A job was delivered more times than allowed (it kills its worker): dead-lettered."""
+
+
+# --------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class FailedJob:
+    """A job that was dead-lettered: its id, its record ids and the error."""
+
+    job_id: str
+    record_ids: list[str]
+    error: str
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    """What a drain waited for: jobs committed, and jobs that failed (reported once)."""
+
+    committed: int = 0
+    failed: list[FailedJob] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- keys
+@dataclass(frozen=True)
+class QueueKeys:
+    """Key names of the queue side of a namespace."""
+
+    namespace: str
+    queue: str = DEFAULT_QUEUE
+
+    @property
+    def dq_namespace(self) -> str:
+        """dramatiq's RedisBroker namespace."""
+        return f"{self.namespace}:dq"
+
+    def pending(self, producer: str) -> str:
+        return f"{self.namespace}:pending:{producer}"
+
+    def failed(self, producer: str) -> str:
+        return f"{self.namespace}:failed:{producer}"
+
+    def done_channel(self, producer: str) -> str:
+        return f"{self.namespace}:done:{producer}"
+
+    @property
+    def done_pattern(self) -> str:
+        return f"{self.namespace}:done:*"
+
+    @property
+    def producers(self) -> str:
+        return f"{self.namespace}:producers"
+
+    @property
+    def deliveries(self) -> str:
+        return f"{self.namespace}:deliveries"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.namespace}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.namespace}:workers:{worker_id}"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.namespace}:stats"
+
+    def q(self, queue: str | None = None) -> str:
+        """dramatiq's list of message ids of a queue."""
+        return f"{self.dq_namespace}:{queue or self.queue}"
+
+    def msgs(self, queue: str | None = None) -> str:
+        return f"{self.q(queue)}.msgs"
+
+    def wake(self, queue: str | None = None) -> str:
+        return f"{self.q(queue)}.wake"
+
+    def delayed_msgs(self, queue: str | None = None) -> str:
+        return f"{self.q(queue)}.DQ.msgs"
+
+    def dead(self, queue: str | None = None) -> str:
+        return f"{self.q(queue)}.XQ"
+
+    def dead_msgs(self, queue: str | None = None) -> str:
+        return f"{self.q(queue)}.XQ.msgs"
+
+    @property
+    def heartbeats(self) -> str:
+        return f"{self.dq_namespace}:__heartbeats__"
+
+
+def delivery_field(job_id: str, attempt: int) -> str:
+    """Field of the poison-guard counter: deliveries of one attempt of a job."""
+    return f"{job_id}:{attempt}"
+
+
+def check_producer_id(producer_id: str) -> str:
+    if not isinstance(producer_id, str) or not _ID_RE.match(producer_id):
+        raise ValidationError(
+            "producer_id must be 1 to 128 characters of ASCII letters, digits, '_', '-', '.'; "
+            f"got {producer_id!r}"
+        )
+    return producer_id
+
+
+# --------------------------------------------------------------------------- payloads
+def _b64(vector: Any, where: str) -> str:
+    from memworker.codec import vector_bytes
+
+    raw, _ = vector_bytes(vector, field=where)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _check_count(items: Sequence[Any], max_items: int, what: str) -> None:
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise ValidationError(f"{what} must be a list, got {type(items).__name__}")
+    if not items:
+        raise ValidationError(f"{what} must not be empty")
+    if len(items) > max_items:
+        raise ValidationError(f"{what} has {len(items)} entries, the limit per job is {max_items}")
+
+
+def save_items(records: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
+    """Validate embedded records (as a whole, like ``ValkeyStore.save``) -> job items."""
+    _check_count(records, max_items, "records")
+    encode_records(list(records))  # raises ValidationError naming records[i].field
+    items = []
+    for i, rec in enumerate(records):
+        items.append(
+            {
+                "id": _get(rec, "id"),
+                "content": _get(rec, "content"),
+                "scope": _get(rec, "scope", "/"),
+                "categories": list(_get(rec, "categories") or []),
+                "metadata": dict(_get(rec, "metadata") or {}),
+                "importance": _get(rec, "importance", 0.5),
+                "created_at": _iso(_get(rec, "created_at")),
+                "last_accessed": _iso(_get(rec, "last_accessed")),
+                "source": _get(rec, "source"),
+                "private": bool(_get(rec, "private", False)),
+                "embedding_b64": _b64(_get(rec, "embedding"), f"records[{i}].embedding"),
+            }
+        )
+    return items
+
+
+def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
+    """Validate texts (``str`` or mappings with ``text``/``content`` and optional
+    ``scope``, ``categories``, ``metadata``, ``importance``, ``source``, ``private``)
+    -> job items, each with a new record id (uuid4) and ``created_at`` = now."""
+    from memworker.types import utcnow
+
+    _check_count(items, max_items, "items")
+    now = utcnow()
+    out = []
+    for i, item in enumerate(items):
+        where = f"items[{i}]"
+        if isinstance(item, str):
+            item = {"text": item}
+        if not isinstance(item, Mapping):
+            raise ValidationError(f"{where} must be a str or a mapping, got {type(item).__name__}")
+        unknown = set(item) - {
+            "text", "content", "id", "scope", "categories", "metadata", "importance",
+            "source", "private", "created_at",
+        }  # fmt: skip
+        if unknown:
+            raise ValidationError(
+                f"{where} has unknown field(s): {', '.join(sorted(map(str, unknown)))}"
+            )
+        text = item.get("text", item.get("content"))
+        if not isinstance(text, str):
+            raise ValidationError(f"{where}.text must be a string")
+        if not text.strip():
+            raise ValidationError(f"{where}.text must not be empty")
+        entry = {
+            "id": item.get("id") or str(uuid.uuid4()),
+            "content": text,
+            "scope": item.get("scope") or "/",
+            "categories": item.get("categories") or [],
+            "metadata": item.get("metadata") or {},
+            "importance": item.get("importance", 0.5),
+            "created_at": _iso(item.get("created_at") or now),
+            "source": item.get("source"),
+            "private": bool(item.get("private", False)),
+        }
+        # Same checks as the store (scope, categories, metadata, importance...).
+        encode_record({**entry, "embedding": None}, where=where, require_embedding=False)
+        entry["categories"] = list(entry["categories"])
+        entry["metadata"] = dict(entry["metadata"])
+        out.append(entry)
+    ids = [e["id"] for e in out]
+    if len(set(ids)) != len(ids):
+        raise ValidationError("items: a record id appears more than once in one job")
+    return out
+
+
+def build_message(
+    actor: str,
+    job_id: str,
+    producer: str,
+    items: list[dict[str, Any]],
+    max_job_bytes: int,
+    queue: str = DEFAULT_QUEUE,
+) -> tuple[str, bytes]:
+    """The dramatiq message of a job: ``(redis_message_id, encoded bytes)``.
+
+    Raises:
+        ValidationError: The encoded job is larger than ``max_job_bytes``.
+    """
+    from dramatiq import Message
+
+    job = {"v": JOB_SCHEMA, "job": job_id, "producer": producer, "items": items}
+    redis_id = str(uuid.uuid4())
+    message = Message(
+        queue_name=queue,
+        actor_name=actor,
+        args=(job,),
+        kwargs={},
+        options={"redis_message_id": redis_id},
+        message_id=job_id,
+        message_timestamp=int(time.time() * 1000),
+    )
+    data = message.encode()
+    if len(data) > max_job_bytes:
+        raise ValidationError(
+            f"job is {len(data)} bytes encoded, the limit (max_job_bytes) is {max_job_bytes}"
+        )
+    return redis_id, data
+
+
+# --------------------------------------------------------------------------- worker side
+def parse_job(job: Any) -> tuple[str, str, list[dict[str, Any]]]:
+    """``(job id, producer, items)`` of a job argument.
+
+    Raises:
+        JobPayloadError: Not a job of this schema.
+    """
+    if not isinstance(job, Mapping):
+        raise JobPayloadError(f"job must be a JSON object, got {type(job).__name__}")
+    if job.get("v") != JOB_SCHEMA:
+        raise JobPayloadError(
+            f"job schema version {job.get('v')!r} is not supported (expected {JOB_SCHEMA})"
+        )
+    job_id, producer, items = job.get("job"), job.get("producer"), job.get("items")
+    if not isinstance(job_id, str) or not job_id:
+        raise JobPayloadError("job.job (the job id) must be a non-empty string")
+    if not isinstance(producer, str) or not _ID_RE.match(producer):
+        raise JobPayloadError("job.producer must be a producer id")
+    if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
+        raise JobPayloadError("job.items must be a list of objects")
+    return job_id, producer, [dict(i) for i in items]
+
+
+def job_identity(message_args: Any) -> tuple[str | None, str | None, list[str]]:
+    """Best-effort ``(job id, producer, record ids)`` of a message, for failure records."""
+    try:
+        job = message_args[0]
+        items = job.get("items") or []
+        ids = [str(i.get("id")) for i in items if isinstance(i, Mapping) and i.get("id")]
+        producer = job.get("producer")
+        if not isinstance(producer, str) or not _ID_RE.match(producer):
+            producer = None
+        return (str(job.get("job")) if job.get("job") else None), producer, ids
+    except Exception:  # noqa: BLE001 - a malformed payload
+        return None, None, []
+
+
+def records_from_save_job(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Save-job items -> record mappings (embedding decoded) for ``encode_records``."""
+    out = []
+    for i, item in enumerate(items):
+        raw = item.pop("embedding_b64", None)
+        if not isinstance(raw, str):
+            raise JobPayloadError(f"items[{i}].embedding_b64 must be a base64 string")
+        try:
+            blob = base64.b64decode(raw, validate=True)
+        except ValueError:
+            raise JobPayloadError(f"items[{i}].embedding_b64 is not valid base64") from None
+        if not blob or len(blob) % 4:
+            raise JobPayloadError(f"items[{i}].embedding_b64 is not float32 bytes")
+        item["embedding"] = np.frombuffer(blob, dtype="<f4")
+        out.append(item)
+    return out
+
+
+def failure_json(job_id: str, record_ids: list[str], error: str) -> str:
+    return json.dumps({"job_id": job_id, "record_ids": record_ids, "error": error})
+
+
+def failure_from_json(raw: Any) -> FailedJob:
+    data = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    return FailedJob(
+        job_id=data["job_id"], record_ids=list(data["record_ids"]), error=data["error"]
+    )

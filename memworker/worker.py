@@ -1,0 +1,662 @@
+"""Worker side: the dramatiq broker, the actors and the middleware.
+
+Nothing is created at import time. :func:`make_broker` builds a
+:class:`MemworkerBroker` (dramatiq's ``RedisBroker`` on the same :class:`Settings`,
+namespace ``<ns>:dq``) and registers the actors ``save_records`` and
+``encode_records`` on it with ``dramatiq.Actor`` directly, so no global broker is
+ever needed. :func:`run_worker` is the entry point of ``memworker worker``.
+
+Delivery
+    At least once. Commit = ONE atomic script call (``ValkeyStore.write_encoded``
+    with extra commands): the job's records and side indexes, ``ZREM`` of its
+    pending mark, counters, and a ``PUBLISH`` on the producer's ``done`` channel.
+    dramatiq acks after the actor returns, i.e. after the commit; a redelivered
+    job rewrites the same record ids.
+
+Failures (middleware, not actors)
+    :class:`ValidationError` (bad record, dimension mismatch, bad payload) is
+    permanent: the actors declare it in ``throws``, so ``Retries`` fails the
+    message at once. Other errors retry with backoff. When a message ends failed
+    (permanent, retries exhausted, or the poison guard), :class:`BarrierMiddleware`
+    removes its pending mark, records the failure and publishes the wake-up in
+    one MULTI; dramatiq then dead-letters it (``<q>.XQ``).
+
+Poison guard
+    ``ns:deliveries`` counts deliveries of each attempt (``<job>:<retries>``),
+    incremented before processing; past ``max_deliveries`` the job is failed and
+    dead-lettered (dramatiq does not count a SIGKILL/OOM as a retry).
+
+Crash recovery bound
+    dramatiq requeues the unacked messages of a broker whose heartbeat is older
+    than ``heartbeat_timeout`` (:data:`HEARTBEAT_TIMEOUT_MS`, 5 s) during
+    "maintenance", which we run on every dispatch call (``maintenance_chance`` =
+    100 %); live consumers dispatch at least once per ``worker_timeout`` (1 s),
+    idle or busy. So a dead worker's jobs are redelivered within about
+    ``heartbeat_timeout + worker_timeout`` = 6 s, provided another worker consumes
+    the queue. Cost: while a dead broker still holds acks, dramatiq's maintenance
+    runs ``KEYS <ns>:dq:__acks__.<id>*`` (usually once or twice per dead worker).
+
+Idle wake-up
+    dramatiq's consumer sleeps with a growing backoff (up to ``worker_timeout``)
+    when the queue is empty. :class:`WakeConsumer` instead blocks on
+    ``BLPOP <q>.wake`` (up to ``worker_timeout``); every enqueue pushes a token in
+    the same MULTI as the message, so an idle worker fetches a new job one round
+    trip after it is enqueued. Stale tokens (their job taken by a peer) cost one
+    empty fetch, after which the list is cleared and fetched once more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker, _RedisConsumer
+from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.message import Message
+from dramatiq.middleware import Middleware, SkipMessage
+
+from memworker.errors import ConfigError, ValidationError
+from memworker.jobs import (
+    DEFAULT_QUEUE,
+    ENCODE_ACTOR,
+    SAVE_ACTOR,
+    JobPayloadError,
+    PoisonJobError,
+    QueueKeys,
+    delivery_field,
+    failure_json,
+    job_identity,
+    parse_job,
+    records_from_save_job,
+)
+from memworker.queue import (
+    HEALTH_TTL_MS,
+    check_health,
+    dead_list,
+    dead_purge,
+    dead_requeue,
+    queue_status,
+    redis_kwargs,
+)
+from memworker.settings import Settings
+
+__all__ = [
+    "DEFAULT_MAX_DELIVERIES",
+    "HEARTBEAT_TIMEOUT_MS",
+    "WORKER_TIMEOUT_MS",
+    "BarrierMiddleware",
+    "HealthMiddleware",
+    "MemworkerBroker",
+    "WakeConsumer",
+    "check_health",
+    "dead_list",
+    "dead_purge",
+    "dead_requeue",
+    "get_batcher",
+    "make_broker",
+    "queue_status",
+    "run_worker",
+    "running_worker",
+    "set_embedder_factory",
+]
+
+log = logging.getLogger("memworker.worker")
+
+#: A broker silent for this long is dead; its unacked messages are redelivered (ms).
+HEARTBEAT_TIMEOUT_MS = 5_000
+#: Longest idle block of a consumer, and worker-thread poll (ms); bounds shutdown time.
+WORKER_TIMEOUT_MS = 1_000
+#: Deliveries of one attempt of a job before the poison guard dead-letters it.
+DEFAULT_MAX_DELIVERIES = 3
+#: Retries of a transiently failing job.
+DEFAULT_MAX_RETRIES = 5
+#: First retry backoff (ms); doubles per retry.
+DEFAULT_MIN_BACKOFF_MS = 1_000
+#: Longest retry backoff (ms).
+DEFAULT_MAX_BACKOFF_MS = 60_000
+#: Interval of the worker health key refresh (ms); the key lives HEALTH_TTL_MS.
+HEALTH_INTERVAL_MS = 1_000
+#: Environment variable naming an embedder factory, ``module:callable``.
+EMBEDDER_ENV = "MEMWORKER_EMBEDDER"
+
+_REDIS_ID_RE = re.compile(rb'"redis_message_id"\s*:\s*"([0-9a-fA-F-]{36})"')
+
+
+# --------------------------------------------------------------------------- broker
+class WakeConsumer(_RedisConsumer):
+    """dramatiq's Redis consumer, with the idle wait blocked on a wake-up list
+    instead of a sleep, a heartbeat while prefetch is full, and undecodable
+    messages dead-lettered instead of crashing the consumer."""
+
+    def __init__(
+        self, broker: MemworkerBroker, queue_name: str, prefetch: int, timeout: int
+    ) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self.wake_key = f"{broker.namespace}:{queue_name}.wake"
+        self._slot = threading.Event()
+        self._woken = False
+        self._last_dispatch = time.monotonic()
+
+    def ack(self, message: Any) -> None:
+        try:
+            super().ack(message)
+        finally:
+            self._slot.set()
+
+    def nack(self, message: Any) -> None:
+        try:
+            super().nack(message)
+        finally:
+            self._slot.set()
+
+    def _block_seconds(self) -> float:
+        seconds = self.timeout / 1000
+        if self.queue_name.endswith(".DQ") and self.outstanding_message_count:
+            seconds = min(seconds, 0.05)  # delayed messages wait in memory for their eta
+        return seconds
+
+    def __next__(self) -> MessageProxy | None:
+        broker: MemworkerBroker = self.broker
+        try:
+            while True:
+                if self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:
+                        continue
+                    try:
+                        message = Message.decode(data)
+                    except DecodeError:
+                        self._reject(data)
+                        continue
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+                free = self.prefetch - self.outstanding_message_count
+                if free <= 0:
+                    # Busy: wait for a slot (an ack/nack), keep the heartbeat fresh.
+                    self._slot.wait(self.timeout / 1000)
+                    self._slot.clear()
+                    if time.monotonic() - self._last_dispatch >= HEALTH_INTERVAL_MS / 1000:
+                        broker.do_heartbeat(self.queue_name)
+                        self._last_dispatch = time.monotonic()
+                    return None
+                messages = broker.do_fetch(self.queue_name, free)
+                self._last_dispatch = time.monotonic()
+                if messages:
+                    self.message_cache = messages
+                    if self._woken:
+                        broker.woken_fetches += 1
+                    self._woken = False
+                    continue
+                if self._woken:
+                    # The token's job went to a peer: drop stale tokens, then look
+                    # once more (a job whose token we just dropped is still listed).
+                    self._woken = False
+                    broker.client.delete(self.wake_key)
+                    continue
+                got = broker.client.blpop([self.wake_key], timeout=self._block_seconds())
+                if got is None:
+                    return None  # let the consumer thread check for shutdown / delayed messages
+                self._woken = True
+                broker.wakeups += 1
+        except Exception as exc:
+            import redis
+
+            if isinstance(exc, redis.ConnectionError):
+                raise ConnectionClosed(exc) from None
+            raise
+
+    def _reject(self, data: bytes) -> None:
+        found = _REDIS_ID_RE.search(data if isinstance(data, bytes) else str(data).encode())
+        if found is None:
+            log.error(
+                "undecodable message on %r without a message id; left unacked", self.queue_name
+            )
+            return
+        log.error(
+            "undecodable message %s on %r: dead-lettered", found.group(1).decode(), self.queue_name
+        )
+        self.broker.do_nack(self.queue_name, found.group(1).decode())
+
+
+class MemworkerBroker(RedisBroker):
+    """dramatiq's ``RedisBroker`` with :class:`WakeConsumer` and a wake-up token
+    pushed on every enqueue (retries and delayed messages included).
+
+    Attributes:
+        settings: Where Valkey is and the namespace.
+        keys: Queue key names.
+        wakeups: How many times an idle consumer was woken by a token.
+        woken_fetches: How many fetches right after a wake-up found work (i.e. jobs
+            picked up because of the wake-up, not by a timed re-poll).
+        context: The per-process worker context (store, batcher), set by :func:`make_broker`.
+    """
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        keys = QueueKeys(settings.namespace)
+        options.setdefault("heartbeat_timeout", HEARTBEAT_TIMEOUT_MS)
+        options.setdefault("maintenance_chance", MAINTENANCE_SCALE)
+        import redis
+
+        client = redis.Redis.from_url(
+            settings.url(redact=False, scheme="redis"), **redis_kwargs(settings)
+        )
+        super().__init__(client=client, namespace=keys.dq_namespace, **options)
+        self.settings = settings
+        self.keys = keys
+        self.wakeups = 0
+        self.woken_fetches = 0
+        self.context: WorkerContext | None = None
+
+    @property
+    def consumer_class(self) -> type[WakeConsumer]:
+        return WakeConsumer
+
+    def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{self.namespace}:{queue_name}.msgs", message_id, data)
+            pipe.rpush(f"{self.namespace}:{queue_name}", message_id)
+            pipe.rpush(f"{self.namespace}:{queue_name}.wake", "1")
+            return pipe.execute()
+
+
+# --------------------------------------------------------------------------- embedding
+_factory_lock = threading.Lock()
+_embedder_factory: Callable[[], Any] | None = None
+_batcher: Any = None
+_processes = 1
+
+
+def set_embedder_factory(factory: Callable[[], Any] | None) -> None:
+    """Use ``factory()`` (an object with ``encode(texts)`` and ``dimension``) as this
+    process's embedding model; ``None`` restores the default (``MEMWORKER_EMBEDDER``
+    or :class:`memworker.embedding.Embedder`). Resets the process's batcher."""
+    global _embedder_factory, _batcher
+    with _factory_lock:
+        _embedder_factory = factory
+        old, _batcher = _batcher, None
+    if old is not None:
+        old.close(timeout=5)
+
+
+def _make_embedder() -> Any:
+    if _embedder_factory is not None:
+        return _embedder_factory()
+    spec = os.environ.get(EMBEDDER_ENV)
+    if spec:
+        module, _, name = spec.partition(":")
+        if not module or not name:
+            raise ConfigError(f"{EMBEDDER_ENV} must be 'module:callable', got {spec!r}")
+        return getattr(importlib.import_module(module), name)()
+    from memworker.embedding import Embedder, configure_threads
+
+    configure_threads(_processes)
+    return Embedder()
+
+
+def get_batcher() -> Any:
+    """The process's one :class:`EmbeddingBatcher`, created on first use."""
+    global _batcher
+    batcher = _batcher
+    if batcher is None:
+        with _factory_lock:
+            if _batcher is None:
+                from memworker.embedding import EmbeddingBatcher
+
+                _batcher = EmbeddingBatcher(_make_embedder())
+            batcher = _batcher
+    return batcher
+
+
+# --------------------------------------------------------------------------- context + actors
+class WorkerContext:
+    """What the actors of one broker share: the store (one client for all threads)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from memworker.store import ValkeyStore
+
+        self.settings = settings
+        self.keys = QueueKeys(settings.namespace)
+        # One script call per job: the whole job is one atomic commit.
+        self.store = ValkeyStore(settings, batch_size=10_000)
+
+    def commit(self, job_id: str, producer: str, records: list[Any]) -> int:
+        """Write the records and, in the same atomic step, clear the pending mark,
+        count, and wake the producer."""
+        from memworker.codec import encode_records
+
+        encoded = encode_records(records)
+        k = self.keys
+        extra = [
+            ["ZREM", k.pending(producer), job_id],
+            ["HINCRBY", k.stats, "committed", "1"],
+            ["HINCRBY", k.stats, "records", str(len(encoded))],
+            ["PUBLISH", k.done_channel(producer), job_id],
+        ]
+        return self.store.write_encoded(encoded, extra=extra)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _save_records(context: WorkerContext, job: Any) -> None:
+    job_id, producer, items = parse_job(job)
+    context.commit(job_id, producer, records_from_save_job(items))
+
+
+def _encode_records(context: WorkerContext, job: Any) -> None:
+    job_id, producer, items = parse_job(job)
+    texts = []
+    for i, item in enumerate(items):
+        text = item.get("content")
+        if not isinstance(text, str) or not text:
+            raise JobPayloadError(f"items[{i}].content must be a non-empty string")
+        texts.append(text)
+    vectors = get_batcher().submit(texts).result()
+    records = [{**item, "embedding": vectors[i]} for i, item in enumerate(items)]
+    context.commit(job_id, producer, records)
+
+
+# --------------------------------------------------------------------------- middleware
+class BarrierMiddleware(Middleware):
+    """Barrier accounting and the poison guard.
+
+    - before_process_message: count the delivery (``ns:deliveries``); past
+      ``max_deliveries`` fail the message and skip it (-> dead letter).
+    - after_process_message / after_skip_message: a message that ends failed gets
+      its pending mark removed, a failure record and a wake-up, in one MULTI.
+      Its after hooks run after ``Retries``'s (it is added before ``Retries``, and
+      dramatiq runs after hooks in reverse), so it sees whether the message will
+      be retried.
+    """
+
+    def __init__(self, settings: Settings, *, max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
+        self.keys = QueueKeys(settings.namespace)
+        self.max_deliveries = max_deliveries
+        self.processed = 0
+        self.failed = 0
+
+    def _field(self, message: Any) -> str:
+        return delivery_field(message.message_id, int(message.options.get("retries", 0)))
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        message.memworker_delivery = self._field(message)
+        n = broker.client.hincrby(self.keys.deliveries, message.memworker_delivery, 1)
+        if n > self.max_deliveries:
+            error = PoisonJobError(
+                f"job {message.message_id} was delivered {n} times without finishing "
+                f"(limit {self.max_deliveries}): it may crash its worker"
+            )
+            message.fail()
+            message.memworker_error = error
+            raise SkipMessage(str(error))
+
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
+    ) -> None:
+        field = getattr(message, "memworker_delivery", None) or self._field(message)
+        if exception is None:
+            self.processed += 1
+            broker.client.hdel(self.keys.deliveries, field)
+            return
+        if message.failed:
+            self._record_failure(broker, message, exception, field)
+        else:  # Retries re-enqueued it: the next attempt counts on its own field
+            broker.client.hdel(self.keys.deliveries, field)
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        if message.failed:
+            field = getattr(message, "memworker_delivery", None) or self._field(message)
+            error = getattr(message, "memworker_error", None) or message._exception
+            self._record_failure(broker, message, error, field)
+
+    def _record_failure(self, broker: Any, message: Any, exception: Any, field: str) -> None:
+        self.failed += 1
+        job_id, producer, record_ids = job_identity(message.args)
+        job_id = job_id or message.message_id
+        error = f"{type(exception).__name__}: {exception}" if exception is not None else "failed"
+        k = self.keys
+        with broker.client.pipeline(transaction=True) as pipe:
+            pipe.hdel(k.deliveries, field)
+            pipe.hincrby(k.stats, "failed", 1)
+            if producer is not None:
+                pipe.zrem(k.pending(producer), job_id)
+                pipe.hset(k.failed(producer), job_id, failure_json(job_id, record_ids, error))
+                pipe.publish(k.done_channel(producer), job_id)
+            pipe.execute()
+        log.warning("job %s failed for good: %s", job_id, error)
+
+
+class HealthMiddleware(Middleware):
+    """Writes ``ns:workers:<id>`` (pid, host, started, processed, failed; TTL
+    ``HEALTH_TTL_MS``) and ``ns:workers`` (id -> last beat) every ``HEALTH_INTERVAL_MS``."""
+
+    def __init__(self, settings: Settings, barrier: BarrierMiddleware) -> None:
+        self.keys = QueueKeys(settings.namespace)
+        self.barrier = barrier
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.started = int(time.time() * 1000)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self, broker: Any) -> None:
+        k = self.keys
+        now = int(time.time() * 1000)
+        with broker.client.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                k.worker(self.worker_id),
+                mapping={
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started_ms": self.started,
+                    "beat_ms": now,
+                    "processed": self.barrier.processed,
+                    "failed": self.barrier.failed,
+                },
+            )
+            pipe.pexpire(k.worker(self.worker_id), HEALTH_TTL_MS)
+            pipe.zadd(k.workers, {self.worker_id: now})
+            pipe.zremrangebyscore(k.workers, 0, now - 10 * HEALTH_TTL_MS)
+            pipe.execute()
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        self.beat(broker)
+
+        def loop() -> None:
+            while not self._stop.wait(HEALTH_INTERVAL_MS / 1000):
+                try:
+                    self.beat(broker)
+                except Exception:
+                    log.warning("worker health beat failed", exc_info=True)
+
+        self._thread = threading.Thread(target=loop, name="memworker-health", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        try:
+            with broker.client.pipeline(transaction=True) as pipe:
+                pipe.delete(self.keys.worker(self.worker_id))
+                pipe.zrem(self.keys.workers, self.worker_id)
+                pipe.execute()
+        except Exception:
+            log.warning("could not remove the worker health key", exc_info=True)
+
+
+# --------------------------------------------------------------------------- assembly
+def make_broker(
+    settings: Settings | str | None = None,
+    *,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
+    max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS,
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS,
+    queue: str = DEFAULT_QUEUE,
+) -> MemworkerBroker:
+    """A broker with memworker's middleware and actors registered (no global broker)."""
+    from dramatiq.middleware import Retries
+
+    settings = Settings.resolve(settings)
+    broker = MemworkerBroker(settings, heartbeat_timeout=heartbeat_timeout_ms)
+    for m in broker.middleware:
+        if isinstance(m, Retries):
+            m.max_retries = max_retries
+            m.min_backoff = min_backoff_ms
+            m.max_backoff = max_backoff_ms
+    barrier = BarrierMiddleware(settings, max_deliveries=max_deliveries)
+    # dramatiq runs after_* hooks in reverse order: placed before Retries, the
+    # barrier's after_process_message runs after Retries decided retry vs. fail.
+    broker.add_middleware(barrier, before=Retries)
+    broker.add_middleware(HealthMiddleware(settings, barrier))
+    context = WorkerContext(settings)
+    broker.context = context
+    options = {"throws": (ValidationError,), "max_retries": max_retries}
+    for name, fn in ((SAVE_ACTOR, _save_records), (ENCODE_ACTOR, _encode_records)):
+
+        def actor_fn(job: Any, _fn: Callable[..., None] = fn) -> None:
+            _fn(context, job)
+
+        actor_fn.__name__ = name
+        dramatiq.Actor(
+            actor_fn,
+            broker=broker,
+            actor_name=name,
+            queue_name=queue,
+            priority=0,
+            options=dict(options),
+        )
+    return broker
+
+
+@contextlib.contextmanager
+def running_worker(
+    settings: Settings | str | None = None,
+    *,
+    threads: int = 2,
+    worker_timeout_ms: int = WORKER_TIMEOUT_MS,
+    **options: Any,
+) -> Iterator[tuple[MemworkerBroker, dramatiq.Worker]]:
+    """A worker running in this process's threads for the duration of a ``with``
+    (tests, notebooks, a single-process app); stopped and closed on exit.
+
+    Args:
+        settings: Where Valkey is.
+        threads: Worker threads.
+        worker_timeout_ms: Longest idle block (also bounds the time ``stop`` takes).
+        **options: Passed to :func:`make_broker` (``max_retries``, ``min_backoff_ms``...).
+    """
+    broker = make_broker(settings, **options)
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=worker_timeout_ms)
+    worker.start()
+    try:
+        yield broker, worker
+    finally:
+        worker.stop()
+        broker.close()
+        if broker.context is not None:
+            broker.context.close()
+
+
+def _serve(settings: Settings, threads: int, queues: Iterable[str] | None, processes: int) -> int:
+    """Run one worker process until SIGINT/SIGTERM."""
+    global _processes
+    _processes = processes
+    broker = make_broker(settings)
+    worker = dramatiq.Worker(
+        broker,
+        queues=set(queues) if queues else None,
+        worker_threads=threads,
+        worker_timeout=WORKER_TIMEOUT_MS,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    worker.start()
+    log.info(
+        "memworker worker %s started (%d threads) on %s",
+        os.getpid(),
+        threads,
+        settings.redacted_url(),
+    )
+    try:
+        stop.wait()
+    finally:
+        worker.stop()
+        broker.close()
+        if broker.context is not None:
+            broker.context.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
+def _child(settings: Settings, threads: int, queues: list[str] | None, processes: int) -> None:
+    raise SystemExit(_serve(settings, threads, queues, processes))
+
+
+def run_worker(
+    settings: Settings | str | None = None,
+    *,
+    processes: int = 1,
+    threads: int = 8,
+    queues: Iterable[str] | None = None,
+) -> int:
+    """Run ``processes`` worker processes of ``threads`` threads until SIGINT/SIGTERM.
+
+    Each process builds its own broker from ``settings`` (spawned children, nothing
+    inherited but the settings). Returns the exit code: 0, or the first non-zero
+    exit code of a child.
+    """
+    if not isinstance(processes, int) or processes < 1:
+        raise ConfigError(f"processes must be an integer >= 1, got {processes!r}")
+    if not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
+    settings = Settings.resolve(settings)
+    settings.address()  # start/find the embedded server once, before the children
+    qlist = list(queues) if queues else None
+    if processes == 1:
+        return _serve(settings, threads, qlist, 1)
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    children = [
+        ctx.Process(target=_child, args=(settings, threads, qlist, processes))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    stop = threading.Event()
+
+    def forward(signum: int, frame: Any) -> None:
+        stop.set()
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = 0
+        for child in children:
+            child.join()
+            code = code or (child.exitcode or 0)
+        return code if code >= 0 else 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,135 @@
+"""The memworker command, run as a real process against a real Valkey."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memworker import MemoryQueue, ValkeyStore
+from memworker.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main, make_argument_parser
+from memworker.settings import Settings
+from memworker.types import record_types
+
+MEMWORKER = str(Path(sys.executable).with_name("memworker"))
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("VALKEY_URL", "REDIS_URL")}
+    env.update(HF_HUB_OFFLINE="1", CREWAI_TRACING_ENABLED="false", **extra)
+    return env
+
+
+def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MEMWORKER, *args], capture_output=True, text=True, env=env or _env(), timeout=timeout, check=False
+    )
+
+
+def test_every_command_is_registered() -> None:
+    parser = make_argument_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == {"server", "worker", "status", "drain", "dead", "check", "demo"}
+
+
+def test_usage_errors_exit_2(plain_server) -> None:
+    assert main(["--url", plain_server.url, "drain"]) == EXIT_USAGE  # neither --all nor --producer
+    assert main(["--url", "ftp://nope", "status"]) == EXIT_USAGE  # ConfigError
+    with pytest.raises(SystemExit) as exc:
+        main(["worker", "--processes", "x"])
+    assert exc.value.code == 2
+
+
+def test_check_fails_without_worker(plain_server, namespace) -> None:
+    assert main(["--url", plain_server.url, "--namespace", namespace, "check", "--any"]) == EXIT_FAILURE
+
+
+def test_worker_processes_commit_drain_status_check(plain_server, namespace, tmp_path) -> None:
+    """Two worker processes with the real bundled model: jobs enqueued from here are
+    committed, `drain` and `status` see them, `check` passes while workers live and
+    fails after SIGTERM stops them cleanly."""
+    url = plain_server.url
+    worker = subprocess.Popen(
+        [MEMWORKER, "--url", url, "--namespace", namespace, "worker", "--processes", "2", "--threads", "2"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        settings = Settings.from_url(url, namespace=namespace)
+        with MemoryQueue(settings, producer_id="cli-test") as queue:
+            ids = queue.enqueue_encode(
+                [{"content": f"fact number {i} about valkey", "scope": "/cli", "categories": ["c"]} for i in range(20)]
+            )
+            drained = _run("--url", url, "--namespace", namespace, "drain", "--producer", "cli-test", "--timeout", "120")
+            assert drained.returncode == EXIT_OK, drained.stderr
+            assert "failed 0" in drained.stdout
+        store = ValkeyStore(settings)
+        assert store.count("/cli") == 20
+        assert all(store.get_record(i) is not None for i in ids)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = json.loads(_run("--url", url, "--namespace", namespace, "status", "--json").stdout)
+            if len(status["workers"]) == 2:
+                break
+            time.sleep(0.2)
+        assert len(status["workers"]) == 2
+        assert status["pending_total"] == 0 and status["dead"] == 0
+        assert _run("--url", url, "--namespace", namespace, "check").returncode == EXIT_OK
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+        assert _run("--url", url, "--namespace", namespace, "check", "--any").returncode == EXIT_FAILURE
+        store.reset()
+        store.close()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        if worker.stdout is not None:
+            worker.stdout.close()
+
+
+def test_dead_list_requeue_purge(plain_server, namespace, capsys) -> None:
+    """A job that fails permanently (dimension mismatch) is dead-lettered; the dead
+    commands list, requeue and purge it."""
+    from memworker.worker import running_worker
+
+    settings = Settings.from_url(plain_server.url, namespace=namespace)
+    cls = record_types()[0]
+    store = ValkeyStore(settings)
+    store.save([cls(content="x", embedding=np.ones(4).tolist())])
+    base = ["--url", plain_server.url, "--namespace", namespace]
+    with MemoryQueue(settings, producer_id="p") as queue, running_worker(settings, threads=1):
+        job = queue.enqueue_save([cls(content="y", embedding=np.ones(3).tolist())])
+        report = queue.drain(timeout=60, job_ids=[job])
+        assert [f.job_id for f in report.failed] == [job]
+    capsys.readouterr()
+    assert main([*base, "dead", "list", "--json"]) == EXIT_OK
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["job_id"] == job
+    assert main([*base, "dead", "requeue"]) == EXIT_OK
+    assert "requeued 1" in capsys.readouterr().out
+    assert main([*base, "dead", "purge"]) == EXIT_OK  # requeued job is no longer dead
+    assert "purged 0" in capsys.readouterr().out
+    store.reset()
+    store.close()
+
+
+@pytest.mark.slow
+def test_demo_runs_on_the_embedded_server(tmp_path) -> None:
+    """The README's main job: `memworker demo` on a fresh MEMWORKER_HOME."""
+    env = _env(MEMWORKER_HOME=str(tmp_path / "home"))
+    try:
+        done = _run("demo", "--records", "80", "--agents", "2", "--batch", "10", env=env, timeout=600)
+        assert done.returncode == EXIT_OK, done.stderr[-2000:]
+        assert "records committed" in done.stdout
+        assert "80" in done.stdout
+    finally:
+        from memworker.embedded import stop_server
+
+        stop_server(tmp_path / "home")

@@ -1,0 +1,153 @@
+"""The drain barrier: never returns early, never waits for later jobs, reports failures once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from test_worker import FakeEmbedder, _record, fake, qsettings, rawq, workers  # noqa: F401
+
+from memworker.jobs import DrainTimeout
+from memworker.queue import MemoryQueue
+from memworker.store import ValkeyStore
+
+
+def test_drain_with_nothing_pending_returns_at_once(qsettings):  # noqa: F811
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        report = q.drain(timeout=1)
+    assert report.committed == 0 and report.failed == []
+
+
+def test_drain_never_returns_while_a_job_is_uncommitted(qsettings, fake, workers):  # noqa: F811
+    with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+        jobs = [q.enqueue_save([_record(i)]) for i in range(3)]
+        ids = q.enqueue_encode(["one", "two"])
+        jobs += [j for j in q.pending() if j not in jobs]
+        with pytest.raises(DrainTimeout) as info:
+            q.drain(timeout=0.5)  # no worker: nothing can commit
+        err = info.value
+        assert sorted(err.job_ids) == sorted(jobs)
+        assert "no live worker" in str(err) and jobs[0] in str(err)
+        assert sorted(q.pending()) == sorted(jobs)  # a timeout consumes nothing
+        workers(qsettings)
+        report = q.drain(timeout=30)
+        assert report.committed == 4 and report.failed == []
+        # Every record is visible the moment drain returns.
+        assert store.count() == 5 and all(store.get_record(i) for i in ids)
+
+
+def test_timeout_names_saturated_workers(qsettings, fake, workers):  # noqa: F811
+    fake.gate.clear()  # texts starting with "B:" block inside the model
+    workers(qsettings, threads=1)
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        q.enqueue_encode(["B: blocked"])
+        q.enqueue_encode(["queued behind it"])
+        with pytest.raises(DrainTimeout, match="1 live worker"):
+            q.drain(timeout=0.5)
+        fake.gate.set()
+        assert q.drain(timeout=30).failed == []
+
+
+def test_jobs_enqueued_after_the_snapshot_do_not_delay_drain(qsettings, fake, workers, monkeypatch):  # noqa: F811
+    """A = save jobs pending at the snapshot; B = encode jobs enqueued during the
+    drain, with a worker running, that cannot finish (their texts block in the
+    model) until the drain has returned. A livelocking drain would never return."""
+    from memworker import queue as queue_mod
+
+    snapshot_taken = threading.Event()
+    real_still_pending = queue_mod._still_pending
+
+    def still_pending(*args):
+        snapshot_taken.set()  # first called right after the snapshot
+        return real_still_pending(*args)
+
+    monkeypatch.setattr(queue_mod, "_still_pending", still_pending)
+    fake.gate.clear()
+    try:
+        with (
+            MemoryQueue(qsettings, producer_id="p") as q,
+            MemoryQueue(qsettings, producer_id="p") as q2,
+        ):
+            a_jobs = [q.enqueue_save([_record(i)]) for i in range(3)]
+            result: dict = {}
+            drained = threading.Event()
+
+            def drain():
+                try:
+                    result["report"] = q2.drain(timeout=30)
+                finally:
+                    drained.set()
+
+            thread = threading.Thread(target=drain)
+            thread.start()
+            assert snapshot_taken.wait(10)
+            workers(qsettings, threads=4)
+            n = 0
+            while not drained.wait(0.005):
+                q.enqueue_encode([f"B: {n}"])
+                n += 1
+                assert n < 2000, "drain did not return"
+            thread.join()
+            report = result["report"]
+            assert report.committed == 3 and report.failed == []
+            pending = q.pending()
+            assert len(pending) == n and not set(a_jobs) & set(pending)  # every B still uncommitted
+            fake.gate.set()
+            final = q.drain(timeout=30)
+            assert final.committed == n and final.failed == [] and q.pending() == []
+    finally:
+        fake.gate.set()
+
+
+def test_failures_are_reported_once(qsettings, fake, workers):  # noqa: F811
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        good = q.enqueue_save([_record(0)])
+        bad = q.enqueue_save([_record(1, embedding=[1.0, 2.0, 3.0])])
+        jobs = [good, bad]
+        workers(qsettings, threads=1)  # in order
+        # The first job sets the dimension; the second is then a permanent failure.
+        report = q.drain(timeout=30, job_ids=jobs)
+        assert report.committed == 1
+        assert [f.job_id for f in report.failed] == [bad]
+        assert q.drain(timeout=5, job_ids=jobs).failed == []
+
+
+def test_other_producers_do_not_affect_a_drain(qsettings, fake):  # noqa: F811
+    with (
+        MemoryQueue(qsettings, producer_id="mine") as mine,
+        MemoryQueue(qsettings, producer_id="other") as other,
+    ):
+        other.enqueue_save([_record(0)])
+        assert mine.drain(timeout=1).committed == 0  # nothing of mine pending: returns at once
+        with pytest.raises(DrainTimeout):
+            mine.drain_all(timeout=0.3)
+
+
+def test_drain_all_waits_for_every_producer(qsettings, fake, workers):  # noqa: F811
+    with MemoryQueue(qsettings, producer_id="a") as a, MemoryQueue(qsettings, producer_id="b") as b:
+        a.enqueue_save([_record(0)])
+        b.enqueue_save([_record(1)])
+        bad = b.enqueue_save([_record(2, embedding=[1.0, 0.0])])
+        workers(qsettings, threads=1)
+        report = a.drain_all(timeout=30)
+        assert report.committed + len(report.failed) <= 3
+        assert a.pending() == [] and b.pending() == []
+        # b's failure (the 2-dim vector came after 8-dim ones) is left for b to consume.
+        assert [f.job_id for f in b.drain(timeout=5, job_ids=[bad]).failed] == [bad]
+
+
+def test_async_drain(qsettings, fake, workers):  # noqa: F811
+    async def main():
+        q = MemoryQueue(qsettings, producer_id="p")
+        await q.aenqueue_encode(["async one"])
+        jobs = await q.apending()
+        with pytest.raises(DrainTimeout):
+            await q.adrain(timeout=0.3)
+        workers(qsettings)
+        report = await q.adrain(timeout=30, job_ids=jobs)
+        await q.aclose()
+        return report
+
+    report = asyncio.run(main())
+    assert report.committed == 1 and report.failed == []

@@ -1,0 +1,169 @@
+"""Producer side: validation before enqueue, and the atomic enqueue step."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from memworker.errors import ValidationError
+from memworker.jobs import ENCODE_ACTOR, JOB_SCHEMA, SAVE_ACTOR, QueueKeys
+from memworker.queue import MemoryQueue
+from memworker.settings import Settings
+
+
+@pytest.fixture
+def settings(plain_server, namespace) -> Settings:
+    return Settings.from_url(plain_server.url, namespace=namespace)
+
+
+@pytest.fixture
+def queue(settings):
+    q = MemoryQueue(settings, producer_id="p1", max_items=5, max_job_bytes=8192)
+    yield q
+    q.close()
+
+
+@pytest.fixture
+def rawq(plain_server):
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=plain_server.port)
+    yield client
+    client.close()
+
+
+def _state(rawq, keys: QueueKeys) -> tuple[int, int, int]:
+    return rawq.llen(keys.q()), rawq.hlen(keys.msgs()), rawq.zcard(keys.pending("p1"))
+
+
+def _record(i: int, dim: int = 4, **over):
+    rec = {
+        "id": f"r{i}",
+        "content": f"text {i}",
+        "scope": "/a",
+        "embedding": [1.0] + [0.0] * (dim - 1),
+    }
+    rec.update(over)
+    return rec
+
+
+BAD_ENCODE = [
+    ([""], "items[0].text"),
+    (["   "], "items[0].text"),
+    ([{"text": "x", "importance": 2}], "importance"),
+    ([{"text": "x", "scope": "a//b"}], "scope"),
+    ([{"text": "x", "categories": "notalist"}], "categories"),
+    ([{"text": "x", "metadata": {"k": object()}}], "metadata"),
+    ([{"text": "x", "colour": "red"}], "unknown"),
+    (["a"] * 6, "limit per job is 5"),
+    ([], "must not be empty"),
+    (["x" * 9000], "max_job_bytes"),
+    ([{"text": "a", "id": "same"}, {"text": "b", "id": "same"}], "more than once"),
+]
+
+
+@pytest.mark.parametrize("items, needle", BAD_ENCODE)
+def test_enqueue_encode_rejects_bad_input_and_enqueues_nothing(queue, rawq, items, needle):
+    before = _state(rawq, queue.keys)
+    with pytest.raises(ValidationError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        queue.enqueue_encode(items)
+    assert _state(rawq, queue.keys) == before == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "records, needle",
+    [
+        ([_record(0, embedding=None)], "embedding"),
+        ([_record(0), _record(1, dim=5)], "dimension"),
+        ([_record(0, embedding=[0.0, 0.0, 0.0, 0.0])], "zeros"),
+        ([_record(0, content=None)], "content"),
+        ([_record(i) for i in range(6)], "limit per job is 5"),
+        ([_record(0, dim=2000)], "max_job_bytes"),
+    ],
+)
+def test_enqueue_save_rejects_bad_records(queue, rawq, records, needle):
+    with pytest.raises(ValidationError, match=needle):
+        queue.enqueue_save(records)
+    assert _state(rawq, queue.keys) == (0, 0, 0)
+
+
+def test_enqueue_is_queued_and_pending_at_once(queue, rawq):
+    ids = queue.enqueue_encode(["alpha", {"text": "beta", "scope": "/s", "categories": ["c"]}])
+    assert len(ids) == 2 and len(set(ids)) == 2
+    keys = queue.keys
+    assert _state(rawq, keys) == (1, 1, 1)
+    (redis_id,) = rawq.lrange(keys.q(), 0, -1)
+    message = json.loads(rawq.hget(keys.msgs(), redis_id))
+    job_id = rawq.zrange(keys.pending("p1"), 0, -1)[0].decode()
+    assert message["message_id"] == job_id
+    assert message["actor_name"] == ENCODE_ACTOR and message["queue_name"] == "default"
+    assert message["options"]["redis_message_id"] == redis_id.decode()
+    job = message["args"][0]
+    assert job["v"] == JOB_SCHEMA and job["job"] == job_id and job["producer"] == "p1"
+    assert [i["id"] for i in job["items"]] == ids
+    assert rawq.llen(keys.wake()) == 1
+    assert queue.pending() == [job_id]
+    save_job = queue.enqueue_save([_record(0)])
+    assert _state(rawq, keys) == (2, 2, 2)
+    assert json.loads(rawq.hget(keys.msgs(), rawq.lindex(keys.q(), 1)))["actor_name"] == SAVE_ACTOR
+    assert save_job in queue.pending()
+
+
+def test_enqueue_never_exposes_a_half_written_job(queue, rawq):
+    """Readers (in MULTI) never see a queued job without its pending mark or the reverse."""
+    import threading
+
+    keys = queue.keys
+    stop = threading.Event()
+
+    def produce():
+        with MemoryQueue(queue.settings, producer_id="p1") as q:
+            while not stop.is_set():
+                q.enqueue_encode(["x"])
+
+    threads = [threading.Thread(target=produce) for _ in range(3)]
+    for t in threads:
+        t.start()
+    seen = set()
+    try:
+        for _ in range(300):
+            with rawq.pipeline(transaction=True) as pipe:
+                depth, stored, pending = (
+                    pipe.llen(keys.q()).hlen(keys.msgs()).zcard(keys.pending("p1")).execute()
+                )
+            assert depth == stored == pending
+            seen.add(depth)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(seen) > 1  # enqueues really ran concurrently with the reads
+
+
+def test_async_enqueue(queue, rawq):
+    async def main():
+        ids = await queue.aenqueue_encode(["one", "two"])
+        job = await queue.aenqueue_save([_record(0)])
+        pending = await queue.apending()
+        await queue.aclose()
+        return ids, job, pending
+
+    ids, job, pending = asyncio.run(main())
+    assert len(ids) == 2 and job in pending and len(pending) == 2
+    assert _state(rawq, queue.keys) == (2, 2, 2)
+
+
+def test_status_counts(queue, settings):
+    queue.enqueue_encode(["a"])
+    queue.enqueue_encode(["b"])
+    status = queue.status()
+    assert status["depth"] == 2 and status["pending"] == {"p1": 2} and status["workers"] == []
+    assert status["producer"] == {"id": "p1", "pending": 2}
+    assert status["dead"] == 0 and status["delayed"] == 0
+
+
+def test_bad_producer_id(settings):
+    with pytest.raises(ValidationError, match="producer_id"):
+        MemoryQueue(settings, producer_id="a b")

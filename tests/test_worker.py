@@ -1,0 +1,350 @@
+"""Worker side: end to end through real dramatiq worker threads on a real Valkey."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from memworker import worker as worker_mod
+from memworker.jobs import QueueKeys
+from memworker.queue import (
+    MemoryQueue,
+    check_health,
+    dead_list,
+    dead_purge,
+    dead_requeue,
+    queue_status,
+)
+from memworker.settings import Settings
+from memworker.store import ValkeyStore
+
+DIM = 8
+
+
+class FakeEmbedder:
+    """Deterministic vectors from a hash of the text; optional hooks for failures."""
+
+    dimension = DIM
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail_times: dict[str, int] = {}  # text -> failures left
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def encode(self, texts):
+        self.calls += 1
+        for t in texts:
+            if self.fail_times.get(t, 0) > 0:
+                self.fail_times[t] -= 1
+                raise OSError(f"transient failure embedding {t!r}")
+            if t.startswith("B:"):
+                self.gate.wait(30)
+        return np.stack([vector(t) for t in texts])
+
+
+def vector(text: str) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture
+def fake():
+    embedder = FakeEmbedder()
+    worker_mod.set_embedder_factory(lambda: embedder)
+    yield embedder
+    embedder.gate.set()
+    worker_mod.set_embedder_factory(None)
+
+
+@pytest.fixture
+def qsettings(plain_server, namespace) -> Settings:
+    return Settings.from_url(plain_server.url, namespace=namespace, search_mode="exact")
+
+
+@pytest.fixture
+def workers():
+    """Start in-process workers: ``start(settings, threads=2, **broker_options)``; stopped at teardown."""
+    running = []
+
+    def start(settings, threads=2, **options):
+        options.setdefault("min_backoff_ms", 10)
+        options.setdefault("max_backoff_ms", 50)
+        options.setdefault("max_retries", 3)
+        options.setdefault("worker_timeout_ms", 100)
+        ctx = worker_mod.running_worker(settings, threads=threads, **options)
+        broker, worker = ctx.__enter__()
+        running.append(ctx)
+        return broker, worker
+
+    def stop_all():
+        while running:
+            running.pop().__exit__(None, None, None)
+
+    start.stop_all = stop_all
+    yield start
+    stop_all()
+
+
+@pytest.fixture
+def rawq(plain_server):
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=plain_server.port)
+    yield client
+    client.close()
+
+
+def _record(i, dim=DIM, **over):
+    rec = {
+        "id": f"rec{i}",
+        "content": f"saved {i}",
+        "scope": "/s",
+        "categories": ["c"],
+        "embedding": vector(f"saved {i}").tolist(),
+    }
+    rec.update(over)
+    return rec
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_encode_then_drain_then_search_finds_every_record(server, namespace, fake, workers):
+    settings = Settings.from_url(
+        server.url, namespace=namespace, search_mode="module" if server.module else "exact"
+    )
+    texts = [f"memory number {i}" for i in range(30)]
+    with MemoryQueue(settings, producer_id="p") as q, ValkeyStore(settings) as store:
+        ids = []
+        for start in range(0, 30, 7):
+            ids += q.enqueue_encode(
+                [
+                    {"text": t, "scope": "/team/a", "categories": ["k"], "metadata": {"n": 1}}
+                    for t in texts[start : start + 7]
+                ]
+            )
+        jobs = q.pending()
+        workers(settings, threads=4)
+        report = q.drain(timeout=30, job_ids=jobs)
+        assert report.committed == 5 and report.failed == []
+        assert q.pending() == []
+        assert store.count() == 30
+        for rid, text in zip(ids, texts):
+            rec = store.get_record(rid)
+            assert rec is not None and rec.content == text and rec.scope == "/team/a"
+            hits = store.search(vector(text).tolist(), scope_prefix="/team", limit=1)
+            assert hits[0][0].id == rid and hits[0][1] > 0.99
+        assert store.list_categories() == {"k": 30}
+        store.reset()  # drop the module server's index of this namespace
+
+
+def test_save_jobs_commit_records(qsettings, fake, workers):
+    with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+        q.enqueue_save([_record(i) for i in range(5)])
+        q.enqueue_save([_record(i) for i in range(5, 8)])
+        jobs = q.pending()
+        workers(qsettings)
+        report = q.drain(timeout=30, job_ids=jobs)
+        assert report.committed == 2 and not report.failed
+        assert store.count() == 8 and store.count("/s") == 8
+        assert store.get_record("rec3").embedding == pytest.approx(vector("saved 3").tolist())
+        status = q.status()
+        assert status["counters"]["committed"] == 2 and status["counters"]["records"] == 8
+        assert status["pending_total"] == 0 and status["depth"] == 0
+
+
+def test_redelivered_job_counts_exactly_once(qsettings, fake, workers, rawq):
+    keys = QueueKeys(qsettings.namespace)
+    with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+        q.enqueue_save([_record(i, scope="/x/y", categories=["a", "b"]) for i in range(4)])
+        # Duplicate the message (same job, a second delivery) before any worker runs.
+        (rid,) = rawq.lrange(keys.q(), 0, -1)
+        msg = json.loads(rawq.hget(keys.msgs(), rid))
+        msg["options"]["redis_message_id"] = "00000000-0000-0000-0000-000000000001"
+        rawq.hset(keys.msgs(), "00000000-0000-0000-0000-000000000001", json.dumps(msg))
+        rawq.rpush(keys.q(), "00000000-0000-0000-0000-000000000001")
+        broker, worker = workers(qsettings)
+        broker.join("default", timeout=10_000)  # both deliveries consumed
+        worker.join()
+        assert q.pending() == []
+        assert store.count() == 4 and store.count("/x") == 4 and store.count("/x/y") == 4
+        assert store.list_categories("/x") == {"a": 4, "b": 4}
+        assert store.list_scopes("/") == ["/x"]
+        assert (
+            int(rawq.hget(keys.stats, "records")) == 8
+        )  # processed twice, counted once in the store
+
+
+def test_idle_worker_is_woken_by_the_enqueue(qsettings, fake, workers, rawq):
+    broker, _ = workers(qsettings, worker_timeout_ms=1000)
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        q.drain(timeout=30, job_ids=[q.enqueue_save([_record(0)])])  # warm up (client, script load)
+        blocked_before = broker.woken_fetches
+        # Wait until the consumer is parked in BLPOP on the wake list.
+        for _ in range(500):
+            if any(c.get("cmd") == "blpop" for c in rawq.client_list()):
+                break
+            threading.Event().wait(0.01)
+        job = q.enqueue_save([_record(1)])
+        assert q.drain(timeout=30, job_ids=[job]).committed == 1
+    # The job was fetched right after a wake-up token, not by a timed re-poll.
+    assert broker.woken_fetches == blocked_before + 1
+
+
+# ----------------------------------------------------------------------------- failures
+def test_dimension_mismatch_is_dead_lettered_and_reported(qsettings, fake, workers, rawq):
+    keys = QueueKeys(qsettings.namespace)
+    _broker, _ = workers(qsettings)
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        assert q.drain(timeout=30, job_ids=[q.enqueue_save([_record(0)])]).committed == 1
+        bad = q.enqueue_save([_record(1, embedding=[1.0, 0.0, 0.0])])
+        report = q.drain(timeout=30, job_ids=[bad])
+        assert report.committed == 0 and len(report.failed) == 1
+        failed = report.failed[0]
+        assert (
+            failed.job_id == bad and failed.record_ids == ["rec1"] and "dimension" in failed.error
+        )
+        assert q.drain(timeout=5).failed == []  # reported once
+    assert rawq.zcard(keys.dead()) == 1
+    dead = dead_list(qsettings)
+    assert dead[0]["job_id"] == bad and dead[0]["record_ids"] == ["rec1"]
+    assert fake.calls == 0  # save jobs never embed
+    assert rawq.hlen(keys.deliveries) == 0
+
+
+def test_bad_payload_crafted_by_hand_is_dead_lettered(qsettings, fake, workers, rawq):
+    keys = QueueKeys(qsettings.namespace)
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        q.enqueue_encode(["a good one"])
+        (rid,) = rawq.lrange(keys.q(), 0, -1)
+        msg = json.loads(rawq.hget(keys.msgs(), rid))
+        msg["args"][0]["v"] = 99
+        rawq.hset(keys.msgs(), rid, json.dumps(msg))
+        # And a message that is not even JSON.
+        rawq.hset(
+            keys.msgs(),
+            "11111111-1111-1111-1111-111111111111",
+            b'{"redis_message_id": "11111111-1111-1111-1111-111111111111", oops',
+        )
+        rawq.rpush(keys.q(), "11111111-1111-1111-1111-111111111111")
+        jobs = q.pending()
+        workers(qsettings)
+        report = q.drain(timeout=30, job_ids=jobs)
+        assert report.committed == 0 and len(report.failed) == 1
+        assert "schema version 99" in report.failed[0].error
+        assert fake.calls == 0
+    broker, _ = workers(qsettings)
+    broker.join("default", timeout=10_000)
+    assert rawq.zcard(keys.dead()) == 2
+
+
+def test_transient_failure_is_retried_then_commits(qsettings, fake, workers):
+    fake.fail_times["flaky"] = 2
+    with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+        (rid,) = q.enqueue_encode(["flaky"])
+        jobs = q.pending()
+        workers(qsettings, max_retries=3)
+        report = q.drain(timeout=30, job_ids=jobs)
+        assert report.committed == 1 and report.failed == []
+        assert store.get_record(rid).content == "flaky"
+        assert fake.fail_times["flaky"] == 0
+
+
+def test_exhausted_retries_are_reported(qsettings, fake, workers, rawq):
+    fake.fail_times["always"] = 100
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        (rid,) = q.enqueue_encode(["always"])
+        jobs = q.pending()
+        workers(qsettings, max_retries=1)
+        report = q.drain(timeout=30, job_ids=jobs)
+        assert report.committed == 0 and report.failed[0].record_ids == [rid]
+        assert "OSError" in report.failed[0].error
+    assert rawq.zcard(QueueKeys(qsettings.namespace).dead()) == 1
+
+
+def test_poison_guard_dead_letters_a_job_delivered_too_often(qsettings, fake, workers, rawq):
+    keys = QueueKeys(qsettings.namespace)
+    with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+        job = q.enqueue_save([_record(0)])
+        # Three earlier deliveries that never finished (SIGKILL/OOM).
+        rawq.hset(keys.deliveries, f"{job}:0", 3)
+        workers(qsettings, max_deliveries=3)
+        report = q.drain(timeout=30, job_ids=[job])
+        assert report.committed == 0 and report.failed[0].job_id == job
+        assert "PoisonJobError" in report.failed[0].error and "4 times" in report.failed[0].error
+        assert store.count() == 0
+    assert rawq.zcard(keys.dead()) == 1 and rawq.hlen(keys.deliveries) == 0
+
+
+def test_dead_letters_requeue_and_purge(qsettings, fake, workers, rawq):
+    keys = QueueKeys(qsettings.namespace)
+    workers(qsettings)
+    with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+        q.drain(timeout=30, job_ids=[q.enqueue_save([_record(0)])])
+        bad = [q.enqueue_save([_record(i, embedding=[1.0, 2.0])]) for i in (1, 2)]
+        assert len(q.drain(timeout=30, job_ids=bad).failed) == 2
+        assert len(dead_list(qsettings)) == 2
+        first = dead_list(qsettings)[0]["message_id"]
+        assert dead_purge(qsettings, [first]) == 1
+        # Requeued: the pending mark is back, so the producer's drain waits for it again.
+        (left,) = dead_list(qsettings)
+        store.reset()  # now any dimension is accepted: the requeued job can commit
+        assert dead_requeue(qsettings) == 1
+        report = q.drain(timeout=30, job_ids=[left["job_id"]])
+        assert report.committed == 1 and not report.failed
+        assert store.get_record(left["record_ids"][0]) is not None
+    assert rawq.zcard(keys.dead()) == 0
+
+
+# ----------------------------------------------------------------------------- health, status
+def test_worker_health_key_and_check(qsettings, fake, workers, rawq):
+    keys = QueueKeys(qsettings.namespace)
+    assert check_health(qsettings) is False
+    workers(qsettings)
+    assert check_health(qsettings) is True
+    assert check_health(qsettings, host=socket.gethostname()) is True
+    assert check_health(qsettings, host="some-other-pod") is False
+    status = queue_status(qsettings)
+    (info,) = status["workers"]
+    assert int(info["pid"]) > 0 and "host" in info and int(info["processed"]) == 0
+    assert 0 < rawq.pttl(keys.worker(info["id"])) <= 5000
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        q.drain(timeout=30, job_ids=[q.enqueue_save([_record(0)])])
+    workers.stop_all()
+    assert check_health(qsettings) is False
+    assert not rawq.exists(keys.worker(info["id"]))
+
+
+def test_dead_worker_messages_are_redelivered(qsettings, fake, workers, rawq):
+    """dramatiq maintenance (every dispatch) requeues acks of a broker whose heartbeat expired."""
+    keys = QueueKeys(qsettings.namespace)
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        job = q.enqueue_save([_record(0)])
+        # Simulate a worker that fetched the message and died 10 s ago.
+        rid = rawq.lpop(keys.q())
+        rawq.sadd(f"{keys.dq_namespace}:__acks__.deadbeef.default", rid)
+        rawq.zadd(keys.heartbeats, {"deadbeef": 1})
+        workers(qsettings)
+        assert q.drain(timeout=30, job_ids=[job]).committed == 1
+    assert rawq.zscore(keys.heartbeats, "deadbeef") is None
+
+
+def test_real_model_end_to_end(qsettings, workers):
+    pytest.importorskip("sentence_transformers")
+    worker_mod.set_embedder_factory(None)
+    from memworker.embedding import Embedder
+
+    with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+        ids = q.enqueue_encode(["The cat sat on the mat.", "Quarterly revenue grew 12 percent."])
+        jobs = q.pending()
+        workers(qsettings)
+        assert q.drain(timeout=120, job_ids=jobs).committed == 1
+        query = Embedder().encode(["Where did the cat sit?"])[0]
+        hits = store.search(query.tolist(), limit=2)
+        assert next(h[0].id for h in hits) == ids[0]
+        assert len(store.get_record(ids[1]).embedding) == 384
