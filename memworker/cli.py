@@ -62,6 +62,9 @@ def make_argument_parser() -> argparse.ArgumentParser:
     worker.add_argument("--processes", "-p", type=int, default=1, help="worker processes (default 1)")
     worker.add_argument("--threads", "-t", type=int, default=8, help="threads per process (default 8)")
     worker.add_argument("--queues", "-Q", nargs="*", default=None, help="queues to consume (default: all)")
+    worker.add_argument(
+        "--nice", type=int, default=0, help="lower the workers' CPU priority by this much (0-19, default 0)"
+    )
 
     status = commands.add_parser("status", help="queue depth, dead letters, pending per producer, live workers")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -91,7 +94,12 @@ def make_argument_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run a realistic workload on the local Valkey and print a report")
     demo.add_argument("--records", type=int, default=2000, help="memories to write (default 2000)")
     demo.add_argument("--agents", type=int, default=8, help="simulated agents (default 8)")
-    demo.add_argument("--batch", type=int, default=50, help="memories per agent call (default 50)")
+    demo.add_argument("--batch", type=int, default=25, help="memories per enqueue call, one job (default 25)")
+    demo.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+    demo.add_argument("--threads", type=int, default=8, help="threads per worker process (default 8)")
+    demo.add_argument(
+        "--think-ms", type=float, default=0.0, help="pause between an agent's calls (default 0: saturate)"
+    )
     return parser
 
 
@@ -118,8 +126,12 @@ def _cmd_server(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from memworker.demo import print_report, run_demo
 
-    if args.records < 1 or args.agents < 1 or args.batch < 1:
-        print("memworker demo: --records, --agents and --batch must be positive", file=sys.stderr)
+    if min(args.records, args.agents, args.batch, args.processes, args.threads) < 1 or args.think_ms < 0:
+        print(
+            "memworker demo: --records, --agents, --batch, --processes and --threads must be "
+            "positive, --think-ms not negative",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = run_demo(
@@ -127,6 +139,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         records=args.records,
         agents=args.agents,
         batch=args.batch,
+        processes=args.processes,
+        threads=args.threads,
+        think_ms=args.think_ms,
     )
     print_report(result)
     return EXIT_OK
@@ -135,7 +150,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from memworker.worker import run_worker
 
-    return run_worker(_settings(args), processes=args.processes, threads=args.threads, queues=args.queues)
+    return run_worker(
+        _settings(args), processes=args.processes, threads=args.threads, queues=args.queues, nice=args.nice
+    )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -209,10 +209,10 @@ class MemoryQueue:
         items = save_items(records, self.max_items)
         return self._prepare(SAVE_ACTOR, items)
 
-    def _prepare_encode(self, items: Sequence[Any]) -> tuple[list[str], list[list[Any]]]:
+    def _prepare_encode(self, items: Sequence[Any]) -> tuple[str, list[str], list[list[Any]]]:
         job_items = encode_items(items, self.max_items)
-        _, commands = self._prepare(ENCODE_ACTOR, job_items)
-        return [i["id"] for i in job_items], commands
+        job_id, commands = self._prepare(ENCODE_ACTOR, job_items)
+        return job_id, [i["id"] for i in job_items], commands
 
     def _prepare(self, actor: str, items: list[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
         job_id = str(uuid.uuid4())
@@ -242,9 +242,17 @@ class MemoryQueue:
             ValidationError: An empty text, a bad field, more than ``max_items``
                 items, or a job over ``max_job_bytes``; nothing is enqueued.
         """
-        ids, commands = self._prepare_encode(items)
+        return self.enqueue_encode_job(items)[1]
+
+    def enqueue_encode_job(self, items: Sequence[Any]) -> tuple[str, list[str]]:
+        """:meth:`enqueue_encode` that also returns the job id: ``(job_id, record_ids)``.
+
+        The job id is what :meth:`drain` (``job_ids=``), ``DrainReport.failed`` and
+        the producer's ``done`` channel speak of.
+        """
+        job_id, ids, commands = self._prepare_encode(items)
         _execute(self._sync(), commands)
-        return ids
+        return job_id, ids
 
     def drain(
         self, timeout: float | None = None, *, job_ids: Sequence[str] | None = None
@@ -310,9 +318,13 @@ class MemoryQueue:
 
     async def aenqueue_encode(self, items: Sequence[Any]) -> list[str]:
         """Async :meth:`enqueue_encode`."""
-        ids, commands = self._prepare_encode(items)
+        return (await self.aenqueue_encode_job(items))[1]
+
+    async def aenqueue_encode_job(self, items: Sequence[Any]) -> tuple[str, list[str]]:
+        """Async :meth:`enqueue_encode_job`."""
+        job_id, ids, commands = self._prepare_encode(items)
         await _aexecute(await self._async(), commands)
-        return ids
+        return job_id, ids
 
     async def adrain(
         self, timeout: float | None = None, *, job_ids: Sequence[str] | None = None

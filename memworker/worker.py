@@ -571,10 +571,26 @@ def running_worker(
             broker.context.close()
 
 
-def _serve(settings: Settings, threads: int, queues: Iterable[str] | None, processes: int) -> int:
+def warm_up() -> None:
+    """Load what a worker process needs before it takes its first job: the embedding
+    model (one batch through the process's batcher) and the record types (crewai's,
+    when installed, take seconds to import), so no job pays for them."""
+    from memworker.types import dimension_mismatch, record_types
+
+    record_types()
+    dimension_mismatch(1, 2)
+    get_batcher().submit(["warm up"]).result()
+
+
+def _serve(
+    settings: Settings, threads: int, queues: Iterable[str] | None, processes: int, nice: int = 0
+) -> int:
     """Run one worker process until SIGINT/SIGTERM."""
     global _processes
     _processes = processes
+    if nice > 0:
+        os.nice(nice)
+    warm_up()
     broker = make_broker(settings)
     worker = dramatiq.Worker(
         broker,
@@ -607,8 +623,10 @@ def _serve(settings: Settings, threads: int, queues: Iterable[str] | None, proce
     return 0
 
 
-def _child(settings: Settings, threads: int, queues: list[str] | None, processes: int) -> None:
-    raise SystemExit(_serve(settings, threads, queues, processes))
+def _child(
+    settings: Settings, threads: int, queues: list[str] | None, processes: int, nice: int
+) -> None:
+    raise SystemExit(_serve(settings, threads, queues, processes, nice))
 
 
 def run_worker(
@@ -617,8 +635,12 @@ def run_worker(
     processes: int = 1,
     threads: int = 8,
     queues: Iterable[str] | None = None,
+    nice: int = 0,
 ) -> int:
     """Run ``processes`` worker processes of ``threads`` threads until SIGINT/SIGTERM.
+
+    ``nice`` lowers the workers' CPU priority (``os.nice``): on a machine shared with
+    the agents, background embedding then yields the CPU to them.
 
     Each process builds its own broker from ``settings`` (spawned children, nothing
     inherited but the settings). Returns the exit code: 0, or the first non-zero
@@ -631,13 +653,15 @@ def run_worker(
     settings = Settings.resolve(settings)
     settings.address()  # start/find the embedded server once, before the children
     qlist = list(queues) if queues else None
+    if not isinstance(nice, int) or not 0 <= nice <= 19:
+        raise ConfigError(f"nice must be an integer from 0 to 19, got {nice!r}")
     if processes == 1:
-        return _serve(settings, threads, qlist, 1)
+        return _serve(settings, threads, qlist, 1, nice)
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     children = [
-        ctx.Process(target=_child, args=(settings, threads, qlist, processes))
+        ctx.Process(target=_child, args=(settings, threads, qlist, processes, nice))
         for _ in range(processes)
     ]
     for child in children:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,8 +128,10 @@ def test_demo_runs_on_the_embedded_server(tmp_path) -> None:
     try:
         done = _run("demo", "--records", "80", "--agents", "2", "--batch", "10", env=env, timeout=600)
         assert done.returncode == EXIT_OK, done.stderr[-2000:]
-        assert "records committed" in done.stdout
-        assert "80" in done.stdout
+        out = done.stdout
+        assert re.search(r"records enqueued / committed\s+80 / 80\n", out), out
+        assert re.search(r"failed jobs\s+0\n", out), out
+        assert re.search(r"own writes seen after drain\s+80 of 80\n", out), out
     finally:
         from memworker.embedded import stop_server
 
