@@ -445,7 +445,7 @@ def decode_record(values: Sequence[Any], record_cls: type[Any]) -> Any:
     if row["content"] is None or row["id"] is None:
         return None
     embedding = row["embedding"]
-    return record_cls(
+    fields = dict(
         id=_text(row["id"]),
         content=_text(row["content"]),
         scope=_text(row["scope"]) or "/",
@@ -458,3 +458,6 @@ def decode_record(values: Sequence[Any], record_cls: type[Any]) -> Any:
         source=_text(row["source"]),
         private=_text(row["private"]) == "1",
     )
+    # The values were validated when written: skip pydantic's validation on the way out.
+    construct = getattr(record_cls, "model_construct", None)
+    return construct(**fields) if construct is not None else record_cls(**fields)

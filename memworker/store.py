@@ -44,6 +44,8 @@ log = logging.getLogger("memworker.store")
 DEFAULT_BATCH_SIZE = 200
 #: Commands per pipeline round trip on the exact search path and in bulk reads.
 READ_CHUNK = 2_000
+#: Records per bulk read of the exact search path (one script call each).
+EXACT_CHUNK = 5_000
 #: Ids per delete script call.
 DELETE_CHUNK = 500
 
@@ -473,30 +475,37 @@ class ValkeyStore:
         return [(r, s) for (_, s), r in zip(scored, records) if r is not None]
 
     def _p_search_exact(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
-        ids = [_text(i) for i in (yield Call(["ZRANGE", self.keys.tree(flt.scope), "0", "-1"]))]
-        if not ids:
-            return []
-        wanted = ("embedding", *TOKEN_FIELDS) if flt.needs_tokens else ("embedding",)
-        kept: list[str] = []
-        blobs: list[bytes] = []
-        for start in range(0, len(ids), READ_CHUNK):
-            part = ids[start : start + READ_CHUNK]
-            rows = yield Pipeline([["HMGET", self.keys.rec(i), *wanted] for i in part])
-            for record_id, row in zip(part, rows):
-                if row[0] is None or (flt.needs_tokens and not flt.matches(row[1:])):
-                    continue
-                kept.append(record_id)
-                blobs.append(row[0])
-        if not kept:
+        size = yield Call(["ZCARD", self.keys.tree(flt.scope)])
+        if not size:
             return []
         query = vector_from_bytes(vector)
-        matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(kept), query.size)
+        kept: list[str] = []
+        parts: list[np.ndarray] = []
+        tokens = "1" if flt.needs_tokens else "0"
+        for start in range(0, int(size), EXACT_CHUNK):
+            ids_raw, blob, lines = yield Script(
+                "read",
+                [self.keys.namespace, flt.scope, str(start), str(start + EXACT_CHUNK - 1), tokens],
+            )
+            if not ids_raw:
+                continue
+            ids = _text(ids_raw).split("\n")
+            matrix = np.frombuffer(blob, dtype="<f4").reshape(len(ids), query.size)
+            if flt.needs_tokens:
+                rows = [line.split("\t") for line in _text(lines).split("\n")]
+                mask = np.fromiter((flt.matches(row) for row in rows), dtype=bool, count=len(ids))
+                matrix = matrix[mask]
+                ids = [i for i, keep in zip(ids, mask) if keep]
+            kept += ids
+            parts.append(matrix)
+        if not kept:
+            return []
+        matrix = np.concatenate(parts) if len(parts) > 1 else parts[0]
         norms = np.linalg.norm(matrix, axis=1) * float(np.linalg.norm(query))
         scores = (matrix @ query) / np.where(norms == 0, 1.0, norms)
         k = min(limit, len(kept))
         top = np.argpartition(-scores, k - 1)[:k] if k < len(kept) else np.arange(len(kept))
-        top_ids = [kept[i] for i in top]
-        records = yield from self._p_fetch(top_ids)
+        records = yield from self._p_fetch([kept[i] for i in top])
         return [(r, float(scores[i])) for i, r in zip(top, records) if r is not None]
 
     # ================================================================== sync face
@@ -695,6 +704,33 @@ class ValkeyStore:
         """Write already-validated records plus ``extra`` commands in the same atomic step
         (the worker's commit: records, side indexes and the pending-mark removal)."""
         return self._sync.run(self._p_write(encoded, extra))
+
+    def _p_ensure_model(self, model_id: str) -> Plan[str]:
+        if not isinstance(model_id, str) or not model_id:
+            raise ConfigError(f"model_id must be a non-empty string, got {model_id!r}")
+        yield Call(["HSETNX", self.keys.meta, "model", model_id])
+        stored = _text((yield Call(["HGET", self.keys.meta, "model"])) or model_id)
+        if stored != model_id:
+            raise ConfigError(
+                f"embedding model mismatch in namespace {self.keys.namespace!r}: the store was "
+                f"written with {stored!r}, this process embeds with {model_id!r}; queries and "
+                "stored vectors must come from the same model (set MEMWORKER_MODEL or the "
+                "embedder to the store's model, or use another namespace)"
+            )
+        return stored
+
+    def ensure_model(self, model_id: str) -> str:
+        """Record ``model_id`` as the namespace's embedding model if none is recorded
+        (``HSETNX ns:meta model``), and return it.
+
+        Raises:
+            ConfigError: Another model is recorded: vectors would not be comparable.
+        """
+        return self._sync.run(self._p_ensure_model(model_id))
+
+    async def aensure_model(self, model_id: str) -> str:
+        """Async :meth:`ensure_model`."""
+        return await self._async.run(self._p_ensure_model(model_id))
 
     @property
     def search_module(self) -> bool:
