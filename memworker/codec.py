@@ -22,9 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -68,6 +70,12 @@ MAX_METADATA_BYTES = 64 * 1024
 #: Token of records visible to every source.
 PUBLIC_TOKEN = "pub"
 
+_SCOPE_BAD = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_ID_BAD = re.compile("[\x00-\x1f\ud800-\udfff]")
+#: One encoder for every JSON field written (json.dumps with options builds a new one per call).
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_TOKEN_BASE = hashlib.blake2b(digest_size=16, person=b"memworker-tok1")
+
 #: Fields read back to build a record, in this order (HMGET / FT.SEARCH RETURN).
 RECORD_FIELDS: tuple[str, ...] = (
     "id",
@@ -102,7 +110,7 @@ def normalize_scope(scope: Any, *, field: str = "scope") -> str:
         raise ValidationError(
             f"{field} is {len(scope)} characters, the limit is {MAX_SCOPE_LENGTH}"
         )
-    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in scope):
+    if _SCOPE_BAD.search(scope):
         raise ValidationError(
             f"{field} must not contain control characters or lone surrogates: {scope!r}"
         )
@@ -135,11 +143,27 @@ def scope_ancestors(scope: str) -> list[str]:
 # --------------------------------------------------------------------------- tokens
 def token(kind: str, value: str) -> str:
     """The filter token of a value: hex BLAKE2b-128 of ``kind`` and the UTF-8 value."""
-    digest = hashlib.blake2b(digest_size=16, person=b"memworker-tok1")
-    digest.update(kind.encode())
-    digest.update(b"\x00")
-    digest.update(value.encode("utf-8", "surrogatepass"))
+    digest = _TOKEN_BASE.copy()
+    digest.update(kind.encode() + b"\x00" + value.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
+
+
+@lru_cache(maxsize=8192)
+def scope_tokens(scope: str) -> str:
+    """The ``scope_anc`` field of a normalized scope: its and its ancestors' tokens."""
+    return ",".join(token("s", a) for a in scope_ancestors(scope))
+
+
+@lru_cache(maxsize=8192)
+def category_token(category: str) -> str:
+    """Token of one category (cached: categories repeat)."""
+    return token("c", category)
+
+
+@lru_cache(maxsize=8192)
+def source_token(source: str) -> str:
+    """Token of a source (cached: sources repeat)."""
+    return token("u", source)
 
 
 def _canonical(value: Any) -> Any:
@@ -262,10 +286,16 @@ class EncodedRecord:
     dim: int
 
 
+_MISSING = object()
+
+
 def _get(record: Any, name: str, default: Any = None) -> Any:
-    if isinstance(record, Mapping):
+    if type(record) is dict:
         return record.get(name, default)
-    return getattr(record, name, default)
+    value = getattr(record, name, _MISSING)
+    if value is _MISSING:
+        return record.get(name, default) if isinstance(record, Mapping) else default
+    return value
 
 
 def _check_id(value: Any, where: str) -> str:
@@ -273,7 +303,7 @@ def _check_id(value: Any, where: str) -> str:
         raise ValidationError(f"{where}.id must be a non-empty string")
     if len(value) > 256:
         raise ValidationError(f"{where}.id is {len(value)} characters, the limit is 256")
-    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+    if _ID_BAD.search(value):
         raise ValidationError(f"{where}.id must not contain control characters or lone surrogates")
     return value
 
@@ -304,7 +334,9 @@ def encode_record(record: Any, *, where: str = "record", require_embedding: bool
     scope = normalize_scope(_get(record, "scope", "/"), field=f"{where}.scope")
 
     categories = _get(record, "categories") or []
-    if isinstance(categories, str) or not isinstance(categories, Sequence):
+    if type(categories) not in (list, tuple) and (
+        isinstance(categories, str) or not isinstance(categories, Sequence)
+    ):
         raise ValidationError(f"{where}.categories must be a list of strings")
     if len(categories) > MAX_CATEGORIES:
         raise ValidationError(
@@ -323,10 +355,10 @@ def encode_record(record: Any, *, where: str = "record", require_embedding: bool
             raise ValidationError(f"{where}.categories[{i}] is not valid unicode text") from None
 
     metadata = _get(record, "metadata") or {}
-    if not isinstance(metadata, Mapping):
+    if type(metadata) is not dict and not isinstance(metadata, Mapping):
         raise ValidationError(f"{where}.metadata must be a mapping")
     try:
-        metadata_json = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False)
+        metadata_json = _JSON.encode(dict(metadata))
         metadata_json.encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise ValidationError(f"{where}.metadata is not JSON-serializable: {exc}") from None
@@ -374,20 +406,20 @@ def encode_record(record: Any, *, where: str = "record", require_embedding: bool
         ("id", record_id),
         ("content", content),
         ("scope", scope),
-        ("categories", json.dumps(categories_list, ensure_ascii=False)),
+        ("categories", _JSON.encode(categories_list)),
         ("metadata", metadata_json),
         ("importance", repr(float(importance))),
         ("created_at", created_text),
         ("last_accessed", format_timestamp(accessed)),
         ("private", "1" if private else "0"),
-        ("scope_anc", ",".join(token("s", a) for a in scope_ancestors(scope))),
+        ("scope_anc", scope_tokens(scope)),
         ("vis", visibility_token(source) if private else PUBLIC_TOKEN),
     ]
     if source is not None:
         fields.append(("source", source))
-        fields.append(("src_t", token("u", source)))
+        fields.append(("src_t", source_token(source)))
     if unique_cats:
-        fields.append(("cat_t", ",".join(token("c", c) for c in unique_cats)))
+        fields.append(("cat_t", ",".join(category_token(c) for c in unique_cats)))
     if metadata:
         fields.append(("meta_t", ",".join(metadata_token(k, v) for k, v in metadata.items())))
     if vector is not None:
@@ -396,7 +428,7 @@ def encode_record(record: Any, *, where: str = "record", require_embedding: bool
         id=record_id,
         scope=scope,
         created_at=created_text,
-        categories_json=json.dumps(unique_cats, ensure_ascii=False),
+        categories_json=_JSON.encode(unique_cats),
         fields=tuple(fields),
         dim=dim,
     )
