@@ -70,7 +70,7 @@ def enqueue_latency(settings: Settings, calls: int, size: int, threads: int) -> 
 def start_workers(settings: Settings, processes: int, threads: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ, VALKEY_URL=settings.url(redact=False), MEMWORKER_NAMESPACE=settings.namespace)
     cmd = [sys.executable, "-m", "memworker.cli", "worker", "--processes", str(processes), "--threads", str(threads)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=None)
     deadline = time.monotonic() + 180
     while not check_health(settings):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -65,6 +65,19 @@ def make_argument_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--nice", type=int, default=0, help="lower the workers' CPU priority by this much (0-19, default 0)"
     )
+    worker.add_argument(
+        "--max-retries", type=int, default=None,
+        help="retries of a failing job (default: $MEMWORKER_MAX_RETRIES or 5)",
+    )
+    worker.add_argument(
+        "--min-backoff-ms", type=int, default=None,
+        help="first retry backoff in ms, doubled per retry (default: $MEMWORKER_MIN_BACKOFF_MS or 1000)",
+    )
+    worker.add_argument(
+        "--max-deliveries", type=int, default=None,
+        help="deliveries of one attempt before the poison guard dead-letters it "
+        "(default: $MEMWORKER_MAX_DELIVERIES or 3)",
+    )
 
     status = commands.add_parser("status", help="queue depth, dead letters, pending per producer, live workers")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -100,6 +113,18 @@ def make_argument_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--think-ms", type=float, default=0.0, help="pause between an agent's calls (default 0: saturate)"
     )
+
+    imp = commands.add_parser(
+        "import-lancedb", help="copy a CrewAI LanceDB memory (a folder) into this Valkey namespace"
+    )
+    imp.add_argument("path", help="the LanceDB folder (what Memory(storage=PATH) used)")
+    imp.add_argument("--table", default="memories", help="LanceDB table (default: memories)")
+    imp.add_argument(
+        "--keep-vectors",
+        action="store_true",
+        help="keep the stored vectors instead of re-embedding with the local model",
+    )
+    imp.add_argument("--model-id", default=None, help="with --keep-vectors: the model that made them")
     return parser
 
 
@@ -151,7 +176,14 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from memworker.worker import run_worker
 
     return run_worker(
-        _settings(args), processes=args.processes, threads=args.threads, queues=args.queues, nice=args.nice
+        _settings(args),
+        processes=args.processes,
+        threads=args.threads,
+        queues=args.queues,
+        nice=args.nice,
+        max_retries=args.max_retries,
+        min_backoff_ms=args.min_backoff_ms,
+        max_deliveries=args.max_deliveries,
     )
 
 
@@ -232,6 +264,36 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if healthy else EXIT_FAILURE
 
 
+def _cmd_import_lancedb(args: argparse.Namespace) -> int:
+    from memworker.crewai.lancedb import import_lancedb
+
+    bar = None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with sentence-transformers
+        tqdm = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if tqdm is None:
+            print(f"{done}/{total}", file=sys.stderr)
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="rec", desc="import-lancedb")
+        bar.update(done - bar.n)
+
+    try:
+        n = import_lancedb(
+            args.path, _settings(args), table=args.table, keep_vectors=args.keep_vectors,
+            model_id=args.model_id, progress=progress,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"imported {n} record(s) into namespace {_settings(args).namespace!r}")
+    return EXIT_OK
+
+
 _COMMANDS = {
     "server": _cmd_server,
     "worker": _cmd_worker,
@@ -240,6 +302,7 @@ _COMMANDS = {
     "dead": _cmd_dead,
     "check": _cmd_check,
     "demo": _cmd_demo,
+    "import-lancedb": _cmd_import_lancedb,
 }
 
 
@@ -261,6 +324,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemworkerError as exc:
         print(f"memworker {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - a client library's error (redis-py, glide)
+        if not _is_server_error(exc):
+            raise
+        print(f"memworker {args.command}: cannot use Valkey: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _is_server_error(exc: BaseException) -> bool:
+    """Errors of the client libraries (connection, authentication, server replies)."""
+    module = type(exc).__module__
+    return module.startswith(("redis", "valkey", "glide"))
 
 
 if __name__ == "__main__":  # pragma: no cover

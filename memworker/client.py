@@ -137,6 +137,17 @@ def _errors() -> tuple[type[BaseException], type[BaseException], type[BaseExcept
     return ClosingError, ConnectionError, TimeoutError
 
 
+#: Error texts that no retry can fix (authentication and ACL refusals).
+_PERMANENT = (
+    "permission",
+    "noperm",
+    "wrongpass",
+    "noauth",
+    "invalid username-password",
+    "authentication failed",
+)
+
+
 def _backoff(attempt: int) -> float:
     delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * (2**attempt))
     return delay * (0.5 + random.random() / 2)
@@ -163,6 +174,9 @@ class _Face:
         self.settings = settings
 
     def _classify(self, exc: BaseException) -> str:
+        text = error_text(exc).lower()
+        if any(word in text for word in _PERMANENT):
+            return "raise"  # wrong password or ACL: retrying cannot help
         closing, connection, timeout = _errors()
         if isinstance(exc, closing):
             return "recreate"

@@ -439,6 +439,8 @@ class BatcherStats:
         texts: Texts taken into batches (before dedupe).
         deduped: Texts not sent to the model because an identical text was in the batch.
         failed_batches: Batches whose model call raised.
+        isolated_retries: Model calls re-running one request's part of a failed
+            batch on its own (to fail only the request whose texts fail).
     """
 
     requests: int = 0
@@ -446,6 +448,7 @@ class BatcherStats:
     texts: int = 0
     deduped: int = 0
     failed_batches: int = 0
+    isolated_retries: int = 0
 
 
 class _Request:
@@ -474,9 +477,11 @@ class EmbeddingBatcher:
     or what has arrived ``max_wait_ms`` after the oldest waiting text, whichever comes
     first. It sends each distinct text of the batch to the model once, in one call, and
     resolves every future whose texts are all done. A request larger than
-    ``batch_size`` spans several batches. If the model raises, exactly the requests
-    with a text in that batch fail with that exception (their remaining texts are
-    dropped); the others are unaffected.
+    ``batch_size`` spans several batches. If the model raises on a batch of several
+    requests, each request's part of the batch is re-run on its own
+    (``isolated_retries``), so exactly the requests whose own texts make the model
+    raise fail, with their own exception (their remaining texts are dropped); a
+    good request that shared a batch with a poison text still succeeds.
 
     Args:
         embedder: The model: an :class:`Embedder` or any object with ``encode`` and
@@ -519,7 +524,7 @@ class EmbeddingBatcher:
 
         Returns:
             A future of a float32 array with one row per text, in order. It fails with
-            the model's exception if a batch holding one of its texts failed.
+            the model's exception if the model raises on this request's own texts.
 
         Raises:
             ValidationError: ``texts`` is not a list of str.
@@ -626,7 +631,9 @@ class EmbeddingBatcher:
         return batch
 
     def _process(self, batch: list[_Segment]) -> None:
-        """Embed one batch and resolve the requests it completes; on error, fail its requests."""
+        """Embed one batch and resolve the requests it completes. If the model raises,
+        re-run each request's part of the batch on its own, so only the requests whose
+        own texts fail are failed (with their own error)."""
         index: dict[str, int] = {}  # distinct text -> row in the model's output
         positions = [
             np.fromiter(
@@ -642,25 +649,59 @@ class EmbeddingBatcher:
             self._counts["texts"] += taken
             self._counts["deduped"] += taken - len(index)
         try:
-            vectors = np.asarray(self._embedder.encode(list(index)), dtype=np.float32)
-            if vectors.ndim != 2 or len(vectors) != len(index):
-                raise MemworkerError(
-                    f"embedder returned shape {vectors.shape} for {len(index)} texts"
-                )
-            for (req, start, stop, _), rows in zip(batch, positions):
-                if req.done:
-                    continue
-                if req.rows is None:
-                    req.rows = np.empty((len(req.texts), vectors.shape[1]), dtype=np.float32)
-                req.rows[start:stop] = vectors[rows]
-                req.missing -= stop - start
-                if req.missing == 0:
-                    req.done = True
-                    req.future.set_result(req.rows)
-        except Exception as exc:  # noqa: BLE001 - any model error fails just this batch
+            vectors = self._encode(list(index))
+        except Exception as exc:  # noqa: BLE001 - isolate the request(s) that fail
             with self._cond:
                 self._counts["failed_batches"] += 1
-            for req, *_ in batch:
-                if not req.done:
-                    req.done = True
-                    req.future.set_exception(exc)
+            live = [segment for segment in batch if not segment[0].done]
+            if len(live) == 1:
+                self._fail(live[0][0], exc)  # alone already: nothing to isolate
+                return
+            for segment in live:
+                self._isolated(segment)
+            return
+        for segment, rows in zip(batch, positions):
+            self._fill(segment, vectors, rows)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        vectors = np.asarray(self._embedder.encode(texts), dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(texts):
+            raise MemworkerError(f"embedder returned shape {vectors.shape} for {len(texts)} texts")
+        return vectors
+
+    def _isolated(self, segment: _Segment) -> None:
+        """Re-run one request's part of a failed batch alone; fail only that request."""
+        req, start, stop, _ = segment
+        index: dict[str, int] = {}
+        rows = np.fromiter(
+            (index.setdefault(t, len(index)) for t in req.texts[start:stop]),
+            dtype=np.intp,
+            count=stop - start,
+        )
+        with self._cond:
+            self._counts["isolated_retries"] += 1
+        try:
+            vectors = self._encode(list(index))
+        except Exception as exc:  # noqa: BLE001 - this request's own texts fail
+            self._fail(req, exc)
+            return
+        self._fill(segment, vectors, rows)
+
+    @staticmethod
+    def _fill(segment: _Segment, vectors: np.ndarray, rows: np.ndarray) -> None:
+        req, start, stop, _ = segment
+        if req.done:
+            return
+        if req.rows is None:
+            req.rows = np.empty((len(req.texts), vectors.shape[1]), dtype=np.float32)
+        req.rows[start:stop] = vectors[rows]
+        req.missing -= stop - start
+        if req.missing == 0:
+            req.done = True
+            req.future.set_result(req.rows)
+
+    @staticmethod
+    def _fail(req: _Request, exc: BaseException) -> None:
+        if not req.done:
+            req.done = True  # its remaining texts are dropped when taken
+            req.future.set_exception(exc)

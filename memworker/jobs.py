@@ -15,6 +15,10 @@ Key layout (``ns`` is the namespace; dramatiq's own keys live under ``ns:dq``)::
 
     ns:pending:<producer>   zset    job id -> enqueue time (ms); removed at commit or failure
     ns:failed:<producer>    hash    job id -> JSON {job_id, record_ids, error}; consumed by drain
+    ns:committed:<producer> zset    job id -> commit time (ms); added by the commit itself,
+                                    consumed by the drain that reports it, trimmed after MARKER_TTL_MS
+    ns:reported:<producer>  zset    job id -> time (ms) a drain reported it (committed, failed or
+                                    lost): a later drain skips it; trimmed after MARKER_TTL_MS
     ns:done:<producer>      channel a job id is published when it leaves the pending set
     ns:producers            set     producer ids that ever enqueued (for drain_all / status)
     ns:deliveries           hash    "<job id>:<attempt>" -> deliveries of that attempt (poison guard)
@@ -49,6 +53,8 @@ __all__ = [
     "DEFAULT_QUEUE",
     "ENCODE_ACTOR",
     "JOB_SCHEMA",
+    "LOST_ERROR",
+    "MARKER_TTL_MS",
     "SAVE_ACTOR",
     "DrainReport",
     "DrainTimeout",
@@ -75,6 +81,13 @@ DEFAULT_MAX_ITEMS = 1000
 #: Actor names.
 SAVE_ACTOR = "save_records"
 ENCODE_ACTOR = "encode_records"
+#: How long a commit marker (``ns:committed:<producer>``) and a drain's "already
+#: reported" tombstone (``ns:reported:<producer>``) are kept, in ms (1 h). A job asked
+#: for by id (``drain(job_ids=...)``) more than this long after it committed, and
+#: never reported, is reported lost.
+MARKER_TTL_MS = 3_600_000
+#: Error of a job reported lost by a drain.
+LOST_ERROR = "lost: neither committed nor failed — the server may have lost recent writes"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
@@ -117,10 +130,22 @@ class FailedJob:
 
 @dataclass(frozen=True)
 class DrainReport:
-    """What a drain waited for: jobs committed, and jobs that failed (reported once)."""
+    """What a drain waited for, each job reported once.
+
+    Attributes:
+        committed: Jobs the drain waited for whose commit marker it found.
+        failed: Failed jobs: every unreported failure record of the producer (also
+            jobs that failed between drains), plus the lost jobs (error
+            :data:`LOST_ERROR`, ``record_ids`` empty).
+        lost: Ids of the jobs the drain waited for that are neither pending, nor
+            committed, nor failed (e.g. their enqueue or commit was lost with the
+            server's last writes, or a ``job_ids=`` id committed over
+            :data:`MARKER_TTL_MS` ago); each is also in ``failed``.
+    """
 
     committed: int = 0
     failed: list[FailedJob] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- keys
@@ -141,6 +166,12 @@ class QueueKeys:
 
     def failed(self, producer: str) -> str:
         return f"{self.namespace}:failed:{producer}"
+
+    def committed(self, producer: str) -> str:
+        return f"{self.namespace}:committed:{producer}"
+
+    def reported(self, producer: str) -> str:
+        return f"{self.namespace}:reported:{producer}"
 
     def done_channel(self, producer: str) -> str:
         return f"{self.namespace}:done:{producer}"
@@ -276,7 +307,7 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             raise ValidationError(f"{where} must be a str or a mapping, got {type(item).__name__}")
         unknown = set(item) - {
             "text", "content", "id", "scope", "categories", "metadata", "importance",
-            "source", "private", "created_at",
+            "source", "private", "created_at", "flow",
         }  # fmt: skip
         if unknown:
             raise ValidationError(
@@ -302,6 +333,13 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
         encode_record({**entry, "embedding": None}, where=where, require_embedding=False)
         entry["categories"] = list(entry["categories"])
         entry["metadata"] = dict(entry["metadata"])
+        flow = item.get("flow")
+        if flow is not None:
+            # Fields to infer and consolidation settings: the worker runs CrewAI's
+            # EncodingFlow for this item (memworker.encoding).
+            if not isinstance(flow, Mapping):
+                raise ValidationError(f"{where}.flow must be a mapping")
+            entry["flow"] = json.loads(json.dumps(dict(flow)))
         out.append(entry)
     ids = [e["id"] for e in out]
     if len(set(ids)) != len(ids):

@@ -7,10 +7,15 @@ this producer's pending mark are written in ONE ``MULTI/EXEC``. There is no mome
 at which a job is queued but not pending, or pending but not queued.
 
 ``drain`` is the read barrier: it subscribes to this producer's ``done`` channel,
-snapshots its pending job ids, and returns when none of them is pending any more
-(committed, or failed and reported), re-checking at least every
-:data:`DRAIN_POLL_MS` as a safety net. Jobs enqueued after the snapshot never
-delay it.
+snapshots its pending job ids, and returns when none of them is pending any more,
+re-checking at least every :data:`DRAIN_POLL_MS` as a safety net. Jobs enqueued
+after the snapshot never delay it. It then reads, in one MULTI, the snapshot ids'
+pending marks, commit markers (``ns:committed:<producer>``, written by the commit
+script itself) and every failure record of the producer, and reports: each id
+with a marker as committed, every unreported failure (including jobs that failed
+between drains or during a drain that timed out), and each id with none of the
+three as lost (the server lost its enqueue or commit). What it reports it
+consumes and tombstones (``ns:reported:<producer>``), so it is reported once.
 
 Both faces use redis-py (the client dramatiq itself uses): ``redis.Redis`` for
 the sync face and ``redis.asyncio.Redis`` for the async one, each created once on
@@ -37,6 +42,8 @@ from memworker.jobs import (
     DEFAULT_MAX_JOB_BYTES,
     DEFAULT_QUEUE,
     ENCODE_ACTOR,
+    LOST_ERROR,
+    MARKER_TTL_MS,
     SAVE_ACTOR,
     DrainReport,
     DrainTimeout,
@@ -263,10 +270,15 @@ class MemoryQueue:
             timeout: Seconds; ``None`` waits for ever.
             job_ids: Wait for these jobs of this producer instead of a snapshot of
                 the pending set (e.g. ids from :meth:`enqueue_save` or :meth:`pending`);
-                ids no longer pending count as committed unless they failed.
+                an id no longer pending counts as committed only if its commit
+                marker exists (kept :data:`~memworker.jobs.MARKER_TTL_MS`, 1 h),
+                as failed if a failure is recorded, is skipped if an earlier drain
+                reported it, and is reported lost otherwise.
 
         Returns:
-            Jobs committed, and failed jobs (each reported once).
+            Jobs committed (of those waited for); failed jobs: every unreported
+            failure of this producer, including jobs that failed between drains, plus
+            lost jobs (also listed in ``lost``). Each job is reported once.
 
         Raises:
             DrainTimeout: Naming the stuck jobs and the likely cause.
@@ -379,20 +391,97 @@ def _still_pending(snapshot: dict[str, list[str]], replies: list[Any]) -> dict[s
     return out
 
 
-def _report(
-    snapshot: dict[str, list[str]], failures: list[Any]
-) -> tuple[DrainReport, list[list[Any]]]:
-    """The report, and the commands that consume the reported failures."""
+def _final_commands(
+    keys: QueueKeys, snapshot: dict[str, list[str]], producers: list[str]
+) -> list[list[Any]]:
+    """One MULTI read of everything a drain reports: every failure record of
+    ``producers``, and for the snapshot ids their pending marks, commit markers and
+    "already reported" tombstones. A commit (one script) and a failure (one MULTI)
+    each move an id out of pending atomically, so this read sees each id in exactly
+    one state."""
+    commands: list[list[Any]] = [["HGETALL", keys.failed(p)] for p in producers]
+    for p, ids in snapshot.items():
+        commands += [
+            ["ZMSCORE", keys.pending(p), *ids],
+            ["ZMSCORE", keys.committed(p), *ids],
+            ["ZMSCORE", keys.reported(p), *ids],
+        ]
+    return commands
+
+
+def _settle(
+    keys: QueueKeys,
+    snapshot: dict[str, list[str]],
+    producers: list[str],
+    replies: list[Any],
+    owner: str | None,
+) -> tuple[dict[str, list[str]], DrainReport, list[list[Any]]]:
+    """From :func:`_final_commands`' replies: the ids pending again (then nothing is
+    reported yet), else the report and the MULTI that consumes what it reports
+    (only ``owner``'s, every producer's when ``owner`` is None).
+
+    Reported: every failure record of ``producers`` (snapshot ids first); a snapshot id
+    with a commit marker as committed; a snapshot id with neither, no pending mark and
+    no tombstone of an earlier report as lost (and failed). Consumed: the failure
+    records and markers reported, and a tombstone (``ns:reported``) for each reported
+    id, so the next drain naming it does not report it again (nor as lost)."""
+    n = len(producers)
+    failures: dict[str, dict[str, Any]] = {
+        p: {_s(k): v for k, v in (raw or {}).items()} for p, raw in zip(producers, replies[:n])
+    }
+    rest = replies[n:]
+    left: dict[str, list[str]] = {}
+    committed = 0
     failed: list[FailedJob] = []
+    lost: list[str] = []
+    done: dict[str, dict[str, list[str]]] = {
+        p: {"failed": [], "marker": [], "reported": []} for p in producers
+    }
+    states = []
+    for k, (p, ids) in enumerate(snapshot.items()):
+        pending, markers, seen = rest[3 * k : 3 * k + 3]
+        states.append((p, ids, pending, markers, seen))
+        again = [i for i, s in zip(ids, pending) if s is not None]
+        if again:
+            left[p] = again
+    if left:
+        return left, DrainReport(), []
+    for p, ids, _, markers, seen in states:
+        mine = done.setdefault(p, {"failed": [], "marker": [], "reported": []})
+        fails = failures.get(p, {})
+        for i, marker, tomb in zip(ids, markers, seen):
+            if marker is not None:
+                mine["marker"].append(i)
+            if i in fails:
+                failed.append(failure_from_json(fails.pop(i)))
+                mine["failed"].append(i)
+            elif marker is not None:
+                committed += 1
+            elif tomb is None:
+                lost.append(i)
+                failed.append(FailedJob(job_id=i, record_ids=[], error=LOST_ERROR))
+            else:
+                continue  # reported by an earlier drain
+            mine["reported"].append(i)
+    for p, fails in failures.items():  # failed while no drain waited for them
+        for i in sorted(fails):
+            failed.append(failure_from_json(fails[i]))
+            done[p]["failed"].append(i)
+            done[p]["reported"].append(i)
+    now = _now_ms()
     consume: list[list[Any]] = []
-    total = 0
-    for (producer, ids), raws in zip(snapshot.items(), failures):
-        total += len(ids)
-        found = [(i, r) for i, r in zip(ids, raws) if r is not None]
-        failed += [failure_from_json(r) for _, r in found]
-        if found:
-            consume.append([producer, [i for i, _ in found]])
-    return DrainReport(committed=total - len(failed), failed=failed), consume
+    for p, d in done.items():
+        if owner is not None and p != owner:
+            continue
+        if d["failed"]:
+            consume.append(["HDEL", keys.failed(p), *d["failed"]])
+        if d["marker"]:
+            consume.append(["ZREM", keys.committed(p), *d["marker"]])
+        if d["reported"]:
+            pairs = [x for i in d["reported"] for x in (str(now), i)]
+            consume.append(["ZADD", keys.reported(p), *pairs])
+            consume.append(["ZREMRANGEBYSCORE", keys.reported(p), "-inf", str(now - MARKER_TTL_MS)])
+    return {}, DrainReport(committed=committed, failed=failed, lost=lost), consume
 
 
 def _timeout(
@@ -424,11 +513,16 @@ def _drain_sync(
         else:
             snap = given
         snapshot = {p: [_s(i) for i in ids] for p, ids in snap.items() if ids}
+        everyone = list(dict.fromkeys([*producers, *snapshot]))
         left = snapshot
-        while left:
-            left = _still_pending(left, _execute_plain(client, _check_commands(keys, left)))
+        while True:
+            if left:
+                left = _still_pending(left, _execute_plain(client, _check_commands(keys, left)))
             if not left:
-                break
+                replies = _execute(client, _final_commands(keys, snapshot, everyone))
+                left, report, found = _settle(keys, snapshot, everyone, replies, owner)
+                if not left:
+                    break
             wait = DRAIN_POLL_MS / 1000
             if deadline is not None:
                 remaining = deadline - time.monotonic()
@@ -441,15 +535,8 @@ def _drain_sync(
                 message = pubsub.get_message(timeout=0)
     finally:
         pubsub.close()
-    failures = _execute_plain(
-        client, [["HMGET", keys.failed(p), *ids] for p, ids in snapshot.items()]
-    )
-    report, found = _report(snapshot, failures)
     if consume and found:
-        _execute(
-            client,
-            [["HDEL", keys.failed(p), *ids] for p, ids in found if owner is None or p == owner],
-        )
+        _execute(client, found)
     return report
 
 
@@ -472,11 +559,18 @@ async def _drain_async(
         else:
             snap = given
         snapshot = {p: [_s(i) for i in ids] for p, ids in snap.items() if ids}
+        everyone = list(dict.fromkeys([*producers, *snapshot]))
         left = snapshot
-        while left:
-            left = _still_pending(left, await _aexecute_plain(client, _check_commands(keys, left)))
+        while True:
+            if left:
+                left = _still_pending(
+                    left, await _aexecute_plain(client, _check_commands(keys, left))
+                )
             if not left:
-                break
+                replies = await _aexecute(client, _final_commands(keys, snapshot, everyone))
+                left, report, found = _settle(keys, snapshot, everyone, replies, producers[0])
+                if not left:
+                    break
             wait = DRAIN_POLL_MS / 1000
             if deadline is not None:
                 remaining = deadline - loop.time()
@@ -489,12 +583,8 @@ async def _drain_async(
                 message = await pubsub.get_message(timeout=0)
     finally:
         await pubsub.aclose()
-    failures = await _aexecute_plain(
-        client, [["HMGET", keys.failed(p), *ids] for p, ids in snapshot.items()]
-    )
-    report, found = _report(snapshot, failures)
     if found:
-        await _aexecute(client, [["HDEL", keys.failed(p), *ids] for p, ids in found])
+        await _aexecute(client, found)
     return report
 
 
@@ -677,6 +767,8 @@ def dead_requeue(settings: Settings | None = None, message_ids: Sequence[str] | 
                 commands = [
                     ["ZADD", keys.pending(producer), str(_now_ms()), job_id],
                     ["HDEL", keys.failed(producer), job_id],
+                    ["ZREM", keys.reported(producer), job_id],
+                    ["ZREM", keys.committed(producer), job_id],
                     ["HDEL", keys.deliveries, delivery_field(job_id, 0)],
                 ]
             except (ValueError, KeyError, TypeError, IndexError, AttributeError):

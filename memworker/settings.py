@@ -282,10 +282,11 @@ class Settings:
                 ``valkey``/``valkeys``.
         """
         host, port = self.address()
-        if scheme is None:
-            scheme = "valkeys" if self.tls else "valkey"
-        elif self.tls and not scheme.endswith("s"):
-            scheme += "s"
+        family = {"redis": "redis", "rediss": "redis", "valkey": "valkey", "valkeys": "valkey"}
+        if (scheme or "valkey") not in family:
+            raise ConfigError(f"scheme must be one of {', '.join(family)}, got {scheme!r}")
+        base = family[scheme or "valkey"]
+        scheme = base + "s" if self.tls else base
         auth = ""
         if self.username or self.password:
             user = quote(self.username or "", safe="")

@@ -30,11 +30,21 @@ from memworker.codec import (
     vector_bytes,
     vector_from_bytes,
 )
-from memworker.errors import ConfigError, ValidationError
+from memworker.errors import ConfigError, StoreError, ValidationError
 from memworker.keys import Keys
 from memworker.query import MAX_LIMIT, TOKEN_FIELDS, SearchFilter
 from memworker.settings import SearchMode, Settings
 from memworker.types import dimension_mismatch, record_types, utcnow
+from memworker.vectors import (
+    APPLY,
+    BYPASS,
+    CHANGES_PAGE,
+    CURRENT,
+    DEFAULT_MAX_RECORDS,
+    ROW_WIDTH,
+    ROWS_CHUNK,
+    VectorCache,
+)
 
 __all__ = ["ValkeyStore", "DEFAULT_BATCH_SIZE"]
 
@@ -48,6 +58,9 @@ READ_CHUNK = 2_000
 EXACT_CHUNK = 5_000
 #: Ids per delete script call.
 DELETE_CHUNK = 500
+#: Rounds of the exact path's cache sync before it falls back to a bulk read (only
+#: reached when other threads keep reloading the cache at the same time).
+_SYNC_ATTEMPTS = 20
 
 _DIM_RE = re.compile(r"DIMMISMATCH:? (\d+) (\d+)")
 _NOTFOUND_RE = re.compile(r"NOTFOUND:? (.+)")
@@ -79,6 +92,10 @@ class ValkeyStore:
         hnsw_m: HNSW ``M`` of the vector index.
         hnsw_ef_construction: HNSW ``EF_CONSTRUCTION``.
         hnsw_ef_runtime: HNSW ``EF_RUNTIME`` (recall vs. latency of a search).
+        exact_cache_max_records: Without a search module, namespaces of up to this many
+            records are searched from a process-local vector cache kept exact by the
+            change log (:mod:`memworker.vectors`); larger ones read every candidate
+            vector per search.
 
     Nothing connects until the first call. Each face creates one client and
     reuses it; call :meth:`close` (or :meth:`aclose`) when done.
@@ -95,6 +112,7 @@ class ValkeyStore:
         hnsw_m: int = 16,
         hnsw_ef_construction: int = 200,
         hnsw_ef_runtime: int = 64,
+        exact_cache_max_records: int = DEFAULT_MAX_RECORDS,
     ) -> None:
         self.settings = Settings.resolve(url, namespace=namespace, search_mode=search_mode)
         if vector_dim is not None and (not isinstance(vector_dim, int) or vector_dim <= 0):
@@ -108,6 +126,10 @@ class ValkeyStore:
         self._state = _State()
         self._sync = SyncConnection(self.settings)
         self._async = AsyncConnection(self.settings)
+        cap = exact_cache_max_records
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise ConfigError(f"exact_cache_max_records must be a non-negative integer, got {cap!r}")
+        self._vectors = VectorCache(cap)
 
     def __repr__(self) -> str:
         return f"ValkeyStore({self.settings.redacted_url()!r}, namespace={self.keys.namespace!r})"
@@ -475,6 +497,76 @@ class ValkeyStore:
         return [(r, s) for (_, s), r in zip(scored, records) if r is not None]
 
     def _p_search_exact(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
+        """Exact search from the process-local vector cache (:mod:`memworker.vectors`):
+        one round trip to catch up with the change log, numpy over the cached rows,
+        one pipeline to fetch the top records. Falls back to :meth:`_p_search_scan`
+        for namespaces above ``exact_cache_max_records``."""
+        query = vector_from_bytes(vector)
+        for _ in range(_SYNC_ATTEMPTS):
+            position = yield from self._p_exact_sync(query.size)
+            if position is None:
+                break
+            hits = self._vectors.search(query, flt, limit, position)
+            if hits is None:
+                continue  # another thread reloaded the cache meanwhile: sync again
+            records = yield from self._p_fetch([i for i, _ in hits])
+            return [(r, s) for (_, s), r in zip(hits, records) if r is not None]
+        return (yield from self._p_search_scan(vector, flt, limit))
+
+    def _p_exact_sync(self, dim: int) -> Plan[tuple[int, int] | None]:
+        """Bring the vector cache up to date with the change log; returns the cache
+        position a search must score at (or later), or ``None``: do not use the cache."""
+        cache = self._vectors
+        ns = self.keys.namespace
+        for _ in range(_SYNC_ATTEMPTS):
+            mark = cache.mark()
+            if mark is not None and mark.dim == dim:
+                reply = yield Script("read", ["sync", ns, str(mark.seen), mark.last, str(CHANGES_PAGE)])
+                incarnation = _opt_text(reply[0])
+                added, length, total = int(reply[1]), int(reply[2]), int(reply[3])
+                entries = reply[4:]
+                count = len(entries) // 2
+                verdict = cache.verdict(mark, dim, incarnation, added, length, total, count)
+                if verdict == BYPASS:
+                    cache.clear()
+                    return None
+                if verdict == CURRENT:
+                    position = cache.confirm(mark, total)
+                    if position is not None:
+                        return position
+                elif verdict == APPLY:
+                    ids = list(dict.fromkeys(_text(e) for e in entries[1::2]))
+                    rows = yield from self._p_exact_rows(ids)
+                    position = cache.apply(mark, _text(entries[-2]), mark.seen + count, ids, rows)
+                    if position is not None and count < CHANGES_PAGE:
+                        return position
+                    continue
+            # Full load: the snapshot (log position and every id) is atomic; writes after it
+            # are logged after its position and applied by the next sync.
+            reply = yield Script("read", ["snapshot", ns, str(cache.max_records)])
+            incarnation, last = _opt_text(reply[0]), _text(reply[1])
+            added, total = int(reply[2]), int(reply[3])
+            if total > cache.max_records or added < 0:
+                cache.clear()
+                return None
+            ids = [_text(i) for i in reply[4:]]
+            rows = yield from self._p_exact_rows(ids)
+            return cache.load(dim, incarnation, last, added, ids, rows)
+        return None
+
+    def _p_exact_rows(self, ids: Sequence[str]) -> Plan[list[Any]]:
+        """Embedding and token fields of ``ids``, flattened (``ROW_WIDTH`` per id)."""
+        flat: list[Any] = []
+        for start in range(0, len(ids), ROWS_CHUNK):
+            part = ids[start : start + ROWS_CHUNK]
+            reply = yield Script("read", ["rows", self.keys.namespace, *part])
+            flat += reply
+            if len(reply) != ROW_WIDTH * len(part):  # a short reply would misalign every row
+                raise StoreError(f"read rows: {len(reply)} values for {len(part)} records")
+        return flat
+
+    def _p_search_scan(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
+        """Exact search reading every candidate vector (namespaces too large to cache)."""
         size = yield Call(["ZCARD", self.keys.tree(flt.scope)])
         if not size:
             return []
@@ -485,7 +577,7 @@ class ValkeyStore:
         for start in range(0, int(size), EXACT_CHUNK):
             ids_raw, blob, lines = yield Script(
                 "read",
-                [self.keys.namespace, flt.scope, str(start), str(start + EXACT_CHUNK - 1), tokens],
+                ["scan", self.keys.namespace, flt.scope, str(start), str(start + EXACT_CHUNK - 1), tokens],
             )
             if not ids_raw:
                 continue
@@ -746,6 +838,10 @@ def _ft_documents(reply: Any) -> list[tuple[Any, Any]]:
     if isinstance(reply[1], Mapping):
         return list(reply[1].items())
     return [(reply[i], reply[i + 1]) for i in range(1, len(reply) - 1, 2)]
+
+
+def _opt_text(raw: Any) -> str | None:
+    return None if raw is None else _text(raw)
 
 
 def _module_name(entry: Any) -> str:

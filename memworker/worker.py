@@ -9,7 +9,9 @@ ever needed. :func:`run_worker` is the entry point of ``memworker worker``.
 Delivery
     At least once. Commit = ONE atomic script call (``ValkeyStore.write_encoded``
     with extra commands): the job's records and side indexes, ``ZREM`` of its
-    pending mark, counters, and a ``PUBLISH`` on the producer's ``done`` channel.
+    pending mark, its commit marker (``ZADD ns:committed:<producer>``, entries
+    older than ``MARKER_TTL_MS`` = 1 h trimmed in the same step), counters, and a
+    ``PUBLISH`` on the producer's ``done`` channel.
     dramatiq acks after the actor returns, i.e. after the commit; a redelivered
     job rewrites the same record ids.
 
@@ -17,9 +19,10 @@ Failures (middleware, not actors)
     :class:`ValidationError` (bad record, dimension mismatch, bad payload) is
     permanent: the actors declare it in ``throws``, so ``Retries`` fails the
     message at once. Other errors retry with backoff. When a message ends failed
-    (permanent, retries exhausted, or the poison guard), :class:`BarrierMiddleware`
-    removes its pending mark, records the failure and publishes the wake-up in
-    one MULTI; dramatiq then dead-letters it (``<q>.XQ``).
+    (permanent, retries exhausted, the poison guard, or an unknown actor), the
+    ``before_nack`` hook of :class:`BarrierMiddleware` removes its pending mark,
+    records the failure and publishes the wake-up in one MULTI, once per message;
+    dramatiq then dead-letters it (``<q>.XQ``).
 
 Poison guard
     ``ns:deliveries`` counts deliveries of each attempt (``<job>:<retries>``),
@@ -71,6 +74,7 @@ from memworker.errors import ConfigError, ValidationError
 from memworker.jobs import (
     DEFAULT_QUEUE,
     ENCODE_ACTOR,
+    MARKER_TTL_MS,
     SAVE_ACTOR,
     JobPayloadError,
     PoisonJobError,
@@ -160,6 +164,46 @@ class WakeConsumer(_RedisConsumer):
             super().nack(message)
         finally:
             self._slot.set()
+
+    def requeue(self, messages: Iterable[Any]) -> None:
+        """dramatiq's requeue (acks set -> back on the queue), plus one wake-up token
+        per message so an idle peer takes them at once."""
+        messages = list(messages)
+        super().requeue(messages)
+        if messages:
+            self.broker.client.rpush(self.wake_key, *(["1"] * len(messages)))
+
+    def close(self) -> None:
+        """Put back the messages fetched into ``message_cache`` but never handed to
+        a worker thread (graceful shutdown, or a consumer restart): without this they
+        would sit in this broker's acks set until a peer's maintenance requeues them
+        after ``heartbeat_timeout``. dramatiq's own ``_RedisConsumer`` does not do it."""
+        cached, self.message_cache = self.message_cache, []
+        ids = []
+        for data in cached:
+            if data is None:
+                continue
+            try:
+                ids.append(str(Message.decode(data).options["redis_message_id"]))
+            except (DecodeError, KeyError, AttributeError):
+                raw = data if isinstance(data, bytes) else str(data).encode()
+                found = _REDIS_ID_RE.search(raw)
+                if found is not None:
+                    ids.append(found.group(1).decode())
+        try:
+            if ids:
+                log.debug("requeueing %d fetched message(s) on %r", len(ids), self.queue_name)
+                self.broker.do_requeue(self.queue_name, *ids)
+                self.broker.client.rpush(self.wake_key, *(["1"] * len(ids)))
+        except Exception:  # a peer's maintenance requeues them later
+            log.warning(
+                "could not requeue %d fetched message(s) on %r",
+                len(ids),
+                self.queue_name,
+                exc_info=True,
+            )
+        finally:
+            super().close()
 
     def _block_seconds(self) -> float:
         seconds = self.timeout / 1000
@@ -299,6 +343,11 @@ def _make_embedder() -> Any:
         if not module or not name:
             raise ConfigError(f"{EMBEDDER_ENV} must be 'module:callable', got {spec!r}")
         return getattr(importlib.import_module(module), name)()
+    from memworker.encoding import factory_embedder
+
+    configured = factory_embedder()  # MEMWORKER_MEMORY_FACTORY's embedder, if it names one
+    if configured is not None:
+        return configured
     from memworker.embedding import Embedder, configure_threads
 
     configure_threads(_processes)
@@ -338,8 +387,12 @@ class WorkerContext:
 
         encoded = encode_records(records)
         k = self.keys
+        now = int(time.time() * 1000)
         extra = [
             ["ZREM", k.pending(producer), job_id],
+            # The positive commit marker the drain reports from, trimmed by age.
+            ["ZADD", k.committed(producer), str(now), job_id],
+            ["ZREMRANGEBYSCORE", k.committed(producer), "-inf", str(now - MARKER_TTL_MS)],
             ["HINCRBY", k.stats, "committed", "1"],
             ["HINCRBY", k.stats, "records", str(len(encoded))],
             ["PUBLISH", k.done_channel(producer), job_id],
@@ -357,6 +410,12 @@ def _save_records(context: WorkerContext, job: Any) -> None:
 
 def _encode_records(context: WorkerContext, job: Any) -> None:
     job_id, producer, items = parse_job(job)
+    if any(item.get("flow") for item in items):
+        # Fields to infer or consolidation on: CrewAI's EncodingFlow (memworker.encoding).
+        from memworker.encoding import run_flow_job
+
+        run_flow_job(context, job_id, producer, items)
+        return
     texts = []
     for i, item in enumerate(items):
         text = item.get("content")
@@ -374,11 +433,16 @@ class BarrierMiddleware(Middleware):
 
     - before_process_message: count the delivery (``ns:deliveries``); past
       ``max_deliveries`` fail the message and skip it (-> dead letter).
-    - after_process_message / after_skip_message: a message that ends failed gets
-      its pending mark removed, a failure record and a wake-up, in one MULTI.
-      Its after hooks run after ``Retries``'s (it is added before ``Retries``, and
-      dramatiq runs after hooks in reverse), so it sees whether the message will
-      be retried.
+    - after_process_message: clear the delivery counter of a
+      message that succeeded or will be retried (runs after ``Retries``'s hook: it
+      is added before ``Retries``, and dramatiq runs after hooks in reverse, so it
+      sees whether the message will be retried).
+    - before_nack: every message that ends failed passes here, whatever failed it
+      (an exception with retries exhausted, a permanent error, the poison guard, or
+      dramatiq's consumer thread for an unknown actor, which fails and nacks the
+      message without any process/skip hook): its pending mark is removed, a
+      failure recorded and a wake-up published, in one MULTI, once per message,
+      before dramatiq dead-letters it.
     """
 
     def __init__(self, settings: Settings, *, max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
@@ -405,21 +469,22 @@ class BarrierMiddleware(Middleware):
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
     ) -> None:
-        field = getattr(message, "memworker_delivery", None) or self._field(message)
         if exception is None:
             self.processed += 1
-            broker.client.hdel(self.keys.deliveries, field)
-            return
-        if message.failed:
-            self._record_failure(broker, message, exception, field)
-        else:  # Retries re-enqueued it: the next attempt counts on its own field
-            broker.client.hdel(self.keys.deliveries, field)
+        elif message.failed:
+            message.memworker_error = exception
+            return  # recorded by before_nack
+        field = getattr(message, "memworker_delivery", None) or self._field(message)
+        # Done, or Retries re-enqueued it: the next attempt counts on its own field.
+        broker.client.hdel(self.keys.deliveries, field)
 
-    def after_skip_message(self, broker: Any, message: Any) -> None:
-        if message.failed:
-            field = getattr(message, "memworker_delivery", None) or self._field(message)
-            error = getattr(message, "memworker_error", None) or message._exception
-            self._record_failure(broker, message, error, field)
+    def before_nack(self, broker: Any, message: Any) -> None:
+        if getattr(message, "memworker_recorded", False):
+            return  # dramatiq retries a nack after a connection error: record once
+        field = getattr(message, "memworker_delivery", None) or self._field(message)
+        error = getattr(message, "memworker_error", None) or getattr(message, "_exception", None)
+        self._record_failure(broker, message, error, field)
+        message.memworker_recorded = True
 
     def _record_failure(self, broker: Any, message: Any, exception: Any, field: str) -> None:
         self.failed += 1
@@ -582,8 +647,47 @@ def warm_up() -> None:
     get_batcher().submit(["warm up"]).result()
 
 
+#: Environment fallbacks of run_worker's (and ``memworker worker``'s) broker options.
+BROKER_ENV = {
+    "max_retries": ("MEMWORKER_MAX_RETRIES", DEFAULT_MAX_RETRIES, 0),
+    "min_backoff_ms": ("MEMWORKER_MIN_BACKOFF_MS", DEFAULT_MIN_BACKOFF_MS, 0),
+    "max_deliveries": ("MEMWORKER_MAX_DELIVERIES", DEFAULT_MAX_DELIVERIES, 1),
+}
+
+
+def broker_options(env: Any = None, **given: int | None) -> dict[str, int]:
+    """``max_retries``, ``min_backoff_ms``, ``max_deliveries``: each the given value,
+    else its environment variable (:data:`BROKER_ENV`), else the default.
+
+    Raises:
+        ConfigError: A value that is not an integer at or above its minimum.
+    """
+    env = os.environ if env is None else env
+    out: dict[str, int] = {}
+    for name, (var, default, low) in BROKER_ENV.items():
+        value: Any = given.get(name)
+        where = name
+        if value is None and env.get(var, "").strip():
+            value, where = env[var].strip(), var
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(f"{var} must be an integer, got {value!r}") from None
+        if value is None:
+            value = default
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{where} must be an integer >= {low}, got {value!r}")
+        out[name] = value
+    return out
+
+
 def _serve(
-    settings: Settings, threads: int, queues: Iterable[str] | None, processes: int, nice: int = 0
+    settings: Settings,
+    threads: int,
+    queues: Iterable[str] | None,
+    processes: int,
+    nice: int = 0,
+    options: dict[str, int] | None = None,
 ) -> int:
     """Run one worker process until SIGINT/SIGTERM."""
     global _processes
@@ -591,7 +695,10 @@ def _serve(
     if nice > 0:
         os.nice(nice)
     warm_up()
-    broker = make_broker(settings)
+    broker = make_broker(settings, **(options or {}))
+    from memworker.encoding import check_worker_model
+
+    check_worker_model(broker.context.store)  # the producers' query model, or ConfigError
     worker = dramatiq.Worker(
         broker,
         queues=set(queues) if queues else None,
@@ -624,9 +731,14 @@ def _serve(
 
 
 def _child(
-    settings: Settings, threads: int, queues: list[str] | None, processes: int, nice: int
+    settings: Settings,
+    threads: int,
+    queues: list[str] | None,
+    processes: int,
+    nice: int,
+    options: dict[str, int] | None = None,
 ) -> None:
-    raise SystemExit(_serve(settings, threads, queues, processes, nice))
+    raise SystemExit(_serve(settings, threads, queues, processes, nice, options))
 
 
 def run_worker(
@@ -636,11 +748,19 @@ def run_worker(
     threads: int = 8,
     queues: Iterable[str] | None = None,
     nice: int = 0,
+    max_retries: int | None = None,
+    min_backoff_ms: int | None = None,
+    max_deliveries: int | None = None,
 ) -> int:
     """Run ``processes`` worker processes of ``threads`` threads until SIGINT/SIGTERM.
 
     ``nice`` lowers the workers' CPU priority (``os.nice``): on a machine shared with
     the agents, background embedding then yields the CPU to them.
+
+    ``max_retries``, ``min_backoff_ms`` and ``max_deliveries`` go to
+    :func:`make_broker`; ``None`` reads ``MEMWORKER_MAX_RETRIES``,
+    ``MEMWORKER_MIN_BACKOFF_MS``, ``MEMWORKER_MAX_DELIVERIES``, else the defaults
+    (5, 1000, 3).
 
     Each process builds its own broker from ``settings`` (spawned children, nothing
     inherited but the settings). Returns the exit code: 0, or the first non-zero
@@ -650,18 +770,21 @@ def run_worker(
         raise ConfigError(f"processes must be an integer >= 1, got {processes!r}")
     if not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
+    options = broker_options(
+        max_retries=max_retries, min_backoff_ms=min_backoff_ms, max_deliveries=max_deliveries
+    )
     settings = Settings.resolve(settings)
     settings.address()  # start/find the embedded server once, before the children
     qlist = list(queues) if queues else None
     if not isinstance(nice, int) or not 0 <= nice <= 19:
         raise ConfigError(f"nice must be an integer from 0 to 19, got {nice!r}")
     if processes == 1:
-        return _serve(settings, threads, qlist, 1, nice)
+        return _serve(settings, threads, qlist, 1, nice, options)
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     children = [
-        ctx.Process(target=_child, args=(settings, threads, qlist, processes, nice))
+        ctx.Process(target=_child, args=(settings, threads, qlist, processes, nice, options))
         for _ in range(processes)
     ]
     for child in children:

@@ -37,7 +37,27 @@ def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) ->
 def test_every_command_is_registered() -> None:
     parser = make_argument_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"server", "worker", "status", "drain", "dead", "check", "demo"}
+    assert set(sub.choices) == {
+        "server", "worker", "status", "drain", "dead", "check", "demo", "import-lancedb"
+    }
+
+
+def test_worker_retry_and_poison_flags_with_env_fallbacks() -> None:
+    from memworker.errors import ConfigError
+    from memworker.worker import broker_options
+
+    args = make_argument_parser().parse_args(
+        ["worker", "--max-retries", "0", "--min-backoff-ms", "50", "--max-deliveries", "2"]
+    )
+    assert (args.max_retries, args.min_backoff_ms, args.max_deliveries) == (0, 50, 2)
+    args = make_argument_parser().parse_args(["worker"])
+    assert (args.max_retries, args.min_backoff_ms, args.max_deliveries) == (None, None, None)
+    env = {"MEMWORKER_MAX_RETRIES": "1", "MEMWORKER_MIN_BACKOFF_MS": "20", "MEMWORKER_MAX_DELIVERIES": "4"}
+    assert broker_options(env) == {"max_retries": 1, "min_backoff_ms": 20, "max_deliveries": 4}
+    assert broker_options(env, max_retries=3)["max_retries"] == 3  # the flag wins
+    assert broker_options({}) == {"max_retries": 5, "min_backoff_ms": 1000, "max_deliveries": 3}
+    with pytest.raises(ConfigError, match="MEMWORKER_MAX_DELIVERIES"):
+        broker_options({"MEMWORKER_MAX_DELIVERIES": "zero"})
 
 
 def test_usage_errors_exit_2(plain_server) -> None:

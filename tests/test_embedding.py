@@ -143,7 +143,11 @@ def test_batcher_dedupes_texts_within_a_batch(make_batcher):
     assert batcher.stats.deduped == 4
 
 
-def test_batcher_model_error_fails_only_requests_in_that_batch(make_batcher):
+def test_batcher_model_error_fails_only_the_request_whose_text_fails(make_batcher):
+    """A model error on a batch of several requests re-runs each request's part of
+    the batch alone, so exactly the job whose text fails fails (stricter than the
+    old "every request of a failed batch fails"): ``first`` shared the batch with
+    "poison" and still succeeds; ``poisoned`` fails and its "b" is dropped."""
     batcher, fake, gate, _ = held(make_batcher, batch_size=2)
     first = batcher.submit(["a"])  # shares the batch with "poison"
     poisoned = batcher.submit(["poison", "b"])  # "b" would be in the next batch
@@ -151,13 +155,15 @@ def test_batcher_model_error_fails_only_requests_in_that_batch(make_batcher):
     last = batcher.submit(["e"])
     gate.set()
 
-    for future in (first, poisoned):
-        with pytest.raises(ValueError, match="poison in batch"):
-            future.result(30)
+    with pytest.raises(ValueError, match="poison in batch"):
+        poisoned.result(30)
+    np.testing.assert_array_equal(first.result(30), expected(["a"]))
     np.testing.assert_array_equal(later.result(30), expected(["c", "d"]))
     np.testing.assert_array_equal(last.result(30), expected(["e"]))
-    assert fake.calls[1:] == [["a", "poison"], ["c", "d"], ["e"]]  # "b" was dropped
-    assert batcher.stats.failed_batches == 1
+    # The failed batch, then each of its requests alone; "b" was dropped.
+    assert fake.calls[1:] == [["a", "poison"], ["a"], ["poison"], ["c", "d"], ["e"]]
+    stats = batcher.stats
+    assert stats.failed_batches == 1 and stats.isolated_retries == 2
 
 
 def test_batcher_keeps_each_requests_rows_in_order(make_batcher):

@@ -271,3 +271,16 @@ def test_import_starts_nothing() -> None:
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_url_keeps_tls_for_every_scheme_family() -> None:
+    """The URL handed to redis-py (dramatiq, the queue) must keep TLS: 'redis' + TLS
+    is 'rediss', never plain 'redis'."""
+    tls = Settings.from_url("valkeys://u:p@h:1/2")
+    assert tls.url(redact=False, scheme="redis") == "rediss://u:p@h:1/2"
+    assert tls.url(redact=False) == "valkeys://u:p@h:1/2"
+    plain = Settings.from_url("rediss://h:1").url(scheme="valkey")
+    assert plain == "valkeys://h:1/0"
+    assert Settings.from_url("redis://h:1").url(scheme="rediss") == "redis://h:1/0"
+    with pytest.raises(ConfigError, match="scheme"):
+        Settings.from_url("redis://h:1").url(scheme="http")

@@ -1,37 +1,103 @@
--- memworker store bulk reads for the exact search path (no search module).
+-- memworker store reads for the exact search path (no search module). Read-only.
 --
--- Key layout (ns = ARGV[1]; see memworker/keys.py):
---   ns:tree:<scope>  zset  ids under a scope, scored by created_at
---   ns:rec:<id>      hash  a record; fields read: embedding, and the filter tokens
---                          scope_anc, cat_t, meta_t, src_t, vis
+-- Key layout (ns = ARGV[2]; see memworker/keys.py and memworker/vectors.py):
+--   ns:tree:<scope>  zset    ids under a scope, scored by created_at
+--   ns:rec:<id>      hash    a record; fields read: embedding, and the filter tokens
+--                            scope_anc, cat_t, meta_t, src_t, vis
+--   ns:changes       stream  change log: one entry {i = id} per record a write saved or
+--                            deleted (written by store.lua in the same script call as the
+--                            record), MAXLEN ~ 100000; deleted when the namespace empties
+--   ns:meta          hash    field "log": the log's incarnation (set when it is created)
 --
--- Returns a slice of a scope's records in three bulk strings instead of one reply
--- element per field: the client pays per element, not per byte.
---
--- ARGV[1] = ns, ARGV[2] = scope, ARGV[3] = start, ARGV[4] = stop (ZRANGE ranks),
--- ARGV[5] = "1" to include token fields
--- -> { ids joined by "\n", embeddings concatenated (records without one skipped),
---      token lines joined by "\n" (fields joined by "\t"), or "" }
+-- ARGV[1] = op, ARGV[2] = ns, then per op:
+--   sync:     seen (entries-added count the cache has consumed), last (its last entry id),
+--             count (page size)
+--             -> { incarnation or false, entries_added, length, records under "/", id1, rid1, ... }
+--             with the entries after `last` (at most `count`); entries_added and length are
+--             0 when the stream does not exist (entries_added -1: the server does not report
+--             it, Redis < 7). All read in one atomic step.
+--   snapshot: max_records
+--             -> { incarnation or false, last-generated-id ("0-0" without a stream), entries_added,
+--                  records under "/", then their ids (none when more than max_records) }
+--   rows:     id, id, ...
+--             -> { embedding, scope_anc, cat_t, meta_t, src_t, vis } per id, flattened
+--                (false/nil for a missing field or record)
+--   scan:     scope, start, stop (ZRANGE ranks), with_tokens ("1"/"0")
+--             -> { ids joined by "\n", embeddings concatenated (records without one skipped),
+--                  token lines joined by "\n" (fields joined by "\t"), or "" }
+--             (the per-search bulk read, used above exact_cache_max_records)
 
-local ns, scope = ARGV[1], ARGV[2]
-local with_tokens = ARGV[5] == "1"
-local ids = redis.call("ZRANGE", ns .. ":tree:" .. scope, ARGV[3], ARGV[4])
-local kept, blobs, lines = {}, {}, {}
-for _, id in ipairs(ids) do
-  local key = ns .. ":rec:" .. id
-  if with_tokens then
-    local row = redis.call("HMGET", key, "embedding", "scope_anc", "cat_t", "meta_t", "src_t", "vis")
-    if row[1] then
-      kept[#kept + 1] = id
-      blobs[#blobs + 1] = row[1]
-      lines[#lines + 1] = table.concat({ row[2] or "", row[3] or "", row[4] or "", row[5] or "", row[6] or "" }, "\t")
-    end
-  else
-    local emb = redis.call("HGET", key, "embedding")
-    if emb then
-      kept[#kept + 1] = id
-      blobs[#blobs + 1] = emb
+local op, ns = ARGV[1], ARGV[2]
+local CHANGES = ns .. ":changes"
+
+local function stream_info()
+  -- entries-added (Valkey/Redis >= 7) counts every entry ever added, trimmed ones too;
+  -- -1 when the server does not report it (the cache is then not used).
+  if redis.call("EXISTS", CHANGES) == 0 then return 0, 0, "0-0" end
+  local info = redis.call("XINFO", "STREAM", CHANGES)
+  local added, length, last = -1, 0, "0-0"
+  for i = 1, #info - 1, 2 do
+    local k = info[i]
+    if k == "entries-added" then added = info[i + 1]
+    elseif k == "length" then length = info[i + 1]
+    elseif k == "last-generated-id" then last = info[i + 1] end
+  end
+  return added, length, last
+end
+
+if op == "sync" then
+  local added, length = stream_info()
+  local out = {
+    redis.call("HGET", ns .. ":meta", "log"), added, length,
+    redis.call("ZCARD", ns .. ":tree:/"),
+  }
+  if length > 0 and added >= 0 and added > tonumber(ARGV[3]) then
+    local entries = redis.call("XRANGE", CHANGES, "(" .. ARGV[4], "+", "COUNT", ARGV[5])
+    for _, e in ipairs(entries) do
+      out[#out + 1] = e[1]
+      out[#out + 1] = e[2][2]
     end
   end
+  return out
+elseif op == "snapshot" then
+  local added, _, last = stream_info()
+  local total = redis.call("ZCARD", ns .. ":tree:/")
+  local out = { redis.call("HGET", ns .. ":meta", "log"), last, added, total }
+  if total > tonumber(ARGV[3]) then return out end
+  local ids = redis.call("ZRANGE", ns .. ":tree:/", 0, -1)
+  for i = 1, #ids do out[i + 4] = ids[i] end
+  return out
+elseif op == "rows" then
+  local out = {}
+  local n = 0
+  for i = 3, #ARGV do
+    local row = redis.call("HMGET", ns .. ":rec:" .. ARGV[i], "embedding", "scope_anc", "cat_t", "meta_t", "src_t", "vis")
+    for j = 1, 6 do out[n + j] = row[j] end
+    n = n + 6
+  end
+  return out
+elseif op == "scan" then
+  local scope = ARGV[3]
+  local with_tokens = ARGV[6] == "1"
+  local ids = redis.call("ZRANGE", ns .. ":tree:" .. scope, ARGV[4], ARGV[5])
+  local kept, blobs, lines = {}, {}, {}
+  for _, id in ipairs(ids) do
+    local key = ns .. ":rec:" .. id
+    if with_tokens then
+      local row = redis.call("HMGET", key, "embedding", "scope_anc", "cat_t", "meta_t", "src_t", "vis")
+      if row[1] then
+        kept[#kept + 1] = id
+        blobs[#blobs + 1] = row[1]
+        lines[#lines + 1] = table.concat({ row[2] or "", row[3] or "", row[4] or "", row[5] or "", row[6] or "" }, "\t")
+      end
+    else
+      local emb = redis.call("HGET", key, "embedding")
+      if emb then
+        kept[#kept + 1] = id
+        blobs[#blobs + 1] = emb
+      end
+    end
+  end
+  return { table.concat(kept, "\n"), table.concat(blobs), table.concat(lines, "\n") }
 end
-return { table.concat(kept, "\n"), table.concat(blobs), table.concat(lines, "\n") }
+return redis.error_reply("UNKNOWNOP " .. tostring(op))

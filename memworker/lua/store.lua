@@ -6,6 +6,10 @@
 --   ns:children:<scope>   hash  immediate child scope -> number of records under it
 --   ns:cats:<scope>       hash  category -> number of records under the scope carrying it
 --   ns:meta               hash  dim (vector dimension), model, layout
+--   ns:changes            stream  change log for the exact-search caches (memworker/vectors.py):
+--                                 one entry {i = id} per record saved or deleted, MAXLEN ~ CHANGES_CAP;
+--                                 deleted when the namespace becomes empty; ns:meta "log" names its
+--                                 incarnation (server TIME when it was created)
 --
 -- Keys are derived here from the stored record (its old scope and categories are
 -- only known server-side), so they are not declared: the store needs a
@@ -26,6 +30,27 @@
 local op = ARGV[1]
 local ns = ARGV[2]
 local REC = ns .. ":rec:"
+local CHANGES = ns .. ":changes"
+-- Entries kept in the change log; a cache further behind reloads in full.
+local CHANGES_CAP = "100000"
+
+-- Log a change of a record's embedding or filter tokens (same atomic step as the write).
+-- A new log gets a new incarnation in ns:meta "log": caches of an older one reload.
+local function changed(id)
+  if redis.call("EXISTS", CHANGES) == 0 then
+    local t = redis.call("TIME")
+    redis.call("HSET", ns .. ":meta", "log", t[1] .. "." .. t[2])
+  end
+  redis.call("XADD", CHANGES, "MAXLEN", "~", CHANGES_CAP, "*", "i", id)
+end
+
+-- After deletes: an empty namespace drops its log (caches see a new incarnation).
+local function drop_log_if_empty()
+  if redis.call("EXISTS", ns .. ":tree:/") == 0 then
+    redis.call("DEL", CHANGES)
+    redis.call("HDEL", ns .. ":meta", "log")
+  end
+end
 
 local function ancestors(scope)
   local out = { "/" }
@@ -125,6 +150,7 @@ if op == "save" then
     redis.call("HSET", key, unpack(ARGV, rec.first, rec.last))
     if rec.keep then redis.call("HSET", key, "embedding", rec.embedding) end
     index(rec.id, rec.scope, rec.cats, rec.created, 1)
+    changed(rec.id)
   end
   while pos <= #ARGV do
     local argc = tonumber(ARGV[pos])
@@ -144,9 +170,11 @@ elseif op == "delete" then
     if old[1] and redis.call("EXISTS", REC .. ARGV[i]) == 1 then
       index(ARGV[i], old[1], old[2], old[3], -1)
       redis.call("DEL", REC .. ARGV[i])
+      changed(ARGV[i])
       deleted = deleted + 1
     end
   end
+  if deleted > 0 then drop_log_if_empty() end
   return deleted
 elseif op == "touch" then
   local now = ARGV[3]

@@ -1,0 +1,205 @@
+"""CrewAI memory writes: QueuedMemory (one memworker worker process) vs CrewAI's
+default Memory (LanceDB, one save thread in the agent's process), same run, same
+local embedder (bundled all-MiniLM-L6-v2), explicit fields, consolidation off.
+
+Prints a table; not a timed test. Run:
+
+    .venv/bin/python benchmarks/crewai_bench.py [--seconds 20] [--backends torch onnx-int8]
+
+Rows:
+- remember() from 32 agent threads: records/s (each call returns its record).
+- remember_many(50 per call) from 4 agent threads, until drain_writes() returns:
+  records/s, and the agent-side blocking time per call (p50/p99).
+- recall(depth="shallow") latency, p50/p99, on what was written.
+
+The worker runs with ``--nice 10`` (background embedding yields the 2 cores to the
+agents, as recommended when workers share a host with them).
+
+The LLM is memworker's deterministic StandInLLM (never called with explicit fields
+and consolidation off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
+os.environ.setdefault("CREWAI_TESTING", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")  # no OTEL span per save event
+os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+FIELDS = {"scope": "/bench", "categories": ["bench"], "importance": 0.5}
+
+
+def onnx_int8_embedder():  # MEMWORKER_EMBEDDER=crewai_bench:onnx_int8_embedder
+    from memworker.embedding import Embedder
+
+    return Embedder(backend="onnx-int8")
+
+
+def _pct(values, q):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def _text(i: int) -> str:
+    return f"agent note {i}: customer {i % 97} asked about order {i * 7 % 1013} and shipping option {i % 5}"
+
+
+def bench_remember(memory, seconds: float, threads: int = 32) -> float:
+    stop = time.monotonic() + seconds
+    counts = [0] * threads
+
+    def agent(k: int) -> None:
+        i = k
+        while time.monotonic() < stop:
+            memory.remember(_text(i), **FIELDS)
+            counts[k] += 1
+            i += threads
+
+    start = time.monotonic()
+    ts = [threading.Thread(target=agent, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(counts) / (time.monotonic() - start)
+
+
+def bench_remember_many(memory, calls: int, threads: int = 4, per_call: int = 50):
+    blocking: list[float] = []
+    lock = threading.Lock()
+
+    def agent(k: int) -> None:
+        for c in range(k, calls, threads):
+            texts = [_text(100_000 + c * per_call + j) for j in range(per_call)]
+            t0 = time.perf_counter()
+            memory.remember_many(texts, **FIELDS)
+            dt = time.perf_counter() - t0
+            with lock:
+                blocking.append(dt * 1000)
+
+    start = time.monotonic()
+    ts = [threading.Thread(target=agent, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    memory.drain_writes()
+    return calls * per_call / (time.monotonic() - start), blocking
+
+
+def bench_recall(memory, n: int = 40):
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        memory.recall(f"what did customer {i} ask about shipping", depth="shallow", limit=5)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def start_worker(url: str, namespace: str, backend: str) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    if backend == "onnx-int8":
+        env["MEMWORKER_EMBEDDER"] = "crewai_bench:onnx_int8_embedder"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memworker.cli", "--url", url, "--namespace", namespace,
+         "worker", "--processes", "1", "--threads", "8", "--nice", "10"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    from memworker.queue import check_health
+    from memworker.settings import Settings
+
+    settings = Settings.from_url(url, namespace=namespace)
+    deadline = time.monotonic() + 180
+    while not check_health(settings):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"worker did not start (exit {proc.poll()})")
+        time.sleep(0.2)
+    return proc
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="remember() phase length")
+    parser.add_argument("--calls", type=int, default=24, help="remember_many calls (x50 records)")
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx-int8"])
+    args = parser.parse_args()
+
+    from _servers import server
+    from crewai.memory.unified_memory import Memory
+
+    from memworker.crewai import LocalEmbedder, QueuedMemory
+    from memworker.crewai.testing import StandInLLM
+
+    embedder = LocalEmbedder()
+    embedder(["warm up"])
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="crewai-bench-"))
+    try:
+        # ---- CrewAI default: LanceDB, one save thread
+        base = Memory(storage=str(tmp / "lance"), embedder=embedder, llm=StandInLLM(),
+                      consolidation_threshold=1.0)  # fmt: skip
+        base.remember("warm up", **FIELDS)
+        b_single = bench_remember(base, args.seconds)
+        b_many, b_block = bench_remember_many(base, max(4, args.calls // 3))
+        b_recall = bench_recall(base)
+        base.close()
+        rows.append(("CrewAI Memory (LanceDB)", "torch (agent proc)", b_single, b_many, b_block, b_recall))
+
+        with server(module=True) as srv:
+            for backend in args.backends:
+                ns = f"bench{uuid.uuid4().hex[:8]}"
+                worker = start_worker(srv.url, ns, backend)
+                try:
+                    memory = QueuedMemory(storage=srv.url, namespace=ns, embedder=embedder,
+                                          llm=StandInLLM(), consolidation_threshold=1.0)  # fmt: skip
+                    memory.remember("warm up", **FIELDS)
+                    q_single = bench_remember(memory, args.seconds)
+                    q_many, q_block = bench_remember_many(memory, args.calls)
+                    q_recall = bench_recall(memory)
+                    memory.reset_all()
+                    memory.close()
+                finally:
+                    worker.terminate()
+                    worker.wait(30)
+                rows.append((f"QueuedMemory, 1 worker proc", f"{backend} (worker)", q_single, q_many,
+                             q_block, q_recall))  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    b = rows[0]
+    print(f"\ncores: {os.cpu_count()}; remember(): 32 agent threads, {args.seconds:.0f} s; "
+          "remember_many: 50 per call, 4 agent threads, until drain_writes(); explicit fields, "
+          "consolidation off\n")  # fmt: skip
+    head = (f"{'memory':<28} {'embedder':<20} {'remember rec/s':>15} {'x':>6} {'many rec/s':>11} {'x':>6} "
+            f"{'block p50/p99 ms':>17} {'recall p50/p99 ms':>18}")  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    for name, emb, single, many, block, recall in rows:
+        print(
+            f"{name:<28} {emb:<20} {single:>15.1f} {single / b[2]:>6.1f} {many:>11.1f} {many / b[3]:>6.1f} "
+            f"{_pct(block, .5):>8.2f}/{_pct(block, .99):<8.2f} {statistics.median(recall):>9.1f}/{_pct(recall, .99):<8.1f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,512 @@
+"""``QueuedMemory``: CrewAI's ``Memory`` whose writes go through memworker's queue."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait
+from typing import Any, Literal
+
+from crewai.events.event_bus import crewai_event_bus
+from crewai.events.types.memory_events import (
+    MemoryQueryCompletedEvent,
+    MemoryQueryFailedEvent,
+    MemoryQueryStartedEvent,
+    MemorySaveCompletedEvent,
+    MemorySaveFailedEvent,
+    MemorySaveStartedEvent,
+)
+from crewai.memory.types import MemoryMatch, MemoryRecord, compute_composite_score, embed_text
+from crewai.memory.unified_memory import Memory
+from crewai.memory.utils import join_scope_paths
+from pydantic import Field, PrivateAttr
+
+from memworker.crewai._embedder import LocalEmbedder, model_id_of
+from memworker.crewai._install import is_valkey_spec, store_for_spec
+from memworker.crewai._settle import Settler
+from memworker.errors import ConfigError
+from memworker.jobs import DrainTimeout, FailedJob, QueueError
+
+__all__ = ["QueuedMemory", "JobFailedError"]
+
+log = logging.getLogger("memworker.crewai")
+
+_SOURCE_TYPE = "unified_memory"
+#: Most texts per encode job; a larger remember_many is split into several jobs.
+JOB_CHUNK = 500
+
+
+class JobFailedError(QueueError):
+    """A ``remember()`` job was dead-lettered by the workers (the error is its text)."""
+
+    def __init__(self, failure: FailedJob) -> None:
+        self.failure = failure
+        super().__init__(f"memory save job {failure.job_id} failed: {failure.error}")
+
+
+class _Call:
+    """One ``remember_many`` call: its jobs, and the context its events pair in."""
+
+    def __init__(self, ctx: contextvars.Context, n: int, metadata: Any, agent_role: Any) -> None:
+        self.ctx = ctx
+        self.n = n
+        self.metadata = metadata
+        self.agent_role = agent_role
+        self.start = time.perf_counter()
+        self.left = 0
+        self.failures: list[FailedJob] = []
+        self.lock = threading.Lock()
+
+
+def _emit(event: Any, source: Any) -> None:
+    try:
+        crewai_event_bus.emit(source, event)
+    except Exception:  # noqa: BLE001 - the bus may be shut down at exit
+        pass
+
+
+class _PrivacyView:
+    """The store as RecallFlow sees it: every search filters privacy in the query."""
+
+    def __init__(self, store: Any, include_private: bool, viewer: str | None) -> None:
+        self._store = store
+        self._include_private = include_private
+        self._viewer = viewer
+
+    def search(self, query_embedding: Any, scope_prefix: Any = None, categories: Any = None,
+               metadata_filter: Any = None, limit: int = 10, min_score: float = 0.0) -> Any:  # fmt: skip
+        return self._store.search(
+            query_embedding, scope_prefix=scope_prefix, categories=categories,
+            metadata_filter=metadata_filter, limit=limit, min_score=min_score,
+            include_private=self._include_private, viewer=self._viewer,
+        )  # fmt: skip
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class QueuedMemory(Memory):
+    """CrewAI ``Memory`` whose writes are encoded and committed by memworker workers.
+
+    Same constructor as ``Memory`` (``storage`` is a ``valkey://``/``redis://`` spec,
+    ``"valkey"`` for the settings' server, or a :class:`~memworker.store.ValkeyStore`),
+    plus:
+
+    Args:
+        namespace: memworker namespace (default: the URL's / ``MEMWORKER_NAMESPACE``).
+        producer_id: Identity of this producer's pending set (default: host-pid-random).
+        drain_timeout: Seconds ``drain_writes``/``remember`` wait before raising
+            :class:`~memworker.jobs.DrainTimeout` (``None``: for ever).
+        model_id: The embedding model's identity, when the embedder does not say
+            (compared with the store's; see :meth:`ValkeyStore.ensure_model`).
+
+    ``embedder=None`` means the bundled all-MiniLM-L6-v2 (:class:`LocalEmbedder`),
+    the workers' default, not CrewAI's OpenAI default. Consolidation is CrewAI's:
+    on unless ``consolidation_threshold >= 1.0``.
+    """
+
+    storage: Any = Field(default="valkey", description="Valkey spec or a ValkeyStore.")
+    namespace: str | None = Field(default=None, description="memworker namespace.")
+    producer_id: str | None = Field(default=None, description="memworker producer id.")
+    drain_timeout: float | None = Field(default=60.0, description="Drain wait (s).")
+    model_id: str | None = Field(default=None, description="Embedding model identity.")
+
+    _queue: Any = PrivateAttr(default=None)
+    _settler: Any = PrivateAttr(default=None)
+    _calls_lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    def model_post_init(self, __context: Any) -> None:
+        from memworker.queue import MemoryQueue
+        from memworker.store import ValkeyStore
+
+        spec = self.storage
+        if isinstance(spec, str):
+            if not is_valkey_spec(spec):
+                raise ConfigError(
+                    f"QueuedMemory needs a Valkey storage spec (valkey://, valkeys://, redis://, "
+                    f"rediss:// or 'valkey'), got {spec!r}"
+                )
+            store = store_for_spec(spec, namespace=self.namespace)
+        elif isinstance(spec, ValkeyStore):
+            store = spec
+        else:
+            raise ConfigError(
+                f"QueuedMemory's storage must be a Valkey spec or a ValkeyStore, got {type(spec).__name__}"
+            )
+        self.__dict__["storage"] = store
+        try:
+            super().model_post_init(__context)
+        finally:
+            self.__dict__["storage"] = spec
+        if self._embedder_instance is None and self.embedder is None:
+            self._embedder_instance = LocalEmbedder()
+        self._queue = MemoryQueue(store.settings, producer_id=self.producer_id)
+        self.producer_id = self._queue.producer_id
+        self._settler = Settler(store.settings, self._queue.producer_id)
+        self._ensure_model()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def queue(self) -> Any:
+        """The :class:`~memworker.queue.MemoryQueue` this memory enqueues on."""
+        return self._queue
+
+    @property
+    def store(self) -> Any:
+        """The :class:`~memworker.store.ValkeyStore` workers commit into."""
+        return self._storage
+
+    def _ensure_model(self) -> None:
+        model = self.model_id or model_id_of(self._embedder_instance) or model_id_of(self.embedder)
+        if model:
+            self._storage.ensure_model(model)
+        else:
+            log.warning(
+                "QueuedMemory: the embedder's model is unknown (pass model_id=...): "
+                "the check that workers embed with the same model is skipped"
+            )
+
+    def _consolidation_on(self) -> bool:
+        return self.consolidation_threshold < 1.0
+
+    def _item(self, content: str, scope: Any, categories: Any, metadata: Any, importance: Any,
+              source: Any, private: bool, root: Any) -> dict[str, Any]:  # fmt: skip
+        inner = scope or "/"
+        resolved = join_scope_paths(root, inner) if root else inner
+        item: dict[str, Any] = {
+            "text": content,
+            "scope": resolved,
+            "categories": list(categories or []),
+            "metadata": dict(metadata or {}),
+            "importance": importance if importance is not None else self.default_importance,
+            "source": source,
+            "private": bool(private),
+        }
+        infer = [
+            name
+            for name, value in (("scope", scope), ("categories", categories), ("importance", importance))
+            if value is None
+        ]
+        if infer or self._consolidation_on():
+            item["flow"] = {
+                "infer": infer,
+                "scope": scope,
+                "root_scope": root,
+                "consolidation_threshold": float(min(self.consolidation_threshold, 1.0)),
+                "consolidation_limit": int(self.consolidation_limit),
+                "batch_dedup_threshold": float(self._config.batch_dedup_threshold),
+                "default_importance": float(self.default_importance),
+            }
+        return item
+
+    def _enqueue(self, items: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+        return [
+            self._queue.enqueue_encode_job(items[i : i + JOB_CHUNK])
+            for i in range(0, len(items), JOB_CHUNK)
+        ]
+
+    def _timeout(self, job_ids: list[str]) -> DrainTimeout:
+        try:
+            status = self._queue.status()
+            live, depth = len(status.get("workers") or []), status.get("depth", 0)
+            cause = (
+                "no live worker: start one with `memworker worker`"
+                if live == 0
+                else f"{live} live worker(s), {depth} message(s) queued: the workers may be saturated"
+            )
+        except Exception as exc:  # noqa: BLE001
+            cause = f"queue status unavailable ({exc})"
+        return DrainTimeout(job_ids, cause, self.drain_timeout)
+
+    def _record_for(self, job_id: str, record_id: str) -> Any:
+        from memworker.encoding import result_key
+
+        record = self._storage.get_record(record_id)
+        if record is not None:
+            return record
+        # The flow merged or dropped the item: the worker says what it became.
+        client = self._queue._sync()  # noqa: SLF001 - the queue's own client
+        other = client.hget(result_key(self._storage.keys.namespace, job_id), record_id)
+        if other:
+            return self._storage.get_record(other.decode() if isinstance(other, bytes) else other)
+        return None
+
+    # ------------------------------------------------------------------ writes
+    def remember(
+        self,
+        content: str,
+        scope: str | None = None,
+        categories: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        importance: float | None = None,
+        source: str | None = None,
+        private: bool = False,
+        agent_role: str | None = None,
+        root_scope: str | None = None,
+    ) -> MemoryRecord | None:
+        """Enqueue one item, wait for its own job only, and return its record.
+
+        Raises:
+            JobFailedError: The workers dead-lettered the job.
+            DrainTimeout: Not committed within ``drain_timeout``.
+            memworker.errors.ValidationError: A bad field; nothing was enqueued.
+        """
+        if self.read_only:
+            return None
+        root = root_scope if root_scope is not None else self.root_scope
+        _emit(MemorySaveStartedEvent(value=content, metadata=metadata, source_type=_SOURCE_TYPE), self)
+        start = time.perf_counter()
+        try:
+            item = self._item(content, scope, categories, metadata, importance, source, private, root)
+            job_id, ids = self._queue.enqueue_encode_job([item])
+            future = self._settler.watch(job_id)
+            try:
+                failure = future.result(timeout=self.drain_timeout)
+            except FutureTimeout:
+                raise self._timeout([job_id]) from None
+            if failure is not None:
+                raise JobFailedError(failure)
+            record = self._record_for(job_id, ids[0])
+        except Exception as exc:
+            _emit(
+                MemorySaveFailedEvent(
+                    value=content, metadata=metadata, error=str(exc), source_type=_SOURCE_TYPE
+                ),
+                self,
+            )
+            raise
+        _emit(
+            MemorySaveCompletedEvent(
+                value=content,
+                metadata=metadata or {},
+                agent_role=agent_role,
+                save_time_ms=(time.perf_counter() - start) * 1000,
+                source_type=_SOURCE_TYPE,
+            ),
+            self,
+        )
+        return record
+
+    def remember_many(
+        self,
+        contents: list[str],
+        scope: str | None = None,
+        categories: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        importance: float | None = None,
+        source: str | None = None,
+        private: bool = False,
+        agent_role: str | None = None,
+        root_scope: str | None = None,
+    ) -> list[MemoryRecord]:
+        """Enqueue an encode job and return ``[]`` at once (as CrewAI does).
+
+        ``MemorySaveStartedEvent`` is emitted now; ``MemorySaveCompletedEvent`` (or
+        ``MemorySaveFailedEvent``) when the workers are done, in the same event
+        context. Failures are reported as events, never raised.
+        """
+        if not contents or self.read_only:
+            return []
+        root = root_scope if root_scope is not None else self.root_scope
+        call = _Call(contextvars.copy_context(), len(contents), metadata, agent_role)
+        call.ctx.run(
+            _emit,
+            MemorySaveStartedEvent(
+                value=f"{len(contents)} memories (background)",
+                metadata=metadata,
+                source_type=_SOURCE_TYPE,
+            ),
+            self,
+        )
+        try:
+            items = [
+                self._item(c, scope, categories, metadata, importance, source, private, root)
+                for c in contents
+            ]
+            jobs = self._enqueue(items)
+        except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
+            log.warning("remember_many: nothing enqueued: %s", exc)
+            call.ctx.run(
+                _emit,
+                MemorySaveFailedEvent(
+                    value="background save", metadata=metadata, error=str(exc), source_type=_SOURCE_TYPE
+                ),
+                self,
+            )
+            return []
+        call.left = len(jobs)
+        for job_id, _ in jobs:
+            self._settler.watch(job_id).add_done_callback(
+                lambda f, c=call: self._job_settled(c, f)
+            )
+        return []
+
+    def _job_settled(self, call: _Call, future: Future[Any]) -> None:
+        try:
+            failure = future.result()
+            with call.lock:
+                if failure is not None:
+                    call.failures.append(failure)
+                call.left -= 1
+                if call.left:
+                    return
+            if call.failures:
+                error = "; ".join(f.error for f in call.failures)
+                event: Any = MemorySaveFailedEvent(
+                    value="background save", metadata=call.metadata, error=error,
+                    source_type=_SOURCE_TYPE,
+                )  # fmt: skip
+            else:
+                event = MemorySaveCompletedEvent(
+                    value=f"{call.n} memories saved",
+                    metadata=call.metadata or {},
+                    agent_role=call.agent_role,
+                    save_time_ms=(time.perf_counter() - call.start) * 1000,
+                    source_type=_SOURCE_TYPE,
+                )
+            call.ctx.run(_emit, event, self)
+        except Exception:  # noqa: BLE001 - never raise from the settle thread
+            log.debug("remember_many settle callback failed", exc_info=True)
+
+    def drain_writes(self) -> None:
+        """Wait for CrewAI's local save pool and every job this memory enqueued.
+
+        Failed jobs were already reported as ``MemorySaveFailedEvent``; they are never
+        raised here.
+
+        Raises:
+            DrainTimeout: Jobs still pending after ``drain_timeout`` (e.g. no worker).
+        """
+        super().drain_writes()
+        if self._settler is None:
+            return
+        outstanding = self._settler.outstanding()
+        if not outstanding:
+            return
+        _, left = wait(list(outstanding.values()), timeout=self.drain_timeout)
+        if left:
+            raise self._timeout([j for j, f in outstanding.items() if f in left])
+
+    # ------------------------------------------------------------------ reads
+    def recall(
+        self,
+        query: str,
+        scope: str | None = None,
+        categories: list[str] | None = None,
+        limit: int = 10,
+        depth: Literal["shallow", "deep"] = "deep",
+        source: str | None = None,
+        include_private: bool = False,
+    ) -> list[MemoryMatch]:
+        """CrewAI's recall, after the drain barrier, with privacy filtered in the query
+        (another source's private records never take a result slot)."""
+        self.drain_writes()
+        effective_scope = scope
+        if effective_scope is None and self.root_scope:
+            effective_scope = self.root_scope
+        elif effective_scope is not None and self.root_scope:
+            effective_scope = join_scope_paths(self.root_scope, effective_scope)
+        view = _PrivacyView(self._storage, include_private, source)
+        _emit(
+            MemoryQueryStartedEvent(query=query, limit=limit, score_threshold=None, source_type=_SOURCE_TYPE),
+            self,
+        )
+        start = time.perf_counter()
+        try:
+            if depth == "shallow":
+                results: list[MemoryMatch] = []
+                embedding = embed_text(self._embedder, query)
+                if embedding:
+                    raw = view.search(
+                        embedding, scope_prefix=effective_scope, categories=categories,
+                        limit=limit, min_score=0.0,
+                    )  # fmt: skip
+                    for record, score in raw:
+                        composite, reasons = compute_composite_score(record, score, self._config)
+                        results.append(MemoryMatch(record=record, score=composite, match_reasons=reasons))
+                    results.sort(key=lambda m: m.score, reverse=True)
+            else:
+                from crewai.memory.recall_flow import RecallFlow
+
+                flow = RecallFlow(storage=view, llm=self._llm, embedder=self._embedder, config=self._config)
+                flow.kickoff(
+                    inputs={
+                        "query": query,
+                        "scope": effective_scope,
+                        "categories": categories or [],
+                        "limit": limit,
+                        "source": source,
+                        "include_private": include_private,
+                    }
+                )
+                results = flow.state.final_results
+            if results and not self.read_only:
+                try:
+                    self._storage.touch_records([m.record.id for m in results])
+                except Exception:  # noqa: BLE001 - non-critical, as in CrewAI
+                    pass
+            _emit(
+                MemoryQueryCompletedEvent(
+                    query=query, results=results, limit=limit, score_threshold=None,
+                    query_time_ms=(time.perf_counter() - start) * 1000, source_type=_SOURCE_TYPE,
+                ),
+                self,
+            )  # fmt: skip
+            return results
+        except Exception as exc:
+            _emit(
+                MemoryQueryFailedEvent(
+                    query=query, limit=limit, score_threshold=None, error=str(exc), source_type=_SOURCE_TYPE
+                ),
+                self,
+            )
+            raise
+
+    def forget(self, *args: Any, **kwargs: Any) -> int:
+        """CrewAI's forget, after the drain barrier (queued writes are forgotten too)."""
+        self.drain_writes()
+        return super().forget(*args, **kwargs)
+
+    def update(self, *args: Any, **kwargs: Any) -> MemoryRecord:
+        """CrewAI's update (re-embedded here, written directly), after the drain barrier."""
+        self.drain_writes()
+        return super().update(*args, **kwargs)
+
+    def list_scopes(self, path: str | None = None) -> list[str]:
+        self.drain_writes()
+        return super().list_scopes(path)
+
+    def list_records(self, scope: str | None = None, limit: int = 200, offset: int = 0) -> list[MemoryRecord]:
+        self.drain_writes()
+        return super().list_records(scope, limit, offset)
+
+    def info(self, path: str | None = None) -> Any:
+        self.drain_writes()
+        return super().info(path)
+
+    def tree(self, path: str | None = None, max_depth: int = 3) -> str:
+        self.drain_writes()
+        return super().tree(path, max_depth)
+
+    def list_categories(self, path: str | None = None) -> dict[str, int]:
+        self.drain_writes()
+        return super().list_categories(path)
+
+    def reset_all(self) -> None:
+        """Reset the whole namespace (after the drain barrier); the model id is recorded again."""
+        super().reset_all()
+        self._ensure_model()
+
+    def close(self) -> None:
+        """Drain, then close the store, the queue and the settle thread."""
+        try:
+            super().close()
+        finally:
+            if self._settler is not None:
+                self._settler.close()
+            if self._queue is not None:
+                self._queue.close()

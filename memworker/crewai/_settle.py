@@ -1,0 +1,133 @@
+"""One thread per producer that learns when its jobs leave the pending set.
+
+Many agent threads wait on their own jobs (``remember``) while others wait on
+everything (``drain_writes``): rather than one drain per waiter, a single thread
+subscribes once to the producer's ``done`` channel and resolves a future per job
+(``None`` committed, or the :class:`~memworker.jobs.FailedJob`). Each failure
+record is read and consumed (``HDEL``) by this thread only, so it is reported
+exactly once. A bounded poll backs up the pub/sub wake-up, as in ``drain``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from memworker.jobs import QueueKeys, failure_from_json
+from memworker.settings import Settings
+
+__all__ = ["Settler"]
+
+log = logging.getLogger("memworker.crewai")
+
+#: Longest wait between two checks of the watched jobs (s).
+POLL_S = 0.05
+#: Wait after a Valkey error before trying again (s).
+ERROR_PAUSE_S = 0.5
+
+
+class Settler:
+    """Futures for one producer's jobs, resolved when each job is committed or failed."""
+
+    def __init__(self, settings: Settings, producer: str) -> None:
+        self.settings = settings
+        self.keys = QueueKeys(settings.namespace)
+        self.producer = producer
+        self._lock = threading.Lock()
+        self._waiting: dict[str, Future[Any]] = {}
+        self._added = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, job_id: str) -> Future[Any]:
+        """A future resolved with ``None`` (committed) or the ``FailedJob``."""
+        future: Future[Any] = Future()
+        with self._lock:
+            self._waiting[job_id] = future
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name=f"memworker-settle-{self.producer}", daemon=True
+                )
+                self._thread.start()
+        self._added.set()
+        return future
+
+    def outstanding(self) -> dict[str, Future[Any]]:
+        """Jobs watched and not yet resolved."""
+        with self._lock:
+            return dict(self._waiting)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._added.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+
+    # ------------------------------------------------------------------ thread
+    def _run(self) -> None:
+        import redis
+
+        from memworker.queue import redis_kwargs
+
+        client = redis.Redis.from_url(
+            self.settings.url(redact=False, scheme="redis"), **redis_kwargs(self.settings)
+        )
+        pubsub = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if pubsub is None:
+                        pubsub = client.pubsub(ignore_subscribe_messages=True)
+                        pubsub.subscribe(self.keys.done_channel(self.producer))
+                    self._check(client)
+                    if not self.outstanding():
+                        self._added.wait(1.0)
+                        self._added.clear()
+                        continue
+                    message = pubsub.get_message(timeout=POLL_S)
+                    while message is not None:  # a burst of wake-ups
+                        message = pubsub.get_message(timeout=0)
+                except Exception:  # noqa: BLE001 - keep settling; waiters have timeouts
+                    log.warning("memworker settle loop: Valkey error", exc_info=True)
+                    if pubsub is not None:
+                        try:
+                            pubsub.close()
+                        except Exception:  # noqa: BLE001
+                            pass
+                        pubsub = None
+                    self._stop.wait(ERROR_PAUSE_S)
+        finally:
+            if pubsub is not None:
+                try:
+                    pubsub.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            client.close()
+
+    def _check(self, client: Any) -> None:
+        ids = list(self.outstanding())
+        if not ids:
+            return
+        scores = client.zmscore(self.keys.pending(self.producer), ids)
+        done = [i for i, s in zip(ids, scores) if s is None]
+        if not done:
+            return
+        failed_key = self.keys.failed(self.producer)
+        raws = client.hmget(failed_key, done)
+        found = [i for i, raw in zip(done, raws) if raw is not None]
+        if found:  # consumed, and tombstoned as a drain does (reported once, not "lost")
+            now = int(time.time() * 1000)
+            with client.pipeline(transaction=True) as pipe:
+                pipe.hdel(failed_key, *found)
+                pipe.zadd(self.keys.reported(self.producer), {i: now for i in found})
+                pipe.execute()
+        for job_id, raw in zip(done, raws):
+            with self._lock:
+                future = self._waiting.pop(job_id, None)
+            if future is not None and not future.done():
+                future.set_result(failure_from_json(raw) if raw is not None else None)

