@@ -132,6 +132,8 @@ DEFAULT_MIN_BACKOFF_MS = 1_000
 DEFAULT_MAX_BACKOFF_MS = 60_000
 #: Interval of the worker health key refresh (ms); the key lives HEALTH_TTL_MS.
 HEALTH_INTERVAL_MS = 1_000
+#: Seconds between checks for messages orphaned by a lost fetch reply.
+RECONCILE_INTERVAL_S = 5.0
 #: Environment variable naming an embedder factory, ``module:callable``.
 EMBEDDER_ENV = "MEMWORKER_EMBEDDER"
 
@@ -149,21 +151,48 @@ class WakeConsumer(_RedisConsumer):
     ) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)
         self.wake_key = f"{broker.namespace}:{queue_name}.wake"
+        self.acks_key = f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}"
         self._slot = threading.Event()
         self._woken = False
         self._last_dispatch = time.monotonic()
+        # A fetch whose reply is lost with its connection (the client may even retry
+        # it silently) leaves messages in this broker's acks set that nobody holds.
+        # Reconcile when the consumer is (re)created, then every RECONCILE_INTERVAL_S.
+        self._next_reconcile = 0.0
 
     def ack(self, message: Any) -> None:
         try:
             super().ack(message)
         finally:
+            self.broker.release(message.options.get("redis_message_id"))
             self._slot.set()
 
     def nack(self, message: Any) -> None:
         try:
             super().nack(message)
         finally:
+            self.broker.release(message.options.get("redis_message_id"))
             self._slot.set()
+
+    def _reconcile(self) -> None:
+        """Requeue the messages that this broker's acks set holds for this queue but
+        no consumer of this process knows of: their fetch reply was lost with a
+        connection. Messages still held by worker threads (even those fetched by a
+        consumer that was replaced) are in the broker's registry and stay."""
+        server = {
+            i.decode() if isinstance(i, bytes) else str(i)
+            for i in self.broker.client.smembers(self.acks_key)
+        }
+        orphans = sorted(server - self.broker.held_ids())
+        if orphans:
+            log.warning(
+                "requeueing %d message(s) whose fetch reply was lost on %r",
+                len(orphans),
+                self.queue_name,
+            )
+            self.broker.do_requeue(self.queue_name, *orphans)
+            self.broker.client.rpush(self.wake_key, *(["1"] * len(orphans)))
+            self.broker.orphans_requeued += len(orphans)
 
     def requeue(self, messages: Iterable[Any]) -> None:
         """dramatiq's requeue (acks set -> back on the queue), plus one wake-up token
@@ -172,6 +201,8 @@ class WakeConsumer(_RedisConsumer):
         super().requeue(messages)
         if messages:
             self.broker.client.rpush(self.wake_key, *(["1"] * len(messages)))
+        for message in messages:
+            self.broker.release(message.options.get("redis_message_id"))
 
     def close(self) -> None:
         """Put back the messages fetched into ``message_cache`` but never handed to
@@ -179,7 +210,7 @@ class WakeConsumer(_RedisConsumer):
         would sit in this broker's acks set until a peer's maintenance requeues them
         after ``heartbeat_timeout``. dramatiq's own ``_RedisConsumer`` does not do it."""
         cached, self.message_cache = self.message_cache, []
-        ids = []
+        ids: list[str] = []
         for data in cached:
             if data is None:
                 continue
@@ -195,6 +226,8 @@ class WakeConsumer(_RedisConsumer):
                 log.debug("requeueing %d fetched message(s) on %r", len(ids), self.queue_name)
                 self.broker.do_requeue(self.queue_name, *ids)
                 self.broker.client.rpush(self.wake_key, *(["1"] * len(ids)))
+                for redis_id in ids:
+                    self.broker.release(redis_id)
         except Exception:  # a peer's maintenance requeues them later
             log.warning(
                 "could not requeue %d fetched message(s) on %r",
@@ -214,6 +247,9 @@ class WakeConsumer(_RedisConsumer):
     def __next__(self) -> MessageProxy | None:
         broker: MemworkerBroker = self.broker
         try:
+            if time.monotonic() >= self._next_reconcile:
+                self._reconcile()
+                self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
             while True:
                 if self.message_cache:
                     data = self.message_cache.pop(0)
@@ -238,6 +274,7 @@ class WakeConsumer(_RedisConsumer):
                 messages = broker.do_fetch(self.queue_name, free)
                 self._last_dispatch = time.monotonic()
                 if messages:
+                    broker.hold(messages)
                     self.message_cache = messages
                     if self._woken:
                         broker.woken_fetches += 1
@@ -272,6 +309,7 @@ class WakeConsumer(_RedisConsumer):
             "undecodable message %s on %r: dead-lettered", found.group(1).decode(), self.queue_name
         )
         self.broker.do_nack(self.queue_name, found.group(1).decode())
+        self.broker.release(found.group(1).decode())
 
 
 class MemworkerBroker(RedisBroker):
@@ -301,7 +339,33 @@ class MemworkerBroker(RedisBroker):
         self.keys = keys
         self.wakeups = 0
         self.woken_fetches = 0
+        self.orphans_requeued = 0
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
         self.context: WorkerContext | None = None
+
+    def hold(self, messages: Iterable[Any]) -> None:
+        """Record the redis message ids of fetched messages (until ack, nack or requeue)."""
+        ids = []
+        for data in messages:
+            if data is None:
+                continue
+            found = _REDIS_ID_RE.search(data if isinstance(data, bytes) else str(data).encode())
+            if found is not None:
+                ids.append(found.group(1).decode())
+        with self._held_lock:
+            self._held.update(ids)
+
+    def release(self, redis_id: Any) -> None:
+        """Forget a message id this process held."""
+        if redis_id is not None:
+            with self._held_lock:
+                self._held.discard(str(redis_id))
+
+    def held_ids(self) -> set[str]:
+        """Message ids fetched by this process and not yet acked, nacked or requeued."""
+        with self._held_lock:
+            return set(self._held)
 
     @property
     def consumer_class(self) -> type[WakeConsumer]:

@@ -334,6 +334,23 @@ def test_dead_worker_messages_are_redelivered(qsettings, fake, workers, rawq):
     assert rawq.zscore(keys.heartbeats, "deadbeef") is None
 
 
+def test_message_orphaned_by_a_lost_fetch_reply_is_requeued(qsettings, fake, workers, rawq, monkeypatch):
+    """A fetch whose reply is lost with its connection leaves a message in a LIVE
+    worker's acks set that no consumer holds; dramatiq's maintenance never touches a
+    live worker. The consumer's reconciliation requeues it."""
+    monkeypatch.setattr(worker_mod, "RECONCILE_INTERVAL_S", 0.2)
+    keys = QueueKeys(qsettings.namespace)
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        job = q.enqueue_save([_record(0)])
+        redis_id = rawq.lpop(keys.q())  # as if fetched: off the queue ...
+        rawq.delete(f"{keys.dq_namespace}:default.wake")
+        broker, _ = workers(qsettings)
+        # ... into the acks set of a live worker, whose consumer never got the reply
+        rawq.sadd(f"{keys.dq_namespace}:__acks__.{broker.broker_id}.default", redis_id)
+        assert q.drain(timeout=30, job_ids=[job]).committed == 1
+    assert broker.orphans_requeued == 1
+
+
 def test_real_model_end_to_end(qsettings, workers):
     pytest.importorskip("sentence_transformers")
     worker_mod.set_embedder_factory(None)
