@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ServerInfo, start_server, stop_server
+from valkey_servers import ServerInfo, start_server, stop_server
 from memworker import MemoryQueue, StoreError, ValkeyStore
 from memworker.settings import Settings
 from memworker.types import record_types

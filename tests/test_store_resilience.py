@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import start_server, stop_server
+from valkey_servers import start_server, stop_server
 from memworker import StoreError, ValkeyStore
 from memworker.types import record_types
 
@@ -57,7 +57,7 @@ def test_server_restart_is_retried_until_it_answers(namespace):
         time.sleep(0.3)
         import subprocess
 
-        from conftest import valkey_binary
+        from valkey_servers import valkey_binary
 
         log = open(server.workdir / "restart.log", "wb")
         proc = subprocess.Popen(
@@ -97,7 +97,7 @@ def test_server_error_surfaces_without_retry(plain_server, namespace):
 
 
 def test_unreachable_server_raises_connection_lost(namespace):
-    from conftest import free_port
+    from valkey_servers import free_port
     from memworker import MemworkerError
 
     store = ValkeyStore(f"valkey://127.0.0.1:{free_port()}?connect_timeout_ms=200", namespace=namespace)

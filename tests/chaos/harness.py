@@ -136,11 +136,12 @@ class Workers:
         self.url, self.namespace, self.workdir, self.env = url, namespace, workdir, env
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, threads: int = 2, **env: str) -> subprocess.Popen:
+    def start(self, threads: int = 2, args: tuple[str, ...] = (), **env: str) -> subprocess.Popen:
+        """``args``: extra ``memworker worker`` options (e.g. ``--max-deliveries``)."""
         log = open(self.workdir / f"worker-{len(self.procs)}.log", "wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "memworker.cli", "--url", self.url, "--namespace",
-             self.namespace, "worker", "--processes", "1", "--threads", str(threads)],
+             self.namespace, "worker", "--processes", "1", "--threads", str(threads), *args],
             env=child_env(**{**self.env, **env}), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
