@@ -276,6 +276,9 @@ class EncodedRecord:
         categories_json: The categories as JSON (the script counts them).
         fields: Every hash field, as ``(name, value)`` pairs.
         dim: Vector dimension, or 0 when the record keeps its stored embedding.
+        fields_json: The text fields (all but ``embedding``) as one JSON object,
+            the form the write script takes.
+        embedding: The embedding bytes (``b""`` when the stored one is kept).
     """
 
     id: str
@@ -284,6 +287,8 @@ class EncodedRecord:
     categories_json: str
     fields: tuple[tuple[str, bytes | str], ...]
     dim: int
+    fields_json: str = "{}"
+    embedding: bytes = b""
 
 
 _MISSING = object()
@@ -431,6 +436,8 @@ def encode_record(record: Any, *, where: str = "record", require_embedding: bool
         categories_json=_JSON.encode(unique_cats),
         fields=tuple(fields),
         dim=dim,
+        fields_json=_JSON.encode({k: v for k, v in fields if k != "embedding"}),
+        embedding=vector or b"",
     )
 
 

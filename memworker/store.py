@@ -234,10 +234,10 @@ class ValkeyStore:
         for n, chunk in enumerate(chunks):
             args: list[Any] = ["save", self.keys.namespace, str(dim) if dim else "", str(len(chunk))]
             for rec in chunk:
-                args += [rec.id, rec.scope, rec.created_at, rec.categories_json, "0" if rec.dim else "1"]
-                args.append(str(len(rec.fields)))
-                for name, value in rec.fields:
-                    args += [name, value]
+                args += [
+                    rec.id, rec.scope, rec.created_at, rec.categories_json, "0" if rec.dim else "1",
+                    rec.fields_json, rec.embedding,
+                ]  # fmt: skip
             if n == len(chunks) - 1:
                 for command in extra:
                     args.append(str(len(command)))

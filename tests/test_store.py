@@ -1160,3 +1160,22 @@ def test_module_and_exact_paths_agree(plain_server: Any, module_server: Any) -> 
         for s in (exact, module):
             s.reset()
             s.close()
+
+
+def test_round_trip_of_control_characters_and_unicode_through_the_write_script(
+    store: ValkeyStore,
+) -> None:
+    """Text fields travel to the write script as one JSON argument: NUL, control
+    characters, line separators, quotes, backslashes and astral characters survive."""
+    weird = 'a\x00b\x01c\u2028d\ud7ff\U0001f642 "q" \\ / é'
+    cls = record_types()[0]
+    record = cls(
+        content=weird, scope="/x/é 🙂", categories=[weird],
+        metadata={"k": weird, "n": [1, 2.5, None]}, source=weird, embedding=[0.1, 0.2, 0.3],
+    )  # fmt: skip
+    store.save([record])
+    got = store.get_record(record.id)
+    assert (got.content, got.categories, got.metadata, got.source, got.scope) == (
+        weird, [weird], record.metadata, weird, "/x/é 🙂",
+    )  # fmt: skip
+    assert store.list_categories() == {weird: 1}

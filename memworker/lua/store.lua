@@ -19,8 +19,11 @@
 -- (dimension mismatch, a missing record to update) leaves nothing written.
 --
 -- ARGV[1] = op, ARGV[2] = ns, then per op:
---   save:   dim, n, then n records of:
---             id, scope, created_at, categories_json, keep_embedding("0"/"1"), nfields, field, value, ...
+--   save:   dim, n, then n records of 7 arguments:
+--             id, scope, created_at, categories_json, keep_embedding ("0"/"1"),
+--             fields_json (an object of every text field -> string value),
+--             embedding (float32 bytes; "" when keep_embedding is "1")
+--           (one JSON argument instead of a pair per field: the client pays per argument)
 --           then extra commands: argc, arg1..argc, ... (run after the records, e.g. the
 --           worker's pending-mark removal and wake-up)
 --           -> {inserted (ids that did not exist), dim_was_set (0/1)}
@@ -114,12 +117,19 @@ if op == "save" then
   for r = 1, n do
     local rec = {
       id = ARGV[pos], scope = ARGV[pos + 1], created = ARGV[pos + 2],
-      cats = ARGV[pos + 3], keep = ARGV[pos + 4] == "1",
+      cats = ARGV[pos + 3], keep = ARGV[pos + 4] == "1", embedding = ARGV[pos + 6],
     }
-    local nfields = tonumber(ARGV[pos + 5])
-    rec.first = pos + 6
-    rec.last = pos + 5 + 2 * nfields
-    pos = rec.last + 1
+    local ok, fields = pcall(cjson.decode, ARGV[pos + 5])
+    if not ok or type(fields) ~= "table" then
+      return redis.error_reply("BADFIELDS " .. rec.id)
+    end
+    local hset = {}
+    for name, value in pairs(fields) do
+      hset[#hset + 1] = name
+      hset[#hset + 1] = value
+    end
+    rec.hset = hset
+    pos = pos + 7
     local key = REC .. rec.id
     local old = redis.call("HMGET", key, "scope", "categories", "created_at")
     rec.old_scope, rec.old_cats, rec.old_created = old[1], old[2], old[3]
@@ -147,8 +157,10 @@ if op == "save" then
     else
       inserted = inserted + 1
     end
-    redis.call("HSET", key, unpack(ARGV, rec.first, rec.last))
-    if rec.keep then redis.call("HSET", key, "embedding", rec.embedding) end
+    local hset = rec.hset
+    hset[#hset + 1] = "embedding"
+    hset[#hset + 1] = rec.embedding
+    redis.call("HSET", key, unpack(hset))
     index(rec.id, rec.scope, rec.cats, rec.created, 1)
     changed(rec.id)
   end
