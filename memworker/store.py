@@ -362,21 +362,27 @@ class ValkeyStore:
         return decode_record(row, record_types()[0])
 
     def _p_fetch(self, ids: Sequence[str]) -> Plan[list[Any]]:
-        record_cls = record_types()[0]
+        """Records by id (``None`` where missing), one script call per READ_CHUNK ids:
+        the client pays per command and per argument, so one call beats a pipeline."""
         out: list[Any] = []
         for start in range(0, len(ids), READ_CHUNK):
-            part = ids[start : start + READ_CHUNK]
-            rows = yield Pipeline([["HMGET", self.keys.rec(i), *RECORD_FIELDS] for i in part])
-            out += [decode_record(row, record_cls) for row in rows]
+            part = list(ids[start : start + READ_CHUNK])
+            flat = yield Script(
+                "read", ["records", self.keys.namespace, str(len(RECORD_FIELDS)), *RECORD_FIELDS, *part]
+            )
+            out += _decode_rows(flat)
         return out
 
     def _p_list(self, scope_prefix: str | None, limit: int, offset: int) -> Plan[list[Any]]:
         if limit <= 0 or offset < 0:
             return []
         scope = normalize_scope_prefix(scope_prefix)
-        raw = yield Call(["ZREVRANGE", self.keys.tree(scope), str(offset), str(offset + limit - 1)])
-        records = yield from self._p_fetch([_text(i) for i in raw])
-        return [r for r in records if r is not None]
+        flat = yield Script(
+            "read",
+            ["page", self.keys.namespace, scope, str(offset), str(offset + limit - 1),
+             str(len(RECORD_FIELDS)), *RECORD_FIELDS],
+        )  # fmt: skip
+        return [r for r in _decode_rows(flat) if r is not None]
 
     def _p_count(self, scope_prefix: str | None) -> Plan[int]:
         scope = normalize_scope_prefix(scope_prefix)
@@ -828,6 +834,13 @@ class ValkeyStore:
     def search_module(self) -> bool:
         """Whether a search module is used (probes the server on first access)."""
         return self._sync.run(self._p_probe())
+
+
+def _decode_rows(flat: Sequence[Any]) -> list[Any]:
+    """Records from a flattened reply of RECORD_FIELDS-long rows (``None`` = missing)."""
+    record_cls = record_types()[0]
+    width = len(RECORD_FIELDS)
+    return [decode_record(flat[i : i + width], record_cls) for i in range(0, len(flat or ()), width)]
 
 
 def _ft_documents(reply: Any) -> list[tuple[Any, Any]]:

@@ -22,6 +22,11 @@
 --   rows:     id, id, ...
 --             -> { embedding, scope_anc, cat_t, meta_t, src_t, vis } per id, flattened
 --                (false/nil for a missing field or record)
+--   records:  nfields, field1..fieldN, id, id, ...
+--             -> the N fields of each id, flattened (false for a missing field or record)
+--   page:     scope, start, stop (ZREVRANGE ranks: newest first), nfields, field1..fieldN
+--             -> the N fields of each record on the page, flattened (list_records in
+--                one round trip)
 --   scan:     scope, start, stop (ZRANGE ranks), with_tokens ("1"/"0")
 --             -> { ids joined by "\n", embeddings concatenated (records without one skipped),
 --                  token lines joined by "\n" (fields joined by "\t"), or "" }
@@ -74,6 +79,28 @@ elseif op == "rows" then
     local row = redis.call("HMGET", ns .. ":rec:" .. ARGV[i], "embedding", "scope_anc", "cat_t", "meta_t", "src_t", "vis")
     for j = 1, 6 do out[n + j] = row[j] end
     n = n + 6
+  end
+  return out
+elseif op == "records" or op == "page" then
+  local first, ids
+  if op == "page" then
+    first = 6
+    ids = redis.call("ZREVRANGE", ns .. ":tree:" .. ARGV[3], ARGV[4], ARGV[5])
+  else
+    first = 3
+  end
+  local nfields = tonumber(ARGV[first])
+  local fields = {}
+  for j = 1, nfields do fields[j] = ARGV[first + j] end
+  if not ids then
+    ids = {}
+    for i = first + nfields + 1, #ARGV do ids[#ids + 1] = ARGV[i] end
+  end
+  local out, n = {}, 0
+  for _, id in ipairs(ids) do
+    local row = redis.call("HMGET", ns .. ":rec:" .. id, unpack(fields))
+    for j = 1, nfields do out[n + j] = row[j] end
+    n = n + nfields
   end
   return out
 elseif op == "scan" then
