@@ -31,7 +31,14 @@ from chaos_embedder import vector
 from harness import Workers, audit, record, wait_for
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from memworker.jobs import DrainTimeout
 from memworker.queue import MemoryQueue
@@ -50,7 +57,7 @@ STATS = {k: 0 for k in ("examples", "steps", "jobs", "records", "drains", "drain
                         "sigkill", "sigterm", "worker_starts", "lost", "duplicates",
                         "early_returns", "hangs", "failed_jobs", "partial_jobs",
                         "double_reports", "slow_sigterm_exits", "jobs_committed",
-                        "jobs_checked_at_mid_run_drains")}
+                        "jobs_checked_at_mid_run_drains", "drain_timeouts_with_live_worker")}
 
 
 class BarrierMachine(RuleBasedStateMachine):
@@ -136,6 +143,15 @@ class BarrierMachine(RuleBasedStateMachine):
                            f"reported: {early}; pending now: {self.q.pending()}")
 
     # ------------------------------------------------------------------ rules
+    @initialize(jobs=st.integers(1, 3), worker=st.sampled_from(["live", "live", "starting", "none"]))
+    def some_jobs_first(self, jobs: int, worker: str) -> None:
+        """Work and (usually) a worker for every example: hypothesis' swarm testing may
+        disable ``enqueue`` or ``start_worker`` for a whole example."""
+        for k in range(jobs):
+            self.enqueue(size=1 + k, slow=[0, 150, 0, 400, 0])
+        if worker != "none":
+            self.start_worker(wait_live=worker == "live")
+
     @rule(size=st.integers(1, 5), slow=st.lists(st.sampled_from([0, 0, 150, 400, 900]),
                                                min_size=5, max_size=5))
     def enqueue(self, size: int, slow: list[int]) -> None:
@@ -167,7 +183,7 @@ class BarrierMachine(RuleBasedStateMachine):
         for p in self.alive():  # also one finishing after a SIGTERM
             self.workers.kill(p, signal.SIGKILL)
             STATS["sigkill"] += 1
-        self.proc = None
+        self.proc, self.stopping = None, []  # a SIGKILLed one has no exit status to check
 
     @precondition(lambda self: self.proc is not None and self.proc.poll() is None)
     @rule()
@@ -184,16 +200,20 @@ class BarrierMachine(RuleBasedStateMachine):
     def pass_time(self, seconds: float) -> None:
         time.sleep(seconds)
 
-    @rule(timeout=st.sampled_from([0.3, 1.0, 2.5, 6.0]))
+    @rule(timeout=st.sampled_from([0.3, 1.0, 3.0, 8.0]))
     def drain(self, timeout: float) -> None:
         before = set(self.unresolved)
         STATS["drains"] += 1
+        live = self.proc is not None and self.proc.poll() is None and self.worker_started(self.proc)
+        if not self.alive():
+            timeout = min(timeout, 0.5)  # it can only time out (or find nothing to wait for)
         started = time.monotonic()
         try:
             report = self.q.drain(timeout=timeout)
         except DrainTimeout as e:
             took = time.monotonic() - started
             STATS["drain_timeouts"] += 1
+            STATS["drain_timeouts_with_live_worker"] += int(live)
             STATS["hangs"] += int(took > timeout + HANG_SLACK_S)
             assert took <= timeout + HANG_SLACK_S, f"drain(timeout={timeout}) took {took:.1f} s"
             named = set(e.job_ids)
