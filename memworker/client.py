@@ -44,6 +44,8 @@ log = logging.getLogger("memworker.client")
 
 T = TypeVar("T")
 
+#: Lua scripts in ``memworker/lua``, loaded when a client is created.
+SCRIPTS = ("store", "read")
 #: Attempts per step before a transient error surfaces as ConnectionLostError.
 MAX_ATTEMPTS = 6
 #: First backoff delay, in seconds; doubles per attempt (with jitter).
@@ -207,7 +209,13 @@ class SyncConnection(_Face):
                 if self._client is None:
                     from glide_sync import GlideClient
 
-                    self._client = GlideClient.create(glide_config(self.settings))
+                    client = GlideClient.create(glide_config(self.settings))
+                    for name in SCRIPTS:  # so the first EVALSHA does not miss
+                        try:
+                            client.custom_command(["SCRIPT", "LOAD", _script_source(name)[0]])
+                        except Exception:  # noqa: BLE001 - EVAL after NOSCRIPT still works
+                            pass
+                    self._client = client
                 client = self._client
         return client
 
@@ -304,7 +312,13 @@ class AsyncConnection(_Face):
             if self._client is None:
                 from glide import GlideClient
 
-                self._client = await GlideClient.create(glide_config(self.settings))
+                client = await GlideClient.create(glide_config(self.settings))
+                for name in SCRIPTS:  # so the first EVALSHA does not miss
+                    try:
+                        await client.custom_command(["SCRIPT", "LOAD", _script_source(name)[0]])
+                    except Exception:  # noqa: BLE001 - EVAL after NOSCRIPT still works
+                        pass
+                self._client = client
         return self._client
 
     async def _drop(self, client: Any) -> None:

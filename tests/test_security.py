@@ -161,7 +161,7 @@ ACL_RULES = [
      "-@dangerous", "+keys", "+info", "+client|setname", "+client|setinfo", "+client|id"],
     # read-only recall
     ["ACL", "SETUSER", "reader", "on", f">{PASSWORD}", "~sec:*", "+@read", "+@connection",
-     "+eval", "+evalsha", "+info", "+client|setname", "+client|setinfo"],
+     "+eval", "+evalsha", "+script|load", "+info", "+client|setname", "+client|setinfo"],
     ["ACL", "SETUSER", "default", "off"],
 ]  # fmt: skip
 
