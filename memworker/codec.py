@@ -313,13 +313,17 @@ def _check_id(value: Any, where: str) -> str:
     return value
 
 
-def encode_record(record: Any, *, where: str = "record", require_embedding: bool = True) -> EncodedRecord:
+def encode_record(
+    record: Any, *, where: str = "record", require_embedding: bool = True, validate_only: bool = False
+) -> EncodedRecord | None:
     """Validate one record (a ``MemoryRecord`` or a mapping) and encode it.
 
     Args:
         record: The record.
         where: How error messages name it (``records[3]``).
         require_embedding: When False a missing embedding means "keep the stored one".
+        validate_only: Check everything, build nothing, return ``None`` (the producer
+            side validates items it enqueues; the worker encodes them).
 
     Raises:
         ValidationError: Naming the field and the limit.
@@ -403,6 +407,8 @@ def encode_record(record: Any, *, where: str = "record", require_embedding: bool
     else:
         vector, dim = vector_bytes(embedding, field=f"{where}.embedding")
 
+    if validate_only:
+        return None
     created_text = format_timestamp(created)
     categories_list = list(categories)
     unique_cats = list(dict.fromkeys(categories_list))

@@ -330,7 +330,9 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             "private": bool(item.get("private", False)),
         }
         # Same checks as the store (scope, categories, metadata, importance...).
-        encode_record({**entry, "embedding": None}, where=where, require_embedding=False)
+        encode_record(
+            {**entry, "embedding": None}, where=where, require_embedding=False, validate_only=True
+        )
         entry["categories"] = list(entry["categories"])
         entry["metadata"] = dict(entry["metadata"])
         flow = item.get("flow")
