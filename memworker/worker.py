@@ -492,6 +492,44 @@ def _encode_records(context: WorkerContext, job: Any) -> None:
 
 
 # --------------------------------------------------------------------------- middleware
+class Isolation:
+    """A reader-writer gate over the jobs of one worker process: ordinary jobs run
+    side by side (shared); a suspect job (redelivered after its process died) runs
+    alone (exclusive). Waiting exclusive jobs go first, so they are not starved."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+        #: Jobs that ran alone (for metrics and tests).
+        self.exclusive_runs = 0
+
+    def acquire(self, *, exclusive: bool) -> None:
+        """Wait until the job may run."""
+        with self._cond:
+            if exclusive:
+                self._waiting += 1
+                try:
+                    self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
+                finally:
+                    self._waiting -= 1
+                self._exclusive = True
+                self.exclusive_runs += 1
+            else:
+                self._cond.wait_for(lambda: not self._exclusive and self._waiting == 0)
+                self._shared += 1
+
+    def release(self, *, exclusive: bool) -> None:
+        """The job is done (or skipped)."""
+        with self._cond:
+            if exclusive:
+                self._exclusive = False
+            else:
+                self._shared -= 1
+            self._cond.notify_all()
+
+
 class BarrierMiddleware(Middleware):
     """Barrier accounting and the poison guard.
 
@@ -514,12 +552,22 @@ class BarrierMiddleware(Middleware):
         self.max_deliveries = max_deliveries
         self.processed = 0
         self.failed = 0
+        self.isolation = Isolation()
 
     def _field(self, message: Any) -> str:
         return delivery_field(message.message_id, int(message.options.get("retries", 0)))
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         message.memworker_delivery = self._field(message)
+        # A job delivered before without finishing was in a process that died. It
+        # runs alone (no other job of this process in flight), so a job that kills
+        # its worker no longer takes the jobs running beside it down with it, and
+        # those, redelivered, run alone and succeed. The delivery is counted once
+        # the job may run, so waiting for the lock never counts as a delivery.
+        seen = broker.client.hget(self.keys.deliveries, message.memworker_delivery)
+        message.memworker_exclusive = seen is not None and int(seen) >= 1
+        self.isolation.acquire(exclusive=message.memworker_exclusive)
+        message.memworker_locked = True
         n = broker.client.hincrby(self.keys.deliveries, message.memworker_delivery, 1)
         if n > self.max_deliveries:
             error = PoisonJobError(
@@ -530,9 +578,18 @@ class BarrierMiddleware(Middleware):
             message.memworker_error = error
             raise SkipMessage(str(error))
 
+    def _unlock(self, message: Any) -> None:
+        if getattr(message, "memworker_locked", False):
+            message.memworker_locked = False
+            self.isolation.release(exclusive=getattr(message, "memworker_exclusive", False))
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        self._unlock(message)
+
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
     ) -> None:
+        self._unlock(message)
         if exception is None:
             self.processed += 1
         elif message.failed:
