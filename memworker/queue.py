@@ -31,7 +31,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from typing_extensions import Self
@@ -347,6 +347,18 @@ class MemoryQueue:
             await self._async(), self.keys, [self.producer_id], timeout, given
         )
 
+    async def adrain_all(self, timeout: float | None = None) -> DrainReport:
+        """Async :meth:`drain_all`."""
+        client = await self._async()
+        producers = sorted(_s(p) for p in await client.smembers(self.keys.producers))
+        return await _drain_async(client, self.keys, producers, timeout, owner=self.producer_id)
+
+    async def astatus(self) -> dict[str, Any]:
+        """Async :meth:`status`."""
+        out = await _arun_plain(await self._async(), _p_status(self.settings.namespace))
+        out["producer"] = {"id": self.producer_id, "pending": out["pending"].get(self.producer_id, 0)}
+        return out
+
     async def apending(self) -> list[str]:
         """Async :meth:`pending`."""
         client = await self._async()
@@ -546,12 +558,18 @@ async def _drain_async(
     producers: list[str],
     timeout: float | None,
     given: dict[str, list[str]] | None = None,
+    *,
+    owner: str | None = None,
 ) -> DrainReport:
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
+    owner = owner if owner is not None else (producers[0] if len(producers) == 1 else None)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
-        await pubsub.subscribe(keys.done_channel(producers[0]))
+        if len(producers) == 1:
+            await pubsub.subscribe(keys.done_channel(producers[0]))
+        else:
+            await pubsub.psubscribe(keys.done_pattern)
         if given is None:
             snap = dict(
                 zip(producers, await _aexecute_plain(client, _snapshot_commands(keys, producers)))
@@ -568,7 +586,7 @@ async def _drain_async(
                 )
             if not left:
                 replies = await _aexecute(client, _final_commands(keys, snapshot, everyone))
-                left, report, found = _settle(keys, snapshot, everyone, replies, producers[0])
+                left, report, found = _settle(keys, snapshot, everyone, replies, owner)
                 if not left:
                     break
             wait = DRAIN_POLL_MS / 1000
@@ -664,39 +682,83 @@ def check_health(settings: Settings | None = None, *, host: str | None = None) -
     return bool(workers)
 
 
+def _p_status(namespace: str) -> Generator[list[list[Any]], list[Any], dict[str, Any]]:
+    """The status read as a plan: it yields command lists and receives their replies
+    (no I/O), so :func:`queue_status` and :meth:`MemoryQueue.astatus` share it."""
+    keys = QueueKeys(namespace)
+    producers_raw, worker_ids_raw = yield [
+        ["SMEMBERS", keys.producers],
+        ["ZRANGEBYSCORE", keys.workers, str(_now_ms() - HEALTH_TTL_MS), "+inf"],
+    ]
+    producers = sorted(_s(p) for p in producers_raw)
+    worker_ids = [_s(i) for i in worker_ids_raw]
+    replies = yield [
+        ["LLEN", keys.q()],
+        ["HLEN", keys.msgs()],
+        ["HLEN", keys.delayed_msgs()],
+        ["ZCARD", keys.dead()],
+        ["HGETALL", keys.stats],
+        *[["ZCARD", keys.pending(p)] for p in producers],
+        *[["HGETALL", keys.worker(i)] for i in worker_ids],
+    ]
+    depth, stored, delayed, dead, stats = replies[:5]
+    counts = replies[5 : 5 + len(producers)]
+    rows = replies[5 + len(producers) :]
+    pending = {p: int(n) for p, n in zip(producers, counts) if int(n)}
+    workers = []
+    for worker_id, row in zip(worker_ids, rows):
+        if row:
+            info = {_s(k): _s(v) for k, v in _pairs(row)}
+            info["id"] = worker_id
+            workers.append(info)
+    return {
+        "namespace": namespace,
+        "queue": DEFAULT_QUEUE,
+        "depth": int(depth),
+        "in_flight": max(0, int(stored) - int(depth)),
+        "delayed": int(delayed),
+        "dead": int(dead),
+        "pending": pending,
+        "pending_total": sum(pending.values()),
+        "workers": workers,
+        "counters": {_s(k): int(v) for k, v in _pairs(stats)},
+    }
+
+
+def _pairs(reply: Any) -> list[tuple[Any, Any]]:
+    """HGETALL as pairs, whether the client gave a dict or a flat list."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return list(zip(reply[::2], reply[1::2]))
+
+
+def _run_plain(client: Any, plan: Generator[list[list[Any]], list[Any], Any]) -> Any:
+    try:
+        commands = next(plan)
+        while True:
+            commands = plan.send(_execute_plain(client, commands))
+    except StopIteration as stop:
+        return stop.value
+
+
+async def _arun_plain(client: Any, plan: Generator[list[list[Any]], list[Any], Any]) -> Any:
+    try:
+        commands = next(plan)
+        while True:
+            commands = plan.send(await _aexecute_plain(client, commands))
+    except StopIteration as stop:
+        return stop.value
+
+
 def queue_status(settings: Settings | None = None, *, client: Any = None) -> dict[str, Any]:
     """Numbers for ``memworker status``: queue depth, delayed (retries), dead letters,
     in flight, pending per producer, live workers and throughput counters."""
     settings = Settings.resolve(settings)
     client, own = _admin_client(settings, client)
     try:
-        keys = QueueKeys(settings.namespace)
-        producers = sorted(_s(p) for p in client.smembers(keys.producers))
-        replies = _execute_plain(
-            client,
-            [
-                ["LLEN", keys.q()],
-                ["HLEN", keys.msgs()],
-                ["HLEN", keys.delayed_msgs()],
-                ["ZCARD", keys.dead()],
-                ["HGETALL", keys.stats],
-                *[["ZCARD", keys.pending(p)] for p in producers],
-            ],
-        )
-        depth, stored, delayed, dead, stats = replies[:5]
-        pending = {p: int(n) for p, n in zip(producers, replies[5:]) if int(n)}
-        return {
-            "namespace": settings.namespace,
-            "queue": DEFAULT_QUEUE,
-            "depth": int(depth),
-            "in_flight": max(0, int(stored) - int(depth)),
-            "delayed": int(delayed),
-            "dead": int(dead),
-            "pending": pending,
-            "pending_total": sum(pending.values()),
-            "workers": live_workers(settings, client=client),
-            "counters": {_s(k): int(v) for k, v in (stats or {}).items()},
-        }
+        return _run_plain(client, _p_status(settings.namespace))
     finally:
         if own:
             client.close()

@@ -151,3 +151,30 @@ def test_async_drain(qsettings, fake, workers):  # noqa: F811
 
     report = asyncio.run(main())
     assert report.committed == 1 and report.failed == []
+
+
+def test_async_status_and_namespace_drain(qsettings, fake, workers):
+    """The async twins of status() and drain_all() give the sync answers."""
+    fake.gate.clear()  # texts starting with "B:" wait for the gate in the embedder
+    with MemoryQueue(qsettings, producer_id="a1") as one, MemoryQueue(qsettings, producer_id="a2") as two:
+        one.enqueue_encode(["B: one"])
+        two.enqueue_encode(["B: two"])
+
+        async def before():
+            return await one.astatus()
+
+        status = asyncio.run(before())
+        assert status == {**one.status(), "workers": status["workers"]}
+        assert status["pending"] == {"a1": 1, "a2": 1} and status["producer"] == {"id": "a1", "pending": 1}
+        workers(qsettings)
+
+        async def drain_everything():
+            asyncio.get_running_loop().call_later(0.3, fake.gate.set)
+            report = await one.adrain_all(timeout=30)
+            after = await one.astatus()
+            await one.aclose()
+            return report, after
+
+        report, after = asyncio.run(drain_everything())
+        assert report.committed == 2 and not report.failed
+        assert after["pending_total"] == 0
