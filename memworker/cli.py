@@ -38,7 +38,18 @@ def make_argument_parser() -> argparse.ArgumentParser:
         help="key namespace (default: $MEMWORKER_NAMESPACE or 'memworker')",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    # --url and --namespace are accepted before or after the command
+    # (`memworker --namespace ns worker` and `memworker worker --namespace ns`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--namespace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_parser = commands.add_parser
+
+    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return _add_parser(name, parents=[common], **kwargs)  # type: ignore[arg-type]
+
+    commands.add_parser = add_parser  # type: ignore[method-assign]
     commands.required = True
 
     server = commands.add_parser(

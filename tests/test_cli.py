@@ -156,3 +156,14 @@ def test_demo_runs_on_the_embedded_server(tmp_path) -> None:
         from memworker.embedded import stop_server
 
         stop_server(tmp_path / "home")
+
+
+def test_url_and_namespace_are_accepted_after_the_command(plain_server, namespace, capsys) -> None:
+    """`memworker worker --processes P --threads T --namespace NS` (the issue's form) and
+    `memworker --namespace NS worker ...` mean the same."""
+    parser = make_argument_parser()
+    after = parser.parse_args(["worker", "--processes", "2", "--threads", "4", "--namespace", "ns1"])
+    before = parser.parse_args(["--namespace", "ns1", "worker", "--processes", "2", "--threads", "4"])
+    assert vars(after) == vars(before)
+    assert main(["status", "--json", "--url", plain_server.url, "--namespace", namespace]) == EXIT_OK
+    assert f'"namespace": "{namespace}"' in capsys.readouterr().out
