@@ -6,9 +6,14 @@ Layout (``ns`` is the namespace, default ``memworker``)::
     ns:tree:<scope>      zset    id -> created_at, for the record's scope and each ancestor
     ns:children:<scope>  hash    immediate child scope -> records under that child
     ns:cats:<scope>      hash    category -> records under the scope carrying it
-    ns:meta              hash    dim, model, layout
+    ns:meta              hash    dim, model, layout, log (the change log's incarnation)
+    ns:changes           stream  change log: one entry per record saved or deleted, read by
+                                 the exact-search caches (memworker.vectors); MAXLEN ~ 100000
     ns:idx                       the vector index over the prefix ns:rec:
     ns:cache:<key>       string  ValkeyCache values
+
+The queue's keys (pending marks, failures, commit markers, heartbeats, dramatiq's
+own under ns:dq) are in :class:`memworker.jobs.QueueKeys`.
 """
 
 from __future__ import annotations
