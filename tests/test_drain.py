@@ -94,7 +94,8 @@ def test_jobs_enqueued_after_the_snapshot_do_not_delay_drain(qsettings, fake, wo
             pending = q.pending()
             assert len(pending) == n and not set(a_jobs) & set(pending)  # every B still uncommitted
             fake.gate.set()
-            final = q.drain(timeout=30)
+            # by id: a B job may commit before a plain drain would take its snapshot
+            final = q.drain(timeout=30, job_ids=pending)
             assert final.committed == n and final.failed == [] and q.pending() == []
     finally:
         fake.gate.set()

@@ -180,8 +180,31 @@ class Audit:
     categories_ok: bool
 
 
+def _store_version(client: Any, namespace: str) -> Any:
+    """The store's change-log position: every record write appends to it atomically."""
+    try:
+        info = client.xinfo_stream(f"{namespace}:changes")
+    except Exception:  # noqa: BLE001 - no stream: nothing written, or the namespace emptied
+        return None
+    return info.get("last-generated-id"), info.get("entries-added")
+
+
 def audit(client: Any, namespace: str) -> Audit:
-    """Count the store's records by key, check each is whole and in the side indexes."""
+    """Count the store's records by key, check each is whole and in the side indexes.
+
+    The reads are not one atomic step, so an audit taken while a worker commits is
+    retried until no write landed between its first and its last read."""
+    result = _audit_once(client, namespace)
+    for _ in range(50):
+        before = _store_version(client, namespace)
+        result = _audit_once(client, namespace)
+        if _store_version(client, namespace) == before:
+            return result
+        time.sleep(0.05)
+    return result
+
+
+def _audit_once(client: Any, namespace: str) -> Audit:
     ids = {k.decode().split(":rec:", 1)[1] for k in client.scan_iter(f"{namespace}:rec:*", count=1000)}
     root = client.zcard(f"{namespace}:tree:/")
     bad: list[str] = []
