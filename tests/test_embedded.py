@@ -311,3 +311,12 @@ def test_serve_forever_adopts_a_background_server(home: Path) -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_public_binary_and_module_lookups() -> None:
+    """What the tests and benchmarks start their own servers with."""
+    from memworker.embedded import installed_search_module, valkey_server_path
+
+    assert os.access(valkey_server_path(), os.X_OK)
+    module = installed_search_module()
+    assert module is None or module.endswith("redisearch.so")

