@@ -1,9 +1,11 @@
 """Records <-> hash fields, scopes, filter tokens. No I/O.
 
-A record hash holds readable fields (``content``, ``scope``, ``categories`` and
-``metadata`` as JSON, ``importance``, ``created_at``/``last_accessed`` as epoch
-seconds with exactly six decimals, ``source``, ``private``), the embedding as
-little-endian float32 bytes, and the *filter tokens* the vector index sees:
+A record hash holds readable fields (``id``, ``content``, ``scope``, ``categories``
+and ``metadata`` as JSON, ``importance``, ``created_at``/``last_accessed`` as epoch
+seconds with exactly six decimals, ``source``), the embedding as little-endian
+float32 bytes, and the *filter tokens* the vector index sees (a record is private
+when its ``vis`` is not ``pub``; ``last_accessed`` is only written once it differs
+from ``created_at``: fewer fields, less memory and a faster write):
 
 - ``scope_anc``: one token for the scope and each ancestor (``/``, ``/a``, ``/a/b``);
 - ``cat_t``: one token per category; ``meta_t``: one per top-level metadata pair;
@@ -23,6 +25,7 @@ import hashlib
 import json
 import math
 import re
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,11 +35,12 @@ from typing import Any
 import numpy as np
 
 from memworker.errors import ValidationError
-from memworker.keys import LAYOUT_VERSION
+from memworker.types import utcnow
 
 __all__ = [
     "EncodedRecord",
     "RECORD_FIELDS",
+    "WRITE_FIELDS",
     "MAX_SCOPE_LENGTH",
     "MAX_CATEGORY_LENGTH",
     "MAX_CATEGORIES",
@@ -87,9 +91,30 @@ RECORD_FIELDS: tuple[str, ...] = (
     "created_at",
     "last_accessed",
     "source",
-    "private",
+    "vis",
     "embedding",
 )
+
+
+#: Hash fields a write sets besides ``embedding``, in the order of ``EncodedRecord.row_json``.
+WRITE_FIELDS: tuple[str, ...] = (
+    "id",
+    "content",
+    "scope",
+    "categories",
+    "metadata",
+    "importance",
+    "created_at",
+    "last_accessed",
+    "scope_anc",
+    "vis",
+    "source",
+    "src_t",
+    "cat_t",
+    "meta_t",
+)
+#: ``WRITE_FIELDS`` as the JSON array the write script reads first.
+WRITE_FIELDS_JSON = json.dumps(list(WRITE_FIELDS))
 
 
 # --------------------------------------------------------------------------- scopes
@@ -185,6 +210,14 @@ def _canonical(value: Any) -> Any:
 
 def metadata_token(key: str, value: Any) -> str:
     """Token of one metadata pair; equal for values equal as JSON (``1`` and ``1.0``)."""
+    if value is None or type(value) in (str, int, float, bool):
+        # Scalars repeat (task ids, agent names): cached by type too, as True == 1 == 1.0
+        # hash alike but 1 and 1.0 share a token while True does not.
+        return _scalar_metadata_token(key, type(value), value)
+    return _metadata_token(key, value)
+
+
+def _metadata_token(key: str, value: Any) -> str:
     text = json.dumps(
         [key, _canonical(value)],
         sort_keys=True,
@@ -193,6 +226,18 @@ def metadata_token(key: str, value: Any) -> str:
         allow_nan=False,
     )
     return token("m", text)
+
+
+@lru_cache(maxsize=16384)
+def _scalar_metadata_token(key: str, kind: type, value: Any) -> str:
+    return _metadata_token(key, value)
+
+
+@lru_cache(maxsize=4096)
+def _categories_fields(categories: tuple[str, ...]) -> tuple[str, str]:
+    """``categories`` JSON (as given) and the ``cat_t`` field (unique, in order)."""
+    unique = dict.fromkeys(categories)
+    return _JSON.encode(list(categories)), ",".join(category_token(c) for c in unique)
 
 
 def visibility_token(source: str | None) -> str:
@@ -247,16 +292,35 @@ def vector_bytes(values: Any, *, field: str = "embedding") -> tuple[bytes, int]:
         ValidationError: Empty, not numeric, or not finite.
     """
     try:
-        array = np.asarray(values, dtype=np.float32)
-    except (TypeError, ValueError):
+        if type(values) is list and values:
+            # CrewAI's embeddings are lists of floats: struct packs them ~2x faster than
+            # numpy converts them.
+            raw = _float32_struct(len(values)).pack(*values)
+            array = np.frombuffer(raw, dtype="<f4")
+        else:
+            array = np.asarray(values, dtype=np.float32)
+            raw = b""
+    except OverflowError:
+        raise ValidationError(f"{field} has a value beyond the float32 range") from None
+    except (TypeError, ValueError, struct.error):
         raise ValidationError(f"{field} must be a sequence of numbers") from None
     if array.ndim != 1 or array.size == 0:
         raise ValidationError(f"{field} must be a non-empty 1-D sequence of numbers")
-    if not np.isfinite(array).all():
-        raise ValidationError(f"{field} contains a non-finite value (NaN or infinity)")
-    if not np.any(array):
-        raise ValidationError(f"{field} is all zeros; cosine similarity is undefined for it")
-    return array.astype("<f4", copy=False).tobytes(), int(array.size)
+    # One reduction for the common case: a finite, positive sum of squares means every
+    # value is finite and not all are zero. Otherwise (NaN, infinity, or an overflow or
+    # underflow of the float32 sum, which numpy warns about) check exactly.
+    square = float(array.dot(array))
+    if not (math.isfinite(square) and square > 0.0):
+        if not np.isfinite(array).all():
+            raise ValidationError(f"{field} contains a non-finite value (NaN or infinity)")
+        if not np.any(array):
+            raise ValidationError(f"{field} is all zeros; cosine similarity is undefined for it")
+    return raw or array.astype("<f4", copy=False).tobytes(), int(array.size)
+
+
+@lru_cache(maxsize=64)
+def _float32_struct(n: int) -> struct.Struct:
+    return struct.Struct(f"<{n}f")
 
 
 def vector_from_bytes(raw: bytes) -> np.ndarray:
@@ -273,25 +337,37 @@ class EncodedRecord:
         id: Record id.
         scope: Normalized scope.
         created_at: ``created_at`` as the sorted-set score text.
-        categories_json: The categories as JSON (the script counts them).
-        fields: Every hash field, as ``(name, value)`` pairs.
+        row_json: Every hash field but ``embedding``, as a JSON array of values in
+            :data:`WRITE_FIELDS` order (``null``: not written), the form the write
+            script takes (the client pays per argument, the script parses arrays
+            faster than objects).
         dim: Vector dimension, or 0 when the record keeps its stored embedding.
-        fields_json: The text fields (all but ``embedding``) as one JSON object,
-            the form the write script takes.
         embedding: The embedding bytes (``b""`` when the stored one is kept).
     """
 
     id: str
     scope: str
     created_at: str
-    categories_json: str
-    fields: tuple[tuple[str, bytes | str], ...]
+    row_json: str
     dim: int
-    fields_json: str = "{}"
     embedding: bytes = b""
+
+    @property
+    def fields(self) -> tuple[tuple[str, bytes | str], ...]:
+        """Every hash field written, as ``(name, value)`` pairs."""
+        pairs: list[tuple[str, bytes | str]] = [
+            (name, value) for name, value in zip(WRITE_FIELDS, json.loads(self.row_json)) if value is not None
+        ]
+        if self.embedding:
+            pairs.append(("embedding", self.embedding))
+        return tuple(pairs)
 
 
 _MISSING = object()
+try:
+    from pydantic import BaseModel as _BaseModel
+except ImportError:  # pragma: no cover - pydantic comes with memworker
+    _BaseModel = None  # type: ignore[assignment,misc]
 
 
 def _get(record: Any, name: str, default: Any = None) -> Any:
@@ -301,6 +377,16 @@ def _get(record: Any, name: str, default: Any = None) -> Any:
     if value is _MISSING:
         return record.get(name, default) if isinstance(record, Mapping) else default
     return value
+
+
+def _getter(record: Any) -> Any:
+    """``get(name, default)`` for a record: a dict, a pydantic model (its ``__dict__``
+    holds every field) or any object with attributes or a mapping."""
+    if type(record) is dict:
+        return record.get
+    if _BaseModel is not None and isinstance(record, _BaseModel):
+        return record.__dict__.get
+    return lambda name, default=None: _get(record, name, default)
 
 
 def _check_id(value: Any, where: str) -> str:
@@ -328,8 +414,9 @@ def encode_record(
     Raises:
         ValidationError: Naming the field and the limit.
     """
-    record_id = _check_id(_get(record, "id"), where)
-    content = _get(record, "content")
+    get = _getter(record)
+    record_id = _check_id(get("id"), where)
+    content = get("content")
     if not isinstance(content, str):
         raise ValidationError(f"{where}.content must be a string")
     try:
@@ -340,9 +427,9 @@ def encode_record(
         raise ValidationError(
             f"{where}.content is {len(content_bytes)} bytes, the limit is {MAX_CONTENT_BYTES}"
         )
-    scope = normalize_scope(_get(record, "scope", "/"), field=f"{where}.scope")
+    scope = normalize_scope(get("scope", "/"), field=f"{where}.scope")
 
-    categories = _get(record, "categories") or []
+    categories = get("categories") or []
     if type(categories) not in (list, tuple) and (
         isinstance(categories, str) or not isinstance(categories, Sequence)
     ):
@@ -363,11 +450,11 @@ def encode_record(
         except UnicodeEncodeError:
             raise ValidationError(f"{where}.categories[{i}] is not valid unicode text") from None
 
-    metadata = _get(record, "metadata") or {}
+    metadata = get("metadata") or {}
     if type(metadata) is not dict and not isinstance(metadata, Mapping):
         raise ValidationError(f"{where}.metadata must be a mapping")
     try:
-        metadata_json = _JSON.encode(dict(metadata))
+        metadata_json = _JSON.encode(metadata if type(metadata) is dict else dict(metadata))
         metadata_json.encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise ValidationError(f"{where}.metadata is not JSON-serializable: {exc}") from None
@@ -378,18 +465,16 @@ def encode_record(
     if any(not isinstance(k, str) for k in metadata):
         raise ValidationError(f"{where}.metadata keys must be strings")
 
-    importance = _get(record, "importance", 0.5)
+    importance = get("importance", 0.5)
     if isinstance(importance, bool) or not isinstance(importance, (int, float)):
         raise ValidationError(f"{where}.importance must be a number from 0 to 1")
     if not (math.isfinite(importance) and 0.0 <= importance <= 1.0):
         raise ValidationError(f"{where}.importance must be from 0 to 1, got {importance!r}")
 
-    from memworker.types import utcnow
+    created = _to_utc_naive(get("created_at") or utcnow(), f"{where}.created_at")
+    accessed = _to_utc_naive(get("last_accessed") or created, f"{where}.last_accessed")
 
-    created = _to_utc_naive(_get(record, "created_at") or utcnow(), f"{where}.created_at")
-    accessed = _to_utc_naive(_get(record, "last_accessed") or created, f"{where}.last_accessed")
-
-    source = _get(record, "source")
+    source = get("source")
     if source is not None and not isinstance(source, str):
         raise ValidationError(f"{where}.source must be a string or None")
     if source is not None:
@@ -397,9 +482,9 @@ def encode_record(
             source.encode("utf-8")
         except UnicodeEncodeError:
             raise ValidationError(f"{where}.source is not valid unicode text") from None
-    private = bool(_get(record, "private", False))
+    private = bool(get("private", False))
 
-    embedding = _get(record, "embedding")
+    embedding = get("embedding")
     if embedding is None:
         if require_embedding:
             raise ValidationError(f"{where}.embedding is missing: records must be embedded before save")
@@ -410,39 +495,29 @@ def encode_record(
     if validate_only:
         return None
     created_text = format_timestamp(created)
-    categories_list = list(categories)
-    unique_cats = list(dict.fromkeys(categories_list))
-    fields: list[tuple[str, bytes | str]] = [
-        ("v", LAYOUT_VERSION),
-        ("id", record_id),
-        ("content", content),
-        ("scope", scope),
-        ("categories", _JSON.encode(categories_list)),
-        ("metadata", metadata_json),
-        ("importance", repr(float(importance))),
-        ("created_at", created_text),
-        ("last_accessed", format_timestamp(accessed)),
-        ("private", "1" if private else "0"),
-        ("scope_anc", scope_tokens(scope)),
-        ("vis", visibility_token(source) if private else PUBLIC_TOKEN),
+    categories_json, cat_t = _categories_fields(tuple(categories))
+    row = [
+        record_id,
+        content,
+        scope,
+        categories_json,
+        metadata_json,
+        repr(float(importance)),
+        created_text,
+        None if accessed == created else format_timestamp(accessed),  # read back as created_at
+        scope_tokens(scope),
+        visibility_token(source) if private else PUBLIC_TOKEN,
+        source,
+        None if source is None else source_token(source),
+        cat_t or None,
+        ",".join([metadata_token(k, v) for k, v in metadata.items()]) if metadata else None,
     ]
-    if source is not None:
-        fields.append(("source", source))
-        fields.append(("src_t", source_token(source)))
-    if unique_cats:
-        fields.append(("cat_t", ",".join(category_token(c) for c in unique_cats)))
-    if metadata:
-        fields.append(("meta_t", ",".join(metadata_token(k, v) for k, v in metadata.items())))
-    if vector is not None:
-        fields.append(("embedding", vector))
     return EncodedRecord(
         id=record_id,
         scope=scope,
         created_at=created_text,
-        categories_json=_JSON.encode(unique_cats),
-        fields=tuple(fields),
+        row_json=_JSON.encode(row),
         dim=dim,
-        fields_json=_JSON.encode({k: v for k, v in fields if k != "embedding"}),
         embedding=vector or b"",
     )
 
@@ -501,7 +576,7 @@ def decode_record(values: Sequence[Any], record_cls: type[Any]) -> Any:
         last_accessed=parse_timestamp(row["last_accessed"] or row["created_at"]),
         embedding=vector_from_bytes(embedding).tolist() if embedding else None,
         source=_text(row["source"]),
-        private=_text(row["private"]) == "1",
+        private=row["vis"] not in (None, b"pub", PUBLIC_TOKEN),
     )
     # The values were validated when written: skip pydantic's validation on the way out.
     construct = getattr(record_cls, "model_construct", None)

@@ -22,6 +22,7 @@ import numpy as np
 from memworker.client import AsyncConnection, Call, Pipeline, Plan, Script, SyncConnection, error_text
 from memworker.codec import (
     RECORD_FIELDS,
+    WRITE_FIELDS_JSON,
     EncodedRecord,
     decode_record,
     encode_records,
@@ -232,12 +233,15 @@ class ValkeyStore:
         if not chunks and extra:
             chunks = [[]]
         for n, chunk in enumerate(chunks):
-            args: list[Any] = ["save", self.keys.namespace, str(dim) if dim else "", str(len(chunk))]
-            for rec in chunk:
-                args += [
-                    rec.id, rec.scope, rec.created_at, rec.categories_json, "0" if rec.dim else "1",
-                    rec.fields_json, rec.embedding,
-                ]  # fmt: skip
+            args: list[Any] = [
+                "save",
+                self.keys.namespace,
+                str(dim) if dim else "",
+                str(len(chunk)),
+                "".join(["0" if rec.dim else "1" for rec in chunk]),
+                "[" + ",".join([WRITE_FIELDS_JSON, *[rec.row_json for rec in chunk]]) + "]",
+                b"".join([rec.embedding for rec in chunk]),
+            ]
             if n == len(chunks) - 1:
                 for command in extra:
                     args.append(str(len(command)))
@@ -541,7 +545,8 @@ class ValkeyStore:
                     if position is not None:
                         return position
                 elif verdict == APPLY:
-                    ids = list(dict.fromkeys(_text(e) for e in entries[1::2]))
+                    # An entry lists the ids one write call changed, one per line.
+                    ids = list(dict.fromkeys(i for e in entries[1::2] for i in _text(e).split("\n")))
                     rows = yield from self._p_exact_rows(ids)
                     position = cache.apply(mark, _text(entries[-2]), mark.seen + count, ids, rows)
                     if position is not None and count < CHANGES_PAGE:

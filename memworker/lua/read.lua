@@ -4,9 +4,9 @@
 --   ns:tree:<scope>  zset    ids under a scope, scored by created_at
 --   ns:rec:<id>      hash    a record; fields read: embedding, and the filter tokens
 --                            scope_anc, cat_t, meta_t, src_t, vis
---   ns:changes       stream  change log: one entry {i = id} per record a write saved or
+--   ns:changes       stream  change log: one entry {i = ids joined by "\n"} per write call that saved or
 --                            deleted (written by store.lua in the same script call as the
---                            record), MAXLEN ~ 100000; deleted when the namespace empties
+--                            record), MAXLEN ~ 10000; deleted when the namespace empties
 --   ns:meta          hash    field "log": the log's incarnation (set when it is created)
 --
 -- ARGV[1] = op, ARGV[2] = ns, then per op:

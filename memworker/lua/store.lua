@@ -19,32 +19,42 @@
 -- (dimension mismatch, a missing record to update) leaves nothing written.
 --
 -- ARGV[1] = op, ARGV[2] = ns, then per op:
---   save:   dim, n, then n records of 7 arguments:
---             id, scope, created_at, categories_json, keep_embedding ("0"/"1"),
---             fields_json (an object of every text field -> string value),
---             embedding (float32 bytes; "" when keep_embedding is "1")
---           (one JSON argument instead of a pair per field: the client pays per argument)
---           then extra commands: argc, arg1..argc, ... (run after the records, e.g. the
+--   save:   dim, n, keep_mask, records_json, embeddings, then extra commands
+--             keep_mask: n characters, "1" where the record keeps its stored embedding
+--             records_json: a JSON array: the hash field names (memworker.codec.WRITE_FIELDS),
+--               then one array per record of those fields' string values (null: not set)
+--             embeddings: the float32 bytes of every record not keeping its embedding,
+--               concatenated in record order (dim * 4 bytes each)
+--           (a few arguments per batch, not a few per record: the client pays per argument)
+--           extra commands: argc, arg1..argc, ... (run after the records, e.g. the
 --           worker's pending-mark removal and wake-up)
 --           -> {inserted (ids that did not exist), dim_was_set (0/1)}
 --   delete: id, id, ...                          -> number of records deleted
 --   touch:  last_accessed, id, id, ...           -> number of records touched
+--
+-- Side indexes are updated per batch, not per record: the sorted-set entries of all
+-- records under one scope go in one ZADD/ZREM, and the counters' net changes in one
+-- HINCRBY per (key, field). The change log gets one entry per call, listing its ids.
 
 local op = ARGV[1]
 local ns = ARGV[2]
 local REC = ns .. ":rec:"
 local CHANGES = ns .. ":changes"
--- Entries kept in the change log; a cache further behind reloads in full.
-local CHANGES_CAP = "100000"
+-- Entries (write calls) kept in the change log; a cache further behind reloads in full.
+local CHANGES_CAP = "10000"
+-- Most arguments given to one command built here (Lua's unpack limit is ~8000).
+local ARGS_PER_CALL = 1000
 
--- Log a change of a record's embedding or filter tokens (same atomic step as the write).
--- A new log gets a new incarnation in ns:meta "log": caches of an older one reload.
-local function changed(id)
+-- Log the ids of changed records (embedding or filter tokens), one entry per call,
+-- in the same atomic step as the write. A new log gets a new incarnation in ns:meta
+-- "log": caches of an older one reload.
+local function log_changes(ids)
+  if #ids == 0 then return end
   if redis.call("EXISTS", CHANGES) == 0 then
     local t = redis.call("TIME")
     redis.call("HSET", ns .. ":meta", "log", t[1] .. "." .. t[2])
   end
-  redis.call("XADD", CHANGES, "MAXLEN", "~", CHANGES_CAP, "*", "i", id)
+  redis.call("XADD", CHANGES, "MAXLEN", "~", CHANGES_CAP, "*", "i", table.concat(ids, "\n"))
 end
 
 -- After deletes: an empty namespace drops its log (caches see a new incarnation).
@@ -55,7 +65,7 @@ local function drop_log_if_empty()
   end
 end
 
-local function ancestors(scope)
+local function ancestors_of(scope)
   local out = { "/" }
   if scope == "/" then return out end
   local pos = 2
@@ -70,7 +80,19 @@ local function ancestors(scope)
   end
 end
 
-local function categories(json)
+-- Records of a batch share a few scopes and category lists: parse each once per call.
+local ancestors_memo, categories_memo = {}, {}
+
+local function ancestors(scope)
+  local anc = ancestors_memo[scope]
+  if not anc then
+    anc = ancestors_of(scope)
+    ancestors_memo[scope] = anc
+  end
+  return anc
+end
+
+local function categories_of(json)
   if not json or json == "" then return {} end
   local ok, list = pcall(cjson.decode, json)
   if not ok or type(list) ~= "table" then return {} end
@@ -84,9 +106,35 @@ local function categories(json)
   return out
 end
 
-local function bump(key, field, by)
-  local n = redis.call("HINCRBY", key, field, by)
-  if n <= 0 then redis.call("HDEL", key, field) end
+local function categories(json)
+  if not json then return {} end
+  local cats = categories_memo[json]
+  if not cats then
+    cats = categories_of(json)
+    categories_memo[json] = cats
+  end
+  return cats
+end
+
+-- Pending side-index changes of one call, applied by flush().
+local tree_add, tree_rem, counts = {}, {}, {}
+
+local function list_of(t, key)
+  local list = t[key]
+  if not list then
+    list = {}
+    t[key] = list
+  end
+  return list
+end
+
+local function count(key, field, by)
+  local fields = counts[key]
+  if not fields then
+    fields = {}
+    counts[key] = fields
+  end
+  fields[field] = (fields[field] or 0) + by
 end
 
 -- Add (sign 1) or remove (sign -1) a record's entries in every side index.
@@ -95,49 +143,82 @@ local function index(id, scope, cats_json, created, sign)
   local cats = categories(cats_json)
   for i, a in ipairs(anc) do
     if sign > 0 then
-      redis.call("ZADD", ns .. ":tree:" .. a, created, id)
+      local list = list_of(tree_add, ns .. ":tree:" .. a)
+      list[#list + 1] = created
+      list[#list + 1] = id
     else
-      redis.call("ZREM", ns .. ":tree:" .. a, id)
+      local list = list_of(tree_rem, ns .. ":tree:" .. a)
+      list[#list + 1] = id
     end
-    if i > 1 then bump(ns .. ":children:" .. anc[i - 1], a, sign) end
-    for _, c in ipairs(cats) do bump(ns .. ":cats:" .. a, c, sign) end
+    if i > 1 then count(ns .. ":children:" .. anc[i - 1], a, sign) end
+    for _, c in ipairs(cats) do count(ns .. ":cats:" .. a, c, sign) end
+  end
+end
+
+-- Run cmd key args... in calls of at most ARGS_PER_CALL arguments (step: args per entry).
+local function chunked(cmd, key, args, step)
+  local per = ARGS_PER_CALL - ARGS_PER_CALL % step
+  for first = 1, #args, per do
+    redis.call(cmd, key, unpack(args, first, math.min(first + per - 1, #args)))
+  end
+end
+
+-- Apply the pending changes: removals before additions (a re-saved record leaves its
+-- old scopes and joins its new ones), counters by their net change.
+local function flush()
+  for key, ids in pairs(tree_rem) do chunked("ZREM", key, ids, 1) end
+  for key, pairs_ in pairs(tree_add) do chunked("ZADD", key, pairs_, 2) end
+  for key, fields in pairs(counts) do
+    for field, by in pairs(fields) do
+      if by ~= 0 then
+        local n = redis.call("HINCRBY", key, field, by)
+        if n <= 0 then redis.call("HDEL", key, field) end
+      end
+    end
   end
 end
 
 if op == "save" then
   local dim = ARGV[3]
   local n = tonumber(ARGV[4])
+  local mask = ARGV[5]
   local stored_dim = redis.call("HGET", ns .. ":meta", "dim")
   if dim ~= "" and stored_dim and stored_dim ~= dim then
     return redis.error_reply("DIMMISMATCH " .. stored_dim .. " " .. dim)
   end
-  -- Read phase: parse every record and its stored predecessor.
+  local ok, list = pcall(cjson.decode, ARGV[6])
+  if not ok or type(list) ~= "table" or #list ~= n + 1 or type(list[1]) ~= "table" then
+    return redis.error_reply("BADFIELDS records")
+  end
+  local names = list[1]
+  local col = {}
+  for i, name in ipairs(names) do col[name] = i end
+  local c_id, c_scope, c_cats, c_created = col.id, col.scope, col.categories, col.created_at
+  if not (c_id and c_scope and c_cats and c_created) then
+    return redis.error_reply("BADFIELDS names")
+  end
+  local blob = ARGV[7]
+  local width = (tonumber(dim) or 0) * 4
+  -- Read phase: every record and its stored predecessor.
   local recs = {}
-  local pos = 5
+  local offset = 1
   for r = 1, n do
-    local rec = {
-      id = ARGV[pos], scope = ARGV[pos + 1], created = ARGV[pos + 2],
-      cats = ARGV[pos + 3], keep = ARGV[pos + 4] == "1", embedding = ARGV[pos + 6],
-    }
-    local ok, fields = pcall(cjson.decode, ARGV[pos + 5])
-    if not ok or type(fields) ~= "table" then
-      return redis.error_reply("BADFIELDS " .. rec.id)
+    local row = list[r + 1]
+    if type(row) ~= "table" or type(row[c_id]) ~= "string" or type(row[c_scope]) ~= "string" then
+      return redis.error_reply("BADFIELDS " .. r)
     end
-    local hset = {}
-    for name, value in pairs(fields) do
-      hset[#hset + 1] = name
-      hset[#hset + 1] = value
-    end
-    rec.hset = hset
-    pos = pos + 7
+    local rec = { row = row, id = row[c_id] }
     local key = REC .. rec.id
     local old = redis.call("HMGET", key, "scope", "categories", "created_at")
     rec.old_scope, rec.old_cats, rec.old_created = old[1], old[2], old[3]
-    if rec.keep then
+    if string.byte(mask, r) == 49 then -- "1": keep the stored embedding
       rec.embedding = redis.call("HGET", key, "embedding")
       if not rec.embedding then
         return redis.error_reply("NOTFOUND " .. rec.id)
       end
+    else
+      rec.embedding = string.sub(blob, offset, offset + width - 1)
+      offset = offset + width
     end
     recs[r] = rec
   end
@@ -149,7 +230,8 @@ if op == "save" then
     dim_set = 1
   end
   local inserted = 0
-  for _, rec in ipairs(recs) do
+  local ids = {}
+  for r, rec in ipairs(recs) do
     local key = REC .. rec.id
     if rec.old_scope then
       index(rec.id, rec.old_scope, rec.old_cats, rec.old_created, -1)
@@ -157,13 +239,25 @@ if op == "save" then
     else
       inserted = inserted + 1
     end
-    local hset = rec.hset
-    hset[#hset + 1] = "embedding"
-    hset[#hset + 1] = rec.embedding
+    local hset, m = {}, 0
+    local row = rec.row
+    for i, name in ipairs(names) do
+      local value = row[i]
+      if type(value) == "string" then
+        hset[m + 1] = name
+        hset[m + 2] = value
+        m = m + 2
+      end
+    end
+    hset[m + 1] = "embedding"
+    hset[m + 2] = rec.embedding
     redis.call("HSET", key, unpack(hset))
-    index(rec.id, rec.scope, rec.cats, rec.created, 1)
-    changed(rec.id)
+    index(rec.id, row[c_scope], row[c_cats], row[c_created], 1)
+    ids[r] = rec.id
   end
+  flush()
+  log_changes(ids)
+  local pos = 8
   while pos <= #ARGV do
     local argc = tonumber(ARGV[pos])
     redis.call(unpack(ARGV, pos + 1, pos + argc))
@@ -173,21 +267,23 @@ if op == "save" then
 elseif op == "delete" then
   local olds = {}
   for i = 3, #ARGV do
-    local old = redis.call("HMGET", REC .. ARGV[i], "scope", "categories", "created_at")
-    olds[#olds + 1] = old
+    olds[i - 2] = redis.call("HMGET", REC .. ARGV[i], "scope", "categories", "created_at")
   end
-  local deleted = 0
+  local ids = {}
   for i = 3, #ARGV do
     local old = olds[i - 2]
-    if old[1] and redis.call("EXISTS", REC .. ARGV[i]) == 1 then
+    -- DEL's reply, not only old[1]: the same id twice in one call is deleted once.
+    if old[1] and redis.call("DEL", REC .. ARGV[i]) == 1 then
       index(ARGV[i], old[1], old[2], old[3], -1)
-      redis.call("DEL", REC .. ARGV[i])
-      changed(ARGV[i])
-      deleted = deleted + 1
+      ids[#ids + 1] = ARGV[i]
     end
   end
-  if deleted > 0 then drop_log_if_empty() end
-  return deleted
+  if #ids > 0 then
+    flush()
+    log_changes(ids)
+    drop_log_if_empty()
+  end
+  return #ids
 elseif op == "touch" then
   local now = ARGV[3]
   local touched = 0
