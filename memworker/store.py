@@ -30,11 +30,12 @@ from memworker.codec import (
     normalize_scope_prefix,
     vector_bytes,
     vector_from_bytes,
+    vectors_to_float16,
 )
 from memworker.errors import ConfigError, StoreError, ValidationError
 from memworker.keys import Keys
 from memworker.query import MAX_LIMIT, TOKEN_FIELDS, SearchFilter
-from memworker.settings import SearchMode, Settings
+from memworker.settings import SearchMode, Settings, VectorType
 from memworker.types import dimension_mismatch, record_types, utcnow
 from memworker.vectors import (
     APPLY,
@@ -76,7 +77,9 @@ class _State:
     """What a store learned about its server; shared by both faces."""
 
     dim: int | None = None
+    vtype: str | None = None  # "float32" or "float16": how the namespace stores vectors
     module: bool | None = None
+    module_float16: bool = False  # the module indexes FLOAT16 vectors (RediSearch >= 2.10)
     index_ready: bool = False
 
 
@@ -89,6 +92,9 @@ class ValkeyStore:
         namespace: Key prefix (default ``memworker`` or ``MEMWORKER_NAMESPACE``).
         vector_dim: Expected vector dimension; a different stored one is an error.
         search_mode: ``auto`` (probe for a search module), ``module`` or ``exact``.
+        vector_type: How a new namespace stores vectors: ``float32``, ``float16``
+            or ``auto`` (float16 where the search module indexes it: RediSearch >= 2.10;
+            see :class:`Settings`). A namespace keeps the type of its first write.
         batch_size: Records per atomic write.
         hnsw_m: HNSW ``M`` of the vector index.
         hnsw_ef_construction: HNSW ``EF_CONSTRUCTION``.
@@ -109,13 +115,16 @@ class ValkeyStore:
         namespace: str | None = None,
         vector_dim: int | None = None,
         search_mode: SearchMode | None = None,
+        vector_type: VectorType | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         hnsw_m: int = 16,
         hnsw_ef_construction: int = 200,
         hnsw_ef_runtime: int = 64,
         exact_cache_max_records: int = DEFAULT_MAX_RECORDS,
     ) -> None:
-        self.settings = Settings.resolve(url, namespace=namespace, search_mode=search_mode)
+        self.settings = Settings.resolve(
+            url, namespace=namespace, search_mode=search_mode, vector_type=vector_type
+        )
         if vector_dim is not None and (not isinstance(vector_dim, int) or vector_dim <= 0):
             raise ConfigError(f"vector_dim must be a positive integer, got {vector_dim!r}")
         if not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
@@ -145,8 +154,11 @@ class ValkeyStore:
         if mode != "exact":
             try:
                 modules = yield Call(["MODULE", "LIST"])
-                names = {_module_name(m) for m in modules or []}
-                found = bool(names & {"search", "ft", "valkey-search"})
+                names = {_module_name(m): _module_version(m) for m in modules or []}
+                found = bool(set(names) & {"search", "ft", "valkey-search"})
+                # RediSearch ("search", version 21000 = 2.10.0) indexes FLOAT16 from 2.10;
+                # valkey-search (version 1.x) only FLOAT32.
+                self._state.module_float16 = names.get("search", 0) >= 21000
             except Exception:  # noqa: BLE001 - MODULE LIST may be denied (managed services)
                 try:
                     yield Call(["FT._LIST"])
@@ -163,8 +175,9 @@ class ValkeyStore:
 
     def _p_stored_dim(self, *, refresh: bool = False) -> Plan[int | None]:
         if self._state.dim is None or refresh:
-            raw = yield Call(["HGET", self.keys.meta, "dim"])
+            raw, vtype = yield Call(["HMGET", self.keys.meta, "dim", "vtype"])
             self._state.dim = int(raw) if raw is not None else None
+            self._state.vtype = (_text(vtype) if vtype is not None else "float32") if raw is not None else None
         if self._state.dim is None and self._expected_dim is not None:
             return None
         if (
@@ -195,7 +208,7 @@ class ValkeyStore:
         # fmt: off
         command = [
             "FT.CREATE", k.index, "ON", "HASH", "PREFIX", "1", k.rec_prefix, "SCHEMA",
-            "embedding", "VECTOR", "HNSW", "12", "TYPE", "FLOAT32", "DIM", str(dim),
+            "embedding", "VECTOR", "HNSW", "12", "TYPE", (self._state.vtype or "float32").upper(), "DIM", str(dim),
             "DISTANCE_METRIC", "COSINE", "M", str(m), "EF_CONSTRUCTION", str(ef_construction),
             "EF_RUNTIME", str(ef_runtime),
             "scope_anc", "TAG", "SEPARATOR", ",",
@@ -203,9 +216,9 @@ class ValkeyStore:
             "meta_t", "TAG", "SEPARATOR", ",",
             "src_t", "TAG", "SEPARATOR", ",",
             "vis", "TAG", "SEPARATOR", ",",
-            "importance", "NUMERIC",
-            "created_at", "NUMERIC",
         ]
+        # No NUMERIC fields: no query filters on them (dates and importance are read
+        # back from the hash), and each costs index memory per record.
         # fmt: on
         existing = yield Call(["FT._LIST"])
         if k.index.encode() in {e if isinstance(e, bytes) else str(e).encode() for e in existing or []}:
@@ -219,12 +232,15 @@ class ValkeyStore:
         self._state.index_ready = True
 
     # ================================================================== plans: writes
-    def _p_write(self, encoded: list[EncodedRecord], extra: Sequence[Sequence[Any]] = ()) -> Plan[int]:
+    def _p_write(
+        self, encoded: list[EncodedRecord], extra: Sequence[Sequence[Any]] = (), *, retried: bool = False
+    ) -> Plan[int]:
         """Write validated records in atomic chunks; ``extra`` commands run in the last one."""
         dims = {e.dim for e in encoded if e.dim}
         dim = dims.pop() if dims else 0
         if dim:
             yield from self._p_check_dim(dim)
+        vtype = yield from self._p_vector_type()
         stored = self._state.dim or dim
         if stored:
             yield from self._p_ensure_index(stored)
@@ -232,15 +248,25 @@ class ValkeyStore:
         chunks = [encoded[i : i + self.batch_size] for i in range(0, len(encoded), self.batch_size)]
         if not chunks and extra:
             chunks = [[]]
+        # Every chunk's arguments are built (and float16 conversion checked) before the
+        # first one is written.
+        blobs = [b"".join([rec.embedding for rec in chunk]) for chunk in chunks]
+        if vtype == "float16" and dim:
+            done = 0
+            for i, chunk in enumerate(chunks):
+                names = [f"records[{done + j}].embedding" for j, rec in enumerate(chunk) if rec.dim]
+                blobs[i] = vectors_to_float16(blobs[i], dim, names) if blobs[i] else b""
+                done += len(chunk)
         for n, chunk in enumerate(chunks):
             args: list[Any] = [
                 "save",
                 self.keys.namespace,
                 str(dim) if dim else "",
+                vtype,
                 str(len(chunk)),
                 "".join(["0" if rec.dim else "1" for rec in chunk]),
                 "[" + ",".join([WRITE_FIELDS_JSON, *[rec.row_json for rec in chunk]]) + "]",
-                b"".join([rec.embedding for rec in chunk]),
+                blobs[n],
             ]
             if n == len(chunks) - 1:
                 for command in extra:
@@ -250,6 +276,16 @@ class ValkeyStore:
                 reply = yield Script("store", args)
             except Exception as exc:  # noqa: BLE001
                 text = error_text(exc)
+                if "VTYPEMISMATCH" in text:
+                    # The namespace was (re)created with another vector type since this
+                    # store looked (the script refused before writing): learn it, redo.
+                    yield from self._p_stored_dim(refresh=True)
+                    if n == 0 and not retried and self._state.vtype != vtype:
+                        return (yield from self._p_write(encoded, extra, retried=True))
+                    raise StoreError(
+                        f"namespace {self.keys.namespace!r} stores {self._state.vtype} vectors, "
+                        f"this write was encoded as {vtype}"
+                    ) from None
                 found = _DIM_RE.search(text)
                 if found:
                     self._state.dim = int(found.group(1))
@@ -272,6 +308,19 @@ class ValkeyStore:
                     last = n == len(chunks) - 1
                     yield Script("store", _strip_extra(args, extra) if last else args)
         return inserted
+
+    def _p_vector_type(self) -> Plan[str]:
+        """How this namespace stores vectors: its stored type, or for a new namespace
+        the ``vector_type`` setting (``auto``: float16 when the module indexes it)."""
+        yield from self._p_stored_dim()
+        if self._state.vtype is not None:
+            return self._state.vtype
+        setting = self.settings.vector_type
+        if setting == "auto":
+            module = yield from self._p_probe()
+            setting = "float16" if module and self._state.module_float16 else "float32"
+        self._state.vtype = setting
+        return setting
 
     def _p_save(self, records: Iterable[Any]) -> Plan[None]:
         encoded = encode_records(list(records))
@@ -359,11 +408,11 @@ class ValkeyStore:
             yield from self._p_delete_ids(ids)
         yield Call(["DEL", self.keys.meta])
         self._state.dim = None
+        self._state.vtype = None
 
     # ================================================================== plans: reads
     def _p_get(self, record_id: str) -> Plan[Any]:
-        row = yield Call(["HMGET", self.keys.rec(str(record_id)), *RECORD_FIELDS])
-        return decode_record(row, record_types()[0])
+        return (yield from self._p_fetch([str(record_id)]))[0]
 
     def _p_fetch(self, ids: Sequence[str]) -> Plan[list[Any]]:
         """Records by id (``None`` where missing), one script call per READ_CHUNK ids:
@@ -477,6 +526,8 @@ class ValkeyStore:
     def _p_search_module(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
         # Only the distance comes from FT.SEARCH: modules may round NUMERIC fields
         # they return (RediSearch keeps 12 digits), so records are read with HMGET.
+        if self._state.vtype == "float16":
+            vector = np.frombuffer(vector, dtype="<f4").astype("<f2").tobytes()
         command = [
             "FT.SEARCH", self.keys.index, flt.ft_query(limit),
             "PARAMS", "2", "vec", vector,
@@ -593,7 +644,8 @@ class ValkeyStore:
             if not ids_raw:
                 continue
             ids = _text(ids_raw).split("\n")
-            matrix = np.frombuffer(blob, dtype="<f4").reshape(len(ids), query.size)
+            dtype = "<f2" if len(blob) == 2 * query.size * len(ids) else "<f4"  # vector_type
+            matrix = np.frombuffer(blob, dtype=dtype).reshape(len(ids), query.size).astype(np.float32)
             if flt.needs_tokens:
                 rows = [line.split("\t") for line in _text(lines).split("\n")]
                 mask = np.fromiter((flt.matches(row) for row in rows), dtype=bool, count=len(ids))
@@ -840,12 +892,25 @@ class ValkeyStore:
         """Whether a search module is used (probes the server on first access)."""
         return self._sync.run(self._p_probe())
 
+    @property
+    def vector_type(self) -> str:
+        """``"float32"`` or ``"float16"``: how the namespace stores vectors (for a new
+        namespace, the type its first write will use). Reads the server each time."""
 
-def _decode_rows(flat: Sequence[Any]) -> list[Any]:
-    """Records from a flattened reply of RECORD_FIELDS-long rows (``None`` = missing)."""
+        def plan() -> Plan[str]:
+            yield from self._p_stored_dim(refresh=True)
+            return (yield from self._p_vector_type())
+
+        return self._sync.run(plan())
+
+
+def _decode_rows(reply: Sequence[Any]) -> list[Any]:
+    """Records from a ``read.lua records/page`` reply: the namespace's dimension, then
+    RECORD_FIELDS-long rows, flattened (``None`` = missing)."""
     record_cls = record_types()[0]
     width = len(RECORD_FIELDS)
-    return [decode_record(flat[i : i + width], record_cls) for i in range(0, len(flat or ()), width)]
+    dim = int(reply[0]) if reply and reply[0] else None
+    return [decode_record(reply[i : i + width], record_cls, dim) for i in range(1, len(reply or ()), width)]
 
 
 def _ft_documents(reply: Any) -> list[tuple[Any, Any]]:
@@ -860,6 +925,19 @@ def _ft_documents(reply: Any) -> list[tuple[Any, Any]]:
 
 def _opt_text(raw: Any) -> str | None:
     return None if raw is None else _text(raw)
+
+
+def _module_version(entry: Any) -> int:
+    """The version in one MODULE LIST entry (0 when absent)."""
+    if isinstance(entry, Mapping):
+        raw = entry.get(b"ver", entry.get("ver", 0))
+    else:
+        items = list(entry)
+        raw = next((items[i + 1] for i in range(0, len(items) - 1, 2) if _text(items[i]) == "ver"), 0)
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _module_name(entry: Any) -> str:

@@ -5,7 +5,8 @@ Without a cache every exact search re-reads every candidate vector (~10-20 us a
 record: ~120 ms at 10k records of 384 dims). The cache keeps, per
 :class:`~memworker.store.ValkeyStore` (shared by its sync and async faces):
 
-- a float32 matrix of every record's embedding (grown geometrically), their
+- a float32 matrix of every record's embedding (stored as float32 or float16;
+  grown geometrically), their
   norms, an alive mask, ids <-> rows;
 - an inverted index per token field (``scope_anc``, ``cat_t``, ``meta_t``,
   ``src_t``, ``vis``): token -> set of rows, so a :class:`SearchFilter` becomes
@@ -196,7 +197,7 @@ class _State:
             self.ids.append(record_id)
             self.fields.append(None)
             self.row_of[record_id] = r
-        ok = exists and emb is not None and len(emb) == 4 * self.dim
+        ok = exists and emb is not None and len(emb) in (4 * self.dim, 2 * self.dim)
         values = tuple(self.intern(v) for v in row_values[1:ROW_WIDTH]) if ok else None
         old = self.fields[r]
         if old != values:
@@ -206,7 +207,7 @@ class _State:
                 self._post(r, values, add=True)
             self.fields[r] = values
         if ok:
-            self.matrix[r] = np.frombuffer(emb, dtype="<f4")
+            self.matrix[r] = np.frombuffer(emb, dtype="<f4" if len(emb) == 4 * self.dim else "<f2")
             self.norms[r] = np.linalg.norm(self.matrix[r : r + 1], axis=1)[0]
         self.alive[r] = ok
         if exists != bool(self.exists[r]):
@@ -234,7 +235,6 @@ def build_state(
 ) -> _State:
     """A full cache generation from a snapshot's ids and their ``rows`` reply."""
     st = _State(dim=dim, incarnation=incarnation, last=last, seen=seen)
-    width = 4 * dim
     embs = flat[0::ROW_WIDTH]
     scope_anc = flat[1::ROW_WIDTH]
     keep = [i for i in range(len(ids)) if embs[i] is not None or scope_anc[i] is not None]
@@ -245,14 +245,18 @@ def build_state(
     st.row_of = {rid: r for r, rid in enumerate(st.ids)}
     st.exists[:n] = True
     st.present = n
-    good = [r for r, i in enumerate(keep) if embs[i] is not None and len(embs[i]) == width]
-    if good:
-        blob = b"".join(embs[keep[r]] for r in good)
-        rows = np.asarray(good, dtype=np.intp)
-        block = np.frombuffer(blob, dtype="<f4").reshape(len(good), dim)
-        st.matrix[rows] = block
-        st.norms[rows] = np.linalg.norm(block, axis=1)
-        st.alive[rows] = True
+    # float32 or float16 bytes (a namespace of vector_type float16); one block per type
+    good: list[int] = []
+    for width, dtype in ((4 * dim, "<f4"), (2 * dim, "<f2")):
+        part = [r for r, i in enumerate(keep) if embs[i] is not None and len(embs[i]) == width]
+        if part:
+            blob = b"".join(embs[keep[r]] for r in part)
+            rows = np.asarray(part, dtype=np.intp)
+            block = np.frombuffer(blob, dtype=dtype).reshape(len(part), dim).astype(np.float32)
+            st.matrix[rows] = block
+            st.norms[rows] = np.linalg.norm(block, axis=1)
+            st.alive[rows] = True
+            good += part
     # Token fields, interned column by column (values repeat across records).
     same = st.strings.setdefault
     columns = [[same(v, v) if v else None for v in flat[f::ROW_WIDTH]] for f in range(1, ROW_WIDTH)]

@@ -23,10 +23,11 @@
 --             -> { embedding, scope_anc, cat_t, meta_t, src_t, vis } per id, flattened
 --                (false/nil for a missing field or record)
 --   records:  nfields, field1..fieldN, id, id, ...
---             -> the N fields of each id, flattened (false for a missing field or record)
+--             -> { dim (ns:meta "dim", or ""), then the N fields of each id, flattened
+--                  (false for a missing field or record) }
 --   page:     scope, start, stop (ZREVRANGE ranks: newest first), nfields, field1..fieldN
---             -> the N fields of each record on the page, flattened (list_records in
---                one round trip)
+--             -> { dim, then the N fields of each record on the page, flattened }
+--                (list_records in one round trip)
 --   scan:     scope, start, stop (ZRANGE ranks), with_tokens ("1"/"0")
 --             -> { ids joined by "\n", embeddings concatenated (records without one skipped),
 --                  token lines joined by "\n" (fields joined by "\t"), or "" }
@@ -96,7 +97,8 @@ elseif op == "records" or op == "page" then
     ids = {}
     for i = first + nfields + 1, #ARGV do ids[#ids + 1] = ARGV[i] end
   end
-  local out, n = {}, 0
+  -- First the namespace's vector dimension (it tells float16 from float32 bytes).
+  local out, n = { redis.call("HGET", ns .. ":meta", "dim") or "" }, 1
   for _, id in ipairs(ids) do
     local row = redis.call("HMGET", ns .. ":rec:" .. id, unpack(fields))
     for j = 1, nfields do out[n + j] = row[j] end

@@ -5,7 +5,7 @@
 --   ns:tree:<scope>       zset  id -> created_at, for the record's scope and each ancestor
 --   ns:children:<scope>   hash  immediate child scope -> number of records under it
 --   ns:cats:<scope>       hash  category -> number of records under the scope carrying it
---   ns:meta               hash  dim (vector dimension), model, layout
+--   ns:meta               hash  dim (vector dimension), vtype (float32/float16), model, layout
 --   ns:changes            stream  change log for the exact-search caches (memworker/vectors.py):
 --                                 one entry {i = id} per record saved or deleted, MAXLEN ~ CHANGES_CAP;
 --                                 deleted when the namespace becomes empty; ns:meta "log" names its
@@ -19,12 +19,14 @@
 -- (dimension mismatch, a missing record to update) leaves nothing written.
 --
 -- ARGV[1] = op, ARGV[2] = ns, then per op:
---   save:   dim, n, keep_mask, records_json, embeddings, then extra commands
+--   save:   dim, vtype, n, keep_mask, records_json, embeddings, then extra commands
+--             vtype: "float32" or "float16", the namespace's vector type (ns:meta "vtype",
+--               set with "dim" by the first write; a write of another type is refused)
 --             keep_mask: n characters, "1" where the record keeps its stored embedding
 --             records_json: a JSON array: the hash field names (memworker.codec.WRITE_FIELDS),
 --               then one array per record of those fields' string values (null: not set)
---             embeddings: the float32 bytes of every record not keeping its embedding,
---               concatenated in record order (dim * 4 bytes each)
+--             embeddings: the vector bytes of every record not keeping its embedding,
+--               concatenated in record order (dim * 4 bytes each, dim * 2 for float16)
 --           (a few arguments per batch, not a few per record: the client pays per argument)
 --           extra commands: argc, arg1..argc, ... (run after the records, e.g. the
 --           worker's pending-mark removal and wake-up)
@@ -179,14 +181,18 @@ local function flush()
 end
 
 if op == "save" then
-  local dim = ARGV[3]
-  local n = tonumber(ARGV[4])
-  local mask = ARGV[5]
-  local stored_dim = redis.call("HGET", ns .. ":meta", "dim")
+  local dim, vtype = ARGV[3], ARGV[4]
+  local n = tonumber(ARGV[5])
+  local mask = ARGV[6]
+  local meta = redis.call("HMGET", ns .. ":meta", "dim", "vtype")
+  local stored_dim, stored_vtype = meta[1], meta[2] or "float32"
   if dim ~= "" and stored_dim and stored_dim ~= dim then
     return redis.error_reply("DIMMISMATCH " .. stored_dim .. " " .. dim)
   end
-  local ok, list = pcall(cjson.decode, ARGV[6])
+  if dim ~= "" and stored_dim and stored_vtype ~= vtype then
+    return redis.error_reply("VTYPEMISMATCH " .. stored_vtype .. " " .. vtype)
+  end
+  local ok, list = pcall(cjson.decode, ARGV[7])
   if not ok or type(list) ~= "table" or #list ~= n + 1 or type(list[1]) ~= "table" then
     return redis.error_reply("BADFIELDS records")
   end
@@ -197,8 +203,8 @@ if op == "save" then
   if not (c_id and c_scope and c_cats and c_created) then
     return redis.error_reply("BADFIELDS names")
   end
-  local blob = ARGV[7]
-  local width = (tonumber(dim) or 0) * 4
+  local blob = ARGV[8]
+  local width = (tonumber(dim) or 0) * (vtype == "float16" and 2 or 4)
   -- Read phase: every record and its stored predecessor.
   local recs = {}
   local offset = 1
@@ -226,7 +232,7 @@ if op == "save" then
   local dim_set = 0
   if dim ~= "" and not stored_dim then
     -- "layout" is memworker.keys.LAYOUT_VERSION
-    redis.call("HSET", ns .. ":meta", "dim", dim, "layout", "1")
+    redis.call("HSET", ns .. ":meta", "dim", dim, "vtype", vtype, "layout", "1")
     dim_set = 1
   end
   local inserted = 0
@@ -257,7 +263,7 @@ if op == "save" then
   end
   flush()
   log_changes(ids)
-  local pos = 8
+  local pos = 9
   while pos <= #ARGV do
     local argc = tonumber(ARGV[pos])
     redis.call(unpack(ARGV, pos + 1, pos + argc))
