@@ -119,15 +119,17 @@ def recall(hits: list[list[int]], truth: list[set[int]], k: int = 10) -> float:
 
 
 def raw_knn(
-    client: Any, index: str, queries: np.ndarray, ef: int
+    client: Any, index: str, queries: np.ndarray, ef: int, vtype: str = "float32"
 ) -> tuple[list[float], list[list[int]]]:
-    """FT.SEARCH ids only, with an explicit EF_RUNTIME (module time without memworker)."""
+    """FT.SEARCH ids only, with an explicit EF_RUNTIME (module time without memworker);
+    the query in the index's vector type."""
+    dtype = "<f2" if vtype == "float16" else "<f4"
     lat, hits = [], []
     for q in queries:
         t0 = time.perf_counter()
         reply = client.custom_command([
             "FT.SEARCH", index, "*=>[KNN 10 @embedding $vec EF_RUNTIME $ef AS dist]",
-            "PARAMS", "4", "vec", q.astype("<f4").tobytes(), "ef", str(ef),
+            "PARAMS", "4", "vec", q.astype(dtype).tobytes(), "ef", str(ef),
             "SORTBY", "dist", "NOCONTENT", "LIMIT", "0", "10", "DIALECT", "2",
         ])  # fmt: skip
         lat.append((time.perf_counter() - t0) * 1000)
@@ -317,7 +319,7 @@ def main() -> None:
             truth = data.truth(queries, 10)
             rows = []
             for ef in efs:
-                lat, hits = raw_knn(mclient, mstore.keys.index, queries, ef)
+                lat, hits = raw_knn(mclient, mstore.keys.index, queries, ef, mstore.vector_type)
                 rows.append([ef, S.pct(lat, 50), S.pct(lat, 95), recall(hits, truth)])
             S.say("")
             S.say(

@@ -1,0 +1,119 @@
+"""The record codec without a server: what a decoded record is made of."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from memworker.codec import (
+    RECORD_FIELDS,
+    WRITE_FIELDS,
+    _constructor,
+    decode_record,
+    encode_record,
+    vector_bytes,
+)
+from memworker.errors import ValidationError
+from memworker.types import record_types
+
+
+def row_of(record: Any) -> list[Any]:
+    """The hash values of a record in RECORD_FIELDS order, as the server returns them."""
+    fields = {k: (v.encode() if isinstance(v, str) else v) for k, v in encode_record(record).fields}
+    return [fields.get(name) for name in RECORD_FIELDS]
+
+
+def sample(**over: Any) -> Any:
+    cls = record_types()[0]
+    values = dict(
+        id="r1", content="hello", scope="/a/b", categories=["x", "y"], metadata={"k": [1, 2.5]},
+        importance=0.25, created_at=datetime(2025, 5, 6, 7, 8, 9, 123456),
+        last_accessed=datetime(2025, 5, 6, 7, 8, 9, 123456), embedding=[0.5, -0.25, 1.0],
+        source="alice", private=True,
+    )  # fmt: skip
+    values.update(over)
+    return cls(**values)
+
+
+def test_decoded_record_is_what_model_construct_builds() -> None:
+    cls = record_types()[0]
+    record = sample()
+    got = decode_record(row_of(record), cls, 3)
+    want = cls.model_construct(**{name: getattr(record, name) for name in cls.model_fields})
+    assert got == want == record
+    assert got.model_fields_set == want.model_fields_set
+    assert got.__pydantic_extra__ == want.__pydantic_extra__
+    assert list(got.__dict__) == list(want.__dict__)
+    got.categories.append("z")  # a fresh list each time, though decoding caches lists
+    assert decode_record(row_of(record), cls, 3).categories == ["x", "y"]
+    assert _constructor(cls).__name__ == "fast"
+
+
+def test_last_accessed_is_stored_only_once_it_differs() -> None:
+    cls = record_types()[0]
+    same = sample()
+    assert "last_accessed" not in dict(encode_record(same).fields)
+    assert decode_record(row_of(same), cls, 3).last_accessed == same.created_at
+    later = sample(last_accessed=datetime(2026, 1, 1))
+    assert decode_record(row_of(later), cls, 3).last_accessed == datetime(2026, 1, 1)
+    assert "v" not in WRITE_FIELDS and "private" not in WRITE_FIELDS
+
+
+def test_private_comes_from_the_visibility_token() -> None:
+    cls = record_types()[0]
+    assert decode_record(row_of(sample(private=True)), cls, 3).private is True
+    assert decode_record(row_of(sample(private=False)), cls, 3).private is False
+    assert decode_record(row_of(sample(private=True, source=None)), cls, 3).private is True
+
+
+class Other(BaseModel):
+    """A model with a post-init hook: the documented model_construct path is kept."""
+
+    id: str
+    content: str
+    scope: str
+    categories: list[str]
+    metadata: dict[str, Any]
+    importance: float
+    created_at: datetime
+    last_accessed: datetime
+    embedding: list[float] | None = None
+    source: str | None = None
+    private: bool = False
+    seen: int = 0
+
+    def model_post_init(self, context: Any) -> None:
+        object.__setattr__(self, "seen", 1)
+
+
+def test_other_models_fall_back_to_model_construct() -> None:
+    record = sample()
+    got = decode_record(row_of(record), Other, 3)
+    assert _constructor(Other).__name__ == "slow"
+    assert isinstance(got, Other) and got.seen == 1 and got.content == "hello"
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ([1e39, 1.0], "beyond the float32 range"),
+        ([float("nan"), 1.0], "non-finite"),
+        ([float("inf"), 1.0], "non-finite"),
+        ([0.0, 0.0], "all zeros"),
+        (["a", 1.0], "sequence of numbers"),
+        ([[1.0], 2.0], "sequence of numbers"),
+        ([], "non-empty"),
+    ],
+)
+def test_bad_vectors_name_the_problem(values: list[Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        vector_bytes(values)
+
+
+def test_vectors_with_huge_or_cancelling_values_are_checked_exactly() -> None:
+    assert vector_bytes([3e38, 3e38])[1] == 2  # a float32 sum would overflow
+    assert vector_bytes([1.0, -1.0])[1] == 2  # sums to zero, yet not all zeros
+    assert vector_bytes([1e-45, 0.0])[1] == 2
