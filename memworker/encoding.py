@@ -1,11 +1,12 @@
 """Worker side of CrewAI encoding: CrewAI's own ``EncodingFlow`` run in the worker.
 
-An ``encode_records`` job whose items carry a ``flow`` entry (fields to infer, or
-consolidation on; built by :class:`memworker.crewai.QueuedMemory`) is handed here by
-the actor instead of the fast path. The flow runs exactly as in CrewAI's ``Memory``
-(LLM field inference, intra-batch dedup, consolidation against similar records) with
-this worker process's LLM and embedder against the :class:`~memworker.store.ValkeyStore`,
-so the LLM calls leave the agent's process too.
+An ``encode_records`` job whose items ask for field inference or consolidation
+(their ``flow`` entry, built by :class:`memworker.crewai.QueuedMemory`: see
+:func:`needs_flow`) is handed here by the actor instead of the fast path. The flow
+runs exactly as in CrewAI's ``Memory`` (LLM field inference, intra-batch dedup,
+consolidation against similar records) with this worker process's LLM and embedder
+against the :class:`~memworker.store.ValkeyStore`, so the LLM calls leave the agent's
+process too.
 
 - Embedding goes through the process's one ``EmbeddingBatcher`` (texts of every
   in-flight job coalesce), so the flow's vectors come from the same model as the
@@ -17,10 +18,24 @@ so the LLM calls leave the agent's process too.
 - What each item became is written to ``ns:results:<job>`` (hash item id -> record id,
   ``""`` when dropped as a duplicate; TTL :data:`RESULT_TTL_MS`) before the commit, so
   a producer's ``remember()`` returns the record an item was merged into.
-- Consolidation within one scope is serialized across workers by a lease lock
-  ``ns:lock:consolidate:<scope>`` (``SET NX PX``, renewed while held, released by a
-  compare-and-delete). The scope is the flow's search boundary: ``root_scope`` joined
-  with the explicit scope, else ``root_scope``, else ``/``.
+- Consolidation is serialized across workers by hierarchical lease locks
+  (:func:`scope_locks`). A job locks the flow's search boundary (``root_scope``
+  joined with the explicit scope, else ``root_scope``, else ``/``): consolidation in
+  ``/a`` searches, updates and deletes records under ``/a/b`` too, so a lock on a
+  scope excludes locks on its ancestors and descendants (``/a`` vs ``/a/b``), and not
+  on siblings or on names that only share a string prefix (``/a/b`` vs ``/a/c``,
+  ``/a`` vs ``/ab``). One Lua script (:data:`LOCK_SCRIPT`) checks and takes a lock
+  atomically; see its header for the keys.
+
+Fast-path intra-batch dedup: items with every field given and consolidation off
+take the worker's fast path (batched embedding, one commit) instead of the flow.
+When their ``flow`` entry carries ``batch_dedup_threshold`` (``QueuedMemory`` always
+sends it), the fast path applies CrewAI's ``intra_batch_dedup`` rule to the job
+(:func:`batch_duplicates`): an item whose cosine similarity to an earlier, kept item
+of the same job is >= the threshold is dropped; a threshold above 1 disables it. A
+dropped item is reported as on the flow path: ``""`` in ``ns:results:<job>``
+(written in the commit's atomic step, only when the job dropped something), no
+record, and ``remember()`` would return ``None`` (a single-item job never drops).
 
 Configuration (per worker process, built lazily on the first flow job):
 ``MEMWORKER_MEMORY_FACTORY=module:function`` returning a :class:`WorkerMemoryConfig`
@@ -30,34 +45,47 @@ name for ``crewai.LLM``) and ``MEMWORKER_MODEL`` (the embedding model).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from memworker.errors import ConfigError, MemworkerError, ValidationError
 
 __all__ = [
     "LLM_ENV",
     "LOCK_LEASE_MS",
+    "LOCK_SCRIPT",
+    "LOCK_WAIT_MS",
     "MEMORY_FACTORY_ENV",
     "RESULT_TTL_MS",
     "BatcherEmbedder",
     "ScopeBusyError",
     "WorkerLLMMissingError",
     "WorkerMemoryConfig",
+    "batch_duplicates",
     "check_worker_model",
+    "dedup_results",
     "factory_embedder",
+    "fast_path_dedup_threshold",
     "load_memory_config",
+    "lock_key",
+    "lock_order",
+    "lock_under_key",
+    "needs_flow",
     "result_key",
     "run_flow_job",
     "scope_lock",
+    "scope_locks",
     "worker_memory_config",
 ]
 
@@ -73,12 +101,6 @@ LOCK_LEASE_MS = 30_000
 LOCK_WAIT_MS = 60_000
 #: Lifetime of a job's ``ns:results:<job>`` hash (ms).
 RESULT_TTL_MS = 3_600_000
-
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-_RENEW = (
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-    "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-)
 
 
 class WorkerLLMMissingError(ValidationError):
@@ -238,8 +260,250 @@ def result_key(namespace: str, job_id: str) -> str:
     return f"{namespace}:results:{job_id}"
 
 
+# --------------------------------------------------------------------------- scope locks
+#: The consolidation lock script (EVALSHA, EVAL after NOSCRIPT). One atomic step per
+#: acquire, renew or release; scopes reach it only as key names and member strings.
+LOCK_SCRIPT = """
+-- memworker consolidation locks: hierarchical lease locks over scopes.
+--
+-- Key layout (ns = namespace, <scope> canonical: "/" or "/a/b"):
+--   ns:lock:consolidate:<scope>  string  token of the holder of the lock on <scope>;
+--                                        PX = the lease
+--   ns:lock:under:<scope>        zset    <token><locked scope> -> lease expiry (server
+--                                        TIME, ms): one entry per lock held on a strict
+--                                        descendant of <scope>; entries past their expiry
+--                                        are pruned before use; the key expires with its
+--                                        latest entry (PEXPIREAT), so a crashed holder's
+--                                        bookkeeping ends with its lease
+--
+-- A lock on S is free when no lock is held on S or on any ancestor of S ("/"
+-- included) and none on any descendant of S (ns:lock:under:S is empty).
+--
+-- KEYS, for S with ancestors "/" = A1, ..., An = S (n = #KEYS / 2):
+--   KEYS[1..n]     ns:lock:consolidate:<Ai>
+--   KEYS[n+1..2n]  ns:lock:under:<Ai>
+-- ARGV[1] = op, ARGV[2] = token (32 hex digits), ARGV[3] = lease (ms), ARGV[4] = S
+--   acquire -> 1, or the scope whose lock blocks S (S, an ancestor or a descendant)
+--   renew   -> 1, or 0 when the lock on S is no longer this token's (its lease ran out)
+--   release -> 1: this token's entries removed, the lock deleted if still this token's
+
+local n = #KEYS / 2
+local op, token, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local member = token .. ARGV[4]
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = "(" .. string.format("%d", now)
+
+-- Enter (or refresh) the lock in each strict ancestor's set, pruning expired entries;
+-- each set lives as long as its latest entry.
+local function mark()
+  local expiry = string.format("%d", now + lease)
+  for i = n + 1, 2 * n - 1 do
+    redis.call("ZREMRANGEBYSCORE", KEYS[i], "-inf", live)
+    redis.call("ZADD", KEYS[i], expiry, member)
+    local last = redis.call("ZRANGE", KEYS[i], -1, -1, "WITHSCORES")
+    redis.call("PEXPIREAT", KEYS[i], string.format("%d", tonumber(last[2])))
+  end
+end
+
+if op == "acquire" then
+  for i = 1, n do
+    if redis.call("EXISTS", KEYS[i]) == 1 then
+      return string.sub(KEYS[i], #KEYS[1])  -- the scope: what follows the key prefix
+    end
+  end
+  redis.call("ZREMRANGEBYSCORE", KEYS[2 * n], "-inf", live)
+  local nested = redis.call("ZRANGE", KEYS[2 * n], 0, 0)
+  if #nested > 0 then
+    return string.sub(nested[1], 33)  -- the member without its token
+  end
+  redis.call("SET", KEYS[n], token, "PX", lease)
+  mark()
+  return 1
+elseif op == "renew" then
+  if redis.call("GET", KEYS[n]) ~= token then
+    return 0
+  end
+  redis.call("PEXPIRE", KEYS[n], lease)
+  mark()
+  return 1
+elseif op == "release" then
+  for i = n + 1, 2 * n - 1 do
+    redis.call("ZREM", KEYS[i], member)
+  end
+  if redis.call("GET", KEYS[n]) == token then
+    redis.call("DEL", KEYS[n])
+  end
+  return 1
+end
+return redis.error_reply("memworker lock script: unknown op " .. tostring(op))
+"""
+
+_lock_sha: str | None = None
+
+
 def lock_key(namespace: str, scope: str) -> str:
+    """``ns:lock:consolidate:<scope>``: the token of the holder of the lock on ``scope``."""
     return f"{namespace}:lock:consolidate:{scope}"
+
+
+def lock_under_key(namespace: str, scope: str) -> str:
+    """``ns:lock:under:<scope>``: the locks held on strict descendants of ``scope``
+    (sorted set, member ``<token><scope>``, score = lease expiry in server ms)."""
+    return f"{namespace}:lock:under:{scope}"
+
+
+def _parts(scope: str | None) -> tuple[str, ...]:
+    return tuple(p for p in (scope or "/").split("/") if p)
+
+
+def _path(parts: tuple[str, ...]) -> str:
+    return "/" + "/".join(parts)
+
+
+def lock_order(scopes: Iterable[str | None]) -> list[str]:
+    """The scopes a job locks, in the order it takes them.
+
+    Each scope is made canonical (``a/b/`` -> ``/a/b``, ``None`` -> ``/``); a scope with
+    an ancestor in the set is dropped (the ancestor's lock covers it, and a job must
+    not wait for itself); the rest are sorted in tree pre-order, i.e. by path
+    components (``/a``, ``/a/b``, ``/a-x``), not as plain strings (``/a``, ``/a-x``,
+    ``/a/b``). Pre-order makes the per-job order deadlock-free even though a lock
+    conflicts with its ancestors and descendants: with plain string order, a job
+    holding ``/a-x`` and waiting for ``/a/b`` and a job holding ``/a`` and waiting
+    for ``/a-x`` would wait for each other.
+    """
+    kept: list[tuple[str, ...]] = []
+    for parts in sorted({_parts(s) for s in scopes}):
+        if not any(parts[: len(k)] == k for k in kept):
+            kept.append(parts)
+    return [_path(p) for p in kept]
+
+
+class _Lock:
+    """The keys and token of one lock on one canonical scope."""
+
+    __slots__ = ("keys", "scope", "token")
+
+    def __init__(self, namespace: str, scope: str) -> None:
+        parts = _parts(scope)
+        chain = [_path(parts[:i]) for i in range(len(parts) + 1)]  # "/", ..., scope
+        self.scope = chain[-1]
+        self.keys = [lock_key(namespace, a) for a in chain] + [
+            lock_under_key(namespace, a) for a in chain
+        ]
+        self.token = uuid.uuid4().hex
+
+    def call(self, client: Any, op: str, lease_ms: int) -> Any:
+        global _lock_sha
+        import redis
+
+        args = [*self.keys, op, self.token, str(int(lease_ms)), self.scope]
+        if _lock_sha is None:
+            _lock_sha = hashlib.sha1(LOCK_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+        try:
+            return client.evalsha(_lock_sha, len(self.keys), *args)
+        except redis.exceptions.NoScriptError:
+            return client.eval(LOCK_SCRIPT, len(self.keys), *args)
+
+
+def _acquire(client: Any, lock: _Lock, lease_ms: int, wait_ms: int) -> None:
+    deadline = time.monotonic() + wait_ms / 1000
+    pause = 0.005
+    while True:
+        reply = lock.call(client, "acquire", lease_ms)
+        if reply == 1:
+            return
+        if time.monotonic() >= deadline:
+            blocker = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+            raise ScopeBusyError(
+                f"consolidation lock on scope {lock.scope!r} still blocked by the lock on "
+                f"{blocker!r} after {wait_ms} ms"
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+def _renew(client: Any, held: list[_Lock], lease_ms: int, stop: threading.Event) -> None:
+    """Extend every held lock's lease (and its entries' scores) every third of it."""
+    lost: set[str] = set()
+    while not stop.wait(lease_ms / 3000):
+        for lock in list(held):
+            if lock.token in lost:
+                continue
+            try:
+                if lock.call(client, "renew", lease_ms) != 1:
+                    lost.add(lock.token)
+                    log.warning(
+                        "consolidation lock on scope %r was lost (lease expired)", lock.scope
+                    )
+            except Exception:  # next attempt, or the lease runs out
+                log.warning(
+                    "could not renew the consolidation lock on %r", lock.scope, exc_info=True
+                )
+
+
+@contextmanager
+def scope_locks(
+    client: Any,
+    namespace: str,
+    scopes: Iterable[str | None],
+    *,
+    lease_ms: int = LOCK_LEASE_MS,
+    wait_ms: int = LOCK_WAIT_MS,
+) -> Iterator[list[str]]:
+    """Hold the consolidation locks of ``scopes`` for the ``with`` block.
+
+    A lock on a scope excludes locks on the same scope, its ancestors (``/``
+    included) and its descendants, in any worker; siblings (``/a/b``, ``/a/c``) and
+    scopes that only share a string prefix (``/a``, ``/ab``) do not exclude each
+    other. The scopes are taken one at a time in :func:`lock_order` (covered scopes
+    dropped, tree pre-order), each waiting up to ``wait_ms``; each lock is a lease of
+    ``lease_ms`` renewed every third of it by one thread while held, and released
+    (only if still this holder's) on exit.
+
+    Args:
+        client: A redis-py client (``EVALSHA``/``EVAL``).
+        namespace: The store's namespace.
+        scopes: Scopes to lock (``None`` is the root).
+        lease_ms: Lease of each lock; a crashed holder's locks end with it.
+        wait_ms: Longest wait for each lock.
+
+    Yields:
+        The scopes actually locked, in order.
+
+    Raises:
+        ScopeBusyError: A lock stayed blocked for ``wait_ms`` (those already taken
+            are released).
+    """
+    held: list[_Lock] = []
+    stop = threading.Event()
+    renewer: threading.Thread | None = None
+    try:
+        for scope in lock_order(scopes):
+            lock = _Lock(namespace, scope)
+            _acquire(client, lock, lease_ms, wait_ms)
+            held.append(lock)
+            if renewer is None:
+                renewer = threading.Thread(
+                    target=_renew,
+                    args=(client, held, lease_ms, stop),
+                    name="memworker-lock-renew",
+                    daemon=True,
+                )
+                renewer.start()
+        yield [lock.scope for lock in held]
+    finally:
+        stop.set()
+        if renewer is not None:
+            renewer.join(1)
+        for lock in reversed(held):
+            try:
+                lock.call(client, "release", lease_ms)
+            except Exception:  # the lease expires on its own
+                log.warning(
+                    "could not release the consolidation lock on %r", lock.scope, exc_info=True
+                )
 
 
 @contextmanager
@@ -249,42 +513,97 @@ def scope_lock(
     *,
     lease_ms: int = LOCK_LEASE_MS,
     wait_ms: int = LOCK_WAIT_MS,
-) -> Any:
-    """Hold the lease lock ``key`` for the ``with`` block (renewed while held).
+) -> Iterator[str]:
+    """Hold the consolidation lock ``key`` (``lock_key(namespace, scope)``) for the
+    ``with`` block: :func:`scope_locks` of that one scope.
 
     Raises:
         ScopeBusyError: Not acquired within ``wait_ms``.
+        ValidationError: ``key`` is not a :func:`lock_key`.
     """
-    token = uuid.uuid4().hex
-    deadline = time.monotonic() + wait_ms / 1000
-    pause = 0.005
-    while not client.set(key, token, nx=True, px=lease_ms):
-        if time.monotonic() >= deadline:
-            raise ScopeBusyError(f"consolidation lock {key!r} still taken after {wait_ms} ms")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
-    stop = threading.Event()
+    namespace, infix, scope = key.partition(":lock:consolidate:")
+    if not infix or not namespace or ":" in namespace:
+        raise ValidationError(f"not a consolidation lock key: {key!r}")
+    with scope_locks(client, namespace, [scope], lease_ms=lease_ms, wait_ms=wait_ms) as scopes:
+        yield scopes[0]
 
-    def renew() -> None:
-        while not stop.wait(lease_ms / 3000):
-            try:
-                if not client.eval(_RENEW, 1, key, token, str(lease_ms)):
-                    log.warning("consolidation lock %r was lost (lease expired)", key)
-                    return
-            except Exception:  # noqa: BLE001 - next attempt, or the lease runs out
-                log.warning("could not renew consolidation lock %r", key, exc_info=True)
 
-    renewer = threading.Thread(target=renew, name="memworker-lock-renew", daemon=True)
-    renewer.start()
+# --------------------------------------------------------------------------- fast-path dedup
+def needs_flow(flow: Any) -> bool:
+    """Whether an item's ``flow`` entry asks for CrewAI's EncodingFlow: fields to
+    infer, or consolidation on (``consolidation_threshold`` < 1, default 0.85 as in
+    CrewAI). Anything else (no entry, or only the batch-dedup threshold) takes the
+    worker's fast path."""
+    if not flow:
+        return False
+    if not isinstance(flow, Mapping):
+        return True  # let the flow path reject it
+    if flow.get("infer"):
+        return True
     try:
-        yield token
-    finally:
-        stop.set()
-        renewer.join(1)
-        try:
-            client.eval(_RELEASE, 1, key, token)
-        except Exception:  # noqa: BLE001 - the lease expires on its own
-            log.warning("could not release consolidation lock %r", key, exc_info=True)
+        return float(flow.get("consolidation_threshold", 0.85)) < 1.0
+    except (TypeError, ValueError):
+        return True
+
+
+def fast_path_dedup_threshold(items: list[dict[str, Any]]) -> float | None:
+    """The job's batch-dedup threshold: its first item's ``flow.batch_dedup_threshold``
+    (as the flow path reads the first item's settings); ``None`` (no dedup) when the
+    first item has none, e.g. a plain :class:`~memworker.queue.MemoryQueue` job.
+
+    Raises:
+        JobPayloadError: The threshold is not a number.
+    """
+    flow = items[0].get("flow") if items else None
+    if not isinstance(flow, Mapping) or flow.get("batch_dedup_threshold") is None:
+        return None
+    value = flow["batch_dedup_threshold"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        from memworker.jobs import JobPayloadError
+
+        raise JobPayloadError(
+            f"items[0].flow.batch_dedup_threshold must be a number, got {value!r}"
+        )
+    return float(value)
+
+
+def batch_duplicates(vectors: Any, threshold: float | None) -> list[int]:
+    """Indices of the items CrewAI's ``intra_batch_dedup`` drops from one batch.
+
+    An item is dropped when its cosine similarity to an *earlier item that was not
+    dropped* is >= ``threshold`` (a zero vector has similarity 0 with anything).
+    Vectorized: one normalized matrix product (float64, as CrewAI's Python floats);
+    only items with an earlier match at all are then walked, in order, to honour the
+    "not dropped" rule. ``None``, NaN or a threshold above 1 drop nothing.
+    """
+    n = len(vectors)
+    if n < 2 or threshold is None or not threshold <= 1.0:
+        return []
+    matrix = np.asarray(vectors, dtype=np.float64).reshape(n, -1)
+    norms = np.linalg.norm(matrix, axis=1)
+    unit = np.divide(matrix, norms[:, None], out=np.zeros_like(matrix), where=norms[:, None] > 0)
+    hits = np.triu(unit @ unit.T >= threshold, k=1)  # hits[i, j]: earlier i matches j
+    dropped = np.zeros(n, dtype=bool)
+    for j in np.flatnonzero(hits.any(axis=0)):
+        if (hits[:j, j] & ~dropped[:j]).any():
+            dropped[j] = True
+    return [int(j) for j in np.flatnonzero(dropped)]
+
+
+def dedup_results(namespace: str, job_id: str, items: list[dict[str, Any]],
+                  dropped: list[int]) -> list[list[str]]:  # fmt: skip
+    """The commands recording a fast-path job's results as the flow path does
+    (``ns:results:<job>``: item id -> its record id, ``""`` for a dropped item; TTL
+    :data:`RESULT_TTL_MS`), for the commit's atomic step; ``[]`` when nothing was
+    dropped (every item is then its own record)."""
+    if not dropped:
+        return []
+    gone = set(dropped)
+    key = result_key(namespace, job_id)
+    fields: list[str] = []
+    for i, item in enumerate(items):
+        fields += [str(item["id"]), "" if i in gone else str(item["id"])]
+    return [["HSET", key, *fields], ["PEXPIRE", key, str(RESULT_TTL_MS)]]
 
 
 class _FlowStorage:
@@ -341,14 +660,17 @@ def run_flow_job(context: Any, job_id: str, producer: str, items: list[dict[str,
     flows = [dict(item.get("flow") or {}) for item in items]
     first = flows[0]
     consolidate = float(first.get("consolidation_threshold", 0.85)) < 1.0
+    dedup = float(first.get("batch_dedup_threshold", 0.98))
     config = MemoryConfig(
         consolidation_threshold=min(float(first.get("consolidation_threshold", 0.85)), 1.0),
         consolidation_limit=int(first.get("consolidation_limit", 5)),
-        batch_dedup_threshold=float(first.get("batch_dedup_threshold", 0.98)),
+        batch_dedup_threshold=min(dedup, 1.0),
         default_importance=float(first.get("default_importance", 0.5)),
     )
     if not consolidate:
         config.consolidation_threshold = 2.0  # no similarity reaches it: consolidation off
+    if dedup > 1.0:
+        config.batch_dedup_threshold = dedup  # no similarity reaches it: dedup off (fast path too)
     inputs = []
     needs_llm = consolidate
     for item, flow in zip(items, flows):
@@ -369,7 +691,7 @@ def run_flow_job(context: Any, job_id: str, producer: str, items: list[dict[str,
     llm = _worker_llm() if needs_llm else None
     storage = _FlowStorage(context.store, items)
     client = _client(context.settings)
-    locks = sorted({_boundary(f) for f in flows}) if consolidate else []
+    scopes = {_boundary(f) for f in flows} if consolidate else set()
 
     def run() -> None:
         flow = EncodingFlow(storage=storage, llm=llm, embedder=BatcherEmbedder(), config=config)
@@ -389,18 +711,8 @@ def run_flow_job(context: Any, job_id: str, producer: str, items: list[dict[str,
             pipe.execute()
         context.commit(job_id, producer, storage.inserted)
 
-    if not locks:
+    if not scopes:
         run()
         return
-    with _locks(client, [lock_key(context.settings.namespace, s) for s in locks]):
+    with scope_locks(client, context.settings.namespace, scopes):
         run()
-
-
-@contextmanager
-def _locks(client: Any, keys: list[str]) -> Any:
-    """Take several scope locks in a fixed (sorted) order: no deadlock between workers."""
-    if not keys:
-        yield
-        return
-    with scope_lock(client, keys[0]), _locks(client, keys[1:]):
-        yield

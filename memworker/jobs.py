@@ -337,8 +337,9 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
         entry["metadata"] = dict(entry["metadata"])
         flow = item.get("flow")
         if flow is not None:
-            # Fields to infer and consolidation settings: the worker runs CrewAI's
-            # EncodingFlow for this item (memworker.encoding).
+            # Fields to infer, consolidation and batch-dedup settings: the worker runs
+            # CrewAI's EncodingFlow when it asks for inference or consolidation, else
+            # the fast path with the job's dedup threshold (memworker.encoding).
             if not isinstance(flow, Mapping):
                 raise ValidationError(f"{where}.flow must be a mapping")
             entry["flow"] = json.loads(json.dumps(dict(flow)))

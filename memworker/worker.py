@@ -15,6 +15,15 @@ Delivery
     dramatiq acks after the actor returns, i.e. after the commit; a redelivered
     job rewrites the same record ids.
 
+Encode jobs
+    Items whose ``flow`` entry asks for field inference or consolidation run
+    CrewAI's EncodingFlow (:mod:`memworker.encoding`). The others take the fast
+    path: the job's texts are embedded through the process's one batcher and
+    committed at once; when the items carry a ``batch_dedup_threshold`` (every
+    ``QueuedMemory`` job does), CrewAI's intra-batch dedup drops near-duplicates
+    of earlier items of the job first, and the job's ``ns:results:<job>`` (``""``
+    for a dropped item) is written in the commit's atomic step.
+
 Failures (middleware, not actors)
     :class:`ValidationError` (bad record, dimension mismatch, bad payload) is
     permanent: the actors declare it in ``throws``, so ``Retries`` fails the
@@ -444,15 +453,22 @@ class WorkerContext:
         # One script call per job: the whole job is one atomic commit.
         self.store = ValkeyStore(settings, batch_size=10_000)
 
-    def commit(self, job_id: str, producer: str, records: list[Any]) -> int:
-        """Write the records and, in the same atomic step, clear the pending mark,
-        count, and wake the producer."""
+    def commit(
+        self,
+        job_id: str,
+        producer: str,
+        records: list[Any],
+        extra: Iterable[list[str]] = (),
+    ) -> int:
+        """Write the records and, in the same atomic step, run ``extra`` (e.g. a job's
+        results), clear the pending mark, count, and wake the producer."""
         from memworker.codec import encode_records
 
         encoded = encode_records(records)
         k = self.keys
         now = int(time.time() * 1000)
-        extra = [
+        commands = [
+            *extra,
             ["ZREM", k.pending(producer), job_id],
             # The positive commit marker the drain reports from, trimmed by age.
             ["ZADD", k.committed(producer), str(now), job_id],
@@ -461,7 +477,7 @@ class WorkerContext:
             ["HINCRBY", k.stats, "records", str(len(encoded))],
             ["PUBLISH", k.done_channel(producer), job_id],
         ]
-        return self.store.write_encoded(encoded, extra=extra)
+        return self.store.write_encoded(encoded, extra=commands)
 
     def close(self) -> None:
         self.store.close()
@@ -473,13 +489,15 @@ def _save_records(context: WorkerContext, job: Any) -> None:
 
 
 def _encode_records(context: WorkerContext, job: Any) -> None:
-    job_id, producer, items = parse_job(job)
-    if any(item.get("flow") for item in items):
-        # Fields to infer or consolidation on: CrewAI's EncodingFlow (memworker.encoding).
-        from memworker.encoding import run_flow_job
+    from memworker import encoding
 
-        run_flow_job(context, job_id, producer, items)
+    job_id, producer, items = parse_job(job)
+    if any(encoding.needs_flow(item.get("flow")) for item in items):
+        # Fields to infer or consolidation on: CrewAI's EncodingFlow (memworker.encoding).
+        encoding.run_flow_job(context, job_id, producer, items)
         return
+    # The fast path: every field given, consolidation off.
+    threshold = encoding.fast_path_dedup_threshold(items)
     texts = []
     for i, item in enumerate(items):
         text = item.get("content")
@@ -487,8 +505,16 @@ def _encode_records(context: WorkerContext, job: Any) -> None:
             raise JobPayloadError(f"items[{i}].content must be a non-empty string")
         texts.append(text)
     vectors = get_batcher().submit(texts).result()
-    records = [{**item, "embedding": vectors[i]} for i, item in enumerate(items)]
-    context.commit(job_id, producer, records)
+    # CrewAI's intra-batch dedup, as the flow path applies it (QueuedMemory jobs).
+    dropped = encoding.batch_duplicates(vectors, threshold)
+    gone = set(dropped)
+    records = [
+        {**{k: v for k, v in item.items() if k != "flow"}, "embedding": vectors[i]}
+        for i, item in enumerate(items)
+        if i not in gone
+    ]
+    results = encoding.dedup_results(context.settings.namespace, job_id, items, dropped)
+    context.commit(job_id, producer, records, extra=results)
 
 
 # --------------------------------------------------------------------------- middleware

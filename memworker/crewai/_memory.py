@@ -201,6 +201,13 @@ class QueuedMemory(Memory):
                 "batch_dedup_threshold": float(self._config.batch_dedup_threshold),
                 "default_importance": float(self.default_importance),
             }
+        else:
+            # The fast path: only what it needs, CrewAI's intra-batch dedup threshold
+            # (and consolidation off, explicitly: memworker.encoding.needs_flow).
+            item["flow"] = {
+                "consolidation_threshold": 1.0,
+                "batch_dedup_threshold": float(self._config.batch_dedup_threshold),
+            }
         return item
 
     def _enqueue(self, items: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
@@ -228,7 +235,8 @@ class QueuedMemory(Memory):
         record = self._storage.get_record(record_id)
         if record is not None:
             return record
-        # The flow merged or dropped the item: the worker says what it became.
+        # Merged by consolidation, or dropped as an intra-batch duplicate (flow or fast
+        # path): the worker says what it became.
         client = self._queue._sync()  # noqa: SLF001 - the queue's own client
         other = client.hget(result_key(self._storage.keys.namespace, job_id), record_id)
         if other:
