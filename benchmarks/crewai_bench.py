@@ -9,7 +9,10 @@ Prints a table; not a timed test. Run:
 Rows:
 - remember() from 32 agent threads: records/s (each call returns its record).
 - remember_many(50 per call) from 4 agent threads, until drain_writes() returns:
-  records/s, and the agent-side blocking time per call (p50/p99).
+  records/s, and the agent-side blocking time per call (p50/p99), once with the
+  agents calling back to back (their own calls then queue for the one GIL of their
+  process) and once paced (``--think-ms``, default 50 ms between an agent's calls,
+  still far more than the worker embeds, so it works through a backlog throughout).
 - recall(depth="shallow") latency, p50/p99, on what was written.
 
 The worker runs with ``--nice 10`` (background embedding yields the 2 cores to the
@@ -82,18 +85,23 @@ def bench_remember(memory, seconds: float, threads: int = 32) -> float:
     return sum(counts) / (time.monotonic() - start)
 
 
-def bench_remember_many(memory, calls: int, threads: int = 4, per_call: int = 50):
+def bench_remember_many(memory, calls: int, threads: int = 4, per_call: int = 50, think_ms: float = 0.0):
+    """``calls`` remember_many calls from ``threads`` agents, then drain_writes().
+    ``think_ms``: each agent pauses this long after a call (0: back to back)."""
     blocking: list[float] = []
     lock = threading.Lock()
+    base = 100_000 if not think_ms else 500_000
 
     def agent(k: int) -> None:
         for c in range(k, calls, threads):
-            texts = [_text(100_000 + c * per_call + j) for j in range(per_call)]
+            texts = [_text(base + c * per_call + j) for j in range(per_call)]
             t0 = time.perf_counter()
             memory.remember_many(texts, **FIELDS)
             dt = time.perf_counter() - t0
             with lock:
                 blocking.append(dt * 1000)
+            if think_ms:
+                time.sleep(think_ms / 1000)
 
     start = time.monotonic()
     ts = [threading.Thread(target=agent, args=(k,)) for k in range(threads)]
@@ -114,14 +122,15 @@ def bench_recall(memory, n: int = 40):
     return out
 
 
-def start_worker(url: str, namespace: str, backend: str) -> subprocess.Popen:
+def start_worker(url: str, namespace: str, backend: str, threads: int, extra_env: list[str]) -> subprocess.Popen:
     env = dict(os.environ)
+    env.update(kv.split("=", 1) for kv in extra_env)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     if backend == "onnx-int8":
         env["MEMWORKER_EMBEDDER"] = "crewai_bench:onnx_int8_embedder"
     proc = subprocess.Popen(
         [sys.executable, "-m", "memworker.cli", "--url", url, "--namespace", namespace,
-         "worker", "--processes", "1", "--threads", "8", "--nice", "10"],
+         "worker", "--processes", "1", "--threads", str(threads), "--nice", "10"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     from memworker.queue import check_health
@@ -141,6 +150,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="remember() phase length")
     parser.add_argument("--calls", type=int, default=24, help="remember_many calls (x50 records)")
     parser.add_argument("--backends", nargs="+", default=["torch", "onnx-int8"])
+    parser.add_argument("--worker-threads", type=int, default=32, help="worker threads (jobs in flight)")
+    parser.add_argument("--think-ms", type=float, default=50.0,
+                        help="pause after each remember_many call in the paced run (default 50 ms)")  # fmt: skip
+    parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="environment of the worker process, e.g. OMP_NUM_THREADS=1")  # fmt: skip
     args = parser.parse_args()
 
     from _servers import server
@@ -160,20 +174,23 @@ def main() -> int:
         base.remember("warm up", **FIELDS)
         b_single = bench_remember(base, args.seconds)
         b_many, b_block = bench_remember_many(base, max(4, args.calls // 3))
+        _, b_paced = bench_remember_many(base, 8, think_ms=args.think_ms)
         b_recall = bench_recall(base)
         base.close()
-        rows.append(("CrewAI Memory (LanceDB)", "torch (agent proc)", b_single, b_many, b_block, b_recall))
+        rows.append(("CrewAI Memory (LanceDB)", "torch (agent proc)", b_single, b_many, b_block, b_paced,
+                     b_recall))  # fmt: skip
 
         with server(module=True) as srv:
             for backend in args.backends:
                 ns = f"bench{uuid.uuid4().hex[:8]}"
-                worker = start_worker(srv.url, ns, backend)
+                worker = start_worker(srv.url, ns, backend, args.worker_threads, args.worker_env)
                 try:
                     memory = QueuedMemory(storage=srv.url, namespace=ns, embedder=embedder,
                                           llm=StandInLLM(), consolidation_threshold=1.0)  # fmt: skip
                     memory.remember("warm up", **FIELDS)
                     q_single = bench_remember(memory, args.seconds)
                     q_many, q_block = bench_remember_many(memory, args.calls)
+                    _, q_paced = bench_remember_many(memory, args.calls, think_ms=args.think_ms)
                     q_recall = bench_recall(memory)
                     memory.reset_all()
                     memory.close()
@@ -181,22 +198,25 @@ def main() -> int:
                     worker.terminate()
                     worker.wait(30)
                 rows.append((f"QueuedMemory, 1 worker proc", f"{backend} (worker)", q_single, q_many,
-                             q_block, q_recall))  # fmt: skip
+                             q_block, q_paced, q_recall))  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     b = rows[0]
     print(f"\ncores: {os.cpu_count()}; remember(): 32 agent threads, {args.seconds:.0f} s; "
-          "remember_many: 50 per call, 4 agent threads, until drain_writes(); explicit fields, "
+          "remember_many: 50 per call, 4 agent threads, until drain_writes(), back to back "
+          f"(block) and with {args.think_ms:g} ms between an agent's calls (paced; the worker "
+          f"still has a backlog); worker threads: {args.worker_threads}; explicit fields, "
           "consolidation off\n")  # fmt: skip
     head = (f"{'memory':<28} {'embedder':<20} {'remember rec/s':>15} {'x':>6} {'many rec/s':>11} {'x':>6} "
-            f"{'block p50/p99 ms':>17} {'recall p50/p99 ms':>18}")  # fmt: skip
+            f"{'block p50/p99 ms':>17} {'paced p50/p99 ms':>17} {'recall p50/p99 ms':>18}")  # fmt: skip
     print(head)
     print("-" * len(head))
-    for name, emb, single, many, block, recall in rows:
+    for name, emb, single, many, block, paced, recall in rows:
         print(
             f"{name:<28} {emb:<20} {single:>15.1f} {single / b[2]:>6.1f} {many:>11.1f} {many / b[3]:>6.1f} "
-            f"{_pct(block, .5):>8.2f}/{_pct(block, .99):<8.2f} {statistics.median(recall):>9.1f}/{_pct(recall, .99):<8.1f}"
+            f"{_pct(block, .5):>8.2f}/{_pct(block, .99):<8.2f} {_pct(paced, .5):>8.2f}/{_pct(paced, .99):<8.2f} "
+            f"{statistics.median(recall):>9.1f}/{_pct(recall, .99):<8.1f}"
         )
     return 0
 

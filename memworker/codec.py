@@ -603,12 +603,17 @@ def decode_record(values: Sequence[Any], record_cls: type[Any], dim: int | None 
         "created_at": created_at,
         # last_accessed is written only once it differs from created_at
         "last_accessed": created_at if accessed is None else parse_timestamp(accessed),
-        "embedding": vector_from_bytes(embedding, dim).tolist() if embedding else None,
+        "embedding": _vector_list(embedding, dim) if embedding else None,
         "source": _text(source),
         "private": vis not in (None, b"pub", PUBLIC_TOKEN),
     }
     # The values were validated when written: skip pydantic's validation on the way out.
     return _constructor(record_cls)(fields)
+
+
+def _vector_list(raw: bytes, dim: int | None) -> list[float]:
+    """Stored vector bytes -> list of floats (no intermediate array copy)."""
+    return np.frombuffer(raw, dtype="<f2" if dim and len(raw) == 2 * dim else "<f4").tolist()
 
 
 def _categories_list(raw: bytes | str) -> list[str]:

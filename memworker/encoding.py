@@ -24,7 +24,7 @@ process too.
   ``/a`` searches, updates and deletes records under ``/a/b`` too, so a lock on a
   scope excludes locks on its ancestors and descendants (``/a`` vs ``/a/b``), and not
   on siblings or on names that only share a string prefix (``/a/b`` vs ``/a/c``,
-  ``/a`` vs ``/ab``). One Lua script (:data:`LOCK_SCRIPT`) checks and takes a lock
+  ``/a`` vs ``/ab``). One Lua script (``memworker/lua/lock.lua``) checks and takes a lock
   atomically; see its header for the keys.
 
 Fast-path intra-batch dedup: items with every field given and consolidation off
@@ -45,7 +45,6 @@ name for ``crewai.LLM``) and ``MEMWORKER_MODEL`` (the embedding model).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
@@ -64,7 +63,6 @@ from memworker.errors import ConfigError, MemworkerError, ValidationError
 __all__ = [
     "LLM_ENV",
     "LOCK_LEASE_MS",
-    "LOCK_SCRIPT",
     "LOCK_WAIT_MS",
     "MEMORY_FACTORY_ENV",
     "RESULT_TTL_MS",
@@ -261,85 +259,7 @@ def result_key(namespace: str, job_id: str) -> str:
 
 
 # --------------------------------------------------------------------------- scope locks
-#: The consolidation lock script (EVALSHA, EVAL after NOSCRIPT). One atomic step per
-#: acquire, renew or release; scopes reach it only as key names and member strings.
-LOCK_SCRIPT = """
--- memworker consolidation locks: hierarchical lease locks over scopes.
---
--- Key layout (ns = namespace, <scope> canonical: "/" or "/a/b"):
---   ns:lock:consolidate:<scope>  string  token of the holder of the lock on <scope>;
---                                        PX = the lease
---   ns:lock:under:<scope>        zset    <token><locked scope> -> lease expiry (server
---                                        TIME, ms): one entry per lock held on a strict
---                                        descendant of <scope>; entries past their expiry
---                                        are pruned before use; the key expires with its
---                                        latest entry (PEXPIREAT), so a crashed holder's
---                                        bookkeeping ends with its lease
---
--- A lock on S is free when no lock is held on S or on any ancestor of S ("/"
--- included) and none on any descendant of S (ns:lock:under:S is empty).
---
--- KEYS, for S with ancestors "/" = A1, ..., An = S (n = #KEYS / 2):
---   KEYS[1..n]     ns:lock:consolidate:<Ai>
---   KEYS[n+1..2n]  ns:lock:under:<Ai>
--- ARGV[1] = op, ARGV[2] = token (32 hex digits), ARGV[3] = lease (ms), ARGV[4] = S
---   acquire -> 1, or the scope whose lock blocks S (S, an ancestor or a descendant)
---   renew   -> 1, or 0 when the lock on S is no longer this token's (its lease ran out)
---   release -> 1: this token's entries removed, the lock deleted if still this token's
 
-local n = #KEYS / 2
-local op, token, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local member = token .. ARGV[4]
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live = "(" .. string.format("%d", now)
-
--- Enter (or refresh) the lock in each strict ancestor's set, pruning expired entries;
--- each set lives as long as its latest entry.
-local function mark()
-  local expiry = string.format("%d", now + lease)
-  for i = n + 1, 2 * n - 1 do
-    redis.call("ZREMRANGEBYSCORE", KEYS[i], "-inf", live)
-    redis.call("ZADD", KEYS[i], expiry, member)
-    local last = redis.call("ZRANGE", KEYS[i], -1, -1, "WITHSCORES")
-    redis.call("PEXPIREAT", KEYS[i], string.format("%d", tonumber(last[2])))
-  end
-end
-
-if op == "acquire" then
-  for i = 1, n do
-    if redis.call("EXISTS", KEYS[i]) == 1 then
-      return string.sub(KEYS[i], #KEYS[1])  -- the scope: what follows the key prefix
-    end
-  end
-  redis.call("ZREMRANGEBYSCORE", KEYS[2 * n], "-inf", live)
-  local nested = redis.call("ZRANGE", KEYS[2 * n], 0, 0)
-  if #nested > 0 then
-    return string.sub(nested[1], 33)  -- the member without its token
-  end
-  redis.call("SET", KEYS[n], token, "PX", lease)
-  mark()
-  return 1
-elseif op == "renew" then
-  if redis.call("GET", KEYS[n]) ~= token then
-    return 0
-  end
-  redis.call("PEXPIRE", KEYS[n], lease)
-  mark()
-  return 1
-elseif op == "release" then
-  for i = n + 1, 2 * n - 1 do
-    redis.call("ZREM", KEYS[i], member)
-  end
-  if redis.call("GET", KEYS[n]) == token then
-    redis.call("DEL", KEYS[n])
-  end
-  return 1
-end
-return redis.error_reply("memworker lock script: unknown op " .. tostring(op))
-"""
-
-_lock_sha: str | None = None
 
 
 def lock_key(namespace: str, scope: str) -> str:
@@ -395,16 +315,18 @@ class _Lock:
         self.token = uuid.uuid4().hex
 
     def call(self, client: Any, op: str, lease_ms: int) -> Any:
-        global _lock_sha
         import redis
 
+        from memworker.client import _script_source
+
+        # memworker/lua/lock.lua: one atomic step per acquire, renew or release; scopes
+        # reach it only as key names and member strings. EVALSHA, EVAL after NOSCRIPT.
+        body, sha = _script_source("lock")
         args = [*self.keys, op, self.token, str(int(lease_ms)), self.scope]
-        if _lock_sha is None:
-            _lock_sha = hashlib.sha1(LOCK_SCRIPT.encode(), usedforsecurity=False).hexdigest()
         try:
-            return client.evalsha(_lock_sha, len(self.keys), *args)
+            return client.evalsha(sha, len(self.keys), *args)
         except redis.exceptions.NoScriptError:
-            return client.eval(LOCK_SCRIPT, len(self.keys), *args)
+            return client.eval(body, len(self.keys), *args)
 
 
 def _acquire(client: Any, lock: _Lock, lease_ms: int, wait_ms: int) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import time
 import uuid
@@ -298,6 +299,10 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
 
     _check_count(items, max_items, "items")
     now = utcnow()
+    now_iso = now.isoformat()
+    # One random read for every id of the job (uuid4 reads 16 bytes per call).
+    random = os.urandom(16 * len(items))
+    flows: dict[str, Any] = {}  # items of one call usually share their flow settings
     out = []
     for i, item in enumerate(items):
         where = f"items[{i}]"
@@ -318,20 +323,24 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             raise ValidationError(f"{where}.text must be a string")
         if not text.strip():
             raise ValidationError(f"{where}.text must not be empty")
+        created = item.get("created_at")
         entry = {
-            "id": item.get("id") or str(uuid.uuid4()),
+            "id": item.get("id") or str(uuid.UUID(bytes=random[16 * i : 16 * i + 16], version=4)),
             "content": text,
             "scope": item.get("scope") or "/",
             "categories": item.get("categories") or [],
             "metadata": item.get("metadata") or {},
             "importance": item.get("importance", 0.5),
-            "created_at": _iso(item.get("created_at") or now),
+            "created_at": _iso(created) if created else now_iso,
             "source": item.get("source"),
             "private": bool(item.get("private", False)),
         }
         # Same checks as the store (scope, categories, metadata, importance...).
         encode_record(
-            {**entry, "embedding": None}, where=where, require_embedding=False, validate_only=True
+            {**entry, "created_at": created or now, "embedding": None},
+            where=where,
+            require_embedding=False,
+            validate_only=True,
         )
         entry["categories"] = list(entry["categories"])
         entry["metadata"] = dict(entry["metadata"])
@@ -342,7 +351,10 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             # the fast path with the job's dedup threshold (memworker.encoding).
             if not isinstance(flow, Mapping):
                 raise ValidationError(f"{where}.flow must be a mapping")
-            entry["flow"] = json.loads(json.dumps(dict(flow)))
+            flow_json = json.dumps(dict(flow))  # JSON-safe, and a copy the caller cannot change
+            if flow_json not in flows:
+                flows[flow_json] = json.loads(flow_json)
+            entry["flow"] = flows[flow_json]
         out.append(entry)
     ids = [e["id"] for e in out]
     if len(set(ids)) != len(ids):
