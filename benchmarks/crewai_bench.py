@@ -12,7 +12,9 @@ Rows:
   records/s, and the agent-side blocking time per call (p50/p99), once with the
   agents calling back to back (their own calls then queue for the one GIL of their
   process) and once paced (``--think-ms``, default 50 ms between an agent's calls,
-  still far more than the worker embeds, so it works through a backlog throughout).
+  still far more than the worker embeds, so it works through a backlog throughout),
+  and paced again before the worker starts: the agents' own cost, as when the
+  workers run on other hosts.
 - recall(depth="shallow") latency, p50/p99, on what was written.
 
 The worker runs with ``--nice 10`` (background embedding yields the 2 cores to the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -85,14 +88,23 @@ def bench_remember(memory, seconds: float, threads: int = 32) -> float:
     return sum(counts) / (time.monotonic() - start)
 
 
-def bench_remember_many(memory, calls: int, threads: int = 4, per_call: int = 50, think_ms: float = 0.0):
+def bench_remember_many(
+    memory, calls: int, threads: int = 4, per_call: int = 50, think_ms: float = 0.0, drain: bool = True,
+    base: int = 0,
+):
     """``calls`` remember_many calls from ``threads`` agents, then drain_writes().
-    ``think_ms``: each agent pauses this long after a call (0: back to back)."""
+    ``think_ms``: each agent pauses about this long after a call (0: back to back);
+    paced agents start staggered and draw each pause from 0.5-1.5x ``think_ms``, so
+    they do not call in lockstep."""
     blocking: list[float] = []
     lock = threading.Lock()
-    base = 100_000 if not think_ms else 500_000
+    base = base or (100_000 if not think_ms else 500_000)
 
     def agent(k: int) -> None:
+        # Paced agents are not in lockstep: staggered starts, pauses drawn around think_ms.
+        rng = random.Random(k)
+        if think_ms:
+            time.sleep(think_ms * k / threads / 1000)
         for c in range(k, calls, threads):
             texts = [_text(base + c * per_call + j) for j in range(per_call)]
             t0 = time.perf_counter()
@@ -101,7 +113,7 @@ def bench_remember_many(memory, calls: int, threads: int = 4, per_call: int = 50
             with lock:
                 blocking.append(dt * 1000)
             if think_ms:
-                time.sleep(think_ms / 1000)
+                time.sleep(think_ms * rng.uniform(0.5, 1.5) / 1000)
 
     start = time.monotonic()
     ts = [threading.Thread(target=agent, args=(k,)) for k in range(threads)]
@@ -109,7 +121,8 @@ def bench_remember_many(memory, calls: int, threads: int = 4, per_call: int = 50
         t.start()
     for t in ts:
         t.join()
-    memory.drain_writes()
+    if drain:
+        memory.drain_writes()
     return calls * per_call / (time.monotonic() - start), blocking
 
 
@@ -122,7 +135,9 @@ def bench_recall(memory, n: int = 40):
     return out
 
 
-def start_worker(url: str, namespace: str, backend: str, threads: int, extra_env: list[str]) -> subprocess.Popen:
+def start_worker(
+    url: str, namespace: str, backend: str, threads: int, extra_env: list[str], cpus: set[int] | None = None
+) -> subprocess.Popen:
     env = dict(os.environ)
     env.update(kv.split("=", 1) for kv in extra_env)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
@@ -132,6 +147,7 @@ def start_worker(url: str, namespace: str, backend: str, threads: int, extra_env
         [sys.executable, "-m", "memworker.cli", "--url", url, "--namespace", namespace,
          "worker", "--processes", "1", "--threads", str(threads), "--nice", "10"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )  # fmt: skip
     from memworker.queue import check_health
     from memworker.settings import Settings
@@ -151,6 +167,8 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=24, help="remember_many calls (x50 records)")
     parser.add_argument("--backends", nargs="+", default=["torch", "onnx-int8"])
     parser.add_argument("--worker-threads", type=int, default=32, help="worker threads (jobs in flight)")
+    parser.add_argument("--worker-cpus", default="",
+                        help="pin the worker to these CPUs, e.g. 1 (it then runs one inference thread)")  # fmt: skip
     parser.add_argument("--think-ms", type=float, default=50.0,
                         help="pause after each remember_many call in the paced run (default 50 ms)")  # fmt: skip
     parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE",
@@ -166,6 +184,7 @@ def main() -> int:
     embedder = LocalEmbedder()
     embedder(["warm up"])
     rows = []
+    alone: list[tuple[str, list[float]]] = []
     tmp = Path(tempfile.mkdtemp(prefix="crewai-bench-"))
     try:
         # ---- CrewAI default: LanceDB, one save thread
@@ -183,14 +202,21 @@ def main() -> int:
         with server(module=True) as srv:
             for backend in args.backends:
                 ns = f"bench{uuid.uuid4().hex[:8]}"
-                worker = start_worker(srv.url, ns, backend, args.worker_threads, args.worker_env)
+                cpus = {int(c) for c in args.worker_cpus.split(",") if c}
+                memory = QueuedMemory(storage=srv.url, namespace=ns, embedder=embedder,
+                                      llm=StandInLLM(), consolidation_threshold=1.0)  # fmt: skip
+                # The agents' own cost, as when workers run on other hosts: paced calls with
+                # no worker running here (the jobs wait in the queue until it starts).
+                bench_remember_many(memory, 4, drain=False, base=800_000)  # warm up: connections
+                _, q_alone = bench_remember_many(memory, max(64, args.calls), think_ms=args.think_ms,
+                                                 drain=False, base=900_000)  # fmt: skip
+                worker = start_worker(srv.url, ns, backend, args.worker_threads, args.worker_env, cpus)
                 try:
-                    memory = QueuedMemory(storage=srv.url, namespace=ns, embedder=embedder,
-                                          llm=StandInLLM(), consolidation_threshold=1.0)  # fmt: skip
+                    memory.drain_writes()
                     memory.remember("warm up", **FIELDS)
                     q_single = bench_remember(memory, args.seconds)
                     q_many, q_block = bench_remember_many(memory, args.calls)
-                    _, q_paced = bench_remember_many(memory, args.calls, think_ms=args.think_ms)
+                    _, q_paced = bench_remember_many(memory, max(64, args.calls), think_ms=args.think_ms)
                     q_recall = bench_recall(memory)
                     memory.reset_all()
                     memory.close()
@@ -199,6 +225,7 @@ def main() -> int:
                     worker.wait(30)
                 rows.append((f"QueuedMemory, 1 worker proc", f"{backend} (worker)", q_single, q_many,
                              q_block, q_paced, q_recall))  # fmt: skip
+                alone.append((backend, q_alone))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -217,6 +244,11 @@ def main() -> int:
             f"{name:<28} {emb:<20} {single:>15.1f} {single / b[2]:>6.1f} {many:>11.1f} {many / b[3]:>6.1f} "
             f"{_pct(block, .5):>8.2f}/{_pct(block, .99):<8.2f} {_pct(paced, .5):>8.2f}/{_pct(paced, .99):<8.2f} "
             f"{statistics.median(recall):>9.1f}/{_pct(recall, .99):<8.1f}"
+        )
+    for backend, blocking in alone:
+        print(
+            f"QueuedMemory, no worker on this host ({backend} run): remember_many blocking, paced: "
+            f"p50 {_pct(blocking, .5):.2f} ms, p99 {_pct(blocking, .99):.2f} ms"
         )
     return 0
 

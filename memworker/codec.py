@@ -406,6 +406,27 @@ def _get(record: Any, name: str, default: Any = None) -> Any:
     return value
 
 
+#: Scopes seen -> normalized (records of a batch share a few); category lists that
+#: passed validation (a tuple of str). Both bounded; nothing user-visible depends on them.
+_SCOPES: dict[str, str] = {}
+_VALID_CATEGORIES: set[tuple[str, ...]] = set()
+
+
+def _record_vector(values: Any, where: str) -> tuple[bytes, int]:
+    """:func:`vector_bytes` with a fast path for CrewAI's lists of floats (the error
+    path, with the field named, is vector_bytes itself)."""
+    if type(values) is list and values:
+        try:
+            raw = _float32_struct(len(values)).pack(*values)
+        except (TypeError, ValueError, OverflowError, struct.error):
+            raw = b""
+        if raw:
+            total = float(np.add.reduce(np.frombuffer(raw, dtype="<f4"), dtype=np.float64))
+            if math.isfinite(total) and total != 0.0:
+                return raw, len(values)
+    return vector_bytes(values, field=f"{where}.embedding")
+
+
 def _getter(record: Any) -> Any:
     """``get(name, default)`` for a record: a dict, a pydantic model (its ``__dict__``
     holds every field) or any object with attributes or a mapping."""
@@ -446,15 +467,21 @@ def encode_record(
     content = get("content")
     if not isinstance(content, str):
         raise ValidationError(f"{where}.content must be a string")
-    try:
-        content_bytes = content.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(f"{where}.content is not valid unicode text") from None
-    if len(content_bytes) > MAX_CONTENT_BYTES:
-        raise ValidationError(
-            f"{where}.content is {len(content_bytes)} bytes, the limit is {MAX_CONTENT_BYTES}"
-        )
-    scope = normalize_scope(get("scope", "/"), field=f"{where}.scope")
+    if content.isascii():  # O(1) for str: its UTF-8 is itself
+        size = len(content)
+    else:
+        try:
+            size = len(content.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValidationError(f"{where}.content is not valid unicode text") from None
+    if size > MAX_CONTENT_BYTES:
+        raise ValidationError(f"{where}.content is {size} bytes, the limit is {MAX_CONTENT_BYTES}")
+    raw_scope = get("scope", "/")
+    scope = _SCOPES.get(raw_scope) if type(raw_scope) is str else None
+    if scope is None:
+        scope = normalize_scope(raw_scope, field=f"{where}.scope")
+        if len(_SCOPES) < 8192:
+            _SCOPES[raw_scope] = scope
 
     categories = get("categories") or []
     if type(categories) not in (list, tuple) and (
@@ -465,7 +492,11 @@ def encode_record(
         raise ValidationError(
             f"{where}.categories has {len(categories)} entries, the limit is {MAX_CATEGORIES}"
         )
-    for i, cat in enumerate(categories):
+    try:
+        checked = tuple(categories) in _VALID_CATEGORIES
+    except TypeError:  # an unhashable entry: checked below
+        checked = False
+    for i, cat in enumerate(() if checked else categories):
         if not isinstance(cat, str) or not cat:
             raise ValidationError(f"{where}.categories[{i}] must be a non-empty string")
         if len(cat) > MAX_CATEGORY_LENGTH:
@@ -498,13 +529,17 @@ def encode_record(
     if not (math.isfinite(importance) and 0.0 <= importance <= 1.0):
         raise ValidationError(f"{where}.importance must be from 0 to 1, got {importance!r}")
 
-    created = _to_utc_naive(get("created_at") or utcnow(), f"{where}.created_at")
-    accessed = _to_utc_naive(get("last_accessed") or created, f"{where}.last_accessed")
+    created = get("created_at") or utcnow()
+    if type(created) is not datetime or created.tzinfo is not None:
+        created = _to_utc_naive(created, f"{where}.created_at")
+    accessed = get("last_accessed") or created
+    if type(accessed) is not datetime or accessed.tzinfo is not None:
+        accessed = _to_utc_naive(accessed, f"{where}.last_accessed")
 
     source = get("source")
     if source is not None and not isinstance(source, str):
         raise ValidationError(f"{where}.source must be a string or None")
-    if source is not None:
+    if source is not None and not source.isascii():
         try:
             source.encode("utf-8")
         except UnicodeEncodeError:
@@ -517,12 +552,14 @@ def encode_record(
             raise ValidationError(f"{where}.embedding is missing: records must be embedded before save")
         vector, dim = None, 0
     else:
-        vector, dim = vector_bytes(embedding, field=f"{where}.embedding")
+        vector, dim = _record_vector(embedding, where)
 
     if validate_only:
         return None
     created_text = format_timestamp(created)
     categories_json, cat_t = _categories_fields(tuple(categories))
+    if len(_VALID_CATEGORIES) < 4096:
+        _VALID_CATEGORIES.add(tuple(categories))
     row = [
         record_id,
         content,
