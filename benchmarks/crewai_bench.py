@@ -147,8 +147,9 @@ def start_worker(
         [sys.executable, "-m", "memworker.cli", "--url", url, "--namespace", namespace,
          "worker", "--processes", "1", "--threads", str(threads), "--nice", "10"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )  # fmt: skip
+    if cpus:  # set from here, not in a preexec_fn (unsafe with threads); the worker reads
+        os.sched_setaffinity(proc.pid, cpus)  # its cores when it loads the model, later
     from memworker.queue import check_health
     from memworker.settings import Settings
 
@@ -223,7 +224,7 @@ def main() -> int:
                 finally:
                     worker.terminate()
                     worker.wait(30)
-                rows.append((f"QueuedMemory, 1 worker proc", f"{backend} (worker)", q_single, q_many,
+                rows.append(("QueuedMemory, 1 worker proc", f"{backend} (worker)", q_single, q_many,
                              q_block, q_paced, q_recall))  # fmt: skip
                 alone.append((backend, q_alone))
     finally:
