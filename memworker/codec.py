@@ -26,7 +26,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -338,8 +338,9 @@ def vector_from_bytes(raw: bytes, dim: int | None = None) -> np.ndarray:
 FLOAT16_MAX = 65504.0
 
 
-def vectors_to_float16(blob: bytes, dim: int, where: Sequence[str]) -> bytes:
-    """Concatenated float32 vectors (``where[i]`` names the i-th) -> float16 bytes.
+def vectors_to_float16(blob: bytes, dim: int, name_of: Callable[[int], str]) -> bytes:
+    """Concatenated float32 vectors -> float16 bytes (``name_of(i)`` names the i-th
+    vector in an error; called only then).
 
     Raises:
         ValidationError: A value beyond the float16 range, naming the vector.
@@ -347,10 +348,9 @@ def vectors_to_float16(blob: bytes, dim: int, where: Sequence[str]) -> bytes:
     values = np.frombuffer(blob, dtype="<f4").reshape(-1, dim)
     too_big = np.abs(values).max(axis=1) > FLOAT16_MAX
     if too_big.any():
-        i = int(np.argmax(too_big))
         raise ValidationError(
-            f"{where[i]} has a value beyond {FLOAT16_MAX:g}, the limit of this namespace's "
-            "float16 vectors"
+            f"{name_of(int(np.argmax(too_big)))} has a value beyond {FLOAT16_MAX:g}, the limit "
+            "of this namespace's float16 vectors"
         )
     return values.astype("<f2").tobytes()
 

@@ -254,8 +254,12 @@ class ValkeyStore:
         if vtype == "float16" and dim:
             done = 0
             for i, chunk in enumerate(chunks):
-                names = [f"records[{done + j}].embedding" for j, rec in enumerate(chunk) if rec.dim]
-                blobs[i] = vectors_to_float16(blobs[i], dim, names) if blobs[i] else b""
+                if blobs[i]:
+                    # the k-th vector of the blob is the k-th record carrying one
+                    rows = [done + j for j, rec in enumerate(chunk) if rec.dim]
+                    blobs[i] = vectors_to_float16(
+                        blobs[i], dim, lambda k, rows=rows: f"records[{rows[k]}].embedding"
+                    )
                 done += len(chunk)
         for n, chunk in enumerate(chunks):
             args: list[Any] = [
@@ -526,8 +530,8 @@ class ValkeyStore:
     def _p_search_module(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
         # Only the distance comes from FT.SEARCH: modules may round NUMERIC fields
         # they return (RediSearch keeps 12 digits), so records are read with HMGET.
-        if self._state.vtype == "float16":
-            vector = np.frombuffer(vector, dtype="<f4").astype("<f2").tobytes()
+        if self._state.vtype == "float16":  # the query in the index's type
+            vector = vectors_to_float16(vector, len(vector) // 4, lambda _: "query_embedding")
         command = [
             "FT.SEARCH", self.keys.index, flt.ft_query(limit),
             "PARAMS", "2", "vec", vector,

@@ -143,14 +143,34 @@ def test_waiter_gets_the_lock_when_the_ancestor_is_released(client, namespace):
 
 
 # ----------------------------------------------------------------------------- leases
+class _OneRound(threading.Event):
+    """A stop event for ``encoding._renew`` that lets exactly one renewal round run, at
+    once: the renewal loop is tested without sleeping through leases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rounds = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.rounds += 1
+        return self.rounds > 1
+
+
 def test_renewal_extends_the_descendant_bookkeeping(client, namespace):
-    with encoding.scope_locks(client, namespace, ["/a/b"], lease_ms=1200):
-        time.sleep(3.0)  # over two leases: only renewal keeps the lock and its entries alive
-        _busy(client, namespace, "/a", "/a/b")
-        _busy(client, namespace, "/", "/a/b")
-        seconds, micros = client.time()
-        (expiry,) = client.zrange(encoding.lock_under_key(namespace, "/a"), 0, -1, withscores=True)
-        assert expiry[1] > seconds * 1000 + micros // 1000  # in the server's future
+    lock = encoding._Lock(namespace, "/a/b")
+    assert lock.call(client, "acquire", 60_000) == 1
+    under = encoding.lock_under_key(namespace, "/a")
+    (before,) = client.zrange(under, 0, -1, withscores=True)
+    # One round of the renewal thread's loop, with a lease ten times longer.
+    encoding._renew(client, [lock], 600_000, _OneRound())
+    _busy(client, namespace, "/a", "/a/b")
+    _busy(client, namespace, "/", "/a/b")
+    seconds, micros = client.time()
+    (expiry,) = client.zrange(under, 0, -1, withscores=True)
+    assert expiry[1] > seconds * 1000 + micros // 1000  # in the server's future
+    assert expiry[1] >= before[1] + 500_000  # moved by the renewal, not by the clock
+    assert client.pttl(encoding.lock_key(namespace, "/a/b")) > 60_000
+    assert lock.call(client, "release", 0) == 1
     _free(client, namespace, "/a")
     assert _lock_keys(client, namespace) == []
 

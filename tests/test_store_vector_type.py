@@ -150,6 +150,19 @@ def test_a_value_beyond_float16_is_refused_before_anything_is_written(server, na
         store.close()
 
 
+def test_a_query_beyond_float16_is_refused_by_a_float16_index(module_server) -> None:
+    store = ValkeyStore(module_server.url, namespace=f"t{uuid.uuid4().hex[:12]}", vector_type="float16")
+    try:
+        store.save([mk("a", seed=1)])
+        query = vec(1)
+        query[0] = 1e6
+        with pytest.raises(ValidationError, match=r"query_embedding has a value beyond 65504"):
+            store.search(query)
+    finally:
+        store.reset()
+        store.close()
+
+
 def test_vector_type_setting(monkeypatch) -> None:
     monkeypatch.setenv("MEMWORKER_VECTOR_TYPE", "float16")
     assert Settings.from_env().vector_type == "float16"
