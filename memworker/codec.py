@@ -1,6 +1,6 @@
 """Records <-> hash fields, scopes, filter tokens. No I/O.
 
-A record hash holds readable fields (``id``, ``content``, ``scope``, ``categories``
+A record hash (its key holds the id) keeps readable fields (``content``, ``scope``, ``categories``
 and ``metadata`` as JSON, ``importance``, ``created_at``/``last_accessed`` as epoch
 seconds with exactly six decimals, ``source``), the embedding as little-endian
 float32 bytes, and the *filter tokens* the vector index sees (a record is private
@@ -80,6 +80,29 @@ _SCOPE_BAD = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 _ID_BAD = re.compile("[\x00-\x1f\ud800-\udfff]")
 #: One encoder for every JSON field written (json.dumps with options builds a new one per call).
 _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
+def _json_text(value: Any) -> str:
+    """``_JSON.encode(value)``: the same text, from the C encoder built once (the
+    encode method builds a new one per call, ~1-2 us of a record's encoding)."""
+    if _C_ENCODER is None:  # pragma: no cover - a Python without the _json accelerator
+        return _JSON.encode(value)
+    if type(value) is str:
+        return json.encoder.encode_basestring(value)
+    # a fresh markers dict per call: circular structures raise ValueError, as in json
+    return "".join(_C_ENCODER({})(value, 0))
+
+
+def _c_encoder_factory() -> Any:
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover
+        return None
+    return lambda markers: make(
+        markers, _JSON.default, json.encoder.encode_basestring, None, ": ", ", ", False, False, False
+    )
+
+
+_C_ENCODER = _c_encoder_factory()
 _TOKEN_BASE = hashlib.blake2b(digest_size=16, person=b"memworker-tok1")
 
 #: Fields read back to build a record, in this order (HMGET / FT.SEARCH RETURN).
@@ -98,7 +121,9 @@ RECORD_FIELDS: tuple[str, ...] = (
 )
 
 
-#: Hash fields a write sets besides ``embedding``, in the order of ``EncodedRecord.row_json``.
+#: The values of a record's row (``EncodedRecord.row_json``), in order: the hash fields a
+#: write sets besides ``embedding``, and the ``id``, which the script takes from the row
+#: but does not store (it is in the key; reads fill it in).
 WRITE_FIELDS: tuple[str, ...] = (
     "id",
     "content",
@@ -239,7 +264,7 @@ def _scalar_metadata_token(key: str, kind: type, value: Any) -> str:
 def _categories_fields(categories: tuple[str, ...]) -> tuple[str, str]:
     """``categories`` JSON (as given) and the ``cat_t`` field (unique, in order)."""
     unique = dict.fromkeys(categories)
-    return _JSON.encode(list(categories)), ",".join(category_token(c) for c in unique)
+    return _json_text(list(categories)), ",".join(category_token(c) for c in unique)
 
 
 def visibility_token(source: str | None) -> str:
@@ -356,7 +381,7 @@ def vectors_to_float16(blob: bytes, dim: int, name_of: Callable[[int], str]) -> 
 
 
 # --------------------------------------------------------------------------- records
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays a setattr call per field
 class EncodedRecord:
     """A validated record ready for the write script.
 
@@ -381,9 +406,11 @@ class EncodedRecord:
 
     @property
     def fields(self) -> tuple[tuple[str, bytes | str], ...]:
-        """Every hash field written, as ``(name, value)`` pairs."""
+        """Every hash field written, as ``(name, value)`` pairs (not the id: the key's)."""
         pairs: list[tuple[str, bytes | str]] = [
-            (name, value) for name, value in zip(WRITE_FIELDS, json.loads(self.row_json)) if value is not None
+            (name, value)
+            for name, value in zip(WRITE_FIELDS, json.loads(self.row_json))
+            if value is not None and name != "id"
         ]
         if self.embedding:
             pairs.append(("embedding", self.embedding))
@@ -512,7 +539,7 @@ def encode_record(
     if type(metadata) is not dict and not isinstance(metadata, Mapping):
         raise ValidationError(f"{where}.metadata must be a mapping")
     try:
-        metadata_json = _JSON.encode(metadata if type(metadata) is dict else dict(metadata))
+        metadata_json = _json_text(metadata if type(metadata) is dict else dict(metadata))
         metadata_json.encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise ValidationError(f"{where}.metadata is not JSON-serializable: {exc}") from None
@@ -580,7 +607,7 @@ def encode_record(
         id=record_id,
         scope=scope,
         created_at=created_text,
-        row_json=_JSON.encode(row),
+        row_json=_json_text(row),
         dim=dim,
         embedding=vector or b"",
     )

@@ -269,6 +269,12 @@ def build_state(
     return st
 
 
+def _holds(st: _State | None, dim: int, incarnation: str | None, seen: int) -> bool:
+    """The cache already holds this log (same dimension and incarnation) at least as
+    far as ``seen``: a snapshot up to ``seen`` would add nothing."""
+    return st is not None and st.dim == dim and st.incarnation == incarnation and st.seen >= seen
+
+
 class VectorCache:
     """The exact path's cache for one store; thread-safe (:attr:`lock` guards every
     read and mutation; the network reads happen outside it, in the store's plans).
@@ -366,22 +372,12 @@ class VectorCache:
         holds the same log at least as far; returns the position to search at."""
         with self.lock:
             st = self._state
-            if (
-                st is not None
-                and st.dim == dim
-                and st.incarnation == incarnation
-                and st.seen >= seen
-            ):
+            if _holds(st, dim, incarnation, seen):
                 return self._gen, st.seen
         built = build_state(dim, incarnation, last, seen, ids, flat)
         with self.lock:
             st = self._state
-            if (
-                st is not None
-                and st.dim == dim
-                and st.incarnation == incarnation
-                and st.seen >= seen
-            ):
+            if _holds(st, dim, incarnation, seen):
                 return self._gen, st.seen
             self._gen += 1
             self._state = built

@@ -21,8 +21,11 @@ from memworker.types import record_types
 
 
 def row_of(record: Any) -> list[Any]:
-    """The hash values of a record in RECORD_FIELDS order, as the server returns them."""
+    """The hash values of a record in RECORD_FIELDS order, as the read script returns
+    them (the id comes from the key)."""
     fields = {k: (v.encode() if isinstance(v, str) else v) for k, v in encode_record(record).fields}
+    assert "id" not in fields
+    fields["id"] = record.id.encode()
     return [fields.get(name) for name in RECORD_FIELDS]
 
 

@@ -22,7 +22,7 @@
 --   rows:     id, id, ...
 --             -> { embedding, scope_anc, cat_t, meta_t, src_t, vis } per id, flattened
 --                (false/nil for a missing field or record)
---   records:  nfields, field1..fieldN, id, id, ...
+--   records:  nfields, field1..fieldN, id, id, ...   (a field "id" is the record's id)
 --             -> { dim (ns:meta "dim", or ""), then the N fields of each id, flattened
 --                  (false for a missing field or record) }
 --   page:     scope, start, stop (ZREVRANGE ranks: newest first), nfields, field1..fieldN
@@ -91,8 +91,11 @@ elseif op == "records" or op == "page" then
     first = 3
   end
   local nfields = tonumber(ARGV[first])
-  local fields = {}
-  for j = 1, nfields do fields[j] = ARGV[first + j] end
+  local fields, idpos = {}, nil
+  for j = 1, nfields do
+    fields[j] = ARGV[first + j]
+    if fields[j] == "id" then idpos = j end
+  end
   if not ids then
     ids = {}
     for i = first + nfields + 1, #ARGV do ids[#ids + 1] = ARGV[i] end
@@ -101,6 +104,15 @@ elseif op == "records" or op == "page" then
   local out, n = { redis.call("HGET", ns .. ":meta", "dim") or "" }, 1
   for _, id in ipairs(ids) do
     local row = redis.call("HMGET", ns .. ":rec:" .. id, unpack(fields))
+    if idpos and not row[idpos] then
+      -- the id is the key's, not a stored field: filled in for a record that exists
+      for j = 1, nfields do
+        if row[j] then
+          row[idpos] = id
+          break
+        end
+      end
+    end
     for j = 1, nfields do out[n + j] = row[j] end
     n = n + nfields
   end

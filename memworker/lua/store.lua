@@ -249,7 +249,7 @@ if op == "save" then
     local row = rec.row
     for i, name in ipairs(names) do
       local value = row[i]
-      if type(value) == "string" then
+      if type(value) == "string" and i ~= c_id then -- the id is in the key, not a field
         hset[m + 1] = name
         hset[m + 2] = value
         m = m + 2
