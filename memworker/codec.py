@@ -54,6 +54,8 @@ __all__ = [
     "visibility_token",
     "PUBLIC_TOKEN",
     "encode_record",
+    "encode_records",
+    "check_vectors",
     "decode_record",
     "vector_bytes",
     "vector_from_bytes",
@@ -103,6 +105,16 @@ def _c_encoder_factory() -> Any:
 
 
 _C_ENCODER = _c_encoder_factory()
+#: The C encoder without a circular-reference check, for a record's row: a flat list of
+#: str and None built here (metadata, which users give, goes through _json_text).
+_ROW_ENCODER = _C_ENCODER(None) if _C_ENCODER is not None else None
+
+
+def _row_text(row: list[str | None]) -> str:
+    """A record's row as JSON (same text as ``_json_text(row)``)."""
+    if _ROW_ENCODER is None:  # pragma: no cover
+        return _JSON.encode(row)
+    return "".join(_ROW_ENCODER(row, 0))
 _TOKEN_BASE = hashlib.blake2b(digest_size=16, person=b"memworker-tok1")
 
 #: Fields read back to build a record, in this order (HMGET / FT.SEARCH RETURN).
@@ -439,15 +451,18 @@ _SCOPES: dict[str, str] = {}
 _VALID_CATEGORIES: set[tuple[str, ...]] = set()
 
 
-def _record_vector(values: Any, where: str) -> tuple[bytes, int]:
+def _record_vector(values: Any, where: str, check: bool = True) -> tuple[bytes, int]:
     """:func:`vector_bytes` with a fast path for CrewAI's lists of floats (the error
-    path, with the field named, is vector_bytes itself)."""
+    path, with the field named, is vector_bytes itself). ``check=False`` leaves the
+    finite and non-zero check to the caller (:func:`encode_records` does it per batch)."""
     if type(values) is list and values:
         try:
             raw = _float32_struct(len(values)).pack(*values)
         except (TypeError, ValueError, OverflowError, struct.error):
             raw = b""
         if raw:
+            if not check:
+                return raw, len(values)
             total = float(np.add.reduce(np.frombuffer(raw, dtype="<f4"), dtype=np.float64))
             if math.isfinite(total) and total != 0.0:
                 return raw, len(values)
@@ -475,7 +490,12 @@ def _check_id(value: Any, where: str) -> str:
 
 
 def encode_record(
-    record: Any, *, where: str = "record", require_embedding: bool = True, validate_only: bool = False
+    record: Any,
+    *,
+    where: str = "record",
+    require_embedding: bool = True,
+    validate_only: bool = False,
+    check_vector: bool = True,
 ) -> EncodedRecord | None:
     """Validate one record (a ``MemoryRecord`` or a mapping) and encode it.
 
@@ -485,6 +505,8 @@ def encode_record(
         require_embedding: When False a missing embedding means "keep the stored one".
         validate_only: Check everything, build nothing, return ``None`` (the producer
             side validates items it enqueues; the worker encodes them).
+        check_vector: False leaves "finite and not all zeros" to the caller, which
+            must then call :func:`check_vectors` (a batch is checked in one pass).
 
     Raises:
         ValidationError: Naming the field and the limit.
@@ -579,7 +601,7 @@ def encode_record(
             raise ValidationError(f"{where}.embedding is missing: records must be embedded before save")
         vector, dim = None, 0
     else:
-        vector, dim = _record_vector(embedding, where)
+        vector, dim = _record_vector(embedding, where, check_vector)
 
     if validate_only:
         return None
@@ -607,7 +629,7 @@ def encode_record(
         id=record_id,
         scope=scope,
         created_at=created_text,
-        row_json=_json_text(row),
+        row_json=_row_text(row),
         dim=dim,
         embedding=vector or b"",
     )
@@ -622,21 +644,56 @@ def encode_records(records: Iterable[Any], *, require_embedding: bool = True) ->
     """
     from memworker.types import dimension_mismatch
 
-    encoded = [
-        encode_record(r, where=f"records[{i}]", require_embedding=require_embedding)
-        for i, r in enumerate(records)
-    ]
+    records = records if isinstance(records, list) else list(records)
+    encoded: list[EncodedRecord] = []
+    try:
+        for i, r in enumerate(records):
+            encoded.append(
+                encode_record(  # type: ignore[arg-type]
+                    r, where=f"records[{i}]", require_embedding=require_embedding, check_vector=False
+                )
+            )
+    except ValidationError:
+        check_vectors(records, encoded)  # an earlier record's bad vector comes first
+        raise
     dims = {e.dim for e in encoded if e.dim}
     if len(dims) > 1:
         first = next(e.dim for e in encoded if e.dim)
         other = next(e.dim for e in encoded if e.dim and e.dim != first)
         raise dimension_mismatch(first, other)
+    check_vectors(records, encoded)
     ids = [e.id for e in encoded]
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise ValidationError(f"records: id {dup!r} appears more than once in one batch")
     return encoded
+
+
+def check_vectors(records: Sequence[Any], encoded: Sequence[EncodedRecord]) -> None:
+    """Raise for the first of ``encoded`` (encoded from ``records`` with
+    ``check_vector=False``) whose vector has a non-finite value or is all zeros.
+
+    One reduction per batch: a float64 sum of float32 values cannot overflow, so a
+    finite sum means a finite vector, a non-zero one a vector not all zeros; a row that
+    fails that (or sums to exactly zero) is checked exactly by :func:`vector_bytes`.
+    """
+    rows = [i for i, e in enumerate(encoded) if e.dim]
+    if not rows:
+        return
+    by_dim: dict[int, list[int]] = {}
+    for i in rows:
+        by_dim.setdefault(encoded[i].dim, []).append(i)
+    suspect: list[int] = []
+    for dim, idx in by_dim.items():
+        blob = b"".join([encoded[i].embedding for i in idx])
+        sums = np.add.reduce(
+            np.frombuffer(blob, dtype="<f4").reshape(len(idx), dim), axis=1, dtype=np.float64
+        )
+        bad = ~np.isfinite(sums) | (sums == 0.0)
+        suspect += [idx[k] for k in np.flatnonzero(bad)]
+    for i in sorted(suspect):
+        vector_bytes(_get(records[i], "embedding"), field=f"records[{i}].embedding")
 
 
 def _text(raw: Any) -> str | None:

@@ -14,6 +14,7 @@ from memworker.codec import (
     _constructor,
     decode_record,
     encode_record,
+    encode_records,
     vector_bytes,
 )
 from memworker.errors import ValidationError
@@ -120,3 +121,21 @@ def test_vectors_with_huge_or_cancelling_values_are_checked_exactly() -> None:
     assert vector_bytes([3e38, 3e38])[1] == 2  # a float32 sum would overflow
     assert vector_bytes([1.0, -1.0])[1] == 2  # sums to zero, yet not all zeros
     assert vector_bytes([1e-45, 0.0])[1] == 2
+
+
+def test_a_batch_checks_its_vectors_in_one_pass_and_names_the_first_bad_record() -> None:
+    good = [sample(id=f"g{i}", embedding=[0.5, -0.25, 1.0]) for i in range(4)]
+    cancelling = sample(id="c", embedding=[1.0, -1.0, 0.0])  # sums to zero, not all zeros
+    assert [e.id for e in encode_records([*good, cancelling])] == ["g0", "g1", "g2", "g3", "c"]
+    for bad, message in (([float("nan"), 1.0, 1.0], "non-finite"), ([0.0, 0.0, 0.0], "all zeros")):
+        batch = [*good, sample(id="b", embedding=bad)]
+        with pytest.raises(ValidationError, match=rf"records\[4\]\.embedding .*{message}"):
+            encode_records(batch)
+    # a later record's other error does not hide an earlier record's bad vector
+    batch = [good[0], sample(id="n", embedding=[float("inf"), 1.0, 1.0]), sample(id="s", scope="")]
+    with pytest.raises(ValidationError, match=r"records\[1\]\.embedding"):
+        encode_records(batch)
+    # and the other way round: the first bad record is the one named
+    batch = [sample(id="s", scope=""), sample(id="n", embedding=[float("inf"), 1.0, 1.0])]
+    with pytest.raises(ValidationError, match=r"records\[0\]\.scope"):
+        encode_records(batch)

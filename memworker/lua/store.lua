@@ -118,8 +118,11 @@ local function categories(json)
   return cats
 end
 
--- Pending side-index changes of one call, applied by flush().
-local tree_add, tree_rem, counts = {}, {}, {}
+-- Pending side-index changes of one call, applied by flush(), gathered per scope:
+-- the sorted-set entries added or removed under each scope, and the net count of
+-- records per (scope, categories JSON). Per record that is two table updates; the
+-- fan-out to every ancestor happens once per scope in flush().
+local adds, rems, nets = {}, {}, {}
 
 local function list_of(t, key)
   local list = t[key]
@@ -130,31 +133,19 @@ local function list_of(t, key)
   return list
 end
 
-local function count(key, field, by)
-  local fields = counts[key]
-  if not fields then
-    fields = {}
-    counts[key] = fields
-  end
-  fields[field] = (fields[field] or 0) + by
-end
-
 -- Add (sign 1) or remove (sign -1) a record's entries in every side index.
 local function index(id, scope, cats_json, created, sign)
-  local anc = ancestors(scope)
-  local cats = categories(cats_json)
-  for i, a in ipairs(anc) do
-    if sign > 0 then
-      local list = list_of(tree_add, ns .. ":tree:" .. a)
-      list[#list + 1] = created
-      list[#list + 1] = id
-    else
-      local list = list_of(tree_rem, ns .. ":tree:" .. a)
-      list[#list + 1] = id
-    end
-    if i > 1 then count(ns .. ":children:" .. anc[i - 1], a, sign) end
-    for _, c in ipairs(cats) do count(ns .. ":cats:" .. a, c, sign) end
+  if sign > 0 then
+    local list = list_of(adds, scope)
+    list[#list + 1] = created
+    list[#list + 1] = id
+  else
+    local list = list_of(rems, scope)
+    list[#list + 1] = id
   end
+  local per = list_of(nets, scope)
+  local k = cats_json or ""
+  per[k] = (per[k] or 0) + sign
 end
 
 -- Run cmd key args... in calls of at most ARGS_PER_CALL arguments (step: args per entry).
@@ -165,11 +156,54 @@ local function chunked(cmd, key, args, step)
   end
 end
 
+-- The entries of every scope under each ancestor key: {key -> list}. A key fed by one
+-- scope reuses that scope's list; several scopes' lists are concatenated.
+local function by_tree_key(by_scope)
+  local out, owned = {}, {}
+  for scope, list in pairs(by_scope) do
+    for _, a in ipairs(ancestors(scope)) do
+      local key = ns .. ":tree:" .. a
+      local have = out[key]
+      if not have then
+        out[key] = list
+      else
+        if not owned[key] then -- copy before appending: that list is its scope's
+          local copy = {}
+          for i = 1, #have do copy[i] = have[i] end
+          have = copy
+          out[key] = copy
+          owned[key] = true
+        end
+        local m = #have
+        for i = 1, #list do have[m + i] = list[i] end
+      end
+    end
+  end
+  return out
+end
+
 -- Apply the pending changes: removals before additions (a re-saved record leaves its
 -- old scopes and joins its new ones), counters by their net change.
 local function flush()
-  for key, ids in pairs(tree_rem) do chunked("ZREM", key, ids, 1) end
-  for key, pairs_ in pairs(tree_add) do chunked("ZADD", key, pairs_, 2) end
+  for key, ids in pairs(by_tree_key(rems)) do chunked("ZREM", key, ids, 1) end
+  for key, pairs_ in pairs(by_tree_key(adds)) do chunked("ZADD", key, pairs_, 2) end
+  local counts = {}
+  local function count(key, field, by)
+    local fields = list_of(counts, key)
+    fields[field] = (fields[field] or 0) + by
+  end
+  for scope, per in pairs(nets) do
+    local anc = ancestors(scope)
+    for cats_json, by in pairs(per) do
+      if by ~= 0 then
+        local cats = categories(cats_json)
+        for i, a in ipairs(anc) do
+          if i > 1 then count(ns .. ":children:" .. anc[i - 1], a, by) end
+          for _, c in ipairs(cats) do count(ns .. ":cats:" .. a, c, by) end
+        end
+      end
+    end
+  end
   for key, fields in pairs(counts) do
     for field, by in pairs(fields) do
       if by ~= 0 then
