@@ -17,8 +17,9 @@ Rows:
   workers run on other hosts.
 - recall(depth="shallow") latency, p50/p99, on what was written.
 
-The worker runs with ``--nice 10`` (background embedding yields the 2 cores to the
-agents, as recommended when workers share a host with them).
+The worker runs with ``--nice idle`` (``--worker-nice``; Linux SCHED_IDLE: background
+embedding yields the 2 cores to the agents at once, as recommended when workers share
+a host with them).
 
 The LLM is memworker's deterministic StandInLLM (never called with explicit fields
 and consolidation off).
@@ -136,7 +137,8 @@ def bench_recall(memory, n: int = 40):
 
 
 def start_worker(
-    url: str, namespace: str, backend: str, threads: int, extra_env: list[str], cpus: set[int] | None = None
+    url: str, namespace: str, backend: str, threads: int, extra_env: list[str], cpus: set[int] | None = None,
+    nice: str = "idle",
 ) -> subprocess.Popen:
     env = dict(os.environ)
     env.update(kv.split("=", 1) for kv in extra_env)
@@ -145,7 +147,7 @@ def start_worker(
         env["MEMWORKER_EMBEDDER"] = "crewai_bench:onnx_int8_embedder"
     proc = subprocess.Popen(
         [sys.executable, "-m", "memworker.cli", "--url", url, "--namespace", namespace,
-         "worker", "--processes", "1", "--threads", str(threads), "--nice", "10"],
+         "worker", "--processes", "1", "--threads", str(threads), "--nice", nice],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     if cpus:  # set from here, not in a preexec_fn (unsafe with threads); the worker reads
@@ -172,6 +174,8 @@ def main() -> int:
                         help="pin the worker to these CPUs, e.g. 1 (it then runs one inference thread)")  # fmt: skip
     parser.add_argument("--think-ms", type=float, default=50.0,
                         help="pause after each remember_many call in the paced run (default 50 ms)")  # fmt: skip
+    parser.add_argument("--worker-nice", default="idle",
+                        help="the worker's --nice: 0-19 or idle (SCHED_IDLE, default)")  # fmt: skip
     parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE",
                         help="environment of the worker process, e.g. OMP_NUM_THREADS=1")  # fmt: skip
     args = parser.parse_args()
@@ -211,7 +215,8 @@ def main() -> int:
                 bench_remember_many(memory, 4, drain=False, base=800_000)  # warm up: connections
                 _, q_alone = bench_remember_many(memory, max(64, args.calls), think_ms=args.think_ms,
                                                  drain=False, base=900_000)  # fmt: skip
-                worker = start_worker(srv.url, ns, backend, args.worker_threads, args.worker_env, cpus)
+                worker = start_worker(srv.url, ns, backend, args.worker_threads, args.worker_env, cpus,
+                                      args.worker_nice)  # fmt: skip
                 try:
                     memory.drain_writes()
                     memory.remember("warm up", **FIELDS)

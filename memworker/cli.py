@@ -74,7 +74,9 @@ def make_argument_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", "-t", type=int, default=8, help="threads per process (default 8)")
     worker.add_argument("--queues", "-Q", nargs="*", default=None, help="queues to consume (default: all)")
     worker.add_argument(
-        "--nice", type=int, default=0, help="lower the workers' CPU priority by this much (0-19, default 0)"
+        "--nice", type=_nice, default=0, metavar="{0-19,idle}",
+        help="lower the workers' CPU priority: a nice increment (0-19, default 0), or 'idle' "
+        "(Linux SCHED_IDLE: agents on the same host preempt the worker at once)",
     )
     worker.add_argument(
         "--max-retries", type=int, default=None,
@@ -181,6 +183,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     print_report(result)
     return EXIT_OK
+
+
+def _nice(text: str) -> int | str:
+    if text == "idle":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 19 or 'idle', got {text!r}") from None
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 19 or 'idle', got {text!r}")
+    return value
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:

@@ -110,7 +110,7 @@ def _start_workers(settings: Settings, processes: int, threads: int) -> subproce
     env.setdefault("HF_HUB_OFFLINE", "1")
     return subprocess.Popen(
         [sys.executable, "-m", "memworker.cli", "worker", "--processes", str(processes),
-         "--threads", str(threads), "--nice", "10"],  # fmt: skip
+         "--threads", str(threads), "--nice", "idle"],  # fmt: skip
         env=env,
     )
 

@@ -60,6 +60,9 @@ HOME_ENV = "MEMWORKER_HOME"
 DEFAULT_HOME = Path(".memworker")
 #: Largest number of texts sent to the model in one forward pass by :meth:`Embedder.encode`.
 ENCODE_CHUNK = 64
+#: Environment variable setting a worker process's inference threads (default: its
+#: cores divided by the worker processes on the host).
+THREADS_ENV = "MEMWORKER_INFERENCE_THREADS"
 #: Name of the batcher's inference thread.
 THREAD_NAME = "memworker-embed"
 
@@ -81,8 +84,9 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def configure_threads(processes: int = 1) -> int:
-    """Set the inference threads of this process to ``max(1, cores // processes)``.
+def configure_threads(processes: int = 1, env: Mapping[str, str] | None = None) -> int:
+    """Set the inference threads of this process: ``MEMWORKER_INFERENCE_THREADS`` when
+    set, else ``max(1, cores // processes)``.
 
     The first call wins: later calls change nothing and return the number already set.
     ONNX sessions created afterwards use the same number.
@@ -100,8 +104,18 @@ def configure_threads(processes: int = 1) -> int:
         if _threads is None:
             import torch
 
-            _threads = max(1, _cores() // processes)
-            torch.set_num_threads(_threads)
+            raw = (os.environ if env is None else env).get(THREADS_ENV, "").strip()
+            if raw:
+                try:
+                    wanted = int(raw)
+                except ValueError:
+                    wanted = 0
+                if wanted < 1:
+                    raise ConfigError(f"{THREADS_ENV} must be an integer >= 1, got {raw!r}")
+            else:
+                wanted = max(1, _cores() // processes)
+            torch.set_num_threads(wanted)
+            _threads = wanted
         return _threads
 
 

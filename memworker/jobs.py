@@ -291,6 +291,26 @@ def save_items(records: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     return items
 
 
+#: Fields an encode item may carry.
+ITEM_FIELDS = frozenset(
+    {"text", "content", "id", "scope", "categories", "metadata", "importance", "source",
+     "private", "created_at", "flow"}
+)  # fmt: skip
+
+
+def _uuid4_texts(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as text, from one random read (uuid4 reads 16
+    bytes per call and builds a UUID object)."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = bytes(b & 0x0F | 0x40 for b in raw[6::16])  # version 4
+    raw[8::16] = bytes(b & 0x3F | 0x80 for b in raw[8::16])  # RFC 4122 variant
+    h = raw.hex()
+    return [
+        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]
+
+
 def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     """Validate texts (``str`` or mappings with ``text``/``content`` and optional
     ``scope``, ``categories``, ``metadata``, ``importance``, ``source``, ``private``)
@@ -300,21 +320,20 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     _check_count(items, max_items, "items")
     now = utcnow()
     now_iso = now.isoformat()
-    # One random read for every id of the job (uuid4 reads 16 bytes per call).
-    random = os.urandom(16 * len(items))
-    flows: dict[str, Any] = {}  # items of one call usually share their flow settings
+    new_ids = _uuid4_texts(len(items))
+    # Items of one call usually share their flow settings, often the same object:
+    # each distinct one is checked JSON-safe and copied once.
+    flows: dict[str, Any] = {}
+    flows_by_obj: dict[int, Any] = {}
     out = []
     for i, item in enumerate(items):
         where = f"items[{i}]"
-        if isinstance(item, str):
+        if type(item) is str:
             item = {"text": item}
-        if not isinstance(item, Mapping):
+        elif not isinstance(item, Mapping):
             raise ValidationError(f"{where} must be a str or a mapping, got {type(item).__name__}")
-        unknown = set(item) - {
-            "text", "content", "id", "scope", "categories", "metadata", "importance",
-            "source", "private", "created_at", "flow",
-        }  # fmt: skip
-        if unknown:
+        if not ITEM_FIELDS.issuperset(item):
+            unknown = set(item) - ITEM_FIELDS
             raise ValidationError(
                 f"{where} has unknown field(s): {', '.join(sorted(map(str, unknown)))}"
             )
@@ -325,23 +344,21 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             raise ValidationError(f"{where}.text must not be empty")
         created = item.get("created_at")
         entry = {
-            "id": item.get("id") or str(uuid.UUID(bytes=random[16 * i : 16 * i + 16], version=4)),
+            "id": item.get("id") or new_ids[i],
             "content": text,
             "scope": item.get("scope") or "/",
             "categories": item.get("categories") or [],
             "metadata": item.get("metadata") or {},
             "importance": item.get("importance", 0.5),
-            "created_at": _iso(created) if created else now_iso,
+            "created_at": created or now,
             "source": item.get("source"),
             "private": bool(item.get("private", False)),
+            "embedding": None,
         }
         # Same checks as the store (scope, categories, metadata, importance...).
-        encode_record(
-            {**entry, "created_at": created or now, "embedding": None},
-            where=where,
-            require_embedding=False,
-            validate_only=True,
-        )
+        encode_record(entry, where=where, require_embedding=False, validate_only=True)
+        del entry["embedding"]
+        entry["created_at"] = _iso(created) if created else now_iso
         entry["categories"] = list(entry["categories"])
         entry["metadata"] = dict(entry["metadata"])
         flow = item.get("flow")
@@ -349,12 +366,16 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             # Fields to infer, consolidation and batch-dedup settings: the worker runs
             # CrewAI's EncodingFlow when it asks for inference or consolidation, else
             # the fast path with the job's dedup threshold (memworker.encoding).
-            if not isinstance(flow, Mapping):
-                raise ValidationError(f"{where}.flow must be a mapping")
-            flow_json = json.dumps(dict(flow))  # JSON-safe, and a copy the caller cannot change
-            if flow_json not in flows:
-                flows[flow_json] = json.loads(flow_json)
-            entry["flow"] = flows[flow_json]
+            copy = flows_by_obj.get(id(flow))
+            if copy is None:
+                if not isinstance(flow, Mapping):
+                    raise ValidationError(f"{where}.flow must be a mapping")
+                flow_json = json.dumps(dict(flow))  # JSON-safe, and a copy the caller cannot change
+                copy = flows.get(flow_json)
+                if copy is None:
+                    copy = flows[flow_json] = json.loads(flow_json)
+                flows_by_obj[id(flow)] = copy  # items keep every flow alive during the call
+            entry["flow"] = copy
         out.append(entry)
     ids = [e["id"] for e in out]
     if len(set(ids)) != len(ids):

@@ -70,7 +70,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Union
 
 import dramatiq
 from dramatiq.broker import MessageProxy
@@ -828,19 +828,47 @@ def broker_options(env: Any = None, **given: int | None) -> dict[str, int]:
     return out
 
 
+#: A worker's CPU priority: a nice increment (0-19) or ``"idle"`` (SCHED_IDLE).
+Nice = Union[int, str]
+
+
+def check_nice(nice: Any) -> None:
+    """Raise ConfigError unless ``nice`` is an integer from 0 to 19 or ``"idle"``."""
+    if nice == "idle" and isinstance(nice, str):
+        return
+    if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+        raise ConfigError(f"nice must be an integer from 0 to 19 or 'idle', got {nice!r}")
+
+
+def lower_priority(nice: Nice) -> None:
+    """Lower this process's CPU priority before it starts threads (they inherit it).
+
+    ``"idle"``: ``SCHED_IDLE`` where the OS has it (Linux): the process runs only on
+    CPU time no normal task wants, and a normal task that wakes up preempts it at once;
+    elsewhere nice 19. An integer: ``os.nice(nice)``.
+    """
+    check_nice(nice)
+    if nice == "idle":
+        if hasattr(os, "SCHED_IDLE"):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return
+        nice = 19
+    if nice:
+        os.nice(int(nice))
+
+
 def _serve(
     settings: Settings,
     threads: int,
     queues: Iterable[str] | None,
     processes: int,
-    nice: int = 0,
+    nice: Nice = 0,
     options: dict[str, int] | None = None,
 ) -> int:
     """Run one worker process until SIGINT/SIGTERM."""
     global _processes
     _processes = processes
-    if nice > 0:
-        os.nice(nice)
+    lower_priority(nice)
     warm_up()
     broker = make_broker(settings, **(options or {}))
     from memworker.encoding import check_worker_model
@@ -882,7 +910,7 @@ def _child(
     threads: int,
     queues: list[str] | None,
     processes: int,
-    nice: int,
+    nice: Nice,
     options: dict[str, int] | None = None,
 ) -> None:
     raise SystemExit(_serve(settings, threads, queues, processes, nice, options))
@@ -894,15 +922,18 @@ def run_worker(
     processes: int = 1,
     threads: int = 8,
     queues: Iterable[str] | None = None,
-    nice: int = 0,
+    nice: Nice = 0,
     max_retries: int | None = None,
     min_backoff_ms: int | None = None,
     max_deliveries: int | None = None,
 ) -> int:
     """Run ``processes`` worker processes of ``threads`` threads until SIGINT/SIGTERM.
 
-    ``nice`` lowers the workers' CPU priority (``os.nice``): on a machine shared with
-    the agents, background embedding then yields the CPU to them.
+    ``nice`` lowers the workers' CPU priority: on a machine shared with the agents,
+    background embedding then yields the CPU to them. An integer from 0 to 19 is a
+    nice increment (``os.nice``); ``"idle"`` is Linux's ``SCHED_IDLE`` policy (see
+    :func:`lower_priority`), the strongest: a waking agent thread preempts the worker
+    at once instead of at the scheduler's next tick.
 
     ``max_retries``, ``min_backoff_ms`` and ``max_deliveries`` go to
     :func:`make_broker`; ``None`` reads ``MEMWORKER_MAX_RETRIES``,
@@ -923,8 +954,7 @@ def run_worker(
     settings = Settings.resolve(settings)
     settings.address()  # start/find the embedded server once, before the children
     qlist = list(queues) if queues else None
-    if not isinstance(nice, int) or not 0 <= nice <= 19:
-        raise ConfigError(f"nice must be an integer from 0 to 19, got {nice!r}")
+    check_nice(nice)
     if processes == 1:
         return _serve(settings, threads, qlist, 1, nice, options)
     import multiprocessing

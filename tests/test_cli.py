@@ -60,6 +60,39 @@ def test_worker_retry_and_poison_flags_with_env_fallbacks() -> None:
         broker_options({"MEMWORKER_MAX_DELIVERIES": "zero"})
 
 
+def test_worker_nice_accepts_an_increment_or_idle() -> None:
+    from memworker.errors import ConfigError
+    from memworker.worker import check_nice
+
+    parse = make_argument_parser().parse_args
+    assert parse(["worker", "--nice", "idle"]).nice == "idle"
+    assert parse(["worker", "--nice", "7"]).nice == 7
+    assert parse(["worker"]).nice == 0
+    for bad in ("20", "-1", "low"):
+        with pytest.raises(SystemExit):
+            parse(["worker", "--nice", bad])
+    for bad in (20, -1, "low", True, 1.5):
+        with pytest.raises(ConfigError, match="nice"):
+            check_nice(bad)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_lower_priority_idle_sets_sched_idle_for_later_threads() -> None:
+    code = (
+        "import os, threading\n"
+        "from memworker.worker import lower_priority\n"
+        "assert os.sched_getscheduler(0) != os.SCHED_IDLE\n"
+        "lower_priority('idle')\n"
+        "seen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0)))\n"
+        "t.start(); t.join()\n"
+        "print(os.sched_getscheduler(0) == os.SCHED_IDLE, seen == [os.SCHED_IDLE])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
+
+
 def test_usage_errors_exit_2(plain_server) -> None:
     assert main(["--url", plain_server.url, "drain"]) == EXIT_USAGE  # neither --all nor --producer
     assert main(["--url", "ftp://nope", "status"]) == EXIT_USAGE  # ConfigError

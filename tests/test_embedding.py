@@ -370,6 +370,26 @@ def test_onnx_backend_without_the_extra_is_a_config_error(monkeypatch):
         Embedder(backend="onnx-int8")
 
 
+@pytest.mark.parametrize("value, expected", [("1", "1 1"), ("0", "ConfigError"), ("two", "ConfigError")])
+def test_inference_threads_setting(value, expected):
+    # a fresh process: the first configure_threads call of a process wins
+    code = (
+        "import torch\n"
+        "from memworker.embedding import configure_threads\n"
+        "from memworker.errors import ConfigError\n"
+        "try:\n"
+        "    n = configure_threads(processes=1)\n"
+        "    print(n, torch.get_num_threads())\n"
+        "except ConfigError as exc:\n"
+        "    assert 'MEMWORKER_INFERENCE_THREADS' in str(exc), exc\n"
+        "    print('ConfigError')\n"
+    )
+    env = {**os.environ, "MEMWORKER_INFERENCE_THREADS": value}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
+
+
 def test_configure_threads_is_idempotent():
     import torch
 

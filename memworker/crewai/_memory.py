@@ -173,26 +173,15 @@ class QueuedMemory(Memory):
     def _consolidation_on(self) -> bool:
         return self.consolidation_threshold < 1.0
 
-    def _item(self, content: str, scope: Any, categories: Any, metadata: Any, importance: Any,
-              source: Any, private: bool, root: Any) -> dict[str, Any]:  # fmt: skip
-        inner = scope or "/"
-        resolved = join_scope_paths(root, inner) if root else inner
-        item: dict[str, Any] = {
-            "text": content,
-            "scope": resolved,
-            "categories": list(categories or []),
-            "metadata": dict(metadata or {}),
-            "importance": importance if importance is not None else self.default_importance,
-            "source": source,
-            "private": bool(private),
-        }
+    def _flow(self, scope: Any, categories: Any, importance: Any, root: Any) -> dict[str, Any]:
+        """The ``flow`` entry of a call's items (one dict, shared by all of them)."""
         infer = [
             name
             for name, value in (("scope", scope), ("categories", categories), ("importance", importance))
             if value is None
         ]
         if infer or self._consolidation_on():
-            item["flow"] = {
+            return {
                 "infer": infer,
                 "scope": scope,
                 "root_scope": root,
@@ -201,14 +190,36 @@ class QueuedMemory(Memory):
                 "batch_dedup_threshold": float(self._config.batch_dedup_threshold),
                 "default_importance": float(self.default_importance),
             }
-        else:
-            # The fast path: only what it needs, CrewAI's intra-batch dedup threshold
-            # (and consolidation off, explicitly: memworker.encoding.needs_flow).
-            item["flow"] = {
-                "consolidation_threshold": 1.0,
-                "batch_dedup_threshold": float(self._config.batch_dedup_threshold),
+        # The fast path: only what it needs, CrewAI's intra-batch dedup threshold
+        # (and consolidation off, explicitly: memworker.encoding.needs_flow).
+        return {
+            "consolidation_threshold": 1.0,
+            "batch_dedup_threshold": float(self._config.batch_dedup_threshold),
+        }
+
+    def _items(self, contents: list[str], scope: Any, categories: Any, metadata: Any, importance: Any,
+               source: Any, private: bool, root: Any) -> list[dict[str, Any]]:  # fmt: skip
+        """Encode items of one call (validated by the queue when enqueued)."""
+        inner = scope or "/"
+        resolved = join_scope_paths(root, inner) if root else inner
+        flow = self._flow(scope, categories, importance, root)
+        cats = list(categories or [])
+        meta = dict(metadata or {})
+        weight = importance if importance is not None else self.default_importance
+        private = bool(private)
+        return [
+            {
+                "text": content,
+                "scope": resolved,
+                "categories": cats,
+                "metadata": meta,
+                "importance": weight,
+                "source": source,
+                "private": private,
+                "flow": flow,
             }
-        return item
+            for content in contents
+        ]
 
     def _enqueue(self, items: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
         return [
@@ -269,8 +280,8 @@ class QueuedMemory(Memory):
         _emit(MemorySaveStartedEvent(value=content, metadata=metadata, source_type=_SOURCE_TYPE), self)
         start = time.perf_counter()
         try:
-            item = self._item(content, scope, categories, metadata, importance, source, private, root)
-            job_id, ids = self._queue.enqueue_encode_job([item])
+            items = self._items([content], scope, categories, metadata, importance, source, private, root)
+            job_id, ids = self._queue.enqueue_encode_job(items)
             future = self._settler.watch(job_id)
             try:
                 failure = future.result(timeout=self.drain_timeout)
@@ -331,10 +342,7 @@ class QueuedMemory(Memory):
             self,
         )
         try:
-            items = [
-                self._item(c, scope, categories, metadata, importance, source, private, root)
-                for c in contents
-            ]
+            items = self._items(contents, scope, categories, metadata, importance, source, private, root)
             jobs = self._enqueue(items)
         except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
             log.warning("remember_many: nothing enqueued: %s", exc)
