@@ -75,8 +75,9 @@ def make_argument_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", "-Q", nargs="*", default=None, help="queues to consume (default: all)")
     worker.add_argument(
         "--nice", type=_nice, default=0, metavar="{0-19,idle}",
-        help="lower the workers' CPU priority: a nice increment (0-19, default 0), or 'idle' "
-        "(Linux SCHED_IDLE: agents on the same host preempt the worker at once)",
+        help="lower the CPU priority of the workers' inference (the model's threads): a nice "
+        "increment (0-19, default 0), or 'idle' (Linux SCHED_IDLE: agents on the same host "
+        "preempt it at once); job threads keep theirs",
     )
     worker.add_argument(
         "--max-retries", type=int, default=None,

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import re
 import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from memworker.errors import ConfigError, MemworkerError, ValidationError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
@@ -502,14 +505,25 @@ class EmbeddingBatcher:
             ``dimension``.
         batch_size: Most texts in one model call.
         max_wait_ms: How long to wait for more texts after the first one arrives.
+        on_start: Called in the inference thread when it starts, before its first
+            batch (the worker lowers that thread's CPU priority there: threads the
+            model creates inherit it).
     """
 
-    def __init__(self, embedder: TextEncoder, *, batch_size: int = 64, max_wait_ms: float = 5):
+    def __init__(
+        self,
+        embedder: TextEncoder,
+        *,
+        batch_size: int = 64,
+        max_wait_ms: float = 5,
+        on_start: Callable[[], None] | None = None,
+    ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not max_wait_ms >= 0:
             raise ConfigError(f"max_wait_ms must be >= 0, got {max_wait_ms!r}")
         self._embedder = embedder
+        self._on_start = on_start
         self._batch_size = batch_size
         self._max_wait = max_wait_ms / 1000.0
         self._cond = threading.Condition()
@@ -606,6 +620,11 @@ class EmbeddingBatcher:
     # -- the inference thread
 
     def _run(self) -> None:
+        if self._on_start is not None:
+            try:
+                self._on_start()
+            except Exception:  # noqa: BLE001 - a priority not lowered is no reason to stop
+                log.warning("embedding thread: on_start failed", exc_info=True)
         while True:
             with self._cond:
                 while not self._queue and not self._closed:

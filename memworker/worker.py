@@ -393,6 +393,8 @@ _factory_lock = threading.Lock()
 _embedder_factory: Callable[[], Any] | None = None
 _batcher: Any = None
 _processes = 1
+#: CPU priority of the inference thread (run_worker's ``nice``), applied in that thread.
+_nice: Any = 0
 
 
 def set_embedder_factory(factory: Callable[[], Any] | None) -> None:
@@ -436,7 +438,8 @@ def get_batcher() -> Any:
             if _batcher is None:
                 from memworker.embedding import EmbeddingBatcher
 
-                _batcher = EmbeddingBatcher(_make_embedder())
+                nice = _nice
+                _batcher = EmbeddingBatcher(_make_embedder(), on_start=lambda: lower_priority(nice))
             batcher = _batcher
     return batcher
 
@@ -841,9 +844,10 @@ def check_nice(nice: Any) -> None:
 
 
 def lower_priority(nice: Nice) -> None:
-    """Lower this process's CPU priority before it starts threads (they inherit it).
+    """Lower the calling thread's CPU priority; threads it starts later inherit it
+    (Linux: policy and nice value are per thread).
 
-    ``"idle"``: ``SCHED_IDLE`` where the OS has it (Linux): the process runs only on
+    ``"idle"``: ``SCHED_IDLE`` where the OS has it (Linux): the thread runs only on
     CPU time no normal task wants, and a normal task that wakes up preempts it at once;
     elsewhere nice 19. An integer: ``os.nice(nice)``.
     """
@@ -866,9 +870,10 @@ def _serve(
     options: dict[str, int] | None = None,
 ) -> int:
     """Run one worker process until SIGINT/SIGTERM."""
-    global _processes
+    global _processes, _nice
     _processes = processes
-    lower_priority(nice)
+    check_nice(nice)
+    _nice = nice  # the inference thread lowers its own priority (get_batcher)
     warm_up()
     broker = make_broker(settings, **(options or {}))
     from memworker.encoding import check_worker_model
@@ -929,11 +934,14 @@ def run_worker(
 ) -> int:
     """Run ``processes`` worker processes of ``threads`` threads until SIGINT/SIGTERM.
 
-    ``nice`` lowers the workers' CPU priority: on a machine shared with the agents,
-    background embedding then yields the CPU to them. An integer from 0 to 19 is a
-    nice increment (``os.nice``); ``"idle"`` is Linux's ``SCHED_IDLE`` policy (see
-    :func:`lower_priority`), the strongest: a waking agent thread preempts the worker
-    at once instead of at the scheduler's next tick.
+    ``nice`` lowers the CPU priority of the workers' inference (the embedding
+    thread and the threads the model runs on: nearly all of a worker's CPU), so that
+    on a machine shared with the agents background embedding yields the CPU to them.
+    The job threads, which are short (commit, ack), keep their priority: the jobs of
+    a finished batch commit while the next batch computes. An integer from 0 to 19 is
+    a nice increment; ``"idle"`` is Linux's ``SCHED_IDLE`` policy (see
+    :func:`lower_priority`), the strongest: a waking thread of normal priority
+    preempts the inference at once.
 
     ``max_retries``, ``min_backoff_ms`` and ``max_deliveries`` go to
     :func:`make_broker`; ``None`` reads ``MEMWORKER_MAX_RETRIES``,

@@ -251,6 +251,21 @@ def test_batcher_thread_is_lazy_single_and_named(make_batcher):
     assert ours() == before
 
 
+def test_batcher_on_start_runs_once_in_the_inference_thread(make_batcher, caplog):
+    seen: list[str] = []
+    batcher = make_batcher(FakeEmbedder(), on_start=lambda: seen.append(threading.current_thread().name))
+    for i in range(3):
+        batcher.encode([f"x{i}"], timeout=30)
+    assert seen == [THREAD_NAME]
+
+    def broken() -> None:
+        raise OSError("no permission")
+
+    batcher = make_batcher(FakeEmbedder(), on_start=broken)  # logged; the batcher still works
+    assert batcher.encode(["y"], timeout=30).shape == (1, FakeEmbedder.dimension)
+    assert "on_start failed" in caplog.text
+
+
 def test_batcher_rejects_bad_input_and_settings(make_batcher):
     batcher = make_batcher(FakeEmbedder())
     with pytest.raises(ValidationError, match=r"texts\[1\]"):

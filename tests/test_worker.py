@@ -365,3 +365,30 @@ def test_real_model_end_to_end(qsettings, workers):
         hits = store.search(query.tolist(), limit=2)
         assert next(h[0].id for h in hits) == ids[0]
         assert len(store.get_record(ids[1]).embedding) == 384
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_nice_idle_lowers_the_inference_threads_only():
+    """The embedding thread and the threads the model computes on run at SCHED_IDLE;
+    the other threads of the worker process (job threads) keep their priority."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import os, threading, torch
+from memworker import worker as W
+W._nice = "idle"
+W.get_batcher().submit(["a text to embed", "and another one"]).result()
+def policy(tid):  # field 41 of /proc/<pid>/task/<tid>/stat
+    return int(open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()[38])
+inference = [t for t in threading.enumerate() if t.name == "memworker-embed"][0]
+idle = [int(t) for t in os.listdir("/proc/self/task") if policy(t) == os.SCHED_IDLE]
+print(policy(threading.get_native_id()) == os.SCHED_OTHER,
+      inference.native_id in idle,
+      len(idle) >= torch.get_num_threads())
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True", "True"]
