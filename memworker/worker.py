@@ -445,6 +445,11 @@ def get_batcher() -> Any:
 
 
 # --------------------------------------------------------------------------- context + actors
+#: The message a worker thread is processing: its delivery-counter field (set by
+#: BarrierMiddleware before the actor runs) and whether the job's commit cleared it.
+_delivery = threading.local()
+
+
 class WorkerContext:
     """What the actors of one broker share: the store (one client for all threads)."""
 
@@ -464,14 +469,18 @@ class WorkerContext:
         extra: Iterable[list[str]] = (),
     ) -> int:
         """Write the records and, in the same atomic step, run ``extra`` (e.g. a job's
-        results), clear the pending mark, count, and wake the producer."""
+        results), clear the pending mark and the delivery counter, count, and wake the
+        producer."""
         from memworker.codec import encode_records
 
         encoded = encode_records(records)
         k = self.keys
         now = int(time.time() * 1000)
+        field = getattr(_delivery, "field", None)
         commands = [
             *extra,
+            # the delivery counter of this attempt (BarrierMiddleware's), done with
+            *([["HDEL", k.deliveries, field]] if field else []),
             ["ZREM", k.pending(producer), job_id],
             # The positive commit marker the drain reports from, trimmed by age.
             ["ZADD", k.committed(producer), str(now), job_id],
@@ -480,7 +489,10 @@ class WorkerContext:
             ["HINCRBY", k.stats, "records", str(len(encoded))],
             ["PUBLISH", k.done_channel(producer), job_id],
         ]
-        return self.store.write_encoded(encoded, extra=commands)
+        inserted = self.store.write_encoded(encoded, extra=commands)
+        if field:
+            _delivery.cleared = field
+        return inserted
 
     def close(self) -> None:
         self.store.close()
@@ -567,7 +579,9 @@ class BarrierMiddleware(Middleware):
     - after_process_message: clear the delivery counter of a
       message that succeeded or will be retried (runs after ``Retries``'s hook: it
       is added before ``Retries``, and dramatiq runs after hooks in reverse, so it
-      sees whether the message will be retried).
+      sees whether the message will be retried). A job whose commit ran in its
+      worker thread cleared it already, in the commit's atomic step (one round trip
+      fewer per job).
     - before_nack: every message that ends failed passes here, whatever failed it
       (an exception with retries exhausted, a permanent error, the poison guard, or
       dramatiq's consumer thread for an unknown actor, which fails and nacks the
@@ -598,6 +612,7 @@ class BarrierMiddleware(Middleware):
         self.isolation.acquire(exclusive=message.memworker_exclusive)
         message.memworker_locked = True
         n = broker.client.hincrby(self.keys.deliveries, message.memworker_delivery, 1)
+        _delivery.field, _delivery.cleared = message.memworker_delivery, None
         if n > self.max_deliveries:
             error = PoisonJobError(
                 f"job {message.message_id} was delivered {n} times without finishing "
@@ -613,18 +628,23 @@ class BarrierMiddleware(Middleware):
             self.isolation.release(exclusive=getattr(message, "memworker_exclusive", False))
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
+        _delivery.field = _delivery.cleared = None
         self._unlock(message)
 
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
     ) -> None:
         self._unlock(message)
+        cleared = getattr(_delivery, "cleared", None)
+        _delivery.field = _delivery.cleared = None
         if exception is None:
             self.processed += 1
         elif message.failed:
             message.memworker_error = exception
             return  # recorded by before_nack
         field = getattr(message, "memworker_delivery", None) or self._field(message)
+        if exception is None and cleared == field:
+            return  # the job's commit cleared it, in the same atomic step
         # Done, or Retries re-enqueued it: the next attempt counts on its own field.
         broker.client.hdel(self.keys.deliveries, field)
 

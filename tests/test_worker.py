@@ -392,3 +392,28 @@ print(policy(threading.get_native_id()) == os.SCHED_OTHER,
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+def test_a_committed_job_clears_its_delivery_counter_in_its_commit(qsettings, fake, workers, rawq):
+    keys = QueueKeys(qsettings.namespace)
+    broker, worker = workers(qsettings)
+    hdels: list[tuple] = []
+    real_hdel = broker.client.hdel
+
+    def counting_hdel(*args):
+        hdels.append(args)
+        return real_hdel(*args)
+
+    broker.client.hdel = counting_hdel
+    with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+        for i in range(3):
+            q.enqueue_encode([{"text": f"text {i}", "scope": "/d"}])
+        assert not q.drain(timeout=30).failed and store.count("/d") == 3
+        # no HDEL round trip of its own: the commit cleared each counter
+        assert hdels == [] and rawq.hlen(keys.deliveries) == 0
+        # an attempt that fails (and is retried) is cleared by the middleware
+        fake.fail_times["flaky text"] = 2
+        q.enqueue_encode([{"text": "flaky text", "scope": "/d"}])
+        assert not q.drain(timeout=30).failed and store.count("/d") == 4
+        assert hdels and {a[0] for a in hdels} == {keys.deliveries}
+        assert rawq.hlen(keys.deliveries) == 0
