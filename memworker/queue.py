@@ -284,17 +284,13 @@ class MemoryQueue:
             DrainTimeout: Naming the stuck jobs and the likely cause.
         """
         given = None if job_ids is None else {self.producer_id: [str(i) for i in job_ids]}
-        return _drain_sync(
-            self._sync(), self.keys, [self.producer_id], timeout, consume=True, given=given
-        )
+        return _drain_sync(self._sync(), self.keys, [self.producer_id], timeout, given=given)
 
     def drain_all(self, timeout: float | None = None) -> DrainReport:
         """Namespace-wide drain (every producer's jobs): for shutdown and reset.
         Failures of other producers are reported but left for them to consume."""
         producers = sorted(_s(p) for p in self._sync().smembers(self.keys.producers))
-        return _drain_sync(
-            self._sync(), self.keys, producers, timeout, consume=True, owner=self.producer_id
-        )
+        return _drain_sync(self._sync(), self.keys, producers, timeout, owner=self.producer_id)
 
     def pending(self) -> list[str]:
         """Ids of this producer's jobs not yet committed or failed."""
@@ -343,9 +339,7 @@ class MemoryQueue:
     ) -> DrainReport:
         """Async :meth:`drain`."""
         given = None if job_ids is None else {self.producer_id: [str(i) for i in job_ids]}
-        return await _drain_async(
-            await self._async(), self.keys, [self.producer_id], timeout, given
-        )
+        return await _drain_async(await self._async(), self.keys, [self.producer_id], timeout, given=given)
 
     async def adrain_all(self, timeout: float | None = None) -> DrainReport:
         """Async :meth:`drain_all`."""
@@ -502,54 +496,82 @@ def _timeout(
     return DrainTimeout([i for ids in left.values() for i in ids], _cause(depth, live), timeout)
 
 
+#: What the drain plan asks its driver for: ``(op, arg)``. ``plain``: run commands
+#: pipelined, reply their replies; ``tx``: the same in MULTI/EXEC; ``wait``: wait up to
+#: ``arg`` seconds for a wake-up on the subscribed channel (swallowing a burst).
+_DrainOp = tuple[str, Any]
+
+
+def _p_drain(
+    keys: QueueKeys,
+    producers: list[str],
+    timeout: float | None,
+    given: dict[str, list[str]] | None,
+    owner: str | None,
+) -> Generator[_DrainOp, Any, DrainReport]:
+    """The drain barrier, IO-free: run by :func:`_drain_sync` and :func:`_drain_async`
+    after they subscribed to the producers' done channel(s), so no wake-up can fall
+    between the subscription and the snapshot."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if given is None:
+        snap = dict(zip(producers, (yield ("plain", _snapshot_commands(keys, producers)))))
+    else:
+        snap = given
+    snapshot = {p: [_s(i) for i in ids] for p, ids in snap.items() if ids}
+    everyone = list(dict.fromkeys([*producers, *snapshot]))
+    left = snapshot
+    while True:
+        if left:
+            left = _still_pending(left, (yield ("plain", _check_commands(keys, left))))
+        if not left:
+            replies = yield ("tx", _final_commands(keys, snapshot, everyone))
+            left, report, found = _settle(keys, snapshot, everyone, replies, owner)
+            if not left:
+                break
+        wait = DRAIN_POLL_MS / 1000
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                depth, live = yield ("plain", _depth_live_commands(keys))
+                raise _timeout(keys, left, int(depth), int(live), timeout)
+            wait = min(wait, remaining)
+        yield ("wait", wait)
+    if found:
+        yield ("tx", found)
+    return report
+
+
 def _drain_sync(
     client: Any,
     keys: QueueKeys,
     producers: list[str],
     timeout: float | None,
     *,
-    consume: bool,
     owner: str | None = None,
     given: dict[str, list[str]] | None = None,
 ) -> DrainReport:
-    deadline = None if timeout is None else time.monotonic() + timeout
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
-        # Subscribe before the snapshot: no wake-up can fall between them.
         if len(producers) == 1:
             pubsub.subscribe(keys.done_channel(producers[0]))
         else:
             pubsub.psubscribe(keys.done_pattern)
-        if given is None:
-            snap = dict(zip(producers, _execute_plain(client, _snapshot_commands(keys, producers))))
-        else:
-            snap = given
-        snapshot = {p: [_s(i) for i in ids] for p, ids in snap.items() if ids}
-        everyone = list(dict.fromkeys([*producers, *snapshot]))
-        left = snapshot
+        plan = _p_drain(keys, producers, timeout, given, owner)
+        reply: Any = None
         while True:
-            if left:
-                left = _still_pending(left, _execute_plain(client, _check_commands(keys, left)))
-            if not left:
-                replies = _execute(client, _final_commands(keys, snapshot, everyone))
-                left, report, found = _settle(keys, snapshot, everyone, replies, owner)
-                if not left:
-                    break
-            wait = DRAIN_POLL_MS / 1000
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    depth, live = _depth_and_live(client, keys)
-                    raise _timeout(keys, left, depth, live, timeout)
-                wait = min(wait, remaining)
-            message = pubsub.get_message(timeout=wait)
-            while message is not None:  # swallow a burst of wake-ups
-                message = pubsub.get_message(timeout=0)
+            try:
+                op, arg = plan.send(reply)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            if op == "wait":
+                message = pubsub.get_message(timeout=arg)
+                while message is not None:  # swallow a burst of wake-ups
+                    message = pubsub.get_message(timeout=0)
+                reply = None
+            else:
+                reply = (_execute if op == "tx" else _execute_plain)(client, arg)
     finally:
         pubsub.close()
-    if consume and found:
-        _execute(client, found)
-    return report
 
 
 async def _drain_async(
@@ -557,53 +579,32 @@ async def _drain_async(
     keys: QueueKeys,
     producers: list[str],
     timeout: float | None,
-    given: dict[str, list[str]] | None = None,
     *,
     owner: str | None = None,
+    given: dict[str, list[str]] | None = None,
 ) -> DrainReport:
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    owner = owner if owner is not None else (producers[0] if len(producers) == 1 else None)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         if len(producers) == 1:
             await pubsub.subscribe(keys.done_channel(producers[0]))
         else:
             await pubsub.psubscribe(keys.done_pattern)
-        if given is None:
-            snap = dict(
-                zip(producers, await _aexecute_plain(client, _snapshot_commands(keys, producers)))
-            )
-        else:
-            snap = given
-        snapshot = {p: [_s(i) for i in ids] for p, ids in snap.items() if ids}
-        everyone = list(dict.fromkeys([*producers, *snapshot]))
-        left = snapshot
+        plan = _p_drain(keys, producers, timeout, given, owner)
+        reply: Any = None
         while True:
-            if left:
-                left = _still_pending(
-                    left, await _aexecute_plain(client, _check_commands(keys, left))
-                )
-            if not left:
-                replies = await _aexecute(client, _final_commands(keys, snapshot, everyone))
-                left, report, found = _settle(keys, snapshot, everyone, replies, owner)
-                if not left:
-                    break
-            wait = DRAIN_POLL_MS / 1000
-            if deadline is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    depth, live = await _adepth_and_live(client, keys)
-                    raise _timeout(keys, left, depth, live, timeout)
-                wait = min(wait, remaining)
-            message = await pubsub.get_message(timeout=wait)
-            while message is not None:
-                message = await pubsub.get_message(timeout=0)
+            try:
+                op, arg = plan.send(reply)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            if op == "wait":
+                message = await pubsub.get_message(timeout=arg)
+                while message is not None:
+                    message = await pubsub.get_message(timeout=0)
+                reply = None
+            else:
+                reply = await (_aexecute if op == "tx" else _aexecute_plain)(client, arg)
     finally:
         await pubsub.aclose()
-    if found:
-        await _aexecute(client, found)
-    return report
 
 
 def _execute_plain(client: Any, commands: list[list[Any]]) -> list[Any]:
@@ -626,16 +627,6 @@ async def _aexecute_plain(client: Any, commands: list[list[Any]]) -> list[Any]:
 
 def _depth_live_commands(keys: QueueKeys) -> list[list[Any]]:
     return [["LLEN", keys.q()], ["ZCOUNT", keys.workers, str(_now_ms() - HEALTH_TTL_MS), "+inf"]]
-
-
-def _depth_and_live(client: Any, keys: QueueKeys) -> tuple[int, int]:
-    depth, live = _execute_plain(client, _depth_live_commands(keys))
-    return int(depth), int(live)
-
-
-async def _adepth_and_live(client: Any, keys: QueueKeys) -> tuple[int, int]:
-    depth, live = await _aexecute_plain(client, _depth_live_commands(keys))
-    return int(depth), int(live)
 
 
 # --------------------------------------------------------------------------- admin reads
