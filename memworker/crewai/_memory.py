@@ -69,6 +69,20 @@ def _emit(event: Any, source: Any) -> None:
         pass
 
 
+def _failed_event(value: str, metadata: Any, error: str) -> Any:
+    return MemorySaveFailedEvent(value=value, metadata=metadata, error=error, source_type=_SOURCE_TYPE)
+
+
+def _completed_event(value: str, metadata: Any, agent_role: Any, start: float) -> Any:
+    return MemorySaveCompletedEvent(
+        value=value,
+        metadata=metadata or {},
+        agent_role=agent_role,
+        save_time_ms=(time.perf_counter() - start) * 1000,
+        source_type=_SOURCE_TYPE,
+    )
+
+
 class _PrivacyView:
     """The store as RecallFlow sees it: every search filters privacy in the query."""
 
@@ -291,23 +305,9 @@ class QueuedMemory(Memory):
                 raise JobFailedError(failure)
             record = self._record_for(job_id, ids[0])
         except Exception as exc:
-            _emit(
-                MemorySaveFailedEvent(
-                    value=content, metadata=metadata, error=str(exc), source_type=_SOURCE_TYPE
-                ),
-                self,
-            )
+            _emit(_failed_event(content, metadata, str(exc)), self)
             raise
-        _emit(
-            MemorySaveCompletedEvent(
-                value=content,
-                metadata=metadata or {},
-                agent_role=agent_role,
-                save_time_ms=(time.perf_counter() - start) * 1000,
-                source_type=_SOURCE_TYPE,
-            ),
-            self,
-        )
+        _emit(_completed_event(content, metadata, agent_role, start), self)
         return record
 
     def remember_many(
@@ -346,13 +346,7 @@ class QueuedMemory(Memory):
             jobs = self._enqueue(items)
         except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
             log.warning("remember_many: nothing enqueued: %s", exc)
-            call.ctx.run(
-                _emit,
-                MemorySaveFailedEvent(
-                    value="background save", metadata=metadata, error=str(exc), source_type=_SOURCE_TYPE
-                ),
-                self,
-            )
+            call.ctx.run(_emit, _failed_event("background save", metadata, str(exc)), self)
             return []
         call.left = len(jobs)
         for job_id, _ in jobs:
@@ -372,18 +366,9 @@ class QueuedMemory(Memory):
                     return
             if call.failures:
                 error = "; ".join(f.error for f in call.failures)
-                event: Any = MemorySaveFailedEvent(
-                    value="background save", metadata=call.metadata, error=error,
-                    source_type=_SOURCE_TYPE,
-                )  # fmt: skip
+                event = _failed_event("background save", call.metadata, error)
             else:
-                event = MemorySaveCompletedEvent(
-                    value=f"{call.n} memories saved",
-                    metadata=call.metadata or {},
-                    agent_role=call.agent_role,
-                    save_time_ms=(time.perf_counter() - call.start) * 1000,
-                    source_type=_SOURCE_TYPE,
-                )
+                event = _completed_event(f"{call.n} memories saved", call.metadata, call.agent_role, call.start)
             call.ctx.run(_emit, event, self)
         except Exception:  # noqa: BLE001 - never raise from the settle thread
             log.debug("remember_many settle callback failed", exc_info=True)
