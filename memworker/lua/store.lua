@@ -83,19 +83,22 @@ local function ancestors_of(scope)
 end
 
 -- Records of a batch share a few scopes and category lists: parse each once per call.
-local ancestors_memo, categories_memo = {}, {}
-
-local function ancestors(scope)
-  local anc = ancestors_memo[scope]
-  if not anc then
-    anc = ancestors_of(scope)
-    ancestors_memo[scope] = anc
+local function memoized(fn)
+  local memo = {}
+  return function(key)
+    local value = memo[key]
+    if value == nil then
+      value = fn(key)
+      memo[key] = value
+    end
+    return value
   end
-  return anc
 end
 
+local ancestors = memoized(ancestors_of)
+
 local function categories_of(json)
-  if not json or json == "" then return {} end
+  if json == "" then return {} end
   local ok, list = pcall(cjson.decode, json)
   if not ok or type(list) ~= "table" then return {} end
   local seen, out = {}, {}
@@ -108,14 +111,11 @@ local function categories_of(json)
   return out
 end
 
+local parsed_categories = memoized(categories_of)
+
 local function categories(json)
   if not json then return {} end
-  local cats = categories_memo[json]
-  if not cats then
-    cats = categories_of(json)
-    categories_memo[json] = cats
-  end
-  return cats
+  return parsed_categories(json)
 end
 
 -- Pending side-index changes of one call, applied by flush(), gathered per scope:
