@@ -57,6 +57,7 @@ __all__ = [
     "encode_records",
     "check_vectors",
     "decode_record",
+    "decode_rows",
     "vector_bytes",
     "vector_from_bytes",
     "vectors_to_float16",
@@ -708,33 +709,62 @@ def decode_record(values: Sequence[Any], record_cls: type[Any], dim: int | None 
 
     Returns ``None`` when the hash does not exist (all values ``None``).
     """
-    if values is None:
-        return None
-    rid, content, scope, categories, metadata, importance, created, accessed, source, vis, embedding = values
-    if content is None or rid is None:
-        return None
-    created_at = parse_timestamp(created)
-    fields = {
-        "id": _text(rid),
-        "content": _text(content),
-        "scope": _text(scope) or "/",
-        "categories": _categories_list(categories) if categories else [],
-        "metadata": json.loads(metadata) if metadata else {},
-        "importance": float(importance) if importance else 0.5,
-        "created_at": created_at,
-        # last_accessed is written only once it differs from created_at
-        "last_accessed": created_at if accessed is None else parse_timestamp(accessed),
-        "embedding": _vector_list(embedding, dim) if embedding else None,
-        "source": _text(source),
-        "private": vis not in (None, b"pub", PUBLIC_TOKEN),
-    }
-    # The values were validated when written: skip pydantic's validation on the way out.
-    return _constructor(record_cls)(fields)
+    return None if values is None else decode_rows((values,), record_cls, dim)[0]
 
 
-def _vector_list(raw: bytes, dim: int | None) -> list[float]:
-    """Stored vector bytes -> list of floats (no intermediate array copy)."""
-    return np.frombuffer(raw, dtype="<f2" if dim and len(raw) == 2 * dim else "<f4").tolist()
+def decode_rows(rows: Iterable[Sequence[Any]], record_cls: type[Any], dim: int | None = None) -> list[Any]:
+    """:func:`decode_record` for many rows (bytes values, as the read script returns
+    them): one loop with everything bound locally, ~20% faster a page than a call a
+    record; the embeddings' float lists are most of what remains."""
+    make = _constructor(record_cls)
+    half_width = 2 * dim if dim else -1
+    out: list[Any] = []
+    append = out.append
+    for row in rows:
+        rid, content, scope, categories, metadata, importance, created, accessed, source, vis, embedding = row
+        if content is None or rid is None:
+            append(None)
+            continue
+        created_at = _timestamp(created)
+        append(
+            make(
+                {
+                    "id": _text(rid),
+                    "content": _text(content),
+                    "scope": _text(scope) or "/",
+                    "categories": _categories_list(categories) if categories else [],
+                    "metadata": _json_object(metadata) if metadata else {},
+                    "importance": float(importance) if importance else 0.5,
+                    "created_at": created_at,
+                    # last_accessed is written only once it differs from created_at
+                    "last_accessed": created_at if accessed is None else _timestamp(accessed),
+                    "embedding": (
+                        np.frombuffer(embedding, dtype="<f2" if len(embedding) == half_width else "<f4").tolist()
+                        if embedding
+                        else None
+                    ),
+                    "source": _text(source),
+                    "private": vis not in (None, b"pub", PUBLIC_TOKEN),
+                }
+            )
+        )
+    # The values were validated when written: pydantic's validation is skipped on the way out.
+    return out
+
+
+_json_decode = json.JSONDecoder().decode
+
+
+def _json_object(raw: bytes | str) -> Any:
+    return _json_decode(raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else raw)
+
+
+def _timestamp(raw: bytes | str) -> datetime:
+    """:func:`parse_timestamp` of a stored ``"<seconds>.<6 digits>"`` value, with the
+    common non-negative form parsed as one integer of microseconds."""
+    if isinstance(raw, bytes) and raw[-7:-6] == b"." and raw[:1] != b"-":
+        return _EPOCH + timedelta(microseconds=int(raw[:-7] + raw[-6:]))
+    return parse_timestamp(raw)
 
 
 def _categories_list(raw: bytes | str) -> list[str]:
@@ -774,9 +804,13 @@ def _constructor(record_cls: type[Any]) -> Any:
     setattr_ = object.__setattr__
     new = record_cls.__new__
 
+    in_order = names == list(_DECODED)
+
     def fast(fields: dict[str, Any]) -> Any:
+        # ``fields`` is the caller's fresh dict: used as the instance's own when its
+        # keys are already in the model's order.
         record = new(record_cls)
-        setattr_(record, "__dict__", {name: fields[name] for name in names})
+        setattr_(record, "__dict__", fields if in_order else {name: fields[name] for name in names})
         setattr_(record, "__pydantic_fields_set__", set(names))
         setattr_(record, "__pydantic_extra__", None)
         setattr_(record, "__pydantic_private__", None)

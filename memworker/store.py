@@ -24,7 +24,7 @@ from memworker.codec import (
     RECORD_FIELDS,
     WRITE_FIELDS_JSON,
     EncodedRecord,
-    decode_record,
+    decode_rows,
     encode_records,
     format_timestamp,
     normalize_scope_prefix,
@@ -911,10 +911,11 @@ class ValkeyStore:
 def _decode_rows(reply: Sequence[Any]) -> list[Any]:
     """Records from a ``read.lua records/page`` reply: the namespace's dimension, then
     RECORD_FIELDS-long rows, flattened (``None`` = missing)."""
-    record_cls = record_types()[0]
+    if not reply:
+        return []
     width = len(RECORD_FIELDS)
-    dim = int(reply[0]) if reply and reply[0] else None
-    return [decode_record(reply[i : i + width], record_cls, dim) for i in range(1, len(reply or ()), width)]
+    rows = (reply[i : i + width] for i in range(1, len(reply), width))
+    return decode_rows(rows, record_types()[0], int(reply[0]) if reply[0] else None)
 
 
 def _ft_documents(reply: Any) -> list[tuple[Any, Any]]:

@@ -13,7 +13,10 @@ from memworker.codec import (
     WRITE_FIELDS,
     _constructor,
     decode_record,
+    decode_rows,
     encode_record,
+    format_timestamp,
+    parse_timestamp,
     encode_records,
     vector_bytes,
 )
@@ -54,6 +57,36 @@ def test_decoded_record_is_what_model_construct_builds() -> None:
     got.categories.append("z")  # a fresh list each time, though decoding caches lists
     assert decode_record(row_of(record), cls, 3).categories == ["x", "y"]
     assert _constructor(cls).__name__ == "fast"
+
+
+def test_decode_rows_is_decode_record_per_row() -> None:
+    """The page decoder: missing rows stay None, float16 bytes are told from float32 by
+    the dimension, and timestamps before 1970 and with odd forms parse exactly."""
+    import numpy as np
+
+    cls = record_types()[0]
+    records = [
+        sample(id="a"),
+        sample(id="b", created_at=datetime(1969, 12, 31, 23, 59, 58, 1),
+               last_accessed=datetime(1960, 1, 1, 0, 0, 0, 999999), metadata={}, categories=[]),
+        sample(id="c", source=None, private=False),
+    ]  # fmt: skip
+    rows = [row_of(r) for r in records]
+    rows[2][RECORD_FIELDS.index("embedding")] = None
+    records[2] = records[2].model_copy(update={"embedding": None})
+    rows.insert(1, [None] * len(RECORD_FIELDS))
+    half = row_of(sample(id="d"))
+    half[RECORD_FIELDS.index("embedding")] = np.array([0.5, -0.25, 1.0], dtype="<f2").tobytes()
+    half[RECORD_FIELDS.index("created_at")] = b"1700000000.5"  # a short fraction still parses
+    rows.append(half)
+    got = decode_rows(rows, cls, 3)
+    assert got == [decode_record(row, cls, 3) for row in rows]
+    assert got[0] == records[0] and got[1] is None and got[2] == records[1] and got[3] == records[2]
+    assert got[2].created_at == datetime(1969, 12, 31, 23, 59, 58, 1)
+    assert got[2].last_accessed == datetime(1960, 1, 1, 0, 0, 0, 999999)
+    assert got[4].embedding == [0.5, -0.25, 1.0]
+    assert got[4].created_at == parse_timestamp("1700000000.5") == datetime(2023, 11, 14, 22, 13, 20, 500000)
+    assert format_timestamp(got[2].created_at) == "-1.999999"
 
 
 def test_last_accessed_is_stored_only_once_it_differs() -> None:
