@@ -65,6 +65,7 @@ __all__ = [
     "QueueError",
     "QueueKeys",
     "build_message",
+    "check_count",
     "encode_items",
     "parse_job",
     "records_from_save_job",
@@ -258,7 +259,7 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def _check_count(items: Sequence[Any], max_items: int, what: str) -> None:
+def check_count(items: Sequence[Any], max_items: int, what: str) -> None:
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise ValidationError(f"{what} must be a list, got {type(items).__name__}")
     if not items:
@@ -269,7 +270,7 @@ def _check_count(items: Sequence[Any], max_items: int, what: str) -> None:
 
 def save_items(records: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     """Validate embedded records (as a whole, like ``ValkeyStore.save``) -> job items."""
-    _check_count(records, max_items, "records")
+    check_count(records, max_items, "records")
     encode_records(list(records))  # raises ValidationError naming records[i].field
     items = []
     for i, rec in enumerate(records):
@@ -317,7 +318,7 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     -> job items, each with a new record id (uuid4) and ``created_at`` = now."""
     from memworker.types import utcnow
 
-    _check_count(items, max_items, "items")
+    check_count(items, max_items, "items")
     now = utcnow()
     now_iso = now.isoformat()
     new_ids = _uuid4_texts(len(items))

@@ -50,6 +50,7 @@ from memworker.jobs import (
     FailedJob,
     QueueKeys,
     build_message,
+    check_count,
     check_producer_id,
     delivery_field,
     encode_items,
@@ -260,6 +261,20 @@ class MemoryQueue:
         job_id, ids, commands = self._prepare_encode(items)
         _execute(self._sync(), commands)
         return job_id, ids
+
+    def enqueue_encode_items(self, job_items: Sequence[dict[str, Any]]) -> str:
+        """Enqueue items already validated by :func:`memworker.jobs.encode_items` (each
+        carries its record id), e.g. gathered from several callers into one job;
+        returns the job id.
+
+        Raises:
+            ValidationError: More than ``max_items`` items, or a job over
+                ``max_job_bytes``; nothing is enqueued.
+        """
+        check_count(job_items, self.max_items, "items")
+        job_id, commands = self._prepare(ENCODE_ACTOR, list(job_items))
+        _execute(self._sync(), commands)
+        return job_id
 
     def drain(
         self, timeout: float | None = None, *, job_ids: Sequence[str] | None = None

@@ -192,6 +192,52 @@ def test_every_memory_method_through_queued_memory(env, events):
     memory.close()
 
 
+def test_concurrent_remember_calls_share_jobs_and_each_gets_its_own_record(env):
+    """Group commit: calls made while an enqueue is in flight go in one job; each call
+    still returns its own record, equal texts stay separate records (no dedup across
+    calls), and a bad item fails only its own call."""
+    from memworker.errors import ValidationError
+
+    memory = env()
+    queue = memory.queue
+    real = queue.enqueue_encode_items
+    sizes: list[int] = []
+
+    def held_first(job_items):
+        sizes.append(len(job_items))
+        if len(sizes) == 1:  # hold the first send until the others have queued up
+            assert _wait_for(lambda: len(memory._group._waiting) == 8)
+        return real(job_items)
+
+    queue.enqueue_encode_items = held_first
+    texts = ["first"] + [f"note {i}" for i in range(7)] + ["same text", "same text"]
+    got: dict[int, object] = {}
+
+    def one(i: int) -> None:
+        metadata = {"bad": object()} if i == 5 else {"i": i}
+        try:
+            got[i] = memory.remember(texts[i], scope="/g", categories=["c"], importance=0.5, metadata=metadata)
+        except Exception as exc:  # noqa: BLE001
+            got[i] = exc
+
+    threads = [threading.Thread(target=one, args=(0,))]
+    threads[0].start()
+    _wait_for(lambda: sizes)
+    threads += [threading.Thread(target=one, args=(i,)) for i in range(1, len(texts))]
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sizes == [1, 8]  # one job for the eight valid calls that queued behind the first
+    assert isinstance(got[5], ValidationError) and "metadata" in str(got[5])
+    for i, text in enumerate(texts):
+        if i != 5:
+            assert got[i].content == text and got[i].metadata == {"i": i}
+            assert memory.store.get_record(got[i].id).content == text
+    assert got[8].id != got[9].id
+    assert memory.info("/g").record_count == 9
+
+
 def test_read_only_memory_stores_nothing(env):
     writer = env()
     record = writer.remember("kept as is", scope="/a", categories=[], importance=0.5)

@@ -26,10 +26,12 @@ from crewai.memory.utils import join_scope_paths
 from pydantic import Field, PrivateAttr
 
 from memworker.crewai._embedder import LocalEmbedder, model_id_of
+from memworker.crewai._group import GroupCommit
 from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._settle import Settler
-from memworker.errors import ConfigError
-from memworker.jobs import DrainTimeout, FailedJob, QueueError
+from memworker.encoding import needs_flow
+from memworker.errors import ConfigError, ValidationError
+from memworker.jobs import DrainTimeout, FailedJob, QueueError, encode_items
 
 __all__ = ["QueuedMemory", "JobFailedError"]
 
@@ -38,6 +40,12 @@ log = logging.getLogger("memworker.crewai")
 _SOURCE_TYPE = "unified_memory"
 #: Most texts per encode job; a larger remember_many is split into several jobs.
 JOB_CHUNK = 500
+#: Most concurrent ``remember()`` calls sharing one job (the worker's default batch).
+GROUP_LIMIT = 64
+#: The flow entry of a grouped ``remember()`` item: the fast path without intra-batch
+#: dedup, which CrewAI never applies to a single remember() and must not apply across
+#: the independent calls that share a job.
+_GROUPED_FLOW = {"consolidation_threshold": 1.0}
 
 
 class JobFailedError(QueueError):
@@ -131,6 +139,7 @@ class QueuedMemory(Memory):
 
     _queue: Any = PrivateAttr(default=None)
     _settler: Any = PrivateAttr(default=None)
+    _group: Any = PrivateAttr(default=None)
     _calls_lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     def model_post_init(self, __context: Any) -> None:
@@ -161,6 +170,7 @@ class QueuedMemory(Memory):
         self._queue = MemoryQueue(store.settings, producer_id=self.producer_id)
         self.producer_id = self._queue.producer_id
         self._settler = Settler(store.settings, self._queue.producer_id)
+        self._group = GroupCommit(self._send_group, GROUP_LIMIT)
         self._ensure_model()
 
     # ------------------------------------------------------------------ helpers
@@ -241,6 +251,19 @@ class QueuedMemory(Memory):
             for i in range(0, len(items), JOB_CHUNK)
         ]
 
+    def _send_group(self, job_items: list[dict[str, Any]]) -> list[tuple[str, Future[Any]]]:
+        """One job for the ``remember()`` items of concurrent calls (see ``_group``):
+        ``(job id, its settle future)`` per item. A group over ``max_job_bytes`` is
+        sent item by item, so each caller gets its own item's verdict."""
+        try:
+            job_id = self._queue.enqueue_encode_items(job_items)
+        except ValidationError:
+            if len(job_items) == 1:
+                raise
+            return [pair for item in job_items for pair in self._send_group([item])]
+        future = self._settler.watch(job_id)
+        return [(job_id, future)] * len(job_items)
+
     def _timeout(self, job_ids: list[str]) -> DrainTimeout:
         try:
             status = self._queue.status()
@@ -283,6 +306,11 @@ class QueuedMemory(Memory):
     ) -> MemoryRecord | None:
         """Enqueue one item, wait for its own job only, and return its record.
 
+        With every field given and consolidation off (the worker's fast path),
+        concurrent calls on this memory share one job: a call that arrives while
+        another is enqueueing is sent with the next group (see ``_group``), and waits
+        for that job, which holds its item.
+
         Raises:
             JobFailedError: The workers dead-lettered the job.
             DrainTimeout: Not committed within ``drain_timeout``.
@@ -295,8 +323,16 @@ class QueuedMemory(Memory):
         start = time.perf_counter()
         try:
             items = self._items([content], scope, categories, metadata, importance, source, private, root)
-            job_id, ids = self._queue.enqueue_encode_job(items)
-            future = self._settler.watch(job_id)
+            if needs_flow(items[0]["flow"]):
+                job_id, ids = self._queue.enqueue_encode_job(items)
+                future = self._settler.watch(job_id)
+            else:
+                # The fast path: concurrent calls share one job (group commit). The
+                # item is validated here, so a bad one fails only its own call.
+                items[0]["flow"] = _GROUPED_FLOW
+                job_item = encode_items(items, 1)[0]
+                ids = [job_item["id"]]
+                job_id, future = self._group.submit(job_item)
             try:
                 failure = future.result(timeout=self.drain_timeout)
             except FutureTimeout:
