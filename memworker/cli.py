@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from memworker import __version__
 
@@ -232,12 +233,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
         ("live workers", len(status["workers"])),
     ]
     rows += [(f"  pending: {p}", n) for p, n in sorted(status["pending"].items())]
-    rows += [(f"  worker: {w['id']}", f"processed {w.get('processed', '?')}") for w in status["workers"]]
+    rows += [(f"  worker: {w['id']}", _worker_line(w)) for w in status["workers"]]
     rows += [(f"  counter: {k}", v) for k, v in sorted(status["counters"].items())]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key.ljust(width)}  {value}")
     return EXIT_OK
+
+
+def _worker_line(worker: dict[str, Any]) -> str:
+    """``processed N`` and, once its model has run, the worker's mean embedding batch."""
+    line = f"processed {worker.get('processed', '?')}"
+    try:
+        batches, texts = int(worker["embed_batches"]), int(worker["embed_texts"])
+    except (KeyError, TypeError, ValueError):
+        return line
+    if batches:
+        line += f", embedded {texts} texts in {batches} batches (mean {texts / batches:.1f})"
+    return line
 
 
 def _cmd_drain(args: argparse.Namespace) -> int:

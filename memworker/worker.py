@@ -409,24 +409,27 @@ def set_embedder_factory(factory: Callable[[], Any] | None) -> None:
         old.close(timeout=5)
 
 
-def _make_embedder() -> Any:
+def _make_embedder() -> tuple[Any, int]:
+    """The process's model and its inference threads: the bundled ``Embedder`` runs
+    :func:`~memworker.embedding.configure_threads` batches side by side; an embedder
+    from a factory runs one batch at a time (it may not be safe to share)."""
     if _embedder_factory is not None:
-        return _embedder_factory()
+        return _embedder_factory(), 1
     spec = os.environ.get(EMBEDDER_ENV)
     if spec:
         module, _, name = spec.partition(":")
         if not module or not name:
             raise ConfigError(f"{EMBEDDER_ENV} must be 'module:callable', got {spec!r}")
-        return getattr(importlib.import_module(module), name)()
+        return getattr(importlib.import_module(module), name)(), 1
     from memworker.encoding import factory_embedder
 
     configured = factory_embedder()  # MEMWORKER_MEMORY_FACTORY's embedder, if it names one
     if configured is not None:
-        return configured
+        return configured, 1
     from memworker.embedding import Embedder, configure_threads
 
-    configure_threads(_processes)
-    return Embedder()
+    threads = configure_threads(_processes)
+    return Embedder(), threads
 
 
 def get_batcher() -> Any:
@@ -439,9 +442,22 @@ def get_batcher() -> Any:
                 from memworker.embedding import EmbeddingBatcher
 
                 nice = _nice
-                _batcher = EmbeddingBatcher(_make_embedder(), on_start=lambda: lower_priority(nice))
+                embedder, threads = _make_embedder()
+                _batcher = EmbeddingBatcher(
+                    embedder, threads=threads, on_start=lambda: lower_priority(nice)
+                )
             batcher = _batcher
     return batcher
+
+
+def _batcher_counts() -> dict[str, int]:
+    """The inference counters for the health record: ``embed_batches`` and
+    ``embed_texts`` (their ratio is the mean batch), once the model has loaded."""
+    batcher = _batcher
+    if batcher is None:
+        return {}
+    stats = batcher.stats
+    return {"embed_batches": stats.batches, "embed_texts": stats.texts}
 
 
 # --------------------------------------------------------------------------- context + actors
@@ -698,6 +714,7 @@ class HealthMiddleware(Middleware):
                     "beat_ms": now,
                     "processed": self.barrier.processed,
                     "failed": self.barrier.failed,
+                    **_batcher_counts(),
                 },
             )
             pipe.pexpire(k.worker(self.worker_id), HEALTH_TTL_MS)

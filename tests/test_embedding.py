@@ -237,7 +237,7 @@ def test_batcher_close_drains_then_refuses(make_batcher):
 
 def test_batcher_thread_is_lazy_single_and_named(make_batcher):
     def ours() -> int:
-        return sum(t.name == THREAD_NAME for t in threading.enumerate())
+        return sum(t.name.startswith(THREAD_NAME) for t in threading.enumerate())
 
     before = ours()
     batcher = make_batcher(FakeEmbedder())
@@ -251,12 +251,43 @@ def test_batcher_thread_is_lazy_single_and_named(make_batcher):
     assert ours() == before
 
 
+def test_batcher_threads_run_batches_side_by_side(make_batcher):
+    """Two inference threads have two batches in the model at once: each call waits
+    at a barrier for the other, which one thread alone could never pass."""
+    barrier = threading.Barrier(2, timeout=20)
+    fake = FakeEmbedder()
+    real = fake.encode
+
+    def together(texts: list[str]) -> np.ndarray:
+        barrier.wait()
+        return real(texts)
+
+    fake.encode = together  # type: ignore[method-assign]
+    batcher = make_batcher(fake, batch_size=1, max_wait_ms=0, threads=2)
+    a, b = batcher.submit(["a"]), batcher.submit(["b"])
+    assert np.array_equal(a.result(30)[0], FakeEmbedder.vector("a"))
+    assert np.array_equal(b.result(30)[0], FakeEmbedder.vector("b"))
+    assert sum(t.name.startswith(THREAD_NAME) for t in threading.enumerate()) >= 2
+    with pytest.raises(ConfigError, match="threads"):
+        EmbeddingBatcher(fake, threads=0)
+
+
+def test_a_request_split_over_threads_is_assembled_in_order(make_batcher):
+    texts = [f"text {i}" for i in range(23)]
+    batcher = make_batcher(FakeEmbedder(), batch_size=2, max_wait_ms=0, threads=3)
+    futures = [batcher.submit(texts), batcher.submit(texts[::-1] + ["poison"])]
+    got = futures[0].result(30)
+    assert np.array_equal(got, np.stack([FakeEmbedder.vector(t) for t in texts]))
+    with pytest.raises(ValueError, match="poison"):
+        futures[1].result(30)
+
+
 def test_batcher_on_start_runs_once_in_the_inference_thread(make_batcher, caplog):
     seen: list[str] = []
     batcher = make_batcher(FakeEmbedder(), on_start=lambda: seen.append(threading.current_thread().name))
     for i in range(3):
         batcher.encode([f"x{i}"], timeout=30)
-    assert seen == [THREAD_NAME]
+    assert seen == [f"{THREAD_NAME}-0"]
 
     def broken() -> None:
         raise OSError("no permission")
@@ -322,6 +353,17 @@ def test_encode_returns_normalized_float32_rows(embedder):
     assert embedder.encode([]).shape == (0, 384)
 
 
+def test_encode_gives_sentence_transformers_own_vectors(embedder):
+    """The runner calls the model's pipeline itself (to tokenize under a lock and run
+    batches side by side): the vectors are still SentenceTransformer.encode's."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["hello world", "a much longer text about memories, queues and Valkey " * 5, "x"] * 30
+    model = SentenceTransformer(embedder._source, device="cpu", local_files_only=True)
+    want = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(embedder.encode(texts), want, atol=1e-5)
+
+
 def test_encode_is_deterministic(embedder):
     texts = ["The user prefers green tea.", "Meetings are on Tuesdays."]
     np.testing.assert_array_equal(embedder.encode(texts), embedder.encode(texts))
@@ -385,7 +427,7 @@ def test_onnx_backend_without_the_extra_is_a_config_error(monkeypatch):
         Embedder(backend="onnx-int8")
 
 
-@pytest.mark.parametrize("value, expected", [("1", "1 1"), ("0", "ConfigError"), ("two", "ConfigError")])
+@pytest.mark.parametrize("value, expected", [("3", "3 1"), ("0", "ConfigError"), ("two", "ConfigError")])
 def test_inference_threads_setting(value, expected):
     # a fresh process: the first configure_threads call of a process wins
     code = (
@@ -409,8 +451,33 @@ def test_configure_threads_is_idempotent():
     import torch
 
     threads = configure_threads(processes=1)
-    assert threads >= 1 and torch.get_num_threads() == threads
+    assert threads >= 1 and torch.get_num_threads() == 1  # one torch thread per batch
     assert configure_threads(processes=64) == threads
+
+
+def test_embedder_called_from_several_threads_gives_the_sequential_vectors(embedder):
+    """Tokenization is serialized and the model runs side by side: the vectors are
+    those of one thread at a time (a fast tokenizer used concurrently would raise)."""
+    texts = [[f"note {k}-{i}: {'word ' * (i % 7)}" for i in range(9)] for k in range(8)]
+    want = [embedder.encode(t) for t in texts]
+    got: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            for _ in range(3):
+                got[k] = embedder.encode(texts[k])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    for k, vectors in enumerate(want):
+        assert np.allclose(got[k], vectors, atol=1e-5)
 
 
 def test_batcher_with_the_real_model(embedder, make_batcher):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -315,6 +316,21 @@ def test_worker_health_key_and_check(qsettings, fake, workers, rawq):
     assert 0 < rawq.pttl(keys.worker(info["id"])) <= 5000
     with MemoryQueue(qsettings, producer_id="p") as q:
         q.drain(timeout=30, job_ids=[q.enqueue_save([_record(0)])])
+        q.drain(timeout=30, job_ids=[q.enqueue_encode_job(["one text", "and two", "three"])[0]])
+
+    def embedded() -> dict:
+        (w,) = queue_status(qsettings)["workers"]
+        return w if int(w.get("embed_texts", 0)) >= 3 else {}
+
+    deadline = time.monotonic() + 15
+    while not embedded() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    info = embedded()  # the inference counters ride on the health record
+    assert int(info["embed_batches"]) >= 1 and int(info["embed_texts"]) >= 3
+    from memworker.cli import _worker_line
+
+    assert "embedded" in _worker_line(info) and "mean" in _worker_line(info)
+    assert _worker_line({"processed": "4"}) == "processed 4"
     workers.stop_all()
     assert check_health(qsettings) is False
     assert not rawq.exists(keys.worker(info["id"]))
@@ -369,8 +385,9 @@ def test_real_model_end_to_end(qsettings, workers):
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 def test_nice_idle_lowers_the_inference_threads_only():
-    """The embedding thread and the threads the model computes on run at SCHED_IDLE;
-    the other threads of the worker process (job threads) keep their priority."""
+    """The inference threads (one per core, each running the model on one torch
+    thread) run at SCHED_IDLE; the other threads of the worker process (job threads)
+    keep their priority."""
     import os
     import subprocess
     import sys
@@ -382,11 +399,12 @@ W._nice = "idle"
 W.get_batcher().submit(["a text to embed", "and another one"]).result()
 def policy(tid):  # field 41 of /proc/<pid>/task/<tid>/stat
     return int(open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()[38])
-inference = [t for t in threading.enumerate() if t.name == "memworker-embed"][0]
+from memworker.embedding import configure_threads
+inference = [t for t in threading.enumerate() if t.name.startswith("memworker-embed")]
 idle = [int(t) for t in os.listdir("/proc/self/task") if policy(t) == os.SCHED_IDLE]
 print(policy(threading.get_native_id()) == os.SCHED_OTHER,
-      inference.native_id in idle,
-      len(idle) >= torch.get_num_threads())
+      all(t.native_id in idle for t in inference),
+      len(inference) == configure_threads() and torch.get_num_threads() == 1)
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
