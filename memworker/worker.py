@@ -69,7 +69,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Union
 
 import dramatiq
@@ -106,6 +106,8 @@ from memworker.queue import (
 from memworker.settings import Settings
 
 __all__ = [
+    "COMMIT_STEP_ENV",
+    "DEFAULT_COMMIT_STEP",
     "DEFAULT_MAX_DELIVERIES",
     "HEARTBEAT_TIMEOUT_MS",
     "WORKER_TIMEOUT_MS",
@@ -114,6 +116,7 @@ __all__ = [
     "MemworkerBroker",
     "WakeConsumer",
     "check_health",
+    "commit_step",
     "dead_list",
     "dead_purge",
     "dead_requeue",
@@ -139,6 +142,11 @@ DEFAULT_MAX_RETRIES = 5
 DEFAULT_MIN_BACKOFF_MS = 1_000
 #: Longest retry backoff (ms).
 DEFAULT_MAX_BACKOFF_MS = 60_000
+#: Environment variable: records per atomic step of a job's commit (0: one step).
+COMMIT_STEP_ENV = "MEMWORKER_COMMIT_STEP"
+#: Default records per commit step: paced agents' enqueue p99 on 2 vCPUs with RediSearch
+#: was 12-13.5 ms with whole-job steps (50 records), 5-7 ms with steps of 8 or 4.
+DEFAULT_COMMIT_STEP = 8
 #: Interval of the worker health key refresh (ms); the key lives HEALTH_TTL_MS.
 HEALTH_INTERVAL_MS = 1_000
 #: Seconds between checks for messages orphaned by a lost fetch reply.
@@ -466,6 +474,25 @@ def _batcher_counts() -> dict[str, int]:
 _delivery = threading.local()
 
 
+def commit_step(env: Mapping[str, str] | None = None) -> int:
+    """Records per atomic step of a job's commit: ``MEMWORKER_COMMIT_STEP``, else
+    :data:`DEFAULT_COMMIT_STEP`; ``0`` commits a whole job in one step.
+
+    Raises:
+        ConfigError: Not an integer >= 0.
+    """
+    raw = (os.environ if env is None else env).get(COMMIT_STEP_ENV, "").strip()
+    if not raw:
+        return DEFAULT_COMMIT_STEP
+    try:
+        step = int(raw)
+    except ValueError:
+        step = -1
+    if step < 0:
+        raise ConfigError(f"{COMMIT_STEP_ENV} must be an integer >= 0, got {raw!r}")
+    return step
+
+
 class WorkerContext:
     """What the actors of one broker share: the store (one client for all threads)."""
 
@@ -474,7 +501,8 @@ class WorkerContext:
 
         self.settings = settings
         self.keys = QueueKeys(settings.namespace)
-        # One script call per job: the whole job is one atomic commit.
+        self.commit_step = commit_step()
+        # One script call per commit step (batch_size: the store never splits one).
         self.store = ValkeyStore(settings, batch_size=10_000)
 
     def commit(
@@ -484,9 +512,17 @@ class WorkerContext:
         records: list[Any],
         extra: Iterable[list[str]] = (),
     ) -> int:
-        """Write the records and, in the same atomic step, run ``extra`` (e.g. a job's
-        results), clear the pending mark and the delivery counter, count, and wake the
-        producer."""
+        """Write the records and, in the same atomic step as the last of them, run
+        ``extra`` (e.g. a job's results), clear the pending mark and the delivery
+        counter, count, and wake the producer.
+
+        A job of more than ``commit_step`` records is written ``commit_step`` at a time
+        (each step atomic), the pending mark going with the last step: with a search
+        module, each record's index insertion holds the server (~0.2 ms), so one
+        50-record step would make every other client, agents enqueueing included, wait
+        ~10 ms. A drain still returns only once every record is written; a worker that
+        dies between steps leaves the job pending and unacknowledged, and its
+        redelivery rewrites the same ids (the counts stay exact)."""
         from memworker.codec import encode_records
 
         encoded = encode_records(records)
@@ -505,7 +541,12 @@ class WorkerContext:
             ["HINCRBY", k.stats, "records", str(len(encoded))],
             ["PUBLISH", k.done_channel(producer), job_id],
         ]
-        inserted = self.store.write_encoded(encoded, extra=commands)
+        inserted = 0
+        step = self.commit_step
+        while step and len(encoded) > step:
+            inserted += self.store.write_encoded(encoded[:step])
+            encoded = encoded[step:]
+        inserted += self.store.write_encoded(encoded, extra=commands)
         if field:
             _delivery.cleared = field
         return inserted

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from memworker import worker as worker_mod
+from memworker.errors import ConfigError
 from memworker.jobs import QueueKeys
 from memworker.queue import (
     MemoryQueue,
@@ -142,6 +143,46 @@ def test_encode_then_drain_then_search_finds_every_record(server, namespace, fak
             assert hits[0][0].id == rid and hits[0][1] > 0.99
         assert store.list_categories() == {"k": 30}
         store.reset()  # drop the module server's index of this namespace
+
+
+def test_a_job_commits_in_steps_and_clears_its_pending_mark_with_the_last(
+    qsettings, fake, workers, rawq, monkeypatch
+):
+    """MEMWORKER_COMMIT_STEP=3: a job of 8 records is three atomic writes (the change
+    log has one entry per write: 3, 3, then 2 ids). A failure between steps leaves the
+    job pending; its retry rewrites the same ids and the counts stay exact."""
+    from memworker.store import ValkeyStore as Store
+
+    monkeypatch.setenv(worker_mod.COMMIT_STEP_ENV, "3")
+    keys = QueueKeys(qsettings.namespace)
+    real = Store.write_encoded
+    calls: list[int] = []
+    pending_when_failed: list[object] = []
+
+    def flaky(self, encoded, extra=()):
+        calls.append(len(encoded))
+        if len(calls) == 2:  # the second step of the first attempt
+            pending_when_failed.append(rawq.zscore(keys.pending("p"), job))
+            raise ConnectionError("injected failure between commit steps")
+        return real(self, encoded, extra)
+
+    monkeypatch.setattr(Store, "write_encoded", flaky)
+    with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+        job = q.enqueue_save([_record(i) for i in range(8)])
+        workers(qsettings)
+        report = q.drain(timeout=30, job_ids=[job])
+        assert report.committed == 1 and not report.failed
+        assert pending_when_failed[0] is not None  # not done while a step was missing
+        assert calls == [3, 3, 3, 3, 2]  # failed at the 2nd step, then 3 + 3 + 2
+        entries = rawq.xrange(f"{qsettings.namespace}:changes")
+        sizes = [len(e[1][b"i"].split(b"\n")) for e in entries]
+        assert sizes == [3, 3, 3, 2]
+        assert entries[-1][1][b"i"].split(b"\n") == [b"rec6", b"rec7"]
+        assert store.count() == 8 and store.count("/s") == 8 and store.list_categories() == {"c": 8}
+    assert worker_mod.commit_step({}) == worker_mod.DEFAULT_COMMIT_STEP
+    assert worker_mod.commit_step({worker_mod.COMMIT_STEP_ENV: "0"}) == 0
+    with pytest.raises(ConfigError, match="MEMWORKER_COMMIT_STEP"):
+        worker_mod.commit_step({worker_mod.COMMIT_STEP_ENV: "-1"})
 
 
 def test_save_jobs_commit_records(qsettings, fake, workers):
