@@ -154,16 +154,26 @@ def _normalized(vectors: np.ndarray) -> np.ndarray:
 
 
 class _Runner:
-    """A loaded model. :meth:`encode` may be called from several threads at once: only
-    tokenization is serialized (a fast tokenizer refuses concurrent use); the model
-    runs side by side (torch and ONNX Runtime release the GIL while they compute)."""
+    """A loaded model, safe to call from several threads. In a process set up with
+    :func:`configure_threads` (a worker: one intra-op thread a batch), only tokenization
+    is serialized (a fast tokenizer refuses concurrent use) and batches run side by
+    side (torch and ONNX Runtime release the GIL while they compute). Elsewhere (e.g. an
+    agent embedding its queries) each batch already uses every core, so calls run one
+    at a time."""
 
     def __init__(self, model: Any, dimension: int) -> None:
         self.model = model
         self.dimension = dimension
         self._tokenize_lock = threading.Lock()
+        self._call_lock = threading.Lock()
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        if _threads is None:
+            with self._call_lock:
+                return self._encode(texts)
+        return self._encode(texts)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # less padding
         for start in range(0, len(order), ENCODE_CHUNK):
@@ -287,8 +297,9 @@ class Embedder:
 
     Constructing it only checks the arguments; the model loads on first use (encode or
     :attr:`dimension`), once per process for a given model, device and backend, under a
-    lock. :meth:`encode` is thread-safe: calls on one loaded model from several threads
-    tokenize one at a time and run the model side by side.
+    lock. :meth:`encode` is thread-safe. In a worker (after :func:`configure_threads`)
+    calls from several threads tokenize one at a time and run the model side by side;
+    elsewhere they run one at a time, each on every core.
 
     :attr:`model_id` names the model, not the backend: the torch, onnx and onnx-int8
     variants of one model share it, because their vectors agree to a cosine of about

@@ -455,9 +455,14 @@ def test_configure_threads_is_idempotent():
     assert configure_threads(processes=64) == threads
 
 
-def test_embedder_called_from_several_threads_gives_the_sequential_vectors(embedder):
-    """Tokenization is serialized and the model runs side by side: the vectors are
-    those of one thread at a time (a fast tokenizer used concurrently would raise)."""
+@pytest.mark.parametrize("configured", [None, 2], ids=["agent-process", "worker-process"])
+def test_embedder_called_from_several_threads_gives_the_sequential_vectors(embedder, monkeypatch, configured):
+    """In a worker process (configure_threads called) tokenization is serialized and
+    batches run side by side; elsewhere calls run one at a time. Either way the vectors
+    are those of one thread at a time (a fast tokenizer used concurrently would raise)."""
+    from memworker import embedding as embedding_mod
+
+    monkeypatch.setattr(embedding_mod, "_threads", configured)
     texts = [[f"note {k}-{i}: {'word ' * (i % 7)}" for i in range(9)] for k in range(8)]
     want = [embedder.encode(t) for t in texts]
     got: dict[int, np.ndarray] = {}
