@@ -73,7 +73,10 @@ def test_sigkill_after_commit_before_ack_leaves_no_duplicate(chaos_server, ns, w
     with MemoryQueue(chaos_server.url, namespace=ns, producer_id="p2") as q:
         sub = client.pubsub(ignore_subscribe_messages=True)
         sub.subscribe(f"{ns}:done:p2")
+        q.pending()  # the queue's connection is open before the count below
+        sub.get_message(timeout=1)  # and the subscription's
         for it in range(iterations):
+            ours = int(client.info("clients")["connected_clients"])
             proc = workers.start()
             workers.wait_live(client)
             job, ids = q.enqueue_encode_job(
@@ -89,6 +92,12 @@ def test_sigkill_after_commit_before_ack_leaves_no_duplicate(chaos_server, ns, w
             else:
                 raise AssertionError("commit never published")
             proc.wait(10)
+            # What the worker wrote before it died (an ack already on the wire) is still
+            # run by Valkey, which then closes the connection: wait for all of them to
+            # close, else an ack landing after the look below is taken for a kill
+            # before the ack.
+            wait_for(lambda: int(client.info("clients")["connected_clients"]) <= ours, 15,
+                     "the dead worker's connections closed")
             # Was THIS job's message still unacked? (Other ids in the acks sets can be
             # earlier jobs that this worker took over from the previous dead one.)
             held = set().union(*_acked(client, ns).values())
