@@ -535,7 +535,8 @@ class EmbeddingBatcher:
     ``threads`` inference threads, started on the first submit, each take up to
     ``batch_size`` texts, or what has arrived ``max_wait_ms`` after the oldest waiting
     text, whichever comes first, and run their batches side by side (the model must then
-    be safe to call from several threads, as torch and ONNX Runtime models are). It sends each distinct text of the batch to the model once, in one call, and
+    be safe to call from several threads, as torch and ONNX Runtime models are). Each
+    sends every distinct text of its batch to the model once, in one call, and
     resolves every future whose texts are all done. A request larger than
     ``batch_size`` spans several batches. If the model raises on a batch of several
     requests, each request's part of the batch is re-run on its own
