@@ -93,6 +93,11 @@ def make_argument_parser() -> argparse.ArgumentParser:
         help="deliveries of one attempt before the poison guard dead-letters it "
         "(default: $MEMWORKER_MAX_DELIVERIES or 3)",
     )
+    worker.add_argument(
+        "--commit-step", type=int, default=None,
+        help="records per atomic step of a job's commit, 0 for the whole job in one step "
+        "(default: $MEMWORKER_COMMIT_STEP or 8)",
+    )
 
     status = commands.add_parser("status", help="queue depth, dead letters, pending per producer, live workers")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -211,6 +216,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         max_retries=args.max_retries,
         min_backoff_ms=args.min_backoff_ms,
         max_deliveries=args.max_deliveries,
+        commit_step=args.commit_step,
     )
 
 

@@ -69,7 +69,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Union
 
 import dramatiq
@@ -116,7 +116,6 @@ __all__ = [
     "MemworkerBroker",
     "WakeConsumer",
     "check_health",
-    "commit_step",
     "dead_list",
     "dead_purge",
     "dead_requeue",
@@ -474,34 +473,20 @@ def _batcher_counts() -> dict[str, int]:
 _delivery = threading.local()
 
 
-def commit_step(env: Mapping[str, str] | None = None) -> int:
-    """Records per atomic step of a job's commit: ``MEMWORKER_COMMIT_STEP``, else
-    :data:`DEFAULT_COMMIT_STEP`; ``0`` commits a whole job in one step.
-
-    Raises:
-        ConfigError: Not an integer >= 0.
-    """
-    raw = (os.environ if env is None else env).get(COMMIT_STEP_ENV, "").strip()
-    if not raw:
-        return DEFAULT_COMMIT_STEP
-    try:
-        step = int(raw)
-    except ValueError:
-        step = -1
-    if step < 0:
-        raise ConfigError(f"{COMMIT_STEP_ENV} must be an integer >= 0, got {raw!r}")
-    return step
-
-
 class WorkerContext:
-    """What the actors of one broker share: the store (one client for all threads)."""
+    """What the actors of one broker share: the store (one client for all threads).
 
-    def __init__(self, settings: Settings) -> None:
+    Args:
+        commit_step: Records per atomic step of a job's commit (``0``: the whole job
+            in one step); see :meth:`commit`.
+    """
+
+    def __init__(self, settings: Settings, *, commit_step: int = DEFAULT_COMMIT_STEP) -> None:
         from memworker.store import ValkeyStore
 
         self.settings = settings
         self.keys = QueueKeys(settings.namespace)
-        self.commit_step = commit_step()
+        self.commit_step = commit_step
         # One script call per commit step (batch_size: the store never splits one).
         self.store = ValkeyStore(settings, batch_size=10_000)
 
@@ -797,6 +782,7 @@ def make_broker(
     min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
     max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS,
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    commit_step: int = DEFAULT_COMMIT_STEP,
     heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS,
     queue: str = DEFAULT_QUEUE,
 ) -> MemworkerBroker:
@@ -815,7 +801,7 @@ def make_broker(
     # barrier's after_process_message runs after Retries decided retry vs. fail.
     broker.add_middleware(barrier, before=Retries)
     broker.add_middleware(HealthMiddleware(settings, barrier))
-    context = WorkerContext(settings)
+    context = WorkerContext(settings, commit_step=commit_step)
     broker.context = context
     options = {"throws": (ValidationError,), "max_retries": max_retries}
     for name, fn in ((SAVE_ACTOR, _save_records), (ENCODE_ACTOR, _encode_records)):
@@ -880,12 +866,13 @@ BROKER_ENV = {
     "max_retries": ("MEMWORKER_MAX_RETRIES", DEFAULT_MAX_RETRIES, 0),
     "min_backoff_ms": ("MEMWORKER_MIN_BACKOFF_MS", DEFAULT_MIN_BACKOFF_MS, 0),
     "max_deliveries": ("MEMWORKER_MAX_DELIVERIES", DEFAULT_MAX_DELIVERIES, 1),
+    "commit_step": (COMMIT_STEP_ENV, DEFAULT_COMMIT_STEP, 0),
 }
 
 
 def broker_options(env: Any = None, **given: int | None) -> dict[str, int]:
-    """``max_retries``, ``min_backoff_ms``, ``max_deliveries``: each the given value,
-    else its environment variable (:data:`BROKER_ENV`), else the default.
+    """``max_retries``, ``min_backoff_ms``, ``max_deliveries``, ``commit_step``: each
+    the given value, else its environment variable (:data:`BROKER_ENV`), else the default.
 
     Raises:
         ConfigError: A value that is not an integer at or above its minimum.
@@ -1009,6 +996,7 @@ def run_worker(
     max_retries: int | None = None,
     min_backoff_ms: int | None = None,
     max_deliveries: int | None = None,
+    commit_step: int | None = None,
 ) -> int:
     """Run ``processes`` worker processes of ``threads`` threads until SIGINT/SIGTERM.
 
@@ -1021,10 +1009,10 @@ def run_worker(
     :func:`lower_priority`), the strongest: a waking thread of normal priority
     preempts the inference at once.
 
-    ``max_retries``, ``min_backoff_ms`` and ``max_deliveries`` go to
+    ``max_retries``, ``min_backoff_ms``, ``max_deliveries`` and ``commit_step`` go to
     :func:`make_broker`; ``None`` reads ``MEMWORKER_MAX_RETRIES``,
-    ``MEMWORKER_MIN_BACKOFF_MS``, ``MEMWORKER_MAX_DELIVERIES``, else the defaults
-    (5, 1000, 3).
+    ``MEMWORKER_MIN_BACKOFF_MS``, ``MEMWORKER_MAX_DELIVERIES``,
+    ``MEMWORKER_COMMIT_STEP``, else the defaults (5, 1000, 3, 8).
 
     Each process builds its own broker from ``settings`` (spawned children, nothing
     inherited but the settings). Returns the exit code: 0, or the first non-zero
@@ -1035,8 +1023,9 @@ def run_worker(
     if not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
     options = broker_options(
-        max_retries=max_retries, min_backoff_ms=min_backoff_ms, max_deliveries=max_deliveries
-    )
+        max_retries=max_retries, min_backoff_ms=min_backoff_ms, max_deliveries=max_deliveries,
+        commit_step=commit_step,
+    )  # fmt: skip
     settings = Settings.resolve(settings)
     settings.address()  # start/find the embedded server once, before the children
     qlist = list(queues) if queues else None

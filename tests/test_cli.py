@@ -47,15 +47,17 @@ def test_worker_retry_and_poison_flags_with_env_fallbacks() -> None:
     from memworker.worker import broker_options
 
     args = make_argument_parser().parse_args(
-        ["worker", "--max-retries", "0", "--min-backoff-ms", "50", "--max-deliveries", "2"]
-    )
-    assert (args.max_retries, args.min_backoff_ms, args.max_deliveries) == (0, 50, 2)
+        ["worker", "--max-retries", "0", "--min-backoff-ms", "50", "--max-deliveries", "2",
+         "--commit-step", "0"]
+    )  # fmt: skip
+    assert (args.max_retries, args.min_backoff_ms, args.max_deliveries, args.commit_step) == (0, 50, 2, 0)
     args = make_argument_parser().parse_args(["worker"])
-    assert (args.max_retries, args.min_backoff_ms, args.max_deliveries) == (None, None, None)
-    env = {"MEMWORKER_MAX_RETRIES": "1", "MEMWORKER_MIN_BACKOFF_MS": "20", "MEMWORKER_MAX_DELIVERIES": "4"}
-    assert broker_options(env) == {"max_retries": 1, "min_backoff_ms": 20, "max_deliveries": 4}
+    assert (args.max_retries, args.min_backoff_ms, args.max_deliveries, args.commit_step) == (None,) * 4
+    env = {"MEMWORKER_MAX_RETRIES": "1", "MEMWORKER_MIN_BACKOFF_MS": "20", "MEMWORKER_MAX_DELIVERIES": "4",
+           "MEMWORKER_COMMIT_STEP": "16"}  # fmt: skip
+    assert broker_options(env) == {"max_retries": 1, "min_backoff_ms": 20, "max_deliveries": 4, "commit_step": 16}
     assert broker_options(env, max_retries=3)["max_retries"] == 3  # the flag wins
-    assert broker_options({}) == {"max_retries": 5, "min_backoff_ms": 1000, "max_deliveries": 3}
+    assert broker_options({}) == {"max_retries": 5, "min_backoff_ms": 1000, "max_deliveries": 3, "commit_step": 8}
     with pytest.raises(ConfigError, match="MEMWORKER_MAX_DELIVERIES"):
         broker_options({"MEMWORKER_MAX_DELIVERIES": "zero"})
 

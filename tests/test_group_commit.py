@@ -73,18 +73,27 @@ def test_an_uncontended_submit_sends_at_once() -> None:
     assert sender.sends == [["a"], ["b"]]
 
 
+def _behind_a_held_send(group: GroupCommit, sender: Sender, entries: list[str]) -> tuple[dict, dict, list]:
+    """Submit "first" (its send held), then ``entries`` one by one while it is held;
+    release it and wait for every caller. Returns the callers' results and errors, and
+    the sends made before the release."""
+    results: dict = {}
+    errors: dict = {}
+    threads = _submit_all(group, sender, ["first"], results, errors)
+    assert sender.entered.wait(10)
+    threads += _submit_all(group, sender, entries, results, errors)
+    held = [list(batch) for batch in sender.sends]
+    sender.release.set()
+    for t in threads:
+        t.join(10)
+    return results, errors, held
+
+
 def test_submits_during_a_send_go_together_in_the_next_one() -> None:
     sender = Sender(hold_first=True)
     group = GroupCommit(sender, limit=64)
-    results: dict = {}
-    errors: dict = {}
-    first = _submit_all(group, sender, ["first"], results, errors)
-    assert sender.entered.wait(10)
-    rest = _submit_all(group, sender, [f"e{i}" for i in range(10)], results, errors)
-    assert sender.sends == [["first"]]  # the others wait for the send in flight
-    sender.release.set()
-    for t in first + rest:
-        t.join(10)
+    results, errors, held = _behind_a_held_send(group, sender, [f"e{i}" for i in range(10)])
+    assert held == [["first"]]  # the others wait for the send in flight
     assert sender.sends == [["first"], [f"e{i}" for i in range(10)]]
     assert results == {e: f"sent:{e}" for e in ["first", *[f"e{i}" for i in range(10)]]}
     assert not errors and group._busy is False and group._waiting == []
@@ -93,14 +102,7 @@ def test_submits_during_a_send_go_together_in_the_next_one() -> None:
 def test_a_send_carries_at_most_limit_entries_oldest_first() -> None:
     sender = Sender(hold_first=True)
     group = GroupCommit(sender, limit=3)
-    results: dict = {}
-    errors: dict = {}
-    threads = _submit_all(group, sender, ["first"], results, errors)
-    assert sender.entered.wait(10)
-    threads += _submit_all(group, sender, [f"e{i}" for i in range(7)], results, errors)
-    sender.release.set()
-    for t in threads:
-        t.join(10)
+    results, errors, _ = _behind_a_held_send(group, sender, [f"e{i}" for i in range(7)])
     assert sender.sends == [["first"], ["e0", "e1", "e2"], ["e3", "e4", "e5"], ["e6"]]
     assert len(results) == 8 and not errors
 
@@ -108,14 +110,7 @@ def test_a_send_carries_at_most_limit_entries_oldest_first() -> None:
 def test_a_failed_send_fails_its_own_callers_only() -> None:
     sender = Sender(hold_first=True, fail_on=2)
     group = GroupCommit(sender, limit=2)
-    results: dict = {}
-    errors: dict = {}
-    threads = _submit_all(group, sender, ["first"], results, errors)
-    assert sender.entered.wait(10)
-    threads += _submit_all(group, sender, ["a", "b", "c"], results, errors)
-    sender.release.set()
-    for t in threads:
-        t.join(10)
+    results, errors, _ = _behind_a_held_send(group, sender, ["a", "b", "c"])
     assert sender.sends == [["first"], ["a", "b"], ["c"]]
     assert set(errors) == {"a", "b"} and all(isinstance(e, ConnectionError) for e in errors.values())
     assert results == {"first": "sent:first", "c": "sent:c"}

@@ -153,7 +153,6 @@ def test_a_job_commits_in_steps_and_clears_its_pending_mark_with_the_last(
     job pending; its retry rewrites the same ids and the counts stay exact."""
     from memworker.store import ValkeyStore as Store
 
-    monkeypatch.setenv(worker_mod.COMMIT_STEP_ENV, "3")
     keys = QueueKeys(qsettings.namespace)
     real = Store.write_encoded
     calls: list[int] = []
@@ -169,7 +168,8 @@ def test_a_job_commits_in_steps_and_clears_its_pending_mark_with_the_last(
     monkeypatch.setattr(Store, "write_encoded", flaky)
     with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
         job = q.enqueue_save([_record(i) for i in range(8)])
-        workers(qsettings)
+        step = worker_mod.broker_options({worker_mod.COMMIT_STEP_ENV: "3"})["commit_step"]
+        workers(qsettings, commit_step=step)
         report = q.drain(timeout=30, job_ids=[job])
         assert report.committed == 1 and not report.failed
         assert pending_when_failed[0] is not None  # not done while a step was missing
@@ -179,10 +179,10 @@ def test_a_job_commits_in_steps_and_clears_its_pending_mark_with_the_last(
         assert sizes == [3, 3, 3, 2]
         assert entries[-1][1][b"i"].split(b"\n") == [b"rec6", b"rec7"]
         assert store.count() == 8 and store.count("/s") == 8 and store.list_categories() == {"c": 8}
-    assert worker_mod.commit_step({}) == worker_mod.DEFAULT_COMMIT_STEP
-    assert worker_mod.commit_step({worker_mod.COMMIT_STEP_ENV: "0"}) == 0
+    assert worker_mod.broker_options({})["commit_step"] == worker_mod.DEFAULT_COMMIT_STEP
+    assert worker_mod.broker_options({worker_mod.COMMIT_STEP_ENV: "0"})["commit_step"] == 0
     with pytest.raises(ConfigError, match="MEMWORKER_COMMIT_STEP"):
-        worker_mod.commit_step({worker_mod.COMMIT_STEP_ENV: "-1"})
+        worker_mod.broker_options({worker_mod.COMMIT_STEP_ENV: "-1"})
 
 
 def test_save_jobs_commit_records(qsettings, fake, workers):
