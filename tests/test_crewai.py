@@ -29,6 +29,7 @@ from memworker import worker as worker_mod  # noqa: E402
 from memworker.crewai import JobFailedError, LocalEmbedder, QueuedMemory, install, uninstall  # noqa: E402
 from memworker.crewai.testing import StandInLLM  # noqa: E402
 from memworker.errors import ConfigError  # noqa: E402
+from memworker.queue import MemoryQueue  # noqa: E402
 from memworker.settings import Settings  # noqa: E402
 from memworker.store import ValkeyStore  # noqa: E402
 
@@ -305,6 +306,70 @@ def test_recall_right_after_remember_many_sees_every_item(env):
     assert len(got) == 300
     memory.remember_many(["one more fact"], scope="/f", categories=["f"], importance=0.5)
     assert memory.info("/f").record_count == 301  # every read drains first
+
+
+# ----------------------------------------------------------------------------- the hand-off
+def test_remember_many_returns_before_its_job_reaches_valkey(env, events, monkeypatch):
+    """The agent waits on neither the model nor the network: remember_many hands its
+    items to the memory's save thread, and drain_writes (so recall) waits for that
+    hand-off before it waits for the job."""
+    memory = env()
+    real = memory.queue.enqueue_encode_job
+    sending, release = threading.Event(), threading.Event()
+
+    def held(items):
+        sending.set()
+        assert release.wait(30)
+        return real(items)
+
+    monkeypatch.setattr(memory.queue, "enqueue_encode_job", held)
+    memory.remember_many(["Gina sails", "Hugo rows"], scope="/boats", categories=["b"], importance=0.5)
+    assert sending.wait(10)  # the save thread is in the send; the caller has returned
+    assert memory.queue.pending() == [] and memory.store.count() == 0
+    threading.Timer(0.3, release.set).start()
+    got = memory.recall("boats", depth="shallow")
+    assert {m.record.content for m in got} == {"Gina sails", "Hugo rows"}
+    assert _names(events).count("MemorySaveCompletedEvent") == 1
+
+
+def test_remember_many_bad_input_is_a_failed_event_naming_the_field(env, events):
+    memory = env()
+    fields = {"scope": "/x", "importance": 0.5}
+    assert memory.remember_many(["fine", " "], categories=["c"], **fields) == []
+    memory.remember_many(["fine"], categories=["c"], metadata={"bad": object()}, **fields)
+    memory.remember_many(["fine"], categories="c", **fields)  # a str is not a list of categories
+    memory.remember_many(["fine"], categories=[""], **fields)
+    memory.drain_writes()  # reported, never raised
+    failed = [e.error for e in events if isinstance(e, MemorySaveFailedEvent)]
+    assert len(failed) == 4, failed
+    assert "items[1].text must not be empty" in failed[0]
+    assert "items[0].metadata is not JSON-serializable" in failed[1]
+    assert "items[0].categories must be a list of strings" in failed[2]
+    assert "items[0].categories[0] must be a non-empty string" in failed[3]
+    assert _names(events).count("MemorySaveStartedEvent") == 4
+    assert memory.info().record_count == 0 and memory.queue.pending() == []
+
+
+def test_a_normal_exit_right_after_remember_many_still_enqueues_the_job(plain_server, namespace):
+    """No drain, no close: the interpreter's exit finishes the save thread's hand-off."""
+    script = (
+        "import sys\n"
+        "from memworker.crewai import LocalEmbedder, QueuedMemory\n"
+        "from memworker.crewai.testing import StandInLLM\n"
+        "memory = QueuedMemory(storage=sys.argv[1], namespace=sys.argv[2], embedder=LocalEmbedder(),\n"
+        "                      llm=StandInLLM(), consolidation_threshold=1.0)\n"
+        "memory.remember_many(['said just before exit', 'and this too'], scope='/exit', categories=['e'],\n"
+        "                     importance=0.5)\n"
+        "print(memory.producer_id)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, plain_server.url, namespace], capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    producer = out.stdout.split()[-1]
+    status = MemoryQueue(Settings.from_url(plain_server.url, namespace=namespace)).status()
+    assert status["pending"].get(producer) == 1 and status["depth"] == 1, status
 
 
 # ----------------------------------------------------------------------------- the LLM path

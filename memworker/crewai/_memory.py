@@ -59,12 +59,12 @@ class JobFailedError(QueueError):
 class _Call:
     """One ``remember_many`` call: its jobs, and the context its events pair in."""
 
-    def __init__(self, ctx: contextvars.Context, n: int, metadata: Any, agent_role: Any) -> None:
+    def __init__(self, ctx: contextvars.Context, n: int, metadata: Any, agent_role: Any, start: float) -> None:
         self.ctx = ctx
         self.n = n
         self.metadata = metadata
         self.agent_role = agent_role
-        self.start = time.perf_counter()
+        self.start = start
         self.left = 0
         self.failures: list[FailedJob] = []
         self.lock = threading.Lock()
@@ -227,8 +227,9 @@ class QueuedMemory(Memory):
         inner = scope or "/"
         resolved = join_scope_paths(root, inner) if root else inner
         flow = self._flow(scope, categories, importance, root)
-        cats = list(categories or [])
-        meta = dict(metadata or {})
+        # The call's own copies; anything else goes as is to the validator, which names it.
+        cats = list(categories) if isinstance(categories, (list, tuple)) else categories or []
+        meta = dict(metadata) if type(metadata) is dict else metadata or {}
         weight = importance if importance is not None else self.default_importance
         private = bool(private)
         return [
@@ -358,38 +359,55 @@ class QueuedMemory(Memory):
         agent_role: str | None = None,
         root_scope: str | None = None,
     ) -> list[MemoryRecord]:
-        """Enqueue an encode job and return ``[]`` at once (as CrewAI does).
+        """Hand the items to this memory's save thread and return ``[]`` at once (as
+        CrewAI does): the agent waits neither on embedding nor on the network.
 
-        ``MemorySaveStartedEvent`` is emitted now; ``MemorySaveCompletedEvent`` (or
-        ``MemorySaveFailedEvent``) when the workers are done, in the same event
-        context. Failures are reported as events, never raised.
+        The save thread (CrewAI's own ``memory-save`` pool) validates the items and
+        enqueues them as one encode job (or several, past ``JOB_CHUNK``), usually
+        within a millisecond. It emits ``MemorySaveStartedEvent``, then
+        ``MemorySaveCompletedEvent`` (or ``MemorySaveFailedEvent``) when the workers
+        are done, in the caller's event context. Failures, bad input included, are
+        reported as events, never raised. ``drain_writes()`` (hence ``recall``,
+        ``close`` and a normal interpreter exit) waits for the hand-off first, then
+        for the jobs.
         """
         if not contents or self.read_only:
             return []
         root = root_scope if root_scope is not None else self.root_scope
-        call = _Call(contextvars.copy_context(), len(contents), metadata, agent_role)
+        start = time.perf_counter()
+        try:  # built here: the call's own copies of its arguments
+            items = self._items(list(contents), scope, categories, metadata, importance, source, private, root)
+        except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
+            items, error = None, exc
+        else:
+            error = None
+        call = _Call(contextvars.copy_context(), len(contents), metadata, agent_role, start)
+        self._submit_save(self._enqueue_many, call, items, error)
+        return []
+
+    def _enqueue_many(self, call: _Call, items: list[dict[str, Any]] | None, error: Exception | None) -> None:
+        """The save thread's part of :meth:`remember_many`."""
+        metadata = call.metadata
         call.ctx.run(
             _emit,
             MemorySaveStartedEvent(
-                value=f"{len(contents)} memories (background)",
-                metadata=metadata,
-                source_type=_SOURCE_TYPE,
+                value=f"{call.n} memories (background)", metadata=metadata, source_type=_SOURCE_TYPE
             ),
             self,
         )
         try:
-            items = self._items(contents, scope, categories, metadata, importance, source, private, root)
-            jobs = self._enqueue(items)
+            if error is not None:
+                raise error
+            jobs = self._enqueue(items or [])
         except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
             log.warning("remember_many: nothing enqueued: %s", exc)
             call.ctx.run(_emit, _failed_event("background save", metadata, str(exc)), self)
-            return []
+            return
         call.left = len(jobs)
         for job_id, _ in jobs:
             self._settler.watch(job_id).add_done_callback(
                 lambda f, c=call: self._job_settled(c, f)
             )
-        return []
 
     def _job_settled(self, call: _Call, future: Future[Any]) -> None:
         try:
