@@ -364,7 +364,7 @@ class QueuedMemory(Memory):
 
         The save thread (CrewAI's own ``memory-save`` pool) validates the items and
         enqueues them as one encode job (or several, past ``JOB_CHUNK``), usually
-        within a millisecond. It emits ``MemorySaveStartedEvent``, then
+        within a few milliseconds. It emits ``MemorySaveStartedEvent``, then
         ``MemorySaveCompletedEvent`` (or ``MemorySaveFailedEvent``) when the workers
         are done, in the caller's event context. Failures, bad input included, are
         reported as events, never raised. ``drain_writes()`` (hence ``recall``,
