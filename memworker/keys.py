@@ -59,6 +59,11 @@ class Keys:
         return f"{self.namespace}:meta"
 
     @property
+    def changes(self) -> str:
+        """Stream of record ids saved or deleted (the store scripts write it)."""
+        return f"{self.namespace}:changes"
+
+    @property
     def index(self) -> str:
         """Name of the vector index."""
         return f"{self.namespace}:idx"

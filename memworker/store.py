@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ from memworker.codec import (
     vector_from_bytes,
     vectors_to_float16,
 )
-from memworker.errors import ConfigError, StoreError, ValidationError
+from memworker.errors import ConfigError, MemworkerError, StoreError, ValidationError
 from memworker.keys import Keys
 from memworker.query import MAX_LIMIT, TOKEN_FIELDS, SearchFilter
 from memworker.settings import SearchMode, Settings, VectorType
@@ -81,6 +82,9 @@ class _State:
     module: bool | None = None
     module_float16: bool = False  # the module indexes FLOAT16 vectors (RediSearch >= 2.10)
     index_ready: bool = False
+    # list_records reads pages with SORT_RO ... GET until the server refuses it
+    # (an ACL user without access to every key, a server before SORT_RO).
+    sort_page: bool = True
 
 
 class ValkeyStore:
@@ -405,11 +409,26 @@ class ValkeyStore:
                     raise
         self._state.index_ready = False
         tree = self.keys.tree("/")
+        orphans = False
         while True:
             ids = [_text(i) for i in (yield Call(["ZRANGE", tree, "0", str(DELETE_CHUNK - 1)]))]
             if not ids:
                 break
-            yield from self._p_delete_ids(ids)
+            if not (yield from self._p_delete_ids(ids)):
+                # Index entries whose record hash is gone (evicted under a maxmemory
+                # policy, or deleted by hand): the delete script cannot unindex them.
+                orphans = True
+                yield Call(["ZREM", tree, *ids])
+        if orphans:  # every side index left, scope by scope from the root
+            scopes, seen = ["/"], {"/"}
+            while scopes:
+                scope = scopes.pop()
+                for child in (yield Call(["HKEYS", self.keys.children(scope)])):
+                    if _text(child) not in seen:
+                        seen.add(_text(child))
+                        scopes.append(_text(child))
+                yield Call(["DEL", self.keys.tree(scope), self.keys.children(scope), self.keys.cats(scope)])
+            yield Call(["DEL", self.keys.changes])  # the delete script keeps it while the root is not empty
         yield Call(["DEL", self.keys.meta])
         self._state.dim = None
         self._state.vtype = None
@@ -434,6 +453,25 @@ class ValkeyStore:
         if limit <= 0 or offset < 0:
             return []
         scope = normalize_scope_prefix(scope_prefix)
+        if self._state.sort_page:
+            # One round trip, no script: SORT_RO reads the page's fields natively (a
+            # zset "BY nosort" keeps its order, DESC = newest first, and LIMIT takes the
+            # range by rank), about half the server time of the read script's HMGET
+            # per record. The dimension (float16 or float32 bytes) comes alongside; it
+            # changes only when the namespace is emptied.
+            try:
+                dim, flat = yield Pipeline(
+                    [["HGET", self.keys.meta, "dim"],
+                     ["SORT_RO", self.keys.tree(scope), "BY", "nosort", "DESC", "LIMIT", str(offset), str(limit),
+                      *_page_gets(self.keys.namespace)]]
+                )  # fmt: skip
+            except Exception as exc:
+                if not _sort_refused(exc):
+                    raise
+                log.info("list_records: SORT_RO refused (%s); reading pages with the read script", exc)
+                self._state.sort_page = False
+            else:
+                return [r for r in _decode_rows([dim, *flat]) if r is not None]
         flat = yield Script(
             "read",
             ["page", self.keys.namespace, scope, str(offset), str(offset + limit - 1),
@@ -906,6 +944,26 @@ class ValkeyStore:
             return (yield from self._p_vector_type())
 
         return self._sync.run(plan())
+
+
+def _sort_refused(exc: BaseException) -> bool:
+    """The server refused SORT_RO: its ACL (no access to every key, which SORT's GET
+    needs, or the command not allowed) or a server without the command."""
+    if isinstance(exc, MemworkerError):  # our own, e.g. the connection lost for good
+        return False
+    text = error_text(exc).lower()
+    return "sort" in text and ("denied" in text or "permission" in text or "unknown command" in text)
+
+
+@lru_cache(maxsize=64)
+def _page_gets(namespace: str) -> tuple[str, ...]:
+    """SORT's GET patterns for RECORD_FIELDS of ``namespace``'s records (``#``: the
+    id itself). SORT substitutes the first ``*`` with the id verbatim, and a namespace
+    has no ``*`` (Settings checks it)."""
+    out: list[str] = []
+    for name in RECORD_FIELDS:
+        out += ["GET", "#" if name == "id" else f"{namespace}:rec:*->{name}"]
+    return tuple(out)
 
 
 def _decode_rows(reply: Sequence[Any]) -> list[Any]:

@@ -231,6 +231,23 @@ def test_read_only_user_can_recall_but_not_write(acl_server) -> None:
     reader.close()
 
 
+def test_list_records_reads_with_the_script_when_the_acl_refuses_sort(acl_server) -> None:
+    """SORT_RO ... GET needs access to every key (and is in @dangerous): users limited
+    to the namespace get the same pages from the read script."""
+    admin = ValkeyStore(f"valkey://admin:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
+    admin.save(_records(7, scope="/sec/pages"))
+    want = [r.id for r in admin.list_records("/sec/pages", limit=4, offset=2)]
+    assert len(want) == 4 and admin._state.sort_page  # the admin reads pages with SORT_RO
+    for user in ("mw", "reader"):  # -@dangerous / +@read on ~sec:* only
+        store = ValkeyStore(f"valkey://{user}:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
+        for _ in range(2):
+            assert [r.id for r in store.list_records("/sec/pages", limit=4, offset=2)] == want
+            assert store._state.sort_page is False
+        store.close()
+    admin.reset()
+    admin.close()
+
+
 def test_password_never_appears_in_reprs_logs_errors_or_status(acl_server, caplog, capsys) -> None:
     from memworker.cli import main
 
