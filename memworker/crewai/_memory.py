@@ -125,6 +125,10 @@ class QueuedMemory(Memory):
             :class:`~memworker.jobs.DrainTimeout` (``None``: for ever).
         model_id: The embedding model's identity, when the embedder does not say
             (compared with the store's; see :meth:`ValkeyStore.ensure_model`).
+        background_enqueue: ``True`` (default, as CrewAI does): ``remember_many``
+            hands the call to the save thread and returns; ``False``: it returns
+            once its job is in Valkey (the caller then waits for that round trip,
+            and a process killed after the return loses nothing).
 
     ``embedder=None`` means the bundled all-MiniLM-L6-v2 (:class:`LocalEmbedder`),
     the workers' default, not CrewAI's OpenAI default. Consolidation is CrewAI's:
@@ -136,6 +140,7 @@ class QueuedMemory(Memory):
     producer_id: str | None = Field(default=None, description="memworker producer id.")
     drain_timeout: float | None = Field(default=60.0, description="Drain wait (s).")
     model_id: str | None = Field(default=None, description="Embedding model identity.")
+    background_enqueue: bool = Field(default=True, description="remember_many enqueues in the save thread.")
 
     _queue: Any = PrivateAttr(default=None)
     _settler: Any = PrivateAttr(default=None)
@@ -369,7 +374,8 @@ class QueuedMemory(Memory):
         are done, in the caller's event context. Failures, bad input included, are
         reported as events, never raised. ``drain_writes()`` (hence ``recall``,
         ``close`` and a normal interpreter exit) waits for the hand-off first, then
-        for the jobs.
+        for the jobs. With ``background_enqueue=False`` this thread enqueues, and
+        the call returns once the job is in Valkey.
         """
         if not contents or self.read_only:
             return []
@@ -382,7 +388,10 @@ class QueuedMemory(Memory):
         else:
             error = None
         call = _Call(contextvars.copy_context(), len(contents), metadata, agent_role, start)
-        self._submit_save(self._enqueue_many, call, items, error)
+        if self.background_enqueue:
+            self._submit_save(self._enqueue_many, call, items, error)
+        else:
+            self._enqueue_many(call, items, error)
         return []
 
     def _enqueue_many(self, call: _Call, items: list[dict[str, Any]] | None, error: Exception | None) -> None:
