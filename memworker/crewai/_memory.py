@@ -395,7 +395,8 @@ class QueuedMemory(Memory):
         return []
 
     def _enqueue_many(self, call: _Call, items: list[dict[str, Any]] | None, error: Exception | None) -> None:
-        """The save thread's part of :meth:`remember_many`."""
+        """The enqueue of a :meth:`remember_many` call: in the save thread, or in the
+        caller's with ``background_enqueue=False``."""
         metadata = call.metadata
         call.ctx.run(
             _emit,
