@@ -145,7 +145,6 @@ class QueuedMemory(Memory):
     _queue: Any = PrivateAttr(default=None)
     _settler: Any = PrivateAttr(default=None)
     _group: Any = PrivateAttr(default=None)
-    _calls_lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     def model_post_init(self, __context: Any) -> None:
         from memworker.queue import MemoryQueue
