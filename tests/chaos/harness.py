@@ -28,10 +28,14 @@ def log_path() -> Path:
 
 
 def record(fault: str, *, injections: int, lost: int = 0, duplicates: int = 0,
-           early_returns: int = 0, hangs: int = 0, **extra: Any) -> None:
-    """Append one fault-injection outcome for scripts/reliability_report.py."""
+           early_returns: int = 0, hangs: int = 0, leaks: int = 0, **extra: Any) -> None:
+    """Append one fault-injection outcome for scripts/reliability_report.py.
+
+    ``leaks`` counts data seen where it must not be: another source's private record
+    in a search or a consolidation, a memory's text or metadata in a log line."""
     row = {"fault": fault, "injections": injections, "lost": lost, "duplicates": duplicates,
-           "early_returns": early_returns, "hangs": hangs, "time": time.time(), **extra}
+           "early_returns": early_returns, "hangs": hangs, "leaks": leaks, "time": time.time(),
+           **extra}
     with open(log_path(), "a") as f:
         f.write(json.dumps(row) + "\n")
     print(f"CHAOS {json.dumps(row)}")
