@@ -15,6 +15,10 @@ process too.
   job's pending-mark removal in ONE atomic step (``WorkerContext.commit``). Deletes
   and updates decided by consolidation are written first (each atomic), then the
   commit: a redelivered job repeats them idempotently.
+- Privacy: the flow runs once per writer of the job (items' ``source`` and
+  ``private``) and sees only what that writer could recall (:class:`_FlowStorage`):
+  another source's private records are never shown to its LLM, merged, updated or
+  deleted, and an update keeps the stored record's ``source`` and ``private``.
 - What each item became is written to ``ns:results:<job>`` (hash item id -> record id,
   ``""`` when dropped as a duplicate; TTL :data:`RESULT_TTL_MS`) before the commit, so
   a producer's ``remember()`` returns the record an item was merged into.
