@@ -585,8 +585,15 @@ class _FlowStorage:
             return self.source is not None and getattr(record, "source", None) == self.source
         return not self.private
 
-    def search(self, query_embedding: Any, scope_prefix: Any = None, categories: Any = None,
-               metadata_filter: Any = None, limit: int = 10, min_score: float = 0.0) -> Any:  # fmt: skip
+    def search(
+        self,
+        query_embedding: Any,
+        scope_prefix: Any = None,
+        categories: Any = None,
+        metadata_filter: Any = None,
+        limit: int = 10,
+        min_score: float = 0.0,
+    ) -> list[tuple[Any, float]]:
         """The store's search, privacy filtered for this writer (see the class)."""
         if self.private:
             if self.source is None:

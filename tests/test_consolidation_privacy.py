@@ -108,7 +108,8 @@ def test_another_sources_private_record_is_never_shown_changed_or_deleted(env, l
     assert shown == [carol.id]  # public records stay shared, as in CrewAI
     _assert_untouched(store, alice, ALICE_TEXT, "alice")
     assert alice.id not in _visible_to(store, embedder, "bob", BOB_TEXT)
-    assert all(m.record.id != alice.id for m in bob_memory.recall(ALICE_TEXT, source="bob", depth="shallow"))
+    recalled = bob_memory.recall(ALICE_TEXT, source="bob", depth="shallow")
+    assert all(m.record.id != alice.id for m in recalled)
     if plan == "update":
         # Carol's public record took Bob's text and kept its own source and privacy.
         got = store.get_record(carol.id)
@@ -153,7 +154,8 @@ def test_a_private_write_never_merges_into_a_shared_record(env, llm, embedder):
     # Merging Alice's private text into a record others can read would publish it.
     assert _shown_for(llm, ALICE_TEXT) == []
     assert (mine.content, mine.source, mine.private) == (ALICE_TEXT, "alice", True)
-    for record, text, source in ((carol, CAROL_TEXT, "carol"), (alice_public, "my card PIN is 4320", "alice")):
+    shared = ((carol, CAROL_TEXT, "carol"), (alice_public, "my card PIN is 4320", "alice"))
+    for record, text, source in shared:
         got = memory.store.get_record(record.id)
         assert (got.content, got.source, got.private) == (text, source, False)
     assert mine.id not in _visible_to(memory.store, embedder, "bob", ALICE_TEXT)

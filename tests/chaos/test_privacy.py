@@ -92,7 +92,8 @@ def test_private_records_through_consolidation(server, store, namespace, workdir
                       "source": "owner", "private": False,
                       "embedding": _unit(on_it + vector(f"pub{n}") * 0.5)})  # fmt: skip
         items.append({"text": text, "scope": scope, "categories": ["c"], "importance": 0.5,
-                      "source": writer, "private": private, "flow": {**flow, "scope": scope}})  # fmt: skip
+                      "source": writer, "private": private,
+                      "flow": {**flow, "scope": scope}})  # fmt: skip
         writer_of[text] = (writer, private)
     store.save(seeds)
     before = {s["id"]: s for s in seeds}
@@ -132,8 +133,8 @@ def test_private_records_through_consolidation(server, store, namespace, workdir
         elif theirs and got.content != seed["content"]:
             modified += 1  # another source's private record rewritten
     for text, (writer, _) in writer_of.items():
-        for r, _ in store.search(vector(text).tolist(), limit=50, include_private=False, viewer=writer):
-            leaks += r.private and r.source != writer
+        hits = store.search(vector(text).tolist(), limit=50, include_private=False, viewer=writer)
+        leaks += sum(1 for r, _ in hits if r.private and r.source != writer)
     record("Private records through consolidation", injections=len(items), leaks=leaks,
            modified=modified, consolidations=len(shown),
            kind="module" if store.search_module else "plain")  # fmt: skip
