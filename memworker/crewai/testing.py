@@ -14,21 +14,39 @@ RecallFlow run offline and reproducibly:
 - query analysis: the query itself as the only recall query;
 - an agent's task: ``Final Answer:`` followed by a fixed sentence naming the task.
 
+:class:`ScriptedConsolidationLLM` is the same stand-in with a scripted consolidation
+decision (update or delete the first candidate shown) that records what each
+consolidation call was shown: for tests of what the EncodingFlow may see and touch.
+
 Use a real LLM (``MEMWORKER_LLM``, ``QueuedMemory(llm=...)``) for anything real.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from typing import Any
 
 from crewai.llms.base_llm import BaseLLM
 
-__all__ = ["StandInLLM", "standin_memory_config"]
+__all__ = [
+    "SCRIPT_LOG_ENV",
+    "SCRIPT_PLAN_ENV",
+    "ScriptedConsolidationLLM",
+    "StandInLLM",
+    "scripted_memory_config",
+    "standin_memory_config",
+]
 
 _ID_RE = re.compile(r"- id=(\S+) \| scope=.*?\n\s+content: (.*)")
+_SHOWN_ID_RE = re.compile(r"^- id=(\S+) \| ", re.MULTILINE)
+_CONSOLIDATION = "New content to consider storing:"
+#: Plan of :func:`scripted_memory_config`'s LLM (``update``, ``delete`` or ``auto``).
+SCRIPT_PLAN_ENV = "MEMWORKER_SCRIPTED_PLAN"
+#: File to which :func:`scripted_memory_config`'s LLM appends what each call was shown.
+SCRIPT_LOG_ENV = "MEMWORKER_SCRIPTED_LOG"
 
 
 def _words(text: str) -> list[str]:
@@ -118,6 +136,66 @@ class StandInLLM(BaseLLM):
             "Thought: I now can give a great answer\n"
             f"Final Answer: Stand-in answer for the task about: {task}."
         )
+
+
+class ScriptedConsolidationLLM(StandInLLM):
+    """:class:`StandInLLM` whose consolidation decision is scripted (tests only).
+
+    Every consolidation call (CrewAI's ``analyze_for_consolidation``) is recorded in
+    :attr:`shown` as ``{"new": <new content>, "ids": [<ids of the records shown>],
+    "prompt": <the user message>}`` (and appended as one JSON line to ``log``, when
+    set), then answered by ``plan`` applied to the FIRST record shown:
+
+    - ``update``: update it to the new content, insert nothing;
+    - ``delete``: delete it, insert the new content;
+    - ``auto``: ``delete`` when the new content contains ``DELETE``, else ``update``.
+
+    Every other prompt is answered as :class:`StandInLLM` answers it.
+    """
+
+    plan: str = "update"
+    log: str | None = None
+
+    def model_post_init(self, __context: Any) -> None:
+        super().model_post_init(__context)
+        if self.plan not in ("update", "delete", "auto"):
+            raise ValueError(f"plan must be 'update', 'delete' or 'auto', got {self.plan!r}")
+        object.__setattr__(self, "shown", [])
+
+    def call(self, messages: Any, tools: Any = None, callbacks: Any = None,
+             available_functions: Any = None, from_task: Any = None, from_agent: Any = None,
+             response_model: Any = None) -> Any:  # fmt: skip
+        _, user = _text_of(messages)
+        if not user.startswith(_CONSOLIDATION):
+            return super().call(messages, tools, callbacks, available_functions, from_task,
+                                from_agent, response_model)  # fmt: skip
+        self._count("consolidation")
+        new = user.split("\n", 1)[1].split("\n\nExisting similar memories:", 1)[0].strip()
+        ids = _SHOWN_ID_RE.findall(user)
+        entry = {"new": new, "ids": ids, "prompt": user}
+        with self._counts_lock:  # type: ignore[attr-defined]
+            self.shown.append(entry)  # type: ignore[attr-defined]
+            if self.log:
+                with open(self.log, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(entry) + "\n")
+        plan = self.plan
+        if plan == "auto":
+            plan = "delete" if "DELETE" in new else "update"
+        if not ids:
+            return json.dumps({"actions": [], "insert_new": True, "insert_reason": ""})
+        if plan == "delete":
+            action = {"action": "delete", "record_id": ids[0], "reason": "scripted"}
+            return json.dumps({"actions": [action], "insert_new": True, "insert_reason": ""})
+        action = {"action": "update", "record_id": ids[0], "new_content": new, "reason": "scripted"}
+        return json.dumps({"actions": [action], "insert_new": False, "insert_reason": ""})
+
+
+def scripted_memory_config() -> dict[str, Any]:
+    """``MEMWORKER_MEMORY_FACTORY=memworker.crewai.testing:scripted_memory_config``: a
+    :class:`ScriptedConsolidationLLM` with the plan ``$MEMWORKER_SCRIPTED_PLAN``
+    (default ``update``) logging to ``$MEMWORKER_SCRIPTED_LOG`` (tests only)."""
+    plan = os.environ.get(SCRIPT_PLAN_ENV) or "update"
+    return {"llm": ScriptedConsolidationLLM(plan=plan, log=os.environ.get(SCRIPT_LOG_ENV) or None)}
 
 
 def standin_memory_config() -> dict[str, Any]:
