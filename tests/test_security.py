@@ -33,7 +33,8 @@ DIM = 8
 
 # ----------------------------------------------------------------------------- certificates
 def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 / localhost, signed by it."""
+    """A CA and a server certificate for 127.0.0.1 / localhost, signed by it; also
+    ``other.pem``/``other.key``, signed by the same CA for another host name only."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -65,21 +66,38 @@ def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    ca_path = folder / "ca.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path, key_path = _server_cert(folder, "server", ca, ca_key, ["localhost", "127.0.0.1"])
+    _server_cert(folder, "other", ca, ca_key, ["other.example"])
+    return ca_path, cert_path, key_path
+
+
+def _server_cert(folder: Path, stem: str, ca, ca_key, names: list[str]) -> tuple[Path, Path]:
+    """A server certificate for ``names`` (DNS names or IP addresses), signed by ``ca``:
+    ``folder/<stem>.pem`` and ``folder/<stem>.key``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    alt: list[x509.GeneralName] = []
+    for entry in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(entry)))
+        except ValueError:
+            alt.append(x509.DNSName(entry))
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name("localhost"))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
@@ -87,8 +105,7 @@ def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "server.key"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(
@@ -97,7 +114,7 @@ def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
             serialization.NoEncryption(),
         )
     )
-    return ca_path, cert_path, key_path
+    return cert_path, key_path
 
 
 class TLSProxy:
@@ -329,3 +346,55 @@ def test_cli_status_over_tls(tls) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert '"namespace": "tlscli"' in done.stdout
+
+
+@pytest.fixture(scope="module")
+def wrong_host(tls) -> Iterator[tuple[TLSProxy, Path]]:
+    """A proxy to the same server whose certificate, signed by the trusted CA, names
+    another host (other.example) than the one the clients connect to (127.0.0.1)."""
+    proxy, ca, server = tls
+    other = TLSProxy(server.port, ca.parent / "other.pem", ca.parent / "other.key")
+    yield other, ca
+    other.close()
+
+
+def test_redis_py_clients_check_the_host_name_explicitly() -> None:
+    """redis-py < 6 does not check the host name unless told: redis_kwargs always says."""
+    from memworker.queue import redis_kwargs
+
+    assert redis_kwargs(Settings.from_url("valkeys://h/0"))["ssl_check_hostname"] is True
+    assert redis_kwargs(Settings.from_url("rediss://h/0?ssl_ca_certs=/ca.pem"))["ssl_check_hostname"] is True
+    insecure = redis_kwargs(Settings.from_url("valkeys://h/0?ssl_cert_reqs=none"))
+    assert insecure["ssl_check_hostname"] is False and insecure["ssl_cert_reqs"] == "none"
+    assert "ssl_check_hostname" not in redis_kwargs(Settings.from_url("valkey://h/0"))
+
+
+def test_queue_drain_and_broker_refuse_a_certificate_for_another_host(wrong_host) -> None:
+    """A certificate signed by the trusted CA but for another host name is refused by
+    the queue (enqueue), the drain and the worker's broker: every redis-py client."""
+    import redis
+
+    from memworker.worker import MemworkerBroker
+
+    proxy, ca = wrong_host
+    url = f"valkeys://127.0.0.1:{proxy.port}/0?ssl_ca_certs={ca}&connect_timeout_ms=2000"
+    settings = Settings.from_url(url, namespace="tlshost")
+    refused = "(?i)hostname|ip address mismatch|certificate"
+    with MemoryQueue(settings, producer_id="p") as queue:
+        with pytest.raises(redis.ConnectionError, match=refused):
+            queue.enqueue_save(_records(1, scope="/t"))
+        with pytest.raises(redis.ConnectionError, match=refused):
+            queue.drain(timeout=5)
+    broker = MemworkerBroker(settings)
+    with pytest.raises(redis.ConnectionError, match=refused):
+        broker.client.ping()
+    broker.client.close()
+    assert proxy.handshakes == 0  # no connection got past the handshake
+    # ssl_cert_reqs=none is the one way to turn verification off
+    insecure = Settings.from_url(url + "&ssl_cert_reqs=none", namespace="tlshost")
+    with MemoryQueue(insecure, producer_id="p") as queue:
+        queue.enqueue_save(_records(1, scope="/t"))
+    broker = MemworkerBroker(insecure)
+    assert broker.client.ping()
+    broker.client.close()
+    assert proxy.handshakes > 0
