@@ -280,13 +280,28 @@ class Settings:
         return replace(self, namespace=namespace)
 
     def address(self) -> tuple[str, int]:
-        """``(host, port)``; starts or finds the embedded server when there is no URL."""
+        """``(host, port)``; starts or finds the embedded server when there is no URL
+        (its password: :meth:`credentials`)."""
         if self.host is not None:
             return self.host, int(self.port or 6379)
         from memworker.embedded import ensure_server
 
         server = ensure_server(self.home, search_module=self.search_module)
         return server.host, server.port
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """``(username, password)`` to authenticate with.
+
+        For the embedded server (no URL): the default user and the password the
+        server was started with, read from ``home/valkey.password`` (readable by its
+        owner only); this starts or finds the server, like :meth:`address`. The
+        password never becomes a field of this object, so it is in no ``repr``.
+        """
+        if self.host is not None:
+            return self.username, self.password
+        from memworker.embedded import ensure_server
+
+        return None, ensure_server(self.home, search_module=self.search_module).password
 
     def url(self, *, redact: bool = True, scheme: str | None = None) -> str:
         """This server as a URL; the password is ``***`` unless ``redact=False``.
@@ -297,16 +312,17 @@ class Settings:
                 ``valkey``/``valkeys``.
         """
         host, port = self.address()
+        username, password = self.credentials()
         family = {"redis": "redis", "rediss": "redis", "valkey": "valkey", "valkeys": "valkey"}
         if (scheme or "valkey") not in family:
             raise ConfigError(f"scheme must be one of {', '.join(family)}, got {scheme!r}")
         base = family[scheme or "valkey"]
         scheme = base + "s" if self.tls else base
         auth = ""
-        if self.username or self.password:
-            user = quote(self.username or "", safe="")
-            if self.password is not None:
-                secret = "***" if redact else quote(self.password, safe="")
+        if username or password:
+            user = quote(username or "", safe="")
+            if password is not None:
+                secret = "***" if redact else quote(password, safe="")
                 auth = f"{user}:{secret}@"
             else:
                 auth = f"{user}@"
