@@ -15,12 +15,14 @@ import socket
 import ssl
 import subprocess
 import sys
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 from valkey_servers import ServerInfo, start_server, stop_server
 from memworker import MemoryQueue, MemworkerError, StoreError, ValkeyStore
@@ -173,28 +175,52 @@ class TLSProxy:
 
 
 # ----------------------------------------------------------------------------- servers with ACL
-def _acl_file(folder: Path, module: bool) -> Path:
-    """The users of the test server, in an ACL file the server loads at start."""
-    search = " +ft.search +ft._list +ft.info" if module else ""  # only exist with the module
-    lines = [
-        f"user admin on >{PASSWORD} ~* &* +@all",
-        # producers and workers of namespace "sec": only its keys and channels
-        f"user mw on >{PASSWORD} ~sec:* &sec:* +@all -@admin -@dangerous +keys +info "
-        "+client|setname +client|setinfo +client|id",
-        # read-only recall
-        f"user reader on >{PASSWORD} ~sec:* +@read +@connection +eval +evalsha +script|load "
-        f"+info +client|setname +client|setinfo{search}",
-        "user default off",
-    ]
-    path = folder / "users.acl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_acl_rules(namespace: str, *, module: bool, suffix: str = "") -> dict[str, list[str]]:
+    """The README's ``ACL SETUSER`` lines (its Security section), exactly as written,
+    for ``namespace``: ``PASSWORD`` and the namespace ``ns`` substituted, the user
+    names given ``suffix``, and with a search module the commands its comment adds
+    to the reader. By user name (without the suffix)."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("- **Minimal ACL rules**") :]
+    block = section.split("```")[1]
+    rules: dict[str, list[str]] = {}
+    for line in block.splitlines():
+        line = line.strip()
+        if line.startswith("ACL SETUSER "):
+            args = line.split()
+            name = args[2]
+            args[2] = name + suffix
+            rules[name] = [
+                a.replace("PASSWORD", PASSWORD).replace("ns:", f"{namespace}:") for a in args
+            ]
+        elif line.startswith("#") and "with a search module" in line and module:
+            found = re.search(r"add ((?:\+\S+ )+)with a search module", line)
+            assert found, line
+            extra = found.group(1).split()
+    assert set(rules) == {"agent", "worker", "reader"}, block
+    if module:
+        rules["reader"] += extra
+    return rules
+
+
+def _admin(server: ServerInfo) -> redis.Redis:
+    return redis.Redis(port=server.port, username="admin", password=PASSWORD)
 
 
 @pytest.fixture(scope="module", params=["plain", "module"])
 def acl_server(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[ServerInfo]:
-    acl = _acl_file(tmp_path_factory.mktemp("acl"), request.param == "module")
-    server = start_server(request.param, "--aclfile", str(acl))
+    """A server whose users are the README's rules for namespace ``sec`` (plus an
+    admin); the default user is off."""
+    path = tmp_path_factory.mktemp("acl") / "users.acl"
+    path.write_text(f"user admin on >{PASSWORD} ~* &* +@all\nuser default off\n")
+    server = start_server(request.param, "--aclfile", str(path))
+    admin = _admin(server)
+    for rule in readme_acl_rules("sec", module=request.param == "module").values():
+        admin.execute_command(*rule)
+    admin.close()
     yield server
     stop_server(server)
 
@@ -208,17 +234,18 @@ def _records(n: int, scope: str = "/sec") -> list:
 def test_acl_user_limited_to_the_namespace_runs_store_queue_and_worker(acl_server) -> None:
     from memworker.worker import running_worker
 
-    url = f"valkey://mw:{PASSWORD}@127.0.0.1:{acl_server.port}"
+    url = f"valkey://agent:{PASSWORD}@127.0.0.1:{acl_server.port}"
     settings = Settings.from_url(url, namespace="sec")
+    worker = Settings.from_url(f"valkey://worker:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
     store = ValkeyStore(settings)
     store.save(_records(3))
     assert store.count() == 3
-    with running_worker(settings, threads=2), MemoryQueue(settings, producer_id="p") as queue:
+    with running_worker(worker, threads=2), MemoryQueue(settings, producer_id="p") as queue:
         job = queue.enqueue_save(_records(2, scope="/sec/q"))
         report = queue.drain(timeout=60, job_ids=[job])
         assert report.committed == 1 and not report.failed
     assert store.count() == 5
-    # no anonymous access: the default user is off in the ACL file
+    # no anonymous access: the default user is off
     anonymous = ValkeyStore(f"valkey://127.0.0.1:{acl_server.port}?connect_timeout_ms=500", namespace="sec")
     with pytest.raises(MemworkerError):
         anonymous.count()
@@ -233,7 +260,7 @@ def test_acl_user_limited_to_the_namespace_runs_store_queue_and_worker(acl_serve
 
 
 def test_read_only_user_can_recall_but_not_write(acl_server) -> None:
-    writer = ValkeyStore(f"valkey://mw:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
+    writer = ValkeyStore(f"valkey://agent:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
     writer.save(_records(4, scope="/sec/ro"))
     reader = ValkeyStore(f"valkey://reader:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
     hits = reader.search(np.ones(DIM).tolist(), scope_prefix="/sec/ro", limit=10)
@@ -255,7 +282,7 @@ def test_list_records_reads_with_the_script_when_the_acl_refuses_sort(acl_server
     admin.save(_records(7, scope="/sec/pages"))
     want = [r.id for r in admin.list_records("/sec/pages", limit=4, offset=2)]
     assert len(want) == 4 and admin._state.sort_page  # the admin reads pages with SORT_RO
-    for user in ("mw", "reader"):  # -@dangerous / +@read on ~sec:* only
+    for user in ("agent", "reader"):  # -@dangerous on ~sec:* only
         store = ValkeyStore(f"valkey://{user}:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
         for _ in range(2):
             assert [r.id for r in store.list_records("/sec/pages", limit=4, offset=2)] == want
@@ -268,8 +295,8 @@ def test_list_records_reads_with_the_script_when_the_acl_refuses_sort(acl_server
 def test_password_never_appears_in_reprs_logs_errors_or_status(acl_server, caplog, capsys) -> None:
     from memworker.cli import main
 
-    good = f"valkey://mw:{PASSWORD}@127.0.0.1:{acl_server.port}"
-    bad = f"valkey://mw:{PASSWORD}-wrong@127.0.0.1:{acl_server.port}?connect_timeout_ms=500"
+    good = f"valkey://agent:{PASSWORD}@127.0.0.1:{acl_server.port}"
+    bad = f"valkey://agent:{PASSWORD}-wrong@127.0.0.1:{acl_server.port}?connect_timeout_ms=500"
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
     store = ValkeyStore(good, namespace="sec")
@@ -290,6 +317,92 @@ def test_password_never_appears_in_reprs_logs_errors_or_status(acl_server, caplo
     queue.close()
     store.close()
     wrong.close()
+
+
+#: Commands whose reply lists key names (or other tenants' connections) whatever the
+#: user's key patterns.
+LISTING = {
+    "SCAN": ["SCAN", "0", "COUNT", "1000"],
+    "KEYS": ["KEYS", "*"],
+    "RANDOMKEY": ["RANDOMKEY"],
+    "PUBSUB CHANNELS": ["PUBSUB", "CHANNELS"],
+    "PUBSUB SHARDCHANNELS": ["PUBSUB", "SHARDCHANNELS"],
+    "CLIENT LIST": ["CLIENT", "LIST"],
+    "CLIENT KILL": ["CLIENT", "KILL", "ID", "999999999"],
+}
+
+
+def test_readme_acl_users_cannot_list_another_namespaces_key_names(acl_server) -> None:
+    """The README's users cannot list another namespace's key names (scope paths,
+    record ids, producer ids with host names), except the residual exposure the
+    README states: a worker's KEYS."""
+    admin = _admin(acl_server)
+    other = ValkeyStore(f"valkey://admin:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="other")
+    other.save(_records(3, scope="/alice/secret-plan"))
+    listener = admin.pubsub()
+    listener.subscribe("other:done:producer-on-host-x")
+    listener.get_message(timeout=5)  # the subscription is registered
+    allowed: dict[tuple[str, str], str] = {}
+    try:
+        for user in ("agent", "worker", "reader"):
+            client = redis.Redis(port=acl_server.port, username=user, password=PASSWORD)
+            assert client.ping()
+            for name, command in LISTING.items():
+                try:
+                    reply = client.execute_command(*command)
+                except redis.exceptions.NoPermissionError:
+                    continue
+                except redis.exceptions.ResponseError as exc:  # CLIENT KILL of no client
+                    reply = str(exc)
+                allowed[(user, name)] = repr(reply)
+            client.close()
+        assert set(allowed) == {("worker", "KEYS")}, allowed
+        assert "other:rec:" in allowed[("worker", "KEYS")]  # the residual exposure
+    finally:
+        listener.close()
+        other.reset()
+        other.close()
+        admin.close()
+
+
+def test_readme_acl_one_database_per_tenant(acl_server) -> None:
+    """The README's rules with ``db=1`` and ``/1`` in the URL: store, queue and worker
+    run, and even a worker's KEYS sees its own database only."""
+    from memworker.worker import running_worker
+
+    if acl_server.kind == "module":
+        pytest.skip("RediSearch indexes database 0 only; the README says so")
+    admin = _admin(acl_server)
+    for rule in readme_acl_rules("t1", module=False, suffix="-t1").values():
+        admin.execute_command(*rule, "db=1")
+    admin.set("other:rec:in-db-0", "x")
+    base = f"127.0.0.1:{acl_server.port}/1"
+    agent = Settings.from_url(f"valkey://agent-t1:{PASSWORD}@{base}", namespace="t1")
+    worker = Settings.from_url(f"valkey://worker-t1:{PASSWORD}@{base}", namespace="t1")
+    store = ValkeyStore(agent)
+    try:
+        store.save(_records(2, scope="/t1"))
+        with running_worker(worker, threads=2), MemoryQueue(agent, producer_id="p") as queue:
+            job = queue.enqueue_save(_records(1, scope="/t1/q"))
+            assert queue.drain(timeout=60, job_ids=[job]).committed == 1
+        reader = ValkeyStore(f"valkey://reader-t1:{PASSWORD}@{base}", namespace="t1")
+        assert reader.count() == 3
+        reader.close()
+        client = redis.Redis(port=acl_server.port, db=1, username="worker-t1", password=PASSWORD)
+        names = client.keys("*")
+        assert names and all(n.startswith(b"t1:") for n in names), names
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.execute_command("SELECT", "0")
+        client.close()
+        with pytest.raises(StoreError, match="(?i)noperm|permission|select"):
+            ValkeyStore(
+                f"valkey://agent-t1:{PASSWORD}@127.0.0.1:{acl_server.port}/0", namespace="t1"
+            ).save(_records(1, scope="/t1"))
+    finally:
+        store.reset()
+        store.close()
+        admin.delete("other:rec:in-db-0")
+        admin.close()
 
 
 # ----------------------------------------------------------------------------- TLS
