@@ -73,6 +73,9 @@ LOG_FILE = "valkey.log"
 PASSWORD_FILE = "valkey.password"
 #: The server's config file (0600): ``requirepass``, kept off the command line.
 CONFIG_FILE = "valkey.conf"
+#: Shortest password accepted in :data:`PASSWORD_FILE` (a generated one has 43 characters).
+MIN_PASSWORD = 16
+_PASSWORD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 #: Mode of the home and data folders: the owner only.
 DIR_MODE = 0o700
 #: Mode of every file under the home: the owner only.
@@ -372,6 +375,14 @@ def _ensure_password(home: Path) -> str:
     if password is None:
         password = secrets.token_urlsafe(32)  # letters, digits, '-' and '_' only
         _write_private(home / PASSWORD_FILE, password + "\n")
+    elif len(password) < MIN_PASSWORD or not all(c in _PASSWORD_CHARS for c in password):
+        # The config file holds it as written, and Valkey quotes a bad config line in
+        # its log, which an error would quote in turn: refuse, never show it.
+        raise EmbeddedServerError(
+            f"{home / PASSWORD_FILE} must hold one password of at least {MIN_PASSWORD} "
+            "ASCII letters, digits, '-' or '_' (delete the file while no server runs: "
+            "the next start generates one)"
+        )
     return password
 
 

@@ -440,3 +440,15 @@ def test_a_server_without_password_is_refused(home: Path) -> None:
         assert legacy.process.poll() is None  # left running
     finally:
         legacy.stop()
+
+
+def test_a_malformed_password_file_is_refused_without_quoting_it(home: Path) -> None:
+    """A hand-edited password that the server's config file could not hold as written
+    is refused before the start; the error names the file, never its content."""
+    home.mkdir(parents=True)
+    secret = 'my "secret" pass'
+    (home / "valkey.password").write_text(secret + "\n")
+    with pytest.raises(EmbeddedServerError, match="valkey.password") as info:
+        ensure_server(home, search_module="none")
+    assert "secret" not in str(info.value)
+    assert _valkey_pids(home) == []
