@@ -428,11 +428,8 @@ def test_a_server_without_password_is_refused(home: Path) -> None:
     legacy = start_server(False)
     try:
         home.mkdir(parents=True)
-        (home / "valkey.json").write_text(
-            json.dumps(
-                {"pid": legacy.process.pid, "host": "127.0.0.1", "port": legacy.port, "module": None}
-            )
-        )
+        state = {"pid": legacy.process.pid, "host": "127.0.0.1", "port": legacy.port, "module": None}
+        (home / "valkey.json").write_text(json.dumps(state))
         with pytest.raises(EmbeddedServerError, match="no password") as info:
             ensure_server(home, search_module="none")
         assert str(legacy.process.pid) in str(info.value)

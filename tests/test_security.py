@@ -236,7 +236,9 @@ def test_acl_user_limited_to_the_namespace_runs_store_queue_and_worker(acl_serve
 
     url = f"valkey://agent:{PASSWORD}@127.0.0.1:{acl_server.port}"
     settings = Settings.from_url(url, namespace="sec")
-    worker = Settings.from_url(f"valkey://worker:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
+    worker = Settings.from_url(
+        f"valkey://worker:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec"
+    )
     store = ValkeyStore(settings)
     store.save(_records(3))
     assert store.count() == 3
@@ -476,7 +478,8 @@ def test_redis_py_clients_check_the_host_name_explicitly() -> None:
     from memworker.queue import redis_kwargs
 
     assert redis_kwargs(Settings.from_url("valkeys://h/0"))["ssl_check_hostname"] is True
-    assert redis_kwargs(Settings.from_url("rediss://h/0?ssl_ca_certs=/ca.pem"))["ssl_check_hostname"] is True
+    with_ca = redis_kwargs(Settings.from_url("rediss://h/0?ssl_ca_certs=/ca.pem"))
+    assert with_ca["ssl_check_hostname"] is True and with_ca["ssl_cert_reqs"] == "required"
     insecure = redis_kwargs(Settings.from_url("valkeys://h/0?ssl_cert_reqs=none"))
     assert insecure["ssl_check_hostname"] is False and insecure["ssl_cert_reqs"] == "none"
     assert "ssl_check_hostname" not in redis_kwargs(Settings.from_url("valkey://h/0"))
