@@ -105,9 +105,10 @@ def glide_config(settings: Settings) -> Any:
     )
 
     host, port = settings.address()
+    username, password = settings.credentials()  # the embedded server's, without a URL
     credentials = None
-    if settings.password is not None or settings.username:
-        credentials = ServerCredentials(password=settings.password, username=settings.username)
+    if password is not None or username:
+        credentials = ServerCredentials(password=password, username=username)
     tls_config = None
     if settings.tls and (settings.tls_ca_file or settings.tls_insecure):
         ca = None

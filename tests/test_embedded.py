@@ -91,7 +91,9 @@ def _result(proc: subprocess.Popen[str]) -> dict[str, object]:
 
 
 def _client(server: EmbeddedServer) -> valkey.Valkey:
-    return valkey.Valkey(host=server.host, port=server.port, decode_responses=True)
+    return valkey.Valkey(
+        host=server.host, port=server.port, password=server.password, decode_responses=True
+    )
 
 
 def _module_names(server: EmbeddedServer) -> set[str]:
@@ -246,10 +248,14 @@ def test_serve_forever_foreground(home: Path) -> None:
         banner = ""
         for line in proc.stdout:  # valkey-server's own log shares stdout
             if line.startswith("memworker:"):
-                banner = line
-                break
+                banner += line
+                if banner.count("\n") == 2:  # where it is, then how to connect
+                    break
         state = json.loads((home / "valkey.json").read_text())
         assert f"127.0.0.1:{state['port']}" in banner and str(home / "data") in banner
+        # how to connect: where the password is, never the password itself
+        password = (home / "valkey.password").read_text().strip()
+        assert str(home / "valkey.password") in banner and password not in banner
         assert state["foreground"] is True
         found = _result(_spawn_ensure(home))
         assert (found["pid"], found["port"]) == (state["pid"], state["port"])
@@ -281,7 +287,7 @@ def test_settings_address_uses_embedded_server(home: Path) -> None:
     host, port = settings.address()
     server = ensure_server(home, search_module="none")
     assert (host, port) == (server.host, server.port)
-    assert valkey.Valkey(host=host, port=port).ping() is True
+    assert valkey.Valkey(host=host, port=port, password=server.password).ping() is True
 
 
 def test_serve_forever_adopts_a_background_server(home: Path) -> None:
@@ -320,3 +326,126 @@ def test_public_binary_and_module_lookups() -> None:
     assert os.access(valkey_server_path(), os.X_OK)
     module = installed_search_module()
     assert module is None or module.endswith("redisearch.so")
+
+
+# ----------------------------------------------------------------------------- security
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_home_state_password_and_data_are_private(home: Path) -> None:
+    """Nothing under MEMWORKER_HOME is readable by another local user: the home and
+    the data dir are 0700, the state, password, config, lock and log files and the
+    server's AOF files 0600, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        server = ensure_server(home, search_module="none")
+    finally:
+        os.umask(old)
+    client = _client(server)
+    client.set("k", "v")
+    client.bgrewriteaof()  # the rewrite writes new AOF files: they are private too
+    assert _mode(home) == 0o700 and _mode(home / "data") == 0o700
+    for name in ("valkey.json", "valkey.password", "valkey.conf", "valkey.lock", "valkey.log"):
+        assert _mode(home / name) == 0o600, name
+    aof = list((home / "data").rglob("*"))
+    assert any(p.name.endswith(".aof") for p in aof)
+    for path in aof:
+        assert _mode(path) & 0o077 == 0, path
+
+
+def test_an_existing_world_readable_home_is_made_private(home: Path) -> None:
+    """A home left 0755/0644 by an older memworker is tightened before the server starts."""
+    (home / "data" / "appendonlydir").mkdir(parents=True)
+    for folder in (home, home / "data", home / "data" / "appendonlydir"):
+        folder.chmod(0o755)
+    (home / "valkey.log").write_text("old log\n")
+    (home / "valkey.log").chmod(0o644)
+    ensure_server(home, search_module="none")
+    assert _mode(home) == 0o700 and _mode(home / "data") == 0o700
+    assert _mode(home / "data" / "appendonlydir") == 0o700
+    assert _mode(home / "valkey.log") == 0o600
+
+
+def test_an_unauthenticated_connection_is_refused(home: Path) -> None:
+    server = ensure_server(home, search_module="none")
+    password = (home / "valkey.password").read_text().strip()
+    assert server.password == password and len(password) >= 32
+    with pytest.raises(valkey.AuthenticationError):
+        valkey.Valkey(host=server.host, port=server.port).ping()
+    with pytest.raises(valkey.AuthenticationError):
+        valkey.Valkey(host=server.host, port=server.port, password=password + "x").ping()
+    assert _client(server).ping() is True
+    # the secret is not on the server's command line (readable by every local user)
+    assert password.encode() not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    assert password not in repr(server)
+
+
+def test_password_survives_a_restart(home: Path) -> None:
+    first = ensure_server(home, search_module="none")
+    _client(first).set("kept", "1")
+    assert stop_server(home) is True
+    second = ensure_server(home, search_module="none")
+    assert second.pid != first.pid and second.password == first.password
+    assert _client(second).get("kept") == "1"
+
+
+_CLIENTS = """
+import sys
+from memworker import MemoryQueue, ValkeyStore
+from memworker.queue import _sync_client
+from memworker.settings import Settings
+settings = Settings.from_env({"MEMWORKER_HOME": sys.argv[1]}, namespace="sec", search_module="none")
+assert settings.password is None
+print(ValkeyStore(settings).count(), _sync_client(settings).ping())
+with MemoryQueue(settings, producer_id="p") as queue:
+    print(len(queue.pending()))
+"""
+
+
+def test_every_client_of_another_process_finds_the_password(home: Path) -> None:
+    """Another memworker process (glide store, redis-py queue) authenticates with the
+    password it reads from MEMWORKER_HOME; the password is in no URL it shows."""
+    server = ensure_server(home, search_module="none")
+    done = subprocess.run(
+        [sys.executable, "-c", _CLIENTS, str(home)], capture_output=True, text=True,
+        env=_env(), timeout=PROC_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "0 True"
+    settings = Settings.from_env({"MEMWORKER_HOME": str(home)}, search_module="none")
+    assert server.password is not None
+    assert server.password in settings.url(redact=False)
+    for text in (settings.url(), settings.redacted_url(), repr(settings), str(settings)):
+        assert server.password not in text
+
+
+def test_a_server_without_password_is_refused(home: Path) -> None:
+    """A server recorded by an older memworker (no password) is not used, nor killed:
+    the error says how to restart it with a password."""
+    from memworker.testing import start_server
+
+    legacy = start_server(False)
+    try:
+        home.mkdir(parents=True)
+        state = {"pid": legacy.process.pid, "host": "127.0.0.1", "port": legacy.port, "module": None}
+        (home / "valkey.json").write_text(json.dumps(state))
+        with pytest.raises(EmbeddedServerError, match="no password") as info:
+            ensure_server(home, search_module="none")
+        assert str(legacy.process.pid) in str(info.value)
+        assert embedded.find_server(home) is None
+        assert legacy.process.poll() is None  # left running
+    finally:
+        legacy.stop()
+
+
+def test_a_malformed_password_file_is_refused_without_quoting_it(home: Path) -> None:
+    """A hand-edited password that the server's config file could not hold as written
+    is refused before the start; the error names the file, never its content."""
+    home.mkdir(parents=True)
+    secret = 'my "secret" pass'
+    (home / "valkey.password").write_text(secret + "\n")
+    with pytest.raises(EmbeddedServerError, match="valkey.password") as info:
+        ensure_server(home, search_module="none")
+    assert "secret" not in str(info.value)
+    assert _valkey_pids(home) == []

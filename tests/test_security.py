@@ -15,12 +15,14 @@ import socket
 import ssl
 import subprocess
 import sys
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 from valkey_servers import ServerInfo, start_server, stop_server
 from memworker import MemoryQueue, MemworkerError, StoreError, ValkeyStore
@@ -33,7 +35,8 @@ DIM = 8
 
 # ----------------------------------------------------------------------------- certificates
 def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 / localhost, signed by it."""
+    """A CA and a server certificate for 127.0.0.1 / localhost, signed by it; also
+    ``other.pem``/``other.key``, signed by the same CA for another host name only."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -65,21 +68,38 @@ def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    ca_path = folder / "ca.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path, key_path = _server_cert(folder, "server", ca, ca_key, ["localhost", "127.0.0.1"])
+    _server_cert(folder, "other", ca, ca_key, ["other.example"])
+    return ca_path, cert_path, key_path
+
+
+def _server_cert(folder: Path, stem: str, ca, ca_key, names: list[str]) -> tuple[Path, Path]:
+    """A server certificate for ``names`` (DNS names or IP addresses), signed by ``ca``:
+    ``folder/<stem>.pem`` and ``folder/<stem>.key``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    alt: list[x509.GeneralName] = []
+    for entry in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(entry)))
+        except ValueError:
+            alt.append(x509.DNSName(entry))
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name("localhost"))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
@@ -87,8 +107,7 @@ def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "server.key"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(
@@ -97,7 +116,7 @@ def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
             serialization.NoEncryption(),
         )
     )
-    return ca_path, cert_path, key_path
+    return cert_path, key_path
 
 
 class TLSProxy:
@@ -156,28 +175,52 @@ class TLSProxy:
 
 
 # ----------------------------------------------------------------------------- servers with ACL
-def _acl_file(folder: Path, module: bool) -> Path:
-    """The users of the test server, in an ACL file the server loads at start."""
-    search = " +ft.search +ft._list +ft.info" if module else ""  # only exist with the module
-    lines = [
-        f"user admin on >{PASSWORD} ~* &* +@all",
-        # producers and workers of namespace "sec": only its keys and channels
-        f"user mw on >{PASSWORD} ~sec:* &sec:* +@all -@admin -@dangerous +keys +info "
-        "+client|setname +client|setinfo +client|id",
-        # read-only recall
-        f"user reader on >{PASSWORD} ~sec:* +@read +@connection +eval +evalsha +script|load "
-        f"+info +client|setname +client|setinfo{search}",
-        "user default off",
-    ]
-    path = folder / "users.acl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_acl_rules(namespace: str, *, module: bool, suffix: str = "") -> dict[str, list[str]]:
+    """The README's ``ACL SETUSER`` lines (its Security section), exactly as written,
+    for ``namespace``: ``PASSWORD`` and the namespace ``ns`` substituted, the user
+    names given ``suffix``, and with a search module the commands its comment adds
+    to the reader. By user name (without the suffix)."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("- **Minimal ACL rules**") :]
+    block = section.split("```")[1]
+    rules: dict[str, list[str]] = {}
+    for line in block.splitlines():
+        line = line.strip()
+        if line.startswith("ACL SETUSER "):
+            args = line.split()
+            name = args[2]
+            args[2] = name + suffix
+            rules[name] = [
+                a.replace("PASSWORD", PASSWORD).replace("ns:", f"{namespace}:") for a in args
+            ]
+        elif line.startswith("#") and "with a search module" in line and module:
+            found = re.search(r"add ((?:\+\S+ )+)with a search module", line)
+            assert found, line
+            extra = found.group(1).split()
+    assert set(rules) == {"agent", "worker", "reader"}, block
+    if module:
+        rules["reader"] += extra
+    return rules
+
+
+def _admin(server: ServerInfo) -> redis.Redis:
+    return redis.Redis(port=server.port, username="admin", password=PASSWORD)
 
 
 @pytest.fixture(scope="module", params=["plain", "module"])
 def acl_server(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[ServerInfo]:
-    acl = _acl_file(tmp_path_factory.mktemp("acl"), request.param == "module")
-    server = start_server(request.param, "--aclfile", str(acl))
+    """A server whose users are the README's rules for namespace ``sec`` (plus an
+    admin); the default user is off."""
+    path = tmp_path_factory.mktemp("acl") / "users.acl"
+    path.write_text(f"user admin on >{PASSWORD} ~* &* +@all\nuser default off\n")
+    server = start_server(request.param, "--aclfile", str(path))
+    admin = _admin(server)
+    for rule in readme_acl_rules("sec", module=request.param == "module").values():
+        admin.execute_command(*rule)
+    admin.close()
     yield server
     stop_server(server)
 
@@ -191,17 +234,20 @@ def _records(n: int, scope: str = "/sec") -> list:
 def test_acl_user_limited_to_the_namespace_runs_store_queue_and_worker(acl_server) -> None:
     from memworker.worker import running_worker
 
-    url = f"valkey://mw:{PASSWORD}@127.0.0.1:{acl_server.port}"
+    url = f"valkey://agent:{PASSWORD}@127.0.0.1:{acl_server.port}"
     settings = Settings.from_url(url, namespace="sec")
+    worker = Settings.from_url(
+        f"valkey://worker:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec"
+    )
     store = ValkeyStore(settings)
     store.save(_records(3))
     assert store.count() == 3
-    with running_worker(settings, threads=2), MemoryQueue(settings, producer_id="p") as queue:
+    with running_worker(worker, threads=2), MemoryQueue(settings, producer_id="p") as queue:
         job = queue.enqueue_save(_records(2, scope="/sec/q"))
         report = queue.drain(timeout=60, job_ids=[job])
         assert report.committed == 1 and not report.failed
     assert store.count() == 5
-    # no anonymous access: the default user is off in the ACL file
+    # no anonymous access: the default user is off
     anonymous = ValkeyStore(f"valkey://127.0.0.1:{acl_server.port}?connect_timeout_ms=500", namespace="sec")
     with pytest.raises(MemworkerError):
         anonymous.count()
@@ -216,7 +262,7 @@ def test_acl_user_limited_to_the_namespace_runs_store_queue_and_worker(acl_serve
 
 
 def test_read_only_user_can_recall_but_not_write(acl_server) -> None:
-    writer = ValkeyStore(f"valkey://mw:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
+    writer = ValkeyStore(f"valkey://agent:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
     writer.save(_records(4, scope="/sec/ro"))
     reader = ValkeyStore(f"valkey://reader:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
     hits = reader.search(np.ones(DIM).tolist(), scope_prefix="/sec/ro", limit=10)
@@ -238,7 +284,7 @@ def test_list_records_reads_with_the_script_when_the_acl_refuses_sort(acl_server
     admin.save(_records(7, scope="/sec/pages"))
     want = [r.id for r in admin.list_records("/sec/pages", limit=4, offset=2)]
     assert len(want) == 4 and admin._state.sort_page  # the admin reads pages with SORT_RO
-    for user in ("mw", "reader"):  # -@dangerous / +@read on ~sec:* only
+    for user in ("agent", "reader"):  # -@dangerous on ~sec:* only
         store = ValkeyStore(f"valkey://{user}:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
         for _ in range(2):
             assert [r.id for r in store.list_records("/sec/pages", limit=4, offset=2)] == want
@@ -251,8 +297,8 @@ def test_list_records_reads_with_the_script_when_the_acl_refuses_sort(acl_server
 def test_password_never_appears_in_reprs_logs_errors_or_status(acl_server, caplog, capsys) -> None:
     from memworker.cli import main
 
-    good = f"valkey://mw:{PASSWORD}@127.0.0.1:{acl_server.port}"
-    bad = f"valkey://mw:{PASSWORD}-wrong@127.0.0.1:{acl_server.port}?connect_timeout_ms=500"
+    good = f"valkey://agent:{PASSWORD}@127.0.0.1:{acl_server.port}"
+    bad = f"valkey://agent:{PASSWORD}-wrong@127.0.0.1:{acl_server.port}?connect_timeout_ms=500"
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
     store = ValkeyStore(good, namespace="sec")
@@ -273,6 +319,92 @@ def test_password_never_appears_in_reprs_logs_errors_or_status(acl_server, caplo
     queue.close()
     store.close()
     wrong.close()
+
+
+#: Commands whose reply lists key names (or other tenants' connections) whatever the
+#: user's key patterns.
+LISTING = {
+    "SCAN": ["SCAN", "0", "COUNT", "1000"],
+    "KEYS": ["KEYS", "*"],
+    "RANDOMKEY": ["RANDOMKEY"],
+    "PUBSUB CHANNELS": ["PUBSUB", "CHANNELS"],
+    "PUBSUB SHARDCHANNELS": ["PUBSUB", "SHARDCHANNELS"],
+    "CLIENT LIST": ["CLIENT", "LIST"],
+    "CLIENT KILL": ["CLIENT", "KILL", "ID", "999999999"],
+}
+
+
+def test_readme_acl_users_cannot_list_another_namespaces_key_names(acl_server) -> None:
+    """The README's users cannot list another namespace's key names (scope paths,
+    record ids, producer ids with host names), except the residual exposure the
+    README states: a worker's KEYS."""
+    admin = _admin(acl_server)
+    other = ValkeyStore(f"valkey://admin:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="other")
+    other.save(_records(3, scope="/alice/secret-plan"))
+    listener = admin.pubsub()
+    listener.subscribe("other:done:producer-on-host-x")
+    listener.get_message(timeout=5)  # the subscription is registered
+    allowed: dict[tuple[str, str], str] = {}
+    try:
+        for user in ("agent", "worker", "reader"):
+            client = redis.Redis(port=acl_server.port, username=user, password=PASSWORD)
+            assert client.ping()
+            for name, command in LISTING.items():
+                try:
+                    reply = client.execute_command(*command)
+                except redis.exceptions.NoPermissionError:
+                    continue
+                except redis.exceptions.ResponseError as exc:  # CLIENT KILL of no client
+                    reply = str(exc)
+                allowed[(user, name)] = repr(reply)
+            client.close()
+        assert set(allowed) == {("worker", "KEYS")}, allowed
+        assert "other:rec:" in allowed[("worker", "KEYS")]  # the residual exposure
+    finally:
+        listener.close()
+        other.reset()
+        other.close()
+        admin.close()
+
+
+def test_readme_acl_one_database_per_tenant(acl_server) -> None:
+    """The README's rules with ``db=1`` and ``/1`` in the URL: store, queue and worker
+    run, and even a worker's KEYS sees its own database only."""
+    from memworker.worker import running_worker
+
+    if acl_server.kind == "module":
+        pytest.skip("RediSearch indexes database 0 only; the README says so")
+    admin = _admin(acl_server)
+    for rule in readme_acl_rules("t1", module=False, suffix="-t1").values():
+        admin.execute_command(*rule, "db=1")
+    admin.set("other:rec:in-db-0", "x")
+    base = f"127.0.0.1:{acl_server.port}/1"
+    agent = Settings.from_url(f"valkey://agent-t1:{PASSWORD}@{base}", namespace="t1")
+    worker = Settings.from_url(f"valkey://worker-t1:{PASSWORD}@{base}", namespace="t1")
+    store = ValkeyStore(agent)
+    try:
+        store.save(_records(2, scope="/t1"))
+        with running_worker(worker, threads=2), MemoryQueue(agent, producer_id="p") as queue:
+            job = queue.enqueue_save(_records(1, scope="/t1/q"))
+            assert queue.drain(timeout=60, job_ids=[job]).committed == 1
+        reader = ValkeyStore(f"valkey://reader-t1:{PASSWORD}@{base}", namespace="t1")
+        assert reader.count() == 3
+        reader.close()
+        client = redis.Redis(port=acl_server.port, db=1, username="worker-t1", password=PASSWORD)
+        names = client.keys("*")
+        assert names and all(n.startswith(b"t1:") for n in names), names
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.execute_command("SELECT", "0")
+        client.close()
+        with pytest.raises(StoreError, match="(?i)noperm|permission|select"):
+            ValkeyStore(
+                f"valkey://agent-t1:{PASSWORD}@127.0.0.1:{acl_server.port}/0", namespace="t1"
+            ).save(_records(1, scope="/t1"))
+    finally:
+        store.reset()
+        store.close()
+        admin.delete("other:rec:in-db-0")
+        admin.close()
 
 
 # ----------------------------------------------------------------------------- TLS
@@ -329,3 +461,56 @@ def test_cli_status_over_tls(tls) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert '"namespace": "tlscli"' in done.stdout
+
+
+@pytest.fixture(scope="module")
+def wrong_host(tls) -> Iterator[tuple[TLSProxy, Path]]:
+    """A proxy to the same server whose certificate, signed by the trusted CA, names
+    another host (other.example) than the one the clients connect to (127.0.0.1)."""
+    proxy, ca, server = tls
+    other = TLSProxy(server.port, ca.parent / "other.pem", ca.parent / "other.key")
+    yield other, ca
+    other.close()
+
+
+def test_redis_py_clients_check_the_host_name_explicitly() -> None:
+    """redis-py < 6 does not check the host name unless told: redis_kwargs always says."""
+    from memworker.queue import redis_kwargs
+
+    assert redis_kwargs(Settings.from_url("valkeys://h/0"))["ssl_check_hostname"] is True
+    with_ca = redis_kwargs(Settings.from_url("rediss://h/0?ssl_ca_certs=/ca.pem"))
+    assert with_ca["ssl_check_hostname"] is True and with_ca["ssl_cert_reqs"] == "required"
+    insecure = redis_kwargs(Settings.from_url("valkeys://h/0?ssl_cert_reqs=none"))
+    assert insecure["ssl_check_hostname"] is False and insecure["ssl_cert_reqs"] == "none"
+    assert "ssl_check_hostname" not in redis_kwargs(Settings.from_url("valkey://h/0"))
+
+
+def test_queue_drain_and_broker_refuse_a_certificate_for_another_host(wrong_host) -> None:
+    """A certificate signed by the trusted CA but for another host name is refused by
+    the queue (enqueue), the drain and the worker's broker: every redis-py client."""
+    import redis
+
+    from memworker.worker import MemworkerBroker
+
+    proxy, ca = wrong_host
+    url = f"valkeys://127.0.0.1:{proxy.port}/0?ssl_ca_certs={ca}&connect_timeout_ms=2000"
+    settings = Settings.from_url(url, namespace="tlshost")
+    refused = "(?i)hostname|ip address mismatch|certificate"
+    with MemoryQueue(settings, producer_id="p") as queue:
+        with pytest.raises(redis.ConnectionError, match=refused):
+            queue.enqueue_save(_records(1, scope="/t"))
+        with pytest.raises(redis.ConnectionError, match=refused):
+            queue.drain(timeout=5)
+    broker = MemworkerBroker(settings)
+    with pytest.raises(redis.ConnectionError, match=refused):
+        broker.client.ping()
+    broker.client.close()
+    assert proxy.handshakes == 0  # no connection got past the handshake
+    # ssl_cert_reqs=none is the one way to turn verification off
+    insecure = Settings.from_url(url + "&ssl_cert_reqs=none", namespace="tlshost")
+    with MemoryQueue(insecure, producer_id="p") as queue:
+        queue.enqueue_save(_records(1, scope="/t"))
+    broker = MemworkerBroker(insecure)
+    assert broker.client.ping()
+    broker.client.close()
+    assert proxy.handshakes > 0

@@ -284,3 +284,9 @@ def test_url_keeps_tls_for_every_scheme_family() -> None:
     assert Settings.from_url("redis://h:1").url(scheme="rediss") == "redis://h:1/0"
     with pytest.raises(ConfigError, match="scheme"):
         Settings.from_url("redis://h:1").url(scheme="http")
+
+
+def test_credentials_of_a_url_are_its_user_and_password() -> None:
+    s = Settings.from_url(f"valkey://alice:{SECRET}@h:7000/2")
+    assert s.credentials() == ("alice", SECRET)
+    assert Settings.from_url("valkey://h").credentials() == (None, None)
