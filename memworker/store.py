@@ -260,7 +260,7 @@ class ValkeyStore:
             for i, chunk in enumerate(chunks):
                 if blobs[i]:
                     # the k-th vector of the blob is the k-th record carrying one
-                    rows = [done + j for j, rec in enumerate(chunk) if rec.dim]
+                    rows = [done + j for j, rec in enumerate(chunk) if rec.embedding]
                     blobs[i] = vectors_to_float16(
                         blobs[i], dim, lambda k, rows=rows: f"records[{rows[k]}].embedding"
                     )
@@ -272,7 +272,7 @@ class ValkeyStore:
                 str(dim) if dim else "",
                 vtype,
                 str(len(chunk)),
-                "".join(["0" if rec.dim else "1" for rec in chunk]),
+                "".join([rec.mode for rec in chunk]),
                 "[" + ",".join([WRITE_FIELDS_JSON, *[rec.row_json for rec in chunk]]) + "]",
                 blobs[n],
             ]
@@ -336,7 +336,7 @@ class ValkeyStore:
             yield from self._p_write(encoded)
 
     def _p_update(self, record: Any) -> Plan[None]:
-        encoded = encode_records([record], require_embedding=False)
+        encoded = encode_records([record], keep_embedding=True)
         yield from self._p_write(encoded)
 
     def _p_touch(self, record_ids: Sequence[str]) -> Plan[int]:
