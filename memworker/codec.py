@@ -59,6 +59,7 @@ __all__ = [
     "decode_record",
     "decode_rows",
     "vector_bytes",
+    "no_embedding",
     "vector_from_bytes",
     "vectors_to_float16",
     "FLOAT16_MAX",
@@ -323,7 +324,9 @@ def parse_timestamp(raw: bytes | str | float) -> datetime:
 
 
 # --------------------------------------------------------------------------- vectors
-def vector_bytes(values: Any, *, field: str = "embedding", allow_zero: bool = False) -> tuple[bytes, int]:
+def vector_bytes(
+    values: Any, *, field: str = "embedding", allow_zero: bool = False
+) -> tuple[bytes, int]:
     """A vector as little-endian float32 bytes and its dimension.
 
     Args:
@@ -468,9 +471,10 @@ _SCOPES: dict[str, str] = {}
 _VALID_CATEGORIES: set[tuple[str, ...]] = set()
 
 
-def _no_vector(values: Any) -> bool:
-    """A record's embedding that stands for "none": ``None`` or an empty sequence
-    (CrewAI's backends store both as a zero vector)."""
+def no_embedding(values: Any) -> bool:
+    """Whether a record's embedding stands for "none": ``None`` or an empty sequence
+    (CrewAI's backends store both as a zero vector; a vector of zeros is told apart
+    later, once it is known to be finite)."""
     if values is None:
         return True
     if isinstance(values, (str, bytes)):
@@ -644,7 +648,7 @@ def encode_record(
     if require_embedding is not None:
         keep_embedding = not require_embedding
     keep = embedding is None and keep_embedding
-    if _no_vector(embedding):
+    if no_embedding(embedding):
         vector, dim = b"", 0
     else:
         vector, dim = _record_vector(embedding, where, check_vector)
@@ -745,7 +749,8 @@ def check_vectors(records: Sequence[Any], encoded: Sequence[EncodedRecord]) -> N
         bad = ~np.isfinite(sums) | (sums == 0.0)
         suspect += [idx[k] for k in np.flatnonzero(bad)]
     for i in sorted(suspect):
-        raw, _ = vector_bytes(_get(records[i], "embedding"), field=f"records[{i}].embedding", allow_zero=True)
+        where = f"records[{i}].embedding"
+        raw, _ = vector_bytes(_get(records[i], "embedding"), field=where, allow_zero=True)
         if not np.any(np.frombuffer(raw, dtype="<f4")):
             encoded[i].embedding = b""
 

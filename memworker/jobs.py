@@ -245,9 +245,9 @@ def _b64(vector: Any, where: str) -> str | None:
     """A save item's ``embedding_b64``: ``None`` for a record without an embedding
     (``None`` or empty); a vector of zeros travels as is (the worker checks its
     dimension and stores the record without one)."""
-    from memworker.codec import vector_bytes
+    from memworker.codec import no_embedding, vector_bytes
 
-    if vector is None or (not isinstance(vector, (str, bytes)) and hasattr(vector, "__len__") and len(vector) == 0):
+    if no_embedding(vector):
         return None
     raw, _ = vector_bytes(vector, field=where, allow_zero=True)
     return base64.b64encode(raw).decode("ascii")
