@@ -709,7 +709,9 @@ class ValkeyStore:
     def save(self, records: list[Any]) -> None:
         """Save records (validated whole, then written in atomic batches).
 
-        Saving an id that exists replaces that record; side indexes stay exact.
+        Saving an id that exists replaces that record; side indexes stay exact. A
+        record whose embedding is ``None``, empty or all zeros is stored without one:
+        counted, listed and read (``embedding=None``), never returned by :meth:`search`.
 
         Raises:
             ValidationError: A bad record (named by index); nothing is written.
@@ -744,7 +746,8 @@ class ValkeyStore:
             viewer: The source asking (see ``include_private``).
 
         Returns:
-            ``(record, similarity)`` pairs, highest similarity first.
+            ``(record, similarity)`` pairs, highest similarity first; records stored
+            without an embedding are never among them.
         """
         return self._sync.run(
             self._p_search(
@@ -767,8 +770,9 @@ class ValkeyStore:
         )
 
     def update(self, record: Any) -> None:
-        """Replace a record by id (keeping its stored embedding when it has none);
-        index entries move with its scope and categories in the same atomic step."""
+        """Replace a record by id (keeping its stored embedding when its own is
+        ``None``; an empty one or zeros remove it); index entries move with its scope
+        and categories in the same atomic step."""
         self._sync.run(self._p_update(record))
 
     def touch_records(self, record_ids: list[str]) -> None:
