@@ -59,6 +59,7 @@ __all__ = [
     "decode_record",
     "decode_rows",
     "vector_bytes",
+    "no_embedding",
     "vector_from_bytes",
     "vectors_to_float16",
     "FLOAT16_MAX",
@@ -323,11 +324,19 @@ def parse_timestamp(raw: bytes | str | float) -> datetime:
 
 
 # --------------------------------------------------------------------------- vectors
-def vector_bytes(values: Any, *, field: str = "embedding") -> tuple[bytes, int]:
+def vector_bytes(
+    values: Any, *, field: str = "embedding", allow_zero: bool = False
+) -> tuple[bytes, int]:
     """A vector as little-endian float32 bytes and its dimension.
 
+    Args:
+        values: The vector.
+        field: How error messages name it.
+        allow_zero: Accept a vector of zeros (a record's: stored without an embedding)
+            instead of raising (a query's: cosine similarity is undefined for it).
+
     Raises:
-        ValidationError: Empty, not numeric, or not finite.
+        ValidationError: Empty, not numeric, or not finite; all zeros unless ``allow_zero``.
     """
     try:
         if type(values) is list and values:
@@ -351,7 +360,7 @@ def vector_bytes(values: Any, *, field: str = "embedding") -> tuple[bytes, int]:
     if not (math.isfinite(total) and total != 0.0):
         if not np.isfinite(array).all():
             raise ValidationError(f"{field} contains a non-finite value (NaN or infinity)")
-        if not np.any(array):
+        if not allow_zero and not np.any(array):
             raise ValidationError(f"{field} is all zeros; cosine similarity is undefined for it")
     return raw or array.astype("<f4", copy=False).tobytes(), int(array.size)
 
@@ -406,8 +415,11 @@ class EncodedRecord:
             :data:`WRITE_FIELDS` order (``null``: not written), the form the write
             script takes (the client pays per argument, the script parses arrays
             faster than objects).
-        dim: Vector dimension, or 0 when the record keeps its stored embedding.
-        embedding: The embedding bytes (``b""`` when the stored one is kept).
+        dim: Vector dimension, or 0 when the record gives no vector (none, or empty).
+            A vector of zeros has its dimension (checked like any other) but no bytes.
+        embedding: The embedding bytes; ``b""`` when the record has no embedding (it is
+            stored without one: never returned by a search) or keeps the stored one.
+        keep: The record keeps its stored embedding (an update without one).
     """
 
     id: str
@@ -416,6 +428,13 @@ class EncodedRecord:
     row_json: str
     dim: int
     embedding: bytes = b""
+    keep: bool = False
+
+    @property
+    def mode(self) -> str:
+        """The write script's mask character: ``0`` write :attr:`embedding`, ``1`` keep
+        the stored embedding, ``2`` store the record without one."""
+        return "1" if self.keep else ("0" if self.embedding else "2")
 
     @property
     def fields(self) -> tuple[tuple[str, bytes | str], ...]:
@@ -452,10 +471,27 @@ _SCOPES: dict[str, str] = {}
 _VALID_CATEGORIES: set[tuple[str, ...]] = set()
 
 
+def no_embedding(values: Any) -> bool:
+    """Whether a record's embedding stands for "none": ``None`` or an empty sequence
+    (CrewAI's backends store both as a zero vector; a vector of zeros is told apart
+    later, once it is known to be finite)."""
+    if values is None:
+        return True
+    if isinstance(values, (str, bytes)):
+        return False  # not a vector: vector_bytes names the error
+    try:
+        return len(values) == 0
+    except TypeError:
+        return False
+
+
 def _record_vector(values: Any, where: str, check: bool = True) -> tuple[bytes, int]:
     """:func:`vector_bytes` with a fast path for CrewAI's lists of floats (the error
     path, with the field named, is vector_bytes itself). ``check=False`` leaves the
-    finite and non-zero check to the caller (:func:`encode_records` does it per batch)."""
+    finite and non-zero check to the caller (:func:`encode_records` does it per batch).
+
+    A vector of zeros gives ``b""`` and its dimension: the record is stored without an
+    embedding (cosine similarity is undefined for it), its dimension still checked."""
     if type(values) is list and values:
         try:
             raw = _float32_struct(len(values)).pack(*values)
@@ -467,7 +503,10 @@ def _record_vector(values: Any, where: str, check: bool = True) -> tuple[bytes, 
             total = float(np.add.reduce(np.frombuffer(raw, dtype="<f4"), dtype=np.float64))
             if math.isfinite(total) and total != 0.0:
                 return raw, len(values)
-    return vector_bytes(values, field=f"{where}.embedding")
+    raw, dim = vector_bytes(values, field=f"{where}.embedding", allow_zero=True)
+    if check and not np.any(np.frombuffer(raw, dtype="<f4")):
+        return b"", dim
+    return raw, dim
 
 
 def _getter(record: Any) -> Any:
@@ -494,20 +533,29 @@ def encode_record(
     record: Any,
     *,
     where: str = "record",
-    require_embedding: bool = True,
+    keep_embedding: bool = False,
     validate_only: bool = False,
     check_vector: bool = True,
+    require_embedding: bool | None = None,
 ) -> EncodedRecord | None:
     """Validate one record (a ``MemoryRecord`` or a mapping) and encode it.
+
+    A record without an embedding (``None``, empty, or all zeros: what CrewAI's
+    backends store as a zero vector) is stored without one: counted, listed and read
+    like any other, never returned by a search. A vector of zeros keeps its dimension,
+    which is checked like any vector's.
 
     Args:
         record: The record.
         where: How error messages name it (``records[3]``).
-        require_embedding: When False a missing embedding means "keep the stored one".
+        keep_embedding: An update: a ``None`` embedding keeps the stored one (an
+            empty one or zeros still mean "none").
         validate_only: Check everything, build nothing, return ``None`` (the producer
             side validates items it enqueues; the worker encodes them).
-        check_vector: False leaves "finite and not all zeros" to the caller, which
+        check_vector: False leaves "finite, and zeros mean none" to the caller, which
             must then call :func:`check_vectors` (a batch is checked in one pass).
+        require_embedding: Former name: ``require_embedding=False`` is
+            ``keep_embedding=True``.
 
     Raises:
         ValidationError: Naming the field and the limit.
@@ -597,10 +645,11 @@ def encode_record(
     private = bool(get("private", False))
 
     embedding = get("embedding")
-    if embedding is None:
-        if require_embedding:
-            raise ValidationError(f"{where}.embedding is missing: records must be embedded before save")
-        vector, dim = None, 0
+    if require_embedding is not None:
+        keep_embedding = not require_embedding
+    keep = embedding is None and keep_embedding
+    if no_embedding(embedding):
+        vector, dim = b"", 0
     else:
         vector, dim = _record_vector(embedding, where, check_vector)
 
@@ -632,12 +681,16 @@ def encode_record(
         created_at=created_text,
         row_json=_row_text(row),
         dim=dim,
-        embedding=vector or b"",
+        embedding=vector,
+        keep=keep,
     )
 
 
-def encode_records(records: Iterable[Any], *, require_embedding: bool = True) -> list[EncodedRecord]:
-    """Validate a whole batch before anything is written.
+def encode_records(
+    records: Iterable[Any], *, keep_embedding: bool = False, require_embedding: bool | None = None
+) -> list[EncodedRecord]:
+    """Validate a whole batch before anything is written (``keep_embedding``,
+    ``require_embedding``: as for :func:`encode_record`).
 
     Raises:
         ValidationError: The first bad record, named by index; or mixed dimensions.
@@ -651,7 +704,8 @@ def encode_records(records: Iterable[Any], *, require_embedding: bool = True) ->
         for i, r in enumerate(records):
             encoded.append(
                 encode_record(  # type: ignore[arg-type]
-                    r, where=f"records[{i}]", require_embedding=require_embedding, check_vector=False
+                    r, where=f"records[{i}]", keep_embedding=keep_embedding,
+                    require_embedding=require_embedding, check_vector=False,
                 )
             )
     except ValidationError:
@@ -673,13 +727,14 @@ def encode_records(records: Iterable[Any], *, require_embedding: bool = True) ->
 
 def check_vectors(records: Sequence[Any], encoded: Sequence[EncodedRecord]) -> None:
     """Raise for the first of ``encoded`` (encoded from ``records`` with
-    ``check_vector=False``) whose vector has a non-finite value or is all zeros.
+    ``check_vector=False``) whose vector has a non-finite value; a vector of zeros
+    loses its bytes (the record is stored without an embedding, its dimension kept).
 
     One reduction per batch: a float64 sum of float32 values cannot overflow, so a
     finite sum means a finite vector, a non-zero one a vector not all zeros; a row that
     fails that (or sums to exactly zero) is checked exactly by :func:`vector_bytes`.
     """
-    rows = [i for i, e in enumerate(encoded) if e.dim]
+    rows = [i for i, e in enumerate(encoded) if e.embedding]
     if not rows:
         return
     by_dim: dict[int, list[int]] = {}
@@ -694,7 +749,10 @@ def check_vectors(records: Sequence[Any], encoded: Sequence[EncodedRecord]) -> N
         bad = ~np.isfinite(sums) | (sums == 0.0)
         suspect += [idx[k] for k in np.flatnonzero(bad)]
     for i in sorted(suspect):
-        vector_bytes(_get(records[i], "embedding"), field=f"records[{i}].embedding")
+        where = f"records[{i}].embedding"
+        raw, _ = vector_bytes(_get(records[i], "embedding"), field=where, allow_zero=True)
+        if not np.any(np.frombuffer(raw, dtype="<f4")):
+            encoded[i].embedding = b""
 
 
 def _text(raw: Any) -> str | None:

@@ -8,7 +8,8 @@ A job is one dramatiq message whose only argument is a JSON object::
 texts with their fields, embedded by the worker. Every item carries its record id,
 assigned by the producer at enqueue time, so a redelivered job rewrites the same
 keys. Embeddings travel as base64 of little-endian float32 bytes (field
-``embedding_b64``): exact, and about 4x smaller than a JSON list of floats.
+``embedding_b64``, null for a record without one): exact, and about 4x smaller than
+a JSON list of floats.
 Nothing is ever unpickled: dramatiq's JSON encoder carries the message.
 
 Key layout (``ns`` is the namespace; dramatiq's own keys live under ``ns:dq``)::
@@ -240,10 +241,15 @@ def check_producer_id(producer_id: str) -> str:
 
 
 # --------------------------------------------------------------------------- payloads
-def _b64(vector: Any, where: str) -> str:
-    from memworker.codec import vector_bytes
+def _b64(vector: Any, where: str) -> str | None:
+    """A save item's ``embedding_b64``: ``None`` for a record without an embedding
+    (``None`` or empty); a vector of zeros travels as is (the worker checks its
+    dimension and stores the record without one)."""
+    from memworker.codec import no_embedding, vector_bytes
 
-    raw, _ = vector_bytes(vector, field=where)
+    if no_embedding(vector):
+        return None
+    raw, _ = vector_bytes(vector, field=where, allow_zero=True)
     return base64.b64encode(raw).decode("ascii")
 
 
@@ -456,12 +462,18 @@ def job_identity(message_args: Any) -> tuple[str | None, str | None, list[str]]:
 
 
 def records_from_save_job(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Save-job items -> record mappings (embedding decoded) for ``encode_records``."""
+    """Save-job items -> record mappings (embedding decoded) for ``encode_records``
+    (``embedding_b64`` null: a record without an embedding)."""
     out = []
     for i, item in enumerate(items):
+        if "embedding_b64" in item and item["embedding_b64"] is None:
+            del item["embedding_b64"]
+            item["embedding"] = None
+            out.append(item)
+            continue
         raw = item.pop("embedding_b64", None)
         if not isinstance(raw, str):
-            raise JobPayloadError(f"items[{i}].embedding_b64 must be a base64 string")
+            raise JobPayloadError(f"items[{i}].embedding_b64 must be a base64 string or null")
         try:
             blob = base64.b64decode(raw, validate=True)
         except ValueError:

@@ -260,7 +260,7 @@ class ValkeyStore:
             for i, chunk in enumerate(chunks):
                 if blobs[i]:
                     # the k-th vector of the blob is the k-th record carrying one
-                    rows = [done + j for j, rec in enumerate(chunk) if rec.dim]
+                    rows = [done + j for j, rec in enumerate(chunk) if rec.embedding]
                     blobs[i] = vectors_to_float16(
                         blobs[i], dim, lambda k, rows=rows: f"records[{rows[k]}].embedding"
                     )
@@ -272,7 +272,7 @@ class ValkeyStore:
                 str(dim) if dim else "",
                 vtype,
                 str(len(chunk)),
-                "".join(["0" if rec.dim else "1" for rec in chunk]),
+                "".join([rec.mode for rec in chunk]),
                 "[" + ",".join([WRITE_FIELDS_JSON, *[rec.row_json for rec in chunk]]) + "]",
                 blobs[n],
             ]
@@ -336,7 +336,7 @@ class ValkeyStore:
             yield from self._p_write(encoded)
 
     def _p_update(self, record: Any) -> Plan[None]:
-        encoded = encode_records([record], require_embedding=False)
+        encoded = encode_records([record], keep_embedding=True)
         yield from self._p_write(encoded)
 
     def _p_touch(self, record_ids: Sequence[str]) -> Plan[int]:
@@ -709,7 +709,9 @@ class ValkeyStore:
     def save(self, records: list[Any]) -> None:
         """Save records (validated whole, then written in atomic batches).
 
-        Saving an id that exists replaces that record; side indexes stay exact.
+        Saving an id that exists replaces that record; side indexes stay exact. A
+        record whose embedding is ``None``, empty or all zeros is stored without one:
+        counted, listed and read (``embedding=None``), never returned by :meth:`search`.
 
         Raises:
             ValidationError: A bad record (named by index); nothing is written.
@@ -744,7 +746,8 @@ class ValkeyStore:
             viewer: The source asking (see ``include_private``).
 
         Returns:
-            ``(record, similarity)`` pairs, highest similarity first.
+            ``(record, similarity)`` pairs, highest similarity first; records stored
+            without an embedding are never among them.
         """
         return self._sync.run(
             self._p_search(
@@ -767,8 +770,9 @@ class ValkeyStore:
         )
 
     def update(self, record: Any) -> None:
-        """Replace a record by id (keeping its stored embedding when it has none);
-        index entries move with its scope and categories in the same atomic step."""
+        """Replace a record by id (keeping its stored embedding when its own is
+        ``None``; an empty one or zeros remove it); index entries move with its scope
+        and categories in the same atomic step."""
         self._sync.run(self._p_update(record))
 
     def touch_records(self, record_ids: list[str]) -> None:

@@ -160,10 +160,13 @@ def test_a_batch_checks_its_vectors_in_one_pass_and_names_the_first_bad_record()
     good = [sample(id=f"g{i}", embedding=[0.5, -0.25, 1.0]) for i in range(4)]
     cancelling = sample(id="c", embedding=[1.0, -1.0, 0.0])  # sums to zero, not all zeros
     assert [e.id for e in encode_records([*good, cancelling])] == ["g0", "g1", "g2", "g3", "c"]
-    for bad, message in (([float("nan"), 1.0, 1.0], "non-finite"), ([0.0, 0.0, 0.0], "all zeros")):
+    for bad, message in (([float("nan"), 1.0, 1.0], "non-finite"), ([float("nan")] * 3, "non-finite")):
         batch = [*good, sample(id="b", embedding=bad)]
         with pytest.raises(ValidationError, match=rf"records\[4\]\.embedding .*{message}"):
             encode_records(batch)
+    # zeros are no embedding (stored without one), their dimension kept for the checks
+    zeros = encode_records([*good, sample(id="z", embedding=[0.0, 0.0, 0.0])])[4]
+    assert (zeros.dim, zeros.embedding, zeros.mode) == (3, b"", "2")
     # a later record's other error does not hide an earlier record's bad vector
     batch = [good[0], sample(id="n", embedding=[float("inf"), 1.0, 1.0]), sample(id="s", scope="")]
     with pytest.raises(ValidationError, match=r"records\[1\]\.embedding"):

@@ -75,9 +75,9 @@ def test_enqueue_encode_rejects_bad_input_and_enqueues_nothing(queue, rawq, item
 @pytest.mark.parametrize(
     "records, needle",
     [
-        ([_record(0, embedding=None)], "embedding"),
+        ([_record(0, embedding=[1.0, float("nan"), 0.0, 0.0])], "embedding"),
         ([_record(0), _record(1, dim=5)], "dimension"),
-        ([_record(0, embedding=[0.0, 0.0, 0.0, 0.0])], "zeros"),
+        ([_record(0), _record(1, embedding=[0.0] * 5)], "dimension"),
         ([_record(0, content=None)], "content"),
         ([_record(i) for i in range(6)], "limit per job is 5"),
         ([_record(0, dim=2000)], "max_job_bytes"),

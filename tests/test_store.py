@@ -1037,7 +1037,6 @@ def _bad(field: str, **changes: Any) -> tuple[str, dict[str, Any]]:
 
 
 BAD_INPUT = {
-    "no-embedding": _bad("embedding", embedding=None),
     "nan": _bad("embedding", embedding=[1.0, float("nan")] + [0.0] * (DIM - 2)),
     "inf": _bad("embedding", embedding=[1.0, float("inf")] + [0.0] * (DIM - 2)),
     "metadata-set": _bad("metadata", metadata={"tags": {1, 2}}),
@@ -1062,8 +1061,8 @@ BAD_INPUT = {
     "metadata-too-large": _bad("metadata", metadata={"big": "x" * (64 * 1024)}),
     "metadata-surrogate": _bad("metadata", metadata={"k": "\ud800"}),
     "source-surrogate": _bad("source", source="\ud800"),
-    "embedding-empty": _bad("embedding", embedding=[]),
-    "embedding-zeros": _bad("embedding", embedding=[0.0] * DIM),
+    "embedding-nan-only": _bad("embedding", embedding=[float("nan")] * DIM),
+    "embedding-text": _bad("embedding", embedding="0.0"),
 }
 
 
@@ -1237,3 +1236,104 @@ def test_round_trip_of_control_characters_and_unicode_through_the_write_script(
         weird, [weird], record.metadata, weird, "/x/é 🙂",
     )  # fmt: skip
     assert store.list_categories() == {weird: 1}
+
+
+# ============================================================================ records without an embedding
+# CrewAI's LanceDB and Qdrant-edge backends store a record whose embedding is missing or
+# empty as a zero vector (its EncodingFlow saves embedding=None for a text that embeds to
+# nothing): memworker stores such records without an embedding. They are counted, listed,
+# read, updated and deleted like any other and never returned by a vector search.
+NO_EMBEDDING = {"none": None, "empty": [], "zeros": [0.0] * DIM}
+
+
+@pytest.mark.parametrize("kind", list(NO_EMBEDDING))
+def test_record_without_embedding_is_stored_but_never_searched(
+    store: ValkeyStore, raw: Any, kind: str
+) -> None:
+    empty = NO_EMBEDDING[kind]
+    bare = mk("bare", scope="/n/a", categories=["c"], metadata={"k": 1}, embedding=empty)
+    store.save([mk("real", scope="/n/a", categories=["c"], metadata={"k": 1}), bare])
+    got = store.get_record("bare")
+    assert_same(got, bare, embedding=False)
+    assert got.embedding is None
+    assert store.count() == 2 and store.count("/n") == 2
+    assert [r.id for r in store.list_records("/n")] == ["real", "bare"]  # newest first
+    assert store.list_records("/n")[1].embedding is None
+    assert store.list_categories("/n") == {"c": 2}
+    assert store.get_scope_info("/n").record_count == 2
+    assert not raw.hexists(store.keys.rec("bare"), "embedding")
+    for kw in ({}, {"scope_prefix": "/n"}, {"categories": ["c"]}, {"metadata_filter": {"k": 1}}):
+        assert ids(everything(store, vec(7), **kw)) == ["real"], kw
+    assert ids(everything(store, store.get_record("real").embedding)) == ["real"]
+
+    # update keeping no embedding (None keeps what is stored: nothing)
+    store.update(bare.model_copy(update={"content": "moved", "scope": "/m", "embedding": None}))
+    assert store.get_record("bare").content == "moved" and store.get_record("bare").embedding is None
+    assert store.count("/m") == 1 and ids(everything(store, vec(7))) == ["real"]
+    # gain a real embedding, then lose it again ([] or zeros: no embedding)
+    gained = bare.model_copy(update={"scope": "/m", "embedding": vec(5)})
+    store.update(gained)
+    assert_same(store.get_record("bare"), gained)
+    hits = store.search(vec(5), limit=1)
+    assert ids(hits) == ["bare"] and hits[0][1] == pytest.approx(1.0, abs=tol(store))
+    store.update(bare.model_copy(update={"scope": "/m", "embedding": empty if empty is not None else []}))
+    assert store.get_record("bare").embedding is None
+    assert ids(everything(store, vec(5))) == ["real"]
+    # a real record updated to none
+    store.update(store.get_record("real").model_copy(update={"embedding": [0.0] * DIM}))
+    assert store.get_record("real").embedding is None
+    assert everything(store, vec(5)) == []
+    assert store.count() == 2
+
+    assert store.delete(record_ids=["bare"]) == 1
+    assert store.count() == 1 and store.get_record("bare") is None
+    assert store.delete(scope_prefix="/n") == 1
+    assert store.count() == 0
+
+
+def test_records_without_embedding_do_not_set_the_dimension(store_factory: Any, raw: Any) -> None:
+    store = store_factory()
+    store.save([mk("a", embedding=None), mk("b", embedding=[])])
+    assert store.count() == 2
+    assert store.search(vec(1), limit=5) == []
+    assert raw.hget(f"{store.keys.namespace}:meta", "dim") is None
+    # the first real vector sets it, whatever its dimension
+    store.save([mk("c", embedding=vec(1, dim=5))])
+    assert ids(store.search(vec(1, dim=5), limit=5)) == ["c"]
+    store.save([mk("d", embedding=None)])
+    with pytest.raises(EmbeddingDimensionMismatchError):
+        store.save([mk("e", embedding=[0.0] * DIM)])  # zeros keep their dimension: 8 is not 5
+    assert store.count() == 4
+
+
+def test_zero_vectors_are_checked_against_the_dimension(store_factory: Any, raw: Any) -> None:
+    store = store_factory()
+    store.save([mk("a", embedding=[0.0] * 4)])  # like LanceDB: zeros of 4 make a 4-dim store
+    assert store.count() == 1
+    with pytest.raises(EmbeddingDimensionMismatchError):
+        store.save([mk("b")])
+    with pytest.raises(EmbeddingDimensionMismatchError):
+        store.save([mk("c", embedding=[0.0] * 4), mk("d", embedding=[0.0] * 5)])
+    store.save([mk("e", embedding=[1.0, 0.0, 0.0, 0.0]), mk("f", embedding=None)])
+    assert ids(store.search([1.0, 0.0, 0.0, 0.0], limit=5)) == ["e"]
+    assert store.count() == 3
+    assert sorted(r.id for r in store.list_records()) == ["a", "e", "f"]
+
+
+@pytest.mark.parametrize(
+    "embedding, message",
+    [
+        ([1.0, float("nan")] + [0.0] * (DIM - 2), "non-finite"),
+        ([0.0, float("inf")] + [0.0] * (DIM - 2), "non-finite"),
+        ([float("nan")] * DIM, "non-finite"),
+        ("zeros", "sequence of numbers"),
+    ],
+)
+def test_non_finite_embeddings_stay_errors(store: ValkeyStore, raw: Any, embedding: Any, message: str) -> None:
+    bad = mk("bad")
+    object.__setattr__(bad, "embedding", embedding)
+    with pytest.raises(ValidationError, match=rf"records\[1\]\.embedding.*{message}"):
+        store.save([mk("good", embedding=None), bad])
+    with pytest.raises(ValidationError, match=message):
+        store.update(bad)
+    assert ns_keys(raw, store) == []

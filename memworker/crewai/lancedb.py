@@ -5,7 +5,9 @@ source and privacy. Vectors are recomputed with the local embedding model (the o
 memworker's workers and :class:`~memworker.crewai.LocalEmbedder` use) unless
 ``keep_vectors=True``: a LanceDB memory is often embedded by another model
 (CrewAI's default is OpenAI's), and a namespace holds vectors of one model only.
-Re-running the import rewrites the same ids (idempotent).
+LanceDB stores a record saved without an embedding as a zero vector; kept, such a row
+becomes a record without an embedding (never returned by a search). Re-running the
+import rewrites the same ids (idempotent).
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@
 --   save:   dim, vtype, n, keep_mask, records_json, embeddings, then extra commands
 --             vtype: "float32" or "float16", the namespace's vector type (ns:meta "vtype",
 --               set with "dim" by the first write; a write of another type is refused)
---             keep_mask: n characters, "1" where the record keeps its stored embedding
+--             keep_mask: n characters: "0" the record's embedding is in `embeddings`, "1" it
+--               keeps its stored embedding (none if it has none), "2" it has none (the hash
+--               gets no "embedding" field: no search index or cache sees it)
 --             records_json: a JSON array: the hash field names (memworker.codec.WRITE_FIELDS),
 --               then one array per record of those fields' string values (null: not set)
 --             embeddings: the vector bytes of every record not keeping its embedding,
@@ -251,11 +253,14 @@ if op == "save" then
     local key = REC .. rec.id
     local old = redis.call("HMGET", key, "scope", "categories", "created_at")
     rec.old_scope, rec.old_cats, rec.old_created = old[1], old[2], old[3]
-    if string.byte(mask, r) == 49 then -- "1": keep the stored embedding
-      rec.embedding = redis.call("HGET", key, "embedding")
-      if not rec.embedding then
+    local mode = string.byte(mask, r)
+    if mode == 49 then -- "1": keep the stored embedding (or its absence)
+      if not rec.old_scope then
         return redis.error_reply("NOTFOUND " .. rec.id)
       end
+      rec.embedding = redis.call("HGET", key, "embedding")
+    elseif mode == 50 then -- "2": no embedding
+      rec.embedding = false
     else
       rec.embedding = string.sub(blob, offset, offset + width - 1)
       offset = offset + width
@@ -289,8 +294,10 @@ if op == "save" then
         m = m + 2
       end
     end
-    hset[m + 1] = "embedding"
-    hset[m + 2] = rec.embedding
+    if rec.embedding then
+      hset[m + 1] = "embedding"
+      hset[m + 2] = rec.embedding
+    end
     redis.call("HSET", key, unpack(hset))
     index(rec.id, row[c_scope], row[c_cats], row[c_created], 1)
     ids[r] = rec.id
