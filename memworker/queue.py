@@ -236,7 +236,9 @@ class MemoryQueue:
 
     # ------------------------------------------------------------------ sync face
     def enqueue_save(self, records: Sequence[Any]) -> str:
-        """Enqueue records that already carry embeddings; returns the job id.
+        """Enqueue records that already carry their embeddings (or none: ``None``,
+        ``[]`` or a zero vector is stored without one and never searched, as
+        ``ValkeyStore.save`` does); returns the job id.
 
         Raises:
             ValidationError: A bad record, too many records, or a job over
