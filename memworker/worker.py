@@ -208,12 +208,19 @@ def _ids_text(ids: list[str]) -> str:
     return f"[{shown}{more}]"
 
 
+class _Summary(str):
+    """A summary standing for a log argument: the same text for ``%s`` and ``%r``."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _job_summary(actor: Any, message_id: Any, args: Any) -> str:
     """``actor(job <id>, records [<ids>])``: what a log line says of a job."""
     job_id, _producer, record_ids = job_identity(args)
     if job_id is None:
         job_id = _escape(str(message_id)[:128]) if message_id is not None else "?"
-    return f"{_escape(str(actor)[:64])}(job {job_id}, records {_ids_text(record_ids)})"
+    return _Summary(f"{_escape(str(actor)[:64])}(job {job_id}, records {_ids_text(record_ids)})")
 
 
 def _is_job(value: Any) -> bool:
@@ -231,7 +238,7 @@ def _redacted(value: Any) -> Any:
     if isinstance(value, BaseException):
         return loggable_error(value)
     if isinstance(value, (tuple, list)) and value and _is_job(value[0]):
-        return _job_summary("job", None, value)
+        return _Summary(f"({_job_summary('job', None, value)},)")
     if _is_job(value):
         return _job_summary("job", None, (value,))
     if isinstance(value, (tuple, list, dict, set, frozenset, bytes, bytearray)):

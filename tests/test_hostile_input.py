@@ -369,3 +369,56 @@ def test_worker_logs_name_jobs_never_their_contents(qsettings, embedder, rawq, c
     assert encode_job in logs and save_job in logs and ids[0] in logs
     failure_lines = [r.getMessage() for r in caplog.records if "failed for good" in r.getMessage()]
     assert any(encode_job in m and ids[0] in m and "OSError" in m for m in failure_lines)
+
+
+def test_redacting_filter_rewrites_messages_exceptions_and_control_characters() -> None:
+    """The filter alone, on records as dramatiq and memworker make them: a message
+    argument, a job tuple, a chained exception quoting texts (in the argument and in
+    the traceback), a string that would forge a log line."""
+    from dramatiq import Message
+    from dramatiq.broker import MessageProxy
+
+    secret = "SEC" + "RET"  # tracebacks show source lines: the values come from variables
+    job = {"v": 1, "job": "j-1", "producer": "p", "items": [
+        {"id": "r-1", "content": secret + " text", "metadata": {"k": secret + " meta"}}]}  # fmt: skip
+    message = Message(queue_name="default", actor_name="encode_records", args=(job,), kwargs={},
+                      options={}, message_id="j-1")  # fmt: skip
+    try:
+        try:
+            raise KeyError(f"{secret} cause")
+        except KeyError as exc:
+            raise OSError(f"{secret} in the error") from exc
+    except OSError as exc:
+        error = exc
+    formatter = logging.Formatter("%(message)s")
+    lines = []
+    for msg, args, exc_info in [
+        ("Received message %s with id %r.", (MessageProxy(message), "j-1"), None),
+        ("Received args=%r kwargs=%r.", ((job,), {}), None),
+        ("Failed to process message %s with unhandled exception.", (message,), (OSError, error, error.__traceback__)),
+        ("Consumer encountered a connection error: %s", (error,), None),
+        ("scope %r, name %s", ("/a", "x\nFORGED line"), None),
+    ]:  # fmt: skip
+        rec = logging.LogRecord("dramatiq.worker.WorkerThread", logging.ERROR, __file__, 1, msg, args, exc_info)
+        assert worker_mod.RedactingFilter().filter(rec) is True
+        lines.append(formatter.format(rec))
+    text = "\n".join(lines)
+    assert secret not in text and "\nFORGED" not in text
+    assert "encode_records(job j-1, records ['r-1'])" in lines[0]
+    assert "job j-1" in lines[1] and "OSError (message withheld" in lines[2]
+    assert "KeyError (message withheld" in lines[2] and "Traceback" in lines[2]
+    assert lines[3].endswith("OSError (message withheld: it may quote memory contents)")
+
+
+def test_log_redaction_is_not_installed_at_import() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, memworker, memworker.worker as w\n"
+        "loggers = [l for l in logging.root.manager.loggerDict.values() if hasattr(l, 'filters')]\n"
+        "print(sum(isinstance(f, w.RedactingFilter) for l in loggers for f in l.filters))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "0"
