@@ -435,7 +435,9 @@ def parse_job(job: Any) -> tuple[str, str, list[dict[str, Any]]]:
     if job.get("v") != JOB_SCHEMA:
         version = job.get("v")
         shown = repr(version) if type(version) is int else f"of type {type(version).__name__}"
-        raise JobPayloadError(f"job schema version {shown} is not supported (expected {JOB_SCHEMA})")
+        raise JobPayloadError(
+            f"job schema version {shown} is not supported (expected {JOB_SCHEMA})"
+        )
     job_id, producer, items = job.get("job"), job.get("producer"), job.get("items")
     if not isinstance(job_id, str) or not _ID_RE.match(job_id):
         raise JobPayloadError(

@@ -188,7 +188,7 @@ def loggable_error(exc: BaseException) -> str:
     withheld ...)"`` for an exception whose message may quote memory contents (any
     not raised by memworker or a Valkey client)."""
     name = type(exc).__name__
-    if not type(exc).__module__.startswith(_MESSAGE_SAFE_MODULES):
+    if str(type(exc).__module__).split(".", 1)[0] not in _MESSAGE_SAFE_MODULES:
         return f"{name} (message withheld: it may quote memory contents)"
     text = str(exc)
     if len(text) > 500:
@@ -255,7 +255,8 @@ def redacted_traceback(exc: BaseException) -> str:
     current: BaseException | None = exc
     while current is not None and len(chain) < 8 and all(current is not e for e in chain):
         chain.append(current)
-        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+        context = None if current.__suppress_context__ else current.__context__
+        current = current.__cause__ or context
     parts: list[str] = []
     for i, e in enumerate(reversed(chain)):
         if i:
@@ -289,7 +290,7 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-_log_filter = RedactingFilter()
+_log_filter: RedactingFilter | None = None
 
 
 def redact_worker_logs(broker: Any = None) -> None:
@@ -297,6 +298,7 @@ def redact_worker_logs(broker: Any = None) -> None:
     that exist now, and the ones a dramatiq ``Worker`` of ``broker`` creates (its
     threads, a consumer per declared queue). Idempotent; called by :func:`make_broker`
     and at worker boot, never at import."""
+    global _log_filter
     names = set(_DRAMATIQ_LOGGERS)
     if broker is not None:
         queues = set(broker.get_declared_queues()) | set(broker.get_declared_delay_queues())
@@ -306,9 +308,11 @@ def redact_worker_logs(broker: Any = None) -> None:
         for name in list(logging.root.manager.loggerDict)
         if name.split(".", 1)[0] in ("dramatiq", "memworker")
     )
+    if _log_filter is None:
+        _log_filter = RedactingFilter()
     for name in names:
         logger = logging.getLogger(name)
-        if _log_filter not in logger.filters:
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
             logger.addFilter(_log_filter)
 
 
