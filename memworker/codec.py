@@ -280,6 +280,10 @@ def metadata_token(key: str, value: Any) -> str:
 
 
 def _metadata_token(key: str, value: Any) -> str:
+    if type(value) not in _FLAT:
+        # A filter's value is not validated as a record's metadata is: bound it here, so
+        # _canonical and the encoder never recurse past MAX_METADATA_DEPTH.
+        _check_nesting({key: value}, "metadata")
     text = json.dumps(
         [key, _canonical(value)],
         sort_keys=True,

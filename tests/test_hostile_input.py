@@ -102,6 +102,13 @@ def test_store_save_refuses_deep_metadata_and_writes_nothing(store) -> None:
     assert store.get_record("ok").metadata == nested(MAX_METADATA_DEPTH)
 
 
+def test_a_deep_metadata_filter_is_a_validation_error(store) -> None:
+    store.save([record("ok", metadata={"k": 1})])
+    with pytest.raises(ValidationError, match="metadata"):
+        store.search([1.0] * DIM, metadata_filter={"k": nested(2_000)})
+    assert store.search([1.0] * DIM, metadata_filter={"k": nested(3)}) == []
+
+
 # ----------------------------------------------------------------------------- scope depth
 def test_scope_depth_is_capped_at_32_levels() -> None:
     assert normalize_scope("/a" * MAX_SCOPE_DEPTH) == "/a" * MAX_SCOPE_DEPTH
@@ -295,6 +302,12 @@ CRAFTED = [
 ]  # fmt: skip
 
 
+CRAFTED_SAVES = [
+    ("save job: metadata nested 950 deep", {"metadata": nested_json(950)}, "metadata"),
+    ("save job: string private", {"private": '"false"'}, "private"),
+]
+
+
 def test_crafted_payloads_are_dead_lettered_at_once_never_retried(qsettings, embedder, rawq) -> None:
     """Payloads that slip past enqueue (written by hand, or by an older producer) fail a
     check in the worker: permanent, so reported by the next drain after one attempt,
@@ -305,6 +318,10 @@ def test_crafted_payloads_are_dead_lettered_at_once_never_retried(qsettings, emb
         jobs = {}
         for name, fields, needle in CRAFTED:
             job_id, _ = q.enqueue_encode_job([f"crafted: {name}"])
+            _craft(rawq, keys, job_id, fields)
+            jobs[job_id] = (name, needle)
+        for name, fields, needle in CRAFTED_SAVES:
+            job_id = q.enqueue_save([record(f"saved-{len(jobs)}")])
             _craft(rawq, keys, job_id, fields)
             jobs[job_id] = (name, needle)
         good, _ = q.enqueue_encode_job(["a good one"])
