@@ -94,7 +94,7 @@ LOST_ERROR = "lost: neither committed nor failed — the server may have lost re
 
 #: Producer ids and job ids: 1 to 128 ASCII letters, digits, ``_``, ``.``, ``-`` (they
 #: enter key names, hash fields, pub/sub payloads and log lines).
-_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+_ID_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,128}\Z")  # \Z: "$" would let a final "\n" in
 
 
 # --------------------------------------------------------------------------- errors

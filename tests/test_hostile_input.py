@@ -213,7 +213,7 @@ def test_private_accepts_booleans_and_numpy_booleans(store) -> None:
 
 # ----------------------------------------------------------------------------- job ids
 @pytest.mark.parametrize(
-    "job_id", ["x" * 129, "a\nb", "a b", "job:1", "../x", "é", "", 5, None]
+    "job_id", ["x" * 129, "a\nb", "job-1\n", "a b", "job:1", "../x", "é", "", 5, None]
 )
 def test_parse_job_bounds_the_job_id(job_id: Any) -> None:
     job = {"v": 1, "job": job_id, "producer": "p", "items": []}
@@ -439,3 +439,14 @@ def test_log_redaction_is_not_installed_at_import() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "0"
+
+
+def test_ids_with_a_final_newline_are_refused() -> None:
+    """``$`` matches before a final newline: a producer id or job id ending in one
+    would have entered key names and log lines."""
+    from memworker.jobs import check_producer_id
+
+    with pytest.raises(ValidationError, match="producer_id"):
+        check_producer_id("agent-7\n")
+    with pytest.raises(JobPayloadError, match="producer"):
+        parse_job({"v": 1, "job": "j-1", "producer": "agent-7\n", "items": []})
