@@ -33,6 +33,15 @@ Failures (middleware, not actors)
     records the failure and publishes the wake-up in one MULTI, once per message;
     dramatiq then dead-letters it (``<q>.XQ``).
 
+Logs
+    Log lines name a job by its id and record ids, never its texts, metadata or
+    embeddings: :class:`RedactingFilter`, installed on dramatiq's and memworker's
+    loggers by :func:`make_broker` and at worker boot, replaces dramatiq's message
+    arguments (whose ``str`` is the whole job) and withholds the messages of
+    exceptions not raised by memworker or a Valkey client (:func:`loggable_error`).
+    An encode job's items are checked before any embedding (``check_encode_job``):
+    a crafted payload fails with :class:`JobPayloadError`, permanently.
+
 Poison guard
     ``ns:deliveries`` counts deliveries of each attempt (``<job>:<retries>``),
     incremented before processing; past ``max_deliveries`` the job is failed and
