@@ -489,7 +489,7 @@ def fast_path_dedup_threshold(items: list[dict[str, Any]]) -> float | None:
         from memworker.jobs import JobPayloadError
 
         raise JobPayloadError(
-            f"items[0].flow.batch_dedup_threshold must be a number, got {value!r}"
+            f"items[0].flow.batch_dedup_threshold must be a number, got {type(value).__name__}"
         )
     return float(value)
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from memworker.codec import encode_record, encode_records
+from memworker.codec import check_flow, encode_record, encode_records
 from memworker.errors import MemworkerError, ValidationError
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "QueueKeys",
     "build_message",
     "check_count",
+    "check_encode_job",
     "encode_items",
     "parse_job",
     "records_from_save_job",
@@ -92,7 +93,9 @@ MARKER_TTL_MS = 3_600_000
 #: Error of a job reported lost by a drain.
 LOST_ERROR = "lost: neither committed nor failed — the server may have lost recent writes"
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+#: Producer ids and job ids: 1 to 128 ASCII letters, digits, ``_``, ``.``, ``-`` (they
+#: enter key names, hash fields, pub/sub payloads and log lines).
+_ID_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,128}\Z")  # \Z: "$" would let a final "\n" in
 
 
 # --------------------------------------------------------------------------- errors
@@ -277,7 +280,9 @@ def check_count(items: Sequence[Any], max_items: int, what: str) -> None:
 def save_items(records: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     """Validate embedded records (as a whole, like ``ValkeyStore.save``) -> job items."""
     check_count(records, max_items, "records")
-    encode_records(list(records))  # raises ValidationError naming records[i].field
+    # Raises ValidationError naming records[i].field; the bool() below only turns a
+    # validated numpy bool into a JSON one (a string "false" was refused).
+    encode_records(list(records))
     items = []
     for i, rec in enumerate(records):
         items.append(
@@ -359,12 +364,13 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             "importance": item.get("importance", 0.5),
             "created_at": created or now,
             "source": item.get("source"),
-            "private": bool(item.get("private", False)),
+            "private": item.get("private", False),
             "embedding": None,
         }
-        # Same checks as the store (scope, categories, metadata, importance...).
+        # Same checks as the store (scope, categories, metadata, importance, private...).
         encode_record(entry, where=where, require_embedding=False, validate_only=True)
         del entry["embedding"]
+        entry["private"] = bool(entry["private"])  # a real or a numpy bool: validated
         entry["created_at"] = _iso(created) if created else now_iso
         entry["categories"] = list(entry["categories"])
         entry["metadata"] = dict(entry["metadata"])
@@ -375,8 +381,7 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             # the fast path with the job's dedup threshold (memworker.encoding).
             copy = flows_by_obj.get(id(flow))
             if copy is None:
-                if not isinstance(flow, Mapping):
-                    raise ValidationError(f"{where}.flow must be a mapping")
+                check_flow(flow, f"{where}.flow")  # every field by type and range
                 flow_json = json.dumps(dict(flow))  # JSON-safe, and a copy the caller cannot change
                 copy = flows.get(flow_json)
                 if copy is None:
@@ -434,12 +439,17 @@ def parse_job(job: Any) -> tuple[str, str, list[dict[str, Any]]]:
     if not isinstance(job, Mapping):
         raise JobPayloadError(f"job must be a JSON object, got {type(job).__name__}")
     if job.get("v") != JOB_SCHEMA:
+        version = job.get("v")
+        shown = repr(version) if type(version) is int else f"of type {type(version).__name__}"
         raise JobPayloadError(
-            f"job schema version {job.get('v')!r} is not supported (expected {JOB_SCHEMA})"
+            f"job schema version {shown} is not supported (expected {JOB_SCHEMA})"
         )
     job_id, producer, items = job.get("job"), job.get("producer"), job.get("items")
-    if not isinstance(job_id, str) or not job_id:
-        raise JobPayloadError("job.job (the job id) must be a non-empty string")
+    if not isinstance(job_id, str) or not _ID_RE.match(job_id):
+        raise JobPayloadError(
+            "job.job (the job id) must be 1 to 128 characters of ASCII letters, digits, "
+            "'_', '-', '.'"
+        )
     if not isinstance(producer, str) or not _ID_RE.match(producer):
         raise JobPayloadError("job.producer must be a producer id")
     if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
@@ -456,9 +466,34 @@ def job_identity(message_args: Any) -> tuple[str | None, str | None, list[str]]:
         producer = job.get("producer")
         if not isinstance(producer, str) or not _ID_RE.match(producer):
             producer = None
-        return (str(job.get("job")) if job.get("job") else None), producer, ids
+        job_id = job.get("job")
+        if not isinstance(job_id, str) or not _ID_RE.match(job_id):
+            job_id = None  # the caller falls back to the message id
+        return job_id, producer, ids
     except Exception:  # noqa: BLE001 - a malformed payload
         return None, None, []
+
+
+def check_encode_job(items: list[dict[str, Any]]) -> None:
+    """The worker's check of an encode job's items, before any embedding or LLM call:
+    the store's checks (content, scope, categories, metadata depth and size,
+    importance, private...) and the ``flow`` fields it knows. A payload that passed
+    enqueue passes this; a crafted or corrupted one fails it.
+
+    Raises:
+        JobPayloadError: Naming the item, the field and the limit (permanent: the job
+            is dead-lettered at once, never retried).
+    """
+    for i, item in enumerate(items):
+        where = f"items[{i}]"
+        try:
+            encode_record(item, where=where, require_embedding=False, validate_only=True)
+            if item.get("flow") is not None:
+                check_flow(item["flow"], f"{where}.flow", strict=False)
+        except JobPayloadError:
+            raise
+        except ValidationError as exc:
+            raise JobPayloadError(str(exc)) from None
 
 
 def records_from_save_job(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
