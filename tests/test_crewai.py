@@ -361,16 +361,18 @@ def test_remember_many_bad_input_is_a_failed_event_naming_the_field(env, events)
     memory.remember_many(["fine"], categories=["c"], metadata={"bad": object()}, **fields)
     memory.remember_many(["fine"], categories="c", **fields)  # a str is not a list of categories
     memory.remember_many(["fine"], categories=[""], **fields)
+    memory.remember_many(["fine"], categories=["c"], private="false", **fields)  # never coerced
     memory.drain_writes()  # reported, never raised
     # the bus hands events to its handler threads: they arrive a moment later, in any order
-    assert _wait_for(lambda: _names(events).count("MemorySaveFailedEvent") == 4), _names(events)
-    assert _wait_for(lambda: _names(events).count("MemorySaveStartedEvent") == 4), _names(events)
+    assert _wait_for(lambda: _names(events).count("MemorySaveFailedEvent") == 5), _names(events)
+    assert _wait_for(lambda: _names(events).count("MemorySaveStartedEvent") == 5), _names(events)
     failed = [e.error for e in events if isinstance(e, MemorySaveFailedEvent)]
     for want in (
         "items[1].text must not be empty",
         "items[0].metadata is not JSON-serializable",
         "items[0].categories must be a list of strings",
         "items[0].categories[0] must be a non-empty string",
+        "items[0].private must be a boolean",
     ):
         assert sum(want in got for got in failed) == 1, (want, failed)
     assert memory.info().record_count == 0 and memory.queue.pending() == []

@@ -235,7 +235,9 @@ class QueuedMemory(Memory):
         cats = list(categories) if isinstance(categories, (list, tuple)) else categories or []
         meta = dict(metadata) if type(metadata) is dict else metadata or {}
         weight = importance if importance is not None else self.default_importance
-        private = bool(private)
+        # Not bool(): bool("false") is True. None is CrewAI's default; anything else but
+        # a boolean goes to the validator, which refuses it naming the field.
+        private = False if private is None else private
         return [
             {
                 "text": content,
