@@ -237,9 +237,16 @@ class ValkeyStore:
 
     # ================================================================== plans: writes
     def _p_write(
-        self, encoded: list[EncodedRecord], extra: Sequence[Sequence[Any]] = (), *, retried: bool = False
+        self,
+        encoded: list[EncodedRecord],
+        extra: Sequence[Sequence[Any]] = (),
+        *,
+        retried: bool = False,
+        guard: tuple[str, str] | None = None,
     ) -> Plan[int]:
-        """Write validated records in atomic chunks; ``extra`` commands run in the last one."""
+        """Write validated records in atomic chunks; ``extra`` commands run in the last one.
+        With ``guard`` (a sorted set and a member), each chunk writes only while the
+        member is in the set, else :class:`NotPending` is raised."""
         dims = {e.dim for e in encoded if e.dim}
         dim = dims.pop() if dims else 0
         if dim:
@@ -275,6 +282,7 @@ class ValkeyStore:
                 "".join(["0" if rec.dim else "1" for rec in chunk]),
                 "[" + ",".join([WRITE_FIELDS_JSON, *[rec.row_json for rec in chunk]]) + "]",
                 blobs[n],
+                *(guard or ("", "")),
             ]
             if n == len(chunks) - 1:
                 for command in extra:
@@ -289,7 +297,7 @@ class ValkeyStore:
                     # store looked (the script refused before writing): learn it, redo.
                     yield from self._p_stored_dim(refresh=True)
                     if n == 0 and not retried and self._state.vtype != vtype:
-                        return (yield from self._p_write(encoded, extra, retried=True))
+                        return (yield from self._p_write(encoded, extra, retried=True, guard=guard))
                     raise StoreError(
                         f"namespace {self.keys.namespace!r} stores {self._state.vtype} vectors, "
                         f"this write was encoded as {vtype}"
@@ -298,6 +306,8 @@ class ValkeyStore:
                 if found:
                     self._state.dim = int(found.group(1))
                     raise dimension_mismatch(int(found.group(1)), int(found.group(2))) from None
+                if guard is not None and "NOTPENDING" in text:
+                    raise NotPending(f"job {guard[1]} is no longer pending") from None
                 missing = _NOTFOUND_RE.search(text)
                 if missing:
                     raise ValidationError(
@@ -314,6 +324,7 @@ class ValkeyStore:
                     self._state.index_ready = False
                     yield from self._p_ensure_index(dim)
                     last = n == len(chunks) - 1
+                    args[8:10] = ["", ""]  # the same write again: the guard held
                     yield Script("store", _strip_extra(args, extra) if last else args)
         return inserted
 
@@ -897,10 +908,24 @@ class ValkeyStore:
         await self._async.close()
 
     # ================================================================== internals for the worker
-    def write_encoded(self, encoded: list[EncodedRecord], extra: Sequence[Sequence[Any]] = ()) -> int:
+    def write_encoded(
+        self,
+        encoded: list[EncodedRecord],
+        extra: Sequence[Sequence[Any]] = (),
+        *,
+        guard: tuple[str, str] | None = None,
+    ) -> int:
         """Write already-validated records plus ``extra`` commands in the same atomic step
-        (the worker's commit: records, side indexes and the pending-mark removal)."""
-        return self._sync.run(self._p_write(encoded, extra))
+        (the worker's commit: records, side indexes and the pending-mark removal).
+
+        Args:
+            guard: ``(sorted set key, member)``: write only while the member is in the
+                set (a job's pending mark), checked in the same atomic step.
+
+        Raises:
+            NotPending: The guard's member is gone; nothing was written.
+        """
+        return self._sync.run(self._p_write(encoded, extra, guard=guard))
 
     def _p_ensure_model(self, model_id: str) -> Plan[str]:
         if not isinstance(model_id, str) or not model_id:
@@ -944,6 +969,10 @@ class ValkeyStore:
             return (yield from self._p_vector_type())
 
         return self._sync.run(plan())
+
+
+class NotPending(StoreError):
+    """A guarded write found its job no longer pending (it committed or failed)."""
 
 
 def _sort_refused(exc: BaseException) -> bool:

@@ -28,6 +28,9 @@
 --             embeddings: the vector bytes of every record not keeping its embedding,
 --               concatenated in record order (dim * 4 bytes each, dim * 2 for float16)
 --           (a few arguments per batch, not a few per record: the client pays per argument)
+--           guard_key, guard_member: "" and "", or a worker's commit step: the job's pending
+--             set and job id; if the job is no longer pending (a duplicate delivery of a job
+--             that committed or failed) the step writes nothing: error NOTPENDING
 --           extra commands: argc, arg1..argc, ... (run after the records, e.g. the
 --           worker's pending-mark removal and wake-up)
 --           -> {inserted (ids that did not exist), dim_was_set (0/1)}
@@ -218,6 +221,9 @@ if op == "save" then
   local dim, vtype = ARGV[3], ARGV[4]
   local n = tonumber(ARGV[5])
   local mask = ARGV[6]
+  if ARGV[9] ~= "" and not redis.call("ZSCORE", ARGV[9], ARGV[10]) then
+    return redis.error_reply("NOTPENDING " .. ARGV[10])
+  end
   local meta = redis.call("HMGET", ns .. ":meta", "dim", "vtype")
   local stored_dim, stored_vtype = meta[1], meta[2] or "float32"
   if dim ~= "" and stored_dim and stored_dim ~= dim then
@@ -297,7 +303,7 @@ if op == "save" then
   end
   flush()
   log_changes(ids)
-  local pos = 9
+  local pos = 11
   while pos <= #ARGV do
     local argc = tonumber(ARGV[pos])
     redis.call(unpack(ARGV, pos + 1, pos + argc))
