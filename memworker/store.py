@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -245,8 +246,12 @@ class ValkeyStore:
         guard: tuple[str, str] | None = None,
     ) -> Plan[int]:
         """Write validated records in atomic chunks; ``extra`` commands run in the last one.
-        With ``guard`` (a sorted set and a member), each chunk writes only while the
-        member is in the set, else :class:`NotPending` is raised."""
+
+        With ``guard`` (a job's pending set and id: a worker's commit), each chunk
+        writes only while the job is pending (else :class:`NotPending`), and leaves a
+        record whose ``upd`` stamp is later than the job's enqueue time (the pending
+        mark's score) as it is. Without, a record replaced gets ``upd`` = now (ms):
+        a user's ``update`` or re-save is never reverted by a late job."""
         dims = {e.dim for e in encoded if e.dim}
         dim = dims.pop() if dims else 0
         if dim:
@@ -256,6 +261,7 @@ class ValkeyStore:
         if stored:
             yield from self._p_ensure_index(stored)
         inserted = 0
+        stamp = str(int(time.time() * 1000))
         chunks = [encoded[i : i + self.batch_size] for i in range(0, len(encoded), self.batch_size)]
         if not chunks and extra:
             chunks = [[]]
@@ -282,7 +288,7 @@ class ValkeyStore:
                 "".join(["0" if rec.dim else "1" for rec in chunk]),
                 "[" + ",".join([WRITE_FIELDS_JSON, *[rec.row_json for rec in chunk]]) + "]",
                 blobs[n],
-                *(guard or ("", "")),
+                *(guard or ("", stamp)),
             ]
             if n == len(chunks) - 1:
                 for command in extra:
@@ -324,7 +330,7 @@ class ValkeyStore:
                     self._state.index_ready = False
                     yield from self._p_ensure_index(dim)
                     last = n == len(chunks) - 1
-                    args[8:10] = ["", ""]  # the same write again: the guard held
+                    args[8:10] = ["", ""]  # the same write again (the guard held), unstamped
                     yield Script("store", _strip_extra(args, extra) if last else args)
         return inserted
 

@@ -529,7 +529,6 @@ def test_metadata_cannot_hijack_message_tracking(qsettings, slow, workers, rawq,
         broker.join("default", timeout=20_000)
         assert store.count() == len(jobs)
     assert slow.texts == {item["text"]: 1 for item in hostile}
-    assert broker.orphans_requeued == 0
     stats = {k.decode(): int(v) for k, v in rawq.hgetall(keys.stats).items()}
     assert stats["committed"] == len(jobs) and stats["records"] == len(jobs)
 
@@ -619,3 +618,39 @@ def test_a_drain_that_returned_agrees_with_the_dead_letters(
         report = q.drain(timeout=30, job_ids=[job])
         assert report.failed[0].record_ids == [rid]
         assert [d["job_id"] for d in dead_list(qsettings)] == [job]
+
+
+def test_an_update_between_commit_steps_survives_the_jobs_redelivery(
+    qsettings, fake, workers, rawq, monkeypatch
+):
+    """A job's first step is visible before its last: a user who updates such a record
+    is not reverted when the job runs again (its commit carries its enqueue time, and
+    the write script leaves a record updated after it as it is)."""
+    from memworker.store import ValkeyStore as Store
+
+    real = Store.write_encoded
+    calls: list[int] = []
+
+    def flaky(self, encoded, extra=(), **kw):
+        calls.append(len(encoded))
+        if len(calls) == 2:  # between the first and second step of the first attempt
+            rec = user.get_record("rec0")
+            rec.content = "updated between the steps"
+            user.update(rec)
+            raise ConnectionError("injected failure between commit steps")
+        return real(self, encoded, extra, **kw)
+
+    monkeypatch.setattr(Store, "write_encoded", flaky)
+    with (
+        MemoryQueue(qsettings, producer_id="p") as q,
+        ValkeyStore(qsettings) as store,
+        ValkeyStore(qsettings) as user,
+    ):
+        job = q.enqueue_save([_record(i) for i in range(4)])
+        workers(qsettings, commit_step=2)
+        report = q.drain(timeout=30, job_ids=[job])
+        assert report.committed == 1 and not report.failed
+        assert calls == [2, 2, 2, 2]  # the retry rewrote the first step
+        assert store.get_record("rec0").content == "updated between the steps"
+        assert store.get_record("rec1").content == "saved 1"
+        assert store.count() == 4 and store.count("/s") == 4 and store.list_categories() == {"c": 4}
