@@ -13,7 +13,19 @@ Delivery
     older than ``MARKER_TTL_MS`` = 1 h trimmed in the same step), counters, and a
     ``PUBLISH`` on the producer's ``done`` channel.
     dramatiq acks after the actor returns, i.e. after the commit; a redelivered
-    job rewrites the same record ids.
+    job rewrites the same record ids. Every step of a commit writes only while the
+    job's pending mark exists (checked in the script), so a duplicate delivery of a
+    job that committed or failed writes, counts and marks nothing; and it leaves a
+    record updated after the job was enqueued (its ``upd`` stamp is later than the
+    pending mark's score) as it is.
+
+Message ids
+    A consumer tracks a fetched message (held, acked, requeued) by its redis id,
+    read from the decoded message's ``options``, never from the raw bytes: user
+    text in ``args`` cannot pose as it. A message dramatiq cannot decode is matched
+    to its id through the queue's own bookkeeping (this consumer's acks set and the
+    stored bodies), dead-lettered, and reported failed to its producer when its job
+    id and producer can be read structurally (:func:`~memworker.jobs.undecodable_identity`).
 
 Encode jobs
     Items whose ``flow`` entry asks for field inference or consolidation run
@@ -29,9 +41,12 @@ Failures (middleware, not actors)
     permanent: the actors declare it in ``throws``, so ``Retries`` fails the
     message at once. Other errors retry with backoff. When a message ends failed
     (permanent, retries exhausted, the poison guard, or an unknown actor), the
-    ``before_nack`` hook of :class:`BarrierMiddleware` removes its pending mark,
-    records the failure and publishes the wake-up in one MULTI, once per message;
-    dramatiq then dead-letters it (``<q>.XQ``).
+    ``before_nack`` hook of :class:`BarrierMiddleware` prepares its bookkeeping
+    (remove the pending mark, record the failure, count, publish the wake-up) and
+    :meth:`WakeConsumer.nack` runs it in the same MULTI as dramatiq's dead-letter
+    move (``<q>.XQ``): a drain that reports the failure finds the dead letter. A
+    job no longer pending (a duplicate of a job that committed or failed) records
+    no second failure.
 
 Poison guard
     ``ns:deliveries`` counts deliveries of each attempt (``<job>:<retries>``),
@@ -733,9 +748,9 @@ class BarrierMiddleware(Middleware):
     - before_nack: every message that ends failed passes here, whatever failed it
       (an exception with retries exhausted, a permanent error, the poison guard, or
       dramatiq's consumer thread for an unknown actor, which fails and nacks the
-      message without any process/skip hook): its pending mark is removed, a
-      failure recorded and a wake-up published, in one MULTI, once per message,
-      before dramatiq dead-letters it.
+      message without any process/skip hook): its pending mark's removal, failure
+      record and wake-up are prepared, once per message, and written by
+      :meth:`WakeConsumer.nack` in the MULTI that dead-letters it.
     """
 
     def __init__(self, settings: Settings, *, max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
