@@ -654,3 +654,31 @@ def test_an_update_between_commit_steps_survives_the_jobs_redelivery(
         assert store.get_record("rec0").content == "updated between the steps"
         assert store.get_record("rec1").content == "saved 1"
         assert store.count() == 4 and store.count("/s") == 4 and store.list_categories() == {"c": 4}
+
+
+def test_consumer_close_requeues_hostile_messages_by_their_real_ids(qsettings, fake, rawq):
+    """The messages a consumer fetched but never handed out are requeued on close by
+    their real redis ids, whatever id-like text their metadata carries."""
+    keys = QueueKeys(qsettings.namespace)
+    with MemoryQueue(qsettings, producer_id="pc") as q:
+        for i in range(3):
+            item = {"text": f"cached {i}", "metadata": {"redis_message_id": HOSTILE_ID}}
+            q.enqueue_encode([item])
+    broker = worker_mod.make_broker(qsettings)
+    try:
+        consumer = broker.consume("default", prefetch=3, timeout=100)
+        first = None
+        for _ in range(100):
+            first = next(consumer)
+            if first is not None:
+                break
+        assert first is not None and first.options["redis_message_id"] != HOSTILE_ID
+        assert broker.held_ids() == {m.decode() for m in rawq.hkeys(keys.msgs())}
+        consumer.requeue([first])  # what Worker.stop does with its work queue
+        consumer.close()
+        acks = rawq.keys(f"{keys.dq_namespace}:__acks__.*")
+        assert rawq.llen(keys.q()) == 3 and sum(rawq.scard(k) for k in acks) == 0
+        assert broker.held_ids() == set()
+    finally:
+        broker.close()
+        broker.context.close()
