@@ -346,7 +346,7 @@ class WakeConsumer(_RedisConsumer):
                 messages = broker.do_fetch(self.queue_name, free)
                 self._last_dispatch = time.monotonic()
                 if messages:
-                    self.message_cache = self._accept(messages)
+                    self._accept(messages)
                     if self._woken:
                         broker.woken_fetches += 1
                     self._woken = False
@@ -369,9 +369,10 @@ class WakeConsumer(_RedisConsumer):
                 raise ConnectionClosed(exc) from None
             raise
 
-    def _accept(self, fetched: list[Any]) -> list[Message]:
+    def _accept(self, fetched: list[Any]) -> None:
         """Decode a fetch's messages, hold their redis ids (read from the decoded
-        options) and dead-letter the undecodable ones; returns the decoded messages."""
+        options) and cache them, then dead-letter the undecodable ones (if that fails,
+        they stay unheld in the acks set, and the reconciler requeues them)."""
         decoded: list[Message] = []
         bad: list[bytes] = []
         for data in fetched:
@@ -383,10 +384,10 @@ class WakeConsumer(_RedisConsumer):
             else:
                 decoded.append(message)
         self.broker.hold(m.options["redis_message_id"] for m in decoded)
+        self.message_cache = decoded
         if bad:
             for data, redis_id in zip(bad, self._ids_of(bad)):
                 self._reject(data, redis_id)
-        return decoded
 
     def _ids_of(self, bodies: list[bytes]) -> list[str | None]:
         """The redis ids of fetched bodies that cannot be decoded, from the queue's own
