@@ -654,6 +654,10 @@ def test_an_update_between_commit_steps_survives_the_jobs_redelivery(
         assert store.get_record("rec0").content == "updated between the steps"
         assert store.get_record("rec1").content == "saved 1"
         assert store.count() == 4 and store.count("/s") == 4 and store.list_categories() == {"c": 4}
+        # A job enqueued after the update is newer: it replaces the record.
+        later = q.enqueue_save([_record(0, content="saved again")])
+        assert q.drain(timeout=30, job_ids=[later]).committed == 1
+        assert store.get_record("rec0").content == "saved again"
 
 
 def test_consumer_close_requeues_hostile_messages_by_their_real_ids(qsettings, fake, rawq):
