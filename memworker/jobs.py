@@ -72,6 +72,7 @@ __all__ = [
     "parse_job",
     "records_from_save_job",
     "save_items",
+    "undecodable_identity",
 ]
 
 #: Version of the job payload; a worker rejects (dead-letters) any other.
@@ -494,6 +495,85 @@ def check_encode_job(items: list[dict[str, Any]]) -> None:
             raise
         except ValidationError as exc:
             raise JobPayloadError(str(exc)) from None
+
+
+#: Longest job id read from an undecodable message (a hash field, never a key name).
+_MAX_JOB_ID = 256
+
+
+def undecodable_identity(data: Any) -> tuple[str | None, str | None, list[str]]:
+    """Best-effort ``(job id, producer, record ids)`` of a message dramatiq cannot
+    decode, so its producer's drain can be told it failed.
+
+    Valid JSON that is not a dramatiq message is read like a message's ``args``.
+    Otherwise (truncated bytes, invalid UTF-8, a broken item) the bytes are read as
+    JSON from the start, structurally and only as deep as ``args[0]``'s members:
+    dramatiq writes ``args`` third and a job writes ``job`` and ``producer`` before
+    its ``items``, so both are usually found before the damage. A value is only
+    ever taken from its own position in the structure: text inside another string
+    (a metadata value, say) can never be mistaken for one.
+    """
+    raw = data if isinstance(data, (bytes, bytearray)) else str(data).encode()
+    text = bytes(raw).decode("utf-8", "replace")
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        message = None
+    if isinstance(message, Mapping):
+        job_id, producer, ids = job_identity(message.get("args"))
+    else:
+        job_id, producer, ids = _prefix_identity(text)
+    if job_id is not None and len(job_id) > _MAX_JOB_ID:
+        job_id = None
+    return job_id, producer, ids
+
+
+def _prefix_identity(text: str) -> tuple[str | None, str | None, list[str]]:
+    """``args[0].job`` and ``args[0].producer`` read from the start of broken JSON."""
+    decoder = json.JSONDecoder()
+    ws = re.compile(r"[ \t\n\r]*")
+    found: dict[str, Any] = {}
+
+    def skip(pos: int, char: str | None = None) -> int:
+        pos = ws.match(text, pos).end()  # type: ignore[union-attr]
+        if char is not None:
+            if text[pos : pos + 1] != char:
+                raise ValueError(f"expected {char!r} at {pos}")
+            pos = ws.match(text, pos + 1).end()  # type: ignore[union-attr]
+        return pos
+
+    def members(pos: int, inner: bool) -> None:
+        # pos is just after "{": read "key": value pairs in order.
+        while True:
+            pos = skip(pos)
+            if text[pos : pos + 1] == "}":
+                return
+            key, pos = decoder.raw_decode(text, pos)
+            if not isinstance(key, str):
+                return
+            pos = skip(pos, ":")
+            if not inner and key == "args":
+                pos = skip(pos, "[")
+                members(skip(pos, "{"), True)
+                return
+            value, pos = decoder.raw_decode(text, pos)
+            if inner and key in ("job", "producer") and isinstance(value, str):
+                found[key] = value
+                if len(found) == 2:
+                    return
+            pos = skip(pos)
+            if text[pos : pos + 1] != ",":
+                return
+            pos += 1
+
+    try:
+        members(skip(0, "{"), False)
+    except (ValueError, IndexError, RecursionError):
+        pass  # the damage starts here: keep what was read before it
+    producer = found.get("producer")
+    if producer is not None and not _ID_RE.match(producer):
+        producer = None
+    return found.get("job") or None, producer, []
 
 
 def records_from_save_job(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -485,13 +485,13 @@ def _settle(
             if i in fails:
                 failed.append(failure_from_json(fails.pop(i)))
                 mine["failed"].append(i)
-            elif marker is not None:
+            elif marker is not None and tomb is None:
                 committed += 1
-            elif tomb is None:
+            elif marker is None and tomb is None:
                 lost.append(i)
                 failed.append(FailedJob(job_id=i, record_ids=[], error=LOST_ERROR))
             else:
-                continue  # reported by an earlier drain
+                continue  # reported by an earlier drain (a marker found again is consumed)
             mine["reported"].append(i)
     for p, fails in failures.items():  # failed while no drain waited for them
         for i in sorted(fails):

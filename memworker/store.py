@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -237,9 +238,20 @@ class ValkeyStore:
 
     # ================================================================== plans: writes
     def _p_write(
-        self, encoded: list[EncodedRecord], extra: Sequence[Sequence[Any]] = (), *, retried: bool = False
+        self,
+        encoded: list[EncodedRecord],
+        extra: Sequence[Sequence[Any]] = (),
+        *,
+        retried: bool = False,
+        guard: tuple[str, str] | None = None,
     ) -> Plan[int]:
-        """Write validated records in atomic chunks; ``extra`` commands run in the last one."""
+        """Write validated records in atomic chunks; ``extra`` commands run in the last one.
+
+        With ``guard`` (a job's pending set and id: a worker's commit), each chunk
+        writes only while the job is pending (else :class:`NotPending`), and leaves a
+        record whose ``upd`` stamp is later than the job's enqueue time (the pending
+        mark's score) as it is. Without, a record replaced gets ``upd`` = now (ms):
+        a user's ``update`` or re-save is never reverted by a late job."""
         dims = {e.dim for e in encoded if e.dim}
         dim = dims.pop() if dims else 0
         if dim:
@@ -249,6 +261,7 @@ class ValkeyStore:
         if stored:
             yield from self._p_ensure_index(stored)
         inserted = 0
+        stamp = str(int(time.time() * 1000))
         chunks = [encoded[i : i + self.batch_size] for i in range(0, len(encoded), self.batch_size)]
         if not chunks and extra:
             chunks = [[]]
@@ -275,6 +288,7 @@ class ValkeyStore:
                 "".join([rec.mode for rec in chunk]),
                 "[" + ",".join([WRITE_FIELDS_JSON, *[rec.row_json for rec in chunk]]) + "]",
                 blobs[n],
+                *(guard or ("", stamp)),
             ]
             if n == len(chunks) - 1:
                 for command in extra:
@@ -289,7 +303,7 @@ class ValkeyStore:
                     # store looked (the script refused before writing): learn it, redo.
                     yield from self._p_stored_dim(refresh=True)
                     if n == 0 and not retried and self._state.vtype != vtype:
-                        return (yield from self._p_write(encoded, extra, retried=True))
+                        return (yield from self._p_write(encoded, extra, retried=True, guard=guard))
                     raise StoreError(
                         f"namespace {self.keys.namespace!r} stores {self._state.vtype} vectors, "
                         f"this write was encoded as {vtype}"
@@ -298,6 +312,8 @@ class ValkeyStore:
                 if found:
                     self._state.dim = int(found.group(1))
                     raise dimension_mismatch(int(found.group(1)), int(found.group(2))) from None
+                if guard is not None and "NOTPENDING" in text:
+                    raise NotPending(f"job {guard[1]} is no longer pending") from None
                 missing = _NOTFOUND_RE.search(text)
                 if missing:
                     raise ValidationError(
@@ -314,6 +330,7 @@ class ValkeyStore:
                     self._state.index_ready = False
                     yield from self._p_ensure_index(dim)
                     last = n == len(chunks) - 1
+                    args[8:10] = ["", ""]  # the same write again (the guard held), unstamped
                     yield Script("store", _strip_extra(args, extra) if last else args)
         return inserted
 
@@ -901,10 +918,24 @@ class ValkeyStore:
         await self._async.close()
 
     # ================================================================== internals for the worker
-    def write_encoded(self, encoded: list[EncodedRecord], extra: Sequence[Sequence[Any]] = ()) -> int:
+    def write_encoded(
+        self,
+        encoded: list[EncodedRecord],
+        extra: Sequence[Sequence[Any]] = (),
+        *,
+        guard: tuple[str, str] | None = None,
+    ) -> int:
         """Write already-validated records plus ``extra`` commands in the same atomic step
-        (the worker's commit: records, side indexes and the pending-mark removal)."""
-        return self._sync.run(self._p_write(encoded, extra))
+        (the worker's commit: records, side indexes and the pending-mark removal).
+
+        Args:
+            guard: ``(sorted set key, member)``: write only while the member is in the
+                set (a job's pending mark), checked in the same atomic step.
+
+        Raises:
+            NotPending: The guard's member is gone; nothing was written.
+        """
+        return self._sync.run(self._p_write(encoded, extra, guard=guard))
 
     def _p_ensure_model(self, model_id: str) -> Plan[str]:
         if not isinstance(model_id, str) or not model_id:
@@ -948,6 +979,10 @@ class ValkeyStore:
             return (yield from self._p_vector_type())
 
         return self._sync.run(plan())
+
+
+class NotPending(StoreError):
+    """A guarded write found its job no longer pending (it committed or failed)."""
 
 
 def _sort_refused(exc: BaseException) -> bool:

@@ -13,7 +13,19 @@ Delivery
     older than ``MARKER_TTL_MS`` = 1 h trimmed in the same step), counters, and a
     ``PUBLISH`` on the producer's ``done`` channel.
     dramatiq acks after the actor returns, i.e. after the commit; a redelivered
-    job rewrites the same record ids.
+    job rewrites the same record ids. Every step of a commit writes only while the
+    job's pending mark exists (checked in the script), so a duplicate delivery of a
+    job that committed or failed writes, counts and marks nothing; and it leaves a
+    record updated after the job was enqueued (its ``upd`` stamp is later than the
+    pending mark's score) as it is.
+
+Message ids
+    A consumer tracks a fetched message (held, acked, requeued) by its redis id,
+    read from the decoded message's ``options``, never from the raw bytes: user
+    text in ``args`` cannot pose as it. A message dramatiq cannot decode is matched
+    to its id through the queue's own bookkeeping (this consumer's acks set and the
+    stored bodies), dead-lettered, and reported failed to its producer when its job
+    id and producer can be read structurally (:func:`~memworker.jobs.undecodable_identity`).
 
 Encode jobs
     Items whose ``flow`` entry asks for field inference or consolidation run
@@ -29,9 +41,12 @@ Failures (middleware, not actors)
     permanent: the actors declare it in ``throws``, so ``Retries`` fails the
     message at once. Other errors retry with backoff. When a message ends failed
     (permanent, retries exhausted, the poison guard, or an unknown actor), the
-    ``before_nack`` hook of :class:`BarrierMiddleware` removes its pending mark,
-    records the failure and publishes the wake-up in one MULTI, once per message;
-    dramatiq then dead-letters it (``<q>.XQ``).
+    ``before_nack`` hook of :class:`BarrierMiddleware` prepares its bookkeeping
+    (remove the pending mark, record the failure, count, publish the wake-up) and
+    :meth:`WakeConsumer.nack` runs it in the same MULTI as dramatiq's dead-letter
+    move (``<q>.XQ``): a drain that reports the failure finds the dead letter. A
+    job no longer pending (a duplicate of a job that committed or failed) records
+    no second failure.
 
 Logs
     Log lines name a job by its id and record ids, never its texts, metadata or
@@ -72,7 +87,6 @@ import contextlib
 import importlib
 import logging
 import os
-import re
 import signal
 import socket
 import threading
@@ -103,6 +117,7 @@ from memworker.jobs import (
     job_identity,
     parse_job,
     records_from_save_job,
+    undecodable_identity,
 )
 from memworker.queue import (
     HEALTH_TTL_MS,
@@ -167,7 +182,52 @@ RECONCILE_INTERVAL_S = 5.0
 #: Environment variable naming an embedder factory, ``module:callable``.
 EMBEDDER_ENV = "MEMWORKER_EMBEDDER"
 
-_REDIS_ID_RE = re.compile(rb'"redis_message_id"\s*:\s*"([0-9a-fA-F-]{36})"')
+#: A failed message's bookkeeping, in the same MULTI as its dead-letter move (dispatch's
+#: nack). KEYS: deliveries, stats[, pending, failed]; ARGV: delivery field, job id,
+#: failure JSON, done channel. Without a producer it counts the failure; with one, the
+#: failure is recorded only if the pending mark was still there (a duplicate delivery
+#: of a job that committed or failed already records nothing: reported once).
+_FAIL_SCRIPT = """
+if ARGV[1] ~= "" then redis.call("HDEL", KEYS[1], ARGV[1]) end
+if #KEYS > 2 and redis.call("ZREM", KEYS[3], ARGV[2]) == 0 then return 0 end
+redis.call("HINCRBY", KEYS[2], "failed", 1)
+if #KEYS > 2 then
+  redis.call("HSET", KEYS[4], ARGV[2], ARGV[3])
+  redis.call("PUBLISH", ARGV[4], ARGV[2])
+end
+return 1
+"""
+
+
+def _decode(data: Any) -> Message | None:
+    """The message in ``data`` with its redis id, or None if dramatiq cannot decode it
+    or it has no usable id (the id is read from the decoded ``options``, never from
+    the bytes: user text in ``args`` cannot pose as it)."""
+    try:
+        message = Message.decode(data)
+    except DecodeError:
+        return None
+    options = message.options
+    if not isinstance(options, dict) or not isinstance(options.get("redis_message_id"), str):
+        return None
+    return message
+
+
+def _failure_args(
+    keys: QueueKeys,
+    field: str | None,
+    job_id: str | None,
+    producer: str | None,
+    record_ids: list[str],
+    error: str,
+) -> list[Any]:
+    """``EVAL _FAIL_SCRIPT`` arguments (numkeys, keys, argv) of one failed message."""
+    if producer is None or job_id is None:
+        return [2, keys.deliveries, keys.stats, field or "", job_id or "", "", ""]
+    return [
+        4, keys.deliveries, keys.stats, keys.pending(producer), keys.failed(producer),
+        field or "", job_id, failure_json(job_id, record_ids, error), keys.done_channel(producer),
+    ]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- logs
@@ -346,6 +406,7 @@ class WakeConsumer(_RedisConsumer):
     ) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)
         self.wake_key = f"{broker.namespace}:{queue_name}.wake"
+        self.msgs_key = f"{broker.namespace}:{queue_name}.msgs"
         self.acks_key = f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}"
         self._slot = threading.Event()
         self._woken = False
@@ -363,10 +424,21 @@ class WakeConsumer(_RedisConsumer):
             self._slot.set()
 
     def nack(self, message: Any) -> None:
+        """Dead-letter the message and, in the same MULTI, its failure bookkeeping
+        (prepared by :meth:`BarrierMiddleware.before_nack`): a drain that saw the
+        failure finds the dead letter too."""
+        import redis
+
+        redis_id = message.options.get("redis_message_id")
         try:
-            super().nack(message)
+            self.broker.dead_letter(
+                self.queue_name, redis_id, getattr(message, "memworker_failure", None)
+            )
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
         finally:
-            self.broker.release(message.options.get("redis_message_id"))
+            self.queued_message_ids.discard(message.message_id)
+            self.broker.release(redis_id)
             self._slot.set()
 
     def _reconcile(self) -> None:
@@ -405,17 +477,8 @@ class WakeConsumer(_RedisConsumer):
         would sit in this broker's acks set until a peer's maintenance requeues them
         after ``heartbeat_timeout``. dramatiq's own ``_RedisConsumer`` does not do it."""
         cached, self.message_cache = self.message_cache, []
-        ids: list[str] = []
-        for data in cached:
-            if data is None:
-                continue
-            try:
-                ids.append(str(Message.decode(data).options["redis_message_id"]))
-            except (DecodeError, KeyError, AttributeError):
-                raw = data if isinstance(data, bytes) else str(data).encode()
-                found = _REDIS_ID_RE.search(raw)
-                if found is not None:
-                    ids.append(found.group(1).decode())
+        # The cache holds decoded messages (see __next__), each with its redis id.
+        ids = [m.options["redis_message_id"] for m in cached if isinstance(m, Message)]
         try:
             if ids:
                 log.debug("requeueing %d fetched message(s) on %r", len(ids), self.queue_name)
@@ -447,14 +510,7 @@ class WakeConsumer(_RedisConsumer):
                 self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
             while True:
                 if self.message_cache:
-                    data = self.message_cache.pop(0)
-                    if data is None:
-                        continue
-                    try:
-                        message = Message.decode(data)
-                    except DecodeError:
-                        self._reject(data)
-                        continue
+                    message = self.message_cache.pop(0)
                     self.queued_message_ids.add(message.message_id)
                     return MessageProxy(message)
                 free = self.prefetch - self.outstanding_message_count
@@ -469,8 +525,7 @@ class WakeConsumer(_RedisConsumer):
                 messages = broker.do_fetch(self.queue_name, free)
                 self._last_dispatch = time.monotonic()
                 if messages:
-                    broker.hold(messages)
-                    self.message_cache = messages
+                    self._accept(messages)
                     if self._woken:
                         broker.woken_fetches += 1
                     self._woken = False
@@ -493,18 +548,64 @@ class WakeConsumer(_RedisConsumer):
                 raise ConnectionClosed(exc) from None
             raise
 
-    def _reject(self, data: bytes) -> None:
-        found = _REDIS_ID_RE.search(data if isinstance(data, bytes) else str(data).encode())
-        if found is None:
+    def _accept(self, fetched: list[Any]) -> None:
+        """Decode a fetch's messages, hold their redis ids (read from the decoded
+        options) and cache them, then dead-letter the undecodable ones (if that fails,
+        they stay unheld in the acks set, and the reconciler requeues them)."""
+        decoded: list[Message] = []
+        bad: list[bytes] = []
+        for data in fetched:
+            if data is None:
+                continue
+            message = _decode(data)
+            if message is None:
+                bad.append(data if isinstance(data, bytes) else str(data).encode())
+            else:
+                decoded.append(message)
+        self.broker.hold(m.options["redis_message_id"] for m in decoded)
+        self.message_cache = decoded
+        if bad:
+            for data, redis_id in zip(bad, self._ids_of(bad)):
+                self._reject(data, redis_id)
+
+    def _ids_of(self, bodies: list[bytes]) -> list[str | None]:
+        """The redis ids of fetched bodies that cannot be decoded, from the queue's own
+        bookkeeping (never from the bytes): the ids in this consumer's acks set that no
+        thread holds, whose stored body is exactly that body."""
+        client = self.broker.client
+        server = {
+            i.decode() if isinstance(i, bytes) else str(i) for i in client.smembers(self.acks_key)
+        }
+        candidates = sorted(server - self.broker.held_ids())
+        by_body: dict[bytes, list[str]] = {}
+        if candidates:
+            for redis_id, body in zip(candidates, client.hmget(self.msgs_key, candidates)):
+                if body is not None:
+                    by_body.setdefault(bytes(body), []).append(redis_id)
+        out: list[str | None] = []
+        for body in bodies:
+            ids = by_body.get(body)
+            out.append(ids.pop(0) if ids else None)
+        return out
+
+    def _reject(self, data: bytes, redis_id: str | None) -> None:
+        """Dead-letter an undecodable message, and report it failed to its producer
+        when its job id and producer can be read (:func:`undecodable_identity`) and
+        its pending mark is still there, in one MULTI."""
+        if redis_id is None:
             log.error(
                 "undecodable message on %r without a message id; left unacked", self.queue_name
             )
             return
-        log.error(
-            "undecodable message %s on %r: dead-lettered", found.group(1).decode(), self.queue_name
-        )
-        self.broker.do_nack(self.queue_name, found.group(1).decode())
-        self.broker.release(found.group(1).decode())
+        log.error("undecodable message %s on %r: dead-lettered", redis_id, self.queue_name)
+        job_id, producer, record_ids = undecodable_identity(data)
+        failure = None
+        if job_id is not None and producer is not None:
+            failure = _failure_args(
+                self.broker.keys, None, job_id, producer, record_ids,
+                "DecodeError: undecodable message (dead-lettered)",
+            )  # fmt: skip
+        self.broker.dead_letter(self.queue_name, redis_id, failure)
 
 
 class MemworkerBroker(RedisBroker):
@@ -539,17 +640,10 @@ class MemworkerBroker(RedisBroker):
         self._held_lock = threading.Lock()
         self.context: WorkerContext | None = None
 
-    def hold(self, messages: Iterable[Any]) -> None:
+    def hold(self, redis_ids: Iterable[str]) -> None:
         """Record the redis message ids of fetched messages (until ack, nack or requeue)."""
-        ids = []
-        for data in messages:
-            if data is None:
-                continue
-            found = _REDIS_ID_RE.search(data if isinstance(data, bytes) else str(data).encode())
-            if found is not None:
-                ids.append(found.group(1).decode())
         with self._held_lock:
-            self._held.update(ids)
+            self._held.update(redis_ids)
 
     def release(self, redis_id: Any) -> None:
         """Forget a message id this process held."""
@@ -565,6 +659,23 @@ class MemworkerBroker(RedisBroker):
     @property
     def consumer_class(self) -> type[WakeConsumer]:
         return WakeConsumer
+
+    def dead_letter(self, queue_name: str, redis_id: str, failure: list[Any] | None = None) -> None:
+        """dramatiq's nack (move the message to ``<q>.XQ``) and, in the same MULTI, the
+        failure bookkeeping ``failure`` (:func:`_failure_args`): the pending mark, the
+        failure record, the counter and the wake-up land with the dead letter or not at
+        all. Both are sent as ``EVAL`` (never ``NOSCRIPT`` inside the MULTI)."""
+        from dramatiq.common import current_millis
+
+        with self.client.pipeline(transaction=True) as pipe:
+            if failure is not None:
+                pipe.execute_command("EVAL", _FAIL_SCRIPT, *failure)
+            pipe.execute_command(
+                "EVAL", self.scripts["dispatch"].script, 1, self.namespace,
+                "nack", current_millis(), queue_name, self.broker_id, self.heartbeat_timeout,
+                self.dead_message_ttl, 0, self._max_unpack_size(), redis_id,
+            )  # fmt: skip
+            pipe.execute()
 
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
         with self.client.pipeline(transaction=True) as pipe:
@@ -666,6 +777,8 @@ class WorkerContext:
         self.settings = settings
         self.keys = QueueKeys(settings.namespace)
         self.commit_step = commit_step
+        #: Commits refused because the job was no longer pending (duplicate deliveries).
+        self.duplicates = 0
         # One script call per commit step (batch_size: the store never splits one).
         self.store = ValkeyStore(settings, batch_size=10_000)
 
@@ -688,6 +801,7 @@ class WorkerContext:
         dies between steps leaves the job pending and unacknowledged, and its
         redelivery rewrites the same ids (the counts stay exact)."""
         from memworker.codec import encode_records
+        from memworker.store import NotPending
 
         encoded = encode_records(records)
         k = self.keys
@@ -707,10 +821,18 @@ class WorkerContext:
         ]
         inserted = 0
         step = self.commit_step
-        while step and len(encoded) > step:
-            inserted += self.store.write_encoded(encoded[:step])
-            encoded = encoded[step:]
-        inserted += self.store.write_encoded(encoded, extra=commands)
+        # Every step writes only while the job is pending: a duplicate delivery of a job
+        # that committed (or failed) writes nothing, so it cannot revert an update made
+        # after the drain returned, re-add the marker a drain consumed, or count twice.
+        guard = (k.pending(producer), job_id)
+        try:
+            while step and len(encoded) > step:
+                inserted += self.store.write_encoded(encoded[:step], guard=guard)
+                encoded = encoded[step:]
+            inserted += self.store.write_encoded(encoded, extra=commands, guard=guard)
+        except NotPending:
+            self.duplicates += 1
+            return 0
         if field:
             _delivery.cleared = field
         return inserted
@@ -807,9 +929,9 @@ class BarrierMiddleware(Middleware):
     - before_nack: every message that ends failed passes here, whatever failed it
       (an exception with retries exhausted, a permanent error, the poison guard, or
       dramatiq's consumer thread for an unknown actor, which fails and nacks the
-      message without any process/skip hook): its pending mark is removed, a
-      failure recorded and a wake-up published, in one MULTI, once per message,
-      before dramatiq dead-letters it.
+      message without any process/skip hook): its pending mark's removal, failure
+      record and wake-up are prepared, once per message, and written by
+      :meth:`WakeConsumer.nack` in the MULTI that dead-letters it.
     """
 
     def __init__(self, settings: Settings, *, max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
@@ -883,15 +1005,10 @@ class BarrierMiddleware(Middleware):
         job_id, producer, record_ids = job_identity(message.args)
         job_id = job_id or message.message_id
         error = f"{type(exception).__name__}: {exception}" if exception is not None else "failed"
-        k = self.keys
-        with broker.client.pipeline(transaction=True) as pipe:
-            pipe.hdel(k.deliveries, field)
-            pipe.hincrby(k.stats, "failed", 1)
-            if producer is not None:
-                pipe.zrem(k.pending(producer), job_id)
-                pipe.hset(k.failed(producer), job_id, failure_json(job_id, record_ids, error))
-                pipe.publish(k.done_channel(producer), job_id)
-            pipe.execute()
+        # Written by WakeConsumer.nack, in the MULTI that dead-letters the message.
+        message.memworker_failure = _failure_args(
+            self.keys, field, job_id, producer, record_ids, error
+        )
         log.warning(
             "job %s (records %s) failed for good: %s",
             job_id,

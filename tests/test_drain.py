@@ -179,3 +179,20 @@ def test_async_status_and_namespace_drain(qsettings, fake, workers):
         report, after = asyncio.run(drain_everything())
         assert report.committed == 2 and not report.failed
         assert after["pending_total"] == 0
+
+
+def test_a_marker_found_again_after_the_report_is_not_counted_twice(qsettings, fake, workers, rawq):  # noqa: F811
+    """A commit marker re-added after a drain reported the job (a duplicate commit by
+    a worker of an older release) is consumed, not reported again: each job once."""
+    from memworker.jobs import QueueKeys
+
+    keys = QueueKeys(qsettings.namespace)
+    workers(qsettings)
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        job = q.enqueue_save([_record(0)])
+        assert q.drain(timeout=30, job_ids=[job]).committed == 1
+        rawq.zadd(keys.committed("p"), {job: 1})  # the late duplicate's marker
+        report = q.drain(timeout=30, job_ids=[job])
+        assert report.committed == 0 and not report.failed and not report.lost
+        assert rawq.zscore(keys.committed("p"), job) is None  # consumed
+        assert q.drain(timeout=30, job_ids=[job]).committed == 0

@@ -158,12 +158,12 @@ def test_a_job_commits_in_steps_and_clears_its_pending_mark_with_the_last(
     calls: list[int] = []
     pending_when_failed: list[object] = []
 
-    def flaky(self, encoded, extra=()):
+    def flaky(self, encoded, extra=(), **kw):
         calls.append(len(encoded))
         if len(calls) == 2:  # the second step of the first attempt
             pending_when_failed.append(rawq.zscore(keys.pending("p"), job))
             raise ConnectionError("injected failure between commit steps")
-        return real(self, encoded, extra)
+        return real(self, encoded, extra, **kw)
 
     monkeypatch.setattr(Store, "write_encoded", flaky)
     with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
@@ -217,9 +217,10 @@ def test_redelivered_job_counts_exactly_once(qsettings, fake, workers, rawq):
         assert store.count() == 4 and store.count("/x") == 4 and store.count("/x/y") == 4
         assert store.list_categories("/x") == {"a": 4, "b": 4}
         assert store.list_scopes("/") == ["/x"]
-        assert (
-            int(rawq.hget(keys.stats, "records")) == 8
-        )  # processed twice, counted once in the store
+        # Processed twice; the second commit found the job no longer pending and wrote
+        # nothing: counted once in the store and in the throughput counters (issue 17.2).
+        assert int(rawq.hget(keys.stats, "records")) == 4
+        assert int(rawq.hget(keys.stats, "committed")) == 1
 
 
 def test_idle_worker_is_woken_by_the_enqueue(qsettings, fake, workers, rawq):
@@ -476,3 +477,212 @@ def test_a_committed_job_clears_its_delivery_counter_in_its_commit(qsettings, fa
         assert not q.drain(timeout=30).failed and store.count("/d") == 4
         assert hdels and {a[0] for a in hdels} == {keys.deliveries}
         assert rawq.hlen(keys.deliveries) == 0
+
+
+# ----------------------------------------------------------------------------- queue bookkeeping
+class SlowEmbedder(FakeEmbedder):
+    """FakeEmbedder that takes ``delay`` seconds per batch and counts each text."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.texts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def encode(self, texts):
+        with self._lock:
+            for t in texts:
+                self.texts[t] = self.texts.get(t, 0) + 1
+        threading.Event().wait(self.delay)
+        return super().encode(texts)
+
+
+HOSTILE_ID = "00000000-0000-4000-8000-00000000dead"
+
+
+@pytest.fixture
+def slow():
+    """A SlowEmbedder (1.5 s per batch) as the workers' model (set before, reset after them)."""
+    embedder = SlowEmbedder(1.5)
+    worker_mod.set_embedder_factory(lambda: embedder)
+    yield embedder
+    worker_mod.set_embedder_factory(None)
+
+
+def test_metadata_cannot_hijack_message_tracking(qsettings, slow, workers, rawq, monkeypatch):
+    """A user value that looks like dramatiq's message id (as a metadata value, beside
+    nested keys, in the text) must not become the id the worker tracks the message by:
+    each job is fetched, embedded and committed once, and the counters say so."""
+    monkeypatch.setattr(worker_mod, "RECONCILE_INTERVAL_S", 0.1)
+    keys = QueueKeys(qsettings.namespace)
+    hostile = [
+        {"text": "hostile value", "metadata": {"redis_message_id": HOSTILE_ID}},
+        {"text": "hostile nested", "metadata": {"options": {"redis_message_id": HOSTILE_ID}}},
+        {"text": f'hostile text "redis_message_id": "{HOSTILE_ID}"'},
+        {"text": "hostile key", "metadata": {f'"redis_message_id": "{HOSTILE_ID}"': 1}},
+    ]
+    with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+        jobs = [q.enqueue_encode_job([item])[0] for item in hostile]
+        broker, _ = workers(qsettings, threads=2)
+        report = q.drain(timeout=60, job_ids=jobs)
+        assert report.committed == len(jobs) and not report.failed
+        broker.join("default", timeout=20_000)
+        assert store.count() == len(jobs)
+    assert slow.texts == {item["text"]: 1 for item in hostile}
+    stats = {k.decode(): int(v) for k, v in rawq.hgetall(keys.stats).items()}
+    assert stats["committed"] == len(jobs) and stats["records"] == len(jobs)
+
+
+def _duplicate(rawq, keys, data: bytes) -> str:
+    """Put a second delivery of an encoded message on the queue (a new redis id)."""
+    msg = json.loads(data)
+    rid = "00000000-0000-4000-8000-000000000002"
+    msg["options"]["redis_message_id"] = rid
+    with rawq.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.msgs(), rid, json.dumps(msg))
+        pipe.rpush(keys.q(), rid)
+        pipe.rpush(keys.wake(), "1")
+        pipe.execute()
+    return rid
+
+
+def test_update_after_drain_survives_a_duplicate_delivery(qsettings, fake, workers, rawq):
+    """A duplicate delivery of a job that committed (and was reported) writes nothing:
+    a user's update made after the drain returned stays, the counters and the drain
+    count the job once."""
+    keys = QueueKeys(qsettings.namespace)
+    with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+        job, (rid,) = q.enqueue_encode_job([{"text": "original", "metadata": {"n": 1}}])
+        (mid,) = rawq.lrange(keys.q(), 0, -1)
+        data = rawq.hget(keys.msgs(), mid)
+        broker, _ = workers(qsettings)
+        assert q.drain(timeout=30, job_ids=[job]).committed == 1
+        rec = store.get_record(rid)
+        rec.content, rec.metadata = "updated by the user", {"n": 2}
+        store.update(rec)
+        _duplicate(rawq, keys, data)
+        broker.join("default", timeout=20_000)  # the duplicate was consumed (acked)
+        after = store.get_record(rid)
+        assert after.content == "updated by the user" and after.metadata == {"n": 2}
+        report = q.drain(timeout=30, job_ids=[job])
+        assert report.committed == 0 and not report.failed and not report.lost
+        assert rawq.zscore(keys.committed("p"), job) is None  # no marker re-added
+    stats = {k.decode(): int(v) for k, v in rawq.hgetall(keys.stats).items()}
+    assert stats["committed"] == 1 and stats["records"] == 1
+    assert rawq.hlen(keys.deliveries) == 0
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        pytest.param(lambda data: data[: len(data) * 3 // 4], id="truncated"),
+        pytest.param(lambda data: data.replace(b'"kwargs"', b'"kwargz"'), id="not-a-message"),
+        pytest.param(lambda data: data.replace(b'"items"', b'\xff\xfe"items"'), id="bad-utf8"),
+    ],
+)
+def test_undecodable_message_with_a_pending_mark_is_reported_failed(
+    qsettings, fake, workers, rawq, corrupt
+):
+    keys = QueueKeys(qsettings.namespace)
+    with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+        job, ids = q.enqueue_encode_job(["will be corrupted " + "x" * 200, "second"])
+        (mid,) = rawq.lrange(keys.q(), 0, -1)
+        rawq.hset(keys.msgs(), mid, corrupt(rawq.hget(keys.msgs(), mid)))
+        workers(qsettings)
+        report = q.drain(timeout=15, job_ids=[job])
+        assert report.committed == 0 and [f.job_id for f in report.failed] == [job]
+        assert "undecodable" in report.failed[0].error
+        assert store.count() == 0
+        assert q.drain(timeout=5).failed == []  # reported once
+    (dead,) = dead_list(qsettings)
+    assert dead["message_id"] == mid.decode()
+    assert rawq.zcard(keys.pending("p")) == 0 and rawq.hlen(keys.msgs()) == 0
+
+
+def test_a_drain_that_returned_agrees_with_the_dead_letters(
+    qsettings, fake, workers, rawq, monkeypatch
+):
+    """The failure record and the dead-letter entry are one atomic step: a drain that
+    reported a job failed finds it in `memworker dead list`, however late the nack."""
+    real = worker_mod.WakeConsumer.nack
+
+    def late_nack(self, message):
+        threading.Event().wait(1.0)  # a loaded machine: the nack runs late
+        return real(self, message)
+
+    monkeypatch.setattr(worker_mod.WakeConsumer, "nack", late_nack)
+    fake.fail_times["always"] = 100
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        job, (rid,) = q.enqueue_encode_job(["always"])
+        workers(qsettings, max_retries=0)
+        report = q.drain(timeout=30, job_ids=[job])
+        assert report.failed[0].record_ids == [rid]
+        assert [d["job_id"] for d in dead_list(qsettings)] == [job]
+
+
+def test_an_update_between_commit_steps_survives_the_jobs_redelivery(
+    qsettings, fake, workers, rawq, monkeypatch
+):
+    """A job's first step is visible before its last: a user who updates such a record
+    is not reverted when the job runs again (its commit carries its enqueue time, and
+    the write script leaves a record updated after it as it is)."""
+    from memworker.store import ValkeyStore as Store
+
+    real = Store.write_encoded
+    calls: list[int] = []
+
+    def flaky(self, encoded, extra=(), **kw):
+        calls.append(len(encoded))
+        if len(calls) == 2:  # between the first and second step of the first attempt
+            rec = user.get_record("rec0")
+            rec.content = "updated between the steps"
+            user.update(rec)
+            raise ConnectionError("injected failure between commit steps")
+        return real(self, encoded, extra, **kw)
+
+    monkeypatch.setattr(Store, "write_encoded", flaky)
+    with (
+        MemoryQueue(qsettings, producer_id="p") as q,
+        ValkeyStore(qsettings) as store,
+        ValkeyStore(qsettings) as user,
+    ):
+        job = q.enqueue_save([_record(i) for i in range(4)])
+        workers(qsettings, commit_step=2)
+        report = q.drain(timeout=30, job_ids=[job])
+        assert report.committed == 1 and not report.failed
+        assert calls == [2, 2, 2, 2]  # the retry rewrote the first step
+        assert store.get_record("rec0").content == "updated between the steps"
+        assert store.get_record("rec1").content == "saved 1"
+        assert store.count() == 4 and store.count("/s") == 4 and store.list_categories() == {"c": 4}
+        # A job enqueued after the update is newer: it replaces the record.
+        later = q.enqueue_save([_record(0, content="saved again")])
+        assert q.drain(timeout=30, job_ids=[later]).committed == 1
+        assert store.get_record("rec0").content == "saved again"
+
+
+def test_consumer_close_requeues_hostile_messages_by_their_real_ids(qsettings, fake, rawq):
+    """The messages a consumer fetched but never handed out are requeued on close by
+    their real redis ids, whatever id-like text their metadata carries."""
+    keys = QueueKeys(qsettings.namespace)
+    with MemoryQueue(qsettings, producer_id="pc") as q:
+        for i in range(3):
+            item = {"text": f"cached {i}", "metadata": {"redis_message_id": HOSTILE_ID}}
+            q.enqueue_encode([item])
+    broker = worker_mod.make_broker(qsettings)
+    try:
+        consumer = broker.consume("default", prefetch=3, timeout=100)
+        first = None
+        for _ in range(100):
+            first = next(consumer)
+            if first is not None:
+                break
+        assert first is not None and first.options["redis_message_id"] != HOSTILE_ID
+        assert broker.held_ids() == {m.decode() for m in rawq.hkeys(keys.msgs())}
+        consumer.requeue([first])  # what Worker.stop does with its work queue
+        consumer.close()
+        acks = rawq.keys(f"{keys.dq_namespace}:__acks__.*")
+        assert rawq.llen(keys.q()) == 3 and sum(rawq.scard(k) for k in acks) == 0
+        assert broker.held_ids() == set()
+    finally:
+        broker.close()
+        broker.context.close()

@@ -30,6 +30,13 @@
 --             embeddings: the vector bytes of every record not keeping its embedding,
 --               concatenated in record order (dim * 4 bytes each, dim * 2 for float16)
 --           (a few arguments per batch, not a few per record: the client pays per argument)
+--           guard_key, guard_member: a worker's commit step: the job's pending set and job id.
+--             If the job is no longer pending (a duplicate delivery of a job that committed
+--             or failed) the step writes nothing: error NOTPENDING. Else the pending mark's
+--             score (the job's enqueue time, ms) is the step's version: a record whose
+--             "upd" stamp is later (updated after the job was enqueued) is left as it is.
+--           or "", stamp: a direct write (save, update): a record it replaces gets
+--             "upd" = stamp (ms); a new record gets none (a job's commit never writes it)
 --           extra commands: argc, arg1..argc, ... (run after the records, e.g. the
 --           worker's pending-mark removal and wake-up)
 --           -> {inserted (ids that did not exist), dim_was_set (0/1)}
@@ -220,6 +227,14 @@ if op == "save" then
   local dim, vtype = ARGV[3], ARGV[4]
   local n = tonumber(ARGV[5])
   local mask = ARGV[6]
+  local since, stamp = nil, nil
+  if ARGV[9] ~= "" then
+    since = redis.call("ZSCORE", ARGV[9], ARGV[10])
+    if not since then return redis.error_reply("NOTPENDING " .. ARGV[10]) end
+    since = tonumber(since)
+  elseif ARGV[10] ~= "" then
+    stamp = ARGV[10]
+  end
   local meta = redis.call("HMGET", ns .. ":meta", "dim", "vtype")
   local stored_dim, stored_vtype = meta[1], meta[2] or "float32"
   if dim ~= "" and stored_dim and stored_dim ~= dim then
@@ -251,7 +266,7 @@ if op == "save" then
     end
     local rec = { row = row, id = row[c_id] }
     local key = REC .. rec.id
-    local old = redis.call("HMGET", key, "scope", "categories", "created_at")
+    local old = redis.call("HMGET", key, "scope", "categories", "created_at", "upd")
     rec.old_scope, rec.old_cats, rec.old_created = old[1], old[2], old[3]
     local mode = string.byte(mask, r)
     if mode == 49 then -- "1": keep the stored embedding (or its absence)
@@ -265,7 +280,8 @@ if op == "save" then
       rec.embedding = string.sub(blob, offset, offset + width - 1)
       offset = offset + width
     end
-    recs[r] = rec
+    -- A job's commit leaves a record updated after the job was enqueued as it is.
+    if not (since and old[4] and tonumber(old[4]) > since) then recs[#recs + 1] = rec end
   end
   -- Write phase.
   local dim_set = 0
@@ -297,6 +313,11 @@ if op == "save" then
     if rec.embedding then
       hset[m + 1] = "embedding"
       hset[m + 2] = rec.embedding
+      m = m + 2
+    end
+    if stamp and rec.old_scope then
+      hset[m + 1] = "upd"
+      hset[m + 2] = stamp
     end
     redis.call("HSET", key, unpack(hset))
     index(rec.id, row[c_scope], row[c_cats], row[c_created], 1)
@@ -304,7 +325,7 @@ if op == "save" then
   end
   flush()
   log_changes(ids)
-  local pos = 9
+  local pos = 11
   while pos <= #ARGV do
     local argc = tonumber(ARGV[pos])
     redis.call(unpack(ARGV, pos + 1, pos + argc))
