@@ -68,7 +68,7 @@ def glide_client(srv: Server) -> Any:
 def preload_scripts(client: Any) -> None:
     """SCRIPT LOAD the store's Lua script, so its first EVALSHA does not fail with
     NOSCRIPT (which glide logs to stderr even though the store handles it)."""
-    from memworker.client import _script_source
+    from memworker.io.client import _script_source
 
     client.custom_command(["SCRIPT", "LOAD", _script_source("store")[0]])
 
@@ -251,7 +251,7 @@ def make_records(
     ``scope=None`` spreads records over :data:`SCOPES`; otherwise all go to ``scope``.
     Records are CrewAI ``MemoryRecord`` objects (or pydantic twins), or plain dicts.
     """
-    from memworker.types import record_types
+    from memworker.records import record_types
 
     cls = record_types()[0]
     base = datetime(2026, 1, 1)

@@ -54,7 +54,7 @@ FIELDS = {"scope": "/bench", "categories": ["bench"], "importance": 0.5}
 
 
 def onnx_int8_embedder():  # MEMWORKER_EMBEDDER=crewai_bench:onnx_int8_embedder
-    from memworker.embedding import Embedder
+    from memworker.embedding.model import Embedder
 
     return Embedder(backend="onnx-int8")
 
@@ -173,7 +173,7 @@ def start_worker(
     )  # fmt: skip
     if cpus:  # set from here, not in a preexec_fn (unsafe with threads); the worker reads
         os.sched_setaffinity(proc.pid, cpus)  # its cores when it loads the model, later
-    from memworker.queue import check_health
+    from memworker.queue.producer import check_health
     from memworker.settings import Settings
 
     settings = Settings.from_url(url, namespace=namespace)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _servers import banner, median, pct, server, table  # noqa: E402
 
-from memworker.queue import MemoryQueue, check_health  # noqa: E402
+from memworker.queue.producer import MemoryQueue, check_health  # noqa: E402
 from memworker.settings import Settings  # noqa: E402
 
 TEXT = "Acme asked about the refund of invoice {i}; follow up with the billing team next week."
@@ -71,8 +71,8 @@ def enqueue_latency(settings: Settings, calls: int, size: int, threads: int) -> 
 def idle_pickup(settings: Settings, n: int) -> list[float]:
     """Milliseconds from enqueue to the commit notification, one job at a time, the
     worker idle (blocked on its wake-up list) before each."""
-    from memworker.jobs import QueueKeys
-    from memworker.queue import _sync_client
+    from memworker.queue.jobs import QueueKeys
+    from memworker.queue.producer import _sync_client
 
     client = _sync_client(settings)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -130,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.calls, args.records = 80, 100
-    from memworker.embedding import Embedder
+    from memworker.embedding.model import Embedder
 
     embedder = Embedder()
     embedder.encode(["warm up"])

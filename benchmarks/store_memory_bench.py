@@ -30,7 +30,7 @@ from typing import Any
 import _servers as S
 import numpy as np
 
-from memworker.codec import encode_records
+from memworker.store.codec import encode_records
 
 TARGET = 4096
 

@@ -31,11 +31,11 @@ __all__ = [
 
 _LAZY = {
     "Settings": "memworker.settings",
-    "ValkeyStore": "memworker.store",
-    "ValkeyCache": "memworker.cache",
-    "MemoryQueue": "memworker.queue",
-    "DrainReport": "memworker.jobs",
-    "DrainTimeout": "memworker.jobs",
+    "ValkeyStore": "memworker.store.store",
+    "ValkeyCache": "memworker.store.cache",
+    "MemoryQueue": "memworker.queue.producer",
+    "DrainReport": "memworker.queue.jobs",
+    "DrainTimeout": "memworker.queue.jobs",
     "MemworkerError": "memworker.errors",
     "ConfigError": "memworker.errors",
     "ValidationError": "memworker.errors",
@@ -46,7 +46,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from memworker.cache import ValkeyCache
+    from memworker.store.cache import ValkeyCache
     from memworker.errors import (
         ConfigError,
         ConnectionLostError,
@@ -56,10 +56,10 @@ if TYPE_CHECKING:
         StoreError,
         ValidationError,
     )
-    from memworker.jobs import DrainReport, DrainTimeout
-    from memworker.queue import MemoryQueue
+    from memworker.queue.jobs import DrainReport, DrainTimeout
+    from memworker.queue.producer import MemoryQueue
     from memworker.settings import Settings
-    from memworker.store import ValkeyStore
+    from memworker.store.store import ValkeyStore
 
 
 def __getattr__(name: str) -> Any:

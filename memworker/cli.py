@@ -205,7 +205,7 @@ def _nice(text: str) -> int | str:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from memworker.worker import run_worker
+    from memworker.worker.broker import run_worker
 
     return run_worker(
         _settings(args),
@@ -223,7 +223,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from memworker.queue import queue_status
+    from memworker.queue.producer import queue_status
 
     status = queue_status(_settings(args))
     if args.json:
@@ -260,8 +260,8 @@ def _worker_line(worker: dict[str, Any]) -> str:
 
 
 def _cmd_drain(args: argparse.Namespace) -> int:
-    from memworker.jobs import DrainTimeout
-    from memworker.queue import MemoryQueue
+    from memworker.queue.jobs import DrainTimeout
+    from memworker.queue.producer import MemoryQueue
 
     if not args.all and not args.producer:
         print("memworker drain: give --all or --producer ID", file=sys.stderr)
@@ -281,7 +281,7 @@ def _cmd_drain(args: argparse.Namespace) -> int:
 def _cmd_dead(args: argparse.Namespace) -> int:
     import json
 
-    from memworker.queue import dead_list, dead_purge, dead_requeue
+    from memworker.queue.producer import dead_list, dead_purge, dead_requeue
 
     settings = _settings(args)
     if args.dead_command == "list":
@@ -302,7 +302,7 @@ def _cmd_dead(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import socket
 
-    from memworker.queue import check_health
+    from memworker.queue.producer import check_health
 
     healthy = check_health(_settings(args), host=None if args.any else socket.gethostname())
     print("ok" if healthy else "no live worker", file=sys.stdout if healthy else sys.stderr)

@@ -150,10 +150,10 @@ def run_demo(
         namespace: Key namespace (its records are deleted first).
         timeout: Longest drain wait per agent, in seconds.
     """
-    from memworker.embedding import Embedder
-    from memworker.jobs import QueueKeys
-    from memworker.queue import MemoryQueue, _sync_client, check_health
-    from memworker.store import ValkeyStore
+    from memworker.embedding.model import Embedder
+    from memworker.queue.jobs import QueueKeys
+    from memworker.queue.producer import MemoryQueue, _sync_client, check_health
+    from memworker.store.store import ValkeyStore
 
     settings = Settings.resolve(settings, namespace=namespace)
     settings.address()  # start (or find) the embedded server before the workers do
@@ -179,7 +179,7 @@ def run_demo(
                 raise SystemExit(f"memworker demo: the workers did not start (exit {workers.poll()})")
             time.sleep(0.1)
         embedder = Embedder.from_env()
-        from memworker.types import record_types
+        from memworker.records import record_types
 
         record_types()  # crewai's types take seconds to import: not on the clock
         # Warm-up: the workers load the model on their first job; keep it off the clock.

@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from memworker.errors import ConfigError, MemworkerError, ValidationError
-from memworker.query import MAX_LIMIT
+from memworker.store.query import MAX_LIMIT
 
 __all__ = [
     "LLM_ENV",
@@ -213,7 +213,7 @@ def _worker_llm() -> Any:
 
 
 def _batcher_embedder_model() -> Any:
-    from memworker.worker import get_batcher
+    from memworker.worker.broker import get_batcher
 
     batcher = get_batcher()
     return getattr(batcher, "embedder", None) or getattr(batcher, "_embedder", None)
@@ -234,7 +234,7 @@ class BatcherEmbedder:
     """A CrewAI embedder callable over the worker process's ``EmbeddingBatcher``."""
 
     def __call__(self, texts: list[str]) -> list[list[float]]:
-        from memworker.worker import get_batcher
+        from memworker.worker.broker import get_batcher
 
         if not texts:
             return []
@@ -248,7 +248,7 @@ def _client(settings: Any) -> Any:
     if client is None:
         import redis
 
-        from memworker.queue import redis_kwargs
+        from memworker.queue.producer import redis_kwargs
 
         with _lock:
             client = _clients.get(key)
@@ -322,7 +322,7 @@ class _Lock:
     def call(self, client: Any, op: str, lease_ms: int) -> Any:
         import redis
 
-        from memworker.client import _script_source
+        from memworker.io.client import _script_source
 
         # memworker/lua/lock.lua: one atomic step per acquire, renew or release; scopes
         # reach it only as key names and member strings. EVALSHA, EVAL after NOSCRIPT.
@@ -486,7 +486,7 @@ def fast_path_dedup_threshold(items: list[dict[str, Any]]) -> float | None:
         return None
     value = flow["batch_dedup_threshold"]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        from memworker.jobs import JobPayloadError
+        from memworker.queue.jobs import JobPayloadError
 
         raise JobPayloadError(
             f"items[0].flow.batch_dedup_threshold must be a number, got {type(value).__name__}"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from memworker.codec import (
+from memworker.store.codec import (
     RECORD_FIELDS,
     WRITE_FIELDS,
     _constructor,
@@ -21,7 +21,7 @@ from memworker.codec import (
     vector_bytes,
 )
 from memworker.errors import ValidationError
-from memworker.types import record_types
+from memworker.records import record_types
 
 
 def row_of(record: Any) -> list[Any]:

@@ -313,7 +313,7 @@ def flows(plain_server, namespace, monkeypatch):
     """A running worker whose LLM is gated, and a factory of QueuedMemory objects."""
     global GATE
     pytest.importorskip("crewai")
-    from memworker import worker as worker_mod
+    from memworker.worker import broker as worker_mod
     from memworker.crewai import LocalEmbedder, QueuedMemory
     from memworker.crewai.testing import StandInLLM
     from memworker.settings import Settings

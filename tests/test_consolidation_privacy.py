@@ -17,11 +17,11 @@ pytest.importorskip("crewai")
 from crewai.memory.types import MemoryRecord  # noqa: E402
 
 from memworker import encoding  # noqa: E402
-from memworker import worker as worker_mod  # noqa: E402
+from memworker.worker import broker as worker_mod  # noqa: E402
 from memworker.crewai import LocalEmbedder, QueuedMemory  # noqa: E402
 from memworker.crewai.testing import StandInLLM  # noqa: E402
 from memworker.settings import Settings  # noqa: E402
-from memworker.store import ValkeyStore  # noqa: E402
+from memworker.store.store import ValkeyStore  # noqa: E402
 
 FACTORY = "memworker.crewai.testing:scripted_memory_config"
 FIELDS = {"scope": "/team", "categories": ["pin"], "importance": 0.5}

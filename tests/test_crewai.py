@@ -25,13 +25,13 @@ from crewai.events.types.memory_events import (  # noqa: E402
 )
 
 from memworker import encoding  # noqa: E402
-from memworker import worker as worker_mod  # noqa: E402
+from memworker.worker import broker as worker_mod  # noqa: E402
 from memworker.crewai import JobFailedError, LocalEmbedder, QueuedMemory, install, uninstall  # noqa: E402
 from memworker.crewai.testing import StandInLLM  # noqa: E402
 from memworker.errors import ConfigError  # noqa: E402
-from memworker.queue import MemoryQueue  # noqa: E402
+from memworker.queue.producer import MemoryQueue  # noqa: E402
 from memworker.settings import Settings  # noqa: E402
-from memworker.store import ValkeyStore  # noqa: E402
+from memworker.store.store import ValkeyStore  # noqa: E402
 
 FACTORY = "memworker.crewai.testing:standin_memory_config"
 

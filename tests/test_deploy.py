@@ -616,7 +616,7 @@ def test_keda_scales_the_worker_on_its_queue() -> None:
     meta = trigger["metadata"]
     assert meta["listName"] == f"{namespace}:dq:default"
     try:
-        keys = importlib.import_module("memworker.jobs").QueueKeys(namespace)
+        keys = importlib.import_module("memworker.queue.jobs").QueueKeys(namespace)
     except (ImportError, AttributeError):
         pass
     else:

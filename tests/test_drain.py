@@ -8,9 +8,9 @@ import threading
 import pytest
 from test_worker import FakeEmbedder, _record, fake, qsettings, rawq, workers  # noqa: F401
 
-from memworker.jobs import DrainTimeout
-from memworker.queue import MemoryQueue
-from memworker.store import ValkeyStore
+from memworker.queue.jobs import DrainTimeout
+from memworker.queue.producer import MemoryQueue
+from memworker.store.store import ValkeyStore
 
 
 def test_drain_with_nothing_pending_returns_at_once(qsettings):  # noqa: F811
@@ -53,7 +53,7 @@ def test_jobs_enqueued_after_the_snapshot_do_not_delay_drain(qsettings, fake, wo
     """A = save jobs pending at the snapshot; B = encode jobs enqueued during the
     drain, with a worker running, that cannot finish (their texts block in the
     model) until the drain has returned. A livelocking drain would never return."""
-    from memworker import queue as queue_mod
+    from memworker.queue import producer as queue_mod
 
     snapshot_taken = threading.Event()
     real_still_pending = queue_mod._still_pending
@@ -184,7 +184,7 @@ def test_async_status_and_namespace_drain(qsettings, fake, workers):
 def test_a_marker_found_again_after_the_report_is_not_counted_twice(qsettings, fake, workers, rawq):  # noqa: F811
     """A commit marker re-added after a drain reported the job (a duplicate commit by
     a worker of an older release) is consumed, not reported again: each job once."""
-    from memworker.jobs import QueueKeys
+    from memworker.queue.jobs import QueueKeys
 
     keys = QueueKeys(qsettings.namespace)
     workers(qsettings)

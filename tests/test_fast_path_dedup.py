@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from memworker import encoding
-from memworker import worker as worker_mod
+from memworker.worker import broker as worker_mod
 from memworker.errors import ValidationError
-from memworker.queue import MemoryQueue
+from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
-from memworker.store import ValkeyStore
+from memworker.store.store import ValkeyStore
 
 FAST = {"consolidation_threshold": 1.0, "batch_dedup_threshold": 0.98}
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memworker import worker as worker_mod
-from memworker.codec import (
+from memworker.worker import broker as worker_mod
+from memworker.store.codec import (
     MAX_METADATA_DEPTH,
     MAX_SCOPE_DEPTH,
     check_flow,
@@ -30,8 +30,8 @@ from memworker.codec import (
     normalize_scope_prefix,
 )
 from memworker.errors import ValidationError
-from memworker.jobs import JobPayloadError, QueueKeys, encode_items, job_identity, parse_job
-from memworker.queue import MemoryQueue
+from memworker.queue.jobs import JobPayloadError, QueueKeys, encode_items, job_identity, parse_job
+from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
 
 DIM = 8
@@ -444,7 +444,7 @@ def test_log_redaction_is_not_installed_at_import() -> None:
 def test_ids_with_a_final_newline_are_refused() -> None:
     """``$`` matches before a final newline: a producer id or job id ending in one
     would have entered key names and log lines."""
-    from memworker.jobs import check_producer_id
+    from memworker.queue.jobs import check_producer_id
 
     with pytest.raises(ValidationError, match="producer_id"):
         check_producer_id("agent-7\n")

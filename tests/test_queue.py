@@ -8,8 +8,8 @@ import json
 import pytest
 
 from memworker.errors import ValidationError
-from memworker.jobs import ENCODE_ACTOR, JOB_SCHEMA, SAVE_ACTOR, QueueKeys
-from memworker.queue import MemoryQueue
+from memworker.queue.jobs import ENCODE_ACTOR, JOB_SCHEMA, SAVE_ACTOR, QueueKeys
+from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
 
 
@@ -172,7 +172,7 @@ def test_bad_producer_id(settings):
 def test_job_items_get_distinct_version_4_ids_and_one_copy_of_a_shared_flow() -> None:
     import uuid
 
-    from memworker.jobs import encode_items
+    from memworker.queue.jobs import encode_items
 
     flow = {"consolidation_threshold": 1.0, "batch_dedup_threshold": 0.98}
     items = [{"text": f"t{i}", "flow": flow} for i in range(300)]

@@ -27,7 +27,7 @@ import redis
 from valkey_servers import ServerInfo, start_server, stop_server
 from memworker import MemoryQueue, MemworkerError, StoreError, ValkeyStore
 from memworker.settings import Settings
-from memworker.types import record_types
+from memworker.records import record_types
 
 PASSWORD = "s3cr3t-PASS-7d1f"
 DIM = 8
@@ -232,7 +232,7 @@ def _records(n: int, scope: str = "/sec") -> list:
 
 
 def test_acl_user_limited_to_the_namespace_runs_store_queue_and_worker(acl_server) -> None:
-    from memworker.worker import running_worker
+    from memworker.worker.broker import running_worker
 
     url = f"valkey://agent:{PASSWORD}@127.0.0.1:{acl_server.port}"
     settings = Settings.from_url(url, namespace="sec")
@@ -370,7 +370,7 @@ def test_readme_acl_users_cannot_list_another_namespaces_key_names(acl_server) -
 def test_readme_acl_one_database_per_tenant(acl_server) -> None:
     """The README's rules with ``db=1`` and ``/1`` in the URL: store, queue and worker
     run, and even a worker's KEYS sees its own database only."""
-    from memworker.worker import running_worker
+    from memworker.worker.broker import running_worker
 
     if acl_server.kind == "module":
         pytest.skip("RediSearch indexes database 0 only; the README says so")
@@ -420,7 +420,7 @@ def tls(tmp_path_factory) -> Iterator[tuple[TLSProxy, Path, ServerInfo]]:
 
 
 def test_tls_end_to_end_store_queue_worker(tls) -> None:
-    from memworker.worker import running_worker
+    from memworker.worker.broker import running_worker
 
     proxy, ca, _ = tls
     for scheme in ("valkeys", "rediss"):
@@ -475,7 +475,7 @@ def wrong_host(tls) -> Iterator[tuple[TLSProxy, Path]]:
 
 def test_redis_py_clients_check_the_host_name_explicitly() -> None:
     """redis-py < 6 does not check the host name unless told: redis_kwargs always says."""
-    from memworker.queue import redis_kwargs
+    from memworker.queue.producer import redis_kwargs
 
     assert redis_kwargs(Settings.from_url("valkeys://h/0"))["ssl_check_hostname"] is True
     with_ca = redis_kwargs(Settings.from_url("rediss://h/0?ssl_ca_certs=/ca.pem"))
@@ -490,7 +490,7 @@ def test_queue_drain_and_broker_refuse_a_certificate_for_another_host(wrong_host
     the queue (enqueue), the drain and the worker's broker: every redis-py client."""
     import redis
 
-    from memworker.worker import MemworkerBroker
+    from memworker.worker.broker import MemworkerBroker
 
     proxy, ca = wrong_host
     url = f"valkeys://127.0.0.1:{proxy.port}/0?ssl_ca_certs={ca}&connect_timeout_ms=2000"

@@ -21,7 +21,7 @@ import pytest
 from crewai.memory.storage.backend import EmbeddingDimensionMismatchError
 
 from memworker import ValidationError, ValkeyStore
-from memworker.types import record_types
+from memworker.records import record_types
 
 MemoryRecord, ScopeInfo = record_types()
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from memworker import ValidationError, ValkeyStore
-from memworker.types import record_types
+from memworker.records import record_types
 
 MemoryRecord = record_types()[0]
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memworker import ValkeyStore
-from memworker.types import record_types
+from memworker.records import record_types
 
 MemoryRecord = record_types()[0]
 

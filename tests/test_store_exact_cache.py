@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from memworker import ValidationError, ValkeyStore
-from memworker import vectors as vectors_module
-from memworker.types import record_types
+from memworker.store import vectors as vectors_module
+from memworker.records import record_types
 
 MemoryRecord = record_types()[0]
 

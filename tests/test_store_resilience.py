@@ -11,7 +11,7 @@ import pytest
 
 from valkey_servers import start_server, stop_server
 from memworker import StoreError, ValkeyStore
-from memworker.types import record_types
+from memworker.records import record_types
 
 
 def _records(n: int, dim: int = 8, scope: str = "/r"):

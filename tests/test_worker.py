@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from memworker import worker as worker_mod
+from memworker.worker import broker as worker_mod
 from memworker.errors import ConfigError
-from memworker.jobs import QueueKeys
-from memworker.queue import (
+from memworker.queue.jobs import QueueKeys
+from memworker.queue.producer import (
     MemoryQueue,
     check_health,
     dead_list,
@@ -23,7 +23,7 @@ from memworker.queue import (
     queue_status,
 )
 from memworker.settings import Settings
-from memworker.store import ValkeyStore
+from memworker.store.store import ValkeyStore
 
 DIM = 8
 
@@ -151,7 +151,7 @@ def test_a_job_commits_in_steps_and_clears_its_pending_mark_with_the_last(
     """MEMWORKER_COMMIT_STEP=3: a job of 8 records is three atomic writes (the change
     log has one entry per write: 3, 3, then 2 ids). A failure between steps leaves the
     job pending; its retry rewrites the same ids and the counts stay exact."""
-    from memworker.store import ValkeyStore as Store
+    from memworker.store.store import ValkeyStore as Store
 
     keys = QueueKeys(qsettings.namespace)
     real = Store.write_encoded
@@ -412,7 +412,7 @@ def test_message_orphaned_by_a_lost_fetch_reply_is_requeued(qsettings, fake, wor
 def test_real_model_end_to_end(qsettings, workers):
     pytest.importorskip("sentence_transformers")
     worker_mod.set_embedder_factory(None)
-    from memworker.embedding import Embedder
+    from memworker.embedding.model import Embedder
 
     with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
         ids = q.enqueue_encode(["The cat sat on the mat.", "Quarterly revenue grew 12 percent."])
@@ -436,12 +436,12 @@ def test_nice_idle_lowers_the_inference_threads_only():
 
     code = """
 import os, threading, torch
-from memworker import worker as W
+from memworker.worker import broker as W
 W._nice = "idle"
 W.get_batcher().submit(["a text to embed", "and another one"]).result()
 def policy(tid):  # field 41 of /proc/<pid>/task/<tid>/stat
     return int(open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()[38])
-from memworker.embedding import configure_threads
+from memworker.embedding.model import configure_threads
 inference = [t for t in threading.enumerate() if t.name.startswith("memworker-embed")]
 idle = [int(t) for t in os.listdir("/proc/self/task") if policy(t) == os.SCHED_IDLE]
 print(policy(threading.get_native_id()) == os.SCHED_OTHER,
@@ -626,7 +626,7 @@ def test_an_update_between_commit_steps_survives_the_jobs_redelivery(
     """A job's first step is visible before its last: a user who updates such a record
     is not reverted when the job runs again (its commit carries its enqueue time, and
     the write script leaves a record updated after it as it is)."""
-    from memworker.store import ValkeyStore as Store
+    from memworker.store.store import ValkeyStore as Store
 
     real = Store.write_encoded
     calls: list[int] = []

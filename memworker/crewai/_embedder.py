@@ -24,7 +24,7 @@ class LocalEmbedder:
         self, model: str | None = None, *, backend: str = "torch", embedder: Any = None
     ) -> None:
         if embedder is None:
-            from memworker.embedding import Embedder
+            from memworker.embedding.model import Embedder
 
             embedder = Embedder(model, backend=backend)
         self.embedder = embedder

@@ -20,7 +20,7 @@ def is_valkey_spec(spec: Any) -> bool:
 def store_for_spec(spec: str, *, url: str | None = None, **options: Any) -> Any:
     """A :class:`~memworker.store.ValkeyStore` for a Valkey spec (``"valkey"`` -> ``url``,
     else the settings/embedded default)."""
-    from memworker.store import ValkeyStore
+    from memworker.store.store import ValkeyStore
 
     return ValkeyStore(url if spec == BARE_SPEC else spec, **options)
 

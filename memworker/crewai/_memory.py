@@ -31,7 +31,7 @@ from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._settle import Settler
 from memworker.encoding import needs_flow
 from memworker.errors import ConfigError, ValidationError
-from memworker.jobs import DrainTimeout, FailedJob, QueueError, encode_items
+from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, encode_items
 
 __all__ = ["QueuedMemory", "JobFailedError"]
 
@@ -147,8 +147,8 @@ class QueuedMemory(Memory):
     _group: Any = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
-        from memworker.queue import MemoryQueue
-        from memworker.store import ValkeyStore
+        from memworker.queue.producer import MemoryQueue
+        from memworker.store.store import ValkeyStore
 
         spec = self.storage
         if isinstance(spec, str):

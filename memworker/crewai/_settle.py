@@ -16,7 +16,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from memworker.jobs import QueueKeys, failure_from_json
+from memworker.queue.jobs import QueueKeys, failure_from_json
 from memworker.settings import Settings
 
 __all__ = ["Settler"]
@@ -72,7 +72,7 @@ class Settler:
     def _run(self) -> None:
         import redis
 
-        from memworker.queue import redis_kwargs
+        from memworker.queue.producer import redis_kwargs
 
         client = redis.Redis.from_url(
             self.settings.url(redact=False, scheme="redis"), **redis_kwargs(self.settings)

@@ -57,7 +57,7 @@ def import_lancedb(
     from crewai.memory.storage.lancedb_storage import LanceDBStorage
 
     from memworker.errors import ConfigError
-    from memworker.store import ValkeyStore
+    from memworker.store.store import ValkeyStore
 
     folder = Path(path)
     if not folder.is_dir():
@@ -71,7 +71,7 @@ def import_lancedb(
             if model_id:
                 store.ensure_model(model_id)
         else:
-            from memworker.embedding import Embedder
+            from memworker.embedding.model import Embedder
 
             embedder = Embedder(model)
             store.ensure_model(embedder.model_id)

@@ -13,7 +13,7 @@ import pytest
 from harness import audit, child_env, record
 
 from memworker.errors import ValidationError
-from memworker.queue import MemoryQueue, dead_list
+from memworker.queue.producer import MemoryQueue, dead_list
 
 
 BAD_ITEMS = [

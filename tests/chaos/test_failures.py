@@ -9,9 +9,9 @@ import pytest
 from chaos_embedder import ChaosEmbedder
 from harness import audit, record
 
-from memworker import worker as worker_mod
-from memworker.jobs import DrainTimeout
-from memworker.queue import MemoryQueue, dead_list
+from memworker.worker import broker as worker_mod
+from memworker.queue.jobs import DrainTimeout
+from memworker.queue.producer import MemoryQueue, dead_list
 from memworker.settings import Settings
 
 
@@ -53,7 +53,7 @@ def test_poison_job_dead_lettered_others_in_its_batch_commit(chaos_server, ns, c
 def test_good_request_batched_with_a_poison_text_still_succeeds():
     from concurrent.futures import wait
 
-    from memworker.embedding import EmbeddingBatcher
+    from memworker.embedding.model import EmbeddingBatcher
 
     batcher = EmbeddingBatcher(ChaosEmbedder(), max_wait_ms=200)
     try:

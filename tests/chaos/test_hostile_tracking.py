@@ -10,9 +10,9 @@ import json
 
 from harness import audit, record, wait_for
 
-from memworker.queue import MemoryQueue
+from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
-from memworker.store import ValkeyStore
+from memworker.store.store import ValkeyStore
 
 FAKE_ID = "00000000-0000-4000-8000-00000000dead"
 

@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 from harness import child_env, record
 
-from memworker.queue import MemoryQueue
+from memworker.queue.producer import MemoryQueue
 
 MARK_TEXT = "MARKERTEXT"
 MARK_META = "MARKERMETA"

@@ -69,7 +69,7 @@ def test_private_records_through_consolidation(server, store, namespace, workdir
     from harness import Workers
 
     from memworker.encoding import MEMORY_FACTORY_ENV
-    from memworker.queue import MemoryQueue
+    from memworker.queue.producer import MemoryQueue
 
     flow = {"infer": [], "consolidation_threshold": 0.5, "consolidation_limit": 5,
             "batch_dedup_threshold": 0.98, "default_importance": 0.5}  # fmt: skip

@@ -9,7 +9,7 @@ import time
 import pytest
 from harness import ChaosServer, Workers, audit, record, wait_for
 
-from memworker.queue import MemoryQueue
+from memworker.queue.producer import MemoryQueue
 
 
 def _retrying(fn, timeout=60):

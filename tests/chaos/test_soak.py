@@ -13,13 +13,13 @@ import time
 from chaos_embedder import vector
 from harness import audit, child_env, record
 
-from memworker.store import ValkeyStore
+from memworker.store.store import ValkeyStore
 
 TOTAL, PRODUCERS = 20_000, 4
 
 PRODUCER = r"""
 import json, random, sys
-from memworker.queue import MemoryQueue
+from memworker.queue.producer import MemoryQueue
 url, ns, tag, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 rng = random.Random(tag)
 q = MemoryQueue(url, namespace=ns, producer_id=f"soak-{tag}")

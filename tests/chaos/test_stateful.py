@@ -40,9 +40,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from memworker.jobs import DrainTimeout
-from memworker.queue import MemoryQueue
-from memworker.store import ValkeyStore
+from memworker.queue.jobs import DrainTimeout
+from memworker.queue.producer import MemoryQueue
+from memworker.store.store import ValkeyStore
 
 PRODUCER = "sm"
 HANG_SLACK_S = 2.5          # a drain(timeout=T) that takes longer than T + this is a hang

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from memworker.errors import ValidationError
-from memworker.types import utcnow
+from memworker.records import utcnow
 
 __all__ = [
     "EncodedRecord",
@@ -864,7 +864,7 @@ def encode_records(
         ValidationError: The first bad record, named by index; or mixed dimensions.
         memworker.errors.DimensionMismatchError: Vectors of different lengths in one batch.
     """
-    from memworker.types import dimension_mismatch
+    from memworker.records import dimension_mismatch
 
     records = records if isinstance(records, list) else list(records)
     encoded: list[EncodedRecord] = []

@@ -103,7 +103,7 @@ from dramatiq.message import Message
 from dramatiq.middleware import Middleware, SkipMessage
 
 from memworker.errors import ConfigError, ValidationError
-from memworker.jobs import (
+from memworker.queue.jobs import (
     DEFAULT_QUEUE,
     ENCODE_ACTOR,
     MARKER_TTL_MS,
@@ -119,7 +119,7 @@ from memworker.jobs import (
     records_from_save_job,
     undecodable_identity,
 )
-from memworker.queue import (
+from memworker.queue.producer import (
     HEALTH_TTL_MS,
     check_health,
     dead_list,
@@ -723,7 +723,7 @@ def _make_embedder() -> tuple[Any, int]:
     configured = factory_embedder()  # MEMWORKER_MEMORY_FACTORY's embedder, if it names one
     if configured is not None:
         return configured, 1
-    from memworker.embedding import Embedder, configure_threads
+    from memworker.embedding.model import Embedder, configure_threads
 
     threads = configure_threads(_processes)
     return Embedder(), threads
@@ -736,7 +736,7 @@ def get_batcher() -> Any:
     if batcher is None:
         with _factory_lock:
             if _batcher is None:
-                from memworker.embedding import EmbeddingBatcher
+                from memworker.embedding.model import EmbeddingBatcher
 
                 nice = _nice
                 embedder, threads = _make_embedder()
@@ -772,7 +772,7 @@ class WorkerContext:
     """
 
     def __init__(self, settings: Settings, *, commit_step: int = DEFAULT_COMMIT_STEP) -> None:
-        from memworker.store import ValkeyStore
+        from memworker.store.store import ValkeyStore
 
         self.settings = settings
         self.keys = QueueKeys(settings.namespace)
@@ -800,8 +800,8 @@ class WorkerContext:
         ~10 ms. A drain still returns only once every record is written; a worker that
         dies between steps leaves the job pending and unacknowledged, and its
         redelivery rewrites the same ids (the counts stay exact)."""
-        from memworker.codec import encode_records
-        from memworker.store import NotPending
+        from memworker.store.codec import encode_records
+        from memworker.store.store import NotPending
 
         encoded = encode_records(records)
         k = self.keys
@@ -1158,7 +1158,7 @@ def warm_up() -> None:
     """Load what a worker process needs before it takes its first job: the embedding
     model (one batch through the process's batcher) and the record types (crewai's,
     when installed, take seconds to import), so no job pays for them."""
-    from memworker.types import dimension_mismatch, record_types
+    from memworker.records import dimension_mismatch, record_types
 
     record_types()
     dimension_mismatch(1, 2)

@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from memworker.codec import token
-from memworker.query import SearchFilter
+from memworker.store.codec import token
+from memworker.store.query import SearchFilter
 
 __all__ = [
     "APPLY",

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from memworker.codec import check_flow, encode_record, encode_records
+from memworker.store.codec import check_flow, encode_record, encode_records
 from memworker.errors import MemworkerError, ValidationError
 
 __all__ = [
@@ -249,7 +249,7 @@ def _b64(vector: Any, where: str) -> str | None:
     """A save item's ``embedding_b64``: ``None`` for a record without an embedding
     (``None`` or empty); a vector of zeros travels as is (the worker checks its
     dimension and stores the record without one)."""
-    from memworker.codec import no_embedding, vector_bytes
+    from memworker.store.codec import no_embedding, vector_bytes
 
     if no_embedding(vector):
         return None
@@ -328,7 +328,7 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     """Validate texts (``str`` or mappings with ``text``/``content`` and optional
     ``scope``, ``categories``, ``metadata``, ``importance``, ``source``, ``private``)
     -> job items, each with a new record id (uuid4) and ``created_at`` = now."""
-    from memworker.types import utcnow
+    from memworker.records import utcnow
 
     check_count(items, max_items, "items")
     now = utcnow()

@@ -37,7 +37,7 @@ from typing import Any
 from typing_extensions import Self
 
 from memworker.errors import ValidationError
-from memworker.jobs import (
+from memworker.queue.jobs import (
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_JOB_BYTES,
     DEFAULT_QUEUE,

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from memworker.client import AsyncConnection, Call, Pipeline, Plan, Script, SyncConnection, error_text
-from memworker.codec import (
+from memworker.io.client import AsyncConnection, Call, Pipeline, Plan, Script, SyncConnection, error_text
+from memworker.store.codec import (
     RECORD_FIELDS,
     WRITE_FIELDS_JSON,
     EncodedRecord,
@@ -36,10 +36,10 @@ from memworker.codec import (
 )
 from memworker.errors import ConfigError, MemworkerError, StoreError, ValidationError
 from memworker.keys import Keys
-from memworker.query import MAX_LIMIT, TOKEN_FIELDS, SearchFilter
+from memworker.store.query import MAX_LIMIT, TOKEN_FIELDS, SearchFilter
 from memworker.settings import SearchMode, Settings, VectorType
-from memworker.types import dimension_mismatch, record_types, utcnow
-from memworker.vectors import (
+from memworker.records import dimension_mismatch, record_types, utcnow
+from memworker.store.vectors import (
     APPLY,
     BYPASS,
     CHANGES_PAGE,
@@ -383,7 +383,7 @@ class ValkeyStore:
         )
         cutoff = None
         if older_than is not None:
-            from memworker.codec import _to_utc_naive
+            from memworker.store.codec import _to_utc_naive
 
             cutoff = "(" + format_timestamp(_to_utc_naive(older_than, "older_than"))
         tree = self.keys.tree(flt.scope)
@@ -512,7 +512,7 @@ class ValkeyStore:
                 ["HKEYS", self.keys.children(path)],
             ]
         )
-        from memworker.codec import parse_timestamp
+        from memworker.store.codec import parse_timestamp
 
         def when(pair: Any) -> datetime | None:
             if not pair:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memworker.codec import (
+from memworker.store.codec import (
     PUBLIC_TOKEN,
     metadata_token,
     normalize_scope_prefix,
