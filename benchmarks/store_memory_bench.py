@@ -30,7 +30,7 @@ from typing import Any
 import _servers as S
 import numpy as np
 
-from memworker.store.codec import encode_records
+from memworker.store.codec import to_rows
 
 TARGET = 4096
 
@@ -109,7 +109,7 @@ def run(
 
 def field_sizes(records: list[Any]) -> list[list[Any]]:
     sums: dict[str, float] = defaultdict(float)
-    for rec in encode_records(records):
+    for rec in to_rows(records):
         for name, value in rec.fields:
             sums[name] += len(value.encode() if isinstance(value, str) else value)
     total = sum(sums.values())

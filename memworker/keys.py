@@ -2,28 +2,37 @@
 
 Layout (``ns`` is the namespace, default ``memworker``)::
 
-    ns:rec:<id>          hash    one record (fields: memworker.codec)
+    ns:rec:<id>          hash    one record (fields: memworker.store.codec.WRITE_FIELDS
+                                 and ``embedding``)
     ns:tree:<scope>      zset    id -> created_at, for the record's scope and each ancestor
     ns:children:<scope>  hash    immediate child scope -> records under that child
     ns:cats:<scope>      hash    category -> records under the scope carrying it
     ns:meta              hash    dim, vtype, model, layout, log (the change log's incarnation)
-    ns:changes           stream  change log: one entry per record saved or deleted, read by
-                                 the exact-search caches (memworker.vectors); MAXLEN ~ 100000
+    ns:changes           stream  change log, read by the exact-search caches
+                                 (memworker.store.vectors): one entry {i = the ids, one a
+                                 line} per script call that saved or deleted records, in the
+                                 same atomic step; MAXLEN ~ CHANGES_CAP; deleted when the
+                                 namespace becomes empty
     ns:idx                       the vector index over the prefix ns:rec:
     ns:cache:<key>       string  ValkeyCache values
 
 The queue's keys (pending marks, failures, commit markers, heartbeats, dramatiq's
-own under ns:dq) are in :class:`memworker.jobs.QueueKeys`.
+own under ns:dq) are in :class:`memworker.queue.jobs.QueueKeys`. The Lua scripts
+(``memworker/lua``) and the docs point here rather than restate the layout.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Keys", "LAYOUT_VERSION"]
+__all__ = ["CHANGES_CAP", "Keys", "LAYOUT_VERSION"]
 
 #: Version of the record layout, written into ``ns:meta``.
 LAYOUT_VERSION = "1"
+#: Entries (script calls) kept in the change log ``ns:changes`` (``XADD MAXLEN ~``),
+#: passed to ``lua/store.lua`` with every call; an exact-search cache further behind
+#: reloads in full.
+CHANGES_CAP = 10_000
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,8 @@ class Keys:
 
     @property
     def changes(self) -> str:
-        """Stream of record ids saved or deleted (the store scripts write it)."""
+        """The change log: ids saved or deleted, one entry per store script call (see the
+        layout above)."""
         return f"{self.namespace}:changes"
 
     @property

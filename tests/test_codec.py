@@ -8,18 +8,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from memworker.store.codec import (
-    RECORD_FIELDS,
-    WRITE_FIELDS,
-    _constructor,
-    decode_record,
-    decode_rows,
-    encode_record,
-    format_timestamp,
-    parse_timestamp,
-    encode_records,
-    vector_bytes,
-)
+from memworker.store.codec import WRITE_FIELDS
+from memworker.store.codec import to_row as encode_record
+from memworker.store.codec import to_rows as encode_records
+from memworker.store.decode import RECORD_FIELDS, _constructor, decode_record, decode_rows
+from memworker.store.embeddings import vector_bytes
+from memworker.store.times import format_timestamp, parse_timestamp
 from memworker.errors import ValidationError
 from memworker.records import record_types
 

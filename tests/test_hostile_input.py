@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 
 from memworker.worker import broker as worker_mod
-from memworker.store.codec import (
+from memworker.store.codec import to_row as encode_record
+from memworker.store.validate import (
     MAX_METADATA_DEPTH,
     MAX_SCOPE_DEPTH,
     check_flow,
-    encode_record,
     normalize_scope,
     normalize_scope_prefix,
 )

@@ -1,12 +1,10 @@
 -- memworker store reads for the exact search path (no search module). Read-only.
 --
--- Key layout (ns = ARGV[2]; see memworker/keys.py and memworker/vectors.py):
+-- Key layout (ns = ARGV[2]; see memworker/keys.py and memworker/store/vectors.py):
 --   ns:tree:<scope>  zset    ids under a scope, scored by created_at
 --   ns:rec:<id>      hash    a record; fields read: embedding, and the filter tokens
 --                            scope_anc, cat_t, meta_t, src_t, vis
---   ns:changes       stream  change log: one entry {i = ids joined by "\n"} per write call that saved or
---                            deleted (written by store.lua in the same script call as the
---                            record), MAXLEN ~ 10000; deleted when the namespace empties
+--   ns:changes       stream  change log written by store.lua (entries, cap: memworker/keys.py)
 --   ns:meta          hash    field "log": the log's incarnation (set when it is created)
 --
 -- ARGV[1] = op, ARGV[2] = ns, then per op:

@@ -1,15 +1,13 @@
 -- memworker store writes: a record and every side index change in one atomic step.
 --
 -- Key layout (ns = ARGV[2]; see memworker/keys.py):
---   ns:rec:<id>           hash  the record (fields: memworker/codec.py)
+--   ns:rec:<id>           hash  the record (fields: memworker/store/codec.py)
 --   ns:tree:<scope>       zset  id -> created_at, for the record's scope and each ancestor
 --   ns:children:<scope>   hash  immediate child scope -> number of records under it
 --   ns:cats:<scope>       hash  category -> number of records under the scope carrying it
 --   ns:meta               hash  dim (vector dimension), vtype (float32/float16), model, layout
---   ns:changes            stream  change log for the exact-search caches (memworker/vectors.py):
---                                 one entry {i = id} per record saved or deleted, MAXLEN ~ CHANGES_CAP;
---                                 deleted when the namespace becomes empty; ns:meta "log" names its
---                                 incarnation (server TIME when it was created)
+--   ns:changes            stream  change log for the exact-search caches; what an entry holds,
+--                                 its cap and its incarnation: see memworker/keys.py
 --
 -- Keys are derived here from the stored record (its old scope and categories are
 -- only known server-side), so they are not declared: the store needs a
@@ -18,14 +16,15 @@
 -- Every operation reads first and writes after: an error raised while reading
 -- (dimension mismatch, a missing record to update) leaves nothing written.
 --
--- ARGV[1] = op, ARGV[2] = ns, then per op:
+-- ARGV[1] = op, ARGV[2] = ns, ARGV[3] = the change log's cap (memworker.keys.CHANGES_CAP),
+-- then per op:
 --   save:   dim, vtype, n, keep_mask, records_json, embeddings, then extra commands
 --             vtype: "float32" or "float16", the namespace's vector type (ns:meta "vtype",
 --               set with "dim" by the first write; a write of another type is refused)
 --             keep_mask: n characters: "0" the record's embedding is in `embeddings`, "1" it
 --               keeps its stored embedding (none if it has none), "2" it has none (the hash
 --               gets no "embedding" field: no search index or cache sees it)
---             records_json: a JSON array: the hash field names (memworker.codec.WRITE_FIELDS),
+--             records_json: a JSON array: the hash field names (memworker.store.codec.WRITE_FIELDS),
 --               then one array per record of those fields' string values (null: not set)
 --             embeddings: the vector bytes of every record not keeping its embedding,
 --               concatenated in record order (dim * 4 bytes each, dim * 2 for float16)
@@ -51,8 +50,9 @@ local op = ARGV[1]
 local ns = ARGV[2]
 local REC = ns .. ":rec:"
 local CHANGES = ns .. ":changes"
--- Entries (write calls) kept in the change log; a cache further behind reloads in full.
-local CHANGES_CAP = "10000"
+-- Entries (write calls) kept in the change log (ARGV[3]: memworker.keys.CHANGES_CAP);
+-- a cache further behind reloads in full.
+local CHANGES_CAP = ARGV[3]
 -- Most arguments given to one command built here (Lua's unpack limit is ~8000).
 local ARGS_PER_CALL = 1000
 
@@ -224,16 +224,16 @@ local function flush()
 end
 
 if op == "save" then
-  local dim, vtype = ARGV[3], ARGV[4]
-  local n = tonumber(ARGV[5])
-  local mask = ARGV[6]
+  local dim, vtype = ARGV[4], ARGV[5]
+  local n = tonumber(ARGV[6])
+  local mask = ARGV[7]
   local since, stamp = nil, nil
-  if ARGV[9] ~= "" then
-    since = redis.call("ZSCORE", ARGV[9], ARGV[10])
-    if not since then return redis.error_reply("NOTPENDING " .. ARGV[10]) end
+  if ARGV[10] ~= "" then
+    since = redis.call("ZSCORE", ARGV[10], ARGV[11])
+    if not since then return redis.error_reply("NOTPENDING " .. ARGV[11]) end
     since = tonumber(since)
-  elseif ARGV[10] ~= "" then
-    stamp = ARGV[10]
+  elseif ARGV[11] ~= "" then
+    stamp = ARGV[11]
   end
   local meta = redis.call("HMGET", ns .. ":meta", "dim", "vtype")
   local stored_dim, stored_vtype = meta[1], meta[2] or "float32"
@@ -243,7 +243,7 @@ if op == "save" then
   if dim ~= "" and stored_dim and stored_vtype ~= vtype then
     return redis.error_reply("VTYPEMISMATCH " .. stored_vtype .. " " .. vtype)
   end
-  local ok, list = pcall(cjson.decode, ARGV[7])
+  local ok, list = pcall(cjson.decode, ARGV[8])
   if not ok or type(list) ~= "table" or #list ~= n + 1 or type(list[1]) ~= "table" then
     return redis.error_reply("BADFIELDS records")
   end
@@ -254,7 +254,7 @@ if op == "save" then
   if not (c_id and c_scope and c_cats and c_created) then
     return redis.error_reply("BADFIELDS names")
   end
-  local blob = ARGV[8]
+  local blob = ARGV[9]
   local width = (tonumber(dim) or 0) * (vtype == "float16" and 2 or 4)
   -- Read phase: every record and its stored predecessor.
   local recs = {}
@@ -325,7 +325,7 @@ if op == "save" then
   end
   flush()
   log_changes(ids)
-  local pos = 11
+  local pos = 12
   while pos <= #ARGV do
     local argc = tonumber(ARGV[pos])
     redis.call(unpack(ARGV, pos + 1, pos + argc))
@@ -334,12 +334,12 @@ if op == "save" then
   return { inserted, dim_set }
 elseif op == "delete" then
   local olds = {}
-  for i = 3, #ARGV do
-    olds[i - 2] = redis.call("HMGET", REC .. ARGV[i], "scope", "categories", "created_at")
+  for i = 4, #ARGV do
+    olds[i - 3] = redis.call("HMGET", REC .. ARGV[i], "scope", "categories", "created_at")
   end
   local ids = {}
-  for i = 3, #ARGV do
-    local old = olds[i - 2]
+  for i = 4, #ARGV do
+    local old = olds[i - 3]
     -- DEL's reply, not only old[1]: the same id twice in one call is deleted once.
     if old[1] and redis.call("DEL", REC .. ARGV[i]) == 1 then
       index(ARGV[i], old[1], old[2], old[3], -1)
@@ -353,9 +353,9 @@ elseif op == "delete" then
   end
   return #ids
 elseif op == "touch" then
-  local now = ARGV[3]
+  local now = ARGV[4]
   local touched = 0
-  for i = 4, #ARGV do
+  for i = 5, #ARGV do
     local key = REC .. ARGV[i]
     if redis.call("EXISTS", key) == 1 then
       redis.call("HSET", key, "last_accessed", now)

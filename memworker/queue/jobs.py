@@ -46,7 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from memworker.store.codec import check_flow, encode_record, encode_records
+from memworker.store.codec import to_row, to_rows
+from memworker.store.validate import check_flow
 from memworker.errors import MemworkerError, ValidationError
 
 __all__ = [
@@ -249,7 +250,7 @@ def _b64(vector: Any, where: str) -> str | None:
     """A save item's ``embedding_b64``: ``None`` for a record without an embedding
     (``None`` or empty); a vector of zeros travels as is (the worker checks its
     dimension and stores the record without one)."""
-    from memworker.store.codec import no_embedding, vector_bytes
+    from memworker.store.embeddings import no_embedding, vector_bytes
 
     if no_embedding(vector):
         return None
@@ -283,7 +284,7 @@ def save_items(records: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     check_count(records, max_items, "records")
     # Raises ValidationError naming records[i].field; the bool() below only turns a
     # validated numpy bool into a JSON one (a string "false" was refused).
-    encode_records(list(records))
+    to_rows(list(records))
     items = []
     for i, rec in enumerate(records):
         items.append(
@@ -369,7 +370,7 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             "embedding": None,
         }
         # Same checks as the store (scope, categories, metadata, importance, private...).
-        encode_record(entry, where=where, require_embedding=False, validate_only=True)
+        to_row(entry, where=where, require_embedding=False, validate_only=True)
         del entry["embedding"]
         entry["private"] = bool(entry["private"])  # a real or a numpy bool: validated
         entry["created_at"] = _iso(created) if created else now_iso
@@ -488,7 +489,7 @@ def check_encode_job(items: list[dict[str, Any]]) -> None:
     for i, item in enumerate(items):
         where = f"items[{i}]"
         try:
-            encode_record(item, where=where, require_embedding=False, validate_only=True)
+            to_row(item, where=where, require_embedding=False, validate_only=True)
             if item.get("flow") is not None:
                 check_flow(item["flow"], f"{where}.flow", strict=False)
         except JobPayloadError:

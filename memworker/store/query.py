@@ -8,7 +8,7 @@ One :class:`SearchFilter` is rendered two ways that must agree:
   and ``DIALECT 2``;
 - :meth:`SearchFilter.matches` for the exact path, over the same token fields.
 
-Every user string is turned into a token (:func:`memworker.codec.token`) before
+Every user string is turned into a token (:func:`memworker.store.tokens.token`) before
 it gets here, so no value can change the structure of the query.
 """
 
@@ -18,14 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memworker.store.codec import (
-    PUBLIC_TOKEN,
-    metadata_token,
-    normalize_scope_prefix,
-    token,
-    visibility_token,
-)
 from memworker.errors import ValidationError
+from memworker.store.tokens import PUBLIC_TOKEN, metadata_token, token, visibility_token
+from memworker.store.validate import normalize_scope_prefix
 
 __all__ = ["SearchFilter", "TOKEN_FIELDS", "MAX_LIMIT"]
 

@@ -1,8 +1,8 @@
 """Process-local cache of a namespace's vectors and filter tokens, for the exact
 search path (no search module). No I/O: the store's plans read Valkey and feed it.
 
-Without a cache every exact search re-reads every candidate vector (~10-20 us a
-record: ~120 ms at 10k records of 384 dims). The cache keeps, per
+Without a cache every exact search re-reads every candidate vector (figures:
+``benchmarks/README.md``). The cache keeps, per
 :class:`~memworker.store.ValkeyStore` (shared by its sync and async faces):
 
 - a float32 matrix of every record's embedding (stored as float32 or float16;
@@ -12,10 +12,10 @@ record: ~120 ms at 10k records of 384 dims). The cache keeps, per
   ``src_t``, ``vis``): token -> set of rows, so a :class:`SearchFilter` becomes
   set unions/intersections instead of a Python loop over rows.
 
-Staying exact across processes: the store script appends every saved or deleted
-id to the stream ``ns:changes`` (``MAXLEN ~ 100000``) in the same atomic step as
-the write, and drops the stream when the namespace becomes empty; ``ns:meta``
-field ``log`` names the stream's *incarnation* (set when the stream is created).
+Staying exact across processes: the store script logs the ids it saved or deleted
+to the change log ``ns:changes`` in the same atomic step as the write (entries and
+cap: :mod:`memworker.keys`), and drops the log when the namespace becomes empty;
+``ns:meta`` field ``log`` names the log's *incarnation* (set when it is created).
 A search first runs one read-only script (``read.lua sync``) that returns, in one
 atomic step, the incarnation, the stream's ``entries-added`` counter and length,
 the namespace's record count, and the entries after the cache's last one. The
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from memworker.store.codec import token
+from memworker.store.tokens import token
 from memworker.store.query import SearchFilter
 
 __all__ = [

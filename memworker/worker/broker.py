@@ -800,10 +800,10 @@ class WorkerContext:
         ~10 ms. A drain still returns only once every record is written; a worker that
         dies between steps leaves the job pending and unacknowledged, and its
         redelivery rewrites the same ids (the counts stay exact)."""
-        from memworker.store.codec import encode_records
+        from memworker.store.codec import to_rows
         from memworker.store.store import NotPending
 
-        encoded = encode_records(records)
+        encoded = to_rows(records)
         k = self.keys
         now = int(time.time() * 1000)
         field = getattr(_delivery, "field", None)

@@ -1,0 +1,111 @@
+"""Delete plans: delete by criteria, and reset (a scope, or the whole namespace with
+its index and dimension)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from memworker.io.client import Call, Pipeline, Plan, Script, error_text
+from memworker.keys import CHANGES_CAP
+from memworker.store.plans.read import READ_CHUNK, ReadPlans
+from memworker.store.plans.server import as_text
+from memworker.store.query import TOKEN_FIELDS, SearchFilter
+from memworker.store.times import format_timestamp, to_utc_naive
+from memworker.store.validate import normalize_scope_prefix
+
+__all__ = ["DELETE_CHUNK", "DeletePlans"]
+
+#: Ids per delete script call.
+DELETE_CHUNK = 500
+
+
+class DeletePlans(ReadPlans):
+    """Plans that delete records."""
+
+    def _p_delete_ids(self, ids: Sequence[str]) -> Plan[int]:
+        deleted = 0
+        for i in range(0, len(ids), DELETE_CHUNK):
+            chunk = ids[i : i + DELETE_CHUNK]
+            deleted += int((yield Script("store", ["delete", self.keys.namespace, str(CHANGES_CAP), *chunk])))
+        return deleted
+
+    def _p_delete(
+        self,
+        scope_prefix: str | None = None,
+        categories: list[str] | None = None,
+        record_ids: list[str] | None = None,
+        older_than: datetime | None = None,
+        metadata_filter: dict[str, Any] | None = None,
+    ) -> Plan[int]:
+        flt = SearchFilter.build(
+            scope_prefix=scope_prefix, categories=categories, metadata_filter=metadata_filter
+        )
+        cutoff = None
+        if older_than is not None:
+            cutoff = "(" + format_timestamp(to_utc_naive(older_than, "older_than"))
+        tree = self.keys.tree(flt.scope)
+        if record_ids is not None:
+            ids = list(dict.fromkeys(str(i) for i in record_ids))
+            if not ids:
+                return 0
+            if flt.scope != "/" or cutoff is not None:
+                scores = yield Pipeline([["ZSCORE", tree, i] for i in ids])
+                limit = float(cutoff[1:]) if cutoff else None
+                ids = [
+                    i
+                    for i, s in zip(ids, scores)
+                    if s is not None and (limit is None or float(s) < limit)
+                ]
+        elif cutoff is not None:
+            ids = [as_text(i) for i in (yield Call(["ZRANGEBYSCORE", tree, "-inf", cutoff]))]
+        else:
+            ids = [as_text(i) for i in (yield Call(["ZRANGE", tree, "0", "-1"]))]
+        if flt.needs_tokens and ids:
+            kept: list[str] = []
+            for start in range(0, len(ids), READ_CHUNK):
+                part = ids[start : start + READ_CHUNK]
+                rows = yield Pipeline([["HMGET", self.keys.rec(i), *TOKEN_FIELDS] for i in part])
+                kept += [i for i, row in zip(part, rows) if flt.matches(row)]
+            ids = kept
+        return (yield from self._p_delete_ids(ids))
+
+    def _p_reset(self, scope_prefix: str | None) -> Plan[None]:
+        scope = normalize_scope_prefix(scope_prefix)
+        if scope != "/":
+            yield from self._p_delete(scope_prefix=scope)
+            return
+        module = yield from self._p_probe()
+        if module:
+            try:
+                yield Call(["FT.DROPINDEX", self.keys.index])
+            except Exception as exc:  # noqa: BLE001
+                if "unknown" not in error_text(exc).lower() and "not found" not in error_text(exc).lower():
+                    raise
+        self._state.index_ready = False
+        tree = self.keys.tree("/")
+        orphans = False
+        while True:
+            ids = [as_text(i) for i in (yield Call(["ZRANGE", tree, "0", str(DELETE_CHUNK - 1)]))]
+            if not ids:
+                break
+            if not (yield from self._p_delete_ids(ids)):
+                # Index entries whose record hash is gone (evicted under a maxmemory
+                # policy, or deleted by hand): the delete script cannot unindex them.
+                orphans = True
+                yield Call(["ZREM", tree, *ids])
+        if orphans:  # every side index left, scope by scope from the root
+            scopes, seen = ["/"], {"/"}
+            while scopes:
+                scope = scopes.pop()
+                for child in (yield Call(["HKEYS", self.keys.children(scope)])):
+                    if as_text(child) not in seen:
+                        seen.add(as_text(child))
+                        scopes.append(as_text(child))
+                yield Call(["DEL", self.keys.tree(scope), self.keys.children(scope), self.keys.cats(scope)])
+            yield Call(["DEL", self.keys.changes])  # the delete script keeps it while the root is not empty
+        yield Call(["DEL", self.keys.meta])
+        self._state.dim = None
+        self._state.vtype = None
+

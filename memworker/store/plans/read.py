@@ -1,0 +1,148 @@
+"""Read plans: records by id, pages of a scope, counts, scope info, scopes and
+categories. Reads use the side indexes (O(log N + page)), never a scan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from memworker.errors import MemworkerError
+from memworker.io.client import Call, Pipeline, Plan, Script, error_text
+from memworker.records import record_types
+from memworker.store.decode import RECORD_FIELDS, decode_rows
+from memworker.store.plans.server import ServerPlans, as_text
+from memworker.store.times import parse_timestamp
+from memworker.store.validate import normalize_scope_prefix
+
+__all__ = ["READ_CHUNK", "ReadPlans", "decode_reply"]
+
+log = logging.getLogger("memworker.store")
+
+#: Commands per pipeline round trip on the exact search path and in bulk reads.
+READ_CHUNK = 2_000
+
+
+class ReadPlans(ServerPlans):
+    """Plans that read records and the side indexes."""
+
+    def _p_get(self, record_id: str) -> Plan[Any]:
+        return (yield from self._p_fetch([str(record_id)]))[0]
+
+    def _p_fetch(self, ids: Sequence[str]) -> Plan[list[Any]]:
+        """Records by id (``None`` where missing), one script call per READ_CHUNK ids:
+        the client pays per command and per argument, so one call beats a pipeline."""
+        out: list[Any] = []
+        for start in range(0, len(ids), READ_CHUNK):
+            part = list(ids[start : start + READ_CHUNK])
+            flat = yield Script(
+                "read", ["records", self.keys.namespace, str(len(RECORD_FIELDS)), *RECORD_FIELDS, *part]
+            )
+            out += decode_reply(flat)
+        return out
+
+    def _p_list(self, scope_prefix: str | None, limit: int, offset: int) -> Plan[list[Any]]:
+        if limit <= 0 or offset < 0:
+            return []
+        scope = normalize_scope_prefix(scope_prefix)
+        if self._state.sort_page:
+            # One round trip, no script: SORT_RO reads the page's fields natively (a
+            # zset "BY nosort" keeps its order, DESC = newest first, and LIMIT takes the
+            # range by rank), about half the server time of the read script's HMGET
+            # per record. The dimension (float16 or float32 bytes) comes alongside; it
+            # changes only when the namespace is emptied.
+            try:
+                dim, flat = yield Pipeline(
+                    [["HGET", self.keys.meta, "dim"],
+                     ["SORT_RO", self.keys.tree(scope), "BY", "nosort", "DESC", "LIMIT", str(offset), str(limit),
+                      *_page_gets(self.keys.namespace)]]
+                )  # fmt: skip
+            except Exception as exc:
+                if not _sort_refused(exc):
+                    raise
+                log.info("list_records: SORT_RO refused (%s); reading pages with the read script", exc)
+                self._state.sort_page = False
+            else:
+                return [r for r in decode_reply([dim, *flat]) if r is not None]
+        flat = yield Script(
+            "read",
+            ["page", self.keys.namespace, scope, str(offset), str(offset + limit - 1),
+             str(len(RECORD_FIELDS)), *RECORD_FIELDS],
+        )  # fmt: skip
+        return [r for r in decode_reply(flat) if r is not None]
+
+    def _p_count(self, scope_prefix: str | None) -> Plan[int]:
+        scope = normalize_scope_prefix(scope_prefix)
+        return int((yield Call(["ZCARD", self.keys.tree(scope)])))
+
+    def _p_scope_info(self, scope: str) -> Plan[Any]:
+        path = normalize_scope_prefix(scope, field="scope")
+        tree = self.keys.tree(path)
+        count, oldest, newest, cats, children = yield Pipeline(
+            [
+                ["ZCARD", tree],
+                ["ZRANGE", tree, "0", "0", "WITHSCORES"],
+                ["ZRANGE", tree, "-1", "-1", "WITHSCORES"],
+                ["HKEYS", self.keys.cats(path)],
+                ["HKEYS", self.keys.children(path)],
+            ]
+        )
+        def when(pair: Any) -> datetime | None:
+            if not pair:
+                return None
+            score = next(iter(pair.values())) if isinstance(pair, Mapping) else pair[1]
+            return parse_timestamp(float(score))
+
+        return record_types()[1](
+            path=path,
+            record_count=int(count),
+            categories=sorted(as_text(c) for c in cats),
+            oldest_record=when(oldest),
+            newest_record=when(newest),
+            child_scopes=sorted(as_text(c) for c in children),
+        )
+
+    def _p_list_scopes(self, parent: str) -> Plan[list[str]]:
+        path = normalize_scope_prefix(parent, field="parent")
+        children = yield Call(["HKEYS", self.keys.children(path)])
+        return sorted(as_text(c) for c in children)
+
+    def _p_list_categories(self, scope_prefix: str | None) -> Plan[dict[str, int]]:
+        path = normalize_scope_prefix(scope_prefix)
+        raw = yield Call(["HGETALL", self.keys.cats(path)])
+        items = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2])
+        return {as_text(k): int(v) for k, v in items if int(v) > 0}
+
+
+def _sort_refused(exc: BaseException) -> bool:
+    """The server refused SORT_RO: its ACL (no access to every key, which SORT's GET
+    needs, or the command not allowed) or a server without the command."""
+    if isinstance(exc, MemworkerError):  # our own, e.g. the connection lost for good
+        return False
+    text = error_text(exc).lower()
+    return "sort" in text and ("denied" in text or "permission" in text or "unknown command" in text)
+
+
+@lru_cache(maxsize=64)
+def _page_gets(namespace: str) -> tuple[str, ...]:
+    """SORT's GET patterns for RECORD_FIELDS of ``namespace``'s records (``#``: the
+    id itself). SORT substitutes the first ``*`` with the id verbatim, and a namespace
+    has no ``*`` (Settings checks it)."""
+    out: list[str] = []
+    for name in RECORD_FIELDS:
+        out += ["GET", "#" if name == "id" else f"{namespace}:rec:*->{name}"]
+    return tuple(out)
+
+
+def decode_reply(reply: Sequence[Any]) -> list[Any]:
+    """Records from a ``read.lua records/page`` reply: the namespace's dimension, then
+    RECORD_FIELDS-long rows, flattened (``None`` = missing)."""
+    if not reply:
+        return []
+    width = len(RECORD_FIELDS)
+    rows = (reply[i : i + width] for i in range(1, len(reply), width))
+    return decode_rows(rows, record_types()[0], int(reply[0]) if reply[0] else None)
+

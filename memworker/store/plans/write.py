@@ -1,0 +1,155 @@
+"""Write plans: save, update, touch. Every write is one call of ``lua/store.lua`` per
+chunk of :attr:`~memworker.store.ValkeyStore.batch_size` records, so a record and all
+its side-index entries (and the change-log entry) change in one atomic step.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from memworker.errors import StoreError, ValidationError
+from memworker.io.client import Plan, Script, error_text
+from memworker.keys import CHANGES_CAP
+from memworker.records import dimension_mismatch, utcnow
+from memworker.store.codec import WRITE_FIELDS_JSON, Row, to_rows
+from memworker.store.embeddings import vectors_to_float16
+from memworker.store.plans.server import ServerPlans
+from memworker.store.times import format_timestamp
+
+__all__ = ["NotPending", "WritePlans"]
+
+_DIM_RE = re.compile(r"DIMMISMATCH:? (\d+) (\d+)")
+_NOTFOUND_RE = re.compile(r"NOTFOUND:? (.+)")
+
+
+class NotPending(StoreError):
+    """A guarded write found its job no longer pending (it committed or failed)."""
+
+
+class WritePlans(ServerPlans):
+    """Plans that write records (the worker's commit too: :meth:`_p_write` with a guard)."""
+
+    def _p_write(
+        self,
+        encoded: list[Row],
+        extra: Sequence[Sequence[Any]] = (),
+        *,
+        retried: bool = False,
+        guard: tuple[str, str] | None = None,
+    ) -> Plan[int]:
+        """Write validated records in atomic chunks; ``extra`` commands run in the last one.
+
+        With ``guard`` (a job's pending set and id: a worker's commit), each chunk
+        writes only while the job is pending (else :class:`NotPending`), and leaves a
+        record whose ``upd`` stamp is later than the job's enqueue time (the pending
+        mark's score) as it is. Without, a record replaced gets ``upd`` = now (ms):
+        a user's ``update`` or re-save is never reverted by a late job."""
+        dims = {e.dim for e in encoded if e.dim}
+        dim = dims.pop() if dims else 0
+        if dim:
+            yield from self._p_check_dim(dim)
+        vtype = yield from self._p_vector_type()
+        stored = self._state.dim or dim
+        if stored:
+            yield from self._p_ensure_index(stored)
+        inserted = 0
+        stamp = str(int(time.time() * 1000))
+        chunks = [encoded[i : i + self.batch_size] for i in range(0, len(encoded), self.batch_size)]
+        if not chunks and extra:
+            chunks = [[]]
+        # Every chunk's arguments are built (and float16 conversion checked) before the
+        # first one is written.
+        blobs = [b"".join([rec.embedding for rec in chunk]) for chunk in chunks]
+        if vtype == "float16" and dim:
+            done = 0
+            for i, chunk in enumerate(chunks):
+                if blobs[i]:
+                    # the k-th vector of the blob is the k-th record carrying one
+                    rows = [done + j for j, rec in enumerate(chunk) if rec.embedding]
+                    blobs[i] = vectors_to_float16(
+                        blobs[i], dim, lambda k, rows=rows: f"records[{rows[k]}].embedding"
+                    )
+                done += len(chunk)
+        for n, chunk in enumerate(chunks):
+            args: list[Any] = [
+                "save",
+                self.keys.namespace,
+                str(CHANGES_CAP),
+                str(dim) if dim else "",
+                vtype,
+                str(len(chunk)),
+                "".join([rec.mode for rec in chunk]),
+                "[" + ",".join([WRITE_FIELDS_JSON, *[rec.row_json for rec in chunk]]) + "]",
+                blobs[n],
+                *(guard or ("", stamp)),
+            ]
+            if n == len(chunks) - 1:
+                for command in extra:
+                    args.append(str(len(command)))
+                    args += list(command)
+            try:
+                reply = yield Script("store", args)
+            except Exception as exc:  # noqa: BLE001
+                text = error_text(exc)
+                if "VTYPEMISMATCH" in text:
+                    # The namespace was (re)created with another vector type since this
+                    # store looked (the script refused before writing): learn it, redo.
+                    yield from self._p_stored_dim(refresh=True)
+                    if n == 0 and not retried and self._state.vtype != vtype:
+                        return (yield from self._p_write(encoded, extra, retried=True, guard=guard))
+                    raise StoreError(
+                        f"namespace {self.keys.namespace!r} stores {self._state.vtype} vectors, "
+                        f"this write was encoded as {vtype}"
+                    ) from None
+                found = _DIM_RE.search(text)
+                if found:
+                    self._state.dim = int(found.group(1))
+                    raise dimension_mismatch(int(found.group(1)), int(found.group(2))) from None
+                if guard is not None and "NOTPENDING" in text:
+                    raise NotPending(f"job {guard[1]} is no longer pending") from None
+                missing = _NOTFOUND_RE.search(text)
+                if missing:
+                    raise ValidationError(
+                        f"update: record {missing.group(1)!r} does not exist and has no embedding"
+                    ) from None
+                raise
+            inserted += int(reply[0])
+            if int(reply[1]) and dim:
+                # First write since the namespace was empty: another process may have
+                # dropped the index (reset). Make sure it exists, then rewrite the
+                # chunk so the module indexes it synchronously (writes are idempotent).
+                self._state.dim = dim
+                if self._state.module and self._state.index_ready:
+                    self._state.index_ready = False
+                    yield from self._p_ensure_index(dim)
+                    last = n == len(chunks) - 1
+                    args[9:11] = ["", ""]  # the same write again (the guard held), unstamped
+                    yield Script("store", _strip_extra(args, extra) if last else args)
+        return inserted
+
+    def _p_save(self, records: Iterable[Any]) -> Plan[None]:
+        encoded = to_rows(list(records))
+        if encoded:
+            yield from self._p_write(encoded)
+
+    def _p_update(self, record: Any) -> Plan[None]:
+        encoded = to_rows([record], keep_embedding=True)
+        yield from self._p_write(encoded)
+
+    def _p_touch(self, record_ids: Sequence[str]) -> Plan[int]:
+        ids = [str(i) for i in record_ids or []]
+        if not ids:
+            return 0
+        touched = yield Script(
+            "store", ["touch", self.keys.namespace, str(CHANGES_CAP), format_timestamp(utcnow()), *ids]
+        )
+        return int(touched)
+
+
+def _strip_extra(args: list[Any], extra: Sequence[Sequence[Any]]) -> list[Any]:
+    """A save script's arguments without its trailing extra commands (they ran once)."""
+    drop = sum(len(c) + 1 for c in extra)
+    return args[: len(args) - drop] if drop else args
