@@ -1,7 +1,7 @@
 """ValkeyCache: a small JSON key-value cache with optional TTL, sync and async.
 
 It shares :class:`~memworker.settings.Settings` (and so the embedded default)
-with the store, and the plan driver of :mod:`memworker.client`: each operation
+with the store, and the plan driver of :mod:`memworker.io.client`: each operation
 is written once and run by either face.
 """
 

@@ -77,7 +77,7 @@ WRITE_FIELDS_JSON = json.dumps(list(WRITE_FIELDS))
 
 
 @lru_cache(maxsize=4096)
-def categories_fields(categories: tuple[str, ...]) -> tuple[str, str]:
+def _categories_fields(categories: tuple[str, ...]) -> tuple[str, str]:
     """``categories`` JSON (as given) and the ``cat_t`` field (unique, in order)."""
     unique = dict.fromkeys(categories)
     return json_text(list(categories)), ",".join(category_token(c) for c in unique)
@@ -170,7 +170,7 @@ def to_row(
     check_vector: bool = True,
     require_embedding: bool | None = None,
 ) -> Row | None:
-    """Validate one record (a ``MemoryRecord`` or a mapping) and encode it.
+    """Validate one record (a ``MemoryRecord`` or a mapping) and turn it into a :class:`Row`.
 
     A record without an embedding (``None``, empty, or all zeros: what CrewAI's
     backends store as a zero vector) is stored without one: counted, listed and read
@@ -183,7 +183,7 @@ def to_row(
         keep_embedding: An update: a ``None`` embedding keeps the stored one (an
             empty one or zeros still mean "none").
         validate_only: Check everything, build nothing, return ``None`` (the producer
-            side validates items it enqueues; the worker encodes them).
+            side validates items it enqueues; the worker turns them into rows).
         check_vector: False leaves "finite, and zeros mean none" to the caller, which
             must then call :func:`check_vectors` (a batch is checked in one pass).
         require_embedding: Former name: ``require_embedding=False`` is
@@ -281,7 +281,7 @@ def to_row(
     if validate_only:
         return None
     created_text = format_timestamp(created)
-    categories_json, cat_t = categories_fields(tuple(categories))
+    categories_json, cat_t = _categories_fields(tuple(categories))
     if len(_VALID_CATEGORIES) < 4096:
         _VALID_CATEGORIES.add(tuple(categories))
     row = [
@@ -349,7 +349,7 @@ def to_rows(
 
 
 def check_vectors(records: Sequence[Any], encoded: Sequence[Row]) -> None:
-    """Raise for the first of ``encoded`` (encoded from ``records`` with
+    """Raise for the first of ``encoded`` (rows of ``records`` built with
     ``check_vector=False``) whose vector has a non-finite value; a vector of zeros
     loses its bytes (the record is stored without an embedding, its dimension kept).
 

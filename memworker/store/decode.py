@@ -53,8 +53,8 @@ def decode_record(values: Sequence[Any], record_cls: type[Any], dim: int | None 
 
 def decode_rows(rows: Iterable[Sequence[Any]], record_cls: type[Any], dim: int | None = None) -> list[Any]:
     """:func:`decode_record` for many rows (bytes values, as the read script returns
-    them): one loop with everything bound locally, ~20% faster a page than a call a
-    record; the embeddings' float lists are most of what remains."""
+    them): one loop with everything bound locally, faster a page than a call a
+    record (figures: ``benchmarks/README.md``)."""
     make = _constructor(record_cls)
     half_width = 2 * dim if dim else -1
     out: list[Any] = []
@@ -114,7 +114,7 @@ def _constructor(record_cls: type[Any]) -> Any:
 
     For a plain pydantic model whose fields are exactly the decoded ones, the
     instance is assembled directly (what ``model_construct`` does, without its
-    per-field loop: ~6 us a record); a sample is checked against ``model_construct``
+    per-field loop); a sample is checked against ``model_construct``
     first, so another pydantic version or model falls back to it.
     """
     construct = getattr(record_cls, "model_construct", None)

@@ -41,8 +41,8 @@ def vector_bytes(
     """
     try:
         if type(values) is list and values:
-            # CrewAI's embeddings are lists of floats: struct packs them ~2x faster than
-            # numpy converts them.
+            # CrewAI's embeddings are lists of floats: struct packs them faster than
+            # numpy converts them (figures: benchmarks/README.md).
             raw = float32_struct(len(values)).pack(*values)
             array = np.frombuffer(raw, dtype="<f4")
         else:

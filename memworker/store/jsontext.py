@@ -18,7 +18,7 @@ _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 
 def json_text(value: Any) -> str:
     """``_JSON.encode(value)``: the same text, from the C encoder built once (the
-    encode method builds a new one per call, ~1-2 us of a record's encoding)."""
+    encode method builds a new one per call)."""
     if _C_ENCODER is None:  # pragma: no cover - a Python without the _json accelerator
         return _JSON.encode(value)
     if type(value) is str:

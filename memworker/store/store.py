@@ -50,7 +50,7 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         hnsw_ef_runtime: HNSW ``EF_RUNTIME`` (recall vs. latency of a search).
         exact_cache_max_records: Without a search module, namespaces of up to this many
             records are searched from a process-local vector cache kept exact by the
-            change log (:mod:`memworker.vectors`); larger ones read every candidate
+            change log (:mod:`memworker.store.vectors`); larger ones read every candidate
             vector per search.
 
     Nothing connects until the first call. Each face creates one client and

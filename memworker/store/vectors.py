@@ -1,5 +1,7 @@
 """Process-local cache of a namespace's vectors and filter tokens, for the exact
-search path (no search module). No I/O: the store's plans read Valkey and feed it.
+search path (no search module): the sync protocol that keeps it exact. No I/O: the
+store's plans read Valkey and feed it. One generation of it (arrays, postings,
+scoring) is :class:`~memworker.store.generation.Generation`.
 
 Without a cache every exact search re-reads every candidate vector (figures:
 ``benchmarks/README.md``). The cache keeps, per
@@ -38,13 +40,13 @@ not cached (the store falls back to reading the vectors per search).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from memworker.store.tokens import token
+from memworker.store.generation import ROW_WIDTH, Generation, build_state, candidates, cosine
 from memworker.store.query import SearchFilter
 
 __all__ = [
@@ -70,17 +72,6 @@ COMPACT_MIN_DEAD = 10_000
 
 CURRENT, APPLY, RELOAD, BYPASS = "current", "apply", "reload", "bypass"
 
-#: Fields per record in a ``rows`` reply: embedding, then the token fields.
-ROW_WIDTH = 6
-_NFIELDS = 5
-_EMPTY: frozenset[int] = frozenset()
-
-
-def _text(raw: Any) -> str | None:
-    if raw is None:
-        return None
-    return raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else str(raw)
-
 
 @dataclass(frozen=True)
 class Mark:
@@ -101,175 +92,7 @@ class Mark:
     dim: int
 
 
-@dataclass
-class _State:
-    """One generation of the cache. Mutated only under :attr:`VectorCache.lock`."""
-
-    dim: int
-    incarnation: str | None = None
-    seen: int = 0
-    last: str = "0-0"
-    n: int = 0  # rows in use
-    ids: list[str] = field(default_factory=list)
-    row_of: dict[str, int] = field(default_factory=dict)
-    matrix: np.ndarray = None  # type: ignore[assignment]
-    norms: np.ndarray = None  # type: ignore[assignment]
-    alive: np.ndarray = None  # type: ignore[assignment]  # row has an embedding: a candidate
-    exists: np.ndarray = None  # type: ignore[assignment]  # row's record exists
-    present: int = 0  # rows whose record exists
-    fields: list[tuple[bytes | None, ...] | None] = field(default_factory=list)
-    postings: tuple[dict[str, set[int]], ...] = field(
-        default_factory=lambda: tuple({} for _ in range(_NFIELDS))
-    )
-    strings: dict[bytes, bytes] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.matrix is None:
-            self._allocate(0)
-
-    def _allocate(self, capacity: int) -> None:
-        self.matrix = np.zeros((capacity, self.dim), dtype=np.float32)
-        self.norms = np.zeros(capacity, dtype=np.float32)
-        self.alive = np.zeros(capacity, dtype=bool)
-        self.exists = np.zeros(capacity, dtype=bool)
-
-    def grow(self, need: int) -> None:
-        capacity = len(self.norms)
-        if need <= capacity:
-            return
-        new = max(need, capacity * 2, 1024)
-        old = (self.matrix, self.norms, self.alive, self.exists)
-        self._allocate(new)
-        self.matrix[:capacity] = old[0]
-        self.norms[:capacity] = old[1]
-        self.alive[:capacity] = old[2]
-        self.exists[:capacity] = old[3]
-
-    # ------------------------------------------------------------------ postings
-    def intern(self, raw: Any) -> bytes | None:
-        if raw is None or raw == b"" or raw == "":
-            return None
-        if isinstance(raw, str):
-            raw = raw.encode("utf-8", "surrogatepass")
-        return self.strings.setdefault(raw, raw)
-
-    def _post(self, row: int, values: tuple[bytes | None, ...], add: bool) -> None:
-        for f, value in enumerate(values):
-            if value is None:
-                continue
-            index = self.postings[f]
-            for tok in _text(value).split(","):  # type: ignore[union-attr]
-                if add:
-                    index.setdefault(tok, set()).add(row)
-                else:
-                    rows = index.get(tok)
-                    if rows is not None:
-                        rows.discard(row)
-                        if not rows:
-                            del index[tok]
-
-    def post_all(self) -> None:
-        """Build every posting list from :attr:`fields` (grouped: values repeat)."""
-        for f in range(_NFIELDS):
-            groups: dict[bytes, list[int]] = {}
-            for row, values in enumerate(self.fields):
-                if values is not None and values[f] is not None:
-                    groups.setdefault(values[f], []).append(row)
-            index: dict[str, set[int]] = {}
-            for value, rows in groups.items():
-                for tok in _text(value).split(","):  # type: ignore[union-attr]
-                    index.setdefault(tok, set()).update(rows)
-            self.postings[f].clear()
-            self.postings[f].update(index)
-
-    # ------------------------------------------------------------------ rows
-    def set_row(self, record_id: str, row_values: Sequence[Any]) -> None:
-        """Bring one id to the state read from Valkey (``rows`` reply slice)."""
-        emb = row_values[0]
-        exists = emb is not None or row_values[1] is not None
-        r = self.row_of.get(record_id)
-        if r is None:
-            if not exists:
-                return
-            r = self.n
-            self.grow(r + 1)
-            self.n += 1
-            self.ids.append(record_id)
-            self.fields.append(None)
-            self.row_of[record_id] = r
-        ok = exists and emb is not None and len(emb) in (4 * self.dim, 2 * self.dim)
-        values = tuple(self.intern(v) for v in row_values[1:ROW_WIDTH]) if ok else None
-        old = self.fields[r]
-        if old != values:
-            if old is not None:
-                self._post(r, old, add=False)
-            if values is not None:
-                self._post(r, values, add=True)
-            self.fields[r] = values
-        if ok:
-            self.matrix[r] = np.frombuffer(emb, dtype="<f4" if len(emb) == 4 * self.dim else "<f2")
-            self.norms[r] = np.linalg.norm(self.matrix[r : r + 1], axis=1)[0]
-        self.alive[r] = ok
-        if exists != bool(self.exists[r]):
-            self.present += 1 if exists else -1
-            self.exists[r] = exists
-
-    def compact(self) -> None:
-        """Drop the rows of deleted records (renumbers rows, rebuilds postings)."""
-        keep = np.flatnonzero(self.exists[: self.n])
-        ids = [self.ids[i] for i in keep]
-        fields = [self.fields[i] for i in keep]
-        matrix, norms, alive = self.matrix[keep], self.norms[keep], self.alive[keep]
-        self.n = len(ids)
-        self._allocate(max(self.n, 1024))
-        self.matrix[: self.n], self.norms[: self.n], self.alive[: self.n] = matrix, norms, alive
-        self.exists[: self.n] = True
-        self.ids, self.fields = ids, fields
-        self.row_of = {rid: i for i, rid in enumerate(ids)}
-        self.present = self.n
-        self.post_all()
-
-
-def build_state(
-    dim: int, incarnation: str | None, last: str, seen: int, ids: Sequence[str], flat: Sequence[Any]
-) -> _State:
-    """A full cache generation from a snapshot's ids and their ``rows`` reply."""
-    st = _State(dim=dim, incarnation=incarnation, last=last, seen=seen)
-    embs = flat[0::ROW_WIDTH]
-    scope_anc = flat[1::ROW_WIDTH]
-    keep = [i for i in range(len(ids)) if embs[i] is not None or scope_anc[i] is not None]
-    n = len(keep)
-    st.grow(n)
-    st.n = n
-    st.ids = [ids[i] for i in keep]
-    st.row_of = {rid: r for r, rid in enumerate(st.ids)}
-    st.exists[:n] = True
-    st.present = n
-    # float32 or float16 bytes (a namespace of vector_type float16); one block per type
-    good: list[int] = []
-    for width, dtype in ((4 * dim, "<f4"), (2 * dim, "<f2")):
-        part = [r for r, i in enumerate(keep) if embs[i] is not None and len(embs[i]) == width]
-        if part:
-            blob = b"".join(embs[keep[r]] for r in part)
-            rows = np.asarray(part, dtype=np.intp)
-            block = np.frombuffer(blob, dtype=dtype).reshape(len(part), dim).astype(np.float32)
-            st.matrix[rows] = block
-            st.norms[rows] = np.linalg.norm(block, axis=1)
-            st.alive[rows] = True
-            good += part
-    # Token fields, interned column by column (values repeat across records).
-    same = st.strings.setdefault
-    columns = [[same(v, v) if v else None for v in flat[f::ROW_WIDTH]] for f in range(1, ROW_WIDTH)]
-    per_id = list(zip(*columns))
-    fields: list[tuple[bytes | None, ...] | None] = [None] * n
-    for r in good:
-        fields[r] = per_id[keep[r]]
-    st.fields = fields
-    st.post_all()
-    return st
-
-
-def _holds(st: _State | None, dim: int, incarnation: str | None, seen: int) -> bool:
+def _holds(st: Generation | None, dim: int, incarnation: str | None, seen: int) -> bool:
     """The cache already holds this log (same dimension and incarnation) at least as
     far as ``seen``: a snapshot up to ``seen`` would add nothing."""
     return st is not None and st.dim == dim and st.incarnation == incarnation and st.seen >= seen
@@ -287,7 +110,7 @@ class VectorCache:
         self.max_records = max_records
         self.lock = threading.Lock()
         self._gen = 0
-        self._state: _State | None = None
+        self._state: Generation | None = None
 
     # ------------------------------------------------------------------ sync protocol
     def mark(self) -> Mark | None:
@@ -405,13 +228,13 @@ class VectorCache:
             ):
                 return None
             n = st.n
-            rows = _candidates(st, flt)
+            rows = candidates(st, flt)
             scale = float(np.linalg.norm(query))
             if rows is None:
                 count = int(np.count_nonzero(st.alive[:n]))
                 if not count:
                     return []
-                scores = _cosine(st.matrix[:n], st.norms[:n], query, scale)
+                scores = cosine(st.matrix[:n], st.norms[:n], query, scale)
                 if count < n:
                     scores[~st.alive[:n]] = -np.inf
                 index = None
@@ -421,9 +244,9 @@ class VectorCache:
                     return []
                 index = np.fromiter(rows, dtype=np.intp, count=count)
                 if 4 * count > n:
-                    scores = _cosine(st.matrix[:n], st.norms[:n], query, scale)[index]
+                    scores = cosine(st.matrix[:n], st.norms[:n], query, scale)[index]
                 else:
-                    scores = _cosine(st.matrix[index], st.norms[index], query, scale)
+                    scores = cosine(st.matrix[index], st.norms[index], query, scale)
             k = min(limit, count)
             top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
             rows_top = top if index is None else index[top]
@@ -447,38 +270,3 @@ class VectorCache:
                 "present": st.present,
                 "alive": int(np.count_nonzero(st.alive[: st.n])),
             }
-
-
-def _cosine(matrix: np.ndarray, norms: np.ndarray, query: np.ndarray, scale: float) -> np.ndarray:
-    """Cosine similarity, computed as the uncached path always did."""
-    denom = norms * scale
-    return (matrix @ query) / np.where(denom == 0, 1.0, denom)
-
-
-def _union(index: dict[str, set[int]], tokens: Iterable[str]) -> set[int] | frozenset[int]:
-    found = [s for s in (index.get(t) for t in tokens) if s]
-    if not found:
-        return _EMPTY
-    return found[0] if len(found) == 1 else set().union(*found)
-
-
-def _candidates(st: _State, flt: SearchFilter) -> set[int] | frozenset[int] | None:
-    """Rows passing ``flt`` (``None``: every alive row). Never mutates a posting list."""
-    p = st.postings
-    sets: list[set[int] | frozenset[int]] = []
-    if flt.scope != "/":
-        sets.append(p[0].get(token("s", flt.scope)) or _EMPTY)
-    if flt.categories_any:
-        sets.append(_union(p[1], flt.categories_any))
-    for tok in flt.metadata_all:
-        sets.append(p[2].get(tok) or _EMPTY)
-    if flt.source is not None:
-        sets.append(p[3].get(flt.source) or _EMPTY)
-    if flt.visible is not None:
-        sets.append(_union(p[4], flt.visible))
-    if not sets:
-        return None
-    sets.sort(key=len)
-    if not sets[0]:
-        return _EMPTY
-    return sets[0].intersection(*sets[1:]) if len(sets) > 1 else sets[0]

@@ -20,7 +20,8 @@ from memworker.store.embeddings import vector_bytes, vector_from_bytes, vectors_
 from memworker.store.plans.read import ReadPlans
 from memworker.store.plans.server import as_text, optional_text
 from memworker.store.query import MAX_LIMIT, SearchFilter
-from memworker.store.vectors import APPLY, BYPASS, CHANGES_PAGE, CURRENT, ROW_WIDTH, ROWS_CHUNK
+from memworker.store.generation import ROW_WIDTH
+from memworker.store.vectors import APPLY, BYPASS, CHANGES_PAGE, CURRENT, ROWS_CHUNK
 
 __all__ = ["EXACT_CHUNK", "SearchPlans"]
 
@@ -110,7 +111,7 @@ class SearchPlans(ReadPlans):
         return [(r, s) for (_, s), r in zip(scored, records) if r is not None]
 
     def _p_search_exact(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
-        """Exact search from the process-local vector cache (:mod:`memworker.vectors`):
+        """Exact search from the process-local vector cache (:mod:`memworker.store.vectors`):
         one round trip to catch up with the change log, numpy over the cached rows,
         one pipeline to fetch the top records. Falls back to :meth:`_p_search_scan`
         for namespaces above ``exact_cache_max_records``."""

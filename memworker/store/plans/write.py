@@ -143,9 +143,8 @@ class WritePlans(ServerPlans):
         ids = [str(i) for i in record_ids or []]
         if not ids:
             return 0
-        touched = yield Script(
-            "store", ["touch", self.keys.namespace, str(CHANGES_CAP), format_timestamp(utcnow()), *ids]
-        )
+        now = format_timestamp(utcnow())
+        touched = yield Script("store", ["touch", self.keys.namespace, str(CHANGES_CAP), now, *ids])
         return int(touched)
 
 
