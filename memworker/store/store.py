@@ -93,7 +93,6 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
     def __repr__(self) -> str:
         return f"ValkeyStore({self.settings.redacted_url()!r}, namespace={self.keys.namespace!r})"
 
-
     # ================================================================== sync face
     def save(self, records: list[Any]) -> None:
         """Save records (validated whole, then written in atomic batches).

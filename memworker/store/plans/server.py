@@ -1,6 +1,7 @@
 """What a store learns about its server, and the plans every other plan builds on:
 whether a search module answers (and indexes float16), the namespace's vector
-dimension and type, its embedding model, and the vector index (:mod:`~memworker.store.index`).
+dimension and type, its embedding model, and the vector index
+(:mod:`~memworker.store.index`).
 
 A plan is a generator that yields steps (:class:`~memworker.io.client.Call`,
 :class:`~memworker.io.client.Pipeline`, :class:`~memworker.io.client.Script`) and parses
