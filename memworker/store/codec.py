@@ -231,7 +231,8 @@ def to_row(
             raise ValidationError(f"{where}.categories[{i}] must be a non-empty string")
         if len(cat) > MAX_CATEGORY_LENGTH:
             raise ValidationError(
-                f"{where}.categories[{i}] is {len(cat)} characters, the limit is {MAX_CATEGORY_LENGTH}"
+                f"{where}.categories[{i}] is {len(cat)} characters, "
+                f"the limit is {MAX_CATEGORY_LENGTH}"
             )
         try:
             cat.encode("utf-8")
@@ -327,8 +328,11 @@ def to_rows(
         for i, r in enumerate(records):
             encoded.append(
                 to_row(  # type: ignore[arg-type]
-                    r, where=f"records[{i}]", keep_embedding=keep_embedding,
-                    require_embedding=require_embedding, check_vector=False,
+                    r,
+                    where=f"records[{i}]",
+                    keep_embedding=keep_embedding,
+                    require_embedding=require_embedding,
+                    check_vector=False,
                 )
             )
     except ValidationError:
@@ -376,4 +380,3 @@ def check_vectors(records: Sequence[Any], encoded: Sequence[Row]) -> None:
         raw, _ = vector_bytes(_get(records[i], "embedding"), field=where, allow_zero=True)
         if not np.any(np.frombuffer(raw, dtype="<f4")):
             encoded[i].embedding = b""
-

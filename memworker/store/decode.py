@@ -51,7 +51,9 @@ def decode_record(values: Sequence[Any], record_cls: type[Any], dim: int | None 
     return None if values is None else decode_rows((values,), record_cls, dim)[0]
 
 
-def decode_rows(rows: Iterable[Sequence[Any]], record_cls: type[Any], dim: int | None = None) -> list[Any]:
+def decode_rows(
+    rows: Iterable[Sequence[Any]], record_cls: type[Any], dim: int | None = None
+) -> list[Any]:
     """:func:`decode_record` for many rows (bytes values, as the read script returns
     them): one loop with everything bound locally, faster a page than a call a
     record (figures: ``benchmarks/README.md``)."""
@@ -60,7 +62,8 @@ def decode_rows(rows: Iterable[Sequence[Any]], record_cls: type[Any], dim: int |
     out: list[Any] = []
     append = out.append
     for row in rows:
-        rid, content, scope, categories, metadata, importance, created, accessed, source, vis, embedding = row
+        (rid, content, scope, categories, metadata, importance, created, accessed, source, vis,
+         embedding) = row  # fmt: skip
         if content is None or rid is None:
             append(None)
             continue
@@ -76,9 +79,13 @@ def decode_rows(rows: Iterable[Sequence[Any]], record_cls: type[Any], dim: int |
                     "importance": float(importance) if importance else 0.5,
                     "created_at": created_at,
                     # last_accessed is written only once it differs from created_at
-                    "last_accessed": created_at if accessed is None else parse_stored_timestamp(accessed),
+                    "last_accessed": (
+                        created_at if accessed is None else parse_stored_timestamp(accessed)
+                    ),
                     "embedding": (
-                        np.frombuffer(embedding, dtype="<f2" if len(embedding) == half_width else "<f4").tolist()
+                        np.frombuffer(
+                            embedding, dtype="<f2" if len(embedding) == half_width else "<f4"
+                        ).tolist()
                         if embedding
                         else None
                     ),
@@ -154,10 +161,20 @@ def _constructor(record_cls: type[Any]) -> Any:
     )  # fmt: skip
     try:
         a, b = fast(dict(sample)), slow(dict(sample))
-        same = all(
-            getattr(a, attr, None) == getattr(b, attr, None) and type(getattr(a, attr, None)) is type(getattr(b, attr, None))
-            for attr in ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
-        ) and list(a.__dict__) == list(b.__dict__) and a == b
+        same = (
+            all(
+                getattr(a, attr, None) == getattr(b, attr, None)
+                and type(getattr(a, attr, None)) is type(getattr(b, attr, None))
+                for attr in (
+                    "__dict__",
+                    "__pydantic_fields_set__",
+                    "__pydantic_extra__",
+                    "__pydantic_private__",
+                )
+            )
+            and list(a.__dict__) == list(b.__dict__)
+            and a == b
+        )
     except Exception:  # noqa: BLE001 - anything unexpected: the documented path
         same = False
     return fast if same else slow

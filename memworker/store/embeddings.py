@@ -140,4 +140,3 @@ def record_vector(values: Any, where: str, check: bool = True) -> tuple[bytes, i
     if check and not np.any(np.frombuffer(raw, dtype="<f4")):
         return b"", dim
     return raw, dim
-

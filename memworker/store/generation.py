@@ -235,4 +235,3 @@ def candidates(st: Generation, flt: SearchFilter) -> set[int] | frozenset[int] |
     if not sets[0]:
         return _EMPTY
     return sets[0].intersection(*sets[1:]) if len(sets) > 1 else sets[0]
-

@@ -32,7 +32,15 @@ def _c_encoder_factory() -> Any:
     if make is None:  # pragma: no cover
         return None
     return lambda markers: make(
-        markers, _JSON.default, json.encoder.encode_basestring, None, ": ", ", ", False, False, False
+        markers,
+        _JSON.default,
+        json.encoder.encode_basestring,
+        None,
+        ": ",
+        ", ",
+        False,
+        False,
+        False,
     )
 
 

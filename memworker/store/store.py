@@ -87,7 +87,9 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         self._async = AsyncConnection(self.settings)
         cap = exact_cache_max_records
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
-            raise ConfigError(f"exact_cache_max_records must be a non-negative integer, got {cap!r}")
+            raise ConfigError(
+                f"exact_cache_max_records must be a non-negative integer, got {cap!r}"
+            )
         self._vectors = VectorCache(cap)
 
     def __repr__(self) -> str:
@@ -308,7 +310,6 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         """
         return self._sync.run(self._p_write(encoded, extra, guard=guard))
 
-
     def ensure_model(self, model_id: str) -> str:
         """Record ``model_id`` as the namespace's embedding model if none is recorded
         (``HSETNX ns:meta model``), and return it.
@@ -337,4 +338,3 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
             return (yield from self._p_vector_type())
 
         return self._sync.run(plan())
-

@@ -58,4 +58,3 @@ def parse_stored_timestamp(raw: bytes | str) -> datetime:
     if isinstance(raw, bytes) and raw[-7:-6] == b"." and raw[:1] != b"-":
         return _EPOCH + timedelta(microseconds=int(raw[:-7] + raw[-6:]))
     return parse_timestamp(raw)
-

@@ -108,4 +108,3 @@ def _scalar_metadata_token(key: str, kind: type, value: Any) -> str:
 def visibility_token(source: str | None) -> str:
     """The ``vis`` token of a private record of ``source`` (``None`` -> nobody's)."""
     return token("v-none", "") if source is None else token("v", source)
-

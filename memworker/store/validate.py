@@ -287,4 +287,3 @@ def check_id(value: Any, where: str) -> str:
     if _ID_BAD.search(value):
         raise ValidationError(f"{where}.id must not contain control characters or lone surrogates")
     return value
-

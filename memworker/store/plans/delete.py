@@ -82,7 +82,10 @@ class DeletePlans(ReadPlans):
             try:
                 yield Call(["FT.DROPINDEX", self.keys.index])
             except Exception as exc:  # noqa: BLE001
-                if "unknown" not in error_text(exc).lower() and "not found" not in error_text(exc).lower():
+                if (
+                    "unknown" not in error_text(exc).lower()
+                    and "not found" not in error_text(exc).lower()
+                ):
                     raise
         self._state.index_ready = False
         tree = self.keys.tree("/")
@@ -104,9 +107,12 @@ class DeletePlans(ReadPlans):
                     if as_text(child) not in seen:
                         seen.add(as_text(child))
                         scopes.append(as_text(child))
-                yield Call(["DEL", self.keys.tree(scope), self.keys.children(scope), self.keys.cats(scope)])
-            yield Call(["DEL", self.keys.changes])  # the delete script keeps it while the root is not empty
+                yield Call(
+                    ["DEL", self.keys.tree(scope), self.keys.children(scope), self.keys.cats(scope)]
+                )
+            yield Call(
+                ["DEL", self.keys.changes]
+            )  # the delete script keeps it while the root is not empty
         yield Call(["DEL", self.keys.meta])
         self._state.dim = None
         self._state.vtype = None
-

@@ -39,7 +39,8 @@ class ReadPlans(ServerPlans):
         for start in range(0, len(ids), READ_CHUNK):
             part = list(ids[start : start + READ_CHUNK])
             flat = yield Script(
-                "read", ["records", self.keys.namespace, str(len(RECORD_FIELDS)), *RECORD_FIELDS, *part]
+                "read",
+                ["records", self.keys.namespace, str(len(RECORD_FIELDS)), *RECORD_FIELDS, *part],
             )
             out += decode_reply(flat)
         return out
@@ -57,13 +58,15 @@ class ReadPlans(ServerPlans):
             try:
                 dim, flat = yield Pipeline(
                     [["HGET", self.keys.meta, "dim"],
-                     ["SORT_RO", self.keys.tree(scope), "BY", "nosort", "DESC", "LIMIT", str(offset), str(limit),
-                      *_page_gets(self.keys.namespace)]]
+                     ["SORT_RO", self.keys.tree(scope), "BY", "nosort", "DESC",
+                      "LIMIT", str(offset), str(limit), *_page_gets(self.keys.namespace)]]
                 )  # fmt: skip
             except Exception as exc:
                 if not _sort_refused(exc):
                     raise
-                log.info("list_records: SORT_RO refused (%s); reading pages with the read script", exc)
+                log.info(
+                    "list_records: SORT_RO refused (%s); reading pages with the read script", exc
+                )
                 self._state.sort_page = False
             else:
                 return [r for r in decode_reply([dim, *flat]) if r is not None]
@@ -90,6 +93,7 @@ class ReadPlans(ServerPlans):
                 ["HKEYS", self.keys.children(path)],
             ]
         )
+
         def when(pair: Any) -> datetime | None:
             if not pair:
                 return None
@@ -123,7 +127,9 @@ def _sort_refused(exc: BaseException) -> bool:
     if isinstance(exc, MemworkerError):  # our own, e.g. the connection lost for good
         return False
     text = error_text(exc).lower()
-    return "sort" in text and ("denied" in text or "permission" in text or "unknown command" in text)
+    return "sort" in text and (
+        "denied" in text or "permission" in text or "unknown command" in text
+    )
 
 
 @lru_cache(maxsize=64)
@@ -145,4 +151,3 @@ def decode_reply(reply: Sequence[Any]) -> list[Any]:
     width = len(RECORD_FIELDS)
     rows = (reply[i : i + width] for i in range(1, len(reply), width))
     return decode_rows(rows, record_types()[0], int(reply[0]) if reply[0] else None)
-

@@ -76,7 +76,9 @@ class SearchPlans(ReadPlans):
         out.sort(key=lambda pair: (-pair[1], pair[0].id))
         return out[:limit]
 
-    def _p_search_module(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
+    def _p_search_module(
+        self, vector: bytes, flt: SearchFilter, limit: int
+    ) -> Plan[list[tuple[Any, float]]]:
         # Only the distance comes from FT.SEARCH: modules may round NUMERIC fields
         # they return (RediSearch keeps 12 digits), so records are read with HMGET.
         if self._state.vtype == "float16":  # the query in the index's type
@@ -110,7 +112,9 @@ class SearchPlans(ReadPlans):
         records = yield from self._p_fetch([i for i, _ in scored])
         return [(r, s) for (_, s), r in zip(scored, records) if r is not None]
 
-    def _p_search_exact(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
+    def _p_search_exact(
+        self, vector: bytes, flt: SearchFilter, limit: int
+    ) -> Plan[list[tuple[Any, float]]]:
         """Exact search from the process-local vector cache (:mod:`memworker.store.vectors`):
         one round trip to catch up with the change log, numpy over the cached rows,
         one pipeline to fetch the top records. Falls back to :meth:`_p_search_scan`
@@ -135,7 +139,9 @@ class SearchPlans(ReadPlans):
         for _ in range(_SYNC_ATTEMPTS):
             mark = cache.mark()
             if mark is not None and mark.dim == dim:
-                reply = yield Script("read", ["sync", ns, str(mark.seen), mark.last, str(CHANGES_PAGE)])
+                reply = yield Script(
+                    "read", ["sync", ns, str(mark.seen), mark.last, str(CHANGES_PAGE)]
+                )
                 incarnation = optional_text(reply[0])
                 added, length, total = int(reply[1]), int(reply[2]), int(reply[3])
                 entries = reply[4:]
@@ -150,7 +156,9 @@ class SearchPlans(ReadPlans):
                         return position
                 elif verdict == APPLY:
                     # An entry lists the ids one write call changed, one per line.
-                    ids = list(dict.fromkeys(i for e in entries[1::2] for i in as_text(e).split("\n")))
+                    ids = list(
+                        dict.fromkeys(i for e in entries[1::2] for i in as_text(e).split("\n"))
+                    )
                     rows = yield from self._p_exact_rows(ids)
                     position = cache.apply(mark, as_text(entries[-2]), mark.seen + count, ids, rows)
                     if position is not None and count < CHANGES_PAGE:
@@ -180,7 +188,9 @@ class SearchPlans(ReadPlans):
                 raise StoreError(f"read rows: {len(reply)} values for {len(part)} records")
         return flat
 
-    def _p_search_scan(self, vector: bytes, flt: SearchFilter, limit: int) -> Plan[list[tuple[Any, float]]]:
+    def _p_search_scan(
+        self, vector: bytes, flt: SearchFilter, limit: int
+    ) -> Plan[list[tuple[Any, float]]]:
         """Exact search reading every candidate vector (namespaces too large to cache)."""
         size = yield Call(["ZCARD", self.keys.tree(flt.scope)])
         if not size:
@@ -192,13 +202,22 @@ class SearchPlans(ReadPlans):
         for start in range(0, int(size), EXACT_CHUNK):
             ids_raw, blob, lines = yield Script(
                 "read",
-                ["scan", self.keys.namespace, flt.scope, str(start), str(start + EXACT_CHUNK - 1), tokens],
+                [
+                    "scan",
+                    self.keys.namespace,
+                    flt.scope,
+                    str(start),
+                    str(start + EXACT_CHUNK - 1),
+                    tokens,
+                ],
             )
             if not ids_raw:
                 continue
             ids = as_text(ids_raw).split("\n")
             dtype = "<f2" if len(blob) == 2 * query.size * len(ids) else "<f4"  # vector_type
-            matrix = np.frombuffer(blob, dtype=dtype).reshape(len(ids), query.size).astype(np.float32)
+            matrix = (
+                np.frombuffer(blob, dtype=dtype).reshape(len(ids), query.size).astype(np.float32)
+            )
             if flt.needs_tokens:
                 rows = [line.split("\t") for line in as_text(lines).split("\n")]
                 mask = np.fromiter((flt.matches(row) for row in rows), dtype=bool, count=len(ids))
@@ -225,4 +244,3 @@ def _ft_documents(reply: Any) -> list[tuple[Any, Any]]:
     if isinstance(reply[1], Mapping):
         return list(reply[1].items())
     return [(reply[i], reply[i + 1]) for i in range(1, len(reply) - 1, 2)]
-

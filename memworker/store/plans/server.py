@@ -99,7 +99,9 @@ class ServerPlans:
         if self._state.dim is None or refresh:
             raw, vtype = yield Call(["HMGET", self.keys.meta, "dim", "vtype"])
             self._state.dim = int(raw) if raw is not None else None
-            self._state.vtype = (as_text(vtype) if vtype is not None else "float32") if raw is not None else None
+            self._state.vtype = (
+                (as_text(vtype) if vtype is not None else "float32") if raw is not None else None
+            )
         if self._state.dim is None and self._expected_dim is not None:
             return None
         if (
@@ -128,7 +130,9 @@ class ServerPlans:
         k = self.keys
         schema = record_index(k, dim, self._state.vtype or "float32", *self._hnsw)
         existing = yield Call(["FT._LIST"])
-        if k.index.encode() in {e if isinstance(e, bytes) else str(e).encode() for e in existing or []}:
+        if k.index.encode() in {
+            e if isinstance(e, bytes) else str(e).encode() for e in existing or []
+        }:
             self._state.index_ready = True
             return
         try:
@@ -151,7 +155,6 @@ class ServerPlans:
         self._state.vtype = setting
         return setting
 
-
     def _p_ensure_model(self, model_id: str) -> Plan[str]:
         if not isinstance(model_id, str) or not model_id:
             raise ConfigError(f"model_id must be a non-empty string, got {model_id!r}")
@@ -173,7 +176,9 @@ def _module_version(entry: Any) -> int:
         raw = entry.get(b"ver", entry.get("ver", 0))
     else:
         items = list(entry)
-        raw = next((items[i + 1] for i in range(0, len(items) - 1, 2) if as_text(items[i]) == "ver"), 0)
+        raw = next(
+            (items[i + 1] for i in range(0, len(items) - 1, 2) if as_text(items[i]) == "ver"), 0
+        )
     try:
         return int(raw)
     except (TypeError, ValueError):
@@ -189,4 +194,3 @@ def _module_name(entry: Any) -> str:
         if as_text(items[i]) == "name":
             return as_text(items[i + 1]).lower()
     return ""
-
