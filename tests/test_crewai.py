@@ -492,7 +492,8 @@ def test_crew_kickoff_with_queued_memory_completes(env, worker_llm, events):
     assert "Stand-in answer" in out.raw
     memory.drain_writes()
     assert memory.info().record_count >= 1
-    assert "MemorySaveCompletedEvent" in _names(events)
+    # the bus hands events to its handler threads: they arrive a moment later
+    assert _wait_for(lambda: "MemorySaveCompletedEvent" in _names(events)), _names(events)
 
 
 # ----------------------------------------------------------------------------- a real worker process
