@@ -475,7 +475,7 @@ def wrong_host(tls) -> Iterator[tuple[TLSProxy, Path]]:
 
 def test_redis_py_clients_check_the_host_name_explicitly() -> None:
     """redis-py < 6 does not check the host name unless told: redis_kwargs always says."""
-    from memworker.queue.producer import redis_kwargs
+    from memworker.io.redispy import redis_kwargs
 
     assert redis_kwargs(Settings.from_url("valkeys://h/0"))["ssl_check_hostname"] is True
     with_ca = redis_kwargs(Settings.from_url("rediss://h/0?ssl_ca_certs=/ca.pem"))

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from memworker.io.client import AsyncConnection, Call, Plan, SyncConnection
+from memworker.io import AsyncConnection, Call, Plan, SyncConnection
 from memworker.errors import ValidationError
 from memworker.keys import Keys
 from memworker.settings import Settings

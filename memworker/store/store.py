@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from memworker.io.client import AsyncConnection, Call, Pipeline, Plan, Script, SyncConnection, error_text
+from memworker.io import AsyncConnection, Call, Pipeline, Plan, Script, SyncConnection, error_text
 from memworker.store.codec import (
     RECORD_FIELDS,
     WRITE_FIELDS_JSON,
