@@ -6,7 +6,7 @@ built by :func:`redis_client` or :func:`async_redis_client` with
 :func:`redis_kwargs`. :class:`RedisSyncDriver` and :class:`RedisAsyncDriver` run the
 same plans (:mod:`memworker.io.plan`) as the glide faces, with the same policy: a
 step that fails with a connection or timeout error is sent again with exponential
-backoff (authentication and permission refusals are not retried), a server that
+backoff (authentication, permission and certificate refusals are not retried), a server that
 never answers raises the driver's ``lost`` error (a
 :class:`~memworker.errors.ConnectionLostError`), and an error no plan handles is
 wrapped in the driver's ``server`` error class. No redis-py exception leaves a
@@ -92,11 +92,14 @@ def async_redis_client(settings: Settings) -> Any:
 
 
 def _transient(exc: BaseException) -> bool:
-    """True for an error a retry may fix: a lost connection or a timeout."""
+    """True for an error a retry may fix: a lost connection or a timeout (not an
+    authentication, permission or certificate refusal)."""
     import redis.exceptions as rex
 
     if is_permanent(exc) or isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError)):
         return False
+    if "certificate verify failed" in error_text(exc).lower():
+        return False  # a certificate refused (wrong CA or host name) stays refused
     return isinstance(exc, (rex.ConnectionError, rex.TimeoutError, ConnectionError, TimeoutError))
 
 
