@@ -21,6 +21,9 @@ from memworker.queue.producer import MemoryQueue
 
 
 def _assert_memworker_error(exc: BaseException) -> None:
+    import redis
+
+    assert not isinstance(exc, redis.RedisError)
     assert isinstance(exc, MemworkerError)
     assert isinstance(exc, QueueError)
     assert not isinstance(exc, RuntimeError)
