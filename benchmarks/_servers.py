@@ -68,9 +68,9 @@ def glide_client(srv: Server) -> Any:
 def preload_scripts(client: Any) -> None:
     """SCRIPT LOAD the store's Lua script, so its first EVALSHA does not fail with
     NOSCRIPT (which glide logs to stderr even though the store handles it)."""
-    from memworker.io.client import _script_source
+    from memworker.io.scripts import script_source
 
-    client.custom_command(["SCRIPT", "LOAD", _script_source("store")[0]])
+    client.custom_command(["SCRIPT", "LOAD", script_source("store")[0]])
 
 
 def used_memory(client: Any) -> int:

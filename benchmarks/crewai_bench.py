@@ -173,7 +173,7 @@ def start_worker(
     )  # fmt: skip
     if cpus:  # set from here, not in a preexec_fn (unsafe with threads); the worker reads
         os.sched_setaffinity(proc.pid, cpus)  # its cores when it loads the model, later
-    from memworker.queue.producer import check_health
+    from memworker.queue.admin import check_health
     from memworker.settings import Settings
 
     settings = Settings.from_url(url, namespace=namespace)

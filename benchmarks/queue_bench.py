@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _servers import banner, median, pct, server, table  # noqa: E402
 
-from memworker.queue.producer import MemoryQueue, check_health  # noqa: E402
+from memworker.queue.admin import check_health  # noqa: E402
+from memworker.queue.producer import MemoryQueue  # noqa: E402
 from memworker.settings import Settings  # noqa: E402
 
 TEXT = "Acme asked about the refund of invoice {i}; follow up with the billing team next week."
@@ -72,9 +73,9 @@ def idle_pickup(settings: Settings, n: int) -> list[float]:
     """Milliseconds from enqueue to the commit notification, one job at a time, the
     worker idle (blocked on its wake-up list) before each."""
     from memworker.queue.jobs import QueueKeys
-    from memworker.queue.producer import _sync_client
+    from memworker.io.redispy import redis_client
 
-    client = _sync_client(settings)
+    client = redis_client(settings)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(QueueKeys(settings.namespace).done_channel("idle"))
     out = []

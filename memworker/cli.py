@@ -223,7 +223,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from memworker.queue.producer import queue_status
+    from memworker.queue.admin import queue_status
 
     status = queue_status(_settings(args))
     if args.json:
@@ -281,7 +281,7 @@ def _cmd_drain(args: argparse.Namespace) -> int:
 def _cmd_dead(args: argparse.Namespace) -> int:
     import json
 
-    from memworker.queue.producer import dead_list, dead_purge, dead_requeue
+    from memworker.queue.admin import dead_list, dead_purge, dead_requeue
 
     settings = _settings(args)
     if args.dead_command == "list":
@@ -302,7 +302,7 @@ def _cmd_dead(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import socket
 
-    from memworker.queue.producer import check_health
+    from memworker.queue.admin import check_health
 
     healthy = check_health(_settings(args), host=None if args.any else socket.gethostname())
     print("ok" if healthy else "no live worker", file=sys.stdout if healthy else sys.stderr)

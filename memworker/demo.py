@@ -152,7 +152,9 @@ def run_demo(
     """
     from memworker.embedding.model import Embedder
     from memworker.queue.jobs import QueueKeys
-    from memworker.queue.producer import MemoryQueue, _sync_client, check_health
+    from memworker.io.redispy import redis_client
+    from memworker.queue.admin import check_health
+    from memworker.queue.producer import MemoryQueue
     from memworker.store.store import ValkeyStore
 
     settings = Settings.resolve(settings, namespace=namespace)
@@ -170,7 +172,7 @@ def run_demo(
           f"{processes} worker process(es) x {threads} threads on {settings.redacted_url()}",
           file=sys.stderr)  # fmt: skip
     workers = _start_workers(settings, processes, threads)
-    listener_client = _sync_client(settings)
+    listener_client = redis_client(settings)
     pubsub = listener_client.pubsub(ignore_subscribe_messages=True)
     try:
         deadline = time.monotonic() + 120

@@ -63,6 +63,8 @@ from typing import Any
 import numpy as np
 
 from memworker.errors import ConfigError, MemworkerError, ValidationError
+from memworker.io.redispy import redis_client
+from memworker.io.scripts import script_source
 from memworker.store.query import MAX_LIMIT
 
 __all__ = [
@@ -246,14 +248,10 @@ def _client(settings: Any) -> Any:
     key = (settings.url(redact=False, scheme="redis"), settings.namespace)
     client = _clients.get(key)
     if client is None:
-        import redis
-
-        from memworker.queue.producer import redis_kwargs
-
         with _lock:
             client = _clients.get(key)
             if client is None:
-                client = redis.Redis.from_url(key[0], **redis_kwargs(settings))
+                client = redis_client(settings)
                 _clients[key] = client
     return client
 
@@ -322,11 +320,9 @@ class _Lock:
     def call(self, client: Any, op: str, lease_ms: int) -> Any:
         import redis
 
-        from memworker.io.client import _script_source
-
         # memworker/lua/lock.lua: one atomic step per acquire, renew or release; scopes
         # reach it only as key names and member strings. EVALSHA, EVAL after NOSCRIPT.
-        body, sha = _script_source("lock")
+        body, sha = script_source("lock")
         args = [*self.keys, op, self.token, str(int(lease_ms)), self.scope]
         try:
             return client.evalsha(sha, len(self.keys), *args)

@@ -7,6 +7,8 @@ treats ``RuntimeError`` as interpreter shutdown and silently drops the save.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "MemworkerError",
     "ConfigError",
@@ -15,6 +17,11 @@ __all__ = [
     "StoreError",
     "ConnectionLostError",
     "EmbeddedServerError",
+    "QueueError",
+    "QueueConnectionLostError",
+    "DrainTimeout",
+    "JobPayloadError",
+    "PoisonJobError",
 ]
 
 
@@ -52,3 +59,33 @@ class ConnectionLostError(StoreError):
 
 class EmbeddedServerError(MemworkerError):
     """The embedded Valkey server could not be started or found."""
+
+
+class QueueError(MemworkerError):
+    """A queue operation failed (a server error during an enqueue, drain or admin read)."""
+
+
+class QueueConnectionLostError(QueueError, ConnectionLostError):
+    """The queue's server could not be reached after every retry (both a
+    :class:`QueueError` and a :class:`ConnectionLostError`)."""
+
+
+class DrainTimeout(QueueError):
+    """``drain`` timed out; names the jobs still pending and the likely cause."""
+
+    def __init__(self, job_ids: Sequence[str], cause: str, timeout: float | None) -> None:
+        self.job_ids = list(job_ids)
+        self.cause = cause
+        shown = ", ".join(self.job_ids[:10]) + (" ..." if len(self.job_ids) > 10 else "")
+        super().__init__(
+            f"drain timed out after {timeout} s with {len(self.job_ids)} job(s) still pending "
+            f"({shown}): {cause}"
+        )
+
+
+class JobPayloadError(ValidationError):
+    """A job's payload is malformed (wrong schema version, bad field): never retried."""
+
+
+class PoisonJobError(QueueError):
+    """A job was delivered more times than allowed (it kills its worker): dead-lettered."""

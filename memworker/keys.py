@@ -16,17 +16,36 @@ Layout (``ns`` is the namespace, default ``memworker``)::
     ns:idx                       the vector index over the prefix ns:rec:
     ns:cache:<key>       string  ValkeyCache values
 
-The queue's keys (pending marks, failures, commit markers, heartbeats, dramatiq's
-own under ns:dq) are in :class:`memworker.queue.jobs.QueueKeys`. The Lua scripts
-(``memworker/lua``) and the docs point here rather than restate the layout.
+The queue's keys (:class:`QueueKeys`; dramatiq's own live under ``ns:dq``)::
+
+    ns:pending:<producer>   zset    job id -> enqueue time (ms); removed at commit or failure
+    ns:failed:<producer>    hash    job id -> JSON {job_id, record_ids, error}; consumed by drain
+    ns:committed:<producer> zset    job id -> commit time (ms); added by the commit itself,
+                                    consumed by the drain that reports it, trimmed after 1 h
+    ns:reported:<producer>  zset    job id -> time (ms) a drain reported it (committed, failed or
+                                    lost): a later drain skips it; trimmed after 1 h
+    ns:done:<producer>      channel a job id is published when it leaves the pending set
+    ns:producers            set     producer ids that ever enqueued (for drain_all / status)
+    ns:deliveries           hash    "<job id>:<attempt>" -> deliveries of that attempt (poison guard)
+    ns:workers              zset    worker id -> last heartbeat (ms)
+    ns:workers:<worker id>  hash    pid, host, started, processed, failed (TTL: HEALTH_TTL_MS)
+    ns:stats                hash    committed, failed, records (throughput counters)
+    ns:dq:<queue>           list    dramatiq: message ids (redis_message_id)
+    ns:dq:<queue>.msgs      hash    dramatiq: message id -> message JSON
+    ns:dq:<queue>.wake      list    wake-up tokens for idle consumers (one per enqueue)
+    ns:dq:<queue>.DQ[...]   dramatiq's delay queue (retries); ns:dq:<queue>.XQ dead letters
+
+The Lua scripts (``memworker/lua``) and the docs point here rather than restate the layout.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CHANGES_CAP", "Keys", "LAYOUT_VERSION"]
+__all__ = ["CHANGES_CAP", "DEFAULT_QUEUE", "LAYOUT_VERSION", "Keys", "QueueKeys"]
 
+#: Queue the actors consume.
+DEFAULT_QUEUE = "default"
 #: Version of the record layout, written into ``ns:meta``.
 LAYOUT_VERSION = "1"
 #: Entries (script calls) kept in the change log ``ns:changes`` (``XADD MAXLEN ~``),
@@ -81,3 +100,77 @@ class Keys:
     def cache(self, key: str) -> str:
         """A ValkeyCache entry."""
         return f"{self.namespace}:cache:{key}"
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Key names of the queue side of a namespace."""
+
+    namespace: str
+    queue: str = DEFAULT_QUEUE
+
+    @property
+    def dq_namespace(self) -> str:
+        """dramatiq's RedisBroker namespace."""
+        return f"{self.namespace}:dq"
+
+    def pending(self, producer: str) -> str:
+        return f"{self.namespace}:pending:{producer}"
+
+    def failed(self, producer: str) -> str:
+        return f"{self.namespace}:failed:{producer}"
+
+    def committed(self, producer: str) -> str:
+        return f"{self.namespace}:committed:{producer}"
+
+    def reported(self, producer: str) -> str:
+        return f"{self.namespace}:reported:{producer}"
+
+    def done_channel(self, producer: str) -> str:
+        return f"{self.namespace}:done:{producer}"
+
+    @property
+    def done_pattern(self) -> str:
+        return f"{self.namespace}:done:*"
+
+    @property
+    def producers(self) -> str:
+        return f"{self.namespace}:producers"
+
+    @property
+    def deliveries(self) -> str:
+        return f"{self.namespace}:deliveries"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.namespace}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.namespace}:workers:{worker_id}"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.namespace}:stats"
+
+    def q(self, queue: str | None = None) -> str:
+        """dramatiq's list of message ids of a queue."""
+        return f"{self.dq_namespace}:{queue or self.queue}"
+
+    def msgs(self, queue: str | None = None) -> str:
+        return f"{self.q(queue)}.msgs"
+
+    def wake(self, queue: str | None = None) -> str:
+        return f"{self.q(queue)}.wake"
+
+    def delayed_msgs(self, queue: str | None = None) -> str:
+        return f"{self.q(queue)}.DQ.msgs"
+
+    def dead(self, queue: str | None = None) -> str:
+        return f"{self.q(queue)}.XQ"
+
+    def dead_msgs(self, queue: str | None = None) -> str:
+        return f"{self.q(queue)}.XQ.msgs"
+
+    @property
+    def heartbeats(self) -> str:
+        return f"{self.dq_namespace}:__heartbeats__"

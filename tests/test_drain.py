@@ -55,7 +55,7 @@ def test_jobs_enqueued_after_the_snapshot_do_not_delay_drain(qsettings, fake, wo
     """A = save jobs pending at the snapshot; B = encode jobs enqueued during the
     drain, with a worker running, that cannot finish (their texts block in the
     model) until the drain has returned. A livelocking drain would never return."""
-    from memworker.queue import producer as queue_mod
+    from memworker.queue import drain as queue_mod
 
     snapshot_taken = threading.Event()
     real_still_pending = queue_mod._still_pending

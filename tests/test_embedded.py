@@ -393,11 +393,11 @@ def test_password_survives_a_restart(home: Path) -> None:
 _CLIENTS = """
 import sys
 from memworker import MemoryQueue, ValkeyStore
-from memworker.queue.producer import _sync_client
+from memworker.io.redispy import redis_client
 from memworker.settings import Settings
 settings = Settings.from_env({"MEMWORKER_HOME": sys.argv[1]}, namespace="sec", search_module="none")
 assert settings.password is None
-print(ValkeyStore(settings).count(), _sync_client(settings).ping())
+print(ValkeyStore(settings).count(), redis_client(settings).ping())
 with MemoryQueue(settings, producer_id="p") as queue:
     print(len(queue.pending()))
 """

@@ -26,6 +26,7 @@ import redis
 
 from valkey_servers import ServerInfo, start_server, stop_server
 from memworker import MemoryQueue, MemworkerError, StoreError, ValkeyStore
+from memworker.errors import QueueError
 from memworker.settings import Settings
 from memworker.records import record_types
 
@@ -475,7 +476,7 @@ def wrong_host(tls) -> Iterator[tuple[TLSProxy, Path]]:
 
 def test_redis_py_clients_check_the_host_name_explicitly() -> None:
     """redis-py < 6 does not check the host name unless told: redis_kwargs always says."""
-    from memworker.queue.producer import redis_kwargs
+    from memworker.io.redispy import redis_kwargs
 
     assert redis_kwargs(Settings.from_url("valkeys://h/0"))["ssl_check_hostname"] is True
     with_ca = redis_kwargs(Settings.from_url("rediss://h/0?ssl_ca_certs=/ca.pem"))
@@ -496,10 +497,11 @@ def test_queue_drain_and_broker_refuse_a_certificate_for_another_host(wrong_host
     url = f"valkeys://127.0.0.1:{proxy.port}/0?ssl_ca_certs={ca}&connect_timeout_ms=2000"
     settings = Settings.from_url(url, namespace="tlshost")
     refused = "(?i)hostname|ip address mismatch|certificate"
+    # The queue wraps redis-py's errors into memworker's (issue 12: one I/O layer).
     with MemoryQueue(settings, producer_id="p") as queue:
-        with pytest.raises(redis.ConnectionError, match=refused):
+        with pytest.raises(QueueError, match=refused):
             queue.enqueue_save(_records(1, scope="/t"))
-        with pytest.raises(redis.ConnectionError, match=refused):
+        with pytest.raises(QueueError, match=refused):
             queue.drain(timeout=5)
     broker = MemworkerBroker(settings)
     with pytest.raises(redis.ConnectionError, match=refused):
@@ -514,3 +516,25 @@ def test_queue_drain_and_broker_refuse_a_certificate_for_another_host(wrong_host
     assert broker.client.ping()
     broker.client.close()
     assert proxy.handshakes > 0
+
+
+def test_queue_wraps_a_refused_certificate_in_a_queue_error(wrong_host) -> None:
+    """The queue's calls run through memworker's redis-py driver: a certificate for
+    another host name is refused at once (not retried) and surfaces as a QueueError
+    naming the cause, never as a redis-py exception."""
+    import time
+
+    from memworker.errors import QueueError
+
+    proxy, ca = wrong_host
+    url = f"valkeys://127.0.0.1:{proxy.port}/0?ssl_ca_certs={ca}&connect_timeout_ms=2000"
+    settings = Settings.from_url(url, namespace="tlshost")
+    refused = "(?i)hostname|ip address mismatch|certificate"
+    with MemoryQueue(settings, producer_id="p") as queue:
+        started = time.monotonic()
+        with pytest.raises(QueueError, match=refused) as info:
+            queue.enqueue_save(_records(1, scope="/t"))
+        assert not isinstance(info.value, redis.RedisError)
+        assert time.monotonic() - started < 1.5  # refused, not retried
+        with pytest.raises(QueueError, match=refused):
+            queue.drain(timeout=5)

@@ -14,14 +14,14 @@ import pytest
 from memworker.worker import broker as worker_mod
 from memworker.errors import ConfigError
 from memworker.queue.jobs import QueueKeys
-from memworker.queue.producer import (
-    MemoryQueue,
+from memworker.queue.admin import (
     check_health,
     dead_list,
     dead_purge,
     dead_requeue,
     queue_status,
 )
+from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
 from memworker.store.store import ValkeyStore
 

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
+from memworker.io.redispy import redis_client
 from memworker.queue.jobs import QueueKeys, failure_from_json
 from memworker.settings import Settings
 
@@ -70,13 +71,7 @@ class Settler:
 
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:
-        import redis
-
-        from memworker.queue.producer import redis_kwargs
-
-        client = redis.Redis.from_url(
-            self.settings.url(redact=False, scheme="redis"), **redis_kwargs(self.settings)
-        )
+        client = redis_client(self.settings)
         pubsub = None
         try:
             while not self._stop.is_set():

@@ -1,4 +1,7 @@
-"""Job schema, queue key layout and queue errors. No I/O.
+"""Job schema: payloads, their validation and parsing, drain results. No I/O.
+
+The queue's errors are in :mod:`memworker.errors` and its key names in
+:mod:`memworker.keys`; both are re-exported here.
 
 A job is one dramatiq message whose only argument is a JSON object::
 
@@ -12,24 +15,7 @@ keys. Embeddings travel as base64 of little-endian float32 bytes (field
 a JSON list of floats.
 Nothing is ever unpickled: dramatiq's JSON encoder carries the message.
 
-Key layout (``ns`` is the namespace; dramatiq's own keys live under ``ns:dq``)::
-
-    ns:pending:<producer>   zset    job id -> enqueue time (ms); removed at commit or failure
-    ns:failed:<producer>    hash    job id -> JSON {job_id, record_ids, error}; consumed by drain
-    ns:committed:<producer> zset    job id -> commit time (ms); added by the commit itself,
-                                    consumed by the drain that reports it, trimmed after MARKER_TTL_MS
-    ns:reported:<producer>  zset    job id -> time (ms) a drain reported it (committed, failed or
-                                    lost): a later drain skips it; trimmed after MARKER_TTL_MS
-    ns:done:<producer>      channel a job id is published when it leaves the pending set
-    ns:producers            set     producer ids that ever enqueued (for drain_all / status)
-    ns:deliveries           hash    "<job id>:<attempt>" -> deliveries of that attempt (poison guard)
-    ns:workers              zset    worker id -> last heartbeat (ms)
-    ns:workers:<worker id>  hash    pid, host, started, processed, failed (TTL: HEALTH_TTL_MS)
-    ns:stats                hash    committed, failed, records (throughput counters)
-    ns:dq:<queue>           list    dramatiq: message ids (redis_message_id)
-    ns:dq:<queue>.msgs      hash    dramatiq: message id -> message JSON
-    ns:dq:<queue>.wake      list    wake-up tokens for idle consumers (one per enqueue)
-    ns:dq:<queue>.DQ[...]   dramatiq's delay queue (retries); ns:dq:<queue>.XQ dead letters
+Key names: :class:`memworker.keys.QueueKeys` (re-exported here).
 """
 
 from __future__ import annotations
@@ -46,9 +32,16 @@ from typing import Any
 
 import numpy as np
 
+from memworker.errors import (
+    DrainTimeout,
+    JobPayloadError,
+    PoisonJobError,
+    QueueError,
+    ValidationError,
+)
+from memworker.keys import DEFAULT_QUEUE, QueueKeys
 from memworker.store.codec import to_row, to_rows
 from memworker.store.validate import check_flow
-from memworker.errors import MemworkerError, ValidationError
 
 __all__ = [
     "DEFAULT_MAX_ITEMS",
@@ -78,8 +71,6 @@ __all__ = [
 
 #: Version of the job payload; a worker rejects (dead-letters) any other.
 JOB_SCHEMA = 1
-#: Queue the actors consume.
-DEFAULT_QUEUE = "default"
 #: Largest encoded job accepted at enqueue, in bytes.
 DEFAULT_MAX_JOB_BYTES = 1 << 20
 #: Most items (records or texts) in one job.
@@ -98,32 +89,6 @@ LOST_ERROR = "lost: neither committed nor failed — the server may have lost re
 #: Producer ids and job ids: 1 to 128 ASCII letters, digits, ``_``, ``.``, ``-`` (they
 #: enter key names, hash fields, pub/sub payloads and log lines).
 _ID_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,128}\Z")  # \Z: "$" would let a final "\n" in
-
-
-# --------------------------------------------------------------------------- errors
-class QueueError(MemworkerError):
-    """A queue operation failed."""
-
-
-class DrainTimeout(QueueError):
-    """``drain`` timed out; names the jobs still pending and the likely cause."""
-
-    def __init__(self, job_ids: Sequence[str], cause: str, timeout: float | None) -> None:
-        self.job_ids = list(job_ids)
-        self.cause = cause
-        shown = ", ".join(self.job_ids[:10]) + (" ..." if len(self.job_ids) > 10 else "")
-        super().__init__(
-            f"drain timed out after {timeout} s with {len(self.job_ids)} job(s) still pending "
-            f"({shown}): {cause}"
-        )
-
-
-class JobPayloadError(ValidationError):
-    """A job's payload is malformed (wrong schema version, bad field): never retried."""
-
-
-class PoisonJobError(QueueError):
-    """A job was delivered more times than allowed (it kills its worker): dead-lettered."""
 
 
 # --------------------------------------------------------------------------- results
@@ -154,81 +119,6 @@ class DrainReport:
     committed: int = 0
     failed: list[FailedJob] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- keys
-@dataclass(frozen=True)
-class QueueKeys:
-    """Key names of the queue side of a namespace."""
-
-    namespace: str
-    queue: str = DEFAULT_QUEUE
-
-    @property
-    def dq_namespace(self) -> str:
-        """dramatiq's RedisBroker namespace."""
-        return f"{self.namespace}:dq"
-
-    def pending(self, producer: str) -> str:
-        return f"{self.namespace}:pending:{producer}"
-
-    def failed(self, producer: str) -> str:
-        return f"{self.namespace}:failed:{producer}"
-
-    def committed(self, producer: str) -> str:
-        return f"{self.namespace}:committed:{producer}"
-
-    def reported(self, producer: str) -> str:
-        return f"{self.namespace}:reported:{producer}"
-
-    def done_channel(self, producer: str) -> str:
-        return f"{self.namespace}:done:{producer}"
-
-    @property
-    def done_pattern(self) -> str:
-        return f"{self.namespace}:done:*"
-
-    @property
-    def producers(self) -> str:
-        return f"{self.namespace}:producers"
-
-    @property
-    def deliveries(self) -> str:
-        return f"{self.namespace}:deliveries"
-
-    @property
-    def workers(self) -> str:
-        return f"{self.namespace}:workers"
-
-    def worker(self, worker_id: str) -> str:
-        return f"{self.namespace}:workers:{worker_id}"
-
-    @property
-    def stats(self) -> str:
-        return f"{self.namespace}:stats"
-
-    def q(self, queue: str | None = None) -> str:
-        """dramatiq's list of message ids of a queue."""
-        return f"{self.dq_namespace}:{queue or self.queue}"
-
-    def msgs(self, queue: str | None = None) -> str:
-        return f"{self.q(queue)}.msgs"
-
-    def wake(self, queue: str | None = None) -> str:
-        return f"{self.q(queue)}.wake"
-
-    def delayed_msgs(self, queue: str | None = None) -> str:
-        return f"{self.q(queue)}.DQ.msgs"
-
-    def dead(self, queue: str | None = None) -> str:
-        return f"{self.q(queue)}.XQ"
-
-    def dead_msgs(self, queue: str | None = None) -> str:
-        return f"{self.q(queue)}.XQ.msgs"
-
-    @property
-    def heartbeats(self) -> str:
-        return f"{self.dq_namespace}:__heartbeats__"
 
 
 def delivery_field(job_id: str, attempt: int) -> str:

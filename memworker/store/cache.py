@@ -1,7 +1,7 @@
 """ValkeyCache: a small JSON key-value cache with optional TTL, sync and async.
 
 It shares :class:`~memworker.settings.Settings` (and so the embedded default)
-with the store, and the plan driver of :mod:`memworker.io.client`: each operation
+with the store, and the plan driver of :mod:`memworker.io`: each operation
 is written once and run by either face.
 """
 
@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from memworker.io.client import AsyncConnection, Call, Plan, SyncConnection
+from memworker.io import AsyncConnection, Call, Plan, SyncConnection
 from memworker.errors import ValidationError
 from memworker.keys import Keys
 from memworker.settings import Settings

@@ -2,7 +2,7 @@
 
 Every operation is a *plan* (``_p_*`` methods: generators that yield steps and
 parse replies, no I/O; :mod:`memworker.store.plans`), run by the sync face
-(``glide_sync``) or the async face (``glide``); see :mod:`memworker.io.client`.
+(``glide_sync``) or the async face (``glide``); see :mod:`memworker.io`.
 Writes go through one Lua script (``lua/store.lua``) so a record and all its
 side-index entries change in one atomic step; reads use the side indexes
 (O(log N + page)); search uses FT.SEARCH when a search module is loaded, or an
@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from memworker.errors import ConfigError
-from memworker.io.client import AsyncConnection, Plan, SyncConnection
+from memworker.io import AsyncConnection, Plan, SyncConnection
 from memworker.keys import Keys
 from memworker.settings import SearchMode, Settings, VectorType
 from memworker.store.codec import Row

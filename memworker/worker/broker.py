@@ -119,14 +119,14 @@ from memworker.queue.jobs import (
     records_from_save_job,
     undecodable_identity,
 )
-from memworker.queue.producer import (
+from memworker.io.redispy import redis_client
+from memworker.queue.admin import (
     HEALTH_TTL_MS,
     check_health,
     dead_list,
     dead_purge,
     dead_requeue,
     queue_status,
-    redis_kwargs,
 )
 from memworker.settings import Settings
 
@@ -625,11 +625,7 @@ class MemworkerBroker(RedisBroker):
         keys = QueueKeys(settings.namespace)
         options.setdefault("heartbeat_timeout", HEARTBEAT_TIMEOUT_MS)
         options.setdefault("maintenance_chance", MAINTENANCE_SCALE)
-        import redis
-
-        client = redis.Redis.from_url(
-            settings.url(redact=False, scheme="redis"), **redis_kwargs(settings)
-        )
+        client = redis_client(settings)
         super().__init__(client=client, namespace=keys.dq_namespace, **options)
         self.settings = settings
         self.keys = keys

@@ -13,7 +13,8 @@ import pytest
 from harness import audit, child_env, record
 
 from memworker.errors import ValidationError
-from memworker.queue.producer import MemoryQueue, dead_list
+from memworker.queue.admin import dead_list
+from memworker.queue.producer import MemoryQueue
 
 
 BAD_ITEMS = [

@@ -11,7 +11,8 @@ from harness import audit, record
 
 from memworker.worker import broker as worker_mod
 from memworker.queue.jobs import DrainTimeout
-from memworker.queue.producer import MemoryQueue, dead_list
+from memworker.queue.admin import dead_list
+from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from memworker.io.client import Call, Pipeline, Plan, Script, error_text
+from memworker.io import Call, Pipeline, Plan, Script, error_text
 from memworker.keys import CHANGES_CAP
 from memworker.store.plans.read import READ_CHUNK, ReadPlans
 from memworker.store.plans.server import as_text

@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from memworker.errors import MemworkerError
-from memworker.io.client import Call, Pipeline, Plan, Script, error_text
+from memworker.io import Call, Pipeline, Plan, Script, error_text
 from memworker.records import record_types
 from memworker.store.decode import RECORD_FIELDS, decode_rows
 from memworker.store.plans.server import ServerPlans, as_text

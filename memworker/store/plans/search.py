@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from memworker.errors import StoreError, ValidationError
-from memworker.io.client import Call, Plan, Script, error_text
+from memworker.io import Call, Plan, Script, error_text
 from memworker.store.embeddings import vector_bytes, vector_from_bytes, vectors_to_float16
 from memworker.store.plans.read import ReadPlans
 from memworker.store.plans.server import as_text, optional_text

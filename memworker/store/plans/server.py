@@ -3,8 +3,8 @@ whether a search module answers (and indexes float16), the namespace's vector
 dimension and type, its embedding model, and the vector index
 (:mod:`~memworker.store.index`).
 
-A plan is a generator that yields steps (:class:`~memworker.io.client.Call`,
-:class:`~memworker.io.client.Pipeline`, :class:`~memworker.io.client.Script`) and parses
+A plan is a generator that yields steps (:class:`~memworker.io.plan.Call`,
+:class:`~memworker.io.plan.Pipeline`, :class:`~memworker.io.plan.Script`) and parses
 their replies, without I/O; the faces of :class:`~memworker.store.ValkeyStore` run them.
 The plan classes are mixins of ``ValkeyStore``: they share its :class:`StoreState`.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memworker.errors import ConfigError
-from memworker.io.client import Call, Plan, error_text
+from memworker.io import Call, Plan, error_text
 from memworker.keys import Keys
 from memworker.records import dimension_mismatch
 from memworker.settings import Settings

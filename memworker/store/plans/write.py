@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from memworker.errors import StoreError, ValidationError
-from memworker.io.client import Plan, Script, error_text
+from memworker.io import Plan, Script, error_text
 from memworker.keys import CHANGES_CAP
 from memworker.records import dimension_mismatch, utcnow
 from memworker.store.codec import WRITE_FIELDS_JSON, Row, to_rows

@@ -1,95 +1,43 @@
-"""Connections and the plan driver shared by the sync and async faces.
+"""The glide faces: :class:`SyncConnection` (``glide_sync``) and
+:class:`AsyncConnection` (``glide``), which run plans (:mod:`memworker.io.plan`)
+for the store.
 
-An operation is written once, as a *plan*: a generator that yields steps
-(:class:`Call`, :class:`Pipeline`, :class:`Script`) and receives each step's
-reply. It holds every decision and all parsing, and does no I/O. Two thin faces
-run plans: :class:`SyncConnection` on ``glide_sync`` and :class:`AsyncConnection`
-on ``glide``. Each face creates its client lazily, once, and reuses it.
-
-Retries: a step that fails with a connection or timeout error is sent again (a
-fresh command each attempt) with exponential backoff; a ``ClosingError``
-recreates the client first. Other errors are thrown into the plan, which may
-handle them (e.g. ``NOSCRIPT``, an unknown index) or let them surface.
+Each face creates its client lazily, once, and reuses it (the async client is
+per event loop). A step that fails with a connection or timeout error is retried
+with backoff; a ``ClosingError`` recreates the client first. Errors a plan does
+not handle surface as :class:`~memworker.errors.StoreError`, and a server that
+never answered as :class:`~memworker.errors.ConnectionLostError`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import random
 import threading
 import time
-from collections.abc import Generator
-from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from typing import Any, TypeVar
 
-from memworker.errors import ConnectionLostError, MemworkerError, StoreError
+from memworker.errors import ConnectionLostError
+from memworker.io.plan import (
+    MAX_ATTEMPTS,
+    Call,
+    Pipeline,
+    Plan,
+    Step,
+    backoff,
+    error_text,
+    is_noscript,
+    is_permanent,
+    throw,
+)
+from memworker.io.scripts import SCRIPTS, script_source
 from memworker.settings import Settings
 
-__all__ = [
-    "Call",
-    "Pipeline",
-    "Script",
-    "Plan",
-    "SyncConnection",
-    "AsyncConnection",
-    "glide_config",
-    "error_text",
-]
+__all__ = ["AsyncConnection", "SyncConnection", "glide_config"]
 
 log = logging.getLogger("memworker.client")
 
 T = TypeVar("T")
-
-#: Lua scripts in ``memworker/lua``, loaded when a client is created.
-SCRIPTS = ("store", "read")
-#: Attempts per step before a transient error surfaces as ConnectionLostError.
-MAX_ATTEMPTS = 6
-#: First backoff delay, in seconds; doubles per attempt (with jitter).
-BACKOFF_BASE_S = 0.05
-#: Longest backoff delay, in seconds.
-BACKOFF_MAX_S = 2.0
-
-
-@dataclass(frozen=True)
-class Call:
-    """One command."""
-
-    args: list[Any]
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """Several commands in one round trip; ``atomic`` makes it MULTI/EXEC."""
-
-    commands: list[list[Any]]
-    atomic: bool = False
-
-
-@dataclass(frozen=True)
-class Script:
-    """A Lua script from ``memworker/lua`` run with EVALSHA (EVAL on NOSCRIPT)."""
-
-    name: str
-    args: list[Any] = field(default_factory=list)
-
-
-Step = Call | Pipeline | Script
-Plan = Generator[Step, Any, T]
-
-
-@lru_cache(maxsize=None)
-def _script_source(name: str) -> tuple[str, str]:
-    body = resources.files("memworker").joinpath("lua", f"{name}.lua").read_text("utf-8")
-    return body, hashlib.sha1(body.encode()).hexdigest()
-
-
-def error_text(exc: BaseException) -> str:
-    """The message of a server error, without the client's decoration."""
-    return str(exc.args[0]) if exc.args else str(exc)
 
 
 def glide_config(settings: Settings) -> Any:
@@ -140,22 +88,6 @@ def _errors() -> tuple[type[BaseException], type[BaseException], type[BaseExcept
     return ClosingError, ConnectionError, TimeoutError
 
 
-#: Error texts that no retry can fix (authentication and ACL refusals).
-_PERMANENT = (
-    "permission",
-    "noperm",
-    "wrongpass",
-    "noauth",
-    "invalid username-password",
-    "authentication failed",
-)
-
-
-def _backoff(attempt: int) -> float:
-    delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * (2**attempt))
-    return delay * (0.5 + random.random() / 2)
-
-
 def _batch(step: Pipeline) -> Any:
     from glide_shared.commands.batch import Batch
 
@@ -165,11 +97,6 @@ def _batch(step: Pipeline) -> Any:
     return batch
 
 
-def _is_noscript(exc: BaseException) -> bool:
-    text = error_text(exc).lower()
-    return "noscript" in text or "no matching script" in text
-
-
 class _Face:
     """What both faces share: settings, the transient-error classification."""
 
@@ -177,8 +104,7 @@ class _Face:
         self.settings = settings
 
     def _classify(self, exc: BaseException) -> str:
-        text = error_text(exc).lower()
-        if any(word in text for word in _PERMANENT):
+        if is_permanent(exc):
             return "raise"  # wrong password or ACL: retrying cannot help
         closing, connection, timeout = _errors()
         if isinstance(exc, closing):
@@ -213,7 +139,7 @@ class SyncConnection(_Face):
                     client = GlideClient.create(glide_config(self.settings))
                     for name in SCRIPTS:  # so the first EVALSHA does not miss
                         try:
-                            client.custom_command(["SCRIPT", "LOAD", _script_source(name)[0]])
+                            client.custom_command(["SCRIPT", "LOAD", script_source(name)[0]])
                         except Exception:  # noqa: BLE001 - EVAL after NOSCRIPT still works
                             pass
                     self._client = client
@@ -237,11 +163,11 @@ class SyncConnection(_Face):
             if not step.commands:
                 return []
             return client.exec(_batch(step), raise_on_error=True)
-        body, sha = _script_source(step.name)
+        body, sha = script_source(step.name)
         try:
             return client.custom_command(["EVALSHA", sha, "0", *step.args])
         except Exception as exc:
-            if not _is_noscript(exc):
+            if not is_noscript(exc):
                 raise
             return client.custom_command(["EVAL", body, "0", *step.args])
 
@@ -259,7 +185,7 @@ class SyncConnection(_Face):
                 log.warning("transient Valkey error (%s), retrying: %s", type(exc).__name__, exc)
                 if kind == "recreate" and self._client is not None:
                     self._drop(self._client)
-                time.sleep(_backoff(attempt))
+                time.sleep(backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def run(self, plan: Plan[T]) -> T:
@@ -270,7 +196,7 @@ class SyncConnection(_Face):
                 try:
                     reply = self.execute(step)
                 except Exception as exc:  # the plan decides
-                    step = _throw(plan, exc)
+                    step = throw(plan, exc)
                 else:
                     step = plan.send(reply)
         except StopIteration as stop:
@@ -316,7 +242,7 @@ class AsyncConnection(_Face):
                 client = await GlideClient.create(glide_config(self.settings))
                 for name in SCRIPTS:  # so the first EVALSHA does not miss
                     try:
-                        await client.custom_command(["SCRIPT", "LOAD", _script_source(name)[0]])
+                        await client.custom_command(["SCRIPT", "LOAD", script_source(name)[0]])
                     except Exception:  # noqa: BLE001 - EVAL after NOSCRIPT still works
                         pass
                 self._client = client
@@ -338,11 +264,11 @@ class AsyncConnection(_Face):
             if not step.commands:
                 return []
             return await client.exec(_batch(step), raise_on_error=True)
-        body, sha = _script_source(step.name)
+        body, sha = script_source(step.name)
         try:
             return await client.custom_command(["EVALSHA", sha, "0", *step.args])
         except Exception as exc:
-            if not _is_noscript(exc):
+            if not is_noscript(exc):
                 raise
             return await client.custom_command(["EVAL", body, "0", *step.args])
 
@@ -360,7 +286,7 @@ class AsyncConnection(_Face):
                 log.warning("transient Valkey error (%s), retrying: %s", type(exc).__name__, exc)
                 if kind == "recreate" and self._client is not None:
                     await self._drop(self._client)
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def run(self, plan: Plan[T]) -> T:
@@ -371,7 +297,7 @@ class AsyncConnection(_Face):
                 try:
                     reply = await self.execute(step)
                 except Exception as exc:
-                    step = _throw(plan, exc)
+                    step = throw(plan, exc)
                 else:
                     step = plan.send(reply)
         except StopIteration as stop:
@@ -385,16 +311,3 @@ class AsyncConnection(_Face):
                 await client.close()
             except Exception:  # noqa: BLE001
                 pass
-
-
-def _throw(plan: Plan[Any], exc: BaseException) -> Step:
-    """Throw a step's error into its plan; a server error it does not handle
-    surfaces as :class:`StoreError` (memworker's own errors pass unchanged)."""
-    try:
-        return plan.throw(exc)
-    except MemworkerError:
-        raise
-    except Exception as err:
-        if err is exc:
-            raise StoreError(f"Valkey error: {error_text(exc)}") from exc
-        raise

@@ -1,0 +1,163 @@
+"""IO-free step types and the retry policy every driver shares.
+
+An operation is written once, as a *plan*: a generator that yields steps
+(:class:`Call`, :class:`Pipeline`, :class:`Script`) and receives each step's
+reply. It holds every decision and all parsing, and does no I/O. Drivers
+(:mod:`memworker.io.glide`, :mod:`memworker.io.redispy`) run plans.
+
+Retries: a step that fails with a connection or timeout error is sent again (a
+fresh command each attempt) with exponential backoff, at most :data:`MAX_ATTEMPTS`
+times, then surfaces as a :class:`~memworker.errors.ConnectionLostError`.
+Authentication and permission refusals are never retried. Other errors are thrown
+into the plan, which may handle them (e.g. ``NOSCRIPT``, an unknown index) or let
+them surface, wrapped in the driver's server error class.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from memworker.errors import (
+    ConnectionLostError,
+    MemworkerError,
+    QueueConnectionLostError,
+    QueueError,
+    StoreError,
+)
+
+__all__ = [
+    "BACKOFF_BASE_S",
+    "BACKOFF_MAX_S",
+    "MAX_ATTEMPTS",
+    "Call",
+    "ErrorClasses",
+    "Pipeline",
+    "Plan",
+    "Script",
+    "Step",
+    "QUEUE_ERRORS",
+    "STORE_ERRORS",
+    "backoff",
+    "error_text",
+    "is_noscript",
+    "is_permanent",
+    "one",
+    "throw",
+]
+
+T = TypeVar("T")
+
+#: Attempts per step before a transient error surfaces as ConnectionLostError.
+MAX_ATTEMPTS = 6
+#: First backoff delay, in seconds; doubles per attempt (with jitter).
+BACKOFF_BASE_S = 0.05
+#: Longest backoff delay, in seconds.
+BACKOFF_MAX_S = 2.0
+
+
+@dataclass(frozen=True)
+class Call:
+    """One command."""
+
+    args: list[Any]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Several commands in one round trip; ``atomic`` makes it MULTI/EXEC."""
+
+    commands: list[list[Any]]
+    atomic: bool = False
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script from ``memworker/lua`` run with EVALSHA (EVAL on NOSCRIPT)."""
+
+    name: str
+    args: list[Any] = field(default_factory=list)
+
+
+Step = Call | Pipeline | Script
+Plan = Generator[Step, Any, T]
+
+
+@dataclass(frozen=True)
+class ErrorClasses:
+    """What a driver raises: ``server`` for an error no plan handled, ``lost`` when
+    the server did not answer after every retry (a subclass of
+    :class:`~memworker.errors.ConnectionLostError`)."""
+
+    server: type[MemworkerError]
+    lost: type[ConnectionLostError]
+
+
+#: The store's error classes (the glide faces' default).
+STORE_ERRORS = ErrorClasses(server=StoreError, lost=ConnectionLostError)
+
+#: The queue's error classes (its redis-py drivers).
+QUEUE_ERRORS = ErrorClasses(server=QueueError, lost=QueueConnectionLostError)
+
+#: Error texts that no retry can fix (authentication and ACL refusals).
+_PERMANENT = (
+    "permission",
+    "noperm",
+    "wrongpass",
+    "noauth",
+    "invalid username-password",
+    "authentication failed",
+)
+
+
+def error_text(exc: BaseException) -> str:
+    """The message of a server error, without the client's decoration."""
+    return str(exc.args[0]) if exc.args else str(exc)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True for an authentication or permission refusal: retrying cannot help."""
+    text = error_text(exc).lower()
+    return any(word in text for word in _PERMANENT)
+
+
+def is_noscript(exc: BaseException) -> bool:
+    """True when the server does not know a script's SHA (send it with EVAL)."""
+    text = error_text(exc).lower()
+    return "noscript" in text or "no matching script" in text
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): exponential, jittered."""
+    delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * (2**attempt))
+    return delay * (0.5 + random.random() / 2)
+
+
+def one(step: Step) -> Plan[Any]:
+    """The plan of a single step: its reply is the result."""
+    reply = yield step
+    return reply
+
+
+def throw(plan: Plan[Any], exc: BaseException, errors: ErrorClasses = STORE_ERRORS) -> Step:
+    """Throw a step's error into its plan; a server error it does not handle
+    surfaces as ``errors.server`` (memworker's own errors pass unchanged).
+
+    Args:
+        plan: The plan whose step failed.
+        exc: The step's error.
+        errors: The driver's error classes.
+
+    Returns:
+        The plan's next step, when it handled the error.
+    """
+    try:
+        return plan.throw(exc)
+    except MemworkerError:
+        raise
+    except Exception as err:
+        if err is exc:
+            raise errors.server(f"Valkey error: {error_text(exc)}") from exc
+        raise

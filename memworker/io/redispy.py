@@ -1,0 +1,311 @@
+"""redis-py: the one client factory, and the drivers that run plans over it.
+
+Every redis-py client of memworker (the queue and its drain, the admin reads, the
+worker's broker, the encode results and locks, CrewAI's settle thread, the demo) is
+built by :func:`redis_client` or :func:`async_redis_client` with
+:func:`redis_kwargs`. :class:`RedisSyncDriver` and :class:`RedisAsyncDriver` run the
+same plans (:mod:`memworker.io.plan`) as the glide faces, with the same policy: a
+step that fails with a connection or timeout error is sent again with exponential
+backoff (authentication, permission and certificate refusals are not retried), a server that
+never answers raises the driver's ``lost`` error (a
+:class:`~memworker.errors.ConnectionLostError`), and an error no plan handles is
+wrapped in the driver's ``server`` error class. No redis-py exception leaves a
+driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from memworker.errors import MemworkerError
+from memworker.io.plan import (
+    MAX_ATTEMPTS,
+    STORE_ERRORS,
+    Call,
+    ErrorClasses,
+    Pipeline,
+    Plan,
+    Step,
+    backoff,
+    error_text,
+    is_permanent,
+    throw,
+)
+from memworker.io.scripts import script_source
+from memworker.settings import Settings
+
+__all__ = [
+    "RedisAsyncDriver",
+    "RedisSyncDriver",
+    "async_redis_client",
+    "redis_client",
+    "redis_kwargs",
+]
+
+log = logging.getLogger("memworker.client")
+
+T = TypeVar("T")
+
+
+def redis_kwargs(settings: Settings) -> dict[str, Any]:
+    """redis-py connection arguments for ``settings`` (every redis-py client of
+    memworker is built with them: the queue, drain, the worker's broker, the encode
+    results and CrewAI's settle thread).
+
+    With TLS the certificate and its host name are always checked, whatever
+    redis-py's default (no host name check before redis-py 6): ``ssl_check_hostname``
+    is set explicitly, and only ``ssl_cert_reqs=none`` in the URL turns both off.
+    """
+    kwargs: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout_ms / 1000,
+        "health_check_interval": 30,
+    }
+    if settings.tls:
+        if settings.tls_ca_file:
+            kwargs["ssl_ca_certs"] = settings.tls_ca_file
+        kwargs["ssl_cert_reqs"] = "none" if settings.tls_insecure else "required"
+        kwargs["ssl_check_hostname"] = not settings.tls_insecure
+    return kwargs
+
+
+def redis_client(settings: Settings) -> Any:
+    """A ``redis.Redis`` for ``settings`` (nothing connects until its first command)."""
+    import redis
+
+    return redis.Redis.from_url(
+        settings.url(redact=False, scheme="redis"), **redis_kwargs(settings)
+    )
+
+
+def async_redis_client(settings: Settings) -> Any:
+    """A ``redis.asyncio.Redis`` for ``settings`` (bound to the loop of its first use)."""
+    import redis.asyncio
+
+    return redis.asyncio.Redis.from_url(
+        settings.url(redact=False, scheme="redis"), **redis_kwargs(settings)
+    )
+
+
+def _transient(exc: BaseException) -> bool:
+    """True for an error a retry may fix: a lost connection or a timeout (not an
+    authentication, permission or certificate refusal)."""
+    import redis.exceptions as rex
+
+    if is_permanent(exc) or isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError)):
+        return False
+    if "certificate verify failed" in error_text(exc).lower():
+        return False  # a certificate refused (wrong CA or host name) stays refused
+    return isinstance(exc, (rex.ConnectionError, rex.TimeoutError, ConnectionError, TimeoutError))
+
+
+def _is_noscript(exc: BaseException) -> bool:
+    import redis.exceptions as rex
+
+    return isinstance(exc, rex.NoScriptError)
+
+
+class _Driver:
+    """What both drivers share: settings, error classes, the give-up error."""
+
+    def __init__(self, settings: Settings, errors: ErrorClasses = STORE_ERRORS) -> None:
+        self.settings = settings
+        self.errors = errors
+
+    def _give_up(self, exc: BaseException) -> Exception:
+        return self.errors.lost(
+            f"Valkey at {self.settings.redacted_url()} did not answer after "
+            f"{MAX_ATTEMPTS} attempts: {type(exc).__name__}: {error_text(exc)}"
+        )
+
+    def _wrap(self, exc: BaseException) -> Exception:
+        return self.errors.server(f"Valkey error: {error_text(exc)}")
+
+
+class RedisSyncDriver(_Driver):
+    """Runs plans over one ``redis.Redis``, created on first use and reused.
+
+    Args:
+        settings: Where the server is.
+        errors: The error classes raised (the queue passes its own).
+        client: A ``redis.Redis`` to use instead of creating one (then
+            :meth:`close` leaves it open: its owner closes it).
+    """
+
+    def __init__(
+        self, settings: Settings, errors: ErrorClasses = STORE_ERRORS, *, client: Any = None
+    ) -> None:
+        super().__init__(settings, errors)
+        self._client: Any = client
+        self._owned = client is None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        """The ``redis.Redis`` client, created on first use."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = redis_client(self.settings)
+        return self._client
+
+    def _send(self, step: Step) -> Any:
+        client = self.client()
+        if isinstance(step, Call):
+            return client.execute_command(*step.args)
+        if isinstance(step, Pipeline):
+            if not step.commands:
+                return []
+            with client.pipeline(transaction=step.atomic) as pipe:
+                for command in step.commands:
+                    pipe.execute_command(*command)
+                return pipe.execute()
+        body, sha = script_source(step.name)
+        try:
+            return client.execute_command("EVALSHA", sha, 0, *step.args)
+        except Exception as exc:
+            if not _is_noscript(exc):
+                raise
+            return client.execute_command("EVAL", body, 0, *step.args)
+
+    def call(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(client)`` with the retry policy; errors are raised unwrapped
+        unless transient (then ``errors.lost`` after the last attempt)."""
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                return fn(self.client())
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                if attempt == MAX_ATTEMPTS - 1:
+                    raise self._give_up(exc) from exc
+                log.warning("transient Valkey error (%s), retrying: %s", type(exc).__name__, exc)
+                time.sleep(backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def guarded(self, fn: Callable[[Any], T]) -> T:
+        """:meth:`call`, with any other error wrapped in ``errors.server``."""
+        try:
+            return self.call(fn)
+        except MemworkerError:
+            raise
+        except Exception as exc:
+            raise self._wrap(exc) from exc
+
+    def execute(self, step: Step) -> Any:
+        """Run one step with retries; server errors are raised as they come."""
+        return self.call(lambda _client: self._send(step))
+
+    def run(self, plan: Plan[T]) -> T:
+        """Drive a plan to its result."""
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    reply = self.execute(step)
+                except Exception as exc:  # the plan decides
+                    step = throw(plan, exc, self.errors)
+                else:
+                    step = plan.send(reply)
+        except StopIteration as stop:
+            return stop.value
+
+    def close(self) -> None:
+        """Close the client; the next call creates a new one."""
+        if not self._owned:
+            return
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+class RedisAsyncDriver(_Driver):
+    """Runs plans over one ``redis.asyncio.Redis`` per event loop, created on first use.
+
+    Args:
+        settings: Where the server is.
+        errors: The error classes raised (the queue passes its own).
+    """
+
+    def __init__(self, settings: Settings, errors: ErrorClasses = STORE_ERRORS) -> None:
+        super().__init__(settings, errors)
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def client(self) -> Any:
+        """The ``redis.asyncio.Redis`` client of the running loop, created on first use."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = async_redis_client(self.settings)
+            self._loop = loop
+        return self._client
+
+    async def _send(self, step: Step) -> Any:
+        client = self.client()
+        if isinstance(step, Call):
+            return await client.execute_command(*step.args)
+        if isinstance(step, Pipeline):
+            if not step.commands:
+                return []
+            async with client.pipeline(transaction=step.atomic) as pipe:
+                for command in step.commands:
+                    pipe.execute_command(*command)
+                return await pipe.execute()
+        body, sha = script_source(step.name)
+        try:
+            return await client.execute_command("EVALSHA", sha, 0, *step.args)
+        except Exception as exc:
+            if not _is_noscript(exc):
+                raise
+            return await client.execute_command("EVAL", body, 0, *step.args)
+
+    async def call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Await ``fn(client)`` with the retry policy (see :meth:`RedisSyncDriver.call`)."""
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                return await fn(self.client())
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                if attempt == MAX_ATTEMPTS - 1:
+                    raise self._give_up(exc) from exc
+                log.warning("transient Valkey error (%s), retrying: %s", type(exc).__name__, exc)
+                await asyncio.sleep(backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def guarded(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """:meth:`call`, with any other error wrapped in ``errors.server``."""
+        try:
+            return await self.call(fn)
+        except MemworkerError:
+            raise
+        except Exception as exc:
+            raise self._wrap(exc) from exc
+
+    async def execute(self, step: Step) -> Any:
+        """Run one step with retries; server errors are raised as they come."""
+        return await self.call(lambda _client: self._send(step))
+
+    async def run(self, plan: Plan[T]) -> T:
+        """Drive a plan to its result."""
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    reply = await self.execute(step)
+                except Exception as exc:
+                    step = throw(plan, exc, self.errors)
+                else:
+                    step = plan.send(reply)
+        except StopIteration as stop:
+            return stop.value
+
+    async def close(self) -> None:
+        """Close the client of the running loop; the next call creates a new one."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()

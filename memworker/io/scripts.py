@@ -1,0 +1,31 @@
+"""The one loader of memworker's Lua scripts (``memworker/lua/*.lua``).
+
+Used by the glide faces (store and read scripts), the redis-py driver and the
+consolidation locks (``lock.lua``): each gets a script's body and SHA1 here, runs
+it with ``EVALSHA`` and falls back to ``EVAL`` on ``NOSCRIPT``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from importlib import resources
+
+__all__ = ["SCRIPTS", "script_source"]
+
+#: Scripts loaded (``SCRIPT LOAD``) when a glide client is created.
+SCRIPTS = ("store", "read")
+
+
+@lru_cache(maxsize=None)
+def script_source(name: str) -> tuple[str, str]:
+    """The body and SHA1 of ``memworker/lua/<name>.lua``.
+
+    Args:
+        name: Script name without the ``.lua`` suffix (``store``, ``read``, ``lock``).
+
+    Returns:
+        ``(body, sha1 hex)``, read once per process.
+    """
+    body = resources.files("memworker").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return body, hashlib.sha1(body.encode()).hexdigest()

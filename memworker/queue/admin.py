@@ -1,0 +1,293 @@
+"""The queue's admin reads and writes: status, live workers, health, dead letters.
+
+For ``memworker status``, ``memworker check`` and ``memworker dead``, and for
+:meth:`MemoryQueue.status`. Each runs through a redis-py driver
+(:mod:`memworker.io.redispy`): transient failures are retried with backoff, other
+errors raised as :class:`~memworker.errors.QueueError`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, Plan
+from memworker.io.redispy import RedisSyncDriver
+from memworker.keys import DEFAULT_QUEUE, QueueKeys
+from memworker.queue.jobs import delivery_field
+from memworker.settings import Settings
+
+__all__ = [
+    "HEALTH_TTL_MS",
+    "as_text",
+    "check_health",
+    "dead_list",
+    "dead_purge",
+    "dead_requeue",
+    "live_workers",
+    "now_ms",
+    "queue_status",
+    "status_plan",
+]
+
+#: A worker whose health key is older than this is not live, in milliseconds.
+HEALTH_TTL_MS = 5_000
+
+
+def now_ms() -> int:
+    """The wall clock in milliseconds (enqueue times, report tombstones, heartbeats)."""
+    return int(time.time() * 1000)
+
+
+def as_text(raw: Any) -> str:
+    """A reply value as ``str`` (redis-py answers bytes)."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _pairs(reply: Any) -> list[tuple[Any, Any]]:
+    """HGETALL (or a WITHSCORES range) as pairs, whether the client gave a dict, a
+    list of pairs or a flat list."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(reply.items())
+    if isinstance(reply[0], (list, tuple)):
+        return [tuple(pair) for pair in reply]  # type: ignore[misc]
+    return list(zip(reply[::2], reply[1::2]))
+
+
+def _driver(settings: Settings, client: Any = None) -> RedisSyncDriver:
+    """A queue driver over ``client`` (left open) or a client of its own."""
+    return RedisSyncDriver(settings, QUEUE_ERRORS, client=client)
+
+
+def _workers_plan(namespace: str) -> Plan[list[dict[str, Any]]]:
+    keys = QueueKeys(namespace)
+    raw = yield Call(["ZRANGEBYSCORE", keys.workers, str(now_ms() - HEALTH_TTL_MS), "+inf"])
+    ids = [as_text(i) for i in raw]
+    rows = yield Pipeline([["HGETALL", keys.worker(i)] for i in ids])
+    out = []
+    for worker_id, row in zip(ids, rows):
+        if row:
+            info = {as_text(k): as_text(v) for k, v in _pairs(row)}
+            info["id"] = worker_id
+            out.append(info)
+    return out
+
+
+def live_workers(settings: Settings, *, client: Any = None) -> list[dict[str, Any]]:
+    """Health records of the workers that refreshed their key in the last ``HEALTH_TTL_MS``."""
+    driver = _driver(settings, client)
+    try:
+        return driver.run(_workers_plan(settings.namespace))
+    finally:
+        driver.close()
+
+
+def check_health(settings: Settings | None = None, *, host: str | None = None) -> bool:
+    """True when the server answers and a worker is live (for ``memworker check``).
+
+    Args:
+        settings: Where the broker is.
+        host: Only count workers running on this host name (a liveness probe checks
+            its own pod or machine, not its siblings); ``None`` counts any worker.
+    """
+    settings = Settings.resolve(settings)
+    try:
+        workers = live_workers(settings)
+    except Exception:  # noqa: BLE001 - unreachable server: not healthy
+        return False
+    if host is not None:
+        workers = [w for w in workers if w.get("host") == host]
+    return bool(workers)
+
+
+def status_plan(namespace: str) -> Generator[Pipeline, list[Any], dict[str, Any]]:
+    """The status read as a plan (no I/O), shared by :func:`queue_status` and
+    :meth:`MemoryQueue.astatus`.
+
+    Args:
+        namespace: The namespace whose queue is read.
+    """
+    keys = QueueKeys(namespace)
+    producers_raw, worker_ids_raw = yield Pipeline(
+        [
+            ["SMEMBERS", keys.producers],
+            ["ZRANGEBYSCORE", keys.workers, str(now_ms() - HEALTH_TTL_MS), "+inf"],
+        ]
+    )
+    producers = sorted(as_text(p) for p in producers_raw)
+    worker_ids = [as_text(i) for i in worker_ids_raw]
+    replies = yield Pipeline(
+        [
+            ["LLEN", keys.q()],
+            ["HLEN", keys.msgs()],
+            ["HLEN", keys.delayed_msgs()],
+            ["ZCARD", keys.dead()],
+            ["HGETALL", keys.stats],
+            *[["ZCARD", keys.pending(p)] for p in producers],
+            *[["HGETALL", keys.worker(i)] for i in worker_ids],
+        ]
+    )
+    depth, stored, delayed, dead, stats = replies[:5]
+    counts = replies[5 : 5 + len(producers)]
+    rows = replies[5 + len(producers) :]
+    pending = {p: int(n) for p, n in zip(producers, counts) if int(n)}
+    workers = []
+    for worker_id, row in zip(worker_ids, rows):
+        if row:
+            info = {as_text(k): as_text(v) for k, v in _pairs(row)}
+            info["id"] = worker_id
+            workers.append(info)
+    return {
+        "namespace": namespace,
+        "queue": DEFAULT_QUEUE,
+        "depth": int(depth),
+        "in_flight": max(0, int(stored) - int(depth)),
+        "delayed": int(delayed),
+        "dead": int(dead),
+        "pending": pending,
+        "pending_total": sum(pending.values()),
+        "workers": workers,
+        "counters": {as_text(k): int(v) for k, v in _pairs(stats)},
+    }
+
+
+def queue_status(settings: Settings | None = None, *, client: Any = None) -> dict[str, Any]:
+    """Numbers for ``memworker status``: queue depth, delayed (retries), dead letters,
+    in flight, pending per producer, live workers and throughput counters.
+
+    Args:
+        settings: Where the queue is.
+        client: A ``redis.Redis`` to read with (left open); default: one of its own.
+    """
+    settings = Settings.resolve(settings)
+    driver = _driver(settings, client)
+    try:
+        return driver.run(status_plan(settings.namespace))
+    finally:
+        driver.close()
+
+
+def _dead_row(mid: Any, score: Any, raw: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"message_id": as_text(mid), "dead_at_ms": int(float(score))}
+    if raw is not None:
+        try:
+            msg = json.loads(raw)
+            job = (msg.get("args") or [{}])[0]
+            row.update(
+                job_id=msg.get("message_id"),
+                actor=msg.get("actor_name"),
+                producer=job.get("producer") if isinstance(job, dict) else None,
+                record_ids=[i.get("id") for i in job.get("items", [])]
+                if isinstance(job, dict)
+                else [],
+                traceback=(msg.get("options") or {}).get("traceback"),
+            )
+        except (ValueError, AttributeError):
+            row["error"] = "undecodable message"
+    return row
+
+
+def _dead_list_plan(keys: QueueKeys, limit: int) -> Plan[list[dict[str, Any]]]:
+    raw = yield Call(["ZRANGE", keys.dead(), "0", str(max(0, limit - 1)), "WITHSCORES"])
+    entries = _pairs(raw)
+    if not entries:
+        return []
+    raws = yield Call(["HMGET", keys.dead_msgs(), *[e[0] for e in entries]])
+    return [_dead_row(mid, score, r) for (mid, score), r in zip(entries, raws)]
+
+
+def dead_list(settings: Settings | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
+    """Dead-lettered jobs, oldest first: message id, job id, actor, producer, record ids, time."""
+    settings = Settings.resolve(settings)
+    driver = _driver(settings)
+    try:
+        return driver.run(_dead_list_plan(QueueKeys(settings.namespace), limit))
+    finally:
+        driver.close()
+
+
+def _requeue_commands(keys: QueueKeys, mid: str, raw: Any) -> list[list[Any]]:
+    """The MULTI that moves one dead letter back: the message, its wake-up token and,
+    when the job can be read, its pending mark restored and its reports cleared."""
+    commands: list[list[Any]] = []
+    try:
+        msg = json.loads(raw)
+        (msg.get("options") or {}).pop("retries", None)
+        msg.setdefault("options", {}).pop("traceback", None)
+        job = msg["args"][0]
+        producer, job_id = job["producer"], msg["message_id"]
+        data = json.dumps(msg, separators=(",", ":")).encode()
+        commands = [
+            ["ZADD", keys.pending(producer), str(now_ms()), job_id],
+            ["HDEL", keys.failed(producer), job_id],
+            ["ZREM", keys.reported(producer), job_id],
+            ["ZREM", keys.committed(producer), job_id],
+            ["HDEL", keys.deliveries, delivery_field(job_id, 0)],
+        ]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        data = raw
+    return [
+        ["ZREM", keys.dead(), mid],
+        ["HDEL", keys.dead_msgs(), mid],
+        ["HSET", keys.msgs(), mid, data],
+        ["RPUSH", keys.q(), mid],
+        ["RPUSH", keys.wake(), "1"],
+        *commands,
+    ]
+
+
+def _requeue_plan(keys: QueueKeys, message_ids: Sequence[str] | None) -> Plan[int]:
+    if message_ids is not None:
+        ids = list(message_ids)
+    else:
+        ids = [as_text(i) for i in (yield Call(["ZRANGE", keys.dead(), "0", "-1"]))]
+    moved = 0
+    for mid in ids:
+        raw = yield Call(["HGET", keys.dead_msgs(), mid])
+        if raw is None:
+            continue
+        yield Pipeline(_requeue_commands(keys, mid, raw), atomic=True)
+        moved += 1
+    return moved
+
+
+def dead_requeue(settings: Settings | None = None, message_ids: Sequence[str] | None = None) -> int:
+    """Put dead-lettered jobs back on the queue (all when ``message_ids`` is None).
+
+    Each job's pending mark is restored and its failure record removed in the same
+    MULTI as the move, so its producer's next drain waits for it again.
+    """
+    settings = Settings.resolve(settings)
+    driver = _driver(settings)
+    try:
+        return driver.run(_requeue_plan(QueueKeys(settings.namespace), message_ids))
+    finally:
+        driver.close()
+
+
+def _purge_plan(keys: QueueKeys, message_ids: Sequence[str] | None) -> Plan[int]:
+    if message_ids is None:
+        n = yield Call(["ZCARD", keys.dead()])
+        yield Call(["DEL", keys.dead(), keys.dead_msgs()])
+        return int(n)
+    ids = list(message_ids)
+    if not ids:
+        return 0
+    removed, _ = yield Pipeline(
+        [["ZREM", keys.dead(), *ids], ["HDEL", keys.dead_msgs(), *ids]], atomic=True
+    )
+    return int(removed)
+
+
+def dead_purge(settings: Settings | None = None, message_ids: Sequence[str] | None = None) -> int:
+    """Delete dead-lettered jobs (all when ``message_ids`` is None); returns how many."""
+    settings = Settings.resolve(settings)
+    driver = _driver(settings)
+    try:
+        return driver.run(_purge_plan(QueueKeys(settings.namespace), message_ids))
+    finally:
+        driver.close()

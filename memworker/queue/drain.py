@@ -1,0 +1,315 @@
+"""The drain barrier: the IO-free drain plan, its settling into a
+:class:`~memworker.queue.jobs.DrainReport`, and its sync and async drivers.
+
+``drain`` subscribes to the producer's ``done`` channel (``psubscribe`` to every
+producer's for a namespace-wide drain), snapshots its pending job ids, and returns
+when none of them is pending any more, re-checking at least every
+:data:`DRAIN_POLL_MS` as a safety net. Jobs enqueued after the snapshot never delay
+it. It then reads, in one MULTI, the snapshot ids' pending marks, commit markers
+(``ns:committed:<producer>``, written by the commit script itself) and every failure
+record of the producer, and reports: each id with a marker as committed, every
+unreported failure (including jobs that failed between drains or during a drain that
+timed out), and each id with none of the three as lost (the server lost its enqueue
+or commit). What it reports it consumes and tombstones (``ns:reported:<producer>``),
+so it is reported once.
+
+Every read and write runs through a redis-py driver (:mod:`memworker.io.redispy`):
+transient failures are retried with backoff, other errors raised as
+:class:`~memworker.errors.QueueError`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+from memworker.errors import DrainTimeout
+from memworker.io.plan import Pipeline, Step, one
+from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver
+from memworker.keys import QueueKeys
+from memworker.queue.admin import HEALTH_TTL_MS, as_text, now_ms
+from memworker.queue.jobs import (
+    LOST_ERROR,
+    MARKER_TTL_MS,
+    DrainReport,
+    FailedJob,
+    failure_from_json,
+)
+
+__all__ = ["DRAIN_POLL_MS", "Wait", "drain_async", "drain_plan", "drain_sync"]
+
+#: Longest wait between two checks of the pending set during a drain (safety net
+#: under the pub/sub wake-up), in milliseconds.
+DRAIN_POLL_MS = 200
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A drain step: wait up to ``seconds`` for a wake-up on the subscribed channel
+    (swallowing a burst); its reply is ``None``."""
+
+    seconds: float
+
+
+def _snapshot_commands(keys: QueueKeys, producers: list[str]) -> list[list[Any]]:
+    return [["ZRANGE", keys.pending(p), "0", "-1"] for p in producers]
+
+
+def _check_commands(keys: QueueKeys, snapshot: dict[str, list[str]]) -> list[list[Any]]:
+    return [["ZMSCORE", keys.pending(p), *ids] for p, ids in snapshot.items()]
+
+
+def _still_pending(snapshot: dict[str, list[str]], replies: list[Any]) -> dict[str, list[str]]:
+    out = {}
+    for (producer, ids), scores in zip(snapshot.items(), replies):
+        left = [i for i, s in zip(ids, scores) if s is not None]
+        if left:
+            out[producer] = left
+    return out
+
+
+def _final_commands(
+    keys: QueueKeys, snapshot: dict[str, list[str]], producers: list[str]
+) -> list[list[Any]]:
+    """One MULTI read of everything a drain reports: every failure record of
+    ``producers``, and for the snapshot ids their pending marks, commit markers and
+    "already reported" tombstones. A commit (one script) and a failure (one MULTI)
+    each move an id out of pending atomically, so this read sees each id in exactly
+    one state."""
+    commands: list[list[Any]] = [["HGETALL", keys.failed(p)] for p in producers]
+    for p, ids in snapshot.items():
+        commands += [
+            ["ZMSCORE", keys.pending(p), *ids],
+            ["ZMSCORE", keys.committed(p), *ids],
+            ["ZMSCORE", keys.reported(p), *ids],
+        ]
+    return commands
+
+
+def _settle(
+    keys: QueueKeys,
+    snapshot: dict[str, list[str]],
+    producers: list[str],
+    replies: list[Any],
+    owner: str | None,
+) -> tuple[dict[str, list[str]], DrainReport, list[list[Any]]]:
+    """From :func:`_final_commands`' replies: the ids pending again (then nothing is
+    reported yet), else the report and the MULTI that consumes what it reports
+    (only ``owner``'s, every producer's when ``owner`` is None).
+
+    Reported: every failure record of ``producers`` (snapshot ids first); a snapshot id
+    with a commit marker as committed; a snapshot id with neither, no pending mark and
+    no tombstone of an earlier report as lost (and failed). Consumed: the failure
+    records and markers reported, and a tombstone (``ns:reported``) for each reported
+    id, so the next drain naming it does not report it again (nor as lost)."""
+    n = len(producers)
+    failures: dict[str, dict[str, Any]] = {
+        p: {as_text(k): v for k, v in (raw or {}).items()} for p, raw in zip(producers, replies[:n])
+    }
+    rest = replies[n:]
+    left: dict[str, list[str]] = {}
+    committed = 0
+    failed: list[FailedJob] = []
+    lost: list[str] = []
+    done: dict[str, dict[str, list[str]]] = {
+        p: {"failed": [], "marker": [], "reported": []} for p in producers
+    }
+    states = []
+    for k, (p, ids) in enumerate(snapshot.items()):
+        pending, markers, seen = rest[3 * k : 3 * k + 3]
+        states.append((p, ids, pending, markers, seen))
+        again = [i for i, s in zip(ids, pending) if s is not None]
+        if again:
+            left[p] = again
+    if left:
+        return left, DrainReport(), []
+    for p, ids, _, markers, seen in states:
+        mine = done.setdefault(p, {"failed": [], "marker": [], "reported": []})
+        fails = failures.get(p, {})
+        for i, marker, tomb in zip(ids, markers, seen):
+            if marker is not None:
+                mine["marker"].append(i)
+            if i in fails:
+                failed.append(failure_from_json(fails.pop(i)))
+                mine["failed"].append(i)
+            elif marker is not None and tomb is None:
+                committed += 1
+            elif marker is None and tomb is None:
+                lost.append(i)
+                failed.append(FailedJob(job_id=i, record_ids=[], error=LOST_ERROR))
+            else:
+                continue  # reported by an earlier drain (a marker found again is consumed)
+            mine["reported"].append(i)
+    for p, fails in failures.items():  # failed while no drain waited for them
+        for i in sorted(fails):
+            failed.append(failure_from_json(fails[i]))
+            done[p]["failed"].append(i)
+            done[p]["reported"].append(i)
+    now = now_ms()
+    consume: list[list[Any]] = []
+    for p, d in done.items():
+        if owner is not None and p != owner:
+            continue
+        if d["failed"]:
+            consume.append(["HDEL", keys.failed(p), *d["failed"]])
+        if d["marker"]:
+            consume.append(["ZREM", keys.committed(p), *d["marker"]])
+        if d["reported"]:
+            pairs = [x for i in d["reported"] for x in (str(now), i)]
+            consume.append(["ZADD", keys.reported(p), *pairs])
+            consume.append(["ZREMRANGEBYSCORE", keys.reported(p), "-inf", str(now - MARKER_TTL_MS)])
+    return {}, DrainReport(committed=committed, failed=failed, lost=lost), consume
+
+
+def _cause(depth: int, live: int) -> str:
+    if live == 0:
+        return (
+            "no live worker (no worker health key refreshed in the last "
+            f"{HEALTH_TTL_MS} ms): start one with `memworker worker`"
+        )
+    return f"{live} live worker(s), {depth} message(s) queued ahead: the workers may be saturated"
+
+
+def _depth_live_commands(keys: QueueKeys) -> list[list[Any]]:
+    return [["LLEN", keys.q()], ["ZCOUNT", keys.workers, str(now_ms() - HEALTH_TTL_MS), "+inf"]]
+
+
+def _timeout(
+    keys: QueueKeys, left: dict[str, list[str]], depth: int, live: int, timeout: Any
+) -> DrainTimeout:
+    return DrainTimeout([i for ids in left.values() for i in ids], _cause(depth, live), timeout)
+
+
+def drain_plan(
+    keys: QueueKeys,
+    producers: list[str],
+    timeout: float | None,
+    given: dict[str, list[str]] | None,
+    owner: str | None,
+) -> Generator[Step | Wait, Any, DrainReport]:
+    """The drain barrier, IO-free: run by :func:`drain_sync` and :func:`drain_async`
+    after they subscribed to the producers' done channel(s), so no wake-up can fall
+    between the subscription and the snapshot.
+
+    Args:
+        keys: The namespace's queue keys.
+        producers: Producers whose pending sets are snapshotted (and whose failures
+            are reported).
+        timeout: Seconds; ``None`` waits for ever.
+        given: Job ids to wait for, per producer, instead of a snapshot.
+        owner: Consume only this producer's reports (``None``: every producer's).
+
+    Yields:
+        :class:`~memworker.io.plan.Pipeline` steps (plain reads, MULTI reads and
+        writes) and :class:`Wait` steps.
+
+    Raises:
+        DrainTimeout: Naming the stuck jobs and the likely cause.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if given is None:
+        replies = yield Pipeline(_snapshot_commands(keys, producers))
+        snap = dict(zip(producers, replies))
+    else:
+        snap = given
+    snapshot = {p: [as_text(i) for i in ids] for p, ids in snap.items() if ids}
+    everyone = list(dict.fromkeys([*producers, *snapshot]))
+    left = snapshot
+    while True:
+        if left:
+            left = _still_pending(left, (yield Pipeline(_check_commands(keys, left))))
+        if not left:
+            replies = yield Pipeline(_final_commands(keys, snapshot, everyone), atomic=True)
+            left, report, found = _settle(keys, snapshot, everyone, replies, owner)
+            if not left:
+                break
+        wait = DRAIN_POLL_MS / 1000
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                depth, live = yield Pipeline(_depth_live_commands(keys))
+                raise _timeout(keys, left, int(depth), int(live), timeout)
+            wait = min(wait, remaining)
+        yield Wait(wait)
+    if found:
+        yield Pipeline(found, atomic=True)
+    return report
+
+
+def _wait_sync(pubsub: Any, seconds: float) -> None:
+    message = pubsub.get_message(timeout=seconds)
+    while message is not None:  # swallow a burst of wake-ups
+        message = pubsub.get_message(timeout=0)
+
+
+async def _wait_async(pubsub: Any, seconds: float) -> None:
+    message = await pubsub.get_message(timeout=seconds)
+    while message is not None:
+        message = await pubsub.get_message(timeout=0)
+
+
+def drain_sync(
+    driver: RedisSyncDriver,
+    keys: QueueKeys,
+    producers: list[str],
+    timeout: float | None,
+    *,
+    owner: str | None = None,
+    given: dict[str, list[str]] | None = None,
+) -> DrainReport:
+    """Run :func:`drain_plan` on ``driver`` (each step with the driver's retries and
+    error wrapping), its waits on a pub/sub subscription made before the snapshot."""
+    pubsub = driver.client().pubsub(ignore_subscribe_messages=True)
+    try:
+        if len(producers) == 1:
+            driver.guarded(lambda _c: pubsub.subscribe(keys.done_channel(producers[0])))
+        else:
+            driver.guarded(lambda _c: pubsub.psubscribe(keys.done_pattern))
+        plan = drain_plan(keys, producers, timeout, given, owner)
+        reply: Any = None
+        while True:
+            try:
+                step = plan.send(reply)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            if isinstance(step, Wait):
+                seconds = step.seconds
+                reply = driver.guarded(lambda _c: _wait_sync(pubsub, seconds))
+            else:
+                reply = driver.run(one(step))
+    finally:
+        pubsub.close()
+
+
+async def drain_async(
+    driver: RedisAsyncDriver,
+    keys: QueueKeys,
+    producers: list[str],
+    timeout: float | None,
+    *,
+    owner: str | None = None,
+    given: dict[str, list[str]] | None = None,
+) -> DrainReport:
+    """Async :func:`drain_sync`."""
+    pubsub = driver.client().pubsub(ignore_subscribe_messages=True)
+    try:
+        if len(producers) == 1:
+            await driver.guarded(lambda _c: pubsub.subscribe(keys.done_channel(producers[0])))
+        else:
+            await driver.guarded(lambda _c: pubsub.psubscribe(keys.done_pattern))
+        plan = drain_plan(keys, producers, timeout, given, owner)
+        reply: Any = None
+        while True:
+            try:
+                step = plan.send(reply)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            if isinstance(step, Wait):
+                seconds = step.seconds
+                reply = await driver.guarded(lambda _c: _wait_async(pubsub, seconds))
+            else:
+                reply = await driver.run(one(step))
+    finally:
+        await pubsub.aclose()
