@@ -339,7 +339,8 @@ class MemworkerBroker(compat.RedisBroker):
 
     def dead_letter(self, queue_name: str, redis_id: str, failure: list[Any] | None = None) -> None:
         """dramatiq's nack (move the message to ``<q>.XQ``) and, in the same MULTI, the
-        failure bookkeeping ``failure`` (:func:`~memworker.worker.middleware.failure_args`): the pending mark, the
+        failure bookkeeping ``failure``
+        (:func:`~memworker.worker.middleware.failure_args`): the pending mark, the
         failure record, the counter and the wake-up land with the dead letter or not at
         all. Both are sent as ``EVAL`` (never ``NOSCRIPT`` inside the MULTI)."""
         with self.client.pipeline(transaction=True) as pipe:

@@ -202,7 +202,7 @@ class BarrierMiddleware(Middleware):
         self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
     ) -> None:
         self._unlock(message)
-        cleared = getattr(_delivery, "cleared", None)
+        cleared = getattr(current_delivery, "cleared", None)
         current_delivery.field = current_delivery.cleared = None
         if exception is None:
             self.processed += 1
