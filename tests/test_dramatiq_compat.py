@@ -190,3 +190,15 @@ def test_dramatiqs_consumer_fetches_what_memworker_enqueues(
     finally:
         plain.close()
         ours.close()
+
+
+def test_message_exception_is_what_dramatiq_stored() -> None:
+    """The exception dramatiq's worker stores on a failed message is the one
+    message_exception reads (BarrierMiddleware records it with the failure)."""
+    from dramatiq.broker import MessageProxy
+
+    proxy = MessageProxy(_message())
+    assert compat.message_exception(proxy) is None
+    error = ValueError("boom")
+    proxy.stuff_exception(error)
+    assert compat.message_exception(proxy) is error

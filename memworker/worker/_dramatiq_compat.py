@@ -2,10 +2,11 @@
 
 memworker's broker and consumer build on dramatiq's Redis broker beyond its public API:
 the private consumer class, the broker's ``do_*`` dispatch commands, the dispatch
-script's ``nack`` arguments and the key layout that script and ``RedisBroker.enqueue``
-use (``<ns>:<queue>`` list of message ids, ``<ns>:<queue>.msgs`` hash id -> encoded
-message, ``<ns>:__acks__.<broker id>.<queue>`` set of fetched ids, ``<ns>:<queue>.XQ``
-dead letters), and the ``redis_message_id`` option that ``RedisBroker.enqueue`` sets.
+script's ``nack`` arguments, the exception a ``MessageProxy`` keeps, and the key layout
+that script and ``RedisBroker.enqueue`` use (``<ns>:<queue>`` list of message ids,
+``<ns>:<queue>.msgs`` hash id -> encoded message, ``<ns>:__acks__.<broker id>.<queue>``
+set of fetched ids, ``<ns>:<queue>.XQ`` dead letters), and the ``redis_message_id``
+option that ``RedisBroker.enqueue`` sets.
 This module names them once; ``tests/test_dramatiq_compat.py`` checks them against the
 installed dramatiq on a real server.
 
@@ -34,6 +35,7 @@ __all__ = [
     "enqueue_commands",
     "fetch",
     "heartbeat",
+    "message_exception",
     "msgs_key",
     "nack_eval_args",
     "queue_key",
@@ -71,6 +73,12 @@ def decode_message(data: Any) -> Message | None:
     if not isinstance(options, dict) or not isinstance(options.get(REDIS_ID_OPTION), str):
         return None
     return message
+
+
+def message_exception(message: Any) -> BaseException | None:
+    """The exception dramatiq stored on a ``MessageProxy`` when its actor raised, if any
+    (dramatiq keeps it in a private attribute)."""
+    return getattr(message, "_exception", None)
 
 
 def enqueue_commands(

@@ -40,6 +40,7 @@ from memworker.queue.jobs import (
 )
 from memworker.queue.producer import HEALTH_TTL_MS
 from memworker.settings import Settings
+from memworker.worker._dramatiq_compat import message_exception
 from memworker.worker.logs import ids_text, loggable_error
 from memworker.worker.runtime import batcher_counts
 
@@ -219,7 +220,7 @@ class BarrierMiddleware(Middleware):
         if getattr(message, "memworker_recorded", False):
             return  # dramatiq retries a nack after a connection error: record once
         field = getattr(message, "memworker_delivery", None) or self._field(message)
-        error = getattr(message, "memworker_error", None) or getattr(message, "_exception", None)
+        error = getattr(message, "memworker_error", None) or message_exception(message)
         self._record_failure(broker, message, error, field)
         message.memworker_recorded = True
 
