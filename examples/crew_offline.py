@@ -26,7 +26,7 @@ from crewai import Agent, Crew, Task  # noqa: E402
 from memworker.crewai import LocalEmbedder, QueuedMemory, install  # noqa: E402
 from memworker.crewai.testing import StandInLLM  # noqa: E402  # NOT a real LLM
 from memworker.settings import Settings  # noqa: E402
-from memworker.worker.broker import running_worker  # noqa: E402
+from memworker.worker.process import running_worker  # noqa: E402
 
 
 def main() -> None:

@@ -205,7 +205,7 @@ def _nice(text: str) -> int | str:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from memworker.worker.broker import run_worker
+    from memworker.worker.process import run_worker
 
     return run_worker(
         _settings(args),

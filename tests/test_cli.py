@@ -44,7 +44,7 @@ def test_every_command_is_registered() -> None:
 
 def test_worker_retry_and_poison_flags_with_env_fallbacks() -> None:
     from memworker.errors import ConfigError
-    from memworker.worker.broker import broker_options
+    from memworker.worker.process import broker_options
 
     args = make_argument_parser().parse_args(
         ["worker", "--max-retries", "0", "--min-backoff-ms", "50", "--max-deliveries", "2",
@@ -64,7 +64,7 @@ def test_worker_retry_and_poison_flags_with_env_fallbacks() -> None:
 
 def test_worker_nice_accepts_an_increment_or_idle() -> None:
     from memworker.errors import ConfigError
-    from memworker.worker.broker import check_nice
+    from memworker.worker.priority import check_nice
 
     parse = make_argument_parser().parse_args
     assert parse(["worker", "--nice", "idle"]).nice == "idle"
@@ -82,7 +82,7 @@ def test_worker_nice_accepts_an_increment_or_idle() -> None:
 def test_lower_priority_idle_sets_sched_idle_for_later_threads() -> None:
     code = (
         "import os, threading\n"
-        "from memworker.worker.broker import lower_priority\n"
+        "from memworker.worker.priority import lower_priority\n"
         "assert os.sched_getscheduler(0) != os.SCHED_IDLE\n"
         "lower_priority('idle')\n"
         "seen = []\n"
@@ -153,7 +153,7 @@ def test_worker_processes_commit_drain_status_check(plain_server, namespace, tmp
 def test_dead_list_requeue_purge(plain_server, namespace, capsys) -> None:
     """A job that fails permanently (dimension mismatch) is dead-lettered; the dead
     commands list, requeue and purge it."""
-    from memworker.worker.broker import running_worker
+    from memworker.worker.process import running_worker
 
     settings = Settings.from_url(plain_server.url, namespace=namespace)
     cls = record_types()[0]

@@ -1,4 +1,4 @@
-"""Hierarchical consolidation locks (memworker.encoding.scope_locks) on a real Valkey,
+"""Hierarchical consolidation locks (memworker.crewai_locks.scope_locks) on a real Valkey,
 and two CrewAI EncodingFlows in nested scopes run by a real worker."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from memworker import encoding
+from memworker.crewai import config as crewai_config
+from memworker.crewai import locks as crewai_locks
 from memworker.errors import ValidationError
 
 HELD = "held"
@@ -32,14 +33,14 @@ def _busy(client, namespace, scope, *blockers):
     when none is given)."""
     names = "|".join(re.escape(repr(b)) for b in blockers) or ".*"
     with (
-        pytest.raises(encoding.ScopeBusyError, match=f"blocked by the lock on (?:{names}) "),
-        encoding.scope_locks(client, namespace, [scope], wait_ms=0),
+        pytest.raises(crewai_locks.ScopeBusyError, match=f"blocked by the lock on (?:{names}) "),
+        crewai_locks.scope_locks(client, namespace, [scope], wait_ms=0),
     ):
         pass
 
 
 def _free(client, namespace, scope):
-    with encoding.scope_locks(client, namespace, [scope], wait_ms=0) as got:
+    with crewai_locks.scope_locks(client, namespace, [scope], wait_ms=0) as got:
         assert got == [scope]
 
 
@@ -49,12 +50,12 @@ def _lock_keys(client, namespace):
 
 def _under(client, namespace, scope):
     """Scopes entered in ``ns:lock:under:<scope>`` (members are <32-hex token><scope>)."""
-    return sorted(m[32:] for m in client.zrange(encoding.lock_under_key(namespace, scope), 0, -1))
+    return sorted(m[32:] for m in client.zrange(crewai_locks.lock_under_key(namespace, scope), 0, -1))
 
 
 # ----------------------------------------------------------------------------- order
 def test_lock_order_drops_covered_scopes_and_sorts_in_tree_preorder():
-    order = encoding.lock_order
+    order = crewai_locks.lock_order
     assert order(["/a-x", "/a/b", "/ab", "a/", "/a/b/c", "/b/"]) == ["/a", "/a-x", "/ab", "/b"]
     assert order(["/a-x", "/a/b", "/a/c"]) == ["/a/b", "/a/c", "/a-x"]  # not string order
     assert order(["/x", None, "/y"]) == ["/"]
@@ -64,34 +65,34 @@ def test_lock_order_drops_covered_scopes_and_sorts_in_tree_preorder():
 
 # ----------------------------------------------------------------------------- exclusion
 def test_a_lock_excludes_its_ancestors_and_descendants(client, namespace):
-    with encoding.scope_locks(client, namespace, ["/a"]):
+    with crewai_locks.scope_locks(client, namespace, ["/a"]):
         _busy(client, namespace, "/a", "/a")
         _busy(client, namespace, "/a/b", "/a")
         _busy(client, namespace, "/a/b/c", "/a")
         _busy(client, namespace, "/", "/a")
-    with encoding.scope_locks(client, namespace, ["/a/b"]):
+    with crewai_locks.scope_locks(client, namespace, ["/a/b"]):
         _busy(client, namespace, "/a", "/a/b")
         _busy(client, namespace, "/", "/a/b")
         _busy(client, namespace, "/a/b/c", "/a/b")
         assert _under(client, namespace, "/") == _under(client, namespace, "/a") == ["/a/b"]
-    with encoding.scope_locks(client, namespace, ["/"]):
+    with crewai_locks.scope_locks(client, namespace, ["/"]):
         _busy(client, namespace, "/a", "/")
     assert _lock_keys(client, namespace) == []  # every release cleans up
 
 
 def test_siblings_and_string_prefixes_do_not_exclude_each_other(client, namespace):
-    with encoding.scope_locks(client, namespace, ["/a/b"]):
-        with encoding.scope_locks(client, namespace, ["/a/c"], wait_ms=0):
+    with crewai_locks.scope_locks(client, namespace, ["/a/b"]):
+        with crewai_locks.scope_locks(client, namespace, ["/a/c"], wait_ms=0):
             _free(client, namespace, "/a/bc")
             _free(client, namespace, "/a/b-c")
             _busy(client, namespace, "/a", "/a/b", "/a/c")
             assert _under(client, namespace, "/a") == ["/a/b", "/a/c"]
         assert _under(client, namespace, "/a") == ["/a/b"]
-    with encoding.scope_locks(client, namespace, ["/a"]):
+    with crewai_locks.scope_locks(client, namespace, ["/a"]):
         _free(client, namespace, "/ab")
         _free(client, namespace, "/ab/c")
         _free(client, namespace, "/b")
-    with encoding.scope_locks(client, namespace, ["/ab"]):
+    with crewai_locks.scope_locks(client, namespace, ["/ab"]):
         _free(client, namespace, "/a")
         _free(client, namespace, "/a/b")
     assert _lock_keys(client, namespace) == []
@@ -99,39 +100,39 @@ def test_siblings_and_string_prefixes_do_not_exclude_each_other(client, namespac
 
 def test_scope_strings_are_only_key_names(client, namespace):
     odd = "/a*/[x]?"
-    with encoding.scope_locks(client, namespace, [odd]):
+    with crewai_locks.scope_locks(client, namespace, [odd]):
         _free(client, namespace, "/a")  # no glob: "/a*" is a name like any other
         _free(client, namespace, "/a*/x")
         _busy(client, namespace, "/a*", odd)
         _busy(client, namespace, odd + "/:lock:consolidate:/", odd)
-        assert client.get(encoding.lock_key(namespace, odd)) is not None
-    with encoding.scope_locks(client, namespace, ["/a:lock:under:/b"]):
+        assert client.get(crewai_locks.lock_key(namespace, odd)) is not None
+    with crewai_locks.scope_locks(client, namespace, ["/a:lock:under:/b"]):
         _free(client, namespace, "/b")
     assert _lock_keys(client, namespace) == []
 
 
 def test_one_job_takes_only_the_ancestor_of_its_nested_scopes(client, namespace):
-    with encoding.scope_locks(client, namespace, ["/a/b", "/c", "/a"]) as got:
+    with crewai_locks.scope_locks(client, namespace, ["/a/b", "/c", "/a"]) as got:
         assert got == ["/a", "/c"]
-        assert client.exists(encoding.lock_key(namespace, "/a/b")) == 0
+        assert client.exists(crewai_locks.lock_key(namespace, "/a/b")) == 0
         _busy(client, namespace, "/c/d", "/c")
         _free(client, namespace, "/d")
 
 
 def test_scope_lock_takes_a_lock_key(client, namespace):
-    with encoding.scope_lock(client, encoding.lock_key(namespace, "/a")) as scope:
+    with crewai_locks.scope_lock(client, crewai_locks.lock_key(namespace, "/a")) as scope:
         assert scope == "/a"
         _busy(client, namespace, "/a/b", "/a")
-    with pytest.raises(ValidationError), encoding.scope_lock(client, f"{namespace}:something:/a"):
+    with pytest.raises(ValidationError), crewai_locks.scope_lock(client, f"{namespace}:something:/a"):
         pass
 
 
 def test_waiter_gets_the_lock_when_the_ancestor_is_released(client, namespace):
     order = []
-    with encoding.scope_locks(client, namespace, ["/a"]):
+    with crewai_locks.scope_locks(client, namespace, ["/a"]):
 
         def nested():
-            with encoding.scope_locks(client, namespace, ["/a/b"], wait_ms=10_000):
+            with crewai_locks.scope_locks(client, namespace, ["/a/b"], wait_ms=10_000):
                 order.append("nested")
 
         t = threading.Thread(target=nested)
@@ -144,7 +145,7 @@ def test_waiter_gets_the_lock_when_the_ancestor_is_released(client, namespace):
 
 # ----------------------------------------------------------------------------- leases
 class _OneRound(threading.Event):
-    """A stop event for ``encoding._renew`` that lets exactly one renewal round run, at
+    """A stop event for ``crewai_locks._renew`` that lets exactly one renewal round run, at
     once: the renewal loop is tested without sleeping through leases."""
 
     def __init__(self) -> None:
@@ -157,23 +158,23 @@ class _OneRound(threading.Event):
 
 
 def test_renewal_extends_the_descendant_bookkeeping(client, namespace):
-    lock = encoding._Lock(namespace, "/a/b")
+    lock = crewai_locks._Lock(namespace, "/a/b")
     assert lock.call(client, "acquire", 60_000) == 1
-    under = encoding.lock_under_key(namespace, "/a")
+    under = crewai_locks.lock_under_key(namespace, "/a")
     (before,) = client.zrange(under, 0, -1, withscores=True)
     # The server's clock before the renewal: every expiry the renewal sets is at least
     # this plus the new lease (no assertion depends on how long the test takes).
     seconds, micros = client.time()
     renewed_at = seconds * 1000 + micros // 1000
     # One round of the renewal thread's loop, with a lease ten times longer.
-    encoding._renew(client, [lock], 600_000, _OneRound())
+    crewai_locks._renew(client, [lock], 600_000, _OneRound())
     _busy(client, namespace, "/a", "/a/b")
     _busy(client, namespace, "/", "/a/b")
     (expiry,) = client.zrange(under, 0, -1, withscores=True)
     assert expiry[1] >= renewed_at + 600_000  # in the server's future, a whole lease out
     assert expiry[1] >= before[1] + 500_000  # moved by the renewal, not by the clock
     # the lock key's own expiry, absolute (PEXPIRETIME), moved the same way
-    assert client.execute_command("PEXPIRETIME", encoding.lock_key(namespace, "/a/b")) >= renewed_at + 600_000
+    assert client.execute_command("PEXPIRETIME", crewai_locks.lock_key(namespace, "/a/b")) >= renewed_at + 600_000
     assert lock.call(client, "release", 0) == 1
     _free(client, namespace, "/a")
     assert _lock_keys(client, namespace) == []
@@ -181,9 +182,9 @@ def test_renewal_extends_the_descendant_bookkeeping(client, namespace):
 
 _CRASHER = """
 import sys, redis
-from memworker import encoding
+from memworker.crewai import locks as crewai_locks
 client = redis.Redis(host="127.0.0.1", port=int(sys.argv[1]))
-locks = encoding.scope_locks(client, sys.argv[2], ["/a/b"], lease_ms=int(sys.argv[3]))
+locks = crewai_locks.scope_locks(client, sys.argv[2], ["/a/b"], lease_ms=int(sys.argv[3]))
 locks.__enter__()
 print("held", flush=True)
 sys.stdin.read()
@@ -193,7 +194,7 @@ sys.stdin.read()
 def test_a_crashed_holders_lock_and_bookkeeping_expire_with_its_lease(
     plain_server, client, namespace
 ):
-    with encoding.scope_locks(client, namespace, ["/x/y"]):  # a live holder elsewhere
+    with crewai_locks.scope_locks(client, namespace, ["/x/y"]):  # a live holder elsewhere
         proc = subprocess.Popen(
             [sys.executable, "-c", _CRASHER, str(plain_server.port), namespace, "3000"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1],
@@ -207,9 +208,9 @@ def test_a_crashed_holders_lock_and_bookkeeping_expire_with_its_lease(
                 proc.kill()
         _busy(client, namespace, "/a", "/a/b")  # until its lease ends
         assert _under(client, namespace, "/") == ["/a/b", "/x/y"]
-        with encoding.scope_locks(client, namespace, ["/a"], wait_ms=10_000):
-            assert client.exists(encoding.lock_key(namespace, "/a/b")) == 0
-            assert client.exists(encoding.lock_under_key(namespace, "/a")) == 0
+        with crewai_locks.scope_locks(client, namespace, ["/a"], wait_ms=10_000):
+            assert client.exists(crewai_locks.lock_key(namespace, "/a/b")) == 0
+            assert client.exists(crewai_locks.lock_under_key(namespace, "/a")) == 0
             # the crashed holder's entry is pruned; the live holder's stays
             assert _under(client, namespace, "/") == ["/a", "/x/y"]
             _busy(client, namespace, "/", "/a", "/x/y")
@@ -219,15 +220,15 @@ def test_a_crashed_holders_lock_and_bookkeeping_expire_with_its_lease(
 
 
 def test_release_removes_only_its_own_token(client, namespace, monkeypatch):
-    stalled = encoding.scope_locks(client, namespace, ["/a/b"], lease_ms=300)
-    monkeypatch.setattr(encoding, "_renew", lambda *args: None)  # a holder that stops renewing
+    stalled = crewai_locks.scope_locks(client, namespace, ["/a/b"], lease_ms=300)
+    monkeypatch.setattr(crewai_locks, "_renew", lambda *args: None)  # a holder that stops renewing
     stalled.__enter__()
     monkeypatch.undo()
     try:
-        with encoding.scope_locks(client, namespace, ["/a/b"], wait_ms=10_000):  # after its lease
+        with crewai_locks.scope_locks(client, namespace, ["/a/b"], wait_ms=10_000):  # after its lease
             stalled.__exit__(None, None, None)  # the stale holder releases: must not free ours
             stalled = None
-            assert client.exists(encoding.lock_key(namespace, "/a/b")) == 1
+            assert client.exists(crewai_locks.lock_key(namespace, "/a/b")) == 1
             assert _under(client, namespace, "/a") == ["/a/b"]
             _busy(client, namespace, "/a", "/a/b")
             _busy(client, namespace, "/a/b", "/a/b")
@@ -245,7 +246,7 @@ def test_jobs_with_interleaved_scopes_do_not_deadlock(client, namespace):
     def job(scopes):
         try:
             for _ in range(30):
-                with encoding.scope_locks(client, namespace, scopes, wait_ms=10_000):
+                with crewai_locks.scope_locks(client, namespace, scopes, wait_ms=10_000):
                     time.sleep(0.001)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -313,14 +314,14 @@ def flows(plain_server, namespace, monkeypatch):
     """A running worker whose LLM is gated, and a factory of QueuedMemory objects."""
     global GATE
     pytest.importorskip("crewai")
-    from memworker.worker import broker as worker_mod
+    from memworker import worker as worker_mod
     from memworker.crewai import LocalEmbedder, QueuedMemory
     from memworker.crewai.testing import StandInLLM
     from memworker.settings import Settings
 
     GATE = _Gate()
-    monkeypatch.setenv(encoding.MEMORY_FACTORY_ENV, f"{__name__}:gated_memory_config")
-    encoding.reset_worker_memory_config()
+    monkeypatch.setenv(crewai_config.MEMORY_FACTORY_ENV, f"{__name__}:gated_memory_config")
+    crewai_config.reset_worker_memory_config()
     worker_mod.set_embedder_factory(None)
     settings = Settings.from_url(plain_server.url, namespace=namespace, search_mode="exact")
     embedder = LocalEmbedder()
@@ -343,7 +344,7 @@ def flows(plain_server, namespace, monkeypatch):
                 memory.close()
     finally:
         GATE.release()
-        encoding.reset_worker_memory_config()
+        crewai_config.reset_worker_memory_config()
 
 
 def _remember_concurrently(memory, calls):
@@ -373,7 +374,7 @@ def test_flows_in_nested_scopes_are_serialized(flows, client, namespace):
     assert GATE.wait_entered(1, errors), errors
     time.sleep(1.0)  # time for the other job to (wrongly) reach its consolidation
     assert len(GATE.entered) == 1, GATE.entered
-    locked = [s for s in ("/a", "/a/b") if client.exists(encoding.lock_key(namespace, s))]
+    locked = [s for s in ("/a", "/a/b") if client.exists(crewai_locks.lock_key(namespace, s))]
     assert len(locked) == 1  # the job in the other scope waits for it
     GATE.release()
     for t in threads:

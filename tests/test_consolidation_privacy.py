@@ -16,8 +16,9 @@ pytest.importorskip("crewai")
 
 from crewai.memory.types import MemoryRecord  # noqa: E402
 
-from memworker import encoding  # noqa: E402
-from memworker.worker import broker as worker_mod  # noqa: E402
+from memworker.crewai import config as crewai_config  # noqa: E402
+from memworker.crewai import flow as crewai_flow  # noqa: E402
+from memworker import worker as worker_mod  # noqa: E402
 from memworker.crewai import LocalEmbedder, QueuedMemory  # noqa: E402
 from memworker.crewai.testing import StandInLLM  # noqa: E402
 from memworker.settings import Settings  # noqa: E402
@@ -38,11 +39,11 @@ def embedder():
 @pytest.fixture
 def llm(monkeypatch):
     """The worker's scripted LLM (this process's workers build it from the factory)."""
-    monkeypatch.setenv(encoding.MEMORY_FACTORY_ENV, FACTORY)
-    encoding.reset_worker_memory_config()
+    monkeypatch.setenv(crewai_config.MEMORY_FACTORY_ENV, FACTORY)
+    crewai_config.reset_worker_memory_config()
     worker_mod.set_embedder_factory(None)
-    yield encoding.worker_memory_config().llm
-    encoding.reset_worker_memory_config()
+    yield crewai_config.worker_memory_config().llm
+    crewai_config.reset_worker_memory_config()
 
 
 @pytest.fixture
@@ -199,7 +200,7 @@ def bobs_storage(store):
         _record("carol-2", "elsewhere", "/other", "carol", False, [0.0, 1.0, 0.0, 0.0]),
     ])  # fmt: skip
     items = [{"id": "bob-1", "content": BOB_TEXT, "source": "bob", "private": False}]
-    return encoding._FlowStorage(store, items)
+    return crewai_flow._FlowStorage(store, items)
 
 
 VECTOR = [1.0, 0.0, 0.0, 0.0]

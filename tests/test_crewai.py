@@ -24,8 +24,10 @@ from crewai.events.types.memory_events import (  # noqa: E402
     MemorySaveStartedEvent,
 )
 
-from memworker import encoding  # noqa: E402
-from memworker.worker import broker as worker_mod  # noqa: E402
+from memworker.crewai import config as crewai_config  # noqa: E402
+from memworker.crewai import flow as crewai_flow  # noqa: E402
+from memworker.crewai import locks as crewai_locks  # noqa: E402
+from memworker import worker as worker_mod  # noqa: E402
 from memworker.crewai import JobFailedError, LocalEmbedder, QueuedMemory, install, uninstall  # noqa: E402
 from memworker.crewai.testing import StandInLLM  # noqa: E402
 from memworker.errors import ConfigError  # noqa: E402
@@ -44,11 +46,11 @@ def embedder():
 @pytest.fixture
 def worker_llm(monkeypatch):
     """Workers in this process use the StandInLLM from the memory factory."""
-    monkeypatch.setenv(encoding.MEMORY_FACTORY_ENV, FACTORY)
-    encoding.reset_worker_memory_config()
+    monkeypatch.setenv(crewai_config.MEMORY_FACTORY_ENV, FACTORY)
+    crewai_config.reset_worker_memory_config()
     worker_mod.set_embedder_factory(None)
-    yield encoding.worker_memory_config().llm
-    encoding.reset_worker_memory_config()
+    yield crewai_config.worker_memory_config().llm
+    crewai_config.reset_worker_memory_config()
 
 
 @pytest.fixture
@@ -423,12 +425,12 @@ def test_consolidation_lock_is_exclusive_across_holders(plain_server, namespace)
     import redis
 
     client = redis.Redis(host="127.0.0.1", port=plain_server.port)
-    key = encoding.lock_key(namespace, "/s")
+    key = crewai_locks.lock_key(namespace, "/s")
     order = []
-    with encoding.scope_lock(client, key, lease_ms=1000):
+    with crewai_locks.scope_lock(client, key, lease_ms=1000):
 
         def second():
-            with encoding.scope_lock(client, key, lease_ms=1000):
+            with crewai_locks.scope_lock(client, key, lease_ms=1000):
                 order.append("second")
 
         t = threading.Thread(target=second)
@@ -437,18 +439,18 @@ def test_consolidation_lock_is_exclusive_across_holders(plain_server, namespace)
         order.append("first")
     t.join(5)
     assert order == ["first", "second"]
-    with encoding.scope_lock(client, key):
-        with pytest.raises(encoding.ScopeBusyError):
-            with encoding.scope_lock(client, key, wait_ms=100):
+    with crewai_locks.scope_lock(client, key):
+        with pytest.raises(crewai_locks.ScopeBusyError):
+            with crewai_locks.scope_lock(client, key, wait_ms=100):
                 pass
     assert client.exists(key) == 0
     client.close()
 
 
 def test_failed_jobs_are_events_from_drain_and_errors_from_remember(env, monkeypatch, events):
-    monkeypatch.delenv(encoding.MEMORY_FACTORY_ENV)
-    monkeypatch.delenv(encoding.LLM_ENV, raising=False)
-    encoding.reset_worker_memory_config()  # the worker now has no LLM
+    monkeypatch.delenv(crewai_config.MEMORY_FACTORY_ENV)
+    monkeypatch.delenv(crewai_config.LLM_ENV, raising=False)
+    crewai_config.reset_worker_memory_config()  # the worker now has no LLM
     memory = env()
     memory.remember_many(["needs inference"])  # fields missing: the flow needs an LLM
     memory.drain_writes()  # reported, not raised
@@ -474,7 +476,7 @@ def test_embedding_model_mismatch_is_a_clear_error(env, plain_server, namespace)
     worker_mod.set_embedder_factory(lambda: Other())
     try:
         with pytest.raises(ConfigError, match="embedding model mismatch"):
-            encoding.check_worker_model(memory.store)
+            crewai_flow.check_worker_model(memory.store)
     finally:
         worker_mod.set_embedder_factory(None)
 

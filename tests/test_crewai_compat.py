@@ -1933,7 +1933,7 @@ class TestReadIsolation:
 # ============================================================================ memworker: records without an embedding
 import numpy as np  # noqa: E402
 
-from memworker.worker import broker as _worker_mod  # noqa: E402
+from memworker import worker as _worker_mod  # noqa: E402
 from memworker.queue.producer import MemoryQueue  # noqa: E402
 from memworker.settings import Settings  # noqa: E402
 

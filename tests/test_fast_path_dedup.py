@@ -7,8 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memworker import encoding
-from memworker.worker import broker as worker_mod
+from memworker.crewai import config as crewai_config
+from memworker.crewai import flow as crewai_flow
+from memworker.queue import jobs as queue_jobs
+from memworker.worker import dedup as worker_dedup
+from memworker import worker as worker_mod
 from memworker.errors import ValidationError
 from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
@@ -91,34 +94,34 @@ def test_batch_duplicates_matches_crewai_intra_batch_dedup():
         for threshold in (0.0, 0.5, 0.9, 0.95, 0.98, 0.995):
             vectors32 = vectors.astype(np.float32)
             expected = _crewai_dropped(vectors32, threshold)
-            assert encoding.batch_duplicates(vectors32, threshold) == expected, (trial, threshold)
+            assert worker_dedup.batch_duplicates(vectors32, threshold) == expected, (trial, threshold)
 
 
 def test_batch_duplicates_compares_with_kept_items_only_and_can_be_disabled():
     a, near, far = VECTORS["alpha"], VECTORS["alpha-near"], VECTORS["alpha-far"]
     # near ~ alpha (dropped); far ~ near but not ~ alpha: near was dropped, so far stays.
-    assert encoding.batch_duplicates([a, near, far], 0.98) == [1]
-    assert encoding.batch_duplicates([near, a, far], 0.98) == [1, 2]
-    assert encoding.batch_duplicates([a, a, a], 0.98) == [1, 2]
-    assert encoding.batch_duplicates([a, a], 1.0000001) == []  # above 1: off
-    assert encoding.batch_duplicates([a, a], None) == []
-    assert encoding.batch_duplicates([a, a], float("nan")) == []
-    assert encoding.batch_duplicates([a], 0.0) == []
-    assert encoding.batch_duplicates([], 0.5) == []
+    assert worker_dedup.batch_duplicates([a, near, far], 0.98) == [1]
+    assert worker_dedup.batch_duplicates([near, a, far], 0.98) == [1, 2]
+    assert worker_dedup.batch_duplicates([a, a, a], 0.98) == [1, 2]
+    assert worker_dedup.batch_duplicates([a, a], 1.0000001) == []  # above 1: off
+    assert worker_dedup.batch_duplicates([a, a], None) == []
+    assert worker_dedup.batch_duplicates([a, a], float("nan")) == []
+    assert worker_dedup.batch_duplicates([a], 0.0) == []
+    assert worker_dedup.batch_duplicates([], 0.5) == []
 
 
 def test_which_jobs_take_the_flow():
-    assert not encoding.needs_flow(None)
-    assert not encoding.needs_flow(FAST)
-    assert not encoding.needs_flow({"infer": [], "consolidation_threshold": 1.0})
-    assert encoding.needs_flow({"infer": ["scope"], "consolidation_threshold": 1.0})
-    assert encoding.needs_flow({"infer": [], "consolidation_threshold": 0.85})
+    assert not queue_jobs.needs_flow(None)
+    assert not queue_jobs.needs_flow(FAST)
+    assert not queue_jobs.needs_flow({"infer": [], "consolidation_threshold": 1.0})
+    assert queue_jobs.needs_flow({"infer": ["scope"], "consolidation_threshold": 1.0})
+    assert queue_jobs.needs_flow({"infer": [], "consolidation_threshold": 0.85})
     # No consolidation_threshold: CrewAI's default (0.85), consolidation on.
-    assert encoding.needs_flow({"batch_dedup_threshold": 0.98})
-    assert encoding.fast_path_dedup_threshold([{"flow": FAST}]) == 0.98
-    assert encoding.fast_path_dedup_threshold([{"content": "x"}]) is None
+    assert queue_jobs.needs_flow({"batch_dedup_threshold": 0.98})
+    assert worker_dedup.fast_path_dedup_threshold([{"flow": FAST}]) == 0.98
+    assert worker_dedup.fast_path_dedup_threshold([{"content": "x"}]) is None
     with pytest.raises(ValidationError, match="batch_dedup_threshold"):
-        encoding.fast_path_dedup_threshold([{"flow": {"batch_dedup_threshold": "high"}}])
+        worker_dedup.fast_path_dedup_threshold([{"flow": {"batch_dedup_threshold": "high"}}])
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -145,7 +148,7 @@ def test_worker_fast_path_drops_near_duplicates_of_one_job(qsettings, table, raw
     def no_flow(*args, **kwargs):
         raise AssertionError("these jobs must take the fast path")
 
-    monkeypatch.setattr(encoding, "run_flow_job", no_flow)
+    monkeypatch.setattr(crewai_flow, "run_flow_job", no_flow)
     texts = ["alpha", "alpha-near", "beta", "alpha", "alpha-far", "gamma"]
     (job, ids), (other, other_ids) = _run(qsettings, [_job_items(texts), _job_items(["alpha"])])
     with ValkeyStore(qsettings) as store:
@@ -158,12 +161,12 @@ def test_worker_fast_path_drops_near_duplicates_of_one_job(qsettings, table, raw
         assert store.get_record(other_ids[0]).content == "alpha"
         assert store.count("/d") == 5
     # What each item became, as the flow path reports it ("" = dropped as a duplicate).
-    results = rawq.hgetall(encoding.result_key(qsettings.namespace, job))
+    results = rawq.hgetall(queue_jobs.result_key(qsettings.namespace, job))
     assert results == {
         ids[0]: ids[0], ids[1]: "", ids[2]: ids[2], ids[3]: "", ids[4]: ids[4], ids[5]: ids[5]
     }  # fmt: skip
-    assert 0 < rawq.pttl(encoding.result_key(qsettings.namespace, job)) <= encoding.RESULT_TTL_MS
-    assert rawq.exists(encoding.result_key(qsettings.namespace, other)) == 0  # nothing dropped
+    assert 0 < rawq.pttl(queue_jobs.result_key(qsettings.namespace, job)) <= queue_jobs.RESULT_TTL_MS
+    assert rawq.exists(queue_jobs.result_key(qsettings.namespace, other)) == 0  # nothing dropped
     assert rawq.hget(f"{qsettings.namespace}:stats", "records") == "5"
 
 
@@ -188,7 +191,7 @@ def test_single_item_jobs_are_never_deduplicated(qsettings, table, rawq):
     jobs = _run(qsettings, [_job_items([t]) for t in texts])
     with ValkeyStore(qsettings) as store:
         assert [store.get_record(ids[0]).content for _, ids in jobs] == texts
-    assert not any(rawq.exists(encoding.result_key(qsettings.namespace, j)) for j, _ in jobs)
+    assert not any(rawq.exists(queue_jobs.result_key(qsettings.namespace, j)) for j, _ in jobs)
 
 
 # ----------------------------------------------------------------------------- QueuedMemory
@@ -203,9 +206,9 @@ def memory(plain_server, namespace, monkeypatch):
     def no_flow(*args, **kwargs):
         raise AssertionError("these jobs must take the fast path")
 
-    monkeypatch.setattr(encoding, "run_flow_job", no_flow)
-    monkeypatch.delenv(encoding.MEMORY_FACTORY_ENV, raising=False)
-    encoding.reset_worker_memory_config()
+    monkeypatch.setattr(crewai_flow, "run_flow_job", no_flow)
+    monkeypatch.delenv(crewai_config.MEMORY_FACTORY_ENV, raising=False)
+    crewai_config.reset_worker_memory_config()
     worker_mod.set_embedder_factory(None)
     settings = Settings.from_url(plain_server.url, namespace=namespace, search_mode="exact")
     with worker_mod.running_worker(settings, threads=2, worker_timeout_ms=100, max_retries=0):
@@ -216,7 +219,7 @@ def memory(plain_server, namespace, monkeypatch):
         yield made
         made.reset_all()
         made.close()
-    encoding.reset_worker_memory_config()
+    crewai_config.reset_worker_memory_config()
 
 
 def test_remember_many_with_a_duplicate_stores_two_records_and_recall_sees_them(memory):

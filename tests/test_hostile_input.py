@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memworker.worker import broker as worker_mod
+from memworker import worker as worker_mod
+from memworker.worker import logs as worker_logs
 from memworker.store.codec import to_row as encode_record
 from memworker.store.validate import (
     MAX_METADATA_DEPTH,
@@ -417,7 +418,7 @@ def test_redacting_filter_rewrites_messages_exceptions_and_control_characters() 
         ("scope %r, name %s", ("/a", "x\nFORGED line"), None),
     ]:  # fmt: skip
         rec = logging.LogRecord("dramatiq.worker.WorkerThread", logging.ERROR, __file__, 1, msg, args, exc_info)
-        assert worker_mod.RedactingFilter().filter(rec) is True
+        assert worker_logs.RedactingFilter().filter(rec) is True
         lines.append(formatter.format(rec))
     text = "\n".join(lines)
     assert secret not in text and "\nFORGED" not in text

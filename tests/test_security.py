@@ -233,7 +233,7 @@ def _records(n: int, scope: str = "/sec") -> list:
 
 
 def test_acl_user_limited_to_the_namespace_runs_store_queue_and_worker(acl_server) -> None:
-    from memworker.worker.broker import running_worker
+    from memworker.worker.process import running_worker
 
     url = f"valkey://agent:{PASSWORD}@127.0.0.1:{acl_server.port}"
     settings = Settings.from_url(url, namespace="sec")
@@ -371,7 +371,7 @@ def test_readme_acl_users_cannot_list_another_namespaces_key_names(acl_server) -
 def test_readme_acl_one_database_per_tenant(acl_server) -> None:
     """The README's rules with ``db=1`` and ``/1`` in the URL: store, queue and worker
     run, and even a worker's KEYS sees its own database only."""
-    from memworker.worker.broker import running_worker
+    from memworker.worker.process import running_worker
 
     if acl_server.kind == "module":
         pytest.skip("RediSearch indexes database 0 only; the README says so")
@@ -421,7 +421,7 @@ def tls(tmp_path_factory) -> Iterator[tuple[TLSProxy, Path, ServerInfo]]:
 
 
 def test_tls_end_to_end_store_queue_worker(tls) -> None:
-    from memworker.worker.broker import running_worker
+    from memworker.worker.process import running_worker
 
     proxy, ca, _ = tls
     for scheme in ("valkeys", "rediss"):

@@ -11,7 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from memworker.worker import broker as worker_mod
+from memworker import worker as worker_mod
+from memworker.worker import actors as worker_actors
+from memworker.worker import broker as worker_broker
+from memworker.worker import process as worker_process
 from memworker.errors import ConfigError
 from memworker.queue.jobs import QueueKeys
 from memworker.queue.admin import (
@@ -168,7 +171,7 @@ def test_a_job_commits_in_steps_and_clears_its_pending_mark_with_the_last(
     monkeypatch.setattr(Store, "write_encoded", flaky)
     with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
         job = q.enqueue_save([_record(i) for i in range(8)])
-        step = worker_mod.broker_options({worker_mod.COMMIT_STEP_ENV: "3"})["commit_step"]
+        step = worker_process.broker_options({worker_actors.COMMIT_STEP_ENV: "3"})["commit_step"]
         workers(qsettings, commit_step=step)
         report = q.drain(timeout=30, job_ids=[job])
         assert report.committed == 1 and not report.failed
@@ -179,10 +182,10 @@ def test_a_job_commits_in_steps_and_clears_its_pending_mark_with_the_last(
         assert sizes == [3, 3, 3, 2]
         assert entries[-1][1][b"i"].split(b"\n") == [b"rec6", b"rec7"]
         assert store.count() == 8 and store.count("/s") == 8 and store.list_categories() == {"c": 8}
-    assert worker_mod.broker_options({})["commit_step"] == worker_mod.DEFAULT_COMMIT_STEP
-    assert worker_mod.broker_options({worker_mod.COMMIT_STEP_ENV: "0"})["commit_step"] == 0
+    assert worker_process.broker_options({})["commit_step"] == worker_mod.DEFAULT_COMMIT_STEP
+    assert worker_process.broker_options({worker_actors.COMMIT_STEP_ENV: "0"})["commit_step"] == 0
     with pytest.raises(ConfigError, match="MEMWORKER_COMMIT_STEP"):
-        worker_mod.broker_options({worker_mod.COMMIT_STEP_ENV: "-1"})
+        worker_process.broker_options({worker_actors.COMMIT_STEP_ENV: "-1"})
 
 
 def test_save_jobs_commit_records(qsettings, fake, workers):
@@ -396,7 +399,7 @@ def test_message_orphaned_by_a_lost_fetch_reply_is_requeued(qsettings, fake, wor
     """A fetch whose reply is lost with its connection leaves a message in a LIVE
     worker's acks set that no consumer holds; dramatiq's maintenance never touches a
     live worker. The consumer's reconciliation requeues it."""
-    monkeypatch.setattr(worker_mod, "RECONCILE_INTERVAL_S", 0.2)
+    monkeypatch.setattr(worker_broker, "RECONCILE_INTERVAL_S", 0.2)
     keys = QueueKeys(qsettings.namespace)
     with MemoryQueue(qsettings, producer_id="p") as q:
         job = q.enqueue_save([_record(0)])
@@ -436,7 +439,7 @@ def test_nice_idle_lowers_the_inference_threads_only():
 
     code = """
 import os, threading, torch
-from memworker.worker import broker as W
+from memworker.worker import runtime as W
 W._nice = "idle"
 W.get_batcher().submit(["a text to embed", "and another one"]).result()
 def policy(tid):  # field 41 of /proc/<pid>/task/<tid>/stat
@@ -513,7 +516,7 @@ def test_metadata_cannot_hijack_message_tracking(qsettings, slow, workers, rawq,
     """A user value that looks like dramatiq's message id (as a metadata value, beside
     nested keys, in the text) must not become the id the worker tracks the message by:
     each job is fetched, embedded and committed once, and the counters say so."""
-    monkeypatch.setattr(worker_mod, "RECONCILE_INTERVAL_S", 0.1)
+    monkeypatch.setattr(worker_broker, "RECONCILE_INTERVAL_S", 0.1)
     keys = QueueKeys(qsettings.namespace)
     hostile = [
         {"text": "hostile value", "metadata": {"redis_message_id": HOSTILE_ID}},

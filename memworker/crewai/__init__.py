@@ -1,14 +1,17 @@
 """CrewAI integration: :func:`install` (``valkey://`` storage specs) and
 :class:`QueuedMemory` (CrewAI ``Memory`` with writes taken off the agent's path).
 
-Importing this package imports crewai; nothing else in memworker imports it.
+The public names below import crewai on first use (module ``__getattr__``); importing
+this package alone does not. The worker-side modules :mod:`memworker.crewai.config`
+(the worker's LLM and embedder), :mod:`memworker.crewai.locks` (consolidation locks)
+and :mod:`memworker.crewai.flow` (CrewAI's EncodingFlow in the worker) import crewai
+only when a flow runs, so a worker imports them without crewai installed.
 """
 
 from __future__ import annotations
 
-from memworker.crewai._embedder import LocalEmbedder, model_id_of
-from memworker.crewai._install import install, is_valkey_spec, uninstall
-from memworker.crewai._memory import JobFailedError, QueuedMemory
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     # setup
@@ -25,8 +28,36 @@ __all__ = [
     "import_lancedb",
 ]
 
+_LAZY = {
+    "install": "memworker.crewai._install",
+    "uninstall": "memworker.crewai._install",
+    "is_valkey_spec": "memworker.crewai._install",
+    "QueuedMemory": "memworker.crewai._memory",
+    "JobFailedError": "memworker.crewai._memory",
+    "LocalEmbedder": "memworker.crewai._embedder",
+    "model_id_of": "memworker.crewai._embedder",
+}
 
-def import_lancedb(*args, **kwargs):  # type: ignore[no-untyped-def]
+if TYPE_CHECKING:
+    from memworker.crewai._embedder import LocalEmbedder, model_id_of
+    from memworker.crewai._install import install, is_valkey_spec, uninstall
+    from memworker.crewai._memory import JobFailedError, QueuedMemory
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memworker.crewai' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+def import_lancedb(*args: Any, **kwargs: Any) -> Any:
     """See :func:`memworker.crewai.lancedb.import_lancedb`."""
     from memworker.crewai.lancedb import import_lancedb as run
 

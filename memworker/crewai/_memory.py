@@ -29,7 +29,7 @@ from memworker.crewai._embedder import LocalEmbedder, model_id_of
 from memworker.crewai._group import GroupCommit
 from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._settle import Settler
-from memworker.encoding import needs_flow
+from memworker.queue.jobs import needs_flow, result_key
 from memworker.errors import ConfigError, ValidationError
 from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, encode_items
 
@@ -219,7 +219,7 @@ class QueuedMemory(Memory):
                 "default_importance": float(self.default_importance),
             }
         # The fast path: only what it needs, CrewAI's intra-batch dedup threshold
-        # (and consolidation off, explicitly: memworker.encoding.needs_flow).
+        # (and consolidation off, explicitly: memworker.queue.jobs.needs_flow).
         return {
             "consolidation_threshold": 1.0,
             "batch_dedup_threshold": float(self._config.batch_dedup_threshold),
@@ -285,8 +285,6 @@ class QueuedMemory(Memory):
         return DrainTimeout(job_ids, cause, self.drain_timeout)
 
     def _record_for(self, job_id: str, record_id: str) -> Any:
-        from memworker.encoding import result_key
-
         record = self._storage.get_record(record_id)
         if record is not None:
             return record

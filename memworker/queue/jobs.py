@@ -270,7 +270,7 @@ def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
         if flow is not None:
             # Fields to infer, consolidation and batch-dedup settings: the worker runs
             # CrewAI's EncodingFlow when it asks for inference or consolidation, else
-            # the fast path with the job's dedup threshold (memworker.encoding).
+            # the fast path with the job's dedup threshold (memworker.worker.dedup, memworker.crewai.flow).
             copy = flows_by_obj.get(id(flow))
             if copy is None:
                 check_flow(flow, f"{where}.flow")  # every field by type and range
@@ -500,3 +500,32 @@ def failure_from_json(raw: Any) -> FailedJob:
     return FailedJob(
         job_id=data["job_id"], record_ids=list(data["record_ids"]), error=data["error"]
     )
+
+
+# --------------------------------------------------------------------------- encode job results
+__all__ += ["RESULT_TTL_MS", "needs_flow", "result_key"]
+
+#: Lifetime of a job's ``ns:results:<job>`` hash (ms).
+RESULT_TTL_MS = 3_600_000
+
+
+def result_key(namespace: str, job_id: str) -> str:
+    """``ns:results:<job>``: item id -> id of the record it became (``""``: dropped)."""
+    return f"{namespace}:results:{job_id}"
+
+
+def needs_flow(flow: Any) -> bool:
+    """Whether an item's ``flow`` entry asks for CrewAI's EncodingFlow: fields to
+    infer, or consolidation on (``consolidation_threshold`` < 1, default 0.85 as in
+    CrewAI). Anything else (no entry, or only the batch-dedup threshold) takes the
+    worker's fast path."""
+    if not flow:
+        return False
+    if not isinstance(flow, Mapping):
+        return True  # let the flow path reject it
+    if flow.get("infer"):
+        return True
+    try:
+        return float(flow.get("consolidation_threshold", 0.85)) < 1.0
+    except (TypeError, ValueError):
+        return True

@@ -231,7 +231,7 @@ def test_job_longer_than_heartbeat_timeout_not_run_twice(chaos_server, ns, workd
 def test_consumer_close_requeues_its_fetched_but_unhanded_messages(chaos_server, ns):
     """Deterministic form of the SIGTERM race above: fetch 3, hand out 1, close."""
     from memworker.settings import Settings
-    from memworker.worker.broker import make_broker
+    from memworker.worker.actors import make_broker
 
     settings = Settings.from_url(chaos_server.url, namespace=ns)
     client = chaos_server.client()

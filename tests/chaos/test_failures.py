@@ -9,7 +9,7 @@ import pytest
 from chaos_embedder import ChaosEmbedder
 from harness import audit, record
 
-from memworker.worker import broker as worker_mod
+from memworker import worker as worker_mod
 from memworker.queue.jobs import DrainTimeout
 from memworker.queue.admin import dead_list
 from memworker.queue.producer import MemoryQueue

@@ -68,7 +68,7 @@ def test_private_records_through_consolidation(server, store, namespace, workdir
 
     from harness import Workers
 
-    from memworker.encoding import MEMORY_FACTORY_ENV
+    from memworker.crewai.config import MEMORY_FACTORY_ENV
     from memworker.queue.producer import MemoryQueue
 
     flow = {"infer": [], "consolidation_threshold": 0.5, "consolidation_limit": 5,

@@ -1,0 +1,245 @@
+"""Running workers: :func:`run_worker` (``memworker worker``: processes, signals,
+options) and :func:`running_worker` (a worker in this process's threads).
+
+Each worker process warms up (:func:`warm_up`), builds its broker with
+:func:`~memworker.worker.actors.make_broker`, checks its embedding model against the
+store's and serves until SIGINT/SIGTERM. The inference thread's CPU priority
+(``nice``) is :mod:`memworker.worker.priority`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import dramatiq
+
+from memworker.crewai.flow import check_worker_model
+from memworker.errors import ConfigError
+from memworker.records import dimension_mismatch, record_types
+from memworker.settings import Settings
+from memworker.worker.actors import (
+    COMMIT_STEP_ENV,
+    DEFAULT_COMMIT_STEP,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MIN_BACKOFF_MS,
+    make_broker,
+)
+from memworker.worker.broker import WORKER_TIMEOUT_MS, MemworkerBroker
+from memworker.worker.middleware import DEFAULT_MAX_DELIVERIES
+from memworker.worker.priority import Nice, check_nice
+from memworker.worker.runtime import configure_process, get_batcher
+
+__all__ = ["BROKER_ENV", "broker_options", "run_worker", "running_worker", "warm_up"]
+
+log = logging.getLogger("memworker.worker")
+
+
+@contextlib.contextmanager
+def running_worker(
+    settings: Settings | str | None = None,
+    *,
+    threads: int = 2,
+    worker_timeout_ms: int = WORKER_TIMEOUT_MS,
+    **options: Any,
+) -> Iterator[tuple[MemworkerBroker, dramatiq.Worker]]:
+    """A worker running in this process's threads for the duration of a ``with``
+    (tests, notebooks, a single-process app); stopped and closed on exit.
+
+    Args:
+        settings: Where Valkey is.
+        threads: Worker threads.
+        worker_timeout_ms: Longest idle block (also bounds the time ``stop`` takes).
+        **options: Passed to :func:`make_broker` (``max_retries``, ``min_backoff_ms``...).
+    """
+    broker = make_broker(settings, **options)
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=worker_timeout_ms)
+    worker.start()
+    try:
+        yield broker, worker
+    finally:
+        worker.stop()
+        broker.close()
+        if broker.context is not None:
+            broker.context.close()
+
+
+def warm_up() -> None:
+    """Load what a worker process needs before it takes its first job: the embedding
+    model (one batch through the process's batcher) and the record types (crewai's,
+    when installed, take seconds to import), so no job pays for them."""
+    record_types()
+    dimension_mismatch(1, 2)
+    get_batcher().submit(["warm up"]).result()
+
+
+#: Environment fallbacks of run_worker's (and ``memworker worker``'s) broker options.
+BROKER_ENV = {
+    "max_retries": ("MEMWORKER_MAX_RETRIES", DEFAULT_MAX_RETRIES, 0),
+    "min_backoff_ms": ("MEMWORKER_MIN_BACKOFF_MS", DEFAULT_MIN_BACKOFF_MS, 0),
+    "max_deliveries": ("MEMWORKER_MAX_DELIVERIES", DEFAULT_MAX_DELIVERIES, 1),
+    "commit_step": (COMMIT_STEP_ENV, DEFAULT_COMMIT_STEP, 0),
+}
+
+
+def broker_options(env: Any = None, **given: int | None) -> dict[str, int]:
+    """``max_retries``, ``min_backoff_ms``, ``max_deliveries``, ``commit_step``: each
+    the given value, else its environment variable (:data:`BROKER_ENV`), else the default.
+
+    Raises:
+        ConfigError: A value that is not an integer at or above its minimum.
+    """
+    env = os.environ if env is None else env
+    out: dict[str, int] = {}
+    for name, (var, default, low) in BROKER_ENV.items():
+        value: Any = given.get(name)
+        where = name
+        if value is None and env.get(var, "").strip():
+            value, where = env[var].strip(), var
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(f"{var} must be an integer, got {value!r}") from None
+        if value is None:
+            value = default
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{where} must be an integer >= {low}, got {value!r}")
+        out[name] = value
+    return out
+
+
+def _serve(
+    settings: Settings,
+    threads: int,
+    queues: Iterable[str] | None,
+    processes: int,
+    nice: Nice = 0,
+    options: dict[str, int] | None = None,
+) -> int:
+    """Run one worker process until SIGINT/SIGTERM."""
+    check_nice(nice)
+    # the inference thread lowers its own priority (get_batcher)
+    configure_process(processes, nice)
+    warm_up()
+    broker = make_broker(settings, **(options or {}))
+    check_worker_model(broker.context.store)  # the producers' query model, or ConfigError
+    worker = dramatiq.Worker(
+        broker,
+        queues=set(queues) if queues else None,
+        worker_threads=threads,
+        worker_timeout=WORKER_TIMEOUT_MS,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    worker.start()
+    log.info(
+        "memworker worker %s started (%d threads) on %s",
+        os.getpid(),
+        threads,
+        settings.redacted_url(),
+    )
+    try:
+        stop.wait()
+    finally:
+        worker.stop()
+        broker.close()
+        if broker.context is not None:
+            broker.context.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
+def _child(
+    settings: Settings,
+    threads: int,
+    queues: list[str] | None,
+    processes: int,
+    nice: Nice,
+    options: dict[str, int] | None = None,
+) -> None:
+    raise SystemExit(_serve(settings, threads, queues, processes, nice, options))
+
+
+def run_worker(
+    settings: Settings | str | None = None,
+    *,
+    processes: int = 1,
+    threads: int = 8,
+    queues: Iterable[str] | None = None,
+    nice: Nice = 0,
+    max_retries: int | None = None,
+    min_backoff_ms: int | None = None,
+    max_deliveries: int | None = None,
+    commit_step: int | None = None,
+) -> int:
+    """Run ``processes`` worker processes of ``threads`` threads until SIGINT/SIGTERM.
+
+    ``nice`` lowers the CPU priority of the workers' inference (the embedding
+    thread and the threads the model runs on: nearly all of a worker's CPU), so that
+    on a machine shared with the agents background embedding yields the CPU to them.
+    The job threads, which are short (commit, ack), keep their priority: the jobs of
+    a finished batch commit while the next batch computes. An integer from 0 to 19 is
+    a nice increment; ``"idle"`` is Linux's ``SCHED_IDLE`` policy (see
+    :func:`lower_priority`), the strongest: a waking thread of normal priority
+    preempts the inference at once.
+
+    ``max_retries``, ``min_backoff_ms``, ``max_deliveries`` and ``commit_step`` go to
+    :func:`make_broker`; ``None`` reads ``MEMWORKER_MAX_RETRIES``,
+    ``MEMWORKER_MIN_BACKOFF_MS``, ``MEMWORKER_MAX_DELIVERIES``,
+    ``MEMWORKER_COMMIT_STEP``, else the defaults (5, 1000, 3, 8).
+
+    Each process builds its own broker from ``settings`` (spawned children, nothing
+    inherited but the settings). Returns the exit code: 0, or the first non-zero
+    exit code of a child.
+    """
+    if not isinstance(processes, int) or processes < 1:
+        raise ConfigError(f"processes must be an integer >= 1, got {processes!r}")
+    if not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
+    options = broker_options(
+        max_retries=max_retries, min_backoff_ms=min_backoff_ms, max_deliveries=max_deliveries,
+        commit_step=commit_step,
+    )  # fmt: skip
+    settings = Settings.resolve(settings)
+    settings.address()  # start/find the embedded server once, before the children
+    qlist = list(queues) if queues else None
+    check_nice(nice)
+    if processes == 1:
+        return _serve(settings, threads, qlist, 1, nice, options)
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    children = [
+        ctx.Process(target=_child, args=(settings, threads, qlist, processes, nice, options))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    stop = threading.Event()
+
+    def forward(signum: int, frame: Any) -> None:
+        stop.set()
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = 0
+        for child in children:
+            child.join()
+            code = code or (child.exitcode or 0)
+        return code if code >= 0 else 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

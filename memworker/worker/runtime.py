@@ -1,0 +1,105 @@
+"""The per-process worker state: the embedding model and its one batcher.
+
+A leaf of the worker package (it imports no broker, actor or middleware module), so
+the actors, the middleware and the CrewAI flow (:mod:`memworker.crewai.flow`) share the
+process's :func:`get_batcher` without an import cycle. :mod:`memworker.worker.process`
+sets the process options (:func:`configure_process`) before the first batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from memworker.crewai.config import factory_embedder
+from memworker.embedding.model import Embedder, EmbeddingBatcher, configure_threads
+from memworker.errors import ConfigError
+from memworker.worker.priority import Nice, lower_priority
+
+__all__ = [
+    "EMBEDDER_ENV",
+    "batcher_counts",
+    "configure_process",
+    "get_batcher",
+    "set_embedder_factory",
+]
+
+#: Environment variable naming an embedder factory, ``module:callable``.
+EMBEDDER_ENV = "MEMWORKER_EMBEDDER"
+
+_factory_lock = threading.Lock()
+_embedder_factory: Callable[[], Any] | None = None
+_batcher: Any = None
+_processes = 1
+#: CPU priority of the inference thread (run_worker's ``nice``), applied in that thread.
+_nice: Any = 0
+
+
+def set_embedder_factory(factory: Callable[[], Any] | None) -> None:
+    """Use ``factory()`` (an object with ``encode(texts)`` and ``dimension``) as this
+    process's embedding model; ``None`` restores the default (``MEMWORKER_EMBEDDER``
+    or :class:`memworker.embedding.Embedder`). Resets the process's batcher."""
+    global _embedder_factory, _batcher
+    with _factory_lock:
+        _embedder_factory = factory
+        old, _batcher = _batcher, None
+    if old is not None:
+        old.close(timeout=5)
+
+
+def _make_embedder() -> tuple[Any, int]:
+    """The process's model and its inference threads: the bundled ``Embedder`` runs
+    :func:`~memworker.embedding.configure_threads` batches side by side; an embedder
+    from a factory runs one batch at a time (it may not be safe to share)."""
+    if _embedder_factory is not None:
+        return _embedder_factory(), 1
+    spec = os.environ.get(EMBEDDER_ENV)
+    if spec:
+        module, _, name = spec.partition(":")
+        if not module or not name:
+            raise ConfigError(f"{EMBEDDER_ENV} must be 'module:callable', got {spec!r}")
+        return getattr(importlib.import_module(module), name)(), 1
+    configured = factory_embedder()  # MEMWORKER_MEMORY_FACTORY's embedder, if it names one
+    if configured is not None:
+        return configured, 1
+    threads = configure_threads(_processes)
+    return Embedder(), threads
+
+
+def get_batcher() -> Any:
+    """The process's one :class:`EmbeddingBatcher`, created on first use."""
+    global _batcher
+    batcher = _batcher
+    if batcher is None:
+        with _factory_lock:
+            if _batcher is None:
+                nice = _nice
+                embedder, threads = _make_embedder()
+                _batcher = EmbeddingBatcher(
+                    embedder, threads=threads, on_start=lambda: lower_priority(nice)
+                )
+            batcher = _batcher
+    return batcher
+
+
+def batcher_counts() -> dict[str, int]:
+    """The inference counters for the health record: ``embed_batches`` and
+    ``embed_texts`` (their ratio is the mean batch), once the model has loaded."""
+    batcher = _batcher
+    if batcher is None:
+        return {}
+    stats = batcher.stats
+    return {"embed_batches": stats.batches, "embed_texts": stats.texts}
+
+
+
+def configure_process(processes: int, nice: Nice) -> None:
+    """Set this worker process's options before its batcher is built: how many worker
+    processes share the machine (the bundled model's inference threads) and the CPU
+    priority of the inference thread (applied in that thread, see :func:`get_batcher`)."""
+    global _processes, _nice
+    _processes = processes
+    _nice = nice
