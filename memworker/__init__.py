@@ -27,6 +27,14 @@ __all__ = [
     "StoreError",
     "ConnectionLostError",
     "EmbeddedServerError",
+    "QueueError",
+    "JobPayloadError",
+    "PoisonJobError",
+    "JobFailedError",
+    "WorkerLLMMissingError",
+    "ScopeBusyError",
+    "SearchModuleMissing",
+    "ServerStartError",
 ]
 
 _LAZY = {
@@ -35,7 +43,7 @@ _LAZY = {
     "ValkeyCache": "memworker.store.cache",
     "MemoryQueue": "memworker.queue.producer",
     "DrainReport": "memworker.queue.jobs",
-    "DrainTimeout": "memworker.queue.jobs",
+    "DrainTimeout": "memworker.errors",
     "MemworkerError": "memworker.errors",
     "ConfigError": "memworker.errors",
     "ValidationError": "memworker.errors",
@@ -43,6 +51,14 @@ _LAZY = {
     "StoreError": "memworker.errors",
     "ConnectionLostError": "memworker.errors",
     "EmbeddedServerError": "memworker.errors",
+    "QueueError": "memworker.errors",
+    "JobPayloadError": "memworker.errors",
+    "PoisonJobError": "memworker.errors",
+    "JobFailedError": "memworker.errors",
+    "WorkerLLMMissingError": "memworker.errors",
+    "ScopeBusyError": "memworker.errors",
+    "SearchModuleMissing": "memworker.errors",
+    "ServerStartError": "memworker.errors",
 }
 
 if TYPE_CHECKING:
@@ -51,12 +67,21 @@ if TYPE_CHECKING:
         ConfigError,
         ConnectionLostError,
         DimensionMismatchError,
+        DrainTimeout,
         EmbeddedServerError,
+        JobFailedError,
+        JobPayloadError,
         MemworkerError,
+        PoisonJobError,
+        QueueError,
+        ScopeBusyError,
+        SearchModuleMissing,
+        ServerStartError,
         StoreError,
         ValidationError,
+        WorkerLLMMissingError,
     )
-    from memworker.queue.jobs import DrainReport, DrainTimeout
+    from memworker.queue.jobs import DrainReport
     from memworker.queue.producer import MemoryQueue
     from memworker.settings import Settings
     from memworker.store.store import ValkeyStore

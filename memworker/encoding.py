@@ -62,7 +62,13 @@ from typing import Any
 
 import numpy as np
 
-from memworker.errors import ConfigError, MemworkerError, ValidationError
+from memworker.errors import (  # the two errors are re-exported from memworker.errors
+    ConfigError,
+    MemworkerError,
+    ScopeBusyError,
+    ValidationError,
+    WorkerLLMMissingError,
+)
 from memworker.store.query import MAX_LIMIT
 
 __all__ = [
@@ -104,14 +110,6 @@ LOCK_LEASE_MS = 30_000
 LOCK_WAIT_MS = 60_000
 #: Lifetime of a job's ``ns:results:<job>`` hash (ms).
 RESULT_TTL_MS = 3_600_000
-
-
-class WorkerLLMMissingError(ValidationError):
-    """A job needs LLM inference and this worker has no LLM configured (not retried)."""
-
-
-class ScopeBusyError(MemworkerError):
-    """A consolidation lock stayed taken past ``LOCK_WAIT_MS`` (the job is retried)."""
 
 
 @dataclass

