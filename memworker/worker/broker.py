@@ -723,7 +723,7 @@ def _make_embedder() -> tuple[Any, int]:
     configured = factory_embedder()  # MEMWORKER_MEMORY_FACTORY's embedder, if it names one
     if configured is not None:
         return configured, 1
-    from memworker.embedding.model import Embedder, configure_threads
+    from memworker.embedding import Embedder, configure_threads
 
     threads = configure_threads(_processes)
     return Embedder(), threads
@@ -736,7 +736,7 @@ def get_batcher() -> Any:
     if batcher is None:
         with _factory_lock:
             if _batcher is None:
-                from memworker.embedding.model import EmbeddingBatcher
+                from memworker.embedding.batcher import EmbeddingBatcher
 
                 nice = _nice
                 embedder, threads = _make_embedder()
