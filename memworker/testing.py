@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memworker.errors import (  # re-exported: defined in memworker.errors
-    MemworkerError,
     SearchModuleMissing,
     ServerStartError,
 )

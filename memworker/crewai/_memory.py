@@ -31,7 +31,7 @@ from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._settle import Settler
 from memworker.encoding import needs_flow
 from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
-from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, encode_items
+from memworker.queue.jobs import DrainTimeout, FailedJob, encode_items
 
 __all__ = ["QueuedMemory", "JobFailedError"]
 

@@ -50,7 +50,6 @@ from memworker.store.codec import check_flow, encode_record, encode_records
 from memworker.errors import (  # re-exported: defined in memworker.errors
     DrainTimeout,
     JobPayloadError,
-    MemworkerError,
     PoisonJobError,
     QueueError,
     ValidationError,
