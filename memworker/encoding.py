@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from memworker.embedded import ensure_embedded
 from memworker.errors import (  # the two errors are re-exported from memworker.errors
     ConfigError,
     MemworkerError,
@@ -241,7 +242,7 @@ class BatcherEmbedder:
 
 # --------------------------------------------------------------------------- Valkey side
 def _client(settings: Any) -> Any:
-    key = (settings.url(redact=False, scheme="redis"), settings.namespace)
+    key = (ensure_embedded(settings).url(redact=False, scheme="redis"), settings.namespace)
     client = _clients.get(key)
     if client is None:
         import redis

@@ -401,3 +401,32 @@ def test_single_variable_readers(tmp_path: Path) -> None:
     assert read_appendfsync({"MEMWORKER_APPENDFSYNC": "no"}) == "no"
     # a reader checks only its own variable
     assert read_model({"MEMWORKER_MODEL": "m", "MEMWORKER_MAX_RETRIES": "x"}) == "m"
+
+
+# ============================================================================ embedded endpoint
+def test_endpoint_is_hidden_and_not_compared(tmp_path: Path) -> None:
+    from memworker.settings import EmbeddedEndpoint
+
+    plain = Settings(home=tmp_path)
+    resolved = Settings.resolve(plain, namespace="x")
+    ready = Settings(home=tmp_path, endpoint=EmbeddedEndpoint("127.0.0.1", 7001, SECRET))
+    assert ready == plain and ready.embedded
+    for text in (repr(ready), str(ready), ready.redacted_url()):
+        assert SECRET not in text and "7001" not in text
+    assert ready.address() == ("127.0.0.1", 7001)
+    assert ready.credentials() == (None, SECRET)
+    assert SECRET in ready.url(redact=False) and SECRET not in ready.url()
+    # another namespace keeps the endpoint; another home or module forgets it
+    assert Settings.resolve(ready, namespace="other").endpoint == ready.endpoint
+    assert Settings.resolve(ready, home=tmp_path / "b").endpoint is None
+    assert Settings.resolve(ready, search_module="none").endpoint is None
+    assert resolved.endpoint is None
+
+
+def test_settings_module_imports_no_server_code() -> None:
+    code = (
+        "import sys, memworker.settings, memworker.worker_settings; "
+        "print(any(m.startswith('memworker.embedded') for m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

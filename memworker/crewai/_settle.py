@@ -16,6 +16,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
+from memworker.embedded import ensure_embedded
 from memworker.queue.jobs import QueueKeys, failure_from_json
 from memworker.settings import Settings
 
@@ -75,7 +76,8 @@ class Settler:
         from memworker.queue.producer import redis_kwargs
 
         client = redis.Redis.from_url(
-            self.settings.url(redact=False, scheme="redis"), **redis_kwargs(self.settings)
+            ensure_embedded(self.settings).url(redact=False, scheme="redis"),
+            **redis_kwargs(self.settings),
         )
         pubsub = None
         try:

@@ -56,11 +56,18 @@ from memworker.embedded.launch import resolve_module as _resolve_module
 from memworker.embedded.procs import HOST, PING_TIMEOUT, POLL_INTERVAL, Probe
 from memworker.embedded.procs import free_port as _free_port
 from memworker.embedded.procs import pid_alive as _pid_alive
-from memworker.embedded.server import ensure_server, find_server, serve_forever, stop_server
+from memworker.embedded.server import (
+    ensure_embedded,
+    ensure_server,
+    find_server,
+    serve_forever,
+    stop_server,
+)
 from memworker.embedded.state import EmbeddedServer
 
 __all__ = [
     "EmbeddedServer",
+    "ensure_embedded",
     "ensure_server",
     "find_server",
     "installed_search_module",

@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from memworker.embedded.auth import PASSWORD_FILE, STATE_FILE, prepare_home, read_password
@@ -38,8 +39,9 @@ from memworker.embedded.state import (
     recorded_foreground,
     write_state,
 )
+from memworker.settings import EmbeddedEndpoint, Settings
 
-__all__ = ["ensure_server", "find_server", "serve_forever", "stop_server"]
+__all__ = ["ensure_embedded", "ensure_server", "find_server", "serve_forever", "stop_server"]
 
 #: Servers found or started by this process, per resolved home (filled on demand).
 _cache: dict[Path, EmbeddedServer] = {}
@@ -88,6 +90,31 @@ def ensure_server(
                 write_state(server, foreground=False)
     _cache[home] = server
     return server
+
+
+def ensure_embedded(settings: Settings) -> Settings:
+    """``settings`` ready to connect: with a URL, themselves; without one, a copy whose
+    :attr:`~memworker.settings.Settings.endpoint` holds the address and password of the
+    embedded server of ``settings.home``, found or started by :func:`ensure_server`
+    (with ``settings.search_module``).
+
+    Every connection factory calls it before it reads the address, so a server that
+    died since is started again, as :func:`ensure_server` does.
+
+    Raises:
+        EmbeddedServerError: As :func:`ensure_server`.
+    """
+    if not settings.embedded:
+        return settings
+    server = ensure_server(settings.home, search_module=settings.search_module)
+    endpoint = settings.endpoint
+    if endpoint is None or (endpoint.host, endpoint.port, endpoint.password) != (
+        server.host, server.port, server.password,
+    ):  # fmt: skip
+        settings = replace(
+            settings, endpoint=EmbeddedEndpoint(server.host, server.port, server.password)
+        )
+    return settings
 
 
 def find_server(home: Path | str) -> EmbeddedServer | None:

@@ -26,6 +26,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, TypeVar
 
+from memworker.embedded import ensure_embedded
 from memworker.errors import ConnectionLostError, MemworkerError, StoreError
 from memworker.settings import Settings
 
@@ -104,6 +105,7 @@ def glide_config(settings: Settings) -> Any:
         TlsAdvancedConfiguration,
     )
 
+    settings = ensure_embedded(settings)  # start or find the embedded server, if it is one
     host, port = settings.address()
     username, password = settings.credentials()  # the embedded server's, without a URL
     credentials = None

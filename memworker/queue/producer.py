@@ -36,6 +36,7 @@ from typing import Any
 
 from typing_extensions import Self
 
+from memworker.embedded import ensure_embedded
 from memworker.errors import ValidationError
 from memworker.queue.jobs import (
     DEFAULT_MAX_ITEMS,
@@ -105,6 +106,7 @@ def redis_kwargs(settings: Settings) -> dict[str, Any]:
 def _sync_client(settings: Settings) -> Any:
     import redis
 
+    settings = ensure_embedded(settings)  # start or find the embedded server, if it is one
     return redis.Redis.from_url(
         settings.url(redact=False, scheme="redis"), **redis_kwargs(settings)
     )
@@ -113,6 +115,7 @@ def _sync_client(settings: Settings) -> Any:
 def _async_client(settings: Settings) -> Any:
     import redis.asyncio
 
+    settings = ensure_embedded(settings)  # start or find the embedded server, if it is one
     return redis.asyncio.Redis.from_url(
         settings.url(redact=False, scheme="redis"), **redis_kwargs(settings)
     )

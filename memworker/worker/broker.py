@@ -102,6 +102,7 @@ from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware, SkipMessage
 
+from memworker.embedded import ensure_embedded
 from memworker.errors import ConfigError, ValidationError
 from memworker.queue.jobs import (
     DEFAULT_QUEUE,
@@ -628,7 +629,7 @@ class MemworkerBroker(RedisBroker):
         import redis
 
         client = redis.Redis.from_url(
-            settings.url(redact=False, scheme="redis"), **redis_kwargs(settings)
+            ensure_embedded(settings).url(redact=False, scheme="redis"), **redis_kwargs(settings)
         )
         super().__init__(client=client, namespace=keys.dq_namespace, **options)
         self.settings = settings
@@ -1331,7 +1332,7 @@ def run_worker(
         commit_step=commit_step,
     )  # fmt: skip
     settings = Settings.resolve(settings)
-    settings.address()  # start/find the embedded server once, before the children
+    ensure_embedded(settings)  # start/find the embedded server once, before the children
     qlist = list(queues) if queues else None
     check_nice(nice)
     if processes == 1:
