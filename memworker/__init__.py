@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     # Configuration
     "Settings",
+    "WorkerSettings",
     # Store
     "ValkeyStore",
     "ValkeyCache",
@@ -39,6 +40,7 @@ __all__ = [
 
 _LAZY = {
     "Settings": "memworker.settings",
+    "WorkerSettings": "memworker.worker_settings",
     "ValkeyStore": "memworker.store.store",
     "ValkeyCache": "memworker.store.cache",
     "MemoryQueue": "memworker.queue.producer",
@@ -85,6 +87,7 @@ if TYPE_CHECKING:
     from memworker.queue.producer import MemoryQueue
     from memworker.settings import Settings
     from memworker.store.store import ValkeyStore
+    from memworker.worker_settings import WorkerSettings
 
 
 def __getattr__(name: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -430,3 +431,29 @@ def test_settings_module_imports_no_server_code() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"MEMWORKER_MAX_RETRIES": "2", "MEMWORKER_COMMIT_STEP": "0"},
+        {"MEMWORKER_MIN_BACKOFF_MS": "x"},
+        {"MEMWORKER_MAX_DELIVERIES": "0"},
+    ],
+)
+def test_worker_settings_agree_with_the_broker_reader(env: dict[str, str]) -> None:
+    """Until the worker takes its options from WorkerSettings, both readers agree
+    (values, defaults and error messages)."""
+    from memworker.worker import broker
+
+    def outcome(read: Callable[[], object]) -> object:
+        try:
+            return read()
+        except ConfigError as exc:
+            return str(exc)
+
+    assert outcome(lambda: broker.broker_options(env)) == outcome(
+        lambda: WorkerSettings.from_env(env).broker_options()
+    )
+    assert broker.BROKER_ENV == BROKER_ENV
