@@ -457,3 +457,20 @@ def test_worker_settings_agree_with_the_broker_reader(env: dict[str, str]) -> No
         lambda: WorkerSettings.from_env(env).broker_options()
     )
     assert broker.BROKER_ENV == BROKER_ENV
+
+
+@pytest.mark.parametrize("spec", ["nocolon", "mod:", ":fn"])
+def test_worker_settings_agree_with_the_encoding_reader(spec: str) -> None:
+    """Until encoding takes MEMWORKER_MEMORY_FACTORY from WorkerSettings, both readers
+    reject a malformed factory with the same message."""
+    from memworker.encoding import load_memory_config
+
+    env = {"MEMWORKER_MEMORY_FACTORY": spec}
+    with pytest.raises(ConfigError) as old:
+        load_memory_config(env)
+    with pytest.raises(ConfigError) as new:
+        WorkerSettings.from_env(env)
+    assert str(old.value) == str(new.value)
+    assert load_memory_config({"MEMWORKER_LLM": "m"}).llm == WorkerSettings.from_env(
+        {"MEMWORKER_LLM": "m"}
+    ).llm
