@@ -34,7 +34,9 @@ ports, probes). Nothing happens at import time. Times are in seconds throughout.
 
 from __future__ import annotations
 
-from memworker.embedded.auth import (
+# The constants and the three private helpers below stay importable from
+# ``memworker.embedded``, as before it became a package (tests use the helpers).
+from memworker.embedded.auth import (  # noqa: F401
     CONFIG_FILE,
     DATA_DIR,
     DIR_MODE,
@@ -45,17 +47,17 @@ from memworker.embedded.auth import (
     PASSWORD_FILE,
     STATE_FILE,
 )
-from memworker.embedded.launch import (
+from memworker.embedded.launch import (  # noqa: F401
     APPENDFSYNC_VALUES,
     DEFAULT_APPENDFSYNC,
     PORT_ATTEMPTS,
     installed_search_module,
     valkey_server_path,
 )
-from memworker.embedded.launch import resolve_module as _resolve_module
-from memworker.embedded.procs import HOST, PING_TIMEOUT, POLL_INTERVAL, Probe
-from memworker.embedded.procs import free_port as _free_port
-from memworker.embedded.procs import pid_alive as _pid_alive
+from memworker.embedded.launch import resolve_module as _resolve_module  # noqa: F401
+from memworker.embedded.procs import HOST, PING_TIMEOUT, POLL_INTERVAL, Probe  # noqa: F401
+from memworker.embedded.procs import free_port as _free_port  # noqa: F401
+from memworker.embedded.procs import pid_alive as _pid_alive  # noqa: F401
 from memworker.embedded.server import (
     ensure_embedded,
     ensure_server,
@@ -75,10 +77,3 @@ __all__ = [
     "stop_server",
     "valkey_server_path",
 ]
-
-# Constants and helpers kept importable from ``memworker.embedded`` as before the split.
-_COMPAT = (
-    CONFIG_FILE, DATA_DIR, DIR_MODE, FILE_MODE, LOCK_FILE, LOG_FILE, MIN_PASSWORD,
-    PASSWORD_FILE, STATE_FILE, APPENDFSYNC_VALUES, DEFAULT_APPENDFSYNC, PORT_ATTEMPTS, HOST,
-    PING_TIMEOUT, POLL_INTERVAL, Probe, _resolve_module, _free_port, _pid_alive,
-)  # fmt: skip
