@@ -97,7 +97,8 @@ class Settings:
     Build it with :meth:`from_env` (``VALKEY_URL``, else ``REDIS_URL``, else the
     embedded server) or :meth:`from_url`. The password is kept out of ``repr``,
     :meth:`redacted_url` and every error message; the embedded server's password is
-    never a field (:meth:`credentials` reads it from ``home``).
+    only in :attr:`endpoint` (read from ``home`` by
+    :func:`memworker.embedded.ensure_embedded`), which is in no ``repr``.
 
     Attributes:
         host: Server host; ``None`` means the embedded server (see ``endpoint``).
