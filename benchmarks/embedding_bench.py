@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from memworker.embedding.model import Embedder, EmbeddingBatcher, configure_threads
+from memworker.embedding import Embedder, EmbeddingBatcher, configure_threads
 
 #: Exit code of a completed run.
 EXIT_OK = 0

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     # Configuration
     "Settings",
+    "WorkerSettings",
     # Store
     "ValkeyStore",
     "ValkeyCache",
@@ -27,15 +28,24 @@ __all__ = [
     "StoreError",
     "ConnectionLostError",
     "EmbeddedServerError",
+    "QueueError",
+    "JobPayloadError",
+    "PoisonJobError",
+    "JobFailedError",
+    "WorkerLLMMissingError",
+    "ScopeBusyError",
+    "SearchModuleMissing",
+    "ServerStartError",
 ]
 
 _LAZY = {
     "Settings": "memworker.settings",
+    "WorkerSettings": "memworker.worker_settings",
     "ValkeyStore": "memworker.store.store",
     "ValkeyCache": "memworker.store.cache",
     "MemoryQueue": "memworker.queue.producer",
     "DrainReport": "memworker.queue.jobs",
-    "DrainTimeout": "memworker.queue.jobs",
+    "DrainTimeout": "memworker.errors",
     "MemworkerError": "memworker.errors",
     "ConfigError": "memworker.errors",
     "ValidationError": "memworker.errors",
@@ -43,6 +53,14 @@ _LAZY = {
     "StoreError": "memworker.errors",
     "ConnectionLostError": "memworker.errors",
     "EmbeddedServerError": "memworker.errors",
+    "QueueError": "memworker.errors",
+    "JobPayloadError": "memworker.errors",
+    "PoisonJobError": "memworker.errors",
+    "JobFailedError": "memworker.errors",
+    "WorkerLLMMissingError": "memworker.errors",
+    "ScopeBusyError": "memworker.errors",
+    "SearchModuleMissing": "memworker.errors",
+    "ServerStartError": "memworker.errors",
 }
 
 if TYPE_CHECKING:
@@ -51,15 +69,25 @@ if TYPE_CHECKING:
         ConfigError,
         ConnectionLostError,
         DimensionMismatchError,
+        DrainTimeout,
         EmbeddedServerError,
+        JobFailedError,
+        JobPayloadError,
         MemworkerError,
+        PoisonJobError,
+        QueueError,
+        ScopeBusyError,
+        SearchModuleMissing,
+        ServerStartError,
         StoreError,
         ValidationError,
+        WorkerLLMMissingError,
     )
-    from memworker.queue.jobs import DrainReport, DrainTimeout
+    from memworker.queue.jobs import DrainReport
     from memworker.queue.producer import MemoryQueue
     from memworker.settings import Settings
     from memworker.store.store import ValkeyStore
+    from memworker.worker_settings import WorkerSettings
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from memworker.embedded import ensure_embedded
 from memworker.settings import Settings
 
 __all__ = ["DemoResult", "run_demo", "print_report", "synthetic_memories"]
@@ -158,7 +159,7 @@ def run_demo(
     from memworker.store.store import ValkeyStore
 
     settings = Settings.resolve(settings, namespace=namespace)
-    settings.address()  # start (or find) the embedded server before the workers do
+    ensure_embedded(settings)  # start (or find) the embedded server before the workers do
     store = ValkeyStore(settings)
     store.reset()
     keys = QueueKeys(settings.namespace)

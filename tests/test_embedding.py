@@ -20,13 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memworker.embedding.model import (
-    DEFAULT_MODEL_ID,
-    THREAD_NAME,
-    Embedder,
-    EmbeddingBatcher,
-    configure_threads,
-)
+from memworker.embedding.batcher import THREAD_NAME, EmbeddingBatcher
+from memworker.embedding.model import DEFAULT_MODEL_ID, Embedder
+from memworker.embedding.threads import configure_threads
 from memworker.errors import ConfigError, MemworkerError, ValidationError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -432,7 +428,7 @@ def test_inference_threads_setting(value, expected):
     # a fresh process: the first configure_threads call of a process wins
     code = (
         "import torch\n"
-        "from memworker.embedding.model import configure_threads\n"
+        "from memworker.embedding.threads import configure_threads\n"
         "from memworker.errors import ConfigError\n"
         "try:\n"
         "    n = configure_threads(processes=1)\n"
@@ -460,7 +456,7 @@ def test_embedder_called_from_several_threads_gives_the_sequential_vectors(embed
     """In a worker process (configure_threads called) tokenization is serialized and
     batches run side by side; elsewhere calls run one at a time. Either way the vectors
     are those of one thread at a time (a fast tokenizer used concurrently would raise)."""
-    from memworker.embedding import model as embedding_mod
+    from memworker.embedding import threads as embedding_mod
 
     monkeypatch.setattr(embedding_mod, "_threads", configured)
     texts = [[f"note {k}-{i}: {'word ' * (i % 7)}" for i in range(9)] for k in range(8)]

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from memworker import ConfigError
 from memworker.settings import DEFAULT_NAMESPACE, Settings
+from memworker.worker_settings import (
+    BROKER_ENV,
+    WorkerSettings,
+    read_appendfsync,
+    read_broker_options,
+    read_embedder,
+    read_home,
+    read_inference_threads,
+    read_model,
+)
 
 SECRET = "s3cr3t-PASS"
 
@@ -290,3 +301,176 @@ def test_credentials_of_a_url_are_its_user_and_password() -> None:
     s = Settings.from_url(f"valkey://alice:{SECRET}@h:7000/2")
     assert s.credentials() == ("alice", SECRET)
     assert Settings.from_url("valkey://h").credentials() == (None, None)
+
+
+# ============================================================================ WorkerSettings
+def test_worker_settings_defaults() -> None:
+    w = WorkerSettings.from_env({})
+    assert (w.max_retries, w.min_backoff_ms, w.max_deliveries, w.commit_step) == (5, 1000, 3, 8)
+    assert (w.embedder, w.model, w.inference_threads, w.llm, w.memory_factory) == (None,) * 5
+    assert w.home == Path(".memworker") and w.appendfsync is None
+    assert w.broker_options() == {
+        "max_retries": 5, "min_backoff_ms": 1000, "max_deliveries": 3, "commit_step": 8,
+    }  # fmt: skip
+
+
+def test_worker_settings_reads_every_variable(tmp_path: Path) -> None:
+    env = {
+        "MEMWORKER_MAX_RETRIES": "0",
+        "MEMWORKER_MIN_BACKOFF_MS": " 250 ",
+        "MEMWORKER_MAX_DELIVERIES": "1",
+        "MEMWORKER_COMMIT_STEP": "0",
+        "MEMWORKER_EMBEDDER": "pkg.mod:make",
+        "MEMWORKER_MODEL": "some/model",
+        "MEMWORKER_HOME": str(tmp_path),
+        "MEMWORKER_INFERENCE_THREADS": "3",
+        "MEMWORKER_LLM": "gpt-x",
+        "MEMWORKER_MEMORY_FACTORY": "pkg.mod:config",
+        "MEMWORKER_APPENDFSYNC": "always",
+    }
+    w = WorkerSettings.from_env(env)
+    assert w == WorkerSettings(
+        max_retries=0, min_backoff_ms=250, max_deliveries=1, commit_step=0,
+        embedder="pkg.mod:make", model="some/model", home=tmp_path, inference_threads=3,
+        llm="gpt-x", memory_factory="pkg.mod:config", appendfsync="always",
+    )  # fmt: skip
+    with pytest.raises(Exception):
+        w.commit_step = 1  # type: ignore[misc]  # frozen
+    # explicit values win over the settings; None keeps them
+    assert w.broker_options(max_retries=7, commit_step=None)["max_retries"] == 7
+    assert w.broker_options(commit_step=None)["commit_step"] == 0
+
+
+def test_worker_settings_empty_variables_count_as_unset() -> None:
+    env = {name: "" for name in (
+        "MEMWORKER_MAX_RETRIES", "MEMWORKER_COMMIT_STEP", "MEMWORKER_EMBEDDER", "MEMWORKER_MODEL",
+        "MEMWORKER_HOME", "MEMWORKER_INFERENCE_THREADS", "MEMWORKER_LLM",
+        "MEMWORKER_MEMORY_FACTORY", "MEMWORKER_APPENDFSYNC",
+    )}  # fmt: skip
+    assert WorkerSettings.from_env(env) == WorkerSettings()
+
+
+@pytest.mark.parametrize(
+    "var,value,message",
+    [
+        ("MEMWORKER_MAX_RETRIES", "x", "MEMWORKER_MAX_RETRIES must be an integer, got 'x'"),
+        ("MEMWORKER_MAX_RETRIES", "-1", "MEMWORKER_MAX_RETRIES must be an integer >= 0"),
+        ("MEMWORKER_MIN_BACKOFF_MS", "1.5", "MEMWORKER_MIN_BACKOFF_MS must be an integer"),
+        ("MEMWORKER_MAX_DELIVERIES", "0", "MEMWORKER_MAX_DELIVERIES must be an integer >= 1"),
+        ("MEMWORKER_COMMIT_STEP", "-2", "MEMWORKER_COMMIT_STEP must be an integer >= 0"),
+        ("MEMWORKER_INFERENCE_THREADS", "0", "MEMWORKER_INFERENCE_THREADS must be an integer >= 1"),
+        ("MEMWORKER_INFERENCE_THREADS", "two", "MEMWORKER_INFERENCE_THREADS must be an integer"),
+        ("MEMWORKER_EMBEDDER", "nocolon", "MEMWORKER_EMBEDDER must be 'module:callable'"),
+        ("MEMWORKER_MEMORY_FACTORY", "m:", "MEMWORKER_MEMORY_FACTORY must be 'module:function'"),
+        ("MEMWORKER_APPENDFSYNC", "sometimes", "MEMWORKER_APPENDFSYNC must be one of always"),
+    ],
+)
+def test_worker_settings_names_the_bad_variable_and_its_limit(
+    var: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        WorkerSettings.from_env({var: value})
+    assert message in str(info.value)
+
+
+def test_worker_settings_rejects_bad_fields() -> None:
+    with pytest.raises(ConfigError, match="commit_step must be an integer >= 0"):
+        WorkerSettings(commit_step=-1)
+    with pytest.raises(ConfigError, match="max_deliveries must be an integer >= 1"):
+        WorkerSettings().broker_options(max_deliveries=0)
+    with pytest.raises(ConfigError, match="inference_threads must be an integer >= 1"):
+        WorkerSettings(inference_threads=0)
+    with pytest.raises(ConfigError, match="appendfsync must be one of"):
+        WorkerSettings(appendfsync="never")
+
+
+def test_broker_options_reader_matches_the_broker_table() -> None:
+    assert set(BROKER_ENV) == {"max_retries", "min_backoff_ms", "max_deliveries", "commit_step"}
+    assert read_broker_options({"MEMWORKER_COMMIT_STEP": "4"}, max_retries=2) == {
+        "max_retries": 2, "min_backoff_ms": 1000, "max_deliveries": 3, "commit_step": 4,
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="max_retries must be an integer >= 0"):
+        read_broker_options({}, max_retries=True)
+
+
+def test_single_variable_readers(tmp_path: Path) -> None:
+    assert read_model({}) is None and read_model({"MEMWORKER_MODEL": "m"}) == "m"
+    assert read_home({}) == Path(".memworker")
+    assert read_home({"MEMWORKER_HOME": str(tmp_path)}) == tmp_path
+    assert read_inference_threads({"MEMWORKER_INFERENCE_THREADS": " 2 "}) == 2
+    assert read_embedder({"MEMWORKER_EMBEDDER": "bad"}, check=False) == "bad"
+    assert read_appendfsync({"MEMWORKER_APPENDFSYNC": "no"}) == "no"
+    # a reader checks only its own variable
+    assert read_model({"MEMWORKER_MODEL": "m", "MEMWORKER_MAX_RETRIES": "x"}) == "m"
+
+
+# ============================================================================ embedded endpoint
+def test_endpoint_is_hidden_and_not_compared(tmp_path: Path) -> None:
+    from memworker.settings import EmbeddedEndpoint
+
+    plain = Settings(home=tmp_path)
+    resolved = Settings.resolve(plain, namespace="x")
+    ready = Settings(home=tmp_path, endpoint=EmbeddedEndpoint("127.0.0.1", 7001, SECRET))
+    assert ready == plain and ready.embedded
+    for text in (repr(ready), str(ready), ready.redacted_url()):
+        assert SECRET not in text and "7001" not in text
+    assert ready.address() == ("127.0.0.1", 7001)
+    assert ready.credentials() == (None, SECRET)
+    assert SECRET in ready.url(redact=False) and SECRET not in ready.url()
+    # another namespace keeps the endpoint; another home or module forgets it
+    assert Settings.resolve(ready, namespace="other").endpoint == ready.endpoint
+    assert Settings.resolve(ready, home=tmp_path / "b").endpoint is None
+    assert Settings.resolve(ready, search_module="none").endpoint is None
+    assert resolved.endpoint is None
+
+
+def test_settings_module_imports_no_server_code() -> None:
+    code = (
+        "import sys, memworker.settings, memworker.worker_settings; "
+        "print(any(m.startswith('memworker.embedded') for m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"MEMWORKER_MAX_RETRIES": "2", "MEMWORKER_COMMIT_STEP": "0"},
+        {"MEMWORKER_MIN_BACKOFF_MS": "x"},
+        {"MEMWORKER_MAX_DELIVERIES": "0"},
+    ],
+)
+def test_worker_settings_agree_with_the_broker_reader(env: dict[str, str]) -> None:
+    """Until the worker takes its options from WorkerSettings, both readers agree
+    (values, defaults and error messages)."""
+    from memworker.worker import broker
+
+    def outcome(read: Callable[[], object]) -> object:
+        try:
+            return read()
+        except ConfigError as exc:
+            return str(exc)
+
+    assert outcome(lambda: broker.broker_options(env)) == outcome(
+        lambda: WorkerSettings.from_env(env).broker_options()
+    )
+    assert broker.BROKER_ENV == BROKER_ENV
+
+
+@pytest.mark.parametrize("spec", ["nocolon", "mod:", ":fn"])
+def test_worker_settings_agree_with_the_encoding_reader(spec: str) -> None:
+    """Until encoding takes MEMWORKER_MEMORY_FACTORY from WorkerSettings, both readers
+    reject a malformed factory with the same message."""
+    from memworker.encoding import load_memory_config
+
+    env = {"MEMWORKER_MEMORY_FACTORY": spec}
+    with pytest.raises(ConfigError) as old:
+        load_memory_config(env)
+    with pytest.raises(ConfigError) as new:
+        WorkerSettings.from_env(env)
+    assert str(old.value) == str(new.value)
+    assert load_memory_config({"MEMWORKER_LLM": "m"}).llm == WorkerSettings.from_env(
+        {"MEMWORKER_LLM": "m"}
+    ).llm

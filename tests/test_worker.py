@@ -444,7 +444,7 @@ W._nice = "idle"
 W.get_batcher().submit(["a text to embed", "and another one"]).result()
 def policy(tid):  # field 41 of /proc/<pid>/task/<tid>/stat
     return int(open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()[38])
-from memworker.embedding.model import configure_threads
+from memworker.embedding.threads import configure_threads
 inference = [t for t in threading.enumerate() if t.name.startswith("memworker-embed")]
 idle = [int(t) for t in os.listdir("/proc/self/task") if policy(t) == os.SCHED_IDLE]
 print(policy(threading.get_native_id()) == os.SCHED_OTHER,

@@ -29,9 +29,8 @@ from memworker.crewai._embedder import LocalEmbedder, model_id_of
 from memworker.crewai._group import GroupCommit
 from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._settle import Settler
-from memworker.queue.jobs import needs_flow, result_key
-from memworker.errors import ConfigError, ValidationError
-from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, encode_items
+from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
+from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, encode_items, needs_flow, result_key
 
 __all__ = ["QueuedMemory", "JobFailedError"]
 
@@ -46,14 +45,6 @@ GROUP_LIMIT = 64
 #: dedup, which CrewAI never applies to a single remember() and must not apply across
 #: the independent calls that share a job.
 _GROUPED_FLOW = {"consolidation_threshold": 1.0}
-
-
-class JobFailedError(QueueError):
-    """A ``remember()`` job was dead-lettered by the workers (the error is its text)."""
-
-    def __init__(self, failure: FailedJob) -> None:
-        self.failure = failure
-        super().__init__(f"memory save job {failure.job_id} failed: {failure.error}")
 
 
 class _Call:

@@ -11,13 +11,13 @@ LLM does).
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from memworker.errors import ConfigError, ValidationError
+from memworker.errors import ConfigError, WorkerLLMMissingError  # re-exported
+from memworker.worker_settings import LLM_ENV, MEMORY_FACTORY_ENV, read_llm, read_memory_factory
 
 __all__ = [
     "LLM_ENV",
@@ -31,14 +31,7 @@ __all__ = [
     "worker_memory_config",
 ]
 
-#: ``module:function`` returning the worker's memory configuration.
-MEMORY_FACTORY_ENV = "MEMWORKER_MEMORY_FACTORY"
-#: Model name of the worker's LLM (``crewai.LLM(model=...)``).
-LLM_ENV = "MEMWORKER_LLM"
 
-
-class WorkerLLMMissingError(ValidationError):
-    """A job needs LLM inference and this worker has no LLM configured (not retried)."""
 
 
 @dataclass
@@ -68,12 +61,9 @@ def load_memory_config(env: Mapping[str, str] | None = None) -> WorkerMemoryConf
         ConfigError: A bad factory path, or a factory returning something else than a
             :class:`WorkerMemoryConfig` or a mapping with ``llm``/``embedder``.
     """
-    env = os.environ if env is None else env
-    spec = env.get(MEMORY_FACTORY_ENV)
+    spec = read_memory_factory(env)  # ConfigError unless 'module:function'
     if spec:
         module, _, name = spec.partition(":")
-        if not module or not name:
-            raise ConfigError(f"{MEMORY_FACTORY_ENV} must be 'module:function', got {spec!r}")
         try:
             factory = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:
@@ -87,7 +77,7 @@ def load_memory_config(env: Mapping[str, str] | None = None) -> WorkerMemoryConf
             f"{MEMORY_FACTORY_ENV}={spec!r} returned {type(made).__name__}; expected a "
             "WorkerMemoryConfig or a mapping with 'llm' and optional 'embedder'"
         )
-    return WorkerMemoryConfig(llm=env.get(LLM_ENV) or None)
+    return WorkerMemoryConfig(llm=read_llm(env))
 
 
 def worker_memory_config() -> WorkerMemoryConfig:
@@ -110,7 +100,7 @@ def reset_worker_memory_config() -> None:
 def factory_embedder() -> Any:
     """The embedder named by ``MEMWORKER_MEMORY_FACTORY``, or ``None`` (no factory, or
     a factory that leaves the embedder to the process default)."""
-    if not os.environ.get(MEMORY_FACTORY_ENV):
+    if not read_memory_factory(check=False):
         return None
     return worker_memory_config().embedder
 

@@ -39,6 +39,7 @@ from typing import Any
 
 from memworker.crewai.config import worker_llm
 from memworker.crewai.locks import scope_locks
+from memworker.embedded import ensure_embedded
 from memworker.errors import MemworkerError
 from memworker.io.redispy import redis_client
 from memworker.queue.jobs import RESULT_TTL_MS, result_key
@@ -80,7 +81,7 @@ class BatcherEmbedder:
 
 # --------------------------------------------------------------------------- Valkey side
 def _client(settings: Any) -> Any:
-    key = (settings.url(redact=False, scheme="redis"), settings.namespace)
+    key = (ensure_embedded(settings).url(redact=False, scheme="redis"), settings.namespace)
     client = _clients.get(key)
     if client is None:
         with _lock:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from memworker.errors import MemworkerError, ValidationError
+from memworker.errors import ScopeBusyError, ValidationError  # ScopeBusyError re-exported
 from memworker.io.scripts import script_source
 
 __all__ = [
@@ -41,9 +41,6 @@ LOCK_LEASE_MS = 30_000
 #: Longest wait for a consolidation lock before the job is retried (ms).
 LOCK_WAIT_MS = 60_000
 
-
-class ScopeBusyError(MemworkerError):
-    """A consolidation lock stayed taken past ``LOCK_WAIT_MS`` (the job is retried)."""
 
 
 def lock_key(namespace: str, scope: str) -> str:

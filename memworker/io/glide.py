@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any, TypeVar
 
+from memworker.embedded import ensure_embedded
 from memworker.errors import ConnectionLostError
 from memworker.io.plan import (
     MAX_ATTEMPTS,
@@ -52,6 +53,7 @@ def glide_config(settings: Settings) -> Any:
         TlsAdvancedConfiguration,
     )
 
+    settings = ensure_embedded(settings)  # start or find the embedded server, if it is one
     host, port = settings.address()
     username, password = settings.credentials()  # the embedded server's, without a URL
     credentials = None

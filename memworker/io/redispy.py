@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from memworker.embedded import ensure_embedded
 from memworker.errors import MemworkerError
 from memworker.io.plan import (
     MAX_ATTEMPTS,
@@ -77,6 +78,7 @@ def redis_client(settings: Settings) -> Any:
     """A ``redis.Redis`` for ``settings`` (nothing connects until its first command)."""
     import redis
 
+    settings = ensure_embedded(settings)  # start or find the embedded server, if it is one
     return redis.Redis.from_url(
         settings.url(redact=False, scheme="redis"), **redis_kwargs(settings)
     )
@@ -86,6 +88,7 @@ def async_redis_client(settings: Settings) -> Any:
     """A ``redis.asyncio.Redis`` for ``settings`` (bound to the loop of its first use)."""
     import redis.asyncio
 
+    settings = ensure_embedded(settings)  # start or find the embedded server, if it is one
     return redis.asyncio.Redis.from_url(
         settings.url(redact=False, scheme="redis"), **redis_kwargs(settings)
     )

@@ -67,6 +67,12 @@ from memworker.worker.middleware import (
     current_delivery,
 )
 from memworker.worker.runtime import get_batcher
+from memworker.worker_settings import (
+    COMMIT_STEP_ENV,
+    DEFAULT_COMMIT_STEP,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MIN_BACKOFF_MS,
+)
 
 __all__ = [
     "COMMIT_STEP_ENV",
@@ -78,17 +84,8 @@ __all__ = [
     "make_broker",
 ]
 
-#: Retries of a transiently failing job.
-DEFAULT_MAX_RETRIES = 5
-#: First retry backoff (ms); doubles per retry.
-DEFAULT_MIN_BACKOFF_MS = 1_000
 #: Longest retry backoff (ms).
 DEFAULT_MAX_BACKOFF_MS = 60_000
-#: Environment variable: records per atomic step of a job's commit (0: one step).
-COMMIT_STEP_ENV = "MEMWORKER_COMMIT_STEP"
-#: Default records per commit step: paced agents' enqueue p99 on 2 vCPUs with RediSearch
-#: was 12-13.5 ms with whole-job steps (50 records), 5-7 ms with steps of 8 or 4.
-DEFAULT_COMMIT_STEP = 8
 
 
 class WorkerContext:

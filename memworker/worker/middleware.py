@@ -43,6 +43,7 @@ from memworker.settings import Settings
 from memworker.worker._dramatiq_compat import message_exception
 from memworker.worker.logs import ids_text, loggable_error
 from memworker.worker.runtime import batcher_counts
+from memworker.worker_settings import DEFAULT_MAX_DELIVERIES
 
 __all__ = [
     "DEFAULT_MAX_DELIVERIES",
@@ -57,8 +58,6 @@ __all__ = [
 
 log = logging.getLogger("memworker.worker")
 
-#: Deliveries of one attempt of a job before the poison guard dead-letters it.
-DEFAULT_MAX_DELIVERIES = 3
 #: Interval of the worker health key refresh (ms); the key lives HEALTH_TTL_MS.
 HEALTH_INTERVAL_MS = 1_000
 

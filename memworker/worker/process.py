@@ -22,18 +22,13 @@ import dramatiq
 from memworker.crewai.flow import check_worker_model
 from memworker.errors import ConfigError
 from memworker.records import dimension_mismatch, record_types
+from memworker.embedded import ensure_embedded
 from memworker.settings import Settings
-from memworker.worker.actors import (
-    COMMIT_STEP_ENV,
-    DEFAULT_COMMIT_STEP,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_MIN_BACKOFF_MS,
-    make_broker,
-)
+from memworker.worker.actors import make_broker
 from memworker.worker.broker import WORKER_TIMEOUT_MS, MemworkerBroker
-from memworker.worker.middleware import DEFAULT_MAX_DELIVERIES
 from memworker.worker.priority import Nice, check_nice
 from memworker.worker.runtime import configure_process, get_batcher
+from memworker.worker_settings import BROKER_ENV, read_broker_options
 
 __all__ = ["BROKER_ENV", "broker_options", "run_worker", "running_worker", "warm_up"]
 
@@ -78,39 +73,15 @@ def warm_up() -> None:
     get_batcher().submit(["warm up"]).result()
 
 
-#: Environment fallbacks of run_worker's (and ``memworker worker``'s) broker options.
-BROKER_ENV = {
-    "max_retries": ("MEMWORKER_MAX_RETRIES", DEFAULT_MAX_RETRIES, 0),
-    "min_backoff_ms": ("MEMWORKER_MIN_BACKOFF_MS", DEFAULT_MIN_BACKOFF_MS, 0),
-    "max_deliveries": ("MEMWORKER_MAX_DELIVERIES", DEFAULT_MAX_DELIVERIES, 1),
-    "commit_step": (COMMIT_STEP_ENV, DEFAULT_COMMIT_STEP, 0),
-}
-
-
 def broker_options(env: Any = None, **given: int | None) -> dict[str, int]:
     """``max_retries``, ``min_backoff_ms``, ``max_deliveries``, ``commit_step``: each
-    the given value, else its environment variable (:data:`BROKER_ENV`), else the default.
+    the given value, else its environment variable, else the default (read by
+    :func:`memworker.worker_settings.read_broker_options`).
 
     Raises:
         ConfigError: A value that is not an integer at or above its minimum.
     """
-    env = os.environ if env is None else env
-    out: dict[str, int] = {}
-    for name, (var, default, low) in BROKER_ENV.items():
-        value: Any = given.get(name)
-        where = name
-        if value is None and env.get(var, "").strip():
-            value, where = env[var].strip(), var
-            try:
-                value = int(value)
-            except ValueError:
-                raise ConfigError(f"{var} must be an integer, got {value!r}") from None
-        if value is None:
-            value = default
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{where} must be an integer >= {low}, got {value!r}")
-        out[name] = value
-    return out
+    return read_broker_options(env, **given)
 
 
 def _serve(
@@ -211,7 +182,7 @@ def run_worker(
         commit_step=commit_step,
     )  # fmt: skip
     settings = Settings.resolve(settings)
-    settings.address()  # start/find the embedded server once, before the children
+    settings = ensure_embedded(settings)  # start/find the embedded server once, before the children
     qlist = list(queues) if queues else None
     check_nice(nice)
     if processes == 1:

@@ -9,15 +9,14 @@ sets the process options (:func:`configure_process`) before the first batch.
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from memworker.crewai.config import factory_embedder
-from memworker.embedding.model import Embedder, EmbeddingBatcher, configure_threads
-from memworker.errors import ConfigError
+from memworker.embedding import Embedder, EmbeddingBatcher, configure_threads
 from memworker.worker.priority import Nice, lower_priority
+from memworker.worker_settings import EMBEDDER_ENV, read_embedder
 
 __all__ = [
     "EMBEDDER_ENV",
@@ -28,7 +27,6 @@ __all__ = [
 ]
 
 #: Environment variable naming an embedder factory, ``module:callable``.
-EMBEDDER_ENV = "MEMWORKER_EMBEDDER"
 
 _factory_lock = threading.Lock()
 _embedder_factory: Callable[[], Any] | None = None
@@ -56,11 +54,9 @@ def _make_embedder() -> tuple[Any, int]:
     from a factory runs one batch at a time (it may not be safe to share)."""
     if _embedder_factory is not None:
         return _embedder_factory(), 1
-    spec = os.environ.get(EMBEDDER_ENV)
+    spec = read_embedder()  # MEMWORKER_EMBEDDER, checked: ConfigError when malformed
     if spec:
         module, _, name = spec.partition(":")
-        if not module or not name:
-            raise ConfigError(f"{EMBEDDER_ENV} must be 'module:callable', got {spec!r}")
         return getattr(importlib.import_module(module), name)(), 1
     configured = factory_embedder()  # MEMWORKER_MEMORY_FACTORY's embedder, if it names one
     if configured is not None:

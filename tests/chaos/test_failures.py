@@ -54,7 +54,7 @@ def test_poison_job_dead_lettered_others_in_its_batch_commit(chaos_server, ns, c
 def test_good_request_batched_with_a_poison_text_still_succeeds():
     from concurrent.futures import wait
 
-    from memworker.embedding.model import EmbeddingBatcher
+    from memworker.embedding.batcher import EmbeddingBatcher
 
     batcher = EmbeddingBatcher(ChaosEmbedder(), max_wait_ms=200)
     try:

@@ -1,0 +1,175 @@
+"""The embedded server's state: :class:`EmbeddedServer`, the state file and the start lock.
+
+The server of a home is recorded in ``home/valkey.json``; every process finds it there
+(:func:`find_live`, which also recovers a record left behind by a crash). Start and stop
+are serialized across processes by ``flock`` on ``home/valkey.lock`` (:func:`locked`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memworker.embedded.auth import (
+    DATA_DIR,
+    FILE_MODE,
+    LOCK_FILE,
+    PASSWORD_FILE,
+    STATE_FILE,
+    read_password,
+    write_private,
+)
+from memworker.embedded.procs import Probe, is_valkey, pid_alive, probe, terminate
+from memworker.errors import EmbeddedServerError
+
+__all__ = [
+    "EmbeddedServer",
+    "find_live",
+    "forget_state",
+    "locked",
+    "read_state",
+    "recorded_foreground",
+    "write_state",
+]
+
+
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """A running embedded server.
+
+    Attributes:
+        host: Loopback address it listens on.
+        port: TCP port.
+        pid: Process id of ``valkey-server``.
+        home: The home folder it serves (resolved).
+        module: Path of the loaded search module, or ``None``.
+        password: The server's password (from ``home/valkey.password``; never shown
+            in ``repr``), or ``None`` when the file is missing.
+    """
+
+    host: str
+    port: int
+    pid: int
+    home: Path
+    module: str | None
+    password: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def data_dir(self) -> Path:
+        """The server's working directory, where the AOF lives."""
+        return self.home / DATA_DIR
+
+
+def recorded_foreground(home: Path) -> bool:
+    try:
+        return bool(json.loads((home / STATE_FILE).read_text()).get("foreground"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_state(home: Path) -> EmbeddedServer | None:
+    """The recorded server, or ``None`` if there is no state file or it is unreadable."""
+    try:
+        data = json.loads((home / STATE_FILE).read_text(encoding="utf-8"))
+        pid, port, host, module = data["pid"], data["port"], data["host"], data["module"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not (isinstance(pid, int) and isinstance(port, int) and 0 < port < 65536 and pid > 0):
+        return None
+    if not isinstance(host, str) or not (module is None or isinstance(module, str)):
+        return None
+    return EmbeddedServer(host, port, pid, home, module, read_password(home))
+
+
+def write_state(server: EmbeddedServer, *, foreground: bool) -> None:
+    """Write the state file atomically (temp file + ``os.replace``)."""
+    state = {
+        "pid": server.pid,
+        "host": server.host,
+        "port": server.port,
+        "module": server.module,
+        "started_at": time.time(),
+        "foreground": foreground,
+    }
+    write_private(server.home / STATE_FILE, json.dumps(state, indent=1) + "\n")
+
+
+def forget_state(home: Path, pid: int, timeout: float) -> None:
+    """Remove the state file if it still records ``pid``."""
+    try:
+        with locked(home, timeout):
+            state = read_state(home)
+            if state is not None and state.pid == pid:
+                (home / STATE_FILE).unlink(missing_ok=True)
+    except EmbeddedServerError:
+        pass
+
+
+@contextmanager
+def locked(home: Path, timeout: float) -> Iterator[None]:
+    """Hold the exclusive start lock of ``home`` (released when the fd closes)."""
+    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EmbeddedServerError(
+                        f"timed out after {timeout} s waiting for {home / LOCK_FILE}"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def find_live(home: Path, timeout: float, *, recover: bool) -> EmbeddedServer | None:
+    """The recorded server if it answers; with ``recover``, clear a stale record.
+
+    A server that accepts connections but does not answer for ``timeout`` seconds
+    (busy or hung), or that answers without a password (started by an older
+    memworker) or refuses this home's password, is never killed nor used: with
+    ``recover`` that raises, else ``None``.
+    """
+    state = read_state(home)
+    if state is None:
+        if recover:
+            (home / STATE_FILE).unlink(missing_ok=True)
+        return None
+    status: Probe = "down"
+    if pid_alive(state.pid):
+        deadline = time.monotonic() + timeout
+        status = probe(state.host, state.port, state.password)
+        while status == "busy" and time.monotonic() < deadline:
+            status = probe(state.host, state.port, state.password)
+        if status == "up":
+            return state
+        if status in ("busy", "open", "denied"):
+            if not recover:
+                return None
+            what = {
+                "busy": "accepts connections but does not answer",
+                "open": "has no password (started by an older memworker or by hand): stop it "
+                f"(kill {state.pid}; Valkey saves its data on SIGTERM) and the next start gives "
+                "it one",
+                "denied": f"refuses the password in {home / PASSWORD_FILE}: stop it "
+                f"(kill {state.pid}) and the next start uses that password",
+            }[status]
+            raise EmbeddedServerError(
+                f"the Valkey server recorded in {home / STATE_FILE} (pid {state.pid}, "
+                f"port {state.port}) {what}"
+            )
+        if recover and is_valkey(state.pid):
+            terminate(state.pid, timeout)  # alive, valkey, but not serving its port
+    if recover:
+        (home / STATE_FILE).unlink(missing_ok=True)
+    return None

@@ -1,0 +1,286 @@
+"""Worker settings: the one reader of the ``MEMWORKER_*`` variables of a worker process.
+
+:class:`WorkerSettings` (frozen) holds what a worker and the CLI take from the
+environment: the commit step, retries, backoff and deliveries of the broker, the
+embedder factory, model, home and inference threads of the embedding model, the LLM
+and memory factory of the encoding flow, and the embedded server's ``appendfsync``.
+:meth:`WorkerSettings.from_env` validates every variable at once; the ``read_*``
+functions read one variable each, for the code that needs only that one (so a bad
+variable it does not use never breaks it). The connection variables
+(``VALKEY_URL``, ``MEMWORKER_NAMESPACE``, ...) are :class:`memworker.settings.Settings`'.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memworker.errors import ConfigError
+
+__all__ = [
+    "WorkerSettings",
+    "BROKER_ENV",
+    "read_broker_options",
+    "read_embedder",
+    "read_model",
+    "read_home",
+    "read_inference_threads",
+    "read_llm",
+    "read_memory_factory",
+    "read_appendfsync",
+]
+
+#: Deliveries of one attempt of a job before the poison guard dead-letters it.
+DEFAULT_MAX_DELIVERIES = 3
+#: Retries of a transiently failing job.
+DEFAULT_MAX_RETRIES = 5
+#: First retry backoff (ms); doubles per retry.
+DEFAULT_MIN_BACKOFF_MS = 1_000
+#: Default records per commit step (0: one step for the whole job).
+DEFAULT_COMMIT_STEP = 8
+#: Home folder used when ``MEMWORKER_HOME`` is unset.
+DEFAULT_HOME = Path(".memworker")
+
+COMMIT_STEP_ENV = "MEMWORKER_COMMIT_STEP"
+MAX_RETRIES_ENV = "MEMWORKER_MAX_RETRIES"
+MIN_BACKOFF_MS_ENV = "MEMWORKER_MIN_BACKOFF_MS"
+MAX_DELIVERIES_ENV = "MEMWORKER_MAX_DELIVERIES"
+#: An embedder factory, ``module:callable``.
+EMBEDDER_ENV = "MEMWORKER_EMBEDDER"
+#: The embedding model (hub name or local path).
+MODEL_ENV = "MEMWORKER_MODEL"
+#: memworker's home folder (embedded server data, ONNX exports).
+HOME_ENV = "MEMWORKER_HOME"
+#: A worker process's inference threads.
+THREADS_ENV = "MEMWORKER_INFERENCE_THREADS"
+#: A model name for ``crewai.LLM``.
+LLM_ENV = "MEMWORKER_LLM"
+#: A worker memory factory, ``module:function``.
+MEMORY_FACTORY_ENV = "MEMWORKER_MEMORY_FACTORY"
+#: The embedded server's AOF fsync policy.
+APPENDFSYNC_ENV = "MEMWORKER_APPENDFSYNC"
+#: Values of ``appendfsync`` Valkey accepts.
+APPENDFSYNC_VALUES = ("always", "everysec", "no")
+
+#: The broker options: option -> (variable, default, minimum).
+BROKER_ENV: dict[str, tuple[str, int, int]] = {
+    "max_retries": (MAX_RETRIES_ENV, DEFAULT_MAX_RETRIES, 0),
+    "min_backoff_ms": (MIN_BACKOFF_MS_ENV, DEFAULT_MIN_BACKOFF_MS, 0),
+    "max_deliveries": (MAX_DELIVERIES_ENV, DEFAULT_MAX_DELIVERIES, 1),
+    "commit_step": (COMMIT_STEP_ENV, DEFAULT_COMMIT_STEP, 0),
+}
+
+
+def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if env is None else env
+
+
+def _get(env: Mapping[str, str] | None, name: str) -> str | None:
+    """The variable's value, ``None`` when unset or empty."""
+    return _env(env).get(name) or None
+
+
+def read_broker_options(
+    env: Mapping[str, str] | None = None, **given: int | None
+) -> dict[str, int]:
+    """``max_retries``, ``min_backoff_ms``, ``max_deliveries``, ``commit_step``: each the
+    given value, else its environment variable (:data:`BROKER_ENV`), else the default.
+
+    Args:
+        env: Mapping to read instead of ``os.environ``.
+        **given: Explicit values; ``None`` falls back to the environment.
+
+    Raises:
+        ConfigError: A value that is not an integer at or above its minimum (naming
+            the variable or the option, and the minimum).
+    """
+    source = _env(env)
+    out: dict[str, int] = {}
+    for name, (var, default, low) in BROKER_ENV.items():
+        value: object = given.get(name)
+        where = name
+        if value is None and source.get(var, "").strip():
+            raw, where = source[var].strip(), var
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
+        if value is None:
+            value = default
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{where} must be an integer >= {low}, got {value!r}")
+        out[name] = value
+    return out
+
+
+def _check_spec(var: str, spec: str | None, what: str) -> str | None:
+    if spec:
+        module, _, name = spec.partition(":")
+        if not module or not name:
+            raise ConfigError(f"{var} must be 'module:{what}', got {spec!r}")
+    return spec
+
+
+def read_embedder(env: Mapping[str, str] | None = None, *, check: bool = True) -> str | None:
+    """``MEMWORKER_EMBEDDER`` (``module:callable``), or ``None``.
+
+    Raises:
+        ConfigError: When ``check`` and the value is not ``module:callable``.
+    """
+    spec = _get(env, EMBEDDER_ENV)
+    return _check_spec(EMBEDDER_ENV, spec, "callable") if check else spec
+
+
+def read_model(env: Mapping[str, str] | None = None) -> str | None:
+    """``MEMWORKER_MODEL``, or ``None`` (the bundled model)."""
+    return _get(env, MODEL_ENV)
+
+
+def read_home(env: Mapping[str, str] | None = None) -> Path:
+    """``MEMWORKER_HOME``, else ``./.memworker``."""
+    raw = _get(env, HOME_ENV)
+    return Path(raw) if raw else DEFAULT_HOME
+
+
+def read_inference_threads(env: Mapping[str, str] | None = None) -> int | None:
+    """``MEMWORKER_INFERENCE_THREADS``, or ``None`` (cores divided by processes).
+
+    Raises:
+        ConfigError: The value is not an integer >= 1.
+    """
+    raw = _env(env).get(THREADS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        wanted = int(raw)
+    except ValueError:
+        wanted = 0
+    if wanted < 1:
+        raise ConfigError(f"{THREADS_ENV} must be an integer >= 1, got {raw!r}")
+    return wanted
+
+
+def read_llm(env: Mapping[str, str] | None = None) -> str | None:
+    """``MEMWORKER_LLM`` (a model name for ``crewai.LLM``), or ``None``."""
+    return _get(env, LLM_ENV)
+
+
+def read_memory_factory(
+    env: Mapping[str, str] | None = None, *, check: bool = True
+) -> str | None:
+    """``MEMWORKER_MEMORY_FACTORY`` (``module:function``), or ``None``.
+
+    Raises:
+        ConfigError: When ``check`` and the value is not ``module:function``.
+    """
+    spec = _get(env, MEMORY_FACTORY_ENV)
+    return _check_spec(MEMORY_FACTORY_ENV, spec, "function") if check else spec
+
+
+def read_appendfsync(env: Mapping[str, str] | None = None, *, check: bool = True) -> str | None:
+    """``MEMWORKER_APPENDFSYNC``, or ``None`` (the embedded server's default).
+
+    Raises:
+        ConfigError: When ``check`` and the value is not one of
+            :data:`APPENDFSYNC_VALUES`.
+    """
+    value = _get(env, APPENDFSYNC_ENV)
+    if check and value is not None and value not in APPENDFSYNC_VALUES:
+        raise ConfigError(
+            f"{APPENDFSYNC_ENV} must be one of {', '.join(APPENDFSYNC_VALUES)}, got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker process reads from ``MEMWORKER_*`` variables.
+
+    Attributes:
+        max_retries: Retries of a transiently failing job (``MEMWORKER_MAX_RETRIES``).
+        min_backoff_ms: First retry backoff, doubled per retry
+            (``MEMWORKER_MIN_BACKOFF_MS``).
+        max_deliveries: Deliveries of one attempt before the poison guard
+            (``MEMWORKER_MAX_DELIVERIES``).
+        commit_step: Records per atomic commit step, 0 for one step
+            (``MEMWORKER_COMMIT_STEP``).
+        embedder: Embedder factory ``module:callable`` (``MEMWORKER_EMBEDDER``).
+        model: Embedding model, ``None`` for the bundled one (``MEMWORKER_MODEL``).
+        home: memworker's home folder (``MEMWORKER_HOME``).
+        inference_threads: Inference threads, ``None`` for cores divided by processes
+            (``MEMWORKER_INFERENCE_THREADS``).
+        llm: LLM model name (``MEMWORKER_LLM``).
+        memory_factory: Worker memory factory ``module:function``
+            (``MEMWORKER_MEMORY_FACTORY``).
+        appendfsync: Embedded server's fsync policy, ``None`` for its default
+            (``MEMWORKER_APPENDFSYNC``).
+    """
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    commit_step: int = DEFAULT_COMMIT_STEP
+    embedder: str | None = None
+    model: str | None = None
+    home: Path = field(default_factory=lambda: DEFAULT_HOME)
+    inference_threads: int | None = None
+    llm: str | None = None
+    memory_factory: str | None = None
+    appendfsync: str | None = None
+
+    def __post_init__(self) -> None:
+        read_broker_options({}, **self.broker_options())
+        if self.inference_threads is not None and (
+            isinstance(self.inference_threads, bool)
+            or not isinstance(self.inference_threads, int)
+            or self.inference_threads < 1
+        ):
+            raise ConfigError(
+                f"inference_threads must be an integer >= 1, got {self.inference_threads!r}"
+            )
+        _check_spec("embedder", self.embedder, "callable")
+        _check_spec("memory_factory", self.memory_factory, "function")
+        if self.appendfsync is not None and self.appendfsync not in APPENDFSYNC_VALUES:
+            raise ConfigError(
+                f"appendfsync must be one of {', '.join(APPENDFSYNC_VALUES)}, "
+                f"got {self.appendfsync!r}"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
+        """Read and validate every worker variable; empty variables count as unset.
+
+        Args:
+            env: Mapping to read instead of ``os.environ``.
+
+        Raises:
+            ConfigError: Naming the first invalid variable and its limit.
+        """
+        return cls(
+            **read_broker_options(env),
+            embedder=read_embedder(env),
+            model=read_model(env),
+            home=read_home(env),
+            inference_threads=read_inference_threads(env),
+            llm=read_llm(env),
+            memory_factory=read_memory_factory(env),
+            appendfsync=read_appendfsync(env),
+        )
+
+    def broker_options(self, **given: int | None) -> dict[str, int]:
+        """The broker options (``max_retries``, ``min_backoff_ms``, ``max_deliveries``,
+        ``commit_step``): each the given value unless ``None``, else this object's.
+
+        Raises:
+            ConfigError: A given value that is not an integer at or above its minimum.
+        """
+        mine = {
+            "max_retries": self.max_retries,
+            "min_backoff_ms": self.min_backoff_ms,
+            "max_deliveries": self.max_deliveries,
+            "commit_step": self.commit_step,
+        }
+        mine.update({k: v for k, v in given.items() if v is not None})
+        return read_broker_options({}, **mine)
