@@ -443,9 +443,9 @@ def test_settings_module_imports_no_server_code() -> None:
     ],
 )
 def test_worker_settings_agree_with_the_broker_reader(env: dict[str, str]) -> None:
-    """Until the worker takes its options from WorkerSettings, both readers agree
-    (values, defaults and error messages)."""
-    from memworker.worker import broker
+    """The worker's option reader and WorkerSettings agree (values, defaults and
+    error messages)."""
+    from memworker.worker import process as broker
 
     def outcome(read: Callable[[], object]) -> object:
         try:
@@ -461,9 +461,9 @@ def test_worker_settings_agree_with_the_broker_reader(env: dict[str, str]) -> No
 
 @pytest.mark.parametrize("spec", ["nocolon", "mod:", ":fn"])
 def test_worker_settings_agree_with_the_encoding_reader(spec: str) -> None:
-    """Until encoding takes MEMWORKER_MEMORY_FACTORY from WorkerSettings, both readers
+    """The flow's config reader (through WorkerSettings' readers) and WorkerSettings
     reject a malformed factory with the same message."""
-    from memworker.encoding import load_memory_config
+    from memworker.crewai.config import load_memory_config
 
     env = {"MEMWORKER_MEMORY_FACTORY": spec}
     with pytest.raises(ConfigError) as old:
