@@ -5,7 +5,9 @@ Importing this package starts nothing: public names are loaded on first access.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from memworker._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -90,16 +92,4 @@ if TYPE_CHECKING:
     from memworker.worker_settings import WorkerSettings
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memworker' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)

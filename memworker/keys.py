@@ -42,7 +42,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CHANGES_CAP", "DEFAULT_QUEUE", "LAYOUT_VERSION", "Keys", "QueueKeys"]
+__all__ = [
+    "CHANGES_CAP",
+    "DEFAULT_QUEUE",
+    "LAYOUT_VERSION",
+    "Keys",
+    "QueueKeys",
+    "lock_key",
+    "lock_under_key",
+    "result_key",
+]
 
 #: Queue the actors consume.
 DEFAULT_QUEUE = "default"
@@ -115,41 +124,52 @@ class QueueKeys:
         return f"{self.namespace}:dq"
 
     def pending(self, producer: str) -> str:
+        """Sorted set of the producer's pending job ids (score: enqueue time, ms)."""
         return f"{self.namespace}:pending:{producer}"
 
     def failed(self, producer: str) -> str:
+        """Hash of the producer's unreported failures (job id -> failure JSON)."""
         return f"{self.namespace}:failed:{producer}"
 
     def committed(self, producer: str) -> str:
+        """Sorted set of the producer's commit markers (written by the commit itself)."""
         return f"{self.namespace}:committed:{producer}"
 
     def reported(self, producer: str) -> str:
+        """Sorted set of the producer's jobs a drain has reported (tombstones)."""
         return f"{self.namespace}:reported:{producer}"
 
     def done_channel(self, producer: str) -> str:
+        """Channel on which a job id is published when it leaves the pending set."""
         return f"{self.namespace}:done:{producer}"
 
     @property
     def done_pattern(self) -> str:
+        """Pattern of every producer's done channel."""
         return f"{self.namespace}:done:*"
 
     @property
     def producers(self) -> str:
+        """Set of the producer ids that ever enqueued."""
         return f"{self.namespace}:producers"
 
     @property
     def deliveries(self) -> str:
+        """Hash of the poison guard's delivery counters (``<job>:<attempt>``)."""
         return f"{self.namespace}:deliveries"
 
     @property
     def workers(self) -> str:
+        """Sorted set of live workers (score: last heartbeat, ms)."""
         return f"{self.namespace}:workers"
 
     def worker(self, worker_id: str) -> str:
+        """Hash of one worker's health record (TTL: the health TTL)."""
         return f"{self.namespace}:workers:{worker_id}"
 
     @property
     def stats(self) -> str:
+        """Hash of the throughput counters (committed, failed, records)."""
         return f"{self.namespace}:stats"
 
     def q(self, queue: str | None = None) -> str:
@@ -157,20 +177,43 @@ class QueueKeys:
         return f"{self.dq_namespace}:{queue or self.queue}"
 
     def msgs(self, queue: str | None = None) -> str:
+        """dramatiq's hash of a queue's messages (message id -> encoded message)."""
         return f"{self.q(queue)}.msgs"
 
     def wake(self, queue: str | None = None) -> str:
+        """List of wake-up tokens for a queue's idle consumers."""
         return f"{self.q(queue)}.wake"
 
     def delayed_msgs(self, queue: str | None = None) -> str:
+        """dramatiq's delay queue messages (retries waiting for their eta)."""
         return f"{self.q(queue)}.DQ.msgs"
 
     def dead(self, queue: str | None = None) -> str:
+        """dramatiq's dead-letter sorted set of a queue."""
         return f"{self.q(queue)}.XQ"
 
     def dead_msgs(self, queue: str | None = None) -> str:
+        """dramatiq's hash of a queue's dead-lettered messages."""
         return f"{self.q(queue)}.XQ.msgs"
 
     @property
     def heartbeats(self) -> str:
+        """dramatiq's sorted set of broker heartbeats."""
         return f"{self.dq_namespace}:__heartbeats__"
+
+
+def lock_key(namespace: str, scope: str) -> str:
+    """``ns:lock:consolidate:<scope>``: the token of the holder of the consolidation
+    lock on ``scope`` (memworker.crewai.locks)."""
+    return f"{namespace}:lock:consolidate:{scope}"
+
+
+def lock_under_key(namespace: str, scope: str) -> str:
+    """``ns:lock:under:<scope>``: the locks held on strict descendants of ``scope``
+    (sorted set, member ``<token><scope>``, score = lease expiry in server ms)."""
+    return f"{namespace}:lock:under:{scope}"
+
+
+def result_key(namespace: str, job_id: str) -> str:
+    """``ns:results:<job>``: item id -> id of the record it became (``""``: dropped)."""
+    return f"{namespace}:results:{job_id}"

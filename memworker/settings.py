@@ -311,10 +311,12 @@ class Settings:
 
     def address(self) -> tuple[str, int]:
         """``(host, port)``: the URL's, or the embedded server's :attr:`endpoint`
-        (its password: :meth:`credentials`). Call
-        :func:`memworker.embedded.ensure_embedded` first for settings without a URL;
-        without it, for now, this still starts or finds the embedded server (a
-        compatibility path to be removed).
+        (its password: :meth:`credentials`). Settings without a URL must be resolved
+        by :func:`memworker.embedded.ensure_embedded` first (it starts or finds the
+        server); Settings itself has no side effect.
+
+        Raises:
+            ConfigError: Embedded settings that were not resolved.
         """
         if self.host is not None:
             return self.host, int(self.port or 6379)
@@ -334,17 +336,13 @@ class Settings:
         return None, self._endpoint().password
 
     def _endpoint(self) -> EmbeddedEndpoint:
-        if self.endpoint is not None:
-            return self.endpoint
-        # Compatibility (issue 12, to be removed): memworker's own connection paths
-        # all call ensure_embedded first; this keeps a direct address()/url() call on
-        # unresolved embedded settings starting the server, as two existing tests
-        # (test_embedded.py) require. Removing it makes Settings free of side effects.
-        from memworker.embedded import ensure_embedded
-
-        endpoint = ensure_embedded(self).endpoint
-        assert endpoint is not None
-        return endpoint
+        if self.endpoint is None:
+            raise ConfigError(
+                "these settings name the embedded server, which is not resolved yet: "
+                "call memworker.embedded.ensure_embedded(settings) first (Settings "
+                "itself never starts a server)"
+            )
+        return self.endpoint
 
     def url(self, *, redact: bool = True, scheme: str | None = None) -> str:
         """This server as a URL; the password is ``***`` unless ``redact=False``.

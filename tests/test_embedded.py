@@ -17,7 +17,7 @@ import valkey
 
 from memworker import embedded
 from memworker.embedded import EmbeddedServer, ensure_server, stop_server
-from memworker.errors import EmbeddedServerError
+from memworker.errors import ConfigError, EmbeddedServerError
 from memworker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,7 +284,10 @@ def test_serve_forever_foreground(home: Path) -> None:
 def test_settings_address_uses_embedded_server(home: Path) -> None:
     settings = Settings.from_env({"MEMWORKER_HOME": str(home)})
     assert settings.embedded
-    host, port = settings.address()
+    with pytest.raises(ConfigError, match="ensure_embedded"):
+        settings.address()  # Settings has no side effect: it never starts a server
+    assert embedded.find_server(home) is None
+    host, port = embedded.ensure_embedded(settings).address()
     server = ensure_server(home, search_module="none")
     assert (host, port) == (server.host, server.port)
     assert valkey.Valkey(host=host, port=port, password=server.password).ping() is True
@@ -413,7 +416,9 @@ def test_every_client_of_another_process_finds_the_password(home: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "0 True"
-    settings = Settings.from_env({"MEMWORKER_HOME": str(home)}, search_module="none")
+    settings = embedded.ensure_embedded(
+        Settings.from_env({"MEMWORKER_HOME": str(home)}, search_module="none")
+    )
     assert server.password is not None
     assert server.password in settings.url(redact=False)
     for text in (settings.url(), settings.redacted_url(), repr(settings), str(settings)):

@@ -10,8 +10,9 @@ only when a flow runs, so a worker imports them without crewai installed.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from memworker._lazy import lazy_names
 
 __all__ = [
     # setup
@@ -44,17 +45,7 @@ if TYPE_CHECKING:
     from memworker.crewai._memory import JobFailedError, QueuedMemory
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memworker.crewai' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)
 
 
 def import_lancedb(*args: Any, **kwargs: Any) -> Any:

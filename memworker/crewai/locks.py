@@ -22,6 +22,7 @@ from typing import Any
 
 from memworker.errors import ScopeBusyError, ValidationError  # ScopeBusyError re-exported
 from memworker.io.scripts import script_source
+from memworker.keys import lock_key, lock_under_key  # re-exported
 
 __all__ = [
     "LOCK_LEASE_MS",
@@ -41,17 +42,6 @@ LOCK_LEASE_MS = 30_000
 #: Longest wait for a consolidation lock before the job is retried (ms).
 LOCK_WAIT_MS = 60_000
 
-
-
-def lock_key(namespace: str, scope: str) -> str:
-    """``ns:lock:consolidate:<scope>``: the token of the holder of the lock on ``scope``."""
-    return f"{namespace}:lock:consolidate:{scope}"
-
-
-def lock_under_key(namespace: str, scope: str) -> str:
-    """``ns:lock:under:<scope>``: the locks held on strict descendants of ``scope``
-    (sorted set, member ``<token><scope>``, score = lease expiry in server ms)."""
-    return f"{namespace}:lock:under:{scope}"
 
 
 def _parts(scope: str | None) -> tuple[str, ...]:

@@ -39,7 +39,7 @@ from memworker.errors import (
     QueueError,
     ValidationError,
 )
-from memworker.keys import DEFAULT_QUEUE, QueueKeys
+from memworker.keys import DEFAULT_QUEUE, QueueKeys, result_key  # result_key re-exported
 from memworker.store.codec import to_row, to_rows
 from memworker.store.validate import check_flow
 
@@ -507,11 +507,6 @@ __all__ += ["RESULT_TTL_MS", "needs_flow", "result_key"]
 
 #: Lifetime of a job's ``ns:results:<job>`` hash (ms).
 RESULT_TTL_MS = 3_600_000
-
-
-def result_key(namespace: str, job_id: str) -> str:
-    """``ns:results:<job>``: item id -> id of the record it became (``""``: dropped)."""
-    return f"{namespace}:results:{job_id}"
 
 
 def needs_flow(flow: Any) -> bool:

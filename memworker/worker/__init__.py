@@ -16,8 +16,9 @@ a leaf such as :mod:`memworker.worker.runtime` does not import the whole package
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from memworker._lazy import lazy_names
 
 __all__ = [
     "DEFAULT_COMMIT_STEP",
@@ -68,14 +69,4 @@ if TYPE_CHECKING:
     from memworker.worker.runtime import get_batcher, set_embedder_factory
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memworker.worker' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)
