@@ -236,3 +236,50 @@ def test_the_flow_storage_deletes_only_shown_records_it_may_see(bobs_storage, st
     assert store.get_record("carol-2") is not None
     bobs_storage.delete(record_ids=["carol-1"])  # shown to Bob's search, public: shared
     assert store.get_record("carol-1") is None
+
+
+# ----------------------------------------------------------------------------- redelivery
+def test_a_duplicate_delivery_of_a_committed_flow_job_runs_no_consolidation(
+    server, namespace, llm, embedder, raw
+):
+    """At-least-once delivery: a second delivery of a flow job that committed finds no
+    pending mark and runs nothing, so its consolidation cannot revert a user's update
+    made since (its updates are direct writes, not guarded by the commit)."""
+    import json
+
+    from memworker.keys import QueueKeys
+    from memworker.queue.producer import MemoryQueue
+
+    settings = Settings.from_url(
+        server.url, namespace=namespace, search_mode="module" if server.module else "exact"
+    )
+    keys = QueueKeys(namespace)
+    llm.plan = "update"
+    with MemoryQueue(settings, producer_id="bob") as q, ValkeyStore(settings) as store:
+        vector = list(map(float, embedder([CAROL_TEXT])[0]))
+        carol = MemoryRecord(content=CAROL_TEXT, source="carol", embedding=vector, **FIELDS)
+        store.save([carol])
+        flow = {"consolidation_threshold": 0.1}
+        job, _ = q.enqueue_encode_job([{"text": BOB_TEXT, **FIELDS, "source": "bob", "flow": flow}])
+        (mid,) = raw.lrange(keys.q(), 0, -1)
+        message = json.loads(raw.hget(keys.msgs(), mid))
+        running = worker_mod.running_worker(
+            settings, threads=2, worker_timeout_ms=100, max_retries=0
+        )
+        with running as (broker, _):
+            assert q.drain(timeout=60, job_ids=[job]).committed == 1
+            merged = store.get_record(carol.id)
+            assert merged.content == BOB_TEXT  # the scripted LLM updated Carol's record
+            merged.content = "the user's final word"
+            store.update(merged)
+            calls = len(llm.shown)
+            again = message["options"]["redis_message_id"] = "00000000-0000-4000-8000-0000000002"
+            with raw.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.msgs(), again, json.dumps(message))
+                pipe.rpush(keys.q(), again)
+                pipe.rpush(keys.wake(), "1")
+                pipe.execute()
+            broker.join("default", timeout=30_000)  # the duplicate was consumed (acked)
+        assert store.get_record(carol.id).content == "the user's final word"
+        assert len(llm.shown) == calls  # no consolidation call for the duplicate
+        assert broker.context.duplicates == 1

@@ -295,6 +295,14 @@ def run_flow_job(context: Any, job_id: str, producer: str, items: list[dict[str,
         writers.setdefault((item.get("source"), bool(item.get("private"))), []).append(i)
 
     def run() -> None:
+        # A delivery of a job already committed or failed (at-least-once delivery) must
+        # not run consolidation again: its updates and deletes are direct writes, and
+        # could revert what a user changed since. Checked under the scope locks, so a
+        # concurrent second delivery waits for the first, then finds no pending mark.
+        if client.zscore(context.keys.pending(producer), job_id) is None:
+            context.duplicates += 1
+            log.info("job %s is no longer pending: a duplicate delivery, skipped", job_id)
+            return
         results: dict[str, str] = {}
         inserted: list[Any] = []
         for indexes in writers.values():
