@@ -7,7 +7,7 @@ that script and ``RedisBroker.enqueue`` use (``<ns>:<queue>`` list of message id
 ``<ns>:<queue>.msgs`` hash id -> encoded message, ``<ns>:__acks__.<broker id>.<queue>``
 set of fetched ids, ``<ns>:<queue>.XQ`` dead letters), and the ``redis_message_id``
 option that ``RedisBroker.enqueue`` sets.
-This module names them once; ``tests/test_dramatiq_compat.py`` checks them against the
+This module names them once; ``tests/integration/test_dramatiq_compat.py`` checks them against the
 installed dramatiq on a real server.
 
 The consumer subclass (:class:`~memworker.worker.broker.WakeConsumer`) also relies on

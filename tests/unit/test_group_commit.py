@@ -2,7 +2,7 @@
 
 The sends here are controlled with events, so every grouping asserted is the only one
 possible (no timing). QueuedMemory's use of it, against a real Valkey and worker, is
-in tests/test_crewai.py.
+in tests/integration/test_crewai.py.
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ class TLSProxy:
 
 
 # ----------------------------------------------------------------------------- servers with ACL
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_acl_rules(namespace: str, *, module: bool, suffix: str = "") -> dict[str, list[str]]:

@@ -197,7 +197,7 @@ def test_a_crashed_holders_lock_and_bookkeeping_expire_with_its_lease(
     with crewai_locks.scope_locks(client, namespace, ["/x/y"]):  # a live holder elsewhere
         proc = subprocess.Popen(
             [sys.executable, "-c", _CRASHER, str(plain_server.port), namespace, "3000"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2],
         )  # fmt: skip
         try:
             assert proc.stdout.readline().decode().strip() == HELD

