@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
 from memworker.errors import (
     DrainTimeout,
@@ -61,12 +60,8 @@ __all__ = [
     "QueueKeys",
     "build_message",
     "check_count",
-    "check_encode_job",
     "encode_items",
-    "parse_job",
-    "records_from_save_job",
     "save_items",
-    "undecodable_identity",
 ]
 
 #: Version of the job payload; a worker rejects (dead-letters) any other.
@@ -88,7 +83,8 @@ LOST_ERROR = "lost: neither committed nor failed — the server may have lost re
 
 #: Producer ids and job ids: 1 to 128 ASCII letters, digits, ``_``, ``.``, ``-`` (they
 #: enter key names, hash fields, pub/sub payloads and log lines).
-_ID_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,128}\Z")  # \Z: "$" would let a final "\n" in
+#: Producer and job ids: 1 to 128 ASCII letters, digits, ``_``, ``.``, ``-``.
+ID_RE = re.compile(r"\A[A-Za-z0-9_.\-]{1,128}\Z")  # \Z: "$" would let a final "\n" in
 
 
 # --------------------------------------------------------------------------- results
@@ -127,7 +123,7 @@ def delivery_field(job_id: str, attempt: int) -> str:
 
 
 def check_producer_id(producer_id: str) -> str:
-    if not isinstance(producer_id, str) or not _ID_RE.match(producer_id):
+    if not isinstance(producer_id, str) or not ID_RE.match(producer_id):
         raise ValidationError(
             "producer_id must be 1 to 128 characters of ASCII letters, digits, '_', '-', '.'; "
             f"got {producer_id!r}"
@@ -319,176 +315,6 @@ def build_message(
             f"job is {len(data)} bytes encoded, the limit (max_job_bytes) is {max_job_bytes}"
         )
     return redis_id, data
-
-
-# --------------------------------------------------------------------------- worker side
-def parse_job(job: Any) -> tuple[str, str, list[dict[str, Any]]]:
-    """``(job id, producer, items)`` of a job argument.
-
-    Raises:
-        JobPayloadError: Not a job of this schema.
-    """
-    if not isinstance(job, Mapping):
-        raise JobPayloadError(f"job must be a JSON object, got {type(job).__name__}")
-    if job.get("v") != JOB_SCHEMA:
-        version = job.get("v")
-        shown = repr(version) if type(version) is int else f"of type {type(version).__name__}"
-        raise JobPayloadError(
-            f"job schema version {shown} is not supported (expected {JOB_SCHEMA})"
-        )
-    job_id, producer, items = job.get("job"), job.get("producer"), job.get("items")
-    if not isinstance(job_id, str) or not _ID_RE.match(job_id):
-        raise JobPayloadError(
-            "job.job (the job id) must be 1 to 128 characters of ASCII letters, digits, "
-            "'_', '-', '.'"
-        )
-    if not isinstance(producer, str) or not _ID_RE.match(producer):
-        raise JobPayloadError("job.producer must be a producer id")
-    if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
-        raise JobPayloadError("job.items must be a list of objects")
-    return job_id, producer, [dict(i) for i in items]
-
-
-def job_identity(message_args: Any) -> tuple[str | None, str | None, list[str]]:
-    """Best-effort ``(job id, producer, record ids)`` of a message, for failure records."""
-    try:
-        job = message_args[0]
-        items = job.get("items") or []
-        ids = [str(i.get("id")) for i in items if isinstance(i, Mapping) and i.get("id")]
-        producer = job.get("producer")
-        if not isinstance(producer, str) or not _ID_RE.match(producer):
-            producer = None
-        job_id = job.get("job")
-        if not isinstance(job_id, str) or not _ID_RE.match(job_id):
-            job_id = None  # the caller falls back to the message id
-        return job_id, producer, ids
-    except Exception:  # noqa: BLE001 - a malformed payload
-        return None, None, []
-
-
-def check_encode_job(items: list[dict[str, Any]]) -> None:
-    """The worker's check of an encode job's items, before any embedding or LLM call:
-    the store's checks (content, scope, categories, metadata depth and size,
-    importance, private...) and the ``flow`` fields it knows. A payload that passed
-    enqueue passes this; a crafted or corrupted one fails it.
-
-    Raises:
-        JobPayloadError: Naming the item, the field and the limit (permanent: the job
-            is dead-lettered at once, never retried).
-    """
-    for i, item in enumerate(items):
-        where = f"items[{i}]"
-        try:
-            to_row(item, where=where, require_embedding=False, validate_only=True)
-            if item.get("flow") is not None:
-                check_flow(item["flow"], f"{where}.flow", strict=False)
-        except JobPayloadError:
-            raise
-        except ValidationError as exc:
-            raise JobPayloadError(str(exc)) from None
-
-
-#: Longest job id read from an undecodable message (a hash field, never a key name).
-_MAX_JOB_ID = 256
-
-
-def undecodable_identity(data: Any) -> tuple[str | None, str | None, list[str]]:
-    """Best-effort ``(job id, producer, record ids)`` of a message dramatiq cannot
-    decode, so its producer's drain can be told it failed.
-
-    Valid JSON that is not a dramatiq message is read like a message's ``args``.
-    Otherwise (truncated bytes, invalid UTF-8, a broken item) the bytes are read as
-    JSON from the start, structurally and only as deep as ``args[0]``'s members:
-    dramatiq writes ``args`` third and a job writes ``job`` and ``producer`` before
-    its ``items``, so both are usually found before the damage. A value is only
-    ever taken from its own position in the structure: text inside another string
-    (a metadata value, say) can never be mistaken for one.
-    """
-    raw = data if isinstance(data, (bytes, bytearray)) else str(data).encode()
-    text = bytes(raw).decode("utf-8", "replace")
-    try:
-        message = json.loads(text)
-    except (ValueError, RecursionError):
-        message = None
-    if isinstance(message, Mapping):
-        job_id, producer, ids = job_identity(message.get("args"))
-    else:
-        job_id, producer, ids = _prefix_identity(text)
-    if job_id is not None and len(job_id) > _MAX_JOB_ID:
-        job_id = None
-    return job_id, producer, ids
-
-
-def _prefix_identity(text: str) -> tuple[str | None, str | None, list[str]]:
-    """``args[0].job`` and ``args[0].producer`` read from the start of broken JSON."""
-    decoder = json.JSONDecoder()
-    ws = re.compile(r"[ \t\n\r]*")
-    found: dict[str, Any] = {}
-
-    def skip(pos: int, char: str | None = None) -> int:
-        pos = ws.match(text, pos).end()  # type: ignore[union-attr]
-        if char is not None:
-            if text[pos : pos + 1] != char:
-                raise ValueError(f"expected {char!r} at {pos}")
-            pos = ws.match(text, pos + 1).end()  # type: ignore[union-attr]
-        return pos
-
-    def members(pos: int, inner: bool) -> None:
-        # pos is just after "{": read "key": value pairs in order.
-        while True:
-            pos = skip(pos)
-            if text[pos : pos + 1] == "}":
-                return
-            key, pos = decoder.raw_decode(text, pos)
-            if not isinstance(key, str):
-                return
-            pos = skip(pos, ":")
-            if not inner and key == "args":
-                pos = skip(pos, "[")
-                members(skip(pos, "{"), True)
-                return
-            value, pos = decoder.raw_decode(text, pos)
-            if inner and key in ("job", "producer") and isinstance(value, str):
-                found[key] = value
-                if len(found) == 2:
-                    return
-            pos = skip(pos)
-            if text[pos : pos + 1] != ",":
-                return
-            pos += 1
-
-    try:
-        members(skip(0, "{"), False)
-    except (ValueError, IndexError, RecursionError):
-        pass  # the damage starts here: keep what was read before it
-    producer = found.get("producer")
-    if producer is not None and not _ID_RE.match(producer):
-        producer = None
-    return found.get("job") or None, producer, []
-
-
-def records_from_save_job(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Save-job items -> record mappings (embedding decoded) for ``encode_records``
-    (``embedding_b64`` null: a record without an embedding)."""
-    out = []
-    for i, item in enumerate(items):
-        if "embedding_b64" in item and item["embedding_b64"] is None:
-            del item["embedding_b64"]
-            item["embedding"] = None
-            out.append(item)
-            continue
-        raw = item.pop("embedding_b64", None)
-        if not isinstance(raw, str):
-            raise JobPayloadError(f"items[{i}].embedding_b64 must be a base64 string or null")
-        try:
-            blob = base64.b64decode(raw, validate=True)
-        except ValueError:
-            raise JobPayloadError(f"items[{i}].embedding_b64 is not valid base64") from None
-        if not blob or len(blob) % 4:
-            raise JobPayloadError(f"items[{i}].embedding_b64 is not float32 bytes")
-        item["embedding"] = np.frombuffer(blob, dtype="<f4")
-        out.append(item)
-    return out
 
 
 def failure_json(job_id: str, record_ids: list[str], error: str) -> str:

@@ -49,11 +49,9 @@ from memworker.queue.jobs import (
     SAVE_ACTOR,
     JobPayloadError,
     QueueKeys,
-    check_encode_job,
     needs_flow,
-    parse_job,
-    records_from_save_job,
 )
+from memworker.queue.payload import check_encode_job, parse_job, records_from_save_job
 from memworker.settings import Settings
 from memworker.store.codec import to_rows
 from memworker.store.store import NotPending, ValkeyStore

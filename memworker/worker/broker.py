@@ -12,7 +12,7 @@ Message ids
     to its id through the queue's own bookkeeping (this consumer's acks set and the
     stored bodies), dead-lettered, and reported failed to its producer when its job
     id and producer can be read structurally
-    (:func:`~memworker.queue.jobs.undecodable_identity`).
+    (:func:`~memworker.queue.payload.undecodable_identity`).
 
 Crash recovery bound
     dramatiq requeues the unacked messages of a broker whose heartbeat is older
@@ -46,7 +46,8 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
 from memworker.io.redispy import redis_client
-from memworker.queue.jobs import QueueKeys, undecodable_identity
+from memworker.queue.jobs import QueueKeys
+from memworker.queue.payload import undecodable_identity
 from memworker.settings import Settings
 from memworker.worker import _dramatiq_compat as compat
 from memworker.worker._dramatiq_compat import REDIS_ID_OPTION

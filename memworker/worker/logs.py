@@ -18,7 +18,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
-from memworker.queue.jobs import job_identity
+from memworker.queue.payload import job_identity
 
 __all__ = [
     "LogRedaction",

@@ -31,13 +31,8 @@ from typing import Any
 
 from dramatiq.middleware import Middleware, SkipMessage
 
-from memworker.queue.jobs import (
-    PoisonJobError,
-    QueueKeys,
-    delivery_field,
-    failure_json,
-    job_identity,
-)
+from memworker.queue.jobs import PoisonJobError, QueueKeys, delivery_field, failure_json
+from memworker.queue.payload import job_identity
 from memworker.queue.admin import HEALTH_TTL_MS
 from memworker.settings import Settings
 from memworker.worker._dramatiq_compat import message_exception

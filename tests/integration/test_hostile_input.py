@@ -31,7 +31,8 @@ from memworker.store.validate import (
     normalize_scope_prefix,
 )
 from memworker.errors import ValidationError
-from memworker.queue.jobs import JobPayloadError, QueueKeys, encode_items, job_identity, parse_job
+from memworker.queue.jobs import JobPayloadError, QueueKeys, encode_items
+from memworker.queue.payload import job_identity, parse_job
 from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
 
