@@ -30,7 +30,7 @@ from memworker.crewai._group import GroupCommit
 from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._settle import Settler
 from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
-from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, encode_items, needs_flow, result_key
+from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, embed_items, needs_flow, result_key
 
 __all__ = ["QueuedMemory", "JobFailedError"]
 
@@ -326,7 +326,7 @@ class QueuedMemory(Memory):
                 # The fast path: concurrent calls share one job (group commit). The
                 # item is validated here, so a bad one fails only its own call.
                 items[0]["flow"] = _GROUPED_FLOW
-                job_item = encode_items(items, 1)[0]
+                job_item = embed_items(items, 1)[0]
                 ids = [job_item["id"]]
                 job_id, future = self._group.submit(job_item)
             try:

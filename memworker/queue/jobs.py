@@ -60,7 +60,7 @@ __all__ = [
     "QueueKeys",
     "build_message",
     "check_count",
-    "encode_items",
+    "embed_items",
     "save_items",
 ]
 
@@ -211,7 +211,7 @@ def _uuid4_texts(n: int) -> list[str]:
     ]
 
 
-def encode_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
+def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     """Validate texts (``str`` or mappings with ``text``/``content`` and optional
     ``scope``, ``categories``, ``metadata``, ``importance``, ``source``, ``private``)
     -> job items, each with a new record id (uuid4) and ``created_at`` = now."""

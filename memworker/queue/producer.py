@@ -41,7 +41,7 @@ from memworker.queue.jobs import (
     build_message,
     check_count,
     check_producer_id,
-    encode_items,
+    embed_items,
     save_items,
 )
 from memworker.settings import Settings
@@ -153,7 +153,7 @@ class MemoryQueue:
         return self._prepare(SAVE_ACTOR, items)
 
     def _prepare_encode(self, items: Sequence[Any]) -> tuple[str, list[str], list[list[Any]]]:
-        job_items = encode_items(items, self.max_items)
+        job_items = embed_items(items, self.max_items)
         job_id, commands = self._prepare(ENCODE_ACTOR, job_items)
         return job_id, [i["id"] for i in job_items], commands
 
@@ -200,7 +200,7 @@ class MemoryQueue:
         return job_id, ids
 
     def enqueue_encode_items(self, job_items: Sequence[dict[str, Any]]) -> str:
-        """Enqueue items already validated by :func:`memworker.jobs.encode_items` (each
+        """Enqueue items already validated by :func:`memworker.jobs.embed_items` (each
         carries its record id), e.g. gathered from several callers into one job;
         returns the job id.
 

@@ -31,7 +31,7 @@ from memworker.store.validate import (
     normalize_scope_prefix,
 )
 from memworker.errors import ValidationError
-from memworker.queue.jobs import JobPayloadError, QueueKeys, encode_items
+from memworker.queue.jobs import JobPayloadError, QueueKeys, embed_items
 from memworker.queue.payload import job_identity, parse_job
 from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
@@ -178,13 +178,13 @@ BAD_FLOWS = [
 @pytest.mark.parametrize("flow", QUEUED_MEMORY_FLOWS)
 def test_the_flows_queued_memory_builds_are_accepted(flow: dict[str, Any]) -> None:
     check_flow(flow, "items[0].flow")
-    assert encode_items([{"text": "x", "flow": flow}], 10)[0]["flow"] == flow
+    assert embed_items([{"text": "x", "flow": flow}], 10)[0]["flow"] == flow
 
 
 @pytest.mark.parametrize("flow, needle", BAD_FLOWS)
 def test_bad_flow_fields_are_refused_at_enqueue(flow: dict[str, Any], needle: str) -> None:
     with pytest.raises(ValidationError, match=r"items\[1\]\." + needle):
-        encode_items([{"text": "ok"}, {"text": "x", "flow": flow}], 10)
+        embed_items([{"text": "ok"}, {"text": "x", "flow": flow}], 10)
 
 
 def test_queued_memory_flows_match_what_the_crewai_integration_builds() -> None:

@@ -172,11 +172,11 @@ def test_bad_producer_id(settings):
 def test_job_items_get_distinct_version_4_ids_and_one_copy_of_a_shared_flow() -> None:
     import uuid
 
-    from memworker.queue.jobs import encode_items
+    from memworker.queue.jobs import embed_items
 
     flow = {"consolidation_threshold": 1.0, "batch_dedup_threshold": 0.98}
     items = [{"text": f"t{i}", "flow": flow} for i in range(300)]
-    out = encode_items(items, 1000)
+    out = embed_items(items, 1000)
     ids = [e["id"] for e in out]
     assert len(set(ids)) == 300
     for text in ids:
@@ -189,9 +189,9 @@ def test_job_items_get_distinct_version_4_ids_and_one_copy_of_a_shared_flow() ->
     flow["batch_dedup_threshold"] = 0.5  # the caller changing it later changes nothing
     assert out[0]["flow"]["batch_dedup_threshold"] == 0.98
     # equal flows given as different objects share one copy too; a bad one is named
-    twins = encode_items([{"text": "a", "flow": dict(flow)}, {"text": "b", "flow": dict(flow)}], 10)
+    twins = embed_items([{"text": "a", "flow": dict(flow)}, {"text": "b", "flow": dict(flow)}], 10)
     assert twins[0]["flow"] is twins[1]["flow"]
     with pytest.raises(ValidationError, match=r"items\[1\]\.flow must be a mapping"):
-        encode_items([{"text": "a", "flow": flow}, {"text": "b", "flow": ["x"]}], 10)
+        embed_items([{"text": "a", "flow": flow}, {"text": "b", "flow": ["x"]}], 10)
     with pytest.raises(ValidationError, match="items\\[0\\].*colour"):
-        encode_items([{"text": "a", "colour": "red"}], 10)
+        embed_items([{"text": "a", "colour": "red"}], 10)
