@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from memworker.embedding.model import Embedder
+
 __all__ = ["LocalEmbedder", "model_id_of"]
 
 
@@ -24,8 +26,6 @@ class LocalEmbedder:
         self, model: str | None = None, *, backend: str = "torch", embedder: Any = None
     ) -> None:
         if embedder is None:
-            from memworker.embedding.model import Embedder
-
             embedder = Embedder(model, backend=backend)
         self.embedder = embedder
 

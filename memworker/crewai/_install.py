@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from memworker.store.store import ValkeyStore
+
 __all__ = ["install", "uninstall", "is_valkey_spec", "store_for_spec"]
 
 #: URL schemes served with a ValkeyStore.
@@ -20,8 +22,6 @@ def is_valkey_spec(spec: Any) -> bool:
 def store_for_spec(spec: str, *, url: str | None = None, **options: Any) -> Any:
     """A :class:`~memworker.store.ValkeyStore` for a Valkey spec (``"valkey"`` -> ``url``,
     else the settings/embedded default)."""
-    from memworker.store.store import ValkeyStore
-
     return ValkeyStore(url if spec == BARE_SPEC else spec, **options)
 
 

@@ -31,6 +31,8 @@ from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._settle import Settler
 from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
 from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, embed_items, needs_flow, result_key
+from memworker.queue.producer import MemoryQueue
+from memworker.store.store import ValkeyStore
 
 __all__ = ["QueuedMemory", "JobFailedError"]
 
@@ -138,9 +140,6 @@ class QueuedMemory(Memory):
     _group: Any = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
-        from memworker.queue.producer import MemoryQueue
-        from memworker.store.store import ValkeyStore
-
         spec = self.storage
         if isinstance(spec, str):
             if not is_valkey_spec(spec):

@@ -16,6 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from memworker.embedding.model import Embedder
+from memworker.errors import ConfigError
+from memworker.store.store import ValkeyStore
+
 __all__ = ["import_lancedb", "PAGE"]
 
 #: Records read from LanceDB, embedded and written per step.
@@ -56,9 +60,6 @@ def import_lancedb(
     """
     from crewai.memory.storage.lancedb_storage import LanceDBStorage
 
-    from memworker.errors import ConfigError
-    from memworker.store.store import ValkeyStore
-
     folder = Path(path)
     if not folder.is_dir():
         raise ConfigError(f"no LanceDB folder at {str(folder)!r}")
@@ -71,8 +72,6 @@ def import_lancedb(
             if model_id:
                 store.ensure_model(model_id)
         else:
-            from memworker.embedding.model import Embedder
-
             embedder = Embedder(model)
             store.ensure_model(embedder.model_id)
         done = 0
