@@ -348,6 +348,12 @@ def test_home_state_password_and_data_are_private(home: Path) -> None:
     client = _client(server)
     client.set("k", "v")
     client.bgrewriteaof()  # the rewrite writes new AOF files: they are private too
+    deadline = time.monotonic() + PROC_TIMEOUT
+    while time.monotonic() < deadline:  # its temp files come and go until it is done
+        info = client.info("persistence")
+        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+            break
+        time.sleep(0.05)
     assert _mode(home) == 0o700 and _mode(home / "data") == 0o700
     for name in ("valkey.json", "valkey.password", "valkey.conf", "valkey.lock", "valkey.log"):
         assert _mode(home / name) == 0o600, name
