@@ -74,7 +74,8 @@ def check_texts(texts: Sequence[str]) -> list[str]:
 def _normalized(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, np.float32(1e-12))
+    normalized: np.ndarray = vectors / np.maximum(norms, np.float32(1e-12))
+    return normalized
 
 
 
