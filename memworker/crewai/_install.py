@@ -40,7 +40,8 @@ def install(url: str | None = None, **options: Any) -> None:
     """
     from crewai.memory.storage import factory as crewai_factory
 
-    previous = crewai_factory._factory  # noqa: SLF001 - to chain a foreign factory
+    # a foreign factory, or ours (a function carrying _memworker and _previous)
+    previous: Any = crewai_factory._factory  # noqa: SLF001 - to chain a foreign factory
     while getattr(previous, "_memworker", False):
         previous = previous._previous
 
@@ -58,6 +59,6 @@ def uninstall() -> None:
     """Restore the factory that was registered before :func:`install`."""
     from crewai.memory.storage import factory as crewai_factory
 
-    current = crewai_factory._factory  # noqa: SLF001
+    current: Any = crewai_factory._factory  # noqa: SLF001
     if getattr(current, "_memworker", False):
         crewai_factory.set_memory_storage_factory(current._previous)

@@ -9,7 +9,7 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.memory_events import (
@@ -31,6 +31,9 @@ from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._settle import Settler
 from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
 from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, encode_items, needs_flow, result_key
+
+if TYPE_CHECKING:
+    from memworker.store.store import ValkeyStore
 
 __all__ = ["QueuedMemory", "JobFailedError"]
 
@@ -175,14 +178,14 @@ class QueuedMemory(Memory):
         return self._queue
 
     @property
-    def store(self) -> Any:
+    def store(self) -> ValkeyStore:
         """The :class:`~memworker.store.ValkeyStore` workers commit into."""
-        return self._storage
+        return cast("ValkeyStore", self._storage)  # CrewAI types it as its StorageBackend
 
     def _ensure_model(self) -> None:
         model = self.model_id or model_id_of(self._embedder_instance) or model_id_of(self.embedder)
         if model:
-            self._storage.ensure_model(model)
+            self.store.ensure_model(model)
         else:
             log.warning(
                 "QueuedMemory: the embedder's model is unknown (pass model_id=...): "
@@ -282,7 +285,7 @@ class QueuedMemory(Memory):
         # Merged by consolidation, or dropped as an intra-batch duplicate (flow or fast
         # path): the worker says what it became.
         client = self._queue._sync()  # noqa: SLF001 - the queue's own client
-        other = client.hget(result_key(self._storage.keys.namespace, job_id), record_id)
+        other = client.hget(result_key(self.store.keys.namespace, job_id), record_id)
         if other:
             return self._storage.get_record(other.decode() if isinstance(other, bytes) else other)
         return None
@@ -335,7 +338,7 @@ class QueuedMemory(Memory):
                 raise self._timeout([job_id]) from None
             if failure is not None:
                 raise JobFailedError(failure)
-            record = self._record_for(job_id, ids[0])
+            record: MemoryRecord | None = self._record_for(job_id, ids[0])
         except Exception as exc:
             _emit(_failed_event(content, metadata, str(exc)), self)
             raise
@@ -371,6 +374,7 @@ class QueuedMemory(Memory):
             return []
         root = root_scope if root_scope is not None else self.root_scope
         start = time.perf_counter()
+        error: Exception | None
         try:  # built here: the call's own copies of its arguments
             items = self._items(list(contents), scope, categories, metadata, importance, source, private, root)
         except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
@@ -501,7 +505,7 @@ class QueuedMemory(Memory):
                 results = flow.state.final_results
             if results and not self.read_only:
                 try:
-                    self._storage.touch_records([m.record.id for m in results])
+                    self.store.touch_records([m.record.id for m in results])
                 except Exception:  # noqa: BLE001 - non-critical, as in CrewAI
                     pass
             _emit(
