@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from memworker.store.store import ValkeyStore
 
 __all__ = ["install", "uninstall", "is_valkey_spec", "store_for_spec"]
 
@@ -17,7 +20,7 @@ def is_valkey_spec(spec: Any) -> bool:
     return isinstance(spec, str) and (spec == BARE_SPEC or spec.lower().startswith(SCHEMES))
 
 
-def store_for_spec(spec: str, *, url: str | None = None, **options: Any) -> Any:
+def store_for_spec(spec: str, *, url: str | None = None, **options: Any) -> ValkeyStore:
     """A :class:`~memworker.store.ValkeyStore` for a Valkey spec (``"valkey"`` -> ``url``,
     else the settings/embedded default)."""
     from memworker.store.store import ValkeyStore

@@ -88,7 +88,7 @@ def _completed_event(value: str, metadata: Any, agent_role: Any, start: float) -
 class _PrivacyView:
     """The store as RecallFlow sees it: every search filters privacy in the query."""
 
-    def __init__(self, store: Any, include_private: bool, viewer: str | None) -> None:
+    def __init__(self, store: ValkeyStore, include_private: bool, viewer: str | None) -> None:
         self._store = store
         self._include_private = include_private
         self._viewer = viewer
@@ -469,7 +469,7 @@ class QueuedMemory(Memory):
             effective_scope = self.root_scope
         elif effective_scope is not None and self.root_scope:
             effective_scope = join_scope_paths(self.root_scope, effective_scope)
-        view = _PrivacyView(self._storage, include_private, source)
+        view = _PrivacyView(self.store, include_private, source)
         _emit(
             MemoryQueryStartedEvent(query=query, limit=limit, score_threshold=None, source_type=_SOURCE_TYPE),
             self,

@@ -226,7 +226,7 @@ class Embedder:
             self._loaded = RUNNERS[key]
         return self._loaded
 
-    def _load_runner(self, onnx_path: Path) -> Any:
+    def _load_runner(self, onnx_path: Path) -> Runner:
         if self._device.startswith("cuda"):
             import torch
 
