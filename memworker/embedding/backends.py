@@ -122,8 +122,9 @@ def export_onnx(model: Any, path: Path, quantize: bool) -> None:
             self.model = model
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            out = self.model({**constants, **dict(zip(names, tensors))})["sentence_embedding"]
-            return cast(torch.Tensor, out)
+            features = {**constants, **dict(zip(names, tensors))}
+            out: torch.Tensor = self.model(features)["sentence_embedding"]  # no call: traced
+            return out
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fp32 = path.with_name("model.onnx")
