@@ -7,9 +7,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memworker import __version__
+
+if TYPE_CHECKING:
+    from memworker.settings import Settings
 
 __all__ = ["main", "make_argument_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
@@ -148,7 +151,7 @@ def make_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace):  # noqa: ANN202 - Settings, imported lazily
+def _settings(args: argparse.Namespace) -> Settings:  # Settings imported lazily
     from memworker.settings import Settings
 
     return Settings.resolve(args.url, namespace=args.namespace)

@@ -90,7 +90,8 @@ def _progress(total: int, label: str) -> Callable[[int], None]:
         tqdm = None
     if tqdm is not None:
         bar = tqdm(total=total, desc=label, unit="rec", file=sys.stderr, leave=True)
-        return bar.update
+        advance: Callable[[int], None] = bar.update
+        return advance
     done = [0]
 
     def update(k: int) -> None:

@@ -280,7 +280,7 @@ class Settings:
                 overrides["endpoint"] = None  # another embedded server: resolve it again
             return replace(url, **overrides)  # type: ignore[arg-type]
         if url is None:
-            return cls.from_env(**overrides)
+            return cls.from_env(None, **overrides)
         # An explicit URL wins: only the MEMWORKER_* variables are read, never
         # VALKEY_URL/REDIS_URL (a bad one there must not break an explicit URL).
         env = {k: v for k, v in os.environ.items() if k.startswith("MEMWORKER_")}

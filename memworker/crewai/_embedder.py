@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from memworker.embedding.protocols import TextEncoder
 
 from memworker.embedding.model import Embedder
 
@@ -23,7 +26,11 @@ class LocalEmbedder:
     """
 
     def __init__(
-        self, model: str | None = None, *, backend: str = "torch", embedder: Any = None
+        self,
+        model: str | None = None,
+        *,
+        backend: str = "torch",
+        embedder: TextEncoder | None = None,
     ) -> None:
         if embedder is None:
             embedder = Embedder(model, backend=backend)
@@ -41,7 +48,7 @@ class LocalEmbedder:
     def __call__(self, input: list[str]) -> list[list[float]]:  # noqa: A002 - CrewAI's name
         if not input:
             return []
-        return self.embedder.encode(list(input)).tolist()
+        return cast("list[list[float]]", self.embedder.encode(list(input)).tolist())
 
     def __repr__(self) -> str:
         return f"LocalEmbedder({self.embedder!r})"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from memworker.store.store import ValkeyStore
 
 from memworker.store.store import ValkeyStore
 
@@ -19,7 +22,7 @@ def is_valkey_spec(spec: Any) -> bool:
     return isinstance(spec, str) and (spec == BARE_SPEC or spec.lower().startswith(SCHEMES))
 
 
-def store_for_spec(spec: str, *, url: str | None = None, **options: Any) -> Any:
+def store_for_spec(spec: str, *, url: str | None = None, **options: Any) -> ValkeyStore:
     """A :class:`~memworker.store.ValkeyStore` for a Valkey spec (``"valkey"`` -> ``url``,
     else the settings/embedded default)."""
     return ValkeyStore(url if spec == BARE_SPEC else spec, **options)
@@ -40,7 +43,8 @@ def install(url: str | None = None, **options: Any) -> None:
     """
     from crewai.memory.storage import factory as crewai_factory
 
-    previous = crewai_factory._factory  # noqa: SLF001 - to chain a foreign factory
+    # a foreign factory, or ours (a function carrying _memworker and _previous)
+    previous: Any = crewai_factory._factory  # noqa: SLF001 - to chain a foreign factory
     while getattr(previous, "_memworker", False):
         previous = previous._previous
 
@@ -58,6 +62,6 @@ def uninstall() -> None:
     """Restore the factory that was registered before :func:`install`."""
     from crewai.memory.storage import factory as crewai_factory
 
-    current = crewai_factory._factory  # noqa: SLF001
+    current: Any = crewai_factory._factory  # noqa: SLF001
     if getattr(current, "_memworker", False):
         crewai_factory.set_memory_storage_factory(current._previous)

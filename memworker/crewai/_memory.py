@@ -9,7 +9,7 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.memory_events import (
@@ -33,6 +33,9 @@ from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-
 from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, embed_items, needs_flow, result_key
 from memworker.queue.producer import MemoryQueue
 from memworker.store.store import ValkeyStore
+
+if TYPE_CHECKING:
+    from memworker.store.store import ValkeyStore
 
 __all__ = ["QueuedMemory", "JobFailedError"]
 
@@ -87,7 +90,7 @@ def _completed_event(value: str, metadata: Any, agent_role: Any, start: float) -
 class _PrivacyView:
     """The store as RecallFlow sees it: every search filters privacy in the query."""
 
-    def __init__(self, store: Any, include_private: bool, viewer: str | None) -> None:
+    def __init__(self, store: ValkeyStore, include_private: bool, viewer: str | None) -> None:
         self._store = store
         self._include_private = include_private
         self._viewer = viewer
@@ -174,14 +177,14 @@ class QueuedMemory(Memory):
         return self._queue
 
     @property
-    def store(self) -> Any:
+    def store(self) -> ValkeyStore:
         """The :class:`~memworker.store.ValkeyStore` workers commit into."""
-        return self._storage
+        return cast("ValkeyStore", self._storage)  # CrewAI types it as its StorageBackend
 
     def _ensure_model(self) -> None:
         model = self.model_id or model_id_of(self._embedder_instance) or model_id_of(self.embedder)
         if model:
-            self._storage.ensure_model(model)
+            self.store.ensure_model(model)
         else:
             log.warning(
                 "QueuedMemory: the embedder's model is unknown (pass model_id=...): "
@@ -281,7 +284,7 @@ class QueuedMemory(Memory):
         # Merged by consolidation, or dropped as an intra-batch duplicate (flow or fast
         # path): the worker says what it became.
         client = self._queue._sync()  # noqa: SLF001 - the queue's own client
-        other = client.hget(result_key(self._storage.keys.namespace, job_id), record_id)
+        other = client.hget(result_key(self.store.keys.namespace, job_id), record_id)
         if other:
             return self._storage.get_record(other.decode() if isinstance(other, bytes) else other)
         return None
@@ -334,7 +337,7 @@ class QueuedMemory(Memory):
                 raise self._timeout([job_id]) from None
             if failure is not None:
                 raise JobFailedError(failure)
-            record = self._record_for(job_id, ids[0])
+            record: MemoryRecord | None = self._record_for(job_id, ids[0])
         except Exception as exc:
             _emit(_failed_event(content, metadata, str(exc)), self)
             raise
@@ -370,6 +373,7 @@ class QueuedMemory(Memory):
             return []
         root = root_scope if root_scope is not None else self.root_scope
         start = time.perf_counter()
+        error: Exception | None
         try:  # built here: the call's own copies of its arguments
             items = self._items(list(contents), scope, categories, metadata, importance, source, private, root)
         except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
@@ -464,7 +468,7 @@ class QueuedMemory(Memory):
             effective_scope = self.root_scope
         elif effective_scope is not None and self.root_scope:
             effective_scope = join_scope_paths(self.root_scope, effective_scope)
-        view = _PrivacyView(self._storage, include_private, source)
+        view = _PrivacyView(self.store, include_private, source)
         _emit(
             MemoryQueryStartedEvent(query=query, limit=limit, score_threshold=None, source_type=_SOURCE_TYPE),
             self,
@@ -500,7 +504,7 @@ class QueuedMemory(Memory):
                 results = flow.state.final_results
             if results and not self.read_only:
                 try:
-                    self._storage.touch_records([m.record.id for m in results])
+                    self.store.touch_records([m.record.id for m in results])
                 except Exception:  # noqa: BLE001 - non-critical, as in CrewAI
                     pass
             _emit(

@@ -14,10 +14,13 @@ import importlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memworker.errors import ConfigError, WorkerLLMMissingError  # re-exported
 from memworker.worker_settings import LLM_ENV, MEMORY_FACTORY_ENV, read_llm, read_memory_factory
+
+if TYPE_CHECKING:
+    from memworker.embedding.protocols import TextEncoder
 
 __all__ = [
     "LLM_ENV",
@@ -45,8 +48,8 @@ class WorkerMemoryConfig:
             process default (``MEMWORKER_EMBEDDER``, ``MEMWORKER_MODEL``, the bundled model).
     """
 
-    llm: Any = None
-    embedder: Any = None
+    llm: Any = None  # CrewAI's, foreign
+    embedder: TextEncoder | None = None
 
 
 _lock = threading.Lock()
@@ -97,7 +100,7 @@ def reset_worker_memory_config() -> None:
         _config, _llm = None, None
 
 
-def factory_embedder() -> Any:
+def factory_embedder() -> TextEncoder | None:
     """The embedder named by ``MEMWORKER_MEMORY_FACTORY``, or ``None`` (no factory, or
     a factory that leaves the embedder to the process default)."""
     if not read_memory_factory(check=False):

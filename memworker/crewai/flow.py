@@ -35,7 +35,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memworker.crewai.config import worker_llm
 from memworker.crewai.locks import scope_locks
@@ -46,12 +46,17 @@ from memworker.queue.jobs import RESULT_TTL_MS, result_key
 from memworker.store.query import MAX_LIMIT
 from memworker.worker.runtime import get_batcher
 
+if TYPE_CHECKING:
+    from memworker.settings import Settings
+    from memworker.store.store import ValkeyStore
+    from memworker.worker.actors import WorkerContext
+
 __all__ = ["BatcherEmbedder", "check_worker_model", "run_flow_job"]
 
 log = logging.getLogger("memworker.encoding")
 
 _lock = threading.Lock()
-_clients: dict[Any, Any] = {}
+_clients: dict[tuple[str, str], Any] = {}  # (url, namespace) -> redis.Redis
 
 
 def _batcher_embedder_model() -> Any:
@@ -59,7 +64,7 @@ def _batcher_embedder_model() -> Any:
     return getattr(batcher, "embedder", None) or getattr(batcher, "_embedder", None)
 
 
-def check_worker_model(store: Any) -> str | None:
+def check_worker_model(store: ValkeyStore) -> str | None:
     """Record this process's embedding model id in the store (first writer wins) and
     raise :class:`ConfigError` if the store holds another. ``None`` when the embedder
     has no ``model_id`` (nothing to compare)."""
@@ -80,7 +85,7 @@ class BatcherEmbedder:
 
 
 # --------------------------------------------------------------------------- Valkey side
-def _client(settings: Any) -> Any:
+def _client(settings: Settings) -> Any:
     key = (ensure_embedded(settings).url(redact=False, scheme="redis"), settings.namespace)
     client = _clients.get(key)
     if client is None:
@@ -121,7 +126,7 @@ class _FlowStorage:
 
     _FORWARDED = frozenset({"list_scopes", "list_categories"})
 
-    def __init__(self, store: Any, items: list[dict[str, Any]]) -> None:
+    def __init__(self, store: ValkeyStore, items: list[dict[str, Any]]) -> None:
         owners = {(item.get("source"), bool(item.get("private"))) for item in items}
         if len(owners) > 1:
             raise ValueError("a flow storage serves items of one (source, private) pair")
@@ -236,8 +241,8 @@ class _FlowStorage:
 
 def _boundary(flow: Mapping[str, Any]) -> str:
     """The scope the flow searches for similar records (CrewAI's ``effective_prefix``)."""
-    root = flow.get("root_scope")
-    scope = flow.get("scope")
+    root: str | None = flow.get("root_scope")
+    scope: str | None = flow.get("scope")
     if root:
         prefix = root.rstrip("/") or "/"
         if scope and scope.strip("/"):
@@ -248,7 +253,9 @@ def _boundary(flow: Mapping[str, Any]) -> str:
     return "/"
 
 
-def run_flow_job(context: Any, job_id: str, producer: str, items: list[dict[str, Any]]) -> None:
+def run_flow_job(
+    context: WorkerContext, job_id: str, producer: str, items: list[dict[str, Any]]
+) -> None:
     """Run CrewAI's EncodingFlow for one job's items and commit the result."""
     from crewai.memory.encoding_flow import EncodingFlow
     from crewai.memory.types import MemoryConfig

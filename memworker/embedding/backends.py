@@ -12,7 +12,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -81,7 +81,7 @@ class TorchRunner(Runner):
         features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
         with torch.inference_mode():
             vectors = self.model(features)["sentence_embedding"]
-        return vectors.float().cpu().numpy()
+        return cast("np.ndarray", vectors.float().cpu().numpy())
 
 
 class OnnxRunner(Runner):
@@ -94,7 +94,7 @@ class OnnxRunner(Runner):
 
     def _run(self, features: dict[str, Any]) -> np.ndarray:
         feed = {name: features[name].numpy() for name in self.inputs}
-        return self.session.run(None, feed)[0]
+        return cast("np.ndarray", self.session.run(None, feed)[0])
 
 
 def model_dimension(model: Any) -> int:
@@ -105,7 +105,7 @@ def model_dimension(model: Any) -> int:
 
 def _preprocess(model: Any, texts: list[str]) -> dict[str, Any]:
     # sentence-transformers >= 6 names it `preprocess`; older versions `tokenize`.
-    return (getattr(model, "preprocess", None) or model.tokenize)(texts)
+    return cast("dict[str, Any]", (getattr(model, "preprocess", None) or model.tokenize)(texts))
 
 
 def export_onnx(model: Any, path: Path, quantize: bool) -> None:
@@ -122,7 +122,9 @@ def export_onnx(model: Any, path: Path, quantize: bool) -> None:
             self.model = model
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return self.model({**constants, **dict(zip(names, tensors))})["sentence_embedding"]
+            features = {**constants, **dict(zip(names, tensors))}
+            out: torch.Tensor = self.model(features)["sentence_embedding"]  # no call: traced
+            return out
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fp32 = path.with_name("model.onnx")

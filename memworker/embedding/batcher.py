@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from memworker.embedding.model import TextEncoder, check_texts
+from memworker.embedding.model import check_texts
+from memworker.embedding.protocols import TextEncoder
 from memworker.errors import ConfigError, MemworkerError
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from memworker.embedding.backends import (
     export_onnx,
     model_dimension,
 )
+from memworker.embedding.protocols import TextEncoder
 from memworker.embedding.threads import configured_threads
 from memworker.errors import ConfigError, ValidationError
 from memworker.worker_settings import DEFAULT_HOME, HOME_ENV, MODEL_ENV, read_home, read_model
@@ -74,24 +75,12 @@ def check_texts(texts: Sequence[str]) -> list[str]:
 def _normalized(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, np.float32(1e-12))
+    normalized: np.ndarray = vectors / np.maximum(norms, np.float32(1e-12))
+    return normalized
 
 
 
 # --------------------------------------------------------------------------- Embedder
-
-
-class TextEncoder(Protocol):
-    """What :class:`EmbeddingBatcher` needs from a model: :class:`Embedder` or a fake."""
-
-    @property
-    def dimension(self) -> int:
-        """Length of each vector."""
-        ...
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """Return one row per text."""
-        ...
 
 
 class Embedder:
@@ -237,7 +226,7 @@ class Embedder:
             self._loaded = RUNNERS[key]
         return self._loaded
 
-    def _load_runner(self, onnx_path: Path) -> Any:
+    def _load_runner(self, onnx_path: Path) -> Runner:
         if self._device.startswith("cuda"):
             import torch
 

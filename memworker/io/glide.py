@@ -15,7 +15,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from memworker.embedded import ensure_embedded
 from memworker.errors import ConnectionLostError
@@ -202,7 +202,7 @@ class SyncConnection(_Face):
                 else:
                     step = plan.send(reply)
         except StopIteration as stop:
-            return stop.value
+            return cast(T, stop.value)
 
     def close(self) -> None:
         """Close the client; the next call creates a new one."""
@@ -303,7 +303,7 @@ class AsyncConnection(_Face):
                 else:
                     step = plan.send(reply)
         except StopIteration as stop:
-            return stop.value
+            return cast(T, stop.value)
 
     async def close(self) -> None:
         """Close the client; the next call creates a new one."""

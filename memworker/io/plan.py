@@ -131,7 +131,7 @@ def is_noscript(exc: BaseException) -> bool:
 
 def backoff(attempt: int) -> float:
     """Seconds to wait before retry ``attempt`` (0-based): exponential, jittered."""
-    delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * (2**attempt))
+    delay: float = min(BACKOFF_MAX_S, BACKOFF_BASE_S * (2**attempt))  # int ** int is Any
     return delay * (0.5 + random.random() / 2)
 
 

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from memworker.embedded import ensure_embedded
 from memworker.errors import MemworkerError
@@ -214,7 +214,7 @@ class RedisSyncDriver(_Driver):
                 else:
                     step = plan.send(reply)
         except StopIteration as stop:
-            return stop.value
+            return cast(T, stop.value)
 
     def close(self) -> None:
         """Close the client; the next call creates a new one."""
@@ -305,7 +305,7 @@ class RedisAsyncDriver(_Driver):
                 else:
                     step = plan.send(reply)
         except StopIteration as stop:
-            return stop.value
+            return cast(T, stop.value)
 
     async def close(self) -> None:
         """Close the client of the running loop; the next call creates a new one."""

@@ -27,5 +27,5 @@ def script_source(name: str) -> tuple[str, str]:
     Returns:
         ``(body, sha1 hex)``, read once per process.
     """
-    body = resources.files("memworker").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    body = resources.files("memworker").joinpath("lua").joinpath(f"{name}.lua").read_text("utf-8")
     return body, hashlib.sha1(body.encode()).hexdigest()

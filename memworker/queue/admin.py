@@ -54,7 +54,7 @@ def _pairs(reply: Any) -> list[tuple[Any, Any]]:
     if isinstance(reply, dict):
         return list(reply.items())
     if isinstance(reply[0], (list, tuple)):
-        return [tuple(pair) for pair in reply]  # type: ignore[misc]
+        return [tuple(pair) for pair in reply]
     return list(zip(reply[::2], reply[1::2]))
 
 

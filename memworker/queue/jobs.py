@@ -300,7 +300,7 @@ def build_message(
 
     job = {"v": JOB_SCHEMA, "job": job_id, "producer": producer, "items": items}
     redis_id = str(uuid.uuid4())
-    message = Message(
+    message: Message[Any] = Message(
         queue_name=queue,
         actor_name=actor,
         args=(job,),

@@ -57,7 +57,8 @@ def decode_rows(
     """:func:`decode_record` for many rows (bytes values, as the read script returns
     them): one loop with everything bound locally, faster a page than a call a
     record (figures: ``benchmarks/README.md``)."""
-    make = _constructor(record_cls)
+    # a class is hashable; mypy does not take type[Any] as Hashable (lru_cache argument)
+    make = _constructor(record_cls)  # type: ignore[arg-type]
     half_width = 2 * dim if dim else -1
     out: list[Any] = []
     append = out.append
@@ -147,7 +148,8 @@ def _constructor(record_cls: type[Any]) -> Any:
     def fast(fields: dict[str, Any]) -> Any:
         # ``fields`` is the caller's fresh dict: used as the instance's own when its
         # keys are already in the model's order.
-        record = new(record_cls)
+        # object.__new__ of the model; mypy resolves type[Any].__new__ to type.__new__
+        record = new(record_cls)  # type: ignore[call-overload]
         setattr_(record, "__dict__", fields if in_order else {name: fields[name] for name in names})
         setattr_(record, "__pydantic_fields_set__", set(names))
         setattr_(record, "__pydantic_extra__", None)

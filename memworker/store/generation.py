@@ -106,8 +106,8 @@ class Generation:
         for f in range(_NFIELDS):
             groups: dict[bytes, list[int]] = {}
             for row, values in enumerate(self.fields):
-                if values is not None and values[f] is not None:
-                    groups.setdefault(values[f], []).append(row)
+                if values is not None and (value := values[f]) is not None:
+                    groups.setdefault(value, []).append(row)
             index: dict[str, set[int]] = {}
             for value, rows in groups.items():
                 for tok in _text(value).split(","):  # type: ignore[union-attr]
@@ -205,7 +205,8 @@ def build_state(
 def cosine(matrix: np.ndarray, norms: np.ndarray, query: np.ndarray, scale: float) -> np.ndarray:
     """Cosine similarity, computed as the uncached path always did."""
     denom = norms * scale
-    return (matrix @ query) / np.where(denom == 0, 1.0, denom)
+    similarity: np.ndarray = (matrix @ query) / np.where(denom == 0, 1.0, denom)
+    return similarity
 
 
 def _union(index: dict[str, set[int]], tokens: Iterable[str]) -> set[int] | frozenset[int]:

@@ -11,7 +11,7 @@ from memworker.errors import ValidationError
 __all__ = ["format_timestamp", "parse_stored_timestamp", "parse_timestamp", "to_utc_naive"]
 
 
-def to_utc_naive(value: Any, field: str) -> datetime:
+def to_utc_naive(value: object, field: str) -> datetime:
     """A datetime or ISO text as a naive UTC datetime (``field`` names it in errors).
 
     Raises:

@@ -81,7 +81,8 @@ def metadata_token(key: str, value: Any) -> str:
     if value is None or type(value) in (str, int, float, bool):
         # Scalars repeat (task ids, agent names): cached by type too, as True == 1 == 1.0
         # hash alike but 1 and 1.0 share a token while True does not.
-        return _scalar_metadata_token(key, type(value), value)
+        # a class is hashable; mypy does not take type[Any] as Hashable (lru_cache argument)
+        return _scalar_metadata_token(key, type(value), value)  # type: ignore[arg-type]
     return _metadata_token(key, value)
 
 

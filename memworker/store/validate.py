@@ -64,7 +64,7 @@ _ID_BAD = re.compile("[\x00-\x1f\ud800-\udfff]")
 
 # --------------------------------------------------------------------------- scopes
 def normalize_scope(
-    scope: Any, *, field: str = "scope", max_depth: int | None = MAX_SCOPE_DEPTH
+    scope: object, *, field: str = "scope", max_depth: int | None = MAX_SCOPE_DEPTH
 ) -> str:
     """A record's scope in canonical form: ``/a/b`` (root is ``/``).
 

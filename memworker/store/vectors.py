@@ -42,7 +42,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -92,7 +92,9 @@ class Mark:
     dim: int
 
 
-def _holds(st: Generation | None, dim: int, incarnation: str | None, seen: int) -> bool:
+def _holds(
+    st: Generation | None, dim: int, incarnation: str | None, seen: int
+) -> TypeGuard[Generation]:
     """The cache already holds this log (same dimension and incarnation) at least as
     far as ``seen``: a snapshot up to ``seen`` would add nothing."""
     return st is not None and st.dim == dim and st.incarnation == incarnation and st.seen >= seen

@@ -61,7 +61,7 @@ def acks_key(namespace: str, broker_id: str, queue_name: str) -> str:
     return f"{namespace}:__acks__.{broker_id}.{queue_name}"
 
 
-def decode_message(data: Any) -> Message | None:
+def decode_message(data: Any) -> Message[Any] | None:
     """The message in ``data`` with its redis id, or None if dramatiq cannot decode it
     or it has no usable id (the id is read from the decoded ``options``, never from
     the bytes: user text in ``args`` cannot pose as it)."""

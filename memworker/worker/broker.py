@@ -175,7 +175,7 @@ class WakeConsumer(compat.RedisConsumer):
             super().close()
 
     def _block_seconds(self) -> float:
-        seconds = self.timeout / 1000
+        seconds: float = self.timeout / 1000  # an untyped attribute of dramatiq's consumer
         if self.queue_name.endswith(".DQ") and self.outstanding_message_count:
             seconds = min(seconds, 0.05)  # delayed messages wait in memory for their eta
         return seconds
@@ -230,7 +230,7 @@ class WakeConsumer(compat.RedisConsumer):
         """Decode a fetch's messages, hold their redis ids (read from the decoded
         options) and cache them, then dead-letter the undecodable ones (if that fails,
         they stay unheld in the acks set, and the reconciler requeues them)."""
-        decoded: list[Message] = []
+        decoded: list[Message[Any]] = []
         bad: list[bytes] = []
         for data in fetched:
             if data is None:

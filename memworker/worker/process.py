@@ -90,7 +90,7 @@ def _serve(
     queues: Iterable[str] | None,
     processes: int,
     nice: Nice = 0,
-    options: dict[str, int] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> int:
     """Run one worker process until SIGINT/SIGTERM."""
     check_nice(nice)
@@ -98,6 +98,7 @@ def _serve(
     configure_process(processes, nice)
     warm_up()
     broker = make_broker(settings, **(options or {}))
+    assert broker.context is not None  # set by make_broker
     check_worker_model(broker.context.store)  # the producers' query model, or ConfigError
     worker = dramatiq.Worker(
         broker,

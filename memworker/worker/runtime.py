@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable
-from typing import Any
-
 from memworker.crewai.config import factory_embedder
 from memworker.embedding import Embedder, EmbeddingBatcher, configure_threads
+from memworker.embedding.protocols import Batcher, EmbedderFactory, TextEncoder
 from memworker.worker.priority import Nice, lower_priority
 from memworker.worker_settings import EMBEDDER_ENV, read_embedder
 
@@ -29,14 +27,14 @@ __all__ = [
 #: Environment variable naming an embedder factory, ``module:callable``.
 
 _factory_lock = threading.Lock()
-_embedder_factory: Callable[[], Any] | None = None
-_batcher: Any = None
+_embedder_factory: EmbedderFactory | None = None
+_batcher: EmbeddingBatcher | None = None
 _processes = 1
 #: CPU priority of the inference thread (run_worker's ``nice``), applied in that thread.
-_nice: Any = 0
+_nice: Nice = 0
 
 
-def set_embedder_factory(factory: Callable[[], Any] | None) -> None:
+def set_embedder_factory(factory: EmbedderFactory | None) -> None:
     """Use ``factory()`` (an object with ``encode(texts)`` and ``dimension``) as this
     process's embedding model; ``None`` restores the default (``MEMWORKER_EMBEDDER``
     or :class:`memworker.embedding.Embedder`). Resets the process's batcher."""
@@ -48,7 +46,7 @@ def set_embedder_factory(factory: Callable[[], Any] | None) -> None:
         old.close(timeout=5)
 
 
-def _make_embedder() -> tuple[Any, int]:
+def _make_embedder() -> tuple[TextEncoder, int]:
     """The process's model and its inference threads: the bundled ``Embedder`` runs
     :func:`~memworker.embedding.configure_threads` batches side by side; an embedder
     from a factory runs one batch at a time (it may not be safe to share)."""
@@ -57,7 +55,8 @@ def _make_embedder() -> tuple[Any, int]:
     spec = read_embedder()  # MEMWORKER_EMBEDDER, checked: ConfigError when malformed
     if spec:
         module, _, name = spec.partition(":")
-        return getattr(importlib.import_module(module), name)(), 1
+        factory: EmbedderFactory = getattr(importlib.import_module(module), name)
+        return factory(), 1
     configured = factory_embedder()  # MEMWORKER_MEMORY_FACTORY's embedder, if it names one
     if configured is not None:
         return configured, 1
@@ -65,7 +64,7 @@ def _make_embedder() -> tuple[Any, int]:
     return Embedder(), threads
 
 
-def get_batcher() -> Any:
+def get_batcher() -> Batcher:
     """The process's one :class:`EmbeddingBatcher`, created on first use."""
     global _batcher
     batcher = _batcher

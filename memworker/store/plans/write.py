@@ -70,7 +70,8 @@ class WritePlans(ServerPlans):
                     # the k-th vector of the blob is the k-th record carrying one
                     rows = [done + j for j, rec in enumerate(chunk) if rec.embedding]
                     blobs[i] = vectors_to_float16(
-                        blobs[i], dim, lambda k, rows=rows: f"records[{rows[k]}].embedding"
+                        # called (on an error) only within this call: no need to bind ``rows``
+                        blobs[i], dim, lambda k: f"records[{rows[k]}].embedding"
                     )
                 done += len(chunk)
         for n, chunk in enumerate(chunks):
