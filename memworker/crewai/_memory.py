@@ -30,7 +30,7 @@ from memworker.crewai._group import GroupCommit
 from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._settle import Settler
 from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
-from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, embed_items, needs_flow, result_key
+from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, embed_items, needs_flow
 from memworker.queue.producer import MemoryQueue
 from memworker.store.store import ValkeyStore
 
@@ -283,11 +283,8 @@ class QueuedMemory(Memory):
             return record
         # Merged by consolidation, or dropped as an intra-batch duplicate (flow or fast
         # path): the worker says what it became.
-        client = self._queue._sync()  # noqa: SLF001 - the queue's own client
-        other = client.hget(result_key(self.store.keys.namespace, job_id), record_id)
-        if other:
-            return self._storage.get_record(other.decode() if isinstance(other, bytes) else other)
-        return None
+        other = self.queue.job_result(job_id, record_id)
+        return self._storage.get_record(other) if other else None
 
     # ------------------------------------------------------------------ writes
     def remember(

@@ -29,7 +29,7 @@ from typing_extensions import Self
 from memworker.errors import ValidationError
 from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, one
 from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver
-from memworker.keys import DEFAULT_QUEUE, QueueKeys
+from memworker.keys import DEFAULT_QUEUE, QueueKeys, result_key
 from memworker.queue.admin import as_text, now_ms, status_plan
 from memworker.queue.drain import drain_async, drain_sync
 from memworker.queue.jobs import (
@@ -119,10 +119,6 @@ class MemoryQueue:
         )
 
     # ------------------------------------------------------------------ clients
-    def _sync(self) -> Any:
-        """The sync face's ``redis.Redis`` client (e.g. for CrewAI's result reads)."""
-        return self._driver.client()
-
     def _enqueue(self, commands: list[list[Any]]) -> None:
         """Run one enqueue's MULTI/EXEC, retrying a transient failure.
 
@@ -249,6 +245,15 @@ class MemoryQueue:
         """Ids of this producer's jobs not yet committed or failed."""
         pending = Call(["ZRANGE", self.keys.pending(self.producer_id), "0", "-1"])
         return [as_text(i) for i in self._driver.run(one(pending))]
+
+    def job_result(self, job_id: str, item_id: str) -> str | None:
+        """What an item of an encode job became, as the worker recorded it in
+        ``ns:results:<job>`` (kept :data:`~memworker.queue.jobs.RESULT_TTL_MS`): the id of
+        the record it was merged into, ``""`` when it was dropped as a duplicate, ``None``
+        when nothing is recorded (the item became the record of its own id)."""
+        key = result_key(self.keys.namespace, job_id)
+        raw = self._driver.run(one(Call(["HGET", key, item_id])))
+        return None if raw is None else as_text(raw)
 
     def status(self) -> dict[str, Any]:
         """:func:`~memworker.queue.admin.queue_status` plus this producer's pending count."""
