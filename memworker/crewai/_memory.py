@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
-from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.memory_events import (
     MemoryQueryCompletedEvent,
     MemoryQueryFailedEvent,
     MemoryQueryStartedEvent,
-    MemorySaveCompletedEvent,
-    MemorySaveFailedEvent,
     MemorySaveStartedEvent,
 )
 from crewai.memory.types import MemoryMatch, MemoryRecord, compute_composite_score, embed_text
@@ -25,23 +21,27 @@ from crewai.memory.unified_memory import Memory
 from crewai.memory.utils import join_scope_paths
 from pydantic import Field, PrivateAttr
 
+from memworker.crewai._calls import (
+    SOURCE_TYPE,
+    PrivacyView,
+    SaveCall,
+    completed_event,
+    emit,
+    failed_event,
+)
 from memworker.crewai._embedder import LocalEmbedder, model_id_of
 from memworker.crewai._group import GroupCommit
 from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._settle import Settler
 from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
-from memworker.queue.jobs import DrainTimeout, FailedJob, QueueError, embed_items, needs_flow
+from memworker.queue.jobs import DrainTimeout, embed_items, needs_flow
 from memworker.queue.producer import MemoryQueue
 from memworker.store.store import ValkeyStore
-
-if TYPE_CHECKING:
-    from memworker.store.store import ValkeyStore
 
 __all__ = ["QueuedMemory", "JobFailedError"]
 
 log = logging.getLogger("memworker.crewai")
 
-_SOURCE_TYPE = "unified_memory"
 #: Most texts per encode job; a larger remember_many is split into several jobs.
 JOB_CHUNK = 500
 #: Most concurrent ``remember()`` calls sharing one job (the worker's default batch).
@@ -50,61 +50,6 @@ GROUP_LIMIT = 64
 #: dedup, which CrewAI never applies to a single remember() and must not apply across
 #: the independent calls that share a job.
 _GROUPED_FLOW = {"consolidation_threshold": 1.0}
-
-
-class _Call:
-    """One ``remember_many`` call: its jobs, and the context its events pair in."""
-
-    def __init__(self, ctx: contextvars.Context, n: int, metadata: Any, agent_role: Any, start: float) -> None:
-        self.ctx = ctx
-        self.n = n
-        self.metadata = metadata
-        self.agent_role = agent_role
-        self.start = start
-        self.left = 0
-        self.failures: list[FailedJob] = []
-        self.lock = threading.Lock()
-
-
-def _emit(event: Any, source: Any) -> None:
-    try:
-        crewai_event_bus.emit(source, event)
-    except Exception:  # noqa: BLE001 - the bus may be shut down at exit
-        pass
-
-
-def _failed_event(value: str, metadata: Any, error: str) -> Any:
-    return MemorySaveFailedEvent(value=value, metadata=metadata, error=error, source_type=_SOURCE_TYPE)
-
-
-def _completed_event(value: str, metadata: Any, agent_role: Any, start: float) -> Any:
-    return MemorySaveCompletedEvent(
-        value=value,
-        metadata=metadata or {},
-        agent_role=agent_role,
-        save_time_ms=(time.perf_counter() - start) * 1000,
-        source_type=_SOURCE_TYPE,
-    )
-
-
-class _PrivacyView:
-    """The store as RecallFlow sees it: every search filters privacy in the query."""
-
-    def __init__(self, store: ValkeyStore, include_private: bool, viewer: str | None) -> None:
-        self._store = store
-        self._include_private = include_private
-        self._viewer = viewer
-
-    def search(self, query_embedding: Any, scope_prefix: Any = None, categories: Any = None,
-               metadata_filter: Any = None, limit: int = 10, min_score: float = 0.0) -> Any:  # fmt: skip
-        return self._store.search(
-            query_embedding, scope_prefix=scope_prefix, categories=categories,
-            metadata_filter=metadata_filter, limit=limit, min_score=min_score,
-            include_private=self._include_private, viewer=self._viewer,
-        )  # fmt: skip
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
 
 class QueuedMemory(Memory):
@@ -314,7 +259,7 @@ class QueuedMemory(Memory):
         if self.read_only:
             return None
         root = root_scope if root_scope is not None else self.root_scope
-        _emit(MemorySaveStartedEvent(value=content, metadata=metadata, source_type=_SOURCE_TYPE), self)
+        emit(MemorySaveStartedEvent(value=content, metadata=metadata, source_type=SOURCE_TYPE), self)
         start = time.perf_counter()
         try:
             items = self._items([content], scope, categories, metadata, importance, source, private, root)
@@ -336,9 +281,9 @@ class QueuedMemory(Memory):
                 raise JobFailedError(failure)
             record: MemoryRecord | None = self._record_for(job_id, ids[0])
         except Exception as exc:
-            _emit(_failed_event(content, metadata, str(exc)), self)
+            emit(failed_event(content, metadata, str(exc)), self)
             raise
-        _emit(_completed_event(content, metadata, agent_role, start), self)
+        emit(completed_event(content, metadata, agent_role, start), self)
         return record
 
     def remember_many(
@@ -377,21 +322,21 @@ class QueuedMemory(Memory):
             items, error = None, exc
         else:
             error = None
-        call = _Call(contextvars.copy_context(), len(contents), metadata, agent_role, start)
+        call = SaveCall(contextvars.copy_context(), len(contents), metadata, agent_role, start)
         if self.background_enqueue:
             self._submit_save(self._enqueue_many, call, items, error)
         else:
             self._enqueue_many(call, items, error)
         return []
 
-    def _enqueue_many(self, call: _Call, items: list[dict[str, Any]] | None, error: Exception | None) -> None:
+    def _enqueue_many(self, call: SaveCall, items: list[dict[str, Any]] | None, error: Exception | None) -> None:
         """The enqueue of a :meth:`remember_many` call: in the save thread, or in the
         caller's with ``background_enqueue=False``."""
         metadata = call.metadata
         call.ctx.run(
-            _emit,
+            emit,
             MemorySaveStartedEvent(
-                value=f"{call.n} memories (background)", metadata=metadata, source_type=_SOURCE_TYPE
+                value=f"{call.n} memories (background)", metadata=metadata, source_type=SOURCE_TYPE
             ),
             self,
         )
@@ -401,7 +346,7 @@ class QueuedMemory(Memory):
             jobs = self._enqueue(items or [])
         except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
             log.warning("remember_many: nothing enqueued: %s", exc)
-            call.ctx.run(_emit, _failed_event("background save", metadata, str(exc)), self)
+            call.ctx.run(emit, failed_event("background save", metadata, str(exc)), self)
             return
         call.left = len(jobs)
         for job_id, _ in jobs:
@@ -409,7 +354,7 @@ class QueuedMemory(Memory):
                 lambda f, c=call: self._job_settled(c, f)
             )
 
-    def _job_settled(self, call: _Call, future: Future[Any]) -> None:
+    def _job_settled(self, call: SaveCall, future: Future[Any]) -> None:
         try:
             failure = future.result()
             with call.lock:
@@ -420,10 +365,10 @@ class QueuedMemory(Memory):
                     return
             if call.failures:
                 error = "; ".join(f.error for f in call.failures)
-                event = _failed_event("background save", call.metadata, error)
+                event = failed_event("background save", call.metadata, error)
             else:
-                event = _completed_event(f"{call.n} memories saved", call.metadata, call.agent_role, call.start)
-            call.ctx.run(_emit, event, self)
+                event = completed_event(f"{call.n} memories saved", call.metadata, call.agent_role, call.start)
+            call.ctx.run(emit, event, self)
         except Exception:  # noqa: BLE001 - never raise from the settle thread
             log.debug("remember_many settle callback failed", exc_info=True)
 
@@ -465,9 +410,9 @@ class QueuedMemory(Memory):
             effective_scope = self.root_scope
         elif effective_scope is not None and self.root_scope:
             effective_scope = join_scope_paths(self.root_scope, effective_scope)
-        view = _PrivacyView(self.store, include_private, source)
-        _emit(
-            MemoryQueryStartedEvent(query=query, limit=limit, score_threshold=None, source_type=_SOURCE_TYPE),
+        view = PrivacyView(self.store, include_private, source)
+        emit(
+            MemoryQueryStartedEvent(query=query, limit=limit, score_threshold=None, source_type=SOURCE_TYPE),
             self,
         )
         start = time.perf_counter()
@@ -504,18 +449,18 @@ class QueuedMemory(Memory):
                     self.store.touch_records([m.record.id for m in results])
                 except Exception:  # noqa: BLE001 - non-critical, as in CrewAI
                     pass
-            _emit(
+            emit(
                 MemoryQueryCompletedEvent(
                     query=query, results=results, limit=limit, score_threshold=None,
-                    query_time_ms=(time.perf_counter() - start) * 1000, source_type=_SOURCE_TYPE,
+                    query_time_ms=(time.perf_counter() - start) * 1000, source_type=SOURCE_TYPE,
                 ),
                 self,
             )  # fmt: skip
             return results
         except Exception as exc:
-            _emit(
+            emit(
                 MemoryQueryFailedEvent(
-                    query=query, limit=limit, score_threshold=None, error=str(exc), source_type=_SOURCE_TYPE
+                    query=query, limit=limit, score_threshold=None, error=str(exc), source_type=SOURCE_TYPE
                 ),
                 self,
             )
