@@ -63,7 +63,7 @@ class QueuedMemory(Memory):
         namespace: memworker namespace (default: the URL's / ``MEMWORKER_NAMESPACE``).
         producer_id: Identity of this producer's pending set (default: host-pid-random).
         drain_timeout: Seconds ``drain_writes``/``remember`` wait before raising
-            :class:`~memworker.jobs.DrainTimeout` (``None``: for ever).
+            :class:`~memworker.queue.jobs.DrainTimeout` (``None``: for ever).
         model_id: The embedding model's identity, when the embedder does not say
             (compared with the store's; see :meth:`ValkeyStore.ensure_model`).
         background_enqueue: ``True`` (default, as CrewAI does): ``remember_many``

@@ -3,7 +3,7 @@
 Many agent threads wait on their own jobs (``remember``) while others wait on
 everything (``drain_writes``): rather than one drain per waiter, a single thread
 subscribes once to the producer's ``done`` channel and resolves a future per job
-(``None`` committed, or the :class:`~memworker.jobs.FailedJob`). Each failure
+(``None`` committed, or the :class:`~memworker.queue.jobs.FailedJob`). Each failure
 record is read and consumed (``HDEL``) by this thread only, so it is reported
 exactly once. A bounded poll backs up the pub/sub wake-up, as in ``drain``.
 """

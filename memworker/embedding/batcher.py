@@ -32,8 +32,8 @@ __all__ = ["BatcherStats", "EmbeddingBatcher", "THREAD_NAME"]
 #: Name of the batcher's inference threads (``memworker-embed-0``, ``-1``...).
 THREAD_NAME = "memworker-embed"
 #: Fewest texts a batch starts with while another batch is in the model, unless the
-#: oldest has waited SIDE_BATCH_WAIT (s): on one core, all-MiniLM-L6-v2 costs ~7.7 ms
-#: of CPU a text in batches of 4, ~5.5 in batches of 8, ~4.9 from 16 up.
+#: oldest has waited SIDE_BATCH_WAIT (s): tiny batches cost more CPU a text
+#: (figures: benchmarks/README.md).
 SIDE_BATCH_MIN = 8
 SIDE_BATCH_WAIT = 0.05
 

@@ -31,11 +31,10 @@ def configure_threads(processes: int = 1, env: Mapping[str, str] | None = None) 
     """Set this process up for throughput inference (a worker): it runs
     ``MEMWORKER_INFERENCE_THREADS`` batches side by side when set, else
     ``max(1, cores // processes)``, each on one core. Torch's intra-op threads are set
-    to 1, and ONNX sessions created afterwards use one intra-op thread: on 2 cores,
-    all-MiniLM-L6-v2 costs 4.9 ms of CPU a text on one thread and 7.1 ms split over two
-    (batches of 16), so two single-threaded batches at once embed ~40% more texts a
-    second than one batch on two threads. The caller runs that many inference
-    threads (``EmbeddingBatcher(threads=...)``).
+    to 1, and ONNX sessions created afterwards use one intra-op thread: a small model
+    costs less CPU a text on one thread than split over two, so single-threaded
+    batches side by side embed more texts a second (figures: benchmarks/README.md).
+    The caller runs that many inference threads (``EmbeddingBatcher(threads=...)``).
 
     The first call wins: later calls change nothing and return the number already set.
 

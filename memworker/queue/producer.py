@@ -196,7 +196,7 @@ class MemoryQueue:
         return job_id, ids
 
     def enqueue_encode_items(self, job_items: Sequence[dict[str, Any]]) -> str:
-        """Enqueue items already validated by :func:`memworker.jobs.embed_items` (each
+        """Enqueue items already validated by :func:`memworker.queue.jobs.embed_items` (each
         carries its record id), e.g. gathered from several callers into one job;
         returns the job id.
 
@@ -219,7 +219,7 @@ class MemoryQueue:
             job_ids: Wait for these jobs of this producer instead of a snapshot of
                 the pending set (e.g. ids from :meth:`enqueue_save` or :meth:`pending`);
                 an id no longer pending counts as committed only if its commit
-                marker exists (kept :data:`~memworker.jobs.MARKER_TTL_MS`, 1 h),
+                marker exists (kept :data:`~memworker.queue.jobs.MARKER_TTL_MS`, 1 h),
                 as failed if a failure is recorded, is skipped if an earlier drain
                 reported it, and is reported lost otherwise.
 

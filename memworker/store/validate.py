@@ -197,7 +197,7 @@ def _json_problem(exc: Exception) -> str:
 
 
 #: Fields of an encode item's ``flow`` entry (built by ``QueuedMemory``; read by the
-#: worker, :mod:`memworker.encoding`).
+#: worker, :mod:`memworker.crewai.flow`).
 FLOW_FIELDS = frozenset(
     {"infer", "scope", "root_scope", "consolidation_threshold", "consolidation_limit",
      "batch_dedup_threshold", "default_importance"}
