@@ -77,7 +77,7 @@ def idle_pickup(settings: Settings, n: int) -> list[float]:
 
     client = redis_client(settings)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(QueueKeys(settings.namespace).done_channel("idle"))
+    pubsub.subscribe(QueueKeys(settings.namespace).producer("idle").done_channel)
     out = []
     try:
         with MemoryQueue(settings, producer_id="idle") as q:

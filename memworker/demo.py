@@ -196,7 +196,7 @@ def run_demo(
         committed_at: dict[str, float] = {}
         lock = threading.Lock()
         update = _progress(records, "enqueue -> embed -> commit")
-        pubsub.subscribe(*[keys.done_channel(p) for p in producers.values()])
+        pubsub.subscribe(*[keys.producer(p).done_channel for p in producers.values()])
         stop = threading.Event()
 
         def listen() -> None:

@@ -40,13 +40,14 @@ The Lua scripts (``memworker/lua``) and the docs point here rather than restate 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "CHANGES_CAP",
     "DEFAULT_QUEUE",
     "LAYOUT_VERSION",
     "Keys",
+    "ProducerKeys",
     "QueueKeys",
     "lock_key",
     "lock_under_key",
@@ -63,20 +64,34 @@ LAYOUT_VERSION = "1"
 CHANGES_CAP = 10_000
 
 
+def _fill(obj: object, **names: str) -> None:
+    """Set computed key names on a frozen dataclass (once, at construction)."""
+    for name, value in names.items():
+        object.__setattr__(obj, name, value)
+
+
 @dataclass(frozen=True)
 class Keys:
-    """Key names for one namespace."""
+    """Key names for one namespace (see the layout above)."""
 
     namespace: str
+    #: Prefix of record hashes (the vector index covers it).
+    rec_prefix: str = field(init=False, repr=False)
+    #: Hash of namespace facts: vector dimension, embedder model id, layout version.
+    meta: str = field(init=False, repr=False)
+    #: The change log: ids saved or deleted, one entry per store script call.
+    changes: str = field(init=False, repr=False)
+    #: Name of the vector index.
+    index: str = field(init=False, repr=False)
 
-    @property
-    def rec_prefix(self) -> str:
-        """Prefix of record hashes (the vector index covers it)."""
-        return f"{self.namespace}:rec:"
+    def __post_init__(self) -> None:
+        ns = self.namespace
+        _fill(self, rec_prefix=f"{ns}:rec:", meta=f"{ns}:meta", changes=f"{ns}:changes",
+              index=f"{ns}:idx")  # fmt: skip
 
     def rec(self, record_id: str) -> str:
         """The hash of one record."""
-        return f"{self.namespace}:rec:{record_id}"
+        return self.rec_prefix + record_id
 
     def tree(self, scope: str) -> str:
         """Sorted set of the ids under ``scope`` (the scope and its descendants)."""
@@ -90,87 +105,70 @@ class Keys:
         """Hash of category counts under ``scope``."""
         return f"{self.namespace}:cats:{scope}"
 
-    @property
-    def meta(self) -> str:
-        """Hash of namespace facts: vector dimension, embedder model id, layout version."""
-        return f"{self.namespace}:meta"
-
-    @property
-    def changes(self) -> str:
-        """The change log: ids saved or deleted, one entry per store script call (see the
-        layout above)."""
-        return f"{self.namespace}:changes"
-
-    @property
-    def index(self) -> str:
-        """Name of the vector index."""
-        return f"{self.namespace}:idx"
-
     def cache(self, key: str) -> str:
         """A ValkeyCache entry."""
         return f"{self.namespace}:cache:{key}"
 
 
 @dataclass(frozen=True)
+class ProducerKeys:
+    """The keys one producer's jobs are tracked by (:meth:`QueueKeys.producer`)."""
+
+    namespace: str
+    producer: str
+    #: Sorted set of the producer's pending job ids (score: enqueue time, ms).
+    pending: str = field(init=False, repr=False)
+    #: Hash of the producer's unreported failures (job id -> failure JSON).
+    failed: str = field(init=False, repr=False)
+    #: Sorted set of the producer's commit markers (written by the commit itself).
+    committed: str = field(init=False, repr=False)
+    #: Sorted set of the producer's jobs a drain has reported (tombstones).
+    reported: str = field(init=False, repr=False)
+    #: Channel on which a job id is published when it leaves the pending set.
+    done_channel: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ns, p = self.namespace, self.producer
+        _fill(self, pending=f"{ns}:pending:{p}", failed=f"{ns}:failed:{p}",
+              committed=f"{ns}:committed:{p}", reported=f"{ns}:reported:{p}",
+              done_channel=f"{ns}:done:{p}")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class QueueKeys:
-    """Key names of the queue side of a namespace."""
+    """Key names of the queue side of a namespace (see the layout above)."""
 
     namespace: str
     queue: str = DEFAULT_QUEUE
+    #: dramatiq's RedisBroker namespace.
+    dq_namespace: str = field(init=False, repr=False)
+    #: Pattern of every producer's done channel.
+    done_pattern: str = field(init=False, repr=False)
+    #: Set of the producer ids that ever enqueued.
+    producers: str = field(init=False, repr=False)
+    #: Hash of the poison guard's delivery counters (``<job>:<attempt>``).
+    deliveries: str = field(init=False, repr=False)
+    #: Sorted set of live workers (score: last heartbeat, ms).
+    workers: str = field(init=False, repr=False)
+    #: Hash of the throughput counters (committed, failed, records).
+    stats: str = field(init=False, repr=False)
+    #: dramatiq's sorted set of broker heartbeats.
+    heartbeats: str = field(init=False, repr=False)
 
-    @property
-    def dq_namespace(self) -> str:
-        """dramatiq's RedisBroker namespace."""
-        return f"{self.namespace}:dq"
+    def __post_init__(self) -> None:
+        ns = self.namespace
+        _fill(self, dq_namespace=f"{ns}:dq", done_pattern=f"{ns}:done:*",
+              producers=f"{ns}:producers", deliveries=f"{ns}:deliveries",
+              workers=f"{ns}:workers", stats=f"{ns}:stats",
+              heartbeats=f"{ns}:dq:__heartbeats__")  # fmt: skip
 
-    def pending(self, producer: str) -> str:
-        """Sorted set of the producer's pending job ids (score: enqueue time, ms)."""
-        return f"{self.namespace}:pending:{producer}"
-
-    def failed(self, producer: str) -> str:
-        """Hash of the producer's unreported failures (job id -> failure JSON)."""
-        return f"{self.namespace}:failed:{producer}"
-
-    def committed(self, producer: str) -> str:
-        """Sorted set of the producer's commit markers (written by the commit itself)."""
-        return f"{self.namespace}:committed:{producer}"
-
-    def reported(self, producer: str) -> str:
-        """Sorted set of the producer's jobs a drain has reported (tombstones)."""
-        return f"{self.namespace}:reported:{producer}"
-
-    def done_channel(self, producer: str) -> str:
-        """Channel on which a job id is published when it leaves the pending set."""
-        return f"{self.namespace}:done:{producer}"
-
-    @property
-    def done_pattern(self) -> str:
-        """Pattern of every producer's done channel."""
-        return f"{self.namespace}:done:*"
-
-    @property
-    def producers(self) -> str:
-        """Set of the producer ids that ever enqueued."""
-        return f"{self.namespace}:producers"
-
-    @property
-    def deliveries(self) -> str:
-        """Hash of the poison guard's delivery counters (``<job>:<attempt>``)."""
-        return f"{self.namespace}:deliveries"
-
-    @property
-    def workers(self) -> str:
-        """Sorted set of live workers (score: last heartbeat, ms)."""
-        return f"{self.namespace}:workers"
+    def producer(self, producer: str) -> ProducerKeys:
+        """The keys of one producer's jobs."""
+        return ProducerKeys(self.namespace, producer)
 
     def worker(self, worker_id: str) -> str:
         """Hash of one worker's health record (TTL: the health TTL)."""
-        return f"{self.namespace}:workers:{worker_id}"
-
-    @property
-    def stats(self) -> str:
-        """Hash of the throughput counters (committed, failed, records)."""
-        return f"{self.namespace}:stats"
+        return f"{self.workers}:{worker_id}"
 
     def q(self, queue: str | None = None) -> str:
         """dramatiq's list of message ids of a queue."""
@@ -178,28 +176,23 @@ class QueueKeys:
 
     def msgs(self, queue: str | None = None) -> str:
         """dramatiq's hash of a queue's messages (message id -> encoded message)."""
-        return f"{self.q(queue)}.msgs"
+        return self.q(queue) + ".msgs"
 
     def wake(self, queue: str | None = None) -> str:
         """List of wake-up tokens for a queue's idle consumers."""
-        return f"{self.q(queue)}.wake"
+        return self.q(queue) + ".wake"
 
     def delayed_msgs(self, queue: str | None = None) -> str:
         """dramatiq's delay queue messages (retries waiting for their eta)."""
-        return f"{self.q(queue)}.DQ.msgs"
+        return self.q(queue) + ".DQ.msgs"
 
     def dead(self, queue: str | None = None) -> str:
         """dramatiq's dead-letter sorted set of a queue."""
-        return f"{self.q(queue)}.XQ"
+        return self.q(queue) + ".XQ"
 
     def dead_msgs(self, queue: str | None = None) -> str:
         """dramatiq's hash of a queue's dead-lettered messages."""
-        return f"{self.q(queue)}.XQ.msgs"
-
-    @property
-    def heartbeats(self) -> str:
-        """dramatiq's sorted set of broker heartbeats."""
-        return f"{self.dq_namespace}:__heartbeats__"
+        return self.q(queue) + ".XQ.msgs"
 
 
 def lock_key(namespace: str, scope: str) -> str:

@@ -16,7 +16,7 @@ from crewai.events.types.memory_events import (
     MemoryQueryStartedEvent,
     MemorySaveStartedEvent,
 )
-from crewai.memory.types import MemoryMatch, MemoryRecord, compute_composite_score, embed_text
+from crewai.memory.types import MemoryMatch, MemoryRecord
 from crewai.memory.unified_memory import Memory
 from crewai.memory.utils import join_scope_paths
 from pydantic import Field, PrivateAttr
@@ -32,6 +32,8 @@ from memworker.crewai._calls import (
 from memworker.crewai._embedder import LocalEmbedder, model_id_of
 from memworker.crewai._group import GroupCommit
 from memworker.crewai._install import is_valkey_spec, store_for_spec
+from memworker.crewai._items import call_items, flow_entry
+from memworker.crewai._recall import matches
 from memworker.crewai._settle import Settler
 from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
 from memworker.queue.jobs import DrainTimeout, embed_items, needs_flow
@@ -136,59 +138,12 @@ class QueuedMemory(Memory):
                 "the check that workers embed with the same model is skipped"
             )
 
-    def _consolidation_on(self) -> bool:
-        return self.consolidation_threshold < 1.0
-
-    def _flow(self, scope: Any, categories: Any, importance: Any, root: Any) -> dict[str, Any]:
-        """The ``flow`` entry of a call's items (one dict, shared by all of them)."""
-        infer = [
-            name
-            for name, value in (("scope", scope), ("categories", categories), ("importance", importance))
-            if value is None
-        ]
-        if infer or self._consolidation_on():
-            return {
-                "infer": infer,
-                "scope": scope,
-                "root_scope": root,
-                "consolidation_threshold": float(min(self.consolidation_threshold, 1.0)),
-                "consolidation_limit": int(self.consolidation_limit),
-                "batch_dedup_threshold": float(self._config.batch_dedup_threshold),
-                "default_importance": float(self.default_importance),
-            }
-        # The fast path: only what it needs, CrewAI's intra-batch dedup threshold
-        # (and consolidation off, explicitly: memworker.queue.jobs.needs_flow).
-        return {
-            "consolidation_threshold": 1.0,
-            "batch_dedup_threshold": float(self._config.batch_dedup_threshold),
-        }
-
     def _items(self, contents: list[str], scope: Any, categories: Any, metadata: Any, importance: Any,
                source: Any, private: bool, root: Any) -> list[dict[str, Any]]:  # fmt: skip
         """Encode items of one call (validated by the queue when enqueued)."""
-        inner = scope or "/"
-        resolved = join_scope_paths(root, inner) if root else inner
-        flow = self._flow(scope, categories, importance, root)
-        # The call's own copies; anything else goes as is to the validator, which names it.
-        cats = list(categories) if isinstance(categories, (list, tuple)) else categories or []
-        meta = dict(metadata) if type(metadata) is dict else metadata or {}
-        weight = importance if importance is not None else self.default_importance
-        # Not bool(): bool("false") is True. None is CrewAI's default; anything else but
-        # a boolean goes to the validator, which refuses it naming the field.
-        private = False if private is None else private
-        return [
-            {
-                "text": content,
-                "scope": resolved,
-                "categories": cats,
-                "metadata": meta,
-                "importance": weight,
-                "source": source,
-                "private": private,
-                "flow": flow,
-            }
-            for content in contents
-        ]
+        flow = flow_entry(self, scope, categories, importance, root)
+        return call_items(contents, scope, categories, metadata, importance, source, private, root,
+                          flow=flow, default_importance=self.default_importance)  # fmt: skip
 
     def _enqueue(self, items: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
         return [
@@ -417,38 +372,8 @@ class QueuedMemory(Memory):
         )
         start = time.perf_counter()
         try:
-            if depth == "shallow":
-                results: list[MemoryMatch] = []
-                embedding = embed_text(self._embedder, query)
-                if embedding:
-                    raw = view.search(
-                        embedding, scope_prefix=effective_scope, categories=categories,
-                        limit=limit, min_score=0.0,
-                    )  # fmt: skip
-                    for record, score in raw:
-                        composite, reasons = compute_composite_score(record, score, self._config)
-                        results.append(MemoryMatch(record=record, score=composite, match_reasons=reasons))
-                    results.sort(key=lambda m: m.score, reverse=True)
-            else:
-                from crewai.memory.recall_flow import RecallFlow
-
-                flow = RecallFlow(storage=view, llm=self._llm, embedder=self._embedder, config=self._config)
-                flow.kickoff(
-                    inputs={
-                        "query": query,
-                        "scope": effective_scope,
-                        "categories": categories or [],
-                        "limit": limit,
-                        "source": source,
-                        "include_private": include_private,
-                    }
-                )
-                results = flow.state.final_results
-            if results and not self.read_only:
-                try:
-                    self.store.touch_records([m.record.id for m in results])
-                except Exception:  # noqa: BLE001 - non-critical, as in CrewAI
-                    pass
+            results = matches(self, view, query, effective_scope, categories, limit, depth, source,
+                              include_private)  # fmt: skip
             emit(
                 MemoryQueryCompletedEvent(
                     query=query, results=results, limit=limit, score_threshold=None,

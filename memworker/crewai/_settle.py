@@ -78,7 +78,7 @@ class Settler:
                 try:
                     if pubsub is None:
                         pubsub = client.pubsub(ignore_subscribe_messages=True)
-                        pubsub.subscribe(self.keys.done_channel(self.producer))
+                        pubsub.subscribe(self.keys.producer(self.producer).done_channel)
                     self._check(client)
                     if not self.outstanding():
                         self._added.wait(1.0)
@@ -108,18 +108,18 @@ class Settler:
         ids = list(self.outstanding())
         if not ids:
             return
-        scores = client.zmscore(self.keys.pending(self.producer), ids)
+        scores = client.zmscore(self.keys.producer(self.producer).pending, ids)
         done = [i for i, s in zip(ids, scores) if s is None]
         if not done:
             return
-        failed_key = self.keys.failed(self.producer)
+        failed_key = self.keys.producer(self.producer).failed
         raws = client.hmget(failed_key, done)
         found = [i for i, raw in zip(done, raws) if raw is not None]
         if found:  # consumed, and tombstoned as a drain does (reported once, not "lost")
             now = int(time.time() * 1000)
             with client.pipeline(transaction=True) as pipe:
                 pipe.hdel(failed_key, *found)
-                pipe.zadd(self.keys.reported(self.producer), {i: now for i in found})
+                pipe.zadd(self.keys.producer(self.producer).reported, {i: now for i in found})
                 pipe.execute()
         for job_id, raw in zip(done, raws):
             with self._lock:

@@ -306,7 +306,7 @@ def run_flow_job(
         # not run consolidation again: its updates and deletes are direct writes, and
         # could revert what a user changed since. Checked under the scope locks, so a
         # concurrent second delivery waits for the first, then finds no pending mark.
-        if client.zscore(context.keys.pending(producer), job_id) is None:
+        if client.zscore(context.keys.producer(producer).pending, job_id) is None:
             context.duplicates += 1
             log.info("job %s is no longer pending: a duplicate delivery, skipped", job_id)
             return

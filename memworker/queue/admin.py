@@ -127,7 +127,7 @@ def status_plan(namespace: str) -> Generator[Pipeline, list[Any], dict[str, Any]
             ["HLEN", keys.delayed_msgs()],
             ["ZCARD", keys.dead()],
             ["HGETALL", keys.stats],
-            *[["ZCARD", keys.pending(p)] for p in producers],
+            *[["ZCARD", keys.producer(p).pending] for p in producers],
             *[["HGETALL", keys.worker(i)] for i in worker_ids],
         ]
     )
@@ -222,10 +222,10 @@ def _requeue_commands(keys: QueueKeys, mid: str, raw: Any) -> list[list[Any]]:
         producer, job_id = job["producer"], msg["message_id"]
         data = json.dumps(msg, separators=(",", ":")).encode()
         commands = [
-            ["ZADD", keys.pending(producer), str(now_ms()), job_id],
-            ["HDEL", keys.failed(producer), job_id],
-            ["ZREM", keys.reported(producer), job_id],
-            ["ZREM", keys.committed(producer), job_id],
+            ["ZADD", keys.producer(producer).pending, str(now_ms()), job_id],
+            ["HDEL", keys.producer(producer).failed, job_id],
+            ["ZREM", keys.producer(producer).reported, job_id],
+            ["ZREM", keys.producer(producer).committed, job_id],
             ["HDEL", keys.deliveries, delivery_field(job_id, 0)],
         ]
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):

@@ -54,11 +54,11 @@ class Wait:
 
 
 def _snapshot_commands(keys: QueueKeys, producers: list[str]) -> list[list[Any]]:
-    return [["ZRANGE", keys.pending(p), "0", "-1"] for p in producers]
+    return [["ZRANGE", keys.producer(p).pending, "0", "-1"] for p in producers]
 
 
 def _check_commands(keys: QueueKeys, snapshot: dict[str, list[str]]) -> list[list[Any]]:
-    return [["ZMSCORE", keys.pending(p), *ids] for p, ids in snapshot.items()]
+    return [["ZMSCORE", keys.producer(p).pending, *ids] for p, ids in snapshot.items()]
 
 
 def _still_pending(snapshot: dict[str, list[str]], replies: list[Any]) -> dict[str, list[str]]:
@@ -78,12 +78,12 @@ def _final_commands(
     "already reported" tombstones. A commit (one script) and a failure (one MULTI)
     each move an id out of pending atomically, so this read sees each id in exactly
     one state."""
-    commands: list[list[Any]] = [["HGETALL", keys.failed(p)] for p in producers]
+    commands: list[list[Any]] = [["HGETALL", keys.producer(p).failed] for p in producers]
     for p, ids in snapshot.items():
         commands += [
-            ["ZMSCORE", keys.pending(p), *ids],
-            ["ZMSCORE", keys.committed(p), *ids],
-            ["ZMSCORE", keys.reported(p), *ids],
+            ["ZMSCORE", keys.producer(p).pending, *ids],
+            ["ZMSCORE", keys.producer(p).committed, *ids],
+            ["ZMSCORE", keys.producer(p).reported, *ids],
         ]
     return commands
 
@@ -153,13 +153,13 @@ def _settle(
         if owner is not None and p != owner:
             continue
         if d["failed"]:
-            consume.append(["HDEL", keys.failed(p), *d["failed"]])
+            consume.append(["HDEL", keys.producer(p).failed, *d["failed"]])
         if d["marker"]:
-            consume.append(["ZREM", keys.committed(p), *d["marker"]])
+            consume.append(["ZREM", keys.producer(p).committed, *d["marker"]])
         if d["reported"]:
             pairs = [x for i in d["reported"] for x in (str(now), i)]
-            consume.append(["ZADD", keys.reported(p), *pairs])
-            consume.append(["ZREMRANGEBYSCORE", keys.reported(p), "-inf", str(now - MARKER_TTL_MS)])
+            consume.append(["ZADD", keys.producer(p).reported, *pairs])
+            consume.append(["ZREMRANGEBYSCORE", keys.producer(p).reported, "-inf", str(now - MARKER_TTL_MS)])
     return {}, DrainReport(committed=committed, failed=failed, lost=lost), consume
 
 
@@ -264,7 +264,7 @@ def drain_sync(
     pubsub = driver.client().pubsub(ignore_subscribe_messages=True)
     try:
         if len(producers) == 1:
-            driver.guarded(lambda _c: pubsub.subscribe(keys.done_channel(producers[0])))
+            driver.guarded(lambda _c: pubsub.subscribe(keys.producer(producers[0]).done_channel))
         else:
             driver.guarded(lambda _c: pubsub.psubscribe(keys.done_pattern))
         plan = drain_plan(keys, producers, timeout, given, owner)
@@ -296,7 +296,7 @@ async def drain_async(
     pubsub = driver.client().pubsub(ignore_subscribe_messages=True)
     try:
         if len(producers) == 1:
-            await driver.guarded(lambda _c: pubsub.subscribe(keys.done_channel(producers[0])))
+            await driver.guarded(lambda _c: pubsub.subscribe(keys.producer(producers[0]).done_channel))
         else:
             await driver.guarded(lambda _c: pubsub.psubscribe(keys.done_pattern))
         plan = drain_plan(keys, producers, timeout, given, owner)

@@ -68,7 +68,7 @@ def enqueue_commands(
         ["HSET", keys.msgs(queue), redis_id, data],
         ["RPUSH", keys.q(queue), redis_id],
         ["RPUSH", keys.wake(queue), "1"],
-        ["ZADD", keys.pending(producer), str(now_ms()), job_id],
+        ["ZADD", keys.producer(producer).pending, str(now_ms()), job_id],
         ["SADD", keys.producers, producer],
     ]
 
@@ -243,7 +243,7 @@ class MemoryQueue:
 
     def pending(self) -> list[str]:
         """Ids of this producer's jobs not yet committed or failed."""
-        pending = Call(["ZRANGE", self.keys.pending(self.producer_id), "0", "-1"])
+        pending = Call(["ZRANGE", self.keys.producer(self.producer_id).pending, "0", "-1"])
         return [as_text(i) for i in self._driver.run(one(pending))]
 
     def job_result(self, job_id: str, item_id: str) -> str | None:
@@ -319,7 +319,7 @@ class MemoryQueue:
 
     async def apending(self) -> list[str]:
         """Async :meth:`pending`."""
-        pending = Call(["ZRANGE", self.keys.pending(self.producer_id), "0", "-1"])
+        pending = Call(["ZRANGE", self.keys.producer(self.producer_id).pending, "0", "-1"])
         return [as_text(i) for i in await self._adriver.run(one(pending))]
 
     async def aclose(self) -> None:

@@ -11,9 +11,10 @@ exact numpy scan otherwise. The key layout is :class:`memworker.keys.Keys`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from memworker.errors import ConfigError
 from memworker.io import AsyncConnection, Plan, SyncConnection
@@ -30,6 +31,38 @@ __all__ = ["DEFAULT_BATCH_SIZE", "NotPending", "ValkeyStore"]
 
 #: Records per atomic write (one script call).
 DEFAULT_BATCH_SIZE = 200
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _sync_face(
+    plan: Callable[Concatenate[ValkeyStore, _P], Plan[_R]],
+) -> Callable[Concatenate[ValkeyStore, _P], _R]:
+    """A store method that runs ``plan`` on the sync client (same signature and docs)."""
+
+    @functools.wraps(plan)
+    def face(self: ValkeyStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return self._sync.run(plan(self, *args, **kwargs))
+
+    face.__name__ = plan.__name__.lstrip("_")
+    face.__qualname__ = f"ValkeyStore.{face.__name__}"
+    return face
+
+
+def _async_face(
+    plan: Callable[Concatenate[ValkeyStore, _P], Plan[_R]],
+) -> Callable[Concatenate[ValkeyStore, _P], Coroutine[Any, Any, _R]]:
+    """The async twin of :func:`_sync_face`."""
+
+    @functools.wraps(plan)
+    async def face(self: ValkeyStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await self._async.run(plan(self, *args, **kwargs))
+
+    name = plan.__name__.lstrip("_")
+    face.__name__, face.__qualname__ = f"a{name}", f"ValkeyStore.a{name}"
+    face.__doc__ = f"Async :meth:`{name}`."
+    return face
 
 
 class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
@@ -109,7 +142,7 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         """
         self._sync.run(self._p_save(records))
 
-    def search(
+    def _search(
         self,
         query_embedding: list[float],
         scope_prefix: str | None = None,
@@ -121,7 +154,7 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         source: str | None = None,
         include_private: bool = True,
         viewer: str | None = None,
-    ) -> list[tuple[Any, float]]:
+    ) -> Plan[list[tuple[Any, float]]]:
         """Nearest records by cosine similarity, filtered in the query.
 
         Args:
@@ -139,12 +172,14 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
             ``(record, similarity)`` pairs, highest similarity first; records stored
             without an embedding are never among them.
         """
-        return self._sync.run(
-            self._p_search(
-                query_embedding, scope_prefix, categories, metadata_filter, limit, min_score,
-                source, include_private, viewer,
-            )
+        return self._p_search(
+            query_embedding, scope_prefix, categories, metadata_filter, limit, min_score,
+            source, include_private, viewer,
         )  # fmt: skip
+
+    # Both faces take :meth:`_search`'s signature and run its plan.
+    search = _sync_face(_search)
+    asearch = _async_face(_search)
 
     def delete(
         self,
@@ -213,27 +248,6 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
     async def asave(self, records: list[Any]) -> None:
         """Async :meth:`save`."""
         await self._async.run(self._p_save(records))
-
-    async def asearch(
-        self,
-        query_embedding: list[float],
-        scope_prefix: str | None = None,
-        categories: list[str] | None = None,
-        metadata_filter: dict[str, Any] | None = None,
-        limit: int = 10,
-        min_score: float = 0.0,
-        *,
-        source: str | None = None,
-        include_private: bool = True,
-        viewer: str | None = None,
-    ) -> list[tuple[Any, float]]:
-        """Async :meth:`search`."""
-        return await self._async.run(
-            self._p_search(
-                query_embedding, scope_prefix, categories, metadata_filter, limit, min_score,
-                source, include_private, viewer,
-            )
-        )  # fmt: skip
 
     async def adelete(
         self,

@@ -129,20 +129,20 @@ class WorkerContext:
             *extra,
             # the delivery counter of this attempt (BarrierMiddleware's), done with
             *([["HDEL", k.deliveries, field]] if field else []),
-            ["ZREM", k.pending(producer), job_id],
+            ["ZREM", k.producer(producer).pending, job_id],
             # The positive commit marker the drain reports from, trimmed by age.
-            ["ZADD", k.committed(producer), str(now), job_id],
-            ["ZREMRANGEBYSCORE", k.committed(producer), "-inf", str(now - MARKER_TTL_MS)],
+            ["ZADD", k.producer(producer).committed, str(now), job_id],
+            ["ZREMRANGEBYSCORE", k.producer(producer).committed, "-inf", str(now - MARKER_TTL_MS)],
             ["HINCRBY", k.stats, "committed", "1"],
             ["HINCRBY", k.stats, "records", str(len(encoded))],
-            ["PUBLISH", k.done_channel(producer), job_id],
+            ["PUBLISH", k.producer(producer).done_channel, job_id],
         ]
         inserted = 0
         step = self.commit_step
         # Every step writes only while the job is pending: a duplicate delivery of a job
         # that committed (or failed) writes nothing, so it cannot revert an update made
         # after the drain returned, re-add the marker a drain consumed, or count twice.
-        guard = (k.pending(producer), job_id)
+        guard = (k.producer(producer).pending, job_id)
         try:
             while step and len(encoded) > step:
                 inserted += self.store.write_encoded(encoded[:step], guard=guard)

@@ -90,8 +90,8 @@ def failure_args(
     if producer is None or job_id is None:
         return [2, keys.deliveries, keys.stats, field or "", job_id or "", "", ""]
     return [
-        4, keys.deliveries, keys.stats, keys.pending(producer), keys.failed(producer),
-        field or "", job_id, failure_json(job_id, record_ids, error), keys.done_channel(producer),
+        4, keys.deliveries, keys.stats, keys.producer(producer).pending, keys.producer(producer).failed,
+        field or "", job_id, failure_json(job_id, record_ids, error), keys.producer(producer).done_channel,
     ]  # fmt: skip
 
 

@@ -193,8 +193,8 @@ def test_a_marker_found_again_after_the_report_is_not_counted_twice(qsettings, f
     with MemoryQueue(qsettings, producer_id="p") as q:
         job = q.enqueue_save([_record(0)])
         assert q.drain(timeout=30, job_ids=[job]).committed == 1
-        rawq.zadd(keys.committed("p"), {job: 1})  # the late duplicate's marker
+        rawq.zadd(keys.producer("p").committed, {job: 1})  # the late duplicate's marker
         report = q.drain(timeout=30, job_ids=[job])
         assert report.committed == 0 and not report.failed and not report.lost
-        assert rawq.zscore(keys.committed("p"), job) is None  # consumed
+        assert rawq.zscore(keys.producer("p").committed, job) is None  # consumed
         assert q.drain(timeout=30, job_ids=[job]).committed == 0

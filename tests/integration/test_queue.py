@@ -35,7 +35,7 @@ def rawq(plain_server):
 
 
 def _state(rawq, keys: QueueKeys) -> tuple[int, int, int]:
-    return rawq.llen(keys.q()), rawq.hlen(keys.msgs()), rawq.zcard(keys.pending("p1"))
+    return rawq.llen(keys.q()), rawq.hlen(keys.msgs()), rawq.zcard(keys.producer("p1").pending)
 
 
 def _record(i: int, dim: int = 4, **over):
@@ -96,7 +96,7 @@ def test_enqueue_is_queued_and_pending_at_once(queue, rawq):
     assert _state(rawq, keys) == (1, 1, 1)
     (redis_id,) = rawq.lrange(keys.q(), 0, -1)
     message = json.loads(rawq.hget(keys.msgs(), redis_id))
-    job_id = rawq.zrange(keys.pending("p1"), 0, -1)[0].decode()
+    job_id = rawq.zrange(keys.producer("p1").pending, 0, -1)[0].decode()
     assert message["message_id"] == job_id
     assert message["actor_name"] == ENCODE_ACTOR and message["queue_name"] == "default"
     assert message["options"]["redis_message_id"] == redis_id.decode()
@@ -131,7 +131,7 @@ def test_enqueue_never_exposes_a_half_written_job(queue, rawq):
         for _ in range(300):
             with rawq.pipeline(transaction=True) as pipe:
                 depth, stored, pending = (
-                    pipe.llen(keys.q()).hlen(keys.msgs()).zcard(keys.pending("p1")).execute()
+                    pipe.llen(keys.q()).hlen(keys.msgs()).zcard(keys.producer("p1").pending).execute()
                 )
             assert depth == stored == pending
             seen.add(depth)

@@ -164,7 +164,7 @@ def test_a_job_commits_in_steps_and_clears_its_pending_mark_with_the_last(
     def flaky(self, encoded, extra=(), **kw):
         calls.append(len(encoded))
         if len(calls) == 2:  # the second step of the first attempt
-            pending_when_failed.append(rawq.zscore(keys.pending("p"), job))
+            pending_when_failed.append(rawq.zscore(keys.producer("p").pending, job))
             raise ConnectionError("injected failure between commit steps")
         return real(self, encoded, extra, **kw)
 
@@ -569,7 +569,7 @@ def test_update_after_drain_survives_a_duplicate_delivery(qsettings, fake, worke
         assert after.content == "updated by the user" and after.metadata == {"n": 2}
         report = q.drain(timeout=30, job_ids=[job])
         assert report.committed == 0 and not report.failed and not report.lost
-        assert rawq.zscore(keys.committed("p"), job) is None  # no marker re-added
+        assert rawq.zscore(keys.producer("p").committed, job) is None  # no marker re-added
     stats = {k.decode(): int(v) for k, v in rawq.hgetall(keys.stats).items()}
     assert stats["committed"] == 1 and stats["records"] == 1
     assert rawq.hlen(keys.deliveries) == 0
@@ -599,7 +599,7 @@ def test_undecodable_message_with_a_pending_mark_is_reported_failed(
         assert q.drain(timeout=5).failed == []  # reported once
     (dead,) = dead_list(qsettings)
     assert dead["message_id"] == mid.decode()
-    assert rawq.zcard(keys.pending("p")) == 0 and rawq.hlen(keys.msgs()) == 0
+    assert rawq.zcard(keys.producer("p").pending) == 0 and rawq.hlen(keys.msgs()) == 0
 
 
 def test_a_drain_that_returned_agrees_with_the_dead_letters(
