@@ -40,6 +40,11 @@ DEFAULT_MAX_RETRIES = 5
 DEFAULT_MIN_BACKOFF_MS = 1_000
 #: Default records per commit step (0: one step for the whole job).
 DEFAULT_COMMIT_STEP = 8
+#: Records a worker process holds in its batched path at once (fetched, not yet
+#: committed); 0 turns the batched path off (every job through a worker thread).
+DEFAULT_INFLIGHT_RECORDS = 256
+#: Bytes of fetched messages the batched path holds at once.
+DEFAULT_INFLIGHT_BYTES = 16 * 1024 * 1024
 #: Home folder used when ``MEMWORKER_HOME`` is unset.
 DEFAULT_HOME = Path(".memworker")
 
@@ -47,6 +52,8 @@ COMMIT_STEP_ENV = "MEMWORKER_COMMIT_STEP"
 MAX_RETRIES_ENV = "MEMWORKER_MAX_RETRIES"
 MIN_BACKOFF_MS_ENV = "MEMWORKER_MIN_BACKOFF_MS"
 MAX_DELIVERIES_ENV = "MEMWORKER_MAX_DELIVERIES"
+INFLIGHT_RECORDS_ENV = "MEMWORKER_INFLIGHT_RECORDS"
+INFLIGHT_BYTES_ENV = "MEMWORKER_INFLIGHT_BYTES"
 #: An embedder factory, ``module:callable``.
 EMBEDDER_ENV = "MEMWORKER_EMBEDDER"
 #: The embedding model (hub name or local path).
@@ -70,6 +77,8 @@ BROKER_ENV: dict[str, tuple[str, int, int]] = {
     "min_backoff_ms": (MIN_BACKOFF_MS_ENV, DEFAULT_MIN_BACKOFF_MS, 0),
     "max_deliveries": (MAX_DELIVERIES_ENV, DEFAULT_MAX_DELIVERIES, 1),
     "commit_step": (COMMIT_STEP_ENV, DEFAULT_COMMIT_STEP, 0),
+    "inflight_records": (INFLIGHT_RECORDS_ENV, DEFAULT_INFLIGHT_RECORDS, 0),
+    "inflight_bytes": (INFLIGHT_BYTES_ENV, DEFAULT_INFLIGHT_BYTES, 1024),
 }
 
 
@@ -85,8 +94,9 @@ def _get(env: Mapping[str, str] | None, name: str) -> str | None:
 def read_broker_options(
     env: Mapping[str, str] | None = None, **given: int | None
 ) -> dict[str, int]:
-    """``max_retries``, ``min_backoff_ms``, ``max_deliveries``, ``commit_step``: each the
-    given value, else its environment variable (:data:`BROKER_ENV`), else the default.
+    """``max_retries``, ``min_backoff_ms``, ``max_deliveries``, ``commit_step``,
+    ``inflight_records``, ``inflight_bytes``: each the given value, else its environment
+    variable (:data:`BROKER_ENV`), else the default.
 
     Args:
         env: Mapping to read instead of ``os.environ``.
@@ -205,7 +215,12 @@ class WorkerSettings:
         max_deliveries: Deliveries of one attempt before the poison guard
             (``MEMWORKER_MAX_DELIVERIES``).
         commit_step: Records per atomic commit step, 0 for one step
-            (``MEMWORKER_COMMIT_STEP``).
+            (``MEMWORKER_COMMIT_STEP``); the batched path puts whole jobs of up to
+            this many records together in one step.
+        inflight_records: Records the batched path holds at once, 0 to turn it off
+            (``MEMWORKER_INFLIGHT_RECORDS``).
+        inflight_bytes: Message bytes the batched path holds at once
+            (``MEMWORKER_INFLIGHT_BYTES``).
         embedder: Embedder factory ``module:callable`` (``MEMWORKER_EMBEDDER``).
         model: Embedding model, ``None`` for the bundled one (``MEMWORKER_MODEL``).
         home: memworker's home folder (``MEMWORKER_HOME``).
@@ -222,6 +237,8 @@ class WorkerSettings:
     min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     commit_step: int = DEFAULT_COMMIT_STEP
+    inflight_records: int = DEFAULT_INFLIGHT_RECORDS
+    inflight_bytes: int = DEFAULT_INFLIGHT_BYTES
     embedder: str | None = None
     model: str | None = None
     home: Path = field(default_factory=lambda: DEFAULT_HOME)
@@ -281,6 +298,8 @@ class WorkerSettings:
             "min_backoff_ms": self.min_backoff_ms,
             "max_deliveries": self.max_deliveries,
             "commit_step": self.commit_step,
+            "inflight_records": self.inflight_records,
+            "inflight_bytes": self.inflight_bytes,
         }
         mine.update({k: v for k, v in given.items() if v is not None})
         return read_broker_options({}, **mine)

@@ -36,9 +36,11 @@
 --             "upd" stamp is later (updated after the job was enqueued) is left as it is.
 --           or "", stamp: a direct write (save, update): a record it replaces gets
 --             "upd" = stamp (ms); a new record gets none (a job's commit never writes it)
+--           or "*", groups_json: many jobs' commit steps in one call (see "groups" below)
 --           extra commands: argc, arg1..argc, ... (run after the records, e.g. the
---           worker's pending-mark removal and wake-up)
---           -> {inserted (ids that did not exist), dim_was_set (0/1)}
+--           worker's pending-mark removal and wake-up; with groups: the acks, always)
+--           -> {inserted (ids that did not exist), dim_was_set (0/1),
+--               {0-based indexes of the groups skipped: not pending}}
 --   delete: id, id, ...                          -> number of records deleted
 --   touch:  last_accessed, id, id, ...           -> number of records touched
 --
@@ -228,7 +230,28 @@ if op == "save" then
   local n = tonumber(ARGV[6])
   local mask = ARGV[7]
   local since, stamp = nil, nil
-  if ARGV[10] ~= "" then
+  -- Many jobs in one call (ARGV[10] == "*"): ARGV[11] is a JSON array of groups in
+  -- record order, {pending_key, job_id, record_count, {command, ...}}. Each group is
+  -- one job: its records and commands are written only while its pending mark
+  -- exists, with that mark's score as their version (as for a single guard).
+  local groups, group_since, skipped = nil, {}, {}
+  if ARGV[10] == "*" then
+    local ok, spec = pcall(cjson.decode, ARGV[11])
+    if not ok or type(spec) ~= "table" then return redis.error_reply("BADFIELDS groups") end
+    groups = spec
+    local total = 0
+    for g, group in ipairs(groups) do
+      local score = redis.call("ZSCORE", group[1], group[2])
+      if score then
+        group_since[g] = tonumber(score)
+      else
+        group_since[g] = false
+        skipped[#skipped + 1] = g - 1
+      end
+      total = total + group[3]
+    end
+    if total ~= n then return redis.error_reply("BADFIELDS group sizes") end
+  elseif ARGV[10] ~= "" then
     since = redis.call("ZSCORE", ARGV[10], ARGV[11])
     if not since then return redis.error_reply("NOTPENDING " .. ARGV[11]) end
     since = tonumber(since)
@@ -259,7 +282,15 @@ if op == "save" then
   -- Read phase: every record and its stored predecessor.
   local recs = {}
   local offset = 1
+  local g, left = 1, groups and groups[1] and groups[1][3] or 0
   for r = 1, n do
+    local keep = true
+    if groups then
+      while left == 0 do g = g + 1; left = groups[g][3] end
+      left = left - 1
+      since = group_since[g] or nil
+      keep = group_since[g] ~= false
+    end
     local row = list[r + 1]
     if type(row) ~= "table" or type(row[c_id]) ~= "string" or type(row[c_scope]) ~= "string" then
       return redis.error_reply("BADFIELDS " .. r)
@@ -281,7 +312,7 @@ if op == "save" then
       offset = offset + width
     end
     -- A job's commit leaves a record updated after the job was enqueued as it is.
-    if not (since and old[4] and tonumber(old[4]) > since) then recs[#recs + 1] = rec end
+    if keep and not (since and old[4] and tonumber(old[4]) > since) then recs[#recs + 1] = rec end
   end
   -- Write phase.
   local dim_set = 0
@@ -325,13 +356,20 @@ if op == "save" then
   end
   flush()
   log_changes(ids)
+  if groups then
+    for i, group in ipairs(groups) do
+      if group_since[i] ~= false then
+        for _, command in ipairs(group[4]) do redis.call(unpack(command)) end
+      end
+    end
+  end
   local pos = 12
   while pos <= #ARGV do
     local argc = tonumber(ARGV[pos])
     redis.call(unpack(ARGV, pos + 1, pos + argc))
     pos = pos + argc + 1
   end
-  return { inserted, dim_set }
+  return { inserted, dim_set, skipped }
 elseif op == "delete" then
   local olds = {}
   for i = 4, #ARGV do

@@ -24,10 +24,10 @@ from memworker.store.codec import Row
 from memworker.store.plans.delete import DeletePlans
 from memworker.store.plans.search import SearchPlans
 from memworker.store.plans.server import StoreState
-from memworker.store.plans.write import NotPending, WritePlans
+from memworker.store.plans.write import JobWrite, NotPending, WritePlans
 from memworker.store.vectors import DEFAULT_MAX_RECORDS, VectorCache
 
-__all__ = ["DEFAULT_BATCH_SIZE", "NotPending", "ValkeyStore"]
+__all__ = ["DEFAULT_BATCH_SIZE", "JobWrite", "NotPending", "ValkeyStore"]
 
 #: Records per atomic write (one script call).
 DEFAULT_BATCH_SIZE = 200
@@ -323,6 +323,19 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
             NotPending: The guard's member is gone; nothing was written.
         """
         return self._sync.run(self._p_write(encoded, extra, guard=guard))
+
+    def write_jobs(
+        self, jobs: Sequence[JobWrite], tail: Sequence[Sequence[str]] = ()
+    ) -> tuple[int, list[int]]:
+        """Commit many jobs' records in one atomic step, each job only while it is
+        pending, then run ``tail`` (the worker's batched commit and ack; see
+        :meth:`~memworker.store.plans.write.WritePlans._p_write_jobs`).
+
+        Returns:
+            ``(inserted, skipped)``: new records, and the indexes of the jobs skipped
+            because they were no longer pending (duplicate deliveries).
+        """
+        return self._sync.run(self._p_write_jobs(jobs, tail))
 
     def ensure_model(self, model_id: str) -> str:
         """Record ``model_id`` as the namespace's embedding model if none is recorded

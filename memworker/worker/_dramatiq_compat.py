@@ -30,6 +30,7 @@ __all__ = [
     "REDIS_ID_OPTION",
     "RedisBroker",
     "RedisConsumer",
+    "ack_commands",
     "acks_key",
     "decode_message",
     "enqueue_commands",
@@ -59,6 +60,16 @@ def msgs_key(namespace: str, queue_name: str) -> str:
 def acks_key(namespace: str, broker_id: str, queue_name: str) -> str:
     """``<ns>:__acks__.<broker id>.<queue>``: the ids a broker fetched and holds."""
     return f"{namespace}:__acks__.{broker_id}.{queue_name}"
+
+
+def ack_commands(namespace: str, broker_id: str, queue_name: str, redis_ids: list[str]) -> list[list[str]]:
+    """The commands of the dispatch script's ``ack``, for many messages at once (its id
+    out of the broker's acks set, its body out of ``.msgs``): the batched path runs
+    them in the atomic step that commits the messages' jobs."""
+    return [
+        ["SREM", acks_key(namespace, broker_id, queue_name), *redis_ids],
+        ["HDEL", msgs_key(namespace, queue_name), *redis_ids],
+    ]
 
 
 def decode_message(data: Any) -> Message[Any] | None:

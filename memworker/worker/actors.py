@@ -45,7 +45,6 @@ from memworker.errors import ValidationError
 from memworker.queue.jobs import (
     DEFAULT_QUEUE,
     ENCODE_ACTOR,
-    MARKER_TTL_MS,
     SAVE_ACTOR,
     JobPayloadError,
     QueueKeys,
@@ -55,6 +54,7 @@ from memworker.queue.payload import check_encode_job, parse_job, records_from_sa
 from memworker.settings import Settings
 from memworker.store.codec import to_rows
 from memworker.store.store import NotPending, ValkeyStore
+from memworker.worker.batch import JobBatches, commit_commands
 from memworker.worker.broker import HEARTBEAT_TIMEOUT_MS, MemworkerBroker
 from memworker.worker.dedup import batch_duplicates, dedup_results, fast_path_dedup_threshold
 from memworker.worker.logs import LogRedaction, redact_worker_logs
@@ -68,6 +68,8 @@ from memworker.worker.runtime import get_batcher
 from memworker.worker_settings import (
     COMMIT_STEP_ENV,
     DEFAULT_COMMIT_STEP,
+    DEFAULT_INFLIGHT_BYTES,
+    DEFAULT_INFLIGHT_RECORDS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MIN_BACKOFF_MS,
 )
@@ -123,19 +125,12 @@ class WorkerContext:
         redelivery rewrites the same ids (the counts stay exact)."""
         encoded = to_rows(records)
         k = self.keys
-        now = int(time.time() * 1000)
         field = getattr(current_delivery, "field", None)
         commands = [
             *extra,
             # the delivery counter of this attempt (BarrierMiddleware's), done with
             *([["HDEL", k.deliveries, field]] if field else []),
-            ["ZREM", k.producer(producer).pending, job_id],
-            # The positive commit marker the drain reports from, trimmed by age.
-            ["ZADD", k.producer(producer).committed, str(now), job_id],
-            ["ZREMRANGEBYSCORE", k.producer(producer).committed, "-inf", str(now - MARKER_TTL_MS)],
-            ["HINCRBY", k.stats, "committed", "1"],
-            ["HINCRBY", k.stats, "records", str(len(encoded))],
-            ["PUBLISH", k.producer(producer).done_channel, job_id],
+            *commit_commands(k, producer, job_id, len(encoded), int(time.time() * 1000)),
         ]
         inserted = 0
         step = self.commit_step
@@ -201,10 +196,14 @@ def make_broker(
     max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS,
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     commit_step: int = DEFAULT_COMMIT_STEP,
+    inflight_records: int = DEFAULT_INFLIGHT_RECORDS,
+    inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
     heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS,
     queue: str = DEFAULT_QUEUE,
 ) -> MemworkerBroker:
-    """A broker with memworker's middleware and actors registered (no global broker)."""
+    """A broker with memworker's middleware and actors registered (no global broker),
+    and its batched path (:mod:`memworker.worker.batch`) for ``queue``
+    (``inflight_records=0`` turns it off)."""
     settings = Settings.resolve(settings)
     broker = MemworkerBroker(settings, heartbeat_timeout=heartbeat_timeout_ms)
     for m in broker.middleware:
@@ -220,6 +219,16 @@ def make_broker(
     broker.add_middleware(LogRedaction())
     context = WorkerContext(settings, commit_step=commit_step)
     broker.context = context
+    if inflight_records > 0:
+
+        def committed(n: int) -> None:
+            barrier.processed += n
+
+        broker.batches = JobBatches(
+            broker, context.store, queue, barrier.isolation,
+            inflight_records=inflight_records, inflight_bytes=inflight_bytes,
+            commit_step=commit_step, on_commit=committed,
+        )  # fmt: skip
     options = {"throws": (ValidationError,), "max_retries": max_retries}
     for name, fn in ((SAVE_ACTOR, _save_records), (ENCODE_ACTOR, _encode_records)):
 

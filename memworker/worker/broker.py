@@ -55,6 +55,7 @@ from memworker.worker.middleware import FAIL_SCRIPT, HEALTH_INTERVAL_MS, failure
 
 if TYPE_CHECKING:
     from memworker.worker.actors import WorkerContext
+    from memworker.worker.batch import JobBatches
 
 __all__ = [
     "HEARTBEAT_TIMEOUT_MS",
@@ -182,16 +183,24 @@ class WakeConsumer(compat.RedisConsumer):
 
     def __next__(self) -> MessageProxy | None:
         broker: MemworkerBroker = self.broker
+        batches = broker.batches if broker.batches and broker.batches.queue_name == self.queue_name else None
+        if batches is not None:
+            batches.wake = self._slot.set
         try:
             if time.monotonic() >= self._next_reconcile:
                 self._reconcile()
                 self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL_S
             while True:
+                if batches is not None:
+                    self.message_cache.extend(batches.handed_back())
                 if self.message_cache:
                     message = self.message_cache.pop(0)
                     self.queued_message_ids.add(message.message_id)
                     return MessageProxy(message)
-                free = self.prefetch - self.outstanding_message_count
+                # Worker threads take up to ``prefetch`` messages; the batched path
+                # takes as many more as its in-flight limits leave room for.
+                free = max(0, self.prefetch - self.outstanding_message_count)
+                free += batches.room() if batches is not None else 0
                 if free <= 0:
                     # Busy: wait for a slot (an ack/nack), keep the heartbeat fresh.
                     self._slot.wait(self.timeout / 1000)
@@ -230,7 +239,7 @@ class WakeConsumer(compat.RedisConsumer):
         """Decode a fetch's messages, hold their redis ids (read from the decoded
         options) and cache them, then dead-letter the undecodable ones (if that fails,
         they stay unheld in the acks set, and the reconciler requeues them)."""
-        decoded: list[Message[Any]] = []
+        decoded: list[tuple[Message[Any], int]] = []
         bad: list[bytes] = []
         for data in fetched:
             if data is None:
@@ -239,9 +248,13 @@ class WakeConsumer(compat.RedisConsumer):
             if message is None:
                 bad.append(data if isinstance(data, bytes) else str(data).encode())
             else:
-                decoded.append(message)
-        self.broker.hold(m.options[REDIS_ID_OPTION] for m in decoded)
-        self.message_cache = decoded
+                decoded.append((message, len(data)))
+        self.broker.hold(m.options[REDIS_ID_OPTION] for m, _ in decoded)
+        batches = self.broker.batches
+        if batches is not None and batches.queue_name == self.queue_name:
+            self.message_cache = batches.offer(decoded)
+        else:
+            self.message_cache = [m for m, _ in decoded]
         if bad:
             for data, redis_id in zip(bad, self._ids_of(bad)):
                 self._reject(data, redis_id)
@@ -313,6 +326,8 @@ class MemworkerBroker(compat.RedisBroker):
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
         self.context: WorkerContext | None = None
+        #: The batched path (:mod:`memworker.worker.batch`), set by :func:`make_broker`.
+        self.batches: JobBatches | None = None
 
     def hold(self, redis_ids: Iterable[str]) -> None:
         """Record the redis message ids of fetched messages (until ack, nack or requeue)."""
@@ -329,6 +344,11 @@ class MemworkerBroker(compat.RedisBroker):
         """Message ids fetched by this process and not yet acked, nacked or requeued."""
         with self._held_lock:
             return set(self._held)
+
+    def close(self) -> None:
+        if self.batches is not None:
+            self.batches.close()
+        super().close()
 
     @property
     def consumer_class(self) -> type[WakeConsumer]:

@@ -123,6 +123,14 @@ class Isolation:
                 self._cond.wait_for(lambda: not self._exclusive and self._waiting == 0)
                 self._shared += 1
 
+    def try_acquire_shared(self) -> bool:
+        """Take a shared place if no job runs or waits to run alone (never blocks)."""
+        with self._cond:
+            if self._exclusive or self._waiting:
+                return False
+            self._shared += 1
+            return True
+
     def release(self, *, exclusive: bool) -> None:
         """The job is done (or skipped)."""
         with self._cond:
@@ -183,6 +191,12 @@ class BarrierMiddleware(Middleware):
             message.fail()
             message.memworker_error = error
             raise SkipMessage(str(error))
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        """Stop the batched path before the consumers: its jobs not started are requeued."""
+        batches = getattr(broker, "batches", None)
+        if batches is not None:
+            batches.close()
 
     def _unlock(self, message: Any) -> None:
         if getattr(message, "memworker_locked", False):

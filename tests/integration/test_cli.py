@@ -55,9 +55,15 @@ def test_worker_retry_and_poison_flags_with_env_fallbacks() -> None:
     assert (args.max_retries, args.min_backoff_ms, args.max_deliveries, args.commit_step) == (None,) * 4
     env = {"MEMWORKER_MAX_RETRIES": "1", "MEMWORKER_MIN_BACKOFF_MS": "20", "MEMWORKER_MAX_DELIVERIES": "4",
            "MEMWORKER_COMMIT_STEP": "16"}  # fmt: skip
-    assert broker_options(env) == {"max_retries": 1, "min_backoff_ms": 20, "max_deliveries": 4, "commit_step": 16}
+    assert broker_options(env) == {
+        "max_retries": 1, "min_backoff_ms": 20, "max_deliveries": 4, "commit_step": 16,
+        "inflight_records": 256, "inflight_bytes": 16 * 1024 * 1024,
+    }  # fmt: skip
     assert broker_options(env, max_retries=3)["max_retries"] == 3  # the flag wins
-    assert broker_options({}) == {"max_retries": 5, "min_backoff_ms": 1000, "max_deliveries": 3, "commit_step": 8}
+    assert broker_options({}) == {
+        "max_retries": 5, "min_backoff_ms": 1000, "max_deliveries": 3, "commit_step": 8,
+        "inflight_records": 256, "inflight_bytes": 16 * 1024 * 1024,
+    }  # fmt: skip
     with pytest.raises(ConfigError, match="MEMWORKER_MAX_DELIVERIES"):
         broker_options({"MEMWORKER_MAX_DELIVERIES": "zero"})
 

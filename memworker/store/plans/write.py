@@ -5,9 +5,11 @@ its side-index entries (and the change-log entry) change in one atomic step.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from memworker.errors import StoreError, ValidationError
@@ -19,7 +21,7 @@ from memworker.store.embeddings import vectors_to_float16
 from memworker.store.plans.server import ServerPlans
 from memworker.store.times import format_timestamp
 
-__all__ = ["NotPending", "WritePlans"]
+__all__ = ["JobWrite", "NotPending", "WritePlans"]
 
 _DIM_RE = re.compile(r"DIMMISMATCH:? (\d+) (\d+)")
 _NOTFOUND_RE = re.compile(r"NOTFOUND:? (.+)")
@@ -27,6 +29,24 @@ _NOTFOUND_RE = re.compile(r"NOTFOUND:? (.+)")
 
 class NotPending(StoreError):
     """A guarded write found its job no longer pending (it committed or failed)."""
+
+
+@dataclass(frozen=True)
+class JobWrite:
+    """One job's part of a many-job commit (:meth:`WritePlans._p_write_jobs`).
+
+    Attributes:
+        rows: The job's validated records.
+        pending: The job's pending set; the job writes only while ``job_id`` is in it.
+        job_id: The job's id (its member in ``pending``).
+        commands: Run after the records, in the same atomic step, only if the job
+            was pending (its pending-mark removal, marker, counters, wake-up).
+    """
+
+    rows: list[Row]
+    pending: str
+    job_id: str
+    commands: list[list[str]] = field(default_factory=list)
 
 
 class WritePlans(ServerPlans):
@@ -39,6 +59,7 @@ class WritePlans(ServerPlans):
         *,
         retried: bool = False,
         guard: tuple[str, str] | None = None,
+        unstamped: bool = False,
     ) -> Plan[int]:
         """Write validated records in atomic chunks; ``extra`` commands run in the last one.
 
@@ -56,7 +77,7 @@ class WritePlans(ServerPlans):
         if stored:
             yield from self._p_ensure_index(stored)
         inserted = 0
-        stamp = str(int(time.time() * 1000))
+        stamp = "" if unstamped else str(int(time.time() * 1000))
         chunks = [encoded[i : i + self.batch_size] for i in range(0, len(encoded), self.batch_size)]
         if not chunks and extra:
             chunks = [[]]
@@ -130,6 +151,71 @@ class WritePlans(ServerPlans):
                     args[9:11] = ["", ""]  # the same write again (the guard held), unstamped
                     yield Script("store", _strip_extra(args, extra) if last else args)
         return inserted
+
+    def _p_write_jobs(
+        self, jobs: Sequence[JobWrite], tail: Sequence[Sequence[str]] = (), *, retried: bool = False
+    ) -> Plan[tuple[int, list[int]]]:
+        """Commit many jobs in ONE atomic script call: each job's records and commands
+        only while that job is pending (a job no longer pending is skipped whole), then
+        ``tail`` (e.g. the acks of every job) unconditionally.
+
+        The caller keeps record ids distinct across the jobs of one call and the call
+        small (the server runs it at once). Returns ``(inserted, skipped)``: records
+        that did not exist, and the indexes of the jobs skipped as no longer pending.
+        """
+        rows = [row for job in jobs for row in job.rows]
+        dims = {e.dim for e in rows if e.dim}
+        if len(dims) > 1:
+            raise ValidationError(f"jobs of one commit have vectors of dimensions {sorted(dims)}")
+        dim = dims.pop() if dims else 0
+        if dim:
+            yield from self._p_check_dim(dim)
+        vtype = yield from self._p_vector_type()
+        stored = self._state.dim or dim
+        if stored:
+            yield from self._p_ensure_index(stored)
+        blob = b"".join([rec.embedding for rec in rows])
+        if vtype == "float16" and dim and blob:
+            with_vector = [i for i, rec in enumerate(rows) if rec.embedding]
+            blob = vectors_to_float16(blob, dim, lambda k: f"records[{with_vector[k]}].embedding")
+        spec = json.dumps(
+            [[job.pending, job.job_id, len(job.rows), job.commands] for job in jobs],
+            separators=(",", ":"),
+        )
+        args: list[Any] = [
+            "save", self.keys.namespace, str(CHANGES_CAP), str(dim) if dim else "", vtype,
+            str(len(rows)), "".join([rec.mode for rec in rows]),
+            "[" + ",".join([WRITE_FIELDS_JSON, *[rec.row_json for rec in rows]]) + "]",
+            blob, "*", spec,
+        ]  # fmt: skip
+        for command in tail:
+            args += [str(len(command)), *command]
+        try:
+            reply = yield Script("store", args)
+        except Exception as exc:  # noqa: BLE001
+            text = error_text(exc)
+            if "VTYPEMISMATCH" in text and not retried:
+                yield from self._p_stored_dim(refresh=True)
+                return (yield from self._p_write_jobs(jobs, tail, retried=True))
+            found = _DIM_RE.search(text)
+            if found:
+                self._state.dim = int(found.group(1))
+                raise dimension_mismatch(int(found.group(1)), int(found.group(2))) from None
+            raise
+        skipped = [int(i) for i in reply[2]] if len(reply) > 2 and reply[2] else []
+        if int(reply[1]) and dim:
+            # First write since the namespace was empty (see _p_write): make sure the
+            # index exists, then write the committed jobs' records again, unguarded
+            # (their marks are gone now) and unstamped, so the module indexes them.
+            self._state.dim = dim
+            if self._state.module and self._state.index_ready:
+                self._state.index_ready = False
+                yield from self._p_ensure_index(dim)
+                gone = set(skipped)
+                again = [row for i, job in enumerate(jobs) if i not in gone for row in job.rows]
+                if again:
+                    yield from self._p_write(again, unstamped=True)
+        return int(reply[0]), skipped
 
     def _p_save(self, records: Iterable[Any]) -> Plan[None]:
         encoded = to_rows(list(records))

@@ -1,0 +1,432 @@
+"""The batched path: many jobs per fetch, per inference batch, per commit and per ack.
+
+A worker process's :class:`JobBatches` takes, from each fetch of its consumer
+(:class:`~memworker.worker.broker.WakeConsumer`), the jobs that need no worker thread:
+save jobs and fast-path encode jobs (every field given, consolidation off), on their
+first delivery. It holds at most ``inflight_records`` records and ``inflight_bytes``
+message bytes at once; the consumer fetches as many messages as that leaves room for,
+not as many as there are threads.
+
+- **Embed across jobs**: each job's texts go to the process's batcher as one request,
+  so the batcher's batches are filled by the backlog, and a job whose own texts make
+  the model raise fails alone.
+- **Commit many**: whole jobs, up to ``commit_step`` records together (a larger job
+  alone, in steps), in ONE script call each
+  (:meth:`~memworker.store.ValkeyStore.write_jobs`): every job's records, results,
+  pending-mark removal, commit marker, counters and wake-up, each only while that job
+  is pending, and
+- **Ack many**: in that same atomic step, the acks of all of them (dramatiq's acks
+  set and message bodies, :func:`~memworker.worker._dramatiq_compat.ack_commands`) and
+  their delivery counters. A commit and its ack cannot be separated by a crash.
+
+Everything else goes the per-message way (a dramatiq worker thread with the
+middleware, retries and the poison guard): flow jobs, malformed payloads, a job
+delivered before (a suspect: it runs alone there), and every job of this path whose
+embedding, validation or commit raises (handed back to that path, which fails or
+retries it as it does any job). While a suspect job waits to run alone, this path
+takes no new jobs (:class:`~memworker.worker.middleware.Isolation`).
+
+Graceful stop (:meth:`JobBatches.close`): jobs whose embedding has not started are
+requeued at once; the others are committed before the worker exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from memworker.queue.jobs import ENCODE_ACTOR, MARKER_TTL_MS, SAVE_ACTOR, QueueKeys, delivery_field, needs_flow
+from memworker.queue.payload import check_encode_job, parse_job, records_from_save_job
+from memworker.store.codec import to_rows
+from memworker.store.store import JobWrite, NotPending
+from memworker.worker import _dramatiq_compat as compat
+from memworker.worker.dedup import batch_duplicates, dedup_results, fast_path_dedup_threshold
+from memworker.worker.runtime import get_batcher
+
+if TYPE_CHECKING:
+    from dramatiq.message import Message
+
+    from memworker.worker.broker import MemworkerBroker
+    from memworker.worker.middleware import Isolation
+
+__all__ = ["FETCH_MAX", "JobBatches", "commit_commands"]
+
+log = logging.getLogger("memworker.worker")
+
+#: Most messages taken by one fetch (dramatiq's dispatch script unpacks them at once).
+FETCH_MAX = 512
+
+#: Marks each delivery field that was unset (a first delivery), in one round trip.
+_FIRST_DELIVERIES = """
+local out = {}
+for i, f in ipairs(ARGV) do out[i] = redis.call("HSETNX", KEYS[1], f, 1) end
+return out
+"""
+
+
+def commit_commands(keys: QueueKeys, producer: str, job_id: str, records: int, now: int) -> list[list[str]]:
+    """What a job's commit does besides its records, in the same atomic step: remove
+    its pending mark, add its commit marker (markers older than ``MARKER_TTL_MS``
+    trimmed), count it, and wake its producer's drain."""
+    pk = keys.producer(producer)
+    return [
+        ["ZREM", pk.pending, job_id],
+        ["ZADD", pk.committed, str(now), job_id],
+        ["ZREMRANGEBYSCORE", pk.committed, "-inf", str(now - MARKER_TTL_MS)],
+        ["HINCRBY", keys.stats, "committed", "1"],
+        ["HINCRBY", keys.stats, "records", str(records)],
+        ["PUBLISH", pk.done_channel, job_id],
+    ]
+
+
+@dataclass(eq=False)
+class _Job:
+    """A job taken by the batched path, from fetch to ack."""
+
+    message: Message[Any]
+    redis_id: str
+    job_id: str
+    producer: str
+    items: list[dict[str, Any]]
+    field: str
+    size: int
+    encode: bool
+    future: Future[np.ndarray] | None = None
+    requeued: bool = False
+
+
+@dataclass
+class BatchCounts:
+    """Counters of a :class:`JobBatches` (for the health record and benchmarks)."""
+
+    fetched: int = 0
+    committed: int = 0
+    duplicates: int = 0
+    calls: int = 0
+    handed_back: int = 0
+    requeued: int = 0
+
+
+class JobBatches:
+    """The batched path of one worker process, for one queue (see the module doc).
+
+    Args:
+        broker: The process's broker (its client, keys, held ids).
+        store: The store the commits go to (one client for the process).
+        queue_name: The queue whose jobs it takes (not its delay queue).
+        isolation: The process's gate: this path pauses while a suspect job runs alone.
+        inflight_records: Most records held at once (0: the path is off).
+        inflight_bytes: Most message bytes held at once.
+        commit_step: Most records of one atomic step (0: no limit).
+        on_commit: Called with the number of jobs each commit committed.
+    """
+
+    def __init__(
+        self,
+        broker: MemworkerBroker,
+        store: Any,
+        queue_name: str,
+        isolation: Isolation,
+        *,
+        inflight_records: int,
+        inflight_bytes: int,
+        commit_step: int,
+        on_commit: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.broker = broker
+        self.store = store
+        self.keys: QueueKeys = broker.keys
+        self.queue_name = queue_name
+        self.isolation = isolation
+        self.max_records = inflight_records
+        self.max_bytes = inflight_bytes
+        self.step = commit_step or 1 << 30
+        self.on_commit = on_commit
+        self.counts = BatchCounts()
+        #: Set by the consumer: wakes it when room frees up or a job is handed back.
+        self.wake: Callable[[], None] = lambda: None
+        self._lock = threading.Lock()
+        self._records = 0
+        self._bytes = 0
+        self._held: set[_Job] = set()
+        self._closed = False
+        self._work: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._handed: deque[Message[Any]] = deque()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ consumer side
+    def room(self) -> int:
+        """How many messages the consumer may fetch for this path now."""
+        with self._lock:
+            if self._closed or self.max_records <= 0 or self._bytes >= self.max_bytes:
+                return 0
+            return max(0, min(self.max_records - self._records, FETCH_MAX))
+
+    def handed_back(self) -> list[Message[Any]]:
+        """Messages this path gave up (to run the per-message way), oldest first."""
+        out: list[Message[Any]] = []
+        while self._handed:
+            out.append(self._handed.popleft())
+        return out
+
+    def offer(self, messages: list[tuple[Message[Any], int]]) -> list[Message[Any]]:
+        """Take the jobs this path can run from a fetch's decoded messages (each with
+        its encoded size); return the others, in order, for the per-message path."""
+        rest: list[Message[Any]] = []
+        candidates: list[_Job] = []
+        for message, size in messages:
+            job = self._candidate(message, size)
+            if job is None:
+                rest.append(message)
+            else:
+                candidates.append(job)
+        if not candidates:
+            return rest
+        if not self.isolation.try_acquire_shared():
+            return rest + [job.message for job in candidates]  # a suspect waits to run alone
+        try:
+            firsts = self.broker.client.eval(
+                _FIRST_DELIVERIES, 1, self.keys.deliveries, *[j.field for j in candidates]
+            )
+        except Exception:
+            self.isolation.release(exclusive=False)
+            raise
+        taken = [job for job, first in zip(candidates, firsts) if int(first) == 1]
+        rest += [job.message for job, first in zip(candidates, firsts) if int(first) != 1]
+        if not taken:
+            self.isolation.release(exclusive=False)
+            return rest
+        batcher = get_batcher()
+        for job in taken:
+            if job.encode:
+                job.future = batcher.submit([item["content"] for item in job.items])
+        with self._lock:
+            if not self._closed:
+                self._records += sum(len(job.items) for job in taken)
+                self._bytes += sum(job.size for job in taken)
+                self._held.update(taken)
+                self.counts.fetched += len(taken)
+                self._start()
+                self._work.put(taken)
+                return rest
+        # Closed meanwhile: give them back untouched.
+        for job in taken:
+            if job.future is not None:
+                job.future.cancel()
+        self._forget_deliveries(taken)
+        self.isolation.release(exclusive=False)
+        return rest + [job.message for job in taken]
+
+    def _candidate(self, message: Message[Any], size: int) -> _Job | None:
+        """The message as a job of this path, or ``None`` (per-message path)."""
+        if message.queue_name != self.queue_name or message.options.get("eta"):
+            return None
+        if message.actor_name not in (ENCODE_ACTOR, SAVE_ACTOR) or len(message.args) != 1:
+            return None
+        try:
+            job_id, producer, items = parse_job(message.args[0])
+            encode = message.actor_name == ENCODE_ACTOR
+            if encode:
+                check_encode_job(items)
+                if any(needs_flow(item.get("flow")) for item in items):
+                    return None
+                if not all(isinstance(i.get("content"), str) and i["content"] for i in items):
+                    return None  # the per-message path names the bad item
+        except Exception:  # noqa: BLE001 - the per-message path fails it, naming why
+            return None
+        if not items or len(items) > self.max_records:
+            return None
+        retries = int(message.options.get("retries", 0) or 0)
+        return _Job(
+            message=message,
+            redis_id=message.options[compat.REDIS_ID_OPTION],
+            job_id=job_id,
+            producer=producer,
+            items=items,
+            field=delivery_field(message.message_id, retries),
+            size=size,
+            encode=encode,
+        )
+
+    # ------------------------------------------------------------------ committer
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="memworker-commit", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            group = self._work.get()
+            if group is None:
+                return
+            try:
+                self._commit_group(group)
+            except Exception:  # noqa: BLE001 - never lose the thread; hand the rest back
+                log.exception("batched commit failed; the jobs run one by one")
+                self._hand_back([job for job in group if job in self._held])
+            finally:
+                self.isolation.release(exclusive=False)
+
+    def _commit_group(self, group: list[_Job]) -> None:
+        call: list[tuple[_Job, JobWrite]] = []
+        ids: set[str] = set()
+        count = 0
+        dim = 0  # the vector dimension of the call: one per script call
+        for job in group:
+            if job.requeued:
+                continue
+            if call and job.future is not None and not job.future.done():
+                self._flush(call)  # do not keep ready jobs waiting on the model
+                call, ids, count, dim = [], set(), 0, 0
+            write = self._prepare(job)
+            if write is None:
+                continue
+            job_ids = {row.id for row in write.rows}
+            dims = {row.dim for row in write.rows if row.dim}
+            clash = bool(dim and dims and dims != {dim})
+            if call and (count + len(write.rows) > self.step or ids & job_ids or clash):
+                self._flush(call)
+                call, ids, count, dim = [], set(), 0, 0
+            dim = dim or (dims.pop() if dims else 0)
+            if len(write.rows) > self.step:
+                write = self._leading_steps(job, write)
+                if write is None:
+                    continue
+            call.append((job, write))
+            ids |= job_ids
+            count += len(write.rows)
+        if call:
+            self._flush(call)
+
+    def _prepare(self, job: _Job) -> JobWrite | None:
+        """The job's validated rows and commit commands; ``None`` if it was handed back."""
+        try:
+            extra: list[list[str]] = []
+            if job.future is not None:
+                vectors = job.future.result()
+                threshold = fast_path_dedup_threshold(job.items)
+                dropped = batch_duplicates(vectors, threshold)
+                gone = set(dropped)
+                records: list[Any] = [
+                    {**{k: v for k, v in item.items() if k != "flow"}, "embedding": vectors[i]}
+                    for i, item in enumerate(job.items)
+                    if i not in gone
+                ]
+                extra = [list(c) for c in dedup_results(self.keys.namespace, job.job_id, job.items, dropped)]
+            else:
+                records = records_from_save_job(job.items)
+            rows = to_rows(records)
+        except Exception:  # noqa: BLE001 - the per-message path fails or retries it
+            self._hand_back([job])
+            return None
+        now = int(time.time() * 1000)
+        commands = extra + commit_commands(self.keys, job.producer, job.job_id, len(rows), now)
+        return JobWrite(rows, self.keys.producer(job.producer).pending, job.job_id, commands)
+
+    def _leading_steps(self, job: _Job, write: JobWrite) -> JobWrite | None:
+        """Write all but the last ``commit_step`` records of a large job, each step
+        guarded by its pending mark; the last step goes with the commit."""
+        rows = write.rows
+        guard = (write.pending, write.job_id)
+        try:
+            while len(rows) > self.step:
+                self.store.write_encoded(rows[: self.step], guard=guard)
+                rows = rows[self.step :]
+        except NotPending:
+            rows = []  # a duplicate delivery: nothing to write, only the ack
+        except Exception:  # noqa: BLE001
+            self._hand_back([job])
+            return None
+        return JobWrite(rows, write.pending, write.job_id, write.commands)
+
+    def _flush(self, call: list[tuple[_Job, JobWrite]]) -> None:
+        jobs = [job for job, _ in call]
+        tail = [
+            ["HDEL", self.keys.deliveries, *[job.field for job in jobs]],
+            *compat.ack_commands(
+                self.broker.namespace, self.broker.broker_id, self.queue_name,
+                [job.redis_id for job in jobs],
+            ),
+        ]  # fmt: skip
+        try:
+            _, skipped = self.store.write_jobs([write for _, write in call], tail)
+        except Exception:  # noqa: BLE001 - each job then fails or retries on its own
+            log.warning("a batched commit of %d job(s) failed; they run one by one", len(jobs), exc_info=True)
+            self._hand_back(jobs)
+            return
+        committed = len(jobs) - len(skipped)
+        with self._lock:
+            self.counts.calls += 1
+            self.counts.committed += committed
+            self.counts.duplicates += len(skipped)
+        self._done(jobs)
+        self.on_commit(committed)
+
+    def _done(self, jobs: list[_Job]) -> None:
+        """Forget jobs that left this path (acked, handed back or requeued)."""
+        with self._lock:
+            for job in jobs:
+                if job in self._held:
+                    self._held.discard(job)
+                    self._records -= len(job.items)
+                    self._bytes -= job.size
+        for job in jobs:
+            self.broker.release(job.redis_id)
+        self.wake()
+
+    def _forget_deliveries(self, jobs: list[_Job]) -> None:
+        """Clear the jobs' delivery marks, so the path they go to counts a first delivery."""
+        try:
+            self.broker.client.hdel(self.keys.deliveries, *[job.field for job in jobs])
+        except Exception:  # noqa: BLE001 - they then run as suspects: alone, still correct
+            log.warning("could not clear %d delivery mark(s)", len(jobs), exc_info=True)
+
+    def _hand_back(self, jobs: list[_Job]) -> None:
+        """Give jobs to the per-message path (still held: the consumer caches them)."""
+        if not jobs:
+            return
+        self._forget_deliveries(jobs)
+        with self._lock:
+            self.counts.handed_back += len(jobs)
+            for job in jobs:
+                if job in self._held:
+                    self._held.discard(job)
+                    self._records -= len(job.items)
+                    self._bytes -= job.size
+        self._handed.extend(job.message for job in jobs)
+        self.wake()
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; requeue those whose embedding has not started; commit the
+        others (waiting up to ``timeout`` seconds)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            waiting = [job for job in self._held if job.future is not None and job.future.cancel()]
+        if waiting:
+            for job in waiting:
+                job.requeued = True
+            ids = [job.redis_id for job in waiting]
+            try:
+                self._forget_deliveries(waiting)
+                compat.requeue(self.broker, self.queue_name, *ids)
+                self.broker.client.rpush(self.broker.keys.wake(self.queue_name), *(["1"] * len(ids)))
+                with self._lock:
+                    self.counts.requeued += len(ids)
+            except Exception:  # noqa: BLE001 - a peer's maintenance requeues them later
+                log.warning("could not requeue %d fetched job(s)", len(ids), exc_info=True)
+            self._done(waiting)
+        self._work.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
