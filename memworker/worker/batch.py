@@ -21,7 +21,7 @@ not as many as there are threads.
 
 Everything else goes the per-message way (a dramatiq worker thread with the
 middleware, retries and the poison guard): flow jobs, malformed payloads, a job
-delivered before (a suspect: it runs alone there), and every job of this path whose
+delivered before (a suspect: it runs alone there), a retry, and every job of this path whose
 embedding, validation or commit raises (handed back to that path, which fails or
 retries it as it does any job). While a suspect job waits to run alone, this path
 takes no new jobs (:class:`~memworker.worker.middleware.Isolation`).
@@ -197,18 +197,24 @@ class JobBatches:
             firsts = self.broker.client.eval(
                 _FIRST_DELIVERIES, 1, self.keys.deliveries, *[j.field for j in candidates]
             )
-        except Exception:
+            taken = [job for job, first in zip(candidates, firsts) if int(first) == 1]
+            rest += [job.message for job, first in zip(candidates, firsts) if int(first) != 1]
+            if taken:
+                batcher = get_batcher()
+                for job in taken:
+                    if job.encode:
+                        job.future = batcher.submit([item["content"] for item in job.items])
+        except Exception:  # noqa: BLE001 - e.g. the connection dropped: they run one by one
+            # (their delivery marks may be set: they then run alone, as suspects)
+            log.warning("the batched path could not take %d job(s)", len(candidates), exc_info=True)
             self.isolation.release(exclusive=False)
-            raise
-        taken = [job for job, first in zip(candidates, firsts) if int(first) == 1]
-        rest += [job.message for job, first in zip(candidates, firsts) if int(first) != 1]
+            for job in candidates:
+                if job.future is not None:
+                    job.future.cancel()
+            return rest + [job.message for job in candidates if job.message not in rest]
         if not taken:
             self.isolation.release(exclusive=False)
             return rest
-        batcher = get_batcher()
-        for job in taken:
-            if job.encode:
-                job.future = batcher.submit([item["content"] for item in job.items])
         with self._lock:
             if not self._closed:
                 self._records += sum(len(job.items) for job in taken)
@@ -228,8 +234,9 @@ class JobBatches:
 
     def _candidate(self, message: Message[Any], size: int) -> _Job | None:
         """The message as a job of this path, or ``None`` (per-message path)."""
-        if message.queue_name != self.queue_name or message.options.get("eta"):
-            return None
+        options = message.options
+        if message.queue_name != self.queue_name or options.get("eta") or options.get("retries"):
+            return None  # delayed, or a retry: it failed once, it runs on its own
         if message.actor_name not in (ENCODE_ACTOR, SAVE_ACTOR) or len(message.args) != 1:
             return None
         try:
@@ -245,14 +252,13 @@ class JobBatches:
             return None
         if not items or len(items) > self.max_records:
             return None
-        retries = int(message.options.get("retries", 0) or 0)
         return _Job(
             message=message,
             redis_id=message.options[compat.REDIS_ID_OPTION],
             job_id=job_id,
             producer=producer,
             items=items,
-            field=delivery_field(message.message_id, retries),
+            field=delivery_field(message.message_id, 0),
             size=size,
             encode=encode,
         )
@@ -430,3 +436,14 @@ class JobBatches:
         self._work.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+        # Handed back while stopping: the consumer may be gone; put them back on the queue.
+        left = self.handed_back()
+        if left:
+            ids = [m.options[compat.REDIS_ID_OPTION] for m in left]
+            try:
+                compat.requeue(self.broker, self.queue_name, *ids)
+                self.broker.client.rpush(self.broker.keys.wake(self.queue_name), *(["1"] * len(ids)))
+            except Exception:  # noqa: BLE001 - a peer's maintenance requeues them later
+                log.warning("could not requeue %d handed-back job(s)", len(ids), exc_info=True)
+            for redis_id in ids:
+                self.broker.release(redis_id)

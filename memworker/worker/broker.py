@@ -163,9 +163,7 @@ class WakeConsumer(compat.RedisConsumer):
                 log.debug("requeueing %d fetched message(s) on %r", len(ids), self.queue_name)
                 compat.requeue(self.broker, self.queue_name, *ids)
                 self.broker.client.rpush(self.wake_key, *(["1"] * len(ids)))
-                for redis_id in ids:
-                    self.broker.release(redis_id)
-        except Exception:  # a peer's maintenance requeues them later
+        except Exception:  # the next consumer's reconciler (or a peer's maintenance) requeues them
             log.warning(
                 "could not requeue %d fetched message(s) on %r",
                 len(ids),
@@ -173,6 +171,8 @@ class WakeConsumer(compat.RedisConsumer):
                 exc_info=True,
             )
         finally:
+            for redis_id in ids:  # no longer held here, requeued or not
+                self.broker.release(redis_id)
             super().close()
 
     def _block_seconds(self) -> float:

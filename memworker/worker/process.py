@@ -28,7 +28,7 @@ from memworker.worker.actors import make_broker
 from memworker.worker.broker import WORKER_TIMEOUT_MS, MemworkerBroker
 from memworker.worker.priority import Nice, check_nice
 from memworker.worker.runtime import configure_process, get_batcher
-from memworker.worker_settings import BROKER_ENV, read_broker_options
+from memworker.worker_settings import BROKER_ENV, read_broker_options, read_llm, read_memory_factory
 
 __all__ = ["BROKER_ENV", "broker_options", "run_worker", "running_worker", "warm_up"]
 
@@ -64,13 +64,27 @@ def running_worker(
             broker.context.close()
 
 
-def warm_up() -> None:
-    """Load what a worker process needs before it takes its first job: the embedding
-    model (one batch through the process's batcher) and the record types (crewai's,
-    when installed, take seconds to import), so no job pays for them."""
-    record_types()
-    dimension_mismatch(1, 2)
+def warm_up(*, flow: bool | None = None) -> threading.Thread | None:
+    """Load the embedding model (one batch through the process's batcher) before the
+    first job. CrewAI's types take seconds to import and only flow jobs, reads and
+    error paths use them: a worker that can run flow jobs (``flow``; by default,
+    whether ``MEMWORKER_LLM`` or ``MEMWORKER_MEMORY_FACTORY`` is set) imports them in
+    a background thread while it already serves (returned); any other worker imports
+    them on first use. On 2 cores the import costs a fast-path backlog ~2.5 s of CPU
+    (benchmarks/README.md)."""
+    if flow is None:
+        flow = bool(read_llm() or read_memory_factory())
+
+    def load_types() -> None:
+        record_types()
+        dimension_mismatch(1, 2)
+
+    thread = None
+    if flow:
+        thread = threading.Thread(target=load_types, name="memworker-warm-up", daemon=True)
+        thread.start()
     get_batcher().submit(["warm up"]).result()
+    return thread
 
 
 def broker_options(env: Any = None, **given: int | None) -> dict[str, int]:

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 
+import pytest
 from harness import audit, record, wait_for
 
 from memworker.queue.producer import MemoryQueue
@@ -65,8 +66,12 @@ def test_sigkill_during_embedding_every_job_redelivered_once(chaos_server, ns, w
     assert a.categories_ok
 
 
-def test_sigkill_after_commit_before_ack_leaves_no_duplicate(chaos_server, ns, workdir, cli_workers):
-    workers = cli_workers()
+@pytest.mark.parametrize("path", ["per-message", "batched"])
+def test_sigkill_after_commit_before_ack_leaves_no_duplicate(chaos_server, ns, workdir, cli_workers, path):
+    """Per-message path: a worker killed between a commit and its ack leaves the job
+    unacked; its redelivery writes and counts nothing. Batched path: the commit and
+    the ack are one atomic step, so no kill can land between them."""
+    workers = cli_workers(MEMWORKER_INFLIGHT_RECORDS="0" if path == "per-message" else "256")
     client = chaos_server.client()
     iterations, before_ack, after_ack = 4, 0, 0
     record_ids: list[str] = []
@@ -115,7 +120,9 @@ def test_sigkill_after_commit_before_ack_leaves_no_duplicate(chaos_server, ns, w
     committed = _stats(client, ns, "committed")
     lost = len(set(record_ids) - a.ids)
     dups = a.records - len(set(record_ids))
-    record("SIGKILL worker after commit, before ack", injections=iterations, lost=lost,
+    name = ("SIGKILL worker after commit, before ack" if path == "per-message"
+            else "SIGKILL worker at a batched commit (commit and ack one step)")
+    record(name, injections=iterations, lost=lost,
            duplicates=dups, killed_before_ack=before_ack, killed_after_ack=after_ack,
            commits_run=committed)
     assert lost == 0 and dups == 0 and a.bad_records == [] and a.categories_ok
@@ -124,14 +131,21 @@ def test_sigkill_after_commit_before_ack_leaves_no_duplicate(chaos_server, ns, w
     # mark gone: it wrote, marked and counted nothing (issue 17.2), so each job counts once.
     assert committed == iterations
     assert int(client.hget(f"{ns}:cats:/", "x")) == 5 * iterations
-    assert before_ack >= 1, "no kill landed between commit and ack: the fault was not injected"
+    if path == "per-message":
+        assert before_ack >= 1, "no kill landed between commit and ack: the fault was not injected"
+    else:
+        assert before_ack == 0, "a batched commit was visible before its ack"
 
 
-def test_client_kill_around_commit_no_partial_no_duplicate(chaos_server, ns, workdir, cli_workers):
+@pytest.mark.parametrize("jobs,per_job", [(40, 50), (600, 1)], ids=["large-jobs", "multi-job-commits"])
+def test_client_kill_around_commit_no_partial_no_duplicate(chaos_server, ns, workdir, cli_workers,
+                                                           jobs, per_job):
+    """CLIENT KILL of the worker's connection while it runs a commit script: 50-record
+    jobs (committed in steps) and single-text jobs (many per commit call): whole jobs
+    or nothing, never a duplicate."""
     workers = cli_workers()
     client = chaos_server.client()
     client.client_setname("chaos-killer")
-    jobs, per_job = 40, 50
     record_ids: list[str] = []
     kills = 0
     stop = threading.Event()
@@ -165,7 +179,9 @@ def test_client_kill_around_commit_no_partial_no_duplicate(chaos_server, ns, wor
     failed_ids = {i for f in report.failed for i in f.record_ids}
     lost = len(set(record_ids) - a.ids - failed_ids)
     dups = a.records - len(set(record_ids))
-    record("CLIENT KILL of worker connection at commit", injections=kills, lost=lost,
+    name = ("CLIENT KILL of worker connection at commit" if per_job > 1
+            else "CLIENT KILL during multi-job commits (single-text jobs)")
+    record(name, injections=kills, lost=lost,
            duplicates=dups, partial_records=len(a.bad_records), jobs_failed=len(report.failed),
            commits_run=_stats(client, ns, "committed"))
     assert kills > 0
@@ -238,7 +254,7 @@ def test_consumer_close_requeues_its_fetched_but_unhanded_messages(chaos_server,
     with MemoryQueue(settings, producer_id="pc") as q:
         for i in range(3):
             q.enqueue_encode([f"cached {i}"])
-    broker = make_broker(settings)
+    broker = make_broker(settings, inflight_records=0)  # the per-message consumer's cache
     try:
         consumer = broker.consume("default", prefetch=3, timeout=100)
         first = wait_for(lambda: next(consumer), 10, "a message")
