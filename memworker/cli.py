@@ -101,6 +101,16 @@ def make_argument_parser() -> argparse.ArgumentParser:
         help="records per atomic step of a job's commit, 0 for the whole job in one step "
         "(default: $MEMWORKER_COMMIT_STEP or 8)",
     )
+    worker.add_argument(
+        "--inflight-records", type=int, default=None,
+        help="records a worker process holds in its batched path (fetched, not yet committed); "
+        "0 runs every job in a worker thread (default: $MEMWORKER_INFLIGHT_RECORDS or 256)",
+    )
+    worker.add_argument(
+        "--inflight-bytes", type=int, default=None,
+        help="message bytes a worker process holds in its batched path "
+        "(default: $MEMWORKER_INFLIGHT_BYTES or 16 MiB)",
+    )
 
     status = commands.add_parser("status", help="queue depth, dead letters, pending per producer, live workers")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -220,6 +230,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         min_backoff_ms=args.min_backoff_ms,
         max_deliveries=args.max_deliveries,
         commit_step=args.commit_step,
+        inflight_records=args.inflight_records,
+        inflight_bytes=args.inflight_bytes,
     )
 
 

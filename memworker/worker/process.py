@@ -167,6 +167,8 @@ def run_worker(
     min_backoff_ms: int | None = None,
     max_deliveries: int | None = None,
     commit_step: int | None = None,
+    inflight_records: int | None = None,
+    inflight_bytes: int | None = None,
 ) -> int:
     """Run ``processes`` worker processes of ``threads`` threads until SIGINT/SIGTERM.
 
@@ -179,10 +181,10 @@ def run_worker(
     :func:`lower_priority`), the strongest: a waking thread of normal priority
     preempts the inference at once.
 
-    ``max_retries``, ``min_backoff_ms``, ``max_deliveries`` and ``commit_step`` go to
-    :func:`make_broker`; ``None`` reads ``MEMWORKER_MAX_RETRIES``,
-    ``MEMWORKER_MIN_BACKOFF_MS``, ``MEMWORKER_MAX_DELIVERIES``,
-    ``MEMWORKER_COMMIT_STEP``, else the defaults (5, 1000, 3, 8).
+    ``max_retries``, ``min_backoff_ms``, ``max_deliveries``, ``commit_step``,
+    ``inflight_records`` and ``inflight_bytes`` go to :func:`make_broker`; ``None``
+    reads their ``MEMWORKER_*`` variable, else the default
+    (:data:`memworker.worker_settings.BROKER_ENV`).
 
     Each process builds its own broker from ``settings`` (spawned children, nothing
     inherited but the settings). Returns the exit code: 0, or the first non-zero
@@ -194,7 +196,7 @@ def run_worker(
         raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
     options = broker_options(
         max_retries=max_retries, min_backoff_ms=min_backoff_ms, max_deliveries=max_deliveries,
-        commit_step=commit_step,
+        commit_step=commit_step, inflight_records=inflight_records, inflight_bytes=inflight_bytes,
     )  # fmt: skip
     settings = Settings.resolve(settings)
     settings = ensure_embedded(settings)  # start/find the embedded server once, before the children

@@ -51,8 +51,11 @@ def test_worker_retry_and_poison_flags_with_env_fallbacks() -> None:
          "--commit-step", "0"]
     )  # fmt: skip
     assert (args.max_retries, args.min_backoff_ms, args.max_deliveries, args.commit_step) == (0, 50, 2, 0)
+    args = make_argument_parser().parse_args(["worker", "--inflight-records", "0", "--inflight-bytes", "4096"])
+    assert (args.inflight_records, args.inflight_bytes) == (0, 4096)
     args = make_argument_parser().parse_args(["worker"])
     assert (args.max_retries, args.min_backoff_ms, args.max_deliveries, args.commit_step) == (None,) * 4
+    assert (args.inflight_records, args.inflight_bytes) == (None, None)
     env = {"MEMWORKER_MAX_RETRIES": "1", "MEMWORKER_MIN_BACKOFF_MS": "20", "MEMWORKER_MAX_DELIVERIES": "4",
            "MEMWORKER_COMMIT_STEP": "16"}  # fmt: skip
     assert broker_options(env) == {

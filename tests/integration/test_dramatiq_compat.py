@@ -145,6 +145,37 @@ def test_fetch_acks_requeue_and_nack_are_dramatiqs(client: Any, dramatiq_broker:
     assert client.smembers(acks) == set()
 
 
+def test_ack_commands_are_dramatiqs_ack_for_many(client: Any, dramatiq_broker: Any) -> None:
+    """ack_commands (run inside the batched commit) leaves the keys exactly as
+    dramatiq's own ack of each message does: ids out of the acks set, bodies gone."""
+    broker = dramatiq_broker
+    ns = broker.namespace
+    ids = [broker.enqueue(_message(f"m{i}")).options[compat.REDIS_ID_OPTION] for i in range(3)]
+    assert len(compat.fetch(broker, QUEUE, 10)) == 3
+    with client.pipeline(transaction=True) as pipe:
+        for command in compat.ack_commands(ns, broker.broker_id, QUEUE, ids[:2]):
+            pipe.execute_command(*command)
+        pipe.execute()
+    ours = _dump(client, ns)
+
+    other = RedisBroker(client=client, namespace=f"compat-{uuid.uuid4().hex[:8]}")
+    try:
+        other_ids = [other.enqueue(_message(f"m{i}")).options[compat.REDIS_ID_OPTION] for i in range(3)]
+        other.do_fetch(QUEUE, 10)
+        for redis_id in other_ids[:2]:
+            other.do_ack(QUEUE, redis_id)
+        theirs = _dump(client, other.namespace)
+    finally:
+        other.close()
+    acks = f"__acks__.{broker.broker_id}.{QUEUE}"
+    other_acks = f"__acks__.{other.broker_id}.{QUEUE}"
+    assert set(ours) == {acks, f"{QUEUE}.msgs"} and set(theirs) == {other_acks, f"{QUEUE}.msgs"}
+    assert ours[acks] == ("set", {ids[2].encode()})
+    assert theirs[other_acks] == ("set", {other_ids[2].encode()})
+    assert set(ours[f"{QUEUE}.msgs"][1]) == {ids[2].encode()}
+    assert set(theirs[f"{QUEUE}.msgs"][1]) == {other_ids[2].encode()}
+
+
 def test_consumer_class_is_dramatiqs(dramatiq_broker: Any) -> None:
     """RedisConsumer is the class dramatiq's broker consumes with, and has the
     attributes WakeConsumer relies on."""
