@@ -271,6 +271,12 @@ def _worker_line(worker: dict[str, Any]) -> str:
         return line
     if batches:
         line += f", embedded {texts} texts in {batches} batches (mean {texts / batches:.1f})"
+    try:
+        jobs, commits = int(worker["batched_jobs"]), int(worker["batched_commits"])
+    except (KeyError, TypeError, ValueError):
+        return line
+    if commits:
+        line += f", {jobs} jobs batched in {commits} commits (mean {jobs / commits:.1f})"
     return line
 
 

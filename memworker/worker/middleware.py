@@ -48,6 +48,7 @@ __all__ = [
     "HealthMiddleware",
     "Isolation",
     "current_delivery",
+    "batch_counts",
     "failure_args",
 ]
 
@@ -249,6 +250,21 @@ class BarrierMiddleware(Middleware):
         )
 
 
+def batch_counts(broker: Any) -> dict[str, int]:
+    """The batched path's counters for the health record: jobs it committed, the
+    script calls they took (their ratio is the jobs per commit), jobs it handed to a
+    worker thread."""
+    batches = getattr(broker, "batches", None)
+    if batches is None:
+        return {}
+    counts = batches.counts
+    return {
+        "batched_jobs": counts.committed,
+        "batched_commits": counts.calls,
+        "batched_handed_back": counts.handed_back,
+    }
+
+
 class HealthMiddleware(Middleware):
     """Writes ``ns:workers:<id>`` (pid, host, started, processed, failed; TTL
     ``HEALTH_TTL_MS``) and ``ns:workers`` (id -> last beat) every ``HEALTH_INTERVAL_MS``."""
@@ -275,6 +291,7 @@ class HealthMiddleware(Middleware):
                     "processed": self.barrier.processed,
                     "failed": self.barrier.failed,
                     **batcher_counts(),
+                    **batch_counts(broker),
                 },
             )
             pipe.pexpire(k.worker(self.worker_id), HEALTH_TTL_MS)

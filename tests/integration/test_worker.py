@@ -365,7 +365,7 @@ def test_worker_health_key_and_check(qsettings, fake, workers, rawq):
 
     def embedded() -> dict:
         (w,) = queue_status(qsettings)["workers"]
-        return w if int(w.get("embed_texts", 0)) >= 3 else {}
+        return w if int(w.get("embed_texts", 0)) >= 3 and int(w.get("batched_jobs", 0)) >= 2 else {}
 
     deadline = time.monotonic() + 15
     while not embedded() and time.monotonic() < deadline:
@@ -375,6 +375,9 @@ def test_worker_health_key_and_check(qsettings, fake, workers, rawq):
     from memworker.cli import _worker_line
 
     assert "embedded" in _worker_line(info) and "mean" in _worker_line(info)
+    # and the batched path's: both jobs went that way
+    assert int(info["batched_jobs"]) == 2 and int(info["batched_commits"]) >= 1
+    assert "jobs batched in" in _worker_line(info)
     assert _worker_line({"processed": "4"}) == "processed 4"
     workers.stop_all()
     assert check_health(qsettings) is False
