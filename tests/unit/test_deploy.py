@@ -532,6 +532,10 @@ def test_compose() -> None:
     assert command[command.index("--appendfsync") + 1] == "everysec"
     assert any(str(v).endswith(":/data") for v in valkey.get("volumes", []))
     assert "valkey-cli ping" in " ".join(valkey["healthcheck"]["test"])
+    # A password, from the environment: compose refuses to start without it.
+    secret = command[command.index("--requirepass") + 1]
+    assert secret.startswith("${VALKEY_PASSWORD:?"), secret
+    assert "REDISCLI_AUTH" in " ".join(valkey["healthcheck"]["test"])
 
     worker = services["worker"]
     build = worker["build"]
@@ -539,6 +543,7 @@ def test_compose() -> None:
     assert ((COMPOSE.parent / build["context"]) / build["dockerfile"]).resolve() == DOCKERFILE
     url = _compose_env(worker)["VALKEY_URL"]
     settings = Settings.from_url(url)
+    assert settings.password == "${VALKEY_PASSWORD}"
     assert urlsplit(url).scheme in ("valkey", "valkeys")
     assert settings.host in services, f"VALKEY_URL host {settings.host!r} is not a compose service"
     assert settings.port == 6379
@@ -668,7 +673,8 @@ def test_procfile() -> None:
 # --------------------------------------------------------------------------- secrets
 _PLACEHOLDER = re.compile(
     r"change[-_]?me|replace[-_]?me|placeholder|your[-_]?password"
-    r"|^<[^<>]+>$|^\$[({]?[A-Za-z_][A-Za-z0-9_]*[)}]?$|^\*{3,}$|^x{3,}$",
+    r"|^<[^<>]+>$|^\$[({]?[A-Za-z_][A-Za-z0-9_]*[)}]?$|^\$\{[A-Za-z_][A-Za-z0-9_]*:?\?[^}]*\}$"
+    r"|^\*{3,}$|^x{3,}$",
     re.IGNORECASE,
 )
 _URL_USERINFO = re.compile(r"\b(?:valkeys?|rediss?)://([^\s'\"@/]*)@")
@@ -761,6 +767,8 @@ def test_password_scan_catches_real_passwords() -> None:
     assert _text_leaks("VALKEY_PASSWORD=hunter2")
     assert not _text_leaks("url: valkey://:CHANGE_ME@valkey:6379/0 and valkey://:<password>@h:1/0")
     assert not _text_leaks("--requirepass $(VALKEY_PASSWORD)")
+    assert not _text_leaks("--requirepass ${VALKEY_PASSWORD:?required}")
+    assert _text_leaks("--requirepass ${VALKEY_PASSWORD:-hunter2}")  # a default is a password
     if yaml is not None:
         assert _yaml_leaks({"stringData": {"password": "hunter2"}})
         assert _yaml_leaks({"env": [{"name": "VALKEY_PASSWORD", "value": "hunter2"}]})
