@@ -97,14 +97,22 @@ def idle_pickup(settings: Settings, n: int) -> list[float]:
 
 
 def start_workers(
-    settings: Settings, processes: int, threads: int, *, fake: bool = False
+    settings: Settings,
+    processes: int,
+    threads: int,
+    *,
+    fake: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, VALKEY_URL=settings.url(redact=False), MEMWORKER_NAMESPACE=settings.namespace)
+    """``memworker worker`` as a subprocess (environment: this one's, then ``env``),
+    once it is healthy. ``fake``: the instant embedder of ``_fake_embedder``."""
+    full = dict(os.environ, VALKEY_URL=settings.url(redact=False), MEMWORKER_NAMESPACE=settings.namespace)
     if fake:  # no model: what is measured is the queue and the commit alone
         here = str(Path(__file__).resolve().parent)
-        env.update(MEMWORKER_EMBEDDER="_fake_embedder:make", PYTHONPATH=here)
+        full.update(MEMWORKER_EMBEDDER="_fake_embedder:make", PYTHONPATH=here)
+    full.update(env or {})
     cmd = [sys.executable, "-m", "memworker.cli", "worker", "--processes", str(processes), "--threads", str(threads)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while not check_health(settings):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -22,6 +22,7 @@ from memworker.errors import ConfigError
 __all__ = [
     "WorkerSettings",
     "BROKER_ENV",
+    "read_backend",
     "read_broker_options",
     "read_embedder",
     "read_model",
@@ -58,6 +59,10 @@ INFLIGHT_BYTES_ENV = "MEMWORKER_INFLIGHT_BYTES"
 EMBEDDER_ENV = "MEMWORKER_EMBEDDER"
 #: The embedding model (hub name or local path).
 MODEL_ENV = "MEMWORKER_MODEL"
+#: The workers' inference backend for that model.
+BACKEND_ENV = "MEMWORKER_BACKEND"
+#: Values of ``MEMWORKER_BACKEND`` (memworker.embedding.backends.BACKENDS).
+BACKEND_VALUES = ("torch", "onnx", "onnx-int8")
 #: memworker's home folder (embedded server data, ONNX exports).
 HOME_ENV = "MEMWORKER_HOME"
 #: A worker process's inference threads.
@@ -148,6 +153,20 @@ def read_model(env: Mapping[str, str] | None = None) -> str | None:
     return _get(env, MODEL_ENV)
 
 
+def read_backend(env: Mapping[str, str] | None = None) -> str:
+    """``MEMWORKER_BACKEND``, else ``"torch"``.
+
+    Raises:
+        ConfigError: Not one of :data:`BACKEND_VALUES`.
+    """
+    raw = _get(env, BACKEND_ENV)
+    if raw is None:
+        return "torch"
+    if raw not in BACKEND_VALUES:
+        raise ConfigError(f"{BACKEND_ENV} must be one of {', '.join(BACKEND_VALUES)}, got {raw!r}")
+    return raw
+
+
 def read_home(env: Mapping[str, str] | None = None) -> Path:
     """``MEMWORKER_HOME``, else ``./.memworker``."""
     raw = _get(env, HOME_ENV)
@@ -223,6 +242,8 @@ class WorkerSettings:
             (``MEMWORKER_INFLIGHT_BYTES``).
         embedder: Embedder factory ``module:callable`` (``MEMWORKER_EMBEDDER``).
         model: Embedding model, ``None`` for the bundled one (``MEMWORKER_MODEL``).
+        backend: Inference backend of that model: ``torch``, ``onnx`` or ``onnx-int8``
+            (``MEMWORKER_BACKEND``; onnx needs the ``onnx`` extra).
         home: memworker's home folder (``MEMWORKER_HOME``).
         inference_threads: Inference threads, ``None`` for cores divided by processes
             (``MEMWORKER_INFERENCE_THREADS``).
@@ -241,6 +262,7 @@ class WorkerSettings:
     inflight_bytes: int = DEFAULT_INFLIGHT_BYTES
     embedder: str | None = None
     model: str | None = None
+    backend: str = "torch"
     home: Path = field(default_factory=lambda: DEFAULT_HOME)
     inference_threads: int | None = None
     llm: str | None = None
@@ -256,6 +278,10 @@ class WorkerSettings:
         ):
             raise ConfigError(
                 f"inference_threads must be an integer >= 1, got {self.inference_threads!r}"
+            )
+        if self.backend not in BACKEND_VALUES:
+            raise ConfigError(
+                f"backend must be one of {', '.join(BACKEND_VALUES)}, got {self.backend!r}"
             )
         _check_spec("embedder", self.embedder, "callable")
         _check_spec("memory_factory", self.memory_factory, "function")
@@ -279,6 +305,7 @@ class WorkerSettings:
             **read_broker_options(env),
             embedder=read_embedder(env),
             model=read_model(env),
+            backend=read_backend(env),
             home=read_home(env),
             inference_threads=read_inference_threads(env),
             llm=read_llm(env),

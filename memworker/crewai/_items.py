@@ -14,13 +14,12 @@ if TYPE_CHECKING:
 __all__ = ["call_items", "flow_entry"]
 
 
-def flow_entry(memory: Memory, scope: Any, categories: Any, importance: Any, root: Any) -> dict[str, Any]:
+def flow_entry(
+    memory: Memory, scope: Any, categories: Any, importance: Any, root: Any
+) -> dict[str, Any]:
     """The ``flow`` entry of a call's items (one dict, shared by all of them)."""
-    infer = [
-        name
-        for name, value in (("scope", scope), ("categories", categories), ("importance", importance))
-        if value is None
-    ]
+    given = (("scope", scope), ("categories", categories), ("importance", importance))
+    infer = [name for name, value in given if value is None]
     threshold = memory.consolidation_threshold
     dedup = float(memory._config.batch_dedup_threshold)
     if infer or threshold < 1.0:

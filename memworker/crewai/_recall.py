@@ -34,7 +34,9 @@ def matches(memory: Memory, view: PrivacyView, query: str, scope: str | None,
     else:
         from crewai.memory.recall_flow import RecallFlow
 
-        flow = RecallFlow(storage=view, llm=memory._llm, embedder=memory._embedder, config=memory._config)
+        flow = RecallFlow(
+            storage=view, llm=memory._llm, embedder=memory._embedder, config=memory._config
+        )
         flow.kickoff(
             inputs={
                 "query": query,

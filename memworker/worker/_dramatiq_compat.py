@@ -62,7 +62,9 @@ def acks_key(namespace: str, broker_id: str, queue_name: str) -> str:
     return f"{namespace}:__acks__.{broker_id}.{queue_name}"
 
 
-def ack_commands(namespace: str, broker_id: str, queue_name: str, redis_ids: list[str]) -> list[list[str]]:
+def ack_commands(
+    namespace: str, broker_id: str, queue_name: str, redis_ids: list[str]
+) -> list[list[str]]:
     """The commands of the dispatch script's ``ack``, for many messages at once (its id
     out of the broker's acks set, its body out of ``.msgs``): the batched path runs
     them in the atomic step that commits the messages' jobs."""

@@ -10,8 +10,8 @@ not as many as there are threads.
 - **Embed across jobs**: each job's texts go to the process's batcher as one request,
   so the batcher's batches are filled by the backlog, and a job whose own texts make
   the model raise fails alone.
-- **Commit many**: whole jobs, up to ``commit_step`` records together (a larger job
-  alone, in steps), in ONE script call each
+- **Commit many**: whole jobs, up to ``commit_step`` records together, in ONE script
+  call each
   (:meth:`~memworker.store.ValkeyStore.write_jobs`): every job's records, results,
   pending-mark removal, commit marker, counters and wake-up, each only while that job
   is pending, and
@@ -20,7 +20,9 @@ not as many as there are threads.
   their delivery counters. A commit and its ack cannot be separated by a crash.
 
 Everything else goes the per-message way (a dramatiq worker thread with the
-middleware, retries and the poison guard): flow jobs, malformed payloads, a job
+middleware, retries and the poison guard): jobs of more than ``commit_step`` records
+(they fill inference batches on their own, and worker threads commit their steps side
+by side, where one commit thread would serialize them), flow jobs, malformed payloads, a job
 delivered before (a suspect: it runs alone there), a retry, and every job of this path whose
 embedding, validation or commit raises (handed back to that path, which fails or
 retries it as it does any job). While a suspect job waits to run alone, this path
@@ -44,10 +46,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memworker.queue.jobs import ENCODE_ACTOR, MARKER_TTL_MS, SAVE_ACTOR, QueueKeys, delivery_field, needs_flow
+from memworker.queue.jobs import (
+    ENCODE_ACTOR,
+    MARKER_TTL_MS,
+    SAVE_ACTOR,
+    QueueKeys,
+    delivery_field,
+    needs_flow,
+)
 from memworker.queue.payload import check_encode_job, parse_job, records_from_save_job
 from memworker.store.codec import to_rows
-from memworker.store.store import JobWrite, NotPending
+from memworker.store.store import JobWrite
 from memworker.worker import _dramatiq_compat as compat
 from memworker.worker.dedup import batch_duplicates, dedup_results, fast_path_dedup_threshold
 from memworker.worker.runtime import get_batcher
@@ -73,7 +82,9 @@ return out
 """
 
 
-def commit_commands(keys: QueueKeys, producer: str, job_id: str, records: int, now: int) -> list[list[str]]:
+def commit_commands(
+    keys: QueueKeys, producer: str, job_id: str, records: int, now: int
+) -> list[list[str]]:
     """What a job's commit does besides its records, in the same atomic step: remove
     its pending mark, add its commit marker (markers older than ``MARKER_TTL_MS``
     trimmed), count it, and wake its producer's drain."""
@@ -250,8 +261,8 @@ class JobBatches:
                     return None  # the per-message path names the bad item
         except Exception:  # noqa: BLE001 - the per-message path fails it, naming why
             return None
-        if not items or len(items) > self.max_records:
-            return None
+        if not items or len(items) > min(self.step, self.max_records):
+            return None  # a large job fills a batch alone; worker threads commit it in steps
         return _Job(
             message=message,
             redis_id=message.options[compat.REDIS_ID_OPTION],
@@ -303,10 +314,6 @@ class JobBatches:
                 self._flush(call)
                 call, ids, count, dim = [], set(), 0, 0
             dim = dim or (dims.pop() if dims else 0)
-            if len(write.rows) > self.step:
-                write = self._leading_steps(job, write)
-                if write is None:
-                    continue
             call.append((job, write))
             ids |= job_ids
             count += len(write.rows)
@@ -327,7 +334,8 @@ class JobBatches:
                     for i, item in enumerate(job.items)
                     if i not in gone
                 ]
-                extra = [list(c) for c in dedup_results(self.keys.namespace, job.job_id, job.items, dropped)]
+                results = dedup_results(self.keys.namespace, job.job_id, job.items, dropped)
+                extra = [list(c) for c in results]
             else:
                 records = records_from_save_job(job.items)
             rows = to_rows(records)
@@ -337,22 +345,6 @@ class JobBatches:
         now = int(time.time() * 1000)
         commands = extra + commit_commands(self.keys, job.producer, job.job_id, len(rows), now)
         return JobWrite(rows, self.keys.producer(job.producer).pending, job.job_id, commands)
-
-    def _leading_steps(self, job: _Job, write: JobWrite) -> JobWrite | None:
-        """Write all but the last ``commit_step`` records of a large job, each step
-        guarded by its pending mark; the last step goes with the commit."""
-        rows = write.rows
-        guard = (write.pending, write.job_id)
-        try:
-            while len(rows) > self.step:
-                self.store.write_encoded(rows[: self.step], guard=guard)
-                rows = rows[self.step :]
-        except NotPending:
-            rows = []  # a duplicate delivery: nothing to write, only the ack
-        except Exception:  # noqa: BLE001
-            self._hand_back([job])
-            return None
-        return JobWrite(rows, write.pending, write.job_id, write.commands)
 
     def _flush(self, call: list[tuple[_Job, JobWrite]]) -> None:
         jobs = [job for job, _ in call]
@@ -366,7 +358,11 @@ class JobBatches:
         try:
             _, skipped = self.store.write_jobs([write for _, write in call], tail)
         except Exception:  # noqa: BLE001 - each job then fails or retries on its own
-            log.warning("a batched commit of %d job(s) failed; they run one by one", len(jobs), exc_info=True)
+            log.warning(
+                "a batched commit of %d job(s) failed; they run one by one",
+                len(jobs),
+                exc_info=True,
+            )
             self._hand_back(jobs)
             return
         committed = len(jobs) - len(skipped)
@@ -423,27 +419,29 @@ class JobBatches:
         if waiting:
             for job in waiting:
                 job.requeued = True
-            ids = [job.redis_id for job in waiting]
-            try:
-                self._forget_deliveries(waiting)
-                compat.requeue(self.broker, self.queue_name, *ids)
-                self.broker.client.rpush(self.broker.keys.wake(self.queue_name), *(["1"] * len(ids)))
+            self._forget_deliveries(waiting)
+            if self._requeue([job.redis_id for job in waiting]):
                 with self._lock:
-                    self.counts.requeued += len(ids)
-            except Exception:  # noqa: BLE001 - a peer's maintenance requeues them later
-                log.warning("could not requeue %d fetched job(s)", len(ids), exc_info=True)
+                    self.counts.requeued += len(waiting)
             self._done(waiting)
         self._work.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
         # Handed back while stopping: the consumer may be gone; put them back on the queue.
-        left = self.handed_back()
+        left = [m.options[compat.REDIS_ID_OPTION] for m in self.handed_back()]
         if left:
-            ids = [m.options[compat.REDIS_ID_OPTION] for m in left]
-            try:
-                compat.requeue(self.broker, self.queue_name, *ids)
-                self.broker.client.rpush(self.broker.keys.wake(self.queue_name), *(["1"] * len(ids)))
-            except Exception:  # noqa: BLE001 - a peer's maintenance requeues them later
-                log.warning("could not requeue %d handed-back job(s)", len(ids), exc_info=True)
-            for redis_id in ids:
+            self._requeue(left)
+            for redis_id in left:
                 self.broker.release(redis_id)
+
+    def _requeue(self, redis_ids: list[str]) -> bool:
+        """Put fetched messages back on the queue, a wake-up token each; False if that
+        failed (a peer's maintenance requeues them once this process is gone)."""
+        try:
+            compat.requeue(self.broker, self.queue_name, *redis_ids)
+            wake = self.broker.keys.wake(self.queue_name)
+            self.broker.client.rpush(wake, *(["1"] * len(redis_ids)))
+        except Exception:  # noqa: BLE001
+            log.warning("could not requeue %d fetched job(s)", len(redis_ids), exc_info=True)
+            return False
+        return True

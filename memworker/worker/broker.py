@@ -183,7 +183,9 @@ class WakeConsumer(compat.RedisConsumer):
 
     def __next__(self) -> MessageProxy | None:
         broker: MemworkerBroker = self.broker
-        batches = broker.batches if broker.batches and broker.batches.queue_name == self.queue_name else None
+        batches = broker.batches
+        if batches is not None and batches.queue_name != self.queue_name:
+            batches = None  # the delay queue's consumer
         if batches is not None:
             batches.wake = self._slot.set
         try:

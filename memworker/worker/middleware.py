@@ -90,9 +90,10 @@ def failure_args(
     """``EVAL FAIL_SCRIPT`` arguments (numkeys, keys, argv) of one failed message."""
     if producer is None or job_id is None:
         return [2, keys.deliveries, keys.stats, field or "", job_id or "", "", ""]
+    pk = keys.producer(producer)
     return [
-        4, keys.deliveries, keys.stats, keys.producer(producer).pending, keys.producer(producer).failed,
-        field or "", job_id, failure_json(job_id, record_ids, error), keys.producer(producer).done_channel,
+        4, keys.deliveries, keys.stats, pk.pending, pk.failed,
+        field or "", job_id, failure_json(job_id, record_ids, error), pk.done_channel,
     ]  # fmt: skip
 
 

@@ -14,7 +14,7 @@ from memworker.crewai.config import factory_embedder
 from memworker.embedding import Embedder, EmbeddingBatcher, configure_threads
 from memworker.embedding.protocols import Batcher, EmbedderFactory, TextEncoder
 from memworker.worker.priority import Nice, lower_priority
-from memworker.worker_settings import EMBEDDER_ENV, read_embedder
+from memworker.worker_settings import EMBEDDER_ENV, read_backend, read_embedder
 
 __all__ = [
     "EMBEDDER_ENV",
@@ -61,7 +61,8 @@ def _make_embedder() -> tuple[TextEncoder, int]:
     if configured is not None:
         return configured, 1
     threads = configure_threads(_processes)
-    return Embedder(), threads
+    # MEMWORKER_MODEL with MEMWORKER_BACKEND: single-threaded sessions side by side
+    return Embedder(backend=read_backend()), threads
 
 
 def get_batcher() -> Batcher:

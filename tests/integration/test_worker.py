@@ -626,46 +626,34 @@ def test_a_drain_that_returned_agrees_with_the_dead_letters(
         assert [d["job_id"] for d in dead_list(qsettings)] == [job]
 
 
-@pytest.mark.parametrize("path", ["per-message", "batched"])
 def test_an_update_between_commit_steps_survives_the_jobs_redelivery(
-    qsettings, fake, workers, rawq, monkeypatch, path
+    qsettings, fake, workers, rawq, monkeypatch
 ):
     """A job's first step is visible before its last: a user who updates such a record
     is not reverted when the job runs again (its commit carries its enqueue time, and
-    the write script leaves a record updated after it as it is). On the batched path
-    the job's last step fails; the job is handed to a worker thread, which rewrites it."""
+    the write script leaves a record updated after it as it is)."""
     from memworker.store.store import ValkeyStore as Store
 
-    real_steps, real_jobs = Store.write_encoded, Store.write_jobs
+    real = Store.write_encoded
     calls: list[int] = []
-
-    def between_steps() -> None:
-        rec = user.get_record("rec0")
-        rec.content = "updated between the steps"
-        user.update(rec)
-        raise ConnectionError("injected failure between commit steps")
 
     def flaky(self, encoded, extra=(), **kw):
         calls.append(len(encoded))
-        if len(calls) == 2 and path == "per-message":  # between the first and second step
-            between_steps()
-        return real_steps(self, encoded, extra, **kw)
-
-    def flaky_jobs(self, jobs, tail=()):
-        calls.append(sum(len(j.rows) for j in jobs))
-        if len(calls) == 2:  # the batched path's last step, after its first
-            between_steps()
-        return real_jobs(self, jobs, tail)
+        if len(calls) == 2:  # between the first and second step of the first attempt
+            rec = user.get_record("rec0")
+            rec.content = "updated between the steps"
+            user.update(rec)
+            raise ConnectionError("injected failure between commit steps")
+        return real(self, encoded, extra, **kw)
 
     monkeypatch.setattr(Store, "write_encoded", flaky)
-    monkeypatch.setattr(Store, "write_jobs", flaky_jobs)
     with (
         MemoryQueue(qsettings, producer_id="p") as q,
         ValkeyStore(qsettings) as store,
         ValkeyStore(qsettings) as user,
     ):
         job = q.enqueue_save([_record(i) for i in range(4)])
-        workers(qsettings, commit_step=2, inflight_records=0 if path == "per-message" else 256)
+        workers(qsettings, commit_step=2)  # a job larger than a step: a worker thread
         report = q.drain(timeout=30, job_ids=[job])
         assert report.committed == 1 and not report.failed
         assert calls == [2, 2, 2, 2]  # the retry rewrote the first step

@@ -15,6 +15,7 @@ from memworker.worker_settings import (
     BROKER_ENV,
     WorkerSettings,
     read_appendfsync,
+    read_backend,
     read_broker_options,
     read_embedder,
     read_home,
@@ -408,6 +409,12 @@ def test_single_variable_readers(tmp_path: Path) -> None:
     assert read_inference_threads({"MEMWORKER_INFERENCE_THREADS": " 2 "}) == 2
     assert read_embedder({"MEMWORKER_EMBEDDER": "bad"}, check=False) == "bad"
     assert read_appendfsync({"MEMWORKER_APPENDFSYNC": "no"}) == "no"
+    assert read_backend({}) == "torch" and read_backend({"MEMWORKER_BACKEND": "onnx-int8"}) == "onnx-int8"
+    with pytest.raises(ConfigError, match="MEMWORKER_BACKEND must be one of torch, onnx, onnx-int8"):
+        read_backend({"MEMWORKER_BACKEND": "cuda"})
+    assert WorkerSettings.from_env({"MEMWORKER_BACKEND": "onnx"}).backend == "onnx"
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        WorkerSettings(backend="tensorrt")
     # a reader checks only its own variable
     assert read_model({"MEMWORKER_MODEL": "m", "MEMWORKER_MAX_RETRIES": "x"}) == "m"
 
