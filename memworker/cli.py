@@ -376,10 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``memworker`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     parser = make_argument_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        # memworker's and dramatiq's own debug lines (redacted: memworker.worker.logs),
+        # not every library's: a client library's debug output is not redacted.
+        for name in ("memworker", "dramatiq"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
     from memworker.errors import ConfigError, MemworkerError
 
     try:

@@ -211,3 +211,19 @@ def test_url_and_namespace_are_accepted_after_the_command(plain_server, namespac
     assert vars(after) == vars(before)
     assert main(["status", "--json", "--url", plain_server.url, "--namespace", namespace]) == EXIT_OK
     assert f'"namespace": "{namespace}"' in capsys.readouterr().out
+
+
+def test_verbose_turns_on_debug_for_memworker_and_dramatiq_only() -> None:
+    import logging
+
+    from memworker.cli import main
+
+    before = {n: logging.getLogger(n).level for n in ("memworker", "dramatiq", "")}
+    try:
+        assert main(["-v", "drain"]) != 0  # a usage error, after the logging set-up
+        assert logging.getLogger("memworker").level == logging.DEBUG
+        assert logging.getLogger("dramatiq").level == logging.DEBUG
+        assert logging.getLogger().level != logging.DEBUG  # not every library's debug lines
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
