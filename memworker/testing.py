@@ -12,6 +12,9 @@ an application built on memworker::
     with throwaway_server(module=True) as srv:
         store = ValkeyStore(srv.url, namespace="t1")
 
+:func:`start_cluster` (or :func:`throwaway_cluster`) runs a Valkey Cluster the same way:
+primaries sharing the slots, replicas, RediSearch on every node.
+
 Nothing starts at import time.
 """
 
