@@ -48,7 +48,8 @@ DRAIN_POLL_MS = 200
 @dataclass(frozen=True)
 class Wait:
     """A drain step: wait up to ``seconds`` for a wake-up on the subscribed channel
-    (swallowing a burst); its reply is ``None``."""
+    (taking a burst at once); its reply is the job ids the wake-ups named (empty when
+    the wait timed out)."""
 
     seconds: float
 
@@ -217,10 +218,13 @@ def drain_plan(
     snapshot = {p: [as_text(i) for i in ids] for p, ids in snap.items() if ids}
     everyone = list(dict.fromkeys([*producers, *snapshot]))
     left = snapshot
+    check, checked = True, 0.0
     while True:
-        if left:
+        if left and check:
+            checked = time.monotonic()
             left = _still_pending(left, (yield Pipeline(_check_commands(keys, left))))
         if not left:
+            # The one read that decides, atomic, whatever told us the jobs were done.
             replies = yield Pipeline(_final_commands(keys, snapshot, everyone), atomic=True)
             left, report, found = _settle(keys, snapshot, everyone, replies, owner)
             if not left:
@@ -232,22 +236,48 @@ def drain_plan(
                 depth, live = yield Pipeline(_depth_live_commands(keys))
                 raise _timeout(keys, left, int(depth), int(live), timeout)
             wait = min(wait, remaining)
-        yield Wait(wait)
+        notified = yield Wait(wait)
+        # A wake-up names the job that left its pending set: drop it without reading
+        # every id still waited for (that made a drain of n jobs cost n^2 reads). A wait
+        # that timed out reads them all, and so does any wait DRAIN_POLL_MS after the
+        # last full read (a wake-up can be lost: a pub/sub reconnect). Nothing returns
+        # before the final atomic read above.
+        check = not notified or time.monotonic() - checked >= DRAIN_POLL_MS / 1000
+        if notified:
+            gone = set(notified)
+            left = {p: kept for p, ids in left.items() if (kept := [i for i in ids if i not in gone])}
     if found:
         yield Pipeline(found, atomic=True)
     return report
 
 
-def _wait_sync(pubsub: Any, seconds: float) -> None:
+def _job_id(message: dict[str, Any]) -> str | None:
+    data = message.get("data")
+    return as_text(data) if isinstance(data, (bytes, str)) else None
+
+
+def _wait_sync(pubsub: Any, seconds: float) -> list[str]:
+    """Wait for a wake-up, then take the burst; the job ids they name."""
+    ids: list[str] = []
     message = pubsub.get_message(timeout=seconds)
-    while message is not None:  # swallow a burst of wake-ups
+    while message is not None:
+        job = _job_id(message)
+        if job is not None:
+            ids.append(job)
         message = pubsub.get_message(timeout=0)
+    return ids
 
 
-async def _wait_async(pubsub: Any, seconds: float) -> None:
+async def _wait_async(pubsub: Any, seconds: float) -> list[str]:
+    """Async :func:`_wait_sync`."""
+    ids: list[str] = []
     message = await pubsub.get_message(timeout=seconds)
     while message is not None:
+        job = _job_id(message)
+        if job is not None:
+            ids.append(job)
         message = await pubsub.get_message(timeout=0)
+    return ids
 
 
 def drain_sync(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from test_worker import FakeEmbedder, _record, fake, qsettings, rawq, workers  # noqa: F401
 
-from memworker.queue.jobs import DrainTimeout
+from memworker.queue.jobs import DrainTimeout, QueueKeys
 from memworker.queue.producer import MemoryQueue
 from memworker.store.store import ValkeyStore
 
@@ -198,3 +199,65 @@ def test_a_marker_found_again_after_the_report_is_not_counted_twice(qsettings, f
         assert report.committed == 0 and not report.failed and not report.lost
         assert rawq.zscore(keys.producer("p").committed, job) is None  # consumed
         assert q.drain(timeout=30, job_ids=[job]).committed == 0
+
+
+def test_a_drain_of_many_jobs_reads_each_id_a_bounded_number_of_times(
+    qsettings, fake, workers, monkeypatch  # noqa: F811
+):
+    """A wake-up names its job: the drain drops it instead of re-reading every id it
+    still waits for (n wake-ups used to cost n^2/2 id reads)."""
+    from memworker.queue import drain as drain_mod
+
+    checked: list[int] = []
+    real = drain_mod._check_commands
+
+    def counting(keys, left):
+        checked.append(sum(len(ids) for ids in left.values()))
+        return real(keys, left)
+
+    monkeypatch.setattr(drain_mod, "_check_commands", counting)
+    n = 400
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        jobs = [q.enqueue_encode_job([f"text {i}"])[0] for i in range(n)]
+        # One job at a time, one wake-up each (the per-message path, one thread).
+        workers(qsettings, threads=1, inflight_records=0)
+        t0 = time.monotonic()
+        report = q.drain(timeout=60, job_ids=jobs)
+        polls = (time.monotonic() - t0) / (drain_mod.DRAIN_POLL_MS / 1000)
+    assert report.committed == n and report.failed == []
+    # At most one full read per poll interval (plus the first), never one per wake-up.
+    assert len(checked) <= polls + 2, (len(checked), polls)
+    assert sum(checked) <= (polls + 2) * n
+
+
+def test_a_lost_wake_up_does_not_hold_a_drain_among_others(qsettings, rawq):  # noqa: F811
+    """drain_all hears every producer's wake-ups. A job whose own wake-up is lost
+    (here: committed by hand, no PUBLISH) is still seen, by the full read that runs at
+    least every DRAIN_POLL_MS, while other producers' wake-ups keep arriving."""
+    keys = QueueKeys(qsettings.namespace)
+    stop = threading.Event()
+
+    def chatter():
+        while not stop.is_set():
+            rawq.publish(keys.producer("other").done_channel, "not-ours")
+            time.sleep(0.01)
+
+    with MemoryQueue(qsettings, producer_id="a") as a:
+        job, _ = a.enqueue_encode_job(["silent"])
+        t = threading.Thread(target=chatter, daemon=True)
+        t.start()
+        try:
+            def commit_silently():
+                time.sleep(0.3)
+                pk = keys.producer("a")
+                with rawq.pipeline(transaction=True) as pipe:
+                    pipe.zrem(pk.pending, job)
+                    pipe.zadd(pk.committed, {job: int(time.time() * 1000)})
+                    pipe.execute()
+
+            threading.Thread(target=commit_silently, daemon=True).start()
+            report = a.drain_all(timeout=10)  # DrainTimeout if no full read ran
+        finally:
+            stop.set()
+            t.join(2)
+    assert report.committed == 1
