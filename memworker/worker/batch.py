@@ -208,24 +208,24 @@ class JobBatches:
             firsts = self.broker.client.eval(
                 _FIRST_DELIVERIES, 1, self.keys.deliveries, *[j.field for j in candidates]
             )
-            taken = [job for job, first in zip(candidates, firsts) if int(first) == 1]
-            rest += [job.message for job, first in zip(candidates, firsts) if int(first) != 1]
-            if taken:
-                batcher = get_batcher()
-                for job in taken:
-                    if job.encode:
-                        job.future = batcher.submit([item["content"] for item in job.items])
         except Exception:  # noqa: BLE001 - e.g. the connection dropped: they run one by one
             # (their delivery marks may be set: they then run alone, as suspects)
             log.warning("the batched path could not take %d job(s)", len(candidates), exc_info=True)
             self.isolation.release(exclusive=False)
-            for job in candidates:
-                if job.future is not None:
-                    job.future.cancel()
-            return rest + [job.message for job in candidates if job.message not in rest]
+            return rest + [job.message for job in candidates]
+        taken = [job for job, first in zip(candidates, firsts) if int(first) == 1]
+        rest += [job.message for job, first in zip(candidates, firsts) if int(first) != 1]
         if not taken:
             self.isolation.release(exclusive=False)
             return rest
+        try:
+            batcher = get_batcher()
+            for job in taken:
+                if job.encode:
+                    job.future = batcher.submit([item["content"] for item in job.items])
+        except Exception:  # noqa: BLE001 - e.g. the batcher closed: they run one by one
+            log.warning("the batched path could not take %d job(s)", len(taken), exc_info=True)
+            return rest + self._give_back(taken)
         with self._lock:
             if not self._closed:
                 self._records += sum(len(job.items) for job in taken)
@@ -235,13 +235,17 @@ class JobBatches:
                 self._start()
                 self._work.put(taken)
                 return rest
-        # Closed meanwhile: give them back untouched.
+        return rest + self._give_back(taken)  # closed meanwhile
+
+    def _give_back(self, taken: list[_Job]) -> list[Message[Any]]:
+        """Undo a take that did not complete: cancel the embeddings, clear the delivery
+        marks, leave the isolation gate; the messages, for the per-message path."""
         for job in taken:
             if job.future is not None:
                 job.future.cancel()
         self._forget_deliveries(taken)
         self.isolation.release(exclusive=False)
-        return rest + [job.message for job in taken]
+        return [job.message for job in taken]
 
     def _candidate(self, message: Message[Any], size: int) -> _Job | None:
         """The message as a job of this path, or ``None`` (per-message path)."""
@@ -289,7 +293,9 @@ class JobBatches:
                 self._commit_group(group)
             except Exception:  # noqa: BLE001 - never lose the thread; hand the rest back
                 log.exception("batched commit failed; the jobs run one by one")
-                self._hand_back([job for job in group if job in self._held])
+                with self._lock:
+                    left = [job for job in group if job in self._held]
+                self._hand_back(left)
             finally:
                 self.isolation.release(exclusive=False)
 
@@ -373,14 +379,18 @@ class JobBatches:
         self._done(jobs)
         self.on_commit(committed)
 
+    def _unhold(self, jobs: list[_Job]) -> None:
+        """Take jobs out of the in-flight count (called under the lock)."""
+        for job in jobs:
+            if job in self._held:
+                self._held.discard(job)
+                self._records -= len(job.items)
+                self._bytes -= job.size
+
     def _done(self, jobs: list[_Job]) -> None:
-        """Forget jobs that left this path (acked, handed back or requeued)."""
+        """Forget jobs that left this path (acked or requeued)."""
         with self._lock:
-            for job in jobs:
-                if job in self._held:
-                    self._held.discard(job)
-                    self._records -= len(job.items)
-                    self._bytes -= job.size
+            self._unhold(jobs)
         for job in jobs:
             self.broker.release(job.redis_id)
         self.wake()
@@ -399,11 +409,7 @@ class JobBatches:
         self._forget_deliveries(jobs)
         with self._lock:
             self.counts.handed_back += len(jobs)
-            for job in jobs:
-                if job in self._held:
-                    self._held.discard(job)
-                    self._records -= len(job.items)
-                    self._bytes -= job.size
+            self._unhold(jobs)
         self._handed.extend(job.message for job in jobs)
         self.wake()
 
