@@ -81,7 +81,7 @@ def run(
             side = sum(
                 memory_usage(client, k)
                 for pat in ("tree", "children", "cats")
-                for k in scan_keys(client, f"{ns}:{pat}:*")
+                for k in scan_keys(client, f"{{{ns}}}:{pat}:*")
             ) + memory_usage(client, store.keys.meta)
             enc = client.custom_command(["OBJECT", "ENCODING", store.keys.rec(ids[0])])
             vtype = store.vector_type

@@ -147,6 +147,14 @@ def make_argument_parser() -> argparse.ArgumentParser:
         "--think-ms", type=float, default=0.0, help="pause between an agent's calls (default 0: saturate)"
     )
 
+    mig = commands.add_parser(
+        "migrate",
+        help="move a namespace written by an older memworker to the current key layout",
+    )
+    mig.add_argument("--dry-run", action="store_true", help="count the keys to move, change nothing")
+    mig.add_argument(
+        "--force", action="store_true", help="migrate although old-layout workers look alive"
+    )
     imp = commands.add_parser(
         "import-lancedb", help="copy a CrewAI LanceDB memory (a folder) into this Valkey namespace"
     )
@@ -330,6 +338,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if healthy else EXIT_FAILURE
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from memworker.io.redispy import is_cluster, redis_client
+    from memworker.layout import migrate
+
+    settings = _settings(args)
+    if is_cluster(settings):
+        print(f"namespace {settings.namespace!r}: nothing to migrate (the older layout never ran on a cluster)")
+        return EXIT_OK
+    client = redis_client(settings)
+    try:
+        report = migrate(client, settings.namespace, dry_run=args.dry_run, force=args.force)
+    finally:
+        client.close()
+    verb = "would move" if report.dry_run else "moved"
+    index = ""
+    if report.index_dropped and report.dry_run:
+        index = "; the old vector index would be replaced by a new one"
+    elif report.index_dropped or (report.renamed and not report.dry_run):
+        from memworker.store import ValkeyStore
+
+        with ValkeyStore(settings) as store:
+            built = store.ensure_index()
+        if built is not None:
+            index = "; the vector index is rebuilt" if built else "; the vector index is still building"
+    print(f"namespace {settings.namespace!r}: {verb} {report.renamed} key(s) to the current layout{index}")
+    return EXIT_OK
+
+
 def _cmd_import_lancedb(args: argparse.Namespace) -> int:
     from memworker.crewai.lancedb import import_lancedb
 
@@ -369,6 +405,7 @@ _COMMANDS = {
     "check": _cmd_check,
     "demo": _cmd_demo,
     "import-lancedb": _cmd_import_lancedb,
+    "migrate": _cmd_migrate,
 }
 
 

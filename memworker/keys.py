@@ -1,39 +1,44 @@
 """Every key name of a namespace, in one place. No I/O.
 
-Layout (``ns`` is the namespace, default ``memworker``)::
+Layout 2 (``ns`` is the namespace, default ``memworker``). Every key of a namespace
+starts with ``{ns}:``: the braces make the namespace the key's hash tag, so on a Valkey
+Cluster all of a namespace's keys share one slot (each script and MULTI stays atomic
+on one shard) and different namespaces spread over the shards. Standalone servers use
+the same names. Layout 1 (``ns:`` without braces) is refused with an error naming
+``memworker migrate`` (:mod:`memworker.migrate`)::
 
-    ns:rec:<id>          hash    one record (fields: memworker.store.codec.WRITE_FIELDS
+    {ns}:rec:<id>          hash    one record (fields: memworker.store.codec.WRITE_FIELDS
                                  and ``embedding``)
-    ns:tree:<scope>      zset    id -> created_at, for the record's scope and each ancestor
-    ns:children:<scope>  hash    immediate child scope -> records under that child
-    ns:cats:<scope>      hash    category -> records under the scope carrying it
-    ns:meta              hash    dim, vtype, model, layout, log (the change log's incarnation)
-    ns:changes           stream  change log, read by the exact-search caches
+    {ns}:tree:<scope>      zset    id -> created_at, for the record's scope and each ancestor
+    {ns}:children:<scope>  hash    immediate child scope -> records under that child
+    {ns}:cats:<scope>      hash    category -> records under the scope carrying it
+    {ns}:meta              hash    dim, vtype, model, layout, log (the change log's incarnation)
+    {ns}:changes           stream  change log, read by the exact-search caches
                                  (memworker.store.vectors): one entry {i = the ids, one a
                                  line} per script call that saved or deleted records, in the
                                  same atomic step; MAXLEN ~ CHANGES_CAP; deleted when the
                                  namespace becomes empty
-    ns:idx                       the vector index over the prefix ns:rec:
-    ns:cache:<key>       string  ValkeyCache values
+    {ns}:idx                       the vector index over the prefix {ns}:rec:
+    {ns}:cache:<key>       string  ValkeyCache values
 
-The queue's keys (:class:`QueueKeys`; dramatiq's own live under ``ns:dq``)::
+The queue's keys (:class:`QueueKeys`; dramatiq's own live under ``{ns}:dq``)::
 
-    ns:pending:<producer>   zset    job id -> enqueue time (ms); removed at commit or failure
-    ns:failed:<producer>    hash    job id -> JSON {job_id, record_ids, error}; consumed by drain
-    ns:committed:<producer> zset    job id -> commit time (ms); added by the commit itself,
+    {ns}:pending:<producer>   zset    job id -> enqueue time (ms); removed at commit or failure
+    {ns}:failed:<producer>    hash    job id -> JSON {job_id, record_ids, error}; consumed by drain
+    {ns}:committed:<producer> zset    job id -> commit time (ms); added by the commit itself,
                                     consumed by the drain that reports it, trimmed after 1 h
-    ns:reported:<producer>  zset    job id -> time (ms) a drain reported it (committed, failed or
+    {ns}:reported:<producer>  zset    job id -> time (ms) a drain reported it (committed, failed or
                                     lost): a later drain skips it; trimmed after 1 h
-    ns:done:<producer>      channel a job id is published when it leaves the pending set
-    ns:producers            set     producer ids that ever enqueued (for drain_all / status)
-    ns:deliveries           hash    "<job id>:<attempt>" -> deliveries of that attempt (poison guard)
-    ns:workers              zset    worker id -> last heartbeat (ms)
-    ns:workers:<worker id>  hash    pid, host, started, processed, failed (TTL: HEALTH_TTL_MS)
-    ns:stats                hash    committed, failed, records (throughput counters)
-    ns:dq:<queue>           list    dramatiq: message ids (redis_message_id)
-    ns:dq:<queue>.msgs      hash    dramatiq: message id -> message JSON
-    ns:dq:<queue>.wake      list    wake-up tokens for idle consumers (one per enqueue)
-    ns:dq:<queue>.DQ[...]   dramatiq's delay queue (retries); ns:dq:<queue>.XQ dead letters
+    {ns}:done:<producer>      channel a job id is published when it leaves the pending set
+    {ns}:producers            set     producer ids that ever enqueued (for drain_all / status)
+    {ns}:deliveries           hash    "<job id>:<attempt>" -> deliveries of that attempt (poison guard)
+    {ns}:workers              zset    worker id -> last heartbeat (ms)
+    {ns}:workers:<worker id>  hash    pid, host, started, processed, failed (TTL: HEALTH_TTL_MS)
+    {ns}:stats                hash    committed, failed, records (throughput counters)
+    {ns}:dq:<queue>           list    dramatiq: message ids (redis_message_id)
+    {ns}:dq:<queue>.msgs      hash    dramatiq: message id -> message JSON
+    {ns}:dq:<queue>.wake      list    wake-up tokens for idle consumers (one per enqueue)
+    {ns}:dq:<queue>.DQ[...]   dramatiq's delay queue (retries); {ns}:dq:<queue>.XQ dead letters
 
 The Lua scripts (``memworker/lua``) and the docs point here rather than restate the layout.
 """
@@ -52,16 +57,22 @@ __all__ = [
     "lock_key",
     "lock_under_key",
     "result_key",
+    "tag",
 ]
 
 #: Queue the actors consume.
 DEFAULT_QUEUE = "default"
-#: Version of the record layout, written into ``ns:meta``.
-LAYOUT_VERSION = "1"
-#: Entries (script calls) kept in the change log ``ns:changes`` (``XADD MAXLEN ~``),
+#: Version of the key layout, written into ``{ns}:meta`` (2: the ``{ns}`` hash tag).
+LAYOUT_VERSION = "2"
+#: Entries (script calls) kept in the change log ``{ns}:changes`` (``XADD MAXLEN ~``),
 #: passed to ``lua/store.lua`` with every call; an exact-search cache further behind
 #: reloads in full.
 CHANGES_CAP = 10_000
+
+
+def tag(namespace: str) -> str:
+    """``{ns}``: the prefix of every key of a namespace, and its hash tag (one slot)."""
+    return "{" + namespace + "}"
 
 
 def _fill(obj: object, **names: str) -> None:
@@ -75,6 +86,9 @@ class Keys:
     """Key names for one namespace (see the layout above)."""
 
     namespace: str
+    #: ``{ns}``: the prefix of every key (and the namespace's hash tag); the Lua
+    #: scripts take it as their ``ns`` argument.
+    prefix: str = field(init=False, repr=False)
     #: Prefix of record hashes (the vector index covers it).
     rec_prefix: str = field(init=False, repr=False)
     #: Hash of namespace facts: vector dimension, embedder model id, layout version.
@@ -85,8 +99,8 @@ class Keys:
     index: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        ns = self.namespace
-        _fill(self, rec_prefix=f"{ns}:rec:", meta=f"{ns}:meta", changes=f"{ns}:changes",
+        ns = tag(self.namespace)
+        _fill(self, prefix=ns, rec_prefix=f"{ns}:rec:", meta=f"{ns}:meta", changes=f"{ns}:changes",
               index=f"{ns}:idx")  # fmt: skip
 
     def rec(self, record_id: str) -> str:
@@ -95,19 +109,19 @@ class Keys:
 
     def tree(self, scope: str) -> str:
         """Sorted set of the ids under ``scope`` (the scope and its descendants)."""
-        return f"{self.namespace}:tree:{scope}"
+        return f"{self.prefix}:tree:{scope}"
 
     def children(self, scope: str) -> str:
         """Hash of the immediate child scopes of ``scope`` with their record counts."""
-        return f"{self.namespace}:children:{scope}"
+        return f"{self.prefix}:children:{scope}"
 
     def cats(self, scope: str) -> str:
         """Hash of category counts under ``scope``."""
-        return f"{self.namespace}:cats:{scope}"
+        return f"{self.prefix}:cats:{scope}"
 
     def cache(self, key: str) -> str:
         """A ValkeyCache entry."""
-        return f"{self.namespace}:cache:{key}"
+        return f"{self.prefix}:cache:{key}"
 
 
 @dataclass(frozen=True)
@@ -128,7 +142,7 @@ class ProducerKeys:
     done_channel: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        ns, p = self.namespace, self.producer
+        ns, p = tag(self.namespace), self.producer
         _fill(self, pending=f"{ns}:pending:{p}", failed=f"{ns}:failed:{p}",
               committed=f"{ns}:committed:{p}", reported=f"{ns}:reported:{p}",
               done_channel=f"{ns}:done:{p}")  # fmt: skip
@@ -156,7 +170,7 @@ class QueueKeys:
     heartbeats: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        ns = self.namespace
+        ns = tag(self.namespace)
         _fill(self, dq_namespace=f"{ns}:dq", done_pattern=f"{ns}:done:*",
               producers=f"{ns}:producers", deliveries=f"{ns}:deliveries",
               workers=f"{ns}:workers", stats=f"{ns}:stats",
@@ -196,17 +210,17 @@ class QueueKeys:
 
 
 def lock_key(namespace: str, scope: str) -> str:
-    """``ns:lock:consolidate:<scope>``: the token of the holder of the consolidation
+    """``{ns}:lock:consolidate:<scope>``: the token of the holder of the consolidation
     lock on ``scope`` (memworker.crewai.locks)."""
-    return f"{namespace}:lock:consolidate:{scope}"
+    return f"{tag(namespace)}:lock:consolidate:{scope}"
 
 
 def lock_under_key(namespace: str, scope: str) -> str:
-    """``ns:lock:under:<scope>``: the locks held on strict descendants of ``scope``
+    """``{ns}:lock:under:<scope>``: the locks held on strict descendants of ``scope``
     (sorted set, member ``<token><scope>``, score = lease expiry in server ms)."""
-    return f"{namespace}:lock:under:{scope}"
+    return f"{tag(namespace)}:lock:under:{scope}"
 
 
 def result_key(namespace: str, job_id: str) -> str:
-    """``ns:results:<job>``: item id -> id of the record it became (``""``: dropped)."""
-    return f"{namespace}:results:{job_id}"
+    """``{ns}:results:<job>``: item id -> id of the record it became (``""``: dropped)."""
+    return f"{tag(namespace)}:results:{job_id}"

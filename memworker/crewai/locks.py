@@ -22,7 +22,7 @@ from typing import Any
 
 from memworker.errors import ScopeBusyError, ValidationError  # ScopeBusyError re-exported
 from memworker.io.scripts import script_source
-from memworker.keys import lock_key, lock_under_key  # re-exported
+from memworker.keys import lock_key, lock_under_key, tag  # lock_key, lock_under_key: re-exported
 
 __all__ = [
     "LOCK_LEASE_MS",
@@ -212,8 +212,9 @@ def scope_lock(
         ScopeBusyError: Not acquired within ``wait_ms``.
         ValidationError: ``key`` is not a :func:`lock_key`.
     """
-    namespace, infix, scope = key.partition(":lock:consolidate:")
-    if not infix or not namespace or ":" in namespace:
+    tagged, infix, scope = key.partition(":lock:consolidate:")
+    namespace = tagged[1:-1]
+    if not infix or tagged != tag(namespace) or not namespace or ":" in namespace:
         raise ValidationError(f"not a consolidation lock key: {key!r}")
     with scope_locks(client, namespace, [scope], lease_ms=lease_ms, wait_ms=wait_ms) as scopes:
         yield scopes[0]

@@ -3,7 +3,10 @@
 for the store.
 
 Each face creates its client lazily, once, and reuses it (the async client is
-per event loop). A step that fails with a connection or timeout error is retried
+per event loop). On a Valkey Cluster (:func:`~memworker.io.redispy.is_cluster`) it is
+glide's cluster client, and every step is routed to the primary that owns the
+namespace's hash slot (all of a namespace's keys and its index live there; the FT
+commands carry no key glide could route by). A step that fails with a connection or timeout error is retried
 with backoff; a ``ClosingError`` recreates the client first. Errors a plan does
 not handle surface as :class:`~memworker.errors.StoreError`, and a server that
 never answered as :class:`~memworker.errors.ConnectionLostError`.
@@ -31,7 +34,8 @@ from memworker.io.plan import (
     is_permanent,
     throw,
 )
-from memworker.io.scripts import SCRIPTS, script_source
+from memworker.io.redispy import is_cluster, is_transient_redis
+from memworker.io.scripts import SCRIPTS, script_key, script_source
 from memworker.settings import Settings
 
 __all__ = ["AsyncConnection", "SyncConnection", "glide_config"]
@@ -42,11 +46,14 @@ T = TypeVar("T")
 
 
 def glide_config(settings: Settings) -> Any:
-    """The glide client configuration for ``settings`` (shared by both faces)."""
+    """The glide client configuration for ``settings`` (shared by both faces): a
+    ``GlideClusterClientConfiguration`` when they name a cluster."""
     from glide_shared.config import (
         AdvancedGlideClientConfiguration,
+        AdvancedGlideClusterClientConfiguration,
         BackoffStrategy,
         GlideClientConfiguration,
+        GlideClusterClientConfiguration,
         NodeAddress,
         ProtocolVersion,
         ServerCredentials,
@@ -68,19 +75,30 @@ def glide_config(settings: Settings) -> Any:
         tls_config = TlsAdvancedConfiguration(
             use_insecure_tls=settings.tls_insecure or None, root_pem_cacerts=ca
         )
+    common: dict[str, Any] = {
+        "use_tls": settings.tls,
+        "credentials": credentials,
+        "request_timeout": settings.request_timeout_ms,
+        "reconnect_strategy": BackoffStrategy(num_of_retries=8, factor=50, exponent_base=2),
+        "client_name": f"memworker:{settings.namespace}",
+        # RediSearch 2.10 answers FT.SEARCH with a RESP3 map glide cannot convert.
+        "protocol": ProtocolVersion.RESP2,
+    }
+    if is_cluster(settings):
+        return GlideClusterClientConfiguration(
+            [NodeAddress(host, port)],
+            advanced_config=AdvancedGlideClusterClientConfiguration(
+                connection_timeout=settings.connect_timeout_ms, tls_config=tls_config
+            ),
+            **common,
+        )
     return GlideClientConfiguration(
         [NodeAddress(host, port)],
-        use_tls=settings.tls,
-        credentials=credentials,
-        request_timeout=settings.request_timeout_ms,
-        reconnect_strategy=BackoffStrategy(num_of_retries=8, factor=50, exponent_base=2),
         database_id=settings.db or None,
-        client_name=f"memworker:{settings.namespace}",
-        # RediSearch 2.10 answers FT.SEARCH with a RESP3 map glide cannot convert.
-        protocol=ProtocolVersion.RESP2,
         advanced_config=AdvancedGlideClientConfiguration(
             connection_timeout=settings.connect_timeout_ms, tls_config=tls_config
         ),
+        **common,
     )
 
 
@@ -90,20 +108,64 @@ def _errors() -> tuple[type[BaseException], type[BaseException], type[BaseExcept
     return ClosingError, ConnectionError, TimeoutError
 
 
-def _batch(step: Pipeline) -> Any:
-    from glide_shared.commands.batch import Batch
-
-    batch = Batch(is_atomic=step.atomic)
-    for command in step.commands:
-        batch.custom_command(command)
-    return batch
-
-
 class _Face:
-    """What both faces share: settings, the transient-error classification."""
+    """What both faces share: settings, the cluster route, the transient-error
+    classification."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: The slot route of the namespace on a cluster (``None``: standalone); set
+        #: when the client is created.
+        self._route: Any = None
+        self._layout_ok = False
+
+    def _layout_plan(self) -> Plan[None] | None:
+        """The check that the namespace holds no data of an older key layout
+        (:mod:`memworker.layout`), until it passed once."""
+        if self._layout_ok:
+            return None
+        from memworker.layout import p_refuse_legacy  # memworker.layout imports memworker.io
+
+        return p_refuse_legacy(self.settings.namespace)
+
+    def _create_args(self) -> tuple[Any, bool]:
+        """The client configuration, and whether it is a cluster's (then every step
+        is routed to the namespace's slot)."""
+        config = glide_config(self.settings)
+        cluster = is_cluster(self.settings)
+        if cluster:
+            from glide_shared.routes import SlotKeyRoute, SlotType
+
+            self._route = SlotKeyRoute(SlotType.PRIMARY, script_key(self.settings))
+        return config, cluster
+
+    def _args(self, args: list[Any]) -> tuple[Any, ...]:
+        """``custom_command`` arguments: the command, and the route on a cluster."""
+        return (args,) if self._route is None else (args, self._route)
+
+    def _exec_args(self, step: Pipeline) -> tuple[Any, ...]:
+        """``exec`` arguments of a pipeline step (a cluster batch, routed, on a cluster)."""
+        if self._route is None:
+            from glide_shared.commands.batch import Batch
+
+            batch: Any = Batch(is_atomic=step.atomic)
+        else:
+            from glide_shared.commands.batch import ClusterBatch
+
+            batch = ClusterBatch(is_atomic=step.atomic)
+        for command in step.commands:
+            batch.custom_command(command)
+        if self._route is None:
+            return (batch, True)
+        from glide_shared.commands.batch_options import ClusterBatchOptions
+
+        return (batch, True, ClusterBatchOptions(route=self._route))
+
+    def _script_args(self, name: str) -> tuple[list[Any], list[Any]]:
+        """The EVALSHA and EVAL prefixes of a script call (one declared key)."""
+        body, sha = script_source(name)
+        key = script_key(self.settings)
+        return ["EVALSHA", sha, "1", key], ["EVAL", body, "1", key]
 
     def _classify(self, exc: BaseException) -> str:
         if is_permanent(exc):
@@ -111,8 +173,8 @@ class _Face:
         closing, connection, timeout = _errors()
         if isinstance(exc, closing):
             return "recreate"
-        if isinstance(exc, (connection, timeout)):
-            return "retry"
+        if isinstance(exc, (connection, timeout)) or is_transient_redis(exc):
+            return "retry"  # (redis-py's: the topology question before the client exists)
         return "raise"
 
     def _give_up(self, exc: BaseException) -> ConnectionLostError:
@@ -136,12 +198,15 @@ class SyncConnection(_Face):
         if client is None:
             with self._lock:
                 if self._client is None:
-                    from glide_sync import GlideClient
+                    from glide_sync import GlideClient, GlideClusterClient
 
-                    client = GlideClient.create(glide_config(self.settings))
+                    config, cluster = self._create_args()
+                    client = (GlideClusterClient if cluster else GlideClient).create(config)
                     for name in SCRIPTS:  # so the first EVALSHA does not miss
                         try:
-                            client.custom_command(["SCRIPT", "LOAD", script_source(name)[0]])
+                            client.custom_command(
+                                *self._args(["SCRIPT", "LOAD", script_source(name)[0]])
+                            )
                         except Exception:  # noqa: BLE001 - EVAL after NOSCRIPT still works
                             pass
                     self._client = client
@@ -160,18 +225,18 @@ class SyncConnection(_Face):
     def _send(self, step: Step) -> Any:
         client = self.client()
         if isinstance(step, Call):
-            return client.custom_command(step.args)
+            return client.custom_command(*self._args(step.args))
         if isinstance(step, Pipeline):
             if not step.commands:
                 return []
-            return client.exec(_batch(step), raise_on_error=True)
-        body, sha = script_source(step.name)
+            return client.exec(*self._exec_args(step))
+        evalsha, eval_ = self._script_args(step.name)
         try:
-            return client.custom_command(["EVALSHA", sha, "0", *step.args])
+            return client.custom_command(*self._args([*evalsha, *step.args]))
         except Exception as exc:
             if not is_noscript(exc):
                 raise
-            return client.custom_command(["EVAL", body, "0", *step.args])
+            return client.custom_command(*self._args([*eval_, *step.args]))
 
     def execute(self, step: Step) -> Any:
         """Run one step with retries; server errors are raised as they come."""
@@ -191,7 +256,14 @@ class SyncConnection(_Face):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def run(self, plan: Plan[T]) -> T:
-        """Drive a plan to its result."""
+        """Drive a plan to its result (after the layout check, once per client)."""
+        check = self._layout_plan()
+        if check is not None:
+            self._drive(check)
+            self._layout_ok = True
+        return self._drive(plan)
+
+    def _drive(self, plan: Plan[T]) -> T:
         try:
             step = next(plan)
             while True:
@@ -239,12 +311,15 @@ class AsyncConnection(_Face):
             self._client = None
         async with self._lock:
             if self._client is None:
-                from glide import GlideClient
+                from glide import GlideClient, GlideClusterClient
 
-                client = await GlideClient.create(glide_config(self.settings))
+                config, cluster = self._create_args()
+                client = await (GlideClusterClient if cluster else GlideClient).create(config)
                 for name in SCRIPTS:  # so the first EVALSHA does not miss
                     try:
-                        await client.custom_command(["SCRIPT", "LOAD", script_source(name)[0]])
+                        await client.custom_command(
+                            *self._args(["SCRIPT", "LOAD", script_source(name)[0]])
+                        )
                     except Exception:  # noqa: BLE001 - EVAL after NOSCRIPT still works
                         pass
                 self._client = client
@@ -261,18 +336,18 @@ class AsyncConnection(_Face):
     async def _send(self, step: Step) -> Any:
         client = await self.client()
         if isinstance(step, Call):
-            return await client.custom_command(step.args)
+            return await client.custom_command(*self._args(step.args))
         if isinstance(step, Pipeline):
             if not step.commands:
                 return []
-            return await client.exec(_batch(step), raise_on_error=True)
-        body, sha = script_source(step.name)
+            return await client.exec(*self._exec_args(step))
+        evalsha, eval_ = self._script_args(step.name)
         try:
-            return await client.custom_command(["EVALSHA", sha, "0", *step.args])
+            return await client.custom_command(*self._args([*evalsha, *step.args]))
         except Exception as exc:
             if not is_noscript(exc):
                 raise
-            return await client.custom_command(["EVAL", body, "0", *step.args])
+            return await client.custom_command(*self._args([*eval_, *step.args]))
 
     async def execute(self, step: Step) -> Any:
         """Run one step with retries; server errors are raised as they come."""
@@ -292,7 +367,14 @@ class AsyncConnection(_Face):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def run(self, plan: Plan[T]) -> T:
-        """Drive a plan to its result."""
+        """Drive a plan to its result (after the layout check, once per client)."""
+        check = self._layout_plan()
+        if check is not None:
+            await self._drive(check)
+            self._layout_ok = True
+        return await self._drive(plan)
+
+    async def _drive(self, plan: Plan[T]) -> T:
         try:
             step = next(plan)
             while True:

@@ -37,13 +37,15 @@ from memworker.io.plan import (
     is_permanent,
     throw,
 )
-from memworker.io.scripts import script_source
+from memworker.io.scripts import script_key, script_source
 from memworker.settings import Settings
 
 __all__ = [
     "RedisAsyncDriver",
     "RedisSyncDriver",
     "async_redis_client",
+    "is_cluster",
+    "is_transient_redis",
     "redis_client",
     "redis_kwargs",
 ]
@@ -74,27 +76,82 @@ def redis_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
+#: What :func:`is_cluster` learned, by address.
+_topology: dict[tuple[object, ...], bool] = {}
+_topology_lock = threading.Lock()
+
+
+def is_cluster(settings: Settings) -> bool:
+    """True when ``settings`` name a Valkey Cluster: the URL's ``cluster`` parameter
+    (:attr:`Settings.cluster`), else the server's answer to ``INFO cluster``, asked
+    once per address and process (the embedded server is standalone)."""
+    if settings.cluster is not None:
+        return settings.cluster
+    if settings.embedded:
+        return False
+    key = (settings.host, settings.port, settings.tls, settings.username)
+    with _topology_lock:
+        known = _topology.get(key)
+    if known is None:
+        answer = _ask_topology(settings)
+        if answer is None:
+            return False
+        with _topology_lock:
+            _topology[key] = known = answer
+    return known
+
+
+def _ask_topology(settings: Settings) -> bool | None:
+    """``INFO cluster`` on the URL's node; ``None`` when it refused for a reason no
+    retry fixes (a certificate, a password, an ACL without INFO): the client made next
+    reports that refusal in its own terms, and the question is asked again next time.
+    A lost connection or a timeout is raised as redis-py's error, which every caller's
+    retry policy retries."""
+    import redis
+
+    client = redis.Redis.from_url(
+        settings.url(redact=False, scheme="redis"), **redis_kwargs(settings)
+    )
+    try:
+        return str(client.info("cluster").get("cluster_enabled", 0)) == "1"
+    except Exception as exc:
+        if is_transient_redis(exc):
+            raise
+        return None
+    finally:
+        client.close()
+
+
 def redis_client(settings: Settings) -> Any:
-    """A ``redis.Redis`` for ``settings`` (nothing connects until its first command)."""
+    """A ``redis.Redis`` for ``settings``, or a ``redis.cluster.RedisCluster`` when
+    they name a cluster (nothing connects until the first command; a cluster's
+    topology is read then)."""
     import redis
 
     settings = ensure_embedded(settings)  # start or find the embedded server, if it is one
-    return redis.Redis.from_url(
-        settings.url(redact=False, scheme="redis"), **redis_kwargs(settings)
-    )
+    url = settings.url(redact=False, scheme="redis")
+    if is_cluster(settings):
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **redis_kwargs(settings))
+    return redis.Redis.from_url(url, **redis_kwargs(settings))
 
 
 def async_redis_client(settings: Settings) -> Any:
-    """A ``redis.asyncio.Redis`` for ``settings`` (bound to the loop of its first use)."""
+    """A ``redis.asyncio.Redis`` (or ``redis.asyncio.cluster.RedisCluster``) for
+    ``settings``, bound to the loop of its first use."""
     import redis.asyncio
 
     settings = ensure_embedded(settings)  # start or find the embedded server, if it is one
-    return redis.asyncio.Redis.from_url(
-        settings.url(redact=False, scheme="redis"), **redis_kwargs(settings)
-    )
+    url = settings.url(redact=False, scheme="redis")
+    if is_cluster(settings):
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **redis_kwargs(settings))
+    return redis.asyncio.Redis.from_url(url, **redis_kwargs(settings))
 
 
-def _transient(exc: BaseException) -> bool:
+def is_transient_redis(exc: BaseException) -> bool:
     """True for an error a retry may fix: a lost connection or a timeout (not an
     authentication, permission or certificate refusal)."""
     import redis.exceptions as rex
@@ -118,6 +175,16 @@ class _Driver:
     def __init__(self, settings: Settings, errors: ErrorClasses = STORE_ERRORS) -> None:
         self.settings = settings
         self.errors = errors
+        self._layout_ok = False
+
+    def _layout_plan(self) -> Plan[None] | None:
+        """The check that the namespace holds no data of an older key layout
+        (:mod:`memworker.layout`), until it passed once."""
+        if self._layout_ok:
+            return None
+        from memworker.layout import p_refuse_legacy  # memworker.layout imports memworker.io
+
+        return p_refuse_legacy(self.settings.namespace)
 
     def _give_up(self, exc: BaseException) -> Exception:
         return self.errors.lost(
@@ -167,12 +234,13 @@ class RedisSyncDriver(_Driver):
                     pipe.execute_command(*command)
                 return pipe.execute()
         body, sha = script_source(step.name)
+        key = script_key(self.settings)
         try:
-            return client.execute_command("EVALSHA", sha, 0, *step.args)
+            return client.execute_command("EVALSHA", sha, 1, key, *step.args)
         except Exception as exc:
             if not _is_noscript(exc):
                 raise
-            return client.execute_command("EVAL", body, 0, *step.args)
+            return client.execute_command("EVAL", body, 1, key, *step.args)
 
     def call(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(client)`` with the retry policy; errors are raised unwrapped
@@ -181,7 +249,7 @@ class RedisSyncDriver(_Driver):
             try:
                 return fn(self.client())
             except Exception as exc:
-                if not _transient(exc):
+                if not is_transient_redis(exc):
                     raise
                 if attempt == MAX_ATTEMPTS - 1:
                     raise self._give_up(exc) from exc
@@ -203,7 +271,14 @@ class RedisSyncDriver(_Driver):
         return self.call(lambda _client: self._send(step))
 
     def run(self, plan: Plan[T]) -> T:
-        """Drive a plan to its result."""
+        """Drive a plan to its result (after the layout check, once per client)."""
+        check = self._layout_plan()
+        if check is not None:
+            self._drive(check)
+            self._layout_ok = True
+        return self._drive(plan)
+
+    def _drive(self, plan: Plan[T]) -> T:
         try:
             step = next(plan)
             while True:
@@ -259,12 +334,13 @@ class RedisAsyncDriver(_Driver):
                     pipe.execute_command(*command)
                 return await pipe.execute()
         body, sha = script_source(step.name)
+        key = script_key(self.settings)
         try:
-            return await client.execute_command("EVALSHA", sha, 0, *step.args)
+            return await client.execute_command("EVALSHA", sha, 1, key, *step.args)
         except Exception as exc:
             if not _is_noscript(exc):
                 raise
-            return await client.execute_command("EVAL", body, 0, *step.args)
+            return await client.execute_command("EVAL", body, 1, key, *step.args)
 
     async def call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Await ``fn(client)`` with the retry policy (see :meth:`RedisSyncDriver.call`)."""
@@ -272,7 +348,7 @@ class RedisAsyncDriver(_Driver):
             try:
                 return await fn(self.client())
             except Exception as exc:
-                if not _transient(exc):
+                if not is_transient_redis(exc):
                     raise
                 if attempt == MAX_ATTEMPTS - 1:
                     raise self._give_up(exc) from exc
@@ -294,7 +370,14 @@ class RedisAsyncDriver(_Driver):
         return await self.call(lambda _client: self._send(step))
 
     async def run(self, plan: Plan[T]) -> T:
-        """Drive a plan to its result."""
+        """Drive a plan to its result (after the layout check, once per client)."""
+        check = self._layout_plan()
+        if check is not None:
+            await self._drive(check)
+            self._layout_ok = True
+        return await self._drive(plan)
+
+    async def _drive(self, plan: Plan[T]) -> T:
         try:
             step = next(plan)
             while True:

@@ -1,6 +1,6 @@
 -- memworker store reads for the exact search path (no search module). Read-only.
 --
--- Key layout (ns = ARGV[2]; see memworker/keys.py and memworker/store/vectors.py):
+-- Key layout (ns = ARGV[2], the key prefix "{namespace}" (its hash tag); see memworker/keys.py and memworker/store/vectors.py):
 --   ns:tree:<scope>  zset    ids under a scope, scored by created_at
 --   ns:rec:<id>      hash    a record; fields read: embedding, and the filter tokens
 --                            scope_anc, cat_t, meta_t, src_t, vis

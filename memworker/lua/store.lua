@@ -1,6 +1,6 @@
 -- memworker store writes: a record and every side index change in one atomic step.
 --
--- Key layout (ns = ARGV[2]; see memworker/keys.py):
+-- Key layout (ns = ARGV[2], the key prefix "{namespace}" (its hash tag); see memworker/keys.py):
 --   ns:rec:<id>           hash  the record (fields: memworker/store/codec.py)
 --   ns:tree:<scope>       zset  id -> created_at, for the record's scope and each ancestor
 --   ns:children:<scope>   hash  immediate child scope -> number of records under it
@@ -318,7 +318,7 @@ if op == "save" then
   local dim_set = 0
   if dim ~= "" and not stored_dim then
     -- "layout" is memworker.keys.LAYOUT_VERSION
-    redis.call("HSET", ns .. ":meta", "dim", dim, "vtype", vtype, "layout", "1")
+    redis.call("HSET", ns .. ":meta", "dim", dim, "vtype", vtype, "layout", "2")
     dim_set = 1
   end
   local inserted = 0

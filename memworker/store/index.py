@@ -3,7 +3,7 @@ fields the index covers and how, and :meth:`IndexSchema.create_command` builds t
 ``FT.CREATE`` arguments from it (the form valkey-search and RediSearch both accept).
 No I/O.
 
-The index covers the record hashes (prefix ``ns:rec:``, :class:`memworker.keys.Keys`):
+The index covers the record hashes (prefix ``{ns}:rec:``, :class:`memworker.keys.Keys`):
 the embedding as an HNSW vector with cosine distance, and the filter-token fields
 (:mod:`memworker.store.tokens`) as comma-separated tags. It has no NUMERIC fields: no
 query filters on them (dates and importance are read back from the hash), and each

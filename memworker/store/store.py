@@ -12,6 +12,7 @@ exact numpy scan otherwise. The key layout is :class:`memworker.keys.Keys`.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -233,6 +234,18 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
     def reset(self, scope_prefix: str | None = None) -> None:
         """Delete every record in a scope and below; ``None`` also forgets the dimension."""
         self._sync.run(self._p_reset(scope_prefix))
+
+    def ensure_index(self, timeout: float = 600.0) -> bool | None:
+        """Create the vector index of a namespace that has records and wait until the
+        search module indexed all of them (after ``memworker migrate``, or on the new
+        shard after a resharding moved the namespace). ``None`` without a search module
+        or records; ``False`` if indexing did not finish within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            built = self._sync.run(self._p_index_built())
+            if built is not False or time.monotonic() > deadline:
+                return built
+            time.sleep(0.1)
 
     def close(self) -> None:
         """Close the sync client (the async one is closed by :meth:`aclose`)."""

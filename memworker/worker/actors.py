@@ -51,6 +51,7 @@ from memworker.queue.jobs import (
     needs_flow,
 )
 from memworker.queue.payload import check_encode_job, parse_job, records_from_save_job
+from memworker.layout import refuse_legacy
 from memworker.settings import Settings
 from memworker.store.codec import to_rows
 from memworker.store.store import NotPending, ValkeyStore
@@ -206,6 +207,7 @@ def make_broker(
     (``inflight_records=0`` turns it off)."""
     settings = Settings.resolve(settings)
     broker = MemworkerBroker(settings, heartbeat_timeout=heartbeat_timeout_ms)
+    refuse_legacy(settings, broker.client)  # never serve a namespace of an older key layout
     for m in broker.middleware:
         if isinstance(m, Retries):
             m.max_retries = max_retries

@@ -134,7 +134,7 @@ class Workers:
 
     def wait_live(self, client: Any, n: int = 1, timeout: float = 30) -> None:
         """Until ``n`` worker health keys are fresh (the workers took their first dispatch)."""
-        key = f"{self.namespace}:workers"
+        key = f"{{{self.namespace}}}:workers"
         wait_for(lambda: client.zcount(key, int(time.time() * 1000) - 3000, "+inf") >= n,
                  timeout, f"{n} live worker(s)")
 
@@ -167,7 +167,7 @@ class Audit:
 def _store_version(client: Any, namespace: str) -> Any:
     """The store's change-log position: every record write appends to it atomically."""
     try:
-        info = client.xinfo_stream(f"{namespace}:changes")
+        info = client.xinfo_stream(f"{{{namespace}}}:changes")
     except Exception:  # noqa: BLE001 - no stream: nothing written, or the namespace emptied
         return None
     return info.get("last-generated-id"), info.get("entries-added")
@@ -189,14 +189,14 @@ def audit(client: Any, namespace: str) -> Audit:
 
 
 def _audit_once(client: Any, namespace: str) -> Audit:
-    ids = {k.decode().split(":rec:", 1)[1] for k in client.scan_iter(f"{namespace}:rec:*", count=1000)}
-    root = client.zcard(f"{namespace}:tree:/")
+    ids = {k.decode().split(":rec:", 1)[1] for k in client.scan_iter(f"{{{namespace}}}:rec:*", count=1000)}
+    root = client.zcard(f"{{{namespace}}}:tree:/")
     bad: list[str] = []
     cats: dict[str, int] = {}
     pipe = client.pipeline(transaction=False)
     ordered = sorted(ids)
     for i in ordered:
-        pipe.hmget(f"{namespace}:rec:{i}", "content", "scope", "embedding", "categories")
+        pipe.hmget(f"{{{namespace}}}:rec:{i}", "content", "scope", "embedding", "categories")
     rows = pipe.execute() if ordered else []
     scopes: dict[str, list[str]] = {}
     for i, (content, scope, emb, catj) in zip(ordered, rows):
@@ -210,9 +210,9 @@ def _audit_once(client: Any, namespace: str) -> Audit:
     pipe = client.pipeline(transaction=False)
     flat = [(s, i) for s, members in scopes.items() for i in members]
     for s, i in flat:
-        pipe.zscore(f"{namespace}:tree:{s}", i)
+        pipe.zscore(f"{{{namespace}}}:tree:{s}", i)
     for (s, i), score in zip(flat, pipe.execute() if flat else []):
         if score is None:
             bad.append(i)
-    stored = {k.decode(): int(v) for k, v in client.hgetall(f"{namespace}:cats:/").items()}
+    stored = {k.decode(): int(v) for k, v in client.hgetall(f"{{{namespace}}}:cats:/").items()}
     return Audit(len(ids), ids, root, bad, stored == cats)

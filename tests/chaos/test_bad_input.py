@@ -37,7 +37,7 @@ def test_api_rejects_bad_input_and_writes_nothing(chaos_server, ns):
         with pytest.raises(ValidationError):
             q.enqueue_save([{"id": "r", "content": "c", "embedding": ["a"]}])
         rejected += 1
-    written = len(list(client.scan_iter(f"{ns}:*")))
+    written = len(list(client.scan_iter(f"{{{ns}}}:*")))
     record("Bad input: API", injections=rejected, lost=0, written_keys=written)
     assert written == 0
 
@@ -103,11 +103,11 @@ def _crafted(chaos_server, ns, cli_workers, extra, fault, only=False, drain_time
         crafted.append(("not JSON", rid, None, data.replace(b"%s", rid.encode())))
     pipe = client.pipeline(transaction=True)
     for _, rid, mid, data in crafted:
-        pipe.hset(f"{ns}:dq:default.msgs", rid, data)
-        pipe.rpush(f"{ns}:dq:default", rid)
-        pipe.rpush(f"{ns}:dq:default.wake", "1")
+        pipe.hset(f"{{{ns}}}:dq:default.msgs", rid, data)
+        pipe.rpush(f"{{{ns}}}:dq:default", rid)
+        pipe.rpush(f"{{{ns}}}:dq:default.wake", "1")
         if mid:
-            pipe.zadd(f"{ns}:pending:{producer}", {mid: 1})
+            pipe.zadd(f"{{{ns}}}:pending:{producer}", {mid: 1})
     pipe.execute()
     workers = cli_workers()
     proc = workers.start()

@@ -19,21 +19,21 @@ from memworker.queue.producer import MemoryQueue
 def _acked(client, ns):
     """Message ids held (fetched, unacked) by any broker, by acks key."""
     out = {}
-    for key in client.scan_iter(f"{ns}:dq:__acks__.*"):
+    for key in client.scan_iter(f"{{{ns}}}:dq:__acks__.*"):
         out[key.decode()] = {m.decode() for m in client.smembers(key)}
     return out
 
 
 def _message_id(client, ns, job_id):
     """The dramatiq (redis) message id carrying a job, or None once it was acked."""
-    for redis_id, data in client.hgetall(f"{ns}:dq:default.msgs").items():
+    for redis_id, data in client.hgetall(f"{{{ns}}}:dq:default.msgs").items():
         if job_id.encode() in data:
             return redis_id.decode()
     return None
 
 
 def _stats(client, ns, name):
-    return int(client.hget(f"{ns}:stats", name) or 0)
+    return int(client.hget(f"{{{ns}}}:stats", name) or 0)
 
 
 def test_sigkill_during_embedding_every_job_redelivered_once(chaos_server, ns, workdir, cli_workers):
@@ -77,7 +77,7 @@ def test_sigkill_after_commit_before_ack_leaves_no_duplicate(chaos_server, ns, w
     record_ids: list[str] = []
     with MemoryQueue(chaos_server.url, namespace=ns, producer_id="p2") as q:
         sub = client.pubsub(ignore_subscribe_messages=True)
-        sub.subscribe(f"{ns}:done:p2")
+        sub.subscribe(f"{{{ns}}}:done:p2")
         q.pending()  # the queue's connection is open before the count below
         sub.get_message(timeout=1)  # and the subscription's
         for it in range(iterations):
@@ -113,7 +113,7 @@ def test_sigkill_after_commit_before_ack_leaves_no_duplicate(chaos_server, ns, w
         sub.close()
         workers.start()
         # Redelivery of the unacked ones: every job re-runs and rewrites the same ids.
-        wait_for(lambda: not any(_acked(client, ns).values()) and client.llen(f"{ns}:dq:default") == 0,
+        wait_for(lambda: not any(_acked(client, ns).values()) and client.llen(f"{{{ns}}}:dq:default") == 0,
                  60, "every unacked job redelivered and acked")
         assert q.drain(timeout=30).failed == []
         a = audit(client, ns)
@@ -130,7 +130,7 @@ def test_sigkill_after_commit_before_ack_leaves_no_duplicate(chaos_server, ns, w
     # Each unacked job was delivered again, and its second commit found its pending
     # mark gone: it wrote, marked and counted nothing (issue 17.2), so each job counts once.
     assert committed == iterations
-    assert int(client.hget(f"{ns}:cats:/", "x")) == 5 * iterations
+    assert int(client.hget(f"{{{ns}}}:cats:/", "x")) == 5 * iterations
     if path == "per-message":
         assert before_ack >= 1, "no kill landed between commit and ack: the fault was not injected"
     else:
@@ -204,7 +204,7 @@ def test_sigterm_with_prefetched_jobs_processed_plus_requeued_is_enqueued(
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(30)
         processed = n - len(q.pending())
-        requeued = client.llen(f"{ns}:dq:default")
+        requeued = client.llen(f"{{{ns}}}:dq:default")
         still_held = sum(len(v) for v in _acked(client, ns).values())
         workers.start()
         report = q.drain(timeout=60, job_ids=jobs)
@@ -261,7 +261,7 @@ def test_consumer_close_requeues_its_fetched_but_unhanded_messages(chaos_server,
         consumer.requeue([first])  # what Worker.stop does with its work queue
         consumer.close()
         held = sum(len(v) for v in _acked(client, ns).values())
-        assert client.llen(f"{ns}:dq:default") == 3 and held == 0
+        assert client.llen(f"{{{ns}}}:dq:default") == 3 and held == 0
     finally:
         broker.close()
         broker.context.close()

@@ -18,7 +18,7 @@ FAKE_ID = "00000000-0000-4000-8000-00000000dead"
 
 
 def _stats(client, ns):
-    return {k.decode(): int(v) for k, v in client.hgetall(f"{ns}:stats").items()}
+    return {k.decode(): int(v) for k, v in client.hgetall(f"{{{ns}}}:stats").items()}
 
 
 def _runs(calls):
@@ -45,7 +45,7 @@ def test_hostile_metadata_keys_in_message_tracking(chaos_server, ns, workdir, cl
         jobs = [q.enqueue_encode_job([item]) for item in hostile]
         target_job, (target,) = jobs[0]
         # The slow job's message as enqueued, for a duplicate delivery later.
-        (data,) = [d for d in client.hgetall(f"{ns}:dq:default.msgs").values()
+        (data,) = [d for d in client.hgetall(f"{{{ns}}}:dq:default.msgs").values()
                    if target_job.encode() in d]
         workers.start(threads=2)
         report = q.drain(timeout=90, job_ids=[j for j, _ in jobs])
@@ -60,13 +60,13 @@ def test_hostile_metadata_keys_in_message_tracking(chaos_server, ns, workdir, cl
         msg = json.loads(data)
         msg["options"]["redis_message_id"] = dup
         with client.pipeline(transaction=True) as pipe:
-            pipe.hset(f"{ns}:dq:default.msgs", dup, json.dumps(msg))
-            pipe.rpush(f"{ns}:dq:default", dup)
-            pipe.rpush(f"{ns}:dq:default.wake", "1")
+            pipe.hset(f"{{{ns}}}:dq:default.msgs", dup, json.dumps(msg))
+            pipe.rpush(f"{{{ns}}}:dq:default", dup)
+            pipe.rpush(f"{{{ns}}}:dq:default.wake", "1")
             pipe.execute()
         wait_for(lambda: _runs(calls).get(hostile[0]["text"], 0) > first_runs[hostile[0]["text"]],
                  30, "the duplicate delivery's embedding")
-        wait_for(lambda: not client.hexists(f"{ns}:dq:default.msgs", dup), 30,
+        wait_for(lambda: not client.hexists(f"{{{ns}}}:dq:default.msgs", dup), 30,
                  "the duplicate's ack")
         after = store.get_record(target)
         again = q.drain(timeout=30, job_ids=[target_job])

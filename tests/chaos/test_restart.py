@@ -58,7 +58,7 @@ def test_valkey_sigkill_under_load(fsync, ns, workdir):
             while not stop.is_set():
                 try:
                     sub = redis.Redis(host="127.0.0.1", port=server.port).pubsub()
-                    sub.subscribe(f"{ns}:done:p4")
+                    sub.subscribe(f"{{{ns}}}:done:p4")
                     while not stop.is_set():
                         m = sub.get_message(ignore_subscribe_messages=True, timeout=0.2)
                         if m:
@@ -123,10 +123,10 @@ def test_drain_does_not_report_a_lost_job_committed(ns):
         server.kill()
         server.start()
         client = server.client()
-        assert client.zcard(f"{ns}:pending:pl") == 0  # the enqueue really was lost
+        assert client.zcard(f"{{{ns}}}:pending:pl") == 0  # the enqueue really was lost
         with MemoryQueue(server.url, namespace=ns, producer_id="pl") as q:
             report = q.drain(timeout=2, job_ids=[job])
-        assert not client.exists(f"{ns}:rec:{ids[0]}")
+        assert not client.exists(f"{{{ns}}}:rec:{ids[0]}")
         assert report.committed == 0, "drain reported a lost job as committed"
     finally:
         server.stop()

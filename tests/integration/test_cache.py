@@ -9,6 +9,8 @@ import pytest
 
 from memworker import ValidationError, ValkeyCache
 
+ON_CLUSTER = True  # also on the test clusters (tests/conftest.py)
+
 
 @pytest.fixture
 def cache(server, namespace):
@@ -48,7 +50,7 @@ def test_ttl_expires_and_default_ttl_applies(server, namespace):
 def test_keys_live_under_namespace_and_prefix(server, namespace, raw):
     c = ValkeyCache(server.url, namespace=namespace, prefix="p1")
     c.set("k", 1)
-    assert raw.exists(f"{namespace}:cache:p1:k")
+    assert raw.exists(f"{{{namespace}}}:cache:p1:k")
     other = ValkeyCache(server.url, namespace=namespace, prefix="p2")
     assert other.get("k") is None
     c.close()
@@ -68,7 +70,7 @@ def test_keys_live_under_namespace_and_prefix(server, namespace, raw):
 def test_bad_input_is_rejected_and_nothing_written(cache, raw, namespace, call, field):
     with pytest.raises(ValidationError, match=field):
         call(cache)
-    assert raw.keys(f"{namespace}:*") == []
+    assert list(raw.scan_iter(match=f"{{{namespace}}}:*")) == []
 
 
 def test_async_face_matches_sync(cache):

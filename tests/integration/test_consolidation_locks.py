@@ -45,7 +45,7 @@ def _free(client, namespace, scope):
 
 
 def _lock_keys(client, namespace):
-    return sorted(client.scan_iter(match=f"{namespace}:lock:*"))
+    return sorted(client.scan_iter(match=f"{{{namespace}}}:lock:*"))
 
 
 def _under(client, namespace, scope):
@@ -123,7 +123,7 @@ def test_scope_lock_takes_a_lock_key(client, namespace):
     with crewai_locks.scope_lock(client, crewai_locks.lock_key(namespace, "/a")) as scope:
         assert scope == "/a"
         _busy(client, namespace, "/a/b", "/a")
-    with pytest.raises(ValidationError), crewai_locks.scope_lock(client, f"{namespace}:something:/a"):
+    with pytest.raises(ValidationError), crewai_locks.scope_lock(client, f"{{{namespace}}}:something:/a"):
         pass
 
 

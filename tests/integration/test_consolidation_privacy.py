@@ -24,6 +24,8 @@ from memworker.crewai.testing import StandInLLM  # noqa: E402
 from memworker.settings import Settings  # noqa: E402
 from memworker.store.store import ValkeyStore  # noqa: E402
 
+ON_CLUSTER = True  # also on the test clusters (tests/conftest.py)
+
 FACTORY = "memworker.crewai.testing:scripted_memory_config"
 FIELDS = {"scope": "/team", "categories": ["pin"], "importance": 0.5}
 ALICE_TEXT = "my card PIN is 4321"
@@ -274,7 +276,7 @@ def test_a_duplicate_delivery_of_a_committed_flow_job_runs_no_consolidation(
             store.update(merged)
             calls = len(llm.shown)
             again = message["options"]["redis_message_id"] = "00000000-0000-4000-8000-0000000002"
-            with raw.pipeline(transaction=True) as pipe:
+            with raw.pipeline(transaction=False) as pipe:  # (hset before rpush; a cluster has no MULTI here)
                 pipe.hset(keys.msgs(), again, json.dumps(message))
                 pipe.rpush(keys.q(), again)
                 pipe.rpush(keys.wake(), "1")

@@ -156,7 +156,7 @@ def test_worker_fast_path_drops_near_duplicates_of_one_job(qsettings, table, raw
         assert [i for i, rec in kept.items() if rec is None] == [1, 3]  # near and exact copies
         assert [kept[i].content for i in (0, 2, 4, 5)] == ["alpha", "beta", "alpha-far", "gamma"]
         assert kept[0].embedding == pytest.approx(VECTORS["alpha"].tolist())
-        assert not rawq.hexists(f"{qsettings.namespace}:rec:{ids[0]}", "flow")
+        assert not rawq.hexists(f"{{{qsettings.namespace}}}:rec:{ids[0]}", "flow")
         # Dedup is per job: the same text in another job is stored again.
         assert store.get_record(other_ids[0]).content == "alpha"
         assert store.count("/d") == 5
@@ -167,7 +167,7 @@ def test_worker_fast_path_drops_near_duplicates_of_one_job(qsettings, table, raw
     }  # fmt: skip
     assert 0 < rawq.pttl(queue_jobs.result_key(qsettings.namespace, job)) <= queue_jobs.RESULT_TTL_MS
     assert rawq.exists(queue_jobs.result_key(qsettings.namespace, other)) == 0  # nothing dropped
-    assert rawq.hget(f"{qsettings.namespace}:stats", "records") == "5"
+    assert rawq.hget(f"{{{qsettings.namespace}}}:stats", "records") == "5"
 
 
 def test_worker_fast_path_threshold_comes_with_the_job(qsettings, table):

@@ -96,14 +96,14 @@ def test_server_error_is_wrapped_without_retry(plain_server, namespace):
     raw = redis.Redis(port=plain_server.port)
     q = MemoryQueue(plain_server.url, namespace=namespace, producer_id="p")
     try:
-        raw.set(f"{namespace}:pending:p", "not a sorted set")
+        raw.set(f"{{{namespace}}}:pending:p", "not a sorted set")
         started = time.monotonic()
         with pytest.raises(QueueError, match="WRONGTYPE|wrong kind") as info:
             q.enqueue_encode(["x"])
         assert time.monotonic() - started < 1
         assert not isinstance(info.value, ConnectionLostError)
     finally:
-        raw.delete(f"{namespace}:pending:p")
+        raw.delete(f"{{{namespace}}}:pending:p")
         q.close()
         raw.close()
 

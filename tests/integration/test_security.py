@@ -195,7 +195,7 @@ def readme_acl_rules(namespace: str, *, module: bool, suffix: str = "") -> dict[
             name = args[2]
             args[2] = name + suffix
             rules[name] = [
-                a.replace("PASSWORD", PASSWORD).replace("ns:", f"{namespace}:") for a in args
+                a.replace("PASSWORD", PASSWORD).replace("{ns}:", f"{{{namespace}}}:") for a in args
             ]
         elif line.startswith("#") and "with a search module" in line and module:
             found = re.search(r"add ((?:\+\S+ )+)with a search module", line)
@@ -285,7 +285,7 @@ def test_list_records_reads_with_the_script_when_the_acl_refuses_sort(acl_server
     admin.save(_records(7, scope="/sec/pages"))
     want = [r.id for r in admin.list_records("/sec/pages", limit=4, offset=2)]
     assert len(want) == 4 and admin._state.sort_page  # the admin reads pages with SORT_RO
-    for user in ("agent", "reader"):  # -@dangerous on ~sec:* only
+    for user in ("agent", "reader"):  # -@dangerous on ~{sec}:* only
         store = ValkeyStore(f"valkey://{user}:{PASSWORD}@127.0.0.1:{acl_server.port}", namespace="sec")
         for _ in range(2):
             assert [r.id for r in store.list_records("/sec/pages", limit=4, offset=2)] == want
@@ -360,7 +360,7 @@ def test_readme_acl_users_cannot_list_another_namespaces_key_names(acl_server) -
                 allowed[(user, name)] = repr(reply)
             client.close()
         assert set(allowed) == {("worker", "KEYS")}, allowed
-        assert "other:rec:" in allowed[("worker", "KEYS")]  # the residual exposure
+        assert "{other}:rec:" in allowed[("worker", "KEYS")]  # the residual exposure
     finally:
         listener.close()
         other.reset()
@@ -378,7 +378,7 @@ def test_readme_acl_one_database_per_tenant(acl_server) -> None:
     admin = _admin(acl_server)
     for rule in readme_acl_rules("t1", module=False, suffix="-t1").values():
         admin.execute_command(*rule, "db=1")
-    admin.set("other:rec:in-db-0", "x")
+    admin.set("{other}:rec:in-db-0", "x")
     base = f"127.0.0.1:{acl_server.port}/1"
     agent = Settings.from_url(f"valkey://agent-t1:{PASSWORD}@{base}", namespace="t1")
     worker = Settings.from_url(f"valkey://worker-t1:{PASSWORD}@{base}", namespace="t1")
@@ -393,7 +393,7 @@ def test_readme_acl_one_database_per_tenant(acl_server) -> None:
         reader.close()
         client = redis.Redis(port=acl_server.port, db=1, username="worker-t1", password=PASSWORD)
         names = client.keys("*")
-        assert names and all(n.startswith(b"t1:") for n in names), names
+        assert names and all(n.startswith(b"{t1}:") for n in names), names
         with pytest.raises(redis.exceptions.NoPermissionError):
             client.execute_command("SELECT", "0")
         client.close()
@@ -404,7 +404,7 @@ def test_readme_acl_one_database_per_tenant(acl_server) -> None:
     finally:
         store.reset()
         store.close()
-        admin.delete("other:rec:in-db-0")
+        admin.delete("{other}:rec:in-db-0")
         admin.close()
 
 

@@ -23,6 +23,8 @@ from crewai.memory.storage.backend import EmbeddingDimensionMismatchError
 from memworker import ValidationError, ValkeyStore
 from memworker.records import record_types
 
+ON_CLUSTER = True  # also on the test clusters (tests/conftest.py)
+
 MemoryRecord, ScopeInfo = record_types()
 
 DIM = 8
@@ -111,7 +113,7 @@ def everything(
 
 
 def ns_keys(raw: Any, store: ValkeyStore) -> list[str]:
-    return sorted(k.decode() for k in raw.keys(f"{store.keys.namespace}:*"))
+    return sorted(k.decode() for k in raw.scan_iter(match=f"{store.keys.prefix}:*"))
 
 
 def cosine(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -608,7 +610,7 @@ def test_update_moves_scope_and_categories(store: ValkeyStore, raw: Any) -> None
     assert hits[0][1] == pytest.approx(1.0, abs=tol(store))
     assert ids(store.search(query, categories=["c3"], limit=5)) == ["m"]
     ns = store.keys.namespace
-    assert not raw.exists(f"{ns}:tree:/a/x", f"{ns}:cats:/a/x", f"{ns}:children:/a/x")
+    assert not raw.exists(f"{{{ns}}}:tree:/a/x", f"{{{ns}}}:cats:/a/x", f"{{{ns}}}:children:/a/x")
 
 
 def test_update_with_embedding_replaces_vector(store: ValkeyStore) -> None:
@@ -880,7 +882,7 @@ def test_touch_records(store: ValkeyStore, raw: Any) -> None:
     assert got.created_at == a.created_at
     assert_same(store.get_record("b"), b)
     assert store.get_record("missing") is None
-    assert not raw.exists(f"{store.keys.namespace}:rec:missing")
+    assert not raw.exists(f"{store.keys.prefix}:rec:missing")
     assert store.count() == 2 and store.count("/t") == 2
     store.touch_records([])
     store.touch_records(["nobody"])
@@ -1151,7 +1153,7 @@ def test_side_index_keys_are_gone_after_everything_is_deleted(store: ValkeyStore
     remaining = store.count()
     assert store.delete() == remaining
     assert store.count() == 0
-    left = [k for k in ns_keys(raw, store) if k != f"{ns}:meta"]
+    left = [k for k in ns_keys(raw, store) if k != f"{{{ns}}}:meta"]
     assert left == []
 
 
@@ -1296,7 +1298,7 @@ def test_records_without_embedding_do_not_set_the_dimension(store_factory: Any, 
     store.save([mk("a", embedding=None), mk("b", embedding=[])])
     assert store.count() == 2
     assert store.search(vec(1), limit=5) == []
-    assert raw.hget(f"{store.keys.namespace}:meta", "dim") is None
+    assert raw.hget(f"{store.keys.prefix}:meta", "dim") is None
     # the first real vector sets it, whatever its dimension
     store.save([mk("c", embedding=vec(1, dim=5))])
     assert ids(store.search(vec(1, dim=5), limit=5)) == ["c"]

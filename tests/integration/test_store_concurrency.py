@@ -20,6 +20,8 @@ import numpy as np
 from memworker import ValidationError, ValkeyStore
 from memworker.records import record_types
 
+ON_CLUSTER = True  # also on the test clusters (tests/conftest.py)
+
 MemoryRecord = record_types()[0]
 
 DIM = 4
@@ -123,8 +125,8 @@ def assert_indexes_match_records(store: ValkeyStore, raw: Any) -> None:
         assert sorted(r.id for r, _ in hits) == sorted(r.id for r in inside), scope
     # no record hash outside the pool's live ids, no side-index key of an empty scope
     ns = store.keys.namespace
-    keys = {k.decode() for k in raw.keys(f"{ns}:*")}
-    assert {k for k in keys if k.startswith(f"{ns}:rec:")} == {f"{ns}:rec:{r.id}" for r in records}
+    keys = {k.decode() for k in raw.scan_iter(match=f"{{{ns}}}:*")}
+    assert {k for k in keys if k.startswith(f"{{{ns}}}:rec:")} == {f"{{{ns}}}:rec:{r.id}" for r in records}
     live = {a for r in records for a in ALL_SCOPES if in_scope(r.scope, a)}
     assert {k.split(":tree:", 1)[1] for k in keys if ":tree:" in k} == live
     assert {k.split(":cats:", 1)[1] for k in keys if ":cats:" in k} == {

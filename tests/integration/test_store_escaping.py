@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from memworker import ValkeyStore
 from memworker.records import record_types
 
+ON_CLUSTER = True  # also on the test clusters (tests/conftest.py)
+
 MemoryRecord = record_types()[0]
 
 DIM = 6

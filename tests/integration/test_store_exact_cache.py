@@ -219,7 +219,7 @@ def test_trimmed_log_forces_a_full_reload(factory: Any, rawp: Any) -> None:
     writer.save([rec(i, 50 + n) for n, i in enumerate(pool[5:])])
     writer.delete(record_ids=["t0"])
     # what MAXLEN ~ does once the log outgrows its cap: the oldest entries go
-    rawp.xtrim(f"{writer.keys.namespace}:changes", maxlen=1, approximate=False)
+    rawp.xtrim(f"{writer.keys.prefix}:changes", maxlen=1, approximate=False)
     check(searcher, writer, pool, q(2), limit=10)
     assert gen(searcher) == before + 1
     # and from there on, incremental again
@@ -230,7 +230,7 @@ def test_trimmed_log_forces_a_full_reload(factory: Any, rawp: Any) -> None:
 
 def test_log_entries_are_written_with_the_records(factory: Any, rawp: Any) -> None:
     store = factory()
-    key = f"{store.keys.namespace}:changes"
+    key = f"{store.keys.prefix}:changes"
     store.save([rec("a", 1), rec("b", 2)])
     store.update(rec("a", 1, scope="/a", embedding=None))
     store.touch_records(["a", "b"])  # not logged
@@ -238,9 +238,9 @@ def test_log_entries_are_written_with_the_records(factory: Any, rawp: Any) -> No
     # one entry per write call, listing the ids it changed
     logged = [fields[b"i"].decode().split("\n") for _, fields in rawp.xrange(key)]
     assert logged == [["a", "b"], ["a"], ["b"]]
-    assert rawp.hget(f"{store.keys.namespace}:meta", "log") is not None
+    assert rawp.hget(f"{store.keys.prefix}:meta", "log") is not None
     store.delete(record_ids=["a"])  # the namespace is empty: the log goes
-    assert not rawp.exists(key) and rawp.hget(f"{store.keys.namespace}:meta", "log") is None
+    assert not rawp.exists(key) and rawp.hget(f"{store.keys.prefix}:meta", "log") is None
 
 
 def test_reset_and_emptying_the_namespace_invalidate_every_cache(factory: Any) -> None:
@@ -330,8 +330,8 @@ def test_records_older_than_the_log_are_cached_and_replaced(factory: Any, rawp: 
     pool = ["o1", "o2", "o3"]
     writer.save([rec(i, n) for n, i in enumerate(pool)])
     ns = writer.keys.namespace
-    rawp.delete(f"{ns}:changes")
-    rawp.hdel(f"{ns}:meta", "log")
+    rawp.delete(f"{{{ns}}}:changes")
+    rawp.hdel(f"{{{ns}}}:meta", "log")
     check(searcher, writer, pool, q(1))
     writer.delete(record_ids=["o2"])  # creates a log: a new incarnation, so a reload
     check(searcher, writer, pool, q(2))
@@ -436,7 +436,7 @@ def test_random_interleavings_match_brute_force(factory: Any, rawp: Any) -> None
             asyncio.run(writer.asave(records))
             asyncio.run(writer.aclose())
         elif op < 0.95:
-            rawp.xtrim(f"{ns}:changes", maxlen=rng.randint(0, 3), approximate=False)
+            rawp.xtrim(f"{{{ns}}}:changes", maxlen=rng.randint(0, 3), approximate=False)
         elif op < 0.97:
             writer.reset(rng.choice(["/a", None]))
         for searcher in searchers:

@@ -87,10 +87,10 @@ def test_server_error_surfaces_without_retry(plain_server, namespace):
 
     raw = valkey.Valkey(port=plain_server.port)
     store = ValkeyStore(plain_server.url, namespace=namespace)
-    raw.set(f"{namespace}:tree:/", "not a sorted set")
+    raw.set(f"{{{namespace}}}:tree:/", "not a sorted set")
     with pytest.raises(StoreError, match="WRONGTYPE|wrong kind"):
         store.count()
-    raw.delete(f"{namespace}:tree:/")
+    raw.delete(f"{{{namespace}}}:tree:/")
     assert store.count() == 0
     store.close()
     raw.close()

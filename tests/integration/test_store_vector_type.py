@@ -23,7 +23,7 @@ def f16(values: Any) -> list[float]:
 
 
 def stored_bytes(raw: Any, store: ValkeyStore, rid: str) -> bytes:
-    return raw.hget(f"{store.keys.namespace}:rec:{rid}", "embedding")
+    return raw.hget(f"{store.keys.prefix}:rec:{rid}", "embedding")
 
 
 def test_auto_is_float16_with_redisearch_and_float32_without(store_factory, server, raw) -> None:
@@ -32,7 +32,7 @@ def test_auto_is_float16_with_redisearch_and_float32_without(store_factory, serv
     assert store.vector_type == want
     record = mk("a", seed=1)
     store.save([record])
-    assert raw.hget(f"{store.keys.namespace}:meta", "vtype").decode() == want
+    assert raw.hget(f"{store.keys.prefix}:meta", "vtype").decode() == want
     assert len(stored_bytes(raw, store, "a")) == DIM * (2 if want == "float16" else 4)
     got = store.get_record("a")
     if want == "float16":
@@ -104,7 +104,7 @@ def test_a_namespace_keeps_the_type_of_its_first_write(server, namespace, raw) -
         first.reset()
         second.save([mk("c", seed=3)])
         first.save([mk("d", seed=4)])
-        vtype = raw.hget(f"{namespace}:meta", "vtype").decode()
+        vtype = raw.hget(f"{{{namespace}}}:meta", "vtype").decode()
         width = 2 * DIM if vtype == "float16" else 4 * DIM
         assert first.vector_type == second.vector_type == vtype
         assert len(stored_bytes(raw, first, "c")) == len(stored_bytes(raw, first, "d")) == width

@@ -13,6 +13,8 @@ from memworker import ValidationError, ValkeyStore
 from memworker.store.codec import to_rows
 from memworker.store.store import JobWrite
 
+ON_CLUSTER = True  # also on the test clusters (tests/conftest.py)
+
 DIM = 8
 
 
@@ -32,21 +34,21 @@ def _rows(ids: list[str], scope: str = "/jobs", dim: int = DIM, content: str = "
 
 
 def _job(ns: str, job_id: str, ids: list[str], **kw: Any) -> JobWrite:
-    pending = f"{ns}:test-pending"
-    marker = f"{ns}:test-done"
+    pending = f"{{{ns}}}:test-pending"
+    marker = f"{{{ns}}}:test-done"
     return JobWrite(_rows(ids, **kw), pending, job_id, [["SADD", marker, job_id]])
 
 
 def test_jobs_commit_together_and_a_job_not_pending_is_skipped_whole(store: ValkeyStore, raw) -> None:
     ns = store.keys.namespace
-    raw.zadd(f"{ns}:test-pending", {"a": 1, "c": 1})  # "b" is not pending (a duplicate)
+    raw.zadd(f"{{{ns}}}:test-pending", {"a": 1, "c": 1})  # "b" is not pending (a duplicate)
     jobs = [_job(ns, "a", ["a1", "a2"]), _job(ns, "b", ["b1"]), _job(ns, "c", ["c1", "c2", "c3"])]
-    inserted, skipped = store.write_jobs(jobs, [["SADD", f"{ns}:test-tail", "x"]])
+    inserted, skipped = store.write_jobs(jobs, [["SADD", f"{{{ns}}}:test-tail", "x"]])
     assert (inserted, skipped) == (5, [1])
     assert store.count() == 5 and store.get_record("b1") is None
     assert store.get_record("c3").content == "v1 c3"
-    assert set(raw.smembers(f"{ns}:test-done")) == {b"a", b"c"}  # commands of pending jobs only
-    assert set(raw.smembers(f"{ns}:test-tail")) == {b"x"}  # the tail always
+    assert set(raw.smembers(f"{{{ns}}}:test-done")) == {b"a", b"c"}  # commands of pending jobs only
+    assert set(raw.smembers(f"{{{ns}}}:test-tail")) == {b"x"}  # the tail always
     assert store.list_categories() == {"c": 5}
     hits = store.search(_vec(0), scope_prefix="/jobs", limit=10)
     assert {r.id for r, _ in hits} == {"a1", "b1", "c1", "a2", "c2", "c3"} - {"b1"}
@@ -55,10 +57,10 @@ def test_jobs_commit_together_and_a_job_not_pending_is_skipped_whole(store: Valk
 def test_every_job_skipped_still_runs_the_tail(store: ValkeyStore, raw) -> None:
     ns = store.keys.namespace
     inserted, skipped = store.write_jobs(
-        [_job(ns, "a", ["a1"]), _job(ns, "b", ["b1"])], [["SADD", f"{ns}:test-tail", "acked"]]
+        [_job(ns, "a", ["a1"]), _job(ns, "b", ["b1"])], [["SADD", f"{{{ns}}}:test-tail", "acked"]]
     )
     assert (inserted, skipped) == (0, [0, 1])
-    assert store.count() == 0 and set(raw.smembers(f"{ns}:test-tail")) == {b"acked"}
+    assert store.count() == 0 and set(raw.smembers(f"{{{ns}}}:test-tail")) == {b"acked"}
 
 
 def test_a_record_updated_after_its_job_was_enqueued_is_left_as_it_is(store: ValkeyStore, raw) -> None:
@@ -71,7 +73,7 @@ def test_a_record_updated_after_its_job_was_enqueued_is_left_as_it_is(store: Val
     rec.content = "updated by the user"
     store.update(rec)
     upd = int(raw.hget(store.keys.rec("r1"), "upd"))
-    raw.zadd(f"{ns}:test-pending", {"old": upd - 1_000, "new": upd + 1_000})
+    raw.zadd(f"{{{ns}}}:test-pending", {"old": upd - 1_000, "new": upd + 1_000})
     jobs = [_job(ns, "old", ["r1"], content="old job"), _job(ns, "new", ["r2"], content="new job")]
     assert store.write_jobs(jobs) == (0, [])
     assert store.get_record("r1").content == "updated by the user"
@@ -81,14 +83,14 @@ def test_a_record_updated_after_its_job_was_enqueued_is_left_as_it_is(store: Val
 
 def test_one_dimension_per_call(store: ValkeyStore, raw) -> None:
     ns = store.keys.namespace
-    raw.zadd(f"{ns}:test-pending", {"a": 1, "b": 1})
+    raw.zadd(f"{{{ns}}}:test-pending", {"a": 1, "b": 1})
     with pytest.raises(ValidationError, match="dimensions"):
         store.write_jobs([_job(ns, "a", ["a1"]), _job(ns, "b", ["b1"], dim=4)])
-    assert store.count() == 0 and raw.zcard(f"{ns}:test-pending") == 2
+    assert store.count() == 0 and raw.zcard(f"{{{ns}}}:test-pending") == 2
     store.write_jobs([_job(ns, "a", ["a1"])])
     with pytest.raises(ValidationError):  # the stored dimension is 8
         store.write_jobs([_job(ns, "b", ["b1"], dim=4)])
-    assert store.count() == 1 and set(raw.smembers(f"{ns}:test-done")) == {b"a"}
+    assert store.count() == 1 and set(raw.smembers(f"{{{ns}}}:test-done")) == {b"a"}
 
 
 def test_the_first_write_of_an_emptied_namespace_is_indexed(store_factory, raw) -> None:
@@ -96,11 +98,11 @@ def test_the_first_write_of_an_emptied_namespace_is_indexed(store_factory, raw) 
     and its records are searchable (rewritten unguarded once the index exists)."""
     writer, other = store_factory(), store_factory()
     ns = writer.keys.namespace
-    raw.zadd(f"{ns}:test-pending", {"a": 1})
+    raw.zadd(f"{{{ns}}}:test-pending", {"a": 1})
     writer.write_jobs([_job(ns, "a", ["a1"])])
     other.reset()
-    raw.zadd(f"{ns}:test-pending", {"b": 1, "c": 1})
+    raw.zadd(f"{{{ns}}}:test-pending", {"b": 1, "c": 1})
     assert writer.write_jobs([_job(ns, "b", ["b1"]), _job(ns, "c", ["c1"])]) == (2, [])
     hits = other.search(_vec(0), limit=5)
     assert {r.id for r, _ in hits} == {"b1", "c1"}
-    assert set(raw.smembers(f"{ns}:test-done")) == {b"a", b"b", b"c"}
+    assert set(raw.smembers(f"{{{ns}}}:test-done")) == {b"a", b"b", b"c"}

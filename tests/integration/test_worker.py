@@ -177,7 +177,7 @@ def test_a_job_commits_in_steps_and_clears_its_pending_mark_with_the_last(
         assert report.committed == 1 and not report.failed
         assert pending_when_failed[0] is not None  # not done while a step was missing
         assert calls == [3, 3, 3, 3, 2]  # failed at the 2nd step, then 3 + 3 + 2
-        entries = rawq.xrange(f"{qsettings.namespace}:changes")
+        entries = rawq.xrange(f"{{{qsettings.namespace}}}:changes")
         sizes = [len(e[1][b"i"].split(b"\n")) for e in entries]
         assert sizes == [3, 3, 3, 2]
         assert entries[-1][1][b"i"].split(b"\n") == [b"rec6", b"rec7"]

@@ -619,7 +619,7 @@ def test_keda_scales_the_worker_on_its_queue() -> None:
 
     (trigger,) = [t for t in scaled["spec"]["triggers"] if t["type"] == "redis"]
     meta = trigger["metadata"]
-    assert meta["listName"] == f"{namespace}:dq:default"
+    assert meta["listName"] == f"{{{namespace}}}:dq:default"
     try:
         keys = importlib.import_module("memworker.queue.jobs").QueueKeys(namespace)
     except (ImportError, AttributeError):

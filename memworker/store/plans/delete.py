@@ -28,7 +28,7 @@ class DeletePlans(ReadPlans):
         deleted = 0
         for i in range(0, len(ids), DELETE_CHUNK):
             chunk = ids[i : i + DELETE_CHUNK]
-            args = ["delete", self.keys.namespace, str(CHANGES_CAP), *chunk]
+            args = ["delete", self.keys.prefix, str(CHANGES_CAP), *chunk]
             deleted += int((yield Script("store", args)))
         return deleted
 

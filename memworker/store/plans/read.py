@@ -40,7 +40,7 @@ class ReadPlans(ServerPlans):
             part = list(ids[start : start + READ_CHUNK])
             flat = yield Script(
                 "read",
-                ["records", self.keys.namespace, str(len(RECORD_FIELDS)), *RECORD_FIELDS, *part],
+                ["records", self.keys.prefix, str(len(RECORD_FIELDS)), *RECORD_FIELDS, *part],
             )
             out += decode_reply(flat)
         return out
@@ -59,7 +59,7 @@ class ReadPlans(ServerPlans):
                 dim, flat = yield Pipeline(
                     [["HGET", self.keys.meta, "dim"],
                      ["SORT_RO", self.keys.tree(scope), "BY", "nosort", "DESC",
-                      "LIMIT", str(offset), str(limit), *_page_gets(self.keys.namespace)]]
+                      "LIMIT", str(offset), str(limit), *_page_gets(self.keys.prefix)]]
                 )  # fmt: skip
             except Exception as exc:
                 if not _sort_refused(exc):
@@ -72,7 +72,7 @@ class ReadPlans(ServerPlans):
                 return [r for r in decode_reply([dim, *flat]) if r is not None]
         flat = yield Script(
             "read",
-            ["page", self.keys.namespace, scope, str(offset), str(offset + limit - 1),
+            ["page", self.keys.prefix, scope, str(offset), str(offset + limit - 1),
              str(len(RECORD_FIELDS)), *RECORD_FIELDS],
         )  # fmt: skip
         return [r for r in decode_reply(flat) if r is not None]
@@ -133,13 +133,13 @@ def _sort_refused(exc: BaseException) -> bool:
 
 
 @lru_cache(maxsize=64)
-def _page_gets(namespace: str) -> tuple[str, ...]:
+def _page_gets(prefix: str) -> tuple[str, ...]:
     """SORT's GET patterns for RECORD_FIELDS of ``namespace``'s records (``#``: the
     id itself). SORT substitutes the first ``*`` with the id verbatim, and a namespace
     has no ``*`` (Settings checks it)."""
     out: list[str] = []
     for name in RECORD_FIELDS:
-        out += ["GET", "#" if name == "id" else f"{namespace}:rec:*->{name}"]
+        out += ["GET", "#" if name == "id" else f"{prefix}:rec:*->{name}"]
     return tuple(out)
 
 

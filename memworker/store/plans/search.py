@@ -135,7 +135,7 @@ class SearchPlans(ReadPlans):
         """Bring the vector cache up to date with the change log; returns the cache
         position a search must score at (or later), or ``None``: do not use the cache."""
         cache = self._vectors
-        ns = self.keys.namespace
+        ns = self.keys.prefix
         for _ in range(_SYNC_ATTEMPTS):
             mark = cache.mark()
             if mark is not None and mark.dim == dim:
@@ -182,7 +182,7 @@ class SearchPlans(ReadPlans):
         flat: list[Any] = []
         for start in range(0, len(ids), ROWS_CHUNK):
             part = ids[start : start + ROWS_CHUNK]
-            reply = yield Script("read", ["rows", self.keys.namespace, *part])
+            reply = yield Script("read", ["rows", self.keys.prefix, *part])
             flat += reply
             if len(reply) != ROW_WIDTH * len(part):  # a short reply would misalign every row
                 raise StoreError(f"read rows: {len(reply)} values for {len(part)} records")
@@ -204,7 +204,7 @@ class SearchPlans(ReadPlans):
                 "read",
                 [
                     "scan",
-                    self.keys.namespace,
+                    self.keys.prefix,
                     flt.scope,
                     str(start),
                     str(start + EXACT_CHUNK - 1),

@@ -142,6 +142,20 @@ class ServerPlans:
                 raise
         self._state.index_ready = True
 
+    def _p_index_built(self) -> Plan[bool | None]:
+        """Create the namespace's index if a module answers and the namespace has a
+        dimension; ``True`` once the module indexed every record it holds (FT.INFO
+        ``indexing`` 0), ``False`` while it still scans, ``None``: no index to build."""
+        module = yield from self._p_probe()
+        dim = yield from self._p_stored_dim(refresh=True)
+        if not module or dim is None:
+            return None
+        yield from self._p_ensure_index(dim)
+        info = yield Call(["FT.INFO", self.keys.index])
+        items = list(info.items()) if isinstance(info, Mapping) else list(zip(info[::2], info[1::2]))
+        fields = {as_text(k): v for k, v in items}
+        return as_text(fields.get("indexing", 0)) in ("0", "0.0")
+
     def _p_vector_type(self) -> Plan[str]:
         """How this namespace stores vectors: its stored type, or for a new namespace
         the ``vector_type`` setting (``auto``: float16 when the module indexes it)."""

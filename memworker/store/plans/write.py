@@ -98,7 +98,7 @@ class WritePlans(ServerPlans):
         for n, chunk in enumerate(chunks):
             args: list[Any] = [
                 "save",
-                self.keys.namespace,
+                self.keys.prefix,
                 str(CHANGES_CAP),
                 str(dim) if dim else "",
                 vtype,
@@ -183,7 +183,7 @@ class WritePlans(ServerPlans):
             separators=(",", ":"),
         )
         args: list[Any] = [
-            "save", self.keys.namespace, str(CHANGES_CAP), str(dim) if dim else "", vtype,
+            "save", self.keys.prefix, str(CHANGES_CAP), str(dim) if dim else "", vtype,
             str(len(rows)), "".join([rec.mode for rec in rows]),
             "[" + ",".join([WRITE_FIELDS_JSON, *[rec.row_json for rec in rows]]) + "]",
             blob, "*", spec,
@@ -231,7 +231,7 @@ class WritePlans(ServerPlans):
         if not ids:
             return 0
         now = format_timestamp(utcnow())
-        touched = yield Script("store", ["touch", self.keys.namespace, str(CHANGES_CAP), now, *ids])
+        touched = yield Script("store", ["touch", self.keys.prefix, str(CHANGES_CAP), now, *ids])
         return int(touched)
 
 
