@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from memworker.testing import ThrowawayCluster, start_cluster
@@ -81,6 +82,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if metafunc.definition.get_closest_marker("standalone"):
             kinds = STANDALONE_KINDS
         metafunc.parametrize("server", kinds, indirect=True)
+
+
+@pytest.fixture(params=["plain_server", "cluster_plain_server"], ids=["standalone", "cluster"])
+def queue_server(request: pytest.FixtureRequest) -> ServerInfo | ThrowawayCluster:
+    """The queue, worker and drain suites' server: a standalone one, then a cluster."""
+    return request.getfixturevalue(request.param)
+
+
+def raw_client(server: ServerInfo | ThrowawayCluster) -> Any:
+    """A redis-py client on ``server`` (``RedisCluster`` on a cluster)."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    if isinstance(server, ThrowawayCluster):
+        return RedisCluster(host="127.0.0.1", port=server.port)
+    return redis.Redis(host="127.0.0.1", port=server.port)
 
 
 @pytest.fixture

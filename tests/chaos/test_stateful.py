@@ -100,7 +100,7 @@ class BarrierMachine(RuleBasedStateMachine):
     def present(self, job: str) -> list[bool]:
         pipe = self.client.pipeline(transaction=False)
         for rid, _ in self.jobs[job]:
-            pipe.exists(f"{self.ns}:rec:{rid}")
+            pipe.exists(f"{{{self.ns}}}:rec:{rid}")
         return [bool(x) for x in pipe.execute()]
 
     def searchable(self, job: str) -> bool:
@@ -221,7 +221,7 @@ class BarrierMachine(RuleBasedStateMachine):
             assert named, "DrainTimeout naming no job"
             assert named <= before, f"DrainTimeout names jobs not awaited: {named - before}"
             assert pending_now & before <= named, f"pending jobs not named: {(pending_now & before) - named}"
-            failures = {k.decode() for k in self.client.hkeys(f"{self.ns}:failed:{PRODUCER}")}
+            failures = {k.decode() for k in self.client.hkeys(f"{{{self.ns}}}:failed:{PRODUCER}")}
             for job in named - pending_now:  # finished between the timeout and our look
                 assert all(self.present(job)) or job in failures, f"named job {job} vanished"
             return

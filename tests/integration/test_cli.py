@@ -112,15 +112,15 @@ def test_usage_errors_exit_2(plain_server) -> None:
     assert exc.value.code == 2
 
 
-def test_check_fails_without_worker(plain_server, namespace) -> None:
-    assert main(["--url", plain_server.url, "--namespace", namespace, "check", "--any"]) == EXIT_FAILURE
+def test_check_fails_without_worker(queue_server, namespace) -> None:
+    assert main(["--url", queue_server.url, "--namespace", namespace, "check", "--any"]) == EXIT_FAILURE
 
 
-def test_worker_processes_commit_drain_status_check(plain_server, namespace, tmp_path) -> None:
+def test_worker_processes_commit_drain_status_check(queue_server, namespace, tmp_path) -> None:
     """Two worker processes with the real bundled model: jobs enqueued from here are
     committed, `drain` and `status` see them, `check` passes while workers live and
     fails after SIGTERM stops them cleanly."""
-    url = plain_server.url
+    url = queue_server.url
     worker = subprocess.Popen(
         [MEMWORKER, "--url", url, "--namespace", namespace, "worker", "--processes", "2", "--threads", "2"],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -159,16 +159,16 @@ def test_worker_processes_commit_drain_status_check(plain_server, namespace, tmp
             worker.stdout.close()
 
 
-def test_dead_list_requeue_purge(plain_server, namespace, capsys) -> None:
+def test_dead_list_requeue_purge(queue_server, namespace, capsys) -> None:
     """A job that fails permanently (dimension mismatch) is dead-lettered; the dead
     commands list, requeue and purge it."""
     from memworker.worker.process import running_worker
 
-    settings = Settings.from_url(plain_server.url, namespace=namespace)
+    settings = Settings.from_url(queue_server.url, namespace=namespace)
     cls = record_types()[0]
     store = ValkeyStore(settings)
     store.save([cls(content="x", embedding=np.ones(4).tolist())])
-    base = ["--url", plain_server.url, "--namespace", namespace]
+    base = ["--url", queue_server.url, "--namespace", namespace]
     with MemoryQueue(settings, producer_id="p") as queue, running_worker(settings, threads=1):
         job = queue.enqueue_save([cls(content="y", embedding=np.ones(3).tolist())])
         report = queue.drain(timeout=60, job_ids=[job])

@@ -54,16 +54,16 @@ def worker_llm(monkeypatch):
 
 
 @pytest.fixture
-def env(plain_server, namespace, worker_llm, embedder):
+def env(queue_server, namespace, worker_llm, embedder):
     """A running in-process worker and a QueuedMemory factory on a fresh namespace."""
-    settings = Settings.from_url(plain_server.url, namespace=namespace, search_mode="exact")
+    settings = Settings.from_url(queue_server.url, namespace=namespace, search_mode="exact")
     made = []
     with worker_mod.running_worker(
         settings, threads=4, worker_timeout_ms=100, min_backoff_ms=10, max_backoff_ms=50, max_retries=2
     ):
 
         def make(**kwargs):
-            kwargs.setdefault("storage", plain_server.url)
+            kwargs.setdefault("storage", queue_server.url)
             kwargs.setdefault("namespace", namespace)
             kwargs.setdefault("embedder", embedder)
             kwargs.setdefault("llm", StandInLLM())
@@ -74,7 +74,7 @@ def env(plain_server, namespace, worker_llm, embedder):
             return memory
 
         make.settings = settings
-        make.url = plain_server.url
+        make.url = queue_server.url
         yield make
         for memory in made:
             try:

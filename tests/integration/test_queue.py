@@ -14,8 +14,8 @@ from memworker.settings import Settings
 
 
 @pytest.fixture
-def settings(plain_server, namespace) -> Settings:
-    return Settings.from_url(plain_server.url, namespace=namespace)
+def settings(queue_server, namespace) -> Settings:
+    return Settings.from_url(queue_server.url, namespace=namespace)
 
 
 @pytest.fixture
@@ -26,10 +26,10 @@ def queue(settings):
 
 
 @pytest.fixture
-def rawq(plain_server):
-    import redis
+def rawq(queue_server):
+    from conftest import raw_client
 
-    client = redis.Redis(host="127.0.0.1", port=plain_server.port)
+    client = raw_client(queue_server)
     yield client
     client.close()
 

@@ -69,8 +69,8 @@ def fake():
 
 
 @pytest.fixture
-def qsettings(plain_server, namespace) -> Settings:
-    return Settings.from_url(plain_server.url, namespace=namespace, search_mode="exact")
+def qsettings(queue_server, namespace) -> Settings:
+    return Settings.from_url(queue_server.url, namespace=namespace, search_mode="exact")
 
 
 @pytest.fixture
@@ -98,10 +98,10 @@ def workers():
 
 
 @pytest.fixture
-def rawq(plain_server):
-    import redis
+def rawq(queue_server):
+    from conftest import raw_client
 
-    client = redis.Redis(host="127.0.0.1", port=plain_server.port)
+    client = raw_client(queue_server)
     yield client
     client.close()
 

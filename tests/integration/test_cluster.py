@@ -1,0 +1,87 @@
+"""memworker on a Valkey Cluster (3 primaries, 3 replicas): the topology is found at
+connect or forced by the URL, and every key of a namespace (records, side indexes,
+index, change log, queue, dramatiq's keys, markers) lands in one slot, while
+namespaces spread over the shards. The store, queue, worker, drain, CLI and CrewAI
+suites run on the same clusters (``ON_CLUSTER`` and ``queue_server`` in conftest.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import raw_client
+
+from memworker import ValkeyStore
+from memworker.errors import ConfigError
+from memworker.io.redispy import is_cluster
+from memworker.queue.producer import MemoryQueue
+from memworker.records import record_types
+from memworker.settings import Settings
+from memworker.worker.process import running_worker
+
+MemoryRecord = record_types()[0]
+
+
+def test_the_topology_is_found_at_connect_or_forced_by_the_url(cluster_plain_server, plain_server) -> None:
+    assert is_cluster(Settings.from_url(cluster_plain_server.url)) is True
+    assert is_cluster(Settings.from_url(plain_server.url)) is False
+    assert Settings.from_url(plain_server.url + "?cluster=yes").cluster is True
+    assert Settings.from_url(cluster_plain_server.url + "?cluster=auto").cluster is None
+    assert Settings.from_url(plain_server.url + "?cluster=no").cluster is False
+    with pytest.raises(ConfigError, match="'cluster' must be 'yes', 'no' or 'auto'"):
+        Settings.from_url(plain_server.url + "?cluster=maybe")
+    with pytest.raises(ConfigError, match="only database 0"):
+        Settings.from_url(f"valkey://127.0.0.1:{cluster_plain_server.port}/3?cluster=yes")
+    # forced: a cluster client on the cluster's node, whatever INFO would say
+    store = ValkeyStore(cluster_plain_server.url + "?cluster=yes", namespace="forced")
+    store.save([MemoryRecord(content="x", embedding=[1.0, 0.0])])
+    assert store.count() == 1
+    store.reset()
+    store.close()
+
+
+def _keys_by_node(client: Any, pattern: str) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for key in client.scan_iter(match=pattern):
+        name = key.decode()
+        out.setdefault(client.get_node_from_key(name).port, []).append(name)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["cluster_plain_server", "cluster_module_server"])
+def test_each_namespace_is_one_slot_and_namespaces_spread_over_shards(request, kind) -> None:
+    cluster = request.getfixturevalue(kind)
+    client = raw_client(cluster)
+    names = [f"crew{i}-{kind[8:11]}" for i in range(6)]
+    rng = np.random.default_rng(3)
+    shards = set()
+    try:
+        with running_worker(Settings.from_url(cluster.url, namespace=names[0]), threads=2):
+            pass  # a worker's keys too (heartbeats, dramatiq's)
+        for ns in names:
+            settings = Settings.from_url(cluster.url, namespace=ns)
+            store = ValkeyStore(settings)
+            store.save([
+                MemoryRecord(content=f"{ns} {i}", scope=f"/s/{i % 2}", categories=["c"],
+                             embedding=rng.random(4).astype(np.float32).tolist())
+                for i in range(5)
+            ])  # fmt: skip
+            with MemoryQueue(settings, producer_id="p") as queue:
+                queue.enqueue_save([MemoryRecord(content="queued", embedding=[1.0, 0, 0, 0])])
+            by_node = _keys_by_node(client, "{" + ns + "}:*")
+            assert len(by_node) == 1, by_node  # one shard holds the whole namespace
+            (keys,) = by_node.values()
+            assert {client.keyslot(k) for k in keys} == {client.keyslot("{" + ns + "}")}
+            assert any(":rec:" in k for k in keys) and any(":dq:" in k for k in keys)
+            assert any(":pending:" in k for k in keys) and any(k.endswith(":meta") for k in keys)
+            shards.update(by_node)
+            if cluster.module:  # the index lives, and answers, on that shard
+                node = client.get_node_from_key("{" + ns + "}:idx")
+                assert f"{{{ns}}}:idx".encode() in client.execute_command("FT._LIST", target_nodes=node)
+                assert len(store.search(rng.random(4).astype(np.float32).tolist(), limit=3)) == 3
+            store.reset()
+            store.close()
+        assert len(shards) >= 2  # six namespaces land on more than one shard
+    finally:
+        client.close()
