@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from memworker.testing import ThrowawayCluster, start_cluster
 from valkey_servers import (
     ServerInfo,
+    raw_client,
     free_port,
     search_module_path,
     start_server,
@@ -28,7 +28,7 @@ from valkey_servers import (
     valkey_binary,
 )
 
-__all__ = ["ServerInfo", "free_port", "search_module_path", "start_server", "stop_server", "valkey_binary"]
+__all__ = ["ServerInfo", "free_port", "raw_client", "search_module_path", "start_server", "stop_server", "valkey_binary"]
 
 os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 os.environ.setdefault("CREWAI_TESTING", "true")
@@ -88,16 +88,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def queue_server(request: pytest.FixtureRequest) -> ServerInfo | ThrowawayCluster:
     """The queue, worker and drain suites' server: a standalone one, then a cluster."""
     return request.getfixturevalue(request.param)
-
-
-def raw_client(server: ServerInfo | ThrowawayCluster) -> Any:
-    """A redis-py client on ``server`` (``RedisCluster`` on a cluster)."""
-    import redis
-    from redis.cluster import RedisCluster
-
-    if isinstance(server, ThrowawayCluster):
-        return RedisCluster(host="127.0.0.1", port=server.port)
-    return redis.Redis(host="127.0.0.1", port=server.port)
 
 
 @pytest.fixture

@@ -8,10 +8,13 @@ other conftest shadows.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from memworker.testing import (
     SearchModuleMissing,
+    ThrowawayCluster,
     ThrowawayServer,
     free_port,
     search_module_path,
@@ -19,7 +22,7 @@ from memworker.testing import (
 )
 from memworker.testing import start_server as _start
 
-__all__ = ["ServerInfo", "free_port", "search_module_path", "start_server", "stop_server", "valkey_binary"]
+__all__ = ["ServerInfo", "free_port", "raw_client", "search_module_path", "start_server", "stop_server", "valkey_binary"]
 
 #: A running test server (``kind``: ``"plain"`` or ``"module"``).
 ServerInfo = ThrowawayServer
@@ -36,3 +39,13 @@ def start_server(kind: str, *extra: str) -> ServerInfo:
 
 def stop_server(server: ServerInfo) -> None:
     server.stop()
+
+
+def raw_client(server: ServerInfo | ThrowawayCluster) -> Any:
+    """A redis-py client on ``server`` (``RedisCluster`` on a cluster)."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    if isinstance(server, ThrowawayCluster):
+        return RedisCluster(host="127.0.0.1", port=server.port)
+    return redis.Redis(host="127.0.0.1", port=server.port)

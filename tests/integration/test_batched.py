@@ -30,7 +30,7 @@ def _wait(predicate, timeout: float, what: str) -> None:
 
 
 def _acks(rawq, keys: QueueKeys) -> int:
-    return sum(rawq.scard(k) for k in rawq.keys(f"{keys.dq_namespace}:__acks__.*"))
+    return sum(rawq.scard(k) for k in rawq.scan_iter(match=f"{keys.dq_namespace}:__acks__.*"))
 
 
 def test_a_backlog_commits_many_jobs_per_script_call(qsettings, fake, workers, rawq):  # noqa: F811

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import raw_client
+from valkey_servers import raw_client
 
 from memworker import ValkeyStore
 from memworker.errors import ConfigError

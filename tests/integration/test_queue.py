@@ -27,7 +27,7 @@ def queue(settings):
 
 @pytest.fixture
 def rawq(queue_server):
-    from conftest import raw_client
+    from valkey_servers import raw_client
 
     client = raw_client(queue_server)
     yield client

@@ -99,7 +99,7 @@ def workers():
 
 @pytest.fixture
 def rawq(queue_server):
-    from conftest import raw_client
+    from valkey_servers import raw_client
 
     client = raw_client(queue_server)
     yield client
@@ -686,7 +686,7 @@ def test_consumer_close_requeues_hostile_messages_by_their_real_ids(qsettings, f
         assert broker.held_ids() == {m.decode() for m in rawq.hkeys(keys.msgs())}
         consumer.requeue([first])  # what Worker.stop does with its work queue
         consumer.close()
-        acks = rawq.keys(f"{keys.dq_namespace}:__acks__.*")
+        acks = list(rawq.scan_iter(match=f"{keys.dq_namespace}:__acks__.*"))
         assert rawq.llen(keys.q()) == 3 and sum(rawq.scard(k) for k in acks) == 0
         assert broker.held_ids() == set()
     finally:

@@ -1,0 +1,365 @@
+#!/usr/bin/env python
+"""Valkey Cluster vs. one server: indexed write capacity, search latency, replica WAIT.
+
+Every key of a memworker namespace carries the hash tag ``{ns}``, so a namespace
+lives in one slot, i.e. on one shard. This benchmark measures what a cluster buys
+(and costs) with the RediSearch module loaded on every node. Records are
+pre-embedded (random 384-dim unit float32 vectors, ~200-char content, CrewAI
+``MemoryRecord`` objects), so the store is the bottleneck, not an embedding model.
+
+Part 1, indexed write capacity. Three namespaces are written concurrently by three
+threads (one ValkeyStore each), ``store.save`` in batches of 50, N records per
+namespace:
+  (a) one shard: a standalone server holds all three namespaces;
+  (b) a 3-primary cluster (no replicas), the three namespaces chosen so that they
+      land on three different shards (checked with redis-py's
+      ``RedisCluster.get_node_from_key("{ns}:meta")``).
+  Reports total records/s, per-namespace (= per-shard in (b)) records/s and the
+  ratio (b)/(a). Both runs write the same pre-built records.
+
+Part 2, search latency at M records in one namespace: the same M records loaded
+into a standalone server and into a 3-primary cluster, ``ensure_index()`` (waits
+until the index is built), then 200 ``store.search(vector, limit=10)`` with random
+query vectors (after 20 untimed warm-up queries). Reports p50/p99 and the ratio
+cluster/standalone.
+
+Part 3, the cost of a replica's ``WAIT`` per commit step: a 3-primary cluster with
+one replica per primary; each repetition saves 8 records (``store.save``) and then
+issues ``WAIT 1 1000`` with redis-py directly on the primary that owns the
+namespace's slot. Reports the median ms of the save and of the WAIT, and how often
+WAIT saw the replica acknowledge.
+
+Timings come from one process; the machine may be shared, so compare the ratios
+measured within one run rather than absolute figures. Note: with few cores, three
+shards plus three client threads (which share the GIL for encoding) compete for
+CPU, which caps the cluster's write scaling well below 3x. No assertions on time.
+
+    python benchmarks/cluster_bench.py                 # N=20,000 x3, M=100,000, 200 reps
+    python benchmarks/cluster_bench.py --quick         # N=3,000 x3, M=10,000, 50 reps
+    python benchmarks/cluster_bench.py --part 1        # only part 1 (repeatable option)
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
+os.environ.setdefault("CREWAI_TESTING", "true")
+
+import argparse  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import _servers as S  # noqa: E402
+import numpy as np  # noqa: E402
+
+from memworker.testing import start_cluster, start_server  # noqa: E402
+
+BATCH = 50
+TIMEOUT_MS = 30_000
+
+
+def make_store(url: str, namespace: str) -> Any:
+    from memworker import ValkeyStore
+
+    return ValkeyStore(
+        f"{url}?request_timeout_ms={TIMEOUT_MS}", namespace=namespace, search_mode="module"
+    )
+
+
+def slot_port(cluster: Any, namespace: str) -> int:
+    """Port of the primary that owns the namespace's slot."""
+    from redis.cluster import RedisCluster
+
+    rc = RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+    try:
+        return int(rc.get_node_from_key(f"{{{namespace}}}:meta").port)
+    finally:
+        rc.close()
+
+
+def distinct_shard_namespaces(cluster: Any, count: int, prefix: str) -> list[tuple[str, int]]:
+    """``count`` namespaces ``prefix<i>`` whose slots sit on ``count`` different primaries."""
+    from redis.cluster import RedisCluster
+
+    rc = RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+    try:
+        chosen: dict[int, str] = {}
+        i = 0
+        while len(chosen) < count:
+            ns = f"{prefix}{i}"
+            port = int(rc.get_node_from_key(f"{{{ns}}}:meta").port)
+            chosen.setdefault(port, ns)
+            i += 1
+            if i > 10_000:
+                raise SystemExit("could not find namespaces on distinct shards")
+    finally:
+        rc.close()
+    return [(ns, port) for port, ns in chosen.items()]
+
+
+def build_records(seed: int, n: int, prefix: str) -> list[Any]:
+    rng = np.random.default_rng(seed)
+    return S.make_records(rng, S.unit_vectors(rng, n), prefix=prefix)
+
+
+# --------------------------------------------------------------------------- part 1
+def server_cpu(ports: list[int]) -> float:
+    """Sum of ``INFO cpu`` used_cpu_user + used_cpu_sys (seconds) over the given nodes."""
+    import redis
+
+    total = 0.0
+    for port in ports:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        try:
+            info = client.info("cpu")
+            total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        finally:
+            client.close()
+    return total
+
+
+def concurrent_writes(
+    url: str, namespaces: list[str], data: list[list[Any]], ports: list[int]
+) -> dict[str, Any]:
+    """Each thread saves its records into its namespace; returns wall and per-thread
+    times, and the CPU seconds the client process and the servers spent meanwhile."""
+    stores = [make_store(url, ns) for ns in namespaces]
+    try:
+        # Warm-up (untimed): connect, load the script, create each namespace's index.
+        for k, st in enumerate(stores):
+            st.save(build_records(100 + k, 10, prefix="w"))
+        barrier = threading.Barrier(len(stores) + 1)
+        times: list[float] = [0.0] * len(stores)
+        errors: list[BaseException] = []
+
+        def work(k: int) -> None:
+            try:
+                st, recs = stores[k], data[k]
+                barrier.wait()
+                t0 = time.perf_counter()
+                for i in range(0, len(recs), BATCH):
+                    st.save(recs[i : i + BATCH])
+                times[k] = time.perf_counter() - t0
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(len(stores))]
+        for t in threads:
+            t.start()
+        cpu0, scpu0 = time.process_time(), server_cpu(ports)
+        barrier.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        client_cpu, srv_cpu = time.process_time() - cpu0, server_cpu(ports) - scpu0
+        if errors:
+            raise errors[0]
+        counts = [st.count() for st in stores]
+        for st in stores:
+            st.ensure_index()
+        return {
+            "wall": wall, "times": times, "counts": counts,
+            "client_cpu": client_cpu, "server_cpu": srv_cpu,
+        }
+    finally:
+        for st in stores:
+            st.close()
+
+
+def part1(n: int, seed: int) -> str:
+    S.say(f"\n-- part 1: indexed write capacity, 3 namespaces x {n:,} records, 3 threads, "
+          f"batches of {BATCH}")
+    t0 = time.perf_counter()
+    data = [build_records(seed + k, n, prefix=f"n{k}_") for k in range(3)]
+    S.say(f"   (built {3 * n:,} records in {time.perf_counter() - t0:.1f} s, untimed)")
+    rows: list[list[Any]] = []
+    results: dict[str, dict[str, Any]] = {}
+
+    srv = start_server(True)
+    try:
+        names = [f"one{k}" for k in range(3)]
+        r = concurrent_writes(srv.url, names, data, [srv.port])
+        results["a"] = r
+        for k, ns in enumerate(names):
+            rows.append(["(a) standalone", ns, srv.port, r["counts"][k], n / r["times"][k]])
+    finally:
+        srv.stop()
+
+    cluster = start_cluster(3, 0, module=True)
+    try:
+        chosen = distinct_shard_namespaces(cluster, 3, "shard")
+        names = [ns for ns, _ in chosen]
+        r = concurrent_writes(cluster.url, names, data, cluster.ports)
+        results["b"] = r
+        for k, (ns, port) in enumerate(chosen):
+            rows.append(["(b) cluster 3x0", ns, port, r["counts"][k], n / r["times"][k]])
+    finally:
+        cluster.stop()
+
+    rate_a = 3 * n / results["a"]["wall"]
+    rate_b = 3 * n / results["b"]["wall"]
+    S.say(S.table(["setup", "namespace", "shard port", "count", "rec/s (this ns)"], rows))
+    S.say("")
+    S.say(S.table(
+        ["setup", "records", "wall s", "total rec/s", "per-shard rec/s",
+         "client CPU s", "server CPU s"],
+        [
+            ["(a) one shard", 3 * n, results["a"]["wall"], rate_a, rate_a,
+             results["a"]["client_cpu"], results["a"]["server_cpu"]],
+            ["(b) 3 shards", 3 * n, results["b"]["wall"], rate_b, rate_b / 3,
+             results["b"]["client_cpu"], results["b"]["server_cpu"]],
+        ],
+    ))
+    S.say("   (CPU s during the timed writes: client = this process, all threads; "
+          "server = INFO cpu summed over the nodes; the machine has "
+          f"{os.cpu_count()} cores)")
+    S.say(f"   ratio (b)/(a) total rec/s: {rate_b / rate_a:.2f}x")
+    return (f"part 1: write capacity 3 shards / 1 shard = {rate_b / rate_a:.2f}x "
+            f"({rate_b:,.0f} vs {rate_a:,.0f} rec/s, N={n:,} per namespace)")
+
+
+# --------------------------------------------------------------------------- part 2
+def search_latency(url: str, namespace: str, data: list[Any], queries: np.ndarray) -> dict:
+    st = make_store(url, namespace)
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, len(data), BATCH):
+            st.save(data[i : i + BATCH])
+        load = time.perf_counter() - t0
+        st.ensure_index()
+        count = st.count()
+        for q in queries[:20]:
+            st.search(q.tolist(), limit=10)
+        lat: list[float] = []
+        for q in queries[20:]:
+            v = q.tolist()
+            t = time.perf_counter()
+            res = st.search(v, limit=10)
+            lat.append((time.perf_counter() - t) * 1e3)
+            if len(res) != 10:
+                raise SystemExit(f"search returned {len(res)} results, expected 10")
+        return {"load_rps": len(data) / load, "count": count, "lat": lat}
+    finally:
+        st.close()
+
+
+def part2(m: int, n_queries: int, seed: int) -> str:
+    S.say(f"\n-- part 2: search latency, {m:,} records in one namespace, "
+          f"{n_queries} queries of limit 10")
+    t0 = time.perf_counter()
+    data = build_records(seed + 10, m, prefix="s")
+    rng = np.random.default_rng(seed + 11)
+    queries = S.unit_vectors(rng, n_queries + 20)
+    S.say(f"   (built {m:,} records in {time.perf_counter() - t0:.1f} s, untimed)")
+    res: dict[str, dict] = {}
+    srv = start_server(True)
+    try:
+        res["standalone"] = search_latency(srv.url, "lat", data, queries)
+    finally:
+        srv.stop()
+    cluster = start_cluster(3, 0, module=True)
+    try:
+        res["cluster 3x0"] = search_latency(cluster.url, "lat", data, queries)
+    finally:
+        cluster.stop()
+    rows = []
+    for name, r in res.items():
+        rows.append([name, r["count"], r["load_rps"], S.pct(r["lat"], 50), S.pct(r["lat"], 99)])
+    S.say(S.table(["setup", "records", "load rec/s", "p50 ms", "p99 ms"], rows))
+    a, b = res["standalone"]["lat"], res["cluster 3x0"]["lat"]
+    r50, r99 = S.pct(b, 50) / S.pct(a, 50), S.pct(b, 99) / S.pct(a, 99)
+    S.say(f"   ratio cluster/standalone: p50 {r50:.2f}x, p99 {r99:.2f}x")
+    return (f"part 2: search at {m:,} records cluster/standalone p50 = {r50:.2f}x, "
+            f"p99 = {r99:.2f}x")
+
+
+# --------------------------------------------------------------------------- part 3
+def part3(reps: int, seed: int) -> str:
+    import redis
+
+    S.say(f"\n-- part 3: replica WAIT per commit step, {reps} x (save 8 records, WAIT 1 1000)")
+    rng = np.random.default_rng(seed + 20)
+    batches = [
+        S.make_records(rng, S.unit_vectors(rng, 8), start=i * 8, prefix="r")
+        for i in range(reps + 5)
+    ]
+    cluster = start_cluster(3, 1, module=True)
+    try:
+        ns = "waitns"
+        port = slot_port(cluster, ns)
+        st = make_store(cluster.url, ns)
+        primary = redis.Redis(host="127.0.0.1", port=port)
+        try:
+            for b in batches[:5]:  # warm-up
+                st.save(b)
+                primary.execute_command("WAIT", 1, 1000)
+            t_save: list[float] = []
+            t_wait: list[float] = []
+            acked = 0
+            for b in batches[5:]:
+                t0 = time.perf_counter()
+                st.save(b)
+                t1 = time.perf_counter()
+                n_ack = int(primary.execute_command("WAIT", 1, 1000))
+                t2 = time.perf_counter()
+                t_save.append((t1 - t0) * 1e3)
+                t_wait.append((t2 - t1) * 1e3)
+                acked += n_ack >= 1
+            count = st.count()
+        finally:
+            primary.close()
+            st.close()
+    finally:
+        cluster.stop()
+    ms, mw = S.median(t_save), S.median(t_wait)
+    S.say(S.table(
+        ["step", "median ms", "p99 ms"],
+        [
+            ["save (8 records)", ms, S.pct(t_save, 99)],
+            ["WAIT 1 1000", mw, S.pct(t_wait, 99)],
+            ["save + WAIT", S.median([a + b for a, b in zip(t_save, t_wait)]),
+             S.pct([a + b for a, b in zip(t_save, t_wait)], 99)],
+        ],
+    ))
+    S.say(f"   primary port {port}, records {count:,}, WAIT acknowledged by the replica "
+          f"{acked}/{reps} times; WAIT/save median = {mw / ms:.2f}x")
+    return (f"part 3: WAIT 1 adds {mw:.2f} ms median to a {ms:.2f} ms save of 8 records "
+            f"(WAIT/save = {mw / ms:.2f}x, acked {acked}/{reps})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=20_000, help="part 1 records per namespace")
+    ap.add_argument("--m", type=int, default=100_000, help="part 2 records in the namespace")
+    ap.add_argument("--queries", type=int, default=200, help="part 2 timed queries")
+    ap.add_argument("--reps", type=int, default=200, help="part 3 repetitions")
+    ap.add_argument("--part", type=int, action="append", choices=(1, 2, 3),
+                    help="run only this part (repeatable; default all)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="N=3,000, M=10,000, 50 repetitions")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.m, args.reps = 3_000, 10_000, 50
+    parts = sorted(set(args.part or (1, 2, 3)))
+
+    S.banner("cluster_bench: Valkey Cluster vs. one server (RediSearch module on every node)")
+    S.say(f"   dim={S.DIM}, batch={BATCH}, parts={parts}")
+    summary: list[str] = []
+    t0 = time.perf_counter()
+    if 1 in parts:
+        summary.append(part1(args.n, args.seed))
+    if 2 in parts:
+        summary.append(part2(args.m, args.queries, args.seed))
+    if 3 in parts:
+        summary.append(part3(args.reps, args.seed))
+    S.say(f"\n== summary ({time.perf_counter() - t0:.0f} s)")
+    for line in summary:
+        S.say("   " + line)
+
+
+if __name__ == "__main__":
+    main()
