@@ -26,6 +26,7 @@ __all__ = [
     "DrainTimeout",
     "JobPayloadError",
     "PoisonJobError",
+    "ReplicationTimeout",
     "JobFailedError",
     "WorkerLLMMissingError",
     "ScopeBusyError",
@@ -94,6 +95,11 @@ class DrainTimeout(QueueError):
 
 class JobPayloadError(ValidationError):
     """A job's payload is malformed (wrong schema version, bad field): never retried."""
+
+
+class ReplicationTimeout(QueueError):
+    """``MEMWORKER_COMMIT_REPLICAS``: fewer replicas than asked confirmed a write in time
+    (the write is on the primary; it is not yet safe from a failover)."""
 
 
 class PoisonJobError(QueueError):

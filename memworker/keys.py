@@ -35,6 +35,7 @@ The queue's keys (:class:`QueueKeys`; dramatiq's own live under ``{ns}:dq``)::
     {ns}:workers              zset    worker id -> last heartbeat (ms)
     {ns}:workers:<worker id>  hash    pid, host, started, processed, failed (TTL: HEALTH_TTL_MS)
     {ns}:stats                hash    committed, failed, records (throughput counters)
+    {ns}:synced               string  written before each WAIT (MEMWORKER_COMMIT_REPLICAS)
     {ns}:dq:<queue>           list    dramatiq: message ids (redis_message_id)
     {ns}:dq:<queue>.msgs      hash    dramatiq: message id -> message JSON
     {ns}:dq:<queue>.wake      list    wake-up tokens for idle consumers (one per enqueue)
@@ -168,13 +169,15 @@ class QueueKeys:
     stats: str = field(init=False, repr=False)
     #: dramatiq's sorted set of broker heartbeats.
     heartbeats: str = field(init=False, repr=False)
+    #: Written right before a ``WAIT`` (``MEMWORKER_COMMIT_REPLICAS``).
+    synced: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         ns = tag(self.namespace)
         _fill(self, dq_namespace=f"{ns}:dq", done_pattern=f"{ns}:done:*",
               producers=f"{ns}:producers", deliveries=f"{ns}:deliveries",
               workers=f"{ns}:workers", stats=f"{ns}:stats",
-              heartbeats=f"{ns}:dq:__heartbeats__")  # fmt: skip
+              heartbeats=f"{ns}:dq:__heartbeats__", synced=f"{ns}:synced")  # fmt: skip
 
     def producer(self, producer: str) -> ProducerKeys:
         """The keys of one producer's jobs."""

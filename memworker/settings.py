@@ -64,7 +64,7 @@ _CLUSTER_PARAM: dict[str, bool | None | str] = {
 }  # fmt: skip
 
 #: Fields that from_env reads from MEMWORKER_* variables.
-_ENV_FIELDS = ("namespace", "home", "search_module", "search_mode", "vector_type")
+_ENV_FIELDS = ("namespace", "home", "search_module", "search_mode", "vector_type", "commit_replicas")
 
 
 def _check_namespace(namespace: str) -> str:
@@ -127,6 +127,11 @@ class Settings:
             float16 when the server's search module indexes FLOAT16 vectors
             (RediSearch >= 2.10), where the index keeps its own copy of every vector,
             else float32. A namespace keeps the type of its first write.
+        commit_replicas: ``MEMWORKER_COMMIT_REPLICAS``: with replicas, an enqueue
+            returns, and a drain reports a job committed, only once that many
+            replicas have it (``WAIT``), so a failover to a replica loses no
+            acknowledged job and hides no reported commit; 0 (the default) does not
+            wait (asynchronous replication, docs/scaling.md).
         cluster: ``True`` for a Valkey Cluster, ``False`` for a standalone server,
             ``None`` (the default): asked once per address at the first connection
             (``INFO cluster``, :func:`memworker.io.redispy.is_cluster`). The URL sets it
@@ -151,6 +156,7 @@ class Settings:
     search_module: str = "auto"
     search_mode: SearchMode = "auto"
     vector_type: VectorType = "auto"
+    commit_replicas: int = 0
     cluster: bool | None = None
     endpoint: EmbeddedEndpoint | None = field(default=None, repr=False, compare=False)
 
@@ -163,6 +169,11 @@ class Settings:
         if self.vector_type not in _VECTOR_TYPES:
             raise ConfigError(
                 f"vector_type must be one of {', '.join(_VECTOR_TYPES)}, got {self.vector_type!r}"
+            )
+        if not isinstance(self.commit_replicas, int) or not 0 <= self.commit_replicas <= 16:
+            raise ConfigError(
+                f"commit_replicas (MEMWORKER_COMMIT_REPLICAS) must be a whole number from 0 "
+                f"to 16, got {self.commit_replicas!r}"
             )
         if self.cluster and self.db:
             raise ConfigError(f"a Valkey Cluster has only database 0, got database {self.db}")
@@ -256,8 +267,9 @@ class Settings:
         """Read settings from the environment.
 
         ``VALKEY_URL``, else ``REDIS_URL``, else the embedded server. Also reads
-        ``MEMWORKER_NAMESPACE``, ``MEMWORKER_HOME``, ``MEMWORKER_SEARCH_MODULE``
-        and ``MEMWORKER_SEARCH`` (``auto``/``module``/``exact``). Empty variables
+        ``MEMWORKER_NAMESPACE``, ``MEMWORKER_HOME``, ``MEMWORKER_SEARCH_MODULE``,
+        ``MEMWORKER_SEARCH`` (``auto``/``module``/``exact``), ``MEMWORKER_VECTOR_TYPE``
+        and ``MEMWORKER_COMMIT_REPLICAS``. Empty variables
         count as unset. Keyword overrides win over the environment.
         """
         env = os.environ if env is None else env
@@ -277,6 +289,13 @@ class Settings:
             values["search_mode"] = get("MEMWORKER_SEARCH")
         if get("MEMWORKER_VECTOR_TYPE"):
             values["vector_type"] = get("MEMWORKER_VECTOR_TYPE")
+        raw_replicas = get("MEMWORKER_COMMIT_REPLICAS")
+        if raw_replicas:
+            if not raw_replicas.strip().isdigit():
+                raise ConfigError(
+                    f"MEMWORKER_COMMIT_REPLICAS must be a whole number from 0 to 16, got {raw_replicas!r}"
+                )
+            values["commit_replicas"] = int(raw_replicas)
         values.update({k: v for k, v in overrides.items() if v is not None})
         url = get("VALKEY_URL") or get("REDIS_URL")
         if url:
@@ -312,6 +331,7 @@ class Settings:
             search_module=base.search_module,
             search_mode=base.search_mode,
             vector_type=base.vector_type,
+            commit_replicas=base.commit_replicas,
             **{
                 k: v
                 for k, v in overrides.items()

@@ -27,6 +27,7 @@ from memworker.io.plan import (
     Call,
     Pipeline,
     Plan,
+    Replicated,
     Step,
     backoff,
     error_text,
@@ -226,6 +227,8 @@ class SyncConnection(_Face):
         client = self.client()
         if isinstance(step, Call):
             return client.custom_command(*self._args(step.args))
+        if isinstance(step, Replicated):  # one multiplexed connection per node: WAIT sees the SET
+            return [client.custom_command(*self._args(c)) for c in step.commands()][-1]
         if isinstance(step, Pipeline):
             if not step.commands:
                 return []
@@ -337,6 +340,8 @@ class AsyncConnection(_Face):
         client = await self.client()
         if isinstance(step, Call):
             return await client.custom_command(*self._args(step.args))
+        if isinstance(step, Replicated):  # one multiplexed connection per node: WAIT sees the SET
+            return [await client.custom_command(*self._args(c)) for c in step.commands()][-1]
         if isinstance(step, Pipeline):
             if not step.commands:
                 return []

@@ -16,6 +16,7 @@ them surface, wrapped in the driver's server error class.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ __all__ = [
     "ErrorClasses",
     "Pipeline",
     "Plan",
+    "Replicated",
     "Script",
     "Step",
     "QUEUE_ERRORS",
@@ -81,7 +83,27 @@ class Script:
     args: list[Any] = field(default_factory=list)
 
 
-Step = Call | Pipeline | Script
+@dataclass(frozen=True)
+class Replicated:
+    """Wait until ``replicas`` replicas have every write made before this step: a
+    ``SET key`` and ``WAIT replicas timeout_ms`` on one connection to the primary of
+    ``key``'s slot (``WAIT`` counts a connection's own writes, and the replication
+    stream is ordered, so it covers every earlier write of any client). The reply is
+    the number of replicas that confirmed."""
+
+    key: str
+    replicas: int
+    timeout_ms: int
+
+    def commands(self) -> list[list[Any]]:
+        """A write of :attr:`key` (the connection's own write to wait for), then WAIT."""
+        return [
+            ["SET", self.key, str(time.time_ns()), "PX", "60000"],
+            ["WAIT", str(self.replicas), str(self.timeout_ms)],
+        ]
+
+
+Step = Call | Pipeline | Script | Replicated
 Plan = Generator[Step, Any, T]
 
 

@@ -31,6 +31,7 @@ from memworker.io.plan import (
     ErrorClasses,
     Pipeline,
     Plan,
+    Replicated,
     Step,
     backoff,
     error_text,
@@ -226,6 +227,14 @@ class RedisSyncDriver(_Driver):
         client = self.client()
         if isinstance(step, Call):
             return client.execute_command(*step.args)
+        if isinstance(step, Replicated):
+            node = client
+            if hasattr(client, "get_node_from_key"):  # a RedisCluster: the key's primary
+                node = client.get_redis_connection(client.get_node_from_key(step.key))
+            with node.pipeline(transaction=False) as pipe:
+                for command in step.commands():
+                    pipe.execute_command(*command)
+                return pipe.execute()[-1]
         if isinstance(step, Pipeline):
             if not step.commands:
                 return []
@@ -313,6 +322,24 @@ class RedisAsyncDriver(_Driver):
         super().__init__(settings, errors)
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._nodes: dict[tuple[str, int], Any] = {}
+
+    def _node_client(self, node: Any) -> Any:
+        """A plain ``redis.asyncio.Redis`` on one cluster node (for WAIT, which needs
+        one connection), made once per node and event loop."""
+        import redis.asyncio
+
+        address = (node.host, int(node.port))
+        found = self._nodes.get(address)
+        if found is None:
+            username, password = self.settings.credentials()
+            kwargs = redis_kwargs(self.settings)
+            found = redis.asyncio.Redis(
+                host=address[0], port=address[1], username=username, password=password,
+                ssl=self.settings.tls, **kwargs,
+            )  # fmt: skip
+            self._nodes[address] = found
+        return found
 
     def client(self) -> Any:
         """The ``redis.asyncio.Redis`` client of the running loop, created on first use."""
@@ -320,12 +347,21 @@ class RedisAsyncDriver(_Driver):
         if self._client is None or self._loop is not loop:
             self._client = async_redis_client(self.settings)
             self._loop = loop
+            self._nodes = {}
         return self._client
 
     async def _send(self, step: Step) -> Any:
         client = self.client()
         if isinstance(step, Call):
             return await client.execute_command(*step.args)
+        if isinstance(step, Replicated):
+            node = client
+            if hasattr(client, "get_node_from_key"):  # a RedisCluster: the key's primary
+                node = self._node_client(client.get_node_from_key(step.key))
+            async with node.pipeline(transaction=False) as pipe:
+                for command in step.commands():
+                    pipe.execute_command(*command)
+                return (await pipe.execute())[-1]
         if isinstance(step, Pipeline):
             if not step.commands:
                 return []
@@ -393,5 +429,8 @@ class RedisAsyncDriver(_Driver):
     async def close(self) -> None:
         """Close the client of the running loop; the next call creates a new one."""
         client, self._client = self._client, None
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for node in nodes:
+            await node.aclose()
         if client is not None:
             await client.aclose()

@@ -11,7 +11,9 @@ record of the producer, and reports: each id with a marker as committed, every
 unreported failure (including jobs that failed between drains or during a drain that
 timed out), and each id with none of the three as lost (the server lost its enqueue
 or commit). What it reports it consumes and tombstones (``ns:reported:<producer>``),
-so it is reported once.
+so it is reported once. With ``MEMWORKER_COMMIT_REPLICAS=N`` it returns only once N
+replicas have every commit made so far (:func:`p_replicated`, before it consumes
+anything).
 
 Every read and write runs through a redis-py driver (:mod:`memworker.io.redispy`):
 transient failures are retried with backoff, other errors raised as
@@ -25,8 +27,8 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
-from memworker.errors import DrainTimeout
-from memworker.io.plan import Pipeline, Step, one
+from memworker.errors import DrainTimeout, ReplicationTimeout
+from memworker.io.plan import Pipeline, Plan, Replicated, Step, one
 from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver
 from memworker.keys import QueueKeys
 from memworker.queue.admin import HEALTH_TTL_MS, as_text, now_ms
@@ -38,11 +40,36 @@ from memworker.queue.jobs import (
     failure_from_json,
 )
 
-__all__ = ["DRAIN_POLL_MS", "Wait", "drain_async", "drain_plan", "drain_sync"]
+__all__ = [
+    "DRAIN_POLL_MS",
+    "Wait",
+    "drain_async",
+    "drain_plan",
+    "drain_sync",
+    "p_replicated",
+    "replica_timeout_ms",
+]
 
 #: Longest wait between two checks of the pending set during a drain (safety net
 #: under the pub/sub wake-up), in milliseconds.
 DRAIN_POLL_MS = 200
+
+
+def p_replicated(keys: QueueKeys, replicas: int, timeout_ms: int, what: str) -> Plan[None]:
+    """Wait until ``replicas`` replicas have every write made so far on the namespace's
+    primary (``MEMWORKER_COMMIT_REPLICAS``); nothing when ``replicas`` is 0.
+
+    Raises:
+        ReplicationTimeout: Fewer confirmed within ``timeout_ms``, naming ``what``.
+    """
+    if replicas <= 0:
+        return
+    acked = int((yield Replicated(keys.synced, replicas, timeout_ms)))
+    if acked < replicas:
+        raise ReplicationTimeout(
+            f"{what}: confirmed by {acked} of {replicas} replica(s) within {timeout_ms} ms "
+            "(MEMWORKER_COMMIT_REPLICAS); it is on the primary, not yet safe from a failover"
+        )
 
 
 @dataclass(frozen=True)
@@ -189,6 +216,8 @@ def drain_plan(
     timeout: float | None,
     given: dict[str, list[str]] | None,
     owner: str | None,
+    replicas: int = 0,
+    replica_timeout_ms: int = 5_000,
 ) -> Generator[Step | Wait, Any, DrainReport]:
     """The drain barrier, IO-free: run by :func:`drain_sync` and :func:`drain_async`
     after they subscribed to the producers' done channel(s), so no wake-up can fall
@@ -201,6 +230,8 @@ def drain_plan(
         timeout: Seconds; ``None`` waits for ever.
         given: Job ids to wait for, per producer, instead of a snapshot.
         owner: Consume only this producer's reports (``None``: every producer's).
+        replicas: Report commits only once this many replicas have them.
+        replica_timeout_ms: How long to wait for them.
 
     Yields:
         :class:`~memworker.io.plan.Pipeline` steps (plain reads, MULTI reads and
@@ -246,6 +277,9 @@ def drain_plan(
         if notified:
             gone = set(notified)
             left = {p: kept for p, ids in left.items() if (kept := [i for i in ids if i not in gone])}
+    # Also with nothing in the snapshot: jobs committed before the drain began count
+    # as the producer's writes too.
+    yield from p_replicated(keys, replicas, replica_timeout_ms, "drain")
     if found:
         yield Pipeline(found, atomic=True)
     return report
@@ -280,6 +314,16 @@ async def _wait_async(pubsub: Any, seconds: float) -> list[str]:
     return ids
 
 
+def _replication(driver: RedisSyncDriver | RedisAsyncDriver) -> tuple[int, int]:
+    """``MEMWORKER_COMMIT_REPLICAS`` and the wait's timeout, from the driver's settings."""
+    return driver.settings.commit_replicas, replica_timeout_ms(driver.settings.request_timeout_ms)
+
+
+def replica_timeout_ms(request_timeout_ms: int) -> int:
+    """How long a WAIT for replicas may block: within the client's request timeout."""
+    return max(50, request_timeout_ms * 4 // 5)
+
+
 def drain_sync(
     driver: RedisSyncDriver,
     keys: QueueKeys,
@@ -297,7 +341,7 @@ def drain_sync(
             driver.guarded(lambda _c: pubsub.subscribe(keys.producer(producers[0]).done_channel))
         else:
             driver.guarded(lambda _c: pubsub.psubscribe(keys.done_pattern))
-        plan = drain_plan(keys, producers, timeout, given, owner)
+        plan = drain_plan(keys, producers, timeout, given, owner, *_replication(driver))
         reply: Any = None
         while True:
             try:
@@ -329,7 +373,7 @@ async def drain_async(
             await driver.guarded(lambda _c: pubsub.subscribe(keys.producer(producers[0]).done_channel))
         else:
             await driver.guarded(lambda _c: pubsub.psubscribe(keys.done_pattern))
-        plan = drain_plan(keys, producers, timeout, given, owner)
+        plan = drain_plan(keys, producers, timeout, given, owner, *_replication(driver))
         reply: Any = None
         while True:
             try:

@@ -27,11 +27,11 @@ from typing import Any
 from typing_extensions import Self
 
 from memworker.errors import ValidationError
-from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, one
+from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, Plan, one
 from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver
 from memworker.keys import DEFAULT_QUEUE, QueueKeys, result_key
 from memworker.queue.admin import as_text, now_ms, status_plan
-from memworker.queue.drain import drain_async, drain_sync
+from memworker.queue.drain import drain_async, drain_sync, p_replicated, replica_timeout_ms
 from memworker.queue.jobs import (
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_JOB_BYTES,
@@ -136,12 +136,21 @@ class MemoryQueue:
         Raises:
             QueueConnectionLostError: The server did not answer after every retry.
             QueueError: The server refused the transaction.
+            ReplicationTimeout: ``MEMWORKER_COMMIT_REPLICAS`` replicas did not confirm
+                the job in time (it is queued on the primary).
         """
-        self._driver.run(one(Pipeline(commands, atomic=True)))
+        self._driver.run(self._p_enqueue(commands))
 
     async def _aenqueue(self, commands: list[list[Any]]) -> None:
         """Async :meth:`_enqueue`."""
-        await self._adriver.run(one(Pipeline(commands, atomic=True)))
+        await self._adriver.run(self._p_enqueue(commands))
+
+    def _p_enqueue(self, commands: list[list[Any]]) -> Plan[None]:
+        """The enqueue's MULTI, then (``MEMWORKER_COMMIT_REPLICAS``) the wait until
+        enough replicas have it."""
+        yield Pipeline(commands, atomic=True)
+        timeout_ms = replica_timeout_ms(self.settings.request_timeout_ms)
+        yield from p_replicated(self.keys, self.settings.commit_replicas, timeout_ms, "enqueue")
 
     # ------------------------------------------------------------------ core
     def _prepare_save(self, records: Sequence[Any]) -> tuple[str, list[list[Any]]]:
