@@ -66,11 +66,16 @@ class SearchPlans(ReadPlans):
         if stored != dim:
             yield from self._p_check_dim(dim)
         module = yield from self._p_probe()
+        found: list[tuple[Any, float]] | None = None
         if module:
             yield from self._p_ensure_index(stored)
-            hits = yield from self._p_search_module(vector, flt, limit)
-        else:
-            hits = yield from self._p_search_exact(vector, flt, limit)
+            if self._state.index_building:
+                self._state.index_building = not (yield from self._p_index_done())
+            if not self._state.index_building:
+                found = yield from self._p_search_module(vector, flt, limit)
+            if found is None:  # no index here (the namespace moved shard) or still building
+                yield from self._p_ensure_index(stored)
+        hits = found if found is not None else (yield from self._p_search_exact(vector, flt, limit))
         # CrewAI passes min_score=0.0 to mean "no threshold": cosine can be negative.
         out = [(r, s) for r, s in hits if min_score <= 0 or s >= min_score]
         out.sort(key=lambda pair: (-pair[1], pair[0].id))
@@ -78,7 +83,10 @@ class SearchPlans(ReadPlans):
 
     def _p_search_module(
         self, vector: bytes, flt: SearchFilter, limit: int
-    ) -> Plan[list[tuple[Any, float]]]:
+    ) -> Plan[list[tuple[Any, float]] | None]:
+        """The hits from the index; ``None`` when the index is gone (a namespace whose
+        slot moved to another shard finds none there: the caller recreates it and
+        answers this search on the exact path)."""
         # Only the distance comes from FT.SEARCH: modules may round NUMERIC fields
         # they return (RediSearch keeps 12 digits), so records are read with HMGET.
         if self._state.vtype == "float16":  # the query in the index's type
@@ -96,7 +104,7 @@ class SearchPlans(ReadPlans):
             text = error_text(exc).lower()
             if "no such index" in text or "unknown index" in text or "not found" in text:
                 self._state.index_ready = False
-                return []
+                return None
             raise
         prefix = self.keys.rec_prefix
         scored: list[tuple[str, float]] = []

@@ -45,6 +45,10 @@ class StoreState:
     module: bool | None = None
     module_float16: bool = False  # the module indexes FLOAT16 vectors (RediSearch >= 2.10)
     index_ready: bool = False
+    # The index is still scanning the records it was created over (a namespace moved to
+    # another shard, migrated, or indexed after its records): searches use the exact
+    # path until it is done.
+    index_building: bool = False
     # list_records reads pages with SORT_RO ... GET until the server refuses it
     # (an ACL user without access to every key, a server before SORT_RO).
     sort_page: bool = True
@@ -130,17 +134,26 @@ class ServerPlans:
         k = self.keys
         schema = record_index(k, dim, self._state.vtype or "float32", *self._hnsw)
         existing = yield Call(["FT._LIST"])
-        if k.index.encode() in {
+        if k.index.encode() not in {
             e if isinstance(e, bytes) else str(e).encode() for e in existing or []
         }:
-            self._state.index_ready = True
-            return
-        try:
-            yield Call(schema.create_command())
-        except Exception as exc:  # noqa: BLE001
-            if "exists" not in error_text(exc).lower():
-                raise
+            try:
+                yield Call(schema.create_command())
+            except Exception as exc:  # noqa: BLE001
+                if "exists" not in error_text(exc).lower():
+                    raise
+        self._state.index_building = not (yield from self._p_index_done())
         self._state.index_ready = True
+
+    def _p_index_done(self) -> Plan[bool]:
+        """Whether the module indexed every record its index covers (FT.INFO:
+        RediSearch's ``indexing``, valkey-search's ``backfill_in_progress``; a module
+        that says neither counts as done)."""
+        info = yield Call(["FT.INFO", self.keys.index])
+        items = list(info.items()) if isinstance(info, Mapping) else list(zip(info[::2], info[1::2]))
+        fields = {as_text(k): v for k, v in items}
+        busy = fields.get("indexing", fields.get("backfill_in_progress", 0))
+        return as_text(busy) in ("0", "0.0")
 
     def _p_index_built(self) -> Plan[bool | None]:
         """Create the namespace's index if a module answers and the namespace has a
@@ -151,10 +164,9 @@ class ServerPlans:
         if not module or dim is None:
             return None
         yield from self._p_ensure_index(dim)
-        info = yield Call(["FT.INFO", self.keys.index])
-        items = list(info.items()) if isinstance(info, Mapping) else list(zip(info[::2], info[1::2]))
-        fields = {as_text(k): v for k, v in items}
-        return as_text(fields.get("indexing", 0)) in ("0", "0.0")
+        done = yield from self._p_index_done()
+        self._state.index_building = not done
+        return done
 
     def _p_vector_type(self) -> Plan[str]:
         """How this namespace stores vectors: its stored type, or for a new namespace
