@@ -23,11 +23,11 @@ until the index is built), then 200 ``store.search(vector, limit=10)`` with rand
 query vectors (after 20 untimed warm-up queries). Reports p50/p99 and the ratio
 cluster/standalone.
 
-Part 3, the cost of a replica's ``WAIT`` per commit step: a 3-primary cluster with
-one replica per primary; each repetition saves 8 records (``store.save``) and then
-issues ``WAIT 1 1000`` with redis-py directly on the primary that owns the
-namespace's slot. Reports the median ms of the save and of the WAIT, and how often
-WAIT saw the replica acknowledge.
+Part 3, the cost of ``MEMWORKER_COMMIT_REPLICAS=1`` where memworker waits for a
+replica (``SET`` + ``WAIT`` on one connection): the latency of an enqueue of one text
+and of a drain with nothing to wait for, with the setting at 0 and at 1, on a
+3-primary cluster with one replica per primary. The worker's commit does not wait
+(docs/guarantees.md, section 3), so a commit step costs nothing more.
 
 Timings come from one process; the machine may be shared, so compare the ratios
 measured within one run rather than absolute figures. Note: with few cores, three
@@ -218,6 +218,7 @@ def part1(n: int, seed: int) -> str:
           "server = INFO cpu summed over the nodes; the machine has "
           f"{os.cpu_count()} cores)")
     S.say(f"   ratio (b)/(a) total rec/s: {rate_b / rate_a:.2f}x")
+    FIGURES["part1"] = {"one shard": rate_a, "3 shards": rate_b, "n": n}
     return (f"part 1: write capacity 3 shards / 1 shard = {rate_b / rate_a:.2f}x "
             f"({rate_b:,.0f} vs {rate_a:,.0f} rec/s, N={n:,} per namespace)")
 
@@ -273,62 +274,85 @@ def part2(m: int, n_queries: int, seed: int) -> str:
     a, b = res["standalone"]["lat"], res["cluster 3x0"]["lat"]
     r50, r99 = S.pct(b, 50) / S.pct(a, 50), S.pct(b, 99) / S.pct(a, 99)
     S.say(f"   ratio cluster/standalone: p50 {r50:.2f}x, p99 {r99:.2f}x")
+    FIGURES["part2"] = {"m": m, **{name: (S.pct(r["lat"], 50), S.pct(r["lat"], 99)) for name, r in res.items()}}
     return (f"part 2: search at {m:,} records cluster/standalone p50 = {r50:.2f}x, "
             f"p99 = {r99:.2f}x")
 
 
 # --------------------------------------------------------------------------- part 3
 def part3(reps: int, seed: int) -> str:
-    import redis
+    """What MEMWORKER_COMMIT_REPLICAS=1 costs where memworker waits: an enqueue and a
+    drain (the worker's commit does not wait: docs/guarantees.md, section 3)."""
+    from memworker.queue.producer import MemoryQueue
+    from memworker.settings import Settings
 
-    S.say(f"\n-- part 3: replica WAIT per commit step, {reps} x (save 8 records, WAIT 1 1000)")
-    rng = np.random.default_rng(seed + 20)
-    batches = [
-        S.make_records(rng, S.unit_vectors(rng, 8), start=i * 8, prefix="r")
-        for i in range(reps + 5)
-    ]
+    S.say(f"\n-- part 3: MEMWORKER_COMMIT_REPLICAS, {reps} enqueues of one text and {reps} "
+          "empty drains, 3x1 cluster")
     cluster = start_cluster(3, 1, module=True)
+    rows, medians = [], {}
     try:
-        ns = "waitns"
-        port = slot_port(cluster, ns)
-        st = make_store(cluster.url, ns)
-        primary = redis.Redis(host="127.0.0.1", port=port)
-        try:
-            for b in batches[:5]:  # warm-up
-                st.save(b)
-                primary.execute_command("WAIT", 1, 1000)
-            t_save: list[float] = []
-            t_wait: list[float] = []
-            acked = 0
-            for b in batches[5:]:
-                t0 = time.perf_counter()
-                st.save(b)
-                t1 = time.perf_counter()
-                n_ack = int(primary.execute_command("WAIT", 1, 1000))
-                t2 = time.perf_counter()
-                t_save.append((t1 - t0) * 1e3)
-                t_wait.append((t2 - t1) * 1e3)
-                acked += n_ack >= 1
-            count = st.count()
-        finally:
-            primary.close()
-            st.close()
+        for replicas in (0, 1):
+            settings = Settings.from_url(cluster.url, namespace=f"wait{replicas}", commit_replicas=replicas)
+            with MemoryQueue(settings, producer_id="bench") as q:
+                for i in range(5):  # warm-up
+                    q.enqueue_encode([f"warm {i}"])
+                t_enq: list[float] = []
+                for i in range(reps):
+                    t0 = time.perf_counter()
+                    q.enqueue_encode([f"text {i}"])
+                    t_enq.append((time.perf_counter() - t0) * 1e3)
+                t_drain: list[float] = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    q.drain(timeout=60, job_ids=[])
+                    t_drain.append((time.perf_counter() - t0) * 1e3)
+            medians[replicas] = (S.median(t_enq), S.median(t_drain))
+            rows.append([f"COMMIT_REPLICAS={replicas}", S.median(t_enq), S.pct(t_enq, 99),
+                         S.median(t_drain), S.pct(t_drain, 99)])
     finally:
         cluster.stop()
-    ms, mw = S.median(t_save), S.median(t_wait)
-    S.say(S.table(
-        ["step", "median ms", "p99 ms"],
-        [
-            ["save (8 records)", ms, S.pct(t_save, 99)],
-            ["WAIT 1 1000", mw, S.pct(t_wait, 99)],
-            ["save + WAIT", S.median([a + b for a, b in zip(t_save, t_wait)]),
-             S.pct([a + b for a, b in zip(t_save, t_wait)], 99)],
-        ],
-    ))
-    S.say(f"   primary port {port}, records {count:,}, WAIT acknowledged by the replica "
-          f"{acked}/{reps} times; WAIT/save median = {mw / ms:.2f}x")
-    return (f"part 3: WAIT 1 adds {mw:.2f} ms median to a {ms:.2f} ms save of 8 records "
-            f"(WAIT/save = {mw / ms:.2f}x, acked {acked}/{reps})")
+    S.say(S.table(["setting", "enqueue p50 ms", "enqueue p99 ms", "drain p50 ms", "drain p99 ms"], rows))
+    (e0, d0), (e1, d1) = medians[0], medians[1]
+    FIGURES["part3"] = {"enqueue": (e0, e1), "drain": (d0, d1)}
+    return (f"part 3: COMMIT_REPLICAS=1 enqueue p50 {e1:.2f} vs {e0:.2f} ms ({e1 / e0:.2f}x), "
+            f"drain p50 {d1:.2f} vs {d0:.2f} ms ({d1 / d0:.2f}x)")
+
+
+#: Each part's figures, for --plot.
+FIGURES: dict[str, dict[str, Any]] = {}
+
+
+def plot(path: str) -> None:
+    """One PNG with a panel per part that ran (matplotlib, the bench extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ("part1", "part2", "part3") if k in FIGURES]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        f = FIGURES[key]
+        if key == "part1":
+            ax.bar(["1 shard", "3 shards"], [f["one shard"], f["3 shards"]], color=["#888", "#3a7"])
+            ax.set_title(f"indexed writes, 3 namespaces x {f['n']:,}")
+            ax.set_ylabel("records/s")
+        elif key == "part2":
+            names = [k for k in f if k != "m"]
+            ax.bar([f"{n}\np50" for n in names], [f[n][0] for n in names], color="#37a")
+            ax.bar([f"{n}\np99" for n in names], [f[n][1] for n in names], color="#9bd")
+            ax.set_title(f"search, {f['m']:,} records, limit 10")
+            ax.set_ylabel("ms")
+        else:
+            labels = ["enqueue\nN=0", "enqueue\nN=1", "drain\nN=0", "drain\nN=1"]
+            values = [*f["enqueue"], *f["drain"]]
+            ax.bar(labels, values, color=["#888", "#a73", "#888", "#a73"])
+            ax.set_title("MEMWORKER_COMMIT_REPLICAS=N, p50")
+            ax.set_ylabel("ms")
+    fig.suptitle(f"memworker on a Valkey Cluster (RediSearch, {os.cpu_count()} shared cores)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    S.say(f"   plot: {path}")
 
 
 def main() -> None:
@@ -341,6 +365,7 @@ def main() -> None:
                     help="run only this part (repeatable; default all)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="N=3,000, M=10,000, 50 repetitions")
+    ap.add_argument("--plot", metavar="PNG", help="also draw the figures (needs matplotlib)")
     args = ap.parse_args()
     if args.quick:
         args.n, args.m, args.reps = 3_000, 10_000, 50
@@ -359,6 +384,8 @@ def main() -> None:
     S.say(f"\n== summary ({time.perf_counter() - t0:.0f} s)")
     for line in summary:
         S.say("   " + line)
+    if args.plot:
+        plot(args.plot)
 
 
 if __name__ == "__main__":

@@ -111,9 +111,19 @@ def make_argument_parser() -> argparse.ArgumentParser:
         help="message bytes a worker process holds in its batched path "
         "(default: $MEMWORKER_INFLIGHT_BYTES or 16 MiB)",
     )
+    worker.add_argument(
+        "--metrics-port", type=int, default=None,
+        help="serve Prometheus /metrics for all the worker's processes on this port "
+        "(default: $MEMWORKER_METRICS_PORT, else off; needs the metrics extra)",
+    )
 
     status = commands.add_parser("status", help="queue depth, dead letters, pending per producer, live workers")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument(
+        "--watch", nargs="?", const=2.0, type=float, default=None, metavar="SECONDS",
+        help="refresh the table every SECONDS (default 2) until Ctrl-C, with throughput",
+    )
+    status.add_argument("--count", type=int, default=None, help=argparse.SUPPRESS)  # --watch: stop after N
 
     drain = commands.add_parser("drain", help="wait until pending jobs are committed or failed")
     drain.add_argument("--all", action="store_true", help="every producer of the namespace (default: --producer)")
@@ -240,6 +250,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         commit_step=args.commit_step,
         inflight_records=args.inflight_records,
         inflight_bytes=args.inflight_bytes,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -248,11 +259,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     from memworker.queue.admin import queue_status
 
-    status = queue_status(_settings(args))
+    settings = _settings(args)
+    if args.watch is not None:
+        return _watch_status(settings, max(0.1, args.watch), args.count)
+    status = queue_status(settings)
     if args.json:
         print(json.dumps(status, indent=2, default=str))
         return EXIT_OK
-    rows = [
+    _print_status(status)
+    return EXIT_OK
+
+
+def _print_status(status: dict[str, Any], rates: Sequence[tuple[str, object]] = ()) -> None:
+    rows: list[tuple[str, object]] = [
         ("namespace", status["namespace"]),
         ("queue depth", status["depth"]),
         ("in flight", status["in_flight"]),
@@ -260,6 +279,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         ("dead letters", status["dead"]),
         ("pending jobs", status["pending_total"]),
         ("live workers", len(status["workers"])),
+        *rates,
     ]
     rows += [(f"  pending: {p}", n) for p, n in sorted(status["pending"].items())]
     rows += [(f"  worker: {w['id']}", _worker_line(w)) for w in status["workers"]]
@@ -267,6 +287,38 @@ def _cmd_status(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key.ljust(width)}  {value}")
+
+
+def _watch_status(settings: Any, seconds: float, count: int | None) -> int:
+    """``status --watch``: the table, redrawn every ``seconds``, with the committed jobs
+    and records per second since the last refresh (from the throughput counters)."""
+    import time
+
+    from memworker.queue.admin import queue_status
+
+    last: tuple[float, dict[str, int]] | None = None
+    shown = 0
+    try:
+        while count is None or shown < count:
+            status = queue_status(settings)
+            now = time.monotonic()
+            rates: list[tuple[str, object]] = []
+            if last is not None:
+                elapsed = max(1e-6, now - last[0])
+                for name in ("committed", "records", "failed"):
+                    delta = status["counters"].get(name, 0) - last[1].get(name, 0)
+                    rates.append((f"{name} per second", f"{delta / elapsed:,.1f}"))
+            last = (now, dict(status["counters"]))
+            if sys.stdout.isatty():
+                print("\033[2J\033[H", end="")  # clear the terminal, cursor home
+            print(f"memworker status  {time.strftime('%H:%M:%S')}  (every {seconds:g} s; Ctrl-C stops)")
+            _print_status(status, rates)
+            print(flush=True)
+            shown += 1
+            if count is None or shown < count:
+                time.sleep(seconds)
+    except KeyboardInterrupt:
+        pass
     return EXIT_OK
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "read_llm",
     "read_memory_factory",
     "read_appendfsync",
+    "read_metrics_port",
 ]
 
 #: Deliveries of one attempt of a job before the poison guard dead-letters it.
@@ -165,6 +166,25 @@ def read_backend(env: Mapping[str, str] | None = None) -> str:
     if raw not in BACKEND_VALUES:
         raise ConfigError(f"{BACKEND_ENV} must be one of {', '.join(BACKEND_VALUES)}, got {raw!r}")
     return raw
+
+
+def read_metrics_port(given: int | None = None, env: Mapping[str, str] | None = None) -> int | None:
+    """The worker's Prometheus port: ``given`` (``--metrics-port``), else
+    ``MEMWORKER_METRICS_PORT``, else ``None`` (no metrics served).
+
+    Raises:
+        ConfigError: Not a port number (1-65535).
+    """
+    raw: object = given if given is not None else _get(env, "MEMWORKER_METRICS_PORT")
+    if raw is None:
+        return None
+    try:
+        port = int(str(raw))
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65_535:
+        raise ConfigError(f"the metrics port (MEMWORKER_METRICS_PORT, --metrics-port) must be 1-65535, got {raw!r}")
+    return port
 
 
 def read_home(env: Mapping[str, str] | None = None) -> Path:

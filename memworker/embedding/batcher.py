@@ -21,6 +21,7 @@ import numpy as np
 from memworker.embedding.model import check_texts
 from memworker.embedding.protocols import TextEncoder
 from memworker.errors import ConfigError, MemworkerError
+from memworker.metrics import worker_metrics
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -307,6 +308,8 @@ class EmbeddingBatcher:
             self._counts["batches"] += 1
             self._counts["texts"] += taken
             self._counts["deduped"] += taken - len(index)
+        metrics = worker_metrics()
+        started = time.perf_counter()
         try:
             vectors = self._encode(list(index))
         except Exception as exc:  # noqa: BLE001 - isolate the request(s) that fail
@@ -319,6 +322,9 @@ class EmbeddingBatcher:
             for segment in live:
                 self._isolated(segment)
             return
+        if metrics is not None:
+            metrics.inference.observe(time.perf_counter() - started)
+            metrics.batch_texts.observe(len(index))
         for segment, rows in zip(batch, positions):
             self._fill(segment, vectors, rows)
 

@@ -18,18 +18,21 @@ Key layout: :class:`memworker.keys.QueueKeys`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from typing_extensions import Self
 
-from memworker.errors import ValidationError
+from memworker.errors import DrainTimeout, ValidationError
 from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, Plan, one
 from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver
 from memworker.keys import DEFAULT_QUEUE, QueueKeys, result_key
+from memworker.metrics import producer_metrics
 from memworker.queue.admin import as_text, now_ms, status_plan
 from memworker.queue.drain import drain_async, drain_sync, p_replicated, replica_timeout_ms
 from memworker.queue.jobs import (
@@ -85,6 +88,11 @@ class MemoryQueue:
             wake-up channel); default ``<host>-<pid>-<random>``.
         max_job_bytes: Largest encoded job accepted.
         max_items: Most records or texts in one job.
+        metrics: Record Prometheus metrics of this producer in the process's default
+            registry (``memworker_enqueue_seconds``, ``memworker_drain_wait_seconds``,
+            ``memworker_drain_timeouts_total``; :mod:`memworker.metrics`); ``None``
+            reads ``MEMWORKER_PRODUCER_METRICS`` (``1``/``true``). Needs the
+            ``metrics`` extra.
 
     Nothing connects until the first call; one client per face, reused.
     """
@@ -97,8 +105,12 @@ class MemoryQueue:
         producer_id: str | None = None,
         max_job_bytes: int = DEFAULT_MAX_JOB_BYTES,
         max_items: int = DEFAULT_MAX_ITEMS,
+        metrics: bool | None = None,
     ) -> None:
         self.settings = Settings.resolve(url, namespace=namespace)
+        if metrics is None:
+            metrics = os.environ.get("MEMWORKER_PRODUCER_METRICS", "").lower() in ("1", "true", "yes")
+        self._metrics = producer_metrics() if metrics else None
         self.keys = QueueKeys(self.settings.namespace)
         self.producer_id = check_producer_id(producer_id or default_producer_id())
         if not isinstance(max_job_bytes, int) or max_job_bytes < 1024:
@@ -139,11 +151,31 @@ class MemoryQueue:
             ReplicationTimeout: ``MEMWORKER_COMMIT_REPLICAS`` replicas did not confirm
                 the job in time (it is queued on the primary).
         """
-        self._driver.run(self._p_enqueue(commands))
+        with self._timed("enqueue"):
+            self._driver.run(self._p_enqueue(commands))
 
     async def _aenqueue(self, commands: list[list[Any]]) -> None:
         """Async :meth:`_enqueue`."""
-        await self._adriver.run(self._p_enqueue(commands))
+        with self._timed("enqueue"):
+            await self._adriver.run(self._p_enqueue(commands))
+
+    @contextlib.contextmanager
+    def _timed(self, what: str) -> Iterator[None]:
+        """Observe the block's seconds in the producer's ``what`` histogram (``enqueue``
+        or ``drain_wait``) and count drain timeouts, when metrics are on."""
+        if self._metrics is None:
+            yield
+            return
+        ns = self.keys.namespace
+        started = time.perf_counter()
+        try:
+            yield
+        except DrainTimeout:
+            self._metrics.drain_timeouts.labels(ns).inc()
+            raise
+        finally:
+            histogram = self._metrics.enqueue if what == "enqueue" else self._metrics.drain_wait
+            histogram.labels(ns).observe(time.perf_counter() - started)
 
     def _p_enqueue(self, commands: list[list[Any]]) -> Plan[None]:
         """The enqueue's MULTI, then (``MEMWORKER_COMMIT_REPLICAS``) the wait until
@@ -241,7 +273,8 @@ class MemoryQueue:
             DrainTimeout: Naming the stuck jobs and the likely cause.
         """
         given = None if job_ids is None else {self.producer_id: [str(i) for i in job_ids]}
-        return drain_sync(self._driver, self.keys, [self.producer_id], timeout, given=given)
+        with self._timed("drain_wait"):
+            return drain_sync(self._driver, self.keys, [self.producer_id], timeout, given=given)
 
     def drain_all(self, timeout: float | None = None) -> DrainReport:
         """Namespace-wide drain (every producer's jobs): for shutdown and reset.
@@ -305,9 +338,10 @@ class MemoryQueue:
     ) -> DrainReport:
         """Async :meth:`drain`."""
         given = None if job_ids is None else {self.producer_id: [str(i) for i in job_ids]}
-        return await drain_async(
-            self._adriver, self.keys, [self.producer_id], timeout, given=given
-        )
+        with self._timed("drain_wait"):
+            return await drain_async(
+                self._adriver, self.keys, [self.producer_id], timeout, given=given
+            )
 
     async def adrain_all(self, timeout: float | None = None) -> DrainReport:
         """Async :meth:`drain_all`."""

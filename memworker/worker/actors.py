@@ -52,6 +52,7 @@ from memworker.queue.jobs import (
 )
 from memworker.queue.payload import check_encode_job, parse_job, records_from_save_job
 from memworker.layout import refuse_legacy
+from memworker.metrics import worker_metrics
 from memworker.settings import Settings
 from memworker.store.codec import to_rows
 from memworker.store.store import NotPending, ValkeyStore
@@ -139,16 +140,24 @@ class WorkerContext:
         # that committed (or failed) writes nothing, so it cannot revert an update made
         # after the drain returned, re-add the marker a drain consumed, or count twice.
         guard = (k.producer(producer).pending, job_id)
+        metrics = worker_metrics()
         try:
             while step and len(encoded) > step:
+                started = time.perf_counter()
                 inserted += self.store.write_encoded(encoded[:step], guard=guard)
+                if metrics is not None:
+                    metrics.commit.labels(k.namespace).observe(time.perf_counter() - started)
                 encoded = encoded[step:]
+            started = time.perf_counter()
             inserted += self.store.write_encoded(encoded, extra=commands, guard=guard)
+            if metrics is not None:
+                metrics.commit.labels(k.namespace).observe(time.perf_counter() - started)
         except NotPending:
             self.duplicates += 1
             return 0
         if field:
             current_delivery.cleared = field
+        current_delivery.records = getattr(current_delivery, "records", 0) + len(records)
         return inserted
 
     def close(self) -> None:

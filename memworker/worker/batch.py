@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from memworker.metrics import worker_metrics
 from memworker.queue.jobs import (
     ENCODE_ACTOR,
     MARKER_TTL_MS,
@@ -361,6 +362,7 @@ class JobBatches:
                 [job.redis_id for job in jobs],
             ),
         ]  # fmt: skip
+        started = time.perf_counter()
         try:
             _, skipped = self.store.write_jobs([write for _, write in call], tail)
         except Exception:  # noqa: BLE001 - each job then fails or retries on its own
@@ -372,6 +374,14 @@ class JobBatches:
             self._hand_back(jobs)
             return
         committed = len(jobs) - len(skipped)
+        metrics = worker_metrics()
+        if metrics is not None:
+            ns = self.keys.namespace
+            metrics.commit.labels(ns).observe(time.perf_counter() - started)
+            gone = set(skipped)
+            for n, (job, write) in enumerate(call):
+                if n not in gone:
+                    metrics.committed(ns, len(write.rows), job.message.message_timestamp, 1)
         with self._lock:
             self.counts.calls += 1
             self.counts.committed += committed

@@ -31,6 +31,7 @@ from typing import Any
 
 from dramatiq.middleware import Middleware, SkipMessage
 
+from memworker.metrics import worker_metrics
 from memworker.queue.jobs import PoisonJobError, QueueKeys, delivery_field, failure_json
 from memworker.queue.payload import job_identity
 from memworker.queue.admin import HEALTH_TTL_MS
@@ -74,8 +75,8 @@ return 1
 """
 
 #: The message a worker thread is processing: its delivery-counter field (set by
-#: BarrierMiddleware before the actor runs) and whether the job's commit cleared it
-#: (``WorkerContext.commit``).
+#: BarrierMiddleware before the actor runs), whether the job's commit cleared it and
+#: the records it wrote (``WorkerContext.commit``).
 current_delivery = threading.local()
 
 
@@ -214,12 +215,22 @@ class BarrierMiddleware(Middleware):
     ) -> None:
         self._unlock(message)
         cleared = getattr(current_delivery, "cleared", None)
+        records = getattr(current_delivery, "records", 0)
         current_delivery.field = current_delivery.cleared = None
+        current_delivery.records = 0
+        metrics = worker_metrics()
         if exception is None:
             self.processed += 1
+            if metrics is not None:
+                metrics.committed(
+                    self.keys.namespace, records,
+                    message.message_timestamp, int(message.options.get("retries", 0)) + 1,
+                )  # fmt: skip
         elif message.failed:
             message.memworker_error = exception
             return  # recorded by before_nack
+        elif metrics is not None:
+            metrics.jobs.labels(self.keys.namespace, "retried").inc()
         field = getattr(message, "memworker_delivery", None) or self._field(message)
         if exception is None and cleared == field:
             return  # the job's commit cleared it, in the same atomic step
@@ -236,6 +247,10 @@ class BarrierMiddleware(Middleware):
 
     def _record_failure(self, broker: Any, message: Any, exception: Any, field: str) -> None:
         self.failed += 1
+        metrics = worker_metrics()
+        if metrics is not None:
+            outcome = "poisoned" if isinstance(exception, PoisonJobError) else "failed"
+            metrics.jobs.labels(self.keys.namespace, outcome).inc()
         job_id, producer, record_ids = job_identity(message.args)
         job_id = job_id or message.message_id
         error = f"{type(exception).__name__}: {exception}" if exception is not None else "failed"

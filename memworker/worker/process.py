@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -21,6 +23,7 @@ import dramatiq
 
 from memworker.crewai.flow import check_worker_model
 from memworker.errors import ConfigError
+from memworker.metrics import worker_metrics
 from memworker.records import dimension_mismatch, record_types
 from memworker.embedded import ensure_embedded
 from memworker.settings import Settings
@@ -28,7 +31,14 @@ from memworker.worker.actors import make_broker
 from memworker.worker.broker import WORKER_TIMEOUT_MS, MemworkerBroker
 from memworker.worker.priority import Nice, check_nice
 from memworker.worker.runtime import configure_process, get_batcher
-from memworker.worker_settings import BROKER_ENV, read_broker_options, read_llm, read_memory_factory
+from memworker.worker_settings import (
+    BROKER_ENV,
+    read_backend,
+    read_broker_options,
+    read_llm,
+    read_memory_factory,
+    read_metrics_port,
+)
 
 __all__ = ["BROKER_ENV", "broker_options", "run_worker", "running_worker", "warm_up"]
 
@@ -113,7 +123,10 @@ def _serve(
     warm_up()
     broker = make_broker(settings, **(options or {}))
     assert broker.context is not None  # set by make_broker
-    check_worker_model(broker.context.store)  # the producers' query model, or ConfigError
+    model_id = check_worker_model(broker.context.store)  # the producers' query model, or ConfigError
+    metrics = worker_metrics()
+    if metrics is not None:
+        metrics.model.labels(model_id or "unknown", read_backend() or "torch").set(1)
     worker = dramatiq.Worker(
         broker,
         queues=set(queues) if queues else None,
@@ -169,6 +182,7 @@ def run_worker(
     commit_step: int | None = None,
     inflight_records: int | None = None,
     inflight_bytes: int | None = None,
+    metrics_port: int | None = None,
 ) -> int:
     """Run ``processes`` worker processes of ``threads`` threads until SIGINT/SIGTERM.
 
@@ -186,6 +200,9 @@ def run_worker(
     reads their ``MEMWORKER_*`` variable, else the default
     (:data:`memworker.worker_settings.BROKER_ENV`).
 
+    ``metrics_port`` (else ``MEMWORKER_METRICS_PORT``; off by default) serves
+    Prometheus ``/metrics`` for every process together (:mod:`memworker.metrics`).
+
     Each process builds its own broker from ``settings`` (spawned children, nothing
     inherited but the settings). Returns the exit code: 0, or the first non-zero
     exit code of a child.
@@ -202,6 +219,49 @@ def run_worker(
     settings = ensure_embedded(settings)  # start/find the embedded server once, before the children
     qlist = list(queues) if queues else None
     check_nice(nice)
+    with _metrics_server(settings, read_metrics_port(metrics_port)):
+        return _run(settings, threads, qlist, processes, nice, options)
+
+
+@contextlib.contextmanager
+def _metrics_server(settings: Settings, port: int | None) -> Iterator[None]:
+    """Serve ``/metrics`` (multiprocess mode) while the worker runs, when ``port``."""
+    if not port:
+        yield
+        return
+    from memworker.metrics import MULTIPROC_ENV, serve_metrics
+
+    directory = tempfile.mkdtemp(prefix="memworker-metrics-")
+    previous = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = directory  # before any process creates a metric
+    try:
+        server = serve_metrics(settings, port)
+    except ImportError as exc:
+        raise ConfigError(
+            "--metrics-port needs prometheus_client: pip install 'memworker[metrics]'"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"--metrics-port {port}: {exc}") from exc
+    log.info("serving Prometheus metrics on port %d (/metrics)", port)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        if previous is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = previous
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run(
+    settings: Settings,
+    threads: int,
+    qlist: list[str] | None,
+    processes: int,
+    nice: Nice,
+    options: dict[str, int],
+) -> int:
     if processes == 1:
         return _serve(settings, threads, qlist, 1, nice, options)
     import multiprocessing

@@ -227,3 +227,28 @@ def test_verbose_turns_on_debug_for_memworker_and_dramatiq_only() -> None:
     finally:
         for name, level in before.items():
             logging.getLogger(name).setLevel(level)
+
+
+def test_status_watch_redraws_with_throughput(plain_server, namespace, capsys) -> None:
+    """`status --watch` prints the table again every interval, with the jobs and records
+    committed per second since the last refresh (stopped by --count here, Ctrl-C live)."""
+    import redis
+
+    from memworker.keys import QueueKeys
+
+    client = redis.Redis(port=plain_server.port)
+    stats = QueueKeys(namespace).stats
+    client.hset(stats, mapping={"committed": 10, "records": 30})
+    import threading
+
+    bump = threading.Timer(0.3, lambda: client.hincrby(stats, "committed", 5))
+    bump.start()
+    try:
+        code = main(["--url", plain_server.url, "--namespace", namespace, "status", "--watch", "0.6", "--count", "2"])
+    finally:
+        bump.cancel()
+        client.close()
+    assert code == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.count("memworker status") == 2 and out.count("queue depth") == 2
+    assert "committed per second" in out and "committed per second  0.0" not in out

@@ -78,7 +78,7 @@ class DeletePlans(ReadPlans):
             yield from self._p_delete(scope_prefix=scope)
             return
         module = yield from self._p_probe()
-        if module:
+        if module and (yield from self._p_index_exists()):
             try:
                 yield Call(["FT.DROPINDEX", self.keys.index])
             except Exception as exc:  # noqa: BLE001

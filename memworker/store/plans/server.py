@@ -133,10 +133,7 @@ class ServerPlans:
             return
         k = self.keys
         schema = record_index(k, dim, self._state.vtype or "float32", *self._hnsw)
-        existing = yield Call(["FT._LIST"])
-        if k.index.encode() not in {
-            e if isinstance(e, bytes) else str(e).encode() for e in existing or []
-        }:
+        if not (yield from self._p_index_exists()):
             try:
                 yield Call(schema.create_command())
             except Exception as exc:  # noqa: BLE001
@@ -144,6 +141,13 @@ class ServerPlans:
                     raise
         self._state.index_building = not (yield from self._p_index_done())
         self._state.index_ready = True
+
+    def _p_index_exists(self) -> Plan[bool]:
+        """Whether the namespace's index is on the server (FT._LIST: asking first
+        keeps a refused FT.INFO or FT.DROPINDEX out of glide's log)."""
+        listed = yield Call(["FT._LIST"])
+        names = {e if isinstance(e, bytes) else str(e).encode() for e in listed or []}
+        return self.keys.index.encode() in names
 
     def _p_index_done(self) -> Plan[bool]:
         """Whether the module indexed every record its index covers (FT.INFO:
