@@ -290,8 +290,10 @@ def build_message(
     items: list[dict[str, Any]],
     max_job_bytes: int,
     queue: str = DEFAULT_QUEUE,
+    trace: dict[str, str] | None = None,
 ) -> tuple[str, bytes]:
-    """The dramatiq message of a job: ``(redis_message_id, encoded bytes)``.
+    """The dramatiq message of a job: ``(redis_message_id, encoded bytes)``; ``trace``
+    is the producer's trace context (:mod:`memworker.tracing`), carried as an option.
 
     Raises:
         ValidationError: The encoded job is larger than ``max_job_bytes``.
@@ -300,12 +302,15 @@ def build_message(
 
     job = {"v": JOB_SCHEMA, "job": job_id, "producer": producer, "items": items}
     redis_id = str(uuid.uuid4())
+    options: dict[str, Any] = {"redis_message_id": redis_id}
+    if trace:
+        options["trace"] = trace
     message: Message[Any] = Message(
         queue_name=queue,
         actor_name=actor,
         args=(job,),
         kwargs={},
-        options={"redis_message_id": redis_id},
+        options=options,
         message_id=job_id,
         message_timestamp=int(time.time() * 1000),
     )

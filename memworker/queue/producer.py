@@ -23,7 +23,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from typing_extensions import Self
@@ -33,6 +33,7 @@ from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, Plan, one
 from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver
 from memworker.keys import DEFAULT_QUEUE, QueueKeys, result_key
 from memworker.metrics import producer_metrics
+from memworker.tracing import inject, span
 from memworker.queue.admin import as_text, now_ms, status_plan
 from memworker.queue.drain import drain_async, drain_sync, p_replicated, replica_timeout_ms
 from memworker.queue.jobs import (
@@ -194,9 +195,26 @@ class MemoryQueue:
         job_id, commands = self._prepare(ENCODE_ACTOR, job_items)
         return job_id, [i["id"] for i in job_items], commands
 
+    @contextlib.contextmanager
+    def _traced(self, actor: str) -> Iterator[Callable[[str, int], None]]:
+        """The ``memworker.enqueue`` span of one enqueue (:mod:`memworker.tracing`),
+        current while the message is built (its context goes into the message) and
+        sent; yields a function that names the job and its record count on it."""
+        attributes = {"memworker.namespace": self.keys.namespace, "memworker.actor": actor}
+        with span("memworker.enqueue", attributes) as current:
+
+            def note(job_id: str, records: int) -> None:
+                if current is not None:
+                    current.set_attribute("memworker.job_id", job_id)
+                    current.set_attribute("memworker.records", records)
+
+            yield note
+
     def _prepare(self, actor: str, items: list[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
         job_id = str(uuid.uuid4())
-        redis_id, data = build_message(actor, job_id, self.producer_id, items, self.max_job_bytes)
+        redis_id, data = build_message(
+            actor, job_id, self.producer_id, items, self.max_job_bytes, trace=inject()
+        )
         return job_id, enqueue_commands(self.keys, self.producer_id, job_id, redis_id, data)
 
     # ------------------------------------------------------------------ sync face
@@ -209,8 +227,10 @@ class MemoryQueue:
             ValidationError: A bad record, too many records, or a job over
                 ``max_job_bytes``; nothing is enqueued.
         """
-        job_id, commands = self._prepare_save(records)
-        self._enqueue(commands)
+        with self._traced(SAVE_ACTOR) as note:
+            job_id, commands = self._prepare_save(records)
+            note(job_id, len(records))
+            self._enqueue(commands)
         return job_id
 
     def enqueue_encode(self, items: Sequence[Any]) -> list[str]:
@@ -232,8 +252,10 @@ class MemoryQueue:
         The job id is what :meth:`drain` (``job_ids=``), ``DrainReport.failed`` and
         the producer's ``done`` channel speak of.
         """
-        job_id, ids, commands = self._prepare_encode(items)
-        self._enqueue(commands)
+        with self._traced(ENCODE_ACTOR) as note:
+            job_id, ids, commands = self._prepare_encode(items)
+            note(job_id, len(ids))
+            self._enqueue(commands)
         return job_id, ids
 
     def enqueue_encode_items(self, job_items: Sequence[dict[str, Any]]) -> str:
@@ -246,8 +268,10 @@ class MemoryQueue:
                 ``max_job_bytes``; nothing is enqueued.
         """
         check_count(job_items, self.max_items, "items")
-        job_id, commands = self._prepare(ENCODE_ACTOR, list(job_items))
-        self._enqueue(commands)
+        with self._traced(ENCODE_ACTOR) as note:
+            job_id, commands = self._prepare(ENCODE_ACTOR, list(job_items))
+            note(job_id, len(job_items))
+            self._enqueue(commands)
         return job_id
 
     def drain(
@@ -319,8 +343,10 @@ class MemoryQueue:
     # ------------------------------------------------------------------ async face
     async def aenqueue_save(self, records: Sequence[Any]) -> str:
         """Async :meth:`enqueue_save`."""
-        job_id, commands = self._prepare_save(records)
-        await self._aenqueue(commands)
+        with self._traced(SAVE_ACTOR) as note:
+            job_id, commands = self._prepare_save(records)
+            note(job_id, len(records))
+            await self._aenqueue(commands)
         return job_id
 
     async def aenqueue_encode(self, items: Sequence[Any]) -> list[str]:
@@ -329,8 +355,10 @@ class MemoryQueue:
 
     async def aenqueue_encode_job(self, items: Sequence[Any]) -> tuple[str, list[str]]:
         """Async :meth:`enqueue_encode_job`."""
-        job_id, ids, commands = self._prepare_encode(items)
-        await self._aenqueue(commands)
+        with self._traced(ENCODE_ACTOR) as note:
+            job_id, ids, commands = self._prepare_encode(items)
+            note(job_id, len(ids))
+            await self._aenqueue(commands)
         return job_id, ids
 
     async def adrain(

@@ -53,6 +53,7 @@ from memworker.queue.jobs import (
 from memworker.queue.payload import check_encode_job, parse_job, records_from_save_job
 from memworker.layout import refuse_legacy
 from memworker.metrics import worker_metrics
+from memworker.tracing import span
 from memworker.settings import Settings
 from memworker.store.codec import to_rows
 from memworker.store.store import NotPending, ValkeyStore
@@ -164,9 +165,32 @@ class WorkerContext:
         self.store.close()
 
 
+def _spans(context: WorkerContext, job_id: str, records: int) -> tuple[Any, dict[str, Any]]:
+    """The parent context of this job's spans (from its message) and their attributes."""
+    attributes = {
+        "memworker.namespace": context.settings.namespace,
+        "memworker.job_id": job_id,
+        "memworker.records": records,
+    }
+    return getattr(current_delivery, "trace", None), attributes
+
+
+def _commit_traced(
+    context: WorkerContext, job_id: str, producer: str, records: list[Any], **extra: Any
+) -> None:
+    """``context.commit`` in the job's ``memworker.commit`` span, with its outcome."""
+    parent, attributes = _spans(context, job_id, len(records))
+    with span("memworker.commit", attributes, parent=parent) as current:
+        duplicates = context.duplicates
+        context.commit(job_id, producer, records, **extra)
+        if current is not None:
+            outcome = "duplicate" if context.duplicates > duplicates else "committed"
+            current.set_attribute("memworker.outcome", outcome)
+
+
 def _save_records(context: WorkerContext, job: Any) -> None:
     job_id, producer, items = parse_job(job)
-    context.commit(job_id, producer, records_from_save_job(items))
+    _commit_traced(context, job_id, producer, records_from_save_job(items))
 
 
 def _encode_records(context: WorkerContext, job: Any) -> None:
@@ -174,7 +198,9 @@ def _encode_records(context: WorkerContext, job: Any) -> None:
     check_encode_job(items)  # a crafted payload fails here, permanently (never retried)
     if any(needs_flow(item.get("flow")) for item in items):
         # Fields to infer or consolidation on: CrewAI's EncodingFlow (memworker.crewai.flow).
-        crewai_flow.run_flow_job(context, job_id, producer, items)
+        parent, attributes = _spans(context, job_id, len(items))
+        with span("memworker.flow", attributes, parent=parent):
+            crewai_flow.run_flow_job(context, job_id, producer, items)
         return
     # The fast path: every field given, consolidation off.
     threshold = fast_path_dedup_threshold(items)
@@ -184,7 +210,9 @@ def _encode_records(context: WorkerContext, job: Any) -> None:
         if not isinstance(text, str) or not text:
             raise JobPayloadError(f"items[{i}].content must be a non-empty string")
         texts.append(text)
-    vectors = get_batcher().submit(texts).result()
+    parent, attributes = _spans(context, job_id, len(texts))
+    with span("memworker.embed", attributes, parent=parent):
+        vectors = get_batcher().submit(texts).result()
     # CrewAI's intra-batch dedup, as the flow path applies it (QueuedMemory jobs).
     dropped = batch_duplicates(vectors, threshold)
     gone = set(dropped)
@@ -194,7 +222,7 @@ def _encode_records(context: WorkerContext, job: Any) -> None:
         if i not in gone
     ]
     results = dedup_results(context.settings.namespace, job_id, items, dropped)
-    context.commit(job_id, producer, records, extra=results)
+    _commit_traced(context, job_id, producer, records, extra=results)
 
 
 

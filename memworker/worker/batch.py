@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from memworker.metrics import worker_metrics
+from memworker.tracing import TRACE_OPTION, extract, job_span
 from memworker.queue.jobs import (
     ENCODE_ACTOR,
     MARKER_TTL_MS,
@@ -114,6 +115,7 @@ class _Job:
     encode: bool
     future: Future[np.ndarray] | None = None
     requeued: bool = False
+    submitted_ns: int = 0  # when its texts went to the batcher (its embed span)
 
 
 @dataclass
@@ -223,6 +225,7 @@ class JobBatches:
             batcher = get_batcher()
             for job in taken:
                 if job.encode:
+                    job.submitted_ns = time.time_ns()
                     job.future = batcher.submit([item["content"] for item in job.items])
         except Exception:  # noqa: BLE001 - e.g. the batcher closed: they run one by one
             log.warning("the batched path could not take %d job(s)", len(taken), exc_info=True)
@@ -333,6 +336,10 @@ class JobBatches:
             extra: list[list[str]] = []
             if job.future is not None:
                 vectors = job.future.result()
+                job_span(
+                    "memworker.embed", extract(job.message.options.get(TRACE_OPTION)),
+                    self._span_attributes(job, len(job.items)), job.submitted_ns, time.time_ns(),
+                )  # fmt: skip
                 threshold = fast_path_dedup_threshold(job.items)
                 dropped = batch_duplicates(vectors, threshold)
                 gone = set(dropped)
@@ -362,7 +369,7 @@ class JobBatches:
                 [job.redis_id for job in jobs],
             ),
         ]  # fmt: skip
-        started = time.perf_counter()
+        started, started_ns = time.perf_counter(), time.time_ns()
         try:
             _, skipped = self.store.write_jobs([write for _, write in call], tail)
         except Exception:  # noqa: BLE001 - each job then fails or retries on its own
@@ -374,11 +381,18 @@ class JobBatches:
             self._hand_back(jobs)
             return
         committed = len(jobs) - len(skipped)
+        gone = set(skipped)
+        ended_ns = time.time_ns()
+        for n, (job, write) in enumerate(call):
+            attributes = self._span_attributes(job, len(write.rows))
+            attributes["memworker.outcome"] = "duplicate" if n in gone else "committed"
+            attributes["memworker.batched_jobs"] = len(call)
+            parent = extract(job.message.options.get(TRACE_OPTION))
+            job_span("memworker.commit", parent, attributes, started_ns, ended_ns)
         metrics = worker_metrics()
         if metrics is not None:
             ns = self.keys.namespace
             metrics.commit.labels(ns).observe(time.perf_counter() - started)
-            gone = set(skipped)
             for n, (job, write) in enumerate(call):
                 if n not in gone:
                     metrics.committed(ns, len(write.rows), job.message.message_timestamp, 1)
@@ -388,6 +402,14 @@ class JobBatches:
             self.counts.duplicates += len(skipped)
         self._done(jobs)
         self.on_commit(committed)
+
+    def _span_attributes(self, job: _Job, records: int) -> dict[str, Any]:
+        """A job's span attributes (ids and counts, never contents)."""
+        return {
+            "memworker.namespace": self.keys.namespace,
+            "memworker.job_id": job.job_id,
+            "memworker.records": records,
+        }
 
     def _unhold(self, jobs: list[_Job]) -> None:
         """Take jobs out of the in-flight count (called under the lock)."""

@@ -32,6 +32,7 @@ from typing import Any
 from dramatiq.middleware import Middleware, SkipMessage
 
 from memworker.metrics import worker_metrics
+from memworker.tracing import TRACE_OPTION, extract
 from memworker.queue.jobs import PoisonJobError, QueueKeys, delivery_field, failure_json
 from memworker.queue.payload import job_identity
 from memworker.queue.admin import HEALTH_TTL_MS
@@ -186,6 +187,7 @@ class BarrierMiddleware(Middleware):
         message.memworker_locked = True
         n = broker.client.hincrby(self.keys.deliveries, message.memworker_delivery, 1)
         current_delivery.field, current_delivery.cleared = message.memworker_delivery, None
+        current_delivery.trace = extract(message.options.get(TRACE_OPTION))  # the producer's span
         if n > self.max_deliveries:
             error = PoisonJobError(
                 f"job {message.message_id} was delivered {n} times without finishing "

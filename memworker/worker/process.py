@@ -24,6 +24,7 @@ import dramatiq
 from memworker.crewai.flow import check_worker_model
 from memworker.errors import ConfigError
 from memworker.metrics import worker_metrics
+from memworker.tracing import setup_worker_tracing, shutdown_worker_tracing
 from memworker.records import dimension_mismatch, record_types
 from memworker.embedded import ensure_embedded
 from memworker.settings import Settings
@@ -72,6 +73,7 @@ def running_worker(
         broker.close()
         if broker.context is not None:
             broker.context.close()
+        shutdown_worker_tracing()  # flush the last spans
 
 
 def warm_up(*, flow: bool | None = None) -> threading.Thread | None:
@@ -120,6 +122,7 @@ def _serve(
     check_nice(nice)
     # the inference thread lowers its own priority (get_batcher)
     configure_process(processes, nice)
+    setup_worker_tracing()  # OpenTelemetry, when the OTEL_* variables ask for it
     warm_up()
     broker = make_broker(settings, **(options or {}))
     assert broker.context is not None  # set by make_broker
@@ -153,6 +156,7 @@ def _serve(
         broker.close()
         if broker.context is not None:
             broker.context.close()
+        shutdown_worker_tracing()  # flush the last spans
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 0
