@@ -308,8 +308,6 @@ class EmbeddingBatcher:
             self._counts["batches"] += 1
             self._counts["texts"] += taken
             self._counts["deduped"] += taken - len(index)
-        metrics = worker_metrics()
-        started = time.perf_counter()
         try:
             vectors = self._encode(list(index))
         except Exception as exc:  # noqa: BLE001 - isolate the request(s) that fail
@@ -322,14 +320,16 @@ class EmbeddingBatcher:
             for segment in live:
                 self._isolated(segment)
             return
-        if metrics is not None:
-            metrics.inference.observe(time.perf_counter() - started)
-            metrics.batch_texts.observe(len(index))
         for segment, rows in zip(batch, positions):
             self._fill(segment, vectors, rows)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
+        started = time.perf_counter()
         vectors = np.asarray(self._embedder.encode(texts), dtype=np.float32)
+        metrics = worker_metrics()
+        if metrics is not None:  # every model call: whole batches and isolated re-runs
+            metrics.inference.observe(time.perf_counter() - started)
+            metrics.batch_texts.observe(len(texts))
         if vectors.ndim != 2 or len(vectors) != len(texts):
             raise MemworkerError(f"embedder returned shape {vectors.shape} for {len(texts)} texts")
         return vectors
