@@ -51,7 +51,11 @@ def ensure_env(extras: str) -> None:
     python = _bin("python")
     _run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     _run(python, "-m", "pip", "install", "--quiet", TORCH)
-    _run(python, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]", TORCH)
+    # setuptools warns on every editable install of a flat layout ("be careful with
+    # folders ... with the same name as your package"): nothing to act on here, and a
+    # newcomer's first run should show no warning that is not theirs to fix.
+    quiet = {**os.environ, "PYTHONWARNINGS": "ignore:Editable installation"}
+    _run(python, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]", TORCH, env=quiet)
     stamp.write_text(stamp_text)
 
 

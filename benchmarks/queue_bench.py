@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=2000, help="records for the throughput case")
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    parser.add_argument("--metrics-jobs", type=int, default=6000, help="backlog of the metrics-overhead case")
     args = parser.parse_args()
     if args.quick:
         args.calls, args.records = 80, 100
@@ -212,6 +213,47 @@ def main() -> None:
         rows.append(["embedding one text alone (this process)", f"{(time.perf_counter() - t0) * 50:.1f}", "-"])
         print(table(["enqueue -> committed (done notification)", "p50 ms", "p99 ms"], rows))
         print("dramatiq's Redis consumer alone would wait up to its 1 s idle backoff before a fetch.")
+
+        jobs = 500 if args.quick else args.metrics_jobs
+        banner(f"D. metrics overhead: a backlog of {jobs:,} single-text jobs, one default worker, "
+               "instant embedder, --metrics-port off vs on (alternating rounds)")
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        for round_ in range(1 if args.quick else 3):
+            for label in ("off", "on"):
+                settings = Settings.from_url(srv.url, namespace=f"qbench-d-{label}-{round_}")
+                rates[label].append(backlog_rate(settings, jobs, metrics=label == "on"))
+        off, on = median(rates["off"]), median(rates["on"])
+        print(table(
+            ["metrics", "jobs/s (median)", "rounds"],
+            [["off", f"{off:,.0f}", ", ".join(f"{r:,.0f}" for r in rates["off"])],
+             ["on (--metrics-port)", f"{on:,.0f}", ", ".join(f"{r:,.0f}" for r in rates["on"])],
+             ["on / off", f"{on / off:.3f}", f"overhead {100 * (1 - on / off):.1f}%"]],
+        ))  # fmt: skip
+
+
+def backlog_rate(settings: Settings, jobs: int, *, metrics: bool) -> float:
+    """Committed jobs/s of one default worker (instant embedder) on a backlog of
+    single-text jobs enqueued before it starts, from the moment it is healthy."""
+    import redis
+
+    from memworker.queue.jobs import QueueKeys
+    from memworker.testing import free_port
+
+    with MemoryQueue(settings, producer_id="backlog") as q:
+        for i in range(jobs):
+            q.enqueue_encode([TEXT.format(i=200_000 + i)])
+    env = {"MEMWORKER_METRICS_PORT": str(free_port())} if metrics else {}
+    client = redis.Redis.from_url(settings.url(redact=False, scheme="redis"))
+    stats = QueueKeys(settings.namespace).stats
+    proc = start_workers(settings, 1, 8, fake=True, env=env)
+    try:
+        t0 = time.perf_counter()
+        while int(client.hget(stats, "committed") or 0) < jobs:
+            time.sleep(0.01)
+        return jobs / (time.perf_counter() - t0)
+    finally:
+        stop(proc)
+        client.close()
 
 
 if __name__ == "__main__":
