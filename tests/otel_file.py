@@ -38,3 +38,25 @@ def as_dict(s: Any) -> dict[str, Any]:
         "parent_id": f"{s.parent.span_id:016x}" if s.parent is not None else None,
         "attributes": dict(s.attributes or {}),
     }
+
+
+_memory: Any = None
+
+
+def memory_exporter() -> Any:
+    """An in-memory exporter on this process's SDK provider (set up once: a process
+    has one provider), for tests whose producer and worker run in the test process."""
+    global _memory
+    if _memory is None:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            provider = TracerProvider()
+            trace.set_tracer_provider(provider)
+        _memory = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(_memory))
+    return _memory

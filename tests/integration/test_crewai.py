@@ -195,6 +195,35 @@ def test_every_memory_method_through_queued_memory(env, events):
     memory.close()
 
 
+def test_remember_is_one_trace_from_the_agent_to_the_commit(env):
+    """OpenTelemetry (memworker.tracing): with the SDK set up in the agent, a
+    ``QueuedMemory.remember`` inside the agent's span makes one trace: the enqueue span
+    under the agent's, the worker's embed and commit spans under the enqueue's."""
+    pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry import trace
+    from otel_file import memory_exporter
+
+    exporter = memory_exporter()
+    exporter.clear()
+    memory = env()
+    with trace.get_tracer("agent").start_as_current_span("agent.turn") as turn:
+        record = memory.remember("Grace keeps the release notes", scope="/docs", categories=["docs"], importance=0.5)
+    memory.drain_writes()
+    spans = exporter.get_finished_spans()
+    trace_id = turn.get_span_context().trace_id
+    enqueues = [s for s in spans if s.name == "memworker.enqueue" and s.context.trace_id == trace_id]
+    assert len(enqueues) == 1 and enqueues[0].parent.span_id == turn.get_span_context().span_id
+    job_id = enqueues[0].attributes["memworker.job_id"]
+    worker = {s.name: s for s in spans if s.attributes.get("memworker.job_id") == job_id and s.name != "memworker.enqueue"}
+    assert {"memworker.embed", "memworker.commit"} <= set(worker), [s.name for s in spans]
+    for s in worker.values():
+        assert s.context.trace_id == trace_id and s.parent.span_id == enqueues[0].context.span_id
+    assert worker["memworker.commit"].attributes["memworker.outcome"] == "committed"
+    assert memory.store.get_record(record.id) is not None
+    assert "Grace" not in repr([dict(s.attributes or {}) for s in spans])
+    memory.close()
+
+
 def test_concurrent_remember_calls_share_jobs_and_each_gets_its_own_record(env):
     """Group commit: calls made while an enqueue is in flight go in one job; each call
     still returns its own record, equal texts stay separate records (no dedup across

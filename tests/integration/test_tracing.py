@@ -21,7 +21,6 @@ from memworker.tracing import extract
 
 sdk = pytest.importorskip("opentelemetry.sdk.trace")
 from opentelemetry import trace  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -30,14 +29,10 @@ SECRET = "my bank password is hunter2"
 
 @pytest.fixture(scope="module")
 def exporter() -> InMemorySpanExporter:
-    """The test process's spans (one SDK provider per process: reuse one set already)."""
-    memory = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, sdk.TracerProvider):
-        provider = sdk.TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    return memory
+    """The test process's spans (one SDK provider per process, shared with test_crewai)."""
+    from otel_file import memory_exporter
+
+    return memory_exporter()
 
 
 def _worker(url: str, namespace: str, trace_file: Path, log: Path, *args: str) -> subprocess.Popen:
