@@ -18,22 +18,22 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from memworker.embedded import ensure_embedded
 from memworker.errors import ConnectionLostError
 from memworker.io.plan import (
     MAX_ATTEMPTS,
+    AsyncRunner,
     Call,
     Pipeline,
-    Plan,
     Replicated,
     Step,
+    SyncRunner,
     backoff,
     error_text,
     is_noscript,
     is_permanent,
-    throw,
 )
 from memworker.io.redispy import is_cluster, is_transient_redis
 from memworker.io.scripts import SCRIPTS, script_key, script_source
@@ -42,8 +42,6 @@ from memworker.settings import Settings
 __all__ = ["AsyncConnection", "SyncConnection", "glide_config"]
 
 log = logging.getLogger("memworker.client")
-
-T = TypeVar("T")
 
 
 def glide_config(settings: Settings) -> Any:
@@ -118,16 +116,6 @@ class _Face:
         #: The slot route of the namespace on a cluster (``None``: standalone); set
         #: when the client is created.
         self._route: Any = None
-        self._layout_ok = False
-
-    def _layout_plan(self) -> Plan[None] | None:
-        """The check that the namespace holds no data of an older key layout
-        (:mod:`memworker.layout`), until it passed once."""
-        if self._layout_ok:
-            return None
-        from memworker.layout import p_refuse_legacy  # memworker.layout imports memworker.io
-
-        return p_refuse_legacy(self.settings.namespace)
 
     def _create_args(self) -> tuple[Any, bool]:
         """The client configuration, and whether it is a cluster's (then every step
@@ -185,7 +173,7 @@ class _Face:
         )
 
 
-class SyncConnection(_Face):
+class SyncConnection(_Face, SyncRunner):
     """The sync face: one ``glide_sync`` client, created on first use, reused."""
 
     def __init__(self, settings: Settings) -> None:
@@ -258,27 +246,6 @@ class SyncConnection(_Face):
                 time.sleep(backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def run(self, plan: Plan[T]) -> T:
-        """Drive a plan to its result (after the layout check, once per client)."""
-        check = self._layout_plan()
-        if check is not None:
-            self._drive(check)
-            self._layout_ok = True
-        return self._drive(plan)
-
-    def _drive(self, plan: Plan[T]) -> T:
-        try:
-            step = next(plan)
-            while True:
-                try:
-                    reply = self.execute(step)
-                except Exception as exc:  # the plan decides
-                    step = throw(plan, exc)
-                else:
-                    step = plan.send(reply)
-        except StopIteration as stop:
-            return cast(T, stop.value)
-
     def close(self) -> None:
         """Close the client; the next call creates a new one."""
         with self._lock:
@@ -290,7 +257,7 @@ class SyncConnection(_Face):
                 pass
 
 
-class AsyncConnection(_Face):
+class AsyncConnection(_Face, AsyncRunner):
     """The async face: one ``glide`` client per event loop, created on first use."""
 
     def __init__(self, settings: Settings) -> None:
@@ -370,27 +337,6 @@ class AsyncConnection(_Face):
                     await self._drop(self._client)
                 await asyncio.sleep(backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def run(self, plan: Plan[T]) -> T:
-        """Drive a plan to its result (after the layout check, once per client)."""
-        check = self._layout_plan()
-        if check is not None:
-            await self._drive(check)
-            self._layout_ok = True
-        return await self._drive(plan)
-
-    async def _drive(self, plan: Plan[T]) -> T:
-        try:
-            step = next(plan)
-            while True:
-                try:
-                    reply = await self.execute(step)
-                except Exception as exc:
-                    step = throw(plan, exc)
-                else:
-                    step = plan.send(reply)
-        except StopIteration as stop:
-            return cast(T, stop.value)
 
     async def close(self) -> None:
         """Close the client; the next call creates a new one."""

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from memworker.errors import (
     ConnectionLostError,
@@ -30,6 +30,8 @@ from memworker.errors import (
 )
 
 __all__ = [
+    "AsyncRunner",
+    "SyncRunner",
     "BACKOFF_BASE_S",
     "BACKOFF_MAX_S",
     "MAX_ATTEMPTS",
@@ -161,6 +163,80 @@ def one(step: Step) -> Plan[Any]:
     """The plan of a single step: its reply is the result."""
     reply = yield step
     return reply
+
+
+class _Runner:
+    """What every driver shares around its ``execute``: the layout check of its
+    namespace (:mod:`memworker.layout`), once per driver, before its first plan."""
+
+    settings: Any  # memworker.settings.Settings (its namespace)
+    errors: ErrorClasses = STORE_ERRORS
+    _layout_ok: bool = False
+
+    def _layout_plan(self) -> Plan[None] | None:
+        """The check that the namespace holds no data of an older key layout,
+        until it passed once."""
+        if self._layout_ok:
+            return None
+        from memworker.layout import p_refuse_legacy  # memworker.layout imports memworker.io
+
+        return p_refuse_legacy(self.settings.namespace)
+
+
+class SyncRunner(_Runner):
+    """Drives plans over a sync ``execute`` (the glide sync face, the redis-py driver)."""
+
+    def execute(self, step: Step) -> Any:  # pragma: no cover - every driver has its own
+        raise NotImplementedError
+
+    def run(self, plan: Plan[T]) -> T:
+        """Drive a plan to its result (after the layout check, once per driver)."""
+        check = self._layout_plan()
+        if check is not None:
+            self._drive(check)
+            self._layout_ok = True
+        return self._drive(plan)
+
+    def _drive(self, plan: Plan[T]) -> T:
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    reply = self.execute(step)
+                except Exception as exc:  # the plan decides
+                    step = throw(plan, exc, self.errors)
+                else:
+                    step = plan.send(reply)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+
+
+class AsyncRunner(_Runner):
+    """:class:`SyncRunner` over an async ``execute``."""
+
+    async def execute(self, step: Step) -> Any:  # pragma: no cover - every driver has its own
+        raise NotImplementedError
+
+    async def run(self, plan: Plan[T]) -> T:
+        """Drive a plan to its result (after the layout check, once per driver)."""
+        check = self._layout_plan()
+        if check is not None:
+            await self._drive(check)
+            self._layout_ok = True
+        return await self._drive(plan)
+
+    async def _drive(self, plan: Plan[T]) -> T:
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    reply = await self.execute(step)
+                except Exception as exc:  # the plan decides
+                    step = throw(plan, exc, self.errors)
+                else:
+                    step = plan.send(reply)
+        except StopIteration as stop:
+            return cast(T, stop.value)
 
 
 def throw(plan: Plan[Any], exc: BaseException, errors: ErrorClasses = STORE_ERRORS) -> Step:

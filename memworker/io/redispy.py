@@ -20,23 +20,23 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from memworker.embedded import ensure_embedded
 from memworker.errors import MemworkerError
 from memworker.io.plan import (
     MAX_ATTEMPTS,
+    AsyncRunner,
     STORE_ERRORS,
     Call,
     ErrorClasses,
     Pipeline,
-    Plan,
     Replicated,
     Step,
+    SyncRunner,
     backoff,
     error_text,
     is_permanent,
-    throw,
 )
 from memworker.io.scripts import script_key, script_source
 from memworker.settings import Settings
@@ -176,16 +176,6 @@ class _Driver:
     def __init__(self, settings: Settings, errors: ErrorClasses = STORE_ERRORS) -> None:
         self.settings = settings
         self.errors = errors
-        self._layout_ok = False
-
-    def _layout_plan(self) -> Plan[None] | None:
-        """The check that the namespace holds no data of an older key layout
-        (:mod:`memworker.layout`), until it passed once."""
-        if self._layout_ok:
-            return None
-        from memworker.layout import p_refuse_legacy  # memworker.layout imports memworker.io
-
-        return p_refuse_legacy(self.settings.namespace)
 
     def _give_up(self, exc: BaseException) -> Exception:
         return self.errors.lost(
@@ -197,7 +187,7 @@ class _Driver:
         return self.errors.server(f"Valkey error: {error_text(exc)}")
 
 
-class RedisSyncDriver(_Driver):
+class RedisSyncDriver(_Driver, SyncRunner):
     """Runs plans over one ``redis.Redis``, created on first use and reused.
 
     Args:
@@ -279,27 +269,6 @@ class RedisSyncDriver(_Driver):
         """Run one step with retries; server errors are raised as they come."""
         return self.call(lambda _client: self._send(step))
 
-    def run(self, plan: Plan[T]) -> T:
-        """Drive a plan to its result (after the layout check, once per client)."""
-        check = self._layout_plan()
-        if check is not None:
-            self._drive(check)
-            self._layout_ok = True
-        return self._drive(plan)
-
-    def _drive(self, plan: Plan[T]) -> T:
-        try:
-            step = next(plan)
-            while True:
-                try:
-                    reply = self.execute(step)
-                except Exception as exc:  # the plan decides
-                    step = throw(plan, exc, self.errors)
-                else:
-                    step = plan.send(reply)
-        except StopIteration as stop:
-            return cast(T, stop.value)
-
     def close(self) -> None:
         """Close the client; the next call creates a new one."""
         if not self._owned:
@@ -310,7 +279,7 @@ class RedisSyncDriver(_Driver):
             client.close()
 
 
-class RedisAsyncDriver(_Driver):
+class RedisAsyncDriver(_Driver, AsyncRunner):
     """Runs plans over one ``redis.asyncio.Redis`` per event loop, created on first use.
 
     Args:
@@ -404,27 +373,6 @@ class RedisAsyncDriver(_Driver):
     async def execute(self, step: Step) -> Any:
         """Run one step with retries; server errors are raised as they come."""
         return await self.call(lambda _client: self._send(step))
-
-    async def run(self, plan: Plan[T]) -> T:
-        """Drive a plan to its result (after the layout check, once per client)."""
-        check = self._layout_plan()
-        if check is not None:
-            await self._drive(check)
-            self._layout_ok = True
-        return await self._drive(plan)
-
-    async def _drive(self, plan: Plan[T]) -> T:
-        try:
-            step = next(plan)
-            while True:
-                try:
-                    reply = await self.execute(step)
-                except Exception as exc:
-                    step = throw(plan, exc, self.errors)
-                else:
-                    step = plan.send(reply)
-        except StopIteration as stop:
-            return cast(T, stop.value)
 
     async def close(self) -> None:
         """Close the client of the running loop; the next call creates a new one."""

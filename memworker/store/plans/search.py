@@ -73,8 +73,16 @@ class SearchPlans(ReadPlans):
                 self._state.index_building = not (yield from self._p_index_done())
             if not self._state.index_building:
                 found = yield from self._p_search_module(vector, flt, limit)
-            if found is None:  # no index here (the namespace moved shard) or still building
-                yield from self._p_ensure_index(stored)
+            if found is None and not self._state.index_ready:
+                # No index here: the namespace moved shard, or another store reset it
+                # (then the dimension may be gone or new). Make it again for the stored
+                # dimension, and answer this search on the exact path.
+                fresh = yield from self._p_stored_dim(refresh=True)
+                if fresh is None:
+                    return []
+                if fresh != dim:
+                    yield from self._p_check_dim(dim)
+                yield from self._p_ensure_index(fresh)
         hits = found if found is not None else (yield from self._p_search_exact(vector, flt, limit))
         # CrewAI passes min_score=0.0 to mean "no threshold": cosine can be negative.
         out = [(r, s) for r, s in hits if min_score <= 0 or s >= min_score]
