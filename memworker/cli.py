@@ -291,12 +291,13 @@ def _print_status(status: dict[str, Any], rates: Sequence[tuple[str, object]] = 
 
 def _watch_status(settings: Any, seconds: float, count: int | None) -> int:
     """``status --watch``: the table, redrawn every ``seconds``, with the committed jobs
-    and records per second since the last refresh (from the throughput counters)."""
+    and records per second and the mean time from enqueue to searchable of the jobs
+    committed since the last refresh (throughput counters, workers' health records)."""
     import time
 
     from memworker.queue.admin import queue_status
 
-    last: tuple[float, dict[str, int]] | None = None
+    last: tuple[float, dict[str, int], tuple[int, int]] | None = None
     shown = 0
     try:
         while count is None or shown < count:
@@ -308,7 +309,12 @@ def _watch_status(settings: Any, seconds: float, count: int | None) -> int:
                 for name in ("committed", "records", "failed"):
                     delta = status["counters"].get(name, 0) - last[1].get(name, 0)
                     rates.append((f"{name} per second", f"{delta / elapsed:,.1f}"))
-            last = (now, dict(status["counters"]))
+            clock = _searchable_totals(status["workers"])
+            if last is not None:
+                jobs = clock[1] - last[2][1]
+                mean = f"{(clock[0] - last[2][0]) / jobs:,.0f} ms" if jobs > 0 else "-"
+                rates.append(("time to searchable (mean)", mean))
+            last = (now, dict(status["counters"]), clock)
             if sys.stdout.isatty():
                 print("\033[2J\033[H", end="")  # clear the terminal, cursor home
             print(f"memworker status  {time.strftime('%H:%M:%S')}  (every {seconds:g} s; Ctrl-C stops)")
@@ -322,22 +328,34 @@ def _watch_status(settings: Any, seconds: float, count: int | None) -> int:
     return EXIT_OK
 
 
+def _searchable_totals(workers: list[dict[str, Any]]) -> tuple[int, int]:
+    """The live workers' enqueue-to-commit milliseconds and jobs, summed."""
+    total = jobs = 0
+    for worker in workers:
+        try:
+            total += int(worker.get("searchable_ms_total", 0))
+            jobs += int(worker.get("searchable_jobs", 0))
+        except (TypeError, ValueError):
+            continue
+    return total, jobs
+
+
 def _worker_line(worker: dict[str, Any]) -> str:
-    """``processed N`` and, once its model has run, the worker's mean embedding batch."""
-    line = f"processed {worker.get('processed', '?')}"
-    try:
-        batches, texts = int(worker["embed_batches"]), int(worker["embed_texts"])
-    except (KeyError, TypeError, ValueError):
-        return line
-    if batches:
-        line += f", embedded {texts} texts in {batches} batches (mean {texts / batches:.1f})"
-    try:
-        jobs, commits = int(worker["batched_jobs"]), int(worker["batched_commits"])
-    except (KeyError, TypeError, ValueError):
-        return line
-    if commits:
-        line += f", {jobs} jobs batched in {commits} commits (mean {jobs / commits:.1f})"
-    return line
+    """``processed N`` and, as the worker has them: its mean embedding batch, its jobs
+    per batched commit and its mean time from enqueue to searchable."""
+    parts = [f"processed {worker.get('processed', '?')}"]
+    for count, per, text in (
+        ("embed_texts", "embed_batches", "embedded {n} texts in {d} batches (mean {m:.1f})"),
+        ("batched_jobs", "batched_commits", "{n} jobs batched in {d} commits (mean {m:.1f})"),
+        ("searchable_ms_total", "searchable_jobs", "time to searchable {m:,.0f} ms (mean of {d})"),
+    ):
+        try:
+            n, d = int(worker[count]), int(worker[per])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if d:
+            parts.append(text.format(n=n, d=d, m=n / d))
+    return ", ".join(parts)
 
 
 def _cmd_drain(args: argparse.Namespace) -> int:

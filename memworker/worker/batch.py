@@ -61,7 +61,7 @@ from memworker.store.codec import to_rows
 from memworker.store.store import JobWrite
 from memworker.worker import _dramatiq_compat as compat
 from memworker.worker.dedup import batch_duplicates, dedup_results, fast_path_dedup_threshold
-from memworker.worker.runtime import get_batcher
+from memworker.worker.runtime import get_batcher, searchable
 
 if TYPE_CHECKING:
     from dramatiq.message import Message
@@ -383,6 +383,9 @@ class JobBatches:
         committed = len(jobs) - len(skipped)
         gone = set(skipped)
         ended_ns = time.time_ns()
+        for n, (job, _) in enumerate(call):
+            if n not in gone:
+                searchable.add(job.message.message_timestamp)
         for n, (job, write) in enumerate(call):
             attributes = self._span_attributes(job, len(write.rows))
             attributes["memworker.outcome"] = "duplicate" if n in gone else "committed"

@@ -39,7 +39,7 @@ from memworker.queue.admin import HEALTH_TTL_MS
 from memworker.settings import Settings
 from memworker.worker._dramatiq_compat import message_exception
 from memworker.worker.logs import ids_text, loggable_error
-from memworker.worker.runtime import batcher_counts
+from memworker.worker.runtime import batcher_counts, searchable
 from memworker.worker_settings import DEFAULT_MAX_DELIVERIES
 
 __all__ = [
@@ -223,6 +223,7 @@ class BarrierMiddleware(Middleware):
         metrics = worker_metrics()
         if exception is None:
             self.processed += 1
+            searchable.add(message.message_timestamp)
             if metrics is not None:
                 metrics.committed(
                     self.keys.namespace, records,
@@ -310,6 +311,7 @@ class HealthMiddleware(Middleware):
                     "failed": self.barrier.failed,
                     **batcher_counts(),
                     **batch_counts(broker),
+                    **searchable.counts(),
                 },
             )
             pipe.pexpire(k.worker(self.worker_id), HEALTH_TTL_MS)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
+
 from memworker.crewai.config import factory_embedder
 from memworker.embedding import Embedder, EmbeddingBatcher, configure_threads
 from memworker.embedding.protocols import Batcher, EmbedderFactory, TextEncoder
@@ -17,6 +19,8 @@ from memworker.worker.priority import Nice, lower_priority
 from memworker.worker_settings import EMBEDDER_ENV, read_backend, read_embedder
 
 __all__ = [
+    "SearchableClock",
+    "searchable",
     "EMBEDDER_ENV",
     "batcher_counts",
     "configure_process",
@@ -91,6 +95,32 @@ def batcher_counts() -> dict[str, int]:
     return {"embed_batches": stats.batches, "embed_texts": stats.texts}
 
 
+
+class SearchableClock:
+    """This process's running total of the time from each committed job's enqueue to
+    its commit (the health record carries it; ``memworker status --watch`` shows the
+    mean over each refresh)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total_ms = 0
+        self.jobs = 0
+
+    def add(self, enqueued_ms: float) -> None:
+        if enqueued_ms <= 0:
+            return
+        waited = max(0, int(time.time() * 1000 - enqueued_ms))
+        with self._lock:
+            self.total_ms += waited
+            self.jobs += 1
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"searchable_ms_total": self.total_ms, "searchable_jobs": self.jobs}
+
+
+#: The process's :class:`SearchableClock`.
+searchable = SearchableClock()
 
 def configure_process(processes: int, nice: Nice) -> None:
     """Set this worker process's options before its batcher is built: how many worker

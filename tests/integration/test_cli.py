@@ -237,11 +237,19 @@ def test_status_watch_redraws_with_throughput(plain_server, namespace, capsys) -
     from memworker.keys import QueueKeys
 
     client = redis.Redis(port=plain_server.port)
-    stats = QueueKeys(namespace).stats
+    keys = QueueKeys(namespace)
+    stats = keys.stats
     client.hset(stats, mapping={"committed": 10, "records": 30})
+    # a live worker's health record with its enqueue-to-commit clock
+    client.zadd(keys.workers, {"w1": int(time.time() * 1000) + 60_000})
+    client.hset(keys.worker("w1"), mapping={"processed": 10, "searchable_ms_total": 1000, "searchable_jobs": 10})
     import threading
 
-    bump = threading.Timer(0.3, lambda: client.hincrby(stats, "committed", 5))
+    def bump_counters() -> None:
+        client.hincrby(stats, "committed", 5)
+        client.hset(keys.worker("w1"), mapping={"searchable_ms_total": 1000 + 5 * 40, "searchable_jobs": 15})
+
+    bump = threading.Timer(0.3, bump_counters)
     bump.start()
     try:
         code = main(["--url", plain_server.url, "--namespace", namespace, "status", "--watch", "0.6", "--count", "2"])
@@ -252,3 +260,5 @@ def test_status_watch_redraws_with_throughput(plain_server, namespace, capsys) -
     out = capsys.readouterr().out
     assert out.count("memworker status") == 2 and out.count("queue depth") == 2
     assert "committed per second" in out and "committed per second  0.0" not in out
+    assert "time to searchable (mean)  40 ms" in out  # (1200 - 1000) ms / (15 - 10) jobs
+    assert "time to searchable 100 ms (mean of 10)" in out  # the worker's line, first refresh

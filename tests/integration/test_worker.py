@@ -378,6 +378,9 @@ def test_worker_health_key_and_check(qsettings, fake, workers, rawq):
     # and the batched path's: both jobs went that way
     assert int(info["batched_jobs"]) == 2 and int(info["batched_commits"]) >= 1
     assert "jobs batched in" in _worker_line(info)
+    # and the enqueue-to-commit clock (process-wide: other tests' jobs count too)
+    assert int(info["searchable_jobs"]) >= 2 and int(info["searchable_ms_total"]) >= 0
+    assert "time to searchable" in _worker_line(info)
     assert _worker_line({"processed": "4"}) == "processed 4"
     workers.stop_all()
     assert check_health(qsettings) is False
