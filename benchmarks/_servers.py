@@ -333,3 +333,39 @@ def banner(title: str) -> None:
 def say(text: str) -> None:
     print(text)
     sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- plots
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display). Imported only here, when a
+    benchmark is asked for a plot: matplotlib is the ``bench`` extra, not a dependency."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install -e '.[bench]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plain_log_ticks(axis: Any) -> None:
+    """Tick labels of a log axis as plain numbers (0.1, 20, 1,000) instead of powers of
+    ten; minor ticks labelled where matplotlib would (an axis spanning few decades)."""
+    from matplotlib.ticker import FuncFormatter, LogFormatter
+
+    class Minor(LogFormatter):  # type: ignore[misc]
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x:,.10g}" if super().__call__(x, pos) else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.10g}"))
+    axis.set_minor_formatter(Minor(labelOnlyBase=False))
+
+
+def save_figure(fig: Any, path: str) -> None:
+    """Write ``fig`` as a PNG at ``path`` (parent directories made) and say so."""
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    say(f"   plot: {path}")

@@ -10,10 +10,17 @@ B. end-to-end throughput: producers enqueue ``--records`` texts in jobs of 50,
    ``memworker worker`` processes embed (bundled model) and commit; records/s from
    the first enqueue to the end of the drain, against the model alone in this process;
 C. idle pickup: one small job at a time to an idle worker, enqueue -> committed (p50/p99),
-   with an instant fake embedder (the queue alone) and with the bundled model.
+   with an instant fake embedder (the queue alone) and with the bundled model;
+D. metrics overhead: jobs/s of one default worker on a backlog of single-text jobs,
+   ``--metrics-port`` off vs on.
+
+``--plot PNG`` draws one figure of the raw measurements (matplotlib, the ``bench`` extra):
+A's enqueue latencies and C's enqueue -> committed latencies as distributions
+(empirical CDFs, log ms), and D's jobs/s off vs on.
 
     .venv/bin/python benchmarks/queue_bench.py            # default run (~2 min)
     .venv/bin/python benchmarks/queue_bench.py --quick    # smoke run
+    .venv/bin/python benchmarks/queue_bench.py --plot docs/queue_latency.png
 """
 
 from __future__ import annotations
@@ -26,9 +33,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _servers as S  # noqa: E402
 from _servers import banner, median, pct, server, table  # noqa: E402
 
 from memworker.queue.admin import check_health  # noqa: E402
@@ -137,9 +146,18 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
     parser.add_argument("--metrics-jobs", type=int, default=6000, help="backlog of the metrics-overhead case")
+    parser.add_argument(
+        "--plot", metavar="PNG", help="also draw the latency distributions and D as a PNG (matplotlib)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.calls, args.records = 80, 100
+    if args.plot:
+        S.pyplot()  # fail now, not after the run, without matplotlib
+    figures: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M %Z")}
+    enqueue_lat: dict[str, list[float]] = {}
+    inline_lat: dict[str, list[float]] = {}
+    pickup_lat: dict[str, list[float]] = {}
     from memworker.embedding.model import Embedder
 
     embedder = Embedder()
@@ -156,6 +174,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 embedder.encode([str(t["text"]) for t in items(size, 10_000 + i * size)])
                 base.append((time.perf_counter() - t0) * 1000)
+            enqueue_lat[f"{size} text(s), {threads} thread(s)"] = lat
+            if threads == 1:
+                inline_lat[f"{size} text(s)"] = base
             rows.append(
                 [f"{size} text(s), {threads} thread(s)", f"{median(lat):.3f}", f"{pct(lat, 99):.3f}",
                  f"{median(base):.1f}", f"{median(base) / median(lat):.0f}x"]
@@ -207,10 +228,12 @@ def main() -> None:
             finally:
                 stop(proc)
             rows.append([label, f"{median(lat):.1f}", f"{pct(lat, 99):.1f}"])
+            pickup_lat[label] = lat
         t0 = time.perf_counter()
         for i in range(20):
             embedder.encode([TEXT.format(i=90_000 + i)])
-        rows.append(["embedding one text alone (this process)", f"{(time.perf_counter() - t0) * 50:.1f}", "-"])
+        one_text_ms = (time.perf_counter() - t0) * 50
+        rows.append(["embedding one text alone (this process)", f"{one_text_ms:.1f}", "-"])
         print(table(["enqueue -> committed (done notification)", "p50 ms", "p99 ms"], rows))
         print("dramatiq's Redis consumer alone would wait up to its 1 s idle backoff before a fetch.")
 
@@ -229,6 +252,89 @@ def main() -> None:
              ["on (--metrics-port)", f"{on:,.0f}", ", ".join(f"{r:,.0f}" for r in rates["on"])],
              ["on / off", f"{on / off:.3f}", f"overhead {100 * (1 - on / off):.1f}%"]],
         ))  # fmt: skip
+    if args.plot:
+        figures.update(
+            calls=args.calls, enqueue=enqueue_lat, inline=inline_lat, pickup=pickup_lat,
+            one_text_ms=one_text_ms, metrics=rates, metrics_jobs=jobs,
+        )  # fmt: skip
+        plot(args.plot, figures)
+
+
+def ecdf(ax: Any, values: list[float], **kwargs: Any) -> None:
+    """The empirical CDF of ``values`` as a step line (fraction of calls at or below x)."""
+    xs = sorted(values)
+    n = len(xs)
+    ax.step(xs, [(i + 1) / n for i in range(n)], where="post", **kwargs)
+
+
+def plot(path: str, f: dict[str, Any]) -> None:
+    """One PNG with a panel per section that measured something: A's and C's latency
+    distributions (empirical CDFs, log x) and D's jobs/s off vs on."""
+    plt = S.pyplot()
+    panels = [k for k in ("enqueue", "pickup") if any(f.get(k, {}).values())]
+    rates = f.get("metrics") or {}
+    if rates.get("off") and rates.get("on"):
+        panels.append("metrics")
+    if not panels:
+        S.say("   plot: nothing measured, no figure")
+        return
+    widths = {"enqueue": 5.2, "pickup": 5.2, "metrics": 3.6}
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(sum(widths[p] for p in panels), 5.2), squeeze=False,
+        gridspec_kw={"width_ratios": [widths[p] for p in panels]},
+    )  # fmt: skip
+    for ax, key in zip(axes[0], panels):
+        if key in ("enqueue", "pickup"):
+            colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+            for label, lat in f[key].items():
+                if lat:
+                    ecdf(ax, lat, color=next(colors), lw=1.6,
+                         label=f"{label}: p50 {median(lat):.2f} ms, p99 {pct(lat, 99):.2f} ms")  # fmt: skip
+            if key == "enqueue":
+                for label, lat in f["inline"].items():
+                    if lat:
+                        label = f"baseline: the agent embeds {label} inline, p50 {median(lat):.1f} ms"
+                        ecdf(ax, lat, color="0.55", lw=1.1, ls="--", label=label)
+                ax.set_title(
+                    f"A. enqueue_encode call, {f['calls']:,} calls per case\n(no worker running)"
+                )
+                ax.set_xlabel("enqueue latency, ms (log)")
+            else:
+                label = f"embedding one text alone (this process): {f['one_text_ms']:.1f} ms, mean"
+                ax.axvline(f["one_text_ms"], color="0.55", ls=":", lw=1.2, label=label)
+                n = max(len(v) for v in f[key].values())
+                ax.set_title(
+                    "C. idle pickup: enqueue -> committed,\n"
+                    f"one 1-text job at a time ({n} jobs per case)"
+                )
+                ax.set_xlabel("time to searchable, ms (log)")
+            ax.set_xscale("log")
+            S.plain_log_ticks(ax.xaxis)
+            ax.set_ylim(0, 1.02)
+            ax.set_ylabel(f"fraction of {'jobs' if key == 'pickup' else 'calls'} at or below (CDF)")
+            ax.grid(True, which="major", alpha=0.3)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+        else:
+            off, on = median(rates["off"]), median(rates["on"])
+            ax.bar(["off", "on"], [off, on], color=["#888", "#37a"], width=0.6,
+                   label="median of the rounds")  # fmt: skip
+            for x, label in enumerate(("off", "on")):
+                ax.plot([x] * len(rates[label]), rates[label], "o", color="k", ms=4,
+                        label="each round" if x == 0 else None)  # fmt: skip
+            for x, v in enumerate((off, on)):
+                ax.text(x, v / 2, f"{v:,.0f}\njobs/s", ha="center", va="center", fontsize=8,
+                        color="white")  # fmt: skip
+            ax.set_title(f"D. metrics overhead {100 * (1 - on / off):.1f}% (1 - on / off)\n"
+                         f"backlog of {f['metrics_jobs']:,} 1-text jobs, instant embedder")  # fmt: skip
+            ax.set_ylabel("jobs committed per second")
+            ax.set_ylim(0, max(rates["off"] + rates["on"]) * 1.3)
+            ax.set_xlabel("worker --metrics-port")
+            ax.legend(fontsize=7, loc="upper center", ncol=2)
+        ax.title.set_fontsize(9)
+    fig.suptitle(f"queue_bench.py, {f['started']}, {os.cpu_count()} cores, one valkey-server "
+                 "(no module), memworker worker subprocesses", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    S.save_figure(fig, path)
 
 
 def backlog_rate(settings: Settings, jobs: int, *, metrics: bool) -> float:

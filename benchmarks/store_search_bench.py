@@ -25,12 +25,18 @@ with the module takes a few minutes (RediSearch inserts into HNSW synchronously,
     python benchmarks/store_search_bench.py                    # N=100000 (several minutes)
     python benchmarks/store_search_bench.py --data random      # isotropic vectors (HNSW worst case)
     python benchmarks/store_search_bench.py --quick            # N=2000, a few seconds
+    python benchmarks/store_search_bench.py --n 20000 --sizes 1000,5000,20000 --plot s.png
+
+``--sizes`` times (a)'s ``store.search`` variants at several record counts on the way to
+N (default: at N alone); ``--plot PNG`` draws p50 and p99 of every ``store.search``
+path and filter against records, from (a) and (b) (matplotlib, the ``bench`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 import uuid
 from typing import Any
@@ -213,6 +219,12 @@ def main() -> None:
     )
     ap.add_argument("--queries", type=int, default=200, help="queries for (a) (default 200)")
     ap.add_argument(
+        "--sizes",
+        default=None,
+        help="record counts at which (a) times store.search while its index grows to N, "
+        "comma-separated, each <= N (default: N alone); the EF_RUNTIME sweep runs at N",
+    )
+    ap.add_argument(
         "--exact-sizes",
         default="1000,10000,50000",
         help="record counts for (b), comma-separated (default 1000,10000,50000)",
@@ -236,6 +248,9 @@ def main() -> None:
     ap.add_argument("--no-module", action="store_true", help="skip (a) and the module half of (c)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="smoke run: N=2000, 30 queries")
+    ap.add_argument(
+        "--plot", metavar="PNG", help="also draw search p50/p99 against records as a PNG (matplotlib)"
+    )
     args = ap.parse_args()
     if args.quick:
         args.n, args.queries, args.exact_sizes, args.exact_queries, args.ef = (
@@ -246,7 +261,15 @@ def main() -> None:
             "64",
         )
     sizes = sorted({int(x) for x in args.exact_sizes.split(",") if x})
+    module_sizes = sorted({int(x) for x in (args.sizes or "").split(",") if x} | {args.n})
+    if module_sizes[-1] > args.n:
+        ap.error(f"--sizes: {module_sizes[-1]:,} is above N={args.n:,} (--n)")
     efs = [int(x) for x in args.ef.split(",") if x]
+    if args.plot:
+        S.pyplot()  # fail now, not after the run, without matplotlib
+    started = time.strftime("%Y-%m-%d %H:%M %Z")
+    #: For --plot: per search path and filter, record count -> latencies (ms) of its queries.
+    curves: dict[str, dict[int, list[float]]] = {}
     t_start = time.perf_counter()
 
     S.banner(f"store_search_bench: N={args.n:,}, data={args.data}, dim={S.DIM}, top-10")
@@ -265,37 +288,46 @@ def main() -> None:
                 msrv, f"mw{uuid.uuid4().hex[:6]}", batch_size=args.batch, timeout_ms=120_000
             )
             stack.callback(mstore.close)
-            S.say(
-                f"(a) loading {args.n:,} records into RediSearch with store.save (batches of {args.batch}); "
-                "HNSW indexing runs inside each save, so this is the slow part (minutes at 100k)"
-            )
-            spent = data.load([mstore], args.n, args.batch, "module load")
-            info = S.ft_info(mclient, mstore.keys.index)
-            S.say(
-                f"    loaded at {args.n / spent:,.0f} rec/s, {spent / (args.n / args.batch) * 1000:,.0f} ms per "
-                f"save of {args.batch}; index num_docs={info.get('num_docs')}"
-            )
-            queries = data.queries(args.queries)
-            rows = []
-            variants = [
-                ("no filter", {}, None),
-                (f"scope {SCOPE} (all records)", {"scope_prefix": SCOPE}, None),
-                (f"category '{FILTER_CATEGORY}' ({data.has_cat.mean():.0%} of records)",
-                 {"categories": [FILTER_CATEGORY]}, data.has_cat),
-            ]  # fmt: skip
-            for name, kwargs, mask in variants:
-                lat, hits = time_searches(mstore, queries, **kwargs)
-                rec = recall(hits, data.truth(queries, 10, mask))
-                rows.append([name, S.pct(lat, 50), S.pct(lat, 95), rec])
-                if not kwargs:
-                    p50_a, p95_a, rec_a = S.pct(lat, 50), S.pct(lat, 95), rec
-                if mask is not None:
-                    p50_cat, rec_cat = S.pct(lat, 50), rec
-            S.say("")
-            S.say(
-                f"(a) store.search top-10 with RediSearch, {args.n:,} records, {len(queries)} queries"
-            )
-            S.say(S.table(["variant", "p50 ms", "p95 ms", "recall@10"], rows))
+            for n_a in module_sizes:
+                S.say(
+                    f"(a) loading {n_a:,} records into RediSearch with store.save (batches of {args.batch}); "
+                    "HNSW indexing runs inside each save, so this is the slow part (minutes at 100k)"
+                )
+                loaded = len(data.vectors)
+                spent = data.load([mstore], n_a, args.batch, "module load")
+                info = S.ft_info(mclient, mstore.keys.index)
+                S.say(
+                    f"    loaded at {(n_a - loaded) / spent:,.0f} rec/s, "
+                    f"{spent / ((n_a - loaded) / args.batch) * 1000:,.0f} ms per "
+                    f"save of {args.batch}; index num_docs={info.get('num_docs')}"
+                )
+                queries = data.queries(args.queries)
+                rows = []
+                variants = [
+                    ("no filter", {}, None),
+                    (f"scope {SCOPE} (all records)", {"scope_prefix": SCOPE}, None),
+                    (f"category '{FILTER_CATEGORY}' ({data.has_cat.mean():.0%} of records)",
+                     {"categories": [FILTER_CATEGORY]}, data.has_cat),
+                ]  # fmt: skip
+                curve_names = ("RediSearch, no filter", "RediSearch, scope filter", "category")
+                for (name, kwargs, mask), curve in zip(variants, curve_names):
+                    lat, hits = time_searches(mstore, queries, **kwargs)
+                    rec = recall(hits, data.truth(queries, 10, mask))
+                    rows.append([name, S.pct(lat, 50), S.pct(lat, 95), rec])
+                    curves.setdefault(curve, {})[n_a] = lat
+                    if not kwargs:
+                        p50_a, p95_a, rec_a = S.pct(lat, 50), S.pct(lat, 95), rec
+                    if mask is not None:
+                        p50_cat, rec_cat = S.pct(lat, 50), rec
+                S.say("")
+                S.say(
+                    f"(a) store.search top-10 with RediSearch, {n_a:,} records, {len(queries)} queries"
+                )
+                S.say(S.table(["variant", "p50 ms", "p95 ms", "recall@10"], rows))
+                if n_a < args.n:
+                    S.say("")
+            share = f"~{data.has_cat.mean():.0%} of records"
+            curves[f"RediSearch, category '{FILTER_CATEGORY}' ({share})"] = curves.pop("category")
             summary.append(
                 [
                     f"(a) module search p50 (p95) @ {args.n:,}",
@@ -348,6 +380,7 @@ def main() -> None:
             nq = args.exact_queries if n <= 10_000 else max(5, args.exact_queries // 3)
             queries = data.queries(nq)
             lat, hits = time_searches(pstore, queries)
+            curves.setdefault("exact (no module), no filter", {})[n] = lat
             exact_rows.append(
                 [n, S.pct(lat, 50), S.pct(lat, 95), recall(hits, data.truth(queries, 10)), nq]
             )
@@ -391,6 +424,51 @@ def main() -> None:
     S.say("")
     S.say(f"summary (total {time.perf_counter() - t_start:.0f} s)")
     S.say(S.table(["measure", "value", "target", ""], summary))
+    if args.plot:
+        plot(args.plot, curves, args, started)
+
+
+def plot(path: str, curves: dict[str, dict[int, list[float]]], args: Any, started: str) -> None:
+    """p50 and p99 of store.search top-10 against records, one line per path and filter,
+    log-log (matplotlib, the bench extra)."""
+    plt = S.pyplot()
+    from matplotlib.ticker import LogLocator
+
+    curves = {name: pts for name, pts in curves.items() if pts}
+    if not curves:
+        S.say("   plot: nothing measured, no figure")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.4), sharey=True)
+    styles = {"RediSearch, no filter": ("#37a", "o"), "RediSearch, scope filter": ("#3a7", "s"),
+              "exact (no module), no filter": ("#c52", "D")}  # fmt: skip
+    counts = sorted({n for pts in curves.values() for n in pts})
+    for ax, q in zip(axes, (50, 99)):
+        for name, pts in curves.items():
+            color, marker = styles.get(name, ("#a3a", "^"))
+            ns = sorted(pts)
+            queries = "/".join(str(k) for k in sorted({len(pts[n]) for n in ns}))
+            ax.plot(ns, [S.pct(pts[n], q) for n in ns], marker=marker, color=color, lw=1.5, ms=5,
+                    label=f"{name}: {queries} queries a point")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        S.plain_log_ticks(ax.yaxis)
+        ax.set_xticks(counts, [f"{n:,}" for n in counts], minor=False)
+        ax.set_xticks([], minor=True)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel("records in the scope (log)")
+        ax.set_title(f"store.search top-10, p{q} latency", fontsize=9)
+        ax.grid(True, which="both", alpha=0.25)
+    axes[0].set_ylabel("ms per search (log)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(
+        f"store_search_bench.py, {started}, {os.cpu_count()} cores, data={args.data}, dim={S.DIM}\n"
+        "RediSearch HNSW (M=16, EF_RUNTIME 64) and the exact numpy path, one valkey-server each",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    S.save_figure(fig, path)
 
 
 if __name__ == "__main__":

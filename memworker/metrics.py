@@ -91,16 +91,39 @@ class WorkerMetrics:
             "memworker_model_info", "The model the workers embed with", ["model", "backend"],
             multiprocess_mode="max",
         )  # fmt: skip
+        self._by_namespace: dict[str, tuple[Any, Any, Any, Any]] = {}
 
     def committed(self, namespace: str, records: int, enqueued_ms: float, attempts: int) -> None:
         """One job committed: its records, time to searchable, attempts."""
+        self.committed_many(namespace, records, [enqueued_ms], attempts)
+
+    def committed_many(
+        self, namespace: str, records: int, enqueued_ms: list[float], attempts: int = 1
+    ) -> None:
+        """Jobs committed together (a batched commit): the counters once, the
+        per-job histograms per job (labelled children looked up once per namespace)."""
         import time
 
-        self.jobs.labels(namespace, "committed").inc()
-        self.records.labels(namespace).inc(records)
-        if enqueued_ms > 0:
-            self.searchable.labels(namespace).observe(max(0.0, time.time() - enqueued_ms / 1000))
-        self.attempts.labels(namespace).observe(attempts)
+        jobs, recs, searchable, tries = self._children(namespace)
+        jobs.inc(len(enqueued_ms))
+        recs.inc(records)
+        now = time.time()
+        for stamp in enqueued_ms:
+            if stamp > 0:
+                searchable.observe(max(0.0, now - stamp / 1000))
+            tries.observe(attempts)
+
+    def _children(self, namespace: str) -> tuple[Any, Any, Any, Any]:
+        children = self._by_namespace.get(namespace)
+        if children is None:
+            children = (
+                self.jobs.labels(namespace, "committed"),
+                self.records.labels(namespace),
+                self.searchable.labels(namespace),
+                self.attempts.labels(namespace),
+            )
+            self._by_namespace[namespace] = children
+        return children
 
 
 class ProducerMetrics:

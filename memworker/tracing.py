@@ -34,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "TRACE_OPTION",
+    "enabled",
     "extract",
     "inject",
     "job_span",
@@ -76,6 +77,18 @@ def span(name: str, attributes: Mapping[str, Any], *, parent: Any = None, links:
         name, context=parent, attributes=dict(attributes), links=list(links)
     ) as current:
         yield current
+
+
+def enabled() -> bool:
+    """Whether an SDK (or any real provider) is set up: without one every span is a
+    no-op, and the per-job spans of a batched commit are skipped altogether."""
+    trace = _trace()
+    if trace is None:
+        return False
+    from opentelemetry.trace import ProxyTracerProvider
+
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, ProxyTracerProvider) and type(provider).__name__ != "NoOpTracerProvider"
 
 
 def job_span(name: str, parent: Any, attributes: Mapping[str, Any], start_ns: int, end_ns: int) -> None:

@@ -48,6 +48,7 @@ import numpy as np
 
 from memworker.metrics import worker_metrics
 from memworker.tracing import TRACE_OPTION, extract, job_span
+from memworker.tracing import enabled as tracing_enabled
 from memworker.queue.jobs import (
     ENCODE_ACTOR,
     MARKER_TTL_MS,
@@ -336,10 +337,12 @@ class JobBatches:
             extra: list[list[str]] = []
             if job.future is not None:
                 vectors = job.future.result()
-                job_span(
-                    "memworker.embed", extract(job.message.options.get(TRACE_OPTION)),
-                    self._span_attributes(job, len(job.items)), job.submitted_ns, time.time_ns(),
-                )  # fmt: skip
+                if tracing_enabled():
+                    job_span(
+                        "memworker.embed", extract(job.message.options.get(TRACE_OPTION)),
+                        self._span_attributes(job, len(job.items)), job.submitted_ns,
+                        time.time_ns(),
+                    )  # fmt: skip
                 threshold = fast_path_dedup_threshold(job.items)
                 dropped = batch_duplicates(vectors, threshold)
                 gone = set(dropped)
@@ -386,7 +389,7 @@ class JobBatches:
         for n, (job, _) in enumerate(call):
             if n not in gone:
                 searchable.add(job.message.message_timestamp)
-        for n, (job, write) in enumerate(call):
+        for n, (job, write) in enumerate(call) if tracing_enabled() else ():
             attributes = self._span_attributes(job, len(write.rows))
             attributes["memworker.outcome"] = "duplicate" if n in gone else "committed"
             attributes["memworker.batched_jobs"] = len(call)
@@ -396,9 +399,11 @@ class JobBatches:
         if metrics is not None:
             ns = self.keys.namespace
             metrics.commit.labels(ns).observe(time.perf_counter() - started)
-            for n, (job, write) in enumerate(call):
-                if n not in gone:
-                    metrics.committed(ns, len(write.rows), job.message.message_timestamp, 1)
+            done = [(job, write) for n, (job, write) in enumerate(call) if n not in gone]
+            metrics.committed_many(
+                ns, sum(len(w.rows) for _, w in done),
+                [job.message.message_timestamp for job, _ in done],
+            )  # fmt: skip
         with self._lock:
             self.counts.calls += 1
             self.counts.committed += committed
