@@ -35,7 +35,7 @@ from memworker.io.plan import (
     is_noscript,
     is_permanent,
 )
-from memworker.io.redispy import is_cluster, is_transient_redis
+from memworker.io.redispy import is_cluster, is_transient_redis, known_nodes
 from memworker.io.scripts import SCRIPTS, script_key, script_source
 from memworker.settings import Settings
 
@@ -84,8 +84,9 @@ def glide_config(settings: Settings) -> Any:
         "protocol": ProtocolVersion.RESP2,
     }
     if is_cluster(settings):
+        seen = [NodeAddress(h, p) for h, p in known_nodes(settings) if (h, p) != (host, port)]
         return GlideClusterClientConfiguration(
-            [NodeAddress(host, port)],
+            [NodeAddress(host, port), *seen],  # the nodes seen so far too: the URL's may be gone
             advanced_config=AdvancedGlideClusterClientConfiguration(
                 connection_timeout=settings.connect_timeout_ms, tls_config=tls_config
             ),

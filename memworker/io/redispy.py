@@ -46,6 +46,7 @@ __all__ = [
     "RedisSyncDriver",
     "async_redis_client",
     "is_cluster",
+    "known_nodes",
     "is_transient_redis",
     "redis_client",
     "redis_kwargs",
@@ -102,6 +103,24 @@ def is_cluster(settings: Settings) -> bool:
     return known
 
 
+#: Cluster nodes a client of this process has seen, by the URL's address: the next
+#: client also starts from them, so one made after the URL's node died (a failover)
+#: still finds the cluster.
+_nodes: dict[tuple[object, ...], list[tuple[str, int]]] = {}
+
+
+def known_nodes(settings: Settings) -> list[tuple[str, int]]:
+    """The cluster nodes this process has seen for ``settings``' address."""
+    with _topology_lock:
+        return list(_nodes.get((settings.host, settings.port, settings.tls, settings.username), []))
+
+
+def _learn_nodes(settings: Settings, nodes: list[tuple[str, int]]) -> None:
+    if nodes:
+        with _topology_lock:
+            _nodes[(settings.host, settings.port, settings.tls, settings.username)] = nodes
+
+
 def _ask_topology(settings: Settings) -> bool | None:
     """``INFO cluster`` on the URL's node; ``None`` when it refused for a reason no
     retry fixes (a certificate, a password, an ACL without INFO): the client made next
@@ -132,9 +151,12 @@ def redis_client(settings: Settings) -> Any:
     settings = ensure_embedded(settings)  # start or find the embedded server, if it is one
     url = settings.url(redact=False, scheme="redis")
     if is_cluster(settings):
-        from redis.cluster import RedisCluster
+        from redis.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster.from_url(url, **redis_kwargs(settings))
+        nodes = [ClusterNode(host, port) for host, port in known_nodes(settings)]  # type: ignore[no-untyped-call]
+        client = RedisCluster.from_url(url, startup_nodes=nodes, **redis_kwargs(settings))
+        _learn_nodes(settings, [(n.host, int(n.port)) for n in client.get_nodes()])  # type: ignore[no-untyped-call]
+        return client
     return redis.Redis.from_url(url, **redis_kwargs(settings))
 
 
@@ -146,9 +168,10 @@ def async_redis_client(settings: Settings) -> Any:
     settings = ensure_embedded(settings)  # start or find the embedded server, if it is one
     url = settings.url(redact=False, scheme="redis")
     if is_cluster(settings):
-        from redis.asyncio.cluster import RedisCluster
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster.from_url(url, **redis_kwargs(settings))
+        nodes = [ClusterNode(host, port) for host, port in known_nodes(settings)]
+        return RedisCluster.from_url(url, startup_nodes=nodes, **redis_kwargs(settings))
     return redis.asyncio.Redis.from_url(url, **redis_kwargs(settings))
 
 

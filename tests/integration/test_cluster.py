@@ -85,3 +85,27 @@ def test_each_namespace_is_one_slot_and_namespaces_spread_over_shards(request, k
         assert len(shards) >= 2  # six namespaces land on more than one shard
     finally:
         client.close()
+
+
+def test_a_client_made_after_the_urls_node_died_finds_the_cluster(namespace) -> None:
+    """Every client starts from the nodes this process has seen, not only the URL's:
+    one made after that node died (a failover) still reaches the cluster."""
+    from memworker.testing import start_cluster
+
+    cluster = start_cluster(3, 1)
+    try:
+        replica = cluster.nodes[-1]  # the URL names a node that then dies
+        settings = Settings.from_url(replica.url, namespace=namespace, search_mode="exact")
+        with MemoryQueue(settings, producer_id="p") as q:
+            q.enqueue_save([MemoryRecord(content="before", embedding=[1.0, 0.0])])
+        replica.process.kill()
+        replica.process.wait()
+        with MemoryQueue(settings, producer_id="p") as q:  # redis-py's cluster client
+            q.enqueue_save([MemoryRecord(content="after", embedding=[0.0, 1.0])])
+            assert len(q.pending()) == 2
+        store = ValkeyStore(settings)  # glide's cluster client
+        store.save([MemoryRecord(content="direct", embedding=[1.0, 1.0])])
+        assert store.count() == 1
+        store.close()
+    finally:
+        cluster.stop()
