@@ -348,7 +348,7 @@ def backlog_rate(settings: Settings, jobs: int, *, metrics: bool) -> float:
     with MemoryQueue(settings, producer_id="backlog") as q:
         for i in range(jobs):
             q.enqueue_encode([TEXT.format(i=200_000 + i)])
-    env = {"MEMWORKER_METRICS_PORT": str(free_port())} if metrics else {}
+    env = {"MEMWORKER_METRICS_PORT": str(free_port()), "MEMWORKER_METRICS_ADDRESS": "127.0.0.1"} if metrics else {}
     client = redis.Redis.from_url(settings.url(redact=False, scheme="redis"))
     stats = QueueKeys(settings.namespace).stats
     proc = start_workers(settings, 1, 8, fake=True, env=env)

@@ -239,7 +239,7 @@ def _metrics_server(settings: Settings, port: int | None) -> Iterator[None]:
     previous = os.environ.get(MULTIPROC_ENV)
     os.environ[MULTIPROC_ENV] = directory  # before any process creates a metric
     try:
-        server = serve_metrics(settings, port)
+        server = serve_metrics(settings, port, os.environ.get("MEMWORKER_METRICS_ADDRESS") or "0.0.0.0")
     except ImportError as exc:
         raise ConfigError(
             "--metrics-port needs prometheus_client: pip install 'memworker[metrics]'"

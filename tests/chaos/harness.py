@@ -216,3 +216,76 @@ def _audit_once(client: Any, namespace: str) -> Audit:
             bad.append(i)
     stored = {k.decode(): int(v) for k, v in client.hgetall(f"{{{namespace}}}:cats:/").items()}
     return Audit(len(ids), ids, root, bad, stored == cats)
+
+
+# --------------------------------------------------------------------------- load
+class Load:
+    """Producer threads enqueueing 3-item encode jobs until :meth:`stop` (an enqueue
+    that fails is counted and retried with the same record ids), and optionally an
+    observer of the producers' done channel recording when each job committed.
+
+    Args:
+        make_queue: A new ``MemoryQueue`` for one producer thread (closed by it).
+        text: The text of item ``k`` of job ``n`` of thread ``tag``.
+        scope: Its scope.
+    """
+
+    def __init__(
+        self,
+        make_queue: Callable[[], Any],
+        text: Callable[[str, int, int], str],
+        scope: Callable[[str, int, int], str],
+    ) -> None:
+        import threading
+
+        self.make_queue, self.text, self.scope = make_queue, text, scope
+        self.returned: list[tuple[str, list[str]]] = []
+        self.done_at: dict[str, float] = {}
+        self.errors = 0
+        self.stopping = threading.Event()
+        self.threads: list[Any] = []
+
+    def start(self, tags: tuple[str, ...] = ("a", "b"), observe: tuple[int, str] | None = None) -> Load:
+        """Start a producer per tag, and an observer of ``(port, channel)`` if given."""
+        import threading
+
+        self.threads = [threading.Thread(target=self._produce, args=(t,), daemon=True) for t in tags]
+        if observe is not None:
+            self.threads.append(threading.Thread(target=self._observe, args=observe, daemon=True))
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self, timeout: float = 15) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout)
+
+    def _produce(self, tag: str) -> None:
+        q = self.make_queue()
+        n = 0
+        while not self.stopping.is_set():
+            items = [{"id": f"{tag}-{n}-{k}", "text": self.text(tag, n, k),
+                      "scope": self.scope(tag, n, k), "categories": ["r"]} for k in range(3)]  # fmt: skip
+            try:
+                self.returned.append(q.enqueue_encode_job(items))
+                n += 1
+            except Exception:  # noqa: BLE001 - retried with the same record ids
+                self.errors += 1
+                time.sleep(0.1)
+            time.sleep(0.01)
+        q.close()
+
+    def _observe(self, port: int, channel: str) -> None:
+        import redis
+
+        while not self.stopping.is_set():
+            try:
+                sub = redis.Redis(host="127.0.0.1", port=port).pubsub()
+                sub.subscribe(channel)
+                while not self.stopping.is_set():
+                    m = sub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+                    if m:
+                        self.done_at.setdefault(m["data"].decode(), time.time())
+            except Exception:  # noqa: BLE001 - the server is down or failing over
+                time.sleep(0.1)

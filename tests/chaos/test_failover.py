@@ -12,13 +12,12 @@ again, never duplicated."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 import pytest
 import redis
-from harness import Workers, audit, record, wait_for
+from harness import Load, Workers, audit, record, wait_for
 
 from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
@@ -57,46 +56,16 @@ def test_primary_sigkill_under_load(replicas, ns, workdir):
     victim_port = rc.get_node_from_key("{" + ns + "}:meta").port
     victim = next(n for n in cluster.nodes if n.port == victim_port)
     survivor = next(n for n in cluster.nodes[: cluster.primaries] if n.port != victim_port)
-    returned: list[tuple[str, list[str]]] = []
-    done_at: dict[str, float] = {}
-    stop = threading.Event()
-    enqueue_errors = 0
+    load = Load(
+        lambda: MemoryQueue(settings, producer_id="pf"),
+        text=lambda tag, n, k: f"failover {tag} {n} {k}",
+        scope=lambda tag, n, k: f"/r/{n % 5}",
+    )
     try:
         proc = workers.start(threads=2)
         workers.wait_live(rc)
-
-        def producer(tag: str) -> None:
-            nonlocal enqueue_errors
-            q = MemoryQueue(settings, producer_id="pf")
-            n = 0
-            while not stop.is_set():
-                items = [{"id": f"{tag}-{n}-{k}", "text": f"failover {tag} {n} {k}",
-                          "scope": f"/r/{n % 5}", "categories": ["r"]} for k in range(3)]  # fmt: skip
-                try:
-                    returned.append(q.enqueue_encode_job(items))
-                    n += 1
-                except Exception:  # noqa: BLE001 - retried with the same record ids
-                    enqueue_errors += 1
-                    time.sleep(0.1)
-                time.sleep(0.01)
-            q.close()
-
-        def observer() -> None:  # PUBLISH reaches every node: listen on one that lives
-            while not stop.is_set():
-                try:
-                    sub = redis.Redis(port=survivor.port).pubsub()
-                    sub.subscribe("{" + ns + "}:done:pf")
-                    while not stop.is_set():
-                        m = sub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                        if m:
-                            done_at.setdefault(m["data"].decode(), time.time())
-                except Exception:  # noqa: BLE001
-                    time.sleep(0.1)
-
-        threads = [threading.Thread(target=producer, args=(t,), daemon=True) for t in ("a", "b")]
-        threads.append(threading.Thread(target=observer, daemon=True))
-        for t in threads:
-            t.start()
+        # PUBLISH reaches every node: listen on one that lives
+        load.start(observe=(survivor.port, "{" + ns + "}:done:pf"))
         time.sleep(3)
         crash = time.time()
         victim.process.kill()
@@ -107,9 +76,8 @@ def test_primary_sigkill_under_load(replicas, ns, workdir):
         promoted_after = round(time.time() - crash, 2)
         present_after = _retrying(lambda: audit(rc, ns).ids)  # before the workers redo anything
         time.sleep(4)
-        stop.set()
-        for t in threads:
-            t.join(15)
+        load.stop()
+        returned, done_at = load.returned, load.done_at
         jobs = [j for j, _ in returned]
         with MemoryQueue(settings, producer_id="pf") as q:
             report = _retrying(lambda: q.drain(timeout=60, job_ids=jobs))
@@ -129,7 +97,7 @@ def test_primary_sigkill_under_load(replicas, ns, workdir):
                injections=1, lost=silently_lost, duplicates=a.records - len(expected & a.ids),
                early_returns=early, jobs=len(returned), jobs_reported_lost=len(lost_jobs),
                commits_redone=len(lost_commits), loss_window_s=window,
-               promoted_after_s=promoted_after, enqueue_errors=enqueue_errors,
+               promoted_after_s=promoted_after, enqueue_errors=load.errors,
                worker_survived=proc.poll() is None)  # fmt: skip
         print(f"replicas={replicas}: {len(returned)} jobs, {len(lost_jobs)} reported lost, "
               f"{len(lost_commits)} commits redone, promoted after {promoted_after} s")
@@ -140,7 +108,7 @@ def test_primary_sigkill_under_load(replicas, ns, workdir):
         if replicas:
             assert lost_jobs == set()  # every acknowledged enqueue survived the failover
     finally:
-        stop.set()
+        load.stop(0)
         workers.close()
         rc.close()
         cluster.stop()

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from chaos_embedder import vector
-from harness import Workers, audit, record, wait_for
+from harness import Load, Workers, audit, record, wait_for
 
 from memworker import ValkeyStore
 from memworker.queue.producer import MemoryQueue
@@ -44,30 +44,18 @@ def test_a_namespace_slot_moves_under_load(ns, workdir):
     target_port = next(p for p in cluster.ports if p != source_port)
     source = redis.Redis(port=source_port)
     target = redis.Redis(port=target_port)
-    returned: list[tuple[str, list[str]]] = []
     misses: list[str] = []
     reads = 0
-    stop = threading.Event()
     errors = 0
+    load = Load(
+        lambda: MemoryQueue(settings, producer_id="pr"),
+        text=lambda tag, n, k: f"moved {tag} {n} {k}",
+        scope=lambda tag, n, k: f"/r/{tag}-{n}-{k}",
+    )
+    stop = load.stopping
     try:
         proc = workers.start(threads=2)
         workers.wait_live(rc)
-
-        def producer(name: str) -> None:
-            nonlocal errors
-            q = MemoryQueue(settings, producer_id="pr")
-            n = 0
-            while not stop.is_set():
-                items = [{"id": f"{name}-{n}-{k}", "text": f"moved {name} {n} {k}",
-                          "scope": f"/r/{name}-{n}-{k}", "categories": ["r"]} for k in range(3)]  # fmt: skip
-                try:
-                    returned.append(q.enqueue_encode_job(items))
-                    n += 1
-                except Exception:  # noqa: BLE001 - retried with the same record ids
-                    errors += 1
-                    time.sleep(0.1)
-                time.sleep(0.01)
-            q.close()
 
         def reader() -> None:
             """Read-your-writes across the move: enqueue, drain, then search must find it."""
@@ -91,10 +79,9 @@ def test_a_namespace_slot_moves_under_load(ns, workdir):
             q.close()
             store.close()
 
-        threads = [threading.Thread(target=producer, args=(t,), daemon=True) for t in ("a", "b")]
-        threads.append(threading.Thread(target=reader, daemon=True))
-        for t in threads:
-            t.start()
+        load.start()
+        read_thread = threading.Thread(target=reader, daemon=True)
+        read_thread.start()
         time.sleep(3)
         slot = source.execute_command("CLUSTER", "KEYSLOT", tag)
         target_id = target.execute_command("CLUSTER", "MYID")
@@ -104,9 +91,9 @@ def test_a_namespace_slot_moves_under_load(ns, workdir):
         migration_s = round(time.time() - moved_at, 2)
         reads_before = reads
         time.sleep(4)
-        stop.set()
-        for t in threads:
-            t.join(30)
+        load.stop(30)
+        read_thread.join(30)
+        returned, errors = load.returned, errors + load.errors
         jobs = [j for j, _ in returned]
         with MemoryQueue(settings, producer_id="pr") as q:
             report = q.drain(timeout=90, job_ids=jobs)
@@ -131,7 +118,7 @@ def test_a_namespace_slot_moves_under_load(ns, workdir):
         assert unexpected == set() and a.records == len(a.ids)
         assert misses == [] and reads > reads_before  # read-your-writes held on the new shard
     finally:
-        stop.set()
+        load.stop(0)
         workers.close()
         rc.close()
         cluster.stop()

@@ -3,11 +3,10 @@ load, with appendfsync always and everysec (4); and what drain says of a lost jo
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
-from harness import ChaosServer, Workers, audit, record, wait_for
+from harness import ChaosServer, Load, Workers, audit, record, wait_for
 
 from memworker.queue.producer import MemoryQueue
 
@@ -28,48 +27,15 @@ def test_valkey_sigkill_under_load(fsync, ns, workdir):
     server = ChaosServer(extra=("--appendonly", "yes", "--appendfsync", fsync)).start()
     workers = Workers(server.url, ns, workdir)
     client = server.client()
-    returned: list[tuple[str, list[str]]] = []
-    done_at: dict[str, float] = {}
-    stop = threading.Event()
-    enqueue_errors = 0
+    load = Load(
+        lambda: MemoryQueue(server.url, namespace=ns, producer_id="p4"),
+        text=lambda tag, n, k: f"{fsync} {tag} {n} {k}",
+        scope=lambda tag, n, k: f"/r/{n % 5}",
+    )
     try:
         proc = workers.start(threads=2)
         workers.wait_live(client)
-
-        def producer(tag):
-            nonlocal enqueue_errors
-            q = MemoryQueue(server.url, namespace=ns, producer_id="p4")
-            n = 0
-            while not stop.is_set():
-                items = [{"id": f"{tag}-{n}-{k}", "text": f"{fsync} {tag} {n} {k}",
-                          "scope": f"/r/{n % 5}", "categories": ["r"]} for k in range(3)]
-                try:
-                    returned.append(q.enqueue_encode_job(items))
-                    n += 1
-                except Exception:  # noqa: BLE001 - retried with the same record ids
-                    enqueue_errors += 1
-                    time.sleep(0.1)
-                time.sleep(0.01)
-            q.close()
-
-        def observer():
-            import redis
-
-            while not stop.is_set():
-                try:
-                    sub = redis.Redis(host="127.0.0.1", port=server.port).pubsub()
-                    sub.subscribe(f"{{{ns}}}:done:p4")
-                    while not stop.is_set():
-                        m = sub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                        if m:
-                            done_at.setdefault(m["data"].decode(), time.time())
-                except Exception:  # noqa: BLE001
-                    time.sleep(0.1)
-
-        threads = [threading.Thread(target=producer, args=(t,), daemon=True) for t in ("a", "b")]
-        threads.append(threading.Thread(target=observer, daemon=True))
-        for t in threads:
-            t.start()
+        load.start(observe=(server.port, f"{{{ns}}}:done:p4"))
         time.sleep(3)
         crash = time.time()
         server.kill()
@@ -78,9 +44,8 @@ def test_valkey_sigkill_under_load(fsync, ns, workdir):
         client = server.client()
         present_after = audit(client, ns).ids  # before the workers redo anything
         time.sleep(3)
-        stop.set()
-        for t in threads:
-            t.join(10)
+        load.stop(10)
+        returned, done_at, enqueue_errors = load.returned, load.done_at, load.errors
         jobs = [j for j, _ in returned]
         with MemoryQueue(server.url, namespace=ns, producer_id="p4") as q:
             report = _retrying(lambda: q.drain(timeout=60, job_ids=jobs), 90)
@@ -108,7 +73,7 @@ def test_valkey_sigkill_under_load(fsync, ns, workdir):
         if fsync == "always":
             assert lost == 0 and lost_commits == [] and early == 0
     finally:
-        stop.set()
+        load.stop(0)
         workers.close()
         server.stop()
 

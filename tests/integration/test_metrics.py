@@ -67,7 +67,7 @@ def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
 def test_a_worker_serves_every_metric_for_all_its_processes(plain_server, namespace, tmp_path) -> None:
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(CHAOS), os.environ.get("PYTHONPATH", "")]),
-               MEMWORKER_EMBEDDER="chaos_embedder:make")  # fmt: skip
+               MEMWORKER_EMBEDDER="chaos_embedder:make", MEMWORKER_METRICS_ADDRESS="127.0.0.1")  # fmt: skip
     log = open(tmp_path / "worker.log", "wb")
     worker = subprocess.Popen(
         [sys.executable, "-m", "memworker.cli", "--url", plain_server.url, "--namespace", namespace,

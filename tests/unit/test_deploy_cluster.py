@@ -42,19 +42,7 @@ _REQUIRED_PASSWORD = re.compile(r"^\$\{VALKEY_PASSWORD:\?[^}]*\}$")
 
 
 # --------------------------------------------------------------------------- helpers
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML keeps the last one)."""
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+from test_deploy import _UniqueKeyLoader  # noqa: E402  (rejects duplicate YAML keys)
 
 
 def _compose() -> dict[str, Any]:
