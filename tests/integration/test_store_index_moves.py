@@ -39,3 +39,18 @@ def test_a_search_after_the_index_vanished_is_right_and_rebuilds_it(server, stor
     other = ValkeyStore(server.url, namespace=store.keys.namespace)  # a process that never saw it
     assert [r.id for r, _ in other.search(query, limit=5)] == before
     other.close()
+
+
+def test_an_index_dropped_while_it_was_building_is_made_again(server, store, raw) -> None:
+    """The store thought its index was still scanning (FT.INFO) when it vanished: the
+    next search answers on the exact path instead of failing on FT.INFO."""
+    if not server.module:
+        pytest.skip("an index exists only with a search module")
+    records = [MemoryRecord(id=f"b{i}", content=f"m {i}", embedding=[float(i == j) for j in range(8)])
+               for i in range(8)]  # fmt: skip
+    store.save(records)
+    store._state.index_building = True  # as right after FT.CREATE over existing records
+    node = raw.get_node_from_key(store.keys.index) if hasattr(raw, "get_node_from_key") else None
+    raw.execute_command("FT.DROPINDEX", store.keys.index, **({"target_nodes": node} if node else {}))
+    assert [r.id for r, _ in store.search(records[3].embedding, limit=1)] == ["b3"]
+    assert store.ensure_index() is True

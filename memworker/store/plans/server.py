@@ -153,7 +153,14 @@ class ServerPlans:
         """Whether the module indexed every record its index covers (FT.INFO:
         RediSearch's ``indexing``, valkey-search's ``backfill_in_progress``; a module
         that says neither counts as done)."""
-        info = yield Call(["FT.INFO", self.keys.index])
+        try:
+            info = yield Call(["FT.INFO", self.keys.index])
+        except Exception as exc:  # noqa: BLE001
+            text = error_text(exc).lower()
+            if "unknown" in text or "no such index" in text or "not found" in text:
+                self._state.index_ready = False  # gone meanwhile (a reset, a shard move)
+                return False
+            raise
         items = list(info.items()) if isinstance(info, Mapping) else list(zip(info[::2], info[1::2]))
         fields = {as_text(k): v for k, v in items}
         busy = fields.get("indexing", fields.get("backfill_in_progress", 0))
