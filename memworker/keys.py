@@ -18,6 +18,14 @@ the same names. Layout 1 (``ns:`` without braces) is refused with an error namin
                                  line} per script call that saved or deleted records, in the
                                  same atomic step; MAXLEN ~ CHANGES_CAP; deleted when the
                                  namespace becomes empty
+    {ns}:expiry            zset    id -> expiry time (ms) of each record written with ``exp``
+                                 (TTL); the workers' sweep deletes what is due
+    {ns}:tomb              zset    id -> version (us) of a versioned delete (tombstone): an
+                                 older versioned write of that id is not committed; trimmed
+                                 by the sweep after TOMB_KEEP_MS
+    {ns}:retention         hash    scope -> days: the workers delete records created longer
+                                 ago than that in the scope and below
+    {ns}:sweep             string  lock of the sweep (one worker at a time)
     {ns}:idx                       the vector index over the prefix {ns}:rec:
     {ns}:cache:<key>       string  ValkeyCache values
 
@@ -98,11 +106,20 @@ class Keys:
     changes: str = field(init=False, repr=False)
     #: Name of the vector index.
     index: str = field(init=False, repr=False)
+    #: Sorted set: record id -> expiry time (ms).
+    expiry: str = field(init=False, repr=False)
+    #: Sorted set: record id -> version of its delete (tombstones).
+    tomb: str = field(init=False, repr=False)
+    #: Hash: scope -> retention in days.
+    retention: str = field(init=False, repr=False)
+    #: The sweep's lock.
+    sweep: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         ns = tag(self.namespace)
         _fill(self, prefix=ns, rec_prefix=f"{ns}:rec:", meta=f"{ns}:meta", changes=f"{ns}:changes",
-              index=f"{ns}:idx")  # fmt: skip
+              index=f"{ns}:idx", expiry=f"{ns}:expiry", tomb=f"{ns}:tomb",
+              retention=f"{ns}:retention", sweep=f"{ns}:sweep")  # fmt: skip
 
     def rec(self, record_id: str) -> str:
         """The hash of one record."""

@@ -43,6 +43,23 @@
 --               {0-based indexes of the groups skipped: not pending}}
 --   delete: id, id, ...                          -> number of records deleted
 --   touch:  last_accessed, id, id, ...           -> number of records touched
+--   vdelete: id, ver, id, ver, ...               -> number of records deleted
+--             a versioned delete (LangGraph's write-behind store): deletes the record
+--             unless a later version is stored, and leaves a tombstone (ns:tomb, the
+--             highest version) so an older versioned write still in the queue is not
+--             committed after it
+--   expire: id, exp, id, exp, ...                -> number of records given the new expiry
+--             only records that have an expiry (written with "exp") get one
+--   sweep:  now_ms, limit, tomb_before            -> {expired, retained, tombs trimmed}
+--             deletes up to `limit` records whose expiry is due (ns:expiry), then records
+--             older than their scope's retention (ns:retention: scope -> days), and trims
+--             tombstones older than tomb_before (us)
+--
+-- Versioned records (a "ver" field in the row, microseconds): a save writes one only
+-- if no later version is stored and no later tombstone exists; it keeps the stored
+-- record's created_at. The same id twice in one call is written once: the later
+-- version (without versions, the later record). A row with "exp" (ms) enters
+-- ns:expiry; a rewrite without one leaves it.
 --
 -- Side indexes are updated per batch, not per record: the sorted-set entries of all
 -- records under one scope go in one ZADD/ZREM, and the counters' net changes in one
@@ -225,6 +242,30 @@ local function flush()
   end
 end
 
+-- Delete records by id with their side indexes and expiry entries; returns how many.
+local function delete_ids(list)
+  local olds = {}
+  for i, id in ipairs(list) do
+    olds[i] = redis.call("HMGET", REC .. id, "scope", "categories", "created_at", "exp")
+  end
+  local ids = {}
+  for i, id in ipairs(list) do
+    local old = olds[i]
+    -- DEL's reply, not only old[1]: the same id twice in one call is deleted once.
+    if old[1] and redis.call("DEL", REC .. id) == 1 then
+      index(id, old[1], old[2], old[3], -1)
+      if old[4] then redis.call("ZREM", ns .. ":expiry", id) end
+      ids[#ids + 1] = id
+    end
+  end
+  if #ids > 0 then
+    flush()
+    log_changes(ids)
+    drop_log_if_empty()
+  end
+  return #ids
+end
+
 if op == "save" then
   local dim, vtype = ARGV[4], ARGV[5]
   local n = tonumber(ARGV[6])
@@ -274,6 +315,8 @@ if op == "save" then
   local col = {}
   for i, name in ipairs(names) do col[name] = i end
   local c_id, c_scope, c_cats, c_created = col.id, col.scope, col.categories, col.created_at
+  local c_ver, c_exp = col.ver, col.exp
+  local where = {}
   if not (c_id and c_scope and c_cats and c_created) then
     return redis.error_reply("BADFIELDS names")
   end
@@ -297,8 +340,8 @@ if op == "save" then
     end
     local rec = { row = row, id = row[c_id] }
     local key = REC .. rec.id
-    local old = redis.call("HMGET", key, "scope", "categories", "created_at", "upd")
-    rec.old_scope, rec.old_cats, rec.old_created = old[1], old[2], old[3]
+    local old = redis.call("HMGET", key, "scope", "categories", "created_at", "upd", "ver", "exp")
+    rec.old_scope, rec.old_cats, rec.old_created, rec.old_exp = old[1], old[2], old[3], old[6]
     local mode = string.byte(mask, r)
     if mode == 49 then -- "1": keep the stored embedding (or its absence)
       if not rec.old_scope then
@@ -312,7 +355,30 @@ if op == "save" then
       offset = offset + width
     end
     -- A job's commit leaves a record updated after the job was enqueued as it is.
-    if keep and not (since and old[4] and tonumber(old[4]) > since) then recs[#recs + 1] = rec end
+    local take = keep and not (since and old[4] and tonumber(old[4]) > since)
+    local ver = c_ver and row[c_ver]
+    if take and type(ver) == "string" then
+      -- A versioned write: only over an older version, and not under a later tombstone.
+      rec.ver = tonumber(ver)
+      if old[5] and tonumber(old[5]) > rec.ver then take = false end
+      if take then
+        local t = redis.call("ZSCORE", ns .. ":tomb", rec.id)
+        if t and tonumber(t) > rec.ver then take = false end
+      end
+      if take and rec.old_created then row[c_created] = rec.old_created end
+    end
+    if take then
+      local at = where[rec.id]
+      if not at then
+        recs[#recs + 1] = rec
+        where[rec.id] = #recs
+      elseif not (recs[at].ver and rec.ver and recs[at].ver > rec.ver) then
+        -- The same id again in this call: the later version replaces the earlier in
+        -- place (both read the same stored predecessor), so it is written once.
+        if rec.ver and rec.old_created then row[c_created] = rec.old_created end
+        recs[at] = rec
+      end
+    end
   end
   -- Write phase.
   local dim_set = 0
@@ -353,6 +419,12 @@ if op == "save" then
     redis.call("HSET", key, unpack(hset))
     index(rec.id, row[c_scope], row[c_cats], row[c_created], 1)
     ids[r] = rec.id
+    local exp = c_exp and row[c_exp]
+    if type(exp) == "string" then
+      redis.call("ZADD", ns .. ":expiry", exp, rec.id)
+    elseif rec.old_exp then
+      redis.call("ZREM", ns .. ":expiry", rec.id)
+    end
   end
   flush()
   log_changes(ids)
@@ -371,25 +443,56 @@ if op == "save" then
   end
   return { inserted, dim_set, skipped }
 elseif op == "delete" then
-  local olds = {}
-  for i = 4, #ARGV do
-    olds[i - 3] = redis.call("HMGET", REC .. ARGV[i], "scope", "categories", "created_at")
-  end
   local ids = {}
-  for i = 4, #ARGV do
-    local old = olds[i - 3]
-    -- DEL's reply, not only old[1]: the same id twice in one call is deleted once.
-    if old[1] and redis.call("DEL", REC .. ARGV[i]) == 1 then
-      index(ARGV[i], old[1], old[2], old[3], -1)
-      ids[#ids + 1] = ARGV[i]
+  for i = 4, #ARGV do ids[i - 3] = ARGV[i] end
+  return delete_ids(ids)
+elseif op == "vdelete" then
+  local ids = {}
+  for i = 4, #ARGV - 1, 2 do
+    local id, ver = ARGV[i], ARGV[i + 1]
+    local stored = redis.call("HGET", REC .. id, "ver")
+    if not (stored and tonumber(stored) > tonumber(ver)) then ids[#ids + 1] = id end
+    redis.call("ZADD", ns .. ":tomb", "GT", ver, id)
+  end
+  return delete_ids(ids)
+elseif op == "expire" then
+  local n = 0
+  for i = 4, #ARGV - 1, 2 do
+    local id, exp = ARGV[i], ARGV[i + 1]
+    if redis.call("HEXISTS", REC .. id, "exp") == 1 then
+      redis.call("HSET", REC .. id, "exp", exp)
+      redis.call("ZADD", ns .. ":expiry", exp, id)
+      n = n + 1
     end
   end
-  if #ids > 0 then
-    flush()
-    log_changes(ids)
-    drop_log_if_empty()
+  return n
+elseif op == "sweep" then
+  local now, limit = ARGV[4], tonumber(ARGV[5])
+  local due = redis.call("ZRANGEBYSCORE", ns .. ":expiry", "-inf", now, "LIMIT", 0, limit)
+  local ids = {}
+  for _, id in ipairs(due) do
+    local exp = redis.call("HGET", REC .. id, "exp")
+    if exp and tonumber(exp) <= tonumber(now) then
+      ids[#ids + 1] = id
+    else
+      -- No record, or a record written since without this expiry.
+      if not exp then redis.call("ZREM", ns .. ":expiry", id) end
+    end
   end
-  return #ids
+  local expired = delete_ids(ids)
+  local retained = 0
+  local policies = redis.call("HGETALL", ns .. ":retention")
+  local now_s = tonumber(now) / 1000
+  for i = 1, #policies - 1, 2 do
+    local left = limit - expired - retained
+    if left <= 0 then break end
+    local cutoff = string.format("%.6f", now_s - tonumber(policies[i + 1]) * 86400)
+    local old = redis.call("ZRANGEBYSCORE", ns .. ":tree:" .. policies[i], "-inf", cutoff,
+      "LIMIT", 0, left)
+    if #old > 0 then retained = retained + delete_ids(old) end
+  end
+  local trimmed = redis.call("ZREMRANGEBYSCORE", ns .. ":tomb", "-inf", "(" .. ARGV[6])
+  return { expired, retained, trimmed }
 elseif op == "touch" then
   local now = ARGV[4]
   local touched = 0

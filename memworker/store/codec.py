@@ -71,7 +71,11 @@ WRITE_FIELDS: tuple[str, ...] = (
     "src_t",
     "cat_t",
     "meta_t",
+    "ver",
+    "exp",
 )
+#: Largest ``ver`` and ``exp`` accepted (exact in a sorted-set score, a double).
+MAX_STAMP = (1 << 53) - 1
 #: ``WRITE_FIELDS`` as the JSON array the write script reads first.
 WRITE_FIELDS_JSON = json.dumps(list(WRITE_FIELDS))
 
@@ -159,6 +163,17 @@ def _getter(record: Any) -> Any:
     if _BaseModel is not None and isinstance(record, _BaseModel):
         return record.__dict__.get
     return lambda name, default=None: _get(record, name, default)
+
+
+def _stamp(value: Any, where: str) -> str | None:
+    """``ver`` or ``exp``: ``None`` or an integer from 0 to :data:`MAX_STAMP`, as text."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValidationError(f"{where} must be an integer or None")
+    if not 0 <= int(value) <= MAX_STAMP:
+        raise ValidationError(f"{where} must be from 0 to {MAX_STAMP}, got {int(value)}")
+    return str(int(value))
 
 
 def to_row(
@@ -279,6 +294,9 @@ def to_row(
     else:
         vector, dim = record_vector(embedding, where, check_vector)
 
+    ver = _stamp(get("ver"), f"{where}.ver")
+    exp = _stamp(get("exp"), f"{where}.exp")
+
     if validate_only:
         return None
     created_text = format_timestamp(created)
@@ -293,13 +311,17 @@ def to_row(
         metadata_json,
         repr(float(importance)),
         created_text,
-        None if accessed == created else format_timestamp(accessed),  # read back as created_at
+        # read back as created_at when absent; a versioned write keeps the first
+        # write's created_at (lua/store.lua), so its last_accessed is always written
+        None if accessed == created and ver is None else format_timestamp(accessed),
         scope_tokens(scope),
         visibility_token(source) if private else PUBLIC_TOKEN,
         source,
         None if source is None else source_token(source),
         cat_t or None,
         ",".join([metadata_token(k, v) for k, v in metadata.items()]) if metadata else None,
+        ver,
+        exp,
     ]
     return Row(
         id=record_id,

@@ -28,10 +28,13 @@ from memworker.store.plans.server import StoreState
 from memworker.store.plans.write import JobWrite, NotPending, WritePlans
 from memworker.store.vectors import DEFAULT_MAX_RECORDS, VectorCache
 
-__all__ = ["DEFAULT_BATCH_SIZE", "JobWrite", "NotPending", "ValkeyStore"]
+__all__ = ["DEFAULT_BATCH_SIZE", "TOMB_KEEP_MS", "JobWrite", "NotPending", "ValkeyStore"]
 
 #: Records per atomic write (one script call).
 DEFAULT_BATCH_SIZE = 200
+#: How long a versioned delete's tombstone is kept (7 days, in ms): a versioned write
+#: enqueued before the delete and committed later than this would be written.
+TOMB_KEEP_MS = 7 * 86_400_000
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -234,6 +237,47 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
     def reset(self, scope_prefix: str | None = None) -> None:
         """Delete every record in a scope and below; ``None`` also forgets the dimension."""
         self._sync.run(self._p_reset(scope_prefix))
+
+    def _get_records(self, record_ids: list[str]) -> Plan[list[Any]]:
+        """Records by id, in order (``None`` where missing), in one round trip per
+        chunk of ids."""
+        return self._p_fetch([str(i) for i in record_ids])
+
+    def _expiries(self, record_ids: list[str]) -> Plan[list[int | None]]:
+        """Each record's expiry time in ms since the epoch (``None``: it has none)."""
+        return self._p_expiries([str(i) for i in record_ids])
+
+    def _delete_versioned(self, versions: list[tuple[str, int]]) -> Plan[int]:
+        """Versioned deletes (LangGraph's write-behind store): each ``(id, version)``
+        deletes the record unless a later version is stored, and leaves a tombstone so
+        that an older versioned write still in the queue is never committed after it.
+        Versions are integers (microseconds); tombstones are kept
+        :data:`TOMB_KEEP_MS`."""
+        return self._p_delete_versioned(versions)
+
+    def _set_expiries(self, expiries: list[tuple[str, int]]) -> Plan[int]:
+        """New expiry times (ms since the epoch) for records that have one (a TTL
+        refresh); returns how many had one."""
+        return self._p_expire(expiries)
+
+    def _sweep(self, limit: int = 500, now_ms: int | None = None) -> Plan[dict[str, int]]:
+        """Delete up to ``limit`` records whose expiry is due, then records older than
+        their scope's retention (``memworker retention``), and trim old tombstones: one
+        atomic step. The workers call it (:mod:`memworker.worker.sweep`); returns
+        ``{"expired", "retained", "tombs"}`` counts."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return self._p_sweep(now, limit, TOMB_KEEP_MS)
+
+    get_records = _sync_face(_get_records)
+    aget_records = _async_face(_get_records)
+    expiries = _sync_face(_expiries)
+    aexpiries = _async_face(_expiries)
+    delete_versioned = _sync_face(_delete_versioned)
+    adelete_versioned = _async_face(_delete_versioned)
+    set_expiries = _sync_face(_set_expiries)
+    aset_expiries = _async_face(_set_expiries)
+    sweep = _sync_face(_sweep)
+    asweep = _async_face(_sweep)
 
     def ensure_index(self, timeout: float = 600.0) -> bool | None:
         """Create the vector index of a namespace that has records and wait until the

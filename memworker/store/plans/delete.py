@@ -13,9 +13,17 @@ from memworker.store.plans.read import READ_CHUNK, ReadPlans
 from memworker.store.plans.server import as_text
 from memworker.store.query import TOKEN_FIELDS, SearchFilter
 from memworker.store.times import format_timestamp, to_utc_naive
-from memworker.store.validate import normalize_scope_prefix
+from memworker.errors import ValidationError
+from memworker.store.codec import MAX_STAMP
+from memworker.store.validate import check_id, normalize_scope_prefix
 
 __all__ = ["DELETE_CHUNK", "DeletePlans"]
+
+
+def _version(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STAMP:
+        raise ValidationError(f"{where} must be an integer from 0 to {MAX_STAMP}")
+    return str(value)
 
 #: Ids per delete script call.
 DELETE_CHUNK = 500
@@ -31,6 +39,41 @@ class DeletePlans(ReadPlans):
             args = ["delete", self.keys.prefix, str(CHANGES_CAP), *chunk]
             deleted += int((yield Script("store", args)))
         return deleted
+
+    def _p_delete_versioned(self, versions: Sequence[tuple[str, int]]) -> Plan[int]:
+        """Delete ids unless a later version is stored, leaving tombstones (``vdelete``)."""
+        deleted = 0
+        pairs = [(check_id(i, f"versions[{n}]"), _version(v, f"versions[{n}]")) for n, (i, v) in
+                 enumerate(versions)]  # fmt: skip
+        for i in range(0, len(pairs), DELETE_CHUNK):
+            args = ["vdelete", self.keys.prefix, str(CHANGES_CAP)]
+            for rid, ver in pairs[i : i + DELETE_CHUNK]:
+                args += [rid, ver]
+            deleted += int((yield Script("store", args)))
+        return deleted
+
+    def _p_expire(self, expiries: Sequence[tuple[str, int]]) -> Plan[int]:
+        """Give records that have an expiry a new one (ms); returns how many had one."""
+        pairs = [(check_id(i, f"expiries[{n}]"), _version(e, f"expiries[{n}]")) for n, (i, e) in
+                 enumerate(expiries)]  # fmt: skip
+        done = 0
+        for i in range(0, len(pairs), DELETE_CHUNK):
+            args = ["expire", self.keys.prefix, str(CHANGES_CAP)]
+            for rid, exp in pairs[i : i + DELETE_CHUNK]:
+                args += [rid, exp]
+            done += int((yield Script("store", args)))
+        return done
+
+    def _p_sweep(self, now_ms: int, limit: int, tomb_keep_ms: int) -> Plan[dict[str, int]]:
+        """One sweep step: expired records, records past their scope's retention,
+        old tombstones (``sweep``)."""
+        tomb_before = (now_ms - tomb_keep_ms) * 1000
+        reply = yield Script(
+            "store",
+            ["sweep", self.keys.prefix, str(CHANGES_CAP), str(now_ms), str(limit), str(tomb_before)],
+        )
+        expired, retained, tombs = (int(x) for x in reply)
+        return {"expired": expired, "retained": retained, "tombs": tombs}
 
     def _p_delete(
         self,
@@ -113,6 +156,6 @@ class DeletePlans(ReadPlans):
             yield Call(
                 ["DEL", self.keys.changes]
             )  # the delete script keeps it while the root is not empty
-        yield Call(["DEL", self.keys.meta])
+        yield Call(["DEL", self.keys.meta, self.keys.expiry, self.keys.tomb])
         self._state.dim = None
         self._state.vtype = None

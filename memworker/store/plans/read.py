@@ -32,6 +32,13 @@ class ReadPlans(ServerPlans):
     def _p_get(self, record_id: str) -> Plan[Any]:
         return (yield from self._p_fetch([str(record_id)]))[0]
 
+    def _p_expiries(self, ids: Sequence[str]) -> Plan[list[int | None]]:
+        """Each id's expiry time (ms; ``None``: none), from the expiry index."""
+        if not ids:
+            return []
+        reply = yield Call(["ZMSCORE", self.keys.expiry, *ids])
+        return [None if s is None else int(float(s)) for s in reply]
+
     def _p_fetch(self, ids: Sequence[str]) -> Plan[list[Any]]:
         """Records by id (``None`` where missing), one script call per READ_CHUNK ids:
         the client pays per command and per argument, so one call beats a pipeline."""
