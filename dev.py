@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("MEMWORKER_VENV", ROOT / ".venv"))
 TORCH = os.environ.get("MEMWORKER_TORCH", "torch==2.13.0")
-EXTRAS = {"demo": "search,metrics", "test": "test,search,crewai,onnx,metrics,otel"}
+EXTRAS = {"demo": "search,metrics", "test": "test,search,crewai,onnx,metrics,otel,langgraph"}
 
 
 def _bin(name: str) -> Path:

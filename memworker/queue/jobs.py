@@ -188,13 +188,19 @@ def save_items(records: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
                 "embedding_b64": _b64(_get(rec, "embedding"), f"records[{i}].embedding"),
             }
         )
+        for name in STAMP_FIELDS:  # versioned records (memworker.langgraph) only
+            if _get(rec, name) is not None:
+                items[-1][name] = _get(rec, name)
     return items
 
 
+#: Optional fields of versioned records (``ver``, microseconds) with an expiry
+#: (``exp``, ms since the epoch): memworker.langgraph's puts; lua/store.lua.
+STAMP_FIELDS = ("ver", "exp")
 #: Fields an encode item may carry.
 ITEM_FIELDS = frozenset(
     {"text", "content", "id", "scope", "categories", "metadata", "importance", "source",
-     "private", "created_at", "flow"}
+     "private", "created_at", "flow", *STAMP_FIELDS}
 )  # fmt: skip
 
 
@@ -255,6 +261,9 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             "private": item.get("private", False),
             "embedding": None,
         }
+        for name in STAMP_FIELDS:
+            if item.get(name) is not None:
+                entry[name] = item[name]
         # Same checks as the store (scope, categories, metadata, importance, private...).
         to_row(entry, where=where, require_embedding=False, validate_only=True)
         del entry["embedding"]

@@ -268,6 +268,19 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         now = int(time.time() * 1000) if now_ms is None else now_ms
         return self._p_sweep(now, limit, TOMB_KEEP_MS)
 
+    def _set_retention(self, scope: str, days: float | None) -> Plan[None]:
+        """A retention policy: the workers' sweep deletes records created more than
+        ``days`` ago in ``scope`` and below (``None`` removes the scope's policy)."""
+        return self._p_set_retention(scope, days)
+
+    def _retention(self) -> Plan[dict[str, float]]:
+        """The retention policies: scope -> days."""
+        return self._p_retention()
+
+    def _set_sweep_interval(self, interval_ms: int) -> Plan[None]:
+        """Ask the workers to sweep this namespace every ``interval_ms``."""
+        return self._p_set_sweep_interval(interval_ms)
+
     get_records = _sync_face(_get_records)
     aget_records = _async_face(_get_records)
     expiries = _sync_face(_expiries)
@@ -278,6 +291,12 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
     aset_expiries = _async_face(_set_expiries)
     sweep = _sync_face(_sweep)
     asweep = _async_face(_sweep)
+    set_retention = _sync_face(_set_retention)
+    aset_retention = _async_face(_set_retention)
+    retention = _sync_face(_retention)
+    aretention = _async_face(_retention)
+    set_sweep_interval = _sync_face(_set_sweep_interval)
+    aset_sweep_interval = _async_face(_set_sweep_interval)
 
     def ensure_index(self, timeout: float = 600.0) -> bool | None:
         """Create the vector index of a namespace that has records and wait until the

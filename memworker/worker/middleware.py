@@ -38,6 +38,7 @@ from memworker.queue.payload import job_identity
 from memworker.queue.admin import HEALTH_TTL_MS
 from memworker.settings import Settings
 from memworker.worker._dramatiq_compat import message_exception
+from memworker.worker.sweep import Sweeper
 from memworker.worker.logs import ids_text, loggable_error
 from memworker.worker.runtime import batcher_counts, searchable
 from memworker.worker_settings import DEFAULT_MAX_DELIVERIES
@@ -321,6 +322,10 @@ class HealthMiddleware(Middleware):
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         self.beat(broker)
+        context = getattr(broker, "context", None)
+        sweeper = None
+        if context is not None:  # the expiry and retention sweep (memworker.worker.sweep)
+            sweeper = Sweeper(context.store, broker.client, self.keys.namespace, self.worker_id)
 
         def loop() -> None:
             while not self._stop.wait(HEALTH_INTERVAL_MS / 1000):
@@ -328,6 +333,11 @@ class HealthMiddleware(Middleware):
                     self.beat(broker)
                 except Exception:
                     log.warning("worker health beat failed", exc_info=True)
+                if sweeper is not None:
+                    try:
+                        sweeper.maybe_sweep()
+                    except Exception:
+                        log.warning("sweep failed", exc_info=True)
 
         self._thread = threading.Thread(target=loop, name="memworker-health", daemon=True)
         self._thread.start()

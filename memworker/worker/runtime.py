@@ -50,7 +50,7 @@ def set_embedder_factory(factory: EmbedderFactory | None) -> None:
         old.close(timeout=5)
 
 
-def _make_embedder() -> tuple[TextEncoder, int]:
+def _make_embedder(configure: bool = True) -> tuple[TextEncoder, int]:
     """The process's model and its inference threads: the bundled ``Embedder`` runs
     :func:`~memworker.embedding.configure_threads` batches side by side; an embedder
     from a factory runs one batch at a time (it may not be safe to share)."""
@@ -64,9 +64,19 @@ def _make_embedder() -> tuple[TextEncoder, int]:
     configured = factory_embedder()  # MEMWORKER_MEMORY_FACTORY's embedder, if it names one
     if configured is not None:
         return configured, 1
+    if not configure:  # an agent's query model: the process's thread settings stay
+        return Embedder(backend=read_backend()), 1
     threads = configure_threads(_processes)
     # MEMWORKER_MODEL with MEMWORKER_BACKEND: single-threaded sessions side by side
     return Embedder(backend=read_backend()), threads
+
+
+def make_embedder() -> TextEncoder:
+    """A new instance of the model this process's workers embed with (the factory
+    set with :func:`set_embedder_factory`, ``MEMWORKER_EMBEDDER``, the memory
+    factory's embedder, or the bundled model): what an agent embeds queries with
+    (memworker.langgraph)."""
+    return _make_embedder(configure=False)[0]
 
 
 def get_batcher() -> Batcher:

@@ -15,7 +15,7 @@ from memworker.store.query import TOKEN_FIELDS, SearchFilter
 from memworker.store.times import format_timestamp, to_utc_naive
 from memworker.errors import ValidationError
 from memworker.store.codec import MAX_STAMP
-from memworker.store.validate import check_id, normalize_scope_prefix
+from memworker.store.validate import check_id, normalize_scope, normalize_scope_prefix
 
 __all__ = ["DELETE_CHUNK", "DeletePlans"]
 
@@ -63,6 +63,26 @@ class DeletePlans(ReadPlans):
                 args += [rid, exp]
             done += int((yield Script("store", args)))
         return done
+
+    def _p_set_retention(self, scope: str, days: float | None) -> Plan[None]:
+        """Keep records under ``scope`` for ``days`` (``None``: no policy for it)."""
+        path = normalize_scope(scope, field="scope")
+        if days is None:
+            yield Call(["HDEL", self.keys.retention, path])
+            return
+        if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= 36_500:
+            raise ValidationError(f"days must be a number from 0 to 36500, got {days!r}")
+        yield Call(["HSET", self.keys.retention, path, repr(float(days))])
+
+    def _p_retention(self) -> Plan[dict[str, float]]:
+        reply = yield Call(["HGETALL", self.keys.retention])
+        pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2])
+        return {as_text(k): float(as_text(v)) for k, v in pairs}
+
+    def _p_set_sweep_interval(self, interval_ms: int) -> Plan[None]:
+        if isinstance(interval_ms, bool) or not isinstance(interval_ms, int) or interval_ms < 1:
+            raise ValidationError(f"sweep interval must be a positive number of ms, got {interval_ms!r}")
+        yield Call(["HSET", self.keys.meta, "sweep_ms", str(interval_ms)])
 
     def _p_sweep(self, now_ms: int, limit: int, tomb_keep_ms: int) -> Plan[dict[str, int]]:
         """One sweep step: expired records, records past their scope's retention,

@@ -1,0 +1,670 @@
+"""LangGraph's long-term memory on Valkey, write-behind: :class:`QueuedStore`.
+
+``QueuedStore`` is a ``langgraph.store.base.BaseStore`` (the ``langgraph`` extra).
+A put is enqueued (durably, as :class:`~memworker.queue.MemoryQueue` does) and the
+call returns; memworker's workers embed the configured fields in batches and commit.
+Any read by the same store first waits for its own pending puts (the drain
+barrier), so a ``get`` right after a ``put`` sees it.
+
+How LangGraph's model maps onto the store (:class:`~memworker.store.ValkeyStore`):
+
+- A namespace ``("users", "u1")`` is the scope ``/langgraph/users/u1`` (each label
+  percent-encoded, so no label can split or escape its place; ``langgraph`` is the
+  root label LangGraph itself reserves), and the category ``users/u1`` (what
+  ``list_namespaces`` reads in one call).
+- A key is a record id derived from the namespace and the key (a hash), so a put of
+  the same key replaces the same record.
+- The value's top-level fields are metadata keys ``=<field>`` (JSON: types kept), so
+  equality filters run in the query through the store's filter tokens; ``key`` and
+  ``ttl`` (minutes) are bookkeeping keys.
+- Each put carries a version (microseconds, strictly increasing in a process): a
+  later put of a key is never overwritten by an earlier one, whatever order the
+  workers commit them in (``lua/store.lua``). A delete is versioned too, applied at
+  once, and leaves a tombstone so that an earlier put still in the queue cannot
+  bring the item back.
+- TTL: an item with a TTL has an expiry (ms) in ``{ns}:expiry``; reads hide it once
+  due, and the workers' sweep deletes it (:mod:`memworker.worker.sweep`).
+
+Design notes and limits: ``docs/langgraph.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Generator, Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote, unquote
+
+from langgraph.store.base import (
+    BaseStore,
+    GetOp,
+    IndexConfig,
+    Item,
+    ListNamespacesOp,
+    MatchCondition,
+    NotProvided,
+    Op,
+    PutOp,
+    Result,
+    SearchItem,
+    SearchOp,
+    TTLConfig,
+    ensure_embeddings,
+    get_text_at_path,
+    tokenize_path,
+    validate_op_namespace,
+)
+
+from memworker.errors import ConfigError, JobFailedError, ValidationError
+from memworker.queue.producer import MemoryQueue
+from memworker.settings import Settings
+from memworker.store.store import ValkeyStore
+from memworker.store.validate import MAX_CATEGORY_LENGTH
+
+__all__ = ["ROOT_SCOPE", "QueuedStore"]
+
+#: Scope under which every LangGraph item lives.
+ROOT_SCOPE = "/langgraph"
+#: Most results one store search returns (the store's limit).
+_MAX_K = 10_000
+#: Records read per page by a search without a query.
+_PAGE = 500
+#: Metadata keys: ``=`` + a value field; and the bookkeeping keys.
+_FIELD = "="
+_KEY = "key"
+_TTL = "ttl"
+#: Operators of a filter (LangGraph's).
+_OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
+#: Filter values the store's tokens compare as JSON does (pushed into the query).
+_TOKEN_TYPES = (str, int, float, bool, type(None), list)
+
+_clock_lock = threading.Lock()
+_clock_last = 0
+
+
+def next_version() -> int:
+    """A version for a put or delete: the time in microseconds, strictly increasing
+    within the process (two puts of a key from one process never tie)."""
+    global _clock_last
+    with _clock_lock:
+        now = time.time_ns() // 1000
+        _clock_last = now if now > _clock_last else _clock_last + 1
+        return _clock_last
+
+
+def record_id(namespace: tuple[str, ...], key: str) -> str:
+    """The record id of an item: a hash of its namespace and key."""
+    raw = json.dumps([list(namespace), key], ensure_ascii=False, separators=(",", ":"))
+    return "lg" + hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def namespace_path(namespace: Sequence[str]) -> str:
+    """Labels percent-encoded and joined with ``/`` (the category; the scope below
+    :data:`ROOT_SCOPE`)."""
+    return "/".join(quote(label, safe="") for label in namespace)
+
+
+def namespace_scope(namespace: Sequence[str]) -> str:
+    return ROOT_SCOPE + ("/" + namespace_path(namespace) if namespace else "")
+
+
+def _namespace_of(path: str) -> tuple[str, ...]:
+    return tuple(unquote(label) for label in path.split("/"))
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+#: A value field the item does not have: equal to nothing (not even ``None``).
+_MISSING: Any = object()
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    """Equality as JSON compares: ``1 == 1.0``, ``true != 1``, objects by their pairs."""
+    if a is _MISSING or b is _MISSING:
+        return False
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, (dict, list, tuple)) or isinstance(b, (dict, list, tuple)):
+        return False
+    return bool(a == b)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _apply(value: Any, operator: str, operand: Any) -> bool:
+    if operator == "$eq":
+        return _json_equal(value, operand)
+    if operator == "$ne":
+        return not _json_equal(value, operand)
+    a, b = _number(value), _number(operand)
+    if a is None or b is None:
+        # Strings order as strings; anything else (a missing field, mixed types) fails.
+        if isinstance(value, str) and isinstance(operand, str):
+            a_s, b_s = value, operand
+            return {"$gt": a_s > b_s, "$gte": a_s >= b_s, "$lt": a_s < b_s, "$lte": a_s <= b_s}[
+                operator
+            ]
+        return False
+    return {"$gt": a > b, "$gte": a >= b, "$lt": a < b, "$lte": a <= b}[operator]
+
+
+def _matches(value: Any, condition: Any) -> bool:
+    """Does a value field meet one filter condition (LangGraph's semantics: a dict with
+    ``$`` operators, a dict matched field by field, else equality as JSON)."""
+    if isinstance(condition, dict):
+        if any(isinstance(k, str) and k.startswith("$") for k in condition):
+            return all(_apply(value, op, operand) for op, operand in condition.items())
+        if not isinstance(value, dict):
+            return False
+        return all(_matches(value.get(k, _MISSING), v) for k, v in condition.items())
+    return _json_equal(value, condition)
+
+
+def check_filter(flt: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a filter into what the query evaluates (equality on whole values, through
+    the store's metadata tokens) and what is checked on each candidate; every
+    condition is checked on candidates too (exact semantics).
+
+    Raises:
+        ValidationError: Not a mapping, a key that is not a string, an unknown operator.
+    """
+    if flt is None:
+        return {}, {}
+    if not isinstance(flt, dict):
+        raise ValidationError(f"filter must be a mapping, got {type(flt).__name__}")
+    push: dict[str, Any] = {}
+    for key, condition in flt.items():
+        if not isinstance(key, str):
+            raise ValidationError("filter keys must be strings")
+        if isinstance(condition, dict) and any(
+            isinstance(k, str) and k.startswith("$") for k in condition
+        ):
+            unknown = [k for k in condition if k not in _OPERATORS]
+            if unknown:
+                raise ValidationError(
+                    f"filter[{key!r}] has an unsupported operator {unknown[0]!r}; "
+                    f"supported: {', '.join(sorted(_OPERATORS))}"
+                )
+            if "$eq" in condition and isinstance(condition["$eq"], _TOKEN_TYPES):
+                push[_FIELD + key] = condition["$eq"]
+        elif isinstance(condition, _TOKEN_TYPES):
+            push[_FIELD + key] = condition
+    return push, flt
+
+
+def _check_ttl_config(ttl: TTLConfig | None) -> TTLConfig | None:
+    if ttl is None:
+        return None
+    if not isinstance(ttl, dict):
+        raise ConfigError(f"ttl must be a TTLConfig dict, got {type(ttl).__name__}")
+    unknown = set(ttl) - {"default_ttl", "refresh_on_read", "sweep_interval_minutes", "omit_expired"}
+    if unknown:
+        raise ConfigError(f"ttl has unknown key(s): {', '.join(sorted(unknown))}")
+    default = ttl.get("default_ttl")
+    if default is not None:
+        _check_minutes(default, "ttl['default_ttl']")
+    sweep = ttl.get("sweep_interval_minutes")
+    if sweep is not None:
+        _check_minutes(sweep, "ttl['sweep_interval_minutes']")
+    return ttl
+
+
+def _check_minutes(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and 0 < value <= 525_600_000
+    ):
+        raise ValidationError(f"{where} must be a number of minutes above 0, got {value!r}")
+    return float(value)
+
+
+# A step of an operation: (method name, args, kwargs) on the store ("s"), the queue
+# ("q"), or the query embedder ("e"); each face runs it (sync, or the async twin).
+_Step = tuple[str, str, tuple[Any, ...]]
+_Plan = Generator[_Step, Any, Any]
+
+
+class QueuedStore(BaseStore):
+    """LangGraph's ``BaseStore`` on Valkey, with write-behind puts.
+
+    Args:
+        url: Valkey URL, :class:`~memworker.settings.Settings`, or ``None``
+            (``VALKEY_URL``, else the embedded server's).
+        namespace: memworker namespace (key prefix, one hash slot on a cluster);
+            default ``MEMWORKER_NAMESPACE`` or ``memworker``: the workers must serve it.
+        index: LangGraph's ``IndexConfig``: ``dims``, ``fields`` (default ``["$"]``,
+            the whole value) and ``embed``. Without ``embed`` (or ``"memworker"``)
+            the workers embed with their model (the bundled one by default) and the
+            store embeds queries with the same; any other ``embed`` (a LangChain
+            ``Embeddings``, a function, a provider string) embeds in the agent's
+            process at put time, and the save is still write-behind.
+        ttl: LangGraph's ``TTLConfig``: ``default_ttl`` (minutes),
+            ``refresh_on_read`` (default ``True``), ``sweep_interval_minutes`` (asks
+            the workers to sweep the namespace that often).
+        drain_timeout: Seconds a read waits for this store's pending puts.
+        producer_id: The queue's producer id (default: one per store).
+    """
+
+    supports_ttl = True
+
+    def __init__(
+        self,
+        url: str | Settings | None = None,
+        *,
+        namespace: str | None = None,
+        index: IndexConfig | None = None,
+        ttl: TTLConfig | None = None,
+        drain_timeout: float = 60.0,
+        producer_id: str | None = None,
+    ) -> None:
+        self.settings = Settings.resolve(url, namespace=namespace)
+        self.ttl_config = _check_ttl_config(ttl)
+        self.index_config = self._check_index(index)
+        self.drain_timeout = drain_timeout
+        self.store = ValkeyStore(self.settings)
+        self.queue = MemoryQueue(self.settings, producer_id=producer_id)
+        self._dirty = 0
+        self._dirty_lock = threading.Lock()
+        self._query_embedder: Any = None
+        self._embed_lock = threading.Lock()
+        self._sweep_set = False
+
+    # ------------------------------------------------------------------ config
+    def _check_index(self, index: IndexConfig | None) -> dict[str, Any] | None:
+        if index is None:
+            return None
+        if not isinstance(index, dict):
+            raise ConfigError(f"index must be an IndexConfig dict, got {type(index).__name__}")
+        unknown = set(index) - {"dims", "embed", "fields", "ann_index_config", "distance_type"}
+        if unknown:
+            raise ConfigError(f"index has unknown key(s): {', '.join(sorted(unknown))}")
+        dims = index.get("dims")
+        if isinstance(dims, bool) or not isinstance(dims, int) or not 0 < dims <= 32_768:
+            raise ConfigError(f"index['dims'] must be a positive integer, got {dims!r}")
+        fields = index.get("fields") or ["$"]
+        if isinstance(fields, str) or not all(isinstance(f, str) and f for f in fields):
+            raise ConfigError("index['fields'] must be a list of field paths")
+        embed = index.get("embed")
+        local = embed is not None and embed != "memworker"
+        return {
+            "dims": dims,
+            "fields": list(fields),
+            "paths": [(f, tokenize_path(f)) for f in fields],
+            # An embedder in the agent's process (a LangChain Embeddings), or None:
+            # the workers embed.
+            "embeddings": ensure_embeddings(embed) if local else None,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"QueuedStore({self.settings.redacted_url()!r}, "
+            f"namespace={self.settings.namespace!r})"
+        )
+
+    # ------------------------------------------------------------------ faces
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        """Run ops in order of kind: puts (deduplicated: the last put of a key wins),
+        then reads; results in the order of ``ops``."""
+        results: list[Result] = self._run_sync(self._p_batch(list(ops)))
+        return results
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        """Async :meth:`batch` (the queue's and store's async clients)."""
+        results: list[Result] = await self._run_async(self._p_batch(list(ops)))
+        return results
+
+    def _run_sync(self, plan: _Plan) -> Any:
+        reply: Any = None
+        try:
+            while True:
+                target, name, args = plan.send(reply)
+                if target == "e":
+                    reply = self._embed(*args)
+                else:
+                    reply = getattr(self.store if target == "s" else self.queue, name)(*args)
+        except StopIteration as done:
+            return done.value
+
+    async def _run_async(self, plan: _Plan) -> Any:
+        reply: Any = None
+        try:
+            while True:
+                target, name, args = plan.send(reply)
+                if target == "e":
+                    reply = await asyncio.to_thread(self._embed, *args)
+                else:
+                    obj = self.store if target == "s" else self.queue
+                    reply = await getattr(obj, "a" + name)(*args)
+        except StopIteration as done:
+            return done.value
+
+    def close(self) -> None:
+        """Close the store's and the queue's clients."""
+        self.store.close()
+        self.queue.close()
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+        await self.queue.aclose()
+
+    def __enter__(self) -> QueuedStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the plan of a batch
+    def _p_batch(self, ops: list[Op]) -> _Plan:
+        for op in ops:
+            validate_op_namespace(op)
+        results: list[Result] = [None] * len(ops)
+        puts: dict[tuple[tuple[str, ...], str], PutOp] = {}
+        for op in ops:
+            if isinstance(op, PutOp):
+                puts[(tuple(op.namespace), op.key)] = op  # the later put of a key wins
+            elif not isinstance(op, (GetOp, SearchOp, ListNamespacesOp)):
+                raise ValidationError(f"unknown store operation: {type(op).__name__}")
+        if puts:
+            yield from self._p_put(list(puts.values()))
+        if any(not isinstance(op, PutOp) for op in ops):
+            yield from self._p_settle()
+        gets = [(i, op) for i, op in enumerate(ops) if isinstance(op, GetOp)]
+        if gets:
+            items = yield from self._p_get([op for _, op in gets])
+            for (i, _), item in zip(gets, items):
+                results[i] = item
+        for i, op in enumerate(ops):
+            if isinstance(op, SearchOp):
+                results[i] = yield from self._p_search(op)
+            elif isinstance(op, ListNamespacesOp):
+                results[i] = yield from self._p_list_namespaces(op)
+        return results
+
+    def _p_settle(self) -> _Plan:
+        """Wait for this store's pending puts (nothing to do if it enqueued none)."""
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, 0
+        if not dirty:
+            return
+        try:
+            report = yield ("q", "drain", (self.drain_timeout,))
+        except BaseException:
+            with self._dirty_lock:
+                self._dirty += dirty
+            raise
+        if report.failed:
+            raise JobFailedError(report.failed[0])
+
+    # ------------------------------------------------------------------ puts and deletes
+    def _ttl_minutes(self, op: PutOp) -> float | None:
+        """The put's TTL in minutes (``put()`` resolved the store's default into it)."""
+        if op.ttl is None or isinstance(op.ttl, NotProvided):
+            return None
+        return _check_minutes(op.ttl, f"ttl of {op.key!r}")
+
+    def _texts(self, op: PutOp) -> str:
+        """The text the workers embed for a put ("" when it is not indexed)."""
+        if self.index_config is None or op.index is False or op.value is None:
+            return ""
+        if op.index is None:
+            paths = self.index_config["paths"]
+        else:
+            paths = [(f, tokenize_path(f)) for f in op.index]
+        texts: list[str] = []
+        for _, tokens in paths:
+            texts.extend(t for t in get_text_at_path(op.value, tokens) if t)
+        return "\n".join(texts)
+
+    def _p_put(self, puts: list[PutOp]) -> _Plan:
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now_ms = int(time.time() * 1000)
+        deletes: list[tuple[str, int]] = []
+        encode: list[dict[str, Any]] = []
+        save: list[dict[str, Any]] = []
+        local: list[tuple[dict[str, Any], str]] = []
+        for op in puts:
+            if not isinstance(op.key, str) or not op.key:
+                raise ValidationError("key must be a non-empty string")
+            rid = record_id(tuple(op.namespace), op.key)
+            ver = next_version()
+            if op.value is None:
+                deletes.append((rid, ver))
+                continue
+            if not isinstance(op.value, dict):
+                raise ValidationError(f"value of {op.key!r} must be a dict, got {type(op.value).__name__}")
+            path = namespace_path(op.namespace)
+            if len(path) > MAX_CATEGORY_LENGTH:
+                raise ValidationError(
+                    f"namespace {tuple(op.namespace)!r} is {len(path)} characters percent-encoded, "
+                    f"the limit is {MAX_CATEGORY_LENGTH}"
+                )
+            minutes = self._ttl_minutes(op)
+            metadata: dict[str, Any] = {_KEY: op.key}
+            if minutes is not None:
+                metadata[_TTL] = minutes
+            for field, value in op.value.items():
+                if not isinstance(field, str):
+                    raise ValidationError(f"value of {op.key!r}: field names must be strings")
+                metadata[_FIELD + field] = value
+            text = self._texts(op)
+            item: dict[str, Any] = {
+                "id": rid,
+                "scope": namespace_scope(op.namespace),
+                "categories": [path],
+                "metadata": metadata,
+                "created_at": now,
+                "ver": ver,
+            }
+            if minutes is not None:
+                item["exp"] = now_ms + int(minutes * 60_000)
+            if text and self.index_config and self.index_config["embeddings"] is None:
+                encode.append({**item, "text": text})
+            elif text:
+                local.append((item, text))
+            else:
+                save.append({**item, "content": "", "embedding": None})
+        if local:
+            vectors = yield ("e", "", ([t for _, t in local], True))
+            save.extend({**item, "content": t, "embedding": v} for (item, t), v in zip(local, vectors))
+        if (encode or save) and not self._sweep_set and self.ttl_config:
+            minutes = self.ttl_config.get("sweep_interval_minutes")
+            if minutes:
+                yield ("s", "set_sweep_interval", (max(1, int(minutes * 60_000)),))
+            self._sweep_set = True
+        step = self.queue.max_items
+        for i in range(0, len(encode), step):
+            yield ("q", "enqueue_encode_job", (encode[i : i + step],))
+            with self._dirty_lock:
+                self._dirty += 1
+        for i in range(0, len(save), step):
+            yield ("q", "enqueue_save", (save[i : i + step],))
+            with self._dirty_lock:
+                self._dirty += 1
+        if deletes:
+            yield ("s", "delete_versioned", (deletes,))
+
+    # ------------------------------------------------------------------ reads
+    def _item(self, record: Any, cls: type[Item] = Item, score: float | None = None) -> Item:
+        metadata = record.metadata or {}
+        value = {k[1:]: v for k, v in metadata.items() if k.startswith(_FIELD)}
+        namespace = _namespace_of(record.scope[len(ROOT_SCOPE) + 1 :])
+        kwargs: dict[str, Any] = dict(
+            value=value,
+            key=metadata.get(_KEY, ""),
+            namespace=namespace,
+            created_at=_utc(record.created_at),
+            updated_at=_utc(record.last_accessed or record.created_at),
+        )
+        if cls is SearchItem:
+            kwargs["score"] = score
+        return cls(**kwargs)
+
+    def _refresh(self, op_refresh: bool | None) -> bool:
+        if op_refresh is not None:
+            return bool(op_refresh)
+        return bool((self.ttl_config or {}).get("refresh_on_read", True))
+
+    def _p_live(self, records: list[Any]) -> _Plan:
+        """Which records are not expired (a list of booleans)."""
+        ids = [r.id for r in records if r is not None]
+        if not ids:
+            return [False] * len(records)
+        exps = iter((yield ("s", "expiries", (ids,))))
+        now = int(time.time() * 1000)
+        out = []
+        for r in records:
+            if r is None:
+                out.append(False)
+                continue
+            exp = next(exps)
+            out.append(exp is None or exp > now)
+        return out
+
+    def _p_touch(self, records: list[Any]) -> _Plan:
+        now = int(time.time() * 1000)
+        pairs = [
+            (r.id, now + int(float(r.metadata[_TTL]) * 60_000))
+            for r in records
+            if isinstance((r.metadata or {}).get(_TTL), (int, float))
+        ]
+        if pairs:
+            yield ("s", "set_expiries", (pairs,))
+
+    def _p_get(self, ops: list[GetOp]) -> _Plan:
+        ids = [record_id(tuple(op.namespace), op.key) for op in ops]
+        records = yield ("s", "get_records", (ids,))
+        live = yield from self._p_live(records)
+        out: list[Item | None] = []
+        touch = []
+        for op, record, ok in zip(ops, records, live):
+            if not ok:
+                out.append(None)
+                continue
+            out.append(self._item(record))
+            if self._refresh(op.refresh_ttl):
+                touch.append(record)
+        yield from self._p_touch(touch)
+        return out
+
+    def _p_search(self, op: SearchOp) -> _Plan:
+        push, post = check_filter(op.filter)
+        limit, offset = int(op.limit), int(op.offset)
+        if limit < 0 or offset < 0:
+            raise ValidationError("limit and offset must not be negative")
+        want = limit + offset
+        scope = namespace_scope(op.namespace_prefix)
+        hits: list[tuple[Any, float | None]] = []
+        if want == 0:
+            return []
+
+        def keep(record: Any) -> bool:
+            md = record.metadata or {}
+            return all(_matches(md.get(_FIELD + k, _MISSING), c) for k, c in post.items())
+
+        if op.query and self.index_config is not None:
+            (vector,) = yield ("e", "", ([op.query], False))
+            k = min(_MAX_K, max(want, 10) * (4 if post else 1) + 8)
+            while True:
+                found = yield ("s", "search", (vector, scope, None, push or None, k))
+                live = yield from self._p_live([r for r, _ in found])
+                hits = [(r, s) for (r, s), ok in zip(found, live) if ok and keep(r)]
+                if len(hits) >= want or len(found) < k or k >= _MAX_K:
+                    break
+                k = min(_MAX_K, k * 4)
+        else:
+            start = 0
+            while len(hits) < want:
+                page = yield ("s", "list_records", (scope, _PAGE, start))
+                live = yield from self._p_live(page)
+                hits.extend(
+                    (r, None)
+                    for r, ok in zip(page, live)
+                    if ok and keep(r) and all(
+                        _json_equal((r.metadata or {}).get(k, _MISSING), v)
+                        for k, v in push.items()
+                    )
+                )
+                if len(page) < _PAGE:
+                    break
+                start += _PAGE
+        chosen = hits[offset:want]
+        if self._refresh(op.refresh_ttl):
+            yield from self._p_touch([r for r, _ in chosen])
+        return [self._item(r, SearchItem, s) for r, s in chosen]
+
+    def _p_list_namespaces(self, op: ListNamespacesOp) -> _Plan:
+        prefix: tuple[str, ...] = ()
+        for cond in op.match_conditions or ():
+            if cond.match_type == "prefix":
+                literal = []
+                for label in cond.path:
+                    if label == "*":
+                        break
+                    literal.append(label)
+                if len(literal) > len(prefix):
+                    prefix = tuple(literal)
+        counts = yield ("s", "list_categories", (namespace_scope(prefix),))
+        namespaces = [_namespace_of(path) for path in counts]
+        conditions: Sequence[MatchCondition] = op.match_conditions or ()
+        namespaces = [ns for ns in namespaces if all(_does_match(c, ns) for c in conditions)]
+        if op.max_depth is not None:
+            namespaces = sorted({ns[: op.max_depth] for ns in namespaces})
+        else:
+            namespaces = sorted(namespaces)
+        return namespaces[op.offset : op.offset + op.limit]
+
+    # ------------------------------------------------------------------ embedding
+    def _embed(self, texts: list[str], documents: bool) -> list[list[float]]:
+        """Embed in this process: documents with a local ``embed`` (put), or a query
+        with the same model the workers use."""
+        assert self.index_config is not None
+        local = self.index_config["embeddings"]
+        if local is not None:
+            vectors = local.embed_documents(texts) if documents else [local.embed_query(texts[0])]
+        else:
+            vectors = [list(map(float, v)) for v in self._workers_model().encode(texts)]
+        dims = self.index_config["dims"]
+        for v in vectors:
+            if len(v) != dims:
+                raise ConfigError(
+                    f"index['dims'] is {dims}, the embedding model gives {len(v)} dimensions"
+                )
+        return [list(v) for v in vectors]
+
+    def _workers_model(self) -> Any:
+        """The workers' model in this process, for queries (made once)."""
+        with self._embed_lock:
+            if self._query_embedder is None:
+                from memworker.worker.runtime import make_embedder
+
+                self._query_embedder = make_embedder()
+            return self._query_embedder
+
+
+def _does_match(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
+    """A namespace meets a prefix or suffix condition (``*`` matches any label)."""
+    path = tuple(condition.path)
+    if len(namespace) < len(path):
+        return False
+    if condition.match_type == "prefix":
+        pairs = zip(namespace, path)
+    elif condition.match_type == "suffix":
+        pairs = zip(reversed(namespace), reversed(path))
+    else:
+        raise ValidationError(f"unsupported match type {condition.match_type!r}")
+    return all(p == "*" or k == p for k, p in pairs)
