@@ -157,6 +157,18 @@ def make_argument_parser() -> argparse.ArgumentParser:
         "--think-ms", type=float, default=0.0, help="pause between an agent's calls (default 0: saturate)"
     )
 
+    ret = commands.add_parser(
+        "retention", help="keep records of a scope N days: the workers delete older ones"
+    )
+    ret_commands = ret.add_subparsers(dest="retention_command", metavar="ACTION")
+    ret_commands.required = True
+    ret_set = ret_commands.add_parser("set", help="set a scope's retention")
+    ret_set.add_argument("scope", help="the scope (and every scope below it), e.g. /crew/research")
+    ret_set.add_argument("--days", type=float, required=True, help="days to keep a record after its creation")
+    ret_clear = ret_commands.add_parser("clear", help="remove a scope's retention")
+    ret_clear.add_argument("scope")
+    ret_commands.add_parser("list", help="list the retention policies")
+
     mig = commands.add_parser(
         "migrate",
         help="move a namespace written by an older memworker to the current key layout",
@@ -398,6 +410,25 @@ def _cmd_dead(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_retention(args: argparse.Namespace) -> int:
+    from memworker.store import ValkeyStore
+
+    with ValkeyStore(_settings(args)) as store:
+        if args.retention_command == "set":
+            store.set_retention(args.scope, args.days)
+            print(f"{args.scope}: records older than {args.days:g} day(s) are deleted by the workers")
+        elif args.retention_command == "clear":
+            store.set_retention(args.scope, None)
+            print(f"{args.scope}: no retention")
+        else:
+            policies = store.retention()
+            for scope, days in sorted(policies.items()):
+                print(f"{scope}  {days:g} day(s)")
+            if not policies:
+                print("no retention policy")
+    return EXIT_OK
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     import socket
 
@@ -476,6 +507,7 @@ _COMMANDS = {
     "demo": _cmd_demo,
     "import-lancedb": _cmd_import_lancedb,
     "migrate": _cmd_migrate,
+    "retention": _cmd_retention,
 }
 
 

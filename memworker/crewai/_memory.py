@@ -72,6 +72,9 @@ class QueuedMemory(Memory):
             hands the call to the save thread and returns; ``False``: it returns
             once its job is in Valkey (the caller then waits for that round trip,
             and a process killed after the return loses nothing).
+        retention: Scope -> days (``{"/": 30}``: the whole namespace): the workers
+            delete records created longer ago than that in the scope and below
+            (:meth:`set_retention`; the same policies as ``memworker retention``).
 
     ``embedder=None`` means the bundled all-MiniLM-L6-v2 (:class:`LocalEmbedder`),
     the workers' default, not CrewAI's OpenAI default. Consolidation is CrewAI's:
@@ -84,6 +87,7 @@ class QueuedMemory(Memory):
     drain_timeout: float | None = Field(default=60.0, description="Drain wait (s).")
     model_id: str | None = Field(default=None, description="Embedding model identity.")
     background_enqueue: bool = Field(default=True, description="remember_many enqueues in the save thread.")
+    retention: dict[str, float] | None = Field(default=None, description="Scope -> days kept.")
 
     _queue: Any = PrivateAttr(default=None)
     _settler: Any = PrivateAttr(default=None)
@@ -116,6 +120,13 @@ class QueuedMemory(Memory):
         self._settler = Settler(store.settings, self._queue.producer_id)
         self._group = GroupCommit(self._send_group, GROUP_LIMIT)
         self._ensure_model()
+        for scope, days in (self.retention or {}).items():
+            self.set_retention(scope, days)
+
+    def set_retention(self, scope: str, days: float | None) -> None:
+        """Keep records of ``scope`` (and below) ``days`` after their creation: the
+        workers' sweep deletes older ones (``None`` removes the scope's policy)."""
+        self.store.set_retention(scope, days)
 
     # ------------------------------------------------------------------ helpers
     @property

@@ -1,0 +1,127 @@
+"""Retention policies (issue 16's TTL machinery for CrewAI users): ``memworker
+retention``, ``QueuedMemory(retention=...)`` and the workers' sweep, on real servers
+and real in-process workers."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+
+from memworker import worker as worker_mod
+from memworker.cli import EXIT_OK, main
+from memworker.errors import ConfigError, ValidationError
+from memworker.records import utcnow
+from memworker.settings import Settings
+from memworker.store.store import ValkeyStore
+from memworker.worker.sweep import sweep_interval_ms
+
+ON_CLUSTER = True
+
+
+def _old_and_new(store: ValkeyStore) -> None:
+    old = utcnow() - timedelta(days=40)
+    new = utcnow() - timedelta(days=2)
+    store.save(
+        [
+            {"id": f"old{i}", "content": "old", "scope": "/crew/a", "created_at": old, "embedding": [1.0, 0]}
+            for i in range(30)
+        ]
+        + [
+            {"id": "new", "content": "new", "scope": "/crew/a", "created_at": new, "embedding": [1.0, 0]},
+            {"id": "kept", "content": "elsewhere", "scope": "/other", "created_at": old, "embedding": [1.0, 0]},
+        ]
+    )
+
+
+def test_cli_sets_lists_and_clears_policies(server, namespace, capsys):
+    base = ["--url", server.url, "--namespace", namespace, "retention"]
+    assert main([*base, "set", "/crew", "--days", "30"]) == EXIT_OK
+    assert main([*base, "set", "/", "--days", "365"]) == EXIT_OK
+    capsys.readouterr()
+    assert main([*base, "list"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "/crew  30 day(s)" in out and "/  365 day(s)" in out
+    assert main([*base, "clear", "/crew"]) == EXIT_OK
+    with ValkeyStore(Settings.from_url(server.url, namespace=namespace)) as store:
+        assert store.retention() == {"/": 365.0}
+        store.set_retention("/", None)
+        assert store.retention() == {}
+    assert main([*base, "set", "/crew", "--days", "-1"]) != EXIT_OK  # ValidationError
+    assert main([*base, "set", "no-slash//x", "--days", "1"]) != EXIT_OK
+    assert "days must be a number" in capsys.readouterr().err
+
+
+def test_bad_policies_are_refused_naming_the_field(store):
+    with pytest.raises(ValidationError, match="days"):
+        store.set_retention("/x", 0)
+    with pytest.raises(ValidationError, match="days"):
+        store.set_retention("/x", True)
+    with pytest.raises(ValidationError, match="scope"):
+        store.set_retention("/a//b", 3)
+    assert store.retention() == {}
+
+
+def test_workers_apply_retention(server, namespace, monkeypatch):
+    monkeypatch.setenv("MEMWORKER_SWEEP_INTERVAL", "0.2")
+    settings = Settings.from_url(server.url, namespace=namespace, search_mode="module" if server.module else "exact")
+    with ValkeyStore(settings) as store:
+        _old_and_new(store)
+        store.set_retention("/crew", 30)
+        with worker_mod.running_worker(settings, threads=1, worker_timeout_ms=100):
+            deadline = time.time() + 20
+            while store.count("/crew") > 1 and time.time() < deadline:
+                time.sleep(0.2)
+        assert sorted(r.id for r in store.list_records("/")) == ["kept", "new"]
+        assert store.list_categories("/") == {}
+        store.reset()
+
+
+def test_one_sweep_per_interval_across_workers(store, server):
+    from memworker.io.redispy import redis_client
+    from memworker.worker.sweep import Sweeper
+
+    client = redis_client(store.settings)
+    try:
+        a = Sweeper(store, client, store.keys.namespace, "a")
+        b = Sweeper(store, client, store.keys.namespace, "b")
+        assert a.maybe_sweep() is not None
+        assert b.maybe_sweep() is None  # a holds the interval's lock
+        store.set_sweep_interval(50)
+        client.delete(store.keys.sweep)
+        assert b.maybe_sweep() is not None
+        time.sleep(0.1)
+        assert a.maybe_sweep() is not None
+    finally:
+        client.close()
+
+
+def test_sweep_interval_setting():
+    assert sweep_interval_ms("") == 60_000
+    assert sweep_interval_ms("0.5") == 500
+    for bad in ("0", "-1", "x", "1e9"):
+        with pytest.raises(ConfigError, match="MEMWORKER_SWEEP_INTERVAL"):
+            sweep_interval_ms(bad)
+
+
+def test_queued_memory_retention(plain_server, namespace):
+    pytest.importorskip("crewai")
+    from memworker.crewai import QueuedMemory
+
+    class Embedder:
+        def __call__(self, texts):
+            return [[1.0, 0.0] for _ in texts]
+
+    memory = QueuedMemory(storage=plain_server.url, namespace=namespace, embedder=Embedder(),
+                          model_id="test", retention={"/": 90, "/scratch": 1})  # fmt: skip
+    try:
+        assert memory.store.retention() == {"/": 90.0, "/scratch": 1.0}
+        memory.set_retention("/scratch", None)
+        assert memory.store.retention() == {"/": 90.0}
+    finally:
+        memory.store.reset()
+        memory.store.set_retention("/", None)
+    with pytest.raises((ValidationError, ValueError)):
+        QueuedMemory(storage=plain_server.url, namespace=namespace, embedder=Embedder(),
+                     model_id="test", retention={"/": -3})  # fmt: skip
