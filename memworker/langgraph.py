@@ -41,6 +41,8 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, unquote
 
+import numpy as np
+
 from langgraph.store.base import (
     BaseStore,
     GetOp,
@@ -583,29 +585,49 @@ class QueuedStore(BaseStore):
                 found = yield ("s", "search", (vector, scope, None, push or None, k))
                 live = yield from self._p_live([r for r, _ in found])
                 hits = [(r, s) for (r, s), ok in zip(found, live) if ok and keep(r)]
-                if len(hits) >= want or len(found) < k or k >= _MAX_K:
+                if len(hits) >= want or len(found) < k:
+                    break
+                if k >= _MAX_K:
+                    # A filter so selective that 10,000 nearest candidates do not fill
+                    # the page: score every item of the namespace that passes it.
+                    hits = yield from self._p_scan(scope, keep, want, vector)
                     break
                 k = min(_MAX_K, k * 4)
         else:
-            start = 0
-            while len(hits) < want:
-                page = yield ("s", "list_records", (scope, _PAGE, start))
-                live = yield from self._p_live(page)
-                hits.extend(
-                    (r, None)
-                    for r, ok in zip(page, live)
-                    if ok and keep(r) and all(
-                        _json_equal((r.metadata or {}).get(k, _MISSING), v)
-                        for k, v in push.items()
-                    )
-                )
-                if len(page) < _PAGE:
-                    break
-                start += _PAGE
+            hits = yield from self._p_scan(scope, keep, want)
         chosen = hits[offset:want]
         if self._refresh(op.refresh_ttl):
             yield from self._p_touch([r for r, _ in chosen])
         return [self._item(r, SearchItem, s) for r, s in chosen]
+
+    def _p_scan(
+        self, scope: str, keep: Any, want: int, vector: list[float] | None = None
+    ) -> _Plan:
+        """The namespace's live items that pass ``keep``, a page of records at a time:
+        newest first until ``want`` are found, or, with a query ``vector``, all of
+        them scored (cosine) and sorted."""
+        hits: list[tuple[Any, float | None]] = []
+        start = 0
+        query = None if vector is None else np.asarray(vector, dtype=np.float64)
+        if query is not None:
+            query = query / (np.linalg.norm(query) or 1.0)
+        while True:
+            page = yield ("s", "list_records", (scope, _PAGE, start))
+            live = yield from self._p_live(page)
+            for r, ok in zip(page, live):
+                if not (ok and keep(r)):
+                    continue
+                if query is None:
+                    hits.append((r, None))
+                elif r.embedding is not None and len(r.embedding):
+                    v = np.asarray(r.embedding, dtype=np.float64)
+                    hits.append((r, float(v @ query / (np.linalg.norm(v) or 1.0))))
+            if len(page) < _PAGE or (query is None and len(hits) >= want):
+                break
+            start += _PAGE
+        if query is not None:
+            hits.sort(key=lambda h: -(h[1] or 0.0))
+        return hits
 
     def _p_list_namespaces(self, op: ListNamespacesOp) -> _Plan:
         prefix: tuple[str, ...] = ()

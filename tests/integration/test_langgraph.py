@@ -293,7 +293,10 @@ def test_filters_in_search_with_and_without_a_query(lg, flt, keys):
         assert got == keys
 
 
-def test_filter_is_applied_before_the_top_k(lg):
+@pytest.mark.parametrize("max_k", [None, 8], ids=["search", "scan"])
+def test_filter_is_applied_before_the_top_k(lg, monkeypatch, max_k):
+    if max_k:  # fewer candidates than the filter needs: the store scores the namespace
+        monkeypatch.setattr("memworker.langgraph._MAX_K", max_k)
     # 30 close matches of the query that fail the filter, one far item that passes it:
     # a filter applied after a top 10 would return nothing.
     for i in range(30):
@@ -301,8 +304,11 @@ def test_filter_is_applied_before_the_top_k(lg):
     lg.put(("p",), "far", {"text": "harbor engine", "n": 1000})
     hits = lg.search(("p",), query="apple", filter={"n": {"$gt": 500}}, limit=1)
     assert [h.key for h in hits] == ["far"]
+    assert hits[0].score == pytest.approx(0.0, abs=1e-4)  # no word in common: orthogonal
     hits = lg.search(("p",), query="apple", filter={"n": 7}, limit=1)
     assert [h.key for h in hits] == ["near7"]
+    hits = lg.search(("p",), query="apple", filter={"n": {"$lt": 12, "$gte": 10}}, limit=5)
+    assert sorted(h.key for h in hits) == ["near10", "near11"]
 
 
 def test_limit_offset_and_bad_filters(lg):
