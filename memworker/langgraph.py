@@ -178,19 +178,23 @@ def _matches(value: Any, condition: Any) -> bool:
     return _json_equal(value, condition)
 
 
-def check_filter(flt: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a filter into what the query evaluates (equality on whole values, through
-    the store's metadata tokens) and what is checked on each candidate; every
-    condition is checked on candidates too (exact semantics).
+def check_filter(
+    flt: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, tuple[Any, bool, Any, bool]]]:
+    """Split a filter into what the query evaluates (equality on whole values through
+    the store's metadata tokens; number ranges through its range tokens) and what is
+    checked on each candidate: every condition is checked on candidates too (exact
+    semantics), ``$ne``, string ranges and nested dicts only there.
 
     Raises:
         ValidationError: Not a mapping, a key that is not a string, an unknown operator.
     """
     if flt is None:
-        return {}, {}
+        return {}, {}, {}
     if not isinstance(flt, dict):
         raise ValidationError(f"filter must be a mapping, got {type(flt).__name__}")
     push: dict[str, Any] = {}
+    ranges: dict[str, tuple[Any, bool, Any, bool]] = {}
     for key, condition in flt.items():
         if not isinstance(key, str):
             raise ValidationError("filter keys must be strings")
@@ -205,9 +209,37 @@ def check_filter(flt: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, 
                 )
             if "$eq" in condition and isinstance(condition["$eq"], _TOKEN_TYPES):
                 push[_FIELD + key] = condition["$eq"]
+            bounds = _bounds(condition)
+            if bounds is not None:
+                ranges[_FIELD + key] = bounds
         elif isinstance(condition, _TOKEN_TYPES):
             push[_FIELD + key] = condition
-    return push, flt
+    return push, flt, ranges
+
+
+def _bounds(condition: dict[str, Any]) -> tuple[Any, bool, Any, bool] | None:
+    """The number range of a condition's ``$gt``/``$gte``/``$lt``/``$lte`` with number
+    operands (``None``: none; string operands stay on candidates)."""
+    low: Any = None
+    high: Any = None
+    low_in = high_in = True
+    found = False
+    for op, operand in condition.items():
+        if op not in ("$gt", "$gte", "$lt", "$lte"):
+            continue
+        number = _number(operand)
+        if number is None or math.isnan(number):
+            return None
+        found = True
+        if op in ("$gt", "$gte"):
+            inclusive = op == "$gte"
+            if low is None or number > low or (number == low and not inclusive):
+                low, low_in = number, inclusive
+        else:
+            inclusive = op == "$lte"
+            if high is None or number < high or (number == high and not inclusive):
+                high, high_in = number, inclusive
+    return (low, low_in, high, high_in) if found else None
 
 
 def _check_ttl_config(ttl: TTLConfig | None) -> TTLConfig | None:
@@ -237,7 +269,7 @@ def _check_minutes(value: Any, where: str) -> float:
 
 # A step of an operation: (method name, args, kwargs) on the store ("s"), the queue
 # ("q"), or the query embedder ("e"); each face runs it (sync, or the async twin).
-_Step = tuple[str, str, tuple[Any, ...]]
+_Step = tuple[str, str, tuple[Any, ...]] | tuple[str, str, tuple[Any, ...], dict[str, Any]]
 _Plan = Generator[_Step, Any, Any]
 
 
@@ -334,11 +366,13 @@ class QueuedStore(BaseStore):
         reply: Any = None
         try:
             while True:
-                target, name, args = plan.send(reply)
+                target, name, args, *more = plan.send(reply)
+                kwargs = more[0] if more else {}
                 if target == "e":
                     reply = self._embed(*args)
                 else:
-                    reply = getattr(self.store if target == "s" else self.queue, name)(*args)
+                    obj = self.store if target == "s" else self.queue
+                    reply = getattr(obj, name)(*args, **kwargs)
         except StopIteration as done:
             return done.value
 
@@ -346,12 +380,13 @@ class QueuedStore(BaseStore):
         reply: Any = None
         try:
             while True:
-                target, name, args = plan.send(reply)
+                target, name, args, *more = plan.send(reply)
+                kwargs = more[0] if more else {}
                 if target == "e":
                     reply = await asyncio.to_thread(self._embed, *args)
                 else:
                     obj = self.store if target == "s" else self.queue
-                    reply = await getattr(obj, "a" + name)(*args)
+                    reply = await getattr(obj, "a" + name)(*args, **kwargs)
         except StopIteration as done:
             return done.value
 
@@ -564,7 +599,7 @@ class QueuedStore(BaseStore):
         return out
 
     def _p_search(self, op: SearchOp) -> _Plan:
-        push, post = check_filter(op.filter)
+        push, post, ranges = check_filter(op.filter)
         limit, offset = int(op.limit), int(op.offset)
         if limit < 0 or offset < 0:
             raise ValidationError("limit and offset must not be negative")
@@ -582,7 +617,10 @@ class QueuedStore(BaseStore):
             (vector,) = yield ("e", "", ([op.query], False))
             k = min(_MAX_K, max(want, 10) * (4 if post else 1) + 8)
             while True:
-                found = yield ("s", "search", (vector, scope, None, push or None, k))
+                found = yield (
+                    "s", "search", (vector, scope, None, push or None, k),
+                    {"metadata_ranges": ranges or None},
+                )  # fmt: skip
                 live = yield from self._p_live([r for r, _ in found])
                 hits = [(r, s) for (r, s), ok in zip(found, live) if ok and keep(r)]
                 if len(hits) >= want or len(found) < k:

@@ -9,12 +9,16 @@ timestamps, ``source``), the embedding bytes (:mod:`~memworker.store.embeddings`
 and the filter tokens the vector index sees (:mod:`~memworker.store.tokens`):
 
 - ``scope_anc``: one token for the scope and each ancestor (``/``, ``/a``, ``/a/b``);
-- ``cat_t``: one token per category; ``meta_t``: one per top-level metadata pair;
+- ``cat_t``: one token per category; ``meta_t``: one per top-level metadata pair,
+  plus range tokens for numbers under keys starting with ``=``
+  (:func:`~memworker.store.tokens.range_tokens`);
 - ``src_t``: the source; ``vis``: ``pub`` for a shared record, or the token of
   its source for a private one.
 
 ``last_accessed`` is only written once it differs from ``created_at`` (fewer fields,
-less memory, a faster write). Rows are read back by :mod:`memworker.store.decode`.
+less memory, a faster write). Two optional fields serve memworker.langgraph: ``ver``
+(a version: a later one is never overwritten by an earlier one) and ``exp`` (an
+expiry time in ms, indexed in ``{ns}:expiry``); see ``lua/store.lua``. Rows are read back by :mod:`memworker.store.decode`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from memworker.store.jsontext import json_text, row_text
 from memworker.store.times import format_timestamp, to_utc_naive
 from memworker.store.tokens import (
     PUBLIC_TOKEN,
+    RANGE_PREFIX,
+    range_tokens,
     category_token,
     metadata_token,
     scope_tokens,
@@ -163,6 +169,16 @@ def _getter(record: Any) -> Any:
     if _BaseModel is not None and isinstance(record, _BaseModel):
         return record.__dict__.get
     return lambda name, default=None: _get(record, name, default)
+
+
+def _meta_tokens(metadata: dict[str, Any]) -> str:
+    """The ``meta_t`` field: a token per pair, plus range tokens of the numbers under
+    keys starting with :data:`~memworker.store.tokens.RANGE_PREFIX`."""
+    tokens = [metadata_token(k, v) for k, v in metadata.items()]
+    for k, v in metadata.items():
+        if k.startswith(RANGE_PREFIX) and type(v) in (int, float):
+            tokens += range_tokens(k, v)
+    return ",".join(tokens)
 
 
 def _stamp(value: Any, where: str) -> str | None:
@@ -319,7 +335,7 @@ def to_row(
         source,
         None if source is None else source_token(source),
         cat_t or None,
-        ",".join([metadata_token(k, v) for k, v in metadata.items()]) if metadata else None,
+        _meta_tokens(metadata) if metadata else None,
         ver,
         exp,
     ]

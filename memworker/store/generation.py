@@ -226,6 +226,8 @@ def candidates(st: Generation, flt: SearchFilter) -> set[int] | frozenset[int] |
         sets.append(_union(p[1], flt.categories_any))
     for tok in flt.metadata_all:
         sets.append(p[2].get(tok) or _EMPTY)
+    for group in flt.metadata_any:
+        sets.append(_union(p[2], group))
     if flt.source is not None:
         sets.append(p[3].get(flt.source) or _EMPTY)
     if flt.visible is not None:

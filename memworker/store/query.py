@@ -14,12 +14,21 @@ it gets here, so no value can change the structure of the query.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from memworker.errors import ValidationError
-from memworker.store.tokens import PUBLIC_TOKEN, metadata_token, token, visibility_token
+from memworker.store.tokens import (
+    PUBLIC_TOKEN,
+    RANGE_PREFIX,
+    metadata_token,
+    range_cover,
+    sortable_bits,
+    token,
+    visibility_token,
+)
 from memworker.store.validate import normalize_scope_prefix
 
 __all__ = ["SearchFilter", "TOKEN_FIELDS", "MAX_LIMIT"]
@@ -40,6 +49,9 @@ class SearchFilter:
         metadata_all: Tokens a record needs every one of.
         source: Token the record's source must equal, or ``None``.
         visible: Tokens of which the record's ``vis`` must be one; ``None`` = no privacy filter.
+        metadata_any: Groups of tokens; a record needs one token of every group (the
+            range filters: each group covers one key's range, see
+            :func:`~memworker.store.tokens.range_cover`).
     """
 
     scope: str = "/"
@@ -47,6 +59,7 @@ class SearchFilter:
     metadata_all: tuple[str, ...] = ()
     source: str | None = None
     visible: tuple[str, ...] | None = None
+    metadata_any: tuple[tuple[str, ...], ...] = ()
     _scope_token: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +75,7 @@ class SearchFilter:
         source: str | None = None,
         include_private: bool = True,
         viewer: str | None = None,
+        metadata_ranges: Mapping[str, Any] | None = None,
     ) -> SearchFilter:
         """Validate user filter values and turn them into tokens.
 
@@ -73,6 +87,9 @@ class SearchFilter:
             source: Records whose source equals this.
             include_private: False hides private records except those of ``viewer``.
             viewer: The source asking; its own private records stay visible.
+            metadata_ranges: Key -> ``(low, low_inclusive, high, high_inclusive)``
+                (``None`` bounds: open): records whose number under that key is in
+                range. Only keys starting with ``=`` have range tokens.
 
         Raises:
             ValidationError: Naming the bad field.
@@ -106,10 +123,14 @@ class SearchFilter:
         visible: tuple[str, ...] | None = None
         if not include_private:
             visible = (PUBLIC_TOKEN,) if viewer is None else (PUBLIC_TOKEN, visibility_token(viewer))
+        groups: list[tuple[str, ...]] = []
+        for key, bounds in (metadata_ranges or {}).items():
+            groups.append(_range_group(key, bounds))
         return cls(
             scope=scope,
             categories_any=tuple(dict.fromkeys(cats)),
             metadata_all=tuple(dict.fromkeys(metas)),
+            metadata_any=tuple(groups),
             source=token("u", source) if source is not None else None,
             visible=visible,
         )
@@ -124,6 +145,8 @@ class SearchFilter:
             out.append("@cat_t:{" + "|".join(self.categories_any) + "}")
         for tok in self.metadata_all:
             out.append(f"@meta_t:{{{tok}}}")
+        for group in self.metadata_any:
+            out.append("@meta_t:{" + "|".join(group) + "}")
         if self.source is not None:
             out.append(f"@src_t:{{{self.source}}}")
         if self.visible is not None:
@@ -141,8 +164,9 @@ class SearchFilter:
     def needs_tokens(self) -> bool:
         """True when the exact path must read token fields (more than a scope filter)."""
         return bool(
-            self.categories_any or self.metadata_all or self.source is not None or self.visible is not None
-        )
+            self.categories_any or self.metadata_all or self.metadata_any
+            or self.source is not None or self.visible is not None
+        )  # fmt: skip
 
     def matches(self, tokens: Sequence[Any]) -> bool:
         """Whether a record's token fields (:data:`TOKEN_FIELDS` order) pass the filter.
@@ -155,11 +179,42 @@ class SearchFilter:
             return False
         if self.metadata_all and not meta_t.issuperset(self.metadata_all):
             return False
+        if any(meta_t.isdisjoint(group) for group in self.metadata_any):
+            return False
         if self.source is not None and self.source not in src_t:
             return False
         if self.visible is not None and not vis.intersection(self.visible):
             return False
         return True
+
+
+#: A token no record carries: the group of an empty range.
+_NOTHING = token("r", "empty")
+
+
+def _range_group(key: Any, bounds: Any) -> tuple[str, ...]:
+    """The tokens covering one key's range (:meth:`SearchFilter.build`)."""
+    if not isinstance(key, str) or not key.startswith(RANGE_PREFIX):
+        raise ValidationError(
+            f"metadata_ranges keys must be strings starting with {RANGE_PREFIX!r}, got {key!r}"
+        )
+    try:
+        low, low_in, high, high_in = bounds
+    except (TypeError, ValueError):
+        raise ValidationError(
+            f"metadata_ranges[{key!r}] must be (low, low_inclusive, high, high_inclusive)"
+        ) from None
+    edges = []
+    for name, value in (("low", low), ("high", high)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
+        ):
+            raise ValidationError(f"metadata_ranges[{key!r}] {name} must be a number or None")
+        edges.append(value)
+    lo = 0 if low is None else sortable_bits(low) + (0 if low_in else 1)
+    hi = (1 << 64) - 1 if high is None else sortable_bits(high) - (0 if high_in else 1)
+    group = tuple(range_cover(key, lo, hi)) if lo <= hi else ()
+    return group or (_NOTHING,)
 
 
 def _split(raw: Any) -> set[str]:

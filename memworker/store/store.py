@@ -158,6 +158,7 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         source: str | None = None,
         include_private: bool = True,
         viewer: str | None = None,
+        metadata_ranges: dict[str, Any] | None = None,
     ) -> Plan[list[tuple[Any, float]]]:
         """Nearest records by cosine similarity, filtered in the query.
 
@@ -171,6 +172,10 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
             source: Only records with this source.
             include_private: False hides private records, except ``viewer``'s own.
             viewer: The source asking (see ``include_private``).
+            metadata_ranges: Metadata key -> ``(low, low_inclusive, high,
+                high_inclusive)``: only records whose number under the key is in that
+                range (``None``: an open bound). Only keys starting with ``=`` carry
+                range tokens (memworker.langgraph's value fields).
 
         Returns:
             ``(record, similarity)`` pairs, highest similarity first; records stored
@@ -178,7 +183,7 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         """
         return self._p_search(
             query_embedding, scope_prefix, categories, metadata_filter, limit, min_score,
-            source, include_private, viewer,
+            source, include_private, viewer, metadata_ranges,
         )  # fmt: skip
 
     # Both faces take :meth:`_search`'s signature and run its plan.

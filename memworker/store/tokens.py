@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import struct
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -20,6 +22,10 @@ from memworker.store.validate import FLAT_TYPES, check_nesting, scope_ancestors
 
 __all__ = [
     "PUBLIC_TOKEN",
+    "RANGE_PREFIX",
+    "range_cover",
+    "range_tokens",
+    "sortable_bits",
     "category_token",
     "metadata_token",
     "scope_tokens",
@@ -109,3 +115,59 @@ def _scalar_metadata_token(key: str, kind: type, value: Any) -> str:
 def visibility_token(source: str | None) -> str:
     """The ``vis`` token of a private record of ``source`` (``None`` -> nobody's)."""
     return token("v-none", "") if source is None else token("v", source)
+
+
+# ----------------------------------------------------------------------------- ranges
+#: Metadata keys starting with this get range tokens for number values (the value
+#: fields of memworker.langgraph), so a range filter runs in the query on both paths.
+RANGE_PREFIX = "="
+#: Bits per level of a range token: 16 levels of 4 bits cover a 64-bit number.
+RANGE_STEP = 4
+_TOP = 64
+_MAX_BITS = (1 << 64) - 1
+
+
+def sortable_bits(value: float) -> int:
+    """A float64 as a 64-bit integer of the same order (``-0.0`` is ``0.0``)."""
+    if value == 0:
+        value = 0.0
+    bits: int = struct.unpack(">Q", struct.pack(">d", float(value)))[0]
+    return bits ^ _MAX_BITS if bits >> 63 else bits | (1 << 63)
+
+
+def _range_token(key: str, shift: int, prefix: int) -> str:
+    return token("r", f"{shift}:{prefix:x}:{key}")
+
+
+def range_tokens(key: str, value: Any) -> list[str]:
+    """The range tokens of a number (not a bool; finite): one per level, the prefix
+    of its sortable bits at that level. Empty for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return []
+    number = float(value)
+    if not math.isfinite(number):
+        return []
+    bits = sortable_bits(number)
+    return [_range_token(key, shift, bits >> shift) for shift in range(0, _TOP, RANGE_STEP)]
+
+
+def range_cover(key: str, low: int, high: int) -> list[str]:
+    """Tokens of which a number in ``[low, high]`` (sortable bits, inclusive) has
+    exactly one, and no number outside has any: the range cut into aligned blocks,
+    at most 2 x 15 per level (480 in all)."""
+    out: list[str] = []
+    shift = 0
+    fan = 1 << RANGE_STEP
+    while low <= high:
+        if shift + RANGE_STEP >= _TOP:
+            out += [_range_token(key, shift, p) for p in range(low, high + 1)]
+            break
+        up = (low + fan - 1) // fan  # the first whole block of the next level
+        down = (high + 1) // fan - 1  # the last whole block of the next level
+        if up > down:
+            out += [_range_token(key, shift, p) for p in range(low, high + 1)]
+            break
+        out += [_range_token(key, shift, p) for p in range(low, up * fan)]
+        out += [_range_token(key, shift, p) for p in range((down + 1) * fan, high + 1)]
+        low, high, shift = up, down, shift + RANGE_STEP
+    return out

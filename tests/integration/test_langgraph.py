@@ -300,10 +300,12 @@ def test_filter_is_applied_before_the_top_k(lg, monkeypatch, max_k):
     # 30 close matches of the query that fail the filter, one far item that passes it:
     # a filter applied after a top 10 would return nothing.
     for i in range(30):
-        lg.put(("p",), f"near{i}", {"text": "apple", "n": i})
-    lg.put(("p",), "far", {"text": "harbor engine", "n": 1000})
+        lg.put(("p",), f"near{i}", {"text": "apple", "n": i, "w": f"w{i:02d}"})
+    lg.put(("p",), "far", {"text": "harbor engine", "n": 1000, "w": "zz"})
     hits = lg.search(("p",), query="apple", filter={"n": {"$gt": 500}}, limit=1)
-    assert [h.key for h in hits] == ["far"]
+    assert [h.key for h in hits] == ["far"]  # a number range: in the query
+    hits = lg.search(("p",), query="apple", filter={"w": {"$gt": "x"}}, limit=1)
+    assert [h.key for h in hits] == ["far"]  # a string range: on candidates (or the scan)
     assert hits[0].score == pytest.approx(0.0, abs=1e-4)  # no word in common: orthogonal
     hits = lg.search(("p",), query="apple", filter={"n": 7}, limit=1)
     assert [h.key for h in hits] == ["near7"]

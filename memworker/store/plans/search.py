@@ -46,6 +46,7 @@ class SearchPlans(ReadPlans):
         source: str | None,
         include_private: bool,
         viewer: str | None,
+        metadata_ranges: Mapping[str, Any] | None = None,
     ) -> Plan[list[tuple[Any, float]]]:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1 or limit > MAX_LIMIT:
             raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
@@ -57,6 +58,7 @@ class SearchPlans(ReadPlans):
             source=source,
             include_private=include_private,
             viewer=viewer,
+            metadata_ranges=metadata_ranges,
         )
         stored = yield from self._p_stored_dim()
         if stored is None:
