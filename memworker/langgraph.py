@@ -67,7 +67,7 @@ from memworker.errors import ConfigError, JobFailedError, ValidationError
 from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
 from memworker.store.store import ValkeyStore
-from memworker.store.validate import MAX_CATEGORY_LENGTH
+from memworker.store.validate import MAX_CATEGORY_LENGTH, check_nesting
 
 __all__ = ["ROOT_SCOPE", "QueuedStore"]
 
@@ -193,6 +193,7 @@ def check_filter(
         return {}, {}, {}
     if not isinstance(flt, dict):
         raise ValidationError(f"filter must be a mapping, got {type(flt).__name__}")
+    check_nesting(flt, "filter")  # bounded before any recursion over it
     push: dict[str, Any] = {}
     ranges: dict[str, tuple[Any, bool, Any, bool]] = {}
     for key, condition in flt.items():
@@ -312,8 +313,12 @@ class QueuedStore(BaseStore):
         self.drain_timeout = drain_timeout
         self.store = ValkeyStore(self.settings)
         self.queue = MemoryQueue(self.settings, producer_id=producer_id)
-        self._dirty = 0
-        self._dirty_lock = threading.Lock()
+        # Jobs enqueued, and how many of them a finished drain covered: a read drains
+        # unless a drain that started after its store's last enqueue has returned
+        # (a read in one thread never skips the drain a put of another needs).
+        self._enqueued = 0
+        self._drained = 0
+        self._count_lock = threading.Lock()
         self._query_embedder: Any = None
         self._embed_lock = threading.Lock()
         self._sweep_set = False
@@ -433,17 +438,15 @@ class QueuedStore(BaseStore):
         return results
 
     def _p_settle(self) -> _Plan:
-        """Wait for this store's pending puts (nothing to do if it enqueued none)."""
-        with self._dirty_lock:
-            dirty, self._dirty = self._dirty, 0
-        if not dirty:
-            return
-        try:
-            report = yield ("q", "drain", (self.drain_timeout,))
-        except BaseException:
-            with self._dirty_lock:
-                self._dirty += dirty
-            raise
+        """Wait for this store's pending puts (nothing to do if every job it enqueued
+        was covered by a drain that has returned)."""
+        with self._count_lock:
+            target = self._enqueued
+            if target <= self._drained:
+                return
+        report = yield ("q", "drain", (self.drain_timeout,))
+        with self._count_lock:
+            self._drained = max(self._drained, target)
         if report.failed:
             raise JobFailedError(report.failed[0])
 
@@ -526,12 +529,12 @@ class QueuedStore(BaseStore):
         step = self.queue.max_items
         for i in range(0, len(encode), step):
             yield ("q", "enqueue_encode_job", (encode[i : i + step],))
-            with self._dirty_lock:
-                self._dirty += 1
+            with self._count_lock:
+                self._enqueued += 1
         for i in range(0, len(save), step):
             yield ("q", "enqueue_save", (save[i : i + step],))
-            with self._dirty_lock:
-                self._dirty += 1
+            with self._count_lock:
+                self._enqueued += 1
         if deletes:
             yield ("s", "delete_versioned", (deletes,))
 

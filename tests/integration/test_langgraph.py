@@ -444,3 +444,31 @@ def test_dims_must_match_the_model(settings, worker):
             lg.search(("n",), query="apple")
     with pytest.raises(ConfigError, match="dims"):
         QueuedStore(settings, index={"fields": ["text"]})
+
+
+def test_threads_sharing_one_store_each_read_their_own_puts(lg):
+    errors: list[str] = []
+
+    def run(t: int) -> None:
+        for i in range(12):
+            lg.put(("th", str(t)), f"k{i}", {"text": "apple", "i": i})
+            got = lg.get(("th", str(t)), f"k{i}")  # another thread's drain never stands in
+            if got is None or got.value["i"] != i:
+                errors.append(f"{t}/{i}: {got}")
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+
+
+def test_a_deeply_nested_filter_is_refused_not_a_recursion_error(lg):
+    deep: dict = {"x": 1}
+    for _ in range(5000):
+        deep = {"a": deep}
+    with pytest.raises(ValidationError, match="filter"):
+        lg.search(("n",), filter={"f": deep})
+    with pytest.raises(ValidationError, match="filter"):
+        lg.search(("n",), query="apple", filter={"f": {"$eq": deep}})
