@@ -63,7 +63,9 @@ from langgraph.store.base import (
     validate_op_namespace,
 )
 
+from memworker.crewai._group import GroupCommit
 from memworker.errors import ConfigError, JobFailedError, ValidationError
+from memworker.queue.jobs import embed_items
 from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
 from memworker.store.store import ValkeyStore
@@ -75,6 +77,8 @@ __all__ = ["ROOT_SCOPE", "QueuedStore"]
 ROOT_SCOPE = "/langgraph"
 #: Most results one store search returns (the store's limit).
 _MAX_K = 10_000
+#: Most puts of concurrent callers sent as one job.
+GROUP_LIMIT = 64
 #: Records read per page by a search without a query.
 _PAGE = 500
 #: Metadata keys: ``=`` + a value field; and the bookkeeping keys.
@@ -319,6 +323,8 @@ class QueuedStore(BaseStore):
         self._enqueued = 0
         self._drained = 0
         self._count_lock = threading.Lock()
+        # Concurrent single puts from many threads go out as one job (group commit).
+        self._group: GroupCommit[None] = GroupCommit(self._send_group, GROUP_LIMIT)
         self._query_embedder: Any = None
         self._embed_lock = threading.Lock()
         self._sweep_set = False
@@ -375,6 +381,8 @@ class QueuedStore(BaseStore):
                 kwargs = more[0] if more else {}
                 if target == "e":
                     reply = self._embed(*args)
+                elif target == "g":
+                    reply = self._group.submit(args[0])
                 else:
                     obj = self.store if target == "s" else self.queue
                     reply = getattr(obj, name)(*args, **kwargs)
@@ -389,6 +397,9 @@ class QueuedStore(BaseStore):
                 kwargs = more[0] if more else {}
                 if target == "e":
                     reply = await asyncio.to_thread(self._embed, *args)
+                elif target == "g":
+                    reply = await self.queue.aenqueue_encode_items([args[0]])
+                    self._count_enqueued()
                 else:
                     obj = self.store if target == "s" else self.queue
                     reply = await getattr(obj, "a" + name)(*args, **kwargs)
@@ -436,6 +447,29 @@ class QueuedStore(BaseStore):
             elif isinstance(op, ListNamespacesOp):
                 results[i] = yield from self._p_list_namespaces(op)
         return results
+
+    def _count_enqueued(self) -> None:
+        with self._count_lock:
+            self._enqueued += 1
+
+    def _send_group(self, items: list[dict[str, Any]]) -> list[None]:
+        """One job for the single puts of concurrent callers (each validated alone):
+        of two puts of one key, the later version goes (it would win anyway)."""
+        latest: dict[str, dict[str, Any]] = {}
+        for item in items:
+            held = latest.get(item["id"])
+            if held is None or item["ver"] > held["ver"]:
+                latest[item["id"]] = item
+        unique = list(latest.values())
+        try:
+            self.queue.enqueue_encode_items(unique)
+        except ValidationError:
+            if len(unique) == 1:
+                raise
+            for item in unique:  # the group is over a job's size: one job each
+                self.queue.enqueue_encode_items([item])
+        self._count_enqueued()
+        return [None] * len(items)
 
     def _p_settle(self) -> _Plan:
         """Wait for this store's pending puts (nothing to do if every job it enqueued
@@ -527,14 +561,17 @@ class QueuedStore(BaseStore):
                 yield ("s", "set_sweep_interval", (max(1, int(minutes * 60_000)),))
             self._sweep_set = True
         step = self.queue.max_items
-        for i in range(0, len(encode), step):
-            yield ("q", "enqueue_encode_job", (encode[i : i + step],))
-            with self._count_lock:
-                self._enqueued += 1
+        # Validated whole before anything is sent; ids kept (their record ids).
+        prepared = embed_items(encode, len(encode)) if encode else []
+        if len(prepared) == 1:
+            yield ("g", "", (prepared[0],))  # with other threads' puts, as one job
+        else:
+            for i in range(0, len(prepared), step):
+                yield ("q", "enqueue_encode_items", (prepared[i : i + step],))
+                self._count_enqueued()
         for i in range(0, len(save), step):
             yield ("q", "enqueue_save", (save[i : i + step],))
-            with self._count_lock:
-                self._enqueued += 1
+            self._count_enqueued()
         if deletes:
             yield ("s", "delete_versioned", (deletes,))
 

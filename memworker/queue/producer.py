@@ -361,6 +361,15 @@ class MemoryQueue:
             await self._aenqueue(commands)
         return job_id, ids
 
+    async def aenqueue_encode_items(self, job_items: Sequence[dict[str, Any]]) -> str:
+        """Async :meth:`enqueue_encode_items`."""
+        check_count(job_items, self.max_items, "items")
+        with self._traced(ENCODE_ACTOR) as note:
+            job_id, commands = self._prepare(ENCODE_ACTOR, list(job_items))
+            note(job_id, len(job_items))
+            await self._aenqueue(commands)
+        return job_id
+
     async def adrain(
         self, timeout: float | None = None, *, job_ids: Sequence[str] | None = None
     ) -> DrainReport:
