@@ -38,7 +38,8 @@ def test_every_command_is_registered() -> None:
     parser = make_argument_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == {
-        "server", "worker", "status", "drain", "dead", "check", "demo", "import-lancedb", "migrate"
+        "server", "worker", "status", "drain", "dead", "check", "demo", "import-lancedb", "migrate",
+        "retention",
     }
 
 
