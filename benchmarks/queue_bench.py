@@ -435,8 +435,14 @@ def metrics_panel(ax: Any, f: dict[str, Any]) -> None:
     for x, (key, color) in enumerate((("rate", "#37a"), ("cpu", "#c62"))):
         ratios = m[f"{key}_ratios"]
         xs = [x + 0.18 * ((i % 5) - 2) / 2 for i in range(len(ratios))]
-        ax.plot(xs, ratios, "o", color=color, ms=5, alpha=0.8,
-                label="one pair (off and on rounds back to back)" if x == 0 else None)  # fmt: skip
+        for quiet in (True, False):
+            pts = [(px, r) for px, r, q in zip(xs, ratios, m["quiet_flags"]) if q == quiet]
+            if not pts:
+                continue
+            label = (f"one pair (off and on back to back), nothing else ran (< {QUIET_CORES} cores)" if quiet
+                     else f"one pair during which the rest of the machine used >= {QUIET_CORES} cores")
+            ax.plot([px for px, _ in pts], [r for _, r in pts], "o", ms=5, alpha=0.85, color=color,
+                    markerfacecolor=color if quiet else "none", label=label if x == 0 else None)  # fmt: skip
         mid = median(ratios)
         ax.plot([x - 0.3, x + 0.3], [mid, mid], color="k", lw=2, label="median of the pairs" if x == 0 else None)
         ax.text(x + 0.33, mid, f"{mid:.3f}", va="center", fontsize=8)
@@ -452,6 +458,12 @@ def metrics_panel(ax: Any, f: dict[str, Any]) -> None:
         f"backlog of {f['metrics_jobs']:,} 1-text jobs, one default worker, instant embedder"
     )
     ax.grid(True, axis="y", alpha=0.3)
+    if m["quiet_rate_ratios"]:
+        for x, key in enumerate(("quiet_rate_ratios", "quiet_cpu_ratios")):
+            mid = median(m[key])
+            ax.plot([x - 0.3, x + 0.3], [mid, mid], color="k", lw=1, ls="--",
+                    label="median of the quiet pairs" if x == 0 else None)  # fmt: skip
+            ax.text(x + 0.33, mid, f"{mid:.3f} quiet", va="center", fontsize=7)
     note = (f"medians of the rounds: off {m['off_rate']:,.0f} jobs/s, {m['off_cpu']:.0f} us CPU/job; "
             f"on {m['on_rate']:,.0f} jobs/s, {m['on_cpu']:.0f} us CPU/job")  # fmt: skip
     handles, labels = ax.get_legend_handles_labels()
@@ -547,6 +559,7 @@ def metrics_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     quiet = [p for p in pairs if max(p[False]["other_cores"], p[True]["other_cores"]) < QUIET_CORES]
     return {
         "pairs": pairs,
+        "quiet_flags": [any(p is q for q in quiet) for p in pairs],
         "quiet_rate_ratios": [p[True]["jobs_s"] / p[False]["jobs_s"] for p in quiet],
         "quiet_cpu_ratios": [p[True]["cpu_us"] / p[False]["cpu_us"] for p in quiet],
         "rate_ratios": [p[True]["jobs_s"] / p[False]["jobs_s"] for p in pairs],
