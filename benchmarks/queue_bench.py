@@ -27,7 +27,7 @@ distributions (empirical CDFs, log ms), and D's per-pair on / off ratios.
 
 Nothing is asserted on time: the benchmark prints tables (and the figure).
 
-    .venv/bin/python benchmarks/queue_bench.py            # default run (~5 min)
+    .venv/bin/python benchmarks/queue_bench.py            # default run (~8 min)
     .venv/bin/python benchmarks/queue_bench.py --quick    # smoke run
     .venv/bin/python benchmarks/queue_bench.py --plot docs/queue_latency.png
 """
