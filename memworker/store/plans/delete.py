@@ -42,27 +42,24 @@ class DeletePlans(ReadPlans):
 
     def _p_delete_versioned(self, versions: Sequence[tuple[str, int]]) -> Plan[int]:
         """Delete ids unless a later version is stored, leaving tombstones (``vdelete``)."""
-        deleted = 0
-        pairs = [(check_id(i, f"versions[{n}]"), _version(v, f"versions[{n}]")) for n, (i, v) in
-                 enumerate(versions)]  # fmt: skip
-        for i in range(0, len(pairs), DELETE_CHUNK):
-            args = ["vdelete", self.keys.prefix, str(CHANGES_CAP)]
-            for rid, ver in pairs[i : i + DELETE_CHUNK]:
-                args += [rid, ver]
-            deleted += int((yield Script("store", args)))
-        return deleted
+        return (yield from self._p_id_pairs("vdelete", versions, "versions"))
 
     def _p_expire(self, expiries: Sequence[tuple[str, int]]) -> Plan[int]:
         """Give records that have an expiry a new one (ms); returns how many had one."""
-        pairs = [(check_id(i, f"expiries[{n}]"), _version(e, f"expiries[{n}]")) for n, (i, e) in
-                 enumerate(expiries)]  # fmt: skip
-        done = 0
-        for i in range(0, len(pairs), DELETE_CHUNK):
-            args = ["expire", self.keys.prefix, str(CHANGES_CAP)]
-            for rid, exp in pairs[i : i + DELETE_CHUNK]:
-                args += [rid, exp]
-            done += int((yield Script("store", args)))
-        return done
+        return (yield from self._p_id_pairs("expire", expiries, "expiries"))
+
+    def _p_id_pairs(self, op: str, pairs: Sequence[tuple[str, int]], field: str) -> Plan[int]:
+        """Run a store script op over ``(id, integer)`` pairs, validated whole first,
+        :data:`DELETE_CHUNK` pairs per call; returns the sum of the replies."""
+        checked = [(check_id(i, f"{field}[{n}]"), _version(v, f"{field}[{n}]"))
+                   for n, (i, v) in enumerate(pairs)]  # fmt: skip
+        total = 0
+        for start in range(0, len(checked), DELETE_CHUNK):
+            args = [op, self.keys.prefix, str(CHANGES_CAP)]
+            for rid, value in checked[start : start + DELETE_CHUNK]:
+                args += [rid, value]
+            total += int((yield Script("store", args)))
+        return total
 
     def _p_set_retention(self, scope: str, days: float | None) -> Plan[None]:
         """Keep records under ``scope`` for ``days`` (``None``: no policy for it)."""
