@@ -366,16 +366,18 @@ def workload_a(srv: Any, backend: str, jobs: int) -> tuple[list[str], Report, li
     try:
         probe = Probe(settings)
         probe.begin(proc.pid)
-        t0 = time.perf_counter()
+        t0, own0 = time.perf_counter(), time.process_time()
         done = produce(settings, jobs, "a")
         probe.listen()
         times: dict[str, tuple[float, float]] = {}
         drain_all(settings, done, times)
         rate = jobs / (time.perf_counter() - t0)
+        own = time.process_time() - own0
         report = probe.end(f"A {backend}", rate, times)
     finally:
         stop(proc)
-    raw, _ = model_rate(embedder, 64)
+    raw, raw_cpu = model_rate(embedder, 64)
+    report.extra = {"producers_cpu_s": own, "raw": raw, "raw_cpu_text": raw_cpu}
     fill = max(1, round(report.fill)) if report.fill == report.fill else 64
     _, cpu_text = model_rate(embedder, fill, max(256, fill * 8))
     n = max(1, report.jobs)
@@ -384,6 +386,28 @@ def workload_a(srv: Any, backend: str, jobs: int) -> tuple[list[str], Report, li
                 f"{worker_ms - cpu_text * 1000:.2f}"]  # fmt: skip
     row = [backend, f"{rate:,.0f}", f"{raw:,.0f}", f"{rate / raw:.2f}"]
     return row, report, estimate
+
+
+def budget_row(report: Report) -> list[str]:
+    """Where A's CPU went, ms a job, and the throughput the machine's cores allow at
+    that CPU a job (every core busy all the time), as a fraction of the raw model."""
+    n, x = max(1, report.jobs), report.extra
+    worker, server_, producers = (report.worker_cpu_s / n * 1000, report.cpu_s / n * 1000,
+                                  x["producers_cpu_s"] / n * 1000)  # fmt: skip
+    total = worker + server_ + producers
+    cores = os.cpu_count() or 1
+    bound = cores / total * 1000
+    budget = cores / (0.85 * x["raw"]) * 1000  # total CPU a job at which 0.85x fits
+    return [report.label, f"{worker:.2f}", f"{server_:.2f}", f"{producers:.2f}", f"{total:.2f}",
+            f"{x['raw_cpu_text'] * 1000:.2f}", f"{bound:,.0f} = {bound / x['raw']:.2f}x",
+            f"{budget:.2f}", f"{report.rate / x['raw']:.2f}x"]  # fmt: skip
+
+
+BUDGET_HEADERS = [
+    "run", "worker ms/job (model included)", "Valkey ms/job", "producers + drains ms/job (this process)",
+    "total ms/job", "raw model ms/text, batch 64", "cores / total: jobs/s = x raw",
+    "total ms/job that 0.85x needs", "measured",
+]  # fmt: skip
 
 
 def workload_b(srv: Any, jobs: int, tag: str, env: dict[str, str], label: str) -> tuple[list[list[str]], list[Report]]:
@@ -528,6 +552,10 @@ def main() -> None:
               "run's batch fill, measured in this process, which runs the model its own way):")  # fmt: skip
         print(table(["run", "worker CPU ms/job", "batch", "raw model CPU ms/text at that batch",
                      "difference: outside the model (rough)"], estimates))  # fmt: skip
+        a_reports = [r for r in reports if "raw" in r.extra]
+        print(f"A's CPU budget: every CPU ms a job cost on this machine ({os.cpu_count()} cores), "
+              "and the rate those cores allow at that cost:")
+        print(table(BUDGET_HEADERS, [budget_row(r) for r in a_reports]))
         print(command_table(reports))
         print("Drain release (the 8 drains run one after the other; times from a subscriber thread here):")
         print(table(DRAIN_HEADERS, [r.drain_row() for r in reports]))

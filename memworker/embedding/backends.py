@@ -19,6 +19,7 @@ import numpy as np
 from memworker.embedding.threads import configured_threads
 
 __all__ = [
+    "CHUNK_TOKENS",
     "ENCODE_CHUNK",
     "OnnxRunner",
     "RUNNERS",
@@ -31,6 +32,13 @@ __all__ = [
 
 #: Largest number of texts sent to the model in one forward pass by :meth:`Embedder.encode`.
 ENCODE_CHUNK = 64
+#: Token budget of one forward pass of a single-threaded ONNX session (a worker's): its
+#: texts times their padded length. Such a session costs less CPU a text in small
+#: passes (their activations stay in the core's cache): with the bundled int8 model on
+#: this project's 2-core machine, ~22-token texts cost 1.36-1.39 ms a text in passes of
+#: 8 and 1.55-1.59 in passes of 64; ~110-token texts 8.1-8.2 ms in passes of 1-4 and
+#: 11.1 in passes of 64 (benchmarks/README.md). torch shows no such curve.
+CHUNK_TOKENS = 256
 
 
 class Runner:
@@ -53,18 +61,62 @@ class Runner:
                 return self._encode(texts)
         return self._encode(texts)
 
+    #: Token budget of one forward pass (:data:`CHUNK_TOKENS`) when set and the process
+    #: runs single-threaded batches; else passes of :data:`ENCODE_CHUNK` texts.
+    chunk_tokens: int | None = None
+
     def _encode(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # less padding
+        budget = self.chunk_tokens if configured_threads() is not None else None
         for start in range(0, len(order), ENCODE_CHUNK):
             rows = order[start : start + ENCODE_CHUNK]
             with self._tokenize_lock:
                 features = _preprocess(self.model, [texts[i] for i in rows])
-            out[rows] = self._run(features)
+            if budget is None or not _right_padded(features["attention_mask"]):
+                out[rows] = self._run(features)
+                continue
+            for first, stop, width in token_chunks(features["attention_mask"], budget):
+                part = {k: _cut(v, first, stop, width) for k, v in features.items()}
+                out[rows[first:stop]] = self._run(part)
         return out
 
     def _run(self, features: dict[str, Any]) -> np.ndarray:
         raise NotImplementedError
+
+
+def token_chunks(mask: Any, budget: int) -> list[tuple[int, int, int]]:
+    """Split a tokenized batch (its attention mask, rows longest first) into forward
+    passes of at most ``budget`` tokens with padding (one row at least): ``(first row,
+    stop row, columns)``, each pass cut to its longest row (right padding)."""
+    lengths = [int(n) for n in np.asarray(mask).sum(axis=1)]
+    out: list[tuple[int, int, int]] = []
+    first = 0
+    while first < len(lengths):
+        width = max(1, lengths[first])
+        stop = first + 1
+        while stop < len(lengths) and (stop - first + 1) * max(width, lengths[stop]) <= budget:
+            width = max(width, lengths[stop])
+            stop += 1
+        out.append((first, stop, width))
+        first = stop
+    return out
+
+
+def _right_padded(mask: Any) -> bool:
+    """Whether every row's tokens come first and its padding after (what :func:`_cut`
+    assumes)."""
+    m = np.asarray(mask) != 0
+    return bool((np.cumprod(m, axis=1).sum(axis=1) == m.sum(axis=1)).all())
+
+
+def _cut(value: Any, first: int, stop: int, width: int) -> Any:
+    """Rows ``first:stop`` and the first ``width`` columns of a (batch, sequence)
+    tensor; anything else unchanged."""
+    shape = getattr(value, "shape", None)
+    if shape is None or len(shape) != 2:
+        return value
+    return value[first:stop, :width]
 
 
 class TorchRunner(Runner):
@@ -86,6 +138,8 @@ class TorchRunner(Runner):
 
 class OnnxRunner(Runner):
     """The model's tokenizer plus an ONNX Runtime session of the whole pipeline."""
+
+    chunk_tokens = CHUNK_TOKENS
 
     def __init__(self, model: Any, session: Any, dimension: int) -> None:
         super().__init__(model, dimension)

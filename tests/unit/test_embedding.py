@@ -522,3 +522,73 @@ def test_onnx_backends_match_torch(embedder, onnx_home, backend, min_cosine):
     assert exports and all(
         p.parent.name.startswith("sentence-transformers--all-MiniLM") for p in exports
     )
+
+
+# --------------------------------------------------------------------------- token-budget passes
+
+
+def test_token_chunks_keep_every_pass_within_the_budget():
+    from memworker.embedding.backends import token_chunks
+
+    lengths = [120, 60, 40, 40, 22, 22, 22, 22, 22, 22, 22, 22, 22, 22, 22, 5, 3, 1]
+    mask = np.array([[1] * n + [0] * (120 - n) for n in lengths])
+    chunks = token_chunks(mask, 128)
+    assert chunks[0] == (0, 1, 120)  # one row that is over the budget alone still runs
+    rows = [i for first, stop, _ in chunks for i in range(first, stop)]
+    assert rows == list(range(len(lengths)))  # every row once, in order
+    for first, stop, width in chunks:
+        assert width == max(lengths[first:stop])
+        assert stop - first == 1 or (stop - first) * width <= 128
+    assert token_chunks(mask, 10_000) == [(0, len(lengths), 120)]
+    assert token_chunks(mask[:0], 128) == []
+
+
+def test_padding_side_is_checked_before_cutting_columns():
+    from memworker.embedding.backends import _cut, _right_padded
+
+    right = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0]])
+    left = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 1]])
+    assert _right_padded(right) and not _right_padded(left)
+    assert _cut(right, 1, 3, 2).tolist() == [[1, 1], [1, 0]]
+    assert _cut("a constant", 1, 3, 2) == "a constant"
+
+
+@needs_onnx
+@pytest.mark.parametrize(("backend", "min_cosine"), [("onnx", 0.99999), ("onnx-int8", 0.95)])
+def test_worker_onnx_sessions_run_small_passes_with_the_same_vectors(
+    embedder, onnx_home, monkeypatch, backend, min_cosine
+):
+    """In a worker process (single-threaded sessions) a batch runs as passes of at most
+    CHUNK_TOKENS tokens; the vectors are those of one pass of the whole batch (fp32),
+    and as close to torch's as the whole batch's (int8: its dynamic quantization scales
+    activations per pass, so a vector moves a little with its pass; measured min cosine
+    to torch 0.974 in passes, 0.974 whole, 0.980 one text at a time)."""
+    from memworker.embedding import backends
+    from memworker.embedding import threads as embedding_mod
+
+    texts = [f"memory {i}: " + "the user likes green tea and long walks. " * (i % 9) for i in range(40)]
+    texts += ["hi", "", " ".join(["word"] * 400)]  # one over the model's 256-token limit
+    e = Embedder(backend=backend, home=onnx_home)
+    whole = e.encode(texts)  # not a worker: passes of ENCODE_CHUNK texts
+    runner = e._load()
+    shapes: list[tuple[int, int]] = []
+    real = runner._run
+
+    def spy(features):
+        shapes.append(tuple(features["input_ids"].shape))
+        return real(features)
+
+    monkeypatch.setattr(runner, "_run", spy)
+    monkeypatch.setattr(embedding_mod, "_threads", 2)
+    chunked = e.encode(texts)
+    assert len(shapes) > 1
+    assert all(rows == 1 or rows * width <= backends.CHUNK_TOKENS for rows, width in shapes)
+    assert sum(rows for rows, _ in shapes) == len(texts)
+    np.testing.assert_allclose(np.linalg.norm(chunked, axis=1), 1.0, atol=1e-5)
+    if backend == "onnx":
+        assert np.min(np.sum(chunked * whole, axis=1)) > min_cosine
+    else:
+        truth = embedder.encode(texts)
+        closeness = np.min(np.sum(chunked * truth, axis=1))
+        assert closeness > min_cosine
+        assert closeness >= np.min(np.sum(whole * truth, axis=1)) - 0.01
