@@ -31,7 +31,7 @@ from typing import Any
 
 from dramatiq.middleware import Middleware, SkipMessage
 
-from memworker.metrics import worker_metrics
+from memworker.metrics import flush_worker_metrics, worker_metrics
 from memworker.tracing import TRACE_OPTION, extract
 from memworker.queue.jobs import PoisonJobError, QueueKeys, delivery_field, failure_json
 from memworker.queue.payload import job_identity
@@ -333,6 +333,7 @@ class HealthMiddleware(Middleware):
                     self.beat(broker)
                 except Exception:
                     log.warning("worker health beat failed", exc_info=True)
+                flush_worker_metrics()  # the metrics the jobs recorded in memory
                 if sweeper is not None:
                     try:
                         sweeper.maybe_sweep()

@@ -23,7 +23,7 @@ import dramatiq
 
 from memworker.crewai.flow import check_worker_model
 from memworker.errors import ConfigError
-from memworker.metrics import worker_metrics
+from memworker.metrics import flush_worker_metrics, worker_metrics
 from memworker.tracing import setup_worker_tracing, shutdown_worker_tracing
 from memworker.records import dimension_mismatch, record_types
 from memworker.embedded import ensure_embedded
@@ -70,6 +70,7 @@ def running_worker(
         yield broker, worker
     finally:
         worker.stop()
+        flush_worker_metrics()  # what the last jobs recorded, before /metrics goes
         broker.close()
         if broker.context is not None:
             broker.context.close()
@@ -153,6 +154,7 @@ def _serve(
         stop.wait()
     finally:
         worker.stop()
+        flush_worker_metrics()  # what the last jobs recorded, before /metrics goes
         broker.close()
         if broker.context is not None:
             broker.context.close()

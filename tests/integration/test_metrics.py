@@ -82,9 +82,18 @@ def test_a_worker_serves_every_metric_for_all_its_processes(plain_server, namesp
             bad = q.enqueue_encode_job(["POISON: the embedder refuses this one"])[0]
             report = q.drain(timeout=120, job_ids=[*good, bad])
         assert report.committed == 20 and [f.job_id for f in report.failed] == [bad]
-        text = _scrape(port)
-        samples = _samples(text)
         ns = {"namespace": namespace}
+        # the workers write what their jobs recorded at each health beat (every second)
+        deadline = time.monotonic() + 30
+        while True:
+            text = _scrape(port)
+            samples = _samples(text)
+            if _value(samples, "memworker_jobs_total", outcome="failed", **ns) >= 1 and _value(
+                samples, "memworker_jobs_total", outcome="committed", **ns
+            ) >= 20:
+                break
+            assert time.monotonic() < deadline, "the jobs never showed on /metrics"
+            time.sleep(0.2)
         assert _value(samples, "memworker_jobs_total", outcome="committed", **ns) == 20
         assert _value(samples, "memworker_jobs_total", outcome="failed", **ns) == 1
         assert _value(samples, "memworker_jobs_total", outcome="retried", **ns) >= 1
