@@ -175,12 +175,22 @@ class _Face:
 
 
 class SyncConnection(_Face, SyncRunner):
-    """The sync face: one ``glide_sync`` client, created on first use, reused."""
+    """The sync face: one ``glide_sync`` client, created on first use, reused.
+
+    One thread at a time sends on it (``_call_lock``). glide_sync 2.6.0 aborted the
+    process (SIGABRT in its FFI call, no Python exception) in one of two clean-clone
+    test runs and once in ~40 local runs of ``tests/integration/test_crewai_compat.py``,
+    each time while CrewAI's ``parallel_find_similar`` searched one store from several
+    pool threads (valkey-glide issue #5458 reports its sync operations as not
+    thread-safe). That a race between threads is the cause is likely, not proven: the
+    abort could not be made to recur on demand. The lock serializes the calls of one
+    store's threads (a store's sync client drives a single ``current_thread`` runtime)."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._client: Any = None
         self._lock = threading.Lock()
+        self._call_lock = threading.Lock()
 
     def client(self) -> Any:
         """The client, created on first use."""
@@ -234,7 +244,8 @@ class SyncConnection(_Face, SyncRunner):
         """Run one step with retries; server errors are raised as they come."""
         for attempt in range(MAX_ATTEMPTS):
             try:
-                return self._send(step)
+                with self._call_lock:
+                    return self._send(step)
             except Exception as exc:
                 kind = self._classify(exc)
                 if kind == "raise":
