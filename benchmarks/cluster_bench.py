@@ -29,6 +29,14 @@ and of a drain with nothing to wait for, with the setting at 0 and at 1, on a
 3-primary cluster with one replica per primary. The worker's commit does not wait
 (docs/guarantees.md, section 3), so a commit step costs nothing more.
 
+Part 4, ``memworker reshard`` (a namespace moved whole to another primary; the source
+pauses its writes while the slot is copied): namespaces of 1,000, 10,000 and 50,000
+records (``--sizes``) on a 3-primary cluster with one replica each, each moved once with
+no other load. Reports the keys moved, how long the source paused its writes, keys/s,
+the time to rebuild the index on the target, and the longest write of a neighbour (a
+thread writing one key of another slot on the source shard in a loop, i.e. what every
+other namespace on that shard sees).
+
 Timings come from one process; the machine may be shared, so compare the ratios
 measured within one run rather than absolute figures. Note: with few cores, three
 shards plus three client threads (which share the GIL for encoding) compete for
@@ -37,6 +45,7 @@ CPU, which caps the cluster's write scaling well below 3x. No assertions on time
     python benchmarks/cluster_bench.py                 # N=20,000 x3, M=100,000, 200 reps
     python benchmarks/cluster_bench.py --quick         # N=3,000 x3, M=10,000, 50 reps
     python benchmarks/cluster_bench.py --part 1        # only part 1 (repeatable option)
+    python benchmarks/cluster_bench.py --part 4 --sizes 1000,10000   # memworker reshard
 """
 
 from __future__ import annotations
@@ -318,6 +327,67 @@ def part3(reps: int, seed: int) -> str:
             f"drain p50 {d1:.2f} vs {d0:.2f} ms ({d1 / d0:.2f}x)")
 
 
+# --------------------------------------------------------------------------- part 4
+def part4(sizes: list[int], seed: int) -> str:
+    """memworker reshard: the source's write pause against the namespace's size."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    from memworker.reshard import move_namespace
+    from memworker.settings import Settings
+
+    S.say(f"\n-- part 4: memworker reshard, namespaces of {', '.join(f'{n:,}' for n in sizes)} "
+          "records, 3x1 cluster, RediSearch")
+    cluster = start_cluster(3, 1, module=True)
+    rows, figures = [], []
+    try:
+        rc = RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+        for i, n in enumerate(sizes):
+            ns = f"move{i}"
+            with make_store(cluster.url, ns) as store:
+                data = build_records(seed + i, n, f"m{i}-")
+                for j in range(0, n, 500):
+                    store.save(data[j : j + 500])
+                store.ensure_index()
+            source = rc.get_node_from_key(f"{{{ns}}}:meta")
+            target = next(p for p in rc.get_primaries() if p.port != source.port)
+            neighbour = next(f"probe{k}" for k in range(10_000)
+                             if rc.get_node_from_key(f"probe{k}").port == source.port)  # fmt: skip
+            probe = redis.Redis(port=source.port)
+            worst = [0.0]
+            stop = threading.Event()
+
+            def write_loop() -> None:
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    probe.set(neighbour, 1)
+                    worst[0] = max(worst[0], (time.perf_counter() - t0) * 1e3)
+
+            thread = threading.Thread(target=write_loop, daemon=True)
+            thread.start()
+            time.sleep(0.2)
+            worst[0] = 0.0
+            t0 = time.perf_counter()
+            report = move_namespace(Settings.from_url(cluster.url, namespace=ns), f"127.0.0.1:{target.port}",
+                                    pause_ms=120_000)
+            total = time.perf_counter() - t0
+            stop.set()
+            thread.join()
+            probe.close()
+            rate = report.keys / (report.paused_ms / 1e3)
+            figures.append((n, report.paused_ms))
+            rows.append([f"{n:,}", report.keys, report.paused_ms, f"{rate:,.0f}", worst[0],
+                         round(total - report.paused_ms / 1e3, 2)])
+        rc.close()
+    finally:
+        cluster.stop()
+    S.say(S.table(["records", "keys moved", "writes paused ms", "keys/s", "neighbour's worst write ms",
+                   "index rebuilt s"], rows))  # fmt: skip
+    FIGURES["part4"] = {"sizes": figures}
+    n, paused = figures[-1]
+    return f"part 4: memworker reshard of {n:,} records paused the source's writes {paused:,.0f} ms"
+
+
 #: Each part's figures, for --plot.
 FIGURES: dict[str, dict[str, Any]] = {}
 
@@ -329,7 +399,7 @@ def plot(path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [k for k in ("part1", "part2", "part3") if k in FIGURES]
+    panels = [k for k in ("part1", "part2", "part3", "part4") if k in FIGURES]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, key in zip(axes[0], panels):
         f = FIGURES[key]
@@ -342,6 +412,12 @@ def plot(path: str) -> None:
             ax.bar([f"{n}\np50" for n in names], [f[n][0] for n in names], color="#37a")
             ax.bar([f"{n}\np99" for n in names], [f[n][1] for n in names], color="#9bd")
             ax.set_title(f"search, {f['m']:,} records, limit 10")
+            ax.set_ylabel("ms")
+        elif key == "part4":
+            ax.plot([n for n, _ in f["sizes"]], [ms for _, ms in f["sizes"]], "o-", color="#a37")
+            ax.set_xscale("log")
+            ax.set_title("memworker reshard: source writes paused")
+            ax.set_xlabel("records in the namespace")
             ax.set_ylabel("ms")
         else:
             labels = ["enqueue\nN=0", "enqueue\nN=1", "drain\nN=0", "drain\nN=1"]
@@ -361,7 +437,8 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=100_000, help="part 2 records in the namespace")
     ap.add_argument("--queries", type=int, default=200, help="part 2 timed queries")
     ap.add_argument("--reps", type=int, default=200, help="part 3 repetitions")
-    ap.add_argument("--part", type=int, action="append", choices=(1, 2, 3),
+    ap.add_argument("--sizes", default="1000,10000,50000", help="part 4 namespace sizes (records)")
+    ap.add_argument("--part", type=int, action="append", choices=(1, 2, 3, 4),
                     help="run only this part (repeatable; default all)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="N=3,000, M=10,000, 50 repetitions")
@@ -369,7 +446,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.n, args.m, args.reps = 3_000, 10_000, 50
-    parts = sorted(set(args.part or (1, 2, 3)))
+    parts = sorted(set(args.part or (1, 2, 3, 4)))
 
     S.banner("cluster_bench: Valkey Cluster vs. one server (RediSearch module on every node)")
     S.say(f"   dim={S.DIM}, batch={BATCH}, parts={parts}")
@@ -381,6 +458,8 @@ def main() -> None:
         summary.append(part2(args.m, args.queries, args.seed))
     if 3 in parts:
         summary.append(part3(args.reps, args.seed))
+    if 4 in parts:
+        summary.append(part4([int(x) for x in args.sizes.split(",")], args.seed))
     S.say(f"\n== summary ({time.perf_counter() - t0:.0f} s)")
     for line in summary:
         S.say("   " + line)

@@ -177,6 +177,16 @@ def make_argument_parser() -> argparse.ArgumentParser:
     mig.add_argument(
         "--force", action="store_true", help="migrate although old-layout workers look alive"
     )
+    resh = commands.add_parser(
+        "reshard",
+        help="move a namespace (its hash slot) to another primary of a Valkey Cluster, writers running",
+    )
+    resh.add_argument("--to", required=True, metavar="NODE", help="the target primary: host:port or node id")
+    resh.add_argument(
+        "--pause-ms", type=int, default=4_000,
+        help="the longest the source shard may pause its writes for the copy (default: 4000, "
+        "under the clients' 5 s request timeout; raise both together)",
+    )
     imp = commands.add_parser(
         "import-lancedb", help="copy a CrewAI LanceDB memory (a folder) into this Valkey namespace"
     )
@@ -467,6 +477,20 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_reshard(args: argparse.Namespace) -> int:
+    from memworker.reshard import move_namespace
+
+    report = move_namespace(_settings(args), args.to, pause_ms=args.pause_ms)
+    if not report.keys and report.source == report.target:
+        print(f"namespace {report.namespace!r} (slot {report.slot}) already lives on {report.target}")
+        return EXIT_OK
+    index = {True: "; its search index is built on the target", False: "; its search index is still "
+             "building on the target", None: ""}[report.index]  # fmt: skip
+    print(f"namespace {report.namespace!r}: slot {report.slot} moved from {report.source} to "
+          f"{report.target}, {report.keys} key(s); the source paused its writes {report.paused_ms} ms{index}")  # fmt: skip
+    return EXIT_OK
+
+
 def _cmd_import_lancedb(args: argparse.Namespace) -> int:
     from memworker.crewai.lancedb import import_lancedb
 
@@ -507,6 +531,7 @@ _COMMANDS = {
     "demo": _cmd_demo,
     "import-lancedb": _cmd_import_lancedb,
     "migrate": _cmd_migrate,
+    "reshard": _cmd_reshard,
     "retention": _cmd_retention,
 }
 

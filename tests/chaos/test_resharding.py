@@ -1,8 +1,10 @@
 """A namespace's slot moved to another shard while producers enqueue, a worker process
-commits and a reader drains and searches its own writes (Valkey 9 atomic slot
-migration, ``CLUSTER MIGRATESLOTS``), on a cluster without a search module: Valkey
-refuses an atomic slot migration while a module that does not declare support for it
-is loaded, which RediSearch 2.10 does not (docs/scaling.md says what to do then).
+commits and a reader drains and searches its own writes: with Valkey 9's atomic slot
+migration (``CLUSTER MIGRATESLOTS``) on a cluster without a search module (Valkey
+refuses it while a module that does not declare support for it is loaded, which
+RediSearch 2.10 does not), and with ``memworker reshard`` (memworker.reshard: the
+source pauses its writes while the slot is copied whole) on a cluster with RediSearch
+on every node and a replica of each primary.
 
 The slot moves whole: until the handover the source serves every key of it, then the
 target does, so the scripts that touch undeclared keys of the slot never see half of
@@ -22,6 +24,7 @@ from harness import Load, Workers, audit, record, wait_for
 
 from memworker import ValkeyStore
 from memworker.queue.producer import MemoryQueue
+from memworker.reshard import move_namespace
 from memworker.settings import Settings
 from memworker.testing import start_cluster
 
@@ -32,16 +35,38 @@ def _migrations_done(source: Any) -> bool:
     return bool(states) and all(s == b"success" for s in states)
 
 
+def _atomic_migration(source: Any, target: Any, slot: int, settings: Settings) -> None:
+    target_id = target.execute_command("CLUSTER", "MYID")
+    source.execute_command("CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", slot, slot, "NODE", target_id)
+    wait_for(lambda: _migrations_done(source), 120, "the slot migration")
+
+
+def _memworker_reshard(source: Any, target: Any, slot: int, settings: Settings) -> None:
+    port = target.connection_pool.connection_kwargs["port"]
+    report = move_namespace(settings, f"127.0.0.1:{port}")
+    print(f"memworker reshard: {report.keys} keys, the source paused its writes {report.paused_ms} ms")
+    assert report.keys > 0 and report.index is True
+
+
 def test_a_namespace_slot_moves_under_load(ns, workdir):
+    _move_under_load(ns, workdir, start_cluster(3, 0), _atomic_migration,
+                     "Namespace slot moved to another shard under load (CLUSTER MIGRATESLOTS)")  # fmt: skip
+
+
+def test_a_namespace_moves_with_the_search_module_under_load(ns, workdir):
+    _move_under_load(ns, workdir, start_cluster(3, 1, module=True), _memworker_reshard,
+                     "Namespace moved to another shard under load, RediSearch and replicas (memworker reshard)")  # fmt: skip
+
+
+def _move_under_load(ns: str, workdir: Any, cluster: Any, move: Any, row: str) -> None:
     from redis.cluster import RedisCluster
 
-    cluster = start_cluster(3, 0)
     settings = Settings.from_url(cluster.url, namespace=ns)
     workers = Workers(cluster.url, ns, workdir)
     rc = RedisCluster(host="127.0.0.1", port=cluster.ports[0], socket_timeout=10)
     tag = "{" + ns + "}"
     source_port = rc.get_node_from_key(tag).port
-    target_port = next(p for p in cluster.ports if p != source_port)
+    target_port = next(p for p in cluster.ports[: cluster.primaries] if p != source_port)
     source = redis.Redis(port=source_port)
     target = redis.Redis(port=target_port)
     misses: list[str] = []
@@ -84,10 +109,8 @@ def test_a_namespace_slot_moves_under_load(ns, workdir):
         read_thread.start()
         time.sleep(3)
         slot = source.execute_command("CLUSTER", "KEYSLOT", tag)
-        target_id = target.execute_command("CLUSTER", "MYID")
         moved_at = time.time()
-        source.execute_command("CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", slot, slot, "NODE", target_id)
-        wait_for(lambda: _migrations_done(source), 120, "the slot migration")
+        move(source, target, slot, settings)
         migration_s = round(time.time() - moved_at, 2)
         reads_before = reads
         time.sleep(4)
@@ -104,8 +127,7 @@ def test_a_namespace_slot_moves_under_load(ns, workdir):
         read_ids = {i for i in a.ids if i.startswith("read-")}
         unexpected = a.ids - expected - read_ids
         on_target = int(target.dbsize())
-        record("Namespace slot moved to another shard under load (CLUSTER MIGRATESLOTS)",
-               injections=1, lost=lost, duplicates=len(unexpected),
+        record(row, injections=1, lost=lost, duplicates=len(unexpected),
                early_returns=len(misses), jobs=len(returned), reads=reads,
                reads_after_move=reads - reads_before, migration_s=migration_s,
                errors=errors, worker_survived=proc.poll() is None)  # fmt: skip
