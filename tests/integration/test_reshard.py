@@ -51,6 +51,19 @@ def _keys(node: redis.Redis, slot: int) -> int:
     return int(node.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
 
 
+def _writes_at_once(node: redis.Redis, namespace: str) -> None:
+    """The node takes a write within a second (a paused one would make it wait)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    quick = redis.Redis(port=node.connection_pool.connection_kwargs["port"], socket_timeout=1,
+                        retry=Retry(NoBackoff(), 0))  # fmt: skip
+    try:
+        quick.set(f"{tag(namespace)}:after", 1)
+    finally:
+        quick.close()
+
+
 def _records(n: int, dims: int = 16) -> list:
     rng = np.random.default_rng(5)
     return [MemoryRecord(id=f"r{i}", content=f"memory {i}", scope=f"/s/{i % 4}", categories=["c"],
@@ -107,7 +120,29 @@ def test_a_copy_that_would_outlast_the_pause_moves_nothing(cluster_plain_server,
     with pytest.raises(ReshardError, match="outlast the pause"):
         move_namespace(settings, to, pause_ms=1)
     assert _keys(source, slot) > 0 and _keys(target, slot) == 0
-    source.set(f"{tag(namespace)}:after", 1)  # the source takes writes again
+    _writes_at_once(source, namespace)
+    with ValkeyStore(settings) as store:
+        assert store.count() == 20
+
+
+def test_an_interrupted_copy_moves_nothing(cluster_plain_server, namespace, monkeypatch) -> None:
+    """Ctrl-C after the copy, before the hand-over: the target's copies are removed,
+    the source takes writes again, and the interrupt goes on."""
+    import memworker.reshard as reshard
+
+    settings, source, target, slot, to = _saved(cluster_plain_server, namespace, 20)
+    copy = reshard._copy_slot
+
+    def copy_then_interrupt(*args, **kwargs):
+        copy(*args, **kwargs)
+        assert _keys(target, slot) > 0
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reshard, "_copy_slot", copy_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        move_namespace(settings, to)
+    assert _keys(source, slot) > 0 and _keys(target, slot) == 0
+    _writes_at_once(source, namespace)
     with ValkeyStore(settings) as store:
         assert store.count() == 20
 
