@@ -39,7 +39,7 @@ def test_every_command_is_registered() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == {
         "server", "worker", "status", "drain", "dead", "check", "demo", "import-lancedb", "migrate",
-        "retention",
+        "retention", "reshard",
     }
 
 
