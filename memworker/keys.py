@@ -12,7 +12,9 @@ the same names. Layout 1 (``ns:`` without braces) is refused with an error namin
     {ns}:tree:<scope>      zset    id -> created_at, for the record's scope and each ancestor
     {ns}:children:<scope>  hash    immediate child scope -> records under that child
     {ns}:cats:<scope>      hash    category -> records under the scope carrying it
-    {ns}:meta              hash    dim, vtype, model, layout, log (the change log's incarnation)
+    {ns}:meta              hash    dim, vtype, model, layout, log (the change log's incarnation),
+                                 idxgen (vector indexes made so far: a store re-checks FT.INFO
+                                 when it moved), sweep_ms
     {ns}:changes           stream  change log, read by the exact-search caches
                                  (memworker.store.vectors): one entry {i = the ids, one a
                                  line} per script call that saved or deleted records, in the

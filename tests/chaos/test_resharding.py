@@ -97,6 +97,7 @@ def _move_under_load(ns: str, workdir: Any, cluster: Any, move: Any, row: str) -
                     reads += 1
                     if [r.id for r, _ in hits] != [rid]:
                         misses.append(rid)
+                        print(f"missed {rid}: found {[r.id for r, _ in hits]}")
                     n += 1
                 except Exception:  # noqa: BLE001 - counted; the same write is tried again
                     errors += 1

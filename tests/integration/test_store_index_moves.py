@@ -54,3 +54,64 @@ def test_an_index_dropped_while_it_was_building_is_made_again(server, store, raw
     raw.execute_command("FT.DROPINDEX", store.keys.index, **({"target_nodes": node} if node else {}))
     assert [r.id for r, _ in store.search(records[3].embedding, limit=1)] == ["b3"]
     assert store.ensure_index() is True
+
+
+def _ft_info_calls(raw, key: str) -> int:
+    """FT.INFO calls served so far by the node that owns ``key`` (INFO commandstats)."""
+    if hasattr(raw, "get_node_from_key"):
+        stats = raw.info("commandstats", target_nodes=raw.get_node_from_key(key))
+    else:
+        stats = raw.info("commandstats")
+    row = stats.get("cmdstat_FT.INFO") or stats.get("cmdstat_ft.info") or {}
+    return int(row.get("calls", 0))
+
+
+def test_a_store_checks_an_index_another_store_made_again_before_trusting_it(
+    server, store, store_factory, raw
+) -> None:
+    """A namespace moved shard: the first store there made the index again, and it scans
+    the records in the background. A store that searched the old index must not take
+    FT.SEARCH's answer from the new one before FT.INFO says it is built ({ns}:idxgen)."""
+    if not server.module:
+        pytest.skip("an index exists only with a search module")
+    records = [MemoryRecord(id=f"g{i}", content=f"m {i}", embedding=[float(i == j) for j in range(8)])
+               for i in range(8)]  # fmt: skip
+    store.save(records)
+    query = records[5].embedding
+    assert [r.id for r, _ in store.search(query, limit=1)] == ["g5"]
+    before = _ft_info_calls(raw, store.keys.index)
+    assert [r.id for r, _ in store.search(query, limit=1)] == ["g5"]
+    assert _ft_info_calls(raw, store.keys.index) == before  # no new index: no check
+    node = raw.get_node_from_key(store.keys.index) if hasattr(raw, "get_node_from_key") else None
+    raw.execute_command("FT.DROPINDEX", store.keys.index, **({"target_nodes": node} if node else {}))
+    other = store_factory()  # the first store on the new shard makes the index again
+    assert other.ensure_index() is True
+    before = _ft_info_calls(raw, store.keys.index)
+    assert [r.id for r, _ in store.search(query, limit=1)] == ["g5"]
+    assert _ft_info_calls(raw, store.keys.index) == before + 1  # checked once, then trusted
+    assert [r.id for r, _ in store.search(query, limit=1)] == ["g5"]
+    assert _ft_info_calls(raw, store.keys.index) == before + 1
+
+
+def test_a_search_right_after_another_store_made_the_index_again_is_right(
+    server, store, store_factory, raw
+) -> None:
+    """The same with an index that is most likely still scanning (5,000 records) when
+    the older store searches: its answer comes from the exact path until the scan ends."""
+    if not server.module:
+        pytest.skip("an index exists only with a search module")
+    rng = np.random.default_rng(3)
+    records = [MemoryRecord(id=f"s{i}", content=f"m {i}", scope=f"/s/{i}",
+                            embedding=rng.random(16).astype(np.float32).tolist())
+               for i in range(5_000)]  # fmt: skip
+    for i in range(0, len(records), 1_000):
+        store.save(records[i : i + 1_000])
+    probes = [records[i] for i in range(0, 5_000, 250)]
+    assert all([r.id for r, _ in store.search(p.embedding, scope_prefix=p.scope, limit=1)] == [p.id]
+               for p in probes)  # fmt: skip
+    node = raw.get_node_from_key(store.keys.index) if hasattr(raw, "get_node_from_key") else None
+    raw.execute_command("FT.DROPINDEX", store.keys.index, **({"target_nodes": node} if node else {}))
+    other = store_factory()
+    other.search(probes[0].embedding, limit=1)  # finds no index: makes it, does not wait
+    found = [[r.id for r, _ in store.search(p.embedding, scope_prefix=p.scope, limit=1)] for p in probes]
+    assert found == [[p.id] for p in probes]

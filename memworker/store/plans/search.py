@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from memworker.errors import StoreError, ValidationError
-from memworker.io import Call, Plan, Script, error_text
+from memworker.io import Call, Pipeline, Plan, Script, error_text
 from memworker.store.embeddings import vector_bytes, vector_from_bytes, vectors_to_float16
 from memworker.store.plans.read import ReadPlans
 from memworker.store.plans.server import as_text, optional_text
@@ -30,6 +30,9 @@ EXACT_CHUNK = 5_000
 #: Rounds of the exact path's cache sync before it falls back to a bulk read (only
 #: reached when other threads keep reloading the cache at the same time).
 _SYNC_ATTEMPTS = 20
+
+#: What :meth:`SearchPlans._p_search_module` answers when the index was made again.
+_NEWER_INDEX: Any = object()
 
 
 class SearchPlans(ReadPlans):
@@ -75,6 +78,14 @@ class SearchPlans(ReadPlans):
                 self._state.index_building = not (yield from self._p_index_done())
             if not self._state.index_building:
                 found = yield from self._p_search_module(vector, flt, limit)
+            if found is _NEWER_INDEX:
+                # the index was made again since this store checked it (the namespace
+                # moved shard): trust FT.SEARCH only once FT.INFO says it is built
+                self._state.index_building = not (yield from self._p_index_done())
+                found = None
+                if self._state.index_ready and not self._state.index_building:
+                    found = yield from self._p_search_module(vector, flt, limit)
+                    found = None if found is _NEWER_INDEX else found
             if found is None and not self._state.index_ready:
                 # No index here: the namespace moved shard, or another store reset it
                 # (then the dimension may be gone or new). Make it again for the stored
@@ -93,10 +104,12 @@ class SearchPlans(ReadPlans):
 
     def _p_search_module(
         self, vector: bytes, flt: SearchFilter, limit: int
-    ) -> Plan[list[tuple[Any, float]] | None]:
+    ) -> Plan[Any]:
         """The hits from the index; ``None`` when the index is gone (a namespace whose
         slot moved to another shard finds none there: the caller recreates it and
-        answers this search on the exact path)."""
+        answers this search on the exact path); ``_NEWER_INDEX`` when ``{ns}:meta``'s
+        ``idxgen`` moved since this store checked the index (another store made it
+        again, and it may still be scanning the records: FT.SEARCH would miss some)."""
         # Only the distance comes from FT.SEARCH: modules may round NUMERIC fields
         # they return (RediSearch keeps 12 digits), so records are read with HMGET.
         if self._state.vtype == "float16":  # the query in the index's type
@@ -109,13 +122,16 @@ class SearchPlans(ReadPlans):
             "DIALECT", "2",
         ]  # fmt: skip
         try:
-            reply = yield Call(command)
+            gen, reply = yield Pipeline([["HGET", self.keys.meta, "idxgen"], command])
         except Exception as exc:  # noqa: BLE001
             text = error_text(exc).lower()
             if "no such index" in text or "unknown index" in text or "not found" in text:
                 self._state.index_ready = False
                 return None
             raise
+        if gen != self._state.index_gen:
+            self._state.index_gen = gen
+            return _NEWER_INDEX
         prefix = self.keys.rec_prefix
         scored: list[tuple[str, float]] = []
         for key, fields in _ft_documents(reply):

@@ -49,6 +49,10 @@ class StoreState:
     # another shard, migrated, or indexed after its records): searches use the exact
     # path until it is done.
     index_building: bool = False
+    # {ns}:meta's idxgen when this store last checked the index (FT.INFO): a store that
+    # creates the index increments it first, so a search that reads another value
+    # searched an index made since (after a shard move), which may still be scanning
+    index_gen: bytes | None = None
     # list_records reads pages with SORT_RO ... GET until the server refuses it
     # (an ACL user without access to every key, a server before SORT_RO).
     sort_page: bool = True
@@ -134,11 +138,15 @@ class ServerPlans:
         k = self.keys
         schema = record_index(k, dim, self._state.vtype or "float32", *self._hnsw)
         if not (yield from self._p_index_exists()):
+            # first the generation, then the index: a store that reads the new
+            # generation re-checks FT.INFO before it trusts FT.SEARCH (search.py)
+            yield Call(["HINCRBY", k.meta, "idxgen", "1"])
             try:
                 yield Call(schema.create_command())
             except Exception as exc:  # noqa: BLE001
                 if "exists" not in error_text(exc).lower():
                     raise
+        self._state.index_gen = yield Call(["HGET", k.meta, "idxgen"])
         self._state.index_building = not (yield from self._p_index_done())
         self._state.index_ready = True
 
