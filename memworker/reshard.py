@@ -133,7 +133,8 @@ def move_namespace(
         index_timeout: Seconds to wait for the search index to be built on the target.
 
     Raises:
-        ConfigError: The URL does not name a cluster, or ``to`` is not a primary of it.
+        ConfigError: The URL does not name a cluster, ``to`` is not a primary of it, or
+            ``pause_ms`` is not from 1 to 3,600,000.
         ReshardError: The target already holds keys of the slot, or the copy failed or
             ran out of ``pause_ms`` (the namespace stays whole on its source; the
             target's copies are removed).
@@ -142,6 +143,8 @@ def move_namespace(
 
     from memworker.io.redispy import is_cluster, redis_client, redis_kwargs
 
+    if isinstance(pause_ms, bool) or not isinstance(pause_ms, int) or not 1 <= pause_ms <= 3_600_000:
+        raise ConfigError(f"pause_ms must be an integer from 1 to 3600000 (ms), got {pause_ms!r}")
     if not is_cluster(settings):
         raise ConfigError("memworker reshard moves a namespace between shards of a Valkey Cluster; "
                           f"{settings.redacted_url()} is a standalone server")  # fmt: skip

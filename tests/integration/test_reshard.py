@@ -176,6 +176,8 @@ def test_the_cli_moves_a_namespace_and_names_a_wrong_target(cluster_plain_server
     assert main(["reshard", "--url", url, "--namespace", namespace, "--to", "127.0.0.1:1"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "--to '127.0.0.1:1' is not a primary" in err and "primaries: 127.0.0.1:" in err
+    assert main(["reshard", "--url", url, "--namespace", namespace, "--to", to, "--pause-ms", "0"]) == EXIT_USAGE
+    assert "pause_ms must be an integer from 1 to 3600000 (ms), got 0" in capsys.readouterr().err
     assert main(["reshard", "--url", url, "--namespace", namespace, "--to", to]) == EXIT_OK
     assert f"slot {slot} moved from" in capsys.readouterr().out
 
