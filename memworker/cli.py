@@ -481,7 +481,7 @@ def _cmd_reshard(args: argparse.Namespace) -> int:
     from memworker.reshard import move_namespace
 
     report = move_namespace(_settings(args), args.to, pause_ms=args.pause_ms)
-    if not report.keys and report.source == report.target:
+    if report.source == report.target:
         print(f"namespace {report.namespace!r} (slot {report.slot}) already lives on {report.target}")
         return EXIT_OK
     index = {True: "; its search index is built on the target", False: "; its search index is still "

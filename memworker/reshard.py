@@ -183,7 +183,6 @@ def move_namespace(
             )
         target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
         index = Keys(settings.namespace).index
-        started = time.monotonic()
         try:
             # The source's index goes first: it would otherwise delete each record from
             # its HNSW graph as the source drops the slot's keys, with writes paused (30x
