@@ -88,9 +88,13 @@ def test_a_worker_serves_every_metric_for_all_its_processes(plain_server, namesp
         while True:
             text = _scrape(port)
             samples = _samples(text)
-            if _value(samples, "memworker_jobs_total", outcome="failed", **ns) >= 1 and _value(
-                samples, "memworker_jobs_total", outcome="committed", **ns
-            ) >= 20:
+            # the retry and the failure of the poison job may be in different processes,
+            # whose beats come at different times: wait for all three outcomes
+            if (
+                _value(samples, "memworker_jobs_total", outcome="failed", **ns) >= 1
+                and _value(samples, "memworker_jobs_total", outcome="retried", **ns) >= 1
+                and _value(samples, "memworker_jobs_total", outcome="committed", **ns) >= 20
+            ):
                 break
             assert time.monotonic() < deadline, "the jobs never showed on /metrics"
             time.sleep(0.2)

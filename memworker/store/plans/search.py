@@ -70,6 +70,9 @@ class SearchPlans(ReadPlans):
                 return []  # nothing was ever saved
         if stored != dim:
             yield from self._p_check_dim(dim)
+        if self._state.vtype == "float16":
+            # refused whichever path answers (the index, or the exact path while it builds)
+            vectors_to_float16(vector, dim, lambda _: "query_embedding")
         module = yield from self._p_probe()
         found: list[tuple[Any, float]] | None = None
         if module:
