@@ -1,12 +1,13 @@
 """The one loader of memworker's Lua scripts (``memworker/lua/*.lua``).
 
-Used by the glide faces (store and read scripts), the redis-py driver and the
-consolidation locks (``lock.lua``): each gets a script's body and SHA1 here, runs
-it with ``EVALSHA`` and falls back to ``EVAL`` on ``NOSCRIPT``.
+Used by the glide faces (store and read scripts), the redis-py driver (the same, and
+the producer's ``queue.lua``) and the consolidation locks (``lock.lua``): each gets a
+script's body and SHA1 here, runs it with ``EVALSHA`` and falls back to ``EVAL`` on
+``NOSCRIPT``.
 
-The store and read scripts take their namespace's key prefix as an argument and
-declare one key, :func:`script_key` (the namespace's ``{ns}:meta``): every key they
-touch shares its hash slot, so on a Valkey Cluster the call is routed to the shard
+The store, read and queue scripts take their namespace's key prefix (or its keys) as
+arguments and declare one key, :func:`script_key` (the namespace's ``{ns}:meta``):
+every key they touch shares its hash slot, so on a Valkey Cluster the call is routed to the shard
 that owns the namespace and runs there atomically.
 """
 

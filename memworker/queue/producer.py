@@ -5,8 +5,9 @@ the drain, pending and status calls it forwards to :mod:`memworker.queue.drain` 
 Enqueue never embeds and never waits on a worker: input is validated whole, then
 the dramatiq message (exactly what ``RedisBroker.enqueue`` writes: ``HSET
 <q>.msgs id payload`` + ``RPUSH <q> id``), a wake-up token for idle consumers and
-this producer's pending mark are written in ONE ``MULTI/EXEC``. There is no moment
-at which a job is queued but not pending, or pending but not queued.
+this producer's pending mark are written in ONE atomic script call
+(``memworker/lua/queue.lua``). There is no moment at which a job is queued but not
+pending, or pending but not queued.
 
 Both faces run through redis-py drivers (:mod:`memworker.io.redispy`; redis-py is
 the client dramatiq itself uses), each created once on first use: a transient
@@ -29,7 +30,7 @@ from typing import Any
 from typing_extensions import Self
 
 from memworker.errors import DrainTimeout, ValidationError
-from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, Plan, one
+from memworker.io.plan import QUEUE_ERRORS, Call, Plan, Script, one
 from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver
 from memworker.keys import DEFAULT_QUEUE, QueueKeys, result_key
 from memworker.metrics import producer_metrics
@@ -50,7 +51,7 @@ from memworker.queue.jobs import (
 )
 from memworker.settings import Settings
 
-__all__ = ["MemoryQueue", "default_producer_id", "enqueue_commands"]
+__all__ = ["MemoryQueue", "default_producer_id", "enqueue_step"]
 
 
 def default_producer_id() -> str:
@@ -59,22 +60,21 @@ def default_producer_id() -> str:
     return f"{host or 'host'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def enqueue_commands(
+def enqueue_step(
     keys: QueueKeys,
     producer: str,
     job_id: str,
     redis_id: str,
     data: bytes,
     queue: str = DEFAULT_QUEUE,
-) -> list[list[Any]]:
-    """The commands of one enqueue, run as one MULTI/EXEC."""
-    return [
-        ["HSET", keys.msgs(queue), redis_id, data],
-        ["RPUSH", keys.q(queue), redis_id],
-        ["RPUSH", keys.wake(queue), "1"],
-        ["ZADD", keys.producer(producer).pending, str(now_ms()), job_id],
-        ["SADD", keys.producers, producer],
-    ]
+) -> Script:
+    """One enqueue: ``queue.lua``'s five writes (the message, its id on the queue, a
+    wake-up token, the pending mark, the producer's entry), atomic, one round trip."""
+    pending = keys.producer(producer).pending
+    return Script("queue", [
+        "enqueue", keys.msgs(queue), keys.q(queue), keys.wake(queue), pending, keys.producers,
+        redis_id, data, str(now_ms()), job_id, producer,
+    ])  # fmt: skip
 
 
 class MemoryQueue:
@@ -132,12 +132,12 @@ class MemoryQueue:
         )
 
     # ------------------------------------------------------------------ clients
-    def _enqueue(self, commands: list[list[Any]]) -> None:
-        """Run one enqueue's MULTI/EXEC, retrying a transient failure.
+    def _enqueue(self, step: Script) -> None:
+        """Run one enqueue's script, retrying a transient failure.
 
-        Safe to retry: the MULTI is all-or-nothing and the job and message ids were
+        Safe to retry: the script is all-or-nothing and the job and message ids were
         chosen before the first attempt, so every attempt writes the same keys. An
-        attempt whose EXEC reached the server but whose reply was lost makes the
+        attempt whose call reached the server but whose reply was lost makes the
         retry enqueue the job a second time (the message id twice in the list,
         the same message and pending mark rewritten). Delivery is at-least-once and
         the commit is idempotent: a copy delivered after the job committed finds no
@@ -153,12 +153,12 @@ class MemoryQueue:
                 the job in time (it is queued on the primary).
         """
         with self._timed("enqueue"):
-            self._driver.run(self._p_enqueue(commands))
+            self._driver.run(self._p_enqueue(step))
 
-    async def _aenqueue(self, commands: list[list[Any]]) -> None:
+    async def _aenqueue(self, step: Script) -> None:
         """Async :meth:`_enqueue`."""
         with self._timed("enqueue"):
-            await self._adriver.run(self._p_enqueue(commands))
+            await self._adriver.run(self._p_enqueue(step))
 
     @contextlib.contextmanager
     def _timed(self, what: str) -> Iterator[None]:
@@ -178,22 +178,22 @@ class MemoryQueue:
             histogram = self._metrics.enqueue if what == "enqueue" else self._metrics.drain_wait
             histogram.labels(ns).observe(time.perf_counter() - started)
 
-    def _p_enqueue(self, commands: list[list[Any]]) -> Plan[None]:
-        """The enqueue's MULTI, then (``MEMWORKER_COMMIT_REPLICAS``) the wait until
+    def _p_enqueue(self, step: Script) -> Plan[None]:
+        """The enqueue's script, then (``MEMWORKER_COMMIT_REPLICAS``) the wait until
         enough replicas have it."""
-        yield Pipeline(commands, atomic=True)
+        yield step
         timeout_ms = replica_timeout_ms(self.settings.request_timeout_ms)
         yield from p_replicated(self.keys, self.settings.commit_replicas, timeout_ms, "enqueue")
 
     # ------------------------------------------------------------------ core
-    def _prepare_save(self, records: Sequence[Any]) -> tuple[str, list[list[Any]]]:
+    def _prepare_save(self, records: Sequence[Any]) -> tuple[str, Script]:
         items = save_items(records, self.max_items)
         return self._prepare(SAVE_ACTOR, items)
 
-    def _prepare_encode(self, items: Sequence[Any]) -> tuple[str, list[str], list[list[Any]]]:
+    def _prepare_encode(self, items: Sequence[Any]) -> tuple[str, list[str], Script]:
         job_items = embed_items(items, self.max_items)
-        job_id, commands = self._prepare(ENCODE_ACTOR, job_items)
-        return job_id, [i["id"] for i in job_items], commands
+        job_id, step = self._prepare(ENCODE_ACTOR, job_items)
+        return job_id, [i["id"] for i in job_items], step
 
     @contextlib.contextmanager
     def _traced(self, actor: str) -> Iterator[Callable[[str, int], None]]:
@@ -210,12 +210,12 @@ class MemoryQueue:
 
             yield note
 
-    def _prepare(self, actor: str, items: list[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
+    def _prepare(self, actor: str, items: list[dict[str, Any]]) -> tuple[str, Script]:
         job_id = str(uuid.uuid4())
         redis_id, data = build_message(
             actor, job_id, self.producer_id, items, self.max_job_bytes, trace=inject()
         )
-        return job_id, enqueue_commands(self.keys, self.producer_id, job_id, redis_id, data)
+        return job_id, enqueue_step(self.keys, self.producer_id, job_id, redis_id, data)
 
     # ------------------------------------------------------------------ sync face
     def enqueue_save(self, records: Sequence[Any]) -> str:
@@ -228,9 +228,9 @@ class MemoryQueue:
                 ``max_job_bytes``; nothing is enqueued.
         """
         with self._traced(SAVE_ACTOR) as note:
-            job_id, commands = self._prepare_save(records)
+            job_id, step = self._prepare_save(records)
             note(job_id, len(records))
-            self._enqueue(commands)
+            self._enqueue(step)
         return job_id
 
     def enqueue_encode(self, items: Sequence[Any]) -> list[str]:
@@ -253,9 +253,9 @@ class MemoryQueue:
         the producer's ``done`` channel speak of.
         """
         with self._traced(ENCODE_ACTOR) as note:
-            job_id, ids, commands = self._prepare_encode(items)
+            job_id, ids, step = self._prepare_encode(items)
             note(job_id, len(ids))
-            self._enqueue(commands)
+            self._enqueue(step)
         return job_id, ids
 
     def enqueue_encode_items(self, job_items: Sequence[dict[str, Any]]) -> str:
@@ -269,9 +269,9 @@ class MemoryQueue:
         """
         check_count(job_items, self.max_items, "items")
         with self._traced(ENCODE_ACTOR) as note:
-            job_id, commands = self._prepare(ENCODE_ACTOR, list(job_items))
+            job_id, step = self._prepare(ENCODE_ACTOR, list(job_items))
             note(job_id, len(job_items))
-            self._enqueue(commands)
+            self._enqueue(step)
         return job_id
 
     def drain(
@@ -344,9 +344,9 @@ class MemoryQueue:
     async def aenqueue_save(self, records: Sequence[Any]) -> str:
         """Async :meth:`enqueue_save`."""
         with self._traced(SAVE_ACTOR) as note:
-            job_id, commands = self._prepare_save(records)
+            job_id, step = self._prepare_save(records)
             note(job_id, len(records))
-            await self._aenqueue(commands)
+            await self._aenqueue(step)
         return job_id
 
     async def aenqueue_encode(self, items: Sequence[Any]) -> list[str]:
@@ -356,18 +356,18 @@ class MemoryQueue:
     async def aenqueue_encode_job(self, items: Sequence[Any]) -> tuple[str, list[str]]:
         """Async :meth:`enqueue_encode_job`."""
         with self._traced(ENCODE_ACTOR) as note:
-            job_id, ids, commands = self._prepare_encode(items)
+            job_id, ids, step = self._prepare_encode(items)
             note(job_id, len(ids))
-            await self._aenqueue(commands)
+            await self._aenqueue(step)
         return job_id, ids
 
     async def aenqueue_encode_items(self, job_items: Sequence[dict[str, Any]]) -> str:
         """Async :meth:`enqueue_encode_items`."""
         check_count(job_items, self.max_items, "items")
         with self._traced(ENCODE_ACTOR) as note:
-            job_id, commands = self._prepare(ENCODE_ACTOR, list(job_items))
+            job_id, step = self._prepare(ENCODE_ACTOR, list(job_items))
             note(job_id, len(job_items))
-            await self._aenqueue(commands)
+            await self._aenqueue(step)
         return job_id
 
     async def adrain(

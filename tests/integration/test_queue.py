@@ -155,6 +155,23 @@ def test_async_enqueue(queue, rawq):
     assert _state(rawq, queue.keys) == (2, 2, 2)
 
 
+def test_enqueue_after_the_server_forgot_its_scripts(queue, rawq):
+    """The enqueue is a script (lua/queue.lua): after the server's script cache is
+    flushed (a restart, SCRIPT FLUSH) the next enqueue sends it again, sync and async."""
+    queue.enqueue_encode(["before the flush"])
+    rawq.script_flush()
+    queue.enqueue_encode(["after the flush"])
+    rawq.script_flush()
+
+    async def main():
+        await queue.aenqueue_encode(["async, after another flush"])
+        await queue.aclose()
+
+    asyncio.run(main())
+    assert _state(rawq, queue.keys) == (3, 3, 3)
+    assert rawq.llen(queue.keys.wake()) == 3
+
+
 def test_status_counts(queue, settings):
     queue.enqueue_encode(["a"])
     queue.enqueue_encode(["b"])

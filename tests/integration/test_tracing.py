@@ -99,8 +99,9 @@ def test_a_job_with_a_hostile_trace_option_commits(plain_server, namespace, tmp_
     import redis
 
     from memworker.keys import QueueKeys
+    from memworker.io.scripts import script_source
     from memworker.queue.jobs import ENCODE_ACTOR, build_message, embed_items
-    from memworker.queue.producer import enqueue_commands
+    from memworker.queue.producer import enqueue_step
 
     trace_file = tmp_path / "spans.jsonl"
     worker = _worker(plain_server.url, namespace, trace_file, tmp_path / "worker.log")
@@ -110,10 +111,8 @@ def test_a_job_with_a_hostile_trace_option_commits(plain_server, namespace, tmp_
         redis_id, data = build_message(ENCODE_ACTOR, "job-hostile", "p", items, 1 << 20,
                                        trace={"traceparent": "00-" + "f" * 5000, "tracestate": "\x00" * 99})  # fmt: skip
         client = redis.Redis(port=plain_server.port)
-        with client.pipeline(transaction=True) as pipe:
-            for command in enqueue_commands(keys, "p", "job-hostile", redis_id, data):
-                pipe.execute_command(*command)
-            pipe.execute()
+        step = enqueue_step(keys, "p", "job-hostile", redis_id, data)
+        client.eval(script_source(step.name)[0], 1, f"{{{namespace}}}:meta", *step.args)
         client.close()
         with MemoryQueue(plain_server.url, namespace=namespace, producer_id="p") as q:
             assert q.drain(timeout=60, job_ids=["job-hostile"]).committed == 1
