@@ -172,6 +172,31 @@ def test_enqueue_after_the_server_forgot_its_scripts(queue, rawq):
     assert rawq.llen(queue.keys.wake()) == 3
 
 
+def test_an_enqueue_the_server_refuses_writes_nothing(plain_server, namespace):
+    """A server out of memory refuses the enqueue's script at its first write: a
+    QueueError that says so, and no message, wake-up token or pending mark is left."""
+    from valkey_servers import raw_client
+
+    from memworker.errors import QueueError
+
+    raw = raw_client(plain_server)
+    old = raw.config_get("maxmemory")["maxmemory"]
+    q = MemoryQueue(plain_server.url, namespace=namespace, producer_id="p1")
+    try:
+        q.enqueue_encode(["fits"])
+        raw.config_set("maxmemory", 1)
+        with pytest.raises(QueueError, match="maxmemory"):
+            q.enqueue_encode(["refused"])
+        raw.config_set("maxmemory", old)
+        keys = q.keys
+        assert _state(raw, keys) == (1, 1, 1)
+        assert raw.llen(keys.wake()) == 1
+    finally:
+        raw.config_set("maxmemory", old)
+        q.close()
+        raw.close()
+
+
 def test_status_counts(queue, settings):
     queue.enqueue_encode(["a"])
     queue.enqueue_encode(["b"])
