@@ -31,11 +31,11 @@ was. The price: the source shard takes no writes (of any namespace) for the copy
 time; docs/scaling.md the figures); a namespace large enough to pause its shard for long
 is better moved with ``CLUSTER MIGRATESLOTS`` where no module forbids it. The source's
 index is dropped before the pause (it would otherwise delete every record from its HNSW
-graph as the source drops the keys, writes paused). (One script on the source that copies, deletes and hands the slot
-over would not pause other namespaces, but Valkey 8+ replicates ``CLUSTER SETSLOT`` to
-a primary's replicas before it runs and blocks for their acknowledgement, which a script
-cannot do: Valkey 9.1 aborts on it.) The search module's index does not move: it is made
-again on the target (:meth:`ValkeyStore.ensure_index`); until it is built, searches answer
+graph as the source drops the keys, writes paused). (One script on the source that
+copies, deletes and hands the slot over would not pause other namespaces, but Valkey 8+
+replicates ``CLUSTER SETSLOT`` to a primary's replicas before it runs and blocks for
+their acknowledgement, which a script cannot do: Valkey 9.1 aborts on it.) The search
+module's index does not move: it is made again on the target (:meth:`ValkeyStore.ensure_index`); until it is built, searches answer
 on the exact path.
 """
 
@@ -47,6 +47,7 @@ from typing import Any
 
 from memworker.errors import ConfigError, MemworkerError
 from memworker.keys import Keys, tag
+from memworker.queue.admin import as_text
 from memworker.settings import Settings
 
 __all__ = ["ReshardError", "ReshardReport", "move_namespace"]
@@ -87,10 +88,6 @@ class ReshardReport:
     index: bool | None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _primaries(nodes: str) -> dict[str, tuple[str, int]]:
     """Node id -> (host, port) of every live primary, from ``CLUSTER NODES``."""
     out: dict[str, tuple[str, int]] = {}
@@ -102,6 +99,11 @@ def _primaries(nodes: str) -> dict[str, tuple[str, int]]:
         host, _, port = address.rpartition(":")
         out[parts[0]] = (host, int(port))
     return out
+
+
+def _slot_owner(client: Any, slot: int) -> str | None:
+    """The node id that owns ``slot``, as ``client``'s node sees the cluster."""
+    return _owner(as_text(client.execute_command("CLUSTER", "NODES")), slot)
 
 
 def _owner(nodes: str, slot: int) -> str | None:
@@ -164,7 +166,7 @@ def move_namespace(
         ns_tag = tag(settings.namespace)
         slot = int(cluster.keyslot(ns_tag))
         entry = cluster.get_node_from_key(ns_tag)
-        nodes_text = _text(node((entry.host, int(entry.port))).execute_command("CLUSTER", "NODES"))
+        nodes_text = as_text(node((entry.host, int(entry.port))).execute_command("CLUSTER", "NODES"))
         primaries = _primaries(nodes_text)
         target_id = _target_id(primaries, to)
         source_id = _owner(nodes_text, slot)
@@ -194,11 +196,11 @@ def move_namespace(
                 moved = _copy_slot(source, target, slot, deadline=started + 0.75 * pause_ms / 1000)
                 target.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
             finally:
-                if _owner(_text(target.execute_command("CLUSTER", "NODES")), slot) == target_id:
+                if _slot_owner(target, slot) == target_id:
                     _wait_handover(source, slot, target_id, _HANDOVER_S)
                 source.execute_command("CLIENT", "UNPAUSE")
         except BaseException as exc:  # an interrupt too: the target must not keep half a slot
-            if _owner(_text(target.execute_command("CLUSTER", "NODES")), slot) == target_id:
+            if _slot_owner(target, slot) == target_id:
                 raise  # handed over: the target holds the namespace now
             _abort_import(target, slot)
             if isinstance(exc, (redis.RedisError, ReshardError)):
@@ -255,7 +257,7 @@ def _wait_handover(source: Any, slot: int, target_id: str, timeout: float) -> No
     deadline = time.monotonic() + timeout
     while True:
         source.execute_command("CLIENT", "PAUSE", 1_000, "WRITE")  # extends, never shortens
-        owner = _owner(_text(source.execute_command("CLUSTER", "NODES")), slot)
+        owner = _slot_owner(source, slot)
         if owner == target_id and not int(source.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)):
             return
         if time.monotonic() > deadline:

@@ -70,9 +70,11 @@ class SearchPlans(ReadPlans):
                 return []  # nothing was ever saved
         if stored != dim:
             yield from self._p_check_dim(dim)
+        # The query in the index's type, converted (and a value beyond float16 refused)
+        # whichever path answers: the index, or the exact path while it builds.
+        indexed = vector
         if self._state.vtype == "float16":
-            # refused whichever path answers (the index, or the exact path while it builds)
-            vectors_to_float16(vector, dim, lambda _: "query_embedding")
+            indexed = vectors_to_float16(vector, dim, lambda _: "query_embedding")
         module = yield from self._p_probe()
         found: list[tuple[Any, float]] | None = None
         if module:
@@ -80,14 +82,14 @@ class SearchPlans(ReadPlans):
             if self._state.index_building:
                 self._state.index_building = not (yield from self._p_index_done())
             if not self._state.index_building:
-                found = yield from self._p_search_module(vector, flt, limit)
+                found = yield from self._p_search_module(indexed, flt, limit)
             if found is _NEWER_INDEX:
                 # the index was made again since this store checked it (the namespace
                 # moved shard): trust FT.SEARCH only once FT.INFO says it is built
                 self._state.index_building = not (yield from self._p_index_done())
                 found = None
                 if self._state.index_ready and not self._state.index_building:
-                    found = yield from self._p_search_module(vector, flt, limit)
+                    found = yield from self._p_search_module(indexed, flt, limit)
                     found = None if found is _NEWER_INDEX else found
             if found is None and not self._state.index_ready:
                 # No index here: the namespace moved shard, or another store reset it
@@ -108,15 +110,13 @@ class SearchPlans(ReadPlans):
     def _p_search_module(
         self, vector: bytes, flt: SearchFilter, limit: int
     ) -> Plan[Any]:
-        """The hits from the index; ``None`` when the index is gone (a namespace whose
-        slot moved to another shard finds none there: the caller recreates it and
-        answers this search on the exact path); ``_NEWER_INDEX`` when ``{ns}:meta``'s
+        """The hits from the index for ``vector`` (in the index's vector type); ``None``
+        when the index is gone (a namespace whose slot moved to another shard finds none
+        there: the caller recreates it and answers this search on the exact path); ``_NEWER_INDEX`` when ``{ns}:meta``'s
         ``idxgen`` moved since this store checked the index (another store made it
         again, and it may still be scanning the records: FT.SEARCH would miss some)."""
         # Only the distance comes from FT.SEARCH: modules may round NUMERIC fields
         # they return (RediSearch keeps 12 digits), so records are read with HMGET.
-        if self._state.vtype == "float16":  # the query in the index's type
-            vector = vectors_to_float16(vector, len(vector) // 4, lambda _: "query_embedding")
         command = [
             "FT.SEARCH", self.keys.index, flt.ft_query(limit),
             "PARAMS", "2", "vec", vector,
