@@ -364,7 +364,8 @@ def _searchable_totals(workers: list[dict[str, Any]]) -> tuple[int, int]:
 
 def _worker_line(worker: dict[str, Any]) -> str:
     """``processed N`` and, as the worker has them: its mean embedding batch, its jobs
-    per batched commit and its mean time from enqueue to searchable."""
+    per batched commit, its mean time from enqueue to searchable and its garbage
+    collector's counters (objects frozen, full collections)."""
     parts = [f"processed {worker.get('processed', '?')}"]
     for count, per, text in (
         ("embed_texts", "embed_batches", "embedded {n} texts in {d} batches (mean {m:.1f})"),
@@ -377,6 +378,10 @@ def _worker_line(worker: dict[str, Any]) -> str:
             continue
         if d:
             parts.append(text.format(n=n, d=d, m=n / d))
+    try:  # a `memworker worker` process freezes what it loaded (worker.process.freeze_heap)
+        parts.append(f"{int(worker['gc_frozen']):,} objects frozen, {int(worker['gc_full'])} full collections")
+    except (KeyError, TypeError, ValueError):
+        pass
     return ", ".join(parts)
 
 

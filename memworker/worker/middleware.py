@@ -40,7 +40,7 @@ from memworker.settings import Settings
 from memworker.worker._dramatiq_compat import message_exception
 from memworker.worker.sweep import Sweeper
 from memworker.worker.logs import ids_text, loggable_error
-from memworker.worker.runtime import batcher_counts, searchable
+from memworker.worker.runtime import batcher_counts, heap_counts, searchable
 from memworker.worker_settings import DEFAULT_MAX_DELIVERIES
 
 __all__ = [
@@ -311,6 +311,7 @@ class HealthMiddleware(Middleware):
                     "processed": self.barrier.processed,
                     "failed": self.barrier.failed,
                     **batcher_counts(),
+                    **heap_counts(),
                     **batch_counts(broker),
                     **searchable.counts(),
                 },

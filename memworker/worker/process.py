@@ -31,7 +31,7 @@ from memworker.settings import Settings
 from memworker.worker.actors import make_broker
 from memworker.worker.broker import WORKER_TIMEOUT_MS, MemworkerBroker
 from memworker.worker.priority import Nice, check_nice
-from memworker.worker.runtime import configure_process, get_batcher
+from memworker.worker.runtime import configure_process, freeze_heap, get_batcher
 from memworker.worker_settings import (
     BROKER_ENV,
     read_backend,
@@ -77,20 +77,24 @@ def running_worker(
         shutdown_worker_tracing()  # flush the last spans
 
 
-def warm_up(*, flow: bool | None = None) -> threading.Thread | None:
+def warm_up(*, flow: bool | None = None, freeze: bool = False) -> threading.Thread | None:
     """Load the embedding model (one batch through the process's batcher) before the
     first job. CrewAI's types take seconds to import and only flow jobs, reads and
     error paths use them: a worker that can run flow jobs (``flow``; by default,
     whether ``MEMWORKER_LLM`` or ``MEMWORKER_MEMORY_FACTORY`` is set) imports them in
     a background thread while it already serves (returned); any other worker imports
     them on first use. On 2 cores the import costs a fast-path backlog ~2.5 s of CPU
-    (benchmarks/README.md)."""
+    (benchmarks/README.md). ``freeze``: the background import ends with
+    :func:`~memworker.worker.runtime.freeze_heap` (its objects live as long as the
+    process, as the model's do)."""
     if flow is None:
         flow = bool(read_llm() or read_memory_factory())
 
     def load_types() -> None:
         record_types()
         dimension_mismatch(1, 2)
+        if freeze:
+            freeze_heap()
 
     thread = None
     if flow:
@@ -124,10 +128,11 @@ def _serve(
     # the inference thread lowers its own priority (get_batcher)
     configure_process(processes, nice)
     setup_worker_tracing()  # OpenTelemetry, when the OTEL_* variables ask for it
-    warm_up()
+    warm_up(freeze=True)
     broker = make_broker(settings, **(options or {}))
     assert broker.context is not None  # set by make_broker
     model_id = check_worker_model(broker.context.store)  # the producers' query model, or ConfigError
+    frozen = freeze_heap()  # the model, the broker, the imports: no full collection walks them
     metrics = worker_metrics()
     if metrics is not None:
         metrics.model.labels(model_id or "unknown", read_backend() or "torch").set(1)
@@ -150,6 +155,7 @@ def _serve(
         threads,
         settings.redacted_url(),
     )
+    log.debug("%d objects frozen out of the garbage collector's sight", frozen)
     try:
         stop.wait()
     finally:

@@ -146,6 +146,9 @@ def test_worker_processes_commit_drain_status_check(queue_server, namespace, tmp
             time.sleep(0.2)
         assert len(status["workers"]) == 2
         assert status["pending_total"] == 0 and status["dead"] == 0
+        # each process froze what it loaded (the model, the broker, the imports: hundreds
+        # of thousands of objects) out of the garbage collector's sight (freeze_heap)
+        assert all(int(w["gc_frozen"]) > 100_000 for w in status["workers"]), status["workers"]
         assert _run("--url", url, "--namespace", namespace, "check").returncode == EXIT_OK
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import socket
@@ -381,6 +382,10 @@ def test_worker_health_key_and_check(qsettings, fake, workers, rawq):
     # and the enqueue-to-commit clock (process-wide: other tests' jobs count too)
     assert int(info["searchable_jobs"]) >= 2 and int(info["searchable_ms_total"]) >= 0
     assert "time to searchable" in _worker_line(info)
+    # and the garbage collector's: a worker in an application's own process (this
+    # one) leaves its heap as it is; `memworker worker` processes freeze theirs (test_cli)
+    assert int(info["gc_frozen"]) == 0 == gc.get_freeze_count() and int(info["gc_full"]) >= 0
+    assert "full collections" in _worker_line(info)
     assert _worker_line({"processed": "4"}) == "processed 4"
     workers.stop_all()
     assert check_health(qsettings) is False
