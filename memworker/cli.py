@@ -112,6 +112,11 @@ def make_argument_parser() -> argparse.ArgumentParser:
         "(default: $MEMWORKER_INFLIGHT_BYTES or 16 MiB)",
     )
     worker.add_argument(
+        "--commit-threads", type=int, default=None,
+        help="threads of a worker process committing its batched path's jobs side by side, "
+        "each on its own connection (default: $MEMWORKER_COMMIT_THREADS or 2)",
+    )
+    worker.add_argument(
         "--metrics-port", type=int, default=None,
         help="serve Prometheus /metrics for all the worker's processes on this port "
         "(default: $MEMWORKER_METRICS_PORT, else off; needs the metrics extra)",
@@ -272,6 +277,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         commit_step=args.commit_step,
         inflight_records=args.inflight_records,
         inflight_bytes=args.inflight_bytes,
+        commit_threads=args.commit_threads,
         metrics_port=args.metrics_port,
     )
 

@@ -47,6 +47,8 @@ DEFAULT_COMMIT_STEP = 8
 DEFAULT_INFLIGHT_RECORDS = 256
 #: Bytes of fetched messages the batched path holds at once.
 DEFAULT_INFLIGHT_BYTES = 16 * 1024 * 1024
+#: Threads that commit the batched path's jobs side by side, each on its own connection.
+DEFAULT_COMMIT_THREADS = 2
 #: Home folder used when ``MEMWORKER_HOME`` is unset.
 DEFAULT_HOME = Path(".memworker")
 
@@ -56,6 +58,7 @@ MIN_BACKOFF_MS_ENV = "MEMWORKER_MIN_BACKOFF_MS"
 MAX_DELIVERIES_ENV = "MEMWORKER_MAX_DELIVERIES"
 INFLIGHT_RECORDS_ENV = "MEMWORKER_INFLIGHT_RECORDS"
 INFLIGHT_BYTES_ENV = "MEMWORKER_INFLIGHT_BYTES"
+COMMIT_THREADS_ENV = "MEMWORKER_COMMIT_THREADS"
 #: An embedder factory, ``module:callable``.
 EMBEDDER_ENV = "MEMWORKER_EMBEDDER"
 #: The embedding model (hub name or local path).
@@ -85,6 +88,7 @@ BROKER_ENV: dict[str, tuple[str, int, int]] = {
     "commit_step": (COMMIT_STEP_ENV, DEFAULT_COMMIT_STEP, 0),
     "inflight_records": (INFLIGHT_RECORDS_ENV, DEFAULT_INFLIGHT_RECORDS, 0),
     "inflight_bytes": (INFLIGHT_BYTES_ENV, DEFAULT_INFLIGHT_BYTES, 1024),
+    "commit_threads": (COMMIT_THREADS_ENV, DEFAULT_COMMIT_THREADS, 1),
 }
 
 
@@ -101,8 +105,8 @@ def read_broker_options(
     env: Mapping[str, str] | None = None, **given: int | None
 ) -> dict[str, int]:
     """``max_retries``, ``min_backoff_ms``, ``max_deliveries``, ``commit_step``,
-    ``inflight_records``, ``inflight_bytes``: each the given value, else its environment
-    variable (:data:`BROKER_ENV`), else the default.
+    ``inflight_records``, ``inflight_bytes``, ``commit_threads``: each the given value,
+    else its environment variable (:data:`BROKER_ENV`), else the default.
 
     Args:
         env: Mapping to read instead of ``os.environ``.
@@ -260,6 +264,8 @@ class WorkerSettings:
             (``MEMWORKER_INFLIGHT_RECORDS``).
         inflight_bytes: Message bytes the batched path holds at once
             (``MEMWORKER_INFLIGHT_BYTES``).
+        commit_threads: Threads committing the batched path's jobs side by side, each
+            on its own connection (``MEMWORKER_COMMIT_THREADS``).
         embedder: Embedder factory ``module:callable`` (``MEMWORKER_EMBEDDER``).
         model: Embedding model, ``None`` for the bundled one (``MEMWORKER_MODEL``).
         backend: Inference backend of that model: ``torch``, ``onnx`` or ``onnx-int8``
@@ -280,6 +286,7 @@ class WorkerSettings:
     commit_step: int = DEFAULT_COMMIT_STEP
     inflight_records: int = DEFAULT_INFLIGHT_RECORDS
     inflight_bytes: int = DEFAULT_INFLIGHT_BYTES
+    commit_threads: int = DEFAULT_COMMIT_THREADS
     embedder: str | None = None
     model: str | None = None
     backend: str = "torch"
@@ -347,6 +354,7 @@ class WorkerSettings:
             "commit_step": self.commit_step,
             "inflight_records": self.inflight_records,
             "inflight_bytes": self.inflight_bytes,
+            "commit_threads": self.commit_threads,
         }
         mine.update({k: v for k, v in given.items() if v is not None})
         return read_broker_options({}, **mine)

@@ -71,6 +71,7 @@ from memworker.worker.runtime import get_batcher
 from memworker.worker_settings import (
     COMMIT_STEP_ENV,
     DEFAULT_COMMIT_STEP,
+    DEFAULT_COMMIT_THREADS,
     DEFAULT_INFLIGHT_BYTES,
     DEFAULT_INFLIGHT_RECORDS,
     DEFAULT_MAX_RETRIES,
@@ -236,12 +237,14 @@ def make_broker(
     commit_step: int = DEFAULT_COMMIT_STEP,
     inflight_records: int = DEFAULT_INFLIGHT_RECORDS,
     inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+    commit_threads: int = DEFAULT_COMMIT_THREADS,
     heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS,
     queue: str = DEFAULT_QUEUE,
 ) -> MemworkerBroker:
     """A broker with memworker's middleware and actors registered (no global broker),
     and its batched path (:mod:`memworker.worker.batch`) for ``queue``
-    (``inflight_records=0`` turns it off)."""
+    (``inflight_records=0`` turns it off; ``commit_threads`` lanes, each lane after
+    the first on a store of its own)."""
     settings = Settings.resolve(settings)
     broker = MemworkerBroker(settings, heartbeat_timeout=heartbeat_timeout_ms)
     refuse_legacy(settings, broker.client)  # never serve a namespace of an older key layout
@@ -266,7 +269,8 @@ def make_broker(
         broker.batches = JobBatches(
             broker, context.store, queue, barrier.isolation,
             inflight_records=inflight_records, inflight_bytes=inflight_bytes,
-            commit_step=commit_step, on_commit=committed,
+            commit_step=commit_step, on_commit=committed, commit_threads=commit_threads,
+            store_factory=lambda: ValkeyStore(settings, batch_size=10_000),
         )  # fmt: skip
     options = {"throws": (ValidationError,), "max_retries": max_retries}
     for name, fn in ((SAVE_ACTOR, _save_records), (ENCODE_ACTOR, _encode_records)):

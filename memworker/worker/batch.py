@@ -28,6 +28,15 @@ embedding, validation or commit raises (handed back to that path, which fails or
 retries it as it does any job). While a suspect job waits to run alone, this path
 takes no new jobs (:class:`~memworker.worker.middleware.Isolation`).
 
+Commit lanes: ``commit_threads`` threads commit side by side, each on its own
+connection (one script call in flight per connection: while the server runs one
+lane's call, the next lane prepares and sends its own). Each fetch's take goes whole
+to the least loaded lane. Jobs that write one record id still commit in the order
+they were fetched, as with one lane: a lane commits its takes in order, and a job
+whose ids an earlier job of another lane writes waits for that job before its commit
+(the lane first flushes what it holds, and waits only for jobs fetched earlier: no
+cycle).
+
 Graceful stop (:meth:`JobBatches.close`): jobs whose embedding has not started are
 requeued at once; the others are committed before the worker exits.
 """
@@ -42,6 +51,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from dataclasses import field as _field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -117,6 +127,23 @@ class _Job:
     future: Future[np.ndarray] | None = None
     requeued: bool = False
     submitted_ns: int = 0  # when its texts went to the batcher (its embed span)
+    ids: tuple[str, ...] = ()  # the record ids it writes
+    lane: int = 0
+    after: list[_Job] = _field(default_factory=list)  # commit only once these finished
+    finished: threading.Event = _field(default_factory=threading.Event)
+    gone: bool = False  # finished (set under the lock)
+
+
+@dataclass(eq=False)
+class _Lane:
+    """A commit thread, its work queue, its store (own connection) and its load."""
+
+    store: Any
+    work: queue.SimpleQueue[list[_Job] | None]
+    thread: threading.Thread | None = None
+    jobs: int = 0  # routed to it, not finished
+    committed: int = 0  # jobs it committed
+    owned: bool = False  # its store was made for it (closed with the path)
 
 
 @dataclass
@@ -129,6 +156,7 @@ class BatchCounts:
     calls: int = 0
     handed_back: int = 0
     requeued: int = 0
+    waited: int = 0  # jobs that waited for a job of another lane writing one of their ids
 
 
 class JobBatches:
@@ -143,6 +171,9 @@ class JobBatches:
         inflight_bytes: Most message bytes held at once.
         commit_step: Most records of one atomic step (0: no limit).
         on_commit: Called with the number of jobs each commit committed.
+        commit_threads: Commit threads (lanes), each on its own store.
+        store_factory: Makes the store of each lane after the first (``store`` is the
+            first's); ``None``: every lane uses ``store``.
     """
 
     def __init__(
@@ -156,6 +187,8 @@ class JobBatches:
         inflight_bytes: int,
         commit_step: int,
         on_commit: Callable[[int], None] = lambda n: None,
+        commit_threads: int = 1,
+        store_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -174,9 +207,12 @@ class JobBatches:
         self._bytes = 0
         self._held: set[_Job] = set()
         self._closed = False
-        self._work: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._handed: deque[Message[Any]] = deque()
-        self._thread: threading.Thread | None = None
+        self._threads = max(1, commit_threads)
+        self._store_factory = store_factory
+        self._lanes: list[_Lane] = []
+        #: record id -> the last routed job that writes it, until that job finished
+        self._writers: dict[str, _Job] = {}
 
     # ------------------------------------------------------------------ consumer side
     def room(self) -> int:
@@ -238,7 +274,7 @@ class JobBatches:
                 self._held.update(taken)
                 self.counts.fetched += len(taken)
                 self._start()
-                self._work.put(taken)
+                self._route(taken)
                 return rest
         return rest + self._give_back(taken)  # closed meanwhile
 
@@ -281,55 +317,106 @@ class JobBatches:
             field=delivery_field(message.message_id, 0),
             size=size,
             encode=encode,
+            ids=tuple(item["id"] for item in items if isinstance(item.get("id"), str)),
         )
 
     # ------------------------------------------------------------------ committer
     def _start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="memworker-commit", daemon=True)
-            self._thread.start()
+        """Start the commit lanes (under the lock, on the first take)."""
+        if self._lanes:
+            return
+        for n in range(self._threads):
+            lane = _Lane(self.store, queue.SimpleQueue())
+            if n and self._store_factory is not None:
+                lane.store, lane.owned = self._store_factory(), True
+            name = "memworker-commit" if n == 0 else f"memworker-commit-{n}"
+            lane.thread = threading.Thread(target=self._run, args=(lane,), name=name, daemon=True)
+            lane.thread.start()
+            self._lanes.append(lane)
 
-    def _run(self) -> None:
+    def _route(self, jobs: list[_Job]) -> None:
+        """Send a take to the least loaded lane (under the lock; see the module doc)."""
+        lane = min(range(len(self._lanes)), key=lambda i: self._lanes[i].jobs)
+        for job in jobs:
+            job.lane = lane
+            earlier = {id(e): e for e in (self._writers.get(i) for i in job.ids) if e is not None}
+            job.after = [e for e in earlier.values() if e.lane != lane]
+            for i in job.ids:
+                self._writers[i] = job
+        self._lanes[lane].jobs += len(jobs)
+        self._lanes[lane].work.put(jobs)
+
+    def _run(self, lane: _Lane) -> None:
         while True:
-            group = self._work.get()
+            group = lane.work.get()
             if group is None:
                 return
             try:
-                self._commit_group(group)
+                self._commit_group(group, lane)
             except Exception:  # noqa: BLE001 - never lose the thread; hand the rest back
                 log.exception("batched commit failed; the jobs run one by one")
                 with self._lock:
                     left = [job for job in group if job in self._held]
                 self._hand_back(left)
             finally:
+                self._finish(group)
                 self.isolation.release(exclusive=False)
 
-    def _commit_group(self, group: list[_Job]) -> None:
+    def lane_commits(self) -> list[int]:
+        """Jobs committed by each commit lane, in lane order."""
+        with self._lock:
+            return [lane.committed for lane in self._lanes]
+
+    def _finish(self, jobs: list[_Job]) -> None:
+        """The jobs left their lane (committed, handed back or requeued): later jobs
+        writing their ids need not wait for them."""
+        with self._lock:
+            jobs = [job for job in jobs if not job.gone]
+            for job in jobs:
+                job.gone = True
+                self._lanes[job.lane].jobs -= 1
+                for i in job.ids:
+                    if self._writers.get(i) is job:
+                        del self._writers[i]
+        for job in jobs:
+            job.finished.set()
+
+    def _commit_group(self, group: list[_Job], lane: _Lane) -> None:
         call: list[tuple[_Job, JobWrite]] = []
         ids: set[str] = set()
         count = 0
         dim = 0  # the vector dimension of the call: one per script call
         for job in group:
             if job.requeued:
+                self._finish([job])
                 continue
+            if job.after and not all(e.finished.is_set() for e in job.after):
+                if call:  # what this lane holds is fetched earlier: others may wait on it
+                    self._flush(call, lane)
+                    call, ids, count, dim = [], set(), 0, 0
+                for earlier in job.after:
+                    earlier.finished.wait()
+                with self._lock:
+                    self.counts.waited += 1
             if call and job.future is not None and not job.future.done():
-                self._flush(call)  # do not keep ready jobs waiting on the model
+                self._flush(call, lane)  # do not keep ready jobs waiting on the model
                 call, ids, count, dim = [], set(), 0, 0
             write = self._prepare(job)
             if write is None:
+                self._finish([job])
                 continue
             job_ids = {row.id for row in write.rows}
             dims = {row.dim for row in write.rows if row.dim}
             clash = bool(dim and dims and dims != {dim})
             if call and (count + len(write.rows) > self.step or ids & job_ids or clash):
-                self._flush(call)
+                self._flush(call, lane)
                 call, ids, count, dim = [], set(), 0, 0
             dim = dim or (dims.pop() if dims else 0)
             call.append((job, write))
             ids |= job_ids
             count += len(write.rows)
         if call:
-            self._flush(call)
+            self._flush(call, lane)
 
     def _prepare(self, job: _Job) -> JobWrite | None:
         """The job's validated rows and commit commands; ``None`` if it was handed back."""
@@ -363,7 +450,7 @@ class JobBatches:
         commands = extra + commit_commands(self.keys, job.producer, job.job_id, len(rows), now)
         return JobWrite(rows, self.keys.producer(job.producer).pending, job.job_id, commands)
 
-    def _flush(self, call: list[tuple[_Job, JobWrite]]) -> None:
+    def _flush(self, call: list[tuple[_Job, JobWrite]], lane: _Lane) -> None:
         jobs = [job for job, _ in call]
         tail = [
             ["HDEL", self.keys.deliveries, *[job.field for job in jobs]],
@@ -374,7 +461,7 @@ class JobBatches:
         ]  # fmt: skip
         started, started_ns = time.perf_counter(), time.time_ns()
         try:
-            _, skipped = self.store.write_jobs([write for _, write in call], tail)
+            _, skipped = lane.store.write_jobs([write for _, write in call], tail)
         except Exception:  # noqa: BLE001 - each job then fails or retries on its own
             log.warning(
                 "a batched commit of %d job(s) failed; they run one by one",
@@ -382,7 +469,9 @@ class JobBatches:
                 exc_info=True,
             )
             self._hand_back(jobs)
+            self._finish(jobs)
             return
+        self._finish(jobs)
         committed = len(jobs) - len(skipped)
         gone = set(skipped)
         ended_ns = time.time_ns()
@@ -407,6 +496,7 @@ class JobBatches:
         with self._lock:
             self.counts.calls += 1
             self.counts.committed += committed
+            lane.committed += committed
             self.counts.duplicates += len(skipped)
         self._done(jobs)
         self.on_commit(committed)
@@ -470,9 +560,17 @@ class JobBatches:
                 with self._lock:
                     self.counts.requeued += len(waiting)
             self._done(waiting)
-        self._work.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for lane in self._lanes:
+            lane.work.put(None)
+        for lane in self._lanes:
+            if lane.thread is not None:
+                lane.thread.join(max(0.0, deadline - time.monotonic()))
+            if lane.owned and not (lane.thread is not None and lane.thread.is_alive()):
+                try:
+                    lane.store.close()
+                except Exception:  # noqa: BLE001 - closing at exit: nothing left to do
+                    log.debug("could not close a commit lane's store", exc_info=True)
         # Handed back while stopping: the consumer may be gone; put them back on the queue.
         left = [m.options[compat.REDIS_ID_OPTION] for m in self.handed_back()]
         if left:

@@ -194,6 +194,7 @@ def run_worker(
     commit_step: int | None = None,
     inflight_records: int | None = None,
     inflight_bytes: int | None = None,
+    commit_threads: int | None = None,
     metrics_port: int | None = None,
 ) -> int:
     """Run ``processes`` worker processes of ``threads`` threads until SIGINT/SIGTERM.
@@ -208,7 +209,8 @@ def run_worker(
     preempts the inference at once.
 
     ``max_retries``, ``min_backoff_ms``, ``max_deliveries``, ``commit_step``,
-    ``inflight_records`` and ``inflight_bytes`` go to :func:`make_broker`; ``None``
+    ``inflight_records``, ``inflight_bytes`` and ``commit_threads`` go to
+    :func:`make_broker`; ``None``
     reads their ``MEMWORKER_*`` variable, else the default
     (:data:`memworker.worker_settings.BROKER_ENV`).
 
@@ -226,6 +228,7 @@ def run_worker(
     options = broker_options(
         max_retries=max_retries, min_backoff_ms=min_backoff_ms, max_deliveries=max_deliveries,
         commit_step=commit_step, inflight_records=inflight_records, inflight_bytes=inflight_bytes,
+        commit_threads=commit_threads,
     )  # fmt: skip
     settings = Settings.resolve(settings)
     settings = ensure_embedded(settings)  # start/find the embedded server once, before the children

@@ -137,6 +137,63 @@ def test_graceful_stop_requeues_the_jobs_not_started(qsettings, fake, workers, r
         assert int(rawq.hget(keys.stats, "committed")) == n
 
 
+def test_commit_lanes_keep_the_fetch_order_of_each_record_id(qsettings, fake, workers, rawq):  # noqa: F811
+    """Several commit lanes commit side by side, yet the jobs that write one record id
+    commit in the order they were enqueued (seen on the producer's done channel, which
+    each commit publishes to in its atomic step): single-record jobs on hot ids, and
+    two-record jobs whose ids overlap those of jobs another lane may hold (the
+    cross-lane wait). The value enqueued last is the one stored."""
+    keys = QueueKeys(qsettings.namespace)
+    hot = [f"hot{k}" for k in range(6)]
+    writes: dict[str, list[str]] = {h: [] for h in hot}  # id -> its jobs, in enqueue order
+    last: dict[str, str] = {}
+    jobs = []
+    pubsub = rawq.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.producer("p").done_channel)
+    seen: list[str] = []
+    try:
+        with MemoryQueue(qsettings, producer_id="p") as q, ValkeyStore(qsettings) as store:
+            for i in range(600):
+                if i % 3 == 0:  # filler: its own id
+                    jobs.append(q.enqueue_save([_record(1000 + i)]))
+                    continue
+                pair = [hot[i % 6], hot[(i + 1) % 6]] if i % 3 == 2 else [hot[i % 6]]
+                job = q.enqueue_save([_record(0, id=h, content=f"{h} v{i}") for h in pair])
+                jobs.append(job)
+                for h in pair:
+                    writes[h].append(job)
+                    last[h] = f"{h} v{i}"
+            # Small takes (8 records in flight): the fetches spread over the lanes.
+            broker, _ = workers(qsettings, threads=1, commit_threads=3, inflight_records=8)
+            report = q.drain(timeout=60, job_ids=jobs)
+            assert report.committed == len(jobs) and report.failed == []
+            deadline = time.monotonic() + 10
+            while len(seen) < len(jobs) and time.monotonic() < deadline:
+                message = pubsub.get_message(timeout=0.1)
+                if message is not None:
+                    seen.append(message["data"].decode())
+            batches = broker.batches
+            assert batches.counts.handed_back == 0
+            assert sum(batches.lane_commits()) == batches.counts.committed == len(jobs)
+            assert sum(1 for n in batches.lane_commits() if n) >= 2  # lanes ran side by side
+            assert sorted(seen) == sorted(jobs)
+            position = {job: n for n, job in enumerate(seen)}
+            for h, order in writes.items():
+                assert [position[j] for j in order] == sorted(position[j] for j in order), h
+            assert {h: store.get_record(h).content for h in hot} == last
+            assert _acks(rawq, keys) == 0 and rawq.hlen(keys.deliveries) == 0
+    finally:
+        pubsub.close()
+
+
+def test_one_commit_lane_is_the_old_single_committer(qsettings, fake, workers):  # noqa: F811
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        jobs = [q.enqueue_encode_job([f"text {i}"])[0] for i in range(40)]
+        broker, _ = workers(qsettings, commit_threads=1)
+        assert q.drain(timeout=30, job_ids=jobs).committed == 40
+        assert broker.batches.lane_commits() == [broker.batches.counts.committed]
+
+
 def test_the_batched_path_can_be_turned_off(qsettings, fake, workers):  # noqa: F811
     with MemoryQueue(qsettings, producer_id="p") as q:
         jobs = [q.enqueue_encode_job([f"text {i}"])[0] for i in range(10)]

@@ -52,21 +52,23 @@ def test_worker_retry_and_poison_flags_with_env_fallbacks() -> None:
          "--commit-step", "0"]
     )  # fmt: skip
     assert (args.max_retries, args.min_backoff_ms, args.max_deliveries, args.commit_step) == (0, 50, 2, 0)
-    args = make_argument_parser().parse_args(["worker", "--inflight-records", "0", "--inflight-bytes", "4096"])
-    assert (args.inflight_records, args.inflight_bytes) == (0, 4096)
+    args = make_argument_parser().parse_args(
+        ["worker", "--inflight-records", "0", "--inflight-bytes", "4096", "--commit-threads", "3"]
+    )  # fmt: skip
+    assert (args.inflight_records, args.inflight_bytes, args.commit_threads) == (0, 4096, 3)
     args = make_argument_parser().parse_args(["worker"])
     assert (args.max_retries, args.min_backoff_ms, args.max_deliveries, args.commit_step) == (None,) * 4
-    assert (args.inflight_records, args.inflight_bytes) == (None, None)
+    assert (args.inflight_records, args.inflight_bytes, args.commit_threads) == (None, None, None)
     env = {"MEMWORKER_MAX_RETRIES": "1", "MEMWORKER_MIN_BACKOFF_MS": "20", "MEMWORKER_MAX_DELIVERIES": "4",
            "MEMWORKER_COMMIT_STEP": "16"}  # fmt: skip
     assert broker_options(env) == {
         "max_retries": 1, "min_backoff_ms": 20, "max_deliveries": 4, "commit_step": 16,
-        "inflight_records": 256, "inflight_bytes": 16 * 1024 * 1024,
+        "inflight_records": 256, "inflight_bytes": 16 * 1024 * 1024, "commit_threads": 2,
     }  # fmt: skip
     assert broker_options(env, max_retries=3)["max_retries"] == 3  # the flag wins
     assert broker_options({}) == {
         "max_retries": 5, "min_backoff_ms": 1000, "max_deliveries": 3, "commit_step": 8,
-        "inflight_records": 256, "inflight_bytes": 16 * 1024 * 1024,
+        "inflight_records": 256, "inflight_bytes": 16 * 1024 * 1024, "commit_threads": 2,
     }  # fmt: skip
     with pytest.raises(ConfigError, match="MEMWORKER_MAX_DELIVERIES"):
         broker_options({"MEMWORKER_MAX_DELIVERIES": "zero"})

@@ -312,7 +312,7 @@ def test_worker_settings_defaults() -> None:
     assert w.home == Path(".memworker") and w.appendfsync is None
     assert w.broker_options() == {
         "max_retries": 5, "min_backoff_ms": 1000, "max_deliveries": 3, "commit_step": 8,
-        "inflight_records": 256, "inflight_bytes": 16 * 1024 * 1024,
+        "inflight_records": 256, "inflight_bytes": 16 * 1024 * 1024, "commit_threads": 2,
     }  # fmt: skip
 
 
@@ -389,15 +389,19 @@ def test_worker_settings_rejects_bad_fields() -> None:
 def test_broker_options_reader_matches_the_broker_table() -> None:
     assert set(BROKER_ENV) == {
         "max_retries", "min_backoff_ms", "max_deliveries", "commit_step", "inflight_records",
-        "inflight_bytes",
+        "inflight_bytes", "commit_threads",
     }  # fmt: skip
-    env = {"MEMWORKER_COMMIT_STEP": "4", "MEMWORKER_INFLIGHT_RECORDS": "0"}
+    env = {"MEMWORKER_COMMIT_STEP": "4", "MEMWORKER_INFLIGHT_RECORDS": "0", "MEMWORKER_COMMIT_THREADS": "3"}
     assert read_broker_options(env, max_retries=2) == {
         "max_retries": 2, "min_backoff_ms": 1000, "max_deliveries": 3, "commit_step": 4,
-        "inflight_records": 0, "inflight_bytes": 16 * 1024 * 1024,
+        "inflight_records": 0, "inflight_bytes": 16 * 1024 * 1024, "commit_threads": 3,
     }  # fmt: skip
     with pytest.raises(ConfigError, match="MEMWORKER_INFLIGHT_BYTES must be an integer >= 1024"):
         read_broker_options({"MEMWORKER_INFLIGHT_BYTES": "10"})
+    with pytest.raises(ConfigError, match="MEMWORKER_COMMIT_THREADS must be an integer >= 1"):
+        read_broker_options({"MEMWORKER_COMMIT_THREADS": "0"})
+    with pytest.raises(ConfigError, match="commit_threads must be an integer >= 1"):
+        WorkerSettings(commit_threads=0)
     with pytest.raises(ConfigError, match="max_retries must be an integer >= 0"):
         read_broker_options({}, max_retries=True)
 
