@@ -106,8 +106,13 @@ class WorkerContext:
         self.commit_step = commit_step
         #: Commits refused because the job was no longer pending (duplicate deliveries).
         self.duplicates = 0
+        self.store = self.new_store()
+
+    def new_store(self) -> ValkeyStore:
+        """A store of this context's settings, with a client of its own (the batched
+        path's commit lanes after the first take one each)."""
         # One script call per commit step (batch_size: the store never splits one).
-        self.store = ValkeyStore(settings, batch_size=10_000)
+        return ValkeyStore(self.settings, batch_size=10_000)
 
     def commit(
         self,
@@ -270,7 +275,7 @@ def make_broker(
             broker, context.store, queue, barrier.isolation,
             inflight_records=inflight_records, inflight_bytes=inflight_bytes,
             commit_step=commit_step, on_commit=committed, commit_threads=commit_threads,
-            store_factory=lambda: ValkeyStore(settings, batch_size=10_000),
+            store_factory=context.new_store,
         )  # fmt: skip
     options = {"throws": (ValidationError,), "max_retries": max_retries}
     for name, fn in ((SAVE_ACTOR, _save_records), (ENCODE_ACTOR, _encode_records)):
