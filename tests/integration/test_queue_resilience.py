@@ -145,3 +145,138 @@ def test_enqueue_is_retried_until_the_server_answers(namespace):
             proc.terminate()
             proc.wait(10)
         stop_server(server)
+
+
+def _clients(raw) -> int:
+    """Connections the server holds, less the inspecting client's own."""
+    return len(raw.client_list()) - 1
+
+
+def test_a_script_error_reply_leaves_its_connection_in_use(namespace):
+    """The queue's scripts run on connections the driver keeps between calls. A server
+    error reply is read whole, so its connection serves the next call: no new
+    connection, no stale reply."""
+    import redis
+
+    server = start_server("plain")
+    raw = redis.Redis(port=server.port)
+    q = MemoryQueue(server.url, namespace=namespace, producer_id="p")
+    try:
+        q.enqueue_encode(["first"])
+        held = _clients(raw)
+        raw.set(f"{{{namespace}}}:pending:p", "not a sorted set")
+        with pytest.raises(QueueError, match="WRONGTYPE|wrong kind"):
+            q.enqueue_encode(["refused"])
+        raw.delete(f"{{{namespace}}}:pending:p")
+        jobs = [q.enqueue_encode_job([f"after {i}"])[0] for i in range(20)]
+        assert sorted(q.pending()) == sorted(jobs)  # each reply matched its own call
+        assert _clients(raw) == held
+    finally:
+        q.close()
+        raw.close()
+        stop_server(server)
+
+
+def test_killed_script_connections_are_replaced_and_the_call_retried(namespace):
+    """CLIENT KILL of every connection the producer holds: the next enqueue fails on
+    the dead socket, is retried on a new connection and lands once."""
+    import redis
+
+    server = start_server("plain")
+    raw = redis.Redis(port=server.port)
+    q = MemoryQueue(server.url, namespace=namespace, producer_id="p")
+    try:
+        q.enqueue_encode(["before"])
+        assert raw.client_kill_filter(_type="normal", skipme=True) >= 1
+        q.enqueue_encode(["after the kill"])
+        assert len(q.pending()) == 2
+        queued = raw.hlen(q.keys.msgs())
+        assert queued == 2
+    finally:
+        q.close()
+        raw.close()
+        stop_server(server)
+
+
+def test_close_disconnects_the_script_connections(namespace):
+    import redis
+
+    server = start_server("plain")
+    raw = redis.Redis(port=server.port)
+    q = MemoryQueue(server.url, namespace=namespace, producer_id="p")
+    try:
+        threads = [threading.Thread(target=q.enqueue_encode, args=([f"t{i}"],)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert _clients(raw) >= 1
+        q.close()
+        deadline = time.monotonic() + 5
+        while _clients(raw) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _clients(raw) == 0
+        q.enqueue_encode(["after close"])  # the next call connects again
+        assert len(q.pending()) == 9
+    finally:
+        q.close()
+        raw.close()
+        stop_server(server)
+
+
+def _unknown_op(op: str):
+    """A plan of one script call that the server refuses with an error naming ``op``:
+    each call's reply is its own, so a reply read by the wrong caller shows."""
+    from memworker.io.plan import Script
+
+    yield Script("queue", [op])
+
+
+def _calls_answer_themselves(driver, who: str, n: int) -> bool:
+    for i in range(n):
+        op = f"{who}-{i}"
+        try:
+            driver.run(_unknown_op(op))
+        except QueueError as exc:
+            if not str(exc).endswith(f"UNKNOWNOP {op}"):
+                return False
+        else:
+            return False
+    return True
+
+
+def test_a_forked_child_uses_its_own_connections():
+    """A driver forked after its first call: parent and child call at once without
+    sharing a socket (a shared one hands one's reply to the other, or leaves one
+    waiting for a reply the other read)."""
+    import os
+    import signal
+
+    from memworker.io.plan import QUEUE_ERRORS
+    from memworker.io.redispy import RedisSyncDriver
+    from memworker.settings import Settings
+
+    server = start_server("plain")
+    driver = RedisSyncDriver(Settings.from_url(server.url), QUEUE_ERRORS)
+    try:
+        assert _calls_answer_themselves(driver, "before", 3)
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                signal.alarm(30)  # a reply taken by the parent would leave the child waiting
+                code = 0 if _calls_answer_themselves(driver, "child", 2_000) else 2
+            finally:
+                os._exit(code)
+        result: list[bool] = []
+        parent = threading.Thread(
+            target=lambda: result.append(_calls_answer_themselves(driver, "parent", 2_000)), daemon=True
+        )
+        parent.start()
+        parent.join(30)
+        _, status = os.waitpid(pid, 0)
+        assert result == [True]
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        driver.close()
+        stop_server(server)
