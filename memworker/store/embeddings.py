@@ -66,6 +66,11 @@ def vector_bytes(
     return raw or array.astype("<f4", copy=False).tobytes(), int(array.size)
 
 
+#: Little-endian float32, the stored type (``<f4``; ``==`` also holds for native
+#: float32 on a little-endian machine).
+_F32 = np.dtype("<f4")
+
+
 @lru_cache(maxsize=64)
 def float32_struct(n: int) -> struct.Struct:
     """The struct packing ``n`` little-endian float32 values (cached per length)."""
@@ -125,6 +130,14 @@ def record_vector(values: Any, where: str, check: bool = True) -> tuple[bytes, i
 
     A vector of zeros gives ``b""`` and its dimension: the record is stored without an
     embedding (cosine similarity is undefined for it), its dimension still checked."""
+    if type(values) is np.ndarray and values.dtype == _F32 and values.ndim == 1 and values.size:
+        # A row of the worker's inference batch: its bytes as they are (~1 µs, not ~10).
+        raw = values.tobytes()
+        if not check:
+            return raw, values.size
+        total = float(np.add.reduce(values, dtype=np.float64))
+        if math.isfinite(total) and total != 0.0:
+            return raw, values.size
     if type(values) is list and values:
         try:
             raw = float32_struct(len(values)).pack(*values)

@@ -169,3 +169,37 @@ def test_a_batch_checks_its_vectors_in_one_pass_and_names_the_first_bad_record()
     batch = [sample(id="s", scope=""), sample(id="n", embedding=[float("inf"), 1.0, 1.0])]
     with pytest.raises(ValidationError, match=r"records\[0\]\.scope"):
         encode_records(batch)
+
+
+@pytest.mark.parametrize("size", [1, 5])
+def test_rows_of_an_inference_batch_are_checked_like_lists(size: int) -> None:
+    """The worker's vectors are rows of a float32 array: a job of one text (a scalar
+    check) or of several (one pass) refuses NaN and infinity by index, stores zeros
+    without an embedding, and keeps the bytes a list of the same floats gives."""
+    import numpy as np
+
+    def sample(**over: Any) -> dict[str, Any]:  # a dict, as the worker builds: the array stays one
+        record = {"id": "r1", "content": "hello", "scope": "/a", "embedding": None}
+        record.update(over)
+        return record
+
+    rows = np.array([[0.5, -0.25, 1.0]] * size, dtype=np.float32)
+    got = encode_records([sample(id=f"v{i}", embedding=rows[i]) for i in range(size)])
+    assert [e.embedding for e in got] == [encode_record(sample(embedding=[0.5, -0.25, 1.0])).embedding] * size
+    assert type(sample(embedding=rows[0])["embedding"]) is np.ndarray
+    assert {e.dim for e in got} == {3}
+    for bad, message in ((np.nan, "non-finite"), (np.inf, "non-finite")):
+        broken = rows.copy()
+        broken[size - 1, 0] = bad
+        with pytest.raises(ValidationError, match=rf"records\[{size - 1}\]\.embedding .*{message}"):
+            encode_records([sample(id=f"v{i}", embedding=broken[i]) for i in range(size)])
+    zeros = rows.copy()
+    zeros[size - 1] = 0.0
+    last = encode_records([sample(id=f"v{i}", embedding=zeros[i]) for i in range(size)])[-1]
+    assert (last.dim, last.embedding) == (3, b"")
+    cancelling = np.array([1.0, -1.0, 0.0], dtype=np.float32)  # sums to zero, not all zeros
+    assert encode_records([sample(id="c", embedding=cancelling)])[0].embedding == cancelling.tobytes()
+    big_endian = rows[0].astype(">f4")  # not the stored byte order: converted
+    assert encode_records([sample(id="b", embedding=big_endian)])[0].embedding == rows[0].tobytes()
+    column = np.asfortranarray(np.tile(rows[:1], (2, 1)))[0]  # a strided view
+    assert encode_records([sample(id="s", embedding=column)])[0].embedding == rows[0].tobytes()
