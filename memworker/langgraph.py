@@ -63,7 +63,7 @@ from langgraph.store.base import (
     validate_op_namespace,
 )
 
-from memworker.crewai._group import GroupCommit
+from memworker.queue.group import GroupCommit
 from memworker.errors import ConfigError, JobFailedError, ValidationError
 from memworker.queue.jobs import embed_items
 from memworker.queue.producer import MemoryQueue

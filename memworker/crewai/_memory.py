@@ -30,7 +30,7 @@ from memworker.crewai._calls import (
     failed_event,
 )
 from memworker.crewai._embedder import LocalEmbedder, model_id_of
-from memworker.crewai._group import GroupCommit
+from memworker.queue.group import GroupCommit
 from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._items import call_items, flow_entry
 from memworker.crewai._recall import matches

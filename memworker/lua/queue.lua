@@ -1,4 +1,4 @@
--- memworker's producer script: one job's enqueue, in one atomic step.
+-- memworker's producer script: the enqueue of one job (or of several), in one atomic step.
 --
 -- The five writes of an enqueue (memworker/queue/producer.py; key layout in
 -- memworker/keys.py): dramatiq's own two (the message in <q>.msgs, its id on <q>),
@@ -11,21 +11,39 @@
 -- Valkey Cluster routes the call to the namespace's shard); the producer builds them.
 --
 -- ARGV[1] = op, then per op:
---   enqueue: msgs, queue, wake, pending, producers, message id, message, now (ms),
---            job id, producer id
---            -> 1
+--   enqueue: msgs, queue, wake, pending, producers, producer id, then for each job
+--            (one or more): message id, message, now (ms), job id
+--            -> the number of jobs
+--
+-- Several jobs in one call are the enqueues of concurrent callers of one producer
+-- (memworker/queue/group.py): each is its own job (message, id on the queue, wake-up
+-- token, pending mark), sent together to save round trips; the call is atomic, so
+-- they are queued together or not at all.
 
 local op = ARGV[1]
 
 if op == "enqueue" then
-  local msgs, queue, wake, pending, producers = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-  local message_id, message, now, job_id, producer = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-  redis.call("HSET", msgs, message_id, message)
-  redis.call("RPUSH", queue, message_id)
-  redis.call("RPUSH", wake, "1")
-  redis.call("ZADD", pending, now, job_id)
+  local msgs, queue, wake, pending, producers, producer = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+  local n = (#ARGV - 7) / 4
+  if n < 1 or n ~= math.floor(n) then
+    return redis.error_reply("BADARGS enqueue takes 4 arguments a job")
+  end
+  local fields, ids, tokens, marks = {}, {}, {}, {}
+  for j = 0, n - 1 do
+    local b = 8 + 4 * j
+    fields[2 * j + 1] = ARGV[b]
+    fields[2 * j + 2] = ARGV[b + 1]
+    ids[j + 1] = ARGV[b]
+    tokens[j + 1] = "1"
+    marks[2 * j + 1] = ARGV[b + 2]
+    marks[2 * j + 2] = ARGV[b + 3]
+  end
+  redis.call("HSET", msgs, unpack(fields))
+  redis.call("RPUSH", queue, unpack(ids))
+  redis.call("RPUSH", wake, unpack(tokens))
+  redis.call("ZADD", pending, unpack(marks))
   redis.call("SADD", producers, producer)
-  return 1
+  return n
 end
 
 return redis.error_reply("UNKNOWNOP " .. tostring(op))

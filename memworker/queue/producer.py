@@ -37,6 +37,7 @@ from memworker.metrics import producer_metrics
 from memworker.tracing import inject, span
 from memworker.queue.admin import as_text, now_ms, status_plan
 from memworker.queue.drain import drain_async, drain_sync, p_replicated, replica_timeout_ms
+from memworker.queue.group import GroupCommit
 from memworker.queue.jobs import (
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_JOB_BYTES,
@@ -51,7 +52,7 @@ from memworker.queue.jobs import (
 )
 from memworker.settings import Settings
 
-__all__ = ["MemoryQueue", "default_producer_id", "enqueue_step"]
+__all__ = ["MemoryQueue", "default_producer_id", "enqueue_step", "merge_enqueues"]
 
 
 def default_producer_id() -> str:
@@ -73,8 +74,39 @@ def enqueue_step(
     pending = keys.producer(producer).pending
     return Script("queue", [
         "enqueue", keys.msgs(queue), keys.q(queue), keys.wake(queue), pending, keys.producers,
-        redis_id, data, str(now_ms()), job_id, producer,
+        producer, redis_id, data, str(now_ms()), job_id,
     ])  # fmt: skip
+
+
+#: Arguments of an ``enqueue`` step before its job's own four (op, keys, producer).
+_ENQUEUE_HEAD = 7
+#: Most jobs, and bytes of messages, in one enqueue call of several jobs (a job over
+#: the byte bound still goes, alone).
+ENQUEUE_GROUP_JOBS = 32
+ENQUEUE_GROUP_BYTES = 1 << 20
+
+
+def merge_enqueues(steps: Sequence[Script]) -> list[tuple[Script, int]]:
+    """Enqueue steps of one producer as few calls as the bounds allow: ``(call, jobs)``
+    in order; each job is still its own (``queue.lua`` takes several)."""
+    calls: list[tuple[Script, int]] = []
+    args: list[Any] = []
+    jobs = size = 0
+    for step in steps:
+        head, tail = step.args[:_ENQUEUE_HEAD], step.args[_ENQUEUE_HEAD:]
+        weight = len(tail[1])
+        if jobs and (head != args[:_ENQUEUE_HEAD] or jobs == ENQUEUE_GROUP_JOBS
+                     or size + weight > ENQUEUE_GROUP_BYTES):  # fmt: skip
+            calls.append((Script(step.name, args), jobs))
+            args, jobs, size = [], 0, 0
+        if not jobs:
+            args = list(head)
+        args += tail
+        jobs += 1
+        size += weight
+    if jobs:
+        calls.append((Script(steps[-1].name, args), jobs))
+    return calls
 
 
 class MemoryQueue:
@@ -124,6 +156,10 @@ class MemoryQueue:
         self.max_items = max_items
         self._driver = RedisSyncDriver(self.settings, QUEUE_ERRORS)
         self._adriver = RedisAsyncDriver(self.settings, QUEUE_ERRORS)
+        # Enqueues of concurrent threads share script calls (each its own job).
+        self._sends: GroupCommit[BaseException | None] = GroupCommit(
+            self._send_enqueues, ENQUEUE_GROUP_JOBS
+        )
 
     def __repr__(self) -> str:
         return (
@@ -153,7 +189,23 @@ class MemoryQueue:
                 the job in time (it is queued on the primary).
         """
         with self._timed("enqueue"):
-            self._driver.run(self._p_enqueue(step))
+            error = self._sends.submit(step)
+        if error is not None:
+            raise error
+
+    def _send_enqueues(self, steps: list[Script]) -> list[BaseException | None]:
+        """Send the enqueues of concurrent callers (:class:`GroupCommit`), as few
+        script calls as :func:`merge_enqueues` makes; each caller gets the error of
+        the call that carried its job, or ``None``."""
+        out: list[BaseException | None] = []
+        for call, jobs in merge_enqueues(steps):
+            try:
+                self._driver.run(self._p_enqueue(call))
+            except Exception as exc:  # noqa: BLE001 - raised in the thread of each of its callers
+                out += [exc] * jobs
+            else:
+                out += [None] * jobs
+        return out
 
     async def _aenqueue(self, step: Script) -> None:
         """Async :meth:`_enqueue`."""

@@ -237,3 +237,65 @@ def test_job_items_get_distinct_version_4_ids_and_one_copy_of_a_shared_flow() ->
         embed_items([{"text": "a", "flow": flow}, {"text": "b", "flow": ["x"]}], 10)
     with pytest.raises(ValidationError, match="items\\[0\\].*colour"):
         embed_items([{"text": "a", "colour": "red"}], 10)
+
+
+def _script_calls(raw) -> int:
+    stats = raw.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+def test_concurrent_enqueues_of_one_queue_share_a_script_call_and_stay_separate_jobs(namespace):
+    """Eight threads enqueue through one MemoryQueue while its first call is held up by
+    the server (CLIENT PAUSE WRITE): the other seven go out together in ONE script
+    call, each its own job (message, id on the queue, wake-up token, pending mark), and
+    each caller gets its own job id back."""
+    import threading
+    import time
+
+    import redis
+
+    from valkey_servers import start_server, stop_server
+
+    server = start_server("plain")
+    raw = redis.Redis(port=server.port)
+    q = MemoryQueue(server.url, namespace=namespace, producer_id="p1")
+    try:
+        q.enqueue_encode(["loads the script"])
+        before = _script_calls(raw)
+        raw.execute_command("CLIENT", "PAUSE", 3_000, "WRITE")  # under the 5 s request timeout
+        got: dict[int, tuple[str, list[str]]] = {}
+
+        def put(k: int) -> None:
+            got[k] = q.enqueue_encode_job([f"text {k}"])
+
+        threads = [threading.Thread(target=put, args=(0,))]
+        threads[0].start()
+        deadline = time.monotonic() + 2
+        group = q._sends  # its state, to know when every caller is where the test needs it
+        while not (group._busy and not group._waiting):  # the leader's call is out, held
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        threads += [threading.Thread(target=put, args=(k,)) for k in range(1, 8)]
+        for t in threads[1:]:
+            t.start()
+        while len(group._waiting) < 7:  # the seven queued behind it
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        raw.execute_command("CLIENT", "UNPAUSE")
+        for t in threads:
+            t.join(30)
+        assert _script_calls(raw) - before == 2
+        jobs = {job for job, _ in got.values()}
+        assert len(jobs) == 8
+        keys = q.keys
+        assert jobs < set(q.pending())  # and the first job's
+        assert raw.llen(keys.q()) == raw.hlen(keys.msgs()) == raw.llen(keys.wake()) == 9
+        messages = [json.loads(m) for m in raw.hvals(keys.msgs())]
+        by_job = {m["message_id"]: m["args"][0]["items"] for m in messages}
+        for job, ids in got.values():
+            assert [i["id"] for i in by_job[job]] == ids
+    finally:
+        raw.execute_command("CLIENT", "UNPAUSE")
+        q.close()
+        raw.close()
+        stop_server(server)

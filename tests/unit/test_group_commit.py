@@ -12,9 +12,7 @@ import time
 
 import pytest
 
-pytest.importorskip("crewai")
-
-from memworker.crewai._group import GroupCommit  # noqa: E402
+from memworker.queue.group import GroupCommit
 
 
 class Sender:

@@ -1,16 +1,20 @@
-"""Group commit for concurrent ``remember()`` calls of one memory.
+"""Group commit: concurrent calls that each send a little share one send.
 
 Thirty-two agent threads that each ``remember()`` one text would enqueue 32 one-item
 jobs, and the worker would fetch, commit, acknowledge and announce each of them on its
 own: per record, that costs more CPU than anything but the model. Instead, calls that
-arrive while an enqueue is in flight wait for it, and the next enqueue carries all of
-them in one job (a database's group commit):
+arrive while a send is in flight wait for it, and the next send carries all of them
+(a database's group commit). Its users:
 
-- An uncontended call enqueues its item at once: nothing waits for a batch to fill.
-- One caller at a time (the *leader*) sends; the items that queued up meanwhile go in
+- ``QueuedMemory.remember()`` and ``QueuedStore.put()`` put the items of concurrent
+  calls in ONE job;
+- :class:`~memworker.queue.producer.MemoryQueue` sends the enqueues of concurrent calls
+  in one script call, each still its own job (its own id, message, pending mark).
+
+- An uncontended call sends at once: nothing waits for a batch to fill.
+- One caller at a time (the *leader*) sends; the entries that queued up meanwhile go in
   the next send, made by the oldest of their callers (promoted when the send ends).
-- Each caller gets its own item's result (or the send's error); what it then waits
-  for is the shared job, which holds its item.
+- Each caller gets its own entry's result (or the send's error).
 """
 
 from __future__ import annotations
