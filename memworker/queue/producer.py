@@ -127,7 +127,9 @@ class MemoryQueue:
             reads ``MEMWORKER_PRODUCER_METRICS`` (``1``/``true``). Needs the
             ``metrics`` extra.
 
-    Nothing connects until the first call; one client per face, reused.
+    Nothing connects until the first call; one client per face, reused. Threads may
+    share one queue: enqueues made while another is in flight go out together in the
+    next script call (:func:`merge_enqueues`), each still its own job.
     """
 
     def __init__(
@@ -169,7 +171,8 @@ class MemoryQueue:
 
     # ------------------------------------------------------------------ clients
     def _enqueue(self, step: Script) -> None:
-        """Run one enqueue's script, retrying a transient failure.
+        """Run one enqueue's script, retrying a transient failure (with the enqueues
+        other threads made meanwhile, in one call: :meth:`_send_enqueues`).
 
         Safe to retry: the script is all-or-nothing and the job and message ids were
         chosen before the first attempt, so every attempt writes the same keys. An
