@@ -81,13 +81,15 @@ def test_sigkill_after_commit_before_ack_leaves_no_duplicate(chaos_server, ns, w
         q.pending()  # the queue's connection is open before the count below
         sub.get_message(timeout=1)  # and the subscription's
         for it in range(iterations):
-            ours = int(client.info("clients")["connected_clients"])
-            proc = workers.start()
-            workers.wait_live(client)
+            # Enqueued before the worker starts, so that every connection of this
+            # process (the queue's pool and its script connection) is open at the count.
             job, ids = q.enqueue_encode_job(
                 [{"text": f"after exec {it} {k}", "scope": f"/it/{it}", "categories": ["x", f"c{it}"]}
                  for k in range(5)])
             record_ids += ids
+            ours = int(client.info("clients")["connected_clients"])
+            proc = workers.start()
+            workers.wait_live(client)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 msg = sub.get_message(timeout=1)
