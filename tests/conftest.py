@@ -43,6 +43,15 @@ def plain_server() -> Iterator[ServerInfo]:
     stop_server(server)
 
 
+@pytest.fixture
+def own_plain_server() -> Iterator[ServerInfo]:
+    """A plain Valkey of this test alone: for tests that count the server's clients or
+    commands, which other tests' clients of a shared server would change."""
+    server = start_server("plain")
+    yield server
+    stop_server(server)
+
+
 @pytest.fixture(scope="session")
 def module_server() -> Iterator[ServerInfo]:
     """Valkey with RediSearch loaded (the FT.SEARCH path)."""

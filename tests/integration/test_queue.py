@@ -244,7 +244,9 @@ def _script_calls(raw) -> int:
     return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
 
 
-def test_concurrent_enqueues_of_one_queue_share_a_script_call_and_stay_separate_jobs(namespace):
+def test_concurrent_enqueues_of_one_queue_share_a_script_call_and_stay_separate_jobs(
+    own_plain_server, namespace
+):
     """Eight threads enqueue through one MemoryQueue while its first call is held up by
     the server (CLIENT PAUSE WRITE): the other seven go out together in ONE script
     call, each its own job (message, id on the queue, wake-up token, pending mark), and
@@ -254,9 +256,7 @@ def test_concurrent_enqueues_of_one_queue_share_a_script_call_and_stay_separate_
 
     import redis
 
-    from valkey_servers import start_server, stop_server
-
-    server = start_server("plain")
+    server = own_plain_server
     raw = redis.Redis(port=server.port)
     q = MemoryQueue(server.url, namespace=namespace, producer_id="p1")
     try:
@@ -298,4 +298,3 @@ def test_concurrent_enqueues_of_one_queue_share_a_script_call_and_stay_separate_
         raw.execute_command("CLIENT", "UNPAUSE")
         q.close()
         raw.close()
-        stop_server(server)

@@ -152,13 +152,13 @@ def _clients(raw) -> int:
     return len(raw.client_list()) - 1
 
 
-def test_a_script_error_reply_leaves_its_connection_in_use(namespace):
+def test_a_script_error_reply_leaves_its_connection_in_use(own_plain_server, namespace):
     """The queue's scripts run on connections the driver keeps between calls. A server
     error reply is read whole, so its connection serves the next call: no new
     connection, no stale reply."""
     import redis
 
-    server = start_server("plain")
+    server = own_plain_server
     raw = redis.Redis(port=server.port)
     q = MemoryQueue(server.url, namespace=namespace, producer_id="p")
     try:
@@ -174,15 +174,14 @@ def test_a_script_error_reply_leaves_its_connection_in_use(namespace):
     finally:
         q.close()
         raw.close()
-        stop_server(server)
 
 
-def test_killed_script_connections_are_replaced_and_the_call_retried(namespace):
+def test_killed_script_connections_are_replaced_and_the_call_retried(own_plain_server, namespace):
     """CLIENT KILL of every connection the producer holds: the next enqueue fails on
     the dead socket, is retried on a new connection and lands once."""
     import redis
 
-    server = start_server("plain")
+    server = own_plain_server
     raw = redis.Redis(port=server.port)
     q = MemoryQueue(server.url, namespace=namespace, producer_id="p")
     try:
@@ -195,13 +194,12 @@ def test_killed_script_connections_are_replaced_and_the_call_retried(namespace):
     finally:
         q.close()
         raw.close()
-        stop_server(server)
 
 
-def test_close_disconnects_the_script_connections(namespace):
+def test_close_disconnects_the_script_connections(own_plain_server, namespace):
     import redis
 
-    server = start_server("plain")
+    server = own_plain_server
     raw = redis.Redis(port=server.port)
     q = MemoryQueue(server.url, namespace=namespace, producer_id="p")
     try:
@@ -221,7 +219,6 @@ def test_close_disconnects_the_script_connections(namespace):
     finally:
         q.close()
         raw.close()
-        stop_server(server)
 
 
 def _unknown_op(op: str):
@@ -245,7 +242,7 @@ def _calls_answer_themselves(driver, who: str, n: int) -> bool:
     return True
 
 
-def test_a_forked_child_uses_its_own_connections():
+def test_a_forked_child_uses_its_own_connections(own_plain_server):
     """A driver forked after its first call: parent and child call at once without
     sharing a socket (a shared one hands one's reply to the other, or leaves one
     waiting for a reply the other read)."""
@@ -256,7 +253,7 @@ def test_a_forked_child_uses_its_own_connections():
     from memworker.io.redispy import RedisSyncDriver
     from memworker.settings import Settings
 
-    server = start_server("plain")
+    server = own_plain_server
     driver = RedisSyncDriver(Settings.from_url(server.url), QUEUE_ERRORS)
     try:
         assert _calls_answer_themselves(driver, "before", 3)
@@ -279,4 +276,3 @@ def test_a_forked_child_uses_its_own_connections():
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         driver.close()
-        stop_server(server)
