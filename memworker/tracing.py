@@ -25,6 +25,7 @@ message, like any payload field).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -52,12 +53,31 @@ _MAX_STATE = 512
 _provider: Any = None
 
 
+@functools.cache
 def _trace() -> Any:
+    """``opentelemetry.trace``, or ``None`` without the API (looked up once: every
+    enqueue asks)."""
     try:
         from opentelemetry import trace
     except ImportError:
         return None
     return trace
+
+
+@functools.cache
+def _proxy_provider() -> type:
+    from opentelemetry.trace import ProxyTracerProvider
+
+    return ProxyTracerProvider
+
+
+@functools.cache
+def _propagate() -> Any:
+    try:
+        from opentelemetry import propagate
+    except ImportError:
+        return None
+    return propagate
 
 
 def _tracer() -> Any:
@@ -85,10 +105,8 @@ def enabled() -> bool:
     trace = _trace()
     if trace is None:
         return False
-    from opentelemetry.trace import ProxyTracerProvider
-
     provider = trace.get_tracer_provider()
-    return not isinstance(provider, ProxyTracerProvider) and type(provider).__name__ != "NoOpTracerProvider"
+    return not isinstance(provider, _proxy_provider()) and type(provider).__name__ != "NoOpTracerProvider"
 
 
 def job_span(name: str, parent: Any, attributes: Mapping[str, Any], start_ns: int, end_ns: int) -> None:
@@ -102,9 +120,8 @@ def job_span(name: str, parent: Any, attributes: Mapping[str, Any], start_ns: in
 
 def inject() -> dict[str, str] | None:
     """The current trace context as a message option (``None`` when there is none)."""
-    try:
-        from opentelemetry import propagate
-    except ImportError:
+    propagate = _propagate()
+    if propagate is None:
         return None
     carrier: dict[str, str] = {}
     propagate.inject(carrier)

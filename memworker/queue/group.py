@@ -33,7 +33,8 @@ class _Slot:
 
     def __init__(self, entry: Any) -> None:
         self.entry = entry
-        self.done = threading.Event()
+        #: Made only for a caller that waits (an uncontended call sends at once).
+        self.done: threading.Event | None = None
         self.lead = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -67,8 +68,10 @@ class GroupCommit(Generic[T]):
         with self._lock:
             self._waiting.append(slot)
             slot.lead = not self._busy
+            if not slot.lead:
+                slot.done = threading.Event()
             self._busy = True
-        if not slot.lead:
+        if slot.done is not None:
             slot.done.wait()  # set when sent by a leader, or when promoted to lead
         if slot.lead:
             self._flush()
@@ -99,6 +102,7 @@ class GroupCommit(Generic[T]):
                 else:
                     self._busy = False
             for s in batch:
-                s.done.set()
-            if successor is not None:
+                if s.done is not None:
+                    s.done.set()
+            if successor is not None and successor.done is not None:
                 successor.done.set()

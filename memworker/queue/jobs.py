@@ -204,17 +204,20 @@ ITEM_FIELDS = frozenset(
 )  # fmt: skip
 
 
-def _uuid4_texts(n: int) -> list[str]:
+def uuid4_texts(n: int) -> list[str]:
     """``n`` random (version 4) UUIDs as text, from one random read (uuid4 reads 16
-    bytes per call and builds a UUID object)."""
-    raw = bytearray(os.urandom(16 * n))
-    raw[6::16] = bytes(b & 0x0F | 0x40 for b in raw[6::16])  # version 4
-    raw[8::16] = bytes(b & 0x3F | 0x80 for b in raw[8::16])  # RFC 4122 variant
-    h = raw.hex()
+    bytes per call and builds a UUID object): each the text of 16 random bytes with
+    the version nibble set to 4 and the variant's two bits to 10 (RFC 4122)."""
+    h = os.urandom(16 * n).hex()
     return [
-        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-"
+        f"{_VARIANT[h[i + 16]]}{h[i + 17:i + 20]}-{h[i + 20:i + 32]}"
         for i in range(0, 32 * n, 32)
     ]
+
+
+#: A random hex digit -> the same low two bits under the RFC 4122 variant (10xx).
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
@@ -226,7 +229,7 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     check_count(items, max_items, "items")
     now = utcnow()
     now_iso = now.isoformat()
-    new_ids = _uuid4_texts(len(items))
+    new_ids = uuid4_texts(len(items))
     # Items of one call usually share their flow settings, often the same object:
     # each distinct one is checked JSON-safe and copied once.
     flows: dict[str, Any] = {}
@@ -300,9 +303,11 @@ def build_message(
     max_job_bytes: int,
     queue: str = DEFAULT_QUEUE,
     trace: dict[str, str] | None = None,
+    redis_id: str | None = None,
 ) -> tuple[str, bytes]:
     """The dramatiq message of a job: ``(redis_message_id, encoded bytes)``; ``trace``
-    is the producer's trace context (:mod:`memworker.tracing`), carried as an option.
+    is the producer's trace context (:mod:`memworker.tracing`), carried as an option;
+    ``redis_id`` the message's id on the queue (default: a new uuid4).
 
     Raises:
         ValidationError: The encoded job is larger than ``max_job_bytes``.
@@ -310,7 +315,7 @@ def build_message(
     from dramatiq import Message
 
     job = {"v": JOB_SCHEMA, "job": job_id, "producer": producer, "items": items}
-    redis_id = str(uuid.uuid4())
+    redis_id = redis_id or str(uuid.uuid4())
     options: dict[str, Any] = {"redis_message_id": redis_id}
     if trace:
         options["trace"] = trace

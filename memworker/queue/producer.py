@@ -34,6 +34,7 @@ from memworker.io.plan import QUEUE_ERRORS, Call, Plan, Script, one
 from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver
 from memworker.keys import DEFAULT_QUEUE, QueueKeys, result_key
 from memworker.metrics import producer_metrics
+from memworker.tracing import enabled as tracing_enabled
 from memworker.tracing import inject, span
 from memworker.queue.admin import as_text, now_ms, status_plan
 from memworker.queue.drain import drain_async, drain_sync, p_replicated, replica_timeout_ms
@@ -49,10 +50,11 @@ from memworker.queue.jobs import (
     check_producer_id,
     embed_items,
     save_items,
+    uuid4_texts,
 )
 from memworker.settings import Settings
 
-__all__ = ["MemoryQueue", "default_producer_id", "enqueue_step", "merge_enqueues"]
+__all__ = ["MemoryQueue", "default_producer_id", "enqueue_head", "enqueue_step", "merge_enqueues"]
 
 
 def default_producer_id() -> str:
@@ -71,11 +73,14 @@ def enqueue_step(
 ) -> Script:
     """One enqueue: ``queue.lua``'s five writes (the message, its id on the queue, a
     wake-up token, the pending mark, the producer's entry), atomic, one round trip."""
+    return Script("queue", [*enqueue_head(keys, producer, queue), redis_id, data, str(now_ms()), job_id])
+
+
+def enqueue_head(keys: QueueKeys, producer: str, queue: str = DEFAULT_QUEUE) -> list[str]:
+    """The arguments of ``queue.lua``'s ``enqueue`` before its jobs' own: the op, the
+    queue's keys, the producer's pending mark and entry, the producer."""
     pending = keys.producer(producer).pending
-    return Script("queue", [
-        "enqueue", keys.msgs(queue), keys.q(queue), keys.wake(queue), pending, keys.producers,
-        producer, redis_id, data, str(now_ms()), job_id,
-    ])  # fmt: skip
+    return ["enqueue", keys.msgs(queue), keys.q(queue), keys.wake(queue), pending, keys.producers, producer]
 
 
 #: Arguments of an ``enqueue`` step before its job's own four (op, keys, producer).
@@ -107,6 +112,10 @@ def merge_enqueues(steps: Sequence[Script]) -> list[tuple[Script, int]]:
     if jobs:
         calls.append((Script(steps[-1].name, args), jobs))
     return calls
+
+
+def _no_note(job_id: str, records: int) -> None:
+    """The span note of an enqueue when tracing is off."""
 
 
 class MemoryQueue:
@@ -156,6 +165,7 @@ class MemoryQueue:
             raise ValidationError(f"max_items must be an integer >= 1, got {max_items!r}")
         self.max_job_bytes = max_job_bytes
         self.max_items = max_items
+        self._head = enqueue_head(self.keys, self.producer_id)
         self._driver = RedisSyncDriver(self.settings, QUEUE_ERRORS)
         self._adriver = RedisAsyncDriver(self.settings, QUEUE_ERRORS)
         # Enqueues of concurrent threads share script calls (each its own job).
@@ -191,8 +201,11 @@ class MemoryQueue:
             ReplicationTimeout: ``MEMWORKER_COMMIT_REPLICAS`` replicas did not confirm
                 the job in time (it is queued on the primary).
         """
-        with self._timed("enqueue"):
+        if self._metrics is None:
             error = self._sends.submit(step)
+        else:
+            with self._timed("enqueue"):
+                error = self._sends.submit(step)
         if error is not None:
             raise error
 
@@ -255,6 +268,9 @@ class MemoryQueue:
         """The ``memworker.enqueue`` span of one enqueue (:mod:`memworker.tracing`),
         current while the message is built (its context goes into the message) and
         sent; yields a function that names the job and its record count on it."""
+        if not tracing_enabled():  # no SDK: no span to name (skips its set-up per job)
+            yield _no_note
+            return
         attributes = {"memworker.namespace": self.keys.namespace, "memworker.actor": actor}
         with span("memworker.enqueue", attributes) as current:
 
@@ -266,11 +282,12 @@ class MemoryQueue:
             yield note
 
     def _prepare(self, actor: str, items: list[dict[str, Any]]) -> tuple[str, Script]:
-        job_id = str(uuid.uuid4())
-        redis_id, data = build_message(
-            actor, job_id, self.producer_id, items, self.max_job_bytes, trace=inject()
-        )
-        return job_id, enqueue_step(self.keys, self.producer_id, job_id, redis_id, data)
+        job_id, redis_id = uuid4_texts(2)
+        data = build_message(
+            actor, job_id, self.producer_id, items, self.max_job_bytes, trace=inject(),
+            redis_id=redis_id,
+        )[1]
+        return job_id, Script("queue", [*self._head, redis_id, data, str(now_ms()), job_id])
 
     # ------------------------------------------------------------------ sync face
     def enqueue_save(self, records: Sequence[Any]) -> str:
