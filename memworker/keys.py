@@ -56,6 +56,7 @@ The Lua scripts (``memworker/lua``) and the docs point here rather than restate 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -168,6 +169,11 @@ class ProducerKeys:
               done_channel=f"{ns}:done:{p}")  # fmt: skip
 
 
+@functools.lru_cache(maxsize=4096)
+def _producer_keys(namespace: str, producer: str) -> ProducerKeys:
+    return ProducerKeys(namespace, producer)
+
+
 @dataclass(frozen=True)
 class QueueKeys:
     """Key names of the queue side of a namespace (see the layout above)."""
@@ -199,8 +205,9 @@ class QueueKeys:
               heartbeats=f"{ns}:dq:__heartbeats__", synced=f"{ns}:synced")  # fmt: skip
 
     def producer(self, producer: str) -> ProducerKeys:
-        """The keys of one producer's jobs."""
-        return ProducerKeys(self.namespace, producer)
+        """The keys of one producer's jobs (the last few thousand pairs are kept: a
+        worker asks for them for every job it commits)."""
+        return _producer_keys(self.namespace, producer)
 
     def worker(self, worker_id: str) -> str:
         """Hash of one worker's health record (TTL: the health TTL)."""

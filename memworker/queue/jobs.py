@@ -312,23 +312,30 @@ def build_message(
     Raises:
         ValidationError: The encoded job is larger than ``max_job_bytes``.
     """
-    from dramatiq import Message
+    import dramatiq
+    from dramatiq.encoder import JSONEncoder
 
     job = {"v": JOB_SCHEMA, "job": job_id, "producer": producer, "items": items}
     redis_id = redis_id or str(uuid.uuid4())
     options: dict[str, Any] = {"redis_message_id": redis_id}
     if trace:
         options["trace"] = trace
-    message: Message[Any] = Message(
-        queue_name=queue,
-        actor_name=actor,
-        args=(job,),
-        kwargs={},
-        options=options,
-        message_id=job_id,
-        message_timestamp=int(time.time() * 1000),
-    )
-    data = message.encode()
+    fields = {
+        "queue_name": queue,
+        "actor_name": actor,
+        "args": (job,),
+        "kwargs": {},
+        "options": options,
+        "message_id": job_id,
+        "message_timestamp": int(time.time() * 1000),
+    }
+    encoder = dramatiq.get_encoder()
+    if type(encoder) is JSONEncoder:
+        # What Message(**fields).encode() writes (its fields in order, through the
+        # same encoder), without making the Message (~5 us of a ~170 us enqueue).
+        data = json.dumps(fields, separators=(",", ":")).encode("utf-8")
+    else:  # another global encoder: the message encodes itself
+        data = dramatiq.Message(**fields).encode()
     if len(data) > max_job_bytes:
         raise ValidationError(
             f"job is {len(data)} bytes encoded, the limit (max_job_bytes) is {max_job_bytes}"

@@ -130,7 +130,9 @@ class _Job:
     ids: tuple[str, ...] = ()  # the record ids it writes
     lane: int = 0
     after: list[_Job] = _field(default_factory=list)  # commit only once these finished
-    finished: threading.Event = _field(default_factory=threading.Event)
+    #: Set when the job finished; made (under the lock, in ``_route``) only for a job
+    #: that a later job of another lane waits on.
+    finished: threading.Event | None = None
     gone: bool = False  # finished (set under the lock)
 
 
@@ -341,6 +343,9 @@ class JobBatches:
             job.lane = lane
             earlier = {id(e): e for e in (self._writers.get(i) for i in job.ids) if e is not None}
             job.after = [e for e in earlier.values() if e.lane != lane]
+            for e in job.after:
+                if e.finished is None:
+                    e.finished = threading.Event()
             for i in job.ids:
                 self._writers[i] = job
         self._lanes[lane].jobs += len(jobs)
@@ -378,8 +383,10 @@ class JobBatches:
                 for i in job.ids:
                     if self._writers.get(i) is job:
                         del self._writers[i]
-        for job in jobs:
-            job.finished.set()
+            # A job gone from the writers gets no new waiter: its event, if any, is made.
+            events = [job.finished for job in jobs if job.finished is not None]
+        for event in events:
+            event.set()
 
     def _commit_group(self, group: list[_Job], lane: _Lane) -> None:
         call: list[tuple[_Job, JobWrite]] = []
@@ -390,12 +397,13 @@ class JobBatches:
             if job.requeued:
                 self._finish([job])
                 continue
-            if job.after and not all(e.finished.is_set() for e in job.after):
+            if job.after and not all(e.finished is not None and e.finished.is_set() for e in job.after):
                 if call:  # what this lane holds is fetched earlier: others may wait on it
                     self._flush(call, lane)
                     call, ids, count, dim = [], set(), 0, 0
                 for earlier in job.after:
-                    earlier.finished.wait()
+                    if earlier.finished is not None:  # made in _route, before job.after
+                        earlier.finished.wait()
                 with self._lock:
                     self.counts.waited += 1
             if call and job.future is not None and not job.future.done():
