@@ -298,3 +298,113 @@ def test_concurrent_enqueues_of_one_queue_share_a_script_call_and_stay_separate_
         raw.execute_command("CLIENT", "UNPAUSE")
         q.close()
         raw.close()
+
+
+def _hold_first_call(raw, pipe, start_first, start_rest, waiting: int) -> None:
+    """Pause the server's writes, start the first caller and wait until its call is
+    out (the pipe busy, nothing queued), then start the rest and wait until
+    ``waiting`` calls are queued behind it."""
+    import time
+
+    raw.execute_command("CLIENT", "PAUSE", 3_000, "WRITE")  # under the 5 s request timeout
+    start_first()
+    deadline = time.monotonic() + 2
+    group = pipe._group  # its state, to know when every caller is where the test needs it
+    while not (group._busy and not group._waiting):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    start_rest()
+    while len(group._waiting) < waiting:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    raw.execute_command("CLIENT", "UNPAUSE")
+
+
+def test_queues_of_one_process_pipeline_their_calls_each_with_its_own_reply(own_plain_server, namespace):
+    """Eight MemoryQueues (eight producers, as eight agents of one process) enqueue at
+    once while the first call is held up by the server: the other seven go out in ONE
+    pipelined write, yet each is its own script call with its own reply: the one
+    refused by the server (its pending mark is not a sorted set) fails alone, and every
+    other caller's job is its own producer's."""
+    import threading
+
+    import redis
+
+    from memworker.errors import QueueError
+
+    server = own_plain_server
+    raw = redis.Redis(port=server.port)
+    queues = [MemoryQueue(server.url, namespace=namespace, producer_id=f"p{k}") for k in range(8)]
+    try:
+        for q in queues:
+            q.enqueue_encode(["loads the script, connects"])
+        pipe = queues[0]._driver._pipe
+        assert pipe is not None and all(q._driver._pipe is pipe for q in queues)
+        raw.set(queues[5].keys.producer("p5").pending, "not a sorted set")
+        writes, calls, clients = pipe.writes, _script_calls(raw), len(raw.client_list())
+        got: dict[int, object] = {}
+
+        def put(k: int) -> None:
+            try:
+                got[k] = queues[k].enqueue_encode_job([f"text {k}"])[0]
+            except QueueError as exc:
+                got[k] = exc
+
+        threads = [threading.Thread(target=put, args=(k,)) for k in range(8)]
+        _hold_first_call(raw, pipe, threads[0].start, lambda: [t.start() for t in threads[1:]], 7)
+        for t in threads:
+            t.join(30)
+        assert pipe.writes - writes == 2  # the held call, then the seven together
+        assert _script_calls(raw) - calls == 8  # each its own call
+        assert len(raw.client_list()) == clients  # on the connection the first call used
+        assert isinstance(got[5], QueueError) and "WRONGTYPE" in str(got[5])
+        for k, q in enumerate(queues):
+            if k != 5:
+                assert got[k] in q.pending() and len(q.pending()) == 2, k
+        raw.delete(queues[5].keys.producer("p5").pending)
+        assert queues[5].enqueue_encode_job(["after"])[0] in queues[5].pending()
+    finally:
+        raw.execute_command("CLIENT", "UNPAUSE")
+        for q in queues:
+            q.close()
+        raw.close()
+
+
+def test_queues_share_a_pipe_only_with_the_same_credentials_and_close_it_last(own_plain_server, namespace):
+    """Queues of two ACL users never share a connection (each user's calls run as
+    that user); queues of one user share one, and it closes with the last of them."""
+    import time
+
+    import redis
+
+    server = own_plain_server
+    raw = redis.Redis(port=server.port)
+    for user in ("alice", "bob"):
+        raw.execute_command("ACL", "SETUSER", user, "on", f">{user}-pw", "~*", "&*", "+@all")
+    url = server.url.replace("://", "://{user}:{user}-pw@", 1)
+    a1 = MemoryQueue(url.format(user="alice"), namespace=namespace, producer_id="a1")
+    a2 = MemoryQueue(url.format(user="alice"), namespace=namespace, producer_id="a2")
+    b = MemoryQueue(url.format(user="bob"), namespace=namespace, producer_id="b")
+
+    def users() -> list[str]:
+        """The users of the connections whose last command was a script call (the
+        pipes'; each queue's pool has its own for other commands)."""
+        return sorted(c["user"] for c in raw.client_list() if c["cmd"] == "evalsha")
+
+    try:
+        for q in (a1, a2, b):
+            q.enqueue_encode(["one"])
+        assert a1._driver._pipe is a2._driver._pipe is not b._driver._pipe
+        assert users() == ["alice", "bob"]  # a pipe each, one connection (calls one at a time)
+        a1.close()
+        a2.enqueue_encode(["still served"])
+        assert users() == ["alice", "bob"] and len(a2.pending()) == 2
+        a2.close()
+        deadline = time.monotonic() + 5
+        while users() != ["bob"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert users() == ["bob"]
+    finally:
+        for q in (a1, a2, b):
+            q.close()
+        raw.close()
