@@ -43,10 +43,8 @@ from memworker.io.scripts import script_key, script_source
 from memworker.settings import Settings
 
 __all__ = [
-    "PIPE_CALLS",
     "RedisAsyncDriver",
     "RedisSyncDriver",
-    "ScriptPipe",
     "async_redis_client",
     "is_cluster",
     "known_nodes",
@@ -213,157 +211,6 @@ class _Driver:
         return self.errors.server(f"Valkey error: {error_text(exc)}")
 
 
-#: Most script calls in one pipelined write of a :class:`ScriptPipe`.
-PIPE_CALLS = 64
-
-
-class _Failed:
-    """A call's error in a pipe's results (a reply is never an exception object)."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-class ScriptPipe:
-    """The script calls of a process to one server, on connections of its own.
-
-    Every enqueue is one script call, and threads of one process that each enqueue
-    through their own :class:`~memworker.queue.producer.MemoryQueue` (an agent each)
-    would each pay a write, a read and two hand-overs of the GIL per job. Calls that
-    arrive while a call is in flight go out together in the next write, pipelined
-    (:class:`~memworker.queue.group.GroupCommit`): each is still its own call with its
-    own reply, in order; the server runs them one after the other as it would have.
-
-    - A connection goes back to the free list only after every reply of its write was
-      read whole (a value or the server's error reply, which is that call's error);
-      any other failure disconnects it, and the calls whose replies were not read get
-      that error (their drivers retry them on a new connection).
-    - Connections are made by ``settings``' own client, or by ``client``'s pool.
-    - Forked children never use a parent's connections (the free list is per pid).
-
-    Args:
-        settings: Where the server is (the shared pipe of :func:`shared_pipe`).
-        client: A ``redis.Redis`` whose pool makes the connections instead.
-    """
-
-    def __init__(self, settings: Settings | None = None, *, client: Any = None) -> None:
-        from memworker.queue.group import GroupCommit  # memworker.queue imports this module
-
-        self._settings = settings
-        self._client = client
-        self._lock = threading.Lock()
-        self._free: list[Any] = []
-        self._pid = os.getpid()
-        self._generation = 0  # disconnect() makes connections in flight stale
-        self._group: GroupCommit[Any] = GroupCommit(self._send, PIPE_CALLS)
-        #: Writes made (each one or more calls); tests read it.
-        self.writes = 0
-        #: Drivers holding the shared pipe (:func:`shared_pipe`, :func:`release_pipe`).
-        self.refs = 0
-
-    def call(self, args: tuple[Any, ...]) -> Any:
-        """Send one command (a script call) and return its reply.
-
-        Raises:
-            redis.exceptions.ResponseError: The server's error reply to it.
-            Exception: The connection failed before its reply was read.
-        """
-        result = self._group.submit(args)
-        if type(result) is _Failed:
-            raise result.error
-        return result
-
-    def _connection(self) -> tuple[Any, int]:
-        with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's sockets are not ours
-                self._free, self._pid = [], os.getpid()
-            generation = self._generation
-            if self._free:
-                return self._free.pop(), generation
-            if self._client is None:
-                assert self._settings is not None
-                self._client = redis_client(self._settings)
-            client = self._client
-        return client.connection_pool.make_connection(), generation
-
-    def _send(self, calls: list[tuple[Any, ...]]) -> list[Any]:
-        import redis.exceptions as rex
-
-        conn, generation = self._connection()
-        out: list[Any] = []
-        try:
-            if len(calls) == 1:
-                conn.send_command(*calls[0])
-            else:
-                conn.send_packed_command(conn.pack_commands(calls))
-            self.writes += 1
-            for _ in calls:
-                try:
-                    out.append(conn.read_response())
-                except rex.ResponseError as exc:  # its own reply, read whole
-                    out.append(_Failed(exc))
-        except Exception as exc:  # noqa: BLE001 - the calls left without a reply get it
-            conn.disconnect()
-            return out + [_Failed(exc)] * (len(calls) - len(out))
-        except BaseException:
-            conn.disconnect()
-            raise
-        with self._lock:
-            keep = generation == self._generation and self._pid == os.getpid()
-            if keep:
-                self._free.append(conn)
-        if not keep:
-            conn.disconnect()
-        return out
-
-    def disconnect(self) -> None:
-        """Close the free connections; one in flight is closed when its write is done
-        (the next call connects again)."""
-        with self._lock:
-            free, self._free = self._free, []
-            self._generation += 1
-            mine = self._pid == os.getpid()
-        for conn in free if mine else ():
-            conn.disconnect()
-
-
-#: The shared pipes of this process, by :func:`pipe_key`.
-_pipes: dict[tuple[Any, ...], ScriptPipe] = {}
-_pipes_lock = threading.Lock()
-
-
-def pipe_key(settings: Settings) -> tuple[Any, ...]:
-    """What makes two drivers' connections the same: the process, the server's URL
-    (with its credentials and database) and the client's arguments (TLS checks)."""
-    settings = ensure_embedded(settings)
-    url = settings.url(redact=False, scheme="redis")
-    return (os.getpid(), settings.tls, url, tuple(sorted(redis_kwargs(settings).items())))
-
-
-def shared_pipe(key: tuple[Any, ...], settings: Settings) -> ScriptPipe:
-    """The process's pipe for ``key``, made on first use; the caller holds it until
-    :func:`release_pipe`."""
-    with _pipes_lock:
-        pipe = _pipes.get(key)
-        if pipe is None:
-            pipe = _pipes[key] = ScriptPipe(settings)
-        pipe.refs += 1
-        return pipe
-
-
-def release_pipe(key: tuple[Any, ...], pipe: ScriptPipe) -> None:
-    """Drop a hold on a shared pipe; the last one closes its connections."""
-    with _pipes_lock:
-        pipe.refs -= 1
-        if pipe.refs > 0:
-            return
-        if _pipes.get(key) is pipe:
-            del _pipes[key]
-    pipe.disconnect()
-
-
 class RedisSyncDriver(_Driver, SyncRunner):
     """Runs plans over one ``redis.Redis``, created on first use and reused.
 
@@ -381,11 +228,9 @@ class RedisSyncDriver(_Driver, SyncRunner):
         self._client: Any = client
         self._owned = client is None
         self._lock = threading.Lock()
-        #: The script path (:meth:`_script_call`): this process's pipe to the server
-        #: (shared by the drivers that made their own client with the same settings).
-        self._pipe: ScriptPipe | None = None
-        self._pipe_key: tuple[Any, ...] | None = None
-        self._pipe_pid = 0
+        #: Connections of the script path (:meth:`_script_call`), this process's.
+        self._free: list[Any] = []
+        self._free_pid = os.getpid()
 
     def client(self) -> Any:
         """The ``redis.Redis`` client, created on first use."""
@@ -424,29 +269,43 @@ class RedisSyncDriver(_Driver, SyncRunner):
             return self._script_call(client, "EVAL", body, 1, key, *step.args)
 
     def _script_call(self, client: Any, *args: Any) -> Any:
-        """One script call: on a standalone server, through this process's
-        :class:`ScriptPipe` to it (concurrent calls of every queue of the process
-        share a write and a read); a cluster client routes by key on its own path."""
+        """One script call: on a standalone server, straight on a connection of the
+        driver's own free list (made by the client's pool, kept between calls).
+
+        A producer's enqueue is one script call, and ``execute_command`` spent about
+        half of its client-side CPU around the socket (the pool's lock and its
+        readiness poll of the socket, observability hooks): ~80 µs a call against
+        ~38 here (``benchmarks/README.md``). A connection goes back to the list only
+        after its reply was read whole (a value or the server's error reply); any
+        other failure disconnects it and leaves it out, so a later call never reads
+        a stale reply. A cluster client routes by key: it takes its own path.
+        """
+        import redis.exceptions as rex
+
         if hasattr(client, "get_node_from_key"):
             return client.execute_command(*args)
-        pipe = self._pipe
-        if pipe is None or self._pipe_pid != os.getpid():
-            pipe = self._attach(client)
-        return pipe.call(args)
-
-    def _attach(self, client: Any) -> ScriptPipe:
-        """This process's pipe for the driver: the shared one of its settings when
-        the driver made its own client, else one of its own on the given client."""
-        with self._lock:
-            if self._pipe is not None and self._pipe_pid == os.getpid():
-                return self._pipe
-            if self._owned:
-                self._pipe_key = pipe_key(self.settings)
-                self._pipe = shared_pipe(self._pipe_key, self.settings)
-            else:
-                self._pipe_key, self._pipe = None, ScriptPipe(client=client)
-            self._pipe_pid = os.getpid()
-            return self._pipe
+        free = self._free
+        if self._free_pid != os.getpid():  # a forked child: the parent's sockets are not ours
+            self._free = free = []
+            self._free_pid = os.getpid()
+        try:
+            conn = free.pop()
+        except IndexError:
+            conn = client.connection_pool.make_connection()
+        try:
+            conn.send_command(*args)
+            reply = conn.read_response()
+        except rex.ResponseError:
+            free.append(conn)  # the server's error reply, read whole: the connection is clean
+            raise
+        except BaseException:
+            conn.disconnect()
+            raise
+        if free is self._free:
+            free.append(conn)
+        else:  # the driver was closed during the call
+            conn.disconnect()
+        return reply
 
     def call(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(client)`` with the retry policy; errors are raised unwrapped
@@ -480,16 +339,12 @@ class RedisSyncDriver(_Driver, SyncRunner):
         """Close the client (when the driver made it) and the script path's
         connections; the next call connects again."""
         with self._lock:
-            pipe, key, self._pipe = self._pipe, self._pipe_key, None
-            mine = self._pipe_pid == os.getpid()
+            free, self._free = self._free, []
             client = None
             if self._owned:
                 client, self._client = self._client, None
-        if pipe is not None and mine:
-            if key is None:
-                pipe.disconnect()
-            else:
-                release_pipe(key, pipe)
+        for conn in free:
+            conn.disconnect()
         if client is not None:
             client.close()
 

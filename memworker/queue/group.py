@@ -9,9 +9,7 @@ arrive while a send is in flight wait for it, and the next send carries all of t
 - ``QueuedMemory.remember()`` and ``QueuedStore.put()`` put the items of concurrent
   calls in ONE job;
 - :class:`~memworker.queue.producer.MemoryQueue` sends the enqueues of concurrent calls
-  in one script call, each still its own job (its own id, message, pending mark);
-- :class:`~memworker.io.redispy.ScriptPipe` sends the script calls of a process's
-  queues to one server in one pipelined write, each still its own call and reply.
+  in one script call, each still its own job (its own id, message, pending mark).
 
 - An uncontended call sends at once: nothing waits for a batch to fill.
 - One caller at a time (the *leader*) sends; the entries that queued up meanwhile go in

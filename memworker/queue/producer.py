@@ -138,10 +138,7 @@ class MemoryQueue:
 
     Nothing connects until the first call; one client per face, reused. Threads may
     share one queue: enqueues made while another is in flight go out together in the
-    next script call (:func:`merge_enqueues`), each still its own job. The script calls
-    of every queue of the process to one server (same credentials) go through one
-    :class:`~memworker.io.redispy.ScriptPipe`: made while another is in flight, they
-    are pipelined in one write.
+    next script call (:func:`merge_enqueues`), each still its own job.
     """
 
     def __init__(
