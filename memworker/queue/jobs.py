@@ -320,7 +320,7 @@ def build_message(
     options: dict[str, Any] = {"redis_message_id": redis_id}
     if trace:
         options["trace"] = trace
-    fields = {
+    fields: dict[str, Any] = {
         "queue_name": queue,
         "actor_name": actor,
         "args": (job,),
