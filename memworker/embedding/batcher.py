@@ -159,29 +159,42 @@ class EmbeddingBatcher:
             ValidationError: ``texts`` is not a list of str.
             MemworkerError: The batcher is closed.
         """
-        items = tuple(check_texts(texts))
-        future: Future[np.ndarray] = Future()
-        if not items:
-            if self._closed:
-                raise MemworkerError("EmbeddingBatcher is closed; create a new one")
-            future.set_result(np.empty((0, self._embedder.dimension), dtype=np.float32))
-            return future
-        request = _Request(items, future)
+        return self.submit_many([texts])[0]
+
+    def submit_many(self, requests: Sequence[Sequence[str]]) -> list[Future[np.ndarray]]:
+        """:meth:`submit` for several requests at once, in order: one lock and one
+        wake-up of the inference threads for all (a worker's fetch of many
+        single-text jobs would otherwise wake them once a job).
+
+        Raises:
+            ValidationError: A request is not a list of str (nothing is queued).
+            MemworkerError: The batcher is closed.
+        """
+        checked = [tuple(check_texts(texts)) for texts in requests]
+        futures: list[Future[np.ndarray]] = [Future() for _ in checked]
+        now = time.monotonic()
         with self._cond:
             if self._closed:
                 raise MemworkerError("EmbeddingBatcher is closed; create a new one")
-            self._queue.append((request, 0, len(items), time.monotonic()))
-            self._queued += len(items)
-            self._counts["requests"] += 1
-            if not self._threads:
-                self._threads = [
-                    threading.Thread(target=self._run, name=f"{THREAD_NAME}-{i}", daemon=True)
-                    for i in range(self._thread_count)
-                ]
-                for thread in self._threads:
-                    thread.start()
-            self._cond.notify_all()  # every inference thread re-checks its wait
-        return future
+            queued = 0
+            for items, future in zip(checked, futures):
+                if not items:
+                    future.set_result(np.empty((0, self._embedder.dimension), dtype=np.float32))
+                    continue
+                self._queue.append((_Request(items, future), 0, len(items), now))
+                self._queued += len(items)
+                self._counts["requests"] += 1
+                queued += 1
+            if queued:
+                if not self._threads:
+                    self._threads = [
+                        threading.Thread(target=self._run, name=f"{THREAD_NAME}-{i}", daemon=True)
+                        for i in range(self._thread_count)
+                    ]
+                    for thread in self._threads:
+                        thread.start()
+                self._cond.notify_all()  # every inference thread re-checks its wait
+        return futures
 
     def encode(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
         """Submit texts and wait for their vectors.

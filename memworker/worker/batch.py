@@ -262,10 +262,14 @@ class JobBatches:
             return rest
         try:
             batcher = get_batcher()
-            for job in taken:
-                if job.encode:
-                    job.submitted_ns = time.time_ns()
-                    job.future = batcher.submit([item["content"] for item in job.items])
+            encode = [job for job in taken if job.encode]
+            if encode:
+                texts = [[item["content"] for item in job.items] for job in encode]
+                many = getattr(batcher, "submit_many", None)  # one wake-up for the fetch
+                submitted = time.time_ns()
+                futures = many(texts) if many else [batcher.submit(t) for t in texts]
+                for job, future in zip(encode, futures):
+                    job.submitted_ns, job.future = submitted, future
         except Exception:  # noqa: BLE001 - e.g. the batcher closed: they run one by one
             log.warning("the batched path could not take %d job(s)", len(taken), exc_info=True)
             return rest + self._give_back(taken)

@@ -127,6 +127,29 @@ def test_batcher_coalesces_threads_into_fewer_calls(make_batcher):
     assert (stats.batches, stats.texts, stats.deduped) == (5, 33, 0)
 
 
+def test_submit_many_queues_requests_in_order_each_with_its_own_future(make_batcher):
+    """A worker's fetch of many jobs goes in at once: every request is queued before the
+    inference threads look (so the batch after the held one takes them all), each
+    future holds its own rows, an empty request is done at once, and a bad request
+    queues nothing."""
+    batcher, fake, gate, warmup = held(make_batcher, batch_size=64, max_wait_ms=5)
+    with pytest.raises(ValidationError):
+        batcher.submit_many([["fine"], ["also fine", 7]])
+    assert batcher.stats.requests == 1  # the held one only
+    requests = [[f"job {i}"] if i % 3 else [f"job {i}", f"job {i} b"] for i in range(20)] + [[]]
+    futures = batcher.submit_many(requests)
+    assert futures[-1].done() and futures[-1].result().shape == (0, FakeEmbedder.dimension)
+    assert batcher.stats.requests == 1 + 20
+    gate.set()
+    warmup.result(30)
+    for texts, future in zip(requests[:-1], futures):
+        np.testing.assert_array_equal(future.result(30), expected(texts))
+    assert fake.calls[1] == [t for texts in requests for t in texts]  # one batch, in order
+    batcher.close(timeout=30)
+    with pytest.raises(MemworkerError):
+        batcher.submit_many([["after close"]])
+
+
 def test_batcher_dedupes_texts_within_a_batch(make_batcher):
     batcher, fake, gate, _ = held(make_batcher, batch_size=64)
     requests = [["a", "b"], ["b", "c"], ["a", "a", "c"]]
