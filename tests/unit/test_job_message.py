@@ -11,7 +11,7 @@ import dramatiq
 import pytest
 from dramatiq.encoder import PickleEncoder
 
-from memworker.queue.jobs import ENCODE_ACTOR, build_message, embed_items, uuid4_texts
+from memworker.queue.jobs import ENCODE_ACTOR, JOB_SCHEMA, build_message, embed_items, uuid4_texts
 from memworker.queue.producer import enqueue_head, enqueue_step
 
 
@@ -46,7 +46,7 @@ def _message(data: bytes, job_id: str, redis_id: str, items: list, trace: dict |
     """The Message the bytes must be, field for field (its timestamp taken from them)."""
     stamp = dramatiq.get_encoder().decode(data)["message_timestamp"]
     options = {"redis_message_id": redis_id, **({"trace": trace} if trace else {})}
-    job = {"v": 1, "job": job_id, "producer": "p-1", "items": items}
+    job = {"v": JOB_SCHEMA, "job": job_id, "producer": "p-1", "items": items}
     return dramatiq.Message(queue_name="default", actor_name=ENCODE_ACTOR, args=(job,), kwargs={},
                             options=options, message_id=job_id, message_timestamp=stamp)  # fmt: skip
 
