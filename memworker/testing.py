@@ -139,6 +139,11 @@ def start_server(
                 with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # NOAUTH: ACL on, up
+                        # The port may have served a server of the other mode earlier
+                        # in this process: its cached topology is not this one's.
+                        from memworker.io.redispy import forget_address
+
+                        forget_address("127.0.0.1", port)
                         return ThrowawayServer(bool(module), port, proc, workdir)
             except OSError:
                 time.sleep(0.05)

@@ -46,6 +46,7 @@ __all__ = [
     "RedisAsyncDriver",
     "RedisSyncDriver",
     "async_redis_client",
+    "forget_address",
     "is_cluster",
     "known_nodes",
     "is_transient_redis",
@@ -120,6 +121,17 @@ def _learn_nodes(settings: Settings, nodes: list[tuple[str, int]]) -> None:
     if nodes:
         with _topology_lock:
             _nodes[(settings.host, settings.port, settings.tls, settings.username)] = nodes
+
+
+def forget_address(host: str, port: int) -> None:
+    """Drop what this process learned about ``host:port`` (its topology, its cluster
+    nodes): a new server listens there, perhaps in the other mode. Test harnesses that
+    reuse ports call it when they start a server (:func:`memworker.testing.start_server`);
+    a long-lived process otherwise keeps its answer, as :func:`is_cluster` says."""
+    with _topology_lock:
+        for cache in (_topology, _nodes):
+            for key in [k for k in cache if k[0] == host and k[1] == port]:
+                del cache[key]
 
 
 def _ask_topology(settings: Settings) -> bool | None:

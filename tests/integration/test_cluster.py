@@ -23,6 +23,38 @@ from memworker.worker.process import running_worker
 MemoryRecord = record_types()[0]
 
 
+def test_a_server_started_on_a_port_a_cluster_node_used_is_not_taken_for_one(monkeypatch) -> None:
+    """The suite's throwaway servers reuse ports, and the process remembers each
+    address's topology: a plain server on the port of a stopped cluster node must be
+    asked again, not sent cluster clients ("Cluster mode is not enabled on this node",
+    seen once in a clean-clone CI run)."""
+    import memworker.testing as testing
+    from memworker.io.plan import QUEUE_ERRORS, Script
+    from memworker.io.redispy import RedisSyncDriver
+
+    node = testing.start_server(False, cluster=True)
+    port = node.port
+    try:
+        assert is_cluster(Settings.from_url(node.url)) is True  # remembered
+    finally:
+        node.stop()
+    monkeypatch.setattr(testing, "free_port", lambda: port)  # the next server takes it
+    plain = testing.start_server(False)
+    driver = RedisSyncDriver(Settings.from_url(plain.url), QUEUE_ERRORS)
+    try:
+        assert plain.port == port
+        assert is_cluster(Settings.from_url(plain.url)) is False
+
+        def unknown_op():
+            yield Script("queue", ["not-an-op"])
+
+        with pytest.raises(Exception, match="UNKNOWNOP not-an-op$"):
+            driver.run(unknown_op())
+    finally:
+        driver.close()
+        plain.stop()
+
+
 def test_the_topology_is_found_at_connect_or_forced_by_the_url(cluster_plain_server, plain_server) -> None:
     assert is_cluster(Settings.from_url(cluster_plain_server.url)) is True
     assert is_cluster(Settings.from_url(plain_server.url)) is False
