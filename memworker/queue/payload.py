@@ -15,11 +15,12 @@ import numpy as np
 
 from memworker.errors import JobPayloadError, ValidationError
 from memworker.queue.jobs import ID_RE, JOB_SCHEMA
-from memworker.store.codec import to_row
+from memworker.store.codec import Row, to_row
 from memworker.store.validate import check_flow
 
 __all__ = [
     "check_encode_job",
+    "encode_job_rows",
     "job_identity",
     "parse_job",
     "records_from_save_job",
@@ -81,16 +82,33 @@ def check_encode_job(items: list[dict[str, Any]]) -> None:
         JobPayloadError: Naming the item, the field and the limit (permanent: the job
             is dead-lettered at once, never retried).
     """
+    _check_items(items, validate_only=True)
+
+
+def encode_job_rows(items: list[dict[str, Any]]) -> list[Row]:
+    """:func:`check_encode_job`, and each item's row, built once, without a vector
+    (:func:`memworker.store.codec.with_vectors` gives it the model's). An item that
+    gives no ``created_at`` is stamped now.
+
+    Raises:
+        JobPayloadError: As :func:`check_encode_job`.
+    """
+    return _check_items(items, validate_only=False)  # type: ignore[return-value]
+
+
+def _check_items(items: list[dict[str, Any]], *, validate_only: bool) -> list[Row | None]:
+    rows: list[Row | None] = []
     for i, item in enumerate(items):
         where = f"items[{i}]"
         try:
-            to_row(item, where=where, require_embedding=False, validate_only=True)
+            rows.append(to_row(item, where=where, validate_only=validate_only))
             if item.get("flow") is not None:
                 check_flow(item["flow"], f"{where}.flow", strict=False)
         except JobPayloadError:
             raise
         except ValidationError as exc:
             raise JobPayloadError(str(exc)) from None
+    return rows
 
 
 #: Longest job id read from an undecodable message (a hash field, never a key name).

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -57,7 +57,15 @@ from memworker.store.validate import (
     normalize_scope,
 )
 
-__all__ = ["WRITE_FIELDS", "WRITE_FIELDS_JSON", "Row", "check_vectors", "to_row", "to_rows"]
+__all__ = [
+    "WRITE_FIELDS",
+    "WRITE_FIELDS_JSON",
+    "Row",
+    "check_vectors",
+    "to_row",
+    "to_rows",
+    "with_vectors",
+]
 
 #: The values of a record's row (``Row.row_json``), in order: the hash fields a
 #: write sets besides ``embedding``, and the ``id``, which the script takes from the row
@@ -376,18 +384,51 @@ def to_rows(
     except ValidationError:
         check_vectors(records, encoded)  # an earlier record's bad vector comes first
         raise
+    _check_one_dimension(encoded)
+    check_vectors(records, encoded)
+    _check_unique_ids(encoded)
+    return encoded
+
+
+def _check_one_dimension(encoded: Sequence[Row]) -> None:
     dims = {e.dim for e in encoded if e.dim}
     if len(dims) > 1:
         first = next(e.dim for e in encoded if e.dim)
         other = next(e.dim for e in encoded if e.dim and e.dim != first)
         raise dimension_mismatch(first, other)
-    check_vectors(records, encoded)
+
+
+def _check_unique_ids(encoded: Sequence[Row]) -> None:
     ids = [e.id for e in encoded]
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise ValidationError(f"records: id {dup!r} appears more than once in one batch")
-    return encoded
+
+
+def with_vectors(rows: list[Row], vectors: Sequence[Any]) -> list[Row]:
+    """``rows`` (built by :func:`to_row` from records without an embedding, and not
+    yet written) given ``vectors`` in order, then checked as :func:`to_rows` checks
+    a batch: one dimension, finite values, zeros meaning none, ids unique. The worker
+    validates a job's items once, when it fetches the job, and attaches the model's
+    vectors here, instead of checking every record again in :func:`to_rows`.
+
+    Raises:
+        ValidationError: As :func:`to_rows` (records named by their index in ``rows``).
+        memworker.errors.DimensionMismatchError: Vectors of different lengths.
+    """
+    if len(rows) != len(vectors):
+        raise ValidationError(f"records: {len(rows)} rows for {len(vectors)} vectors")
+    for i, (row, vector) in enumerate(zip(rows, vectors)):
+        where = f"records[{i}]"
+        if no_embedding(vector):
+            row.embedding, row.dim = b"", 0
+        else:
+            row.embedding, row.dim = record_vector(vector, where, False)
+    _check_one_dimension(rows)
+    _check_vectors(rows, vectors.__getitem__)
+    _check_unique_ids(rows)
+    return rows
 
 
 def check_vectors(records: Sequence[Any], encoded: Sequence[Row]) -> None:
@@ -399,6 +440,11 @@ def check_vectors(records: Sequence[Any], encoded: Sequence[Row]) -> None:
     finite sum means a finite vector, a non-zero one a vector not all zeros; a row that
     fails that (or sums to exactly zero) is checked exactly by :func:`vector_bytes`.
     """
+    _check_vectors(encoded, lambda i: _get(records[i], "embedding"))
+
+
+def _check_vectors(encoded: Sequence[Row], embedding_of: Callable[[int], Any]) -> None:
+    """:func:`check_vectors`, the embedding of ``encoded[i]`` given by ``embedding_of(i)``."""
     rows = [i for i, e in enumerate(encoded) if e.embedding]
     if not rows:
         return
@@ -422,6 +468,6 @@ def check_vectors(records: Sequence[Any], encoded: Sequence[Row]) -> None:
         suspect += [idx[k] for k in np.flatnonzero(bad)]
     for i in sorted(suspect):
         where = f"records[{i}].embedding"
-        raw, _ = vector_bytes(_get(records[i], "embedding"), field=where, allow_zero=True)
+        raw, _ = vector_bytes(embedding_of(i), field=where, allow_zero=True)
         if not np.any(np.frombuffer(raw, dtype="<f4")):
             encoded[i].embedding = b""

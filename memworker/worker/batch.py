@@ -67,8 +67,8 @@ from memworker.queue.jobs import (
     delivery_field,
     needs_flow,
 )
-from memworker.queue.payload import check_encode_job, parse_job, records_from_save_job
-from memworker.store.codec import to_rows
+from memworker.queue.payload import encode_job_rows, parse_job, records_from_save_job
+from memworker.store.codec import Row, to_rows, with_vectors
 from memworker.store.store import JobWrite
 from memworker.worker import _dramatiq_compat as compat
 from memworker.worker.dedup import batch_duplicates, dedup_results, fast_path_dedup_threshold
@@ -128,6 +128,8 @@ class _Job:
     requeued: bool = False
     submitted_ns: int = 0  # when its texts went to the batcher (its embed span)
     ids: tuple[str, ...] = ()  # the record ids it writes
+    #: An encode job's rows, validated and built at fetch, without their vectors.
+    rows: list[Row] | None = None
     lane: int = 0
     after: list[_Job] = _field(default_factory=list)  # commit only once these finished
     #: Set when the job finished; made (under the lock, in ``_route``) only for a job
@@ -301,11 +303,12 @@ class JobBatches:
             return None  # delayed, or a retry: it failed once, it runs on its own
         if message.actor_name not in (ENCODE_ACTOR, SAVE_ACTOR) or len(message.args) != 1:
             return None
+        rows = None
         try:
             job_id, producer, items = parse_job(message.args[0])
             encode = message.actor_name == ENCODE_ACTOR
             if encode:
-                check_encode_job(items)
+                rows = encode_job_rows(items)
                 if any(needs_flow(item.get("flow")) for item in items):
                     return None
                 if not all(isinstance(i.get("content"), str) and i["content"] for i in items):
@@ -324,6 +327,7 @@ class JobBatches:
             size=size,
             encode=encode,
             ids=tuple(item["id"] for item in items if isinstance(item.get("id"), str)),
+            rows=rows,
         )
 
     # ------------------------------------------------------------------ committer
@@ -444,17 +448,17 @@ class JobBatches:
                     )  # fmt: skip
                 threshold = fast_path_dedup_threshold(job.items)
                 dropped = batch_duplicates(vectors, threshold)
-                gone = set(dropped)
-                records: list[Any] = [
-                    {**{k: v for k, v in item.items() if k != "flow"}, "embedding": vectors[i]}
-                    for i, item in enumerate(job.items)
-                    if i not in gone
-                ]
+                built = job.rows or []  # built in _candidate (none: a mismatch, handed back)
+                if dropped:
+                    gone = set(dropped)
+                    kept = [i for i in range(len(built)) if i not in gone]
+                    rows = with_vectors([built[i] for i in kept], [vectors[i] for i in kept])
+                else:
+                    rows = with_vectors(built, vectors)
                 results = dedup_results(self.keys.namespace, job.job_id, job.items, dropped)
                 extra = [list(c) for c in results]
             else:
-                records = records_from_save_job(job.items)
-            rows = to_rows(records)
+                rows = to_rows(records_from_save_job(job.items))
         except Exception:  # noqa: BLE001 - the per-message path fails or retries it
             self._hand_back([job])
             return None

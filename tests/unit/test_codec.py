@@ -203,3 +203,43 @@ def test_rows_of_an_inference_batch_are_checked_like_lists(size: int) -> None:
     assert encode_records([sample(id="b", embedding=big_endian)])[0].embedding == rows[0].tobytes()
     column = np.asfortranarray(np.tile(rows[:1], (2, 1)))[0]  # a strided view
     assert encode_records([sample(id="s", embedding=column)])[0].embedding == rows[0].tobytes()
+
+
+def test_rows_built_once_then_given_vectors_are_what_to_rows_builds() -> None:
+    """The batched worker builds an encode job's rows at fetch, without vectors, and
+    attaches the model's afterwards (with_vectors): the same rows as to_rows of the
+    records with their vectors, and the same checks (finite, one dimension, ids
+    unique; zeros stored without an embedding)."""
+    import numpy as np
+
+    from memworker.errors import DimensionMismatchError, JobPayloadError
+    from memworker.queue.payload import encode_job_rows
+    from memworker.store.codec import with_vectors
+
+    stamp = datetime(2025, 5, 6, 7, 8, 9)
+    items = [
+        {"id": f"i{n}", "content": f"text {n}", "scope": "/a", "categories": ["x"],
+         "metadata": {"k": n, "quote\"": "\\"}, "created_at": stamp, "source": "s",
+         "private": bool(n % 2)}
+        for n in range(3)
+    ]  # fmt: skip
+    vectors = np.array([[0.5, -0.25, 1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 3.0]], dtype=np.float32)
+    expected = encode_records([{**item, "embedding": vectors[n]} for n, item in enumerate(items)])
+    built = encode_job_rows(items)
+    assert [(r.embedding, r.dim) for r in built] == [(b"", 0)] * 3  # no vector yet
+    assert with_vectors(built, vectors) == expected
+    assert (expected[1].dim, expected[1].embedding, expected[1].mode) == (3, b"", "2")
+
+    bad = vectors.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValidationError, match=r"records\[2\]\.embedding .*non-finite"):
+        with_vectors(encode_job_rows(items), bad)
+    with pytest.raises(DimensionMismatchError):
+        with_vectors(encode_job_rows(items[:2]), [vectors[0], np.ones(4, dtype=np.float32)])
+    with pytest.raises(ValidationError, match="appears more than once"):
+        with_vectors(encode_job_rows([items[0], items[0]]), vectors[:2])
+    with pytest.raises(ValidationError, match="3 rows for 2 vectors"):
+        with_vectors(encode_job_rows(items), vectors[:2])
+    # a bad item fails the job at fetch, named as the per-message path names it
+    with pytest.raises(JobPayloadError, match=r"items\[1\]\.scope"):
+        encode_job_rows([items[0], {**items[1], "scope": ""}])
