@@ -406,7 +406,7 @@ def _check_unique_ids(encoded: Sequence[Row]) -> None:
         raise ValidationError(f"records: id {dup!r} appears more than once in one batch")
 
 
-def with_vectors(rows: list[Row], vectors: Sequence[Any]) -> list[Row]:
+def with_vectors(rows: list[Row], vectors: Sequence[Any] | np.ndarray) -> list[Row]:
     """``rows`` (built by :func:`to_row` from records without an embedding, and not
     yet written) given ``vectors`` in order, then checked as :func:`to_rows` checks
     a batch: one dimension, finite values, zeros meaning none, ids unique. The worker
