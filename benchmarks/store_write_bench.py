@@ -21,7 +21,7 @@ i.e. 3 round trips per record (vector-to-bytes and JSON encoding inside the timi
 Both run in the same process against the same server, interleaved in rounds
 (memworker round, baseline round, ...) so machine noise hits both alike; each
 writes to its own keys, and with the RediSearch module each prefix has its own
-HNSW index with the same parameters (M=16, EF_CONSTRUCTION=200, COSINE, FLOAT32,
+HNSW index with the same parameters (M=16, EF_CONSTRUCTION=128, COSINE, FLOAT32,
 384), so the baseline pays for vector indexing too: a fair comparison.
 
     python benchmarks/store_write_bench.py            # N=20,000 plain, 5,000 with module
@@ -39,6 +39,7 @@ from typing import Any
 import _servers as S
 import numpy as np
 
+from memworker.settings import DEFAULT_HNSW_EF_CONSTRUCTION
 from memworker.store.codec import to_rows
 
 BASE = "base"
@@ -50,7 +51,7 @@ def baseline_index(client: Any, dim: int) -> None:
     client.custom_command([
         "FT.CREATE", f"{BASE}:idx", "ON", "HASH", "PREFIX", "1", f"{BASE}:mem:", "SCHEMA",
         "embedding", "VECTOR", "HNSW", "12", "TYPE", "FLOAT32", "DIM", str(dim),
-        "DISTANCE_METRIC", "COSINE", "M", "16", "EF_CONSTRUCTION", "200", "EF_RUNTIME", "64",
+        "DISTANCE_METRIC", "COSINE", "M", "16", "EF_CONSTRUCTION", str(DEFAULT_HNSW_EF_CONSTRUCTION), "EF_RUNTIME", "64",
         "scope", "TAG", "SEPARATOR", ",",
         "categories", "TAG", "SEPARATOR", ",",
         "source", "TAG", "SEPARATOR", ",",

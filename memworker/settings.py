@@ -64,7 +64,19 @@ _CLUSTER_PARAM: dict[str, bool | None | str] = {
 }  # fmt: skip
 
 #: Fields that from_env reads from MEMWORKER_* variables.
-_ENV_FIELDS = ("namespace", "home", "search_module", "search_mode", "vector_type", "commit_replicas")
+_ENV_FIELDS = (
+    "namespace",
+    "home",
+    "search_module",
+    "search_mode",
+    "vector_type",
+    "commit_replicas",
+    "hnsw_ef_construction",
+)
+
+#: HNSW build effort of a new namespace's vector index: the default, and the limit.
+DEFAULT_HNSW_EF_CONSTRUCTION = 128
+MAX_HNSW_EF_CONSTRUCTION = 4096
 
 
 def _check_namespace(namespace: str) -> str:
@@ -132,6 +144,13 @@ class Settings:
             replicas have it (``WAIT``), so a failover to a replica loses no
             acknowledged job and hides no reported commit; 0 (the default) does not
             wait (asynchronous replication, docs/scaling.md).
+        hnsw_ef_construction: ``MEMWORKER_HNSW_EF_CONSTRUCTION``: the HNSW build
+            effort (``EF_CONSTRUCTION``) of a *new* namespace's vector index, from 1
+            to 4096; 128 by default. The first store that writes to a namespace
+            creates its index, which keeps the value it was built with. Higher costs
+            the server more per record written (the insert is most of a write's
+            server time) for a little recall; benchmarks/README.md measures 128
+            against 200 (RediSearch's default). Only used with a search module.
         cluster: ``True`` for a Valkey Cluster, ``False`` for a standalone server,
             ``None`` (the default): asked once per address at the first connection
             (``INFO cluster``, :func:`memworker.io.redispy.is_cluster`). The URL sets it
@@ -157,6 +176,7 @@ class Settings:
     search_mode: SearchMode = "auto"
     vector_type: VectorType = "auto"
     commit_replicas: int = 0
+    hnsw_ef_construction: int = DEFAULT_HNSW_EF_CONSTRUCTION
     cluster: bool | None = None
     endpoint: EmbeddedEndpoint | None = field(default=None, repr=False, compare=False)
 
@@ -174,6 +194,12 @@ class Settings:
             raise ConfigError(
                 f"commit_replicas (MEMWORKER_COMMIT_REPLICAS) must be a whole number from 0 "
                 f"to 16, got {self.commit_replicas!r}"
+            )
+        ef = self.hnsw_ef_construction
+        if type(ef) is not int or not 1 <= ef <= MAX_HNSW_EF_CONSTRUCTION:
+            raise ConfigError(
+                "hnsw_ef_construction (MEMWORKER_HNSW_EF_CONSTRUCTION) must be a whole number "
+                f"from 1 to {MAX_HNSW_EF_CONSTRUCTION}, got {ef!r}"
             )
         if self.cluster and self.db:
             raise ConfigError(f"a Valkey Cluster has only database 0, got database {self.db}")
@@ -268,8 +294,8 @@ class Settings:
 
         ``VALKEY_URL``, else ``REDIS_URL``, else the embedded server. Also reads
         ``MEMWORKER_NAMESPACE``, ``MEMWORKER_HOME``, ``MEMWORKER_SEARCH_MODULE``,
-        ``MEMWORKER_SEARCH`` (``auto``/``module``/``exact``), ``MEMWORKER_VECTOR_TYPE``
-        and ``MEMWORKER_COMMIT_REPLICAS``. Empty variables
+        ``MEMWORKER_SEARCH`` (``auto``/``module``/``exact``), ``MEMWORKER_VECTOR_TYPE``,
+        ``MEMWORKER_COMMIT_REPLICAS`` and ``MEMWORKER_HNSW_EF_CONSTRUCTION``. Empty variables
         count as unset. Keyword overrides win over the environment.
         """
         env = os.environ if env is None else env
@@ -296,6 +322,14 @@ class Settings:
                     f"MEMWORKER_COMMIT_REPLICAS must be a whole number from 0 to 16, got {raw_replicas!r}"
                 )
             values["commit_replicas"] = int(raw_replicas)
+        raw_ef = get("MEMWORKER_HNSW_EF_CONSTRUCTION")
+        if raw_ef:
+            if not raw_ef.strip().isdigit():
+                raise ConfigError(
+                    "MEMWORKER_HNSW_EF_CONSTRUCTION must be a whole number from 1 to "
+                    f"{MAX_HNSW_EF_CONSTRUCTION}, got {raw_ef!r}"
+                )
+            values["hnsw_ef_construction"] = int(raw_ef)
         values.update({k: v for k, v in overrides.items() if v is not None})
         url = get("VALKEY_URL") or get("REDIS_URL")
         if url:
@@ -332,6 +366,7 @@ class Settings:
             search_mode=base.search_mode,
             vector_type=base.vector_type,
             commit_replicas=base.commit_replicas,
+            hnsw_ef_construction=base.hnsw_ef_construction,
             **{
                 k: v
                 for k, v in overrides.items()

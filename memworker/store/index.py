@@ -38,7 +38,7 @@ class VectorField:
     dim: int
     vtype: str = "float32"
     m: int = 16
-    ef_construction: int = 200
+    ef_construction: int = 128
     ef_runtime: int = 64
     metric: str = "COSINE"
 

@@ -83,7 +83,8 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
             see :class:`Settings`). A namespace keeps the type of its first write.
         batch_size: Records per atomic write.
         hnsw_m: HNSW ``M`` of the vector index.
-        hnsw_ef_construction: HNSW ``EF_CONSTRUCTION``.
+        hnsw_ef_construction: HNSW ``EF_CONSTRUCTION`` of a new namespace's index;
+            ``None``: the settings' (``MEMWORKER_HNSW_EF_CONSTRUCTION``, 128).
         hnsw_ef_runtime: HNSW ``EF_RUNTIME`` (recall vs. latency of a search).
         exact_cache_max_records: Without a search module, namespaces of up to this many
             records are searched from a process-local vector cache kept exact by the
@@ -104,13 +105,14 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         vector_type: VectorType | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         hnsw_m: int = 16,
-        hnsw_ef_construction: int = 200,
+        hnsw_ef_construction: int | None = None,
         hnsw_ef_runtime: int = 64,
         exact_cache_max_records: int = DEFAULT_MAX_RECORDS,
     ) -> None:
         self.settings = Settings.resolve(
-            url, namespace=namespace, search_mode=search_mode, vector_type=vector_type
-        )
+            url, namespace=namespace, search_mode=search_mode, vector_type=vector_type,
+            hnsw_ef_construction=hnsw_ef_construction,
+        )  # fmt: skip
         if vector_dim is not None and (not isinstance(vector_dim, int) or vector_dim <= 0):
             raise ConfigError(f"vector_dim must be a positive integer, got {vector_dim!r}")
         if not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
@@ -118,7 +120,10 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         self.keys = Keys(self.settings.namespace)
         self.batch_size = batch_size
         self._expected_dim = vector_dim
-        self._hnsw = (hnsw_m, hnsw_ef_construction, hnsw_ef_runtime)
+        for name, value in (("hnsw_m", hnsw_m), ("hnsw_ef_runtime", hnsw_ef_runtime)):
+            if type(value) is not int or not 1 <= value <= 4096:
+                raise ConfigError(f"{name} must be a whole number from 1 to 4096, got {value!r}")
+        self._hnsw = (hnsw_m, self.settings.hnsw_ef_construction, hnsw_ef_runtime)
         self._state = StoreState()
         self._sync = SyncConnection(self.settings)
         self._async = AsyncConnection(self.settings)

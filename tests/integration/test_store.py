@@ -1339,3 +1339,35 @@ def test_non_finite_embeddings_stay_errors(store: ValkeyStore, raw: Any, embeddi
     with pytest.raises(ValidationError, match=message):
         store.update(bad)
     assert ns_keys(raw, store) == []
+
+
+def test_a_new_index_is_built_with_the_settings_hnsw_build_effort(
+    store_factory: Any, server: Any, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EF_CONSTRUCTION of a namespace's index: MEMWORKER_HNSW_EF_CONSTRUCTION (128 by
+    default), or the store's argument; bad values are refused before anything is
+    written. Without a module there is no index and the setting changes nothing."""
+    from memworker import ConfigError
+
+    def built_with(store: ValkeyStore) -> int | None:
+        store.save([mk("a", seed=1)])
+        if not server.module:
+            return None
+        node = raw.get_node_from_key(store.keys.index) if hasattr(raw, "get_node_from_key") else None
+        info = raw.execute_command("FT.INFO", store.keys.index, **({"target_nodes": node} if node else {}))
+        attributes = next(a for a in info[info.index(b"attributes") + 1] if a[1] == b"embedding")
+        return int(attributes[attributes.index(b"ef_construction") + 1])
+
+    expect = (lambda n: n) if server.module else (lambda n: None)
+    default = store_factory()
+    assert built_with(default) == expect(128)
+    default.reset()
+    monkeypatch.setenv("MEMWORKER_HNSW_EF_CONSTRUCTION", "64")
+    from_env = store_factory()
+    assert from_env.settings.hnsw_ef_construction == 64
+    assert built_with(from_env) == expect(64)
+    from_env.reset()
+    assert built_with(store_factory(hnsw_ef_construction=300)) == expect(300)
+    for bad in ({"hnsw_ef_construction": 0}, {"hnsw_m": "16 EF_RUNTIME"}, {"hnsw_ef_runtime": 5000}):
+        with pytest.raises(ConfigError, match=rf"{next(iter(bad))} .*from 1 to 4096"):
+            store_factory(**bad)

@@ -493,3 +493,29 @@ def test_worker_settings_agree_with_the_encoding_reader(spec: str) -> None:
     assert load_memory_config({"MEMWORKER_LLM": "m"}).llm == WorkerSettings.from_env(
         {"MEMWORKER_LLM": "m"}
     ).llm
+
+
+# ============================================================================ HNSW build effort
+def test_hnsw_ef_construction_from_the_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().hnsw_ef_construction == 128
+    assert Settings.from_env({"MEMWORKER_HNSW_EF_CONSTRUCTION": "200"}).hnsw_ef_construction == 200
+    assert Settings.from_env({"MEMWORKER_HNSW_EF_CONSTRUCTION": ""}).hnsw_ef_construction == 128
+    env = {"MEMWORKER_HNSW_EF_CONSTRUCTION": "64", "VALKEY_URL": "valkey://h"}
+    assert Settings.from_env(env, hnsw_ef_construction=96).hnsw_ef_construction == 96
+    # an explicit URL still reads the MEMWORKER_* variable; a keyword wins over it
+    monkeypatch.setenv("MEMWORKER_HNSW_EF_CONSTRUCTION", "300")
+    assert Settings.resolve("valkey://h:1").hnsw_ef_construction == 300
+    assert Settings.resolve("valkey://h:1", hnsw_ef_construction=50).hnsw_ef_construction == 50
+    assert Settings.resolve(Settings(), hnsw_ef_construction=50).hnsw_ef_construction == 50
+
+
+@pytest.mark.parametrize("raw", ["0", "4097", "-5", "1e3", "12; FT.DROPINDEX x", " "])
+def test_bad_hnsw_ef_construction_names_the_variable_and_the_limit(raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"MEMWORKER_HNSW_EF_CONSTRUCTION.*from 1 to 4096"):
+        Settings.from_env({"MEMWORKER_HNSW_EF_CONSTRUCTION": raw})
+
+
+@pytest.mark.parametrize("value", [0, 4097, True, 12.0, "64", None])
+def test_bad_hnsw_ef_construction_value(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"hnsw_ef_construction .*from 1 to 4096"):
+        Settings(hnsw_ef_construction=value)  # type: ignore[arg-type]
