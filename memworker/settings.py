@@ -79,6 +79,11 @@ DEFAULT_HNSW_EF_CONSTRUCTION = 128
 MAX_HNSW_EF_CONSTRUCTION = 4096
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes "²" and other scripts' digits,
+    some of which ``int`` refuses with a ValueError, not a ConfigError)."""
+    return text.isascii() and text.isdigit()
+
 def _check_namespace(namespace: str) -> str:
     if not isinstance(namespace, str) or not namespace:
         raise ConfigError("namespace must be a non-empty string")
@@ -250,7 +255,7 @@ class Settings:
         db = 0
         path = parts.path.strip("/")
         if path:
-            if not path.isdigit() or int(path) > _MAX_DB:
+            if not _digits(path) or int(path) > _MAX_DB:
                 raise ConfigError(f"URL database must be a number from 0 to {_MAX_DB}, got {path!r}")
             db = int(path)
         values: dict[str, object] = {
@@ -266,7 +271,7 @@ class Settings:
                 target, scale = _TIMEOUT_PARAMS[name]
                 values[target] = _ms_param(name, raw, scale)
             elif name == "db":
-                if not raw.isdigit() or int(raw) > _MAX_DB:
+                if not _digits(raw) or int(raw) > _MAX_DB:
                     raise ConfigError(f"URL parameter 'db' must be a number, got {raw!r}")
                 values["db"] = int(raw)
             elif name == "cluster":
@@ -317,14 +322,14 @@ class Settings:
             values["vector_type"] = get("MEMWORKER_VECTOR_TYPE")
         raw_replicas = get("MEMWORKER_COMMIT_REPLICAS")
         if raw_replicas:
-            if not raw_replicas.strip().isdigit():
+            if not _digits(raw_replicas.strip()):
                 raise ConfigError(
                     f"MEMWORKER_COMMIT_REPLICAS must be a whole number from 0 to 16, got {raw_replicas!r}"
                 )
             values["commit_replicas"] = int(raw_replicas)
         raw_ef = get("MEMWORKER_HNSW_EF_CONSTRUCTION")
         if raw_ef:
-            if not raw_ef.strip().isdigit():
+            if not _digits(raw_ef.strip()):
                 raise ConfigError(
                     "MEMWORKER_HNSW_EF_CONSTRUCTION must be a whole number from 1 to "
                     f"{MAX_HNSW_EF_CONSTRUCTION}, got {raw_ef!r}"

@@ -519,3 +519,13 @@ def test_bad_hnsw_ef_construction_names_the_variable_and_the_limit(raw: str) -> 
 def test_bad_hnsw_ef_construction_value(value: object) -> None:
     with pytest.raises(ConfigError, match=r"hnsw_ef_construction .*from 1 to 4096"):
         Settings(hnsw_ef_construction=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("digits", ["²", "١", "１２"])  # str.isdigit() yet not ASCII: int() refuses some
+def test_non_ascii_digits_are_a_config_error_naming_the_field(digits: str) -> None:
+    for url, field in ((f"valkey://h/{digits}", "database"), (f"valkey://h?db={digits}", "'db'")):
+        with pytest.raises(ConfigError, match=field):
+            Settings.from_url(url)
+    for name in ("MEMWORKER_COMMIT_REPLICAS", "MEMWORKER_HNSW_EF_CONSTRUCTION"):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: digits})
