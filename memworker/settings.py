@@ -84,6 +84,7 @@ def _digits(text: str) -> bool:
     some of which ``int`` refuses with a ValueError, not a ConfigError)."""
     return text.isascii() and text.isdigit()
 
+
 def _check_namespace(namespace: str) -> str:
     if not isinstance(namespace, str) or not namespace:
         raise ConfigError("namespace must be a non-empty string")
