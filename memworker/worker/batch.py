@@ -307,16 +307,16 @@ class JobBatches:
         try:
             job_id, producer, items = parse_job(message.args[0])
             encode = message.actor_name == ENCODE_ACTOR
+            if not items or len(items) > min(self.step, self.max_records):
+                return None  # a large job fills a batch alone; worker threads commit it in steps
             if encode:
-                rows = encode_job_rows(items)
                 if any(needs_flow(item.get("flow")) for item in items):
                     return None
                 if not all(isinstance(i.get("content"), str) and i["content"] for i in items):
                     return None  # the per-message path names the bad item
+                rows = encode_job_rows(items)  # last: the jobs that stay here, built once
         except Exception:  # noqa: BLE001 - the per-message path fails it, naming why
             return None
-        if not items or len(items) > min(self.step, self.max_records):
-            return None  # a large job fills a batch alone; worker threads commit it in steps
         return _Job(
             message=message,
             redis_id=message.options[compat.REDIS_ID_OPTION],
