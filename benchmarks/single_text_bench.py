@@ -8,7 +8,10 @@ A. ``--jobs`` (2,000) single-text jobs (``enqueue_encode([one item])``) from 8 p
    drain, against the raw model at batch 64 in this process (the mean of 2,048 texts
    embedded before the pipeline and 2,048 after it); once per backend of
    ``--backends`` (the bundled torch model, and onnx-int8: the worker with
-   ``MEMWORKER_BACKEND=onnx-int8``, the raw model ``Embedder(backend="onnx-int8")``);
+   ``MEMWORKER_BACKEND=onnx-int8``, the raw model ``Embedder(backend="onnx-int8")``).
+   The target column says met or missed; or undecided when the model alone measured
+   more than 10% apart before and after the pipeline (the host's speed moved inside
+   the run; the figures are printed either way);
 B. an instant embedder (the queue and the commit alone): a backlog of ``--backlog``
    (10,000) single-text jobs enqueued first, then one worker process started (start-up
    included) until every job is committed; and the same number of jobs from 8
@@ -97,6 +100,11 @@ BACKEND_ENV: dict[str, dict[str, str]] = {
 OLD_PATH = {"MEMWORKER_INFLIGHT_RECORDS": "0"}
 #: Texts of each measurement of the model alone (A's ceiling).
 RAW_TEXTS = 2048
+#: A's target: the pipeline at this fraction of the model alone, or more.
+TARGET_RATIO = 0.85
+#: The model alone measured further apart than this before and after A's pipeline: the
+#: run cannot decide the target (the 15% margin it checks is of the same size).
+MAX_DRIFT = 0.10
 #: The warm-up batch every worker runs before its first job (one text).
 WARM_UP = (1, 1)
 
@@ -395,8 +403,20 @@ def workload_a(srv: Any, backend: str, jobs: int) -> tuple[list[str], Report, li
     worker_ms = report.worker_cpu_s / n * 1000
     estimate = [f"A {backend}", f"{worker_ms:.2f}", f"{fill}", f"{cpu_text * 1000:.2f}",
                 f"{worker_ms - cpu_text * 1000:.2f}"]  # fmt: skip
-    row = [backend, f"{rate:,.0f}", f"{raw:,.0f} ({before:,.0f} before, {after:,.0f} after)", f"{rate / raw:.2f}"]
+    row = [backend, f"{rate:,.0f}", f"{raw:,.0f} ({before:,.0f} before, {after:,.0f} after)", f"{rate / raw:.2f}",
+           verdict(rate / raw, before, after)]  # fmt: skip
     return row, report, estimate
+
+
+def verdict(ratio: float, before: float, after: float) -> str:
+    """A's check against the target, or why this run cannot decide it: the model alone
+    measured more than ``MAX_DRIFT`` apart before and after the pipeline (the machine's
+    speed moved inside the run, so the ceiling the pipeline is compared with is not one
+    number)."""
+    drift = abs(before - after) / max(before, after)
+    if drift > MAX_DRIFT:
+        return f"undecided: the model moved {drift:.0%} in the run"
+    return "met" if ratio >= TARGET_RATIO else "missed"
 
 
 def budget_row(report: Report) -> list[str]:
@@ -408,7 +428,7 @@ def budget_row(report: Report) -> list[str]:
     total = worker + server_ + producers
     cores = os.cpu_count() or 1
     bound = cores / total * 1000
-    budget = cores / (0.85 * x["raw"]) * 1000  # total CPU a job at which 0.85x fits
+    budget = cores / (TARGET_RATIO * x["raw"]) * 1000  # total CPU a job at which the target fits
     return [report.label, f"{worker:.2f}", f"{server_:.2f}", f"{producers:.2f}", f"{total:.2f}",
             f"{x['raw_cpu_text'] * 1000:.2f}", f"{bound:,.0f} = {bound / x['raw']:.2f}x",
             f"{budget:.2f}", f"{report.rate / x['raw']:.2f}x"]  # fmt: skip
@@ -540,7 +560,7 @@ def main() -> None:
             estimates.append(estimate)
         print(table(
             ["backend", "pipeline jobs (texts)/s", "the model alone, batch 64, this process, texts/s: mean of before and after",
-             "pipeline / model (target >= 0.85)"],
+             "pipeline / model", f"target >= {TARGET_RATIO}"],
             a_rows,
         ))  # fmt: skip
 
