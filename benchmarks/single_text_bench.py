@@ -9,9 +9,10 @@ A. ``--jobs`` (2,000) single-text jobs (``enqueue_encode([one item])``) from 8 p
    embedded before the pipeline and 2,048 after it); once per backend of
    ``--backends`` (the bundled torch model, and onnx-int8: the worker with
    ``MEMWORKER_BACKEND=onnx-int8``, the raw model ``Embedder(backend="onnx-int8")``).
-   The target column says met or missed; or undecided when the model alone measured
-   more than 10% apart before and after the pipeline (the host's speed moved inside
-   the run; the figures are printed either way);
+   The target column says met or missed (against both measurements of the model
+   alone, else against their mean); or undecided when the two are more than 10% apart
+   and the pipeline meets one but not the other (the host's speed moved inside the
+   run; the figures are printed either way);
 B. an instant embedder (the queue and the commit alone): a backlog of ``--backlog``
    (10,000) single-text jobs enqueued first, then one worker process started (start-up
    included) until every job is committed; and the same number of jobs from 8
@@ -102,8 +103,8 @@ OLD_PATH = {"MEMWORKER_INFLIGHT_RECORDS": "0"}
 RAW_TEXTS = 2048
 #: A's target: the pipeline at this fraction of the model alone, or more.
 TARGET_RATIO = 0.85
-#: The model alone measured further apart than this before and after A's pipeline: the
-#: run cannot decide the target (the 15% margin it checks is of the same size).
+#: The model alone measured further apart than this before and after A's pipeline, and
+#: the pipeline meeting the target against one but not the other: the run cannot decide.
 MAX_DRIFT = 0.10
 #: The warm-up batch every worker runs before its first job (one text).
 WARM_UP = (1, 1)
@@ -404,19 +405,23 @@ def workload_a(srv: Any, backend: str, jobs: int) -> tuple[list[str], Report, li
     estimate = [f"A {backend}", f"{worker_ms:.2f}", f"{fill}", f"{cpu_text * 1000:.2f}",
                 f"{worker_ms - cpu_text * 1000:.2f}"]  # fmt: skip
     row = [backend, f"{rate:,.0f}", f"{raw:,.0f} ({before:,.0f} before, {after:,.0f} after)", f"{rate / raw:.2f}",
-           verdict(rate / raw, before, after)]  # fmt: skip
+           verdict(rate, before, after)]  # fmt: skip
     return row, report, estimate
 
 
-def verdict(ratio: float, before: float, after: float) -> str:
-    """A's check against the target, or why this run cannot decide it: the model alone
-    measured more than ``MAX_DRIFT`` apart before and after the pipeline (the machine's
-    speed moved inside the run, so the ceiling the pipeline is compared with is not one
-    number)."""
+def verdict(rate: float, before: float, after: float) -> str:
+    """A's check of the pipeline's ``rate`` against the target: met (or missed) against
+    both measurements of the model alone, else against their mean; undecided when the two
+    differ by more than ``MAX_DRIFT`` and the verdict depends on which one is taken (the
+    machine's speed moved inside the run)."""
+    if rate >= TARGET_RATIO * max(before, after):
+        return "met"
+    if rate < TARGET_RATIO * min(before, after):
+        return "missed"
     drift = abs(before - after) / max(before, after)
     if drift > MAX_DRIFT:
-        return f"undecided: the model moved {drift:.0%} in the run"
-    return "met" if ratio >= TARGET_RATIO else "missed"
+        return f"undecided: met against one, missed against the other ({drift:.0%} apart)"
+    return "met" if rate >= TARGET_RATIO * (before + after) / 2 else "missed"
 
 
 def budget_row(report: Report) -> list[str]:
