@@ -63,7 +63,7 @@ from langgraph.store.base import (
     validate_op_namespace,
 )
 
-from memworker.queue.group import GroupCommit
+from memworker.queue.group import AsyncGroupCommit, GroupCommit
 from memworker.errors import ConfigError, JobFailedError, ValidationError
 from memworker.queue.jobs import embed_items
 from memworker.queue.producer import MemoryQueue
@@ -108,6 +108,16 @@ def record_id(namespace: tuple[str, ...], key: str) -> str:
     """The record id of an item: a hash of its namespace and key."""
     raw = json.dumps([list(namespace), key], ensure_ascii=False, separators=(",", ":"))
     return "lg" + hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def _latest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Items of a group commit, one per record id: its latest version."""
+    latest: dict[str, dict[str, Any]] = {}
+    for item in items:
+        held = latest.get(item["id"])
+        if held is None or item["ver"] > held["ver"]:
+            latest[item["id"]] = item
+    return list(latest.values())
 
 
 def namespace_path(namespace: Sequence[str]) -> str:
@@ -325,6 +335,8 @@ class QueuedStore(BaseStore):
         self._count_lock = threading.Lock()
         # Concurrent single puts from many threads go out as one job (group commit).
         self._group: GroupCommit[None] = GroupCommit(self._send_group, GROUP_LIMIT)
+        # ... and so do those of concurrent tasks (``aput``) of one event loop.
+        self._agroup: AsyncGroupCommit[None] = AsyncGroupCommit(self._asend_group, GROUP_LIMIT)
         self._query_embedder: Any = None
         self._embed_lock = threading.Lock()
         self._sweep_set = False
@@ -398,8 +410,8 @@ class QueuedStore(BaseStore):
                 if target == "e":
                     reply = await asyncio.to_thread(self._embed, *args)
                 elif target == "g":
-                    reply = await self.queue.aenqueue_encode_items([args[0]])
-                    self._count_enqueued()
+                    await self._agroup.submit(args[0])
+                    reply = None
                 else:
                     obj = self.store if target == "s" else self.queue
                     reply = await getattr(obj, "a" + name)(*args, **kwargs)
@@ -455,12 +467,7 @@ class QueuedStore(BaseStore):
     def _send_group(self, items: list[dict[str, Any]]) -> list[None]:
         """One job for the single puts of concurrent callers (each validated alone):
         of two puts of one key, the later version goes (it would win anyway)."""
-        latest: dict[str, dict[str, Any]] = {}
-        for item in items:
-            held = latest.get(item["id"])
-            if held is None or item["ver"] > held["ver"]:
-                latest[item["id"]] = item
-        unique = list(latest.values())
+        unique = _latest(items)
         try:
             self.queue.enqueue_encode_items(unique)
         except ValidationError:
@@ -468,6 +475,19 @@ class QueuedStore(BaseStore):
                 raise
             for item in unique:  # the group is over a job's size: one job each
                 self.queue.enqueue_encode_items([item])
+        self._count_enqueued()
+        return [None] * len(items)
+
+    async def _asend_group(self, items: list[dict[str, Any]]) -> list[None]:
+        """Async :meth:`_send_group`."""
+        unique = _latest(items)
+        try:
+            await self.queue.aenqueue_encode_items(unique)
+        except ValidationError:
+            if len(unique) == 1:
+                raise
+            for item in unique:
+                await self.queue.aenqueue_encode_items([item])
         self._count_enqueued()
         return [None] * len(items)
 

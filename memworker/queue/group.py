@@ -15,15 +15,21 @@ arrive while a send is in flight wait for it, and the next send carries all of t
 - One caller at a time (the *leader*) sends; the entries that queued up meanwhile go in
   the next send, made by the oldest of their callers (promoted when the send ends).
 - Each caller gets its own entry's result (or the send's error).
+
+:class:`AsyncGroupCommit` does the same for coroutines (``QueuedStore.aput()``, the
+queue's ``aenqueue_*``): tasks of one event loop that submit while a send is in flight
+go together in the next one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-__all__ = ["GroupCommit"]
+__all__ = ["AsyncGroupCommit", "GroupCommit"]
 
 T = TypeVar("T")
 
@@ -106,3 +112,99 @@ class GroupCommit(Generic[T]):
                     s.done.set()
             if successor is not None and successor.done is not None:
                 successor.done.set()
+
+
+class _LoopQueue:
+    """An event loop's entries waiting for a send, and its sender task."""
+
+    __slots__ = ("waiting", "task")
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Any, asyncio.Future[Any]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+
+class AsyncGroupCommit(Generic[T]):
+    """:class:`GroupCommit` for coroutines: ``await submit(entry)`` from many tasks.
+
+    Each event loop has its own queue and, while entries wait, one sender task: it
+    takes the oldest waiting entries (at most ``limit``), awaits ``send`` on them, hands
+    each caller its result (or the send's error), and goes on while entries wait. The
+    first send of a busy spell starts at the loop's next turn, so the submits of tasks
+    that run in the same turn (``asyncio.gather`` of many puts) share it.
+
+    A caller cancelled before its entry went out takes it back (nothing of it is sent);
+    cancelled during the send, it stops waiting and the send goes on for the others.
+    If the sender task itself is cancelled (the loop shutting down), every caller it
+    owed a result is cancelled too: none waits for ever.
+
+    Args:
+        send: ``await send(entries) -> results``, one result per entry, in order;
+            awaited by one task at a time per loop, with 1 to ``limit`` entries.
+        limit: Most entries per ``send``.
+    """
+
+    def __init__(self, send: Callable[[list[Any]], Awaitable[Sequence[T]]], limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self._send = send
+        self._limit = limit
+        self._lock = threading.Lock()  # the map below; a loop's queue is its thread's
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _queue(self, loop: asyncio.AbstractEventLoop) -> _LoopQueue:
+        with self._lock:
+            found = self._loops.get(loop)
+            if found is None:
+                found = self._loops[loop] = _LoopQueue()
+            return found
+
+    async def submit(self, entry: Any) -> T:
+        """Send ``entry`` (with whatever else waits in this loop) and return its result.
+
+        Raises:
+            Exception: What ``send`` raised for the batch that held ``entry``.
+        """
+        loop = asyncio.get_running_loop()
+        queue = self._queue(loop)
+        future: asyncio.Future[T] = loop.create_future()
+        queue.waiting.append((entry, future))
+        if queue.task is None:
+            queue.task = loop.create_task(self._run(queue))
+        return await future
+
+    async def _run(self, queue: _LoopQueue) -> None:
+        batch: list[tuple[Any, asyncio.Future[Any]]] = []
+        try:
+            while True:
+                # Entries whose callers were cancelled while they waited are not sent.
+                queue.waiting = [(e, f) for e, f in queue.waiting if not f.done()]
+                if not queue.waiting:
+                    break
+                batch = queue.waiting[: self._limit]
+                del queue.waiting[: self._limit]
+                try:
+                    results = await self._send([e for e, _ in batch])
+                    if len(results) != len(batch):
+                        raise ValueError(f"send returned {len(results)} results for {len(batch)} entries")
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - handed to each caller of the batch
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for (_, future), result in zip(batch, results):
+                        if not future.done():
+                            future.set_result(result)
+                batch = []
+        finally:
+            queue.task = None
+            if batch or queue.waiting:  # cancelled (or a BaseException): no caller is left waiting
+                for _, future in [*batch, *queue.waiting]:
+                    future.cancel()
+                queue.waiting = []

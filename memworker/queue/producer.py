@@ -38,7 +38,7 @@ from memworker.tracing import enabled as tracing_enabled
 from memworker.tracing import inject, span
 from memworker.queue.admin import as_text, now_ms, status_plan
 from memworker.queue.drain import drain_async, drain_sync, p_replicated, replica_timeout_ms
-from memworker.queue.group import GroupCommit
+from memworker.queue.group import AsyncGroupCommit, GroupCommit
 from memworker.queue.jobs import (
     DEFAULT_MAX_ITEMS,
     DEFAULT_MAX_JOB_BYTES,
@@ -172,6 +172,10 @@ class MemoryQueue:
         self._sends: GroupCommit[BaseException | None] = GroupCommit(
             self._send_enqueues, ENQUEUE_GROUP_JOBS
         )
+        # ... and so do those of concurrent tasks of one event loop.
+        self._asends: AsyncGroupCommit[BaseException | None] = AsyncGroupCommit(
+            self._asend_enqueues, ENQUEUE_GROUP_JOBS
+        )
 
     def __repr__(self) -> str:
         return (
@@ -224,9 +228,23 @@ class MemoryQueue:
         return out
 
     async def _aenqueue(self, step: Script) -> None:
-        """Async :meth:`_enqueue`."""
+        """Async :meth:`_enqueue` (the enqueues of concurrent tasks share script calls)."""
         with self._timed("enqueue"):
-            await self._adriver.run(self._p_enqueue(step))
+            error = await self._asends.submit(step)
+        if error is not None:
+            raise error
+
+    async def _asend_enqueues(self, steps: list[Script]) -> list[BaseException | None]:
+        """Async :meth:`_send_enqueues`."""
+        out: list[BaseException | None] = []
+        for call, jobs in merge_enqueues(steps):
+            try:
+                await self._adriver.run(self._p_enqueue(call))
+            except Exception as exc:  # noqa: BLE001 - raised in the task of each of its callers
+                out += [exc] * jobs
+            else:
+                out += [None] * jobs
+        return out
 
     @contextlib.contextmanager
     def _timed(self, what: str) -> Iterator[None]:

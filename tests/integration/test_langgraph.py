@@ -421,6 +421,54 @@ def test_abatch_from_many_tasks(lg):
     asyncio.run(main())
 
 
+def test_concurrent_aputs_share_jobs_and_the_later_put_of_a_key_wins(lg):
+    """Puts of tasks that run at once go out as a few jobs (group commit, as threads'
+    puts do): 30 puts in one ``gather``, five of them of one key in order; the last of
+    those wins, every other put is there, and far fewer jobs than puts were enqueued."""
+
+    async def main():
+        before = lg._enqueued
+        puts = [lg.aput(("ag",), f"k{i}", {"text": "apple", "i": i}) for i in range(25)]
+        puts += [lg.aput(("ag",), "shared", {"text": "pear", "n": n}) for n in range(5)]
+        await asyncio.gather(*puts)
+        jobs = lg._enqueued - before
+        items = await lg.asearch(("ag",), limit=100)
+        await lg.aclose()
+        return jobs, items
+
+    jobs, items = asyncio.run(main())
+    assert 1 <= jobs < 10
+    by_key = {it.key: it.value for it in items}
+    assert by_key.pop("shared") == {"text": "pear", "n": 4}
+    assert by_key == {f"k{i}": {"text": "apple", "i": i} for i in range(25)}
+
+
+def test_concurrent_aputs_over_a_jobs_size_go_one_job_each(lg):
+    """A group of concurrent puts that would make a job over ``max_job_bytes`` (each
+    put fits alone) is enqueued one job per put: none is refused or lost."""
+    lg.queue.max_job_bytes = 8192
+    text = "apple " * 500  # ~3 KB a put: three of them are over the limit
+
+    sent: list[int] = []
+    enqueue = lg.queue.aenqueue_encode_items
+
+    async def counted(items):  # the queue's own method, called through: items per job
+        sent.append(len(items))
+        return await enqueue(items)
+
+    lg.queue.aenqueue_encode_items = counted
+
+    async def main():
+        await asyncio.gather(*(lg.aput(("big",), f"k{i}", {"text": text, "i": i}) for i in range(6)))
+        got = [await lg.aget(("big",), f"k{i}") for i in range(6)]
+        await lg.aclose()
+        return got
+
+    got = asyncio.run(main())
+    assert sent == [6, 1, 1, 1, 1, 1, 1]  # the group refused whole (nothing sent), then one each
+    assert [it.value["i"] for it in got] == list(range(6))
+
+
 def test_local_embed_function_embeds_in_the_agent(settings, worker):
     calls = []
 

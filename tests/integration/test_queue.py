@@ -244,9 +244,24 @@ def _script_calls(raw) -> int:
     return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
 
 
-def test_concurrent_enqueues_of_one_queue_share_a_script_call_and_stay_separate_jobs(
-    own_plain_server, namespace
-):
+@pytest.fixture
+def one_job(own_plain_server, namespace):
+    """``(raw client, MemoryQueue)`` on a server of the test's own, after one enqueue
+    (which loaded the script)."""
+    import redis
+
+    raw = redis.Redis(port=own_plain_server.port)
+    q = MemoryQueue(own_plain_server.url, namespace=namespace, producer_id="p1")
+    try:
+        q.enqueue_encode(["loads the script"])
+        yield raw, q
+    finally:
+        raw.execute_command("CLIENT", "UNPAUSE")
+        q.close()
+        raw.close()
+
+
+def test_concurrent_enqueues_of_one_queue_share_a_script_call_and_stay_separate_jobs(one_job):
     """Eight threads enqueue through one MemoryQueue while its first call is held up by
     the server (CLIENT PAUSE WRITE): the other seven go out together in ONE script
     call, each its own job (message, id on the queue, wake-up token, pending mark), and
@@ -254,47 +269,61 @@ def test_concurrent_enqueues_of_one_queue_share_a_script_call_and_stay_separate_
     import threading
     import time
 
-    import redis
+    raw, q = one_job
+    before = _script_calls(raw)
+    raw.execute_command("CLIENT", "PAUSE", 3_000, "WRITE")  # under the 5 s request timeout
+    got: dict[int, tuple[str, list[str]]] = {}
 
-    server = own_plain_server
-    raw = redis.Redis(port=server.port)
-    q = MemoryQueue(server.url, namespace=namespace, producer_id="p1")
-    try:
-        q.enqueue_encode(["loads the script"])
-        before = _script_calls(raw)
-        raw.execute_command("CLIENT", "PAUSE", 3_000, "WRITE")  # under the 5 s request timeout
-        got: dict[int, tuple[str, list[str]]] = {}
+    def put(k: int) -> None:
+        got[k] = q.enqueue_encode_job([f"text {k}"])
 
-        def put(k: int) -> None:
-            got[k] = q.enqueue_encode_job([f"text {k}"])
+    threads = [threading.Thread(target=put, args=(0,))]
+    threads[0].start()
+    deadline = time.monotonic() + 2
+    group = q._sends  # its state, to know when every caller is where the test needs it
+    while not (group._busy and not group._waiting):  # the leader's call is out, held
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    threads += [threading.Thread(target=put, args=(k,)) for k in range(1, 8)]
+    for t in threads[1:]:
+        t.start()
+    while len(group._waiting) < 7:  # the seven queued behind it
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    raw.execute_command("CLIENT", "UNPAUSE")
+    for t in threads:
+        t.join(30)
+    assert _script_calls(raw) - before == 2
+    _assert_separate_jobs(raw, q, list(got.values()))
 
-        threads = [threading.Thread(target=put, args=(0,))]
-        threads[0].start()
-        deadline = time.monotonic() + 2
-        group = q._sends  # its state, to know when every caller is where the test needs it
-        while not (group._busy and not group._waiting):  # the leader's call is out, held
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        threads += [threading.Thread(target=put, args=(k,)) for k in range(1, 8)]
-        for t in threads[1:]:
-            t.start()
-        while len(group._waiting) < 7:  # the seven queued behind it
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        raw.execute_command("CLIENT", "UNPAUSE")
-        for t in threads:
-            t.join(30)
-        assert _script_calls(raw) - before == 2
-        jobs = {job for job, _ in got.values()}
-        assert len(jobs) == 8
-        keys = q.keys
-        assert jobs < set(q.pending())  # and the first job's
-        assert raw.llen(keys.q()) == raw.hlen(keys.msgs()) == raw.llen(keys.wake()) == 9
-        messages = [json.loads(m) for m in raw.hvals(keys.msgs())]
-        by_job = {m["message_id"]: m["args"][0]["items"] for m in messages}
-        for job, ids in got.values():
-            assert [i["id"] for i in by_job[job]] == ids
-    finally:
-        raw.execute_command("CLIENT", "UNPAUSE")
-        q.close()
-        raw.close()
+
+def _assert_separate_jobs(raw, q: MemoryQueue, got: list[tuple[str, list[str]]]) -> None:
+    """Each ``(job id, record ids)`` in ``got`` is its own job on the queue (message, id
+    on the queue, wake-up token, pending mark) holding its own items; one more job (the
+    test's first enqueue) is there too."""
+    jobs = {job for job, _ in got}
+    assert len(jobs) == len(got)
+    keys = q.keys
+    assert jobs < set(q.pending())  # and the first job's
+    assert raw.llen(keys.q()) == raw.hlen(keys.msgs()) == raw.llen(keys.wake()) == len(got) + 1
+    messages = [json.loads(m) for m in raw.hvals(keys.msgs())]
+    by_job = {m["message_id"]: m["args"][0]["items"] for m in messages}
+    for job, ids in got:
+        assert [i["id"] for i in by_job[job]] == ids
+
+
+def test_concurrent_async_enqueues_share_a_script_call_and_stay_separate_jobs(one_job):
+    """Eight tasks of one event loop enqueue at once (``asyncio.gather``) through one
+    MemoryQueue: their enqueues go out in ONE script call, each its own job, and each
+    caller gets its own job id back."""
+    raw, q = one_job
+    before = _script_calls(raw)
+
+    async def main():
+        got = await asyncio.gather(*(q.aenqueue_encode_job([f"text {k}"]) for k in range(8)))
+        await q.aclose()
+        return got
+
+    got = asyncio.run(main())
+    assert _script_calls(raw) - before == 1
+    _assert_separate_jobs(raw, q, list(got))
