@@ -115,28 +115,29 @@ class GroupCommit(Generic[T]):
 
 
 class _LoopQueue:
-    """An event loop's entries waiting for a send, and its sender task."""
+    """An event loop's entries waiting for a send, and whether a send is under way."""
 
-    __slots__ = ("waiting", "task")
+    __slots__ = ("waiting", "busy", "task")
 
     def __init__(self) -> None:
         self.waiting: list[tuple[Any, asyncio.Future[Any]]] = []
+        self.busy = False
+        #: The sender task of the entries that waited (kept: the loop holds tasks weakly).
         self.task: asyncio.Task[None] | None = None
 
 
 class AsyncGroupCommit(Generic[T]):
     """:class:`GroupCommit` for coroutines: ``await submit(entry)`` from many tasks.
 
-    Each event loop has its own queue and, while entries wait, one sender task: it
+    Each event loop has its own queue. An uncontended call sends at once, in its own
+    task. Calls that come while a send is under way wait; when it ends, one sender task
     takes the oldest waiting entries (at most ``limit``), awaits ``send`` on them, hands
-    each caller its result (or the send's error), and goes on while entries wait. The
-    first send of a busy spell starts at the loop's next turn, so the submits of tasks
-    that run in the same turn (``asyncio.gather`` of many puts) share it.
+    each caller its result (or the send's error), and goes on while entries wait.
 
     A caller cancelled before its entry went out takes it back (nothing of it is sent);
-    cancelled during the send, it stops waiting and the send goes on for the others.
-    If the sender task itself is cancelled (the loop shutting down), every caller it
-    owed a result is cancelled too: none waits for ever.
+    cancelled while the sender task sends its entry, it stops waiting and the send goes
+    on for the others. If the sender task itself is cancelled (the loop shutting down),
+    every caller it owed a result is cancelled too: none waits for ever.
 
     Args:
         send: ``await send(entries) -> results``, one result per entry, in order;
@@ -169,11 +170,29 @@ class AsyncGroupCommit(Generic[T]):
         """
         loop = asyncio.get_running_loop()
         queue = self._queue(loop)
+        if not queue.busy:  # uncontended: at once, no hand-off to another task
+            queue.busy = True
+            try:
+                return (await self._checked([entry]))[0]
+            finally:
+                self._hand_on(loop, queue)
         future: asyncio.Future[T] = loop.create_future()
         queue.waiting.append((entry, future))
-        if queue.task is None:
-            queue.task = loop.create_task(self._run(queue))
         return await future
+
+    async def _checked(self, entries: list[Any]) -> Sequence[T]:
+        results = await self._send(entries)
+        if len(results) != len(entries):
+            raise ValueError(f"send returned {len(results)} results for {len(entries)} entries")
+        return results
+
+    def _hand_on(self, loop: asyncio.AbstractEventLoop, queue: _LoopQueue) -> None:
+        """A send ended: the entries that came meanwhile go with a sender task."""
+        queue.waiting = [(e, f) for e, f in queue.waiting if not f.done()]
+        if queue.waiting:
+            queue.task = loop.create_task(self._run(queue))
+        else:
+            queue.busy = False
 
     async def _run(self, queue: _LoopQueue) -> None:
         batch: list[tuple[Any, asyncio.Future[Any]]] = []
@@ -186,9 +205,7 @@ class AsyncGroupCommit(Generic[T]):
                 batch = queue.waiting[: self._limit]
                 del queue.waiting[: self._limit]
                 try:
-                    results = await self._send([e for e, _ in batch])
-                    if len(results) != len(batch):
-                        raise ValueError(f"send returned {len(results)} results for {len(batch)} entries")
+                    results = await self._checked([e for e, _ in batch])
                 except asyncio.CancelledError:
                     raise
                 except BaseException as exc:  # noqa: BLE001 - handed to each caller of the batch
@@ -204,6 +221,7 @@ class AsyncGroupCommit(Generic[T]):
                 batch = []
         finally:
             queue.task = None
+            queue.busy = False
             if batch or queue.waiting:  # cancelled (or a BaseException): no caller is left waiting
                 for _, future in [*batch, *queue.waiting]:
                     future.cancel()

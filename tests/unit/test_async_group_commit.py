@@ -17,22 +17,34 @@ from memworker.queue.group import AsyncGroupCommit
 
 
 class Sender:
-    """Records each send; the first one can be held until released."""
+    """Records each send; the sends numbered in ``hold`` (1 = the first) wait until
+    ``release(n)``; the send numbered ``fail_on`` raises."""
 
-    def __init__(self, hold_first: bool = False, fail_on: int | None = None) -> None:
+    def __init__(self, hold: tuple[int, ...] = (), fail_on: int | None = None) -> None:
         self.sends: list[list[str]] = []
-        self.hold_first = hold_first
+        self.hold = set(hold)
         self.fail_on = fail_on
-        self.entered = asyncio.Event()
-        self.release = asyncio.Event()
+        self._entered: dict[int, asyncio.Event] = {}
+        self._release: dict[int, asyncio.Event] = {}
+
+    def _event(self, which: dict[int, asyncio.Event], n: int) -> asyncio.Event:
+        return which.setdefault(n, asyncio.Event())
+
+    async def entered(self, n: int) -> None:
+        await asyncio.wait_for(self._event(self._entered, n).wait(), 10)
+
+    def release(self, n: int) -> None:
+        self._event(self._release, n).set()
 
     async def __call__(self, entries: list[str]) -> list[str]:
         self.sends.append(list(entries))
-        if self.hold_first and len(self.sends) == 1:
-            self.entered.set()
-            await self.release.wait()
-        if self.fail_on == len(self.sends):
-            raise ConnectionError(f"send {len(self.sends)} failed")
+        n = len(self.sends)
+        await asyncio.sleep(0)  # like a real send, which waits for the server
+        if n in self.hold:
+            self._event(self._entered, n).set()
+            await self._event(self._release, n).wait()
+        if self.fail_on == n:
+            raise ConnectionError(f"send {n} failed")
         return [f"sent:{e}" for e in entries]
 
 
@@ -41,57 +53,64 @@ async def _turns(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
+async def _outcomes(tasks: dict[str, asyncio.Task]) -> dict[str, object]:
+    """Each task's result, error or "cancelled", once all are done; a task still
+    waiting after 10 s is cancelled and reported "hung" (the test fails, not hangs)."""
+    await asyncio.wait(tasks.values(), timeout=10)
+    out: dict[str, object] = {}
+    for name, task in tasks.items():
+        if not task.done():
+            task.cancel()
+            out[name] = "hung"
+        elif task.cancelled():
+            out[name] = "cancelled"
+        else:
+            out[name] = task.exception() or task.result()
+    return out
+
+
 async def _outcome(task: asyncio.Task) -> object:
-    """The task's result, error or "cancelled"; a task still waiting after 10 s fails
-    the test (raises TimeoutError) instead of hanging it."""
-    try:
-        return await asyncio.wait_for(task, 10)
-    except asyncio.CancelledError:
-        return "cancelled"
-    except Exception as exc:  # noqa: BLE001
-        return exc
+    return (await _outcomes({"task": task}))["task"]
 
 
-def test_a_lone_submit_sends_alone() -> None:
+def test_an_uncontended_submit_sends_at_once() -> None:
     async def main() -> None:
         sender = Sender()
         group = AsyncGroupCommit(sender, limit=8)
         assert await group.submit("a") == "sent:a"
         assert await group.submit("b") == "sent:b"
         assert sender.sends == [["a"], ["b"]]
+        assert group._queue(asyncio.get_running_loop()).task is None  # no hand-off made
 
     asyncio.run(main())
 
 
-def test_submits_of_one_turn_share_the_first_send() -> None:
+def test_of_many_submits_at_once_the_first_goes_alone_the_rest_together() -> None:
     async def main() -> None:
         sender = Sender()
         group = AsyncGroupCommit(sender, limit=64)
-        results = await asyncio.gather(*(group.submit(f"e{i}") for i in range(10)))
+        results = await asyncio.wait_for(asyncio.gather(*(group.submit(f"e{i}") for i in range(10))), 10)
         assert results == [f"sent:e{i}" for i in range(10)]
-        assert sender.sends == [[f"e{i}" for i in range(10)]]
+        assert sender.sends == [["e0"], [f"e{i}" for i in range(1, 10)]]
 
     asyncio.run(main())
 
 
 async def _behind_a_held_send(group: AsyncGroupCommit, sender: Sender, entries: list[str]):
-    """Submit "first" (its send held), then ``entries`` while it is held; release it.
-    Returns each caller's outcome and the sends made before the release."""
+    """Submit "first" (its send, the first, held), then ``entries`` while it is held;
+    release it. Returns each caller's outcome and the sends made before the release."""
     first = asyncio.create_task(group.submit("first"))
-    await sender.entered.wait()
+    await sender.entered(1)
     others = {e: asyncio.create_task(group.submit(e)) for e in entries}
     await _turns()
     held = [list(batch) for batch in sender.sends]
-    sender.release.set()
-    outcomes = {"first": await _outcome(first)}
-    for e, task in others.items():
-        outcomes[e] = await _outcome(task)
-    return outcomes, held
+    sender.release(1)
+    return await _outcomes({"first": first, **others}), held
 
 
 def test_submits_during_a_send_go_together_in_the_next_one() -> None:
     async def main() -> None:
-        sender = Sender(hold_first=True)
+        sender = Sender(hold=(1,))
         group = AsyncGroupCommit(sender, limit=64)
         entries = [f"e{i}" for i in range(10)]
         outcomes, held = await _behind_a_held_send(group, sender, entries)
@@ -104,7 +123,7 @@ def test_submits_during_a_send_go_together_in_the_next_one() -> None:
 
 def test_a_send_carries_at_most_limit_entries_oldest_first() -> None:
     async def main() -> None:
-        sender = Sender(hold_first=True)
+        sender = Sender(hold=(1,))
         group = AsyncGroupCommit(sender, limit=3)
         outcomes, _ = await _behind_a_held_send(group, sender, [f"e{i}" for i in range(7)])
         assert sender.sends == [["first"], ["e0", "e1", "e2"], ["e3", "e4", "e5"], ["e6"]]
@@ -115,13 +134,17 @@ def test_a_send_carries_at_most_limit_entries_oldest_first() -> None:
 
 def test_a_failed_send_fails_its_own_callers_only() -> None:
     async def main() -> None:
-        sender = Sender(hold_first=True, fail_on=2)
+        sender = Sender(hold=(1,), fail_on=2)
         group = AsyncGroupCommit(sender, limit=2)
         outcomes, _ = await _behind_a_held_send(group, sender, ["a", "b", "c"])
         assert sender.sends == [["first"], ["a", "b"], ["c"]]
         assert isinstance(outcomes["a"], ConnectionError) and isinstance(outcomes["b"], ConnectionError)
         assert outcomes["first"] == "sent:first" and outcomes["c"] == "sent:c"
         assert await group.submit("after") == "sent:after"  # the group is not left busy
+        sender.fail_on = len(sender.sends) + 1
+        with pytest.raises(ConnectionError):  # an uncontended send's error, to its caller
+            await group.submit("fails")
+        assert await group.submit("after again") == "sent:after again"
 
     asyncio.run(main())
 
@@ -141,59 +164,88 @@ def test_a_send_must_return_one_result_per_entry() -> None:
 
 
 def test_a_caller_cancelled_before_its_send_takes_its_entry_back() -> None:
+    """Cancelled while the first (uncontended) send is out, or while the sender task
+    sends others: either way nothing of its entry is sent."""
+
     async def main() -> None:
-        sender = Sender(hold_first=True)
-        group = AsyncGroupCommit(sender, limit=8)
+        sender = Sender(hold=(1, 2))
+        group = AsyncGroupCommit(sender, limit=1)
         first = asyncio.create_task(group.submit("first"))
-        await sender.entered.wait()
-        gone = asyncio.create_task(group.submit("gone"))
-        kept = asyncio.create_task(group.submit("kept"))
+        await sender.entered(1)
+        tasks = {e: asyncio.create_task(group.submit(e)) for e in ("gone1", "a", "gone2", "kept")}
         await _turns()
-        gone.cancel()
+        tasks["gone1"].cancel()
         await _turns()
-        sender.release.set()
+        sender.release(1)
+        await sender.entered(2)  # the sender task's send of "a"
+        tasks["gone2"].cancel()
+        await _turns()
+        sender.release(2)
         assert await _outcome(first) == "sent:first"
-        assert await _outcome(gone) == "cancelled"
-        assert await _outcome(kept) == "sent:kept"
-        assert sender.sends == [["first"], ["kept"]]  # nothing of "gone" was sent
+        assert await _outcomes(tasks) == {
+            "gone1": "cancelled", "a": "sent:a", "gone2": "cancelled", "kept": "sent:kept"
+        }  # fmt: skip
+        assert sender.sends == [["first"], ["a"], ["kept"]]
 
     asyncio.run(main())
 
 
-def test_a_caller_cancelled_during_its_send_leaves_the_others_their_results() -> None:
+def test_a_caller_cancelled_during_a_shared_send_leaves_the_others_their_results() -> None:
     async def main() -> None:
-        sender = Sender(hold_first=True)
+        sender = Sender(hold=(1, 2))
         group = AsyncGroupCommit(sender, limit=8)
         first = asyncio.create_task(group.submit("first"))
-        second = asyncio.create_task(group.submit("second"))
-        await sender.entered.wait()  # both in the held send
-        first.cancel()
+        await sender.entered(1)
+        a = asyncio.create_task(group.submit("a"))
+        b = asyncio.create_task(group.submit("b"))
         await _turns()
-        sender.release.set()
-        assert await _outcome(first) == "cancelled"
-        assert await _outcome(second) == "sent:second"
-        assert sender.sends == [["first", "second"]]
+        sender.release(1)
+        await sender.entered(2)  # "a" and "b" in the sender task's held send
+        a.cancel()
+        await _turns()
+        sender.release(2)
+        assert await _outcome(first) == "sent:first"
+        assert await _outcome(a) == "cancelled"
+        assert await _outcome(b) == "sent:b"
+        assert sender.sends == [["first"], ["a", "b"]]
         assert await group.submit("after") == "sent:after"
 
     asyncio.run(main())
 
 
-def test_a_cancelled_sender_cancels_every_caller_it_owed() -> None:
+def test_a_cancelled_uncontended_caller_hands_the_waiting_entries_on() -> None:
     async def main() -> None:
-        sender = Sender(hold_first=True)
-        group = AsyncGroupCommit(sender, limit=1)
+        sender = Sender(hold=(1,))
+        group = AsyncGroupCommit(sender, limit=8)
         first = asyncio.create_task(group.submit("first"))
-        await sender.entered.wait()
+        await sender.entered(1)
         waiting = asyncio.create_task(group.submit("waiting"))
         await _turns()
+        first.cancel()  # its own send is cancelled with it
+        assert await _outcome(first) == "cancelled"
+        assert await _outcome(waiting) == "sent:waiting"
+        assert sender.sends == [["first"], ["waiting"]]
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_sender_task_cancels_every_caller_it_owed() -> None:
+    async def main() -> None:
+        sender = Sender(hold=(1, 2))
+        group = AsyncGroupCommit(sender, limit=1)
+        first = asyncio.create_task(group.submit("first"))
+        await sender.entered(1)
+        owed = [asyncio.create_task(group.submit(e)) for e in ("w1", "w2")]
+        await _turns()
+        sender.release(1)
+        await sender.entered(2)  # the sender task's send of "w1", held; "w2" waits
         queue = group._queue(asyncio.get_running_loop())
         assert queue.task is not None
         queue.task.cancel()  # what asyncio.run does to the tasks left at its end
-        assert await _outcome(first) == "cancelled"
-        assert await _outcome(waiting) == "cancelled"
-        assert queue.task is None and queue.waiting == []
-        sender.hold_first = False
-        assert await group.submit("after") == "sent:after"  # a new sender task
+        assert await _outcome(first) == "sent:first"
+        assert list((await _outcomes({str(i): t for i, t in enumerate(owed)})).values()) == ["cancelled", "cancelled"]
+        assert queue.task is None and queue.waiting == [] and not queue.busy
+        assert await group.submit("after") == "sent:after"
 
     asyncio.run(main())
 
@@ -211,7 +263,7 @@ def test_each_event_loop_has_its_own_queue() -> None:
 
     def in_a_loop(name: str) -> None:
         async def main() -> list[str]:
-            return list(await asyncio.gather(*(group.submit(f"{name}{i}") for i in range(20))))
+            return list(await asyncio.wait_for(asyncio.gather(*(group.submit(f"{name}{i}") for i in range(20))), 10))
 
         outcomes[name] = asyncio.run(main())
 

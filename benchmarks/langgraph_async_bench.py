@@ -1,0 +1,143 @@
+"""Async puts: ``QueuedStore.aput()`` from many tasks, with and without group commit.
+
+LangGraph's nodes and its server run async, so an agent's memory writes are often
+``await store.aput(...)`` from many tasks of one event loop. Since ``AsyncGroupCommit``
+the puts of tasks that run at once go out as one job (and the queue's script calls are
+shared), as ``put()`` from threads already did. This measures what that changed, in one
+run, on one throwaway valkey-server with RediSearch and no worker (the agent's side
+alone: nothing competes for the cores but the server):
+
+- for ``--tasks`` (default 1, 8 and 64) tasks, each putting its share of ``--n`` items
+  (default 2,000) one ``aput`` after another, in its own namespace;
+- *grouped*: the store as shipped; *one job per put*: the same store with both async
+  groups replaced by a direct send (each put its own job and script call: the path
+  before the change);
+- the two alternated ``--rounds`` times (default 4: each goes first in half of them)
+  after one unmeasured warm-up, so that a drifting host moves both alike;
+  printed: the agent's CPU per put (process time / puts), puts/s, put p50/p99, jobs
+  enqueued, and grouped against one-job-per-put as ratios (medians over the rounds).
+
+Nothing is asserted on time.
+
+    .venv/bin/python benchmarks/langgraph_async_bench.py             # ~1 min
+    .venv/bin/python benchmarks/langgraph_async_bench.py --n 400 --rounds 1   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _servers import banner, median, pct, say, server, table  # noqa: E402
+
+from memworker.settings import Settings  # noqa: E402
+
+TEXT = "User {u} said the refund of invoice {i} is late; follow up with the billing team next week."
+
+
+class Direct:
+    """A stand-in for an ``AsyncGroupCommit``: every submit is sent alone, at once."""
+
+    def __init__(self, send: Callable[[list[Any]], Awaitable[Sequence[Any]]]) -> None:
+        self._send = send
+
+    async def submit(self, entry: Any) -> Any:
+        return (await self._send([entry]))[0]
+
+
+async def put_many(store: Any, n: int, tasks: int) -> dict[str, Any]:
+    """``tasks`` tasks, each putting ``n // tasks`` items one ``aput`` after another."""
+    lat: list[float] = []
+    start = asyncio.Event()
+
+    async def run(t: int) -> None:
+        ns = ("users", f"u{t}")
+        await start.wait()
+        for i in range(n // tasks):
+            t0 = time.perf_counter()
+            await store.aput(ns, f"m{i}", {"text": TEXT.format(u=t, i=i), "kind": "billing"})
+            lat.append((time.perf_counter() - t0) * 1000)
+
+    runners = [asyncio.create_task(run(t)) for t in range(tasks)]
+    await asyncio.sleep(0)
+    jobs0, cpu0, wall0 = store._enqueued, time.process_time(), time.perf_counter()  # noqa: SLF001
+    start.set()
+    await asyncio.gather(*runners)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return {"cpu_us": cpu / len(lat) * 1e6, "rate": len(lat) / wall, "p50": median(lat), "p99": pct(lat, 99),
+            "jobs": store._enqueued - jobs0}  # noqa: SLF001  # fmt: skip
+
+
+def one_run(srv: Any, n: int, tasks: int, grouped: bool, tag: str) -> dict[str, Any]:
+    from memworker.langgraph import QueuedStore
+
+    settings = Settings.from_url(srv.url, namespace=f"lgasync-{tag}")
+    store = QueuedStore(settings, index={"dims": 384, "fields": ["text"]})
+    if not grouped:
+        store._agroup = Direct(store._asend_group)  # type: ignore[assignment]  # noqa: SLF001
+        store.queue._asends = Direct(store.queue._asend_enqueues)  # type: ignore[assignment]  # noqa: SLF001
+
+    async def main() -> dict[str, Any]:
+        await store.aput(("warm",), "w", {"text": "warm up"})  # connects, loads the script
+        try:
+            return await put_many(store, n, tasks)
+        finally:
+            await store.aclose()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000, help="puts per measurement (default 2,000)")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 8, 64], help="tasks putting (default 1 8 64)")
+    parser.add_argument("--rounds", type=int, default=4, help="alternated rounds (default 4)")
+    args = parser.parse_args()
+    if args.rounds < 1 or min(args.tasks) < 1 or args.n < max(args.tasks):
+        raise SystemExit("--rounds and --tasks must be >= 1, --n >= the most tasks")
+    banner(f"QueuedStore.aput(): {args.n:,} puts from 1 event loop, grouped vs one job per put, "
+           f"no worker, {args.rounds} alternated rounds")  # fmt: skip
+    runs: dict[tuple[int, bool], list[dict[str, Any]]] = {}
+    with server(True) as srv:
+        one_run(srv, args.n, max(args.tasks), True, "warm-up")  # imports, first connections
+        for r in range(args.rounds):
+            for tasks in args.tasks:
+                order = (True, False) if r % 2 == 0 else (False, True)
+                for grouped in order:
+                    res = one_run(srv, args.n, tasks, grouped, f"{r}-{tasks}-{int(grouped)}")
+                    runs.setdefault((tasks, grouped), []).append(res)
+                    say(f"   round {r + 1}, {tasks} task(s), {'grouped' if grouped else 'one job per put'}: "
+                        f"{res['cpu_us']:.0f} us CPU a put, {res['rate']:,.0f} puts/s, "
+                        f"p50 {res['p50']:.2f} / p99 {res['p99']:.2f} ms, {res['jobs']:,} jobs")  # fmt: skip
+
+    def med(tasks: int, grouped: bool, key: str) -> float:
+        return median([res[key] for res in runs[(tasks, grouped)]])
+
+    rows = []
+    for tasks in args.tasks:
+        for grouped in (False, True):
+            rows.append([f"{tasks}", "grouped" if grouped else "one job per put", f"{med(tasks, grouped, 'cpu_us'):.0f}",
+                         f"{med(tasks, grouped, 'rate'):,.0f}", f"{med(tasks, grouped, 'p50'):.2f}",
+                         f"{med(tasks, grouped, 'p99'):.2f}", f"{med(tasks, grouped, 'jobs'):,.0f}"])  # fmt: skip
+        rows.append([f"{tasks}", "grouped / one job per put",
+                     f"{med(tasks, True, 'cpu_us') / med(tasks, False, 'cpu_us'):.2f}x",
+                     f"{med(tasks, True, 'rate') / med(tasks, False, 'rate'):.2f}x",
+                     f"{med(tasks, True, 'p50') / med(tasks, False, 'p50'):.2f}x",
+                     f"{med(tasks, True, 'p99') / med(tasks, False, 'p99'):.2f}x",
+                     f"{med(tasks, True, 'jobs') / med(tasks, False, 'jobs'):.2f}x"])  # fmt: skip
+    print(table(["tasks", "path", "CPU us / put", "puts/s", "put p50 ms", "put p99 ms", "jobs"], rows))
+    print(f"medians over {args.rounds} round(s); the agent's process alone (no worker running)")
+
+
+if __name__ == "__main__":
+    main()
