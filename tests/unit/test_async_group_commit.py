@@ -275,3 +275,23 @@ def test_each_event_loop_has_its_own_queue() -> None:
     in_a_loop("c")
     for name in ("a", "b", "c"):
         assert outcomes[name] == [f"sent:{name}{i}" for i in range(20)]
+
+
+def test_under_uvloop_too() -> None:
+    """LangGraph's server runs on uvloop: its loops key the group's queues as well."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def sent(entries: list[str]) -> list[str]:
+        await asyncio.sleep(0)
+        return [f"sent:{e}" for e in entries]
+
+    group = AsyncGroupCommit(sent, limit=64)
+
+    async def main() -> list[str]:
+        return list(await asyncio.wait_for(asyncio.gather(*(group.submit(f"e{i}") for i in range(10))), 10))
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(main()) == [f"sent:e{i}" for i in range(10)]
+    finally:
+        loop.close()
