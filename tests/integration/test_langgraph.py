@@ -423,8 +423,9 @@ def test_abatch_from_many_tasks(lg):
 
 def test_concurrent_aputs_share_jobs_and_the_later_put_of_a_key_wins(lg):
     """Puts of tasks that run at once go out as a few jobs (group commit, as threads'
-    puts do): 30 puts in one ``gather``, five of them of one key in order; the last of
-    those wins, every other put is there, and far fewer jobs than puts were enqueued."""
+    puts do: the first at once, those made during it together): 30 puts in one
+    ``gather``, five of them of one key in order; the last of those wins, every other
+    put is there, and far fewer jobs than puts were enqueued."""
 
     async def main():
         before = lg._enqueued
@@ -465,7 +466,9 @@ def test_concurrent_aputs_over_a_jobs_size_go_one_job_each(lg):
         return got
 
     got = asyncio.run(main())
-    assert sent == [6, 1, 1, 1, 1, 1, 1]  # the group refused whole (nothing sent), then one each
+    # The first put went at once, alone; the five made during it as a group, refused
+    # whole (nothing sent), then one job each.
+    assert sent == [1, 5, 1, 1, 1, 1, 1]
     assert [it.value["i"] for it in got] == list(range(6))
 
 
