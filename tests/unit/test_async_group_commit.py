@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 
 import pytest
 
@@ -96,13 +97,20 @@ def test_of_many_submits_at_once_the_first_goes_alone_the_rest_together() -> Non
     asyncio.run(main())
 
 
-async def _behind_a_held_send(group: AsyncGroupCommit, sender: Sender, entries: list[str]):
-    """Submit "first" (its send, the first, held), then ``entries`` while it is held;
-    release it. Returns each caller's outcome and the sends made before the release."""
+async def _behind_the_first(group: AsyncGroupCommit, sender: Sender, entries: Sequence[str]):
+    """Submit "first" (its send, the first, held), then ``entries`` while it is held.
+    Returns the task of "first" and those of ``entries`` (by entry), all waiting."""
     first = asyncio.create_task(group.submit("first"))
     await sender.entered(1)
     others = {e: asyncio.create_task(group.submit(e)) for e in entries}
     await _turns()
+    return first, others
+
+
+async def _behind_a_held_send(group: AsyncGroupCommit, sender: Sender, entries: list[str]):
+    """Submit "first" (its send, the first, held), then ``entries`` while it is held;
+    release it. Returns each caller's outcome and the sends made before the release."""
+    first, others = await _behind_the_first(group, sender, entries)
     held = [list(batch) for batch in sender.sends]
     sender.release(1)
     return await _outcomes({"first": first, **others}), held
@@ -170,10 +178,7 @@ def test_a_caller_cancelled_before_its_send_takes_its_entry_back() -> None:
     async def main() -> None:
         sender = Sender(hold=(1, 2))
         group = AsyncGroupCommit(sender, limit=1)
-        first = asyncio.create_task(group.submit("first"))
-        await sender.entered(1)
-        tasks = {e: asyncio.create_task(group.submit(e)) for e in ("gone1", "a", "gone2", "kept")}
-        await _turns()
+        first, tasks = await _behind_the_first(group, sender, ("gone1", "a", "gone2", "kept"))
         tasks["gone1"].cancel()
         await _turns()
         sender.release(1)
@@ -194,11 +199,8 @@ def test_a_caller_cancelled_during_a_shared_send_leaves_the_others_their_results
     async def main() -> None:
         sender = Sender(hold=(1, 2))
         group = AsyncGroupCommit(sender, limit=8)
-        first = asyncio.create_task(group.submit("first"))
-        await sender.entered(1)
-        a = asyncio.create_task(group.submit("a"))
-        b = asyncio.create_task(group.submit("b"))
-        await _turns()
+        first, others = await _behind_the_first(group, sender, ("a", "b"))
+        a, b = others["a"], others["b"]
         sender.release(1)
         await sender.entered(2)  # "a" and "b" in the sender task's held send
         a.cancel()
@@ -217,10 +219,8 @@ def test_a_cancelled_uncontended_caller_hands_the_waiting_entries_on() -> None:
     async def main() -> None:
         sender = Sender(hold=(1,))
         group = AsyncGroupCommit(sender, limit=8)
-        first = asyncio.create_task(group.submit("first"))
-        await sender.entered(1)
-        waiting = asyncio.create_task(group.submit("waiting"))
-        await _turns()
+        first, others = await _behind_the_first(group, sender, ("waiting",))
+        waiting = others["waiting"]
         first.cancel()  # its own send is cancelled with it
         assert await _outcome(first) == "cancelled"
         assert await _outcome(waiting) == "sent:waiting"
@@ -233,10 +233,8 @@ def test_a_cancelled_sender_task_cancels_every_caller_it_owed() -> None:
     async def main() -> None:
         sender = Sender(hold=(1, 2))
         group = AsyncGroupCommit(sender, limit=1)
-        first = asyncio.create_task(group.submit("first"))
-        await sender.entered(1)
-        owed = [asyncio.create_task(group.submit(e)) for e in ("w1", "w2")]
-        await _turns()
+        first, others = await _behind_the_first(group, sender, ("w1", "w2"))
+        owed = list(others.values())
         sender.release(1)
         await sender.entered(2)  # the sender task's send of "w1", held; "w2" waits
         queue = group._queue(asyncio.get_running_loop())
