@@ -31,14 +31,15 @@ Design notes and limits: ``docs/langgraph.md``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
 import threading
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -90,6 +91,8 @@ _OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
 #: Filter values the store's tokens compare as JSON does (pushed into the query).
 _TOKEN_TYPES = (str, int, float, bool, type(None), list)
 
+T = TypeVar("T")
+
 _clock_lock = threading.Lock()
 _clock_last = 0
 
@@ -104,10 +107,38 @@ def next_version() -> int:
         return _clock_last
 
 
-def record_id(namespace: tuple[str, ...], key: str) -> str:
-    """The record id of an item: a hash of its namespace and key."""
-    raw = json.dumps([list(namespace), key], ensure_ascii=False, separators=(",", ":"))
+def record_id(namespace: Sequence[str], key: str) -> str:
+    """The record id of an item: a hash of its namespace and key (the BLAKE2b of the
+    JSON text ``[[label, ...], key]``)."""
+    raw = _cached(_id_head, namespace) + _json(key) + "]"
     return "lg" + hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _cached(fn: Callable[[tuple[str, ...]], T], namespace: Sequence[str]) -> T:
+    """``fn(namespace)``, cached: an agent puts into a few namespaces over and over.
+    Only labels of type ``str`` exactly are cached (a subclass could hash and compare
+    as another namespace's labels)."""
+    labels = tuple(namespace)
+    if all(type(label) is str for label in labels):
+        return fn(labels)
+    return fn.__wrapped__(labels)  # type: ignore[attr-defined,no-any-return]
+
+
+@functools.lru_cache(maxsize=4096)
+def _id_head(namespace: tuple[str, ...]) -> str:
+    return "[" + _json(list(namespace)) + ","
+
+
+@functools.lru_cache(maxsize=4096)
+def _placement(namespace: tuple[str, ...]) -> tuple[str, str]:
+    """The category path of a namespace (labels percent-encoded, joined with ``/``)
+    and its scope (the path below :data:`ROOT_SCOPE`)."""
+    path = "/".join(quote(label, safe="") for label in namespace)
+    return path, ROOT_SCOPE + ("/" + path if namespace else "")
 
 
 def _latest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -123,11 +154,11 @@ def _latest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def namespace_path(namespace: Sequence[str]) -> str:
     """Labels percent-encoded and joined with ``/`` (the category; the scope below
     :data:`ROOT_SCOPE`)."""
-    return "/".join(quote(label, safe="") for label in namespace)
+    return _cached(_placement, namespace)[0]
 
 
 def namespace_scope(namespace: Sequence[str]) -> str:
-    return ROOT_SCOPE + ("/" + namespace_path(namespace) if namespace else "")
+    return _cached(_placement, namespace)[1]
 
 
 def _namespace_of(path: str) -> tuple[str, ...]:
@@ -534,14 +565,14 @@ class QueuedStore(BaseStore):
         for op in puts:
             if not isinstance(op.key, str) or not op.key:
                 raise ValidationError("key must be a non-empty string")
-            rid = record_id(tuple(op.namespace), op.key)
+            rid = record_id(op.namespace, op.key)
             ver = next_version()
             if op.value is None:
                 deletes.append((rid, ver))
                 continue
             if not isinstance(op.value, dict):
                 raise ValidationError(f"value of {op.key!r} must be a dict, got {type(op.value).__name__}")
-            path = namespace_path(op.namespace)
+            path, scope = _cached(_placement, op.namespace)
             if len(path) > MAX_CATEGORY_LENGTH:
                 raise ValidationError(
                     f"namespace {tuple(op.namespace)!r} is {len(path)} characters percent-encoded, "
@@ -558,7 +589,7 @@ class QueuedStore(BaseStore):
             text = self._texts(op)
             item: dict[str, Any] = {
                 "id": rid,
-                "scope": namespace_scope(op.namespace),
+                "scope": scope,
                 "categories": [path],
                 "metadata": metadata,
                 "created_at": now,

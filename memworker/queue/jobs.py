@@ -229,7 +229,8 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     check_count(items, max_items, "items")
     now = utcnow()
     now_iso = now.isoformat()
-    new_ids = uuid4_texts(len(items))
+    # Random ids for the items that bring none (memworker.langgraph's bring theirs).
+    new_ids = iter(uuid4_texts(sum(1 for i in items if not (isinstance(i, Mapping) and i.get("id")))))
     # Items of one call usually share their flow settings, often the same object:
     # each distinct one is checked JSON-safe and copied once.
     flows: dict[str, Any] = {}
@@ -253,7 +254,7 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             raise ValidationError(f"{where}.text must not be empty")
         created = item.get("created_at")
         entry = {
-            "id": item.get("id") or new_ids[i],
+            "id": item.get("id") or next(new_ids),
             "content": text,
             "scope": item.get("scope") or "/",
             "categories": item.get("categories") or [],
