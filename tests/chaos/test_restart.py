@@ -63,6 +63,7 @@ def test_valkey_sigkill_under_load(fsync, ns, workdir):
         record(f"Valkey SIGKILL + restart (appendfsync {fsync})", injections=1, lost=lost,
                duplicates=a.records - len(expected & a.ids), early_returns=early,
                loss_window_s=window, commits_lost_at_restart=len(lost_commits),
+               jobs_reported_lost=len(report.lost) if report is not None else 0,
                jobs=len(returned), enqueue_errors=enqueue_errors,
                worker_survived=proc.poll() is None, fsync=fsync)
         print(f"appendfsync {fsync}: measured loss window {window} s "
