@@ -47,10 +47,12 @@ def main() -> int:
                    f"{r['early_returns']} | {r['hangs']} | {r['leaks']} | {notes} |")
     out += ["", f"Measured everysec loss window (server SIGKILL): "
             f"{', '.join(f'{w} s' for w in window if w is not None) or 'not measured'}."
-            " A SIGKILL of the server keeps what it wrote in the kernel's page cache, so this"
-            " measures process crashes only; an OS crash or power cut can lose up to ~1 s"
-            " (up to 2 s when a background fsync is slow) under everysec, which this suite does"
-            " not simulate."]
+            " A SIGKILL of the server keeps what it wrote in the kernel's page cache, but not"
+            " the writes it held back behind a slow fsync (up to 2 s, docs/guarantees.md):"
+            " those show as records lost, their jobs reported lost by the drain"
+            " (jobs_reported_lost). This measures process crashes only; an OS crash or power"
+            " cut can lose up to ~1 s (up to 2 s when a background fsync is slow) under"
+            " everysec, which this suite does not simulate."]
     if args.runtime:
         out += ["", f"Chaos suite wall time on this machine: {args.runtime:.0f} s."]
     Path(args.out).write_text("\n".join(out) + "\n")
