@@ -11,11 +11,15 @@ alone: nothing competes for the cores but the server):
   (default 2,000) one ``aput`` after another, in its own namespace;
 - *grouped*: the store as shipped; *one job per put*: the same store with both async
   groups replaced by a direct send (each put its own job and script call: the path
-  before the change);
-- the two alternated ``--rounds`` times (default 4: each goes first in half of them)
-  after one unmeasured warm-up, so that a drifting host moves both alike;
+  before the change); *grouped, pool*: the store as shipped but its queue's script
+  calls made through ``redis.asyncio``'s ``execute_command`` (its pool's lock, retry
+  and observability wrappers: the path before the async driver kept connections of
+  its own for script calls);
+- the three in turn ``--rounds`` times (default 4; the order rotates each round)
+  after one unmeasured warm-up, so that a drifting host moves them alike;
   printed: the agent's CPU per put (process time / puts), puts/s, put p50/p99, jobs
-  enqueued, and grouped against one-job-per-put as ratios (medians over the rounds).
+  enqueued, and grouped against one-job-per-put and against the pool path as ratios
+  (medians over the rounds).
 
 Nothing is asserted on time.
 
@@ -75,14 +79,25 @@ async def put_many(store: Any, n: int, tasks: int) -> dict[str, Any]:
             "jobs": store._enqueued - jobs0}  # noqa: SLF001  # fmt: skip
 
 
-def one_run(srv: Any, n: int, tasks: int, grouped: bool, tag: str) -> dict[str, Any]:
+#: The paths measured: the store as shipped, one job per put, the pool's script calls.
+PATHS = ("grouped", "one job per put", "grouped, pool")
+
+
+async def via_pool(client: Any, *args: Any) -> Any:
+    """A script call through ``redis.asyncio``'s ``execute_command`` (its pool)."""
+    return await client.execute_command(*args)
+
+
+def one_run(srv: Any, n: int, tasks: int, path: str, tag: str) -> dict[str, Any]:
     from memworker.langgraph import QueuedStore
 
     settings = Settings.from_url(srv.url, namespace=f"lgasync-{tag}")
     store = QueuedStore(settings, index={"dims": 384, "fields": ["text"]})
-    if not grouped:
+    if path == "one job per put":
         store._agroup = Direct(store._asend_group)  # type: ignore[assignment]  # noqa: SLF001
         store.queue._asends = Direct(store.queue._asend_enqueues)  # type: ignore[assignment]  # noqa: SLF001
+    elif path == "grouped, pool":
+        store.queue._adriver._script_call = via_pool  # type: ignore[method-assign]  # noqa: SLF001
 
     async def main() -> dict[str, Any]:
         await store.aput(("warm",), "w", {"text": "warm up"})  # connects, loads the script
@@ -105,36 +120,37 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or min(args.tasks) < 1 or args.n < max(args.tasks):
         raise SystemExit("--rounds and --tasks must be >= 1, --n >= the most tasks")
-    banner(f"QueuedStore.aput(): {args.n:,} puts from 1 event loop, grouped vs one job per put, "
-           f"no worker, {args.rounds} alternated rounds")  # fmt: skip
-    runs: dict[tuple[int, bool], list[dict[str, Any]]] = {}
+    banner(f"QueuedStore.aput(): {args.n:,} puts from 1 event loop, grouped vs one job per put vs "
+           f"the pool's script calls, no worker, {args.rounds} rounds")  # fmt: skip
+    runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
     with server(True) as srv:
-        one_run(srv, args.n, max(args.tasks), True, "warm-up")  # imports, first connections
+        one_run(srv, args.n, max(args.tasks), "grouped", "warm-up")  # imports, first connections
         for r in range(args.rounds):
             for tasks in args.tasks:
-                order = (True, False) if r % 2 == 0 else (False, True)
-                for grouped in order:
-                    res = one_run(srv, args.n, tasks, grouped, f"{r}-{tasks}-{int(grouped)}")
-                    runs.setdefault((tasks, grouped), []).append(res)
-                    say(f"   round {r + 1}, {tasks} task(s), {'grouped' if grouped else 'one job per put'}: "
+                for k in range(len(PATHS)):
+                    path = PATHS[(r + k) % len(PATHS)]
+                    res = one_run(srv, args.n, tasks, path, f"{r}-{tasks}-{k}")
+                    runs.setdefault((tasks, path), []).append(res)
+                    say(f"   round {r + 1}, {tasks} task(s), {path}: "
                         f"{res['cpu_us']:.0f} us CPU a put, {res['rate']:,.0f} puts/s, "
                         f"p50 {res['p50']:.2f} / p99 {res['p99']:.2f} ms, {res['jobs']:,} jobs")  # fmt: skip
 
-    def med(tasks: int, grouped: bool, key: str) -> float:
-        return median([res[key] for res in runs[(tasks, grouped)]])
+    def med(tasks: int, path: str, key: str) -> float:
+        return median([res[key] for res in runs[(tasks, path)]])
+
+    def ratio(tasks: int, path: str, base: str) -> list[str]:
+        return [f"{tasks}", f"{path} / {base}",
+                *(f"{med(tasks, path, key) / med(tasks, base, key):.2f}x"
+                  for key in ("cpu_us", "rate", "p50", "p99", "jobs"))]  # fmt: skip
 
     rows = []
     for tasks in args.tasks:
-        for grouped in (False, True):
-            rows.append([f"{tasks}", "grouped" if grouped else "one job per put", f"{med(tasks, grouped, 'cpu_us'):.0f}",
-                         f"{med(tasks, grouped, 'rate'):,.0f}", f"{med(tasks, grouped, 'p50'):.2f}",
-                         f"{med(tasks, grouped, 'p99'):.2f}", f"{med(tasks, grouped, 'jobs'):,.0f}"])  # fmt: skip
-        rows.append([f"{tasks}", "grouped / one job per put",
-                     f"{med(tasks, True, 'cpu_us') / med(tasks, False, 'cpu_us'):.2f}x",
-                     f"{med(tasks, True, 'rate') / med(tasks, False, 'rate'):.2f}x",
-                     f"{med(tasks, True, 'p50') / med(tasks, False, 'p50'):.2f}x",
-                     f"{med(tasks, True, 'p99') / med(tasks, False, 'p99'):.2f}x",
-                     f"{med(tasks, True, 'jobs') / med(tasks, False, 'jobs'):.2f}x"])  # fmt: skip
+        for path in ("one job per put", "grouped", "grouped, pool"):
+            rows.append([f"{tasks}", path, f"{med(tasks, path, 'cpu_us'):.0f}",
+                         f"{med(tasks, path, 'rate'):,.0f}", f"{med(tasks, path, 'p50'):.2f}",
+                         f"{med(tasks, path, 'p99'):.2f}", f"{med(tasks, path, 'jobs'):,.0f}"])  # fmt: skip
+        rows.append(ratio(tasks, "grouped", "one job per put"))
+        rows.append(ratio(tasks, "grouped", "grouped, pool"))
     print(table(["tasks", "path", "CPU us / put", "puts/s", "put p50 ms", "put p99 ms", "jobs"], rows))
     print(f"medians over {args.rounds} round(s); the agent's process alone (no worker running)")
 

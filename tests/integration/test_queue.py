@@ -328,3 +328,57 @@ def test_concurrent_async_enqueues_share_a_script_call_and_stay_separate_jobs(on
     got = asyncio.run(main())
     assert _script_calls(raw) - before == 2
     _assert_separate_jobs(raw, q, list(got))
+
+
+#: A script that writes (so CLIENT PAUSE WRITE holds it) and returns its argument.
+_ECHO = "redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1]"
+
+
+def test_an_async_script_call_cancelled_before_its_reply_never_hands_the_reply_on(own_plain_server):
+    """The async driver's script path keeps connections of its own between calls. A
+    task cancelled while its call waits for the reply (the server holds it: CLIENT
+    PAUSE WRITE) must not put its connection back: the reply still on the way would be
+    read by the next call. The next call reads its own reply; close() empties the list."""
+    import redis
+
+    from memworker.io.redispy import RedisAsyncDriver
+
+    raw = redis.Redis(port=own_plain_server.port)
+    driver = RedisAsyncDriver(Settings.from_url(own_plain_server.url))
+
+    async def held() -> None:
+        for _ in range(1000):  # until the server holds the call (at most ~10 s)
+            if int(raw.info("clients")["blocked_clients"]) >= 1:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the call never reached the server")
+
+    async def main() -> None:
+        client = driver.client()
+        call = driver._script_call
+        assert await call(client, "EVAL", _ECHO, 1, "k", "warm") == b"warm"
+        assert len(driver._free) == 1  # kept for the next call
+        raw.execute_command("CLIENT", "PAUSE", 5_000, "WRITE")
+        try:
+            task = asyncio.create_task(call(client, "EVAL", _ECHO, 1, "k", "cancelled"))
+            await held()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert driver._free == []  # dropped, not kept
+        finally:
+            raw.execute_command("CLIENT", "UNPAUSE")
+        for mine in (b"first", b"second"):
+            assert await call(client, "EVAL", _ECHO, 1, "k", mine) == mine
+        assert len(driver._free) == 1
+        with pytest.raises(redis.exceptions.ResponseError):  # an error reply, read whole
+            await call(client, "EVAL", "return redis.error_reply('no')", 0)
+        assert len(driver._free) == 1
+        assert await call(client, "EVAL", _ECHO, 1, "k", "after") == b"after"
+        await driver.close()
+        assert driver._free == []
+
+    try:
+        asyncio.run(main())
+    finally:
+        raw.close()
