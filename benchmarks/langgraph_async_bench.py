@@ -23,7 +23,7 @@ alone: nothing competes for the cores but the server):
 
 Nothing is asserted on time.
 
-    .venv/bin/python benchmarks/langgraph_async_bench.py             # ~1 min
+    .venv/bin/python benchmarks/langgraph_async_bench.py             # ~2 min
     .venv/bin/python benchmarks/langgraph_async_bench.py --n 400 --rounds 1   # smoke run
 """
 
