@@ -14,7 +14,7 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -333,6 +333,29 @@ def banner(title: str) -> None:
 def say(text: str) -> None:
     print(text)
     sys.stdout.flush()
+
+
+def rotated_rounds(
+    rounds: int,
+    sizes: Sequence[int],
+    variants: Sequence[str],
+    run: Callable[[int, str, str], dict[str, Any]],
+    unit: str,
+    line: Callable[[dict[str, Any]], str],
+) -> Callable[[int, str, str], float]:
+    """``run(size, variant, tag)`` for every size and variant, ``rounds`` times, the
+    variants' order rotating each round (each goes first as often: a drifting host
+    moves them alike); prints a line per run. Returns ``med(size, variant, key)``,
+    the median of ``key`` over the rounds."""
+    runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for r in range(rounds):
+        for size in sizes:
+            for k in range(len(variants)):
+                variant = variants[(r + k) % len(variants)]
+                res = run(size, variant, f"{r}-{size}-{k}")
+                runs.setdefault((size, variant), []).append(res)
+                say(f"   round {r + 1}, {size} {unit}, {variant}: {line(res)}")
+    return lambda size, variant, key: median([res[key] for res in runs[(size, variant)]])
 
 
 # --------------------------------------------------------------------------- plots

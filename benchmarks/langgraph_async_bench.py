@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _servers import banner, median, pct, say, server, table  # noqa: E402
+from _servers import banner, median, pct, rotated_rounds, server, table  # noqa: E402
 
 from memworker.settings import Settings  # noqa: E402
 
@@ -122,21 +122,13 @@ def main() -> None:
         raise SystemExit("--rounds and --tasks must be >= 1, --n >= the most tasks")
     banner(f"QueuedStore.aput(): {args.n:,} puts from 1 event loop, grouped vs one job per put vs "
            f"the pool's script calls, no worker, {args.rounds} rounds")  # fmt: skip
-    runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
     with server(True) as srv:
         one_run(srv, args.n, max(args.tasks), "grouped", "warm-up")  # imports, first connections
-        for r in range(args.rounds):
-            for tasks in args.tasks:
-                for k in range(len(PATHS)):
-                    path = PATHS[(r + k) % len(PATHS)]
-                    res = one_run(srv, args.n, tasks, path, f"{r}-{tasks}-{k}")
-                    runs.setdefault((tasks, path), []).append(res)
-                    say(f"   round {r + 1}, {tasks} task(s), {path}: "
-                        f"{res['cpu_us']:.0f} us CPU a put, {res['rate']:,.0f} puts/s, "
-                        f"p50 {res['p50']:.2f} / p99 {res['p99']:.2f} ms, {res['jobs']:,} jobs")  # fmt: skip
-
-    def med(tasks: int, path: str, key: str) -> float:
-        return median([res[key] for res in runs[(tasks, path)]])
+        med = rotated_rounds(
+            args.rounds, args.tasks, PATHS, lambda tasks, path, tag: one_run(srv, args.n, tasks, path, tag),
+            "task(s)", lambda res: f"{res['cpu_us']:.0f} us CPU a put, {res['rate']:,.0f} puts/s, "
+                                   f"p50 {res['p50']:.2f} / p99 {res['p99']:.2f} ms, {res['jobs']:,} jobs",
+        )  # fmt: skip
 
     def ratio(tasks: int, path: str, base: str) -> list[str]:
         return [f"{tasks}", f"{path} / {base}",

@@ -5,8 +5,8 @@ CPU per put (the threads share one GIL: p50 ~ threads x CPU per put). This measu
 CPU, on one throwaway valkey-server with RediSearch and nothing else competing:
 
 - for ``--threads`` (default 1 and 8), each thread putting its share of ``--n`` items
-  (default 4,000) one ``put`` after another in its own namespace (the puts of
-  ``langgraph_bench.py``, ``index={"dims": 384, "fields": ["text"]}``);
+  (default 4,000) one ``put`` after another in its own namespace (``langgraph_bench.py``'s
+  ``put_many``, ``index={"dims": 384, "fields": ["text"]}``);
 - *full*: the store as shipped (group commit: one job and one script call for the puts
   that gathered); *own work*: the same puts with the group's send replaced by a no-op
   (nothing reaches Valkey): validation, the job item and the group's hand-offs;
@@ -27,21 +27,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _servers import banner, median, pct, say, server, table  # noqa: E402
+from _servers import banner, pct, rotated_rounds, server, table  # noqa: E402
+from langgraph_bench import put_many  # noqa: E402
 
 from memworker.settings import Settings  # noqa: E402
 
-TEXT = "User {u} said the refund of invoice {i} is late; follow up with the billing team next week."
+#: The paths measured: the store as shipped, and its puts with the send stubbed.
+PATHS = ("full", "own work")
 
 
-def one_run(srv: Any, n: int, threads: int, send: bool, tag: str) -> dict[str, Any]:
+def one_run(srv: Any, n: int, threads: int, path: str, tag: str) -> dict[str, Any]:
     from memworker.langgraph import QueuedStore
 
     settings = Settings.from_url(srv.url, namespace=f"putcpu-{tag}")
@@ -52,39 +53,17 @@ def one_run(srv: Any, n: int, threads: int, send: bool, tag: str) -> dict[str, A
 
         def counted(items: list[Any]) -> Any:
             sizes.append(len(items))
-            return shipped(items) if send else [None] * len(items)
+            return shipped(items) if path == "full" else [None] * len(items)
 
         store._group._send = counted  # noqa: SLF001
-        lat: list[float] = []
-        lock = threading.Lock()
-        gate = threading.Barrier(threads + 1)
-
-        def run(t: int) -> None:
-            mine = []
-            namespace = ("users", f"u{t}")
-            gate.wait()
-            for i in range(n // threads):
-                value = {"text": TEXT.format(u=t, i=t * 1_000_000 + i), "kind": "billing"}
-                start = time.perf_counter()
-                store.put(namespace, f"m{i}", value)
-                mine.append(time.perf_counter() - start)
-            with lock:
-                lat.extend(mine)
-
-        workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
-        for w in workers:
-            w.start()
-        gate.wait()
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        for w in workers:
-            w.join()
-        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    ms = [x * 1000 for x in lat]
+        cpu0 = time.process_time()  # from before the threads start: ~0.1 ms in all
+        lat, first, last = put_many(store, n, threads)
+        cpu = time.process_time() - cpu0
     return {
         "cpu_us": cpu / len(lat) * 1e6,
-        "rate": len(lat) / wall,
-        "p50": pct(ms, 50),
-        "p99": pct(ms, 99),
+        "rate": len(lat) / (last - first),
+        "p50": pct(lat, 50),
+        "p99": pct(lat, 99),
         "group": len(lat) / max(1, len(sizes)),
     }
 
@@ -99,30 +78,23 @@ def main() -> None:
         raise SystemExit("--rounds and --threads must be >= 1, --n >= the most threads")
     banner(f"QueuedStore.put(): {args.n:,} puts from threads, full vs own work (send stubbed), "
            f"no worker, {args.rounds} alternated rounds")  # fmt: skip
-    runs: dict[tuple[int, bool], list[dict[str, Any]]] = {}
     with server(True) as srv:
-        one_run(srv, args.n, max(args.threads), True, "warm-up")
-        for r in range(args.rounds):
-            for threads in args.threads:
-                for send in ((True, False) if r % 2 == 0 else (False, True)):
-                    res = one_run(srv, args.n, threads, send, f"{r}-{threads}-{int(send)}")
-                    runs.setdefault((threads, send), []).append(res)
-                    say(f"   round {r + 1}, {threads} thread(s), {'full' if send else 'own work'}: "
-                        f"{res['cpu_us']:.0f} us CPU a put, {res['rate']:,.0f} puts/s, "
-                        f"p50 {res['p50']:.2f} / p99 {res['p99']:.2f} ms, {res['group']:.2f} a send")  # fmt: skip
-
-    def med(threads: int, send: bool, key: str) -> float:
-        return median([res[key] for res in runs[(threads, send)]])
+        one_run(srv, args.n, max(args.threads), "full", "warm-up")
+        med = rotated_rounds(
+            args.rounds, args.threads, PATHS, lambda threads, path, tag: one_run(srv, args.n, threads, path, tag),
+            "thread(s)", lambda res: f"{res['cpu_us']:.0f} us CPU a put, {res['rate']:,.0f} puts/s, "
+                                     f"p50 {res['p50']:.2f} / p99 {res['p99']:.2f} ms, {res['group']:.2f} a send",
+        )  # fmt: skip
 
     rows = []
     for threads in args.threads:
-        for send in (True, False):
-            rows.append([f"{threads}", "full" if send else "own work (send stubbed)",
-                         f"{med(threads, send, 'cpu_us'):.0f}", f"{med(threads, send, 'rate'):,.0f}",
-                         f"{med(threads, send, 'p50'):.2f}", f"{med(threads, send, 'p99'):.2f}",
-                         f"{med(threads, send, 'group'):.2f}"])  # fmt: skip
-        rows.append([f"{threads}", "own work / full", f"{med(threads, False, 'cpu_us') / med(threads, True, 'cpu_us'):.2f}x",
-                     "", "", "", ""])  # fmt: skip
+        for path in PATHS:
+            rows.append([f"{threads}", "full" if path == "full" else "own work (send stubbed)",
+                         f"{med(threads, path, 'cpu_us'):.0f}", f"{med(threads, path, 'rate'):,.0f}",
+                         f"{med(threads, path, 'p50'):.2f}", f"{med(threads, path, 'p99'):.2f}",
+                         f"{med(threads, path, 'group'):.2f}"])  # fmt: skip
+        rows.append([f"{threads}", "own work / full",
+                     f"{med(threads, 'own work', 'cpu_us') / med(threads, 'full', 'cpu_us'):.2f}x", "", "", "", ""])  # fmt: skip
     print(table(["threads", "path", "CPU us / put", "puts/s", "put p50 ms", "put p99 ms", "puts a send"], rows))
     print(f"medians over {args.rounds} round(s); the agent's process alone (no worker running)")
 
