@@ -137,6 +137,12 @@ def _id_head(namespace: tuple[str, ...]) -> str:
 def _placement(namespace: tuple[str, ...]) -> tuple[str, str]:
     """The category path of a namespace (labels percent-encoded, joined with ``/``)
     and its scope (the path below :data:`ROOT_SCOPE`)."""
+    for i, label in enumerate(namespace):
+        if not label.isascii():
+            try:
+                label.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValidationError(f"namespace label {i} is not valid unicode text") from None
     path = "/".join(quote(label, safe="") for label in namespace)
     return path, ROOT_SCOPE + ("/" + path if namespace else "")
 

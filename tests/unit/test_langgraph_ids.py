@@ -73,3 +73,14 @@ def test_placement_percent_encodes_each_label() -> None:
     assert namespace_scope(("a/b", "c")) == "/langgraph/a%2Fb/c"
     assert namespace_scope(()) == "/langgraph"
     assert namespace_path(["list", "ok"]) == "list/ok"
+
+
+@pytest.mark.parametrize("namespace", [("\ud800",), ("ok", "a\udfffb")])
+def test_a_label_that_is_not_unicode_text_is_a_validation_error_naming_it(namespace: tuple[str, ...]) -> None:
+    from memworker.errors import ValidationError
+
+    with pytest.raises(ValidationError, match=rf"namespace label {len(namespace) - 1} is not valid unicode text"):
+        namespace_path(namespace)
+    with pytest.raises(ValidationError, match="not valid unicode text"):
+        namespace_scope(namespace)
+    assert record_id(namespace, "k") == spec_id(namespace, "k")  # a get or delete still finds nothing
