@@ -41,6 +41,7 @@ from memworker.store.times import format_timestamp, to_utc_naive
 from memworker.store.tokens import (
     PUBLIC_TOKEN,
     RANGE_PREFIX,
+    float_range,
     range_tokens,
     category_token,
     metadata_token,
@@ -279,12 +280,19 @@ def to_row(
             raise ValidationError(f"{where}.categories[{i}] is not valid unicode text") from None
 
     metadata, metadata_json = check_metadata(get("metadata") or {}, f"{where}.metadata")
+    for key, value in metadata.items():
+        # the worker indexes these as float64 (range tokens): refuse here what it cannot
+        if type(value) is int and key.startswith(RANGE_PREFIX) and not float_range(value):
+            raise ValidationError(
+                f"{where}.metadata[{key!r}] is an integer beyond the float64 range (about "
+                "1.8e308): a range key's number must have a float64"
+            )
 
     importance = get("importance", 0.5)
     if isinstance(importance, bool) or not isinstance(importance, (int, float)):
         raise ValidationError(f"{where}.importance must be a number from 0 to 1")
-    if not (math.isfinite(importance) and 0.0 <= importance <= 1.0):
-        raise ValidationError(f"{where}.importance must be from 0 to 1, got {importance!r}")
+    if not (0.0 <= importance <= 1.0):  # NaN fails it too; no float() of a huge int
+        raise ValidationError(f"{where}.importance must be from 0 to 1")
 
     created = get("created_at") or utcnow()
     if type(created) is not datetime or created.tzinfo is not None:

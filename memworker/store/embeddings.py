@@ -16,11 +16,13 @@ from memworker.errors import ValidationError
 
 __all__ = [
     "FLOAT16_MAX",
+    "FLOAT16_TINY",
     "float32_struct",
     "no_embedding",
     "record_vector",
     "vector_bytes",
     "vector_from_bytes",
+    "query_to_float16",
     "vectors_to_float16",
 ]
 
@@ -90,6 +92,8 @@ def vector_from_bytes(raw: bytes, dim: int | None = None) -> np.ndarray:
 
 #: Largest magnitude a float16 vector value can hold.
 FLOAT16_MAX = 65504.0
+#: Largest magnitude float16 rounds to zero (half its least subnormal, 2**-24).
+FLOAT16_TINY = 2.0**-25
 
 
 def vectors_to_float16(blob: bytes, dim: int, name_of: Callable[[int], str]) -> bytes:
@@ -100,13 +104,31 @@ def vectors_to_float16(blob: bytes, dim: int, name_of: Callable[[int], str]) -> 
         ValidationError: A value beyond the float16 range, naming the vector.
     """
     values = np.frombuffer(blob, dtype="<f4").reshape(-1, dim)
-    too_big = np.abs(values).max(axis=1) > FLOAT16_MAX
+    peak = np.abs(values).max(axis=1)
+    too_big = peak > FLOAT16_MAX
     if too_big.any():
         raise ValidationError(
             f"{name_of(int(np.argmax(too_big)))} has a value beyond {FLOAT16_MAX:g}, the limit "
             "of this namespace's float16 vectors"
         )
-    return values.astype("<f2").tobytes()
+    half = values.astype("<f2")
+    # A vector whose every value rounds to zero in float16 would be stored as zeros
+    # (cosine similarity undefined: the index scored it NaN)
+    zeros = peak <= FLOAT16_TINY
+    if zeros.any():
+        raise ValidationError(
+            f"{name_of(int(np.argmax(zeros)))} has no value of magnitude above {FLOAT16_TINY:.3g}: "
+            "it would be all zeros in this namespace's float16 vectors"
+        )
+    return half.tobytes()
+
+
+def query_to_float16(blob: bytes) -> bytes:
+    """A query vector (float32 bytes, not all zeros) as float16 bytes, scaled first so
+    its largest value is 1: cosine similarity does not depend on the query's length,
+    and no value of any magnitude then overflows float16 or underflows it to zeros."""
+    values = np.frombuffer(blob, dtype="<f4").astype(np.float64)
+    return (values / np.abs(values).max()).astype("<f2").tobytes()
 
 
 def no_embedding(values: Any) -> bool:

@@ -15,14 +15,17 @@ it gets here, so no value can change the structure of the query.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from memworker.errors import ValidationError
 from memworker.store.tokens import (
     PUBLIC_TOKEN,
     RANGE_PREFIX,
+    float_range,
     metadata_token,
     range_cover,
     sortable_bits,
@@ -97,8 +100,10 @@ class SearchFilter:
         scope = normalize_scope_prefix(scope_prefix)
         cats: list[str] = []
         if categories:
-            if isinstance(categories, str):
-                raise ValidationError("categories must be a list of strings, not a string")
+            if isinstance(categories, (str, bytes, Mapping)) or not isinstance(categories, Iterable):
+                raise ValidationError(
+                    f"categories must be a list of strings, got {type(categories).__name__}"
+                )
             for i, cat in enumerate(categories):
                 if not isinstance(cat, str):
                     raise ValidationError(f"categories[{i}] must be a string")
@@ -120,9 +125,18 @@ class SearchFilter:
             raise ValidationError("source must be a string or None")
         if viewer is not None and not isinstance(viewer, str):
             raise ValidationError("viewer must be a string or None")
+        if type(include_private) is not bool and not isinstance(include_private, np.bool_):
+            # ``bool("false")`` is True: a flag read from text must not show private records
+            raise ValidationError(
+                f"include_private must be a boolean (True or False), got {type(include_private).__name__}"
+            )
         visible: tuple[str, ...] | None = None
         if not include_private:
             visible = (PUBLIC_TOKEN,) if viewer is None else (PUBLIC_TOKEN, visibility_token(viewer))
+        if metadata_ranges is not None and not isinstance(metadata_ranges, Mapping):
+            raise ValidationError(
+                f"metadata_ranges must be a mapping, got {type(metadata_ranges).__name__}"
+            )
         groups: list[tuple[str, ...]] = []
         for key, bounds in (metadata_ranges or {}).items():
             groups.append(_range_group(key, bounds))
@@ -196,7 +210,8 @@ def _range_group(key: Any, bounds: Any) -> tuple[str, ...]:
     """The tokens covering one key's range (:meth:`SearchFilter.build`)."""
     if not isinstance(key, str) or not key.startswith(RANGE_PREFIX):
         raise ValidationError(
-            f"metadata_ranges keys must be strings starting with {RANGE_PREFIX!r}, got {key!r}"
+            f"metadata_ranges keys must be strings starting with {RANGE_PREFIX!r}, got "
+            + (repr(key) if isinstance(key, str) else type(key).__name__)
         )
     try:
         low, low_in, high, high_in = bounds
@@ -206,6 +221,10 @@ def _range_group(key: Any, bounds: Any) -> tuple[str, ...]:
         ) from None
     edges = []
     for name, value in (("low", low), ("high", high)):
+        if isinstance(value, int) and not isinstance(value, bool) and not float_range(value):
+            raise ValidationError(
+                f"metadata_ranges[{key!r}] {name} is beyond the float64 range (about 1.8e308)"
+            )
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
         ):

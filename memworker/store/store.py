@@ -26,6 +26,7 @@ from memworker.store.plans.delete import DeletePlans
 from memworker.store.plans.search import SearchPlans
 from memworker.store.plans.server import StoreState
 from memworker.store.plans.write import JobWrite, NotPending, WritePlans
+from memworker.store.validate import check_ids
 from memworker.store.vectors import DEFAULT_MAX_RECORDS, VectorCache
 
 __all__ = ["DEFAULT_BATCH_SIZE", "TOMB_KEEP_MS", "JobWrite", "NotPending", "ValkeyStore"]
@@ -251,11 +252,11 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
     def _get_records(self, record_ids: list[str]) -> Plan[list[Any]]:
         """Records by id, in order (``None`` where missing), in one round trip per
         chunk of ids."""
-        return self._p_fetch([str(i) for i in record_ids])
+        return self._p_fetch(check_ids(record_ids))
 
     def _expiries(self, record_ids: list[str]) -> Plan[list[int | None]]:
         """Each record's expiry time in ms since the epoch (``None``: it has none)."""
-        return self._p_expiries([str(i) for i in record_ids])
+        return self._p_expiries(check_ids(record_ids))
 
     def _delete_versioned(self, versions: list[tuple[str, int]]) -> Plan[int]:
         """Versioned deletes (LangGraph's write-behind store): each ``(id, version)``

@@ -15,7 +15,7 @@ def to_utc_naive(value: object, field: str) -> datetime:
     """A datetime or ISO text as a naive UTC datetime (``field`` names it in errors).
 
     Raises:
-        ValidationError: Neither a datetime nor ISO datetime text.
+        ValidationError: Neither a datetime nor ISO datetime text, or out of range in UTC.
     """
     if isinstance(value, str):
         try:
@@ -25,7 +25,10 @@ def to_utc_naive(value: object, field: str) -> datetime:
     if not isinstance(value, datetime):
         raise ValidationError(f"{field} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        try:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        except OverflowError:  # e.g. year 1 at +05:00: before datetime.min in UTC
+            raise ValidationError(f"{field} is out of range in UTC (years 1 to 9999)") from None
     return value
 
 

@@ -23,6 +23,7 @@ from memworker.store.validate import FLAT_TYPES, check_nesting, scope_ancestors
 __all__ = [
     "PUBLIC_TOKEN",
     "RANGE_PREFIX",
+    "float_range",
     "range_cover",
     "range_tokens",
     "sortable_bits",
@@ -137,6 +138,16 @@ def sortable_bits(value: float) -> int:
 
 def _range_token(key: str, shift: int, prefix: int) -> str:
     return token("r", f"{shift}:{prefix:x}:{key}")
+
+
+def float_range(value: int) -> bool:
+    """Whether an integer has a float64 (rounded): Python's ``float()`` raises
+    ``OverflowError`` from about 1.8e308 on, where IEEE rounding would give infinity."""
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def range_tokens(key: str, value: Any) -> list[str]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+import numpy as np
 
 from memworker.errors import ValidationError
 from memworker.store.jsontext import json_text
@@ -32,7 +34,9 @@ __all__ = [
     # ids, metadata
     "FLAT_TYPES",
     "check_id",
+    "check_ids",
     "check_metadata",
+    "check_page",
     "check_nesting",
     # flow
     "FLOW_FIELDS",
@@ -151,12 +155,12 @@ def check_metadata(metadata: Any, field: str = "metadata") -> tuple[dict[str, An
             break
     try:
         metadata_json = json_text(metadata)
-        metadata_json.encode("utf-8")
+        size = len(metadata_json) if metadata_json.isascii() else len(metadata_json.encode("utf-8"))
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise ValidationError(f"{field} is not JSON-serializable: {_json_problem(exc)}") from None
-    if len(metadata_json) > MAX_METADATA_BYTES:
+    if size > MAX_METADATA_BYTES:
         raise ValidationError(
-            f"{field} is {len(metadata_json)} bytes of JSON, the limit is {MAX_METADATA_BYTES}"
+            f"{field} is {size} bytes of JSON, the limit is {MAX_METADATA_BYTES}"
         )
     if any(not isinstance(k, str) for k in metadata):
         raise ValidationError(f"{field} keys must be strings")
@@ -287,3 +291,40 @@ def check_id(value: Any, where: str) -> str:
     if _ID_BAD.search(value):
         raise ValidationError(f"{where}.id must not contain control characters or lone surrogates")
     return value
+
+
+def check_ids(value: Any, field: str = "record_ids") -> list[str]:
+    """Record ids to look up, touch or delete: any iterable of strings but a string
+    itself (whose characters would be taken as ids).
+
+    Raises:
+        ValidationError: Naming ``field`` (and the position of a bad id).
+    """
+    if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
+        raise ValidationError(
+            f"{field} must be a list of record id strings, got {type(value).__name__}"
+        )
+    ids = list(value)
+    for i, rid in enumerate(ids):
+        if not isinstance(rid, str):
+            raise ValidationError(f"{field}[{i}] must be a string, got {type(rid).__name__}")
+    return ids
+
+
+#: Largest ``limit`` / ``offset`` of a page (what the server takes: a signed 64-bit integer).
+MAX_PAGE = (1 << 63) - 1
+
+
+def check_page(limit: Any, offset: Any) -> tuple[int, int]:
+    """A page's ``limit`` (an integer; 0 or less: nothing) and ``offset`` (an integer
+    from 0), both at most :data:`MAX_PAGE`.
+
+    Raises:
+        ValidationError: Naming the argument and the limit.
+    """
+    for name, value, low in (("limit", limit, -MAX_PAGE), ("offset", offset, 0)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ValidationError(f"{name} must be an integer, got {type(value).__name__}")
+        if not low <= int(value) <= MAX_PAGE:
+            raise ValidationError(f"{name} must be from {low} to {MAX_PAGE}")
+    return int(limit), int(offset)

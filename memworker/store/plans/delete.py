@@ -15,7 +15,7 @@ from memworker.store.query import TOKEN_FIELDS, SearchFilter
 from memworker.store.times import format_timestamp, to_utc_naive
 from memworker.errors import ValidationError
 from memworker.store.codec import MAX_STAMP
-from memworker.store.validate import check_id, normalize_scope, normalize_scope_prefix
+from memworker.store.validate import check_id, check_ids, normalize_scope, normalize_scope_prefix
 
 __all__ = ["DELETE_CHUNK", "DeletePlans"]
 
@@ -103,12 +103,13 @@ class DeletePlans(ReadPlans):
         flt = SearchFilter.build(
             scope_prefix=scope_prefix, categories=categories, metadata_filter=metadata_filter
         )
+        wanted = None if record_ids is None else check_ids(record_ids)
         cutoff = None
         if older_than is not None:
             cutoff = "(" + format_timestamp(to_utc_naive(older_than, "older_than"))
         tree = self.keys.tree(flt.scope)
-        if record_ids is not None:
-            ids = list(dict.fromkeys(str(i) for i in record_ids))
+        if wanted is not None:
+            ids = list(dict.fromkeys(wanted))
             if not ids:
                 return 0
             if flt.scope != "/" or cutoff is not None:

@@ -16,7 +16,7 @@ from memworker.records import record_types
 from memworker.store.decode import RECORD_FIELDS, decode_rows
 from memworker.store.plans.server import ServerPlans, as_text
 from memworker.store.times import parse_timestamp
-from memworker.store.validate import normalize_scope_prefix
+from memworker.store.validate import MAX_PAGE, check_page, normalize_scope_prefix
 
 __all__ = ["READ_CHUNK", "ReadPlans", "decode_reply"]
 
@@ -53,9 +53,10 @@ class ReadPlans(ServerPlans):
         return out
 
     def _p_list(self, scope_prefix: str | None, limit: int, offset: int) -> Plan[list[Any]]:
-        if limit <= 0 or offset < 0:
-            return []
+        limit, offset = check_page(limit, offset)
         scope = normalize_scope_prefix(scope_prefix)
+        if limit <= 0:
+            return []
         if self._state.sort_page:
             # One round trip, no script: SORT_RO reads the page's fields natively (a
             # zset "BY nosort" keeps its order, DESC = newest first, and LIMIT takes the
@@ -79,7 +80,7 @@ class ReadPlans(ServerPlans):
                 return [r for r in decode_reply([dim, *flat]) if r is not None]
         flat = yield Script(
             "read",
-            ["page", self.keys.prefix, scope, str(offset), str(offset + limit - 1),
+            ["page", self.keys.prefix, scope, str(offset), str(min(offset + limit - 1, MAX_PAGE)),
              str(len(RECORD_FIELDS)), *RECORD_FIELDS],
         )  # fmt: skip
         return [r for r in decode_reply(flat) if r is not None]

@@ -16,7 +16,7 @@ import numpy as np
 
 from memworker.errors import StoreError, ValidationError
 from memworker.io import Call, Pipeline, Plan, Script, error_text
-from memworker.store.embeddings import vector_bytes, vector_from_bytes, vectors_to_float16
+from memworker.store.embeddings import vector_bytes, vector_from_bytes, query_to_float16
 from memworker.store.plans.read import ReadPlans
 from memworker.store.plans.server import as_text, optional_text
 from memworker.store.query import MAX_LIMIT, SearchFilter
@@ -52,7 +52,10 @@ class SearchPlans(ReadPlans):
         metadata_ranges: Mapping[str, Any] | None = None,
     ) -> Plan[list[tuple[Any, float]]]:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1 or limit > MAX_LIMIT:
-            raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
+            # never the value's repr: a huge int's fails (4,300 digits at most)
+            raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}")
+        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or min_score != min_score:
+            raise ValidationError("min_score must be a number (cosine similarity, -1 to 1)")
         vector, dim = vector_bytes(query_embedding, field="query_embedding")
         flt = SearchFilter.build(
             scope_prefix=scope_prefix,
@@ -70,11 +73,11 @@ class SearchPlans(ReadPlans):
                 return []  # nothing was ever saved
         if stored != dim:
             yield from self._p_check_dim(dim)
-        # The query in the index's type, converted (and a value beyond float16 refused)
-        # whichever path answers: the index, or the exact path while it builds.
+        # The query in the index's type (float16: scaled to a largest value of 1 first,
+        # so no magnitude overflows or underflows it).
         indexed = vector
         if self._state.vtype == "float16":
-            indexed = vectors_to_float16(vector, dim, lambda _: "query_embedding")
+            indexed = query_to_float16(vector)
         module = yield from self._p_probe()
         found: list[tuple[Any, float]] | None = None
         if module:
@@ -145,7 +148,9 @@ class SearchPlans(ReadPlans):
             name = as_text(key)
             if row.get("dist") is None or not name.startswith(prefix):
                 continue
-            scored.append((name[len(prefix) :], 1.0 - float(as_text(row["dist"]))))
+            score = 1.0 - float(as_text(row["dist"]))
+            if score == score:  # NaN: a stored vector of zeros (an older version's float16)
+                scored.append((name[len(prefix) :], score))
         records = yield from self._p_fetch([i for i, _ in scored])
         return [(r, s) for (_, s), r in zip(scored, records) if r is not None]
 

@@ -20,6 +20,7 @@ from memworker.store.codec import WRITE_FIELDS_JSON, Row, to_rows
 from memworker.store.embeddings import vectors_to_float16
 from memworker.store.plans.server import ServerPlans
 from memworker.store.times import format_timestamp
+from memworker.store.validate import check_ids
 
 __all__ = ["JobWrite", "NotPending", "WritePlans"]
 
@@ -227,7 +228,7 @@ class WritePlans(ServerPlans):
         yield from self._p_write(encoded)
 
     def _p_touch(self, record_ids: Sequence[str]) -> Plan[int]:
-        ids = [str(i) for i in record_ids or []]
+        ids = [] if record_ids is None else check_ids(record_ids)
         if not ids:
             return 0
         now = format_timestamp(utcnow())

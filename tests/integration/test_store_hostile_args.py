@@ -1,0 +1,237 @@
+"""Hostile arguments to the store's API (a review of 2026-12-04): each is a
+``ValidationError`` naming the argument, never a raw ``TypeError`` /
+``OverflowError`` or a silent wrong answer, and nothing is written or deleted.
+
+- ``include_private`` must be a real boolean: the string ``"false"`` is truthy and
+  showed every source's private records.
+- ``record_ids`` must be a list of strings: a bare string was iterated, so
+  ``delete(record_ids="r1")`` deleted the records ``"r"`` and ``"1"``.
+- Numbers beyond float64 (``10**400``) and datetimes whose UTC is out of range: an
+  ``OverflowError``, and a metadata number under a range key passed the producer's
+  checks and failed in the worker (a poison job, retried as if transient).
+- A float16 namespace: a vector whose values all underflow float16 (< 6e-8) became
+  zeros, stored as an embedding and scored NaN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import pytest
+from test_store import mk, vec
+
+from memworker import ValkeyStore
+from memworker.errors import ValidationError
+from memworker.queue.producer import MemoryQueue
+
+HUGE = 10**400
+
+
+# ----------------------------------------------------------------------------- privacy
+@pytest.mark.parametrize("value", ["false", "False", "0", "", 0, 1, None, [], "no"])
+def test_include_private_must_be_a_real_boolean(store, value: Any) -> None:
+    store.save([mk("pub", seed=1), mk("priv", seed=2, source="alice", private=True)])
+    with pytest.raises(ValidationError, match=r"include_private must be a boolean"):
+        store.search(vec(2), include_private=value, viewer="bob")
+    assert [r.id for r, _ in store.search(vec(2), include_private=False, viewer="bob")] == ["pub"]
+
+
+def test_include_private_accepts_booleans_and_numpy_booleans(store) -> None:
+    store.save([mk("pub", seed=1), mk("priv", seed=2, source="alice", private=True)])
+    hidden = store.search(vec(2), include_private=np.bool_(False), viewer="bob")
+    shown = store.search(vec(2), include_private=np.bool_(True), viewer="bob")
+    assert {r.id for r, _ in hidden} == {"pub"} and {r.id for r, _ in shown} == {"pub", "priv"}
+
+
+# ----------------------------------------------------------------------------- record ids
+@pytest.mark.parametrize("value", ["r1", b"r1", 5, {"r": 1}, ["r", 5], ["r", None]])
+def test_record_ids_must_be_a_list_of_strings(store, value: Any) -> None:
+    store.save([mk("r", seed=1), mk("1", seed=2), mk("r1", seed=3)])
+    with pytest.raises(ValidationError, match=r"record_ids"):
+        store.delete(record_ids=value)
+    with pytest.raises(ValidationError, match=r"record_ids"):
+        store.get_records(value)
+    with pytest.raises(ValidationError, match=r"record_ids"):
+        store.touch_records(value)
+    assert sorted(r.id for r in store.list_records()) == ["1", "r", "r1"]
+    assert store.delete(record_ids=("r1",)) == 1  # any sequence of strings
+    assert sorted(r.id for r in store.list_records()) == ["1", "r"]
+
+
+def test_async_record_ids_must_be_a_list_of_strings(store) -> None:
+    store.save([mk("r", seed=1), mk("1", seed=2), mk("r1", seed=3)])
+
+    async def main() -> None:
+        with pytest.raises(ValidationError, match=r"record_ids"):
+            await store.adelete(record_ids="r1")
+        with pytest.raises(ValidationError, match=r"record_ids"):
+            await store.atouch_records("r1")
+        with pytest.raises(ValidationError, match=r"record_ids"):
+            await store.aget_records("r1")
+        await store.aclose()
+
+    asyncio.run(main())
+    assert store.count() == 3
+
+
+# ----------------------------------------------------------------------------- overflow
+def plain(rid: str, seed: int, **fields: Any) -> dict[str, Any]:
+    """A record as a dict (CrewAI's ``MemoryRecord`` refuses some of these values itself;
+    the store takes dicts too)."""
+    record: dict[str, Any] = mk(rid, seed=seed).model_dump()
+    record["embedding"] = vec(seed)  # model_dump leaves it out
+    record.update(fields)
+    return record
+
+
+def test_numbers_beyond_float64_are_validation_errors_and_nothing_is_written(store) -> None:
+    with pytest.raises(ValidationError, match=r"records\[1\]\.importance must be from 0 to 1"):
+        store.save([mk("ok", seed=1), plain("bad", 2, importance=HUGE)])
+    with pytest.raises(ValidationError, match=r"records\[1\]\.metadata\['=n'\] .*float64"):
+        store.save([mk("ok", seed=1), plain("bad", 2, metadata={"=n": HUGE})])
+    with pytest.raises(ValidationError, match=r"records\[0\]\.metadata\['=n'\] .*float64"):
+        store.save([plain("bad", 2, metadata={"=n": -HUGE})])
+    assert store.count() == 0
+    # an integer that float64 holds (rounded) is fine, and so is a huge one under a key
+    # with no range tokens (equality only)
+    store.save([plain("big", 3, metadata={"=n": 10**300, "n": HUGE})])
+    hits = store.search(vec(3), metadata_ranges={"=n": (1e299, True, None, True)})
+    assert [r.id for r, _ in hits] == ["big"]
+    assert [r.id for r, _ in store.search(vec(3), metadata_filter={"n": HUGE})] == ["big"]
+
+
+@pytest.mark.parametrize("bound", [HUGE, -HUGE], ids=["huge", "-huge"])
+def test_a_range_bound_beyond_float64_is_a_validation_error(store, bound: int) -> None:
+    store.save([mk("a", seed=1, metadata={"=n": 5})])
+    with pytest.raises(ValidationError, match=r"metadata_ranges\['=n'\] low .*float64"):
+        store.search(vec(1), metadata_ranges={"=n": (bound, True, None, True)})
+    with pytest.raises(ValidationError, match=r"metadata_ranges\['=n'\] high .*float64"):
+        store.search(vec(1), metadata_ranges={"=n": (None, True, bound, True)})
+
+
+EARLY = datetime.min.replace(tzinfo=timezone(timedelta(hours=5)))
+
+
+@pytest.mark.parametrize("created", [EARLY, "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-05:00"])
+def test_a_datetime_whose_utc_is_out_of_range_is_a_validation_error(store, created: Any) -> None:
+    with pytest.raises(ValidationError, match=r"records\[0\]\.created_at is out of range"):
+        store.save([plain("a", 1, created_at=created, last_accessed=None)])
+    with pytest.raises(ValidationError, match=r"older_than is out of range"):
+        store.delete(older_than=created)
+    assert store.count() == 0
+
+
+def test_enqueue_refuses_a_number_the_worker_could_not_index(plain_server, namespace) -> None:
+    """The producer checks what the worker will index: a range key's number beyond
+    float64 used to pass enqueue and fail every worker attempt."""
+    with MemoryQueue(plain_server.url, namespace=namespace, producer_id="p") as q:
+        with pytest.raises(ValidationError, match=r"items\[1\]\.metadata\['=n'\] .*float64"):
+            q.enqueue_encode([{"text": "fine"}, {"text": "x", "metadata": {"=n": HUGE}}])
+        with pytest.raises(ValidationError, match=r"items\[0\]\.importance must be from 0 to 1"):
+            q.enqueue_encode([{"text": "x", "importance": HUGE}])
+        with pytest.raises(ValidationError, match=r"records\[0\]\.metadata\['=n'\] .*float64"):
+            q.enqueue_save([{"id": "a", "content": "x", "embedding": [1.0, 0.5],
+                             "metadata": {"=n": HUGE}}])  # fmt: skip
+        assert q.pending() == []
+
+
+# ----------------------------------------------------------------------------- other arguments
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"min_score": "0.5"}, "min_score"),
+        ({"min_score": None}, "min_score"),
+        ({"min_score": math.nan}, "min_score"),
+        ({"min_score": True}, "min_score"),
+        ({"categories": 5}, "categories"),
+        ({"metadata_ranges": [("=n", (1, True, 2, True))]}, "metadata_ranges"),
+    ],
+)
+def test_search_arguments_of_the_wrong_type_are_named(store, kwargs: dict[str, Any], needle: str) -> None:
+    store.save([mk("a", seed=1)])
+    with pytest.raises(ValidationError, match=needle):
+        store.search(vec(1), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"limit": "2"}, "limit"),
+        ({"limit": 1.5}, "limit"),
+        ({"limit": True}, "limit"),
+        ({"offset": 10**20}, "offset"),
+        ({"offset": -1}, "offset"),
+        ({"offset": "1"}, "offset"),
+    ],
+)
+def test_list_records_arguments_are_checked(store, kwargs: dict[str, Any], needle: str) -> None:
+    store.save([mk("a", seed=1)])
+    with pytest.raises(ValidationError, match=needle):
+        store.list_records(**kwargs)
+    assert [r.id for r in store.list_records(limit=0)] == []  # "nothing", as before
+    assert [r.id for r in store.list_records(limit=5, offset=0)] == ["a"]
+
+
+# ----------------------------------------------------------------------------- float16
+def test_a_vector_that_underflows_float16_is_refused(server, namespace) -> None:
+    store = ValkeyStore(server.url, namespace=namespace, vector_type="float16", batch_size=2)
+    try:
+        tiny = [1e-8] * len(vec(1))
+        with pytest.raises(ValidationError, match=r"records\[2\]\.embedding .*float16"):
+            store.save([mk("ok1", seed=1), mk("ok2", seed=2), mk("tiny", embedding=tiny)])
+        assert store.count() == 0
+        # one value big enough to survive is enough (the rest round to zero, as any
+        # float16 conversion of small values does)
+        store.save([mk("ok1", seed=1), mk("edge", embedding=[1e-4] + tiny[1:])])
+        assert store.count() == 2
+    finally:
+        store.reset()
+        store.close()
+
+
+def test_a_tiny_query_ranks_as_its_direction_in_a_float16_namespace(server, namespace) -> None:
+    """Cosine similarity does not depend on the query's length: a query whose values
+    would all underflow float16 (or overflow it) is scaled first, on every path."""
+    dim = len(vec(1))
+    store = ValkeyStore(server.url, namespace=namespace, vector_type="float16")
+    try:
+        x = [1.0] + [0.0] * (dim - 1)
+        y = [0.0, 1.0] + [0.0] * (dim - 2)
+        store.save([mk("x", embedding=x), mk("y", embedding=y)])
+        for scale in (1e-9, 1.0, 1e6):
+            for building in (False, True):
+                store._state.index_building = building  # the exact path while an index builds
+                hits = store.search([v * scale for v in x], limit=2)
+                assert [r.id for r, _ in hits] == ["x", "y"], (scale, building)
+                assert all(math.isfinite(s) for _, s in hits)
+                assert hits[0][1] == pytest.approx(1.0, abs=2e-3)
+                assert hits[1][1] == pytest.approx(0.0, abs=2e-3)
+    finally:
+        store.reset()
+        store.close()
+
+
+def test_a_stored_float16_vector_of_zeros_never_scores_nan(server, namespace, raw) -> None:
+    """A record an older version stored with a float16 vector of zeros (its values
+    underflowed) is left out of vector search, on both paths, never scored NaN."""
+    dim = len(vec(1))
+    store = ValkeyStore(server.url, namespace=namespace, vector_type="float16")
+    try:
+        store.save([mk("a", seed=1), mk("z", seed=2)])
+        raw.hset(f"{store.keys.prefix}:rec:z", "embedding", np.zeros(dim, dtype="<f2").tobytes())
+        fresh = ValkeyStore(server.url, namespace=namespace, vector_type="float16")
+        try:
+            for building in (False, True):
+                fresh._state.index_building = building
+                hits = fresh.search(vec(1), limit=5)
+                assert all(math.isfinite(s) for _, s in hits), hits
+                assert [r.id for r, _ in hits][:1] == ["a"]
+        finally:
+            fresh.close()
+    finally:
+        store.reset()
+        store.close()
