@@ -235,3 +235,14 @@ def test_a_stored_float16_vector_of_zeros_never_scores_nan(server, namespace, ra
     finally:
         store.reset()
         store.close()
+
+
+# ----------------------------------------------------------------------------- metadata size
+def test_the_metadata_limit_counts_utf8_bytes_not_characters(store) -> None:
+    """40,000 characters of two bytes each: 80,000 bytes of JSON, over the 64 KiB
+    limit (it counted characters, so four times the limit got through)."""
+    with pytest.raises(ValidationError, match=r"records\[0\]\.metadata is 8\d{4} bytes of JSON, the limit is 65536"):
+        store.save([plain("a", 1, metadata={"k": "é" * 40_000})])
+    assert store.count() == 0
+    store.save([plain("a", 1, metadata={"k": "é" * 30_000})])  # 60,000 bytes: fine
+    assert store.get_record("a").metadata == {"k": "é" * 30_000}
