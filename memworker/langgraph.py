@@ -34,7 +34,6 @@ import asyncio
 import functools
 import hashlib
 import json
-import math
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -70,6 +69,7 @@ from memworker.queue.jobs import embed_items
 from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
 from memworker.store.store import ValkeyStore
+from memworker.store.tokens import float_range
 from memworker.store.validate import MAX_CATEGORY_LENGTH, check_nesting
 
 __all__ = ["ROOT_SCOPE", "QueuedStore"]
@@ -194,10 +194,12 @@ def _json_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any) -> int | float | None:
+    """A number as it is (Python compares ints and floats exactly; ``float()`` of an
+    int past ~1.8e308 would raise), or ``None``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    return value
 
 
 def _apply(value: Any, operator: str, operand: Any) -> bool:
@@ -261,7 +263,7 @@ def check_filter(
                 )
             if "$eq" in condition and isinstance(condition["$eq"], _TOKEN_TYPES):
                 push[_FIELD + key] = condition["$eq"]
-            bounds = _bounds(condition)
+            bounds = _bounds(condition, key)
             if bounds is not None:
                 ranges[_FIELD + key] = bounds
         elif isinstance(condition, _TOKEN_TYPES):
@@ -269,7 +271,7 @@ def check_filter(
     return push, flt, ranges
 
 
-def _bounds(condition: dict[str, Any]) -> tuple[Any, bool, Any, bool] | None:
+def _bounds(condition: dict[str, Any], key: str) -> tuple[Any, bool, Any, bool] | None:
     """The number range of a condition's ``$gt``/``$gte``/``$lt``/``$lte`` with number
     operands (``None``: none; string operands stay on candidates)."""
     low: Any = None
@@ -280,8 +282,12 @@ def _bounds(condition: dict[str, Any]) -> tuple[Any, bool, Any, bool] | None:
         if op not in ("$gt", "$gte", "$lt", "$lte"):
             continue
         number = _number(operand)
-        if number is None or math.isnan(number):
+        if number is None or number != number:  # NaN
             return None
+        if isinstance(number, int) and not float_range(number):
+            raise ValidationError(
+                f"filter[{key!r}] {op} is an integer beyond the float64 range (about 1.8e308)"
+            )
         found = True
         if op in ("$gt", "$gte"):
             inclusive = op == "$gte"
@@ -312,11 +318,23 @@ def _check_ttl_config(ttl: TTLConfig | None) -> TTLConfig | None:
 
 
 def _check_minutes(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and 0 < value <= 525_600_000
-    ):
-        raise ValidationError(f"{where} must be a number of minutes above 0, got {value!r}")
+    # compared, never converted first: math.isfinite(10**400) raises OverflowError
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= _MAX_MINUTES:
+        raise ValidationError(
+            f"{where} must be a number of minutes above 0 and at most {_MAX_MINUTES:,} (1,000 years)"
+        )
     return float(value)
+
+
+#: Longest TTL, in minutes (1,000 years).
+_MAX_MINUTES = 525_600_000
+
+
+def _count(where: str, value: Any) -> int:
+    """A limit, offset or depth: an integer >= 0 (a negative one would slice from the end)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValidationError(f"{where} must be an integer >= 0")
+    return int(value)
 
 
 # A step of an operation: (method name, args, kwargs) on the store ("s"), the queue
@@ -697,9 +715,7 @@ class QueuedStore(BaseStore):
 
     def _p_search(self, op: SearchOp) -> _Plan:
         push, post, ranges = check_filter(op.filter)
-        limit, offset = int(op.limit), int(op.offset)
-        if limit < 0 or offset < 0:
-            raise ValidationError("limit and offset must not be negative")
+        limit, offset = _count("search limit", op.limit), _count("search offset", op.offset)
         want = limit + offset
         scope = namespace_scope(op.namespace_prefix)
         hits: list[tuple[Any, float | None]] = []
@@ -765,6 +781,10 @@ class QueuedStore(BaseStore):
         return hits
 
     def _p_list_namespaces(self, op: ListNamespacesOp) -> _Plan:
+        limit = _count("list_namespaces limit", op.limit)
+        offset = _count("list_namespaces offset", op.offset)
+        if op.max_depth is not None:
+            _count("list_namespaces max_depth", op.max_depth)
         prefix: tuple[str, ...] = ()
         for cond in op.match_conditions or ():
             if cond.match_type == "prefix":
@@ -783,7 +803,7 @@ class QueuedStore(BaseStore):
             namespaces = sorted({ns[: op.max_depth] for ns in namespaces})
         else:
             namespaces = sorted(namespaces)
-        return namespaces[op.offset : op.offset + op.limit]
+        return namespaces[offset : offset + limit]
 
     # ------------------------------------------------------------------ embedding
     def _embed(self, texts: list[str], documents: bool) -> list[list[float]]:

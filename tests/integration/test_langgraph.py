@@ -523,3 +523,33 @@ def test_a_deeply_nested_filter_is_refused_not_a_recursion_error(lg):
         lg.search(("n",), filter={"f": deep})
     with pytest.raises(ValidationError, match="filter"):
         lg.search(("n",), query="apple", filter={"f": {"$eq": deep}})
+
+
+HUGE = 10**400
+
+
+def test_numbers_beyond_float64_and_bad_pages_are_validation_errors(lg):
+    """Python ints have no float64 past ~1.8e308: a value field's such int (range
+    tokens are float64), a filter bound or a TTL was a raw OverflowError, or a poison
+    job that failed in every worker attempt. Nested values are compared as they are."""
+    before = lg.queue.status()
+    with pytest.raises(ValidationError, match=r"metadata\['=n'\] .*float64"):
+        lg.put(("n",), "k", {"text": "apple", "n": HUGE})
+    for ttl in (HUGE, float("nan"), float("inf"), 0, True, "5"):
+        with pytest.raises(ValidationError, match="ttl of 'k' must be a number of minutes"):
+            lg.put(("n",), "k", {"text": "apple"}, ttl=ttl)
+    assert lg.queue.status()["depth"] == before["depth"]
+    lg.put(("n",), "k", {"text": "apple", "n": 10**300, "deep": {"n": HUGE}})
+    for query in ("apple", None):
+        with pytest.raises(ValidationError, match=r"filter\['n'\] \$gt .*float64"):
+            lg.search(("n",), query=query, filter={"n": {"$gt": HUGE}})
+        assert [h.key for h in lg.search(("n",), query=query, filter={"n": {"$gt": 10**299}})] == ["k"]
+        assert [h.key for h in lg.search(("n",), query=query, filter={"deep": {"n": {"$gt": 5}}})] == ["k"]
+        assert lg.search(("n",), query=query, filter={"deep": {"n": {"$lt": 10**401}}})[0].key == "k"
+    for bad in ({"limit": -1}, {"limit": 1.5}, {"offset": -2}, {"offset": "1"}, {"limit": True}):
+        with pytest.raises(ValidationError, match="search (limit|offset) must be an integer >= 0"):
+            lg.search(("n",), **bad)
+    for bad in ({"limit": -1}, {"offset": -1}, {"max_depth": -1}):
+        with pytest.raises(ValidationError, match="list_namespaces .* must be an integer >= 0"):
+            lg.list_namespaces(**bad)
+    assert lg.list_namespaces(max_depth=1) == [("n",)]
