@@ -185,7 +185,7 @@ def _meta_tokens(metadata: dict[str, Any]) -> str:
     keys starting with :data:`~memworker.store.tokens.RANGE_PREFIX`."""
     tokens = [metadata_token(k, v) for k, v in metadata.items()]
     for k, v in metadata.items():
-        if k.startswith(RANGE_PREFIX) and type(v) in (int, float):
+        if k.startswith(RANGE_PREFIX) and isinstance(v, (int, float)) and not isinstance(v, bool):
             tokens += range_tokens(k, v)
     return ",".join(tokens)
 
@@ -282,7 +282,7 @@ def to_row(
     metadata, metadata_json = check_metadata(get("metadata") or {}, f"{where}.metadata")
     for key, value in metadata.items():
         # the worker indexes these as float64 (range tokens): refuse here what it cannot
-        if type(value) is int and key.startswith(RANGE_PREFIX) and not float_range(value):
+        if isinstance(value, int) and key.startswith(RANGE_PREFIX) and not float_range(value):
             raise ValidationError(
                 f"{where}.metadata[{key!r}] is an integer beyond the float64 range (about "
                 "1.8e308): a range key's number must have a float64"

@@ -246,3 +246,12 @@ def test_the_metadata_limit_counts_utf8_bytes_not_characters(store) -> None:
     assert store.count() == 0
     store.save([plain("a", 1, metadata={"k": "é" * 30_000})])  # 60,000 bytes: fine
     assert store.get_record("a").metadata == {"k": "é" * 30_000}
+
+
+def test_numbers_of_int_and_float_subclasses_get_range_tokens(store) -> None:
+    """numpy's float64 is a float (JSON writes it as a number): a range filter missed
+    it, as it took only values of type int or float exactly."""
+    store.save([plain("np", 1, metadata={"=n": np.float64(2.5)}), plain("py", 2, metadata={"=n": 3})])
+    hits = store.search(vec(1), metadata_ranges={"=n": (2, True, 4, True)}, limit=5)
+    assert sorted(r.id for r, _ in hits) == ["np", "py"]
+    assert store.get_record("np").metadata == {"=n": 2.5}
