@@ -34,8 +34,10 @@ import asyncio
 import functools
 import hashlib
 import json
+import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -65,12 +67,13 @@ from langgraph.store.base import (
 
 from memworker.queue.group import AsyncGroupCommit, GroupCommit
 from memworker.errors import ConfigError, JobFailedError, ValidationError
-from memworker.queue.jobs import embed_items
+from memworker.queue.jobs import ENCODE_ACTOR, build_message, embed_items, save_items
 from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
 from memworker.store.store import ValkeyStore
+from memworker.store.jsontext import json_text
 from memworker.store.tokens import float_range
-from memworker.store.validate import MAX_CATEGORY_LENGTH, check_nesting
+from memworker.store.validate import MAX_CATEGORY_LENGTH, MAX_SWEEP_MS, check_nesting
 
 __all__ = ["ROOT_SCOPE", "QueuedStore"]
 
@@ -145,6 +148,45 @@ def _placement(namespace: tuple[str, ...]) -> tuple[str, str]:
                 raise ValidationError(f"namespace label {i} is not valid unicode text") from None
     path = "/".join(quote(label, safe="") for label in namespace)
     return path, ROOT_SCOPE + ("/" + path if namespace else "")
+
+
+#: Room kept in a job for a trace context (W3C traceparent, 55 characters, and
+#: tracestate, at most 512), beside the rest of the job's envelope (measured per store:
+#: 326 bytes with a default producer id).
+_TRACE_ROOM = 640
+
+
+class _OneByOne:
+    """A group over a job's size, sent one job per put: :meth:`next` gives the item to
+    send (``None``: done), :meth:`told` the ``ValidationError`` that refused it (or
+    ``None``); :attr:`results` holds each item's verdict, so one caller's refused put
+    fails that caller only. Per key, the latest version goes first; if it is refused,
+    the next one (which it would have replaced) goes instead, and so on."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self._items = items
+        versions: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            versions.setdefault(item["id"], []).append(item)
+        self._order = [sorted(group, key=lambda i: -i["ver"]) for group in versions.values()]
+        self._verdict: dict[int, ValidationError | None] = {}
+        self._current: dict[str, Any] | None = None
+
+    def next(self) -> dict[str, Any] | None:
+        while self._order and not self._order[0]:
+            self._order.pop(0)
+        self._current = self._order[0].pop(0) if self._order else None
+        return self._current
+
+    def told(self, error: ValidationError | None) -> None:
+        assert self._current is not None
+        self._verdict[id(self._current)] = error
+        if error is None:
+            self._order.pop(0)  # accepted: the key's older versions are superseded
+
+    @property
+    def results(self) -> list[ValidationError | None]:
+        return [self._verdict.get(id(item)) for item in self._items]
 
 
 def _latest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -261,14 +303,30 @@ def check_filter(
                     f"filter[{key!r}] has an unsupported operator {unknown[0]!r}; "
                     f"supported: {', '.join(sorted(_OPERATORS))}"
                 )
-            if "$eq" in condition and isinstance(condition["$eq"], _TOKEN_TYPES):
+            if "$eq" in condition and _pushable(condition["$eq"]):
                 push[_FIELD + key] = condition["$eq"]
             bounds = _bounds(condition, key)
             if bounds is not None:
                 ranges[_FIELD + key] = bounds
-        elif isinstance(condition, _TOKEN_TYPES):
+        elif _pushable(condition):
             push[_FIELD + key] = condition
     return push, flt, ranges
+
+
+def _pushable(value: Any) -> bool:
+    """Whether equality to ``value`` goes into the query as a metadata token: a JSON
+    scalar or list (infinity, NaN or an object in it are not JSON, and no stored value
+    equals them: the candidates' exact check finds none, on either path)."""
+    if not isinstance(value, _TOKEN_TYPES):
+        return False
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        try:
+            json_text(value)
+        except (TypeError, ValueError):
+            return False
+    return True
 
 
 def _bounds(condition: dict[str, Any], key: str) -> tuple[Any, bool, Any, bool] | None:
@@ -297,7 +355,11 @@ def _bounds(condition: dict[str, Any], key: str) -> tuple[Any, bool, Any, bool] 
             inclusive = op == "$lte"
             if high is None or number < high or (number == high and not inclusive):
                 high, high_in = number, inclusive
-    return (low, low_in, high, high_in) if found else None
+    # Pushed inclusive: range tokens are float64, and two numbers that round to one
+    # float64 (ints past 2**53) would be cut by a strict bound; rounding keeps order,
+    # so the inclusive float64 range holds every match, and the exact check that runs
+    # on every candidate applies the strictness.
+    return (low, True, high, True) if found else None
 
 
 def _check_ttl_config(ttl: TTLConfig | None) -> TTLConfig | None:
@@ -314,6 +376,10 @@ def _check_ttl_config(ttl: TTLConfig | None) -> TTLConfig | None:
     sweep = ttl.get("sweep_interval_minutes")
     if sweep is not None:
         _check_minutes(sweep, "ttl['sweep_interval_minutes']")
+        if sweep * 60_000 > MAX_SWEEP_MS:
+            # the workers hold the namespace's sweep lock for the interval: a longer
+            # one would stop its TTL and retention sweeps (MEMWORKER_SWEEP_INTERVAL's cap)
+            raise ConfigError("ttl['sweep_interval_minutes'] must be at most 1440 (a day)")
     return ttl
 
 
@@ -389,9 +455,9 @@ class QueuedStore(BaseStore):
         self._drained = 0
         self._count_lock = threading.Lock()
         # Concurrent single puts from many threads go out as one job (group commit).
-        self._group: GroupCommit[None] = GroupCommit(self._send_group, GROUP_LIMIT)
+        self._group: GroupCommit[ValidationError | None] = GroupCommit(self._send_group, GROUP_LIMIT)
         # ... and so do those of concurrent tasks (``aput``) of one event loop.
-        self._agroup: AsyncGroupCommit[None] = AsyncGroupCommit(self._asend_group, GROUP_LIMIT)
+        self._agroup: AsyncGroupCommit[ValidationError | None] = AsyncGroupCommit(self._asend_group, GROUP_LIMIT)
         self._query_embedder: Any = None
         self._embed_lock = threading.Lock()
         self._sweep_set = False
@@ -450,6 +516,8 @@ class QueuedStore(BaseStore):
                     reply = self._embed(*args)
                 elif target == "g":
                     reply = self._group.submit(args[0])
+                    if reply is not None:
+                        raise reply  # this caller's put alone was refused
                 else:
                     obj = self.store if target == "s" else self.queue
                     reply = getattr(obj, name)(*args, **kwargs)
@@ -465,8 +533,9 @@ class QueuedStore(BaseStore):
                 if target == "e":
                     reply = await asyncio.to_thread(self._embed, *args)
                 elif target == "g":
-                    await self._agroup.submit(args[0])
-                    reply = None
+                    reply = await self._agroup.submit(args[0])
+                    if reply is not None:
+                        raise reply  # this caller's put alone was refused
                 else:
                     obj = self.store if target == "s" else self.queue
                     reply = await getattr(obj, "a" + name)(*args, **kwargs)
@@ -495,6 +564,10 @@ class QueuedStore(BaseStore):
         results: list[Result] = [None] * len(ops)
         puts: dict[tuple[tuple[str, ...], str], PutOp] = {}
         for op in ops:
+            if isinstance(op, (PutOp, GetOp)) and (not isinstance(op.key, str) or not op.key):
+                raise ValidationError("key must be a non-empty string")
+            if isinstance(op, SearchOp) and op.query is not None and not isinstance(op.query, str):
+                raise ValidationError(f"search query must be a string, got {type(op.query).__name__}")
             if isinstance(op, PutOp):
                 puts[(tuple(op.namespace), op.key)] = op  # the later put of a key wins
             elif not isinstance(op, (GetOp, SearchOp, ListNamespacesOp)):
@@ -519,21 +592,32 @@ class QueuedStore(BaseStore):
         with self._count_lock:
             self._enqueued += 1
 
-    def _send_group(self, items: list[dict[str, Any]]) -> list[None]:
+    def _send_group(self, items: list[dict[str, Any]]) -> list[ValidationError | None]:
         """One job for the single puts of concurrent callers (each validated alone):
-        of two puts of one key, the later version goes (it would win anyway)."""
+        of two puts of one key, the later version goes (it would win anyway). Each
+        caller gets its own put's verdict (see :func:`_one_by_one`)."""
         unique = _latest(items)
         try:
             self.queue.enqueue_encode_items(unique)
         except ValidationError:
             if len(unique) == 1:
                 raise
-            for item in unique:  # the group is over a job's size: one job each
-                self.queue.enqueue_encode_items([item])
+            verdicts = _OneByOne(items)
+            try:
+                while (item := verdicts.next()) is not None:
+                    try:
+                        self.queue.enqueue_encode_items([item])
+                    except ValidationError as exc:
+                        verdicts.told(exc)
+                    else:
+                        verdicts.told(None)
+            finally:
+                self._count_enqueued()
+            return verdicts.results
         self._count_enqueued()
         return [None] * len(items)
 
-    async def _asend_group(self, items: list[dict[str, Any]]) -> list[None]:
+    async def _asend_group(self, items: list[dict[str, Any]]) -> list[ValidationError | None]:
         """Async :meth:`_send_group`."""
         unique = _latest(items)
         try:
@@ -541,8 +625,18 @@ class QueuedStore(BaseStore):
         except ValidationError:
             if len(unique) == 1:
                 raise
-            for item in unique:
-                await self.queue.aenqueue_encode_items([item])
+            verdicts = _OneByOne(items)
+            try:
+                while (item := verdicts.next()) is not None:
+                    try:
+                        await self.queue.aenqueue_encode_items([item])
+                    except ValidationError as exc:
+                        verdicts.told(exc)
+                    else:
+                        verdicts.told(None)
+            finally:
+                self._count_enqueued()
+            return verdicts.results
         self._count_enqueued()
         return [None] * len(items)
 
@@ -573,6 +667,12 @@ class QueuedStore(BaseStore):
         if op.index is None:
             paths = self.index_config["paths"]
         else:
+            if isinstance(op.index, str) or not isinstance(op.index, (list, tuple)) or not all(
+                isinstance(f, str) and f for f in op.index
+            ):
+                raise ValidationError(
+                    f"index of {op.key!r} must be False, None or a list of field paths (strings)"
+                )
             paths = [(f, tokenize_path(f)) for f in op.index]
         texts: list[str] = []
         for _, tokens in paths:
@@ -635,20 +735,69 @@ class QueuedStore(BaseStore):
             if minutes:
                 yield ("s", "set_sweep_interval", (max(1, int(minutes * 60_000)),))
             self._sweep_set = True
-        step = self.queue.max_items
-        # Validated whole before anything is sent; ids kept (their record ids).
+        # Validated whole, and cut into jobs that fit, before anything is sent; ids
+        # kept (their record ids).
         prepared = embed_items(encode, len(encode)) if encode else []
+        # (a single put goes to the group commit, whose fallback refuses only it if it
+        # is too big for a job: no size estimate on the put's own path)
+        encode_jobs = self._jobs(prepared, prepared) if len(prepared) > 1 else []
+        save_jobs = self._jobs(save, [self._save_item(item) for item in save])
         if len(prepared) == 1:
             yield ("g", "", (prepared[0],))  # with other threads' puts, as one job
         else:
-            for i in range(0, len(prepared), step):
-                yield ("q", "enqueue_encode_items", (prepared[i : i + step],))
+            for job in encode_jobs:
+                yield ("q", "enqueue_encode_items", (job,))
                 self._count_enqueued()
-        for i in range(0, len(save), step):
-            yield ("q", "enqueue_save", (save[i : i + step],))
+        for job in save_jobs:
+            yield ("q", "enqueue_save", (job,))
             self._count_enqueued()
         if deletes:
             yield ("s", "delete_versioned", (deletes,))
+
+    @staticmethod
+    def _save_item(item: dict[str, Any]) -> dict[str, Any]:
+        """A put's record as its save job carries it, validated (the error names the
+        put's key, not its place among the batch's saves)."""
+        try:
+            return save_items([item], 1)[0]
+        except ValidationError as exc:
+            key = item["metadata"][_KEY]
+            raise ValidationError(f"put of {key!r}: {str(exc).removeprefix('records[0].')}") from None
+
+    @functools.cached_property
+    def _envelope(self) -> int:
+        """Bytes of this store's job message besides its items, with room for a trace
+        context: the message of no items, as the queue builds it."""
+        empty = build_message(
+            ENCODE_ACTOR, str(uuid.uuid4()), self.queue.producer_id, [], 1 << 30,
+            redis_id=str(uuid.uuid4()),
+        )[1]  # fmt: skip
+        return len(empty) + _TRACE_ROOM
+
+    def _jobs(self, entries: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """``entries`` cut into jobs of at most ``max_items`` whose encoded items
+        (``items``, one per entry) fit ``max_job_bytes``.
+
+        Raises:
+            ValidationError: One put alone over ``max_job_bytes`` (naming its key).
+        """
+        limit = self.queue.max_job_bytes - self._envelope
+        jobs: list[list[dict[str, Any]]] = []
+        size = 0
+        for entry, item in zip(entries, items):
+            # build_message's JSON (compact, ASCII), and a comma
+            grows = len(json.dumps(item, separators=(",", ":"))) + 1
+            if grows > limit:
+                raise ValidationError(
+                    f"put of {entry['metadata'][_KEY]!r} is {grows} bytes as a job, the limit "
+                    f"(max_job_bytes less {self._envelope} for the job's envelope) is {limit}"
+                )
+            if not jobs or size + grows > limit or len(jobs[-1]) >= self.queue.max_items:
+                jobs.append([])
+                size = 0
+            jobs[-1].append(entry)
+            size += grows
+        return jobs
 
     # ------------------------------------------------------------------ reads
     def _item(self, record: Any, cls: type[Item] = Item, score: float | None = None) -> Item:

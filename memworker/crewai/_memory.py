@@ -39,6 +39,7 @@ from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-
 from memworker.queue.jobs import DrainTimeout, embed_items, needs_flow
 from memworker.queue.producer import MemoryQueue
 from memworker.store.store import ValkeyStore
+from memworker.store.validate import check_retention_days, normalize_scope
 
 __all__ = ["QueuedMemory", "JobFailedError"]
 
@@ -87,7 +88,8 @@ class QueuedMemory(Memory):
     drain_timeout: float | None = Field(default=60.0, description="Drain wait (s).")
     model_id: str | None = Field(default=None, description="Embedding model identity.")
     background_enqueue: bool = Field(default=True, description="remember_many enqueues in the save thread.")
-    retention: dict[str, float] | None = Field(default=None, description="Scope -> days kept.")
+    # Any: checked by memworker (pydantic would make True one day, "0.001" a number)
+    retention: dict[str, Any] | None = Field(default=None, description="Scope -> days kept.")
 
     _queue: Any = PrivateAttr(default=None)
     _settler: Any = PrivateAttr(default=None)
@@ -115,13 +117,30 @@ class QueuedMemory(Memory):
             self.__dict__["storage"] = spec
         if self._embedder_instance is None and self.embedder is None:
             self._embedder_instance = LocalEmbedder()
+        policies = self._check_retention(self.retention)
         self._queue = MemoryQueue(store.settings, producer_id=self.producer_id)
         self.producer_id = self._queue.producer_id
         self._settler = Settler(store.settings, self._queue.producer_id)
         self._group = GroupCommit(self._send_group, GROUP_LIMIT)
         self._ensure_model()
-        for scope, days in (self.retention or {}).items():
+        for scope, days in policies.items():
             self.set_retention(scope, days)
+
+    @staticmethod
+    def _check_retention(retention: Any) -> dict[str, float]:
+        """Every policy checked before the first is written."""
+        if retention is None:
+            return {}
+        if not isinstance(retention, dict):
+            raise ValidationError(f"retention must be a dict of scope -> days, got {type(retention).__name__}")
+        out: dict[str, float] = {}
+        for scope, days in retention.items():
+            path = normalize_scope(scope, field="retention scope")
+            try:
+                out[path] = check_retention_days(days)
+            except ValidationError as exc:
+                raise ValidationError(f"retention[{path!r}]: {exc}") from None
+        return out
 
     def set_retention(self, scope: str, days: float | None) -> None:
         """Keep records of ``scope`` (and below) ``days`` after their creation: the

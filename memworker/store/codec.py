@@ -40,6 +40,8 @@ from memworker.store.jsontext import json_text, row_text
 from memworker.store.times import format_timestamp, to_utc_naive
 from memworker.store.tokens import (
     PUBLIC_TOKEN,
+    MAX_RANGE_FIELDS,
+    RANGE_LEVELS,
     RANGE_PREFIX,
     float_range,
     range_tokens,
@@ -280,13 +282,21 @@ def to_row(
             raise ValidationError(f"{where}.categories[{i}] is not valid unicode text") from None
 
     metadata, metadata_json = check_metadata(get("metadata") or {}, f"{where}.metadata")
+    ranged = 0
     for key, value in metadata.items():
         # the worker indexes these as float64 (range tokens): refuse here what it cannot
-        if isinstance(value, int) and key.startswith(RANGE_PREFIX) and not float_range(value):
-            raise ValidationError(
-                f"{where}.metadata[{key!r}] is an integer beyond the float64 range (about "
-                "1.8e308): a range key's number must have a float64"
-            )
+        if key.startswith(RANGE_PREFIX) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            ranged += 1
+            if isinstance(value, int) and not float_range(value):
+                raise ValidationError(
+                    f"{where}.metadata[{key!r}] is an integer beyond the float64 range (about "
+                    "1.8e308): a range key's number must have a float64"
+                )
+    if ranged > MAX_RANGE_FIELDS:
+        raise ValidationError(
+            f"{where}.metadata has {ranged} numbers under range keys ('{RANGE_PREFIX}...'), the "
+            f"limit is {MAX_RANGE_FIELDS} (each is indexed with {RANGE_LEVELS} range tokens)"
+        )
 
     importance = get("importance", 0.5)
     if isinstance(importance, bool) or not isinstance(importance, (int, float)):

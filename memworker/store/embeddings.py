@@ -128,7 +128,8 @@ def query_to_float16(blob: bytes) -> bytes:
     its largest value is 1: cosine similarity does not depend on the query's length,
     and no value of any magnitude then overflows float16 or underflows it to zeros."""
     values = np.frombuffer(blob, dtype="<f4").astype(np.float64)
-    return (values / np.abs(values).max()).astype("<f2").tobytes()
+    scaled: bytes = (values / np.abs(values).max()).astype("<f2").tobytes()
+    return scaled
 
 
 def no_embedding(values: Any) -> bool:

@@ -23,6 +23,8 @@ from memworker.store.validate import FLAT_TYPES, check_nesting, scope_ancestors
 __all__ = [
     "PUBLIC_TOKEN",
     "RANGE_PREFIX",
+    "MAX_RANGE_FIELDS",
+    "RANGE_LEVELS",
     "float_range",
     "range_cover",
     "range_tokens",
@@ -125,6 +127,12 @@ RANGE_PREFIX = "="
 #: Bits per level of a range token: 16 levels of 4 bits cover a 64-bit number.
 RANGE_STEP = 4
 _TOP = 64
+#: Range tokens of one number (one per level).
+RANGE_LEVELS = _TOP // RANGE_STEP
+#: Most numbers under range keys in one record's metadata: each costs RANGE_LEVELS
+#: tokens of 33 bytes in the record (and its index), so a 64 KiB value of small number
+#: fields would otherwise take megabytes.
+MAX_RANGE_FIELDS = 256
 _MAX_BITS = (1 << 64) - 1
 
 

@@ -37,6 +37,9 @@ __all__ = [
     "check_ids",
     "check_metadata",
     "check_page",
+    "check_retention_days",
+    "MAX_RETENTION_DAYS",
+    "MAX_SWEEP_MS",
     "check_nesting",
     # flow
     "FLOW_FIELDS",
@@ -328,3 +331,21 @@ def check_page(limit: Any, offset: Any) -> tuple[int, int]:
         if not low <= int(value) <= MAX_PAGE:
             raise ValidationError(f"{name} must be from {low} to {MAX_PAGE}")
     return int(limit), int(offset)
+
+
+#: Longest retention policy, in days (100 years).
+MAX_RETENTION_DAYS = 36_500
+#: Longest sweep interval of a namespace, in ms (a day, as ``MEMWORKER_SWEEP_INTERVAL``).
+MAX_SWEEP_MS = 86_400_000
+
+
+def check_retention_days(days: Any) -> float:
+    """A retention policy's days: a number above 0 and at most :data:`MAX_RETENTION_DAYS`
+    (``True`` is not a day, nor is the text ``"30"``).
+
+    Raises:
+        ValidationError: Naming the limit.
+    """
+    if isinstance(days, (bool, np.bool_)) or not isinstance(days, (int, float)) or not 0 < days <= MAX_RETENTION_DAYS:
+        raise ValidationError(f"days must be a number above 0 and at most {MAX_RETENTION_DAYS}")
+    return float(days)

@@ -553,3 +553,120 @@ def test_numbers_beyond_float64_and_bad_pages_are_validation_errors(lg):
         with pytest.raises(ValidationError, match="list_namespaces .* must be an integer >= 0"):
             lg.list_namespaces(**bad)
     assert lg.list_namespaces(max_depth=1) == [("n",)]
+
+
+# ----------------------------------------------------------------------------- a review's findings (2026-12-04)
+def test_ranges_on_ints_past_2_53_match_with_and_without_a_query(lg):
+    """Range tokens are float64: 1700000000000000001 and ...000 round to one float64.
+    A strict bound pushed into the query cut items the exact check keeps."""
+    lg.put(("n",), "k", {"text": "apple", "ts": 1_700_000_000_000_000_001, "m": 2**53})
+    for flt in ({"ts": {"$gt": 1_700_000_000_000_000_000}}, {"ts": {"$lt": 1_700_000_000_000_000_002}},
+                {"m": {"$lt": 2**53 + 1}}, {"m": {"$gte": 2**53, "$lte": 2**53}}):  # fmt: skip
+        assert [h.key for h in lg.search(("n",), filter=flt)] == ["k"], flt
+        assert [h.key for h in lg.search(("n",), query="apple", filter=flt)] == ["k"], flt
+    for flt in ({"ts": {"$gt": 1_700_000_000_000_000_001}}, {"m": {"$lt": 2**53}}):
+        assert lg.search(("n",), filter=flt) == lg.search(("n",), query="apple", filter=flt) == []
+
+
+def test_a_batch_with_one_bad_put_enqueues_nothing(lg):
+    before = lg.queue.status()
+    ops = [PutOp(("n",), "good", {"text": "apple"}),
+           PutOp(("n",), "plain", {"n": 1}, index=False),
+           PutOp(("n",), "bad", {"n": 10**400}, index=False)]  # fmt: skip
+    with pytest.raises(ValidationError, match=r"put of 'bad': metadata\['=n'\]"):
+        lg.batch(ops)
+    assert lg.queue.status()["depth"] == before["depth"]
+    assert lg.get(("n",), "good") is None and lg.get(("n",), "plain") is None
+
+
+def test_a_batch_is_cut_into_jobs_that_fit(lg):
+    """Twenty puts of ~60 KB each are over a job's 1 MiB together: they go as several
+    jobs (cut by bytes as well as by count), not refused, nor written in part."""
+    text = "apple " * 5_000
+    lg.batch([PutOp(("n",), f"k{i}", {"text": text}) for i in range(20)]
+             + [PutOp(("n",), f"p{i}", {"blob": "x" * 60_000}, index=False) for i in range(20)])  # fmt: skip
+    assert all(lg.get(("n",), f"k{i}") is not None for i in range(20))
+    assert all(lg.get(("n",), f"p{i}").value == {"blob": "x" * 60_000} for i in range(20))
+
+
+def test_a_put_too_big_for_a_job_fails_its_caller_alone(lg):
+    """A put valid field by field but over a job's size (its text repeated by
+    ``index``) fails its own caller only: the other callers' puts are stored, whether
+    it went alone or met them in a group (timing decides; the group's fallback alone:
+    ``test_group_fallback_gives_each_caller_its_own_verdict``)."""
+    fat = {"text": "apple " * 9_000, "pad": "z" * 60_000}
+    big_index = ["text"] * 20
+    results: dict[str, Exception | None] = {}
+
+    def put(key, value, index=None):
+        try:
+            lg.put(("n",), key, value, index=index)
+            results[key] = None
+        except Exception as exc:  # noqa: BLE001
+            results[key] = exc
+
+    threads = [threading.Thread(target=put, args=(f"k{i}", {"text": "apple"})) for i in range(6)]
+    threads.append(threading.Thread(target=put, args=("fat", fat, big_index)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(results.pop("fat"), ValidationError)
+    assert results == {f"k{i}": None for i in range(6)}
+    assert all(lg.get(("n",), f"k{i}") is not None for i in range(6))
+    assert lg.get(("n",), "fat") is None
+
+
+def test_group_fallback_gives_each_caller_its_own_verdict() -> None:
+    """``_OneByOne``: a refused put fails only its caller; of one key's versions the
+    latest that is accepted goes, the older ones are superseded (no verdict)."""
+    from memworker.langgraph import _OneByOne
+
+    a1, a2 = {"id": "a", "ver": 1}, {"id": "a", "ver": 2}
+    b1, c1 = {"id": "b", "ver": 1}, {"id": "c", "ver": 1}
+    refused = {id(a2), id(c1)}
+    verdicts, sent = _OneByOne([a1, b1, a2, c1]), []
+    while (item := verdicts.next()) is not None:
+        sent.append(item)
+        verdicts.told(ValidationError("too big") if id(item) in refused else None)
+    assert sent == [a2, a1, b1, c1]
+    assert [type(v).__name__ if v else None for v in verdicts.results] == [None, None, "ValidationError", "ValidationError"]
+
+
+def test_sweep_interval_is_at_most_a_day(settings):
+    from memworker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at most 1440"):
+        QueuedStore(settings, ttl={"sweep_interval_minutes": 2_000})
+    QueuedStore(settings, ttl={"sweep_interval_minutes": 1_440}).close()
+
+
+def test_number_fields_with_range_tokens_are_capped(lg):
+    with pytest.raises(ValidationError, match="257 numbers under range keys.*limit is 256"):
+        lg.put(("n",), "k", {f"f{i}": i for i in range(257)})
+    lg.put(("n",), "k", {**{f"f{i}": i for i in range(256)}, **{f"s{i}": "x" for i in range(300)}})
+    assert lg.get(("n",), "k").value["f255"] == 255
+
+
+def test_bad_keys_queries_and_index_fields_are_validation_errors(lg):
+    with pytest.raises(ValidationError, match="key must be a non-empty string"):
+        lg.batch([PutOp(("n",), ["k"], {"text": "apple"})])  # type: ignore[arg-type]
+    for key in (b"k", 5, ""):
+        with pytest.raises(ValidationError, match="key must be a non-empty string"):
+            lg.batch([GetOp(("n",), key)])  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="index of 'k' must be"):
+        lg.put(("n",), "k", {"text": "apple"}, index=[1])  # type: ignore[list-item]
+    with pytest.raises(ValidationError, match="index of 'k' must be"):
+        lg.put(("n",), "k", {"text": "apple"}, index="text")  # type: ignore[arg-type]
+    for query in (123, ["apple"], b"apple"):
+        with pytest.raises(ValidationError, match="search query must be a string"):
+            lg.search(("n",), query=query)  # type: ignore[arg-type]
+
+
+def test_infinite_and_nan_filters_match_nothing_on_both_paths(lg):
+    lg.put(("n",), "k", {"text": "apple", "n": 1.0, "l": [1.0]})
+    for flt in ({"n": float("inf")}, {"n": {"$eq": float("nan")}}, {"l": [float("inf")]},
+                {"n": {"$eq": float("-inf")}}):  # fmt: skip
+        assert lg.search(("n",), filter=flt) == [], flt
+        assert lg.search(("n",), query="apple", filter=flt) == [], flt
+    assert [h.key for h in lg.search(("n",), query="apple", filter={"n": {"$ne": float("inf")}})] == ["k"]

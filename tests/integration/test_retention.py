@@ -122,6 +122,16 @@ def test_queued_memory_retention(plain_server, namespace):
     finally:
         memory.store.reset()
         memory.store.set_retention("/", None)
-    with pytest.raises((ValidationError, ValueError)):
-        QueuedMemory(storage=plain_server.url, namespace=namespace, embedder=Embedder(),
-                     model_id="test", retention={"/": -3})  # fmt: skip
+    # checked whole before the first policy is written; True is not a day, nor "0.001"
+    # text (pydantic made them 1.0 and 0.001: {"/": True} kept one day of memories)
+    store = ValkeyStore(plain_server.url, namespace=namespace)
+    try:
+        for bad in ({"/": -3}, {"/": True}, {"/": "0.001"}, {"/a": 90, "/b": -1}, {"/a//b": 3}):
+            # pydantic wraps the ValidationError (a ValueError) raised while building
+            with pytest.raises(ValueError, match=r"retention.*days must be|retention scope"):
+                QueuedMemory(storage=plain_server.url, namespace=namespace, embedder=Embedder(),
+                             model_id="test", retention=bad)  # fmt: skip
+            assert store.retention() == {}, bad
+    finally:
+        store.reset()
+        store.close()

@@ -15,7 +15,14 @@ from memworker.store.query import TOKEN_FIELDS, SearchFilter
 from memworker.store.times import format_timestamp, to_utc_naive
 from memworker.errors import ValidationError
 from memworker.store.codec import MAX_STAMP
-from memworker.store.validate import check_id, check_ids, normalize_scope, normalize_scope_prefix
+from memworker.store.validate import (
+    MAX_SWEEP_MS,
+    check_id,
+    check_ids,
+    check_retention_days,
+    normalize_scope,
+    normalize_scope_prefix,
+)
 
 __all__ = ["DELETE_CHUNK", "DeletePlans"]
 
@@ -67,9 +74,7 @@ class DeletePlans(ReadPlans):
         if days is None:
             yield Call(["HDEL", self.keys.retention, path])
             return
-        if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= 36_500:
-            raise ValidationError(f"days must be a number from 0 to 36500, got {days!r}")
-        yield Call(["HSET", self.keys.retention, path, repr(float(days))])
+        yield Call(["HSET", self.keys.retention, path, repr(check_retention_days(days))])
 
     def _p_retention(self) -> Plan[dict[str, float]]:
         reply = yield Call(["HGETALL", self.keys.retention])
@@ -77,8 +82,10 @@ class DeletePlans(ReadPlans):
         return {as_text(k): float(as_text(v)) for k, v in pairs}
 
     def _p_set_sweep_interval(self, interval_ms: int) -> Plan[None]:
-        if isinstance(interval_ms, bool) or not isinstance(interval_ms, int) or interval_ms < 1:
-            raise ValidationError(f"sweep interval must be a positive number of ms, got {interval_ms!r}")
+        if isinstance(interval_ms, bool) or not isinstance(interval_ms, int) or not 1 <= interval_ms <= MAX_SWEEP_MS:
+            # at most a day, as MEMWORKER_SWEEP_INTERVAL: the workers hold the sweep
+            # lock that long, and a longer one would stop every sweep of the namespace
+            raise ValidationError(f"sweep interval must be from 1 to {MAX_SWEEP_MS} ms (a day)")
         yield Call(["HSET", self.keys.meta, "sweep_ms", str(interval_ms)])
 
     def _p_sweep(self, now_ms: int, limit: int, tomb_keep_ms: int) -> Plan[dict[str, int]]:
