@@ -37,6 +37,7 @@ from memworker.queue.jobs import (
     MARKER_TTL_MS,
     DrainReport,
     FailedJob,
+    check_timeout,
     failure_from_json,
 )
 
@@ -240,6 +241,7 @@ def drain_plan(
     Raises:
         DrainTimeout: Naming the stuck jobs and the likely cause.
     """
+    timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     if given is None:
         replies = yield Pipeline(_snapshot_commands(keys, producers))

@@ -21,12 +21,13 @@ Key names: :class:`memworker.keys.QueueKeys` (re-exported here).
 from __future__ import annotations
 
 import base64
+import math
 import json
 import os
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +155,37 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(name, default)
     return getattr(obj, name, default)
+
+
+def check_job_ids(job_ids: Any) -> list[str]:
+    """The ``job_ids`` a drain waits for: a list of job ids, not one id as a string
+    (whose characters would be waited for, and reported lost at once).
+
+    Raises:
+        ValidationError: Naming the argument (and the position of a bad id).
+    """
+    if isinstance(job_ids, (str, bytes, bytearray, Mapping)) or not isinstance(job_ids, Iterable):
+        raise ValidationError(f"job_ids must be a list of job ids, got {type(job_ids).__name__}")
+    ids = list(job_ids)
+    for i, job_id in enumerate(ids):
+        if not isinstance(job_id, str) or not ID_RE.match(job_id):
+            raise ValidationError(
+                f"job_ids[{i}] must be a job id: 1 to 128 ASCII letters, digits, '_', '-', '.'"
+            )
+    return ids
+
+
+def check_timeout(timeout: Any) -> float | None:
+    """A drain's ``timeout``: ``None`` (for ever) or a number of seconds >= 0.
+
+    Raises:
+        ValidationError: Anything else (NaN would wait for ever; text is no number).
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < math.inf:
+        raise ValidationError("timeout must be None or a finite number of seconds >= 0")
+    return float(timeout)
 
 
 def check_count(items: Sequence[Any], max_items: int, what: str) -> None:
@@ -334,7 +366,11 @@ def build_message(
     if type(encoder) is JSONEncoder:
         # What Message(**fields).encode() writes (its fields in order, through the
         # same encoder), without making the Message (~5 us of a ~170 us enqueue).
-        data = json.dumps(fields, separators=(",", ":")).encode("utf-8")
+        try:
+            data = json.dumps(fields, separators=(",", ":")).encode("utf-8")
+        except (TypeError, ValueError) as exc:  # e.g. a Decimal in an item given as is
+            # json's messages name a type or a rule, never a value
+            raise ValidationError(f"job is not JSON-serializable: {exc}") from None
     else:  # another global encoder: the message encodes itself
         data = dramatiq.Message(**fields).encode()
     if len(data) > max_job_bytes:

@@ -47,6 +47,7 @@ from memworker.queue.jobs import (
     DrainReport,
     build_message,
     check_count,
+    check_job_ids,
     check_producer_id,
     embed_items,
     save_items,
@@ -386,7 +387,7 @@ class MemoryQueue:
         Raises:
             DrainTimeout: Naming the stuck jobs and the likely cause.
         """
-        given = None if job_ids is None else {self.producer_id: [str(i) for i in job_ids]}
+        given = None if job_ids is None else {self.producer_id: check_job_ids(job_ids)}
         with self._timed("drain_wait"):
             return drain_sync(self._driver, self.keys, [self.producer_id], timeout, given=given)
 
@@ -464,7 +465,7 @@ class MemoryQueue:
         self, timeout: float | None = None, *, job_ids: Sequence[str] | None = None
     ) -> DrainReport:
         """Async :meth:`drain`."""
-        given = None if job_ids is None else {self.producer_id: [str(i) for i in job_ids]}
+        given = None if job_ids is None else {self.producer_id: check_job_ids(job_ids)}
         with self._timed("drain_wait"):
             return await drain_async(
                 self._adriver, self.keys, [self.producer_id], timeout, given=given

@@ -382,3 +382,37 @@ def test_an_async_script_call_cancelled_before_its_reply_never_hands_the_reply_o
         asyncio.run(main())
     finally:
         raw.close()
+
+
+# ----------------------------------------------------------------------------- a review's findings (2026-12-04)
+@pytest.mark.parametrize("job_ids", ["JOB", b"JOB", 5, [None], [b"x"], ["a\nb"], [""], {"JOB": 1}])
+def test_drain_refuses_job_ids_that_are_not_a_list_of_job_ids(queue, job_ids):
+    """A bare string was iterated: the drain waited for its characters, reported them
+    lost at once and returned while the job was still pending (no worker here)."""
+    job = queue.enqueue_encode_job(["x"])[0]
+    ids = [job if j == "JOB" else j for j in job_ids] if isinstance(job_ids, list) else job_ids
+    if ids == "JOB":
+        ids = job
+    with pytest.raises(ValidationError, match=r"job_ids"):
+        queue.drain(timeout=0.1, job_ids=ids)
+    with pytest.raises(ValidationError, match=r"job_ids"):
+        asyncio.run(queue.adrain(timeout=0.1, job_ids=ids))
+    assert queue.pending() == [job]
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1, "5", True])
+def test_drain_refuses_a_timeout_that_is_not_a_finite_number(queue, timeout):
+    """NaN never timed out (a drain with no worker waited for ever)."""
+    queue.enqueue_encode_job(["x"])
+    with pytest.raises(ValidationError, match="timeout must be None or a finite number"):
+        queue.drain(timeout=timeout)
+    with pytest.raises(ValidationError, match="timeout must be None or a finite number"):
+        queue.drain_all(timeout=timeout)
+
+
+def test_enqueue_items_that_are_not_json_is_a_validation_error(queue):
+    from decimal import Decimal
+
+    with pytest.raises(ValidationError, match="not JSON-serializable: .*Decimal"):
+        queue.enqueue_encode_items([{"id": "r1", "text": "x", "metadata": {"k": Decimal(1)}}])
+    assert queue.pending() == []
