@@ -80,13 +80,35 @@ class GroupCommit(Generic[T]):
                 slot.done = _held_lock()
             self._busy = True
         if slot.done is not None:
-            slot.done.acquire()  # released when sent by a leader, or when promoted to lead
+            try:
+                slot.done.acquire()  # released when sent by a leader, or when promoted to lead
+            except BaseException:  # KeyboardInterrupt: the lead must not die with it
+                self._abandon(slot)
+                raise
             slot.done = None  # woken: a leader skips its own slot
         if slot.lead:
             self._flush()
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[no-any-return]
+
+    def _abandon(self, slot: _Slot) -> None:
+        """A caller interrupted while it waited: its entry is taken back unless a send
+        has it already (then it goes out), and a lead it was just given passes to the
+        next waiting entry (else every later submit would wait for ever)."""
+        with self._lock:
+            if slot not in self._waiting:
+                return  # in a send: its sender releases a lock nobody waits on
+            self._waiting.remove(slot)
+            if not slot.lead:
+                return
+            successor = self._waiting[0] if self._waiting else None
+            if successor is not None:
+                successor.lead = True
+            else:
+                self._busy = False
+        if successor is not None and successor.done is not None:
+            successor.done.release()
 
     def _flush(self) -> None:
         """Send the oldest waiting entries (the leader's own first), then hand the lead

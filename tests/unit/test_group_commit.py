@@ -121,3 +121,57 @@ def test_a_send_must_return_one_result_per_entry() -> None:
         group.submit("x")
     with pytest.raises(ValueError, match="limit"):
         GroupCommit(lambda entries: entries, limit=0)
+
+
+class _Interrupted:
+    """A waiting caller's lock whose wait ends in KeyboardInterrupt (Ctrl-C while it
+    waits): at once, or once it is released (the caller was just promoted to lead)."""
+
+    def __init__(self, at_release: bool) -> None:
+        self.at_release = at_release
+        self.released = threading.Event()
+
+    def acquire(self) -> None:
+        if self.at_release:
+            assert self.released.wait(10)
+        raise KeyboardInterrupt
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@pytest.mark.parametrize("at_release", [False, True], ids=["while-queued", "once-promoted"])
+def test_a_caller_interrupted_while_it_waits_does_not_stall_the_group(monkeypatch, at_release) -> None:
+    """Ctrl-C in a waiting caller left its slot queued (and, once promoted, the lead
+    with nobody to take it): every later submit waited for ever."""
+    import memworker.queue.group as group_mod
+
+    sender = Sender(hold_first=True)
+    group = GroupCommit(sender, limit=1)  # one entry a send: "b" and "c" go one by one
+    results: dict = {}
+    errors: dict = {}
+    first = _submit_all(group, sender, ["a"], results, errors)
+    assert sender.entered.wait(10)
+    real = group_mod._held_lock
+    interrupted = _Interrupted(at_release)
+    monkeypatch.setattr(group_mod, "_held_lock", lambda: interrupted)
+
+    def b() -> None:
+        try:
+            group.submit("b")
+        except KeyboardInterrupt as exc:
+            errors["b"] = exc
+
+    tb = threading.Thread(target=b)
+    tb.start()
+    _wait_until(lambda: any(s.entry == "b" for s in group._waiting) or "b" in errors)
+    monkeypatch.setattr(group_mod, "_held_lock", real)
+    threads = first + [tb] + _submit_all(group, sender, ["c"], results, errors)
+    sender.release.set()
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive(), "a caller still waits: the group stalled"
+    assert isinstance(errors.pop("b"), KeyboardInterrupt) and errors == {}
+    assert results == {"a": "sent:a", "c": "sent:c"}
+    assert sender.sends == [["a"], ["c"]]  # "b" taken back, never sent
+    assert group.submit("d") == "sent:d"
