@@ -17,6 +17,7 @@ from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, Plan
 from memworker.io.redispy import RedisSyncDriver
 from memworker.keys import DEFAULT_QUEUE, QueueKeys
 from memworker.queue.jobs import delivery_field
+from memworker.queue.payload import parse_job
 from memworker.settings import Settings
 
 __all__ = [
@@ -218,8 +219,12 @@ def _requeue_commands(keys: QueueKeys, mid: str, raw: Any) -> list[list[Any]]:
         msg = json.loads(raw)
         (msg.get("options") or {}).pop("retries", None)
         msg.setdefault("options", {}).pop("traceback", None)
-        job = msg["args"][0]
-        producer, job_id = job["producer"], msg["message_id"]
+        # The job's own ids, checked (key names): a mark restored under another id
+        # than the one the worker commits or fails would never clear, and hold that
+        # producer's every drain. A message that fails the check goes back without one.
+        job_id, producer, _ = parse_job(msg["args"][0])
+        if msg.get("message_id") != job_id:
+            raise ValueError("the message's id is not its job's")
         data = json.dumps(msg, separators=(",", ":")).encode()
         commands = [
             ["ZADD", keys.producer(producer).pending, str(now_ms()), job_id],
@@ -228,7 +233,7 @@ def _requeue_commands(keys: QueueKeys, mid: str, raw: Any) -> list[list[Any]]:
             ["ZREM", keys.producer(producer).committed, job_id],
             ["HDEL", keys.deliveries, delivery_field(job_id, 0)],
         ]
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # JobPayloadError too
         data = raw
     return [
         ["ZREM", keys.dead(), mid],

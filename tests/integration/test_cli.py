@@ -268,3 +268,38 @@ def test_status_watch_redraws_with_throughput(plain_server, namespace, capsys) -
     assert "committed per second" in out and "committed per second  0.0" not in out
     assert "time to searchable (mean)  40 ms" in out  # (1200 - 1000) ms / (15 - 10) jobs
     assert "time to searchable 100 ms (mean of 10)" in out  # the worker's line, first refresh
+
+
+@pytest.mark.parametrize(
+    ("message_id", "producer"),
+    [("msg-M", "p1"), ("job-J", "p1\nX"), ("job-J", "../p1"), ("job-J", "p" * 200)],
+)
+def test_requeue_restores_no_pending_mark_a_dead_letter_cannot_clear(
+    queue_server, namespace, message_id, producer
+) -> None:
+    """A dead letter whose message id is not its job's id (or whose producer is no
+    producer id) was requeued with a pending mark under those ids: the worker commits or
+    fails the job under its job id, so the mark never cleared and p1's every drain
+    timed out. It is requeued without one."""
+    from memworker.queue.admin import dead_requeue
+    from memworker.queue.jobs import QueueKeys
+    from valkey_servers import raw_client
+
+    settings = Settings.from_url(queue_server.url, namespace=namespace)
+    keys = QueueKeys(namespace)
+    raw = raw_client(queue_server)
+    rid = "r-crafted"
+    msg = {"queue_name": "default", "actor_name": "encode_records",
+           "args": [{"v": 1, "job": "job-J", "producer": producer, "items": [{"id": "r1", "text": "x"}]}],
+           "kwargs": {}, "options": {"redis_message_id": rid},
+           "message_id": message_id, "message_timestamp": 1}  # fmt: skip
+    raw.zadd(keys.dead(), {rid: 1})
+    raw.hset(keys.dead_msgs(), rid, json.dumps(msg))
+    try:
+        assert dead_requeue(settings) == 1
+        assert raw.lrange(keys.q(), 0, -1) == [rid.encode()]  # the message goes back
+        with MemoryQueue(settings, producer_id="p1") as p1:
+            assert p1.pending() == []
+            assert p1.drain(timeout=1).committed == 0  # returns: nothing of p1's pending
+    finally:
+        raw.close()
