@@ -502,6 +502,12 @@ class RedisAsyncDriver(_Driver, AsyncRunner):
         client, self._client = self._client, None
         nodes, self._nodes = list(self._nodes.values()), {}
         free, self._free = self._free, []
+        loop, self._loop = self._loop, None
+        if loop is not asyncio.get_running_loop():
+            # Another event loop's client (closed with it, e.g. by asyncio.run): its
+            # connections cannot be awaited here ("Event loop is closed", a
+            # RuntimeError); they are dropped, and go with their sockets when collected.
+            return
         for conn in free:
             await _drop(conn)
         for node in nodes:

@@ -416,3 +416,17 @@ def test_enqueue_items_that_are_not_json_is_a_validation_error(queue):
     with pytest.raises(ValidationError, match="not JSON-serializable: .*Decimal"):
         queue.enqueue_encode_items([{"id": "r1", "text": "x", "metadata": {"k": Decimal(1)}}])
     assert queue.pending() == []
+
+
+def test_aclose_on_another_event_loop_is_not_a_runtime_error(settings):
+    """The async face used in one ``asyncio.run`` and closed in another (a shutdown
+    hook on its own loop) raised RuntimeError("Event loop is closed") from redis-py:
+    CrewAI drops what raises RuntimeError. It drops that loop's client instead."""
+    queue = MemoryQueue(settings, producer_id="p")
+    asyncio.run(queue.aenqueue_encode(["x"]))
+    asyncio.run(queue.aclose())
+    again = MemoryQueue(settings, producer_id="p")
+    try:
+        assert len(again.pending()) == 1
+    finally:
+        again.close()
