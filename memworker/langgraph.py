@@ -595,7 +595,7 @@ class QueuedStore(BaseStore):
     def _send_group(self, items: list[dict[str, Any]]) -> list[ValidationError | None]:
         """One job for the single puts of concurrent callers (each validated alone):
         of two puts of one key, the later version goes (it would win anyway). Each
-        caller gets its own put's verdict (see :func:`_one_by_one`)."""
+        caller gets its own put's verdict (see :class:`_OneByOne`)."""
         unique = _latest(items)
         try:
             self.queue.enqueue_encode_items(unique)
@@ -730,18 +730,18 @@ class QueuedStore(BaseStore):
         if local:
             vectors = yield ("e", "", ([t for _, t in local], True))
             save.extend({**item, "content": t, "embedding": v} for (item, t), v in zip(local, vectors))
-        if (encode or save) and not self._sweep_set and self.ttl_config:
-            minutes = self.ttl_config.get("sweep_interval_minutes")
-            if minutes:
-                yield ("s", "set_sweep_interval", (max(1, int(minutes * 60_000)),))
-            self._sweep_set = True
-        # Validated whole, and cut into jobs that fit, before anything is sent; ids
+        # Validated whole, and cut into jobs that fit, before anything is written; ids
         # kept (their record ids).
         prepared = embed_items(encode, len(encode)) if encode else []
         # (a single put goes to the group commit, whose fallback refuses only it if it
         # is too big for a job: no size estimate on the put's own path)
         encode_jobs = self._jobs(prepared, prepared) if len(prepared) > 1 else []
         save_jobs = self._jobs(save, [self._save_item(item) for item in save])
+        if (encode or save) and not self._sweep_set and self.ttl_config:
+            minutes = self.ttl_config.get("sweep_interval_minutes")
+            if minutes:
+                yield ("s", "set_sweep_interval", (max(1, int(minutes * 60_000)),))
+            self._sweep_set = True
         if len(prepared) == 1:
             yield ("g", "", (prepared[0],))  # with other threads' puts, as one job
         else:
