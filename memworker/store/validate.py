@@ -319,13 +319,14 @@ MAX_PAGE = (1 << 63) - 1
 
 
 def check_page(limit: Any, offset: Any) -> tuple[int, int]:
-    """A page's ``limit`` (an integer; 0 or less: nothing) and ``offset`` (an integer
-    from 0), both at most :data:`MAX_PAGE`.
+    """A page's ``limit`` and ``offset``: integers of at most :data:`MAX_PAGE` in
+    magnitude (a limit of 0 or less, or a negative offset, is an empty page, as
+    CrewAI's LanceDB backend answers).
 
     Raises:
         ValidationError: Naming the argument and the limit.
     """
-    for name, value, low in (("limit", limit, -MAX_PAGE), ("offset", offset, 0)):
+    for name, value, low in (("limit", limit, -MAX_PAGE), ("offset", offset, -MAX_PAGE)):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise ValidationError(f"{name} must be an integer, got {type(value).__name__}")
         if not low <= int(value) <= MAX_PAGE:

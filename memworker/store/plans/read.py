@@ -55,7 +55,7 @@ class ReadPlans(ServerPlans):
     def _p_list(self, scope_prefix: str | None, limit: int, offset: int) -> Plan[list[Any]]:
         limit, offset = check_page(limit, offset)
         scope = normalize_scope_prefix(scope_prefix)
-        if limit <= 0:
+        if limit <= 0 or offset < 0:
             return []
         if self._state.sort_page:
             # One round trip, no script: SORT_RO reads the page's fields natively (a
