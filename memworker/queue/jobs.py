@@ -183,9 +183,13 @@ def check_timeout(timeout: Any) -> float | None:
     """
     if timeout is None:
         return None
+    message = "timeout must be None or a finite number of seconds >= 0"
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < math.inf:
-        raise ValidationError("timeout must be None or a finite number of seconds >= 0")
-    return float(timeout)
+        raise ValidationError(message)
+    try:
+        return float(timeout)
+    except OverflowError:  # an int beyond float64 (10**400): no finite wait in seconds
+        raise ValidationError(message) from None
 
 
 def check_count(items: Sequence[Any], max_items: int, what: str) -> None:

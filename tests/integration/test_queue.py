@@ -400,9 +400,10 @@ def test_drain_refuses_job_ids_that_are_not_a_list_of_job_ids(queue, job_ids):
     assert queue.pending() == [job]
 
 
-@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1, "5", True])
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1, "5", True, 10**400])
 def test_drain_refuses_a_timeout_that_is_not_a_finite_number(queue, timeout):
-    """NaN never timed out (a drain with no worker waited for ever)."""
+    """NaN never timed out (a drain with no worker waited for ever); an integer beyond
+    float64 raised a raw OverflowError."""
     queue.enqueue_encode_job(["x"])
     with pytest.raises(ValidationError, match="timeout must be None or a finite number"):
         queue.drain(timeout=timeout)
