@@ -37,10 +37,13 @@ The queue's keys (:class:`QueueKeys`; dramatiq's own live under ``{ns}:dq``)::
     {ns}:failed:<producer>    hash    job id -> JSON {job_id, record_ids, error}; consumed by drain
     {ns}:committed:<producer> zset    job id -> commit time (ms); added by the commit itself,
                                     consumed by the drain that reports it, trimmed after 1 h
+                                    (the set expires 1 h after its last commit)
     {ns}:reported:<producer>  zset    job id -> time (ms) a drain reported it (committed, failed or
                                     lost): a later drain skips it; trimmed after 1 h
+                                    (the set expires 1 h after its last write)
     {ns}:done:<producer>      channel a job id is published when it leaves the pending set
-    {ns}:producers            set     producer ids that ever enqueued (for drain_all / status)
+    {ns}:producers            set     producer ids with work pending or unreported (drain_all,
+                                    status): added by each enqueue, removed by the sweep
     {ns}:deliveries           hash    "<job id>:<attempt>" -> deliveries of that attempt (poison guard)
     {ns}:workers              zset    worker id -> last heartbeat (ms)
     {ns}:workers:<worker id>  hash    pid, host, started, processed, failed (TTL: HEALTH_TTL_MS)

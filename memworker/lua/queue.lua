@@ -15,6 +15,15 @@
 --            (one or more): message id, message, now (ms), job id
 --            -> the number of jobs
 --
+--   prune:   producers, then for each candidate: producer id, its pending zset, its
+--            failed hash -> the number of producers removed from the set
+--
+-- prune is the workers' sweep (memworker/worker/sweep.py): a producer with nothing
+-- pending and no unreported failure leaves the producers set (read, one command per
+-- producer, by every status, drain_all and metrics scrape). Atomic with enqueue (which
+-- adds it back in the same step as its pending mark) and with a failure (which moves a
+-- job from pending to failed in one MULTI), so a producer with work is never dropped.
+--
 -- Several jobs in one call are the enqueues of concurrent callers of one producer
 -- (memworker/queue/group.py): each is its own job (message, id on the queue, wake-up
 -- token, pending mark), sent together to save round trips; the call is atomic, so
@@ -44,6 +53,22 @@ if op == "enqueue" then
   redis.call("ZADD", pending, unpack(marks))
   redis.call("SADD", producers, producer)
   return n
+end
+
+if op == "prune" then
+  local producers = ARGV[2]
+  local n = (#ARGV - 2) / 3
+  if n ~= math.floor(n) then
+    return redis.error_reply("BADARGS prune takes 3 arguments a producer")
+  end
+  local removed = 0
+  for j = 0, n - 1 do
+    local b = 3 + 3 * j
+    if redis.call("ZCARD", ARGV[b + 1]) == 0 and redis.call("EXISTS", ARGV[b + 2]) == 0 then
+      removed = removed + redis.call("SREM", producers, ARGV[b])
+    end
+  end
+  return removed
 end
 
 return redis.error_reply("UNKNOWNOP " .. tostring(op))

@@ -228,6 +228,7 @@ def _requeue_commands(keys: QueueKeys, mid: str, raw: Any) -> list[list[Any]]:
         data = json.dumps(msg, separators=(",", ":")).encode()
         commands = [
             ["ZADD", keys.producer(producer).pending, str(now_ms()), job_id],
+            ["SADD", keys.producers, producer],  # the sweep may have forgotten it
             ["HDEL", keys.producer(producer).failed, job_id],
             ["ZREM", keys.producer(producer).reported, job_id],
             ["ZREM", keys.producer(producer).committed, job_id],

@@ -189,6 +189,7 @@ def _settle(
             pairs = [x for i in d["reported"] for x in (str(now), i)]
             consume.append(["ZADD", keys.producer(p).reported, *pairs])
             consume.append(["ZREMRANGEBYSCORE", keys.producer(p).reported, "-inf", str(now - MARKER_TTL_MS)])
+            consume.append(["PEXPIRE", keys.producer(p).reported, str(MARKER_TTL_MS)])
     return {}, DrainReport(committed=committed, failed=failed, lost=lost), consume
 
 

@@ -100,12 +100,14 @@ def commit_commands(
 ) -> list[list[str]]:
     """What a job's commit does besides its records, in the same atomic step: remove
     its pending mark, add its commit marker (markers older than ``MARKER_TTL_MS``
-    trimmed), count it, and wake its producer's drain."""
+    trimmed, and the set itself expires that long after its last commit: a producer
+    that is gone leaves nothing behind), count it, and wake its producer's drain."""
     pk = keys.producer(producer)
     return [
         ["ZREM", pk.pending, job_id],
         ["ZADD", pk.committed, str(now), job_id],
         ["ZREMRANGEBYSCORE", pk.committed, "-inf", str(now - MARKER_TTL_MS)],
+        ["PEXPIRE", pk.committed, str(MARKER_TTL_MS)],
         ["HINCRBY", keys.stats, "committed", "1"],
         ["HINCRBY", keys.stats, "records", str(records)],
         ["PUBLISH", pk.done_channel, job_id],

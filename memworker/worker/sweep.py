@@ -9,6 +9,12 @@ step one atomic script call of at most :data:`SWEEP_STEP` records
 (``lua/store.lua sweep``). Reads never wait for it: memworker.langgraph hides an
 expired item at once.
 
+The same sweep forgets producers (``{ns}:producers``) with nothing pending and no
+unreported failure, :data:`PRUNE_STEP` a step (``SSCAN``, then ``lua/queue.lua prune``,
+atomic with enqueues): every process has a producer id of its own, and status,
+drain_all and each metrics scrape read one key per producer in the set. A forgotten
+producer's next enqueue adds it back.
+
 The interval: ``{ns}:meta`` field ``sweep_ms`` when a store set one
 (``QueuedStore(ttl={"sweep_interval_minutes": N})``), else ``MEMWORKER_SWEEP_INTERVAL``
 seconds (default :data:`DEFAULT_SWEEP_INTERVAL_S`).
@@ -21,9 +27,10 @@ import os
 from typing import Any
 
 from memworker.errors import ConfigError
-from memworker.keys import Keys
+from memworker.io.scripts import script_source
+from memworker.keys import Keys, QueueKeys
 
-__all__ = ["DEFAULT_SWEEP_INTERVAL_S", "SWEEP_STEP", "Sweeper", "sweep_interval_ms"]
+__all__ = ["DEFAULT_SWEEP_INTERVAL_S", "PRUNE_STEP", "SWEEP_STEP", "Sweeper", "sweep_interval_ms"]
 
 log = logging.getLogger("memworker.worker")
 
@@ -33,6 +40,8 @@ DEFAULT_SWEEP_INTERVAL_S = 60.0
 SWEEP_STEP = 500
 #: Steps per sweep at most (a backlog of due records is taken over several sweeps).
 MAX_STEPS = 20
+#: Producers examined per step of the producers' sweep (``SSCAN ... COUNT``).
+PRUNE_STEP = 500
 
 
 def sweep_interval_ms(raw: str | None = None) -> int:
@@ -68,7 +77,11 @@ class Sweeper:
         self.store = store
         self.client = client
         self.keys = Keys(namespace)
+        self.queue_keys = QueueKeys(namespace)
         self.owner = owner
+        #: Where the producers' sweep goes on (``SSCAN`` cursor; 0: a new pass).
+        self.cursor = 0
+        self._prune = client.register_script(script_source("queue")[0])
         self.default_ms = sweep_interval_ms()
         #: Records deleted by this process's sweeps: expired, past retention.
         self.expired = 0
@@ -93,6 +106,7 @@ class Sweeper:
                 totals[name] += n
             if got["expired"] + got["retained"] < SWEEP_STEP:
                 break
+        totals["producers"] = self.prune_producers()
         self.expired += totals["expired"]
         self.retained += totals["retained"]
         if totals["expired"] or totals["retained"]:
@@ -101,3 +115,22 @@ class Sweeper:
                 totals["expired"], totals["retained"],
             )  # fmt: skip
         return totals
+
+    def prune_producers(self) -> int:
+        """Forget the producers with nothing pending and no unreported failure, at most
+        :data:`MAX_STEPS` steps of :data:`PRUNE_STEP` (a larger set is taken over several
+        sweeps, from where this one stopped); the number forgotten."""
+        k = self.queue_keys
+        removed = 0
+        for _ in range(MAX_STEPS):
+            self.cursor, raw = self.client.sscan(k.producers, self.cursor, count=PRUNE_STEP)
+            args: list[str] = ["prune", k.producers]
+            for member in raw:
+                p = member.decode() if isinstance(member, bytes) else str(member)
+                pk = k.producer(p)
+                args += [p, pk.pending, pk.failed]
+            if len(args) > 2:
+                removed += int(self._prune(keys=[self.keys.meta], args=args))
+            if int(self.cursor) == 0:
+                break
+        return removed

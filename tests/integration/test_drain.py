@@ -261,3 +261,82 @@ def test_a_lost_wake_up_does_not_hold_a_drain_among_others(qsettings, rawq):  # 
             stop.set()
             t.join(2)
     assert report.committed == 1
+
+
+def _wait_until(check, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _members(rawq, keys):
+    return {m.decode() for m in rawq.smembers(keys.producers)}
+
+
+def test_the_sweep_forgets_producers_with_nothing_pending_or_unreported(qsettings, fake, workers, rawq):  # noqa: F811
+    """Every process is a new producer id and nothing removed one: the producers set,
+    read one command per producer by every status(), drain_all() and metrics scrape,
+    grew for ever, and so did each producer's commit markers and report tombstones.
+    The sweep forgets a producer with nothing pending and no unreported failure; its
+    markers expire an hour after its last commit or drain; its next enqueue adds it again."""
+    from memworker.io.redispy import redis_client
+    from memworker.queue.jobs import MARKER_TTL_MS
+    from memworker.worker.sweep import Sweeper
+
+    from memworker.keys import Keys
+
+    keys = QueueKeys(qsettings.namespace)
+    lock = Keys(qsettings.namespace).sweep
+    rawq.set(lock, "the test")  # the workers' own sweeps wait: the test prunes when it says
+    workers(qsettings, threads=1)  # in order
+    with (
+        MemoryQueue(qsettings, producer_id="done") as done,
+        MemoryQueue(qsettings, producer_id="failing") as failing,
+        MemoryQueue(qsettings, producer_id="waiting") as waiting,
+    ):
+        assert done.drain(timeout=30, job_ids=[done.enqueue_save([_record(0)])]).committed == 1
+        failing.enqueue_save([_record(1)])
+        bad = failing.enqueue_save([_record(2, embedding=[1.0, 2.0, 3.0])])  # wrong dimension
+        _wait_until(lambda: failing.pending() == [])
+        fake.gate.clear()  # "B:" texts wait for the gate: one job stays pending
+        held = waiting.enqueue_encode_job(["B: held"])[0]
+        assert _members(rawq, keys) == {"done", "failing", "waiting"}
+        # failing's first job committed (its marker waits for a drain); done's was reported
+        for marks in (keys.producer("failing").committed, keys.producer("done").reported):
+            assert 0 < rawq.pttl(marks) <= MARKER_TTL_MS
+
+        client = redis_client(qsettings)
+        with ValkeyStore(qsettings) as store:
+            sweeper = Sweeper(store, client, qsettings.namespace, "w")
+            assert sweeper.prune_producers() == 1  # the step maybe_sweep() runs (next test)
+            assert _members(rawq, keys) == {"failing", "waiting"}
+            assert [f.job_id for f in failing.drain(timeout=5).failed] == [bad]
+            assert done.status()["pending"] == {"waiting": 1}
+
+            # a forgotten producer is added again by its next enqueue, atomically with it
+            again = done.enqueue_encode_job(["B: again"])[0]
+            assert "done" in _members(rawq, keys)
+            fake.gate.set()
+            assert waiting.drain(timeout=30, job_ids=[held]).committed == 1
+            assert done.drain(timeout=30, job_ids=[again]).committed == 1
+            assert sweeper.prune_producers() == 3
+            assert _members(rawq, keys) == set()
+            assert done.drain_all(timeout=5).committed == 0
+        client.close()
+
+
+def test_the_sweep_forgets_producers_in_steps(qsettings, rawq):  # noqa: F811
+    """Thousands of producers are scanned in steps (SSCAN, one script a step), and a
+    producer with a pending mark among them is kept."""
+    from memworker.io.redispy import redis_client
+    from memworker.worker.sweep import Sweeper
+
+    keys = QueueKeys(qsettings.namespace)
+    rawq.sadd(keys.producers, *[f"gone-{i}" for i in range(3000)])
+    rawq.zadd(keys.producer("gone-7").pending, {"job": 1})
+    client = redis_client(qsettings)
+    with ValkeyStore(qsettings) as store:
+        assert Sweeper(store, client, qsettings.namespace, "w").maybe_sweep()["producers"] == 2999
+    client.close()
+    assert _members(rawq, keys) == {"gone-7"}

@@ -341,7 +341,9 @@ def test_dead_letters_requeue_and_purge(qsettings, fake, workers, rawq):
         # Requeued: the pending mark is back, so the producer's drain waits for it again.
         (left,) = dead_list(qsettings)
         store.reset()  # now any dimension is accepted: the requeued job can commit
+        rawq.srem(keys.producers, "p")  # nothing pending or unreported: a sweep forgets p
         assert dead_requeue(qsettings) == 1
+        assert rawq.sismember(keys.producers, "p")  # drain_all and status see it again
         report = q.drain(timeout=30, job_ids=[left["job_id"]])
         assert report.committed == 1 and not report.failed
         assert store.get_record(left["record_ids"][0]) is not None
