@@ -301,19 +301,28 @@ def producer_metrics() -> ProducerMetrics:
 
 
 class QueueCollector:
-    """The queue's gauges, read from Valkey at each scrape (one status read)."""
+    """The queue's gauges, read from Valkey at each scrape (one status read), over a
+    client made at the first scrape and kept (a scrape opens no connection)."""
 
     def __init__(self, settings: Settings) -> None:
+        from memworker.io.plan import QUEUE_ERRORS
+        from memworker.io.redispy import RedisSyncDriver
+
         self.settings = settings
+        self._driver = RedisSyncDriver(settings, QUEUE_ERRORS)
+
+    def close(self) -> None:
+        """Close the client (a later scrape makes a new one)."""
+        self._driver.close()
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from memworker.queue.admin import queue_status
+        from memworker.queue.admin import status_plan
 
         ns = self.settings.namespace
         try:
-            status = queue_status(self.settings)
+            status = self._driver.run(status_plan(ns))
         except Exception:  # noqa: BLE001 - Valkey unreachable: the gauges are absent
             up = GaugeMetricFamily("memworker_valkey_up", "Valkey answered the scrape", labels=["namespace"])
             up.add_metric([ns], 0)

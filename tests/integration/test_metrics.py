@@ -145,3 +145,48 @@ def test_producer_metrics_count_enqueues_drains_and_timeouts(plain_server, names
     with MemoryQueue(plain_server.url, namespace=namespace, producer_id="p2") as quiet:
         quiet.enqueue_encode(["three"])  # metrics off by default
     assert value("memworker_enqueue_seconds_count") == 2
+
+
+def test_the_queue_collector_reuses_its_connection_across_scrapes(plain_server, namespace) -> None:
+    """Each scrape opened (and closed) a connection of its own: Prometheus scraping
+    every few seconds from several replicas churned connections on the server."""
+    from valkey_servers import raw_client
+
+    from memworker.metrics import QueueCollector
+
+    raw = raw_client(plain_server)
+    collector = QueueCollector(Settings.from_url(plain_server.url, namespace=namespace))
+    try:
+        with MemoryQueue(plain_server.url, namespace=namespace, producer_id="p") as q:
+            q.enqueue_encode(["one"])
+
+        def scrape() -> dict[str, float]:
+            return {f.name: f.samples[0].value for f in collector.collect()}
+
+        first = scrape()
+        assert first["memworker_valkey_up"] == 1 and first["memworker_pending"] == 1
+        before = int(raw.info("stats")["total_connections_received"])
+        for _ in range(5):
+            assert scrape()["memworker_queue_depth"] == 1
+        assert int(raw.info("stats")["total_connections_received"]) == before
+    finally:
+        collector.close()
+        raw.close()
+
+
+def test_the_queue_collector_reports_valkey_down_and_recovers(plain_server, namespace) -> None:
+    """Unreachable: memworker_valkey_up 0 and no other gauge; the kept client reconnects."""
+    from memworker.metrics import QueueCollector
+
+    port = free_port()
+    down = QueueCollector(Settings.from_url(f"redis://127.0.0.1:{port}", namespace=namespace))
+    up = QueueCollector(Settings.from_url(plain_server.url, namespace=namespace))
+    try:
+        families = list(down.collect())
+        assert [(f.name, f.samples[0].value) for f in families] == [("memworker_valkey_up", 0)]
+        assert {f.name: f.samples[0].value for f in up.collect()}["memworker_valkey_up"] == 1
+        up.close()  # a scrape after close connects again
+        assert {f.name: f.samples[0].value for f in up.collect()}["memworker_valkey_up"] == 1
+    finally:
+        down.close()
+        up.close()
