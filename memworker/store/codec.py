@@ -57,6 +57,7 @@ from memworker.store.validate import (
     MAX_CONTENT_BYTES,
     check_id,
     check_metadata,
+    check_source,
     normalize_scope,
 )
 
@@ -312,13 +313,7 @@ def to_row(
         accessed = to_utc_naive(accessed, f"{where}.last_accessed")
 
     source = get("source")
-    if source is not None and not isinstance(source, str):
-        raise ValidationError(f"{where}.source must be a string or None")
-    if source is not None and not source.isascii():
-        try:
-            source.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(f"{where}.source is not valid unicode text") from None
+    check_source(source, f"{where}.source")
     private = get("private", False)
     if type(private) is not bool:
         if not isinstance(private, np.bool_):  # ``bool("false")`` is True: no coercion

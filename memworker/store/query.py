@@ -32,7 +32,7 @@ from memworker.store.tokens import (
     token,
     visibility_token,
 )
-from memworker.store.validate import normalize_scope_prefix
+from memworker.store.validate import check_source, normalize_scope_prefix
 
 __all__ = ["SearchFilter", "TOKEN_FIELDS", "MAX_LIMIT"]
 
@@ -121,10 +121,8 @@ class SearchFilter:
                     raise ValidationError(
                         f"metadata_filter[{key!r}] is not JSON-serializable: {exc}"
                     ) from None
-        if source is not None and not isinstance(source, str):
-            raise ValidationError("source must be a string or None")
-        if viewer is not None and not isinstance(viewer, str):
-            raise ValidationError("viewer must be a string or None")
+        check_source(source, "source")
+        check_source(viewer, "viewer")
         if type(include_private) is not bool and not isinstance(include_private, np.bool_):
             # ``bool("false")`` is True: a flag read from text must not show private records
             raise ValidationError(

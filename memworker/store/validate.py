@@ -37,6 +37,8 @@ __all__ = [
     "check_ids",
     "check_metadata",
     "check_page",
+    "check_source",
+    "MAX_SOURCE_LENGTH",
     "check_retention_days",
     "MAX_RETENTION_DAYS",
     "MAX_SWEEP_MS",
@@ -64,6 +66,9 @@ MAX_CONTENT_BYTES = 1 << 20
 MAX_METADATA_BYTES = 64 * 1024
 #: Longest record id accepted, in characters.
 MAX_ID_LENGTH = 256
+#: Longest ``source`` (the agent or user a record belongs to; a search's ``source``
+#: and ``viewer``) accepted, in characters.
+MAX_SOURCE_LENGTH = 1024
 
 _SCOPE_BAD = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 _ID_BAD = re.compile("[\x00-\x1f\ud800-\udfff]")
@@ -350,3 +355,25 @@ def check_retention_days(days: Any) -> float:
     if isinstance(days, (bool, np.bool_)) or not isinstance(days, (int, float)) or not 0 < days <= MAX_RETENTION_DAYS:
         raise ValidationError(f"days must be a number above 0 and at most {MAX_RETENTION_DAYS}")
     return float(days)
+
+
+def check_source(source: Any, where: str) -> None:
+    """A record's ``source`` or a search's ``source``/``viewer``: ``None`` or a string
+    of valid unicode of at most :data:`MAX_SOURCE_LENGTH` characters.
+
+    Raises:
+        ValidationError: Naming ``where`` and the limit.
+    """
+    if source is None:
+        return
+    if not isinstance(source, str):
+        raise ValidationError(f"{where} must be a string or None")
+    if len(source) > MAX_SOURCE_LENGTH:
+        raise ValidationError(
+            f"{where} has {len(source)} characters, the limit is {MAX_SOURCE_LENGTH}"
+        )
+    if not source.isascii():
+        try:
+            source.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(f"{where} is not valid unicode text") from None

@@ -255,3 +255,20 @@ def test_numbers_of_int_and_float_subclasses_get_range_tokens(store) -> None:
     hits = store.search(vec(1), metadata_ranges={"=n": (2, True, 4, True)}, limit=5)
     assert sorted(r.id for r, _ in hits) == ["np", "py"]
     assert store.get_record("np").metadata == {"=n": 2.5}
+
+
+def test_a_source_longer_than_the_limit_is_refused_and_nothing_is_written(store) -> None:
+    """``source`` (the agent or user a private memory belongs to) had no limit: a
+    megabyte stored with every record and hashed at every query."""
+    from memworker.store.validate import MAX_SOURCE_LENGTH
+
+    long = "a" * (MAX_SOURCE_LENGTH + 1)
+    with pytest.raises(ValidationError, match=rf"records\[1\]\.source .*{MAX_SOURCE_LENGTH}"):
+        store.save([mk("ok", seed=1), mk("long", seed=2, source=long, private=True)])
+    assert store.list_records() == []
+    for kwargs in ({"source": long}, {"viewer": long}):
+        with pytest.raises(ValidationError, match=rf"{next(iter(kwargs))} .*{MAX_SOURCE_LENGTH}"):
+            store.search(vec(1), **kwargs)
+    edge = "a" * MAX_SOURCE_LENGTH
+    store.save([mk("edge", seed=3, source=edge, private=True)])
+    assert [r.id for r, _ in store.search(vec(3), viewer=edge)] == ["edge"]
