@@ -720,7 +720,8 @@ class QueuedStore(BaseStore):
                 "ver": ver,
             }
             if minutes is not None:
-                item["exp"] = now_ms + int(minutes * 60_000)
+                item["ttl"] = int(minutes * 60_000)
+                item["exp"] = now_ms + item["ttl"]
             if text and self.index_config and self.index_config["embeddings"] is None:
                 encode.append({**item, "text": text})
             elif text:
@@ -837,6 +838,10 @@ class QueuedStore(BaseStore):
         return out
 
     def _p_touch(self, records: list[Any]) -> _Plan:
+        """Refresh the TTLs of ``records``: the store sets each expiry from the TTL of
+        the record stored when the refresh runs (a re-put of the key committed since
+        the read keeps its own TTL); the TTL the read saw is only the fallback for a
+        record stored without one (written before records kept their TTL)."""
         now = int(time.time() * 1000)
         pairs = [
             (r.id, now + int(float(r.metadata[_TTL]) * 60_000))
@@ -844,7 +849,7 @@ class QueuedStore(BaseStore):
             if isinstance((r.metadata or {}).get(_TTL), (int, float))
         ]
         if pairs:
-            yield ("s", "set_expiries", (pairs,))
+            yield ("s", "refresh_expiries", (pairs, now))
 
     def _p_get(self, ops: list[GetOp]) -> _Plan:
         ids = [record_id(tuple(op.namespace), op.key) for op in ops]

@@ -50,6 +50,8 @@
 --             committed after it
 --   expire: id, exp, id, exp, ...                -> number of records given the new expiry
 --             only records that have an expiry (written with "exp") get one
+--   refresh: now_ms, id, fallback exp, ...        -> records given now_ms + their stored ttl
+--            (the fallback when they have none); only records that have an expiry
 --   sweep:  now_ms, limit, tomb_before            -> {expired, retained, tombs trimmed}
 --             deletes up to `limit` records whose expiry is due (ns:expiry), then records
 --             older than their scope's retention (ns:retention: scope -> days), and trims
@@ -460,6 +462,21 @@ elseif op == "expire" then
   for i = 4, #ARGV - 1, 2 do
     local id, exp = ARGV[i], ARGV[i + 1]
     if redis.call("HEXISTS", REC .. id, "exp") == 1 then
+      redis.call("HSET", REC .. id, "exp", exp)
+      redis.call("ZADD", ns .. ":expiry", exp, id)
+      n = n + 1
+    end
+  end
+  return n
+elseif op == "refresh" then
+  -- A TTL refresh on read: the expiry from the TTL stored with the record now (a
+  -- record re-put since the reader read it keeps its own), else the reader's.
+  local now, n = tonumber(ARGV[4]), 0
+  for i = 5, #ARGV - 1, 2 do
+    local id = ARGV[i]
+    local got = redis.call("HMGET", REC .. id, "exp", "ttl")
+    if got[1] then
+      local exp = got[2] and string.format("%.0f", now + tonumber(got[2])) or ARGV[i + 1]
       redis.call("HSET", REC .. id, "exp", exp)
       redis.call("ZADD", ns .. ":expiry", exp, id)
       n = n + 1

@@ -231,8 +231,10 @@ def save_items(records: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
 
 
 #: Optional fields of versioned records (``ver``, microseconds) with an expiry
-#: (``exp``, ms since the epoch): memworker.langgraph's puts; lua/store.lua.
-STAMP_FIELDS = ("ver", "exp")
+#: (``exp``, ms since the epoch) and the TTL it came from (``ttl``, ms: a refresh on
+#: read sets ``exp`` from the stored record's own): memworker.langgraph's puts;
+#: lua/store.lua.
+STAMP_FIELDS = ("ver", "exp", "ttl")
 #: Fields an encode item may carry.
 ITEM_FIELDS = frozenset(
     {"text", "content", "id", "scope", "categories", "metadata", "importance", "source",

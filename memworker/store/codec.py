@@ -16,9 +16,10 @@ and the filter tokens the vector index sees (:mod:`~memworker.store.tokens`):
   its source for a private one.
 
 ``last_accessed`` is only written once it differs from ``created_at`` (fewer fields,
-less memory, a faster write). Two optional fields serve memworker.langgraph: ``ver``
-(a version: a later one is never overwritten by an earlier one) and ``exp`` (an
-expiry time in ms, indexed in ``{ns}:expiry``); see ``lua/store.lua``. Rows are read back by :mod:`memworker.store.decode`.
+less memory, a faster write). Three optional fields serve memworker.langgraph: ``ver``
+(a version: a later one is never overwritten by an earlier one), ``exp`` (an
+expiry time in ms, indexed in ``{ns}:expiry``) and ``ttl`` (the TTL in ms that
+``exp`` came from, which a refresh on read applies); see ``lua/store.lua``. Rows are read back by :mod:`memworker.store.decode`.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ WRITE_FIELDS: tuple[str, ...] = (
     "meta_t",
     "ver",
     "exp",
+    "ttl",
 )
 #: Largest ``ver`` and ``exp`` accepted (exact in a sorted-set score, a double).
 MAX_STAMP = (1 << 53) - 1
@@ -333,6 +335,7 @@ def to_row(
 
     ver = _stamp(get("ver"), f"{where}.ver")
     exp = _stamp(get("exp"), f"{where}.exp")
+    ttl = _stamp(get("ttl"), f"{where}.ttl")
 
     if validate_only:
         return None
@@ -359,6 +362,7 @@ def to_row(
         _meta_tokens(metadata) if metadata else None,
         ver,
         exp,
+        ttl,
     ]
     return Row(
         id=record_id,

@@ -271,6 +271,17 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         refresh); returns how many had one."""
         return self._p_expire(expiries)
 
+    def _refresh_expiries(
+        self, fallbacks: list[tuple[str, int]], now_ms: int | None = None
+    ) -> Plan[int]:
+        """A TTL refresh on read: each record that has an expiry gets ``now_ms`` plus
+        the TTL stored with it (``ttl``, written with its ``exp``), read in the same
+        atomic step, so a record written since the caller read it keeps its own TTL;
+        a record stored without a TTL gets the ``(id, expiry)`` fallback. Returns how
+        many records got a new expiry."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return self._p_refresh_expiries(now, fallbacks)
+
     def _sweep(self, limit: int = 500, now_ms: int | None = None) -> Plan[dict[str, int]]:
         """Delete up to ``limit`` records whose expiry is due, then records older than
         their scope's retention (``memworker retention``), and trim old tombstones: one
@@ -300,6 +311,8 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
     adelete_versioned = _async_face(_delete_versioned)
     set_expiries = _sync_face(_set_expiries)
     aset_expiries = _async_face(_set_expiries)
+    refresh_expiries = _sync_face(_refresh_expiries)
+    arefresh_expiries = _async_face(_refresh_expiries)
     sweep = _sync_face(_sweep)
     asweep = _async_face(_sweep)
     set_retention = _sync_face(_set_retention)

@@ -358,15 +358,31 @@ def test_list_namespaces_prefix_suffix_wildcards_depth_limit_offset(lg):
 
 # ----------------------------------------------------------------------------- TTL
 def test_ttl_expired_items_are_invisible_at_once_and_swept_by_workers(make_store, monkeypatch):
-    lg = make_store(ttl={"default_ttl": 0.02})  # 1.2 s
+    """An expired item is hidden by every read at once, before any sweep. The store's
+    clock is moved past the TTL (a 1.2 s TTL and a sleep failed when the first commit
+    of a cold worker took longer than the TTL)."""
+    lg = make_store(ttl={"default_ttl": 1})
     lg.put(("t",), "short", {"text": "apple"})
     lg.put(("t",), "forever", {"text": "apple"}, ttl=None)
     assert lg.get(("t",), "short", refresh_ttl=False) is not None
-    time.sleep(1.5)
+    now = time.time()
+    later = now + 61
+
+    class Later:  # the clock of memworker.langgraph only (not the workers')
+        @staticmethod
+        def time() -> float:
+            return later
+
+        @staticmethod
+        def time_ns() -> int:
+            return int(later * 1e9)
+
+    monkeypatch.setattr("memworker.langgraph.time", Later)
     assert lg.get(("t",), "short") is None
     assert [h.key for h in lg.search(("t",), query="apple")] == ["forever"]
     assert [h.key for h in lg.search(("t",))] == ["forever"]
-    removed = lg.store.sweep()
+    assert lg.store.sweep(now_ms=int(now * 1000)) == {"expired": 0, "retained": 0, "tombs": 0}
+    removed = lg.store.sweep(now_ms=int(later * 1000))
     assert removed["expired"] == 1
     assert lg.store.count("/langgraph") == 1
 
@@ -385,6 +401,43 @@ def test_ttl_refresh_on_read(make_store):
     assert lg.store.expiries([rid])[0] == second
     lg.get(("t",), "k", refresh_ttl=False)
     assert lg.store.expiries([rid])[0] == second
+
+
+@pytest.mark.parametrize("read", ["get", "search", "search_query"])
+def test_a_ttl_refresh_racing_a_re_put_does_not_give_the_new_item_the_old_ttl(make_store, read):
+    """A read that refreshes TTLs computed the new expiry from the item it read; a
+    re-put of the key with a longer TTL committed between that read and the refresh
+    got the old, shorter one (the new item vanished early). The refresh now applies
+    only while the record still has the expiry the read saw."""
+    lg = make_store(ttl={"default_ttl": 1})  # one minute
+    other = make_store()
+    lg.put(("t",), "k", {"text": "apple"})
+    assert lg.get(("t",), "k", refresh_ttl=False) is not None  # committed
+    rid = record_id(("t",), "k")
+    real = lg.store.expiries
+    raced = []
+
+    def expiries_then_a_re_put_commits(ids):
+        seen = real(ids)
+        if not raced:
+            raced.append(True)
+            other.put(("t",), "k", {"text": "apple v2"}, ttl=100)
+            assert other.get(("t",), "k", refresh_ttl=False).value == {"text": "apple v2"}
+        return seen
+
+    lg.store.expiries = expiries_then_a_re_put_commits
+    try:
+        if read == "get":
+            lg.get(("t",), "k")
+        elif read == "search":
+            lg.search(("t",))
+        else:
+            lg.search(("t",), query="apple")
+    finally:
+        del lg.store.expiries
+    assert raced
+    left_ms = lg.store.expiries([rid])[0] - time.time() * 1000
+    assert left_ms > 90 * 60_000  # the re-put's 100 minutes, not the read's 1
 
 
 def test_workers_sweep_expired_items_on_their_own(settings, embedder, monkeypatch):

@@ -121,6 +121,32 @@ def test_expiry_index_follows_writes_deletes_and_refresh(store, raw):
     assert raw.zcard(store.keys.expiry) == 0
 
 
+def test_a_refresh_takes_the_ttl_stored_with_the_record_now(store, raw):
+    """refresh_expiries sets now + the TTL the stored record carries, read in the same
+    atomic step (a record re-put since the reader read it keeps its own TTL); a record
+    stored without one takes the reader's fallback; one without an expiry is left."""
+    now = int(time.time() * 1000)
+    store.save([
+        rec("kept", "K", exp=now + 60_000, ttl=60_000),
+        rec("old", "O", exp=now + 60_000),  # written before records kept their TTL
+        rec("none", "N"),
+    ])  # fmt: skip
+    later = now + 30_000
+    fallbacks = [("kept", later + 1), ("old", later + 2), ("none", later + 3), ("missing", 1)]
+    assert store.refresh_expiries(fallbacks, now_ms=later) == 2
+    assert store.expiries(["kept", "old", "none", "missing"]) == [later + 60_000, later + 2, None, None]
+    assert raw.zscore(store.keys.expiry, "kept") == later + 60_000
+    # a re-put with another TTL: a refresh computed from the first keeps the new one
+    store.save([rec("kept", "K2", exp=later + 6_000_000, ttl=6_000_000)])
+    assert store.refresh_expiries([("kept", later + 1)], now_ms=later + 5) == 1
+    assert store.expiries(["kept"]) == [later + 5 + 6_000_000]
+    with pytest.raises(ValidationError, match=r"fallbacks\[0\]"):
+        store.refresh_expiries([("kept", -1)])
+    with pytest.raises(ValidationError, match=r"records\[0\]\.ttl"):
+        store.save([rec("t", "T", exp=now, ttl="1")])
+    assert asyncio.run(store.arefresh_expiries([("kept", 1)], now_ms=later + 9)) == 1
+
+
 def test_sweep_deletes_what_is_due_with_its_side_indexes(store):
     now = int(time.time() * 1000)
     store.save(

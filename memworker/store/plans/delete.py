@@ -55,14 +55,23 @@ class DeletePlans(ReadPlans):
         """Give records that have an expiry a new one (ms); returns how many had one."""
         return (yield from self._p_id_pairs("expire", expiries, "expiries"))
 
-    def _p_id_pairs(self, op: str, pairs: Sequence[tuple[str, int]], field: str) -> Plan[int]:
+    def _p_refresh_expiries(self, now: int, fallbacks: Sequence[tuple[str, int]]) -> Plan[int]:
+        """Expiries from the stored records' own TTLs (``refresh``), see
+        :meth:`ValkeyStore.refresh_expiries`."""
+        head = [_version(now, "now_ms")]
+        return (yield from self._p_id_pairs("refresh", fallbacks, "fallbacks", head))
+
+    def _p_id_pairs(
+        self, op: str, pairs: Sequence[tuple[str, int]], field: str, head: Sequence[str] = ()
+    ) -> Plan[int]:
         """Run a store script op over ``(id, integer)`` pairs, validated whole first,
-        :data:`DELETE_CHUNK` pairs per call; returns the sum of the replies."""
+        :data:`DELETE_CHUNK` pairs per call (each after the op's ``head`` arguments);
+        returns the sum of the replies."""
         checked = [(check_id(i, f"{field}[{n}]"), _version(v, f"{field}[{n}]"))
                    for n, (i, v) in enumerate(pairs)]  # fmt: skip
         total = 0
         for start in range(0, len(checked), DELETE_CHUNK):
-            args = [op, self.keys.prefix, str(CHANGES_CAP)]
+            args = [op, self.keys.prefix, str(CHANGES_CAP), *head]
             for rid, value in checked[start : start + DELETE_CHUNK]:
                 args += [rid, value]
             total += int((yield Script("store", args)))
