@@ -504,9 +504,18 @@ elseif op == "sweep" then
     local left = limit - expired - retained
     if left <= 0 then break end
     local cutoff = string.format("%.6f", now_s - tonumber(policies[i + 1]) * 86400)
-    local old = redis.call("ZRANGEBYSCORE", ns .. ":tree:" .. policies[i], "-inf", cutoff,
-      "LIMIT", 0, left)
-    if #old > 0 then retained = retained + delete_ids(old) end
+    local tree = ns .. ":tree:" .. policies[i]
+    local old = redis.call("ZRANGEBYSCORE", tree, "-inf", cutoff, "LIMIT", 0, left)
+    if #old > 0 then
+      -- An id whose record is gone (evicted, deleted by hand) would come first again at
+      -- every sweep and, as many as the limit, stall the scope: it leaves this tree.
+      local gone = {}
+      for _, id in ipairs(old) do
+        if redis.call("EXISTS", REC .. id) == 0 then gone[#gone + 1] = id end
+      end
+      if #gone > 0 then redis.call("ZREM", tree, unpack(gone)) end
+      retained = retained + delete_ids(old)
+    end
   end
   local trimmed = redis.call("ZREMRANGEBYSCORE", ns .. ":tomb", "-inf", "(" .. ARGV[6])
   return { expired, retained, trimmed }

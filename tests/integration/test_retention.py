@@ -63,6 +63,25 @@ def test_bad_policies_are_refused_naming_the_field(store):
     assert store.retention() == {}
 
 
+def test_records_gone_from_under_the_index_do_not_stall_retention(store, raw):
+    """A record hash removed behind the store's back (maxmemory eviction, a DEL by
+    hand) left its id in the scope's tree: each sweep took the oldest ids first, found
+    no record and deleted nothing, so as many such ids as a sweep's limit stopped that
+    scope's retention for good. The sweep now drops them from the tree it read."""
+    old = utcnow() - timedelta(days=40)
+    store.save(
+        [{"id": f"gone{i}", "content": "x", "scope": "/crew", "created_at": old - timedelta(days=1),
+          "embedding": [1.0, 0]} for i in range(3)]
+        + [{"id": "due", "content": "x", "scope": "/crew", "created_at": old, "embedding": [1.0, 0]}]
+    )  # fmt: skip
+    raw.delete(*[store.keys.rec(f"gone{i}") for i in range(3)])
+    store.set_retention("/crew", 30)
+    for _ in range(3):
+        store.sweep(limit=2)
+    assert store.get_record("due") is None
+    assert raw.zcard(store.keys.tree("/crew")) == 0
+
+
 def test_workers_apply_retention(server, namespace, monkeypatch):
     monkeypatch.setenv("MEMWORKER_SWEEP_INTERVAL", "0.2")
     settings = Settings.from_url(server.url, namespace=namespace, search_mode="module" if server.module else "exact")
