@@ -181,7 +181,9 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
             metadata_ranges: Metadata key -> ``(low, low_inclusive, high,
                 high_inclusive)``: only records whose number under the key is in that
                 range (``None``: an open bound). Only keys starting with ``=`` carry
-                range tokens (memworker.langgraph's value fields).
+                range tokens (memworker.langgraph's value fields). Bounds and values
+                are compared as float64: integers past 2**53 that round to one
+                float64 compare equal (memworker.langgraph checks them exactly after).
 
         Returns:
             ``(record, similarity)`` pairs, highest similarity first; records stored
