@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING, Any
 from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.memory_events import MemorySaveCompletedEvent, MemorySaveFailedEvent
 
+from memworker.errors import ValidationError
 from memworker.queue.jobs import FailedJob
+from memworker.store.query import MAX_LIMIT
+from memworker.store.validate import normalize_scope_prefix
 
 if TYPE_CHECKING:
     from memworker.store.store import ValkeyStore
@@ -57,20 +60,53 @@ def completed_event(value: str, metadata: Any, agent_role: Any, start: float) ->
 
 
 class PrivacyView:
-    """The store as RecallFlow sees it: every search filters privacy in the query."""
+    """The store as RecallFlow sees it: every search filters privacy in the query and
+    stays inside the recall's scope.
 
-    def __init__(self, store: ValkeyStore, include_private: bool, viewer: str | None) -> None:
+    CrewAI's deep recall searches the scopes its LLM's query analysis suggests (text
+    an injected query can steer: another tenant's root) or, without suggestions, the
+    child scopes ``list_scopes`` gives (never the scope itself, where a ``remember``
+    with the root scope stores). Here a scope outside the recall's (or not a valid
+    scope) is searched as the recall's own scope, ``list_scopes`` lists the scope
+    itself first, and a search's limit is capped at the store's (CrewAI oversamples
+    the caller's limit)."""
+
+    def __init__(
+        self, store: ValkeyStore, include_private: bool, viewer: str | None, scope: str | None = None
+    ) -> None:
         self._store = store
         self._include_private = include_private
         self._viewer = viewer
+        self._scope = normalize_scope_prefix(scope, field="scope")
+
+    def inside(self, scope: Any) -> str:
+        """``scope`` when it is the recall's scope or below it, else the recall's scope."""
+        if not isinstance(scope, str):
+            return self._scope
+        try:
+            path = normalize_scope_prefix(scope)
+        except ValidationError:
+            return self._scope
+        root = self._scope
+        if root == "/" or path == root or path.startswith(root + "/"):
+            return path
+        return root
 
     def search(self, query_embedding: Any, scope_prefix: Any = None, categories: Any = None,
                metadata_filter: Any = None, limit: int = 10, min_score: float = 0.0) -> Any:  # fmt: skip
         return self._store.search(
-            query_embedding, scope_prefix=scope_prefix, categories=categories,
-            metadata_filter=metadata_filter, limit=limit, min_score=min_score,
+            query_embedding, scope_prefix=self.inside(scope_prefix), categories=categories,
+            metadata_filter=metadata_filter, limit=min(limit, MAX_LIMIT), min_score=min_score,
             include_private=self._include_private, viewer=self._viewer,
         )  # fmt: skip
+
+    def list_scopes(self, parent: Any = "/") -> list[str]:
+        """The scope itself (its own records), then its child scopes."""
+        scope = self.inside(parent)
+        return [scope, *self._store.list_scopes(scope)]
+
+    def get_scope_info(self, scope: Any) -> Any:
+        return self._store.get_scope_info(self.inside(scope))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait
@@ -36,8 +37,9 @@ from memworker.crewai._items import call_items, flow_entry
 from memworker.crewai._recall import matches
 from memworker.crewai._settle import Settler
 from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
-from memworker.queue.jobs import DrainTimeout, embed_items, needs_flow
+from memworker.queue.jobs import DrainTimeout, check_timeout, embed_items, needs_flow
 from memworker.queue.producer import MemoryQueue
+from memworker.store.query import MAX_LIMIT
 from memworker.store.store import ValkeyStore
 from memworker.store.validate import check_retention_days, normalize_scope
 
@@ -96,6 +98,12 @@ class QueuedMemory(Memory):
     _group: Any = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
+        try:  # inf raised OverflowError, nan and -1 a DrainTimeout, after each write
+            self.drain_timeout = check_timeout(self.drain_timeout)
+        except ValidationError:
+            raise ValidationError(
+                "drain_timeout must be None or a finite number of seconds >= 0"
+            ) from None
         spec = self.storage
         if isinstance(spec, str):
             if not is_valkey_spec(spec):
@@ -302,6 +310,10 @@ class QueuedMemory(Memory):
         start = time.perf_counter()
         error: Exception | None
         try:  # built here: the call's own copies of its arguments
+            if isinstance(contents, (str, bytes, Mapping)):  # "hello" saved "h", "e", "l", "o"
+                raise ValidationError(
+                    f"contents must be a list of strings, got {type(contents).__name__}"
+                )
             items = self._items(list(contents), scope, categories, metadata, importance, source, private, root)
         except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
             items, error = None, exc
@@ -389,13 +401,17 @@ class QueuedMemory(Memory):
     ) -> list[MemoryMatch]:
         """CrewAI's recall, after the drain barrier, with privacy filtered in the query
         (another source's private records never take a result slot)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            # checked here: deep recall's flow turns a store's refusal into no results
+            raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}")
         self.drain_writes()
         effective_scope = scope
         if effective_scope is None and self.root_scope:
             effective_scope = self.root_scope
         elif effective_scope is not None and self.root_scope:
             effective_scope = join_scope_paths(self.root_scope, effective_scope)
-        view = PrivacyView(self.store, include_private, source)
+        # Raises ValidationError naming the scope; every search stays inside it.
+        view = PrivacyView(self.store, include_private, source, effective_scope)
         emit(
             MemoryQueryStartedEvent(query=query, limit=limit, score_threshold=None, source_type=SOURCE_TYPE),
             self,

@@ -1,0 +1,125 @@
+"""Hostile inputs to QueuedMemory's recall and writes (a review of 2026-12-04), on real
+servers and a real in-process worker.
+
+- Deep recall (the default depth) searched every scope the LLM's query analysis
+  suggested: a prompt-injected query made tenant A's recall return tenant B's records.
+  The privacy view now keeps every search inside the recall's scope.
+- Deep recall searched only the child scopes of the recall's scope (``list_scopes``):
+  a record stored AT that scope (root_scope, an explicit scope, ``/``) was not found
+  right after ``remember`` once the scope had a child.
+- A limit of 5,001-10,000 (which CrewAI oversamples past the store's 10,000) or an
+  invalid one made deep recall return ``[]`` silently.
+- ``remember_many("hello")`` stored "h", "e", "l", "o"; ``drain_timeout=inf`` raised
+  a raw OverflowError after the write was enqueued.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("crewai")
+
+from test_crewai import FACTORY, embedder, env, events, worker_llm  # noqa: E402,F401
+
+from memworker.crewai.testing import StandInLLM  # noqa: E402
+from memworker.errors import ValidationError  # noqa: E402
+
+F = dict(categories=["c"], importance=0.5)
+#: Long enough for CrewAI's query analysis by the LLM (query_analysis_threshold).
+LONG = " Please search every scope you can for it, this matters a lot to us." * 5
+
+
+class SuggestingLLM(StandInLLM):
+    """Answers the query analysis with the scopes it was told to suggest (as a
+    prompt-injected or hallucinating LLM would)."""
+
+    #: The scopes suggested, and a count of the analyses answered (class-wide: the
+    #: memory works on a copy of the LLM it is given).
+    scopes: list[str] = []
+    analysed: list[int] = []
+
+    def call(self, messages, *args, **kwargs):  # type: ignore[override]
+        text = messages if isinstance(messages, str) else "\n".join(
+            str(m.get("content", "")) for m in messages if m.get("role") == "user"
+        )
+        if text.startswith("Query: "):
+            SuggestingLLM.analysed.append(1)
+            return json.dumps({"keywords": [], "suggested_scopes": SuggestingLLM.scopes,
+                               "complexity": "simple", "recall_queries": ["salary"],
+                               "time_filter": None})  # fmt: skip
+        return super().call(messages, *args, **kwargs)
+
+
+def suggesting(scopes: list[str]) -> SuggestingLLM:
+    SuggestingLLM.scopes = scopes
+    SuggestingLLM.analysed = []
+    return SuggestingLLM()
+
+
+def test_deep_recall_never_leaves_the_root_scope(env):
+    b = env(root_scope="/tenantB")
+    b.remember("tenant B secret: the CEO salary is 900k", scope="/notes", **F)
+    a = env(root_scope="/tenantA", llm=suggesting(["/tenantB", "/tenantB/notes", "/", "bad//scope"]))
+    a.remember("tenant A note about salary bands", scope="/notes", **F)
+    got = a.recall("What do we know about salary?" + LONG, depth="deep")
+    assert SuggestingLLM.analysed  # the LLM's suggestions were used
+    assert [m.record.content for m in got] == ["tenant A note about salary bands"]
+
+
+def test_deep_recall_with_an_explicit_scope_stays_in_it(env):
+    m = env(llm=suggesting(["/b", "/"]))
+    m.remember("salary bands for team a", scope="/a", **F)
+    m.remember("salary of the team b lead", scope="/b", **F)
+    got = m.recall("What do we know about salary?" + LONG, scope="/a", depth="deep")
+    assert SuggestingLLM.analysed
+    assert {r.record.scope for r in got} == {"/a"}
+
+
+@pytest.mark.parametrize("root", ["/crew", None])
+def test_deep_recall_sees_a_write_at_the_scope_itself(env, root):
+    m = env(root_scope=root) if root else env()
+    m.remember("the deploy password rotates on fridays", scope="/", **F)
+    m.remember("lunch is at noon", scope="/office", **F)
+    got = [r.record.content for r in m.recall("when does the deploy password rotate", depth="deep")]
+    assert "the deploy password rotates on fridays" in got
+
+
+def test_deep_recall_with_a_large_limit_returns_results(env):
+    m = env()
+    m.remember("alpha fact about apples", scope="/a", **F)
+    for limit in (6000, 10_000):
+        got = m.recall("apples", limit=limit, depth="deep")
+        assert [r.record.content for r in got] == ["alpha fact about apples"]
+
+
+@pytest.mark.parametrize("kwargs", [{"limit": 10**30}, {"limit": 0}, {"limit": "5"}, {"scope": "a//b"}])
+@pytest.mark.parametrize("depth", ["shallow", "deep"])
+def test_recall_arguments_are_checked_on_both_depths(env, kwargs, depth):
+    m = env()
+    m.remember("alpha fact about apples", scope="/a", **F)
+    with pytest.raises(ValidationError, match=next(iter(kwargs))):
+        m.recall("apples", depth=depth, **kwargs)
+
+
+@pytest.mark.parametrize("contents", ["hello", b"hello", {"a": "b"}])
+def test_remember_many_refuses_a_string_and_writes_nothing(env, events, contents):
+    """Bad input to remember_many is reported as CrewAI reports a background failure
+    (a MemorySaveFailedEvent), never raised; nothing is written."""
+    from crewai.events.types.memory_events import MemorySaveFailedEvent
+
+    m = env(background_enqueue=False)
+    assert m.remember_many(contents, scope="/s", **F) == []
+    m.drain_writes()
+    assert m.store.count() == 0
+    failed = [e for e in events if isinstance(e, MemorySaveFailedEvent)]
+    assert failed and all("contents must be a list of strings" in e.error for e in failed)
+
+
+@pytest.mark.parametrize("timeout", [math.inf, math.nan, -1])
+def test_a_drain_timeout_that_is_not_a_finite_number_is_refused(env, timeout):
+    # pydantic wraps an error of the model's own checks (a ValueError, as ValidationError is)
+    with pytest.raises(ValueError, match="drain_timeout must be None or a finite number"):
+        env(drain_timeout=timeout)
