@@ -101,12 +101,24 @@ class PrivacyView:
         )  # fmt: skip
 
     def list_scopes(self, parent: Any = "/") -> list[str]:
-        """The scope itself (its own records), then its child scopes."""
+        """The scope itself (its own records), then its child scopes (without
+        ``include_private``, those holding a record the viewer may see)."""
         scope = self.inside(parent)
-        return [scope, *self._store.list_scopes(scope)]
+        if self._include_private:
+            return [scope, *self._store.list_scopes(scope)]
+        return [scope, *self._store.visible_scopes(scope, viewer=self._viewer)]
 
     def get_scope_info(self, scope: Any) -> Any:
-        return self._store.get_scope_info(self.inside(scope))
+        """The scope's info for the LLM's query analysis; without ``include_private``,
+        its categories and child scopes are those of records the viewer may see (the
+        counters count every source's private records)."""
+        path = self.inside(scope)
+        info = self._store.get_scope_info(path)
+        if self._include_private:
+            return info
+        categories = self._store.visible_categories(path, viewer=self._viewer)
+        children = self._store.visible_scopes(path, viewer=self._viewer)
+        return info.model_copy(update={"categories": sorted(categories), "child_scopes": children})
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)

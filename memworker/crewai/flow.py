@@ -120,11 +120,11 @@ class _FlowStorage:
       record has neither). ``delete``: by ids only, under the same rule. A refused
       update or delete is skipped and logged by record id only.
     - ``save``: captured (with the producer's ids) for the job's atomic commit.
-    - ``list_scopes``/``list_categories`` (field inference) go to the store; nothing
-      else does.
+    - ``list_scopes``/``list_categories`` (field inference: the "existing scopes and
+      categories" of the LLM's prompt) list those of the records the writer could
+      recall (``visible_scopes``/``visible_categories``, viewer = the items' source),
+      never those of another source's private records; nothing else reaches the store.
     """
-
-    _FORWARDED = frozenset({"list_scopes", "list_categories"})
 
     def __init__(self, store: ValkeyStore, items: list[dict[str, Any]]) -> None:
         owners = {(item.get("source"), bool(item.get("private"))) for item in items}
@@ -233,9 +233,13 @@ class _FlowStorage:
                 self.inserted_for[item["id"]] = record.id
             self.inserted.append(record)
 
+    def list_scopes(self, parent: str = "/") -> list[str]:
+        return self._store.visible_scopes(parent, viewer=self.source)
+
+    def list_categories(self, scope_prefix: str | None = None) -> dict[str, int]:
+        return self._store.visible_categories(scope_prefix, viewer=self.source)
+
     def __getattr__(self, name: str) -> Any:
-        if name in _FlowStorage._FORWARDED:
-            return getattr(self._store, name)
         raise AttributeError(f"the consolidation flow's storage has no {name!r}")
 
 

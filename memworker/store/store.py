@@ -268,6 +268,24 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         :data:`TOMB_KEEP_MS`."""
         return self._p_delete_versioned(versions)
 
+    def _visible_categories(
+        self, scope_prefix: str | None = None, viewer: str | None = None
+    ) -> Plan[dict[str, int]]:
+        """Category -> number of records carrying it, in a scope and below, among the
+        records ``viewer`` may see (public ones and its own private ones; ``None``:
+        public ones only), counted over the scope's newest 10,000 records.
+        :meth:`list_categories` counts every record, private ones of every source too:
+        what an LLM prompt built for one source shows comes from here."""
+        counts, _ = yield from self._p_visible(scope_prefix, viewer)
+        return counts
+
+    def _visible_scopes(self, parent: str = "/", viewer: str | None = None) -> Plan[list[str]]:
+        """Immediate child scopes of ``parent`` holding a record ``viewer`` may see, as
+        :meth:`visible_categories` counts them (:meth:`list_scopes` lists those of
+        every record, private ones of every source too)."""
+        _, children = yield from self._p_visible(parent, viewer)
+        return children
+
     def _set_expiries(self, expiries: list[tuple[str, int]]) -> Plan[int]:
         """New expiry times (ms since the epoch) for records that have one (a TTL
         refresh); returns how many had one."""
@@ -311,6 +329,10 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
     aexpiries = _async_face(_expiries)
     delete_versioned = _sync_face(_delete_versioned)
     adelete_versioned = _async_face(_delete_versioned)
+    visible_categories = _sync_face(_visible_categories)
+    avisible_categories = _async_face(_visible_categories)
+    visible_scopes = _sync_face(_visible_scopes)
+    avisible_scopes = _async_face(_visible_scopes)
     set_expiries = _sync_face(_set_expiries)
     aset_expiries = _async_face(_set_expiries)
     refresh_expiries = _sync_face(_refresh_expiries)

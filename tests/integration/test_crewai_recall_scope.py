@@ -123,3 +123,35 @@ def test_a_drain_timeout_that_is_not_a_finite_number_is_refused(env, timeout):
     # pydantic wraps an error of the model's own checks (a ValueError, as ValidationError is)
     with pytest.raises(ValueError, match="drain_timeout must be None or a finite number"):
         env(drain_timeout=timeout)
+
+
+def test_another_sources_private_categories_and_scopes_never_reach_a_prompt(env, monkeypatch):
+    """The worker LLM's field inference for bob's write ("Existing categories", "Existing
+    scopes") and bob's deep recall analysis (the scope's info) were built from the
+    store's counters, which count alice's private record: its category and scope names
+    went into prompts made for bob (and could come back as bob's public categories)."""
+    prompts: list[str] = []
+    real = StandInLLM.call
+
+    def recording(self, messages, *args, **kwargs):
+        prompts.append(messages if isinstance(messages, str) else "\n".join(
+            str(m.get("content", "")) for m in messages))  # fmt: skip
+        return real(self, messages, *args, **kwargs)
+
+    monkeypatch.setattr(StandInLLM, "call", recording)
+    alice = env()
+    alice.remember("alice's note", scope="/team/alice-medical", categories=["hiv-positive-diagnosis"],
+                   importance=0.5, source="alice", private=True)  # fmt: skip
+    env().remember("the team roadmap for spring", scope="/team/plans", categories=["roadmap"],
+                   importance=0.5, source="carol")  # fmt: skip
+    prompts.clear()
+    bob = env()
+    bob.remember("bob likes the new coffee machine", scope="/team", importance=0.5, source="bob")
+    bob.recall("what does the team like?" + LONG, scope="/team", source="bob", depth="deep")
+    assert len(prompts) >= 2  # field inference (worker) and query analysis (recall)
+    assert any("roadmap" in p for p in prompts)  # what bob may see is still shown
+    assert not [p for p in prompts if "hiv-positive-diagnosis" in p or "alice-medical" in p]
+    # alice's own deep recall still gets her own
+    prompts.clear()
+    alice.recall("what do I know about my health?" + LONG, scope="/team", source="alice", depth="deep")
+    assert any("hiv-positive-diagnosis" in p for p in prompts)

@@ -272,3 +272,31 @@ def test_a_source_longer_than_the_limit_is_refused_and_nothing_is_written(store)
     edge = "a" * MAX_SOURCE_LENGTH
     store.save([mk("edge", seed=3, source=edge, private=True)])
     assert [r.id for r, _ in store.search(vec(3), viewer=edge)] == ["edge"]
+
+
+def test_visible_categories_never_name_another_sources_private_records(store) -> None:
+    """Category names are written by people or LLMs from a memory's text: a private
+    record's categories ("hiv-positive-diagnosis") were shown to other sources through
+    the category counters (deep recall's scope info, consolidation's field inference)."""
+    store.save([
+        mk("pub", "/team", ["roadmap"], seed=1),
+        mk("both", "/team/x", ["roadmap", "budget"], seed=2),
+        mk("alice", "/team", ["hiv-positive-diagnosis"], seed=3, source="alice", private=True),
+        mk("bob", "/team/y", ["bob-only"], seed=4, source="bob", private=True),
+        mk("nobody", "/team", ["ownerless"], seed=5, private=True),
+    ])  # fmt: skip
+    assert set(store.list_categories("/team")) == {
+        "roadmap", "budget", "hiv-positive-diagnosis", "bob-only", "ownerless"}  # fmt: skip
+    assert store.visible_categories("/team", viewer="bob") == {"roadmap": 2, "budget": 1, "bob-only": 1}
+    assert store.visible_categories("/team", viewer=None) == {"roadmap": 2, "budget": 1}
+    assert store.visible_categories("/team/x", viewer="alice") == {"roadmap": 1, "budget": 1}
+    assert store.visible_categories("/nothing", viewer="bob") == {}
+    with pytest.raises(ValidationError, match="viewer"):
+        store.visible_categories("/team", viewer=5)
+    assert asyncio.run(store.avisible_categories("/team", viewer="alice"))["hiv-positive-diagnosis"] == 1
+    # scope names too: a private record's scope is not listed to others
+    assert store.list_scopes("/team") == ["/team/x", "/team/y"]
+    assert store.visible_scopes("/team", viewer=None) == ["/team/x"]
+    assert store.visible_scopes("/team", viewer="bob") == ["/team/x", "/team/y"]
+    assert store.visible_scopes("/", viewer=None) == ["/team"]
+    assert asyncio.run(store.avisible_scopes("/team/x", viewer="bob")) == []

@@ -4,6 +4,7 @@ categories. Reads use the side indexes (O(log N + page)), never a scan.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -16,7 +17,13 @@ from memworker.records import record_types
 from memworker.store.decode import RECORD_FIELDS, decode_rows
 from memworker.store.plans.server import ServerPlans, as_text
 from memworker.store.times import parse_timestamp
-from memworker.store.validate import MAX_PAGE, check_page, normalize_scope_prefix
+from memworker.store.tokens import PUBLIC_TOKEN, visibility_token
+from memworker.store.validate import MAX_PAGE, check_page, check_source, normalize_scope_prefix
+
+#: Records (newest first) whose categories :meth:`ReadPlans._p_visible_categories` counts,
+#: read this many per script call.
+VISIBLE_CATEGORY_SCAN = 10_000
+_VISIBLE_PAGE = 1_000
 
 __all__ = ["READ_CHUNK", "ReadPlans", "decode_reply"]
 
@@ -121,6 +128,39 @@ class ReadPlans(ServerPlans):
         path = normalize_scope_prefix(parent, field="parent")
         children = yield Call(["HKEYS", self.keys.children(path)])
         return sorted(as_text(c) for c in children)
+
+    def _p_visible(
+        self, scope_prefix: str | None, viewer: str | None
+    ) -> Plan[tuple[dict[str, int], list[str]]]:
+        """Among the newest :data:`VISIBLE_CATEGORY_SCAN` records of a scope (and below)
+        that ``viewer`` may see (public ones and its own private ones; ``None``: public
+        ones only): category -> records carrying it, and the scope's child scopes that
+        hold one. Read from the records (``categories``, ``vis`` and ``scope``, a page
+        per call), not from the counters, which count every source's private records."""
+        check_source(viewer, "viewer")
+        path = normalize_scope_prefix(scope_prefix)
+        visible = {PUBLIC_TOKEN} if viewer is None else {PUBLIC_TOKEN, visibility_token(viewer)}
+        counts: dict[str, int] = {}
+        children: set[str] = set()
+        under = "/" if path == "/" else path + "/"
+        for start in range(0, VISIBLE_CATEGORY_SCAN, _VISIBLE_PAGE):
+            flat = yield Script(
+                "read",
+                ["page", self.keys.prefix, path, str(start), str(start + _VISIBLE_PAGE - 1),
+                 "3", "categories", "vis", "scope"],
+            )  # fmt: skip
+            rows = list(flat)[1:]  # after the namespace's dimension
+            for raw, vis, scope in zip(rows[::3], rows[1::3], rows[2::3]):
+                if raw is None or vis is None or as_text(vis) not in visible:
+                    continue
+                for category in dict.fromkeys(json.loads(as_text(raw)) or []):
+                    counts[category] = counts.get(category, 0) + 1
+                text = as_text(scope) if scope is not None else path
+                if text.startswith(under) and len(text) > len(under):
+                    children.add(under + text[len(under) :].split("/", 1)[0])
+            if len(rows) < 3 * _VISIBLE_PAGE:
+                break
+        return counts, sorted(children)
 
     def _p_list_categories(self, scope_prefix: str | None) -> Plan[dict[str, int]]:
         path = normalize_scope_prefix(scope_prefix)
