@@ -13,7 +13,11 @@ and given to the server in ``home/valkey.conf``, never on its command line (whic
 every local user can read in ``/proc``). Every memworker process reads it from
 there (:class:`EmbeddedServer.password`, :meth:`memworker.settings.Settings.credentials`).
 The home and ``data/`` are 0700, every file 0600 (the server runs with umask 077),
-and a home made by an older memworker is tightened the same way. A server without
+and a home made by an older memworker is tightened the same way; a symlink there, or
+an entry owned by another user, is refused (:class:`~memworker.embedded.auth.UnsafeHomeError`),
+never followed, and files are opened with ``O_NOFOLLOW``. Only a pid proven to be the
+home's server (its ``INFO`` pid on the recorded port, or its working directory) is
+ever signalled; a stale state file naming another process is just removed. A server without
 a password recorded by an older memworker is refused, not used: the error says to
 stop it, and the next start gives it a password.
 

@@ -10,6 +10,7 @@ every local user can read in ``/proc``). The home and ``data/`` are 0700, every 
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -27,9 +28,12 @@ __all__ = [
     "MIN_PASSWORD",
     "PASSWORD_FILE",
     "STATE_FILE",
+    "UnsafeHomeError",
     "ensure_password",
+    "open_private",
     "prepare_home",
     "read_password",
+    "read_private",
     "write_config",
     "write_private",
 ]
@@ -55,24 +59,85 @@ FILE_MODE = 0o600
 DATA_DIR = "data"
 
 
+class UnsafeHomeError(EmbeddedServerError):
+    """An entry of the home is a symlink, not of the expected type, or not owned by the
+    current user (planted while the home was open to others): memworker refuses it
+    rather than follow it. The message names the path."""
+
+
 def prepare_home(home: Path | str) -> Path:
     """Create ``home`` and ``home/data`` (0700), and make what an older memworker left
     there private: folders 0700, files 0600 (the home itself, its own files, and
-    everything under ``data``)."""
+    everything under ``data``).
+
+    The home is made private first, so nobody else can plant anything after the
+    checks; then ``data`` (and everything under it) and every file of the home the
+    server uses must be real folders and files owned by the current user.
+
+    Raises:
+        UnsafeHomeError: A symlink, or an entry owned by another user (named).
+        EmbeddedServerError: The home cannot be created or changed.
+    """
     path = Path(home).expanduser().resolve()
     try:
         path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        (path / DATA_DIR).mkdir(mode=DIR_MODE, exist_ok=True)
+        _check_entry(path, directory=True)
         _make_private(path)
+        data = path / DATA_DIR
+        try:
+            _check_entry(data, directory=True)
+        except FileNotFoundError:
+            data.mkdir(mode=DIR_MODE)
         for name in (STATE_FILE, LOCK_FILE, LOG_FILE, PASSWORD_FILE, CONFIG_FILE):
+            try:
+                _check_entry(path / name, directory=False)
+            except FileNotFoundError:
+                continue
             _make_private(path / name)
-        for folder, dirs, files in os.walk(path / DATA_DIR):
+        for folder, dirs, files in os.walk(data):
             _make_private(Path(folder))
+            for name in dirs:
+                _check_entry(Path(folder) / name, directory=True)
             for name in files:
+                _check_entry(Path(folder) / name, directory=False)
                 _make_private(Path(folder) / name)
     except OSError as exc:
         raise EmbeddedServerError(f"cannot prepare the memworker home {path}: {exc}") from None
     return path
+
+
+def _check_entry(path: Path, *, directory: bool) -> os.stat_result:
+    """``lstat`` of ``path``, which must be a real folder (or regular file) owned by the
+    current user.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafeHomeError: It is a symlink, of another type, or owned by another user.
+    """
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafeHomeError(
+            f"{path} is a symlink (to {os.readlink(path)}): the embedded server's home must "
+            "hold its own files, never follow links out of it (planted while the home was "
+            "open to others?): remove it, or use another MEMWORKER_HOME"
+        )
+    _check_info(path, info, directory=directory)
+    return info
+
+
+def _check_info(path: Path, info: os.stat_result, *, directory: bool) -> None:
+    kind_ok = stat.S_ISDIR(info.st_mode) if directory else stat.S_ISREG(info.st_mode)
+    if not kind_ok:
+        raise UnsafeHomeError(
+            f"{path} is not a {'folder' if directory else 'regular file'}: remove it, "
+            "or use another MEMWORKER_HOME"
+        )
+    if info.st_uid != os.geteuid():
+        raise UnsafeHomeError(
+            f"{path} is owned by uid {info.st_uid}, not by you (uid {os.geteuid()}): the "
+            "embedded server's home must be yours alone: remove it, or use another "
+            "MEMWORKER_HOME"
+        )
 
 
 def _make_private(path: Path) -> None:
@@ -87,12 +152,58 @@ def _make_private(path: Path) -> None:
     path.chmod(DIR_MODE if stat.S_ISDIR(info.st_mode) else FILE_MODE)
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``path`` atomically (temp file + ``os.replace``), readable by the owner only."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+def open_private(path: Path, flags: int) -> int:
+    """``os.open`` of a file of the home, never through a symlink (``O_NOFOLLOW``); the
+    file must be a regular file owned by the current user. Created 0600 with
+    ``os.O_CREAT`` in ``flags``.
+
+    Raises:
+        UnsafeHomeError: ``path`` is a symlink, not a regular file, or another user's.
+        OSError: As ``os.open`` (e.g. ``FileNotFoundError``).
+    """
     try:
-        os.fchmod(fd, FILE_MODE)  # an old temp file may have had another mode
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink: O_NOFOLLOW refused it
+            _check_entry(path, directory=False)  # raises UnsafeHomeError
+        raise
+    try:
+        _check_info(path, os.fstat(fd), directory=False)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_private(path: Path) -> str:
+    """The text of a file of the home, read as :func:`open_private` opens it.
+
+    Raises:
+        UnsafeHomeError: As :func:`open_private`.
+        OSError, UnicodeDecodeError: The file is missing or unreadable.
+    """
+    with open(open_private(path, os.O_RDONLY), encoding="utf-8") as file:
+        return file.read()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` atomically (temp file + ``os.replace``), readable by the owner only.
+
+    The temp file is created anew (``O_EXCL | O_NOFOLLOW``, after removing whatever had
+    its name), so a symlink planted under that name is never written through; and
+    ``path`` itself must not be a symlink or another user's (:class:`UnsafeHomeError`).
+    """
+    try:
+        _check_entry(path, directory=False)
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
+    )
+    try:
+        os.fchmod(fd, FILE_MODE)  # whatever the umask
         os.write(fd, text.encode("utf-8"))
     finally:
         os.close(fd)
@@ -100,9 +211,15 @@ def write_private(path: Path, text: str) -> None:
 
 
 def read_password(home: Path) -> str | None:
-    """The password in ``home/valkey.password``, or ``None`` if missing or empty."""
+    """The password in ``home/valkey.password``, or ``None`` if missing or empty.
+
+    Raises:
+        UnsafeHomeError: The file is a symlink or another user's (never followed).
+    """
     try:
-        password = (home / PASSWORD_FILE).read_text(encoding="utf-8").strip()
+        password = read_private(home / PASSWORD_FILE).strip()
+    except UnsafeHomeError:
+        raise
     except (OSError, UnicodeDecodeError):
         return None
     return password or None

@@ -7,14 +7,22 @@ it does not). :func:`resolve_module` picks the search module it loads.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import platform
+import socket
 import subprocess
 import time
 from pathlib import Path
 
-from memworker.embedded.auth import DATA_DIR, FILE_MODE, LOG_FILE, ensure_password, write_config
+from memworker.embedded.auth import (
+    DATA_DIR,
+    LOG_FILE,
+    ensure_password,
+    open_private,
+    write_config,
+)
 from memworker.embedded.procs import (
     HOST,
     POLL_INTERVAL,
@@ -33,6 +41,7 @@ __all__ = [
     "DEFAULT_APPENDFSYNC",
     "PORT_ATTEMPTS",
     "check_module_path",
+    "check_port",
     "installed_search_module",
     "resolve_appendfsync",
     "resolve_module",
@@ -62,11 +71,15 @@ def start(
     The password goes in the config file (the first argument), never on the command
     line; the server runs with umask 077, so its AOF files are 0600.
     """
+    if port is not None:
+        check_port(port)
     binary = _binary()
+    if port is not None:
+        _check_bindable(port)
     password = ensure_password(home)
     config = write_config(home, password)
-    for _ in range(1 if port else PORT_ATTEMPTS):
-        chosen = port or free_port()
+    for _ in range(1 if port is not None else PORT_ATTEMPTS):
+        chosen = port if port is not None else free_port()
         args = [
             str(binary),
             str(config),
@@ -83,7 +96,7 @@ def start(
             args += ["--loadmodule", module]
         log_offset = 0
         if detached:
-            fd = os.open(home / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+            fd = open_private(home / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             with open(fd, "ab") as log:
                 log_offset = log.seek(0, os.SEEK_END)
                 proc = subprocess.Popen(
@@ -97,6 +110,8 @@ def start(
         children[proc.pid] = proc
         if _wait_ready(proc, chosen, password, timeout, home, log_offset if detached else None):
             return proc, chosen
+        if port is not None:  # the user's port, taken since the check above
+            raise EmbeddedServerError(f"port {port} is already in use on {HOST}")
     raise EmbeddedServerError(f"no free port found for valkey-server after {PORT_ATTEMPTS} tries")
 
 
@@ -173,6 +188,29 @@ def installed_search_module() -> str | None:
     return resolve_module("auto")
 
 
+def check_port(port: int) -> int:
+    """``port``, if it is a TCP port (1-65535).
+
+    Raises:
+        ConfigError: It is not.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"port must be between 1 and 65535, got {port}")
+    return port
+
+
+def _check_bindable(port: int) -> None:
+    """Raise a clear error if the user's ``port`` cannot be bound on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EmbeddedServerError(f"port {port} is already in use on {HOST}") from None
+            raise EmbeddedServerError(f"cannot bind {HOST}:{port}: {exc.strerror}") from None
+
+
 def check_module_path(search_module: str) -> str | None:
     """The explicit module path, checked; ``None`` for ``auto``/``none``/``off``."""
     if search_module.lower() in ("auto", "none", "off", ""):
@@ -211,10 +249,10 @@ def _log_tail(home: Path, offset: int | None) -> str:
     if offset is None:
         return ""
     try:
-        with open(home / LOG_FILE, "rb") as log:
+        with open(open_private(home / LOG_FILE, os.O_RDONLY), "rb") as log:
             log.seek(offset)
             text = log.read().decode("utf-8", "replace")
-    except OSError:
+    except (OSError, EmbeddedServerError):
         return ""
     return "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
 

@@ -29,6 +29,7 @@ __all__ = [
     "probe",
     "server_pid",
     "terminate",
+    "working_dir",
 ]
 
 #: Interface the server binds to; never anything but loopback.
@@ -79,6 +80,26 @@ def is_valkey(pid: int) -> bool:
         ["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True, check=False
     )
     return "valkey-server" in found.stdout
+
+
+def working_dir(pid: int) -> Path | None:
+    """The current directory of ``pid`` (a server's ``--dir``), or ``None`` if unknown."""
+    if Path("/proc/self").is_dir():
+        try:
+            return Path(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:
+            return None
+    try:  # macOS: no /proc
+        found = subprocess.run(
+            ["lsof", "-a", "-p", str(pid), "-d", "cwd", "-Fn"],
+            capture_output=True, text=True, check=False, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in found.stdout.splitlines():
+        if line.startswith("n/"):
+            return Path(line[1:])
+    return None
 
 
 def terminate(pid: int, timeout: float) -> None:
@@ -169,5 +190,6 @@ def server_pid(port: int, password: str) -> int | None:
         return None
     for line in info.decode("utf-8", "replace").splitlines():
         if line.startswith("process_id:"):
-            return int(line.split(":", 1)[1])
+            value = line.split(":", 1)[1].strip()
+            return int(value) if value.isdigit() else None
     return None

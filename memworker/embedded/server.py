@@ -17,6 +17,7 @@ from pathlib import Path
 from memworker.embedded.auth import PASSWORD_FILE, STATE_FILE, prepare_home, read_password
 from memworker.embedded.launch import (
     check_module_path,
+    check_port,
     resolve_appendfsync,
     resolve_module,
     start,
@@ -26,7 +27,6 @@ from memworker.embedded.procs import (
     PING_TIMEOUT,
     POLL_INTERVAL,
     children,
-    is_valkey,
     pid_alive,
     terminate,
 )
@@ -35,6 +35,7 @@ from memworker.embedded.state import (
     find_live,
     forget_state,
     locked,
+    owned,
     read_state,
     recorded_foreground,
     write_state,
@@ -127,6 +128,10 @@ def find_server(home: Path | str) -> EmbeddedServer | None:
 def stop_server(home: Path | str, *, timeout: float = 10.0) -> bool:
     """Stop the server of ``home`` (SIGTERM: Valkey flushes the AOF) and remove its state.
 
+    Only a process proven to be this home's server is signalled (see
+    :func:`~memworker.embedded.state.owned`): a stale state file whose pid now belongs
+    to another process is just removed.
+
     Returns:
         True if a live server was stopped, False if none was running.
     """
@@ -137,7 +142,7 @@ def stop_server(home: Path | str, *, timeout: float = 10.0) -> bool:
     with locked(home, timeout):
         state = read_state(home)
         stopped = False
-        if state is not None and pid_alive(state.pid) and is_valkey(state.pid):
+        if state is not None and owned(state):
             terminate(state.pid, timeout)
             stopped = True
         (home / STATE_FILE).unlink(missing_ok=True)
@@ -167,7 +172,13 @@ def serve_forever(
 
     Returns:
         The server's exit code (0 on a clean stop), or 1 if a server was already running.
+
+    Raises:
+        ConfigError: ``port`` is not 1-65535, or a bad ``appendfsync``.
+        EmbeddedServerError: ``port`` is already in use, or the server did not start.
     """
+    if port is not None:
+        check_port(port)
     home = prepare_home(home)
     module = resolve_module(search_module)
     fsync = resolve_appendfsync(appendfsync)
@@ -229,7 +240,8 @@ def _adopt(server: EmbeddedServer, received: list[int], timeout: float) -> int:
     print(_how_to_connect(server), flush=True)
     while pid_alive(server.pid):
         if received:
-            terminate(server.pid, timeout)
+            if owned(server):
+                terminate(server.pid, timeout)
             forget_state(server.home, server.pid, timeout)
             return 0
         time.sleep(POLL_INTERVAL)

@@ -18,14 +18,24 @@ from pathlib import Path
 
 from memworker.embedded.auth import (
     DATA_DIR,
-    FILE_MODE,
     LOCK_FILE,
     PASSWORD_FILE,
     STATE_FILE,
+    open_private,
     read_password,
+    read_private,
     write_private,
 )
-from memworker.embedded.procs import Probe, is_valkey, pid_alive, probe, terminate
+from memworker.embedded.procs import (
+    HOST,
+    Probe,
+    is_valkey,
+    pid_alive,
+    probe,
+    server_pid,
+    terminate,
+    working_dir,
+)
 from memworker.errors import EmbeddedServerError
 
 __all__ = [
@@ -33,6 +43,7 @@ __all__ = [
     "find_live",
     "forget_state",
     "locked",
+    "owned",
     "read_state",
     "recorded_foreground",
     "write_state",
@@ -66,9 +77,26 @@ class EmbeddedServer:
         return self.home / DATA_DIR
 
 
+def owned(server: EmbeddedServer) -> bool:
+    """True only if ``server.pid`` is proven to be this home's ``valkey-server``: it
+    answers on the recorded port with the home's password and its ``INFO server``
+    ``process_id`` is that pid, or its working directory is the home's data folder.
+
+    A recorded pid can outlive its server (a reboot, a crash) and now belong to any
+    process, another project's ``valkey-server`` included: only a pid proven here is
+    ever signalled.
+    """
+    if not (pid_alive(server.pid) and is_valkey(server.pid)):
+        return False
+    if server.password is not None and server.host == HOST:
+        if server_pid(server.port, server.password) == server.pid:
+            return True
+    return working_dir(server.pid) == server.data_dir
+
+
 def recorded_foreground(home: Path) -> bool:
     try:
-        return bool(json.loads((home / STATE_FILE).read_text()).get("foreground"))
+        return bool(json.loads(read_private(home / STATE_FILE)).get("foreground"))
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -76,7 +104,7 @@ def recorded_foreground(home: Path) -> bool:
 def read_state(home: Path) -> EmbeddedServer | None:
     """The recorded server, or ``None`` if there is no state file or it is unreadable."""
     try:
-        data = json.loads((home / STATE_FILE).read_text(encoding="utf-8"))
+        data = json.loads(read_private(home / STATE_FILE))
         pid, port, host, module = data["pid"], data["port"], data["host"], data["module"]
     except (OSError, ValueError, TypeError, KeyError):
         return None
@@ -114,7 +142,7 @@ def forget_state(home: Path, pid: int, timeout: float) -> None:
 @contextmanager
 def locked(home: Path, timeout: float) -> Iterator[None]:
     """Hold the exclusive start lock of ``home`` (released when the fd closes)."""
-    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    fd = open_private(home / LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -168,8 +196,11 @@ def find_live(home: Path, timeout: float, *, recover: bool) -> EmbeddedServer | 
                 f"the Valkey server recorded in {home / STATE_FILE} (pid {state.pid}, "
                 f"port {state.port}) {what}"
             )
-        if recover and is_valkey(state.pid):
-            terminate(state.pid, timeout)  # alive, valkey, but not serving its port
+        if recover and owned(state):
+            # This home's server (its working dir is home/data) not serving its port:
+            # stop it, never leave it beside a new one on the same AOF. A pid not
+            # proven to be this home's server (reused after a reboot) is left alone.
+            terminate(state.pid, timeout)
     if recover:
         (home / STATE_FILE).unlink(missing_ok=True)
     return None

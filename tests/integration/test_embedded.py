@@ -479,3 +479,150 @@ def test_ensure_embedded_gives_settings_the_server_address(home: Path) -> None:
     again = ensure_embedded(ready)  # a stopped server is started again
     host, port = again.address()
     assert valkey.Valkey(host=host, port=port, password=again.credentials()[1]).ping() is True
+
+
+# ------------------------------------------------------------------ hostile: stale state
+def _write_state(home: Path, pid: int, port: int) -> None:
+    state = {"pid": pid, "host": "127.0.0.1", "port": port, "module": None}
+    (home / "valkey.json").write_text(json.dumps(state))
+
+
+def test_stale_state_never_kills_another_valkey_server(home: Path) -> None:
+    """valkey.json left from before a reboot records a pid that now belongs to another
+    project's valkey-server, and a port nothing serves: neither ensure_server nor
+    stop_server signals it; the stale record is just removed."""
+    from memworker.testing import start_server
+
+    other = start_server(False)
+    try:
+        other_client = valkey.Valkey(port=other.port)
+        home.mkdir(parents=True)
+        _write_state(home, other.process.pid, embedded._free_port())
+        mine = ensure_server(home, search_module="none")
+        assert mine.pid != other.process.pid and _client(mine).ping() is True
+        assert other.process.poll() is None and other_client.ping() is True
+        assert stop_server(home) is True  # its own server, proven by its port and password
+        assert not embedded._pid_alive(mine.pid)
+
+        _write_state(home, other.process.pid, embedded._free_port())
+        assert stop_server(home) is False
+        assert not (home / "valkey.json").exists()
+        assert other.process.poll() is None and other_client.ping() is True
+    finally:
+        other.stop()
+
+
+def test_own_server_no_longer_on_its_recorded_port_is_replaced(home: Path) -> None:
+    """A record whose pid is this home's server (its working dir is home/data) but whose
+    port it does not serve: that server is stopped, never left beside a new one on the
+    same AOF."""
+    first = ensure_server(home, search_module="none")
+    _write_state(home, first.pid, embedded._free_port())
+    embedded.server._cache.clear()
+    second = ensure_server(home, search_module="none")
+    assert second.pid != first.pid
+    assert not embedded._pid_alive(first.pid)
+    assert _valkey_pids(home) == [second.pid]
+
+
+# ------------------------------------------------------------------ hostile: symlinks
+def test_a_symlinked_data_dir_is_refused(home: Path, tmp_path: Path) -> None:
+    """A home once left 0777 holds data -> a world-writable directory: refused, naming
+    the path; the server never writes its AOF there."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    home.mkdir()
+    home.chmod(0o777)
+    (home / "data").symlink_to(shared)
+    with pytest.raises(EmbeddedServerError, match=f"{home / 'data'}.*symlink"):
+        ensure_server(home, search_module="none")
+    assert list(shared.iterdir()) == []
+    assert _mode(home) == 0o700  # still tightened
+
+
+def test_a_symlink_inside_data_is_refused(home: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "appendonlydir").symlink_to(shared)
+    with pytest.raises(EmbeddedServerError, match="appendonlydir.*symlink"):
+        ensure_server(home, search_module="none")
+    assert list(shared.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name", ["valkey.password", "valkey.json", "valkey.log", "valkey.conf", "valkey.lock"]
+)
+def test_a_symlinked_home_file_is_refused(home: Path, tmp_path: Path, name: str) -> None:
+    """valkey.password -> a file the attacker wrote (and the like): refused, never read
+    nor written through."""
+    planted = tmp_path / "planted"
+    planted.write_text("AttackerKnowsThisPassword123\n")
+    home.mkdir()
+    home.chmod(0o777)
+    (home / name).symlink_to(planted)
+    with pytest.raises(EmbeddedServerError, match=f"{home / name}.*symlink"):
+        ensure_server(home, search_module="none")
+    assert planted.read_text() == "AttackerKnowsThisPassword123\n"
+    assert _valkey_pids(home) == []
+    (home / name).unlink()
+
+
+def test_a_planted_temp_file_symlink_is_not_written_through(home: Path, tmp_path: Path) -> None:
+    """valkey.conf.<pid>.tmp -> a victim file: the config (the password) is never written
+    into the victim, and valkey.conf does not become a symlink."""
+    victim = tmp_path / "victim"
+    victim.write_text("victim\n")
+    home.mkdir()
+    for name in ("valkey.conf", "valkey.password", "valkey.json"):
+        (home / f"{name}.{os.getpid()}.tmp").symlink_to(victim)
+    server = ensure_server(home, search_module="none")
+    assert _client(server).ping() is True
+    assert victim.read_text() == "victim\n"
+    for name in ("valkey.conf", "valkey.password", "valkey.json"):
+        assert not (home / name).is_symlink() and _mode(home / name) == 0o600
+
+
+def test_a_data_dir_owned_by_another_user_is_refused(home: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a folder to another user")
+    (home / "data").mkdir(parents=True)
+    os.chown(home / "data", 65534, 65534)
+    with pytest.raises(EmbeddedServerError, match=f"{home / 'data'}.*owned by uid 65534"):
+        ensure_server(home, search_module="none")
+    assert _valkey_pids(home) == []
+
+
+# ------------------------------------------------------------------ hostile: --port
+def _memworker_server(home: Path, port: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from memworker.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, "server", "--home", str(home),
+         "--search-module", "none", "--port", port],
+        capture_output=True, text=True, env=_env(), timeout=PROC_TIMEOUT, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "0", "-5"])
+def test_server_port_out_of_range_is_a_usage_error(home: Path, port: str) -> None:
+    done = _memworker_server(home, port)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"port must be between 1 and 65535, got {port}" in done.stderr
+    assert _valkey_pids(home) == []
+
+
+def test_server_port_in_use_says_so(home: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _memworker_server(home, str(port))
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "tries" not in done.stderr
+    assert f"port {port} is already in use" in done.stderr
+    assert _valkey_pids(home) == []
+    assert not (home / "valkey.json").exists()
