@@ -205,7 +205,7 @@ def move_namespace(
             _abort_import(target, slot)
             if isinstance(exc, (redis.RedisError, ReshardError)):
                 raise ReshardError(f"moving slot {slot} to {where[target_id]} failed, nothing moved: "
-                                   f"{exc}") from exc  # fmt: skip
+                                   f"{_answer(exc)}") from exc  # fmt: skip
             raise
         paused_ms = (time.monotonic() - started) * 1000
         for other, address in primaries.items():
@@ -267,6 +267,15 @@ def _wait_handover(source: Any, slot: int, target_id: str, timeout: float) -> No
                 "now, and any it takes for that slot are lost when it learns)"
             )
         time.sleep(0.01)
+
+
+def _answer(exc: BaseException) -> str:
+    """An error's text without redis-py's copy of a pipeline's command (RESTORE's key
+    names and DUMP payloads, with the records' text), printable."""
+    text = str(exc)
+    if "of pipeline caused error: " in text:
+        text = text.split("of pipeline caused error: ", 1)[1]
+    return text if text.isprintable() else repr(text)
 
 
 def _target_id(primaries: dict[str, tuple[str, int]], to: str) -> str:
