@@ -125,8 +125,8 @@ def make_argument_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="queue depth, dead letters, pending per producer, live workers")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument(
-        "--watch", nargs="?", const=2.0, type=float, default=None, metavar="SECONDS",
-        help="refresh the table every SECONDS (default 2) until Ctrl-C, with throughput",
+        "--watch", nargs="?", const=2.0, type=_watch_seconds, default=None, metavar="SECONDS",
+        help="refresh the table every SECONDS (0.1 to 86400; default 2) until Ctrl-C, with throughput",
     )
     status.add_argument("--count", type=int, default=None, help=argparse.SUPPRESS)  # --watch: stop after N
 
@@ -139,7 +139,7 @@ def make_argument_parser() -> argparse.ArgumentParser:
     dead_commands = dead.add_subparsers(dest="dead_command", metavar="ACTION")
     dead_commands.required = True
     dead_list = dead_commands.add_parser("list", help="list dead-lettered jobs")
-    dead_list.add_argument("--limit", type=int, default=100)
+    dead_list.add_argument("--limit", type=_limit, default=100, help="jobs to list, at least 1 (default 100)")
     dead_list.add_argument("--json", action="store_true", help="print JSON")
     for name, text in (("requeue", "enqueue dead jobs again"), ("purge", "delete dead jobs")):
         action = dead_commands.add_parser(name, help=text)
@@ -159,7 +159,8 @@ def make_argument_parser() -> argparse.ArgumentParser:
     demo.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
     demo.add_argument("--threads", type=int, default=8, help="threads per worker process (default 8)")
     demo.add_argument(
-        "--think-ms", type=float, default=0.0, help="pause between an agent's calls (default 0: saturate)"
+        "--think-ms", type=_think_ms, default=0.0,
+        help="pause between an agent's calls, 0 to 60000 ms (default 0: saturate)"
     )
 
     ret = commands.add_parser(
@@ -248,6 +249,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     print_report(result)
     return EXIT_OK
+
+
+def _finite(text: str, low: float, high: float, unit: str) -> float:
+    """An argparse type: a finite number from ``low`` to ``high`` (nan, inf and values
+    out of range are a usage error, not a crash later in ``time.sleep``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be a number of {unit} from {low:g} to {high:g}, got {text!r}")
+    return value
+
+
+def _watch_seconds(text: str) -> float:
+    return _finite(text, 0.1, 86_400, "seconds")
+
+
+def _think_ms(text: str) -> float:
+    return _finite(text, 0, 60_000, "milliseconds")
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
 
 
 def _nice(text: str) -> int | str:

@@ -45,6 +45,9 @@ def _ms_param(name: str, raw: str, scale: float) -> int:
         raise ConfigError(f"URL parameter {name!r} must be a number, got {raw!r}") from None
     if not value > 0 or value > 3_600_000:
         raise ConfigError(f"URL parameter {name!r} must be > 0 and at most 3600 s, got {raw!r}")
+    if value < 1:  # int() would make it 0 ms: every connection or request would fail
+        limit = "1 ms" if scale == 1.0 else "0.001 s (1 ms)"
+        raise ConfigError(f"URL parameter {name!r} must be at least {limit}, got {raw!r}")
     return int(value)
 
 
@@ -239,6 +242,14 @@ class Settings:
                 f"URL scheme must be one of valkey://, valkeys://, redis://, rediss://; "
                 f"got {scheme + '://' if scheme else 'none'}"
             )
+        if "#" in url or "@" in parts.path or "@" in parts.query:
+            # A password with an unencoded '/', '?' or '#' ends the netloc early: the
+            # rest of it is read as the path, query or fragment (or, before a '#', the
+            # user name as the host). Never echo any of it.
+            raise ConfigError(
+                "URL has an '@' after the host, or a '#': if the password contains "
+                "'/', '?', '#' or '@', percent-encode it"
+            )
         try:
             port = parts.port
         except ValueError:
@@ -310,17 +321,38 @@ class Settings:
             value = env.get(name)
             return value if value else None
 
+        def checked(name: str, field_name: str) -> str | None:
+            """The variable's value, checked unless an override replaces it (the
+            error names the variable)."""
+            value = get(name)
+            if value is None or overrides.get(field_name) is not None:
+                return value
+            try:
+                if field_name == "namespace":
+                    _check_namespace(value)
+                elif field_name == "search_mode" and value not in _SEARCH_MODES:
+                    raise ConfigError(
+                        f"search mode must be one of {', '.join(_SEARCH_MODES)}, got {value!r}"
+                    )
+                elif field_name == "vector_type" and value not in _VECTOR_TYPES:
+                    raise ConfigError(
+                        f"vector_type must be one of {', '.join(_VECTOR_TYPES)}, got {value!r}"
+                    )
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+            return value
+
         values: dict[str, object] = {}
         if get("MEMWORKER_NAMESPACE"):
-            values["namespace"] = get("MEMWORKER_NAMESPACE")
+            values["namespace"] = checked("MEMWORKER_NAMESPACE", "namespace")
         if get("MEMWORKER_HOME"):
             values["home"] = Path(get("MEMWORKER_HOME"))  # type: ignore[arg-type]
         if get("MEMWORKER_SEARCH_MODULE"):
             values["search_module"] = get("MEMWORKER_SEARCH_MODULE")
         if get("MEMWORKER_SEARCH"):
-            values["search_mode"] = get("MEMWORKER_SEARCH")
+            values["search_mode"] = checked("MEMWORKER_SEARCH", "search_mode")
         if get("MEMWORKER_VECTOR_TYPE"):
-            values["vector_type"] = get("MEMWORKER_VECTOR_TYPE")
+            values["vector_type"] = checked("MEMWORKER_VECTOR_TYPE", "vector_type")
         raw_replicas = get("MEMWORKER_COMMIT_REPLICAS")
         if raw_replicas:
             if not _digits(raw_replicas.strip()):

@@ -154,8 +154,7 @@ def setup_worker_tracing(env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
     hook = env.get("MEMWORKER_OTEL_SETUP")
     if hook:
-        module, _, function = hook.partition(":")
-        getattr(importlib.import_module(module), function or "setup")()
+        _setup_hook(hook)()
         return
     exporter_name = env.get("OTEL_TRACES_EXPORTER", "")
     if exporter_name in ("", "none") and not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
@@ -181,6 +180,35 @@ def setup_worker_tracing(env: Mapping[str, str] | None = None) -> None:
     _provider = TracerProvider(resource=Resource.create({"service.name": name}))
     _provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(_provider)
+
+
+def _setup_hook(hook: str) -> Any:
+    """The function ``MEMWORKER_OTEL_SETUP`` names (``module:function``; ``module``
+    alone calls its ``setup``).
+
+    Raises:
+        ConfigError: Naming the variable, when the module cannot be imported or has no
+            such function.
+    """
+    from memworker.errors import ConfigError
+
+    expected = "must be 'module:function' (a function that sets up OpenTelemetry)"
+    module, _, function = hook.partition(":")
+    function = function or "setup"
+    if not module.strip() or not function.isidentifier():
+        raise ConfigError(f"MEMWORKER_OTEL_SETUP {expected}, got {hook!r}")
+    try:
+        loaded = importlib.import_module(module)
+    except (ImportError, ValueError, TypeError) as exc:  # not found, '', '.relative'
+        raise ConfigError(
+            f"MEMWORKER_OTEL_SETUP {expected}: cannot import {module!r} ({exc})"
+        ) from exc
+    target = getattr(loaded, function, None)
+    if not callable(target):
+        raise ConfigError(
+            f"MEMWORKER_OTEL_SETUP {expected}: module {module!r} has no function {function!r}"
+        )
+    return target
 
 
 def shutdown_worker_tracing() -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "read_memory_factory",
     "read_appendfsync",
     "read_metrics_port",
+    "read_sweep_interval",
 ]
 
 #: Deliveries of one attempt of a job before the poison guard dead-letters it.
@@ -77,6 +78,8 @@ LLM_ENV = "MEMWORKER_LLM"
 MEMORY_FACTORY_ENV = "MEMWORKER_MEMORY_FACTORY"
 #: The embedded server's AOF fsync policy.
 APPENDFSYNC_ENV = "MEMWORKER_APPENDFSYNC"
+#: Seconds between the workers' sweeps of a namespace.
+SWEEP_INTERVAL_ENV = "MEMWORKER_SWEEP_INTERVAL"
 #: Values of ``appendfsync`` Valkey accepts.
 APPENDFSYNC_VALUES = ("always", "everysec", "no")
 
@@ -112,11 +115,17 @@ def read_broker_options(
         env: Mapping to read instead of ``os.environ``.
         **given: Explicit values; ``None`` falls back to the environment.
 
+    Also checks ``MEMWORKER_SWEEP_INTERVAL`` (:func:`read_sweep_interval`): every
+    worker reads these before it starts, and its sweeps and heartbeat need that one.
+
     Raises:
         ConfigError: A value that is not an integer at or above its minimum (naming
-            the variable or the option, and the minimum).
+            the variable or the option, and the minimum), or a bad
+            ``MEMWORKER_SWEEP_INTERVAL``.
     """
     source = _env(env)
+    if source.get(SWEEP_INTERVAL_ENV):
+        read_sweep_interval(source)
     out: dict[str, int] = {}
     for name, (var, default, low) in BROKER_ENV.items():
         value: object = given.get(name)
@@ -133,6 +142,18 @@ def read_broker_options(
             raise ConfigError(f"{where} must be an integer >= {low}, got {value!r}")
         out[name] = value
     return out
+
+
+def read_sweep_interval(env: Mapping[str, str] | None = None) -> int:
+    """``MEMWORKER_SWEEP_INTERVAL`` (seconds, more than 0 and at most 86400) in ms, else
+    the default (:func:`memworker.worker.sweep.sweep_interval_ms`).
+
+    Raises:
+        ConfigError: Naming the variable, when it is not such a number.
+    """
+    from memworker.worker.sweep import sweep_interval_ms
+
+    return sweep_interval_ms(_env(env).get(SWEEP_INTERVAL_ENV) or "")
 
 
 def _check_spec(var: str, spec: str | None, what: str) -> str | None:

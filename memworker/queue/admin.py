@@ -193,6 +193,8 @@ def _dead_row(mid: Any, score: Any, raw: Any) -> dict[str, Any]:
 
 
 def _dead_list_plan(keys: QueueKeys, limit: int) -> Plan[list[dict[str, Any]]]:
+    if limit <= 0:  # ZRANGE 0 -1 would list them all, ZRANGE 0 0 one
+        return []
     raw = yield Call(["ZRANGE", keys.dead(), "0", str(max(0, limit - 1)), "WITHSCORES"])
     entries = _pairs(raw)
     if not entries:
@@ -202,7 +204,8 @@ def _dead_list_plan(keys: QueueKeys, limit: int) -> Plan[list[dict[str, Any]]]:
 
 
 def dead_list(settings: Settings | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
-    """Dead-lettered jobs, oldest first: message id, job id, actor, producer, record ids, time."""
+    """Dead-lettered jobs, oldest first: message id, job id, actor, producer, record ids, time
+    (at most ``limit``; none when ``limit`` is 0 or less)."""
     settings = Settings.resolve(settings)
     driver = _driver(settings)
     try:

@@ -29,10 +29,18 @@ _MISSING = object()
 class ValkeyCache:
     """JSON values under ``<namespace>:cache:[<prefix>:]<key>``.
 
+    A prefix holds no ``:``, so caches of different prefixes never share a key (the
+    prefix ``sessions`` with the key ``alice:token`` cannot be the prefix
+    ``sessions:alice`` with the key ``token``). A cache *without* a prefix sees the
+    whole ``cache:`` space: its key ``sessions:alice:token`` is the prefix
+    ``sessions``' key ``alice:token`` (the layout of existing keys is unchanged). To
+    keep caches apart, give each one a prefix.
+
     Args:
         url: URL, :class:`Settings`, or ``None`` for the environment / embedded server.
         namespace: Key namespace (shared with the store by default).
-        prefix: Extra key prefix, to keep several caches apart.
+        prefix: Extra key prefix, to keep several caches apart: no ``:`` and no
+            control characters (``""``: no prefix).
         default_ttl: Seconds a value lives when ``set`` is given no ``ttl``;
             ``None`` keeps values until deleted.
     """
@@ -49,6 +57,9 @@ class ValkeyCache:
         self.keys = Keys(self.settings.namespace)
         if not isinstance(prefix, str) or any(ord(c) < 32 for c in prefix):
             raise ValidationError("prefix must be a string without control characters")
+        if ":" in prefix:
+            # 'a' + 'b:c' and 'a:b' + 'c' would be one key: caches would share keys.
+            raise ValidationError(f"prefix must not contain ':', got {prefix!r}")
         self.prefix = prefix
         self.default_ttl = _check_ttl(default_ttl, "default_ttl")
         self._sync = SyncConnection(self.settings)
