@@ -237,7 +237,8 @@ def resolve_module(search_module: str) -> str | None:
 
 
 def resolve_appendfsync(value: str | None) -> str:
-    value = value or read_appendfsync(check=False) or DEFAULT_APPENDFSYNC
+    # The variable's value is checked by read_appendfsync (its error names the variable).
+    value = value or read_appendfsync() or DEFAULT_APPENDFSYNC
     if value not in APPENDFSYNC_VALUES:
         raise ConfigError(
             f"appendfsync must be one of {', '.join(APPENDFSYNC_VALUES)}, got {value!r}"

@@ -529,3 +529,14 @@ def test_non_ascii_digits_are_a_config_error_naming_the_field(digits: str) -> No
     for name in ("MEMWORKER_COMMIT_REPLICAS", "MEMWORKER_HNSW_EF_CONSTRUCTION"):
         with pytest.raises(ConfigError, match=name):
             Settings.from_env({name: digits})
+
+
+def test_the_embedded_servers_appendfsync_error_names_the_variable(monkeypatch) -> None:
+    from memworker.embedded.launch import resolve_appendfsync
+
+    monkeypatch.setenv("MEMWORKER_APPENDFSYNC", "sometimes")
+    with pytest.raises(ConfigError, match="MEMWORKER_APPENDFSYNC must be one of always"):
+        resolve_appendfsync(None)
+    with pytest.raises(ConfigError, match="^appendfsync must be one of"):
+        resolve_appendfsync("never-ever")  # the --appendfsync option's own value
+    assert resolve_appendfsync("always") == "always"
