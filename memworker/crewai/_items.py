@@ -44,7 +44,10 @@ def call_items(contents: list[str], scope: Any, categories: Any, metadata: Any, 
     inner = scope or "/"
     resolved = join_scope_paths(root, inner) if root else inner
     # Anything but the expected types goes as is to the validator, which names it.
-    cats = list(categories) if isinstance(categories, (list, tuple)) else categories or []
+    # Only None is "no categories": 0 or "" go to the validator (refused, named).
+    cats = list(categories) if isinstance(categories, (list, tuple)) else categories
+    if cats is None:
+        cats = []
     meta = dict(metadata) if type(metadata) is dict else metadata or {}
     weight = importance if importance is not None else default_importance
     # Not bool(): bool("false") is True. None is CrewAI's default; anything else but

@@ -57,6 +57,26 @@ GROUP_LIMIT = 64
 _GROUPED_FLOW = {"consolidation_threshold": 1.0}
 
 
+
+def _check_categories(categories: Any) -> None:
+    """``None`` (inferred, or no filter) or a list of strings; ``0`` or ``""`` are not
+    read as none."""
+    if categories is None:
+        return
+    if not isinstance(categories, (list, tuple)) or not all(isinstance(c, str) for c in categories):
+        raise ValidationError("categories must be None or a list of strings")
+
+
+def _check_call(metadata: Any, root_scope: Any) -> None:
+    """A save call's arguments that CrewAI's event models (built before the item's own
+    checks) would refuse with their own error type."""
+    if metadata is not None and (
+        not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata)
+    ):
+        raise ValidationError("metadata must be None or a dict with string keys")
+    if root_scope is not None and not isinstance(root_scope, str):
+        raise ValidationError(f"root_scope must be a string or None, got {type(root_scope).__name__}")
+
 class QueuedMemory(Memory):
     """CrewAI ``Memory`` whose writes are encoded and committed by memworker workers.
 
@@ -251,6 +271,9 @@ class QueuedMemory(Memory):
         """
         if self.read_only:
             return None
+        if not isinstance(content, str):
+            raise ValidationError(f"content must be a string, got {type(content).__name__}")
+        _check_call(metadata, root_scope)  # before CrewAI's event models
         root = root_scope if root_scope is not None else self.root_scope
         emit(MemorySaveStartedEvent(value=content, metadata=metadata, source_type=SOURCE_TYPE), self)
         start = time.perf_counter()
@@ -314,12 +337,15 @@ class QueuedMemory(Memory):
                 raise ValidationError(
                     f"contents must be a list of strings, got {type(contents).__name__}"
                 )
+            _check_call(metadata, root_scope)
             items = self._items(list(contents), scope, categories, metadata, importance, source, private, root)
         except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
             items, error = None, exc
+            metadata = None  # CrewAI's event models refuse what failed the check
         else:
             error = None
-        call = SaveCall(contextvars.copy_context(), len(contents), metadata, agent_role, start)
+        n = len(contents) if hasattr(contents, "__len__") else 0
+        call = SaveCall(contextvars.copy_context(), n, metadata, agent_role, start)
         if self.background_enqueue:
             self._submit_save(self._enqueue_many, call, items, error)
         else:
@@ -401,6 +427,9 @@ class QueuedMemory(Memory):
     ) -> list[MemoryMatch]:
         """CrewAI's recall, after the drain barrier, with privacy filtered in the query
         (another source's private records never take a result slot)."""
+        if not isinstance(query, str):
+            raise ValidationError(f"query must be a string, got {type(query).__name__}")
+        _check_categories(categories)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             # checked here: deep recall's flow turns a store's refusal into no results
             raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}")
@@ -460,6 +489,10 @@ class QueuedMemory(Memory):
         return super().info(path)
 
     def tree(self, path: str | None = None, max_depth: int = 3) -> str:
+        if path is not None and not isinstance(path, str):
+            raise ValidationError(f"path must be a string or None, got {type(path).__name__}")
+        if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0:
+            raise ValidationError("max_depth must be an integer >= 0")
         self.drain_writes()
         return super().tree(path, max_depth)
 

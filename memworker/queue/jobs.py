@@ -295,8 +295,9 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             "id": item.get("id") or next(new_ids),
             "content": text,
             "scope": item.get("scope") or "/",
-            "categories": item.get("categories") or [],
-            "metadata": item.get("metadata") or {},
+            # Only None (or absent) is "none": 0 or "" are refused by to_row, naming them.
+            "categories": [] if item.get("categories") is None else item["categories"],
+            "metadata": {} if item.get("metadata") is None else item["metadata"],
             "importance": item.get("importance", 0.5),
             "created_at": created or now,
             "source": item.get("source"),

@@ -258,7 +258,9 @@ def to_row(
         if len(_SCOPES) < 8192:
             _SCOPES[raw_scope] = scope
 
-    categories = get("categories") or []
+    categories = get("categories")
+    if categories is None:  # only None is "none": 0 or "" are refused below, not read as []
+        categories = []
     if type(categories) not in (list, tuple) and (
         isinstance(categories, str) or not isinstance(categories, Sequence)
     ):

@@ -155,3 +155,40 @@ def test_another_sources_private_categories_and_scopes_never_reach_a_prompt(env,
     prompts.clear()
     alice.recall("what do I know about my health?" + LONG, scope="/team", source="alice", depth="deep")
     assert any("hiv-positive-diagnosis" in p for p in prompts)
+
+
+@pytest.mark.parametrize(
+    "call,field",
+    [
+        (lambda m: m.remember(5, scope="/a", **F), "content"),
+        (lambda m: m.remember("x", metadata=[1], scope="/a", **F), "metadata"),
+        (lambda m: m.remember("x", metadata={1: 2}, scope="/a", **F), "metadata"),
+        (lambda m: m.remember("x", root_scope=5, scope="/a", **F), "root_scope"),
+        (lambda m: m.remember("x", scope="/a", categories=0, importance=0.5), "categories"),
+        (lambda m: m.remember("x", scope="/a", categories="abc", importance=0.5), "categories"),
+        (lambda m: m.recall(None), "query"),
+        (lambda m: m.recall("x", limit=None), "limit"),
+        (lambda m: m.recall("x", categories="abc", depth="deep"), "categories"),
+        (lambda m: m.tree(5), "path"),
+        (lambda m: m.tree(max_depth="x"), "max_depth"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_memworkers_validation_errors(env, call, field):
+    """CrewAI's event models were built before memworker's checks: a wrong type raised
+    pydantic's error (or AttributeError / TypeError), not a ValidationError naming it;
+    ``categories=0`` was read as no categories."""
+    m = env(background_enqueue=False)
+    with pytest.raises(ValidationError, match=field):
+        call(m)
+    m.drain_writes()
+    assert m.store.count() == 0
+
+
+def test_remember_many_with_bad_metadata_reports_and_never_raises(env, events):
+    from crewai.events.types.memory_events import MemorySaveFailedEvent
+
+    m = env(background_enqueue=False)
+    assert m.remember_many(["x"], metadata=[1], scope="/a", **F) == []
+    m.drain_writes()
+    assert m.store.count() == 0
+    assert any("metadata" in e.error for e in events if isinstance(e, MemorySaveFailedEvent))
