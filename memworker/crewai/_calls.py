@@ -116,8 +116,7 @@ class PrivacyView:
         info = self._store.get_scope_info(path)
         if self._include_private:
             return info
-        categories = self._store.visible_categories(path, viewer=self._viewer)
-        children = self._store.visible_scopes(path, viewer=self._viewer)
+        categories, children = self._store.visible_summary(path, viewer=self._viewer)
         return info.model_copy(update={"categories": sorted(categories), "child_scopes": children})
 
     def __getattr__(self, name: str) -> Any:

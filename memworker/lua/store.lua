@@ -244,6 +244,12 @@ local function flush()
   end
 end
 
+-- A record's new expiry (ms), in its row and in ns:expiry (expire and refresh).
+local function set_expiry(id, exp)
+  redis.call("HSET", REC .. id, "exp", exp)
+  redis.call("ZADD", ns .. ":expiry", exp, id)
+end
+
 -- Delete records by id with their side indexes and expiry entries; returns how many.
 local function delete_ids(list)
   local olds = {}
@@ -462,8 +468,7 @@ elseif op == "expire" then
   for i = 4, #ARGV - 1, 2 do
     local id, exp = ARGV[i], ARGV[i + 1]
     if redis.call("HEXISTS", REC .. id, "exp") == 1 then
-      redis.call("HSET", REC .. id, "exp", exp)
-      redis.call("ZADD", ns .. ":expiry", exp, id)
+      set_expiry(id, exp)
       n = n + 1
     end
   end
@@ -476,9 +481,7 @@ elseif op == "refresh" then
     local id = ARGV[i]
     local got = redis.call("HMGET", REC .. id, "exp", "ttl")
     if got[1] then
-      local exp = got[2] and string.format("%.0f", now + tonumber(got[2])) or ARGV[i + 1]
-      redis.call("HSET", REC .. id, "exp", exp)
-      redis.call("ZADD", ns .. ":expiry", exp, id)
+      set_expiry(id, got[2] and string.format("%.0f", now + tonumber(got[2])) or ARGV[i + 1])
       n = n + 1
     end
   end

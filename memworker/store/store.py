@@ -279,6 +279,13 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         counts, _ = yield from self._p_visible(scope_prefix, viewer)
         return counts
 
+    def _visible_summary(
+        self, scope_prefix: str | None = None, viewer: str | None = None
+    ) -> Plan[tuple[dict[str, int], list[str]]]:
+        """:meth:`visible_categories` and :meth:`visible_scopes` of one scope, from one
+        read of its records."""
+        return self._p_visible(scope_prefix, viewer)
+
     def _visible_scopes(self, parent: str = "/", viewer: str | None = None) -> Plan[list[str]]:
         """Immediate child scopes of ``parent`` holding a record ``viewer`` may see, as
         :meth:`visible_categories` counts them (:meth:`list_scopes` lists those of
@@ -331,6 +338,8 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
     adelete_versioned = _async_face(_delete_versioned)
     visible_categories = _sync_face(_visible_categories)
     avisible_categories = _async_face(_visible_categories)
+    visible_summary = _sync_face(_visible_summary)
+    avisible_summary = _async_face(_visible_summary)
     visible_scopes = _sync_face(_visible_scopes)
     avisible_scopes = _async_face(_visible_scopes)
     set_expiries = _sync_face(_set_expiries)

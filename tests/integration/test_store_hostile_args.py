@@ -300,3 +300,4 @@ def test_visible_categories_never_name_another_sources_private_records(store) ->
     assert store.visible_scopes("/team", viewer="bob") == ["/team/x", "/team/y"]
     assert store.visible_scopes("/", viewer=None) == ["/team"]
     assert asyncio.run(store.avisible_scopes("/team/x", viewer="bob")) == []
+    assert store.visible_summary("/team", viewer=None) == ({"roadmap": 2, "budget": 1}, ["/team/x"])
