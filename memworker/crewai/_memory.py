@@ -57,7 +57,6 @@ GROUP_LIMIT = 64
 _GROUPED_FLOW = {"consolidation_threshold": 1.0}
 
 
-
 def _check_categories(categories: Any) -> None:
     """``None`` (inferred, or no filter) or a list of strings; ``0`` or ``""`` are not
     read as none."""
