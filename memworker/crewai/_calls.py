@@ -19,7 +19,7 @@ from memworker.store.validate import normalize_scope_prefix
 if TYPE_CHECKING:
     from memworker.store.store import ValkeyStore
 
-__all__ = ["SOURCE_TYPE", "PrivacyView", "SaveCall", "completed_event", "emit", "failed_event"]
+__all__ = ["SOURCE_TYPE", "PrivacyView", "SaveCall", "completed_event", "emit", "failed_event", "within"]
 
 SOURCE_TYPE = "unified_memory"
 
@@ -59,6 +59,11 @@ def completed_event(value: str, metadata: Any, agent_role: Any, start: float) ->
     )
 
 
+def within(path: str, root: str) -> bool:
+    """Whether the normalized scope ``path`` is ``root`` or below it."""
+    return root == "/" or path == root or path.startswith(root + "/")
+
+
 class PrivacyView:
     """The store as RecallFlow sees it: every search filters privacy in the query and
     stays inside the recall's scope.
@@ -87,10 +92,7 @@ class PrivacyView:
             path = normalize_scope_prefix(scope)
         except ValidationError:
             return self._scope
-        root = self._scope
-        if root == "/" or path == root or path.startswith(root + "/"):
-            return path
-        return root
+        return path if within(path, self._scope) else self._scope
 
     def search(self, query_embedding: Any, scope_prefix: Any = None, categories: Any = None,
                metadata_filter: Any = None, limit: int = 10, min_score: float = 0.0) -> Any:  # fmt: skip

@@ -29,6 +29,7 @@ from memworker.crewai._calls import (
     completed_event,
     emit,
     failed_event,
+    within,
 )
 from memworker.crewai._embedder import LocalEmbedder, model_id_of
 from memworker.queue.group import GroupCommit
@@ -470,10 +471,30 @@ class QueuedMemory(Memory):
         self.drain_writes()
         return super().forget(*args, **kwargs)
 
-    def update(self, *args: Any, **kwargs: Any) -> MemoryRecord:
-        """CrewAI's update (re-embedded here, written directly), after the drain barrier."""
+    def update(
+        self,
+        record_id: str,
+        content: str | None = None,
+        scope: str | None = None,
+        categories: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        importance: float | None = None,
+    ) -> MemoryRecord:
+        """CrewAI's update (re-embedded here, written directly), after the drain barrier.
+
+        With a ``root_scope``, a record outside it is not found (``ValueError``, as an
+        unknown id: CrewAI's looks the id up anywhere) and a new ``scope`` is joined
+        under the root, as every other call's is (CrewAI's stores it as given).
+        """
         self.drain_writes()
-        return super().update(*args, **kwargs)
+        if self.root_scope:
+            root = join_scope_paths(self.root_scope, None)
+            existing = self._storage.get_record(record_id)
+            if existing is None or not within(existing.scope, root):
+                raise ValueError(f"Record not found: {str(record_id)[:100]}")
+            if scope is not None:
+                scope = join_scope_paths(root, scope)
+        return super().update(record_id, content, scope, categories, metadata, importance)
 
     def list_scopes(self, path: str | None = None) -> list[str]:
         self.drain_writes()

@@ -192,3 +192,25 @@ def test_remember_many_with_bad_metadata_reports_and_never_raises(env, events):
     m.drain_writes()
     assert m.store.count() == 0
     assert any("metadata" in e.error for e in events if isinstance(e, MemorySaveFailedEvent))
+
+
+def test_update_never_reaches_a_record_outside_the_root_scope(env):
+    """CrewAI's ``update(record_id, ...)`` looks the record up by id alone: tenant A's
+    memory (root_scope /tenantA) rewrote and moved tenant B's record given its id, and
+    ``update(id, scope="/x")`` moved A's own record out of /tenantA (every other call
+    joins its scope under root_scope). A record outside the root scope is "not found"
+    (as an unknown id), and the new scope is joined under the root."""
+    b = env(root_scope="/tenantB")
+    theirs = b.remember("tenant B secret: the CEO salary is 900k", scope="/notes", **F)
+    a = env(root_scope="/tenantA")
+    mine = a.remember("tenant A note about salary bands", scope="/notes", **F)
+    for kwargs in ({"content": "overwritten by A"}, {"scope": "/tenantA/stolen"}, {"importance": 0.9}):
+        with pytest.raises(ValueError, match="Record not found"):
+            a.update(theirs.id, **kwargs)
+    got = b.store.get_record(theirs.id)
+    assert (got.content, got.scope, got.importance) == (theirs.content, "/tenantB/notes", 0.5)
+    moved = a.update(mine.id, scope="/archive")
+    assert moved.scope == a.store.get_record(mine.id).scope == "/tenantA/archive"
+    assert a.update(mine.id, scope="/").scope == "/tenantA"
+    # a memory without root_scope updates any record by id, as CrewAI's does
+    assert env().update(theirs.id, scope="/elsewhere").scope == "/elsewhere"
