@@ -237,9 +237,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if args.namespace:
+        # The demo deletes its namespace's records first: it always uses its own.
+        print("memworker demo: --namespace is not accepted: the demo always runs in its own "
+              "namespace 'memworker-demo' (whose records it deletes first)", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = run_demo(
-        _settings(args) if (args.url or args.namespace) else None,
+        _settings(args) if args.url else None,
         records=args.records,
         agents=args.agents,
         batch=args.batch,

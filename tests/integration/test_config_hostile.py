@@ -140,6 +140,19 @@ def test_demo_think_ms_accepts_its_range() -> None:
     assert parse(["demo", "--think-ms", "60000"]).think_ms == 60000.0
 
 
+@pytest.mark.parametrize("argv", [["--namespace", "prod", "demo"], ["demo", "--namespace", "prod"]])
+def test_demo_refuses_a_namespace_it_would_not_use(argv, monkeypatch, capsys) -> None:
+    """`memworker --namespace prod demo` ran in the demo's own namespace (it deletes
+    that namespace's records first), silently ignoring the one asked for: refused,
+    before anything runs."""
+    from memworker import cli, demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("the demo ran"))
+    assert cli.main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--namespace" in err and "memworker-demo" in err
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "1.5", "x"])
 def test_dead_list_limit_refuses_values_below_one(value: str) -> None:
     _usage_error("dead", "list", "--limit", value)
