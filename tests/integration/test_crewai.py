@@ -209,8 +209,14 @@ def test_remember_is_one_trace_from_the_agent_to_the_commit(env):
     with trace.get_tracer("agent").start_as_current_span("agent.turn") as turn:
         record = memory.remember("Grace keeps the release notes", scope="/docs", categories=["docs"], importance=0.5)
     memory.drain_writes()
-    spans = exporter.get_finished_spans()
     trace_id = turn.get_span_context().trace_id
+
+    def commit_ended():  # the worker ends its span after the commit the drain saw
+        return any(s.name == "memworker.commit" and s.context.trace_id == trace_id
+                   for s in exporter.get_finished_spans())  # fmt: skip
+
+    assert _wait_for(commit_ended)
+    spans = exporter.get_finished_spans()
     enqueues = [s for s in spans if s.name == "memworker.enqueue" and s.context.trace_id == trace_id]
     assert len(enqueues) == 1 and enqueues[0].parent.span_id == turn.get_span_context().span_id
     job_id = enqueues[0].attributes["memworker.job_id"]
