@@ -138,6 +138,7 @@ class _FlowStorage:
         self._shown: set[str] = set()
         self._shown_lock = threading.Lock()
         self.refused: set[str] = set()
+        self.updated: dict[str, str] = {}  # record id -> the content an update wrote
         self.inserted: list[Any] = []
         self.inserted_for: dict[str, str] = {}  # item id -> record id
 
@@ -202,6 +203,34 @@ class _FlowStorage:
             self._store.update(
                 record.model_copy(update={"source": stored.source, "private": stored.private})
             )
+            self.updated[str(record.id)] = record.content
+
+    def keep_unmerged(self, state: Any) -> None:
+        """Insert an item's text as a record of its own when its plan merged it nowhere.
+
+        A plan "update record X, insert nothing" whose update did not happen (X not
+        shown to this flow, refused by :meth:`may_touch`, gone, or updated by another
+        item of the batch first: CrewAI skips each of these) would lose the new text,
+        and ``remember`` would return a record that does not hold it. A plan with no
+        update (the LLM judged the text redundant) is CrewAI's to decide and is kept.
+        """
+        plan = state.plan
+        if state.dropped or plan is None or plan.insert_new:
+            return
+        updates = [a for a in plan.actions if a.action == "update" and a.new_content]
+        if not updates or any(self.updated.get(a.record_id) == a.new_content for a in updates):
+            return
+        from crewai.memory.types import MemoryRecord
+
+        self.save([
+            MemoryRecord(
+                content=state.content, scope=state.resolved_scope,
+                categories=state.resolved_categories, metadata=state.resolved_metadata,
+                importance=state.resolved_importance, embedding=state.embedding or None,
+                source=state.resolved_source, private=state.resolved_private,
+            )
+        ])  # fmt: skip
+        log.warning("consolidation: a plan's update did not happen; its new text is kept as a record")
 
     def delete(
         self,
@@ -321,6 +350,8 @@ def run_flow_job(
             storage = _FlowStorage(context.store, mine)
             flow = EncodingFlow(storage=storage, llm=llm, embedder=BatcherEmbedder(), config=config)
             flow.kickoff(inputs={"items": [inputs[i] for i in indexes]})
+            for state in flow.state.items:
+                storage.keep_unmerged(state)
             for item, state in zip(mine, flow.state.items):
                 if item["id"] in storage.inserted_for:
                     results[item["id"]] = storage.inserted_for[item["id"]]

@@ -150,11 +150,15 @@ class ScriptedConsolidationLLM(StandInLLM):
     - ``delete``: delete it, insert the new content;
     - ``auto``: ``delete`` when the new content contains ``DELETE``, else ``update``.
 
+    ``target``, when set, is the record id the action names instead of the first
+    shown (an LLM that hallucinates an id, or was told one by an injected text).
+
     Every other prompt is answered as :class:`StandInLLM` answers it.
     """
 
     plan: str = "update"
     log: str | None = None
+    target: str | None = None
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
@@ -183,10 +187,11 @@ class ScriptedConsolidationLLM(StandInLLM):
             plan = "delete" if "DELETE" in new else "update"
         if not ids:
             return json.dumps({"actions": [], "insert_new": True, "insert_reason": ""})
+        target = self.target or ids[0]
         if plan == "delete":
-            action = {"action": "delete", "record_id": ids[0], "reason": "scripted"}
+            action = {"action": "delete", "record_id": target, "reason": "scripted"}
             return json.dumps({"actions": [action], "insert_new": True, "insert_reason": ""})
-        action = {"action": "update", "record_id": ids[0], "new_content": new, "reason": "scripted"}
+        action = {"action": "update", "record_id": target, "new_content": new, "reason": "scripted"}
         return json.dumps({"actions": [action], "insert_new": False, "insert_reason": ""})
 
 

@@ -107,7 +107,8 @@ def test_another_sources_private_record_is_never_shown_changed_or_deleted(env, l
     store = bob_memory.store
 
     shown = _shown_for(llm, BOB_TEXT)
-    assert alice.id not in shown and all("4321" not in c["prompt"] for c in llm.shown)
+    leaked = [c for c in llm.shown if "4321" in c["prompt"]]
+    assert alice.id not in shown and not leaked, (alice.id, carol.id, bob.id, leaked)
     assert shown == [carol.id]  # public records stay shared, as in CrewAI
     _assert_untouched(store, alice, ALICE_TEXT, "alice")
     assert alice.id not in _visible_to(store, embedder, "bob", BOB_TEXT)
@@ -122,6 +123,26 @@ def test_another_sources_private_record_is_never_shown_changed_or_deleted(env, l
         assert store.get_record(carol.id) is None
         assert (bob.content, bob.source, bob.private) == (BOB_TEXT, "bob", False)
         assert store.get_record(bob.id) is not None
+
+
+@pytest.mark.parametrize("target", ["alice", "no-such-record"])
+def test_an_update_that_is_refused_or_names_no_shown_record_keeps_the_new_text(env, llm, target):
+    """The LLM's plan "update record X, insert nothing" where X is another source's
+    private record (refused) or an id it was not shown (CrewAI skips it): the new text
+    was merged nowhere and inserted nowhere, and ``remember`` returned a record that
+    does not hold it. It is inserted as a record of its own."""
+    alice = _seed(env, ALICE_TEXT, "alice", True)
+    carol = _seed(env, CAROL_TEXT, "carol", False)
+    llm.plan, llm.target = "update", alice.id if target == "alice" else target
+    memory = env()
+    bob = memory.remember(BOB_TEXT, **FIELDS, source="bob")
+    assert _shown_for(llm, BOB_TEXT) == [carol.id]
+    assert bob is not None and (bob.content, bob.source, bob.private) == (BOB_TEXT, "bob", False)
+    got = memory.store.get_record(bob.id)
+    assert (got.content, got.source, got.scope, got.categories) == (BOB_TEXT, "bob", "/team", ["pin"])
+    _assert_untouched(memory.store, alice, ALICE_TEXT, "alice")
+    assert memory.store.get_record(carol.id).content == CAROL_TEXT
+    assert memory.store.count() == 3
 
 
 def test_own_private_records_consolidate_and_stay_private(env, llm):
