@@ -83,16 +83,25 @@ SWEEP_INTERVAL_ENV = "MEMWORKER_SWEEP_INTERVAL"
 #: Values of ``appendfsync`` Valkey accepts.
 APPENDFSYNC_VALUES = ("always", "everysec", "no")
 
-#: The broker options: option -> (variable, default, minimum).
-BROKER_ENV: dict[str, tuple[str, int, int]] = {
-    "max_retries": (MAX_RETRIES_ENV, DEFAULT_MAX_RETRIES, 0),
-    "min_backoff_ms": (MIN_BACKOFF_MS_ENV, DEFAULT_MIN_BACKOFF_MS, 0),
-    "max_deliveries": (MAX_DELIVERIES_ENV, DEFAULT_MAX_DELIVERIES, 1),
-    "commit_step": (COMMIT_STEP_ENV, DEFAULT_COMMIT_STEP, 0),
-    "inflight_records": (INFLIGHT_RECORDS_ENV, DEFAULT_INFLIGHT_RECORDS, 0),
-    "inflight_bytes": (INFLIGHT_BYTES_ENV, DEFAULT_INFLIGHT_BYTES, 1024),
-    "commit_threads": (COMMIT_THREADS_ENV, DEFAULT_COMMIT_THREADS, 1),
+#: The broker options: option -> (variable, default, minimum, maximum). The maxima are
+#: far above any useful value; they stop a typo from starting 100,000 commit threads.
+BROKER_ENV: dict[str, tuple[str, int, int, int]] = {
+    "max_retries": (MAX_RETRIES_ENV, DEFAULT_MAX_RETRIES, 0, 1000),
+    "min_backoff_ms": (MIN_BACKOFF_MS_ENV, DEFAULT_MIN_BACKOFF_MS, 0, 3_600_000),
+    "max_deliveries": (MAX_DELIVERIES_ENV, DEFAULT_MAX_DELIVERIES, 1, 1000),
+    "commit_step": (COMMIT_STEP_ENV, DEFAULT_COMMIT_STEP, 0, 1_000_000),
+    "inflight_records": (INFLIGHT_RECORDS_ENV, DEFAULT_INFLIGHT_RECORDS, 0, 1_000_000),
+    "inflight_bytes": (INFLIGHT_BYTES_ENV, DEFAULT_INFLIGHT_BYTES, 1024, 64 * 1024**3),
+    "commit_threads": (COMMIT_THREADS_ENV, DEFAULT_COMMIT_THREADS, 1, 64),
 }
+#: Most inference threads (``MEMWORKER_INFERENCE_THREADS``).
+MAX_INFERENCE_THREADS = 256
+
+
+def _shown(value: object) -> str:
+    """A bad value as an error quotes it: its repr, at most 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -127,7 +136,7 @@ def read_broker_options(
     if source.get(SWEEP_INTERVAL_ENV):
         read_sweep_interval(source)
     out: dict[str, int] = {}
-    for name, (var, default, low) in BROKER_ENV.items():
+    for name, (var, default, low, high) in BROKER_ENV.items():
         value: object = given.get(name)
         where = name
         if value is None and source.get(var, "").strip():
@@ -138,8 +147,8 @@ def read_broker_options(
                 raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
         if value is None:
             value = default
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{where} must be an integer >= {low}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{where} must be an integer >= {low} and <= {high}, got {_shown(value)}")
         out[name] = value
     return out
 
@@ -231,8 +240,10 @@ def read_inference_threads(env: Mapping[str, str] | None = None) -> int | None:
         wanted = int(raw)
     except ValueError:
         wanted = 0
-    if wanted < 1:
-        raise ConfigError(f"{THREADS_ENV} must be an integer >= 1, got {raw!r}")
+    if not 1 <= wanted <= MAX_INFERENCE_THREADS:
+        raise ConfigError(
+            f"{THREADS_ENV} must be an integer >= 1 and <= {MAX_INFERENCE_THREADS}, got {_shown(raw)}"
+        )
     return wanted
 
 
@@ -322,10 +333,11 @@ class WorkerSettings:
         if self.inference_threads is not None and (
             isinstance(self.inference_threads, bool)
             or not isinstance(self.inference_threads, int)
-            or self.inference_threads < 1
+            or not 1 <= self.inference_threads <= MAX_INFERENCE_THREADS
         ):
             raise ConfigError(
-                f"inference_threads must be an integer >= 1, got {self.inference_threads!r}"
+                f"inference_threads must be an integer >= 1 and <= {MAX_INFERENCE_THREADS}, "
+                f"got {_shown(self.inference_threads)}"
             )
         if self.backend not in BACKEND_VALUES:
             raise ConfigError(

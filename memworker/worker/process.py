@@ -45,6 +45,10 @@ __all__ = ["BROKER_ENV", "broker_options", "run_worker", "running_worker", "warm
 
 log = logging.getLogger("memworker.worker")
 
+#: Most worker processes and threads per process of one ``run_worker``.
+MAX_PROCESSES = 256
+MAX_THREADS = 1024
+
 
 @contextlib.contextmanager
 def running_worker(
@@ -221,10 +225,9 @@ def run_worker(
     inherited but the settings). Returns the exit code: 0, or the first non-zero
     exit code of a child.
     """
-    if not isinstance(processes, int) or processes < 1:
-        raise ConfigError(f"processes must be an integer >= 1, got {processes!r}")
-    if not isinstance(threads, int) or threads < 1:
-        raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
+    for name, value, high in (("processes", processes, MAX_PROCESSES), ("threads", threads, MAX_THREADS)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise ConfigError(f"{name} must be an integer >= 1 and <= {high}, got {str(value)[:40]!r}")
     options = broker_options(
         max_retries=max_retries, min_backoff_ms=min_backoff_ms, max_deliveries=max_deliveries,
         commit_step=commit_step, inflight_records=inflight_records, inflight_bytes=inflight_bytes,

@@ -406,6 +406,39 @@ def test_broker_options_reader_matches_the_broker_table() -> None:
         read_broker_options({}, max_retries=True)
 
 
+@pytest.mark.parametrize(
+    "name,var,high",
+    [
+        ("max_retries", "MEMWORKER_MAX_RETRIES", 1000),
+        ("min_backoff_ms", "MEMWORKER_MIN_BACKOFF_MS", 3_600_000),
+        ("max_deliveries", "MEMWORKER_MAX_DELIVERIES", 1000),
+        ("commit_step", "MEMWORKER_COMMIT_STEP", 1_000_000),
+        ("inflight_records", "MEMWORKER_INFLIGHT_RECORDS", 1_000_000),
+        ("inflight_bytes", "MEMWORKER_INFLIGHT_BYTES", 64 * 1024**3),
+        ("commit_threads", "MEMWORKER_COMMIT_THREADS", 64),
+    ],
+)
+def test_broker_options_have_an_upper_limit(name: str, var: str, high: int) -> None:
+    """MEMWORKER_COMMIT_THREADS=100000 started 100,000 threads and connections; the
+    other options had no upper limit either (10**30 passed)."""
+    assert read_broker_options({var: str(high)})[name] == high
+    for bad in (high + 1, 10**30):
+        with pytest.raises(ConfigError, match=f"{var} must be an integer >= .* and <= {high}, got"):
+            read_broker_options({var: str(bad)})
+        with pytest.raises(ConfigError, match=f"{name} must be an integer >= .* and <= {high}, got"):
+            read_broker_options({}, **{name: bad})
+        with pytest.raises(ConfigError, match=name):
+            WorkerSettings(**{name: bad})
+
+
+def test_inference_threads_have_an_upper_limit() -> None:
+    assert read_inference_threads({"MEMWORKER_INFERENCE_THREADS": "256"}) == 256
+    with pytest.raises(ConfigError, match="MEMWORKER_INFERENCE_THREADS must be an integer >= 1 and <= 256"):
+        read_inference_threads({"MEMWORKER_INFERENCE_THREADS": "257"})
+    with pytest.raises(ConfigError, match="inference_threads must be an integer >= 1 and <= 256"):
+        WorkerSettings(inference_threads=10**9)
+
+
 def test_single_variable_readers(tmp_path: Path) -> None:
     assert read_model({}) is None and read_model({"MEMWORKER_MODEL": "m"}) == "m"
     assert read_home({}) == Path(".memworker")
@@ -540,3 +573,16 @@ def test_the_embedded_servers_appendfsync_error_names_the_variable(monkeypatch) 
     with pytest.raises(ConfigError, match="^appendfsync must be one of"):
         resolve_appendfsync("never-ever")  # the --appendfsync option's own value
     assert resolve_appendfsync("always") == "always"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"processes": 257}, "processes must be an integer >= 1 and <= 256"),
+    ({"threads": 1025}, "threads must be an integer >= 1 and <= 1024"),
+    ({"processes": True}, "processes must be an integer"),
+])  # fmt: skip
+def test_run_worker_refuses_process_and_thread_counts_out_of_range(kwargs, message) -> None:
+    """`memworker worker --processes 100000` spawned processes until the host ran out."""
+    from memworker.worker.process import run_worker
+
+    with pytest.raises(ConfigError, match=message):
+        run_worker("valkey://127.0.0.1:1", **kwargs)
