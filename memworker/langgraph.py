@@ -35,6 +35,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 import threading
 import time
 import uuid
@@ -73,7 +74,12 @@ from memworker.settings import Settings
 from memworker.store.store import ValkeyStore
 from memworker.store.jsontext import json_text
 from memworker.store.tokens import float_range
-from memworker.store.validate import MAX_CATEGORY_LENGTH, MAX_SWEEP_MS, check_nesting
+from memworker.store.validate import (
+    MAX_CATEGORY_LENGTH,
+    MAX_SCOPE_DEPTH,
+    MAX_SWEEP_MS,
+    check_nesting,
+)
 
 __all__ = ["ROOT_SCOPE", "QueuedStore"]
 
@@ -81,6 +87,8 @@ __all__ = ["ROOT_SCOPE", "QueuedStore"]
 ROOT_SCOPE = "/langgraph"
 #: Most results one store search returns (the store's limit).
 _MAX_K = 10_000
+#: Most labels of a namespace (the store's scope depth, less the root's level).
+MAX_LABELS = MAX_SCOPE_DEPTH - 1
 #: Most puts of concurrent callers sent as one job.
 GROUP_LIMIT = 64
 #: Records read per page by a search without a query.
@@ -140,6 +148,8 @@ def _id_head(namespace: tuple[str, ...]) -> str:
 def _placement(namespace: tuple[str, ...]) -> tuple[str, str]:
     """The category path of a namespace (labels percent-encoded, joined with ``/``)
     and its scope (the path below :data:`ROOT_SCOPE`)."""
+    if len(namespace) > MAX_LABELS:
+        raise ValidationError(f"namespace has {len(namespace)} labels, the limit is {MAX_LABELS}")
     for i, label in enumerate(namespace):
         if not label.isascii():
             try:
@@ -205,6 +215,18 @@ def namespace_path(namespace: Sequence[str]) -> str:
     return _cached(_placement, namespace)[0]
 
 
+def _field_path(field: str) -> tuple[str, str | list[str]]:
+    """A field path and its tokens for ``get_text_at_path``: ``"$"`` (the whole value)
+    stays ``"$"`` (its tokens, ``["$"]``, would name a field called "$")."""
+    return field, field if field == "$" else tokenize_path(field)
+
+
+def _shown_key(key: Any) -> str:
+    """A key as an error message shows it: at most 64 characters."""
+    text = str(key)
+    return repr(text if len(text) <= 64 else text[:64] + "...")
+
+
 def namespace_scope(namespace: Sequence[str]) -> str:
     return _cached(_placement, namespace)[1]
 
@@ -245,6 +267,8 @@ def _number(value: Any) -> int | float | None:
 
 
 def _apply(value: Any, operator: str, operand: Any) -> bool:
+    if operator not in _OPERATORS:  # check_filter refuses it first
+        raise ValidationError(f"unsupported operator {_shown_key(operator)}")
     if operator == "$eq":
         return _json_equal(value, operand)
     if operator == "$ne":
@@ -294,15 +318,10 @@ def check_filter(
     for key, condition in flt.items():
         if not isinstance(key, str):
             raise ValidationError("filter keys must be strings")
+        _check_condition(condition, f"filter[{_shown_key(key)}]")
         if isinstance(condition, dict) and any(
             isinstance(k, str) and k.startswith("$") for k in condition
         ):
-            unknown = [k for k in condition if k not in _OPERATORS]
-            if unknown:
-                raise ValidationError(
-                    f"filter[{key!r}] has an unsupported operator {unknown[0]!r}; "
-                    f"supported: {', '.join(sorted(_OPERATORS))}"
-                )
             if "$eq" in condition and _pushable(condition["$eq"]):
                 push[_FIELD + key] = condition["$eq"]
             bounds = _bounds(condition, key)
@@ -311,6 +330,25 @@ def check_filter(
         elif _pushable(condition):
             push[_FIELD + key] = condition
     return push, flt, ranges
+
+
+def _check_condition(condition: Any, where: str) -> None:
+    """Every operator of a condition, at any depth below plain dicts, is one LangGraph
+    documents (the filter's nesting is bounded by ``check_nesting`` first)."""
+    if not isinstance(condition, dict):
+        return
+    if any(isinstance(k, str) and k.startswith("$") for k in condition):
+        unknown = [k for k in condition if k not in _OPERATORS]
+        if unknown:
+            raise ValidationError(
+                f"{where} has an unsupported operator {_shown_key(unknown[0])}; "
+                f"supported: {', '.join(sorted(_OPERATORS))}"
+            )
+        return
+    for k, v in condition.items():
+        if not isinstance(k, str):
+            raise ValidationError(f"{where}: filter keys must be strings")
+        _check_condition(v, f"{where}[{_shown_key(k)}]")
 
 
 def _pushable(value: Any) -> bool:
@@ -344,7 +382,7 @@ def _bounds(condition: dict[str, Any], key: str) -> tuple[Any, bool, Any, bool] 
             return None
         if isinstance(number, int) and not float_range(number):
             raise ValidationError(
-                f"filter[{key!r}] {op} is an integer beyond the float64 range (about 1.8e308)"
+                f"filter[{_shown_key(key)}] {op} is an integer beyond the float64 range (about 1.8e308)"
             )
         found = True
         if op in ("$gt", "$gte"):
@@ -401,6 +439,79 @@ def _count(where: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValidationError(f"{where} must be an integer >= 0")
     return int(value)
+
+
+#: A search op, checked: (pushed equalities, the candidates' conditions, ranges, limit,
+#: offset, scope).
+_Search = tuple[dict[str, Any], dict[str, Any], dict[str, tuple[Any, bool, Any, bool]], int, int, str]
+
+
+def _naming_put(check: Callable[[list[dict[str, Any]], int], T], items: list[dict[str, Any]]) -> T:
+    """``check(items, len(items))``, its ``items[i]`` error renamed for the put's key."""
+    try:
+        return check(items, len(items))
+    except ValidationError as exc:
+        found = re.match(r"items\[(\d+)\]\.?", str(exc))
+        if found is None:
+            raise
+        key = items[int(found[1])]["metadata"][_KEY]
+        raise ValidationError(f"put of {_shown_key(key)}: {str(exc)[found.end():]}") from None
+
+
+def _prefix_scope(prefix: Sequence[str], where: str) -> str:
+    """The scope of a namespace prefix; longer than any put's namespace may be is an
+    error naming ``where``."""
+    path, scope = _cached(_placement, tuple(prefix))
+    if len(path) > MAX_CATEGORY_LENGTH:
+        raise ValidationError(
+            f"{where} is {len(path)} characters percent-encoded, the limit is {MAX_CATEGORY_LENGTH}"
+        )
+    return scope
+
+
+def _check_search(op: SearchOp) -> _Search:
+    """A search op's arguments, checked (before any write of its batch)."""
+    if op.query is not None:
+        if not isinstance(op.query, str):
+            raise ValidationError(f"search query must be a string, got {type(op.query).__name__}")
+        try:
+            op.query.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("search query is not valid unicode text") from None
+    push, post, ranges = check_filter(op.filter)
+    limit, offset = _count("search limit", op.limit), _count("search offset", op.offset)
+    return push, post, ranges, limit, offset, _prefix_scope(op.namespace_prefix, "namespace_prefix")
+
+
+def _check_list_namespaces(op: ListNamespacesOp) -> tuple[int, int, str]:
+    """A list_namespaces op's arguments, checked; returns its limit, offset and the
+    scope of its longest literal prefix."""
+    limit = _count("list_namespaces limit", op.limit)
+    offset = _count("list_namespaces offset", op.offset)
+    if op.max_depth is not None:
+        _count("list_namespaces max_depth", op.max_depth)
+    prefix: tuple[str, ...] = ()
+    for cond in op.match_conditions or ():
+        if not isinstance(cond, MatchCondition) or cond.match_type not in ("prefix", "suffix"):
+            raise ValidationError(
+                f"unsupported match condition {_shown_key(getattr(cond, 'match_type', cond))}; "
+                "supported: prefix, suffix"
+            )
+        try:
+            labels: tuple[Any, ...] | None = tuple(cond.path)
+        except TypeError:
+            labels = None
+        if labels is None or not all(isinstance(label, str) for label in labels):
+            raise ValidationError("a match condition's path must be a tuple of strings")
+        if cond.match_type == "prefix":
+            literal = []
+            for label in cond.path:
+                if label == "*":
+                    break
+                literal.append(label)
+            if len(literal) > len(prefix):
+                prefix = tuple(literal)
+    return limit, offset, _prefix_scope(prefix, "list_namespaces prefix")
 
 
 # A step of an operation: (method name, args, kwargs) on the store ("s"), the queue
@@ -482,7 +593,7 @@ class QueuedStore(BaseStore):
         return {
             "dims": dims,
             "fields": list(fields),
-            "paths": [(f, tokenize_path(f)) for f in fields],
+            "paths": [_field_path(f) for f in fields],
             # An embedder in the agent's process (a LangChain Embeddings), or None:
             # the workers embed.
             "embeddings": ensure_embeddings(embed) if local else None,
@@ -563,14 +674,19 @@ class QueuedStore(BaseStore):
             validate_op_namespace(op)
         results: list[Result] = [None] * len(ops)
         puts: dict[tuple[tuple[str, ...], str], PutOp] = {}
-        for op in ops:
+        # Every op is checked before the first write: a bad read refuses the batch
+        # before its puts and deletes are sent.
+        reads: dict[int, Any] = {}
+        for i, op in enumerate(ops):
             if isinstance(op, (PutOp, GetOp)) and (not isinstance(op.key, str) or not op.key):
                 raise ValidationError("key must be a non-empty string")
-            if isinstance(op, SearchOp) and op.query is not None and not isinstance(op.query, str):
-                raise ValidationError(f"search query must be a string, got {type(op.query).__name__}")
             if isinstance(op, PutOp):
                 puts[(tuple(op.namespace), op.key)] = op  # the later put of a key wins
-            elif not isinstance(op, (GetOp, SearchOp, ListNamespacesOp)):
+            elif isinstance(op, SearchOp):
+                reads[i] = _check_search(op)
+            elif isinstance(op, ListNamespacesOp):
+                reads[i] = _check_list_namespaces(op)
+            elif not isinstance(op, GetOp):
                 raise ValidationError(f"unknown store operation: {type(op).__name__}")
         if puts:
             yield from self._p_put(list(puts.values()))
@@ -583,9 +699,9 @@ class QueuedStore(BaseStore):
                 results[i] = item
         for i, op in enumerate(ops):
             if isinstance(op, SearchOp):
-                results[i] = yield from self._p_search(op)
+                results[i] = yield from self._p_search(op, reads[i])
             elif isinstance(op, ListNamespacesOp):
-                results[i] = yield from self._p_list_namespaces(op)
+                results[i] = yield from self._p_list_namespaces(op, reads[i])
         return results
 
     def _count_enqueued(self) -> None:
@@ -658,7 +774,7 @@ class QueuedStore(BaseStore):
         """The put's TTL in minutes (``put()`` resolved the store's default into it)."""
         if op.ttl is None or isinstance(op.ttl, NotProvided):
             return None
-        return _check_minutes(op.ttl, f"ttl of {op.key!r}")
+        return _check_minutes(op.ttl, f"ttl of {_shown_key(op.key)}")
 
     def _texts(self, op: PutOp) -> str:
         """The text the workers embed for a put ("" when it is not indexed)."""
@@ -671,12 +787,13 @@ class QueuedStore(BaseStore):
                 isinstance(f, str) and f for f in op.index
             ):
                 raise ValidationError(
-                    f"index of {op.key!r} must be False, None or a list of field paths (strings)"
+                    f"index of {_shown_key(op.key)} must be False, None or a list of field paths (strings)"
                 )
-            paths = [(f, tokenize_path(f)) for f in op.index]
+            paths = [_field_path(f) for f in op.index]
         texts: list[str] = []
         for _, tokens in paths:
-            texts.extend(t for t in get_text_at_path(op.value, tokens) if t)
+            # a blank text is nothing to embed (the value is stored as it is)
+            texts.extend(t for t in get_text_at_path(op.value, tokens) if t.strip())
         return "\n".join(texts)
 
     def _p_put(self, puts: list[PutOp]) -> _Plan:
@@ -695,11 +812,14 @@ class QueuedStore(BaseStore):
                 deletes.append((rid, ver))
                 continue
             if not isinstance(op.value, dict):
-                raise ValidationError(f"value of {op.key!r} must be a dict, got {type(op.value).__name__}")
+                raise ValidationError(f"value of {_shown_key(op.key)} must be a dict, got {type(op.value).__name__}")
+            if not op.namespace:
+                raise ValidationError(f"namespace of a put has no label (put of {_shown_key(op.key)})")
+            check_nesting(op.value, f"value of {_shown_key(op.key)}")  # before any walk of it
             path, scope = _cached(_placement, op.namespace)
             if len(path) > MAX_CATEGORY_LENGTH:
                 raise ValidationError(
-                    f"namespace {tuple(op.namespace)!r} is {len(path)} characters percent-encoded, "
+                    f"namespace of {_shown_key(op.key)} is {len(path)} characters percent-encoded, "
                     f"the limit is {MAX_CATEGORY_LENGTH}"
                 )
             minutes = self._ttl_minutes(op)
@@ -708,7 +828,7 @@ class QueuedStore(BaseStore):
                 metadata[_TTL] = minutes
             for field, value in op.value.items():
                 if not isinstance(field, str):
-                    raise ValidationError(f"value of {op.key!r}: field names must be strings")
+                    raise ValidationError(f"value of {_shown_key(op.key)}: field names must be strings")
                 metadata[_FIELD + field] = value
             text = self._texts(op)
             item: dict[str, Any] = {
@@ -728,21 +848,18 @@ class QueuedStore(BaseStore):
                 local.append((item, text))
             else:
                 save.append({**item, "content": "", "embedding": None})
+        # Validated whole, and cut into jobs that fit, before anything is written (or
+        # sent to an embedder in this process); ids kept (their record ids).
+        prepared = _naming_put(embed_items, encode) if encode else []
+        for item, t in local:
+            self._save_item({**item, "content": t, "embedding": None})
         if local:
             vectors = yield ("e", "", ([t for _, t in local], True))
             save.extend({**item, "content": t, "embedding": v} for (item, t), v in zip(local, vectors))
-        # Validated whole, and cut into jobs that fit, before anything is written; ids
-        # kept (their record ids).
-        prepared = embed_items(encode, len(encode)) if encode else []
         # (a single put goes to the group commit, whose fallback refuses only it if it
         # is too big for a job: no size estimate on the put's own path)
         encode_jobs = self._jobs(prepared, prepared) if len(prepared) > 1 else []
         save_jobs = self._jobs(save, [self._save_item(item) for item in save])
-        if (encode or save) and not self._sweep_set and self.ttl_config:
-            minutes = self.ttl_config.get("sweep_interval_minutes")
-            if minutes:
-                yield ("s", "set_sweep_interval", (max(1, int(minutes * 60_000)),))
-            self._sweep_set = True
         if len(prepared) == 1:
             yield ("g", "", (prepared[0],))  # with other threads' puts, as one job
         else:
@@ -752,6 +869,12 @@ class QueuedStore(BaseStore):
         for job in save_jobs:
             yield ("q", "enqueue_save", (job,))
             self._count_enqueued()
+        if (encode or save) and not self._sweep_set and self.ttl_config:
+            # after the puts went: a refused put records nothing
+            minutes = self.ttl_config.get("sweep_interval_minutes")
+            if minutes:
+                yield ("s", "set_sweep_interval", (max(1, int(minutes * 60_000)),))
+            self._sweep_set = True
         if deletes:
             yield ("s", "delete_versioned", (deletes,))
 
@@ -763,7 +886,7 @@ class QueuedStore(BaseStore):
             return save_items([item], 1)[0]
         except ValidationError as exc:
             key = item["metadata"][_KEY]
-            raise ValidationError(f"put of {key!r}: {str(exc).removeprefix('records[0].')}") from None
+            raise ValidationError(f"put of {_shown_key(key)}: {str(exc).removeprefix('records[0].')}") from None
 
     @functools.cached_property
     def _envelope(self) -> int:
@@ -867,11 +990,9 @@ class QueuedStore(BaseStore):
         yield from self._p_touch(touch)
         return out
 
-    def _p_search(self, op: SearchOp) -> _Plan:
-        push, post, ranges = check_filter(op.filter)
-        limit, offset = _count("search limit", op.limit), _count("search offset", op.offset)
+    def _p_search(self, op: SearchOp, checked: _Search) -> _Plan:
+        push, post, ranges, limit, offset, scope = checked
         want = limit + offset
-        scope = namespace_scope(op.namespace_prefix)
         hits: list[tuple[Any, float | None]] = []
         if want == 0:
             return []
@@ -934,22 +1055,9 @@ class QueuedStore(BaseStore):
             hits.sort(key=lambda h: -(h[1] or 0.0))
         return hits
 
-    def _p_list_namespaces(self, op: ListNamespacesOp) -> _Plan:
-        limit = _count("list_namespaces limit", op.limit)
-        offset = _count("list_namespaces offset", op.offset)
-        if op.max_depth is not None:
-            _count("list_namespaces max_depth", op.max_depth)
-        prefix: tuple[str, ...] = ()
-        for cond in op.match_conditions or ():
-            if cond.match_type == "prefix":
-                literal = []
-                for label in cond.path:
-                    if label == "*":
-                        break
-                    literal.append(label)
-                if len(literal) > len(prefix):
-                    prefix = tuple(literal)
-        counts = yield ("s", "list_categories", (namespace_scope(prefix),))
+    def _p_list_namespaces(self, op: ListNamespacesOp, checked: tuple[int, int, str]) -> _Plan:
+        limit, offset, scope = checked
+        counts = yield ("s", "list_categories", (scope,))
         namespaces = [_namespace_of(path) for path in counts]
         conditions: Sequence[MatchCondition] = op.match_conditions or ()
         namespaces = [ns for ns in namespaces if all(_does_match(c, ns) for c in conditions)]
