@@ -716,7 +716,7 @@ class QueuedStore(BaseStore):
         try:
             self.queue.enqueue_encode_items(unique)
         except ValidationError:
-            if len(unique) == 1:
+            if len(items) == 1:  # one caller: its verdict (two of one key: one by one)
                 raise
             verdicts = _OneByOne(items)
             try:
@@ -739,7 +739,7 @@ class QueuedStore(BaseStore):
         try:
             await self.queue.aenqueue_encode_items(unique)
         except ValidationError:
-            if len(unique) == 1:
+            if len(items) == 1:  # one caller: its verdict (two of one key: one by one)
                 raise
             verdicts = _OneByOne(items)
             try:

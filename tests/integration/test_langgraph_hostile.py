@@ -18,6 +18,8 @@ servers and real in-process workers (the fixtures of test_langgraph.py).
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 pytest.importorskip("langgraph.store.base")
@@ -155,3 +157,30 @@ def test_errors_name_the_namespace_and_a_shortened_key(lg):
     with pytest.raises(ValidationError, match="namespace_prefix is .* characters"):
         lg.search(("x" * 2000, "y" * 2000))
     assert lg.search(tuple(f"l{i}" for i in range(31))) == []
+
+
+def test_two_puts_of_one_key_in_a_group_the_later_refused_keep_the_earlier(lg, monkeypatch):
+    """Concurrent puts of ONE key met in a group commit, the later too big for a job:
+    the group sent only the later version, and its refusal failed BOTH callers; the
+    earlier, valid put was lost. Now the earlier version goes and its caller succeeds."""
+    earlier, later = {"id": "a", "ver": 1}, {"id": "a", "ver": 2}
+    sent = []
+
+    def enqueue(items):
+        sent.append([i["ver"] for i in items])
+        if any(i is later for i in items):
+            raise ValidationError("too big")
+
+    monkeypatch.setattr(lg.queue, "enqueue_encode_items", enqueue)
+    verdicts = lg._send_group([earlier, later])
+    assert sent == [[2], [2], [1]]
+    assert verdicts[0] is None and isinstance(verdicts[1], ValidationError)
+
+    async def aenqueue(items):
+        enqueue(items)
+
+    sent.clear()
+    monkeypatch.setattr(lg.queue, "aenqueue_encode_items", aenqueue)
+    verdicts = asyncio.run(lg._asend_group([earlier, later]))
+    assert sent == [[2], [2], [1]]
+    assert verdicts[0] is None and isinstance(verdicts[1], ValidationError)
