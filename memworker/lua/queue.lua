@@ -18,6 +18,19 @@
 --   prune:   producers, then for each candidate: producer id, its pending zset, its
 --            failed hash -> the number of producers removed from the set
 --
+--   claim:   now (ms), oldest tombstone kept (ms), tombstone TTL (ms), then for each
+--            producer: its failed hash, committed zset, reported zset, n, and n pairs
+--            (kind, job id) -> one 0/1 a pair: 1 when this call claimed the report
+--
+-- claim is the end of a drain (memworker/queue/drain.py): the drain read, in one MULTI,
+-- what it will report; this step consumes it and says which reports are its own. Two
+-- drains of one producer that read the same failure or commit at once both reach here;
+-- the first claims it, the second reports nothing of it. Kinds:
+--   f  a failure record: HDEL it (claimed if it was there), drop any marker, tombstone
+--   c  a commit marker: tombstone (claimed if no tombstone was there), drop the marker
+--   l  lost (no mark at all): tombstone (claimed if no tombstone was there)
+--   m  a marker of a job already reported: drop it (never claimed)
+--
 -- prune is the workers' sweep (memworker/worker/sweep.py): a producer with nothing
 -- pending and no unreported failure leaves the producers set (read, one command per
 -- producer, by every status, drain_all and metrics scrape). Atomic with enqueue (which
@@ -69,6 +82,38 @@ if op == "prune" then
     end
   end
   return removed
+end
+
+if op == "claim" then
+  local now, oldest, ttl = ARGV[2], ARGV[3], ARGV[4]
+  local out, b = {}, 5
+  while b <= #ARGV do
+    local failed, committed, reported, n = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
+    if n == nil or b + 3 + 2 * n > #ARGV then
+      return redis.error_reply("BADARGS claim takes failed, committed, reported, n and n pairs")
+    end
+    for j = 0, n - 1 do
+      local kind, id = ARGV[b + 4 + 2 * j], ARGV[b + 5 + 2 * j]
+      local mine = 0
+      if kind == "f" then
+        mine = redis.call("HDEL", failed, id)
+        redis.call("ZREM", committed, id)
+        redis.call("ZADD", reported, now, id)
+      elseif kind == "c" or kind == "l" then
+        mine = redis.call("ZADD", reported, "NX", now, id)
+        redis.call("ZREM", committed, id)
+      elseif kind == "m" then
+        redis.call("ZREM", committed, id)
+      else
+        return redis.error_reply("BADARGS claim kind " .. tostring(kind))
+      end
+      out[#out + 1] = mine
+    end
+    redis.call("ZREMRANGEBYSCORE", reported, "-inf", oldest)
+    redis.call("PEXPIRE", reported, ttl)
+    b = b + 4 + 2 * n
+  end
+  return out
 end
 
 return redis.error_reply("UNKNOWNOP " .. tostring(op))

@@ -10,8 +10,11 @@ it. It then reads, in one MULTI, the snapshot ids' pending marks, commit markers
 record of the producer, and reports: each id with a marker as committed, every
 unreported failure (including jobs that failed between drains or during a drain that
 timed out), and each id with none of the three as lost (the server lost its enqueue
-or commit). What it reports it consumes and tombstones (``ns:reported:<producer>``),
-so it is reported once. With ``MEMWORKER_COMMIT_REPLICAS=N`` it returns only once N
+or commit). What it reports of its owner's jobs it consumes and tombstones
+(``ns:reported:<producer>``) in one script step that also claims each report, so a job
+is reported once, also by two drains of one producer that read it at the same time.
+A drain with no owner (``memworker drain --producer X``) observes: it reports and
+consumes nothing. With ``MEMWORKER_COMMIT_REPLICAS=N`` it returns only once N
 replicas have every commit made so far (:func:`p_replicated`, before it consumes
 anything).
 
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memworker.errors import DrainTimeout, ReplicationTimeout
-from memworker.io.plan import Pipeline, Plan, Replicated, Step, one
+from memworker.io.plan import Pipeline, Plan, Replicated, Script, Step, one
 from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver
 from memworker.keys import QueueKeys
 from memworker.queue.admin import HEALTH_TTL_MS, as_text, now_ms
@@ -117,80 +120,80 @@ def _final_commands(
     return commands
 
 
-def _settle(
-    keys: QueueKeys,
-    snapshot: dict[str, list[str]],
-    producers: list[str],
-    replies: list[Any],
-    owner: str | None,
-) -> tuple[dict[str, list[str]], DrainReport, list[list[Any]]]:
-    """From :func:`_final_commands`' replies: the ids pending again (then nothing is
-    reported yet), else the report and the MULTI that consumes what it reports
-    (only ``owner``'s, every producer's when ``owner`` is None).
+#: What a drain found of one job: (producer, job id, kind, failure), kind as the
+#: ``claim`` op of ``queue.lua`` takes it ("f" failed, "c" committed, "l" lost, "m" a
+#: marker of a job reported before: consumed, not reported).
+Found = tuple[str, str, str, FailedJob | None]
 
-    Reported: every failure record of ``producers`` (snapshot ids first); a snapshot id
-    with a commit marker as committed; a snapshot id with neither, no pending mark and
-    no tombstone of an earlier report as lost (and failed). Consumed: the failure
-    records and markers reported, and a tombstone (``ns:reported``) for each reported
-    id, so the next drain naming it does not report it again (nor as lost)."""
+
+def _settle(
+    snapshot: dict[str, list[str]], producers: list[str], replies: list[Any]
+) -> tuple[dict[str, list[str]], list[Found]]:
+    """From :func:`_final_commands`' replies: the ids pending again (then nothing is
+    reported yet), else what the drain found.
+
+    Found: every failure record of ``producers`` (snapshot ids first); a snapshot id
+    with a commit marker and no tombstone of an earlier report as committed; a snapshot
+    id with neither, no pending mark and no tombstone as lost (and failed); a marker of
+    an id with a tombstone, to consume."""
     n = len(producers)
     failures: dict[str, dict[str, Any]] = {
         p: {as_text(k): v for k, v in (raw or {}).items()} for p, raw in zip(producers, replies[:n])
     }
     rest = replies[n:]
     left: dict[str, list[str]] = {}
-    committed = 0
-    failed: list[FailedJob] = []
-    lost: list[str] = []
-    done: dict[str, dict[str, list[str]]] = {
-        p: {"failed": [], "marker": [], "reported": []} for p in producers
-    }
     states = []
     for k, (p, ids) in enumerate(snapshot.items()):
         pending, markers, seen = rest[3 * k : 3 * k + 3]
-        states.append((p, ids, pending, markers, seen))
+        states.append((p, ids, markers, seen))
         again = [i for i, s in zip(ids, pending) if s is not None]
         if again:
             left[p] = again
     if left:
-        return left, DrainReport(), []
-    for p, ids, _, markers, seen in states:
-        mine = done.setdefault(p, {"failed": [], "marker": [], "reported": []})
+        return left, []
+    found: list[Found] = []
+    for p, ids, markers, seen in states:
         fails = failures.get(p, {})
         for i, marker, tomb in zip(ids, markers, seen):
-            if marker is not None:
-                mine["marker"].append(i)
             if i in fails:
-                failed.append(failure_from_json(fails.pop(i)))
-                mine["failed"].append(i)
-            elif marker is not None and tomb is None:
-                committed += 1
-            elif marker is None and tomb is None:
-                lost.append(i)
-                failed.append(FailedJob(job_id=i, record_ids=[], error=LOST_ERROR))
+                found.append((p, i, "f", failure_from_json(fails.pop(i))))
+            elif tomb is not None:
+                if marker is not None:  # reported by an earlier drain: consumed only
+                    found.append((p, i, "m", None))
+            elif marker is not None:
+                found.append((p, i, "c", None))
             else:
-                continue  # reported by an earlier drain (a marker found again is consumed)
-            mine["reported"].append(i)
+                found.append((p, i, "l", FailedJob(job_id=i, record_ids=[], error=LOST_ERROR)))
     for p, fails in failures.items():  # failed while no drain waited for them
-        for i in sorted(fails):
-            failed.append(failure_from_json(fails[i]))
-            done[p]["failed"].append(i)
-            done[p]["reported"].append(i)
+        found += [(p, i, "f", failure_from_json(fails[i])) for i in sorted(fails)]
+    return {}, found
+
+
+def _claim(keys: QueueKeys, found: list[Found], owner: str | None) -> tuple[list[Found], Script | None]:
+    """Split ``found`` into what is reported without a claim (other producers' finds,
+    every find of an observer: ``owner`` None) and the ``claim`` step of ``queue.lua``
+    that consumes ``owner``'s finds and says which of them this drain reports."""
+    mine = [f for f in found if f[0] == owner]
+    if not mine:
+        return [f for f in found if f[2] != "m"], None
     now = now_ms()
-    consume: list[list[Any]] = []
-    for p, d in done.items():
-        if owner is not None and p != owner:
-            continue
-        if d["failed"]:
-            consume.append(["HDEL", keys.producer(p).failed, *d["failed"]])
-        if d["marker"]:
-            consume.append(["ZREM", keys.producer(p).committed, *d["marker"]])
-        if d["reported"]:
-            pairs = [x for i in d["reported"] for x in (str(now), i)]
-            consume.append(["ZADD", keys.producer(p).reported, *pairs])
-            consume.append(["ZREMRANGEBYSCORE", keys.producer(p).reported, "-inf", str(now - MARKER_TTL_MS)])
-            consume.append(["PEXPIRE", keys.producer(p).reported, str(MARKER_TTL_MS)])
-    return {}, DrainReport(committed=committed, failed=failed, lost=lost), consume
+    args = ["claim", str(now), str(now - MARKER_TTL_MS), str(MARKER_TTL_MS)]
+    k = keys.producer(mine[0][0])
+    args += [k.failed, k.committed, k.reported, str(len(mine))]
+    args += [x for _, i, kind, _ in mine for x in (kind, i)]
+    return [f for f in found if f[0] != owner and f[2] != "m"], Script("queue", args)
+
+
+def _report(found: list[Found]) -> DrainReport:
+    committed, failed, lost = 0, [], []
+    for _, i, kind, job in found:
+        if kind == "c":
+            committed += 1
+        elif kind in ("f", "l") and job is not None:
+            failed.append(job)
+            if kind == "l":
+                lost.append(i)
+    return DrainReport(committed=committed, failed=failed, lost=lost)
 
 
 def _cause(depth: int, live: int) -> str:
@@ -231,7 +234,8 @@ def drain_plan(
             are reported).
         timeout: Seconds; ``None`` waits for ever.
         given: Job ids to wait for, per producer, instead of a snapshot.
-        owner: Consume only this producer's reports (``None``: every producer's).
+        owner: The producer whose reports this drain consumes and claims; the other
+            producers' are reported and left for them. ``None``: consume nothing.
         replicas: Report commits only once this many replicas have them.
         replica_timeout_ms: How long to wait for them.
 
@@ -249,7 +253,8 @@ def drain_plan(
         snap = dict(zip(producers, replies))
     else:
         snap = given
-    snapshot = {p: [as_text(i) for i in ids] for p, ids in snap.items() if ids}
+    # An id given twice is waited for, and reported, once.
+    snapshot = {p: list(dict.fromkeys(as_text(i) for i in ids)) for p, ids in snap.items() if ids}
     everyone = list(dict.fromkeys([*producers, *snapshot]))
     left = snapshot
     check, checked = True, 0.0
@@ -260,7 +265,7 @@ def drain_plan(
         if not left:
             # The one read that decides, atomic, whatever told us the jobs were done.
             replies = yield Pipeline(_final_commands(keys, snapshot, everyone), atomic=True)
-            left, report, found = _settle(keys, snapshot, everyone, replies, owner)
+            left, found = _settle(snapshot, everyone, replies)
             if not left:
                 break
         wait = DRAIN_POLL_MS / 1000
@@ -283,9 +288,14 @@ def drain_plan(
     # Also with nothing in the snapshot: jobs committed before the drain began count
     # as the producer's writes too.
     yield from p_replicated(keys, replicas, replica_timeout_ms, "drain")
-    if found:
-        yield Pipeline(found, atomic=True)
-    return report
+    report, claim = _claim(keys, found, owner)
+    if claim is not None:
+        # Consumed and claimed in one step: of two drains that read the same failure or
+        # commit, only the first to get here reports it.
+        mine = [f for f in found if f[0] == owner]
+        flags = yield claim
+        report += [f for f, flag in zip(mine, flags) if int(flag) == 1]
+    return _report(report)
 
 
 def _job_id(message: dict[str, Any]) -> str | None:

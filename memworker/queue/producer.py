@@ -366,7 +366,7 @@ class MemoryQueue:
         return job_id
 
     def drain(
-        self, timeout: float | None = None, *, job_ids: Sequence[str] | None = None
+        self, timeout: float | None = None, *, job_ids: Sequence[str] | None = None, consume: bool = True
     ) -> DrainReport:
         """Wait until every job this producer has enqueued so far is committed or failed.
 
@@ -377,7 +377,11 @@ class MemoryQueue:
                 an id no longer pending counts as committed only if its commit
                 marker exists (kept :data:`~memworker.queue.jobs.MARKER_TTL_MS`, 1 h),
                 as failed if a failure is recorded, is skipped if an earlier drain
-                reported it, and is reported lost otherwise.
+                reported it, and is reported lost otherwise. An id given twice counts once.
+            consume: ``False`` observes: report what the drain finds and consume
+                nothing, so this producer's own drain still reports it (``memworker
+                drain --producer``). ``True``: each job is reported once, by the first
+                drain of this producer to find it.
 
         Returns:
             Jobs committed (of those waited for); failed jobs: every unreported
@@ -389,7 +393,12 @@ class MemoryQueue:
         """
         given = None if job_ids is None else {self.producer_id: check_job_ids(job_ids)}
         with self._timed("drain_wait"):
-            return drain_sync(self._driver, self.keys, [self.producer_id], timeout, given=given)
+            return drain_sync(
+                self._driver, self.keys, [self.producer_id], timeout, given=given, owner=self._owner(consume)
+            )
+
+    def _owner(self, consume: bool) -> str | None:
+        return self.producer_id if consume else None
 
     def drain_all(self, timeout: float | None = None) -> DrainReport:
         """Namespace-wide drain (every producer's jobs): for shutdown and reset.
@@ -462,13 +471,13 @@ class MemoryQueue:
         return job_id
 
     async def adrain(
-        self, timeout: float | None = None, *, job_ids: Sequence[str] | None = None
+        self, timeout: float | None = None, *, job_ids: Sequence[str] | None = None, consume: bool = True
     ) -> DrainReport:
         """Async :meth:`drain`."""
         given = None if job_ids is None else {self.producer_id: check_job_ids(job_ids)}
         with self._timed("drain_wait"):
             return await drain_async(
-                self._adriver, self.keys, [self.producer_id], timeout, given=given
+                self._adriver, self.keys, [self.producer_id], timeout, given=given, owner=self._owner(consume)
             )
 
     async def adrain_all(self, timeout: float | None = None) -> DrainReport:

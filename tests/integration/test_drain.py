@@ -340,3 +340,82 @@ def test_the_sweep_forgets_producers_in_steps(qsettings, rawq):  # noqa: F811
         assert Sweeper(store, client, qsettings.namespace, "w").maybe_sweep()["producers"] == 2999
     client.close()
     assert _members(rawq, keys) == {"gone-7"}
+
+
+def test_an_id_given_twice_is_reported_once(qsettings, fake, workers):  # noqa: F811
+    """drain(job_ids=[a, a, b, b]): a commit counted once, a failure reported once
+    (it was counted twice, and the failure reported as failed and as lost)."""
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        good = q.enqueue_save([_record(0)])
+        bad = q.enqueue_save([_record(1, embedding=[1.0, 2.0, 3.0])])
+        workers(qsettings, threads=1)  # in order: the 3-dim vector fails after 8-dim ones
+        report = q.drain(timeout=30, job_ids=[good, good, bad, bad])
+        assert report.committed == 1
+        assert [f.job_id for f in report.failed] == [bad] and report.lost == []
+
+
+def _hold_first_settle(monkeypatch, release):
+    """Make the first drain to settle wait, after its final read, until ``release``."""
+    from memworker.queue import drain as queue_mod
+
+    real = queue_mod._settle
+    first = threading.Lock()
+
+    def settle(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if not out[0] and first.acquire(blocking=False):
+            assert release.wait(30)
+        return out
+
+    monkeypatch.setattr(queue_mod, "_settle", settle)
+
+
+@pytest.mark.parametrize("waits", ["snapshot", "ids"])
+def test_two_drains_of_one_producer_report_each_job_once(qsettings, fake, workers, monkeypatch, waits):  # noqa: F811
+    """Two threads drain one producer at once: both read the same failure and the same
+    commit before either consumes them. Each job is reported by one drain only (both
+    reported the failure and counted the commit)."""
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        good = q.enqueue_save([_record(0)])
+        bad = q.enqueue_save([_record(1, embedding=[1.0, 2.0, 3.0])])
+        jobs = [good, bad]
+        workers(qsettings, threads=1)
+        while q.pending():
+            time.sleep(0.02)
+        release = threading.Event()
+        _hold_first_settle(monkeypatch, release)
+        given = None if waits == "snapshot" else jobs
+        reports: dict = {}
+
+        def first():
+            reports["a"] = q.drain(timeout=30, job_ids=jobs)
+
+        held = threading.Thread(target=first)
+        held.start()
+        time.sleep(0.3)  # the first drain is inside its settle, holding its read
+        reports["b"] = q.drain(timeout=30, job_ids=given)
+        release.set()
+        held.join(30)
+        a, b = reports["a"], reports["b"]
+        assert a.committed + b.committed == 1
+        assert [f.job_id for f in a.failed + b.failed] == [bad]
+        assert a.lost == [] and b.lost == []
+
+
+def test_an_observing_drain_leaves_the_reports_to_the_producer(qsettings, fake, workers, monkeypatch, capsys):  # noqa: F811
+    """drain(consume=False), as `memworker drain --producer p` runs it, reports what it
+    finds and consumes nothing: p's own drain still reports its failure and commit."""
+    from memworker.cli import main
+
+    with MemoryQueue(qsettings, producer_id="p") as q, MemoryQueue(qsettings, producer_id="p") as watcher:
+        good = q.enqueue_save([_record(0)])
+        bad = q.enqueue_save([_record(1, embedding=[1.0, 2.0, 3.0])])
+        workers(qsettings, threads=1)
+        seen = watcher.drain(timeout=30, consume=False)
+        assert [f.job_id for f in seen.failed] == [bad]
+        monkeypatch.setattr("memworker.cli._settings", lambda _args: qsettings)  # also a cluster's
+        assert main(["drain", "--producer", "p"]) == 0
+        assert f"failed {bad}" in capsys.readouterr().out
+        own = q.drain(timeout=30, job_ids=[good, bad])
+        assert own.committed == 1 and [f.job_id for f in own.failed] == [bad]
+        assert q.drain(timeout=30, job_ids=[good, bad]).failed == []  # consumed by the owner
