@@ -132,7 +132,10 @@ def make_argument_parser() -> argparse.ArgumentParser:
 
     drain = commands.add_parser("drain", help="wait until pending jobs are committed or failed")
     drain.add_argument("--all", action="store_true", help="every producer of the namespace (default: --producer)")
-    drain.add_argument("--producer", default=None, help="drain this producer's jobs")
+    drain.add_argument(
+        "--producer", default=None,
+        help="wait for this producer's jobs; reports without consuming (its own drain still reports them)",
+    )
     drain.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
 
     dead = commands.add_parser("dead", help="dead-lettered jobs")
@@ -428,6 +431,7 @@ def _worker_line(worker: dict[str, Any]) -> str:
 
 
 def _cmd_drain(args: argparse.Namespace) -> int:
+    from memworker.errors import escape
     from memworker.queue.jobs import DrainTimeout
     from memworker.queue.producer import MemoryQueue
 
@@ -436,19 +440,21 @@ def _cmd_drain(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     with MemoryQueue(_settings(args), producer_id=args.producer) as queue:
         try:
-            report = queue.drain_all(args.timeout) if args.all else queue.drain(args.timeout)
+            # An observer: --producer X leaves X's reports for X's own drain.
+            report = queue.drain_all(args.timeout) if args.all else queue.drain(args.timeout, consume=False)
         except DrainTimeout as exc:
             print(f"memworker drain: {exc}", file=sys.stderr)
             return EXIT_FAILURE
     print(f"committed {report.committed} jobs, failed {len(report.failed)}")
     for failed in report.failed:
-        print(f"  failed {failed.job_id}: {failed.error}")
+        print(f"  failed {failed.job_id}: {escape(failed.error)}")
     return EXIT_OK
 
 
 def _cmd_dead(args: argparse.Namespace) -> int:
     import json
 
+    from memworker.errors import escape
     from memworker.queue.admin import dead_list, dead_purge, dead_requeue
 
     settings = _settings(args)
@@ -457,7 +463,7 @@ def _cmd_dead(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(entries, indent=2, default=str))
         for entry in [] if args.json else entries:
-            print("  ".join(f"{k}={v}" for k, v in entry.items()))
+            print("  ".join(f"{k}={escape(str(v))}" for k, v in entry.items()))
         return EXIT_OK
     ids = args.ids or None
     if args.dead_command == "requeue":
@@ -468,19 +474,20 @@ def _cmd_dead(args: argparse.Namespace) -> int:
 
 
 def _cmd_retention(args: argparse.Namespace) -> int:
+    from memworker.errors import escape
     from memworker.store import ValkeyStore
 
     with ValkeyStore(_settings(args)) as store:
         if args.retention_command == "set":
             store.set_retention(args.scope, args.days)
-            print(f"{args.scope}: records older than {args.days:g} day(s) are deleted by the workers")
+            print(f"{escape(args.scope)}: records older than {args.days:g} day(s) are deleted by the workers")
         elif args.retention_command == "clear":
             store.set_retention(args.scope, None)
-            print(f"{args.scope}: no retention")
+            print(f"{escape(args.scope)}: no retention")
         else:
             policies = store.retention()
             for scope, days in sorted(policies.items()):
-                print(f"{scope}  {days:g} day(s)")
+                print(f"{escape(scope)}  {days:g} day(s)")
             if not policies:
                 print("no retention policy")
     return EXIT_OK
