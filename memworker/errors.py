@@ -32,6 +32,8 @@ __all__ = [
     "ScopeBusyError",
     "SearchModuleMissing",
     "ServerStartError",
+    "escape",
+    "shown",
 ]
 
 
@@ -128,3 +130,18 @@ class SearchModuleMissing(MemworkerError):
 
 class ServerStartError(MemworkerError):
     """valkey-server did not answer PING (the message ends with its log)."""
+
+
+def escape(text: str) -> str:
+    """A string for a log line or a terminal: as is when printable, else its ``repr``
+    (no line break, escape sequence or control character forges a line)."""
+    return text if text.isprintable() else repr(text)
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """A value a user or an LLM gave, as an error message or log line quotes it: a
+    string as the ``repr`` of its first ``limit`` characters ("..." after a cut),
+    anything else as :func:`escape` of its text, cut the same way."""
+    text = value if isinstance(value, str) else str(value)
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return repr(cut) if isinstance(value, str) else escape(cut)

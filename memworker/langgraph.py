@@ -67,7 +67,7 @@ from langgraph.store.base import (
 )
 
 from memworker.queue.group import AsyncGroupCommit, GroupCommit
-from memworker.errors import ConfigError, JobFailedError, ValidationError
+from memworker.errors import ConfigError, JobFailedError, ValidationError, shown
 from memworker.queue.jobs import ENCODE_ACTOR, build_message, embed_items, save_items
 from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
@@ -221,12 +221,6 @@ def _field_path(field: str) -> tuple[str, str | list[str]]:
     return field, field if field == "$" else tokenize_path(field)
 
 
-def _shown_key(key: Any) -> str:
-    """A key as an error message shows it: at most 64 characters."""
-    text = str(key)
-    return repr(text if len(text) <= 64 else text[:64] + "...")
-
-
 def namespace_scope(namespace: Sequence[str]) -> str:
     return _cached(_placement, namespace)[1]
 
@@ -268,7 +262,7 @@ def _number(value: Any) -> int | float | None:
 
 def _apply(value: Any, operator: str, operand: Any) -> bool:
     if operator not in _OPERATORS:  # check_filter refuses it first
-        raise ValidationError(f"unsupported operator {_shown_key(operator)}")
+        raise ValidationError(f"unsupported operator {shown(operator)}")
     if operator == "$eq":
         return _json_equal(value, operand)
     if operator == "$ne":
@@ -318,7 +312,7 @@ def check_filter(
     for key, condition in flt.items():
         if not isinstance(key, str):
             raise ValidationError("filter keys must be strings")
-        _check_condition(condition, f"filter[{_shown_key(key)}]")
+        _check_condition(condition, f"filter[{shown(key)}]")
         if isinstance(condition, dict) and any(
             isinstance(k, str) and k.startswith("$") for k in condition
         ):
@@ -341,14 +335,14 @@ def _check_condition(condition: Any, where: str) -> None:
         unknown = [k for k in condition if k not in _OPERATORS]
         if unknown:
             raise ValidationError(
-                f"{where} has an unsupported operator {_shown_key(unknown[0])}; "
+                f"{where} has an unsupported operator {shown(unknown[0])}; "
                 f"supported: {', '.join(sorted(_OPERATORS))}"
             )
         return
     for k, v in condition.items():
         if not isinstance(k, str):
             raise ValidationError(f"{where}: filter keys must be strings")
-        _check_condition(v, f"{where}[{_shown_key(k)}]")
+        _check_condition(v, f"{where}[{shown(k)}]")
 
 
 def _pushable(value: Any) -> bool:
@@ -382,7 +376,7 @@ def _bounds(condition: dict[str, Any], key: str) -> tuple[Any, bool, Any, bool] 
             return None
         if isinstance(number, int) and not float_range(number):
             raise ValidationError(
-                f"filter[{_shown_key(key)}] {op} is an integer beyond the float64 range (about 1.8e308)"
+                f"filter[{shown(key)}] {op} is an integer beyond the float64 range (about 1.8e308)"
             )
         found = True
         if op in ("$gt", "$gte"):
@@ -455,7 +449,7 @@ def _naming_put(check: Callable[[list[dict[str, Any]], int], T], items: list[dic
         if found is None:
             raise
         key = items[int(found[1])]["metadata"][_KEY]
-        raise ValidationError(f"put of {_shown_key(key)}: {str(exc)[found.end():]}") from None
+        raise ValidationError(f"put of {shown(key)}: {str(exc)[found.end():]}") from None
 
 
 def _prefix_scope(prefix: Sequence[str], where: str) -> str:
@@ -494,7 +488,7 @@ def _check_list_namespaces(op: ListNamespacesOp) -> tuple[int, int, str]:
     for cond in op.match_conditions or ():
         if not isinstance(cond, MatchCondition) or cond.match_type not in ("prefix", "suffix"):
             raise ValidationError(
-                f"unsupported match condition {_shown_key(getattr(cond, 'match_type', cond))}; "
+                f"unsupported match condition {shown(getattr(cond, 'match_type', cond))}; "
                 "supported: prefix, suffix"
             )
         try:
@@ -774,7 +768,7 @@ class QueuedStore(BaseStore):
         """The put's TTL in minutes (``put()`` resolved the store's default into it)."""
         if op.ttl is None or isinstance(op.ttl, NotProvided):
             return None
-        return _check_minutes(op.ttl, f"ttl of {_shown_key(op.key)}")
+        return _check_minutes(op.ttl, f"ttl of {shown(op.key)}")
 
     def _texts(self, op: PutOp) -> str:
         """The text the workers embed for a put ("" when it is not indexed)."""
@@ -787,7 +781,7 @@ class QueuedStore(BaseStore):
                 isinstance(f, str) and f for f in op.index
             ):
                 raise ValidationError(
-                    f"index of {_shown_key(op.key)} must be False, None or a list of field paths (strings)"
+                    f"index of {shown(op.key)} must be False, None or a list of field paths (strings)"
                 )
             paths = [_field_path(f) for f in op.index]
         texts: list[str] = []
@@ -812,14 +806,14 @@ class QueuedStore(BaseStore):
                 deletes.append((rid, ver))
                 continue
             if not isinstance(op.value, dict):
-                raise ValidationError(f"value of {_shown_key(op.key)} must be a dict, got {type(op.value).__name__}")
+                raise ValidationError(f"value of {shown(op.key)} must be a dict, got {type(op.value).__name__}")
             if not op.namespace:
-                raise ValidationError(f"namespace of a put has no label (put of {_shown_key(op.key)})")
-            check_nesting(op.value, f"value of {_shown_key(op.key)}")  # before any walk of it
+                raise ValidationError(f"namespace of a put has no label (put of {shown(op.key)})")
+            check_nesting(op.value, f"value of {shown(op.key)}")  # before any walk of it
             path, scope = _cached(_placement, op.namespace)
             if len(path) > MAX_CATEGORY_LENGTH:
                 raise ValidationError(
-                    f"namespace of {_shown_key(op.key)} is {len(path)} characters percent-encoded, "
+                    f"namespace of {shown(op.key)} is {len(path)} characters percent-encoded, "
                     f"the limit is {MAX_CATEGORY_LENGTH}"
                 )
             minutes = self._ttl_minutes(op)
@@ -828,7 +822,7 @@ class QueuedStore(BaseStore):
                 metadata[_TTL] = minutes
             for field, value in op.value.items():
                 if not isinstance(field, str):
-                    raise ValidationError(f"value of {_shown_key(op.key)}: field names must be strings")
+                    raise ValidationError(f"value of {shown(op.key)}: field names must be strings")
                 metadata[_FIELD + field] = value
             text = self._texts(op)
             item: dict[str, Any] = {
@@ -886,7 +880,7 @@ class QueuedStore(BaseStore):
             return save_items([item], 1)[0]
         except ValidationError as exc:
             key = item["metadata"][_KEY]
-            raise ValidationError(f"put of {_shown_key(key)}: {str(exc).removeprefix('records[0].')}") from None
+            raise ValidationError(f"put of {shown(key)}: {str(exc).removeprefix('records[0].')}") from None
 
     @functools.cached_property
     def _envelope(self) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memworker.errors import ConfigError
+from memworker.errors import ConfigError, shown
 
 __all__ = [
     "WorkerSettings",
@@ -98,12 +98,6 @@ BROKER_ENV: dict[str, tuple[str, int, int, int]] = {
 MAX_INFERENCE_THREADS = 256
 
 
-def _shown(value: object) -> str:
-    """A bad value as an error quotes it: its repr, at most 40 characters."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if env is None else env
 
@@ -148,7 +142,7 @@ def read_broker_options(
         if value is None:
             value = default
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError(f"{where} must be an integer >= {low} and <= {high}, got {_shown(value)}")
+            raise ConfigError(f"{where} must be an integer >= {low} and <= {high}, got {shown(value, 40)}")
         out[name] = value
     return out
 
@@ -242,7 +236,7 @@ def read_inference_threads(env: Mapping[str, str] | None = None) -> int | None:
         wanted = 0
     if not 1 <= wanted <= MAX_INFERENCE_THREADS:
         raise ConfigError(
-            f"{THREADS_ENV} must be an integer >= 1 and <= {MAX_INFERENCE_THREADS}, got {_shown(raw)}"
+            f"{THREADS_ENV} must be an integer >= 1 and <= {MAX_INFERENCE_THREADS}, got {shown(raw, 40)}"
         )
     return wanted
 
@@ -337,7 +331,7 @@ class WorkerSettings:
         ):
             raise ConfigError(
                 f"inference_threads must be an integer >= 1 and <= {MAX_INFERENCE_THREADS}, "
-                f"got {_shown(self.inference_threads)}"
+                f"got {shown(self.inference_threads, 40)}"
             )
         if self.backend not in BACKEND_VALUES:
             raise ConfigError(

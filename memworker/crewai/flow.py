@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from memworker.crewai.config import worker_llm
 from memworker.crewai.locks import scope_locks
 from memworker.embedded import ensure_embedded
-from memworker.errors import MemworkerError
+from memworker.errors import MemworkerError, shown
 from memworker.io.redispy import redis_client
 from memworker.queue.jobs import RESULT_TTL_MS, result_key
 from memworker.store.query import MAX_LIMIT
@@ -95,11 +95,6 @@ def _client(settings: Settings) -> Any:
                 client = redis_client(settings)
                 _clients[key] = client
     return client
-
-
-def _for_log(record_id: Any) -> str:
-    """A record id as a log line may show it: escaped, at most 100 characters."""
-    return repr(str(record_id)[:100])
 
 
 class _FlowStorage:
@@ -185,14 +180,14 @@ class _FlowStorage:
     def _allowed(self, op: str, record_id: Any) -> Any:
         """The stored record ``op`` may act on, or ``None`` (refused and logged)."""
         with self._shown_lock:
-            shown = record_id in self._shown
-        stored = self._store.get_record(record_id) if shown else None
+            was_shown = record_id in self._shown
+        stored = self._store.get_record(record_id) if was_shown else None
         if stored is not None and self.may_touch(stored):
             return stored
         self.refused.add(str(record_id))
         log.warning(
             "consolidation: %s of record %s refused (not shown to this writer, gone, or "
-            "not its to change)", op, _for_log(record_id),
+            "not its to change)", op, shown(record_id, 100),
         )  # fmt: skip
         return None
 

@@ -18,6 +18,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
+from memworker.errors import escape
 from memworker.queue.payload import job_identity
 
 __all__ = [
@@ -62,12 +63,6 @@ def loggable_error(exc: BaseException) -> str:
     if len(text) > 500:
         text = text[:500] + "..."
     return f"{name}: {escape(text)}" if text else name
-
-
-def escape(text: str) -> str:
-    """A string for a log line: as is when printable, else its ``repr`` (no line breaks
-    or control characters can forge log lines)."""
-    return text if text.isprintable() else repr(text)
 
 
 def ids_text(ids: list[str]) -> str:

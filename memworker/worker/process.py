@@ -22,7 +22,7 @@ from typing import Any
 import dramatiq
 
 from memworker.crewai.flow import check_worker_model
-from memworker.errors import ConfigError
+from memworker.errors import ConfigError, shown
 from memworker.metrics import flush_worker_metrics, worker_metrics
 from memworker.tracing import setup_worker_tracing, shutdown_worker_tracing
 from memworker.records import dimension_mismatch, record_types
@@ -227,7 +227,7 @@ def run_worker(
     """
     for name, value, high in (("processes", processes, MAX_PROCESSES), ("threads", threads, MAX_THREADS)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-            raise ConfigError(f"{name} must be an integer >= 1 and <= {high}, got {str(value)[:40]!r}")
+            raise ConfigError(f"{name} must be an integer >= 1 and <= {high}, got {shown(value, 40)}")
     options = broker_options(
         max_retries=max_retries, min_backoff_ms=min_backoff_ms, max_deliveries=max_deliveries,
         commit_step=commit_step, inflight_records=inflight_records, inflight_bytes=inflight_bytes,
