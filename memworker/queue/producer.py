@@ -60,7 +60,7 @@ __all__ = ["MemoryQueue", "default_producer_id", "enqueue_head", "enqueue_step",
 
 def default_producer_id() -> str:
     """``<host>-<pid>-<random>``, restricted to the characters a key part may hold."""
-    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40]
+    host = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "-" for c in socket.gethostname())[:40]
     return f"{host or 'host'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
