@@ -31,6 +31,16 @@
 --   l  lost (no mark at all): tombstone (claimed if no tombstone was there)
 --   m  a marker of a job already reported: drop it (never claimed)
 --
+--   requeue: dead zset, dead msgs hash, msgs hash, queue, wake list, message id,
+--            message, then (when the job can be read) its pending zset, producers set,
+--            failed hash, reported zset, committed zset, deliveries hash, producer id,
+--            job id, now (ms), delivery field -> 1 when this call moved it, else 0
+--
+-- requeue is `memworker dead requeue` (memworker/queue/admin.py): the dead letter back
+-- on the queue, with its job's pending mark restored and its reports cleared, only if
+-- it is still a dead letter (ZREM). Two requeues of one dead letter at once, each having
+-- read it, queued it twice (two deliveries) when this was a MULTI.
+--
 -- prune is the workers' sweep (memworker/worker/sweep.py): a producer with nothing
 -- pending and no unreported failure leaves the producers set (read, one command per
 -- producer, by every status, drain_all and metrics scrape). Atomic with enqueue (which
@@ -82,6 +92,31 @@ if op == "prune" then
     end
   end
   return removed
+end
+
+if op == "requeue" then
+  local dead, dead_msgs, msgs, queue, wake, mid, data = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+  if #ARGV ~= 8 and #ARGV ~= 18 then
+    return redis.error_reply("BADARGS requeue takes 7 or 17 arguments")
+  end
+  if redis.call("ZREM", dead, mid) == 0 then
+    return 0
+  end
+  redis.call("HDEL", dead_msgs, mid)
+  redis.call("HSET", msgs, mid, data)
+  redis.call("RPUSH", queue, mid)
+  redis.call("RPUSH", wake, "1")
+  if #ARGV == 18 then
+    local pending, producers, failed, reported, committed, deliveries = ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+    local producer, job, now, delivery = ARGV[15], ARGV[16], ARGV[17], ARGV[18]
+    redis.call("ZADD", pending, now, job)
+    redis.call("SADD", producers, producer)  -- the sweep may have forgotten it
+    redis.call("HDEL", failed, job)
+    redis.call("ZREM", reported, job)
+    redis.call("ZREM", committed, job)
+    redis.call("HDEL", deliveries, delivery)
+  end
+  return 1
 end
 
 if op == "claim" then

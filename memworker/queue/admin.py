@@ -13,7 +13,7 @@ import time
 from collections.abc import Generator, Sequence
 from typing import Any
 
-from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, Plan
+from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, Plan, Script
 from memworker.io.redispy import RedisSyncDriver
 from memworker.keys import DEFAULT_QUEUE, QueueKeys
 from memworker.queue.jobs import delivery_field
@@ -214,10 +214,11 @@ def dead_list(settings: Settings | None = None, *, limit: int = 100) -> list[dic
         driver.close()
 
 
-def _requeue_commands(keys: QueueKeys, mid: str, raw: Any) -> list[list[Any]]:
-    """The MULTI that moves one dead letter back: the message, its wake-up token and,
-    when the job can be read, its pending mark restored and its reports cleared."""
-    commands: list[list[Any]] = []
+def _requeue_args(keys: QueueKeys, mid: str, raw: Any) -> list[str]:
+    """The ``requeue`` op of ``queue.lua`` that moves one dead letter back: the message
+    and its wake-up token and, when the job can be read, its pending mark restored and
+    its reports cleared."""
+    job: list[str] = []
     try:
         msg = json.loads(raw)
         (msg.get("options") or {}).pop("retries", None)
@@ -228,25 +229,15 @@ def _requeue_commands(keys: QueueKeys, mid: str, raw: Any) -> list[list[Any]]:
         job_id, producer, _ = parse_job(msg["args"][0])
         if msg.get("message_id") != job_id:
             raise ValueError("the message's id is not its job's")
-        data = json.dumps(msg, separators=(",", ":")).encode()
-        commands = [
-            ["ZADD", keys.producer(producer).pending, str(now_ms()), job_id],
-            ["SADD", keys.producers, producer],  # the sweep may have forgotten it
-            ["HDEL", keys.producer(producer).failed, job_id],
-            ["ZREM", keys.producer(producer).reported, job_id],
-            ["ZREM", keys.producer(producer).committed, job_id],
-            ["HDEL", keys.deliveries, delivery_field(job_id, 0)],
-        ]
+        data: Any = json.dumps(msg, separators=(",", ":"))
+        p = keys.producer(producer)
+        job = [
+            p.pending, keys.producers, p.failed, p.reported, p.committed, keys.deliveries,
+            producer, job_id, str(now_ms()), delivery_field(job_id, 0),
+        ]  # fmt: skip
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # JobPayloadError too
         data = raw
-    return [
-        ["ZREM", keys.dead(), mid],
-        ["HDEL", keys.dead_msgs(), mid],
-        ["HSET", keys.msgs(), mid, data],
-        ["RPUSH", keys.q(), mid],
-        ["RPUSH", keys.wake(), "1"],
-        *commands,
-    ]
+    return ["requeue", keys.dead(), keys.dead_msgs(), keys.msgs(), keys.q(), keys.wake(), mid, data, *job]
 
 
 def _requeue_plan(keys: QueueKeys, message_ids: Sequence[str] | None) -> Plan[int]:
@@ -259,8 +250,8 @@ def _requeue_plan(keys: QueueKeys, message_ids: Sequence[str] | None) -> Plan[in
         raw = yield Call(["HGET", keys.dead_msgs(), mid])
         if raw is None:
             continue
-        yield Pipeline(_requeue_commands(keys, mid, raw), atomic=True)
-        moved += 1
+        # Moved only if still a dead letter: of two requeues at once, one moves it.
+        moved += int((yield Script("queue", _requeue_args(keys, mid, raw))))
     return moved
 
 

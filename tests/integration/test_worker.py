@@ -350,6 +350,39 @@ def test_dead_letters_requeue_and_purge(qsettings, fake, workers, rawq):
     assert rawq.zcard(keys.dead()) == 0
 
 
+def test_two_requeues_of_one_dead_letter_queue_it_once(qsettings, fake, workers, rawq):
+    """Two `memworker dead requeue` at once: both read the dead letter before either
+    moved it. It goes back on the queue once (it was pushed twice: two deliveries)."""
+    from memworker.io.plan import one
+    from memworker.queue import admin
+
+    keys = QueueKeys(qsettings.namespace)
+    workers(qsettings)
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        q.drain(timeout=30, job_ids=[q.enqueue_save([_record(0)])])
+        bad = q.enqueue_save([_record(1, embedding=[1.0, 2.0])])
+        assert len(q.drain(timeout=30, job_ids=[bad]).failed) == 1
+    workers.stop_all()  # nothing consumes the queue: what is on it stays there
+    (entry,) = dead_list(qsettings)
+    mid = entry["message_id"]
+    driver = admin._driver(qsettings)
+    try:
+        held = admin._requeue_plan(keys, [mid])
+        step = next(held)  # its read of the dead letter
+        move = held.send(driver.run(one(step)))
+        assert dead_requeue(qsettings, [mid]) == 1  # the other requeue, all of it
+        try:
+            held.send(driver.run(one(move)))
+            raise AssertionError("the plan has more steps")
+        except StopIteration as stop:
+            assert stop.value == 0
+    finally:
+        driver.close()
+    queued = [m.decode() for m in rawq.lrange(keys.q(), 0, -1)]
+    assert queued.count(mid) == 1
+    assert rawq.zcard(keys.dead()) == 0
+
+
 # ----------------------------------------------------------------------------- health, status
 def test_worker_health_key_and_check(qsettings, fake, workers, rawq):
     keys = QueueKeys(qsettings.namespace)
