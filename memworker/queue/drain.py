@@ -169,19 +169,21 @@ def _settle(
     return {}, found
 
 
-def _claim(keys: QueueKeys, found: list[Found], owner: str | None) -> tuple[list[Found], Script | None]:
+def _claim(
+    keys: QueueKeys, found: list[Found], owner: str | None
+) -> tuple[list[Found], list[Found], Script | None]:
     """Split ``found`` into what is reported without a claim (other producers' finds,
-    every find of an observer: ``owner`` None) and the ``claim`` step of ``queue.lua``
-    that consumes ``owner``'s finds and says which of them this drain reports."""
+    every find of an observer: ``owner`` None), ``owner``'s finds, and the ``claim``
+    step of ``queue.lua`` that consumes them and says which of them this drain reports."""
     mine = [f for f in found if f[0] == owner]
     if not mine:
-        return [f for f in found if f[2] != "m"], None
+        return [f for f in found if f[2] != "m"], [], None
     now = now_ms()
     args = ["claim", str(now), str(now - MARKER_TTL_MS), str(MARKER_TTL_MS)]
     k = keys.producer(mine[0][0])
     args += [k.failed, k.committed, k.reported, str(len(mine))]
     args += [x for _, i, kind, _ in mine for x in (kind, i)]
-    return [f for f in found if f[0] != owner and f[2] != "m"], Script("queue", args)
+    return [f for f in found if f[0] != owner and f[2] != "m"], mine, Script("queue", args)
 
 
 def _report(found: list[Found]) -> DrainReport:
@@ -288,11 +290,10 @@ def drain_plan(
     # Also with nothing in the snapshot: jobs committed before the drain began count
     # as the producer's writes too.
     yield from p_replicated(keys, replicas, replica_timeout_ms, "drain")
-    report, claim = _claim(keys, found, owner)
+    report, mine, claim = _claim(keys, found, owner)
     if claim is not None:
         # Consumed and claimed in one step: of two drains that read the same failure or
         # commit, only the first to get here reports it.
-        mine = [f for f in found if f[0] == owner]
         flags = yield claim
         report += [f for f, flag in zip(mine, flags) if int(flag) == 1]
     return _report(report)
