@@ -261,14 +261,18 @@ _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     """Validate texts (``str`` or mappings with ``text``/``content`` and optional
     ``scope``, ``categories``, ``metadata``, ``importance``, ``source``, ``private``)
-    -> job items, each with a new record id (uuid4) and ``created_at`` = now."""
+    -> job items, each with a new record id (uuid4) and ``created_at`` = now unless
+    it brings its own. A field absent or ``None`` takes its default (``scope``: the
+    root; ``id``: a new uuid4; ``created_at``: now); any other value is validated as
+    given (``""``, ``0`` or ``False`` are refused, naming the field, never read as
+    "not given")."""
     from memworker.records import utcnow
 
     check_count(items, max_items, "items")
     now = utcnow()
     now_iso = now.isoformat()
     # Random ids for the items that bring none (memworker.langgraph's bring theirs).
-    new_ids = iter(uuid4_texts(sum(1 for i in items if not (isinstance(i, Mapping) and i.get("id")))))
+    new_ids = iter(uuid4_texts(sum(1 for i in items if not isinstance(i, Mapping) or i.get("id") is None)))
     # Items of one call usually share their flow settings, often the same object:
     # each distinct one is checked JSON-safe and copied once.
     flows: dict[str, Any] = {}
@@ -291,15 +295,17 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
         if not text.strip():
             raise ValidationError(f"{where}.text must not be empty")
         created = item.get("created_at")
+        rid = item.get("id")
+        scope = item.get("scope")
         entry = {
-            "id": item.get("id") or next(new_ids),
+            "id": next(new_ids) if rid is None else rid,
             "content": text,
-            "scope": item.get("scope") or "/",
+            "scope": "/" if scope is None else scope,
             # Only None (or absent) is "none": 0 or "" are refused by to_row, naming them.
             "categories": [] if item.get("categories") is None else item["categories"],
             "metadata": {} if item.get("metadata") is None else item["metadata"],
             "importance": item.get("importance", 0.5),
-            "created_at": created or now,
+            "created_at": now if created is None else created,
             "source": item.get("source"),
             "private": item.get("private", False),
             "embedding": None,
@@ -311,7 +317,7 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
         to_row(entry, where=where, require_embedding=False, validate_only=True)
         del entry["embedding"]
         entry["private"] = bool(entry["private"])  # a real or a numpy bool: validated
-        entry["created_at"] = _iso(created) if created else now_iso
+        entry["created_at"] = now_iso if created is None else _iso(created)
         entry["categories"] = list(entry["categories"])
         entry["metadata"] = dict(entry["metadata"])
         flow = item.get("flow")
@@ -408,8 +414,10 @@ RESULT_TTL_MS = 3_600_000
 def needs_flow(flow: Any) -> bool:
     """Whether an item's ``flow`` entry asks for CrewAI's EncodingFlow: fields to
     infer, or consolidation on (``consolidation_threshold`` < 1, default 0.85 as in
-    CrewAI). Anything else (no entry, or only the batch-dedup threshold) takes the
-    worker's fast path."""
+    CrewAI). The entry carries CrewAI's settings with CrewAI's defaults: one without
+    ``consolidation_threshold`` (only a batch-dedup threshold, say) asks for
+    consolidation at 0.85. The fast path takes the rest: no entry, or no inference
+    and ``consolidation_threshold`` >= 1 (``QueuedMemory``'s fast-path entry)."""
     if not flow:
         return False
     if not isinstance(flow, Mapping):

@@ -328,8 +328,10 @@ class MemoryQueue:
         """Enqueue texts for the workers to embed and save; returns their record ids.
 
         Args:
-            items: ``str`` or mappings with ``text`` and optional ``scope``,
-                ``categories``, ``metadata``, ``importance``, ``source``, ``private``.
+            items: ``str`` or mappings with ``text`` and optional ``id``, ``scope``,
+                ``categories``, ``metadata``, ``importance``, ``source``, ``private``,
+                ``created_at``, ``flow`` (absent or ``None``: the default; see
+                :func:`memworker.queue.jobs.embed_items`).
 
         Raises:
             ValidationError: An empty text, a bad field, more than ``max_items``

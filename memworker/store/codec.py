@@ -309,10 +309,15 @@ def to_row(
     if not (0.0 <= importance <= 1.0):  # NaN fails it too; no float() of a huge int
         raise ValidationError(f"{where}.importance must be from 0 to 1")
 
-    created = get("created_at") or utcnow()
+    # Only None (or absent) is "not given": "" or 0 are refused below, naming them.
+    created = get("created_at")
+    if created is None:
+        created = utcnow()
     if type(created) is not datetime or created.tzinfo is not None:
         created = to_utc_naive(created, f"{where}.created_at")
-    accessed = get("last_accessed") or created
+    accessed = get("last_accessed")
+    if accessed is None:
+        accessed = created
     if type(accessed) is not datetime or accessed.tzinfo is not None:
         accessed = to_utc_naive(accessed, f"{where}.last_accessed")
 

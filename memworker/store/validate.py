@@ -70,13 +70,22 @@ MAX_ID_LENGTH = 256
 #: and ``viewer``) accepted, in characters.
 MAX_SOURCE_LENGTH = 1024
 
-_SCOPE_BAD = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
-_ID_BAD = re.compile("[\x00-\x1f\ud800-\udfff]")
+# New scopes and ids refuse every C0 and C1 control character and DEL (CSI, \x9b,
+# starts an escape sequence on 8-bit terminals; NEL, \x85, breaks lines in some log
+# viewers) and lone surrogates. Reads, and deletes by id, take what earlier versions
+# let in (DEL in ids, C1 in both), so records written then stay reachable.
+_NEW_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_SCOPE_READ_BAD = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_ID_READ_BAD = re.compile("[\x00-\x1f\ud800-\udfff]")
 
 
 # --------------------------------------------------------------------------- scopes
 def normalize_scope(
-    scope: object, *, field: str = "scope", max_depth: int | None = MAX_SCOPE_DEPTH
+    scope: object,
+    *,
+    field: str = "scope",
+    max_depth: int | None = MAX_SCOPE_DEPTH,
+    strict: bool = True,
 ) -> str:
     """A record's scope in canonical form: ``/a/b`` (root is ``/``).
 
@@ -87,11 +96,13 @@ def normalize_scope(
         scope: The scope.
         field: How error messages name it.
         max_depth: Most levels (``/a/b`` has 2); ``None``: no limit (read filters).
+        strict: A scope to write: refuse the C1 controls (``\\x80``-``\\x9f``) too
+            (``False``, read filters: records written before that rule stay reachable).
 
     Raises:
         ValidationError: Not a string, empty, longer than ``MAX_SCOPE_LENGTH``,
             deeper than ``max_depth`` (:data:`MAX_SCOPE_DEPTH`), an empty path
-            component (``//``), or a control character.
+            component (``//``), or a control character (C0, DEL; C1 when ``strict``).
     """
     if not isinstance(scope, str):
         raise ValidationError(f"{field} must be a string, got {type(scope).__name__}")
@@ -101,7 +112,7 @@ def normalize_scope(
         raise ValidationError(
             f"{field} is {len(scope)} characters, the limit is {MAX_SCOPE_LENGTH}"
         )
-    if _SCOPE_BAD.search(scope):
+    if (_NEW_BAD if strict else _SCOPE_READ_BAD).search(scope):
         raise ValidationError(f"{field} must not contain control characters or lone surrogates")
     if not scope.startswith("/"):
         scope = "/" + scope
@@ -123,7 +134,7 @@ def normalize_scope_prefix(scope_prefix: str | None, *, field: str = "scope_pref
         return "/"
     if isinstance(scope_prefix, str) and scope_prefix.strip("/") == "":
         return "/"
-    return normalize_scope(scope_prefix, field=field, max_depth=None)
+    return normalize_scope(scope_prefix, field=field, max_depth=None, strict=False)
 
 
 def scope_ancestors(scope: str) -> list[str]:
@@ -224,7 +235,11 @@ def _flow_number(flow: Mapping[str, Any], name: str, where: str, high: float | N
     value = flow[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationError(f"{where}.{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (high is not None and value > high):
+    try:
+        number = float(value)
+    except OverflowError:  # an int past a float's range: "not finite", not a crash
+        number = math.inf
+    if not math.isfinite(number) or number < 0 or (high is not None and number > high):
         limit = f"from 0 to {high:g}" if high is not None else "finite and >= 0"
         raise ValidationError(f"{where}.{name} must be {limit}")
 
@@ -283,9 +298,11 @@ def check_flow(flow: Any, where: str = "flow", *, strict: bool = True) -> Mappin
     return flow
 
 
-def check_id(value: Any, where: str) -> str:
+def check_id(value: Any, where: str, *, strict: bool = True) -> str:
     """A record id: a non-empty string of at most :data:`MAX_ID_LENGTH` characters,
-    without control characters or lone surrogates.
+    without control characters (C0, DEL, C1) or lone surrogates. ``strict=False``
+    (an id read back from the store, to refresh or delete) takes DEL and the C1
+    controls, which earlier versions let in.
 
     Raises:
         ValidationError: Naming ``where``.
@@ -296,7 +313,7 @@ def check_id(value: Any, where: str) -> str:
         raise ValidationError(
             f"{where}.id is {len(value)} characters, the limit is {MAX_ID_LENGTH}"
         )
-    if _ID_BAD.search(value):
+    if (_NEW_BAD if strict else _ID_READ_BAD).search(value):
         raise ValidationError(f"{where}.id must not contain control characters or lone surrogates")
     return value
 

@@ -166,6 +166,11 @@ BAD_FLOWS = [
     ({"batch_dedup_threshold": float("inf")}, "flow.batch_dedup_threshold"),
     ({"default_importance": 2}, "flow.default_importance"),
     ({"default_importance": None}, "flow.default_importance"),
+    # integers too large for a float: math.isfinite() raised OverflowError, which the
+    # worker took for a transient failure and retried
+    ({"consolidation_threshold": 10**400}, "flow.consolidation_threshold"),
+    ({"batch_dedup_threshold": -(10**400)}, "flow.batch_dedup_threshold"),
+    ({"default_importance": 10**400}, "flow.default_importance"),
     ({"infer": "scope"}, "flow.infer"),
     ({"infer": ["bogus"]}, "flow.infer"),
     ({"scope": 5}, "flow.scope"),
@@ -192,6 +197,79 @@ def test_queued_memory_flows_match_what_the_crewai_integration_builds() -> None:
     from memworker.crewai._memory import _GROUPED_FLOW
 
     check_flow(_GROUPED_FLOW, "flow")
+
+
+def test_a_flow_of_only_a_dedup_threshold_keeps_crewai_consolidation_default() -> None:
+    """A ``flow`` entry carries CrewAI's settings, with CrewAI's defaults: without
+    ``consolidation_threshold`` consolidation is on (0.85), so the job takes the flow
+    path; ``QueuedMemory``'s fast-path entry turns it off explicitly."""
+    from memworker.queue.jobs import needs_flow
+
+    assert needs_flow({"batch_dedup_threshold": 0.9})
+    assert not needs_flow({"consolidation_threshold": 1.0, "batch_dedup_threshold": 0.9})
+    assert not needs_flow(None) and not needs_flow({})
+    assert needs_flow({"infer": ["scope"], "consolidation_threshold": 1.0})
+
+
+# ----------------------------------------------------------------------------- item defaults
+@pytest.mark.parametrize("field, value", [("scope", ""), ("scope", 0), ("scope", False),
+                                          ("scope", []), ("id", ""), ("id", 0), ("id", False),
+                                          ("created_at", ""), ("created_at", 0), ("created_at", [])])  # fmt: skip
+def test_only_a_missing_or_none_item_field_takes_its_default(
+    plain_server, namespace, field: str, value: Any
+) -> None:
+    """``scope`` defaults to the root, ``id`` to a new uuid and ``created_at`` to now,
+    but only when absent or None: a falsy value of the wrong kind is refused, named,
+    and nothing is enqueued (it used to be read as "not given")."""
+    with pytest.raises(ValidationError, match=rf"items\[1\]\.{field}"):
+        embed_items([{"text": "ok"}, {"text": "x", field: value}], 10)
+    with MemoryQueue(plain_server.url, namespace=namespace, producer_id="p") as q:
+        with pytest.raises(ValidationError, match=rf"items\[0\]\.{field}"):
+            q.enqueue_encode([{"text": "x", field: value}])
+        assert q.pending() == []
+    (item,) = embed_items([{"text": "x", "scope": None, "id": None, "created_at": None}], 10)
+    assert item["scope"] == "/" and uuid.UUID(item["id"]).version == 4 and item["created_at"]
+
+
+@pytest.mark.parametrize("field", ["created_at", "last_accessed"])
+@pytest.mark.parametrize("value", ["", 0, False])
+def test_a_falsy_record_time_is_refused_not_taken_for_now(store, field: str, value: Any) -> None:
+    with pytest.raises(ValidationError, match=rf"records\[0\]\.{field}"):
+        store.save([record(**{field: value})])
+    assert store.count() == 0
+    store.save([record(**{field: None})])
+    assert store.get_record("r1") is not None
+
+
+# ----------------------------------------------------------------------------- control characters
+#: DEL and the C1 controls: CSI (\x9b) starts an escape sequence on 8-bit terminals,
+#: NEL (\x85) breaks lines in some log viewers.
+C1 = ["\x7f", "\x80", "\x85", "\x9b", "\x9f"]
+
+
+@pytest.mark.parametrize("bad", C1)
+def test_del_and_c1_controls_are_refused_in_new_ids_and_scopes(
+    plain_server, namespace, store, bad: str
+) -> None:
+    with pytest.raises(ValidationError, match=r"records\[1\]\.id must not contain control"):
+        store.save([record("ok"), record("r" + bad)])
+    with pytest.raises(ValidationError, match=r"records\[0\]\.scope must not contain control"):
+        store.save([record(scope="/a" + bad)])
+    with MemoryQueue(plain_server.url, namespace=namespace, producer_id="p") as q:
+        with pytest.raises(ValidationError, match=r"items\[0\]\.scope"):
+            q.enqueue_encode([{"text": "x", "scope": "/a" + bad}])
+        with pytest.raises(ValidationError, match=r"items\[0\]\.id"):
+            q.enqueue_encode([{"text": "x", "id": "r" + bad}])
+        with pytest.raises(ValidationError, match=r"records\[0\]\.id"):
+            q.enqueue_save([record("r" + bad)])
+        assert q.pending() == []
+    assert store.count() == 0
+    # Reads and deletes by id or scope still take what earlier versions let in (DEL
+    # in ids, C1 in both): records written then stay reachable (as for scope depth).
+    assert store.get_record("r" + bad) is None
+    assert store.delete(record_ids=["r" + bad]) == 0
+    if bad != "\x7f":  # DEL was never let into a scope
+        assert store.list_records(scope_prefix="/a" + bad) == []
 
 
 # ----------------------------------------------------------------------------- private
@@ -301,6 +379,9 @@ CRAFTED = [
      "consolidation_limit"),
     ("string private", {"private": '"false"'}, "private"),
     ("deep scope", {"scope": json.dumps("/a" * 40)}, "scope"),
+    ("flow with a 400-digit threshold", {"flow": '{"consolidation_threshold": 1' + "0" * 400 + "}"},
+     "consolidation_threshold"),
+    ("C1 control in the scope", {"scope": json.dumps("/a\x9b")}, "scope"),
 ]  # fmt: skip
 
 

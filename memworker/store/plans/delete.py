@@ -67,7 +67,7 @@ class DeletePlans(ReadPlans):
         """Run a store script op over ``(id, integer)`` pairs, validated whole first,
         :data:`DELETE_CHUNK` pairs per call (each after the op's ``head`` arguments);
         returns the sum of the replies."""
-        checked = [(check_id(i, f"{field}[{n}]"), _version(v, f"{field}[{n}]"))
+        checked = [(check_id(i, f"{field}[{n}]", strict=False), _version(v, f"{field}[{n}]"))
                    for n, (i, v) in enumerate(pairs)]  # fmt: skip
         total = 0
         for start in range(0, len(checked), DELETE_CHUNK):
