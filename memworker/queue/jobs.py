@@ -38,6 +38,7 @@ from memworker.errors import (
     PoisonJobError,
     QueueError,
     ValidationError,
+    shown,
 )
 from memworker.keys import DEFAULT_QUEUE, QueueKeys, result_key  # result_key re-exported
 from memworker.store.codec import to_row, to_rows
@@ -127,7 +128,7 @@ def check_producer_id(producer_id: str) -> str:
     if not isinstance(producer_id, str) or not ID_RE.match(producer_id):
         raise ValidationError(
             "producer_id must be 1 to 128 characters of ASCII letters, digits, '_', '-', '.'; "
-            f"got {producer_id!r}"
+            f"got {shown(producer_id)}"
         )
     return producer_id
 

@@ -128,7 +128,7 @@ class MemoryQueue:
         namespace: Key prefix (default: the settings', else ``MEMWORKER_NAMESPACE``,
             else ``memworker``).
         producer_id: Identity of this producer (its pending set, failures and
-            wake-up channel); default ``<host>-<pid>-<random>``.
+            wake-up channel); ``None``: ``<host>-<pid>-<random>`` (``""`` is refused).
         max_job_bytes: Largest encoded job accepted.
         max_items: Most records or texts in one job.
         metrics: Record Prometheus metrics of this producer in the process's default
@@ -157,7 +157,11 @@ class MemoryQueue:
             metrics = os.environ.get("MEMWORKER_PRODUCER_METRICS", "").lower() in ("1", "true", "yes")
         self._metrics = producer_metrics() if metrics else None
         self.keys = QueueKeys(self.settings.namespace)
-        self.producer_id = check_producer_id(producer_id or default_producer_id())
+        # Only None means "not given": "" (an unset variable) is refused, not made a
+        # random id whose drains would wait on nobody's jobs and report success.
+        self.producer_id = check_producer_id(
+            default_producer_id() if producer_id is None else producer_id
+        )
         if not isinstance(max_job_bytes, int) or max_job_bytes < 1024:
             raise ValidationError(
                 f"max_job_bytes must be an integer >= 1024, got {max_job_bytes!r}"
