@@ -19,6 +19,7 @@ from memworker.keys import DEFAULT_QUEUE, QueueKeys
 from memworker.queue.jobs import delivery_field
 from memworker.queue.payload import parse_job
 from memworker.settings import Settings
+from memworker.store.validate import check_ids
 
 __all__ = [
     "HEALTH_TTL_MS",
@@ -242,7 +243,7 @@ def _requeue_args(keys: QueueKeys, mid: str, raw: Any) -> list[str]:
 
 def _requeue_plan(keys: QueueKeys, message_ids: Sequence[str] | None) -> Plan[int]:
     if message_ids is not None:
-        ids = list(message_ids)
+        ids = check_ids(message_ids, "message_ids")
     else:
         ids = [as_text(i) for i in (yield Call(["ZRANGE", keys.dead(), "0", "-1"]))]
     moved = 0
@@ -256,7 +257,8 @@ def _requeue_plan(keys: QueueKeys, message_ids: Sequence[str] | None) -> Plan[in
 
 
 def dead_requeue(settings: Settings | None = None, message_ids: Sequence[str] | None = None) -> int:
-    """Put dead-lettered jobs back on the queue (all when ``message_ids`` is None).
+    """Put dead-lettered jobs back on the queue (all when ``message_ids`` is None;
+    else a list of message ids, as :func:`dead_list` gives them: a string is refused).
 
     Each job's pending mark is restored and its failure record removed in the same
     MULTI as the move, so its producer's next drain waits for it again.
@@ -274,7 +276,7 @@ def _purge_plan(keys: QueueKeys, message_ids: Sequence[str] | None) -> Plan[int]
         n = yield Call(["ZCARD", keys.dead()])
         yield Call(["DEL", keys.dead(), keys.dead_msgs()])
         return int(n)
-    ids = list(message_ids)
+    ids = check_ids(message_ids, "message_ids")
     if not ids:
         return 0
     removed, _ = yield Pipeline(
@@ -284,7 +286,8 @@ def _purge_plan(keys: QueueKeys, message_ids: Sequence[str] | None) -> Plan[int]
 
 
 def dead_purge(settings: Settings | None = None, message_ids: Sequence[str] | None = None) -> int:
-    """Delete dead-lettered jobs (all when ``message_ids`` is None); returns how many."""
+    """Delete dead-lettered jobs (all when ``message_ids`` is None; else a list of
+    message ids: a string is refused); returns how many."""
     settings = Settings.resolve(settings)
     driver = _driver(settings)
     try:

@@ -327,7 +327,7 @@ def check_ids(value: Any, field: str = "record_ids") -> list[str]:
     """
     if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
         raise ValidationError(
-            f"{field} must be a list of record id strings, got {type(value).__name__}"
+            f"{field} must be a list of id strings, got {type(value).__name__}"
         )
     ids = list(value)
     for i, rid in enumerate(ids):

@@ -16,7 +16,7 @@ from memworker import worker as worker_mod
 from memworker.worker import actors as worker_actors
 from memworker.worker import broker as worker_broker
 from memworker.worker import process as worker_process
-from memworker.errors import ConfigError
+from memworker.errors import ConfigError, ValidationError
 from memworker.queue.jobs import QueueKeys
 from memworker.queue.admin import (
     check_health,
@@ -337,6 +337,13 @@ def test_dead_letters_requeue_and_purge(qsettings, fake, workers, rawq):
         assert len(q.drain(timeout=30, job_ids=bad).failed) == 2
         assert len(dead_list(qsettings)) == 2
         first = dead_list(qsettings)[0]["message_id"]
+        # A string is not a list of message ids (its characters would be taken as ids),
+        # nor is a number: refused, naming the argument, nothing moved or purged.
+        for bad_ids in (first, 5, [first, 5]):
+            for call in (dead_purge, dead_requeue):
+                with pytest.raises(ValidationError, match=r"message_ids"):
+                    call(qsettings, bad_ids)
+        assert len(dead_list(qsettings)) == 2
         assert dead_purge(qsettings, [first]) == 1
         # Requeued: the pending mark is back, so the producer's drain waits for it again.
         (left,) = dead_list(qsettings)
