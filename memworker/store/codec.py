@@ -392,7 +392,13 @@ def to_rows(
         ValidationError: The first bad record, named by index; or mixed dimensions.
         memworker.errors.DimensionMismatchError: Vectors of different lengths in one batch.
     """
-    records = records if isinstance(records, list) else list(records)
+    if type(records) is not list:
+        # One record (a mapping's keys, a model's fields), a string's characters or a
+        # number are not records: named as the argument, not as records[0].id.
+        if (isinstance(records, (str, bytes, bytearray, Mapping)) or hasattr(records, "content")
+                or not isinstance(records, Iterable)):  # fmt: skip
+            raise ValidationError(f"records must be a list of records, got {type(records).__name__}")
+        records = list(records)
     encoded: list[Row] = []
     try:
         for i, r in enumerate(records):

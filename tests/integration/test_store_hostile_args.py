@@ -62,6 +62,21 @@ def test_record_ids_must_be_a_list_of_strings(store, value: Any) -> None:
     assert sorted(r.id for r in store.list_records()) == ["1", "r"]
 
 
+def test_save_takes_a_list_of_records_not_one_record_or_a_string(store) -> None:
+    """``save(record)`` used to iterate the record (a dict's keys, a model's fields, a
+    string's characters) and blame ``records[0].id``: the error now names the argument."""
+    from memworker.records import record_types
+
+    one = mk("r", seed=1)
+    model = record_types()[0](id="m", content="c", embedding=vec(2))
+    for value in (one, model, "abc", b"abc", 5, None):
+        with pytest.raises(ValidationError, match=r"^records must be a list of records"):
+            store.save(value)
+    assert store.count() == 0
+    store.save(iter([one]))  # any iterable of records
+    assert store.count() == 1
+
+
 def test_async_record_ids_must_be_a_list_of_strings(store) -> None:
     store.save([mk("r", seed=1), mk("1", seed=2), mk("r1", seed=3)])
 

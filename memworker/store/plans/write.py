@@ -219,7 +219,7 @@ class WritePlans(ServerPlans):
         return int(reply[0]), skipped
 
     def _p_save(self, records: Iterable[Any]) -> Plan[None]:
-        encoded = to_rows(list(records))
+        encoded = to_rows(records)
         if encoded:
             yield from self._p_write(encoded)
 
