@@ -449,7 +449,16 @@ def _naming_put(check: Callable[[list[dict[str, Any]], int], T], items: list[dic
         if found is None:
             raise
         key = items[int(found[1])]["metadata"][_KEY]
-        raise ValidationError(f"put of {shown(key)}: {str(exc)[found.end():]}") from None
+        raise _put_error(key, str(exc)[found.end():]) from None
+
+
+def _put_error(key: str, detail: str) -> ValidationError:
+    """A put's error, naming its key and its value's fields as LangGraph users know
+    them: a record's metadata holds the value's fields (under ``=``) and the store's
+    own entries, so ``metadata['=n']`` is ``value['n']`` and ``metadata`` the value."""
+    detail = re.sub(r"^metadata\['" + re.escape(_FIELD), "value['", detail)
+    detail = re.sub(r"^metadata\b", "value", detail)
+    return ValidationError(f"put of {shown(key)}: {detail}")
 
 
 def _prefix_scope(prefix: Sequence[str], where: str) -> str:
@@ -880,7 +889,7 @@ class QueuedStore(BaseStore):
             return save_items([item], 1)[0]
         except ValidationError as exc:
             key = item["metadata"][_KEY]
-            raise ValidationError(f"put of {shown(key)}: {str(exc).removeprefix('records[0].')}") from None
+            raise _put_error(key, str(exc).removeprefix("records[0].")) from None
 
     @functools.cached_property
     def _envelope(self) -> int:

@@ -286,7 +286,8 @@ def to_row(
         except UnicodeEncodeError:
             raise ValidationError(f"{where}.categories[{i}] is not valid unicode text") from None
 
-    metadata, metadata_json = check_metadata(get("metadata") or {}, f"{where}.metadata")
+    # None (or no field) is no metadata; "", 0 or [] are refused, not read as {}.
+    metadata, metadata_json = check_metadata(get("metadata"), f"{where}.metadata")
     ranged = 0
     for key, value in metadata.items():
         # the worker indexes these as float64 (range tokens): refuse here what it cannot

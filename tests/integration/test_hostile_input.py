@@ -59,6 +59,20 @@ def record(rid: str = "r1", **over: Any) -> dict[str, Any]:
     return rec
 
 
+def refused_on_every_write_path(url: str, namespace: str, store, field: str, value: Any, needle: str) -> None:
+    """``field=value`` is refused, naming the field, by ``store.save``, ``enqueue_encode``
+    and ``enqueue_save``, and nothing is written or enqueued."""
+    with pytest.raises(ValidationError, match=rf"records\[0\]\.{field} {needle}"):
+        store.save([record(**{field: value})])
+    with MemoryQueue(url, namespace=namespace, producer_id="p") as q:
+        with pytest.raises(ValidationError, match=rf"items\[0\]\.{field} {needle}"):
+            q.enqueue_encode([{"text": "x", field: value}])
+        with pytest.raises(ValidationError, match=rf"records\[0\]\.{field} {needle}"):
+            q.enqueue_save([record(**{field: value})])
+        assert q.pending() == []
+    assert store.count() == 0
+
+
 # ----------------------------------------------------------------------------- metadata depth
 def test_metadata_depth_is_bounded_with_a_validation_error_naming_the_limit() -> None:
     encode_record(record(metadata=nested(MAX_METADATA_DEPTH)))
@@ -231,6 +245,17 @@ def test_only_a_missing_or_none_item_field_takes_its_default(
     assert item["scope"] == "/" and uuid.UUID(item["id"]).version == 4 and item["created_at"]
 
 
+@pytest.mark.parametrize("value", ["", 0, False, [], "{}"])
+def test_metadata_that_is_not_a_mapping_is_refused_even_when_falsy(
+    plain_server, namespace, store, value: Any
+) -> None:
+    """``metadata=0`` raised a bare TypeError at enqueue, and ``""``, ``0`` or ``[]``
+    were stored as ``{}`` by ``save``: only ``None`` (or no field) means none."""
+    refused_on_every_write_path(plain_server.url, namespace, store, "metadata", value, "must be a mapping")
+    store.save([record(metadata=None)])
+    assert store.get_record("r1").metadata == {}
+
+
 @pytest.mark.parametrize("field", ["created_at", "last_accessed"])
 @pytest.mark.parametrize("value", ["", 0, False])
 def test_a_falsy_record_time_is_refused_not_taken_for_now(store, field: str, value: Any) -> None:
@@ -275,15 +300,7 @@ def test_del_and_c1_controls_are_refused_in_new_ids_and_scopes(
 # ----------------------------------------------------------------------------- private
 @pytest.mark.parametrize("value", ["false", "true", "", 0, 1, None, [], "no"])
 def test_private_must_be_a_real_boolean(plain_server, namespace, store, value: Any) -> None:
-    with pytest.raises(ValidationError, match=r"records\[0\]\.private must be a boolean"):
-        store.save([record(private=value)])
-    with MemoryQueue(plain_server.url, namespace=namespace, producer_id="p") as q:
-        with pytest.raises(ValidationError, match=r"items\[0\]\.private must be a boolean"):
-            q.enqueue_encode([{"text": "x", "private": value}])
-        with pytest.raises(ValidationError, match=r"records\[0\]\.private must be a boolean"):
-            q.enqueue_save([record(private=value)])
-        assert q.pending() == []
-    assert store.count() == 0
+    refused_on_every_write_path(plain_server.url, namespace, store, "private", value, "must be a boolean")
 
 
 def test_private_accepts_booleans_and_numpy_booleans(store) -> None:

@@ -227,8 +227,13 @@ def test_bad_values_are_refused_naming_the_field_and_nothing_is_enqueued(lg):
     before = lg.queue.status()
     with pytest.raises(ValidationError, match="value"):
         lg.put(("n",), "k", ["not", "a", "dict"])  # type: ignore[arg-type]
-    with pytest.raises(ValidationError, match="metadata"):
+    # named as LangGraph users know it: the value, not the record's metadata
+    with pytest.raises(ValidationError, match=r"^put of 'k': value is \d+ bytes of JSON"):
         lg.put(("n",), "k", {"text": "x", "blob": "z" * (70 * 1024)})
+    with pytest.raises(ValidationError, match=r"^put of 'k': value is not JSON-serializable"):
+        lg.put(("n",), "k", {"text": "x", "n": float("nan")})
+    with pytest.raises(ValidationError, match=r"^put of 'k': value is not JSON-serializable"):
+        lg.put(("n",), "k", {"n": {1, 2}}, index=False)
     with pytest.raises(ValidationError, match="limit is 256"):
         lg.put(tuple("n" * 10 for _ in range(30)), "k", {"text": "x"})
     with pytest.raises(ValidationError, match="ttl"):
@@ -586,7 +591,7 @@ def test_numbers_beyond_float64_and_bad_pages_are_validation_errors(lg):
     tokens are float64), a filter bound or a TTL was a raw OverflowError, or a poison
     job that failed in every worker attempt. Nested values are compared as they are."""
     before = lg.queue.status()
-    with pytest.raises(ValidationError, match=r"metadata\['=n'\] .*float64"):
+    with pytest.raises(ValidationError, match=r"^put of 'k': value\['n'\] .*float64"):
         lg.put(("n",), "k", {"text": "apple", "n": HUGE})
     for ttl in (HUGE, float("nan"), float("inf"), 0, True, "5"):
         with pytest.raises(ValidationError, match="ttl of 'k' must be a number of minutes"):
@@ -626,7 +631,7 @@ def test_a_batch_with_one_bad_put_enqueues_nothing(lg):
     ops = [PutOp(("n",), "good", {"text": "apple"}),
            PutOp(("n",), "plain", {"n": 1}, index=False),
            PutOp(("n",), "bad", {"n": 10**400}, index=False)]  # fmt: skip
-    with pytest.raises(ValidationError, match=r"put of 'bad': metadata\['=n'\]"):
+    with pytest.raises(ValidationError, match=r"put of 'bad': value\['n'\]"):
         lg.batch(ops)
     assert lg.queue.status()["depth"] == before["depth"]
     assert lg.get(("n",), "good") is None and lg.get(("n",), "plain") is None
