@@ -180,13 +180,16 @@ class SearchFilter:
             or self.source is not None or self.visible is not None
         )  # fmt: skip
 
-    def matches(self, tokens: Sequence[Any]) -> bool:
+    def matches(self, tokens: Sequence[Any], *, scope: bool = False) -> bool:
         """Whether a record's token fields (:data:`TOKEN_FIELDS` order) pass the filter.
 
-        The scope part is not checked here: the exact path takes its candidates
-        from the scope's sorted set.
+        The scope part is checked only with ``scope=True``: the exact path takes its
+        candidates from the scope's sorted set; the re-check of fetched records
+        (:meth:`~memworker.store.plans.search.SearchPlans._p_fetch_passing`) needs it.
         """
-        _, cat_t, meta_t, src_t, vis = (_split(v) for v in tokens)
+        scope_anc, cat_t, meta_t, src_t, vis = (_split(v) for v in tokens)
+        if scope and self.scope != "/" and self._scope_token not in scope_anc:
+            return False
         if self.categories_any and not cat_t.intersection(self.categories_any):
             return False
         if self.metadata_all and not meta_t.issuperset(self.metadata_all):
