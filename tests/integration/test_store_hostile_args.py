@@ -316,3 +316,20 @@ def test_visible_categories_never_name_another_sources_private_records(store) ->
     assert store.visible_scopes("/", viewer=None) == ["/team"]
     assert asyncio.run(store.avisible_scopes("/team/x", viewer="bob")) == []
     assert store.visible_summary("/team", viewer=None) == ({"roadmap": 2, "budget": 1}, ["/team/x"])
+
+
+# ------------------------------------------------------- error codes quoting an id
+@pytest.mark.parametrize(
+    "rid", ["VTYPEMISMATCH float32 float16", "x DIMMISMATCH 3 4", "DIMMISMATCH: 9 9", "NOTPENDING j", "NOTFOUND"]
+)
+def test_an_id_quoted_in_a_script_error_is_not_read_as_its_code(store, rid: str) -> None:
+    # update() of a missing record without an embedding: the script refuses it with
+    # "NOTFOUND <id>". An id that spells another error code was read as that code: a
+    # dimension error that set the namespace's dimension to 3, or a vector type retry.
+    store.save([mk("real", seed=1)])
+    with pytest.raises(ValidationError, match=r"does not exist and has no embedding"):
+        store.update(mk(rid, embedding=None))
+    assert store.get_record(rid) is None
+    # the namespace's dimension is unchanged: a search and a save of its own dimension work
+    store.save([mk("after", seed=2)])
+    assert {r.id for r, _ in store.search(vec(2), limit=5)} == {"real", "after"}

@@ -24,8 +24,24 @@ from memworker.store.validate import check_ids
 
 __all__ = ["JobWrite", "NotPending", "WritePlans"]
 
-_DIM_RE = re.compile(r"DIMMISMATCH:? (\d+) (\d+)")
-_NOTFOUND_RE = re.compile(r"NOTFOUND:? (.+)")
+#: A store script's refusal: its code (the first word; clients may add a colon),
+#: then the rest. Only the code is matched: the rest may quote an id or a job id,
+#: which could spell another code ("NOTFOUND x DIMMISMATCH 3 4").
+_CODE_RE = re.compile(r"\s*([A-Z]+):?(?:\s+(.*))?\Z", re.S)
+_DIM_RE = re.compile(r"(\d+) (\d+)")
+
+
+def _refusal(exc: BaseException) -> tuple[str, str]:
+    """``(code, rest)`` of a store script's error reply (``("", text)`` for another error)."""
+    text = error_text(exc)
+    found = _CODE_RE.match(text)
+    return (found.group(1), found.group(2) or "") if found else ("", text)
+
+
+def _dims(code: str, rest: str) -> tuple[int, int] | None:
+    """``(stored, given)`` of a ``DIMMISMATCH`` refusal."""
+    found = _DIM_RE.fullmatch(rest.strip()) if code == "DIMMISMATCH" else None
+    return (int(found.group(1)), int(found.group(2))) if found else None
 
 
 class NotPending(StoreError):
@@ -116,8 +132,8 @@ class WritePlans(ServerPlans):
             try:
                 reply = yield Script("store", args)
             except Exception as exc:  # noqa: BLE001
-                text = error_text(exc)
-                if "VTYPEMISMATCH" in text:
+                code, rest = _refusal(exc)
+                if code == "VTYPEMISMATCH":
                     # The namespace was (re)created with another vector type since this
                     # store looked (the script refused before writing): learn it, redo.
                     yield from self._p_stored_dim(refresh=True)
@@ -127,16 +143,15 @@ class WritePlans(ServerPlans):
                         f"namespace {self.keys.namespace!r} stores {self._state.vtype} vectors, "
                         f"this write was encoded as {vtype}"
                     ) from None
-                found = _DIM_RE.search(text)
-                if found:
-                    self._state.dim = int(found.group(1))
-                    raise dimension_mismatch(int(found.group(1)), int(found.group(2))) from None
-                if guard is not None and "NOTPENDING" in text:
+                sizes = _dims(code, rest)
+                if sizes:
+                    self._state.dim = sizes[0]
+                    raise dimension_mismatch(*sizes) from None
+                if guard is not None and code == "NOTPENDING":
                     raise NotPending(f"job {guard[1]} is no longer pending") from None
-                missing = _NOTFOUND_RE.search(text)
-                if missing:
+                if code == "NOTFOUND":
                     raise ValidationError(
-                        f"update: record {missing.group(1)!r} does not exist and has no embedding"
+                        f"update: record {rest!r} does not exist and has no embedding"
                     ) from None
                 raise
             inserted += int(reply[0])
@@ -194,14 +209,14 @@ class WritePlans(ServerPlans):
         try:
             reply = yield Script("store", args)
         except Exception as exc:  # noqa: BLE001
-            text = error_text(exc)
-            if "VTYPEMISMATCH" in text and not retried:
+            code, rest = _refusal(exc)
+            if code == "VTYPEMISMATCH" and not retried:
                 yield from self._p_stored_dim(refresh=True)
                 return (yield from self._p_write_jobs(jobs, tail, retried=True))
-            found = _DIM_RE.search(text)
-            if found:
-                self._state.dim = int(found.group(1))
-                raise dimension_mismatch(int(found.group(1)), int(found.group(2))) from None
+            sizes = _dims(code, rest)
+            if sizes:
+                self._state.dim = sizes[0]
+                raise dimension_mismatch(*sizes) from None
             raise
         skipped = [int(i) for i in reply[2]] if len(reply) > 2 and reply[2] else []
         if int(reply[1]) and dim:
