@@ -59,7 +59,9 @@ def job_identity(message_args: Any) -> tuple[str | None, str | None, list[str]]:
     """Best-effort ``(job id, producer, record ids)`` of a message, for failure records."""
     try:
         job = message_args[0]
-        items = job.get("items") or []
+        items = job.get("items")
+        if not isinstance(items, list):
+            items = []  # 5, true, a string: no ids, but the job and producer still count
         ids = [str(i.get("id")) for i in items if isinstance(i, Mapping) and i.get("id")]
         producer = job.get("producer")
         if not isinstance(producer, str) or not ID_RE.match(producer):
@@ -98,8 +100,18 @@ def encode_job_rows(items: list[dict[str, Any]]) -> list[Row]:
 
 def _check_items(items: list[dict[str, Any]], *, validate_only: bool) -> list[Row | None]:
     rows: list[Row | None] = []
+    first: dict[str, int] = {}
     for i, item in enumerate(items):
         where = f"items[{i}]"
+        rid = item.get("id")
+        if isinstance(rid, str):
+            # before any work: a consolidation would run its deletes and updates for
+            # a job whose commit then refuses the duplicate
+            if rid in first:
+                raise JobPayloadError(
+                    f"{where}.id appears more than once in one job (as items[{first[rid]}].id)"
+                )
+            first[rid] = i
         try:
             rows.append(to_row(item, where=where, validate_only=validate_only))
             if item.get("flow") is not None:

@@ -279,13 +279,8 @@ def make_broker(
         )  # fmt: skip
     options = {"throws": (ValidationError,), "max_retries": max_retries}
     for name, fn in ((SAVE_ACTOR, _save_records), (ENCODE_ACTOR, _encode_records)):
-
-        def actor_fn(job: Any, _fn: Callable[..., None] = fn) -> None:
-            _fn(context, job)
-
-        actor_fn.__name__ = name
         dramatiq.Actor(
-            actor_fn,
+            _actor_fn(name, fn, context),
             broker=broker,
             actor_name=name,
             queue_name=queue,
@@ -294,3 +289,15 @@ def make_broker(
         )
     redact_worker_logs(broker)
     return broker
+
+
+def _actor_fn(name: str, fn: Callable[[Any, Any], None], context: Any) -> Callable[[Any], None]:
+    """The function dramatiq runs for actor ``name``: exactly one argument, the job
+    (``fn`` and ``context`` are bound here, never parameters a message could set;
+    the consumer dead-letters a message of other arguments before it gets here)."""
+
+    def actor_fn(job: Any) -> None:
+        fn(context, job)
+
+    actor_fn.__name__ = name
+    return actor_fn

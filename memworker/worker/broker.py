@@ -239,17 +239,20 @@ class WakeConsumer(compat.RedisConsumer):
 
     def _accept(self, fetched: list[Any]) -> None:
         """Decode a fetch's messages, hold their redis ids (read from the decoded
-        options) and cache them, then dead-letter the undecodable ones (if that fails,
-        they stay unheld in the acks set, and the reconciler requeues them)."""
+        options) and cache them, then dead-letter the undecodable ones and those whose
+        envelope this worker cannot run (:meth:`_fault`; if that fails, they stay
+        unheld in the acks set, and the reconciler requeues them)."""
         decoded: list[tuple[Message[Any], int]] = []
-        bad: list[bytes] = []
+        bad: list[tuple[bytes, str]] = []
         for data in fetched:
             if data is None:
                 continue
             message = compat.decode_message(data)
-            if message is None:
-                bad.append(data if isinstance(data, bytes) else str(data).encode())
+            fault = "DecodeError: undecodable message" if message is None else self._fault(message)
+            if fault is not None:
+                bad.append((data if isinstance(data, bytes) else str(data).encode(), fault))
             else:
+                assert message is not None  # for mypy: no fault means it decoded
                 decoded.append((message, len(data)))
         self.broker.hold(m.options[REDIS_ID_OPTION] for m, _ in decoded)
         batches = self.broker.batches
@@ -258,8 +261,28 @@ class WakeConsumer(compat.RedisConsumer):
         else:
             self.message_cache = [m for m, _ in decoded]
         if bad:
-            for data, redis_id in zip(bad, self._ids_of(bad)):
-                self._reject(data, redis_id)
+            for (data, fault), redis_id in zip(bad, self._ids_of([b for b, _ in bad])):
+                self._reject(data, redis_id, fault)
+
+    def _fault(self, message: Message[Any]) -> str | None:
+        """Why a decoded message cannot run here, or ``None``. Every message a producer
+        writes passes; a crafted or corrupted envelope does not, and dramatiq would
+        mishandle it: another queue's name killed the worker thread (dramatiq looks
+        its consumer up by that name), the delay queue's was redelivered forever, an
+        unknown actor or odd arguments failed as if transient (retried)."""
+        if message.queue_name != self.queue_name:
+            return "JobPayloadError: the message names another queue"
+        if not isinstance(message.actor_name, str) or message.actor_name not in self.broker.actors:
+            return "JobPayloadError: the message names no actor of this worker"
+        args, kwargs = message.args, message.kwargs
+        if not isinstance(args, (list, tuple)) or len(args) != 1 or kwargs not in (None, {}):
+            return "JobPayloadError: a job message takes exactly one argument (the job)"
+        stamp = message.message_timestamp
+        if not isinstance(message.message_id, str) or isinstance(stamp, bool) or not isinstance(
+            stamp, (int, float)
+        ):
+            return "JobPayloadError: the message's id or timestamp is malformed"
+        return None
 
     def _ids_of(self, bodies: list[bytes]) -> list[str | None]:
         """The redis ids of fetched bodies that cannot be decoded, from the queue's own
@@ -281,22 +304,22 @@ class WakeConsumer(compat.RedisConsumer):
             out.append(ids.pop(0) if ids else None)
         return out
 
-    def _reject(self, data: bytes, redis_id: str | None) -> None:
-        """Dead-letter an undecodable message, and report it failed to its producer
-        when its job id and producer can be read (:func:`undecodable_identity`) and
-        its pending mark is still there, in one MULTI."""
+    def _reject(self, data: bytes, redis_id: str | None, fault: str) -> None:
+        """Dead-letter a message this worker cannot run (``fault`` says why), and report
+        it failed to its producer when its job id and producer can be read
+        (:func:`undecodable_identity`) and its pending mark is still there, in one MULTI."""
         if redis_id is None:
             log.error(
-                "undecodable message on %r without a message id; left unacked", self.queue_name
+                "bad message on %r without a message id (%s); left unacked", self.queue_name, fault
             )
             return
-        log.error("undecodable message %s on %r: dead-lettered", redis_id, self.queue_name)
+        log.error("bad message %s on %r (%s): dead-lettered", redis_id, self.queue_name, fault)
         job_id, producer, record_ids = undecodable_identity(data)
         failure = None
         if job_id is not None and producer is not None:
             failure = failure_args(
                 self.broker.keys, None, job_id, producer, record_ids,
-                "DecodeError: undecodable message (dead-lettered)",
+                f"{fault} (dead-lettered)",
             )  # fmt: skip
         self.broker.dead_letter(self.queue_name, redis_id, failure)
 
