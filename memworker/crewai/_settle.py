@@ -3,7 +3,8 @@
 Many agent threads wait on their own jobs (``remember``) while others wait on
 everything (``drain_writes``): rather than one drain per waiter, a single thread
 subscribes once to the producer's ``done`` channel and resolves a future per job
-(``None`` committed, or the :class:`~memworker.queue.jobs.FailedJob`). Each failure
+(``None`` committed, or the :class:`~memworker.queue.jobs.FailedJob`; a job with
+neither a commit marker nor a failure record is lost, as a drain reports it). Each failure
 record is read and consumed (``HDEL``) by this thread only, so it is reported
 exactly once. A bounded poll backs up the pub/sub wake-up, as in ``drain``.
 """
@@ -17,7 +18,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from memworker.io.redispy import redis_client
-from memworker.queue.jobs import QueueKeys, failure_from_json
+from memworker.queue.jobs import LOST_ERROR, FailedJob, QueueKeys, failure_from_json
 from memworker.settings import Settings
 
 __all__ = ["Settler"]
@@ -112,17 +113,29 @@ class Settler:
         done = [i for i, s in zip(ids, scores) if s is None]
         if not done:
             return
-        failed_key = self.keys.producer(self.producer).failed
-        raws = client.hmget(failed_key, done)
+        keys = self.keys.producer(self.producer)
+        # One MULTI read, as a drain's: a commit and a failure each move a job out of
+        # pending atomically with their marker, so each id is seen in one state.
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hmget(keys.failed, done)
+            pipe.zmscore(keys.committed, done)
+            pipe.zmscore(keys.reported, done)
+            raws, markers, tombs = pipe.execute()
         found = [i for i, raw in zip(done, raws) if raw is not None]
         if found:  # consumed, and tombstoned as a drain does (reported once, not "lost")
             now = int(time.time() * 1000)
             with client.pipeline(transaction=True) as pipe:
-                pipe.hdel(failed_key, *found)
-                pipe.zadd(self.keys.producer(self.producer).reported, {i: now for i in found})
+                pipe.hdel(keys.failed, *found)
+                pipe.zadd(keys.reported, {i: now for i in found})
                 pipe.execute()
-        for job_id, raw in zip(done, raws):
+        for job_id, raw, marker, tomb in zip(done, raws, markers, tombs):
+            if raw is not None:
+                result: FailedJob | None = failure_from_json(raw)
+            elif marker is not None or tomb is not None:
+                result = None  # committed (or reported by a drain, which took the marker)
+            else:  # neither committed nor failed: the server lost it, as a drain says
+                result = FailedJob(job_id=job_id, record_ids=[], error=LOST_ERROR)
             with self._lock:
                 future = self._waiting.pop(job_id, None)
             if future is not None and not future.done():
-                future.set_result(failure_from_json(raw) if raw is not None else None)
+                future.set_result(result)
