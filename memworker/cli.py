@@ -338,6 +338,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(status: dict[str, Any], rates: Sequence[tuple[str, object]] = ()) -> None:
+    from memworker.errors import escape
+
     rows: list[tuple[str, object]] = [
         ("namespace", status["namespace"]),
         ("queue depth", status["depth"]),
@@ -351,8 +353,11 @@ def _print_status(status: dict[str, Any], rates: Sequence[tuple[str, object]] = 
     rows += [(f"  pending: {p}", n) for p, n in sorted(status["pending"].items())]
     rows += [(f"  worker: {w['id']}", _worker_line(w)) for w in status["workers"]]
     rows += [(f"  counter: {k}", v) for k, v in sorted(status["counters"].items())]
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
+    # producer and worker ids, counter names and worker fields are read from Valkey:
+    # escaped, so none can write an escape sequence or a line of its own
+    shown_rows = [(escape(str(k)), escape(str(v))) for k, v in rows]
+    width = max(len(k) for k, _ in shown_rows)
+    for key, value in shown_rows:
         print(f"{key.ljust(width)}  {value}")
 
 
@@ -442,12 +447,12 @@ def _cmd_drain(args: argparse.Namespace) -> int:
         try:
             # An observer: --producer X leaves X's reports for X's own drain.
             report = queue.drain_all(args.timeout) if args.all else queue.drain(args.timeout, consume=False)
-        except DrainTimeout as exc:
-            print(f"memworker drain: {exc}", file=sys.stderr)
+        except DrainTimeout as exc:  # it names pending job ids, read from Valkey
+            print(f"memworker drain: {escape(str(exc))}", file=sys.stderr)
             return EXIT_FAILURE
     print(f"committed {report.committed} jobs, failed {len(report.failed)}")
     for failed in report.failed:
-        print(f"  failed {failed.job_id}: {escape(failed.error)}")
+        print(f"  failed {escape(str(failed.job_id))}: {escape(str(failed.error))}")
     return EXIT_OK
 
 

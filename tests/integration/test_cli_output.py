@@ -80,3 +80,37 @@ def test_retention_list_prints_scopes_escaped(qsettings, rawq, monkeypatch, caps
     out = capsys.readouterr().out
     assert "/ok  3 day(s)" in out
     _assert_clean(out)
+
+
+def test_status_prints_producer_worker_and_counter_names_escaped(qsettings, rawq, monkeypatch, capsys):  # noqa: F811
+    """Producer ids, worker ids and counter names read from Valkey (written by anything
+    with access to it, or an older release) reach the status table escaped."""
+    monkeypatch.setattr("memworker.cli._settings", lambda _args: qsettings)
+    keys = QueueKeys(qsettings.namespace)
+    evil_producer, evil_worker = "p" + EVIL, "w" + EVIL
+    rawq.sadd(keys.producers, evil_producer)
+    rawq.zadd(keys.producer(evil_producer).pending, {"j1": 1})
+    import time
+
+    rawq.zadd(keys.workers, {evil_worker: int(time.time() * 1000)})
+    rawq.hset(keys.worker(evil_worker), mapping={"processed": EVIL, "gc_frozen": "1"})
+    rawq.hset(keys.stats, EVIL, "1")
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "pending: " in out and "worker: " in out
+    _assert_clean(out)
+
+
+def test_drain_all_prints_forged_job_ids_escaped(qsettings, rawq, monkeypatch, capsys):  # noqa: F811
+    """A failure record whose job id (its hash field) was forged in Valkey."""
+    import json
+
+    monkeypatch.setattr("memworker.cli._settings", lambda _args: qsettings)
+    keys = QueueKeys(qsettings.namespace)
+    rawq.sadd(keys.producers, "victim")
+    forged = {"job_id": EVIL, "record_ids": [EVIL], "error": "boom"}
+    rawq.hset(keys.producer("victim").failed, EVIL, json.dumps(forged))
+    assert main(["drain", "--all", "--timeout", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "failed " in out
+    _assert_clean(out)
