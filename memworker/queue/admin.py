@@ -174,23 +174,38 @@ def queue_status(settings: Settings | None = None, *, client: Any = None) -> dic
 
 
 def _dead_row(mid: Any, score: Any, raw: Any) -> dict[str, Any]:
+    """One ``dead list`` entry. The body is read defensively: a dead letter may be
+    anything (forged, corrupted, an undecodable message dead-lettered as it came), so
+    each field is taken only when it has its type, and a body that is not a JSON
+    object is listed as undecodable."""
     row: dict[str, Any] = {"message_id": as_text(mid), "dead_at_ms": int(float(score))}
-    if raw is not None:
-        try:
-            msg = json.loads(raw)
-            job = (msg.get("args") or [{}])[0]
-            row.update(
-                job_id=msg.get("message_id"),
-                actor=msg.get("actor_name"),
-                producer=job.get("producer") if isinstance(job, dict) else None,
-                record_ids=[i.get("id") for i in job.get("items", [])]
-                if isinstance(job, dict)
-                else [],
-                traceback=(msg.get("options") or {}).get("traceback"),
-            )
-        except (ValueError, AttributeError):
-            row["error"] = "undecodable message"
+    if raw is None:
+        return row
+    try:
+        msg = json.loads(raw)
+    except (ValueError, RecursionError):
+        msg = None
+    if not isinstance(msg, dict):
+        row["error"] = "undecodable message"
+        return row
+    args, options = msg.get("args"), msg.get("options")
+    job = args[0] if isinstance(args, list) and args and isinstance(args[0], dict) else {}
+    items = job.get("items")
+    row.update(
+        job_id=_str_or_none(msg.get("message_id")),
+        actor=_str_or_none(msg.get("actor_name")),
+        producer=_str_or_none(job.get("producer")),
+        record_ids=[
+            i["id"] for i in (items if isinstance(items, list) else [])
+            if isinstance(i, dict) and isinstance(i.get("id"), str)
+        ],  # fmt: skip
+        traceback=_str_or_none(options.get("traceback") if isinstance(options, dict) else None),
+    )
     return row
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _dead_list_plan(keys: QueueKeys, limit: int) -> Plan[list[dict[str, Any]]]:

@@ -114,3 +114,34 @@ def test_drain_all_prints_forged_job_ids_escaped(qsettings, rawq, monkeypatch, c
     out = capsys.readouterr().out
     assert "failed " in out
     _assert_clean(out)
+
+
+ODD_DEAD_BODIES = [
+    b"[1, 2]", b"5", b'"text"', b"null", b"\xff\xfe not json",
+    b'{"args": {"a": 1}}', b'{"args": [5]}', b'{"args": []}', b'{"args": "x"}',
+    b'{"args": [{"items": 5, "producer": 7}]}',
+    b'{"args": [{"items": [5, {"id": 3}, {"id": "ok"}]}], "options": "x"}',
+    b'{"message_id": 5, "actor_name": [1], "options": {"traceback": 9}}',
+]
+
+
+def test_dead_list_lists_entries_of_any_json_shape(qsettings, rawq, monkeypatch, capsys):  # noqa: F811
+    """Dead letters whose bodies were forged or corrupted: listed (what can be read
+    of them), never a crash of the whole listing."""
+    from memworker.queue.admin import dead_list
+
+    monkeypatch.setattr("memworker.cli._settings", lambda _args: qsettings)
+    keys = QueueKeys(qsettings.namespace)
+    for n, body in enumerate(ODD_DEAD_BODIES):
+        rawq.hset(keys.dead_msgs(), f"m{n}", body)
+        rawq.zadd(keys.dead(), {f"m{n}": n + 1})
+    entries = dead_list(qsettings)
+    assert [e["message_id"] for e in entries] == [f"m{n}" for n in range(len(ODD_DEAD_BODIES))]
+    for entry in entries:
+        for key in ("job_id", "actor", "producer", "traceback"):
+            assert entry.get(key) is None or isinstance(entry[key], str), entry
+        assert all(isinstance(i, str) for i in entry.get("record_ids") or []), entry
+    assert entries[10]["record_ids"] == ["ok"]
+    assert main(["dead", "list"]) == 0
+    assert main(["dead", "list", "--json"]) == 0
+    _assert_clean(capsys.readouterr().out)
