@@ -333,3 +333,36 @@ def test_an_id_quoted_in_a_script_error_is_not_read_as_its_code(store, rid: str)
     # the namespace's dimension is unchanged: a search and a save of its own dimension work
     store.save([mk("after", seed=2)])
     assert {r.id for r, _ in store.search(vec(2), limit=5)} == {"real", "after"}
+
+
+# ------------------------------------------------------------ sweep, delete_versioned
+@pytest.mark.parametrize("limit", [10**30, "x", -1, 0, True, 1.5, None, 10_001])
+def test_sweep_limit_is_an_integer_from_1_to_10000(store, limit: Any) -> None:
+    store.save([{"id": "r", "content": "x", "embedding": vec(1), "exp": 1}])  # due long ago
+    with pytest.raises(ValidationError, match=r"limit must be an integer from 1 to 10000"):
+        store.sweep(limit=limit)
+    assert store.get_record("r") is not None  # nothing swept
+    assert store.sweep(limit=10_000)["expired"] == 1
+
+
+@pytest.mark.parametrize("now_ms", [-1, "x", 1.5, True, 10**30])
+def test_sweep_now_is_an_integer_time(store, now_ms: Any) -> None:
+    with pytest.raises(ValidationError, match=r"now_ms must be an integer"):
+        store.sweep(now_ms=now_ms)
+
+
+@pytest.mark.parametrize(
+    "versions, needle",
+    [("ab", r"versions must be a list of \(id, integer\) pairs"),
+     (b"ab", r"versions must be a list"),
+     ({"r": 1}, r"versions must be a list"),
+     (5, r"versions must be a list"),
+     (["ab"], r"versions\[0\] must be an \(id, integer\) pair"),
+     ([("r", 1, 2)], r"versions\[0\] must be an \(id, integer\) pair"),
+     ([("r", 1), "xy"], r"versions\[1\] must be an \(id, integer\) pair")],
+)  # fmt: skip
+def test_delete_versioned_takes_only_a_list_of_pairs(store, versions: Any, needle: str) -> None:
+    store.save([mk("r", seed=1), mk("a", seed=2), mk("b", seed=3)])
+    with pytest.raises(ValidationError, match=needle):
+        store.delete_versioned(versions)
+    assert store.count() == 3  # nothing deleted

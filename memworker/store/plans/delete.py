@@ -3,7 +3,7 @@ its index and dimension)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,8 @@ def _version(value: Any, where: str) -> str:
 
 #: Ids per delete script call.
 DELETE_CHUNK = 500
+#: Most records one sweep step deletes (one atomic script call).
+MAX_SWEEP_LIMIT = 10_000
 
 
 class DeletePlans(ReadPlans):
@@ -67,13 +69,20 @@ class DeletePlans(ReadPlans):
         """Run a store script op over ``(id, integer)`` pairs, validated whole first,
         :data:`DELETE_CHUNK` pairs per call (each after the op's ``head`` arguments);
         returns the sum of the replies."""
-        checked = [(check_id(i, f"{field}[{n}]", strict=False), _version(v, f"{field}[{n}]"))
-                   for n, (i, v) in enumerate(pairs)]  # fmt: skip
+        if isinstance(pairs, (str, bytes, Mapping)) or not isinstance(pairs, Sequence):
+            # a string was iterated as pairs of its characters
+            raise ValidationError(f"{field} must be a list of (id, integer) pairs")
+        checked: list[tuple[str, str]] = []
+        for n, pair in enumerate(pairs):
+            if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+                raise ValidationError(f"{field}[{n}] must be an (id, integer) pair")
+            where = f"{field}[{n}]"
+            checked.append((check_id(pair[0], where, strict=False), _version(pair[1], where)))
         total = 0
         for start in range(0, len(checked), DELETE_CHUNK):
             args = [op, self.keys.prefix, str(CHANGES_CAP), *head]
-            for rid, value in checked[start : start + DELETE_CHUNK]:
-                args += [rid, value]
+            for rid, stamp in checked[start : start + DELETE_CHUNK]:
+                args += [rid, stamp]
             total += int((yield Script("store", args)))
         return total
 
@@ -100,6 +109,10 @@ class DeletePlans(ReadPlans):
     def _p_sweep(self, now_ms: int, limit: int, tomb_keep_ms: int) -> Plan[dict[str, int]]:
         """One sweep step: expired records, records past their scope's retention,
         old tombstones (``sweep``)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SWEEP_LIMIT:
+            # one atomic step: a huge limit would hold the server that long
+            raise ValidationError(f"limit must be an integer from 1 to {MAX_SWEEP_LIMIT}")
+        _version(now_ms, "now_ms")
         tomb_before = (now_ms - tomb_keep_ms) * 1000
         reply = yield Script(
             "store",
