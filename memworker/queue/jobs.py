@@ -31,6 +31,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 
 from memworker.errors import (
     DrainTimeout,
@@ -42,7 +44,7 @@ from memworker.errors import (
 )
 from memworker.keys import DEFAULT_QUEUE, QueueKeys, result_key  # result_key re-exported
 from memworker.store.codec import to_row, to_rows
-from memworker.store.validate import check_flow
+from memworker.store.validate import check_flow, check_id
 
 __all__ = [
     "DEFAULT_MAX_ITEMS",
@@ -202,6 +204,44 @@ def check_count(items: Sequence[Any], max_items: int, what: str) -> None:
         raise ValidationError(f"{what} has {len(items)} entries, the limit per job is {max_items}")
 
 
+def check_built_items(items: Sequence[Any], max_items: int) -> None:
+    """The cheap check of items said to come from :func:`embed_items`
+    (``enqueue_encode_items``): how many, and the fields that decide where each record
+    lands and who sees it: a mapping, a distinct record ``id`` (a worker would give an
+    item without one a random id its caller never learns), ``private`` absent or a real
+    boolean (``"false"`` is truthy). The rest the worker checks before any work.
+
+    Raises:
+        ValidationError: Naming ``items[i]`` and the field.
+    """
+    check_count(items, max_items, "items")
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        where = f"items[{i}]"
+        if not isinstance(item, Mapping):
+            raise ValidationError(
+                f"{where} must be an item built by embed_items (a mapping), got {type(item).__name__}"
+            )
+        rid = check_id(item.get("id"), where)
+        if rid in seen:
+            raise ValidationError(f"{where}.id appears more than once in one job")
+        seen.add(rid)
+        private = item.get("private", False)
+        if type(private) is not bool and not isinstance(private, np.bool_):
+            raise ValidationError(
+                f"{where}.private must be a boolean (True or False), got {type(private).__name__}"
+            )
+
+
+def check_job_id(job_id: Any, field: str = "job_id") -> str:
+    """A job id as producers make them (:data:`ID_RE`)."""
+    if not isinstance(job_id, str) or not ID_RE.match(job_id):
+        raise ValidationError(
+            f"{field} must be 1 to 128 characters of ASCII letters, digits, '_', '-', '.'"
+        )
+    return job_id
+
+
 def save_items(records: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     """Validate embedded records (as a whole, like ``ValkeyStore.save``) -> job items."""
     check_count(records, max_items, "records")
@@ -263,8 +303,10 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     """Validate texts (``str`` or mappings with ``text``/``content`` and optional
     ``scope``, ``categories``, ``metadata``, ``importance``, ``source``, ``private``)
     -> job items, each with a new record id (uuid4) and ``created_at`` = now unless
-    it brings its own. A field absent or ``None`` takes its default (``scope``: the
-    root; ``id``: a new uuid4; ``created_at``: now); any other value is validated as
+    it brings its own. A field absent takes its default, and so does ``None`` for every
+    field but ``importance`` (a number from 0 to 1) and ``private`` (a real boolean),
+    which refuse it (``scope``: the root; ``id``: a new uuid4; ``created_at``: now);
+    any other value is validated as
     given (``""``, ``0`` or ``False`` are refused, naming the field, never read as
     "not given")."""
     from memworker.records import utcnow

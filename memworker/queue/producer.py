@@ -46,7 +46,9 @@ from memworker.queue.jobs import (
     SAVE_ACTOR,
     DrainReport,
     build_message,
+    check_built_items,
     check_count,
+    check_job_id,
     check_job_ids,
     check_producer_id,
     embed_items,
@@ -162,12 +164,10 @@ class MemoryQueue:
         self.producer_id = check_producer_id(
             default_producer_id() if producer_id is None else producer_id
         )
-        if not isinstance(max_job_bytes, int) or max_job_bytes < 1024:
-            raise ValidationError(
-                f"max_job_bytes must be an integer >= 1024, got {max_job_bytes!r}"
-            )
-        if not isinstance(max_items, int) or max_items < 1:
-            raise ValidationError(f"max_items must be an integer >= 1, got {max_items!r}")
+        for name, value, low in (("max_job_bytes", max_job_bytes, 1024), ("max_items", max_items, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                # never the value's repr: True passed as 1, a huge int's repr fails
+                raise ValidationError(f"{name} must be an integer >= {low}")
         self.max_job_bytes = max_job_bytes
         self.max_items = max_items
         self._head = enqueue_head(self.keys, self.producer_id)
@@ -334,8 +334,9 @@ class MemoryQueue:
         Args:
             items: ``str`` or mappings with ``text`` and optional ``id``, ``scope``,
                 ``categories``, ``metadata``, ``importance``, ``source``, ``private``,
-                ``created_at``, ``flow`` (absent or ``None``: the default; see
-                :func:`memworker.queue.jobs.embed_items`).
+                ``created_at``, ``flow`` (absent: the default; ``None`` also means the
+                default for every field but ``importance``, a number from 0 to 1, and
+                ``private``, a real boolean; see :func:`memworker.queue.jobs.embed_items`).
 
         Raises:
             ValidationError: An empty text, a bad field, more than ``max_items``
@@ -358,13 +359,16 @@ class MemoryQueue:
     def enqueue_encode_items(self, job_items: Sequence[dict[str, Any]]) -> str:
         """Enqueue items already validated by :func:`memworker.queue.jobs.embed_items` (each
         carries its record id), e.g. gathered from several callers into one job;
-        returns the job id.
+        returns the job id. Only the count, each item's ``id`` (present, distinct) and
+        ``private`` (a real boolean) are checked again here; the workers check the
+        rest before any work, and fail the job naming the field.
 
         Raises:
-            ValidationError: More than ``max_items`` items, or a job over
-                ``max_job_bytes``; nothing is enqueued.
+            ValidationError: More than ``max_items`` items, an item without a valid
+                distinct ``id`` or with a ``private`` that is not a boolean, or a job
+                over ``max_job_bytes``; nothing is enqueued.
         """
-        check_count(job_items, self.max_items, "items")
+        check_built_items(job_items, self.max_items)
         with self._traced(ENCODE_ACTOR) as note:
             job_id, step = self._prepare(ENCODE_ACTOR, list(job_items))
             note(job_id, len(job_items))
@@ -423,7 +427,9 @@ class MemoryQueue:
         ``ns:results:<job>`` (kept :data:`~memworker.queue.jobs.RESULT_TTL_MS`): the id of
         the record it was merged into, ``""`` when it was dropped as a duplicate, ``None``
         when nothing is recorded (the item became the record of its own id)."""
-        key = result_key(self.keys.namespace, job_id)
+        key = result_key(self.keys.namespace, check_job_id(job_id))
+        if not isinstance(item_id, str) or not item_id:
+            raise ValidationError("item_id must be a non-empty string (a record id)")
         raw = self._driver.run(one(Call(["HGET", key, item_id])))
         return None if raw is None else as_text(raw)
 
@@ -469,7 +475,7 @@ class MemoryQueue:
 
     async def aenqueue_encode_items(self, job_items: Sequence[dict[str, Any]]) -> str:
         """Async :meth:`enqueue_encode_items`."""
-        check_count(job_items, self.max_items, "items")
+        check_built_items(job_items, self.max_items)
         with self._traced(ENCODE_ACTOR) as note:
             job_id, step = self._prepare(ENCODE_ACTOR, list(job_items))
             note(job_id, len(job_items))

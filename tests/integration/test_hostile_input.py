@@ -10,6 +10,7 @@ a job.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -550,3 +551,47 @@ def test_ids_with_a_final_newline_are_refused() -> None:
         check_producer_id("agent-7\n")
     with pytest.raises(JobPayloadError, match="producer"):
         parse_job({"v": 1, "job": "j-1", "producer": "agent-7\n", "items": []})
+
+
+# ------------------------------------------------------ producer arguments (review 2026-12-05)
+@pytest.mark.parametrize("field", ["max_items", "max_job_bytes"])
+@pytest.mark.parametrize("value", [True, 0, -1, "5", 1.5, None])
+def test_queue_limits_must_be_integers(plain_server, namespace, field: str, value: Any) -> None:
+    settings = Settings.from_url(plain_server.url, namespace=namespace)
+    with pytest.raises(ValidationError, match=field):
+        MemoryQueue(settings, producer_id="p", **{field: value})
+
+
+@pytest.mark.parametrize(
+    "job_id, item_id, needle",
+    [(None, "r", "job_id"), ("j", None, "item_id"), (5, "r", "job_id"), ("j", 5, "item_id"),
+     ("a b\n", "r", "job_id"), ("j", "", "item_id"), ("j", ["r"], "item_id")],
+)  # fmt: skip
+def test_job_result_arguments_are_checked(plain_server, namespace, job_id, item_id, needle) -> None:
+    settings = Settings.from_url(plain_server.url, namespace=namespace)
+    with MemoryQueue(settings, producer_id="p") as q:
+        with pytest.raises(ValidationError, match=needle):
+            q.job_result(job_id, item_id)
+        assert q.job_result("j", "r") is None
+
+
+@pytest.mark.parametrize(
+    "items, needle",
+    [([{"content": "no id"}], r"items\[0\]\.id"),
+     ([{"id": "", "content": "x"}], r"items\[0\]\.id"),
+     ([{"id": "a", "content": "x"}, {"id": 5, "content": "y"}], r"items\[1\]\.id"),
+     ([{"id": "a", "content": "x", "private": "false"}], r"items\[0\]\.private"),
+     (["text"], r"items\[0\] must be"),
+     ("ab", "items must be a list")],
+)  # fmt: skip
+def test_enqueue_encode_items_checks_ids_and_private(plain_server, namespace, items, needle) -> None:
+    """Items of ``enqueue_encode_items`` come from ``embed_items``; a caller that skips
+    it gets the fields that decide where the record lands (its id) and who sees it
+    (``private``) checked, and nothing enqueued."""
+    settings = Settings.from_url(plain_server.url, namespace=namespace)
+    with MemoryQueue(settings, producer_id="p") as q:
+        with pytest.raises(ValidationError, match=needle):
+            q.enqueue_encode_items(items)
+        with pytest.raises(ValidationError, match=needle):
+            asyncio.run(q.aenqueue_encode_items(items))
+        assert q.pending() == []
