@@ -130,7 +130,7 @@ class Settler:
                 pipe.execute()
         for job_id, raw, marker, tomb in zip(done, raws, markers, tombs):
             if raw is not None:
-                result: FailedJob | None = failure_from_json(raw)
+                result: FailedJob | None = failure_from_json(raw, job_id)
             elif marker is not None or tomb is not None:
                 result = None  # committed (or reported by a drain, which took the marker)
             else:  # neither committed nor failed: the server lost it, as a drain says

@@ -9,6 +9,7 @@ errors raised as :class:`~memworker.errors.QueueError`.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -48,6 +49,21 @@ def as_text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
+def _shown_text(raw: Any) -> str:
+    """A reply value read back for display (ids, names, fields of health records and
+    dead letters): bytes that are not UTF-8 (anything may write them) are shown with
+    backslash escapes, never a ``UnicodeDecodeError`` of the whole read."""
+    return raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
+
+
+def _counter(raw: Any) -> int | None:
+    """A throughput counter (an integer written by HINCRBY); ``None`` for anything else."""
+    try:
+        return int(_shown_text(raw))
+    except ValueError:
+        return None
+
+
 def _pairs(reply: Any) -> list[tuple[Any, Any]]:
     """HGETALL (or a WITHSCORES range) as pairs, whether the client gave a dict, a
     list of pairs or a flat list."""
@@ -68,12 +84,12 @@ def _driver(settings: Settings, client: Any = None) -> RedisSyncDriver:
 def _workers_plan(namespace: str) -> Plan[list[dict[str, Any]]]:
     keys = QueueKeys(namespace)
     raw = yield Call(["ZRANGEBYSCORE", keys.workers, str(now_ms() - HEALTH_TTL_MS), "+inf"])
-    ids = [as_text(i) for i in raw]
+    ids = [_shown_text(i) for i in raw]
     rows = yield Pipeline([["HGETALL", keys.worker(i)] for i in ids])
     out = []
     for worker_id, row in zip(ids, rows):
         if row:
-            info = {as_text(k): as_text(v) for k, v in _pairs(row)}
+            info = {_shown_text(k): _shown_text(v) for k, v in _pairs(row)}
             info["id"] = worker_id
             out.append(info)
     return out
@@ -120,8 +136,11 @@ def status_plan(namespace: str) -> Generator[Pipeline, list[Any], dict[str, Any]
             ["ZRANGEBYSCORE", keys.workers, str(now_ms() - HEALTH_TTL_MS), "+inf"],
         ]
     )
-    producers = sorted(as_text(p) for p in producers_raw)
-    worker_ids = [as_text(i) for i in worker_ids_raw]
+    # Read back from Valkey, written by anything with access to it: an id that is not
+    # UTF-8 is shown escaped (its keys, named after the escaped text, read as empty),
+    # a counter that is not an integer is left out; the status never fails on them.
+    producers = sorted({_shown_text(p) for p in producers_raw})
+    worker_ids = [_shown_text(i) for i in worker_ids_raw]
     replies = yield Pipeline(
         [
             ["LLEN", keys.q()],
@@ -140,9 +159,10 @@ def status_plan(namespace: str) -> Generator[Pipeline, list[Any], dict[str, Any]
     workers = []
     for worker_id, row in zip(worker_ids, rows):
         if row:
-            info = {as_text(k): as_text(v) for k, v in _pairs(row)}
+            info = {_shown_text(k): _shown_text(v) for k, v in _pairs(row)}
             info["id"] = worker_id
             workers.append(info)
+    counters = {_shown_text(k): _counter(v) for k, v in _pairs(stats)}
     return {
         "namespace": namespace,
         "queue": DEFAULT_QUEUE,
@@ -153,7 +173,7 @@ def status_plan(namespace: str) -> Generator[Pipeline, list[Any], dict[str, Any]
         "pending": pending,
         "pending_total": sum(pending.values()),
         "workers": workers,
-        "counters": {as_text(k): int(v) for k, v in _pairs(stats)},
+        "counters": {k: v for k, v in counters.items() if v is not None},
     }
 
 
@@ -177,8 +197,13 @@ def _dead_row(mid: Any, score: Any, raw: Any) -> dict[str, Any]:
     """One ``dead list`` entry. The body is read defensively: a dead letter may be
     anything (forged, corrupted, an undecodable message dead-lettered as it came), so
     each field is taken only when it has its type, and a body that is not a JSON
-    object is listed as undecodable."""
-    row: dict[str, Any] = {"message_id": as_text(mid), "dead_at_ms": int(float(score))}
+    object is listed as undecodable. A message id that is not UTF-8 is shown escaped;
+    a time (the zset score) that is not finite is ``None``."""
+    when = float(score)
+    row: dict[str, Any] = {
+        "message_id": _shown_text(mid),
+        "dead_at_ms": int(when) if math.isfinite(when) else None,
+    }
     if raw is None:
         return row
     try:
@@ -251,8 +276,8 @@ def _requeue_args(keys: QueueKeys, mid: str, raw: Any) -> list[str]:
             p.pending, keys.producers, p.failed, p.reported, p.committed, keys.deliveries,
             producer, job_id, str(now_ms()), delivery_field(job_id, 0),
         ]  # fmt: skip
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # JobPayloadError too
-        data = raw
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+        data = raw  # JobPayloadError too; RecursionError: a body nested too deep to read
     return ["requeue", keys.dead(), keys.dead_msgs(), keys.msgs(), keys.q(), keys.wake(), mid, data, *job]
 
 
@@ -260,7 +285,12 @@ def _requeue_plan(keys: QueueKeys, message_ids: Sequence[str] | None) -> Plan[in
     if message_ids is not None:
         ids = check_ids(message_ids, "message_ids")
     else:
-        ids = [as_text(i) for i in (yield Call(["ZRANGE", keys.dead(), "0", "-1"]))]
+        ids = []
+        for raw_id in (yield Call(["ZRANGE", keys.dead(), "0", "-1"])):
+            try:
+                ids.append(as_text(raw_id))
+            except UnicodeDecodeError:
+                continue  # no producer makes such an id: left a dead letter (purge removes it)
     moved = 0
     for mid in ids:
         raw = yield Call(["HGET", keys.dead_msgs(), mid])
@@ -276,7 +306,9 @@ def dead_requeue(settings: Settings | None = None, message_ids: Sequence[str] | 
     else a list of message ids, as :func:`dead_list` gives them: a string is refused).
 
     Each job's pending mark is restored and its failure record removed in the same
-    MULTI as the move, so its producer's next drain waits for it again.
+    MULTI as the move, so its producer's next drain waits for it again. A dead letter
+    without a body, or (requeueing all) whose message id is not UTF-8, is left where
+    it is (:func:`dead_purge` removes it); a body that cannot be read goes back as it is.
     """
     settings = Settings.resolve(settings)
     driver = _driver(settings)

@@ -156,7 +156,7 @@ def _settle(
         fails = failures.get(p, {})
         for i, marker, tomb in zip(ids, markers, seen):
             if i in fails:
-                found.append((p, i, "f", failure_from_json(fails.pop(i))))
+                found.append((p, i, "f", failure_from_json(fails.pop(i), i)))
             elif tomb is not None:
                 if marker is not None:  # reported by an earlier drain: consumed only
                     found.append((p, i, "m", None))
@@ -165,7 +165,7 @@ def _settle(
             else:
                 found.append((p, i, "l", FailedJob(job_id=i, record_ids=[], error=LOST_ERROR)))
     for p, fails in failures.items():  # failed while no drain waited for them
-        found += [(p, i, "f", failure_from_json(fails[i])) for i in sorted(fails)]
+        found += [(p, i, "f", failure_from_json(fails[i], i)) for i in sorted(fails)]
     return {}, found
 
 

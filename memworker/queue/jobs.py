@@ -31,8 +31,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 
 from memworker.errors import (
     DrainTimeout,
@@ -227,7 +225,7 @@ def check_built_items(items: Sequence[Any], max_items: int) -> None:
             raise ValidationError(f"{where}.id appears more than once in one job")
         seen.add(rid)
         private = item.get("private", False)
-        if type(private) is not bool and not isinstance(private, np.bool_):
+        if type(private) is not bool:  # embed_items makes it a bool (a numpy one is no JSON)
             raise ValidationError(
                 f"{where}.private must be a boolean (True or False), got {type(private).__name__}"
             )
@@ -440,10 +438,25 @@ def failure_json(job_id: str, record_ids: list[str], error: str) -> str:
     return json.dumps({"job_id": job_id, "record_ids": record_ids, "error": error})
 
 
-def failure_from_json(raw: Any) -> FailedJob:
-    data = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+def failure_from_json(raw: Any, job_id: str | None = None) -> FailedJob:
+    """A failure record (:func:`failure_json`) as a :class:`FailedJob`. ``job_id``: the
+    hash field it was read under, which names the job (the record's own ``job_id`` is
+    the same when a worker wrote it; it is used only without the field). A
+    record of the wrong shape (forged, corrupted) is still a failure of that job, never
+    an error of the drain reading it (it made every drain of its producer raise)."""
+    try:
+        data = json.loads(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+    except (ValueError, TypeError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        data = {}
+    named = data.get("job_id")
+    ids = data.get("record_ids")
+    error = data.get("error")
     return FailedJob(
-        job_id=data["job_id"], record_ids=list(data["record_ids"]), error=data["error"]
+        job_id=job_id or (named if isinstance(named, str) else "?"),
+        record_ids=[i for i in ids if isinstance(i, str)] if isinstance(ids, list) else [],
+        error=error if isinstance(error, str) else "failed (its failure record is unreadable)",
     )
 
 

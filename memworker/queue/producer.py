@@ -56,6 +56,7 @@ from memworker.queue.jobs import (
     uuid4_texts,
 )
 from memworker.settings import Settings
+from memworker.store.validate import MAX_ID_LENGTH
 
 __all__ = ["MemoryQueue", "default_producer_id", "enqueue_head", "enqueue_step", "merge_enqueues"]
 
@@ -426,12 +427,24 @@ class MemoryQueue:
         """What an item of an encode job became, as the worker recorded it in
         ``ns:results:<job>`` (kept :data:`~memworker.queue.jobs.RESULT_TTL_MS`): the id of
         the record it was merged into, ``""`` when it was dropped as a duplicate, ``None``
-        when nothing is recorded (the item became the record of its own id)."""
+        when nothing is recorded (the item became the record of its own id).
+
+        Raises:
+            ValidationError: ``job_id`` not a job id as producers make them (1 to 128
+                ASCII letters, digits, ``_``, ``-``, ``.``), or ``item_id`` not a string
+                of 1 to :data:`~memworker.store.validate.MAX_ID_LENGTH` characters.
+        """
         key = result_key(self.keys.namespace, check_job_id(job_id))
-        if not isinstance(item_id, str) or not item_id:
-            raise ValidationError("item_id must be a non-empty string (a record id)")
+        if not isinstance(item_id, str) or not 1 <= len(item_id) <= MAX_ID_LENGTH:
+            raise ValidationError(
+                "item_id must be a record id: a non-empty string of at most "
+                f"{MAX_ID_LENGTH} characters"
+            )
         raw = self._driver.run(one(Call(["HGET", key, item_id])))
-        return None if raw is None else as_text(raw)
+        if raw is None:
+            return None
+        # a record id, or whatever else was written there: never a decode error
+        return raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
 
     def status(self) -> dict[str, Any]:
         """:func:`~memworker.queue.admin.queue_status` plus this producer's pending count."""
