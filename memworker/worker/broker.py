@@ -36,6 +36,7 @@ Idle wake-up
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -249,10 +250,9 @@ class WakeConsumer(compat.RedisConsumer):
                 continue
             message = compat.decode_message(data)
             fault = "DecodeError: undecodable message" if message is None else self._fault(message)
-            if fault is not None:
-                bad.append((data if isinstance(data, bytes) else str(data).encode(), fault))
+            if message is None or fault is not None:
+                bad.append((data if isinstance(data, bytes) else str(data).encode(), str(fault)))
             else:
-                assert message is not None  # for mypy: no fault means it decoded
                 decoded.append((message, len(data)))
         self.broker.hold(m.options[REDIS_ID_OPTION] for m, _ in decoded)
         batches = self.broker.batches
@@ -278,8 +278,11 @@ class WakeConsumer(compat.RedisConsumer):
         if not isinstance(args, (list, tuple)) or len(args) != 1 or kwargs not in (None, {}):
             return "JobPayloadError: a job message takes exactly one argument (the job)"
         stamp = message.message_timestamp
-        if not isinstance(message.message_id, str) or isinstance(stamp, bool) or not isinstance(
-            stamp, (int, float)
+        if (
+            not isinstance(message.message_id, str)
+            or isinstance(stamp, bool)
+            or not isinstance(stamp, (int, float))
+            or not math.isfinite(stamp)  # JSON's NaN: the metrics after the commit raised
         ):
             return "JobPayloadError: the message's id or timestamp is malformed"
         return None

@@ -75,6 +75,9 @@ CRAFTED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("items of a string", _items("abc"), "items"),
     ("items of an object", _items({"id": "a"}), "items"),
     ("two items of one id", _duplicate_item, "items[1].id"),
+    ("a timestamp that is text", _set("message_timestamp", "soon"), "timestamp"),
+    ("a timestamp of NaN", _set("message_timestamp", float("nan")), "timestamp"),
+    ("a message id that is a number", _set("message_id", 7), "id"),
 ]
 
 
