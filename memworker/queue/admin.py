@@ -32,6 +32,7 @@ __all__ = [
     "live_workers",
     "now_ms",
     "queue_status",
+    "shown_text",
     "status_plan",
 ]
 
@@ -49,7 +50,7 @@ def as_text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-def _shown_text(raw: Any) -> str:
+def shown_text(raw: Any) -> str:
     """A reply value read back for display (ids, names, fields of health records and
     dead letters): bytes that are not UTF-8 (anything may write them) are shown with
     backslash escapes, never a ``UnicodeDecodeError`` of the whole read."""
@@ -59,7 +60,7 @@ def _shown_text(raw: Any) -> str:
 def _counter(raw: Any) -> int | None:
     """A throughput counter (an integer written by HINCRBY); ``None`` for anything else."""
     try:
-        return int(_shown_text(raw))
+        return int(shown_text(raw))
     except ValueError:
         return None
 
@@ -84,12 +85,12 @@ def _driver(settings: Settings, client: Any = None) -> RedisSyncDriver:
 def _workers_plan(namespace: str) -> Plan[list[dict[str, Any]]]:
     keys = QueueKeys(namespace)
     raw = yield Call(["ZRANGEBYSCORE", keys.workers, str(now_ms() - HEALTH_TTL_MS), "+inf"])
-    ids = [_shown_text(i) for i in raw]
+    ids = [shown_text(i) for i in raw]
     rows = yield Pipeline([["HGETALL", keys.worker(i)] for i in ids])
     out = []
     for worker_id, row in zip(ids, rows):
         if row:
-            info = {_shown_text(k): _shown_text(v) for k, v in _pairs(row)}
+            info = {shown_text(k): shown_text(v) for k, v in _pairs(row)}
             info["id"] = worker_id
             out.append(info)
     return out
@@ -139,8 +140,8 @@ def status_plan(namespace: str) -> Generator[Pipeline, list[Any], dict[str, Any]
     # Read back from Valkey, written by anything with access to it: an id that is not
     # UTF-8 is shown escaped (its keys, named after the escaped text, read as empty),
     # a counter that is not an integer is left out; the status never fails on them.
-    producers = sorted({_shown_text(p) for p in producers_raw})
-    worker_ids = [_shown_text(i) for i in worker_ids_raw]
+    producers = sorted({shown_text(p) for p in producers_raw})
+    worker_ids = [shown_text(i) for i in worker_ids_raw]
     replies = yield Pipeline(
         [
             ["LLEN", keys.q()],
@@ -159,10 +160,10 @@ def status_plan(namespace: str) -> Generator[Pipeline, list[Any], dict[str, Any]
     workers = []
     for worker_id, row in zip(worker_ids, rows):
         if row:
-            info = {_shown_text(k): _shown_text(v) for k, v in _pairs(row)}
+            info = {shown_text(k): shown_text(v) for k, v in _pairs(row)}
             info["id"] = worker_id
             workers.append(info)
-    counters = {_shown_text(k): _counter(v) for k, v in _pairs(stats)}
+    counters = {shown_text(k): _counter(v) for k, v in _pairs(stats)}
     return {
         "namespace": namespace,
         "queue": DEFAULT_QUEUE,
@@ -201,7 +202,7 @@ def _dead_row(mid: Any, score: Any, raw: Any) -> dict[str, Any]:
     a time (the zset score) that is not finite is ``None``."""
     when = float(score)
     row: dict[str, Any] = {
-        "message_id": _shown_text(mid),
+        "message_id": shown_text(mid),
         "dead_at_ms": int(when) if math.isfinite(when) else None,
     }
     if raw is None:

@@ -36,7 +36,7 @@ from memworker.keys import DEFAULT_QUEUE, QueueKeys, result_key
 from memworker.metrics import producer_metrics
 from memworker.tracing import enabled as tracing_enabled
 from memworker.tracing import inject, span
-from memworker.queue.admin import as_text, now_ms, status_plan
+from memworker.queue.admin import as_text, now_ms, shown_text, status_plan
 from memworker.queue.drain import drain_async, drain_sync, p_replicated, replica_timeout_ms
 from memworker.queue.group import AsyncGroupCommit, GroupCommit
 from memworker.queue.jobs import (
@@ -441,10 +441,8 @@ class MemoryQueue:
                 f"{MAX_ID_LENGTH} characters"
             )
         raw = self._driver.run(one(Call(["HGET", key, item_id])))
-        if raw is None:
-            return None
         # a record id, or whatever else was written there: never a decode error
-        return raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
+        return None if raw is None else shown_text(raw)
 
     def status(self) -> dict[str, Any]:
         """:func:`~memworker.queue.admin.queue_status` plus this producer's pending count."""

@@ -185,7 +185,7 @@ class SearchFilter:
 
         The scope part is checked only with ``scope=True``: the exact path takes its
         candidates from the scope's sorted set; the re-check of fetched records
-        (:meth:`~memworker.store.plans.search.SearchPlans._p_fetch_passing`) needs it.
+        (:meth:`~memworker.store.plans.read.ReadPlans._p_fetch` with ``passing``) needs it.
         """
         scope_anc, cat_t, meta_t, src_t, vis = (_split(v) for v in tokens)
         if scope and self.scope != "/" and self._scope_token not in scope_anc:

@@ -16,6 +16,7 @@ from memworker.io import Call, Pipeline, Plan, Script, error_text
 from memworker.records import record_types
 from memworker.store.decode import RECORD_FIELDS, decode_rows
 from memworker.store.plans.server import ServerPlans, as_text
+from memworker.store.query import TOKEN_FIELDS, SearchFilter
 from memworker.store.times import parse_timestamp
 from memworker.store.tokens import PUBLIC_TOKEN, visibility_token
 from memworker.store.validate import MAX_PAGE, check_page, check_source, normalize_scope_prefix
@@ -46,16 +47,24 @@ class ReadPlans(ServerPlans):
         reply = yield Call(["ZMSCORE", self.keys.expiry, *ids])
         return [None if s is None else int(float(s)) for s in reply]
 
-    def _p_fetch(self, ids: Sequence[str]) -> Plan[list[Any]]:
+    def _p_fetch(self, ids: Sequence[str], passing: SearchFilter | None = None) -> Plan[list[Any]]:
         """Records by id (``None`` where missing), one script call per READ_CHUNK ids:
-        the client pays per command and per argument, so one call beats a pipeline."""
+        the client pays per command and per argument, so one call beats a pipeline.
+
+        ``passing``: also ``None`` for each record that does not pass this filter, read
+        in the same script step as the record (one ``HMGET``: atomic with it). A search
+        chose its hits from the index, the vector cache or a bulk read one round trip
+        earlier; a record re-saved since (turned private, moved scope, new categories,
+        metadata or source) must not come back on the strength of its old fields."""
+        if passing is not None and passing.scope == "/" and not passing.needs_tokens:
+            passing = None  # the identity filter: nothing to check
+        fields = RECORD_FIELDS if passing is None else (*RECORD_FIELDS, *_CHECKED)
         out: list[Any] = []
         for start in range(0, len(ids), READ_CHUNK):
             part = list(ids[start : start + READ_CHUNK])
-            flat = yield Script(
-                "read",
-                ["records", self.keys.prefix, str(len(RECORD_FIELDS)), *RECORD_FIELDS, *part],
-            )
+            flat = yield Script("read", ["records", self.keys.prefix, str(len(fields)), *fields, *part])
+            if passing is not None:
+                flat = _passing_rows(flat, fields, passing)
             out += decode_reply(flat)
         return out
 
@@ -189,6 +198,24 @@ def _page_gets(prefix: str) -> tuple[str, ...]:
     for name in RECORD_FIELDS:
         out += ["GET", "#" if name == "id" else f"{prefix}:rec:*->{name}"]
     return tuple(out)
+
+
+#: The filter fields :meth:`ReadPlans._p_fetch` reads with each record to check it
+#: again (``vis`` is a record field already).
+_CHECKED: tuple[str, ...] = tuple(f for f in TOKEN_FIELDS if f not in RECORD_FIELDS)
+
+
+def _passing_rows(flat: Sequence[Any], fields: Sequence[str], passing: SearchFilter) -> list[Any]:
+    """A ``records`` reply read with :data:`_CHECKED` as a plain one (the dimension,
+    then RECORD_FIELDS-long rows), each row that fails ``passing`` emptied (missing)."""
+    width, step = len(RECORD_FIELDS), len(fields)
+    out: list[Any] = [flat[0]]
+    for i in range(1, len(flat), step):
+        row = flat[i : i + step]
+        named = dict(zip(fields, row))
+        tokens = [named[f] for f in TOKEN_FIELDS]
+        out += row[:width] if passing.matches(tokens, scope=True) else [None] * width
+    return out
 
 
 def decode_reply(reply: Sequence[Any]) -> list[Any]:

@@ -17,10 +17,9 @@ import numpy as np
 from memworker.errors import StoreError, ValidationError
 from memworker.io import Call, Pipeline, Plan, Script, error_text
 from memworker.store.embeddings import vector_bytes, vector_from_bytes, query_to_float16
-from memworker.store.decode import RECORD_FIELDS
-from memworker.store.plans.read import READ_CHUNK, ReadPlans, decode_reply
+from memworker.store.plans.read import ReadPlans
 from memworker.store.plans.server import as_text, optional_text
-from memworker.store.query import MAX_LIMIT, TOKEN_FIELDS, SearchFilter
+from memworker.store.query import MAX_LIMIT, SearchFilter
 from memworker.store.generation import ROW_WIDTH
 from memworker.store.vectors import APPLY, BYPASS, CHANGES_PAGE, CURRENT, ROWS_CHUNK
 
@@ -31,10 +30,6 @@ EXACT_CHUNK = 5_000
 #: Rounds of the exact path's cache sync before it falls back to a bulk read (only
 #: reached when other threads keep reloading the cache at the same time).
 _SYNC_ATTEMPTS = 20
-
-#: The filter fields a search reads with each record to check it again (the record's
-#: own fields hold ``vis``): :data:`TOKEN_FIELDS` but those.
-_CHECKED: tuple[str, ...] = tuple(f for f in TOKEN_FIELDS if f not in RECORD_FIELDS)
 
 #: What :meth:`SearchPlans._p_search_module` answers when the index was made again.
 _NEWER_INDEX: Any = object()
@@ -156,7 +151,7 @@ class SearchPlans(ReadPlans):
             score = 1.0 - float(as_text(row["dist"]))
             if score == score:  # NaN: a stored vector of zeros (an older version's float16)
                 scored.append((name[len(prefix) :], score))
-        records = yield from self._p_fetch_passing([i for i, _ in scored], flt)
+        records = yield from self._p_fetch([i for i, _ in scored], flt)
         return [(r, s) for (_, s), r in zip(scored, records) if r is not None]
 
     def _p_search_exact(
@@ -174,7 +169,7 @@ class SearchPlans(ReadPlans):
             hits = self._vectors.search(query, flt, limit, position)
             if hits is None:
                 continue  # another thread reloaded the cache meanwhile: sync again
-            records = yield from self._p_fetch_passing([i for i, _ in hits], flt)
+            records = yield from self._p_fetch([i for i, _ in hits], flt)
             return [(r, s) for (_, s), r in zip(hits, records) if r is not None]
         return (yield from self._p_search_scan(vector, flt, limit))
 
@@ -279,36 +274,8 @@ class SearchPlans(ReadPlans):
         scores = (matrix @ query) / np.where(norms == 0, 1.0, norms)
         k = min(limit, len(kept))
         top = np.argpartition(-scores, k - 1)[:k] if k < len(kept) else np.arange(len(kept))
-        records = yield from self._p_fetch_passing([kept[i] for i in top], flt)
+        records = yield from self._p_fetch([kept[i] for i in top], flt)
         return [(r, float(scores[i])) for i, r in zip(top, records) if r is not None]
-
-    def _p_fetch_passing(self, ids: Sequence[str], flt: SearchFilter) -> Plan[list[Any]]:
-        """:meth:`_p_fetch` for a search's hits, ``None`` for each record that no longer
-        passes ``flt``. The hits were chosen from the index, the vector cache or a bulk
-        read one round trip earlier; a record re-saved since (turned private, moved
-        scope, new categories, metadata or source) must not come back on the strength
-        of its old fields. Its filter fields are read in the same script step as the
-        record (one ``HMGET``: atomic with it) and checked again."""
-        if flt.scope == "/" and not flt.needs_tokens:
-            return (yield from self._p_fetch(ids))  # the identity filter: nothing to check
-        width = len(RECORD_FIELDS)
-        out: list[Any] = []
-        for start in range(0, len(ids), READ_CHUNK):
-            part = list(ids[start : start + READ_CHUNK])
-            flat = yield Script(
-                "read",
-                ["records", self.keys.prefix, str(width + len(_CHECKED)), *RECORD_FIELDS,
-                 *_CHECKED, *part],
-            )  # fmt: skip
-            rows: list[Any] = [flat[0]]
-            step = width + len(_CHECKED)
-            for i in range(1, len(flat), step):
-                row = flat[i : i + step]
-                named = dict(zip((*RECORD_FIELDS, *_CHECKED), row))
-                tokens = [named[f] for f in TOKEN_FIELDS]
-                rows += row[:width] if flt.matches(tokens, scope=True) else [None] * width
-            out += decode_reply(rows)
-        return out
 
 
 def _ft_documents(reply: Any) -> list[tuple[Any, Any]]:
