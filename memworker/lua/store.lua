@@ -89,6 +89,32 @@ local function log_changes(ids)
   redis.call("XADD", CHANGES, "MAXLEN", "~", CHANGES_CAP, "*", "i", table.concat(ids, "\n"))
 end
 
+-- The server's clock (ms), read once a call: an expiry due by it (or by the caller's
+-- now) is due.
+local server_ms_cache
+local function server_ms()
+  if not server_ms_cache then
+    local t = redis.call("TIME")
+    server_ms_cache = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return server_ms_cache
+end
+
+-- A stored predecessor whose expiry is due is gone to every reader: a write over it
+-- is a new item (its own created_at).
+local function is_due(exp)
+  return exp and tonumber(exp) <= server_ms()
+end
+
+-- Records deleted by a sweep leave a tombstone at their version (LangGraph's versioned
+-- items): an older put of the key still in the queue must not bring its value back.
+local function tomb_versions(ids)
+  for _, id in ipairs(ids) do
+    local ver = redis.call("HGET", REC .. id, "ver")
+    if ver then redis.call("ZADD", ns .. ":tomb", "GT", ver, id) end
+  end
+end
+
 -- After deletes: an empty namespace drops its log (caches see a new incarnation).
 local function drop_log_if_empty()
   if redis.call("EXISTS", ns .. ":tree:/") == 0 then
@@ -373,7 +399,7 @@ if op == "save" then
         local t = redis.call("ZSCORE", ns .. ":tomb", rec.id)
         if t and tonumber(t) > rec.ver then take = false end
       end
-      if take and rec.old_created then row[c_created] = rec.old_created end
+      if take and rec.old_created and not is_due(rec.old_exp) then row[c_created] = rec.old_created end
     end
     if take then
       local at = where[rec.id]
@@ -383,7 +409,7 @@ if op == "save" then
       elseif not (recs[at].ver and rec.ver and recs[at].ver > rec.ver) then
         -- The same id again in this call: the later version replaces the earlier in
         -- place (both read the same stored predecessor), so it is written once.
-        if rec.ver and rec.old_created then row[c_created] = rec.old_created end
+        if rec.ver and rec.old_created and not is_due(rec.old_exp) then row[c_created] = rec.old_created end
         recs[at] = rec
       end
     end
@@ -480,7 +506,9 @@ elseif op == "refresh" then
   for i = 5, #ARGV - 1, 2 do
     local id = ARGV[i]
     local got = redis.call("HMGET", REC .. id, "exp", "ttl")
-    if got[1] then
+    -- Due already (by the reader's clock or the server's: the refresh may land after
+    -- the expiry): the item stays expired, a refresh does not bring it back.
+    if got[1] and tonumber(got[1]) > math.max(now, server_ms()) then
       set_expiry(id, got[2] and string.format("%.0f", now + tonumber(got[2])) or ARGV[i + 1])
       n = n + 1
     end
@@ -499,6 +527,7 @@ elseif op == "sweep" then
       if not exp then redis.call("ZREM", ns .. ":expiry", id) end
     end
   end
+  tomb_versions(ids)
   local expired = delete_ids(ids)
   local retained = 0
   local policies = redis.call("HGETALL", ns .. ":retention")
@@ -517,6 +546,7 @@ elseif op == "sweep" then
         if redis.call("EXISTS", REC .. id) == 0 then gone[#gone + 1] = id end
       end
       if #gone > 0 then redis.call("ZREM", tree, unpack(gone)) end
+      tomb_versions(old)
       retained = retained + delete_ids(old)
     end
   end
