@@ -35,6 +35,7 @@ import functools
 import hashlib
 import json
 import math
+import numbers
 import re
 import threading
 import time
@@ -68,7 +69,7 @@ from langgraph.store.base import (
 
 from memworker.queue.group import AsyncGroupCommit, GroupCommit
 from memworker.errors import ConfigError, JobFailedError, ValidationError, shown
-from memworker.queue.jobs import ENCODE_ACTOR, build_message, embed_items, save_items
+from memworker.queue.jobs import ENCODE_ACTOR, build_message, check_timeout, embed_items, save_items
 from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
 from memworker.store.store import ValkeyStore
@@ -252,12 +253,28 @@ def _json_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def _check_key_text(key: str) -> None:
+    """A put's key is valid unicode text (a lone surrogate cannot be stored as JSON)."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"put of {shown(key)}: key is not valid unicode text (a lone surrogate)") from None
+
+
 def _number(value: Any) -> int | float | None:
     """A number as it is (Python compares ints and floats exactly; ``float()`` of an
-    int past ~1.8e308 would raise), or ``None``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    int past ~1.8e308 would raise), or ``None``. Another kind of number (a numpy
+    integer or float, a ``Fraction``: what pandas or numpy code hands over) as the
+    ``int`` or ``float`` it equals; a bool (numpy's too) is no number."""
+    if isinstance(value, bool):
         return None
-    return value
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return None
 
 
 def _apply(value: Any, operator: str, operand: Any) -> bool:
@@ -405,6 +422,10 @@ def _check_ttl_config(ttl: TTLConfig | None) -> TTLConfig | None:
     default = ttl.get("default_ttl")
     if default is not None:
         _check_minutes(default, "ttl['default_ttl']")
+    refresh = ttl.get("refresh_on_read")
+    if refresh is not None and not isinstance(refresh, bool):
+        # bool("false") is True: a text would refresh every read against the setting
+        raise ConfigError(f"ttl['refresh_on_read'] must be True or False, got {type(refresh).__name__}")
     sweep = ttl.get("sweep_interval_minutes")
     if sweep is not None:
         _check_minutes(sweep, "ttl['sweep_interval_minutes']")
@@ -559,7 +580,10 @@ class QueuedStore(BaseStore):
         self.settings = Settings.resolve(url, namespace=namespace)
         self.ttl_config = _check_ttl_config(ttl)
         self.index_config = self._check_index(index)
-        self.drain_timeout = drain_timeout
+        try:  # checked here: a read's drain would refuse it after the puts went out
+            self.drain_timeout = check_timeout(drain_timeout)
+        except ValidationError:
+            raise ConfigError("drain_timeout must be None or a finite number of seconds >= 0") from None
         self.store = ValkeyStore(self.settings)
         self.queue = MemoryQueue(self.settings, producer_id=producer_id)
         # Jobs enqueued, and how many of them a finished drain covered: a read drains
@@ -683,7 +707,13 @@ class QueuedStore(BaseStore):
         for i, op in enumerate(ops):
             if isinstance(op, (PutOp, GetOp)) and (not isinstance(op.key, str) or not op.key):
                 raise ValidationError("key must be a non-empty string")
+            if isinstance(op, (GetOp, SearchOp)) and not isinstance(op.refresh_ttl, (bool, type(None))):
+                # bool("false") is True: a text would refresh the TTLs it meant to keep
+                raise ValidationError(
+                    f"refresh_ttl must be True, False or None, got {type(op.refresh_ttl).__name__}"
+                )
             if isinstance(op, PutOp):
+                _check_key_text(op.key)
                 puts[(tuple(op.namespace), op.key)] = op  # the later put of a key wins
             elif isinstance(op, SearchOp):
                 reads[i] = _check_search(op)
