@@ -95,9 +95,11 @@ class QueuedMemory(Memory):
             hands the call to the save thread and returns; ``False``: it returns
             once its job is in Valkey (the caller then waits for that round trip,
             and a process killed after the return loses nothing).
-        retention: Scope -> days (``{"/": 30}``: the whole namespace): the workers
-            delete records created longer ago than that in the scope and below
-            (:meth:`set_retention`; the same policies as ``memworker retention``).
+        retention: Scope -> days (``{"/": 30}``: the memory's ``root_scope``, the
+            whole namespace without one; scopes are under the root scope, as
+            ``remember``'s are): the workers delete records created longer ago than
+            that in the scope and below (:meth:`set_retention`; the same policies as
+            ``memworker retention``, whose scopes are absolute).
 
     ``embedder=None`` means the bundled all-MiniLM-L6-v2 (:class:`LocalEmbedder`),
     the workers' default, not CrewAI's OpenAI default. Consolidation is CrewAI's:
@@ -172,8 +174,13 @@ class QueuedMemory(Memory):
 
     def set_retention(self, scope: str, days: float | None) -> None:
         """Keep records of ``scope`` (and below) ``days`` after their creation: the
-        workers' sweep deletes older ones (``None`` removes the scope's policy)."""
-        self.store.set_retention(scope, days)
+        workers' sweep deletes older ones (``None`` removes the scope's policy).
+        With a ``root_scope`` the scope is under it, as ``remember``'s and ``recall``'s
+        are (``"/"``: the root scope; without one, the whole namespace)."""
+        path = normalize_scope(scope, field="retention scope")
+        if self.root_scope:
+            path = join_scope_paths(self.root_scope, path)
+        self.store.set_retention(path, days)
 
     # ------------------------------------------------------------------ helpers
     @property

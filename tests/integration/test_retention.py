@@ -154,3 +154,27 @@ def test_queued_memory_retention(plain_server, namespace):
     finally:
         store.reset()
         store.close()
+
+
+def test_queued_memory_retention_is_inside_its_root_scope(plain_server, namespace):
+    """A memory with a ``root_scope`` remembers and recalls under it: its retention
+    policies are scopes under it too. ``{"/": 1}`` on tenant A's memory kept every
+    tenant's records one day (and LangGraph's items in the namespace)."""
+    pytest.importorskip("crewai")
+    from memworker.crewai import QueuedMemory
+
+    class Embedder:
+        def __call__(self, texts):
+            return [[1.0, 0.0] for _ in texts]
+
+    memory = QueuedMemory(storage=plain_server.url, namespace=namespace, embedder=Embedder(),
+                          model_id="test", root_scope="/tenant-a", retention={"/": 30, "/scratch": 1})  # fmt: skip
+    try:
+        assert memory.store.retention() == {"/tenant-a": 30.0, "/tenant-a/scratch": 1.0}
+        memory.set_retention("/scratch", None)
+        memory.set_retention("notes", 7)
+        assert memory.store.retention() == {"/tenant-a": 30.0, "/tenant-a/notes": 7.0}
+    finally:
+        memory.store.reset()
+        for scope in list(memory.store.retention()):
+            memory.store.set_retention(scope, None)
