@@ -32,7 +32,6 @@ from memworker.embedded.procs import (
     is_valkey,
     pid_alive,
     probe,
-    server_pid,
     terminate,
     working_dir,
 )
@@ -78,20 +77,20 @@ class EmbeddedServer:
 
 
 def owned(server: EmbeddedServer) -> bool:
-    """True only if ``server.pid`` is proven to be this home's ``valkey-server``: it
-    answers on the recorded port with the home's password and its ``INFO server``
-    ``process_id`` is that pid, or its working directory is the home's data folder.
+    """True only if ``server.pid`` is proven to be this home's ``valkey-server``: a
+    ``valkey-server`` whose working directory is the home's data folder (another
+    user's process does not show its working directory).
 
     A recorded pid can outlive its server (a reboot, a crash) and now belong to any
-    process, another project's ``valkey-server`` included: only a pid proven here is
-    ever signalled.
+    process, another project's ``valkey-server`` included, and its port to anyone's
+    listener: only a pid proven here is ever signalled, and nothing (the password
+    least of all) goes to the recorded port before its pid is proven. A proven server
+    holds its port: no other process listens on it.
     """
     if not (pid_alive(server.pid) and is_valkey(server.pid)):
         return False
-    if server.password is not None and server.host == HOST:
-        if server_pid(server.port, server.password) == server.pid:
-            return True
-    return working_dir(server.pid) == server.data_dir
+    cwd = working_dir(server.pid)
+    return cwd is not None and cwd.resolve() == server.data_dir.resolve()
 
 
 def recorded_foreground(home: Path) -> bool:
@@ -174,7 +173,7 @@ def find_live(home: Path, timeout: float, *, recover: bool) -> EmbeddedServer | 
             (home / STATE_FILE).unlink(missing_ok=True)
         return None
     status: Probe = "down"
-    if pid_alive(state.pid):
+    if owned(state):  # else stale: the pid and the port may be anyone's now
         deadline = time.monotonic() + timeout
         status = probe(state.host, state.port, state.password)
         while status == "busy" and time.monotonic() < deadline:

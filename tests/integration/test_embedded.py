@@ -432,13 +432,14 @@ def test_every_client_of_another_process_finds_the_password(home: Path) -> None:
 
 
 def test_a_server_without_password_is_refused(home: Path) -> None:
-    """A server recorded by an older memworker (no password) is not used, nor killed:
-    the error says how to restart it with a password."""
+    """A server recorded by an older memworker (no password; serving this home's data
+    folder) is not used, nor killed: the error says how to restart it with a password."""
     from memworker.testing import start_server
 
-    legacy = start_server(False)
+    (home / "data").mkdir(parents=True, mode=0o700)
+    home.chmod(0o700)
+    legacy = start_server(False, "--dir", str(home / "data"))
     try:
-        home.mkdir(parents=True)
         state = {"pid": legacy.process.pid, "host": "127.0.0.1", "port": legacy.port, "module": None}
         (home / "valkey.json").write_text(json.dumps(state))
         with pytest.raises(EmbeddedServerError, match="no password") as info:
