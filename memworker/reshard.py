@@ -236,14 +236,20 @@ def _copy_slot(source: Any, target: Any, slot: int, *, deadline: float) -> int:
         read = source.pipeline(transaction=False)
         for key in chunk:
             read.execute_command("DUMP", key)
-            read.execute_command("PTTL", key)
+            read.execute_command("PEXPIRETIME", key)
         replies = read.execute()
         write = target.pipeline(transaction=False)
-        for key, dump, ttl in zip(chunk, replies[0::2], replies[1::2]):
-            if dump is None or ttl == -2:
+        for key, dump, at in zip(chunk, replies[0::2], replies[1::2]):
+            if dump is None or int(at) == -2:
                 continue  # expired since it was listed
             write.execute_command("ASKING")  # the slot is only importing on the target
-            write.execute_command("RESTORE", key, max(int(ttl), 0), dump)
+            if int(at) == -1:  # no expiry
+                write.execute_command("RESTORE", key, 0, dump)
+            else:
+                # the same moment, not the time left (a key read in its last
+                # millisecond had PTTL 0: RESTORE's "no expiry"); one already past
+                # is not created
+                write.execute_command("RESTORE", key, int(at), dump, "ABSTTL")
             moved += 1
         write.execute()
         if time.monotonic() > deadline:  # checked before the hand-over, too
