@@ -369,9 +369,16 @@ class Settings:
                 )
             values["hnsw_ef_construction"] = int(raw_ef)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        url = get("VALKEY_URL") or get("REDIS_URL")
-        if url:
-            return cls.from_url(url, **values)
+        for name in ("VALKEY_URL", "REDIS_URL"):
+            url = get(name)
+            if url:
+                try:
+                    return cls.from_url(url, **values)
+                except ConfigError as exc:
+                    if not str(exc).startswith("URL"):  # not the URL's (each of its errors says "URL")
+                        raise
+                    # which variable (with both set, the first is read)
+                    raise ConfigError(f"{name}: {exc}") from None
         return cls(**values)  # type: ignore[arg-type]
 
     @classmethod

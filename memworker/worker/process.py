@@ -249,22 +249,27 @@ def _metrics_server(settings: Settings, port: int | None) -> Iterator[None]:
         return
     from memworker.metrics import MULTIPROC_ENV, serve_metrics
 
+    address = os.environ.get("MEMWORKER_METRICS_ADDRESS") or "0.0.0.0"
     directory = tempfile.mkdtemp(prefix="memworker-metrics-")
     previous = os.environ.get(MULTIPROC_ENV)
     os.environ[MULTIPROC_ENV] = directory  # before any process creates a metric
+    server = None
     try:
-        server = serve_metrics(settings, port, os.environ.get("MEMWORKER_METRICS_ADDRESS") or "0.0.0.0")
-    except ImportError as exc:
-        raise ConfigError(
-            "--metrics-port needs prometheus_client: pip install 'memworker[metrics]'"
-        ) from exc
-    except OSError as exc:
-        raise ConfigError(f"--metrics-port {port}: {exc}") from exc
-    log.info("serving Prometheus metrics on port %d (/metrics)", port)
-    try:
+        try:
+            server = serve_metrics(settings, port, address)
+        except ImportError as exc:
+            raise ConfigError(
+                "--metrics-port needs prometheus_client: pip install 'memworker[metrics]'"
+            ) from exc
+        except (OSError, UnicodeError) as exc:  # a taken port, an unknown host name
+            raise ConfigError(
+                f"--metrics-port {port} on MEMWORKER_METRICS_ADDRESS {address!r}: {exc}"
+            ) from exc
+        log.info("serving Prometheus metrics on %r port %d (/metrics)", address, port)
         yield
     finally:
-        server.shutdown()
+        if server is not None:
+            server.shutdown()
         if previous is None:
             os.environ.pop(MULTIPROC_ENV, None)
         else:
