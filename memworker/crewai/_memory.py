@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait
@@ -38,7 +38,7 @@ from memworker.crewai._items import call_items, flow_entry
 from memworker.crewai._recall import matches
 from memworker.crewai._settle import Settler
 from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
-from memworker.queue.jobs import DrainTimeout, check_timeout, embed_items, needs_flow
+from memworker.queue.jobs import DrainTimeout, FailedJob, check_timeout, embed_items, needs_flow
 from memworker.queue.producer import MemoryQueue
 from memworker.store.query import MAX_LIMIT
 from memworker.store.store import ValkeyStore
@@ -210,11 +210,13 @@ class QueuedMemory(Memory):
         return call_items(contents, scope, categories, metadata, importance, source, private, root,
                           flow=flow, default_importance=self.default_importance)  # fmt: skip
 
-    def _enqueue(self, items: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
-        return [
-            self._queue.enqueue_encode_job(items[i : i + JOB_CHUNK])
-            for i in range(0, len(items), JOB_CHUNK)
-        ]
+    def _enqueue(
+        self, items: list[dict[str, Any]], on_enqueued: Callable[[str, list[str]], None] | None = None
+    ) -> list[tuple[str, list[str]]]:
+        """The items as jobs of at most ``JOB_CHUNK``: every job checked before the
+        first is sent (a bad or oversized one: nothing enqueued)."""
+        chunks = [items[i : i + JOB_CHUNK] for i in range(0, len(items), JOB_CHUNK)]
+        return self._queue.enqueue_encode_jobs(chunks, on_enqueued)  # type: ignore[no-any-return]
 
     def _send_group(self, job_items: list[dict[str, Any]]) -> list[tuple[str, Future[Any]]]:
         """One job for the ``remember()`` items of concurrent calls (see ``_group``):
@@ -370,23 +372,42 @@ class QueuedMemory(Memory):
             ),
             self,
         )
+        # Each job is watched once it is in Valkey: when a later job's send fails,
+        # the drain still waits for the earlier ones, and the call's one event
+        # reports them with the failure.
+        sent: list[Future[Any]] = []
+
+        def enqueued(job_id: str, _ids: list[str]) -> None:
+            with call.lock:
+                call.left += 1
+            sent.append(self._settler.watch(job_id))
+
+        with call.lock:
+            call.left = 1  # the enqueue itself: no event before it has ended
         try:
             if error is not None:
                 raise error
-            jobs = self._enqueue(items or [])
+            self._enqueue(items or [], enqueued)
         except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
-            log.warning("remember_many: nothing enqueued: %s", exc)
-            call.ctx.run(emit, failed_event("background save", metadata, str(exc)), self)
-            return
-        call.left = len(jobs)
-        for job_id, _ in jobs:
-            self._settler.watch(job_id).add_done_callback(
-                lambda f, c=call: self._job_settled(c, f)
-            )
+            if not sent:
+                log.warning("remember_many: nothing enqueued: %s", exc)
+                call.ctx.run(emit, failed_event("background save", metadata, str(exc)), self)
+                return
+            log.warning("remember_many: %d job(s) enqueued, the rest not: %s", len(sent), exc)
+            with call.lock:
+                call.failures.append(FailedJob("", [], f"not enqueued: {exc}"))
+        def settled(future: Future[Any]) -> None:
+            self._job_settled(call, future)
 
-    def _job_settled(self, call: SaveCall, future: Future[Any]) -> None:
+        for future in sent:
+            future.add_done_callback(settled)
+        self._job_settled(call, None)  # the enqueue's own share of call.left
+
+    def _job_settled(self, call: SaveCall, future: Future[Any] | None) -> None:
+        """One share of ``call.left`` done: a job settled (``future``), or the
+        enqueue itself (``None``); the last one emits the call's event."""
         try:
-            failure = future.result()
+            failure = future.result() if future is not None else None
             with call.lock:
                 if failure is not None:
                     call.failures.append(failure)

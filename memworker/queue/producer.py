@@ -357,6 +357,37 @@ class MemoryQueue:
             self._enqueue(step)
         return job_id, ids
 
+    def enqueue_encode_jobs(
+        self,
+        chunks: Sequence[Sequence[Any]],
+        on_enqueued: Callable[[str, list[str]], None] | None = None,
+    ) -> list[tuple[str, list[str]]]:
+        """Several encode jobs (one per chunk, as :meth:`enqueue_encode_job`), every
+        one built and checked before the first is sent; returns ``(job_id,
+        record_ids)`` per chunk. They are sent in order, one after another:
+        ``on_enqueued(job_id, record_ids)`` runs as each is in Valkey, so a caller
+        whose later send failed (the server lost) still knows which jobs went. Each
+        job's ``memworker.enqueue`` span covers its build (its context is in the
+        message); the sends follow.
+
+        Raises:
+            ValidationError: A bad item, or a chunk over ``max_items`` or
+                ``max_job_bytes``; nothing is enqueued.
+        """
+        prepared = []
+        for chunk in chunks:
+            with self._traced(ENCODE_ACTOR) as note:
+                job_id, ids, step = self._prepare_encode(chunk)
+                note(job_id, len(ids))
+            prepared.append((job_id, ids, step))
+        out: list[tuple[str, list[str]]] = []
+        for job_id, ids, step in prepared:
+            self._enqueue(step)
+            out.append((job_id, ids))
+            if on_enqueued is not None:
+                on_enqueued(job_id, ids)
+        return out
+
     def enqueue_encode_items(self, job_items: Sequence[dict[str, Any]]) -> str:
         """Enqueue items already validated by :func:`memworker.queue.jobs.embed_items` (each
         carries its record id), e.g. gathered from several callers into one job;

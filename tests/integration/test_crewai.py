@@ -351,15 +351,15 @@ def test_remember_many_returns_before_its_job_reaches_valkey(env, events, monkey
     items to the memory's save thread, and drain_writes (so recall) waits for that
     hand-off before it waits for the job."""
     memory = env()
-    real = memory.queue.enqueue_encode_job
+    real = memory.queue.enqueue_encode_jobs
     sending, release = threading.Event(), threading.Event()
 
-    def held(items):
+    def held(chunks, on_enqueued=None):
         sending.set()
         assert release.wait(30)
-        return real(items)
+        return real(chunks, on_enqueued)
 
-    monkeypatch.setattr(memory.queue, "enqueue_encode_job", held)
+    monkeypatch.setattr(memory.queue, "enqueue_encode_jobs", held)
     memory.remember_many(["Gina sails", "Hugo rows"], scope="/boats", categories=["b"], importance=0.5)
     assert sending.wait(10)  # the save thread is in the send; the caller has returned
     assert memory.queue.pending() == [] and memory.store.count() == 0
@@ -374,15 +374,15 @@ def test_background_enqueue_off_enqueues_in_the_callers_thread(env, events, monk
     threads, enqueued = [], []
     for background in (True, False):
         memory = env(background_enqueue=background)
-        real = memory.queue.enqueue_encode_job
+        real = memory.queue.enqueue_encode_jobs
 
-        def spy(items, real=real):
+        def spy(chunks, on_enqueued=None, real=real):
             threads.append(threading.current_thread())
-            result = real(items)
-            enqueued.append(result[0])
+            result = real(chunks, on_enqueued)
+            enqueued.extend(job for job, _ in result)
             return result
 
-        monkeypatch.setattr(memory.queue, "enqueue_encode_job", spy)
+        monkeypatch.setattr(memory.queue, "enqueue_encode_jobs", spy)
         memory.remember_many(["Ida skis"], scope="/s", categories=["s"], importance=0.5)
         if not background:  # the job was in Valkey before the call returned
             assert threads[-1] is threading.current_thread() and len(enqueued) == 2
