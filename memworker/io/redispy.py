@@ -361,8 +361,24 @@ class RedisSyncDriver(_Driver, SyncRunner):
             client.close()
 
 
+class _LoopState:
+    """What the async driver keeps for one event loop: its client, its cluster-node
+    clients and the script path's free connections (all bound to that loop)."""
+
+    __slots__ = ("client", "nodes", "free")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.nodes: dict[tuple[str, int], Any] = {}
+        self.free: list[Any] = []
+
+
 class RedisAsyncDriver(_Driver, AsyncRunner):
     """Runs plans over one ``redis.asyncio.Redis`` per event loop, created on first use.
+
+    Loops of several threads may use one driver at once: each has its own client and
+    connections (a connection awaited from another loop fails after its command was
+    sent). A closed loop's are dropped when the next loop starts using the driver.
 
     Args:
         settings: Where the server is.
@@ -371,19 +387,33 @@ class RedisAsyncDriver(_Driver, AsyncRunner):
 
     def __init__(self, settings: Settings, errors: ErrorClasses = STORE_ERRORS) -> None:
         super().__init__(settings, errors)
-        self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._nodes: dict[tuple[str, int], Any] = {}
-        #: Connections of the script path (:meth:`_script_call`), the client's loop's.
-        self._free: list[Any] = []
+        self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._states_lock = threading.Lock()
+
+    def _state(self) -> _LoopState:
+        """The running loop's state, created on first use."""
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            with self._states_lock:
+                state = self._states.get(loop)
+                if state is None:
+                    # A closed loop's connections cannot be awaited any more: dropped,
+                    # they go with their sockets when collected (asyncio.run per call
+                    # must not pile up clients).
+                    for old in [other for other in self._states if other.is_closed()]:
+                        del self._states[old]
+                    state = self._states[loop] = _LoopState(async_redis_client(self.settings))
+        return state
 
     def _node_client(self, node: Any) -> Any:
         """A plain ``redis.asyncio.Redis`` on one cluster node (for WAIT, which needs
         one connection), made once per node and event loop."""
         import redis.asyncio
 
+        nodes = self._state().nodes
         address = (node.host, int(node.port))
-        found = self._nodes.get(address)
+        found = nodes.get(address)
         if found is None:
             username, password = self.settings.credentials()
             kwargs = redis_kwargs(self.settings)
@@ -391,18 +421,12 @@ class RedisAsyncDriver(_Driver, AsyncRunner):
                 host=address[0], port=address[1], username=username, password=password,
                 ssl=self.settings.tls, **kwargs,
             )  # fmt: skip
-            self._nodes[address] = found
+            nodes[address] = found
         return found
 
     def client(self) -> Any:
         """The ``redis.asyncio.Redis`` client of the running loop, created on first use."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = async_redis_client(self.settings)
-            self._loop = loop
-            self._nodes = {}
-            self._free = []  # another loop's connections are not this one's
-        return self._client
+        return self._state().client
 
     async def _send(self, step: Step) -> Any:
         client = self.client()
@@ -449,7 +473,8 @@ class RedisAsyncDriver(_Driver, AsyncRunner):
 
         if hasattr(client, "get_node_from_key"):
             return await client.execute_command(*args)
-        free = self._free
+        state = self._state()
+        free = state.free
         try:
             conn = free.pop()
         except IndexError:
@@ -463,9 +488,9 @@ class RedisAsyncDriver(_Driver, AsyncRunner):
         except BaseException:
             await _drop(conn)
             raise
-        if free is self._free:
+        if self._states.get(asyncio.get_running_loop()) is state:
             free.append(conn)
-        else:  # the driver was closed, or moved to another loop, during the call
+        else:  # the driver was closed during the call
             await _drop(conn)
         return reply
 
@@ -499,21 +524,20 @@ class RedisAsyncDriver(_Driver, AsyncRunner):
     async def close(self) -> None:
         """Close the client of the running loop and the script path's connections;
         the next call creates a new one."""
-        client, self._client = self._client, None
-        nodes, self._nodes = list(self._nodes.values()), {}
-        free, self._free = self._free, []
-        loop, self._loop = self._loop, None
-        if loop is not asyncio.get_running_loop():
-            # Another event loop's client (closed with it, e.g. by asyncio.run): its
-            # connections cannot be awaited here ("Event loop is closed", a
-            # RuntimeError); they are dropped, and go with their sockets when collected.
+        with self._states_lock:
+            states, self._states = self._states, {}
+        # Other event loops' clients (closed with them, e.g. by asyncio.run, or still
+        # running in other threads): their connections cannot be awaited here ("Event
+        # loop is closed", a RuntimeError, or another loop's futures); they are
+        # dropped, and go with their sockets when collected.
+        state = states.get(asyncio.get_running_loop())
+        if state is None:
             return
-        for conn in free:
+        for conn in state.free:
             await _drop(conn)
-        for node in nodes:
+        for node in state.nodes.values():
             await node.aclose()
-        if client is not None:
-            await client.aclose()
+        await state.client.aclose()
 
 
 async def _drop(conn: Any) -> None:
