@@ -448,7 +448,13 @@ def test_a_ttl_refresh_racing_a_re_put_does_not_give_the_new_item_the_old_ttl(ma
 def test_workers_sweep_expired_items_on_their_own(settings, embedder, monkeypatch):
     monkeypatch.setenv("MEMWORKER_SWEEP_INTERVAL", "0.2")
     with worker_mod.running_worker(settings, threads=2, worker_timeout_ms=100):
-        with QueuedStore(settings, ttl={"default_ttl": 0.01}) as lg:  # 0.6 s
+        with QueuedStore(settings, ttl={"default_ttl": 0.05}) as lg:  # 3 s
+            # the worker up first (a first start in a process takes seconds), so the 20
+            # puts are committed and counted before the first expires, on a loaded
+            # machine too (0.6 s without this once was not: assert 19 == 20)
+            lg.put(("warm",), "w", {"text": "x"}, ttl=None)
+            lg.delete(("warm",), "w")
+            lg.get(("warm",), "w")
             for i in range(20):
                 lg.put(("t",), f"k{i}", {"text": "x"})
             lg.get(("t",), "k0", refresh_ttl=False)
