@@ -63,8 +63,8 @@ def test_a_refresh_that_lands_after_the_expiry_resurrects_the_item(make_store):
     lg.put(("t",), "k", {"text": "apple"})
     assert lg.get(("t",), "k", refresh_ttl=False) is not None  # committed
     rid = record_id(("t",), "k")
-    exp = int(time.time() * 1000) + 300
-    lg.store.set_expiries([(rid, exp)])  # due in 0.3 s (its stored TTL stays 1 minute)
+    exp = int(time.time() * 1000) + 1000
+    lg.store.set_expiries([(rid, exp)])  # due in 1 s (its stored TTL stays 1 minute)
     real = lg.store.refresh_expiries
 
     def late(*args, **kwargs):  # the refresh reaches the server after the expiry
@@ -156,11 +156,11 @@ def test_a_put_after_the_item_expired_is_a_new_item_with_its_own_created_at(lg):
     stored predecessor): the new item reports the creation time of an item that every
     read already called gone; after a sweep the same put gets its own. LangGraph's
     stores delete expired items, so the new item's created_at is its own."""
-    lg.put(("t",), "k", {"text": "apple"}, ttl=0.005)  # 0.3 s
+    lg.put(("t",), "k", {"text": "apple"}, ttl=0.02)  # 1.2 s (committed and read before it is due)
     lg.get(("t",), "other")  # drains
     first = lg.store.get_records([record_id(("t",), "k")])[0]
     assert first is not None
-    time.sleep(0.5)
+    time.sleep(1.5)
     assert lg.get(("t",), "k") is None  # expired
     lg.put(("t",), "k", {"text": "new"}, ttl=None)
     again = lg.get(("t",), "k")
