@@ -547,6 +547,9 @@ def _cmd_reshard(args: argparse.Namespace) -> int:
              "building on the target", None: ""}[report.index]  # fmt: skip
     print(f"namespace {report.namespace!r}: slot {report.slot} moved from {report.source} to "
           f"{report.target}, {report.keys} key(s); the source paused its writes {report.paused_ms} ms{index}")  # fmt: skip
+    if report.also_moved:
+        print(f"moved with it (same slot), their indexes made again on the target: "
+              f"{', '.join(repr(ns) for ns in report.also_moved)}")  # fmt: skip
     return EXIT_OK
 
 

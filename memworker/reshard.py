@@ -41,6 +41,7 @@ on the exact path.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,10 @@ class ReshardReport:
         index: ``True`` if the search index was made on the target and is built,
             ``False`` if it was still building at the timeout, ``None`` without a
             search module or records.
+        also_moved: Other namespaces whose tag hashes to the same slot, found by
+            their search index on the source: they moved too, and their indexes were
+            dropped on the source and made on the target like the namespace's own
+            (without a search module nothing lists them; their keys move all the same).
     """
 
     namespace: str
@@ -86,6 +91,7 @@ class ReshardReport:
     keys: int
     paused_ms: float
     index: bool | None
+    also_moved: tuple[str, ...] = ()
 
 
 def _primaries(nodes: str) -> dict[str, tuple[str, int]]:
@@ -183,13 +189,16 @@ def move_namespace(
                 f"move?); delete them there (ASKING, then DEL) and run `CLUSTER SETSLOT {slot} "
                 "STABLE` on it, then move again"
             )
+        # every namespace of the slot moves; each one's index is dropped and made again
+        others = _slot_namespaces(source, cluster, slot, settings.namespace)
+        indexes = [Keys(ns).index for ns in (settings.namespace, *others)]
         target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-        index = Keys(settings.namespace).index
         try:
-            # The source's index goes first: it would otherwise delete each record from
+            # The source's indexes go first: it would otherwise delete each record from
             # its HNSW graph as the source drops the slot's keys, with writes paused (30x
             # longer for 5,000 records). Searches meanwhile answer on the exact path.
-            _drop_index(source, index, slot=None, target_id=target_id)
+            for index in indexes:
+                _drop_index(source, index, slot=None, target_id=target_id)
             started = time.monotonic()
             source.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE")
             try:
@@ -215,10 +224,13 @@ def move_namespace(
                 except redis.RedisError:  # best effort: the cluster bus tells it too
                     pass
         # a search that found no index between the drop and the pause made it again
-        _drop_index(source, index, slot=slot, target_id=target_id)
+        for index in indexes:
+            _drop_index(source, index, slot=slot, target_id=target_id)
         built = _build_index(settings, index_timeout)
+        for ns in others:
+            _build_index(settings.with_namespace(ns), index_timeout)
         return ReshardReport(settings.namespace, slot, where[source_id], where[target_id], moved,
-                             round(paused_ms, 1), built)  # fmt: skip
+                             round(paused_ms, 1), built, others)  # fmt: skip
     finally:
         for client in nodes.values():
             client.close()
@@ -306,6 +318,25 @@ def _abort_import(target: Any, slot: int) -> None:
             pipe.execute_command("DEL", key)
         pipe.execute()
     target.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+
+
+#: A namespace's index name (memworker.keys: ``{ns}:idx``), its namespace captured.
+_INDEX_NAME = re.compile(r"\{([A-Za-z0-9_.-]+)\}:idx")
+
+
+def _slot_namespaces(source: Any, cluster: Any, slot: int, namespace: str) -> tuple[str, ...]:
+    """The other namespaces of ``slot`` that have a search index on ``source``
+    (none without a search module), sorted."""
+    try:
+        names = source.execute_command("FT._LIST")
+    except Exception:  # noqa: BLE001 - no search module on the source
+        return ()
+    found = set()
+    for name in names:
+        match = _INDEX_NAME.fullmatch(as_text(name))
+        if match and match.group(1) != namespace and int(cluster.keyslot(tag(match.group(1)))) == slot:
+            found.add(match.group(1))
+    return tuple(sorted(found))
 
 
 def _drop_index(source: Any, index: str, *, slot: int | None, target_id: str) -> None:
