@@ -50,6 +50,16 @@ log = logging.getLogger("memworker.tracing")
 TRACE_OPTION = "trace"
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _MAX_STATE = 512
+#: A W3C ``tracestate`` list member (key ``=`` value, printable ASCII only): a state
+#: with any other member is dropped whole before OpenTelemetry parses it (it logs a
+#: bad member as it came: a control character of a crafted message would reach the
+#: worker's log).
+_STATE_MEMBER = re.compile(
+    r"(?:[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
+#: List members W3C allows in one ``tracestate``.
+_MAX_MEMBERS = 32
 _provider: Any = None
 
 
@@ -138,13 +148,21 @@ def extract(carrier: Any) -> Any:
     state = carrier.get("tracestate", "")
     if not isinstance(parent, str) or not _TRACEPARENT.fullmatch(parent):
         return None
-    if not isinstance(state, str) or len(state) > _MAX_STATE:
+    if not isinstance(state, str) or len(state) > _MAX_STATE or not _valid_state(state):
         state = ""
     try:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
     except ImportError:
         return None
     return TraceContextTextMapPropagator().extract({"traceparent": parent, "tracestate": state})
+
+
+def _valid_state(state: str) -> bool:
+    """Whether ``state`` is a W3C ``tracestate``: at most 32 list members, each
+    :data:`_STATE_MEMBER`, between commas and optional spaces or tabs."""
+    members = [m.strip(" \t") for m in state.split(",")]
+    members = [m for m in members if m]
+    return len(members) <= _MAX_MEMBERS and all(_STATE_MEMBER.fullmatch(m) for m in members)
 
 
 def setup_worker_tracing(env: Mapping[str, str] | None = None) -> None:

@@ -8,22 +8,35 @@ memworker's workers and :class:`~memworker.crewai.LocalEmbedder` use) unless
 LanceDB stores a record saved without an embedding as a zero vector; kept, such a row
 becomes a record without an embedding (never returned by a search). Re-running the
 import rewrites the same ids (idempotent).
+
+The table is read in one scan (its vectors only with ``keep_vectors``), and every row
+is converted and validated before the first write: a bad row (a NULL or missing
+column, JSON that does not parse, a timestamp that is not one, an id that repeats,
+vectors of two dimensions, anything the store refuses) stops the import with a
+``ValidationError`` naming the row's id and the column, and nothing is written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from memworker.embedding.model import Embedder
-from memworker.errors import ConfigError
+from memworker.errors import ConfigError, ValidationError, shown
+from memworker.store.codec import to_row
 from memworker.store.store import ValkeyStore
 
 __all__ = ["import_lancedb", "PAGE"]
 
-#: Records read from LanceDB, embedded and written per step.
+#: Records embedded and written per step.
 PAGE = 256
+#: Columns every CrewAI memory table has (LanceDBStorage writes them all).
+REQUIRED = ("id", "content", "scope", "created_at")
+#: Columns read besides the vector (those the table has).
+COLUMNS = (*REQUIRED, "categories_str", "metadata_str", "importance", "last_accessed", "source", "private")
 
 
 def import_lancedb(
@@ -55,19 +68,34 @@ def import_lancedb(
         Number of records imported.
 
     Raises:
-        ConfigError: The folder has no LanceDB memory, or the namespace records
-            another embedding model.
+        ConfigError: The folder has no LanceDB table of that name, the table lacks a
+            column of CrewAI's memory table, or the namespace records another
+            embedding model.
+        ValidationError: A bad row (named by its id and the column); nothing written.
     """
-    from crewai.memory.storage.lancedb_storage import LanceDBStorage
+    import lancedb
 
     folder = Path(path)
     if not folder.is_dir():
         raise ConfigError(f"no LanceDB folder at {str(folder)!r}")
-    source = LanceDBStorage(path=folder, table_name=table, compact_every=0)
-    total = source.count()
-    store = ValkeyStore(url, namespace=namespace)
-    embedder = None
     try:
+        source = lancedb.connect(str(folder)).open_table(table)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"no LanceDB table {table!r} in {str(folder)!r} ({exc})") from None
+    names = set(source.schema.names)
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise ConfigError(
+            f"table {table!r} in {str(folder)!r} is not a CrewAI memory table: no column(s) {', '.join(missing)}"
+        )
+    columns = [c for c in COLUMNS if c in names]
+    if keep_vectors and "vector" in names:
+        columns.append("vector")
+    rows = source.search().select(columns).limit(None).to_arrow()
+    total = rows.num_rows
+    _check_rows(_pages(rows), keep_vectors)  # every row, before the first write
+    with ValkeyStore(url, namespace=namespace) as store:
+        embedder = None
         if keep_vectors:
             if model_id:
                 store.ensure_model(model_id)
@@ -75,22 +103,104 @@ def import_lancedb(
             embedder = Embedder(model)
             store.ensure_model(embedder.model_id)
         done = 0
-        offset = 0
-        while True:
-            page = source.list_records(limit=PAGE, offset=offset)
-            if not page:
-                break
-            offset += len(page)
+        for page in _pages(rows):
+            records = [_record(row, done + i, keep_vectors) for i, row in enumerate(page)]
             if embedder is not None:
-                vectors = embedder.encode([r.content for r in page])
-                page = [r.model_copy(update={"embedding": v.tolist()}) for r, v in zip(page, vectors)]
-            store.save(page)
-            done += len(page)
+                vectors = embedder.encode([r["content"] for r in records])
+                for record, vector in zip(records, vectors):
+                    record["embedding"] = vector.tolist()
+            store.save(records)
+            done += len(records)
             if progress is not None:
                 progress(done, total)
         return done
-    finally:
-        store.close()
-        close = getattr(source, "close", None)
-        if callable(close):
-            close()
+
+
+def _pages(rows: Any) -> Iterator[list[dict[str, Any]]]:
+    """The table's rows as dicts, :data:`PAGE` at a time."""
+    for batch in rows.to_batches(max_chunksize=PAGE):
+        yield batch.to_pylist()
+
+
+def _check_rows(pages: Iterator[list[dict[str, Any]]], keep_vectors: bool) -> None:
+    """Convert and validate every row: each as the store checks a record, ids
+    distinct, kept vectors of one dimension."""
+    seen: set[str] = set()
+    dims: tuple[int, str] | None = None
+    n = 0
+    for page in pages:
+        for row in page:
+            record = _record(row, n, keep_vectors)
+            n += 1
+            rid = record["id"]
+            where = f"row {shown(rid)}"
+            if rid in seen:
+                raise ValidationError(f"{where}: the id appears more than once in the table")
+            seen.add(rid)
+            to_row(record, where=where, validate_only=True)
+            vector = record["embedding"]
+            if vector and any(vector):  # zeros or empty: stored without a vector
+                if dims is None:
+                    dims = (len(vector), rid)
+                elif len(vector) != dims[0]:
+                    raise ValidationError(
+                        f"{where}.vector has {len(vector)} dimensions, row {shown(dims[1])}'s {dims[0]}"
+                    )
+
+
+def _record(row: dict[str, Any], n: int, keep_vectors: bool) -> dict[str, Any]:
+    """A store record from a row of CrewAI's LanceDB table (the ``n``-th read)."""
+    rid = row.get("id")
+    if not isinstance(rid, str):
+        raise ValidationError(f"row #{n} of the table: id is {'NULL' if rid is None else type(rid).__name__}")
+    where = f"row {shown(rid)}"
+    for column in ("content", "scope"):
+        if not isinstance(row.get(column), str):
+            raise ValidationError(f"{where}.{column} must be text, got {'NULL' if row.get(column) is None else type(row.get(column)).__name__}")  # fmt: skip
+    importance = row.get("importance")
+    private = row.get("private")
+    return {
+        "id": rid,
+        "content": row["content"],
+        "scope": row["scope"],
+        "categories": _json(row.get("categories_str"), list, [], f"{where}.categories_str"),
+        "metadata": _json(row.get("metadata_str"), dict, {}, f"{where}.metadata_str"),
+        "importance": 0.5 if importance is None else importance,
+        "created_at": _time(row.get("created_at"), f"{where}.created_at", required=True),
+        "last_accessed": _time(row.get("last_accessed"), f"{where}.last_accessed", required=False),
+        "source": row.get("source") or None,  # CrewAI writes "" for none
+        "private": False if private is None else private,
+        "embedding": row.get("vector") if keep_vectors else None,
+    }
+
+
+def _json(raw: Any, kind: type, empty: Any, where: str) -> Any:
+    """A JSON column (``categories_str``, ``metadata_str``): NULL or "" is ``empty``."""
+    if raw is None or raw == "":
+        return empty
+    if not isinstance(raw, str):
+        raise ValidationError(f"{where} must be JSON text, got {type(raw).__name__}")
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValidationError(f"{where} is not JSON ({exc})") from None
+    if not isinstance(value, kind):
+        raise ValidationError(f"{where} must be a JSON {'array' if kind is list else 'object'}, got {type(value).__name__}")  # fmt: skip
+    return value
+
+
+def _time(raw: Any, where: str, *, required: bool) -> datetime | None:
+    """A timestamp column: a datetime, or ISO 8601 text (CrewAI writes ``isoformat()``).
+    A NULL ``created_at`` is refused: the import would date the record now."""
+    if raw is None or raw == "":
+        if required:
+            raise ValidationError(f"{where} is empty: the record's age would be lost")
+        return None
+    if isinstance(raw, datetime):
+        return raw
+    if not isinstance(raw, str):
+        raise ValidationError(f"{where} must be an ISO 8601 time, got {type(raw).__name__}")
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(f"{where} is not an ISO 8601 time: {shown(raw)}") from None
