@@ -251,6 +251,12 @@ class EmbeddingBatcher:
                 self._running += 1
             try:
                 self._process(batch)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not kill the thread
+                # (its requests' futures would never resolve: their jobs, and every job
+                # queued behind them in a commit lane, would wait for ever)
+                log.exception("embedding thread: a batch failed unexpectedly")
+                for req, *_ in batch:
+                    self._fail(req, exc)
             finally:
                 with self._cond:
                     self._running -= 1
@@ -372,12 +378,23 @@ class EmbeddingBatcher:
                 return
             if req.rows is None:
                 req.rows = np.empty((len(req.texts), vectors.shape[1]), dtype=np.float32)
-            req.rows[start:stop] = vectors[rows]
-            req.missing -= stop - start
-            if req.missing:
-                return
-            req.done = True
-        req.future.set_result(req.rows)
+            if req.rows.shape[1] == vectors.shape[1]:
+                req.rows[start:stop] = vectors[rows]
+                req.missing -= stop - start
+                if req.missing:
+                    return
+                req.done = True
+                error = None
+            else:  # the embedder answered this request's batches in two dimensions
+                req.done = True  # its remaining texts are dropped when taken
+                error = MemworkerError(
+                    f"embedder returned {vectors.shape[1]}-dimension vectors for texts of a "
+                    f"request whose other texts got {req.rows.shape[1]}"
+                )
+        if error is None:
+            req.future.set_result(req.rows)
+        else:
+            req.future.set_exception(error)
 
     def _fail(self, req: _Request, exc: BaseException) -> None:
         with self._cond:
