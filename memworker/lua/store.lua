@@ -33,7 +33,8 @@
 --             If the job is no longer pending (a duplicate delivery of a job that committed
 --             or failed) the step writes nothing: error NOTPENDING. Else the pending mark's
 --             score (the job's enqueue time, ms) is the step's version: a record whose
---             "upd" stamp is later (updated after the job was enqueued) is left as it is.
+--             "upd" stamp is later (updated after the job was enqueued) is left as it is;
+--             a record that has a stamp gets the step's version as its new one.
 --           or "", stamp: a direct write (save, update): a record it replaces gets
 --             "upd" = stamp (ms); a new record gets none (a job's commit never writes it)
 --           or "*", groups_json: many jobs' commit steps in one call (see "groups" below)
@@ -306,7 +307,9 @@ if op == "save" then
   local mask = ARGV[7]
   local since, stamp = nil, nil
   -- Many jobs in one call (ARGV[10] == "*"): ARGV[11] is a JSON array of groups in
-  -- record order, {pending_key, job_id, record_count, {command, ...}}. Each group is
+  -- record order, {pending_key, job_id, record_count, {command, ...}[, true]}: a
+  -- trailing true stamps the job's unversioned records "upd" = its enqueue time (a job
+  -- fetched with a job handed back that writes the same id). Each group is
   -- one job: its records and commands are written only while its pending mark
   -- exists, with that mark's score as their version (as for a single guard).
   local groups, group_since, skipped = nil, {}, {}
@@ -361,12 +364,13 @@ if op == "save" then
   local offset = 1
   local g, left = 1, groups and groups[1] and groups[1][3] or 0
   for r = 1, n do
-    local keep = true
+    local keep, stamped = true, false
     if groups then
       while left == 0 do g = g + 1; left = groups[g][3] end
       left = left - 1
       since = group_since[g] or nil
       keep = group_since[g] ~= false
+      stamped = groups[g][5] == true
     end
     local row = list[r + 1]
     if type(row) ~= "table" or type(row[c_id]) ~= "string" or type(row[c_scope]) ~= "string" then
@@ -400,6 +404,12 @@ if op == "save" then
         if t and tonumber(t) > rec.ver then take = false end
       end
       if take and rec.old_created and not is_due(rec.old_exp) then row[c_created] = rec.old_created end
+    end
+    if take and since and not rec.ver and (stamped or old[4]) then
+      -- the job's enqueue time (see "groups"); a stamp once written stays (ever later)
+      rec.upd = string.format("%.0f", since)
+    elseif take and not since and not stamp and old[4] then
+      rec.upd = old[4]  -- the same write again (unguarded, unstamped): its stamp stays
     end
     if take then
       local at = where[rec.id]
@@ -449,6 +459,9 @@ if op == "save" then
     if stamp and rec.old_scope then
       hset[m + 1] = "upd"
       hset[m + 2] = stamp
+    elseif rec.upd then
+      hset[m + 1] = "upd"
+      hset[m + 2] = rec.upd
     end
     redis.call("HSET", key, unpack(hset))
     index(rec.id, row[c_scope], row[c_cats], row[c_created], 1)

@@ -36,6 +36,10 @@ they were fetched, as with one lane: a lane commits its takes in order, and a jo
 whose ids an earlier job of another lane writes waits for that job before its commit
 (the lane first flushes what it holds, and waits only for jobs fetched earlier: no
 cycle).
+A job handed back commits later, on the per-message path: the jobs of this path that
+write one of its ids from then on stamp those records with their enqueue time (the
+record's ``upd``), and the handed-back job's late commit leaves a record stamped later
+than its own enqueue as it is: the later enqueue still wins.
 
 Graceful stop (:meth:`JobBatches.close`): jobs whose embedding has not started are
 requeued at once; the others are committed before the worker exits.
@@ -140,6 +144,12 @@ class _Job:
     gone: bool = False  # finished (set under the lock)
 
 
+#: Record ids of handed-back jobs remembered per worker process (the newest): a job
+#: handed back commits within its retries' backoff (at most minutes), long before this
+#: many other ids are handed back after it.
+HANDED_IDS = 65_536
+
+
 @dataclass(eq=False)
 class _Lane:
     """A commit thread, its work queue, its store (own connection) and its load."""
@@ -219,6 +229,9 @@ class JobBatches:
         self._lanes: list[_Lane] = []
         #: record id -> the last routed job that writes it, until that job finished
         self._writers: dict[str, _Job] = {}
+        #: ids of jobs handed back (the newest :data:`HANDED_IDS`): a job writing one
+        #: stamps its records with its enqueue time (see the module doc)
+        self._handed_ids: dict[str, None] = {}
 
     # ------------------------------------------------------------------ consumer side
     def room(self) -> int:
@@ -466,7 +479,9 @@ class JobBatches:
             return None
         now = int(time.time() * 1000)
         commands = extra + commit_commands(self.keys, job.producer, job.job_id, len(rows), now)
-        return JobWrite(rows, self.keys.producer(job.producer).pending, job.job_id, commands)
+        with self._lock:
+            stamp = bool(self._handed_ids) and any(i in self._handed_ids for i in job.ids)
+        return JobWrite(rows, self.keys.producer(job.producer).pending, job.job_id, commands, stamp)
 
     def _flush(self, call: list[tuple[_Job, JobWrite]], lane: _Lane) -> None:
         jobs = [job for job, _ in call]
@@ -558,6 +573,12 @@ class JobBatches:
         with self._lock:
             self.counts.handed_back += len(jobs)
             self._unhold(jobs)
+            for job in jobs:
+                for i in job.ids:
+                    self._handed_ids.pop(i, None)  # re-inserted as the newest
+                    self._handed_ids[i] = None
+            while len(self._handed_ids) > HANDED_IDS:
+                del self._handed_ids[next(iter(self._handed_ids))]
         self._handed.extend(job.message for job in jobs)
         self.wake()
 

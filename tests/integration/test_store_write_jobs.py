@@ -4,6 +4,7 @@ always. On both server kinds (with and without the search module)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -106,3 +107,31 @@ def test_the_first_write_of_an_emptied_namespace_is_indexed(store_factory, raw) 
     hits = other.search(_vec(0), limit=5)
     assert {r.id for r, _ in hits} == {"b1", "c1"}
     assert set(raw.smembers(f"{{{ns}}}:test-done")) == {b"a", b"b", b"c"}
+
+
+def test_a_stamped_job_keeps_its_records_from_an_earlier_job_committed_later(store: ValkeyStore, raw) -> None:
+    """``JobWrite(stamp=True)`` (a job fetched with a job handed back that writes the
+    same id, memworker.worker.batch) stamps its records ``upd`` = its enqueue time: a
+    job enqueued earlier that commits later leaves them as they are; a later job still
+    writes and keeps the stamp (moved to its own time); an unstamped job over a record
+    without a stamp adds none (no field per record)."""
+    ns = store.keys.namespace
+    pending = f"{{{ns}}}:test-pending"
+    raw.zadd(pending, {"a": 1_000, "b": 2_000, "c": 3_000, "a2": 2_500, "d": 4_000})
+    b = dataclasses.replace(_job(ns, "b", ["x", "y"], content="B"), stamp=True)
+    assert store.write_jobs([b]) == (2, [])
+    assert int(raw.hget(store.keys.rec("x"), "upd")) == 2_000
+    # "a" was enqueued before "b" and commits after it (handed back): "b" stays
+    assert store.write_jobs([_job(ns, "a", ["x"], content="A")]) == (0, [])
+    assert store.get_record("x").content == "B x"
+    # "c" (later) writes, unstamped, and the record keeps a stamp: its own time
+    assert store.write_jobs([_job(ns, "c", ["x"], content="C")]) == (0, [])
+    assert store.get_record("x").content == "C x"
+    assert int(raw.hget(store.keys.rec("x"), "upd")) == 3_000
+    # so "a2" (enqueued between "b" and "c") committing late leaves "c"'s value too
+    assert store.write_jobs([_job(ns, "a2", ["x"], content="A2")]) == (0, [])
+    assert store.get_record("x").content == "C x"
+    # an unstamped job over a record without a stamp adds none
+    assert store.write_jobs([_job(ns, "d", ["z"], content="D")]) == (1, [])
+    assert raw.hget(store.keys.rec("z"), "upd") is None
+    assert store.count() == 3 and store.list_categories() == {"c": 3}

@@ -58,12 +58,16 @@ class JobWrite:
         job_id: The job's id (its member in ``pending``).
         commands: Run after the records, in the same atomic step, only if the job
             was pending (its pending-mark removal, marker, counters, wake-up).
+        stamp: Stamp the job's unversioned records with its enqueue time (``upd``,
+            the pending mark's score), so that a job enqueued earlier that commits
+            later (one handed back to the per-message path) leaves them as they are.
     """
 
     rows: list[Row]
     pending: str
     job_id: str
     commands: list[list[str]] = field(default_factory=list)
+    stamp: bool = False
 
 
 class WritePlans(ServerPlans):
@@ -195,7 +199,8 @@ class WritePlans(ServerPlans):
             with_vector = [i for i, rec in enumerate(rows) if rec.embedding]
             blob = vectors_to_float16(blob, dim, lambda k: f"records[{with_vector[k]}].embedding")
         spec = json.dumps(
-            [[job.pending, job.job_id, len(job.rows), job.commands] for job in jobs],
+            [[job.pending, job.job_id, len(job.rows), job.commands, *([True] if job.stamp else [])]
+             for job in jobs],
             separators=(",", ":"),
         )
         args: list[Any] = [
