@@ -152,6 +152,9 @@ def _placement(namespace: tuple[str, ...]) -> tuple[str, str]:
     if len(namespace) > MAX_LABELS:
         raise ValidationError(f"namespace has {len(namespace)} labels, the limit is {MAX_LABELS}")
     for i, label in enumerate(namespace):
+        if not isinstance(label, str) or not label:
+            # LangGraph refuses it first; kept here too: "" would fold ("t", "") into ("t",)
+            raise ValidationError(f"namespace label {i} must be a non-empty string")
         if not label.isascii():
             try:
                 label.encode("utf-8")
