@@ -445,8 +445,9 @@ def _cmd_drain(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     with MemoryQueue(_settings(args), producer_id=args.producer) as queue:
         try:
-            # An observer: --producer X leaves X's reports for X's own drain.
-            report = queue.drain_all(args.timeout) if args.all else queue.drain(args.timeout, consume=False)
+            # An observer: --producer X leaves X's reports for X's own drain (--all too).
+            report = (queue.drain_all(args.timeout, consume=False) if args.all
+                      else queue.drain(args.timeout, consume=False))  # fmt: skip
         except DrainTimeout as exc:  # it names pending job ids, read from Valkey
             print(f"memworker drain: {escape(str(exc))}", file=sys.stderr)
             return EXIT_FAILURE

@@ -42,6 +42,8 @@ The queue's keys (:class:`QueueKeys`; dramatiq's own live under ``{ns}:dq``)::
                                     lost): a later drain skips it; trimmed after 1 h
                                     (the set expires 1 h after its last write)
     {ns}:done:<producer>      channel a job id is published when it leaves the pending set
+    {ns}:claim:<producer>:<t> string  what a drain's claim (token t) consumed, for its retry
+                                    after a lost reply: the same answer (TTL 60 s)
     {ns}:producers            set     producer ids with work pending or unreported (drain_all,
                                     status): added by each enqueue, removed by the sweep
     {ns}:deliveries           hash    "<job id>:<attempt>" -> deliveries of that attempt (poison guard)
@@ -164,6 +166,10 @@ class ProducerKeys:
     reported: str = field(init=False, repr=False)
     #: Channel on which a job id is published when it leaves the pending set.
     done_channel: str = field(init=False, repr=False)
+
+    def claim(self, token: str) -> str:
+        """What the drain claim ``token`` consumed (``queue.lua``'s ``claim``)."""
+        return f"{tag(self.namespace)}:claim:{self.producer}:{token}"
 
     def __post_init__(self) -> None:
         ns, p = tag(self.namespace), self.producer

@@ -39,10 +39,10 @@ from memworker.crewai._recall import matches
 from memworker.crewai._settle import Settler
 from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
 from memworker.queue.jobs import DrainTimeout, FailedJob, check_timeout, embed_items, needs_flow
-from memworker.queue.producer import MemoryQueue
+from memworker.queue.producer import MemoryQueue, default_producer_id
 from memworker.store.query import MAX_LIMIT
 from memworker.store.store import ValkeyStore
-from memworker.store.validate import check_retention_days, normalize_scope
+from memworker.store.validate import check_retention_days, normalize_scope, normalize_scope_prefix
 
 __all__ = ["QueuedMemory", "JobFailedError"]
 
@@ -148,7 +148,10 @@ class QueuedMemory(Memory):
         if self._embedder_instance is None and self.embedder is None:
             self._embedder_instance = LocalEmbedder()
         policies = self._check_retention(self.retention)
-        self._queue = MemoryQueue(store.settings, producer_id=self.producer_id)
+        # an id fixed here: its settle thread and its queue keep one id (a forked child
+        # has neither the thread nor a reason to share; make the memory in the child)
+        producer = default_producer_id() if self.producer_id is None else self.producer_id
+        self._queue = MemoryQueue(store.settings, producer_id=producer)
         self.producer_id = self._queue.producer_id
         self._settler = Settler(store.settings, self._queue.producer_id)
         self._group = GroupCommit(self._send_group, GROUP_LIMIT)

@@ -18,9 +18,12 @@
 --   prune:   producers, then for each candidate: producer id, its pending zset, its
 --            failed hash -> the number of producers removed from the set
 --
---   claim:   now (ms), oldest tombstone kept (ms), tombstone TTL (ms), then for each
---            producer: its failed hash, committed zset, reported zset, n, and n pairs
---            (kind, job id) -> one 0/1 a pair: 1 when this call claimed the report
+--   claim:   now (ms), oldest tombstone kept (ms), tombstone TTL (ms), the claim's own
+--            key (or ""), then for each producer: its failed hash, committed zset,
+--            reported zset, n, and n pairs (kind, job id) -> one 0/1 a pair: 1 when
+--            this call claimed the report. The answer is kept under the claim's key
+--            (60 s): the same claim sent again (a retry after a lost reply) gets it
+--            back instead of finding its reports consumed, by itself.
 --
 -- claim is the end of a drain (memworker/queue/drain.py): the drain read, in one MULTI,
 -- what it will report; this step consumes it and says which reports are its own. Two
@@ -120,8 +123,12 @@ if op == "requeue" then
 end
 
 if op == "claim" then
-  local now, oldest, ttl = ARGV[2], ARGV[3], ARGV[4]
-  local out, b = {}, 5
+  local now, oldest, ttl, own = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+  if own ~= "" then
+    local before = redis.call("GET", own)
+    if before then return cjson.decode(before) end
+  end
+  local out, b = {}, 6
   while b <= #ARGV do
     local failed, committed, reported, n = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
     if n == nil or b + 3 + 2 * n > #ARGV then
@@ -148,6 +155,7 @@ if op == "claim" then
     redis.call("PEXPIRE", reported, ttl)
     b = b + 4 + 2 * n
   end
+  if own ~= "" then redis.call("SET", own, cjson.encode(out), "PX", 60000) end
   return out
 end
 

@@ -25,7 +25,10 @@ transient failures are retried with backoff, other errors raised as
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+import uuid
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -179,8 +182,9 @@ def _claim(
     if not mine:
         return [f for f in found if f[2] != "m"], [], None
     now = now_ms()
-    args = ["claim", str(now), str(now - MARKER_TTL_MS), str(MARKER_TTL_MS)]
     k = keys.producer(mine[0][0])
+    # its own key: a retry of the same claim (its reply lost) gets the same answer
+    args = ["claim", str(now), str(now - MARKER_TTL_MS), str(MARKER_TTL_MS), k.claim(uuid.uuid4().hex)]
     args += [k.failed, k.committed, k.reported, str(len(mine))]
     args += [x for _, i, kind, _ in mine for x in (kind, i)]
     return [f for f in found if f[0] != owner and f[2] != "m"], mine, Script("queue", args)
@@ -379,8 +383,11 @@ async def drain_async(
     *,
     owner: str | None = None,
     given: dict[str, list[str]] | None = None,
+    late: LateClaims | None = None,
 ) -> DrainReport:
-    """Async :func:`drain_sync`."""
+    """Async :func:`drain_sync`. The final claim runs to its end even if the drain is
+    cancelled meanwhile (``asyncio.wait_for``): what it consumed goes to ``late``, for
+    the producer's next drain to report."""
     pubsub = driver.client().pubsub(ignore_subscribe_messages=True)
     try:
         if len(producers) == 1:
@@ -397,7 +404,56 @@ async def drain_async(
             if isinstance(step, Wait):
                 seconds = step.seconds
                 reply = await driver.guarded(lambda _c: _wait_async(pubsub, seconds))
+            elif late is not None and isinstance(step, Script) and step.args[:1] == ["claim"]:
+                # Once sent, the claim consumes reports on the server: a cancelled
+                # drain must not drop them with its reply.
+                claim = asyncio.ensure_future(driver.run(one(step)))
+                try:
+                    reply = await asyncio.shield(claim)
+                except asyncio.CancelledError:
+                    late.track(plan, claim)
+                    raise
             else:
                 reply = await driver.run(one(step))
     finally:
         await pubsub.aclose()
+
+
+class LateClaims:
+    """The claims of a producer's drains cancelled while their claim ran: each runs
+    to its end, and what it consumed is reported by the producer's next drain."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reports: list[DrainReport] = []
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def track(self, plan: Generator[Any, Any, DrainReport], claim: asyncio.Future[Any]) -> None:
+        """Keep ``claim``'s report (the rest of ``plan``) once it ends."""
+        self._tasks.add(claim)
+        claim.add_done_callback(lambda done: self._ended(plan, done))
+
+    def _ended(self, plan: Generator[Any, Any, DrainReport], claim: asyncio.Future[Any]) -> None:
+        self._tasks.discard(claim)
+        if claim.cancelled() or claim.exception() is not None:
+            return  # not sent (nothing consumed), or its answer is unknown
+        try:
+            plan.send(claim.result())
+        except StopIteration as stop:
+            with self._lock:
+                self._reports.append(stop.value)
+
+    async def settle(self) -> None:
+        """Wait for this event loop's claims still running."""
+        loop = asyncio.get_running_loop()
+        running = [t for t in self._tasks if t.get_loop() is loop]
+        if running:
+            await asyncio.wait(running)
+
+    def take(self) -> list[DrainReport]:
+        """The reports kept so far (each returned once)."""
+        if not self._reports:
+            return []
+        with self._lock:
+            out, self._reports = self._reports, []
+        return out

@@ -37,7 +37,7 @@ from memworker.metrics import producer_metrics
 from memworker.tracing import enabled as tracing_enabled
 from memworker.tracing import inject, span
 from memworker.queue.admin import as_text, now_ms, shown_text, status_plan
-from memworker.queue.drain import drain_async, drain_sync, p_replicated, replica_timeout_ms
+from memworker.queue.drain import LateClaims, drain_async, drain_sync, p_replicated, replica_timeout_ms
 from memworker.queue.group import AsyncGroupCommit, GroupCommit
 from memworker.queue.jobs import (
     DEFAULT_MAX_ITEMS,
@@ -131,7 +131,8 @@ class MemoryQueue:
         namespace: Key prefix (default: the settings', else ``MEMWORKER_NAMESPACE``,
             else ``memworker``).
         producer_id: Identity of this producer (its pending set, failures and
-            wake-up channel); ``None``: ``<host>-<pid>-<random>`` (``""`` is refused).
+            wake-up channel); ``None``: ``<host>-<pid>-<random>`` (``""`` is refused),
+            made again in a child process forked with the queue.
         max_job_bytes: Largest encoded job accepted.
         max_items: Most records or texts in one job.
         metrics: Record Prometheus metrics of this producer in the process's default
@@ -162,17 +163,20 @@ class MemoryQueue:
         self.keys = QueueKeys(self.settings.namespace)
         # Only None means "not given": "" (an unset variable) is refused, not made a
         # random id whose drains would wait on nobody's jobs and report success.
-        self.producer_id = check_producer_id(
-            default_producer_id() if producer_id is None else producer_id
-        )
+        self._id = check_producer_id(default_producer_id() if producer_id is None else producer_id)
+        # A default id is this process's: a child forked with the queue makes its own
+        # (else its drains would wait for, and consume, the parent's reports).
+        self._id_pid = None if producer_id is not None else os.getpid()
         for name, value, low in (("max_job_bytes", max_job_bytes, 1024), ("max_items", max_items, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 # never the value's repr: True passed as 1, a huge int's repr fails
                 raise ValidationError(f"{name} must be an integer >= {low}")
         self.max_job_bytes = max_job_bytes
         self.max_items = max_items
-        self._head = enqueue_head(self.keys, self.producer_id)
+        self._id_head = enqueue_head(self.keys, self._id)
         self._driver = RedisSyncDriver(self.settings, QUEUE_ERRORS)
+        #: What drains cancelled during their claim consumed, for the next drain.
+        self._late = LateClaims()
         self._adriver = RedisAsyncDriver(self.settings, QUEUE_ERRORS)
         # Enqueues of concurrent threads share script calls (each its own job).
         self._sends: GroupCommit[BaseException | None] = GroupCommit(
@@ -182,6 +186,20 @@ class MemoryQueue:
         self._asends: AsyncGroupCommit[BaseException | None] = AsyncGroupCommit(
             self._asend_enqueues, ENQUEUE_GROUP_JOBS
         )
+
+    @property
+    def producer_id(self) -> str:
+        """This producer's identity (its pending set, failures and done channel)."""
+        if self._id_pid is not None and self._id_pid != os.getpid():
+            self._id, self._id_pid = default_producer_id(), os.getpid()
+            self._id_head = enqueue_head(self.keys, self._id)
+        return self._id
+
+    @property
+    def _head(self) -> list[str]:
+        """The enqueue script's leading arguments (:func:`enqueue_head`) for this producer."""
+        self.producer_id  # noqa: B018 - a forked child's own id first
+        return self._id_head
 
     def __repr__(self) -> str:
         return (
@@ -435,19 +453,37 @@ class MemoryQueue:
         """
         given = None if job_ids is None else {self.producer_id: check_job_ids(job_ids)}
         with self._timed("drain_wait"):
-            return drain_sync(
+            report = drain_sync(
                 self._driver, self.keys, [self.producer_id], timeout, given=given, owner=self._owner(consume)
             )
+        return self._with_late(report) if consume else report
 
     def _owner(self, consume: bool) -> str | None:
         return self.producer_id if consume else None
 
-    def drain_all(self, timeout: float | None = None) -> DrainReport:
+    def _with_late(self, report: DrainReport) -> DrainReport:
+        """``report`` plus the reports an earlier drain claimed but never returned
+        (cancelled during its claim, :func:`~memworker.queue.drain.drain_async`)."""
+        late = self._late.take()
+        if not late:
+            return report
+        reports = [report, *late]
+        return DrainReport(
+            committed=sum(r.committed for r in reports),
+            failed=[f for r in reports for f in r.failed],
+            lost=[i for r in reports for i in r.lost],
+        )
+
+
+    def drain_all(self, timeout: float | None = None, *, consume: bool = True) -> DrainReport:
         """Namespace-wide drain (every producer's jobs): for shutdown and reset.
-        Failures of other producers are reported but left for them to consume."""
+        Failures of other producers are reported but left for them to consume;
+        ``consume=False`` leaves this producer's too (an observer, as
+        ``memworker drain --all`` is)."""
         raw = self._driver.run(one(Call(["SMEMBERS", self.keys.producers])))
         producers = sorted(as_text(p) for p in raw)
-        return drain_sync(self._driver, self.keys, producers, timeout, owner=self.producer_id)
+        report = drain_sync(self._driver, self.keys, producers, timeout, owner=self._owner(consume))
+        return self._with_late(report) if consume else report
 
     def pending(self) -> list[str]:
         """Ids of this producer's jobs not yet committed or failed."""
@@ -530,17 +566,26 @@ class MemoryQueue:
         """Async :meth:`drain`."""
         given = None if job_ids is None else {self.producer_id: check_job_ids(job_ids)}
         with self._timed("drain_wait"):
-            return await drain_async(
-                self._adriver, self.keys, [self.producer_id], timeout, given=given, owner=self._owner(consume)
-            )
+            report = await drain_async(
+                self._adriver, self.keys, [self.producer_id], timeout, given=given,
+                owner=self._owner(consume), late=self._late,
+            )  # fmt: skip
+        if consume:
+            await self._late.settle()
+            return self._with_late(report)
+        return report
 
-    async def adrain_all(self, timeout: float | None = None) -> DrainReport:
+    async def adrain_all(self, timeout: float | None = None, *, consume: bool = True) -> DrainReport:
         """Async :meth:`drain_all`."""
         raw = await self._adriver.run(one(Call(["SMEMBERS", self.keys.producers])))
         producers = sorted(as_text(p) for p in raw)
-        return await drain_async(
-            self._adriver, self.keys, producers, timeout, owner=self.producer_id
+        report = await drain_async(
+            self._adriver, self.keys, producers, timeout, owner=self._owner(consume), late=self._late
         )
+        if consume:
+            await self._late.settle()
+            return self._with_late(report)
+        return report
 
     async def astatus(self) -> dict[str, Any]:
         """Async :meth:`status`."""
