@@ -67,10 +67,12 @@ from dataclasses import dataclass, field
 __all__ = [
     "CHANGES_CAP",
     "DEFAULT_QUEUE",
+    "LANGGRAPH_ROOT",
     "LAYOUT_VERSION",
     "Keys",
     "ProducerKeys",
     "QueueKeys",
+    "in_langgraph",
     "lock_key",
     "lock_under_key",
     "result_key",
@@ -85,6 +87,18 @@ LAYOUT_VERSION = "2"
 #: passed to ``lua/store.lua`` with every call; an exact-search cache further behind
 #: reloads in full.
 CHANGES_CAP = 10_000
+
+
+#: The scope under which :class:`memworker.langgraph.QueuedStore` keeps its items.
+#: CrewAI's memory (``memworker.crewai``) writes nothing there and reads nothing from
+#: there: the two frameworks may share a namespace (the default) without seeing,
+#: forging or deleting each other's data through their APIs.
+LANGGRAPH_ROOT = "/langgraph"
+
+
+def in_langgraph(scope: object) -> bool:
+    """Whether the normalized ``scope`` is :data:`LANGGRAPH_ROOT` or below it."""
+    return isinstance(scope, str) and (scope == LANGGRAPH_ROOT or scope.startswith(LANGGRAPH_ROOT + "/"))
 
 
 def tag(namespace: str) -> str:

@@ -70,6 +70,7 @@ from langgraph.store.base import (
 from memworker.queue.group import AsyncGroupCommit, GroupCommit
 from memworker.errors import ConfigError, JobFailedError, ValidationError, shown
 from memworker.queue.jobs import ENCODE_ACTOR, build_message, check_timeout, embed_items, save_items
+from memworker.keys import LANGGRAPH_ROOT
 from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
 from memworker.store.store import ValkeyStore
@@ -85,7 +86,7 @@ from memworker.store.validate import (
 __all__ = ["ROOT_SCOPE", "QueuedStore"]
 
 #: Scope under which every LangGraph item lives.
-ROOT_SCOPE = "/langgraph"
+ROOT_SCOPE = LANGGRAPH_ROOT
 #: Most results one store search returns (the store's limit).
 _MAX_K = 10_000
 #: Most labels of a namespace (the store's scope depth, less the root's level).
@@ -960,6 +961,19 @@ class QueuedStore(BaseStore):
         return jobs
 
     # ------------------------------------------------------------------ reads
+    @staticmethod
+    def _own(record: Any) -> bool:
+        """Whether ``record`` is an item a QueuedStore put: its id is the hash of its
+        namespace and key. Anything else under :data:`ROOT_SCOPE` (written through
+        another API of the namespace) is never returned as an item."""
+        key = (record.metadata or {}).get(_KEY)
+        if not isinstance(key, str) or not record.id.startswith("lg"):
+            return False
+        try:
+            return bool(record.id == record_id(_namespace_of(record.scope[len(ROOT_SCOPE) + 1 :]), key))
+        except Exception:  # noqa: BLE001 - a scope no put makes
+            return False
+
     def _item(self, record: Any, cls: type[Item] = Item, score: float | None = None) -> Item:
         metadata = record.metadata or {}
         value = {k[1:]: v for k, v in metadata.items() if k.startswith(_FIELD)}
@@ -1006,6 +1020,7 @@ class QueuedStore(BaseStore):
             (r.id, now + int(float(r.metadata[_TTL]) * 60_000))
             for r in records
             if isinstance((r.metadata or {}).get(_TTL), (int, float))
+            and 0 < r.metadata[_TTL] <= _MAX_MINUTES  # a put's TTL (math.inf: no int)
         ]
         if pairs:
             yield ("s", "refresh_expiries", (pairs, now))
@@ -1017,7 +1032,7 @@ class QueuedStore(BaseStore):
         out: list[Item | None] = []
         touch = []
         for op, record, ok in zip(ops, records, live):
-            if not ok:
+            if not ok or not self._own(record) or record.metadata.get(_KEY) != op.key:
                 out.append(None)
                 continue
             out.append(self._item(record))
@@ -1035,7 +1050,7 @@ class QueuedStore(BaseStore):
 
         def keep(record: Any) -> bool:
             md = record.metadata or {}
-            return all(_matches(md.get(_FIELD + k, _MISSING), c) for k, c in post.items())
+            return self._own(record) and all(_matches(md.get(_FIELD + k, _MISSING), c) for k, c in post.items())
 
         if op.query and self.index_config is not None:
             (vector,) = yield ("e", "", ([op.query], False))

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from crewai.events.event_bus import crewai_event_bus
 from crewai.events.types.memory_events import MemorySaveCompletedEvent, MemorySaveFailedEvent
 
-from memworker.errors import ValidationError
+from memworker.errors import ValidationError, shown
+from memworker.keys import LANGGRAPH_ROOT, in_langgraph
 from memworker.queue.jobs import FailedJob
 from memworker.store.query import MAX_LIMIT
 from memworker.store.validate import normalize_scope_prefix
@@ -59,6 +60,28 @@ def completed_event(value: str, metadata: Any, agent_role: Any, start: float) ->
     )
 
 
+def check_not_langgraph(scope: Any) -> None:
+    """Refuse a CrewAI write into :data:`~memworker.keys.LANGGRAPH_ROOT` (the LangGraph
+    store's items: a record there could pass for one). A scope the store refuses is
+    left to it (it names the field)."""
+    if not isinstance(scope, str):
+        return
+    try:
+        path = normalize_scope_prefix(scope)
+    except ValidationError:
+        return
+    if in_langgraph(path):
+        raise ValidationError(
+            f"scope {shown(scope)} is under {LANGGRAPH_ROOT}, where memworker.langgraph's "
+            "QueuedStore keeps its items: CrewAI memories cannot be written there"
+        )
+
+
+def without_langgraph(records: list[Any]) -> list[Any]:
+    """``records`` (or ``(record, score)`` pairs) without the LangGraph store's items."""
+    return [r for r in records if not in_langgraph(getattr(r[0] if isinstance(r, tuple) else r, "scope", None))]
+
+
 def within(path: str, root: str) -> bool:
     """Whether the normalized scope ``path`` is ``root`` or below it."""
     return root == "/" or path == root or path.startswith(root + "/")
@@ -96,11 +119,12 @@ class PrivacyView:
 
     def search(self, query_embedding: Any, scope_prefix: Any = None, categories: Any = None,
                metadata_filter: Any = None, limit: int = 10, min_score: float = 0.0) -> Any:  # fmt: skip
-        return self._store.search(
+        # the LangGraph store's items are not CrewAI memories (a shared namespace)
+        return without_langgraph(self._store.search(
             query_embedding, scope_prefix=self.inside(scope_prefix), categories=categories,
             metadata_filter=metadata_filter, limit=min(limit, MAX_LIMIT), min_score=min_score,
             include_private=self._include_private, viewer=self._viewer,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     def list_scopes(self, parent: Any = "/") -> list[str]:
         """The scope itself (its own records), then its child scopes (without

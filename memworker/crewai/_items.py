@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from crewai.memory.utils import join_scope_paths
 
+from memworker.crewai._calls import check_not_langgraph
+
 if TYPE_CHECKING:
     from crewai.memory.unified_memory import Memory
 
@@ -43,6 +45,7 @@ def call_items(contents: list[str], scope: Any, categories: Any, metadata: Any, 
     """One item per text, each with the call's own copies of its arguments."""
     inner = scope or "/"
     resolved = join_scope_paths(root, inner) if root else inner
+    check_not_langgraph(resolved)
     # Anything but the expected types goes as is to the validator, which names it.
     # Only None is "no categories": 0 or "" go to the validator (refused, named).
     cats = list(categories) if isinstance(categories, (list, tuple)) else categories

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait
+from datetime import datetime
 from typing import Any, Literal, cast
 
 from crewai.events.types.memory_events import (
@@ -26,11 +27,14 @@ from memworker.crewai._calls import (
     SOURCE_TYPE,
     PrivacyView,
     SaveCall,
+    check_not_langgraph,
     completed_event,
     emit,
     failed_event,
     within,
+    without_langgraph,
 )
+from memworker.keys import LANGGRAPH_ROOT, in_langgraph
 from memworker.crewai._embedder import LocalEmbedder, model_id_of
 from memworker.queue.group import GroupCommit
 from memworker.crewai._install import is_valkey_spec, store_for_spec
@@ -76,6 +80,7 @@ def _check_call(metadata: Any, root_scope: Any) -> None:
         raise ValidationError("metadata must be None or a dict with string keys")
     if root_scope is not None and not isinstance(root_scope, str):
         raise ValidationError(f"root_scope must be a string or None, got {type(root_scope).__name__}")
+
 
 class QueuedMemory(Memory):
     """CrewAI ``Memory`` whose writes are encoded and committed by memworker workers.
@@ -497,10 +502,41 @@ class QueuedMemory(Memory):
             )
             raise
 
-    def forget(self, *args: Any, **kwargs: Any) -> int:
-        """CrewAI's forget, after the drain barrier (queued writes are forgotten too)."""
+    def _effective(self, scope: str | None) -> str | None:
+        """A call's scope as CrewAI's forget and reset resolve it (under the root)."""
+        if scope is None:
+            return self.root_scope or None
+        return join_scope_paths(self.root_scope, scope) if self.root_scope else scope
+
+    def forget(
+        self,
+        scope: str | None = None,
+        categories: list[str] | None = None,
+        older_than: datetime | None = None,
+        metadata_filter: dict[str, Any] | None = None,
+        record_ids: list[str] | None = None,
+    ) -> int:
+        """CrewAI's forget, after the drain barrier (queued writes are forgotten too).
+        The LangGraph store's items (under ``/langgraph``, a namespace shared with it)
+        are never deleted."""
         self.drain_writes()
-        return super().forget(*args, **kwargs)
+        return self.store.delete(
+            scope_prefix=self._effective(scope), categories=categories, record_ids=record_ids,
+            older_than=older_than, metadata_filter=metadata_filter, keep_scope=LANGGRAPH_ROOT,
+        )  # fmt: skip
+
+    def reset(self, scope: str | None = None) -> None:
+        """CrewAI's reset (every memory of the scope; without one, of the root scope or
+        the whole namespace), after the drain barrier. The LangGraph store's items
+        are kept (``reset_all`` wipes the namespace, them included)."""
+        with self._reset_lock:
+            self.drain_writes()
+            effective = self._effective(scope)
+            path = normalize_scope_prefix(effective, field="scope")
+            if path == "/" or LANGGRAPH_ROOT.startswith(path + "/"):
+                self.store.delete(scope_prefix=path, keep_scope=LANGGRAPH_ROOT)
+            elif not in_langgraph(path):
+                self._storage.reset(scope_prefix=effective)
 
     def update(
         self,
@@ -518,13 +554,14 @@ class QueuedMemory(Memory):
         under the root, as every other call's is (CrewAI's stores it as given).
         """
         self.drain_writes()
-        if self.root_scope:
-            root = join_scope_paths(self.root_scope, None)
-            existing = self._storage.get_record(record_id)
-            if existing is None or not within(existing.scope, root):
-                raise ValueError(f"Record not found: {str(record_id)[:100]}")
-            if scope is not None:
-                scope = join_scope_paths(root, scope)
+        root = join_scope_paths(self.root_scope, None) if self.root_scope else "/"
+        existing = self._storage.get_record(record_id)
+        if existing is None or not within(existing.scope, root) or in_langgraph(existing.scope):
+            # the LangGraph store's items are not CrewAI memories: not found, as any
+            raise ValueError(f"Record not found: {str(record_id)[:100]}")
+        if scope is not None and self.root_scope:
+            scope = join_scope_paths(root, scope)
+        check_not_langgraph(scope)
         return super().update(record_id, content, scope, categories, metadata, importance)
 
     def list_scopes(self, path: str | None = None) -> list[str]:
@@ -532,8 +569,10 @@ class QueuedMemory(Memory):
         return super().list_scopes(path)
 
     def list_records(self, scope: str | None = None, limit: int = 200, offset: int = 0) -> list[MemoryRecord]:
+        """CrewAI's list_records, after the drain barrier, without the LangGraph
+        store's items (a page may then hold fewer than ``limit``)."""
         self.drain_writes()
-        return super().list_records(scope, limit, offset)
+        return without_langgraph(super().list_records(scope, limit, offset))
 
     def info(self, path: str | None = None) -> Any:
         self.drain_writes()

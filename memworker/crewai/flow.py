@@ -42,6 +42,7 @@ from memworker.crewai.locks import scope_locks
 from memworker.embedded import ensure_embedded
 from memworker.errors import MemworkerError, shown
 from memworker.io.redispy import redis_client
+from memworker.keys import LANGGRAPH_ROOT, in_langgraph
 from memworker.queue.jobs import RESULT_TTL_MS, result_key
 from memworker.store.query import MAX_LIMIT
 from memworker.worker.runtime import get_batcher
@@ -141,6 +142,8 @@ class _FlowStorage:
         """Whether this writer may see, merge into, update or delete ``record``: a
         private record only when it is the writer's own (a source-less writer has
         none), a public one only when the write is not private."""
+        if in_langgraph(getattr(record, "scope", None)):
+            return False  # the LangGraph store's items are not CrewAI memories
         if getattr(record, "private", False):
             return self.source is not None and getattr(record, "source", None) == self.source
         return not self.private
@@ -245,6 +248,11 @@ class _FlowStorage:
 
     def save(self, records: list[Any]) -> None:
         for record in records:
+            if in_langgraph(record.scope):  # an inferred scope: the job fails, reported
+                raise MemworkerError(
+                    f"the inferred scope {shown(record.scope, 100)} is under {LANGGRAPH_ROOT}, "
+                    "the LangGraph store's: CrewAI memories cannot be written there"
+                )
             queue = self._ids.get(record.content) or []
             item = queue.pop(0) if queue else None
             if item is not None:

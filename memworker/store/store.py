@@ -205,10 +205,14 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         record_ids: list[str] | None = None,
         older_than: datetime | None = None,
         metadata_filter: dict[str, Any] | None = None,
+        *,
+        keep_scope: str | None = None,
     ) -> int:
-        """Delete the records matching every given criterion; returns how many were deleted."""
+        """Delete the records matching every given criterion; returns how many were
+        deleted. ``keep_scope``: records under this scope are kept whatever matches
+        (``memworker.crewai`` keeps the LangGraph store's items)."""
         return self._sync.run(
-            self._p_delete(scope_prefix, categories, record_ids, older_than, metadata_filter)
+            self._p_delete(scope_prefix, categories, record_ids, older_than, metadata_filter, keep_scope)
         )
 
     def update(self, record: Any) -> None:
@@ -389,10 +393,12 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         record_ids: list[str] | None = None,
         older_than: datetime | None = None,
         metadata_filter: dict[str, Any] | None = None,
+        *,
+        keep_scope: str | None = None,
     ) -> int:
         """Async :meth:`delete`."""
         return await self._async.run(
-            self._p_delete(scope_prefix, categories, record_ids, older_than, metadata_filter)
+            self._p_delete(scope_prefix, categories, record_ids, older_than, metadata_filter, keep_scope)
         )
 
     async def aupdate(self, record: Any) -> None:

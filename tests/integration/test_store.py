@@ -847,6 +847,15 @@ DELETE_CASES: list[tuple[str, dict[str, Any], Any]] = [
         lambda r: _in(r.scope, "/a") and r.created_at < T0 + timedelta(days=10),
     ),
     ("nothing-matches", {"scope_prefix": "/nope"}, lambda r: False),
+    # keep_scope: what memworker.crewai's forget/reset use to spare the LangGraph items
+    ("keep-a", {"keep_scope": "/a"}, lambda r: not _in(r.scope, "/a")),
+    ("scope-a-keep-a/b", {"scope_prefix": "/a", "keep_scope": "/a/b"},
+     lambda r: _in(r.scope, "/a") and not _in(r.scope, "/a/b")),
+    ("scope-inside-kept", {"scope_prefix": "/a/b", "keep_scope": "/a"}, lambda r: False),
+    ("keep-a-spares-ab", {"categories": ["x"], "keep_scope": "/a"},
+     lambda r: "x" in r.categories and not _in(r.scope, "/a")),
+    ("ids-keep-a", {"record_ids": ["d00", "d01", "d02", "d03"], "keep_scope": "/a"},
+     lambda r: r.id in ("d02", "d03")),
     ("empty-id-list", {"record_ids": []}, lambda r: False),
     ("no-criteria", {}, lambda r: True),
 ]

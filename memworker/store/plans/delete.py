@@ -128,10 +128,16 @@ class DeletePlans(ReadPlans):
         record_ids: list[str] | None = None,
         older_than: datetime | None = None,
         metadata_filter: dict[str, Any] | None = None,
+        keep_scope: str | None = None,
     ) -> Plan[int]:
         flt = SearchFilter.build(
             scope_prefix=scope_prefix, categories=categories, metadata_filter=metadata_filter
         )
+        keep = None if keep_scope is None else normalize_scope_prefix(keep_scope, field="keep_scope")
+        if keep is not None and (keep == "/" or flt.scope == keep or flt.scope.startswith(keep + "/")):
+            return 0  # everything it could match is kept
+        if keep is not None and not (flt.scope == "/" or keep.startswith(flt.scope + "/")):
+            keep = None  # nothing it could match is under the kept scope
         wanted = None if record_ids is None else check_ids(record_ids)
         cutoff = None
         if older_than is not None:
@@ -153,6 +159,14 @@ class DeletePlans(ReadPlans):
             ids = [as_text(i) for i in (yield Call(["ZRANGEBYSCORE", tree, "-inf", cutoff]))]
         else:
             ids = [as_text(i) for i in (yield Call(["ZRANGE", tree, "0", "-1"]))]
+        if keep is not None and ids:
+            kept_tree = self.keys.tree(keep)
+            spared: set[str] = set()
+            for start in range(0, len(ids), READ_CHUNK):
+                part = ids[start : start + READ_CHUNK]
+                scores = yield Pipeline([["ZSCORE", kept_tree, i] for i in part])
+                spared.update(i for i, sc in zip(part, scores) if sc is not None)
+            ids = [i for i in ids if i not in spared]
         if flt.needs_tokens and ids:
             kept: list[str] = []
             for start in range(0, len(ids), READ_CHUNK):
