@@ -380,3 +380,19 @@ def test_a_crewai_record_under_langgraph_with_a_bad_ttl_does_not_break_langgraph
                    "metadata": {"key": "p", "ttl": 1e308}, "embedding": None}])  # fmt: skip
     items = lg.search(("users",), limit=10)
     assert [(i.namespace, i.key) for i in items] == [(LG_NS, "k")]
+
+
+def test_a_scope_the_worker_infers_under_langgraph_fails_the_job_and_writes_nothing(both):
+    """The worker's field inference (CrewAI's EncodingFlow; the scripted LLM infers
+    ``/<first word>``) lands a memory under ``/langgraph``: the job fails, reported to
+    ``remember`` (``JobFailedError`` naming the scope), and nothing is written there."""
+    from memworker.errors import JobFailedError
+
+    make_memory, make_store = both
+    memory, lg = make_memory(), make_store()
+    _seed_lg(lg)
+    with pytest.raises(JobFailedError, match="langgraph"):
+        memory.remember("langgraph is where this text would land")
+    with ValkeyStore(make_memory.settings) as raw:
+        under = raw.list_records("/langgraph", limit=50)
+    assert [r.id for r in under] == [record_id(LG_NS, "k")]
