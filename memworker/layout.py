@@ -66,6 +66,17 @@ def p_refuse_legacy(namespace: str) -> Plan[None]:
         raise
     if any(int(n) for n in found):
         raise LayoutError(namespace)
+    # A layout-1 meta hash already renamed says layout 1 until a migration's last step:
+    # a migration stopped half-way (by an older version, which moved these probes
+    # first) is refused too, never served with half its keys.
+    try:
+        layout = yield Call(["HGET", Keys(namespace).meta, "layout"])
+    except Exception as exc:
+        if is_permanent(exc):
+            return
+        raise
+    if layout in (b"1", "1"):
+        raise LayoutError(namespace)
 
 
 def refuse_legacy(settings: Settings, client: Any = None) -> None:
@@ -127,23 +138,33 @@ def migrate(client: Any, namespace: str, *, dry_run: bool = False, force: bool =
         index_dropped = True
     # The namespace has no glob characters (Settings allows letters, digits, _ - .).
     keys = [k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(match=old + "*", count=1000)]
-    if not dry_run:
-        for start in range(0, len(keys), _RENAME_CHUNK):
-            chunk = keys[start : start + _RENAME_CHUNK]
-            with client.pipeline(transaction=False) as pipe:
-                for key in chunk:
+    # The keys the layout check looks for go last: a migration stopped half-way (an
+    # interrupt, a lost connection, a key in both layouts) still leaves the namespace
+    # refused until a run completes, never served with half its keys.
+    keys.sort(key=lambda k: k[len(old) :] in _PROBES)
+    renamed = 0
+    for start in range(0, len(keys), _RENAME_CHUNK):
+        chunk = keys[start : start + _RENAME_CHUNK]
+        with client.pipeline(transaction=False) as pipe:
+            for key in chunk:
+                if dry_run:
+                    pipe.exists(new + key[len(old) :])
+                else:
                     pipe.renamenx(key, new + key[len(old) :])
-                done = pipe.execute(raise_on_error=False)
-            for key, ok in zip(chunk, done):
-                if isinstance(ok, Exception):
-                    raise ConfigError(f"could not rename {key!r}: {ok}")
-                if not ok:
-                    raise ConfigError(
-                        f"{key!r} exists in both layouts ({new + key[len(old):]!r}): the "
-                        "namespace was written by two memworker versions; move or delete "
-                        "one of the two keys by hand, then run `memworker migrate` again"
-                    )
-        if keys and client.exists(Keys(namespace).meta):
-            client.hset(Keys(namespace).meta, "layout", LAYOUT_VERSION)
-    return MigrateReport(namespace, len(keys), index_dropped, dry_run)
+            done = pipe.execute(raise_on_error=False)
+        for key, ok in zip(chunk, done):
+            if isinstance(ok, Exception) and "no such key" in str(ok).lower():
+                continue  # moved meanwhile (another run), or gone: nothing to move
+            if isinstance(ok, Exception):
+                raise ConfigError(f"could not rename {key!r}: {ok}")
+            if bool(ok) == dry_run:  # the layout-2 name exists (dry run) / was not free
+                raise ConfigError(
+                    f"{key!r} exists in both layouts ({new + key[len(old):]!r}): the "
+                    "namespace was written by two memworker versions; move or delete "
+                    "one of the two keys by hand, then run `memworker migrate` again"
+                )
+            renamed += 1
+    if keys and not dry_run and client.exists(Keys(namespace).meta):
+        client.hset(Keys(namespace).meta, "layout", LAYOUT_VERSION)
+    return MigrateReport(namespace, renamed, index_dropped, dry_run)
 
