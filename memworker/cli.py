@@ -487,6 +487,8 @@ def _cmd_retention(args: argparse.Namespace) -> int:
         if args.retention_command == "set":
             store.set_retention(args.scope, args.days)
             print(f"{escape(args.scope)}: records older than {args.days:g} day(s) are deleted by the workers")
+            for line in _shadowed(store.retention(), args.scope):
+                print(f"memworker retention: {line}", file=sys.stderr)
         elif args.retention_command == "clear":
             store.set_retention(args.scope, None)
             print(f"{escape(args.scope)}: no retention")
@@ -497,6 +499,31 @@ def _cmd_retention(args: argparse.Namespace) -> int:
             if not policies:
                 print("no retention policy")
     return EXIT_OK
+
+
+def _shadowed(policies: dict[str, float], scope: str) -> list[str]:
+    """Warnings for policies that overlap ``scope``'s: a policy applies to its scope and
+    below, so where two cover a record the shorter one deletes it."""
+    from memworker.errors import escape
+    from memworker.store.validate import normalize_scope
+
+    path = normalize_scope(scope, field="scope")
+    days = policies.get(path)
+    if days is None:
+        return []
+
+    def under(child: str, parent: str) -> bool:
+        return child != parent and (parent == "/" or child.startswith(parent + "/"))
+
+    out = []
+    for other, d in sorted(policies.items()):
+        if under(path, other) and d < days:
+            out.append(f"{escape(other)}'s {d:g} day(s) also cover {escape(path)}: its records go after "
+                       f"{d:g} day(s) (where policies overlap, the shorter one applies)")  # fmt: skip
+        elif under(other, path) and d > days:
+            out.append(f"{escape(other)}'s {d:g} day(s) no longer apply: {escape(path)}'s {days:g} day(s) "
+                       "cover it (where policies overlap, the shorter one applies)")  # fmt: skip
+    return out
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

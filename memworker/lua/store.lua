@@ -53,7 +53,8 @@
 --             only records that have an expiry (written with "exp") get one
 --   refresh: now_ms, id, fallback exp, ...        -> records given now_ms + their stored ttl
 --            (the fallback when they have none); only records that have an expiry
---   sweep:  now_ms, limit, tomb_before            -> {expired, retained, tombs trimmed}
+--   sweep:  now_ms, limit, tomb_before            -> {expired, retained, tombs trimmed (at most
+--           limit), index entries scanned (stale ones included)}
 --             deletes up to `limit` records whose expiry is due (ns:expiry), then records
 --             older than their scope's retention (ns:retention: scope -> days), and trims
 --             tombstones older than tomb_before (us)
@@ -533,7 +534,9 @@ elseif op == "sweep" then
   local ids = {}
   for _, id in ipairs(due) do
     local exp = redis.call("HGET", REC .. id, "exp")
-    if exp and tonumber(exp) <= tonumber(now) then
+    local at = exp and tonumber(exp)
+    -- due by its index entry; an unreadable "exp" (corrupt) goes by the entry
+    if exp and (at == nil or at <= tonumber(now)) then
       ids[#ids + 1] = id
     else
       -- No record, or a record written since without this expiry.
@@ -545,12 +548,17 @@ elseif op == "sweep" then
   local retained = 0
   local policies = redis.call("HGETALL", ns .. ":retention")
   local now_s = tonumber(now) / 1000
+  local scanned = #due
   for i = 1, #policies - 1, 2 do
     local left = limit - expired - retained
     if left <= 0 then break end
-    local cutoff = string.format("%.6f", now_s - tonumber(policies[i + 1]) * 86400)
+    local days = tonumber(policies[i + 1])
+    -- a policy that is not a positive number (written by hand) is skipped, not fatal
+    if days == nil or not (days > 0) or days == math.huge then days = nil end
+    local cutoff = days and string.format("%.6f", now_s - days * 86400)
     local tree = ns .. ":tree:" .. policies[i]
-    local old = redis.call("ZRANGEBYSCORE", tree, "-inf", cutoff, "LIMIT", 0, left)
+    local old = days and redis.call("ZRANGEBYSCORE", tree, "-inf", cutoff, "LIMIT", 0, left) or {}
+    scanned = scanned + #old
     if #old > 0 then
       -- An id whose record is gone (evicted, deleted by hand) would come first again at
       -- every sweep and, as many as the limit, stall the scope: it leaves this tree.
@@ -563,8 +571,10 @@ elseif op == "sweep" then
       retained = retained + delete_ids(old)
     end
   end
-  local trimmed = redis.call("ZREMRANGEBYSCORE", ns .. ":tomb", "-inf", "(" .. ARGV[6])
-  return { expired, retained, trimmed }
+  -- tombstones past their week, at most limit a step (a week after a big delete)
+  local stale = redis.call("ZRANGEBYSCORE", ns .. ":tomb", "-inf", "(" .. ARGV[6], "LIMIT", 0, limit)
+  if #stale > 0 then redis.call("ZREM", ns .. ":tomb", unpack(stale)) end
+  return { expired, retained, #stale, scanned }
 elseif op == "touch" then
   local now = ARGV[4]
   local touched = 0

@@ -315,9 +315,11 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
 
     def _sweep(self, limit: int = 500, now_ms: int | None = None) -> Plan[dict[str, int]]:
         """Delete up to ``limit`` records whose expiry is due, then records older than
-        their scope's retention (``memworker retention``), and trim old tombstones: one
-        atomic step. The workers call it (:mod:`memworker.worker.sweep`); returns
-        ``{"expired", "retained", "tombs"}`` counts."""
+        their scope's retention (``memworker retention``), and trim up to ``limit`` old
+        tombstones: one atomic step. The workers call it (:mod:`memworker.worker.sweep`);
+        returns ``{"expired", "retained", "tombs", "scanned"}`` counts (``scanned``:
+        index entries read, stale ones included: another step may find more when it
+        or ``tombs`` reached ``limit``)."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
         return self._p_sweep(now, limit, TOMB_KEEP_MS)
 

@@ -29,6 +29,7 @@ from typing import Any
 from memworker.errors import ConfigError
 from memworker.io.scripts import script_source
 from memworker.keys import Keys, QueueKeys
+from memworker.store.validate import MAX_SWEEP_MS
 
 __all__ = ["DEFAULT_SWEEP_INTERVAL_S", "PRUNE_STEP", "SWEEP_STEP", "Sweeper", "sweep_interval_ms"]
 
@@ -93,18 +94,21 @@ class Sweeper:
             asked = int(raw) if raw is not None else 0
         except ValueError:
             asked = 0
-        return asked if asked > 0 else self.default_ms
+        # a value the store's setter would refuse (written by hand): the default
+        return asked if 0 < asked <= MAX_SWEEP_MS else self.default_ms
 
     def maybe_sweep(self) -> dict[str, int] | None:
         """Sweep if no other worker swept within the interval; the counts, or ``None``."""
         if not self.client.set(self.keys.sweep, self.owner, nx=True, px=self.interval_ms()):
             return None
-        totals = {"expired": 0, "retained": 0, "tombs": 0}
+        totals = {"expired": 0, "retained": 0, "tombs": 0, "scanned": 0}
         for _ in range(MAX_STEPS):
             got = self.store.sweep(limit=SWEEP_STEP)
             for name, n in got.items():
                 totals[name] += n
-            if got["expired"] + got["retained"] < SWEEP_STEP:
+            # a step that read fewer entries than its limit found all there was (stale
+            # entries count: they are removed as read, and may hide due ones behind)
+            if max(got["scanned"], got["tombs"], got["expired"] + got["retained"]) < SWEEP_STEP:
                 break
         totals["producers"] = self.prune_producers()
         self.expired += totals["expired"]

@@ -386,7 +386,7 @@ def test_ttl_expired_items_are_invisible_at_once_and_swept_by_workers(make_store
     assert lg.get(("t",), "short") is None
     assert [h.key for h in lg.search(("t",), query="apple")] == ["forever"]
     assert [h.key for h in lg.search(("t",))] == ["forever"]
-    assert lg.store.sweep(now_ms=int(now * 1000)) == {"expired": 0, "retained": 0, "tombs": 0}
+    assert lg.store.sweep(now_ms=int(now * 1000)) == {"expired": 0, "retained": 0, "tombs": 0, "scanned": 0}
     removed = lg.store.sweep(now_ms=int(later * 1000))
     assert removed["expired"] == 1
     assert lg.store.count("/langgraph") == 1

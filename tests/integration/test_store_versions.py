@@ -157,7 +157,7 @@ def test_sweep_deletes_what_is_due_with_its_side_indexes(store):
     assert store.sweep(limit=100, now_ms=now)["expired"] == 2
     assert contents(store) == ["K", "P"]
     assert store.list_categories("/lg") == {"x": 1}
-    assert store.sweep(limit=100, now_ms=now) == {"expired": 0, "retained": 0, "tombs": 0}
+    assert store.sweep(limit=100, now_ms=now) == {"expired": 0, "retained": 0, "tombs": 0, "scanned": 0}
 
 
 def test_sweep_applies_retention_by_scope(store, raw):

@@ -97,7 +97,13 @@ class DeletePlans(ReadPlans):
     def _p_retention(self) -> Plan[dict[str, float]]:
         reply = yield Call(["HGETALL", self.keys.retention])
         pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2])
-        return {as_text(k): float(as_text(v)) for k, v in pairs}
+        out: dict[str, float] = {}
+        for k, v in pairs:
+            try:
+                out[as_text(k)] = float(as_text(v))
+            except ValueError:
+                continue  # not a number (written by hand): the sweep skips it too
+        return out
 
     def _p_set_sweep_interval(self, interval_ms: int) -> Plan[None]:
         if isinstance(interval_ms, bool) or not isinstance(interval_ms, int) or not 1 <= interval_ms <= MAX_SWEEP_MS:
@@ -118,8 +124,8 @@ class DeletePlans(ReadPlans):
             "store",
             ["sweep", self.keys.prefix, str(CHANGES_CAP), str(now_ms), str(limit), str(tomb_before)],
         )
-        expired, retained, tombs = (int(x) for x in reply)
-        return {"expired": expired, "retained": retained, "tombs": tombs}
+        expired, retained, tombs, scanned = (int(x) for x in reply)
+        return {"expired": expired, "retained": retained, "tombs": tombs, "scanned": scanned}
 
     def _p_delete(
         self,
