@@ -533,9 +533,11 @@ class QueuedMemory(Memory):
             self.drain_writes()
             effective = self._effective(scope)
             path = normalize_scope_prefix(effective, field="scope")
-            if path == "/" or LANGGRAPH_ROOT.startswith(path + "/"):
+            if in_langgraph(path):
+                return
+            if (path == "/" or LANGGRAPH_ROOT.startswith(path + "/")) and self.store.count(LANGGRAPH_ROOT):
                 self.store.delete(scope_prefix=path, keep_scope=LANGGRAPH_ROOT)
-            elif not in_langgraph(path):
+            else:  # no item to keep: CrewAI's reset (at the root it also forgets the dimension)
                 self._storage.reset(scope_prefix=effective)
 
     def update(

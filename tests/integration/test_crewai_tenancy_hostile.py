@@ -396,3 +396,17 @@ def test_a_scope_the_worker_infers_under_langgraph_fails_the_job_and_writes_noth
     with ValkeyStore(make_memory.settings) as raw:
         under = raw.list_records("/langgraph", limit=50)
     assert [r.id for r in under] == [record_id(LG_NS, "k")]
+
+
+def test_a_reset_with_no_langgraph_item_is_crewais_whole_reset(both):
+    """Without LangGraph items to keep, ``QueuedMemory.reset()`` is CrewAI's reset of
+    the whole namespace as before: every record gone and the vector dimension
+    forgotten (a memory re-made with another embedder may then write)."""
+    make_memory, _ = both
+    memory = make_memory()
+    memory.remember("a crewai fact", scope="/crew", **F)
+    memory.reset()
+    with ValkeyStore(make_memory.settings) as raw:
+        assert raw.count() == 0
+        raw.save([{"id": "small", "content": "x", "scope": "/s", "embedding": [1.0, 0.0, 0.0, 0.0]}])
+        assert raw.get_record("small") is not None
