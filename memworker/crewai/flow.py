@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from memworker.crewai.config import worker_llm
 from memworker.crewai.locks import scope_locks
 from memworker.embedded import ensure_embedded
-from memworker.errors import MemworkerError, shown
+from memworker.errors import ConfigError, MemworkerError, shown
 from memworker.io.redispy import redis_client
 from memworker.keys import LANGGRAPH_ROOT, in_langgraph
 from memworker.queue.jobs import RESULT_TTL_MS, result_key
@@ -74,6 +74,20 @@ def check_worker_model(store: ValkeyStore) -> str | None:
         log.warning("the worker's embedder has no model_id: the model check is skipped")
         return None
     return store.ensure_model(model_id)
+
+
+def check_worker_dimension(store: ValkeyStore) -> None:
+    """Raise :class:`ConfigError` when the namespace stores vectors of another
+    dimension than this process's embedder makes: every job it took would fail (and be
+    dead-lettered), emptying the namespace's backlog, so the worker does not start."""
+    dim = getattr(_batcher_embedder_model(), "dimension", None)
+    stored = store.stored_dimension()
+    if isinstance(dim, int) and not isinstance(dim, bool) and stored is not None and dim != stored:
+        raise ConfigError(
+            f"the worker's embedder makes {dim}-dimension vectors; namespace "
+            f"{store.keys.namespace!r} stores {stored}-dimension ones: start it with the "
+            "namespace's model (MEMWORKER_MODEL / MEMWORKER_EMBEDDER)"
+        )
 
 
 class BatcherEmbedder:

@@ -491,6 +491,11 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         """Async :meth:`ensure_model`."""
         return await self._async.run(self._p_ensure_model(model_id))
 
+    def stored_dimension(self) -> int | None:
+        """The vector dimension the namespace stores (``None`` before its first vector
+        or after a reset); read from the server each call."""
+        return self._sync.run(self._p_stored_dim(refresh=True))
+
     @property
     def search_module(self) -> bool:
         """Whether a search module is used (probes the server on first access)."""

@@ -16,12 +16,13 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import dramatiq
 
-from memworker.crewai.flow import check_worker_model
+from memworker.crewai.flow import check_worker_dimension, check_worker_model
 from memworker.errors import ConfigError, shown
 from memworker.metrics import flush_worker_metrics, worker_metrics
 from memworker.tracing import setup_worker_tracing, shutdown_worker_tracing
@@ -127,15 +128,58 @@ def _serve(
     nice: Nice = 0,
     options: dict[str, Any] | None = None,
 ) -> int:
-    """Run one worker process until SIGINT/SIGTERM."""
+    """Run one worker process until SIGINT, SIGTERM or SIGHUP (a graceful stop; a
+    second signal exits at once: the jobs it holds are redelivered)."""
     check_nice(nice)
+    stop = threading.Event()
+    started = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if not started.is_set():  # loading the model: no job taken yet, stop now
+            raise _StoppedEarly
+        if stop.is_set():  # a second signal: a stuck model call must not hold the exit
+            os._exit(128 + signum)
+        stop.set()
+
+    # From the start: a signal while the model loads stops before any job is taken.
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    try:
+        return _serve_until(settings, threads, queues, processes, nice, options, stop, started)
+    except _StoppedEarly:
+        log.info("memworker worker %s stopped before it took a job", os.getpid())
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class _StoppedEarly(BaseException):
+    """A stop signal while the worker process starts (it holds no job yet)."""
+
+
+def _serve_until(
+    settings: Settings,
+    threads: int,
+    queues: Iterable[str] | None,
+    processes: int,
+    nice: Nice,
+    options: dict[str, Any] | None,
+    stop: threading.Event,
+    started: threading.Event,
+) -> int:
     # the inference thread lowers its own priority (get_batcher)
     configure_process(processes, nice)
     setup_worker_tracing()  # OpenTelemetry, when the OTEL_* variables ask for it
     warm_up(freeze=True)
     broker = make_broker(settings, **(options or {}))
     assert broker.context is not None  # set by make_broker
-    model_id = check_worker_model(broker.context.store)  # the producers' query model, or ConfigError
+    try:
+        model_id = check_worker_model(broker.context.store)  # the producers' query model, or ConfigError
+        check_worker_dimension(broker.context.store)  # else every job it took would fail
+    except BaseException:
+        broker.close()
+        broker.context.close()
+        raise
     frozen = freeze_heap()  # the model, the broker, the imports: no full collection walks them
     metrics = worker_metrics()
     if metrics is not None:
@@ -146,12 +190,7 @@ def _serve(
         worker_threads=threads,
         worker_timeout=WORKER_TIMEOUT_MS,
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    started.set()  # from here a signal stops gracefully (the worker may hold jobs)
     worker.start()
     log.info(
         "memworker worker %s started (%d threads) on %s",
@@ -169,9 +208,18 @@ def _serve(
         if broker.context is not None:
             broker.context.close()
         shutdown_worker_tracing()  # flush the last spans
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     return 0
+
+
+#: Signals that stop a worker gracefully (the second one at once).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: How often a worker process checks that its parent is alive (``--processes`` > 1).
+PARENT_POLL_S = 1.0
+#: ``--processes`` > 1: a worker process that dies on its own is replaced, unless
+#: :data:`RESPAWN_LIMIT` in a row died within :data:`RESPAWN_UPTIME_S` of their start
+#: (a crash loop: the worker then stops every process and exits 1).
+RESPAWN_UPTIME_S = 10.0
+RESPAWN_LIMIT = 3
 
 
 def _child(
@@ -182,7 +230,21 @@ def _child(
     nice: Nice,
     options: dict[str, int] | None = None,
 ) -> None:
+    _watch_parent()
     raise SystemExit(_serve(settings, threads, queues, processes, nice, options))
+
+
+def _watch_parent() -> None:
+    """Stop this child gracefully when its parent is gone (SIGKILLed: it cannot
+    forward a signal), rather than serve on as an orphan nobody supervises."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="memworker-parent-watch", daemon=True).start()
 
 
 def run_worker(
@@ -290,26 +352,59 @@ def _run(
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    children = [
-        ctx.Process(target=_child, args=(settings, threads, qlist, processes, nice, options))
-        for _ in range(processes)
-    ]
-    for child in children:
+
+    def new_child() -> Any:
+        child = ctx.Process(target=_child, args=(settings, threads, qlist, processes, nice, options))
         child.start()
+        born[child] = time.monotonic()
+        return child
+
+    born: dict[Any, float] = {}
+    children = [new_child() for _ in range(processes)]
     stop = threading.Event()
 
-    def forward(signum: int, frame: Any) -> None:
-        stop.set()
+    def signal_children(signum: int) -> None:
         for child in children:
             if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signal.SIGTERM)
+                os.kill(child.pid, signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    def forward(signum: int, frame: Any) -> None:
+        if stop.is_set():  # a second signal: every child exits at once
+            signal_children(signal.SIGKILL)
+            os._exit(128 + signum)
+        stop.set()
+        signal_children(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
     try:
-        code = 0
-        for child in children:
-            child.join()
-            code = code or (child.exitcode or 0)
+        from multiprocessing.connection import wait
+
+        running = list(children)
+        code, quick = 0, 0
+        while running:
+            ended = wait([c.sentinel for c in running])
+            for child in [c for c in running if c.sentinel in ended]:
+                child.join()
+                running.remove(child)
+                if stop.is_set():
+                    code = code or (child.exitcode or 0)
+                    continue
+                # A child died on its own (killed, out of memory): its jobs are
+                # redelivered to the others; a new one takes its place, unless children
+                # keep dying young (then all stop, for the supervisor to see a failure).
+                quick = quick + 1 if time.monotonic() - born.pop(child) < RESPAWN_UPTIME_S else 0
+                if quick >= RESPAWN_LIMIT:
+                    log.error("worker process %s exited (code %s), the %d-th in a row within %g s "
+                              "of its start: stopping", child.pid, child.exitcode, quick,
+                              RESPAWN_UPTIME_S)  # fmt: skip
+                    stop.set()
+                    signal_children(signal.SIGTERM)
+                    code = 1
+                    continue
+                log.error("worker process %s exited (code %s): starting another", child.pid, child.exitcode)
+                replacement = new_child()
+                children.append(replacement)
+                running.append(replacement)
         return code if code >= 0 else 1
     finally:
         for s, handler in previous.items():
