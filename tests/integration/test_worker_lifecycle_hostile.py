@@ -340,8 +340,8 @@ def test_sighup_is_a_graceful_stop_not_a_crash(plain_server, namespace, spawn, c
         proc = spawn.start(url, namespace, "--threads", "2")
         _wait(lambda: _live(settings), 20, "a live worker")
         jobs = [q.enqueue_encode_job([f"SLOW150 hup {i}"])[0] for i in range(n)]
-        _wait(lambda: _stat(client, namespace, "committed") >= 2 and _held(client, namespace) > 0,
-              20, "a few commits with jobs held")  # fmt: skip
+        # jobs fetched (a batch of them may commit at once: "held" is what matters)
+        _wait(lambda: _held(client, namespace) > 0, 20, "jobs held by the worker")
         os.kill(proc.pid, signal.SIGHUP)
         assert _exited(proc, 15 * SLACK)
         held_after_exit = _held(client, namespace)
@@ -352,11 +352,13 @@ def test_sighup_is_a_graceful_stop_not_a_crash(plain_server, namespace, spawn, c
         _finish(spawn, url, namespace, q, jobs, client)
 
 
-def test_a_double_sigterm_of_two_processes_exits_zero_and_shows_no_worker(plain_server, namespace, spawn, client):
+def test_a_double_sigterm_of_two_processes_stops_them_and_loses_nothing(plain_server, namespace, spawn, client):
     """``--processes 2`` stopped by two SIGTERMs in a row (systemd's stop then an
-    impatient operator) while jobs are in flight: exit 0, each child's health record
-    removed (``memworker status`` shows no worker), nothing held, every job committed
-    once by the next worker."""
+    impatient operator) while jobs are in flight. The parent sees one signal (both
+    came before its handler ran: a graceful stop, exit 0, no health record left,
+    nothing held) or two (the second stops every process at once: exit 143, their
+    unacked jobs redelivered). Either way no child is left behind and every job is
+    committed once by the next worker."""
     url = plain_server.url
     settings = _settings(url, namespace)
     n = 40
@@ -368,14 +370,16 @@ def test_a_double_sigterm_of_two_processes_exits_zero_and_shows_no_worker(plain_
         os.kill(proc.pid, signal.SIGTERM)
         os.kill(proc.pid, signal.SIGTERM)
         assert _exited(proc, 15 * SLACK), "two SIGTERMs did not stop the worker"
-        assert proc.returncode == 0, spawn.log(proc)[-2000:]
-        assert _group(proc.pid) == []  # no child left behind
-        status = subprocess.run(
-            [sys.executable, "-m", "memworker.cli", "--url", url, "--namespace", namespace, "status", "--json"],
-            capture_output=True, text=True, timeout=60, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        )  # fmt: skip
-        assert json.loads(status.stdout)["workers"] == []
-        assert _held(client, namespace) == 0
+        assert proc.returncode in (0, 128 + signal.SIGTERM), spawn.log(proc)[-2000:]
+        # no child left behind (multiprocessing's resource tracker ends at its pipe's EOF)
+        _wait(lambda: _group(proc.pid) == [], 5, "every process of the worker to end")
+        if proc.returncode == 0:  # one graceful stop
+            status = subprocess.run(
+                [sys.executable, "-m", "memworker.cli", "--url", url, "--namespace", namespace, "status", "--json"],
+                capture_output=True, text=True, timeout=60, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+            )  # fmt: skip
+            assert json.loads(status.stdout)["workers"] == []
+            assert _held(client, namespace) == 0
         _finish(spawn, url, namespace, q, jobs, client)
 
 
