@@ -65,14 +65,10 @@ def _is_claim(args) -> bool:
     return len(args) > 4 and args[4] in ("claim", b"claim")
 
 
-# ----------------------------------------------------------------------------- claims
-def test_a_claim_whose_reply_is_lost_still_reports_the_job(qsettings, rawq, monkeypatch):  # noqa: F811
-    """The claim step (queue.lua ``claim``: HDEL the failure, tombstone the job) is not
-    idempotent, yet the driver retries it on a connection error like any other step.
-    When the server ran the claim and the reply was lost, the retry finds everything
-    already claimed (HDEL -> 0, ZADD NX -> 0): the drain returns an empty report and the
-    failure is consumed, so NO drain ever reports the job (reported never).
-    Expected: the failure is reported by this drain (or, failing that, the next one)."""
+def _lose_first_claim_reply():
+    """A stand-in for ``RedisSyncDriver._script_call`` that runs every call on the real
+    server and, the first time, drops the claim's reply (a connection reset after the
+    server ran it); and the list the dropped reply lands in."""
     real = RedisSyncDriver._script_call
     dropped = []
 
@@ -83,6 +79,18 @@ def test_a_claim_whose_reply_is_lost_still_reports_the_job(qsettings, rawq, monk
             raise rex.ConnectionError("connection reset after the server ran the claim")
         return reply
 
+    return dropped, lossy
+
+
+# ----------------------------------------------------------------------------- claims
+def test_a_claim_whose_reply_is_lost_still_reports_the_job(qsettings, rawq, monkeypatch):  # noqa: F811
+    """The claim step (queue.lua ``claim``: HDEL the failure, tombstone the job) is not
+    idempotent, yet the driver retries it on a connection error like any other step.
+    When the server ran the claim and the reply was lost, the retry finds everything
+    already claimed (HDEL -> 0, ZADD NX -> 0): the drain returns an empty report and the
+    failure is consumed, so NO drain ever reports the job (reported never).
+    Expected: the failure is reported by this drain (or, failing that, the next one)."""
+    dropped, lossy = _lose_first_claim_reply()
     with MemoryQueue(qsettings, producer_id="p") as q:
         job = q.enqueue_encode_job(["x"])[0]
         _fail(rawq, qsettings, "p", job)
@@ -99,16 +107,7 @@ def test_a_lost_claim_reply_does_not_drop_a_commit(qsettings, rawq, monkeypatch)
     lost, the retry's ZADD NX returns 0, and the drain that waited for the job reports
     ``committed == 0`` although the job committed (and the next drain skips it: it was
     "reported"). A drain that waited for one committed job must count it."""
-    real = RedisSyncDriver._script_call
-    dropped = []
-
-    def lossy(self, client, *args):
-        reply = real(self, client, *args)
-        if _is_claim(args) and not dropped:
-            dropped.append(reply)
-            raise rex.ConnectionError("connection reset after the server ran the claim")
-        return reply
-
+    dropped, lossy = _lose_first_claim_reply()
     with MemoryQueue(qsettings, producer_id="p") as q:
         job = q.enqueue_encode_job(["x"])[0]
         _commit(rawq, qsettings, "p", job)
