@@ -15,6 +15,7 @@ from memworker.errors import ValidationError, shown
 from memworker.keys import LANGGRAPH_ROOT, in_langgraph
 from memworker.queue.jobs import FailedJob
 from memworker.store.query import MAX_LIMIT
+from memworker.store.query import within_scope as within
 from memworker.store.validate import normalize_scope_prefix
 
 if TYPE_CHECKING:
@@ -82,11 +83,6 @@ def without_langgraph(records: list[Any]) -> list[Any]:
     return [r for r in records if not in_langgraph(getattr(r[0] if isinstance(r, tuple) else r, "scope", None))]
 
 
-def within(path: str, root: str) -> bool:
-    """Whether the normalized scope ``path`` is ``root`` or below it."""
-    return root == "/" or path == root or path.startswith(root + "/")
-
-
 class PrivacyView:
     """The store as RecallFlow sees it: every search filters privacy in the query and
     stays inside the recall's scope.
@@ -119,11 +115,12 @@ class PrivacyView:
 
     def search(self, query_embedding: Any, scope_prefix: Any = None, categories: Any = None,
                metadata_filter: Any = None, limit: int = 10, min_score: float = 0.0) -> Any:  # fmt: skip
-        # the LangGraph store's items are not CrewAI memories (a shared namespace)
+        # the LangGraph store's items are not CrewAI memories (a shared namespace): left
+        # out in the query, so they never take a place of the top k (and checked again)
         return without_langgraph(self._store.search(
             query_embedding, scope_prefix=self.inside(scope_prefix), categories=categories,
             metadata_filter=metadata_filter, limit=min(limit, MAX_LIMIT), min_score=min_score,
-            include_private=self._include_private, viewer=self._viewer,
+            include_private=self._include_private, viewer=self._viewer, exclude_scope=LANGGRAPH_ROOT,
         ))  # fmt: skip
 
     def list_scopes(self, parent: Any = "/") -> list[str]:

@@ -181,13 +181,13 @@ class _FlowStorage:
                 query_embedding, scope_prefix=scope_prefix, categories=categories,
                 metadata_filter=metadata_filter, limit=min(limit * 4, MAX_LIMIT),
                 min_score=min_score, source=self.source, include_private=False,
-                viewer=self.source,
+                viewer=self.source, exclude_scope=LANGGRAPH_ROOT,
             )  # fmt: skip
         else:
             hits = self._store.search(
                 query_embedding, scope_prefix=scope_prefix, categories=categories,
                 metadata_filter=metadata_filter, limit=limit, min_score=min_score,
-                include_private=False, viewer=self.source,
+                include_private=False, viewer=self.source, exclude_scope=LANGGRAPH_ROOT,
             )  # fmt: skip
         hits = [(r, s) for r, s in hits if self.may_touch(r)][:limit]
         with self._shown_lock:

@@ -216,8 +216,22 @@ def _union(index: dict[str, set[int]], tokens: Iterable[str]) -> set[int] | froz
     return found[0] if len(found) == 1 else set().union(*found)
 
 
-def candidates(st: Generation, flt: SearchFilter) -> set[int] | frozenset[int] | None:
-    """Rows passing ``flt`` (``None``: every alive row). Never mutates a posting list."""
+def candidates(st: Generation, flt: SearchFilter) -> set[int] | frozenset[int] | np.ndarray | None:
+    """Rows passing ``flt`` (``None``: every alive row; an array of row numbers when
+    only an excluded scope narrows them). Never mutates a posting list."""
+    rows = _included(st, flt)
+    drop = st.postings[0].get(flt.exclude_token) if flt.exclude_token is not None else None
+    if not drop:
+        return rows
+    if rows is None:
+        keep = st.alive[: st.n].copy()
+        keep[np.fromiter(drop, dtype=np.intp, count=len(drop))] = False
+        return np.flatnonzero(keep)
+    return rows - drop
+
+
+def _included(st: Generation, flt: SearchFilter) -> set[int] | frozenset[int] | None:
+    """:func:`candidates` before the excluded scope."""
     p = st.postings
     sets: list[set[int] | frozenset[int]] = []
     if flt.scope != "/":

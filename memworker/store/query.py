@@ -55,6 +55,7 @@ class SearchFilter:
         metadata_any: Groups of tokens; a record needs one token of every group (the
             range filters: each group covers one key's range, see
             :func:`~memworker.store.tokens.range_cover`).
+        exclude: Normalized scope whose records (it and below) never match, or ``None``.
     """
 
     scope: str = "/"
@@ -63,10 +64,18 @@ class SearchFilter:
     source: str | None = None
     visible: tuple[str, ...] | None = None
     metadata_any: tuple[tuple[str, ...], ...] = ()
+    exclude: str | None = None
     _scope_token: str = field(init=False, repr=False, compare=False)
+    _exclude_token: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_scope_token", token("s", self.scope))
+        object.__setattr__(self, "_exclude_token", None if self.exclude is None else token("s", self.exclude))
+
+    @property
+    def exclude_token(self) -> str | None:
+        """The scope token of :attr:`exclude` (records below it carry it), or ``None``."""
+        return self._exclude_token
 
     @classmethod
     def build(
@@ -79,6 +88,7 @@ class SearchFilter:
         include_private: bool = True,
         viewer: str | None = None,
         metadata_ranges: Mapping[str, Any] | None = None,
+        exclude_scope: str | None = None,
     ) -> SearchFilter:
         """Validate user filter values and turn them into tokens.
 
@@ -93,11 +103,20 @@ class SearchFilter:
             metadata_ranges: Key -> ``(low, low_inclusive, high, high_inclusive)``
                 (``None`` bounds: open): records whose number under that key is in
                 range. Only keys starting with ``=`` have range tokens.
+            exclude_scope: Records in this scope or below it never match (``/`` is
+                refused: it would exclude everything).
 
         Raises:
             ValidationError: Naming the bad field.
         """
         scope = normalize_scope_prefix(scope_prefix)
+        exclude: str | None = None
+        if exclude_scope is not None:
+            exclude = normalize_scope_prefix(exclude_scope, field="exclude_scope")
+            if exclude == "/":
+                raise ValidationError("exclude_scope must be a scope below the root, got '/'")
+            if scope != "/" and not exclude.startswith(scope + "/") and not within_scope(scope, exclude):
+                exclude = None  # beside the searched scope: nothing it could exclude is searched
         cats: list[str] = []
         if categories:
             if isinstance(categories, (str, bytes, Mapping)) or not isinstance(categories, Iterable):
@@ -145,6 +164,7 @@ class SearchFilter:
             metadata_any=tuple(groups),
             source=token("u", source) if source is not None else None,
             visible=visible,
+            exclude=exclude,
         )
 
     # ------------------------------------------------------------------ module path
@@ -163,6 +183,8 @@ class SearchFilter:
             out.append(f"@src_t:{{{self.source}}}")
         if self.visible is not None:
             out.append("@vis:{" + "|".join(self.visible) + "}")
+        if self._exclude_token is not None:
+            out.append(f"-@scope_anc:{{{self._exclude_token}}}")
         return out
 
     def ft_query(self, k: int) -> str:
@@ -177,7 +199,7 @@ class SearchFilter:
         """True when the exact path must read token fields (more than a scope filter)."""
         return bool(
             self.categories_any or self.metadata_all or self.metadata_any
-            or self.source is not None or self.visible is not None
+            or self.source is not None or self.visible is not None or self.exclude is not None
         )  # fmt: skip
 
     def matches(self, tokens: Sequence[Any], *, scope: bool = False) -> bool:
@@ -189,6 +211,8 @@ class SearchFilter:
         """
         scope_anc, cat_t, meta_t, src_t, vis = (_split(v) for v in tokens)
         if scope and self.scope != "/" and self._scope_token not in scope_anc:
+            return False
+        if self._exclude_token is not None and self._exclude_token in scope_anc:
             return False
         if self.categories_any and not cat_t.intersection(self.categories_any):
             return False
@@ -235,6 +259,11 @@ def _range_group(key: Any, bounds: Any) -> tuple[str, ...]:
     hi = (1 << 64) - 1 if high is None else sortable_bits(high) - (0 if high_in else 1)
     group = tuple(range_cover(key, lo, hi)) if lo <= hi else ()
     return group or (_NOTHING,)
+
+
+def within_scope(scope: str, ancestor: str) -> bool:
+    """Whether the normalized ``scope`` is ``ancestor`` or below it."""
+    return ancestor == "/" or scope == ancestor or scope.startswith(ancestor + "/")
 
 
 def _split(raw: Any) -> set[str]:

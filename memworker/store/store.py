@@ -165,6 +165,7 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         include_private: bool = True,
         viewer: str | None = None,
         metadata_ranges: dict[str, Any] | None = None,
+        exclude_scope: str | None = None,
     ) -> Plan[list[tuple[Any, float]]]:
         """Nearest records by cosine similarity, filtered in the query.
 
@@ -184,6 +185,10 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
                 range tokens (memworker.langgraph's value fields). Bounds and values
                 are compared as float64: integers past 2**53 that round to one
                 float64 compare equal (memworker.langgraph checks them exactly after).
+            exclude_scope: Never records in this scope or below it (filtered in the
+                query like the others, so ``limit`` results come back when that many
+                others match; ``memworker.crewai`` leaves out the LangGraph store's
+                items this way). ``/`` is refused.
 
         Returns:
             ``(record, similarity)`` pairs, highest similarity first; records stored
@@ -191,7 +196,7 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         """
         return self._p_search(
             query_embedding, scope_prefix, categories, metadata_filter, limit, min_score,
-            source, include_private, viewer, metadata_ranges,
+            source, include_private, viewer, metadata_ranges, exclude_scope,
         )  # fmt: skip
 
     # Both faces take :meth:`_search`'s signature and run its plan.

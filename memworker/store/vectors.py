@@ -244,7 +244,7 @@ class VectorCache:
                 count = len(rows)
                 if not count:
                     return []
-                index = np.fromiter(rows, dtype=np.intp, count=count)
+                index = rows if isinstance(rows, np.ndarray) else np.fromiter(rows, dtype=np.intp, count=count)
                 if 4 * count > n:
                     scores = cosine(st.matrix[:n], st.norms[:n], query, scale)[index]
                 else:

@@ -197,6 +197,24 @@ def test_a_crewai_recall_never_returns_langgraph_items(both, depth):
     assert leaked == [] and listed == [], f"recall: {leaked}, list_records: {listed}"
 
 
+@pytest.mark.parametrize("depth", ["shallow", "deep"])
+def test_a_crewai_recall_is_not_shortened_by_nearer_langgraph_items(both, depth):
+    """A recall's ``limit`` memories come back when that many CrewAI memories match,
+    however many LangGraph items of the shared namespace are nearer to the query.
+    Found: the items were dropped after the store's top k, so a recall of 3 returned
+    none while 3 crew memories matched (the LangGraph items filled the top k)."""
+    make_memory, make_store = both
+    memory, lg = make_memory(), make_store()
+    for i in range(12):
+        lg.put(LG_NS, f"k{i}", {"text": f"the launch code of user zero is 77{i:02d} alpha"})
+    assert lg.get(LG_NS, "k11") is not None
+    crew = ["the crew's lunch order is soup", "the crew meets on mondays", "the crew's budget is small"]
+    for text in crew:
+        memory.remember(text, scope="/crew", **F)
+    hits = memory.recall("launch code of user zero", limit=3, depth=depth)
+    assert sorted(m.record.content for m in hits) == sorted(crew)
+
+
 @pytest.mark.parametrize("scope", [None, "/langgraph/users/u0"])
 def test_a_crewai_consolidation_never_deletes_a_langgraph_item(both, scope):
     """DEFECT: consolidation in the worker (CrewAI's EncodingFlow over

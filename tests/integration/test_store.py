@@ -264,6 +264,48 @@ def test_search_scope_prefix_by_path_component(store: ValkeyStore) -> None:
     assert everything(store, scope_prefix="/a/b/c/d") == []
 
 
+@pytest.mark.parametrize("path", ["default", "scan"])
+def test_search_exclude_scope_by_path_component(store_factory, path: str) -> None:
+    """``exclude_scope`` leaves out the scope and everything below it, by path
+    component, in the query: the top ``limit`` of the rest come back in full even when
+    the excluded records are the nearest (the LangGraph items of a shared namespace
+    must not shorten a CrewAI recall). ``scan``: the exact path's bulk read."""
+    store = store_factory()
+    reader = store_factory(exact_cache_max_records=0) if path == "scan" else store
+    store.save([mk(f"s{i}", scope=s) for i, s in enumerate(SCOPES)])
+    by_scope = {s: f"s{i}" for i, s in enumerate(SCOPES)}
+
+    def expect(*scopes: str) -> set[str]:
+        return {by_scope[s] for s in scopes}
+
+    assert id_set(everything(reader, exclude_scope="/a")) == expect("/", "/ab", "/b", "/B")
+    assert id_set(everything(reader, exclude_scope="a/b")) == expect("/", "/a", "/ab", "/a/bc", "/b", "/B")
+    assert id_set(everything(reader, scope_prefix="/a", exclude_scope="/a/b")) == expect("/a", "/a/bc")
+    assert everything(reader, scope_prefix="/a/b", exclude_scope="/a") == []  # all of it excluded
+    assert everything(reader, scope_prefix="/a", exclude_scope="/a") == []
+    # beside the searched scope: excludes nothing searched
+    assert id_set(everything(reader, scope_prefix="/a", exclude_scope="/b")) == expect("/a", "/a/b", "/a/b/c", "/a/bc")
+    assert id_set(everything(reader, exclude_scope="/nope")) == expect(*SCOPES)
+    # with other filters, and filled to the limit past nearer excluded records
+    near = vec(4242)
+    store.save([mk(f"x{i}", scope="/langgraph/u", embedding=near, categories=["k"]) for i in range(20)])
+    store.save([mk(f"y{i}", scope="/crew", seed=i, categories=["k"]) for i in range(5)])
+    hits = reader.search(near, limit=5, min_score=-2.0, exclude_scope="/langgraph")
+    assert len(hits) == 5 and not any(r.scope.startswith("/langgraph") for r, _ in hits)
+    hits = reader.search(near, categories=["k"], limit=5, min_score=-2.0, exclude_scope="/langgraph")
+    assert id_set(hits) == {f"y{i}" for i in range(5)}
+    assert len(reader.search(near, limit=5, min_score=-2.0)) == 5  # without it: the nearest, excluded ones
+
+
+@pytest.mark.parametrize("bad", ["/", "", "//", 7, "/a\x00"])
+def test_search_exclude_scope_refuses_the_root_and_bad_scopes(store: ValkeyStore, bad: Any) -> None:
+    """An ``exclude_scope`` that is the root (it would exclude everything, most likely
+    a mistake) or not a scope is refused naming the field; nothing else changes."""
+    store.save([mk("r1", scope="/a")])
+    with pytest.raises(ValidationError, match="exclude_scope"):
+        store.search(vec(1), exclude_scope=bad)
+
+
 def test_search_categories_any_of(store: ValkeyStore) -> None:
     store.save(
         [

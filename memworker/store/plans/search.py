@@ -50,6 +50,7 @@ class SearchPlans(ReadPlans):
         include_private: bool,
         viewer: str | None,
         metadata_ranges: Mapping[str, Any] | None = None,
+        exclude_scope: str | None = None,
     ) -> Plan[list[tuple[Any, float]]]:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1 or limit > MAX_LIMIT:
             # never the value's repr: a huge int's fails (4,300 digits at most)
@@ -65,6 +66,7 @@ class SearchPlans(ReadPlans):
             include_private=include_private,
             viewer=viewer,
             metadata_ranges=metadata_ranges,
+            exclude_scope=exclude_scope,
         )
         stored = yield from self._p_stored_dim()
         if stored is None:
