@@ -322,7 +322,10 @@ class HealthMiddleware(Middleware):
             pipe.execute()
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
-        self.beat(broker)
+        try:
+            self.beat(broker)
+        except Exception:  # the server full or away: the loop beats again (it must start)
+            log.warning("worker health beat failed", exc_info=True)
         context = getattr(broker, "context", None)
         sweeper = None
         if context is not None:  # the expiry and retention sweep (memworker.worker.sweep)
