@@ -334,6 +334,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, default=str))
         return EXIT_OK
     _print_status(status)
+    _eviction_warning(settings)
     return EXIT_OK
 
 
@@ -529,11 +530,33 @@ def _shadowed(policies: dict[str, float], scope: str) -> list[str]:
 def _cmd_check(args: argparse.Namespace) -> int:
     import socket
 
-    from memworker.queue.admin import check_health
+    from memworker.queue.admin import ALLOW_EVICTION_ENV, check_health, eviction_allowed
 
-    healthy = check_health(_settings(args), host=None if args.any else socket.gethostname())
-    print("ok" if healthy else "no live worker", file=sys.stdout if healthy else sys.stderr)
-    return EXIT_OK if healthy else EXIT_FAILURE
+    settings = _settings(args)
+    if not check_health(settings, host=None if args.any else socket.gethostname()):
+        print("no live worker", file=sys.stderr)
+        return EXIT_FAILURE
+    if _eviction_warning(settings) is not None and not eviction_allowed():
+        # what a worker refuses to start on (a server policy changed since it started)
+        print(f"not healthy: the server may evict keys (or set {ALLOW_EVICTION_ENV}=1)", file=sys.stderr)
+        return EXIT_FAILURE
+    print("ok")
+    return EXIT_OK
+
+
+def _eviction_warning(settings: Settings) -> str | None:
+    """Print (stderr) and return what :func:`~memworker.queue.admin.eviction_plan` finds
+    wrong with the server's memory policy; ``None`` when nothing (or unreadable)."""
+    from memworker.errors import QueueError
+    from memworker.queue.admin import eviction_risk
+
+    try:
+        risk = eviction_risk(settings)
+    except QueueError:
+        return None  # unreachable (said otherwise) or INFO denied
+    if risk is not None:
+        print(f"warning: {risk}", file=sys.stderr)
+    return risk
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:

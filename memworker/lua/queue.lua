@@ -39,6 +39,10 @@
 --            failed hash, reported zset, committed zset, deliveries hash, producer id,
 --            job id, now (ms), delivery field -> 1 when this call moved it, else 0
 --
+--   memory:  (nothing) -> INFO memory of the namespace's server (its maxmemory and
+--            maxmemory-policy: memworker/queue/admin.py eviction_plan; a script, so
+--            a Valkey Cluster answers from the namespace's shard)
+--
 -- requeue is `memworker dead requeue` (memworker/queue/admin.py): the dead letter back
 -- on the queue, with its job's pending mark restored and its reports cleared, only if
 -- it is still a dead letter (ZREM). Two requeues of one dead letter at once, each having
@@ -157,6 +161,10 @@ if op == "claim" then
   end
   if own ~= "" then redis.call("SET", own, cjson.encode(out), "PX", 60000) end
   return out
+end
+
+if op == "memory" then
+  return redis.call("INFO", "memory")
 end
 
 return redis.error_reply("UNKNOWNOP " .. tostring(op))

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
+from memworker.errors import shown
 from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, Plan, Script
 from memworker.io.redispy import RedisSyncDriver
 from memworker.keys import DEFAULT_QUEUE, QueueKeys
@@ -23,9 +25,13 @@ from memworker.settings import Settings
 from memworker.store.validate import check_ids
 
 __all__ = [
+    "ALLOW_EVICTION_ENV",
     "HEALTH_TTL_MS",
     "as_text",
     "check_health",
+    "eviction_allowed",
+    "eviction_plan",
+    "eviction_risk",
     "dead_list",
     "dead_purge",
     "dead_requeue",
@@ -38,6 +44,10 @@ __all__ = [
 
 #: A worker whose health key is older than this is not live, in milliseconds.
 HEALTH_TTL_MS = 5_000
+
+#: ``1``/``true``/``yes``: a worker starts (and ``memworker check`` passes) on a server
+#: that may evict keys, with a warning instead of a refusal.
+ALLOW_EVICTION_ENV = "MEMWORKER_ALLOW_EVICTION"
 
 
 def now_ms() -> int:
@@ -75,6 +85,45 @@ def _pairs(reply: Any) -> list[tuple[Any, Any]]:
     if isinstance(reply[0], (list, tuple)):
         return [tuple(pair) for pair in reply]
     return list(zip(reply[::2], reply[1::2]))
+
+
+def eviction_plan() -> Plan[str | None]:
+    """What is wrong when the namespace's server may evict keys on its own (a
+    ``maxmemory`` limit with a ``maxmemory-policy`` other than ``noeviction``: queued
+    jobs, pending marks, reports and records would vanish unnoticed, even the
+    ``volatile-*`` policies take the reports and markers that carry a TTL), as a
+    sentence; ``None`` when it never evicts. Read from ``INFO memory`` in a script, so
+    on a Valkey Cluster the namespace's own shard answers."""
+    info = as_text((yield Script("queue", ["memory"])))
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    limit = fields.get("maxmemory", "").strip()
+    policy = fields.get("maxmemory_policy", "").strip()
+    if not limit.isdigit() or int(limit) == 0 or policy in ("", "noeviction"):
+        return None
+    return (
+        f"the Valkey server may evict keys (maxmemory {int(limit)} bytes, maxmemory-policy "
+        f"{shown(policy)}): queued saves, their reports and stored records would vanish "
+        "unnoticed; set maxmemory-policy noeviction (or maxmemory 0)"
+    )
+
+
+def eviction_risk(settings: Settings, *, client: Any = None) -> str | None:
+    """:func:`eviction_plan` against ``settings``' server (for the worker's start and
+    ``memworker check``).
+
+    Raises:
+        QueueError: The server could not be read (unreachable, or ``INFO`` denied).
+    """
+    driver = _driver(settings, client)
+    try:
+        return driver.run(eviction_plan())
+    finally:
+        driver.close()
+
+
+def eviction_allowed(env: Mapping[str, str] | None = None) -> bool:
+    """Whether :data:`ALLOW_EVICTION_ENV` says to run on a server that may evict keys."""
+    return (os.environ if env is None else env).get(ALLOW_EVICTION_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def _driver(settings: Settings, client: Any = None) -> RedisSyncDriver:

@@ -49,6 +49,8 @@ from memworker.queue.jobs import (
 
 __all__ = [
     "DRAIN_POLL_MS",
+    "RECENT_JOBS",
+    "RecentJobs",
     "Wait",
     "drain_async",
     "drain_plan",
@@ -202,7 +204,17 @@ def _report(found: list[Found]) -> DrainReport:
     return DrainReport(committed=committed, failed=failed, lost=lost)
 
 
-def _cause(depth: int, live: int) -> str:
+def _cause(depth: int, live: int, messages: int) -> str:
+    if messages == 0:
+        # A pending job's message is in one of the two hashes until its commit (a
+        # retry's copy is queued before the original is acked; a dead letter leaves
+        # pending in the same step): none at all means the messages went behind
+        # memworker's back
+        return (
+            "no message is queued, in flight or delayed: the jobs' messages are gone from "
+            "the server (evicted under a maxmemory-policy other than noeviction, or deleted) "
+            "and these jobs will never commit"
+        )
     if live == 0:
         return (
             "no live worker (no worker health key refreshed in the last "
@@ -212,13 +224,17 @@ def _cause(depth: int, live: int) -> str:
 
 
 def _depth_live_commands(keys: QueueKeys) -> list[list[Any]]:
-    return [["LLEN", keys.q()], ["ZCOUNT", keys.workers, str(now_ms() - HEALTH_TTL_MS), "+inf"]]
+    return [
+        ["LLEN", keys.q()],
+        ["ZCOUNT", keys.workers, str(now_ms() - HEALTH_TTL_MS), "+inf"],
+        ["HLEN", keys.msgs()],
+        ["HLEN", keys.delayed_msgs()],
+    ]
 
 
-def _timeout(
-    keys: QueueKeys, left: dict[str, list[str]], depth: int, live: int, timeout: Any
-) -> DrainTimeout:
-    return DrainTimeout([i for ids in left.values() for i in ids], _cause(depth, live), timeout)
+def _timeout(keys: QueueKeys, left: dict[str, list[str]], counts: list[Any], timeout: Any) -> DrainTimeout:
+    depth, live, queued, delayed = (int(c) for c in counts)
+    return DrainTimeout([i for ids in left.values() for i in ids], _cause(depth, live, queued + delayed), timeout)
 
 
 def drain_plan(
@@ -229,6 +245,7 @@ def drain_plan(
     owner: str | None,
     replicas: int = 0,
     replica_timeout_ms: int = 5_000,
+    also: dict[str, list[str]] | None = None,
 ) -> Generator[Step | Wait, Any, DrainReport]:
     """The drain barrier, IO-free: run by :func:`drain_sync` and :func:`drain_async`
     after they subscribed to the producers' done channel(s), so no wake-up can fall
@@ -244,6 +261,8 @@ def drain_plan(
             producers' are reported and left for them. ``None``: consume nothing.
         replicas: Report commits only once this many replicas have them.
         replica_timeout_ms: How long to wait for them.
+        also: Job ids to wait for besides the snapshot, per producer (a queue's
+            :class:`RecentJobs`: one found nowhere is reported lost).
 
     Yields:
         :class:`~memworker.io.plan.Pipeline` steps (plain reads, MULTI reads and
@@ -257,6 +276,8 @@ def drain_plan(
     if given is None:
         replies = yield Pipeline(_snapshot_commands(keys, producers))
         snap = dict(zip(producers, replies))
+        for p, ids in (also or {}).items():
+            snap[p] = [*snap.get(p, []), *ids]
     else:
         snap = given
     # An id given twice is waited for, and reported, once.
@@ -278,8 +299,7 @@ def drain_plan(
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                depth, live = yield Pipeline(_depth_live_commands(keys))
-                raise _timeout(keys, left, int(depth), int(live), timeout)
+                raise _timeout(keys, left, (yield Pipeline(_depth_live_commands(keys))), timeout)
             wait = min(wait, remaining)
         notified = yield Wait(wait)
         # A wake-up names the job that left its pending set: drop it without reading
@@ -350,6 +370,7 @@ def drain_sync(
     *,
     owner: str | None = None,
     given: dict[str, list[str]] | None = None,
+    also: dict[str, list[str]] | None = None,
 ) -> DrainReport:
     """Run :func:`drain_plan` on ``driver`` (each step with the driver's retries and
     error wrapping), its waits on a pub/sub subscription made before the snapshot."""
@@ -359,7 +380,7 @@ def drain_sync(
             driver.guarded(lambda _c: pubsub.subscribe(keys.producer(producers[0]).done_channel))
         else:
             driver.guarded(lambda _c: pubsub.psubscribe(keys.done_pattern))
-        plan = drain_plan(keys, producers, timeout, given, owner, *_replication(driver))
+        plan = drain_plan(keys, producers, timeout, given, owner, *_replication(driver), also=also)
         reply: Any = None
         while True:
             try:
@@ -384,6 +405,7 @@ async def drain_async(
     owner: str | None = None,
     given: dict[str, list[str]] | None = None,
     late: LateClaims | None = None,
+    also: dict[str, list[str]] | None = None,
 ) -> DrainReport:
     """Async :func:`drain_sync`. The final claim runs to its end even if the drain is
     cancelled meanwhile (``asyncio.wait_for``): what it consumed goes to ``late``, for
@@ -394,7 +416,7 @@ async def drain_async(
             await driver.guarded(lambda _c: pubsub.subscribe(keys.producer(producers[0]).done_channel))
         else:
             await driver.guarded(lambda _c: pubsub.psubscribe(keys.done_pattern))
-        plan = drain_plan(keys, producers, timeout, given, owner, *_replication(driver))
+        plan = drain_plan(keys, producers, timeout, given, owner, *_replication(driver), also=also)
         reply: Any = None
         while True:
             try:
@@ -417,6 +439,57 @@ async def drain_async(
                 reply = await driver.run(one(step))
     finally:
         await pubsub.aclose()
+
+
+#: How many of its latest jobs a queue remembers for its next drain (:class:`RecentJobs`).
+RECENT_JOBS = 10_000
+#: ... and for how long: a commit's marker and a report's tombstone are kept
+#: MARKER_TTL_MS; past that a job found nowhere may have been reported already.
+RECENT_MS = MARKER_TTL_MS - 600_000
+
+
+class RecentJobs:
+    """The jobs a queue enqueued since its last drain (at most :data:`RECENT_JOBS`,
+    each for :data:`RECENT_MS`), which that drain looks for besides the pending set:
+    a job found nowhere (the server flushed, restarted without persistence, or evicted
+    it between the enqueue and the drain) is reported lost instead of going unseen."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: dict[str, float] = {}
+
+    def add(self, job_id: str) -> None:
+        """Remember a job that is in Valkey (its enqueue returned)."""
+        with self._lock:
+            self._ids[job_id] = time.monotonic()
+            if len(self._ids) > RECENT_JOBS:
+                del self._ids[next(iter(self._ids))]
+
+    def take(self) -> dict[str, float]:
+        """Forget and return the jobs still young enough to look for."""
+        oldest = time.monotonic() - RECENT_MS / 1000
+        with self._lock:
+            out = {i: t for i, t in self._ids.items() if t >= oldest}
+            self._ids.clear()
+        return out
+
+    def put_back(self, taken: dict[str, float]) -> None:
+        """Remember again what a drain took and did not report (it failed)."""
+        with self._lock:
+            self._ids = {**taken, **self._ids}
+            while len(self._ids) > RECENT_JOBS:
+                del self._ids[next(iter(self._ids))]
+
+    def discard(self, job_ids: list[str]) -> None:
+        """Forget jobs a drain waited for by id."""
+        with self._lock:
+            for i in job_ids:
+                self._ids.pop(i, None)
+
+    def clear(self) -> None:
+        """Forget everything (a forked child: another producer's jobs)."""
+        with self._lock:
+            self._ids.clear()
 
 
 class LateClaims:

@@ -20,6 +20,7 @@ Key layout: :class:`memworker.keys.QueueKeys`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -36,8 +37,8 @@ from memworker.keys import DEFAULT_QUEUE, QueueKeys, result_key
 from memworker.metrics import producer_metrics
 from memworker.tracing import enabled as tracing_enabled
 from memworker.tracing import inject, span
-from memworker.queue.admin import as_text, now_ms, shown_text, status_plan
-from memworker.queue.drain import LateClaims, drain_async, drain_sync, p_replicated, replica_timeout_ms
+from memworker.queue.admin import as_text, eviction_plan, now_ms, shown_text, status_plan
+from memworker.queue.drain import LateClaims, RecentJobs, drain_async, drain_sync, p_replicated, replica_timeout_ms
 from memworker.queue.group import AsyncGroupCommit, GroupCommit
 from memworker.queue.jobs import (
     DEFAULT_MAX_ITEMS,
@@ -59,6 +60,8 @@ from memworker.settings import Settings
 from memworker.store.validate import MAX_ID_LENGTH
 
 __all__ = ["MemoryQueue", "default_producer_id", "enqueue_head", "enqueue_step", "merge_enqueues"]
+
+log = logging.getLogger("memworker.queue")
 
 
 def default_producer_id() -> str:
@@ -174,9 +177,12 @@ class MemoryQueue:
         self.max_job_bytes = max_job_bytes
         self.max_items = max_items
         self._id_head = enqueue_head(self.keys, self._id)
+        self._policy_read = False  # the server's maxmemory-policy: read on the first enqueue
         self._driver = RedisSyncDriver(self.settings, QUEUE_ERRORS)
         #: What drains cancelled during their claim consumed, for the next drain.
         self._late = LateClaims()
+        #: The jobs enqueued since the last drain, which it looks for (found nowhere: lost).
+        self._recent = RecentJobs()
         self._adriver = RedisAsyncDriver(self.settings, QUEUE_ERRORS)
         # Enqueues of concurrent threads share script calls (each its own job).
         self._sends: GroupCommit[BaseException | None] = GroupCommit(
@@ -193,6 +199,7 @@ class MemoryQueue:
         if self._id_pid is not None and self._id_pid != os.getpid():
             self._id, self._id_pid = default_producer_id(), os.getpid()
             self._id_head = enqueue_head(self.keys, self._id)
+            self._recent.clear()  # the parent's jobs, not this producer's
         return self._id
 
     @property
@@ -236,6 +243,7 @@ class MemoryQueue:
                 error = self._sends.submit(step)
         if error is not None:
             raise error
+        self._recent.add(step.args[-1])
 
     def _send_enqueues(self, steps: list[Script]) -> list[BaseException | None]:
         """Send the enqueues of concurrent callers (:class:`GroupCommit`), as few
@@ -257,6 +265,7 @@ class MemoryQueue:
             error = await self._asends.submit(step)
         if error is not None:
             raise error
+        self._recent.add(step.args[-1])
 
     async def _asend_enqueues(self, steps: list[Script]) -> list[BaseException | None]:
         """Async :meth:`_send_enqueues`."""
@@ -290,7 +299,17 @@ class MemoryQueue:
 
     def _p_enqueue(self, step: Script) -> Plan[None]:
         """The enqueue's script, then (``MEMWORKER_COMMIT_REPLICAS``) the wait until
-        enough replicas have it."""
+        enough replicas have it. The queue's first enqueue first reads the server's
+        memory policy and logs a warning when it may evict keys (once a queue: the
+        workers refuse such a server; an agent should not fail on it)."""
+        if not self._policy_read:
+            self._policy_read = True
+            try:
+                risk = yield from eviction_plan()
+            except Exception:  # noqa: BLE001 - INFO denied, or the server away (the enqueue says so)
+                risk = None
+            if risk is not None:
+                log.warning("namespace %r: %s", self.keys.namespace, risk)
         yield step
         timeout_ms = replica_timeout_ms(self.settings.request_timeout_ms)
         yield from p_replicated(self.keys, self.settings.commit_replicas, timeout_ms, "enqueue")
@@ -452,11 +471,32 @@ class MemoryQueue:
             DrainTimeout: Naming the stuck jobs and the likely cause.
         """
         given = None if job_ids is None else {self.producer_id: check_job_ids(job_ids)}
-        with self._timed("drain_wait"):
-            report = drain_sync(
-                self._driver, self.keys, [self.producer_id], timeout, given=given, owner=self._owner(consume)
-            )
+        recent = self._take_recent(consume)
+        try:
+            with self._timed("drain_wait"):
+                report = drain_sync(
+                    self._driver, self.keys, [self.producer_id], timeout, given=given,
+                    owner=self._owner(consume), also=self._also(recent, given),
+                )  # fmt: skip
+        except BaseException:
+            self._recent.put_back(recent)
+            raise
         return self._with_late(report) if consume else report
+
+    def _take_recent(self, consume: bool) -> dict[str, float]:
+        """The jobs enqueued since the last drain, for a drain that consumes (an
+        observer leaves them); a forked child's own id first (it has none of them)."""
+        self.producer_id  # noqa: B018
+        return self._recent.take() if consume else {}
+
+    def _also(self, recent: dict[str, float], given: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        """What a drain looks for besides its snapshot: the jobs enqueued since the
+        last drain (none when it waits for given ids: those it had are forgotten)."""
+        if given is not None:
+            waited = set(given[self.producer_id])
+            self._recent.put_back({i: t for i, t in recent.items() if i not in waited})
+            return None
+        return {self.producer_id: list(recent)} if recent else None
 
     def _owner(self, consume: bool) -> str | None:
         return self.producer_id if consume else None
@@ -482,7 +522,15 @@ class MemoryQueue:
         ``memworker drain --all`` is)."""
         raw = self._driver.run(one(Call(["SMEMBERS", self.keys.producers])))
         producers = sorted(as_text(p) for p in raw)
-        report = drain_sync(self._driver, self.keys, producers, timeout, owner=self._owner(consume))
+        recent = self._take_recent(consume)
+        try:
+            report = drain_sync(
+                self._driver, self.keys, producers, timeout, owner=self._owner(consume),
+                also=self._also(recent, None),
+            )  # fmt: skip
+        except BaseException:
+            self._recent.put_back(recent)
+            raise
         return self._with_late(report) if consume else report
 
     def pending(self) -> list[str]:
@@ -565,11 +613,16 @@ class MemoryQueue:
     ) -> DrainReport:
         """Async :meth:`drain`."""
         given = None if job_ids is None else {self.producer_id: check_job_ids(job_ids)}
-        with self._timed("drain_wait"):
-            report = await drain_async(
-                self._adriver, self.keys, [self.producer_id], timeout, given=given,
-                owner=self._owner(consume), late=self._late,
-            )  # fmt: skip
+        recent = self._take_recent(consume)
+        try:
+            with self._timed("drain_wait"):
+                report = await drain_async(
+                    self._adriver, self.keys, [self.producer_id], timeout, given=given,
+                    owner=self._owner(consume), late=self._late, also=self._also(recent, given),
+                )  # fmt: skip
+        except BaseException:
+            self._recent.put_back(recent)
+            raise
         if consume:
             await self._late.settle()
             return self._with_late(report)
@@ -579,9 +632,15 @@ class MemoryQueue:
         """Async :meth:`drain_all`."""
         raw = await self._adriver.run(one(Call(["SMEMBERS", self.keys.producers])))
         producers = sorted(as_text(p) for p in raw)
-        report = await drain_async(
-            self._adriver, self.keys, producers, timeout, owner=self._owner(consume), late=self._late
-        )
+        recent = self._take_recent(consume)
+        try:
+            report = await drain_async(
+                self._adriver, self.keys, producers, timeout, owner=self._owner(consume), late=self._late,
+                also=self._also(recent, None),
+            )  # fmt: skip
+        except BaseException:
+            self._recent.put_back(recent)
+            raise
         if consume:
             await self._late.settle()
             return self._with_late(report)

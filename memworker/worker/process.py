@@ -23,11 +23,12 @@ from typing import Any
 import dramatiq
 
 from memworker.crewai.flow import check_worker_dimension, check_worker_model
-from memworker.errors import ConfigError, shown
+from memworker.errors import ConfigError, QueueError, shown
 from memworker.metrics import flush_worker_metrics, worker_metrics
 from memworker.tracing import setup_worker_tracing, shutdown_worker_tracing
 from memworker.records import dimension_mismatch, record_types
 from memworker.embedded import ensure_embedded
+from memworker.queue.admin import ALLOW_EVICTION_ENV, eviction_allowed, eviction_risk
 from memworker.settings import Settings
 from memworker.worker.actors import make_broker
 from memworker.worker.broker import WORKER_TIMEOUT_MS, MemworkerBroker
@@ -42,7 +43,7 @@ from memworker.worker_settings import (
     read_metrics_port,
 )
 
-__all__ = ["BROKER_ENV", "broker_options", "run_worker", "running_worker", "warm_up"]
+__all__ = ["BROKER_ENV", "broker_options", "check_eviction", "run_worker", "running_worker", "warm_up"]
 
 log = logging.getLogger("memworker.worker")
 
@@ -68,6 +69,7 @@ def running_worker(
         worker_timeout_ms: Longest idle block (also bounds the time ``stop`` takes).
         **options: Passed to :func:`make_broker` (``max_retries``, ``min_backoff_ms``...).
     """
+    check_eviction(Settings.resolve(settings))
     broker = make_broker(settings, **options)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=worker_timeout_ms)
     worker.start()
@@ -80,6 +82,27 @@ def running_worker(
         if broker.context is not None:
             broker.context.close()
         shutdown_worker_tracing()  # flush the last spans
+
+
+def check_eviction(settings: Settings) -> None:
+    """Refuse to serve a server that may evict keys (:func:`~memworker.queue.admin.eviction_plan`):
+    what it evicts is lost unnoticed. With ``MEMWORKER_ALLOW_EVICTION=1`` a warning
+    instead; a server that does not say (``INFO`` denied by an ACL) is a warning too.
+
+    Raises:
+        ConfigError: The server may evict keys.
+    """
+    try:
+        risk = eviction_risk(settings)
+    except QueueError as exc:
+        log.warning("could not read the Valkey server's maxmemory-policy (%s): it must be noeviction", exc)
+        return
+    if risk is None:
+        return
+    if eviction_allowed():
+        log.warning("%s; serving anyway (%s is set)", risk, ALLOW_EVICTION_ENV)
+        return
+    raise ConfigError(f"{risk}; or set {ALLOW_EVICTION_ENV}=1 to run anyway")
 
 
 def warm_up(*, flow: bool | None = None, freeze: bool = False) -> threading.Thread | None:
@@ -299,6 +322,7 @@ def run_worker(
     settings = ensure_embedded(settings)  # start/find the embedded server once, before the children
     qlist = list(queues) if queues else None
     check_nice(nice)
+    check_eviction(settings)  # before any child loads a model
     with _metrics_server(settings, read_metrics_port(metrics_port)):
         return _run(settings, threads, qlist, processes, nice, options)
 
