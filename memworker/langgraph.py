@@ -173,10 +173,11 @@ _TRACE_ROOM = 640
 
 class _OneByOne:
     """A group over a job's size, sent one job per put: :meth:`next` gives the item to
-    send (``None``: done), :meth:`told` the ``ValidationError`` that refused it (or
-    ``None``); :attr:`results` holds each item's verdict, so one caller's refused put
-    fails that caller only. Per key, the latest version goes first; if it is refused,
-    the next one (which it would have replaced) goes instead, and so on."""
+    send (``None``: done), :meth:`told` the error that refused it (a ``ValidationError``,
+    or the server's: lost, full) or ``None``; :attr:`results` holds each item's verdict,
+    so one caller's failed put fails that caller only and the others are told their
+    own. Per key, the latest version goes first; if it fails, the next one (which it
+    would have replaced) goes instead, and so on."""
 
     def __init__(self, items: list[dict[str, Any]]) -> None:
         self._items = items
@@ -184,7 +185,7 @@ class _OneByOne:
         for item in items:
             versions.setdefault(item["id"], []).append(item)
         self._order = [sorted(group, key=lambda i: -i["ver"]) for group in versions.values()]
-        self._verdict: dict[int, ValidationError | None] = {}
+        self._verdict: dict[int, Exception | None] = {}
         self._current: dict[str, Any] | None = None
 
     def next(self) -> dict[str, Any] | None:
@@ -193,14 +194,14 @@ class _OneByOne:
         self._current = self._order[0].pop(0) if self._order else None
         return self._current
 
-    def told(self, error: ValidationError | None) -> None:
+    def told(self, error: Exception | None) -> None:
         assert self._current is not None
         self._verdict[id(self._current)] = error
         if error is None:
             self._order.pop(0)  # accepted: the key's older versions are superseded
 
     @property
-    def results(self) -> list[ValidationError | None]:
+    def results(self) -> list[Exception | None]:
         return [self._verdict.get(id(item)) for item in self._items]
 
 
@@ -597,9 +598,9 @@ class QueuedStore(BaseStore):
         self._drained = 0
         self._count_lock = threading.Lock()
         # Concurrent single puts from many threads go out as one job (group commit).
-        self._group: GroupCommit[ValidationError | None] = GroupCommit(self._send_group, GROUP_LIMIT)
+        self._group: GroupCommit[Exception | None] = GroupCommit(self._send_group, GROUP_LIMIT)
         # ... and so do those of concurrent tasks (``aput``) of one event loop.
-        self._agroup: AsyncGroupCommit[ValidationError | None] = AsyncGroupCommit(self._asend_group, GROUP_LIMIT)
+        self._agroup: AsyncGroupCommit[Exception | None] = AsyncGroupCommit(self._asend_group, GROUP_LIMIT)
         self._query_embedder: Any = None
         self._embed_lock = threading.Lock()
         self._sweep_set = False
@@ -660,6 +661,11 @@ class QueuedStore(BaseStore):
                     reply = self._group.submit(args[0])
                     if reply is not None:
                         raise reply  # this caller's put alone was refused
+                elif target == "q" and name.startswith("enqueue"):
+                    try:
+                        reply = getattr(self.queue, name)(*args, **kwargs)
+                    finally:
+                        self._count_enqueued()  # even failed: it may be in Valkey
                 else:
                     obj = self.store if target == "s" else self.queue
                     reply = getattr(obj, name)(*args, **kwargs)
@@ -678,6 +684,11 @@ class QueuedStore(BaseStore):
                     reply = await self._agroup.submit(args[0])
                     if reply is not None:
                         raise reply  # this caller's put alone was refused
+                elif target == "q" and name.startswith("enqueue"):
+                    try:
+                        reply = await getattr(self.queue, "a" + name)(*args, **kwargs)
+                    finally:
+                        self._count_enqueued()  # even failed or cancelled: it may be in Valkey
                 else:
                     obj = self.store if target == "s" else self.queue
                     reply = await getattr(obj, "a" + name)(*args, **kwargs)
@@ -685,11 +696,14 @@ class QueuedStore(BaseStore):
             return done.value
 
     def close(self) -> None:
-        """Close the store's and the queue's clients."""
+        """Close the store's and the queue's sync clients, and drop their async ones
+        of event loops that are closed (``asyncio.run`` ended); a running loop's are
+        closed by :meth:`aclose` (``async with``)."""
         self.store.close()
         self.queue.close()
 
     async def aclose(self) -> None:
+        """Close the store's and the queue's clients of the running event loop."""
         await self.store.aclose()
         await self.queue.aclose()
 
@@ -697,6 +711,13 @@ class QueuedStore(BaseStore):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> QueuedStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
         self.close()
 
     # ------------------------------------------------------------------ the plan of a batch
@@ -745,10 +766,12 @@ class QueuedStore(BaseStore):
         with self._count_lock:
             self._enqueued += 1
 
-    def _send_group(self, items: list[dict[str, Any]]) -> list[ValidationError | None]:
+    def _send_group(self, items: list[dict[str, Any]]) -> list[Exception | None]:
         """One job for the single puts of concurrent callers (each validated alone):
         of two puts of one key, the later version goes (it would win anyway). Each
-        caller gets its own put's verdict (see :class:`_OneByOne`)."""
+        caller gets its own put's verdict (see :class:`_OneByOne`). Counted for the
+        next read's drain whatever the send's outcome, even interrupted: a job may be
+        in Valkey though its caller never saw the reply."""
         unique = _latest(items)
         try:
             self.queue.enqueue_encode_items(unique)
@@ -756,22 +779,21 @@ class QueuedStore(BaseStore):
             if len(items) == 1:  # one caller: its verdict (two of one key: one by one)
                 raise
             verdicts = _OneByOne(items)
-            try:
-                while (item := verdicts.next()) is not None:
-                    try:
-                        self.queue.enqueue_encode_items([item])
-                    except ValidationError as exc:
-                        verdicts.told(exc)
-                    else:
-                        verdicts.told(None)
-            finally:
-                self._count_enqueued()
+            while (item := verdicts.next()) is not None:
+                try:
+                    self.queue.enqueue_encode_items([item])
+                except Exception as exc:  # noqa: BLE001 - this put's own verdict
+                    verdicts.told(exc)
+                else:
+                    verdicts.told(None)
             return verdicts.results
-        self._count_enqueued()
+        finally:
+            self._count_enqueued()
         return [None] * len(items)
 
-    async def _asend_group(self, items: list[dict[str, Any]]) -> list[ValidationError | None]:
-        """Async :meth:`_send_group`."""
+    async def _asend_group(self, items: list[dict[str, Any]]) -> list[Exception | None]:
+        """Async :meth:`_send_group` (counted even when the sending task is cancelled
+        waiting for the reply)."""
         unique = _latest(items)
         try:
             await self.queue.aenqueue_encode_items(unique)
@@ -779,18 +801,16 @@ class QueuedStore(BaseStore):
             if len(items) == 1:  # one caller: its verdict (two of one key: one by one)
                 raise
             verdicts = _OneByOne(items)
-            try:
-                while (item := verdicts.next()) is not None:
-                    try:
-                        await self.queue.aenqueue_encode_items([item])
-                    except ValidationError as exc:
-                        verdicts.told(exc)
-                    else:
-                        verdicts.told(None)
-            finally:
-                self._count_enqueued()
+            while (item := verdicts.next()) is not None:
+                try:
+                    await self.queue.aenqueue_encode_items([item])
+                except Exception as exc:  # noqa: BLE001 - this put's own verdict
+                    verdicts.told(exc)
+                else:
+                    verdicts.told(None)
             return verdicts.results
-        self._count_enqueued()
+        finally:
+            self._count_enqueued()
         return [None] * len(items)
 
     def _p_settle(self) -> _Plan:
@@ -901,11 +921,9 @@ class QueuedStore(BaseStore):
             yield ("g", "", (prepared[0],))  # with other threads' puts, as one job
         else:
             for job in encode_jobs:
-                yield ("q", "enqueue_encode_items", (job,))
-                self._count_enqueued()
+                yield ("q", "enqueue_encode_items", (job,))  # counted by the runner
         for job in save_jobs:
-            yield ("q", "enqueue_save", (job,))
-            self._count_enqueued()
+            yield ("q", "enqueue_save", (job,))  # counted by the runner
         if (encode or save) and not self._sweep_set and self.ttl_config:
             # after the puts went: a refused put records nothing
             minutes = self.ttl_config.get("sweep_interval_minutes")

@@ -307,6 +307,12 @@ class AsyncConnection(_Face, AsyncRunner):
                 self._client = client
         return self._client
 
+    def forget_closed_loop(self) -> None:
+        """Drop the client when its event loop is closed (see
+        :meth:`RedisAsyncDriver.forget_closed_loops`)."""
+        if self._loop is not None and self._loop.is_closed():
+            self._client, self._loop, self._lock = None, None, None
+
     async def _drop(self, client: Any) -> None:
         if self._client is client:
             self._client = None

@@ -428,6 +428,14 @@ class RedisAsyncDriver(_Driver, AsyncRunner):
         """The ``redis.asyncio.Redis`` client of the running loop, created on first use."""
         return self._state().client
 
+    def forget_closed_loops(self) -> None:
+        """Drop the clients of event loops that are closed (``asyncio.run`` ended):
+        nothing can await their connections any more, and unreferenced they go with
+        their sockets. For a sync ``close()`` (no loop to close them on)."""
+        with self._states_lock:
+            for old in [loop for loop in self._states if loop.is_closed()]:
+                del self._states[old]
+
     async def _send(self, step: Step) -> Any:
         client = self.client()
         if isinstance(step, Call):

@@ -569,8 +569,10 @@ class MemoryQueue:
         return out
 
     def close(self) -> None:
-        """Close the sync client (the async one is closed by :meth:`aclose`)."""
+        """Close the sync client (the async one is closed by :meth:`aclose`; those of
+        event loops that are closed already are dropped here)."""
         self._driver.close()
+        self._adriver.forget_closed_loops()
 
     def __enter__(self) -> Self:
         return self

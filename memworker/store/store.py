@@ -379,8 +379,10 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
             time.sleep(0.1)
 
     def close(self) -> None:
-        """Close the sync client (the async one is closed by :meth:`aclose`)."""
+        """Close the sync client (the async one is closed by :meth:`aclose`; one of an
+        event loop that is closed already is dropped here)."""
         self._sync.close()
+        self._async.forget_closed_loop()
 
     def __enter__(self) -> ValkeyStore:
         return self
