@@ -20,7 +20,6 @@ import sys
 from functools import cache
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "memworker"
