@@ -135,16 +135,16 @@ def track_handoff(memory) -> tuple[dict[str, float], list[float]]:
     time from remember_many to its job's enqueue returning lands in ``latencies`` (ms)."""
     starts: dict[str, float] = {}
     out: list[float] = []
-    real = memory.queue.enqueue_encode_job
+    real = memory.queue.enqueue_encode_jobs  # what remember_many's save thread calls
 
-    def timed(items):
-        result = real(items)
-        t0 = starts.pop(items[0]["text"], None)
+    def timed(chunks, *callbacks):
+        result = real(chunks, *callbacks)
+        t0 = starts.pop(chunks[0][0]["text"], None)
         if t0 is not None:
             out.append((time.perf_counter() - t0) * 1000)
         return result
 
-    memory.queue.enqueue_encode_job = timed
+    memory.queue.enqueue_encode_jobs = timed
     return starts, out
 
 

@@ -43,7 +43,7 @@ from memworker.crewai._recall import matches
 from memworker.crewai._settle import Settler
 from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
 from memworker.queue.jobs import DrainTimeout, FailedJob, check_timeout, embed_items, needs_flow
-from memworker.queue.producer import MemoryQueue, default_producer_id
+from memworker.queue.producer import MemoryQueue
 from memworker.store.query import MAX_LIMIT
 from memworker.store.store import ValkeyStore
 from memworker.store.validate import check_retention_days, normalize_scope, normalize_scope_prefix
@@ -153,12 +153,13 @@ class QueuedMemory(Memory):
         if self._embedder_instance is None and self.embedder is None:
             self._embedder_instance = LocalEmbedder()
         policies = self._check_retention(self.retention)
-        # an id fixed here: its settle thread and its queue keep one id (a forked child
-        # has neither the thread nor a reason to share; make the memory in the child)
-        producer = default_producer_id() if self.producer_id is None else self.producer_id
-        self._queue = MemoryQueue(store.settings, producer_id=producer)
-        self.producer_id = self._queue.producer_id
-        self._settler = Settler(store.settings, self._queue.producer_id)
+        # A default id is the process's: a forked child's queue makes its own, and the
+        # settle thread starts afresh there (the parent's jobs are not the child's to
+        # wait for; their failures not its to consume). ``producer_id`` reads it.
+        self._queue = MemoryQueue(store.settings, producer_id=self.producer_id)
+        self._settler = Settler(store.settings, self._queue)
+        if self.producer_id is None:  # shown; a forked child's is ``queue.producer_id``
+            self.producer_id = self._queue.producer_id
         self._group = GroupCommit(self._send_group, GROUP_LIMIT)
         self._ensure_model()
         for scope, days in policies.items():
@@ -219,23 +220,34 @@ class QueuedMemory(Memory):
                           flow=flow, default_importance=self.default_importance)  # fmt: skip
 
     def _enqueue(
-        self, items: list[dict[str, Any]], on_enqueued: Callable[[str, list[str]], None] | None = None
+        self,
+        items: list[dict[str, Any]],
+        on_enqueued: Callable[[str, list[str]], None] | None = None,
+        on_failed_send: Callable[[str], None] | None = None,
     ) -> list[tuple[str, list[str]]]:
         """The items as jobs of at most ``JOB_CHUNK``: every job checked before the
         first is sent (a bad or oversized one: nothing enqueued)."""
         chunks = [items[i : i + JOB_CHUNK] for i in range(0, len(items), JOB_CHUNK)]
-        return self._queue.enqueue_encode_jobs(chunks, on_enqueued)  # type: ignore[no-any-return]
+        return self._queue.enqueue_encode_jobs(chunks, on_enqueued, on_failed_send)  # type: ignore[no-any-return]
 
-    def _send_group(self, job_items: list[dict[str, Any]]) -> list[tuple[str, Future[Any]]]:
+    def _send_group(self, job_items: list[dict[str, Any]]) -> list[tuple[str, Future[Any]] | Exception]:
         """One job for the ``remember()`` items of concurrent calls (see ``_group``):
         ``(job id, its settle future)`` per item. A group over ``max_job_bytes`` is
-        sent item by item, so each caller gets its own item's verdict."""
+        sent item by item, so each caller gets its own item's verdict (its pair, or the
+        error that refused or lost its send). A job whose send failed may be in Valkey
+        all the same (its reply lost): it is watched, so the drain waits for it."""
         try:
-            job_id = self._queue.enqueue_encode_items(job_items)
+            job_id = self._queue.enqueue_encode_items(job_items, on_failed_send=self._settler.watch)
         except ValidationError:
             if len(job_items) == 1:
                 raise
-            return [pair for item in job_items for pair in self._send_group([item])]
+            out: list[tuple[str, Future[Any]] | Exception] = []
+            for item in job_items:
+                try:
+                    out += self._send_group([item])
+                except Exception as exc:  # noqa: BLE001 - this caller's own verdict
+                    out.append(exc)
+            return out
         future = self._settler.watch(job_id)
         return [(job_id, future)] * len(job_items)
 
@@ -297,7 +309,7 @@ class QueuedMemory(Memory):
         try:
             items = self._items([content], scope, categories, metadata, importance, source, private, root)
             if needs_flow(items[0]["flow"]):
-                job_id, ids = self._queue.enqueue_encode_job(items)
+                job_id, ids = self._queue.enqueue_encode_job(items, on_failed_send=self._settler.watch)
                 future = self._settler.watch(job_id)
             else:
                 # The fast path: concurrent calls share one job (group commit). The
@@ -305,7 +317,10 @@ class QueuedMemory(Memory):
                 items[0]["flow"] = _GROUPED_FLOW
                 job_item = embed_items(items, 1)[0]
                 ids = [job_item["id"]]
-                job_id, future = self._group.submit(job_item)
+                verdict = self._group.submit(job_item)
+                if isinstance(verdict, Exception):
+                    raise verdict  # this call's item alone was refused or lost
+                job_id, future = verdict
             try:
                 failure = future.result(timeout=self.drain_timeout)
             except FutureTimeout:
@@ -390,12 +405,15 @@ class QueuedMemory(Memory):
                 call.left += 1
             sent.append(self._settler.watch(job_id))
 
+        def failed_send(job_id: str) -> None:  # it may be in Valkey: waited for all the same
+            enqueued(job_id, [])
+
         with call.lock:
             call.left = 1  # the enqueue itself: no event before it has ended
         try:
             if error is not None:
                 raise error
-            self._enqueue(items or [], enqueued)
+            self._enqueue(items or [], enqueued, failed_send)
         except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
             if not sent:
                 log.warning("remember_many: nothing enqueued: %s", exc)

@@ -17,6 +17,7 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
+from memworker.forks import reset_in_forked_children
 from memworker.io.redispy import redis_client
 from memworker.queue.jobs import LOST_ERROR, FailedJob, QueueKeys, failure_from_json
 from memworker.settings import Settings
@@ -34,10 +35,21 @@ ERROR_PAUSE_S = 0.5
 class Settler:
     """Futures for one producer's jobs, resolved when each job is committed or failed."""
 
-    def __init__(self, settings: Settings, producer: str) -> None:
+    def __init__(self, settings: Settings, queue: Any) -> None:
         self.settings = settings
         self.keys = QueueKeys(settings.namespace)
-        self.producer = producer
+        self._queue = queue
+        self._after_fork()
+        reset_in_forked_children(self)
+
+    @property
+    def producer(self) -> str:
+        """The queue's producer id (a forked child's own, when the id was a default)."""
+        return self._queue.producer_id  # type: ignore[no-any-return]
+
+    def _after_fork(self) -> None:
+        """Nothing watched, no thread (in a forked child: the parent's jobs are not its
+        own to wait for, nor their failures its own to consume)."""
         self._lock = threading.Lock()
         self._waiting: dict[str, Future[Any]] = {}
         self._added = threading.Event()
@@ -64,10 +76,12 @@ class Settler:
             return dict(self._waiting)
 
     def close(self) -> None:
+        """Stop the thread: at once when nothing is watched (waits up to 5 s for it to
+        end), else once what is watched has settled (not waited for here)."""
         self._stop.set()
         self._added.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and thread is not threading.current_thread() and not self.outstanding():
             thread.join(5)
 
     # ------------------------------------------------------------------ thread
@@ -75,7 +89,9 @@ class Settler:
         client = redis_client(self.settings)
         pubsub = None
         try:
-            while not self._stop.is_set():
+            # Stopped (close()), the thread still settles what is watched: a job
+            # enqueued while the memory closed must not leave its caller waiting.
+            while not self._stop.is_set() or self.outstanding():
                 try:
                     if pubsub is None:
                         pubsub = client.pubsub(ignore_subscribe_messages=True)

@@ -24,11 +24,12 @@ go together in the next one.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
+
+from memworker.forks import reset_in_forked_children
 
 __all__ = ["AsyncGroupCommit", "GroupCommit"]
 
@@ -63,10 +64,10 @@ class GroupCommit(Generic[T]):
             raise ValueError(f"limit must be >= 1, got {limit}")
         self._send = send
         self._limit = limit
-        self._reset()
-        _reset_in_forked_children(self)
+        self._after_fork()
+        reset_in_forked_children(self)
 
-    def _reset(self) -> None:
+    def _after_fork(self) -> None:
         """No send in flight, nothing waiting (also in a forked child: a parent's
         thread that was sending is not there to finish, and its waiters' slots are
         copies nobody will wake)."""
@@ -163,26 +164,6 @@ class _LoopQueue:
         self.busy = False
         #: The sender task of the entries that waited (kept: the loop holds tasks weakly).
         self.task: asyncio.Task[None] | None = None
-
-
-#: Every GroupCommit, reset in a forked child (:func:`_reset_in_forked_children`).
-_groups: weakref.WeakSet[GroupCommit[Any]] = weakref.WeakSet()
-_fork_hook: list[bool] = []
-
-
-def _reset_in_forked_children(group: GroupCommit[Any]) -> None:
-    """Reset ``group`` in a child forked while it may be sending (``os.fork`` from
-    another thread than the sender's): the hook runs in the child right after the
-    fork, before any thread of its own can submit. Installed with the first group."""
-    _groups.add(group)
-    if not _fork_hook and hasattr(os, "register_at_fork"):
-        _fork_hook.append(True)
-        os.register_at_fork(after_in_child=_reset_all)
-
-
-def _reset_all() -> None:
-    for group in list(_groups):
-        group._reset()
 
 
 class AsyncGroupCommit(Generic[T]):

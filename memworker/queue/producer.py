@@ -215,6 +215,17 @@ class MemoryQueue:
         )
 
     # ------------------------------------------------------------------ clients
+    def _send_or_tell(self, step: Script, on_failed_send: Callable[[str], None] | None) -> None:
+        """:meth:`_enqueue`; when its send fails, ``on_failed_send(job_id)`` before the
+        error goes on: the job may be in Valkey (the reply lost), so a caller that
+        waits for its jobs by id can still wait for it (committed, or reported lost)."""
+        try:
+            self._enqueue(step)
+        except Exception:
+            if on_failed_send is not None:
+                on_failed_send(step.args[-1])
+            raise
+
     def _enqueue(self, step: Script) -> None:
         """Run one enqueue's script, retrying a transient failure (with the enqueues
         other threads made meanwhile, in one call: :meth:`_send_enqueues`).
@@ -382,28 +393,34 @@ class MemoryQueue:
         """
         return self.enqueue_encode_job(items)[1]
 
-    def enqueue_encode_job(self, items: Sequence[Any]) -> tuple[str, list[str]]:
+    def enqueue_encode_job(
+        self, items: Sequence[Any], *, on_failed_send: Callable[[str], None] | None = None
+    ) -> tuple[str, list[str]]:
         """:meth:`enqueue_encode` that also returns the job id: ``(job_id, record_ids)``.
 
         The job id is what :meth:`drain` (``job_ids=``), ``DrainReport.failed`` and
-        the producer's ``done`` channel speak of.
+        the producer's ``done`` channel speak of. ``on_failed_send(job_id)`` runs when
+        the send fails (the server lost, full): the job may still be in Valkey.
         """
         with self._traced(ENCODE_ACTOR) as note:
             job_id, ids, step = self._prepare_encode(items)
             note(job_id, len(ids))
-            self._enqueue(step)
+            self._send_or_tell(step, on_failed_send)
         return job_id, ids
 
     def enqueue_encode_jobs(
         self,
         chunks: Sequence[Sequence[Any]],
         on_enqueued: Callable[[str, list[str]], None] | None = None,
+        on_failed_send: Callable[[str], None] | None = None,
     ) -> list[tuple[str, list[str]]]:
         """Several encode jobs (one per chunk, as :meth:`enqueue_encode_job`), every
         one built and checked before the first is sent; returns ``(job_id,
         record_ids)`` per chunk. They are sent in order, one after another:
         ``on_enqueued(job_id, record_ids)`` runs as each is in Valkey, so a caller
-        whose later send failed (the server lost) still knows which jobs went. Each
+        whose later send failed (the server lost) still knows which jobs went, and
+        ``on_failed_send(job_id)`` for the job whose send failed (it may be in Valkey
+        all the same: its reply lost; the jobs after it are not sent). Each
         job's ``memworker.enqueue`` span covers its build (its context is in the
         message); the sends follow.
 
@@ -419,18 +436,21 @@ class MemoryQueue:
             prepared.append((job_id, ids, step))
         out: list[tuple[str, list[str]]] = []
         for job_id, ids, step in prepared:
-            self._enqueue(step)
+            self._send_or_tell(step, on_failed_send)
             out.append((job_id, ids))
             if on_enqueued is not None:
                 on_enqueued(job_id, ids)
         return out
 
-    def enqueue_encode_items(self, job_items: Sequence[dict[str, Any]]) -> str:
+    def enqueue_encode_items(
+        self, job_items: Sequence[dict[str, Any]], *, on_failed_send: Callable[[str], None] | None = None
+    ) -> str:
         """Enqueue items already validated by :func:`memworker.queue.jobs.embed_items` (each
         carries its record id), e.g. gathered from several callers into one job;
         returns the job id. Only the count, each item's ``id`` (present, distinct) and
         ``private`` (a real boolean) are checked again here; the workers check the
-        rest before any work, and fail the job naming the field.
+        rest before any work, and fail the job naming the field. ``on_failed_send``:
+        as :meth:`enqueue_encode_job`'s.
 
         Raises:
             ValidationError: More than ``max_items`` items, an item without a valid
@@ -441,7 +461,7 @@ class MemoryQueue:
         with self._traced(ENCODE_ACTOR) as note:
             job_id, step = self._prepare(ENCODE_ACTOR, list(job_items))
             note(job_id, len(job_items))
-            self._enqueue(step)
+            self._send_or_tell(step, on_failed_send)
         return job_id
 
     def drain(

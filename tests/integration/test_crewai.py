@@ -241,11 +241,11 @@ def test_concurrent_remember_calls_share_jobs_and_each_gets_its_own_record(env):
     real = queue.enqueue_encode_items
     sizes: list[int] = []
 
-    def held_first(job_items):
+    def held_first(job_items, **kwargs):
         sizes.append(len(job_items))
         if len(sizes) == 1:  # hold the first send until the others have queued up
             assert _wait_for(lambda: len(memory._group._waiting) == 8)
-        return real(job_items)
+        return real(job_items, **kwargs)
 
     queue.enqueue_encode_items = held_first
     texts = ["first"] + [f"note {i}" for i in range(7)] + ["same text", "same text"]
@@ -354,10 +354,10 @@ def test_remember_many_returns_before_its_job_reaches_valkey(env, events, monkey
     real = memory.queue.enqueue_encode_jobs
     sending, release = threading.Event(), threading.Event()
 
-    def held(chunks, on_enqueued=None):
+    def held(chunks, *callbacks):
         sending.set()
         assert release.wait(30)
-        return real(chunks, on_enqueued)
+        return real(chunks, *callbacks)
 
     monkeypatch.setattr(memory.queue, "enqueue_encode_jobs", held)
     memory.remember_many(["Gina sails", "Hugo rows"], scope="/boats", categories=["b"], importance=0.5)
@@ -376,9 +376,9 @@ def test_background_enqueue_off_enqueues_in_the_callers_thread(env, events, monk
         memory = env(background_enqueue=background)
         real = memory.queue.enqueue_encode_jobs
 
-        def spy(chunks, on_enqueued=None, real=real):
+        def spy(chunks, *callbacks, real=real):
             threads.append(threading.current_thread())
-            result = real(chunks, on_enqueued)
+            result = real(chunks, *callbacks)
             enqueued.extend(job for job, _ in result)
             return result
 
