@@ -36,6 +36,8 @@ class Settler:
     """Futures for one producer's jobs, resolved when each job is committed or failed."""
 
     def __init__(self, settings: Settings, queue: Any) -> None:
+        """``queue``: the MemoryQueue whose jobs are watched (its ``producer_id`` is read
+        each time: a forked child's own), or a fixed producer id."""
         self.settings = settings
         self.keys = QueueKeys(settings.namespace)
         self._queue = queue
@@ -45,6 +47,8 @@ class Settler:
     @property
     def producer(self) -> str:
         """The queue's producer id (a forked child's own, when the id was a default)."""
+        if isinstance(self._queue, str):
+            return self._queue
         return self._queue.producer_id  # type: ignore[no-any-return]
 
     def _after_fork(self) -> None:
