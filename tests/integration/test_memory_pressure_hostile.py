@@ -90,6 +90,23 @@ def _fill_until_evicted(raw, key: str, policy: str = EVICTING, touch: Callable[[
     assert int(raw.info("stats")["evicted_keys"]) > 0
 
 
+def _drain_in_background(q: MemoryQueue, raw, keys: QueueKeys) -> tuple[threading.Thread, dict]:
+    """``q.drain(timeout=60)`` in a thread, once it waits (subscribed to producer p's
+    done channel); its report (or error) lands in the dict."""
+    out: dict = {}
+
+    def drain() -> None:
+        try:
+            out["report"] = q.drain(timeout=60)
+        except BaseException as exc:  # noqa: BLE001
+            out["error"] = exc
+
+    t = threading.Thread(target=drain)
+    t.start()
+    _wait_for(lambda: int(raw.pubsub_numsub(keys.producer("p").done_channel)[0][1]) > 0, "the drain")
+    return t, out
+
+
 # ------------------------------------------------------------------ evicting policies
 def test_worker_refuses_to_start_on_an_evicting_maxmemory_policy(settings, raw, fake):  # noqa: F811
     """Defect: a worker starts and serves on a server with ``maxmemory`` set and an
@@ -187,17 +204,7 @@ def test_a_drain_waiting_on_jobs_whose_pending_marks_were_evicted_reports_them_l
     pending = keys.producer("p").pending
     with MemoryQueue(settings, producer_id="p") as q:
         jobs = [q.enqueue_save([_record(i)]) for i in range(3)]
-        out: dict = {}
-
-        def drain() -> None:
-            try:
-                out["report"] = q.drain(timeout=60)
-            except BaseException as exc:  # noqa: BLE001
-                out["error"] = exc
-
-        t = threading.Thread(target=drain)
-        t.start()
-        _wait_for(lambda: int(raw.pubsub_numsub(keys.producer("p").done_channel)[0][1]) > 0, "the drain")
+        t, out = _drain_in_background(q, raw, keys)
         _fill_until_evicted(raw, pending, policy="allkeys-random")
         t.join(90)
         assert "error" not in out, out.get("error")
@@ -344,17 +351,7 @@ def test_a_flushall_during_a_drain_is_reported_and_the_worker_carries_on(setting
     keys = QueueKeys(settings.namespace)
     with MemoryQueue(settings, producer_id="p") as q:
         job = q.enqueue_save([_record(1)])
-        out: dict = {}
-
-        def drain() -> None:
-            try:
-                out["report"] = q.drain(timeout=60)
-            except BaseException as exc:  # noqa: BLE001
-                out["error"] = exc
-
-        t = threading.Thread(target=drain)
-        t.start()
-        _wait_for(lambda: int(raw.pubsub_numsub(keys.producer("p").done_channel)[0][1]) > 0, "the drain")
+        t, out = _drain_in_background(q, raw, keys)
         raw.flushall()
         t.join(60)
         assert "error" not in out, out.get("error")
