@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from memworker import __version__
+from memworker.errors import shown
 
 if TYPE_CHECKING:
     from memworker.settings import Settings
@@ -172,10 +173,10 @@ def make_argument_parser() -> argparse.ArgumentParser:
     ret_commands = ret.add_subparsers(dest="retention_command", metavar="ACTION")
     ret_commands.required = True
     ret_set = ret_commands.add_parser("set", help="set a scope's retention")
-    ret_set.add_argument("scope", help="the scope (and every scope below it), e.g. /crew/research")
-    ret_set.add_argument("--days", type=float, required=True, help="days to keep a record after its creation")
+    ret_set.add_argument("scope", type=_scope, help="the scope (and every scope below it), e.g. /crew/research")
+    ret_set.add_argument("--days", type=_days, required=True, help="days to keep a record after its creation")
     ret_clear = ret_commands.add_parser("clear", help="remove a scope's retention")
-    ret_clear.add_argument("scope")
+    ret_clear.add_argument("scope", type=_scope)
     ret_commands.add_parser("list", help="list the retention policies")
 
     mig = commands.add_parser(
@@ -267,8 +268,32 @@ def _finite(text: str, low: float, high: float, unit: str) -> float:
     except ValueError:
         value = float("nan")
     if not low <= value <= high:  # also false for nan
-        raise argparse.ArgumentTypeError(f"must be a number of {unit} from {low:g} to {high:g}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a number of {unit} from {low:g} to {high:g}, got {shown(text)}")
     return value
+
+
+def _days(text: str) -> float:
+    """An argparse type: a retention's days (a usage error, not a failure, when out of range)."""
+    from memworker.store.validate import MAX_RETENTION_DAYS
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= MAX_RETENTION_DAYS:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be a number of days above 0 and at most {MAX_RETENTION_DAYS}, got {shown(text)}")
+    return value
+
+
+def _scope(text: str) -> str:
+    """An argparse type: a scope path, normalized (a usage error naming the limit)."""
+    from memworker.errors import ValidationError
+    from memworker.store.validate import normalize_scope
+
+    try:
+        return normalize_scope(text, field="scope")
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _watch_seconds(text: str) -> float:
@@ -285,7 +310,7 @@ def _limit(text: str) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {shown(text)}")
     return value
 
 
@@ -295,9 +320,9 @@ def _nice(text: str) -> int | str:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 19 or 'idle', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 19 or 'idle', got {shown(text)}") from None
     if not 0 <= value <= 19:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 19 or 'idle', got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 19 or 'idle', got {shown(text)}")
     return value
 
 

@@ -17,7 +17,8 @@ or console), or calls ``MEMWORKER_OTEL_SETUP=module:function`` (your own set-up)
   the step's timing (``memworker.batched_jobs``: how many shared it). Jobs that need
   CrewAI's encoding flow run in one ``memworker.flow`` span.
 
-No span or attribute carries memory text, metadata, scopes or secrets. A ``trace``
+No span, attribute, event or status carries memory text, metadata, scopes or secrets:
+a failed span names the exception's type, never its message or traceback. A ``trace``
 option that is not two short strings of the W3C format is ignored (it comes from the
 message, like any payload field).
 """
@@ -98,15 +99,33 @@ def _tracer() -> Any:
 @contextlib.contextmanager
 def span(name: str, attributes: Mapping[str, Any], *, parent: Any = None, links: Any = ()) -> Iterator[Any]:
     """A span (``None`` without OpenTelemetry), current for the block; an exception
-    marks it failed and propagates."""
+    marks it failed (its type only: see :func:`_failed`) and propagates."""
     if not enabled():  # no SDK: every span would be a no-op (skip its ~15 us)
         yield None
         return
     tracer = _tracer()
     with tracer.start_as_current_span(
-        name, context=parent, attributes=dict(attributes), links=list(links)
-    ) as current:
-        yield current
+        name, context=parent, attributes=dict(attributes), links=list(links),
+        record_exception=False, set_status_on_exception=False,
+    ) as current:  # fmt: skip
+        try:
+            yield current
+        except Exception as exc:
+            _failed(current, exc)
+            raise
+
+
+def _failed(current: Any, exc: Exception) -> None:
+    """Mark ``current`` failed by ``exc``'s type alone. OpenTelemetry's own recording
+    puts the exception's message and traceback on the span (an event, and the status
+    description): an embedder's or LLM client's error may quote the memory's text, and
+    a refused item's error names the user's field. The message is in the worker's
+    redacted log (``loggable_error``), by job id."""
+    from opentelemetry.trace import Status, StatusCode
+
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    current.add_event("exception", {"exception.type": kind, "exception.escaped": True})
+    current.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 
 def enabled() -> bool:

@@ -326,10 +326,8 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
         elif not isinstance(item, Mapping):
             raise ValidationError(f"{where} must be a str or a mapping, got {type(item).__name__}")
         if not ITEM_FIELDS.issuperset(item):
-            unknown = set(item) - ITEM_FIELDS
-            raise ValidationError(
-                f"{where} has unknown field(s): {', '.join(sorted(map(str, unknown)))}"
-            )
+            unknown = sorted(shown(k) for k in set(item) - ITEM_FIELDS)
+            raise ValidationError(f"{where} has unknown field(s): {', '.join(unknown[:5])}")
         text = item.get("text", item.get("content"))
         if not isinstance(text, str):
             raise ValidationError(f"{where}.text must be a string")

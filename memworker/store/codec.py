@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from memworker.errors import ValidationError
+from memworker.errors import ValidationError, shown
 from memworker.records import dimension_mismatch, utcnow
 from memworker.store.embeddings import no_embedding, record_vector, vector_bytes
 from memworker.store.jsontext import json_text, row_text
@@ -295,7 +295,7 @@ def to_row(
             ranged += 1
             if isinstance(value, int) and not float_range(value):
                 raise ValidationError(
-                    f"{where}.metadata[{key!r}] is an integer beyond the float64 range (about "
+                    f"{where}.metadata[{shown(key)}] is an integer beyond the float64 range (about "
                     "1.8e308): a range key's number must have a float64"
                 )
     if ranged > MAX_RANGE_FIELDS:

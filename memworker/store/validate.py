@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from memworker.errors import ValidationError
+from memworker.errors import ValidationError, shown
 from memworker.store.jsontext import json_text
 
 __all__ = [
@@ -266,7 +266,7 @@ def check_flow(flow: Any, where: str = "flow", *, strict: bool = True) -> Mappin
     if not isinstance(flow, Mapping):
         raise ValidationError(f"{where} must be a mapping")
     if strict and not FLOW_FIELDS.issuperset(flow):
-        unknown = sorted(repr(k)[:64] for k in flow if k not in FLOW_FIELDS)
+        unknown = sorted(shown(k) for k in flow if k not in FLOW_FIELDS)
         raise ValidationError(f"{where} has unknown field(s): {', '.join(unknown[:5])}")
     for name in ("consolidation_threshold", "batch_dedup_threshold"):
         if name in flow:

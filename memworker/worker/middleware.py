@@ -82,6 +82,10 @@ return 1
 current_delivery = threading.local()
 
 
+#: Longest error text a failure record keeps (what ``FailedJob.error`` reports).
+MAX_ERROR_CHARS = 4_000
+
+
 def failure_args(
     keys: QueueKeys,
     field: str | None,
@@ -90,7 +94,11 @@ def failure_args(
     record_ids: list[str],
     error: str,
 ) -> list[Any]:
-    """``EVAL FAIL_SCRIPT`` arguments (numkeys, keys, argv) of one failed message."""
+    """``EVAL FAIL_SCRIPT`` arguments (numkeys, keys, argv) of one failed message; an
+    ``error`` longer than :data:`MAX_ERROR_CHARS` is cut (an embedder's error may quote
+    a whole text: each failure record is kept until a drain reports it)."""
+    if len(error) > MAX_ERROR_CHARS:
+        error = f"{error[:MAX_ERROR_CHARS]}... ({len(error)} characters)"
     if producer is None or job_id is None:
         return [2, keys.deliveries, keys.stats, field or "", job_id or "", "", ""]
     pk = keys.producer(producer)
