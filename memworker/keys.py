@@ -14,7 +14,9 @@ the same names. Layout 1 (``ns:`` without braces) is refused with an error namin
     {ns}:cats:<scope>      hash    category -> records under the scope carrying it
     {ns}:meta              hash    dim, vtype, model, layout, log (the change log's incarnation),
                                  idxgen (vector indexes made so far: a store re-checks FT.INFO
-                                 when it moved), sweep_ms
+                                 when it moved), sweep_ms, retskip:<scope> (the sweep's place
+                                 among the LangGraph store's old items under a retention
+                                 policy above them: memworker/lua/store.lua)
     {ns}:changes           stream  change log, read by the exact-search caches
                                  (memworker.store.vectors): one entry {i = the ids, one a
                                  line} per script call that saved or deleted records, in the

@@ -247,8 +247,9 @@ def _json_equal(a: Any, b: Any) -> bool:
     """Equality as JSON compares: ``1 == 1.0``, ``true != 1``, objects by their pairs."""
     if a is _MISSING or b is _MISSING:
         return False
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
+    a_bool, b_bool = isinstance(a, (bool, np.bool_)), isinstance(b, (bool, np.bool_))
+    if a_bool or b_bool:  # numpy's bool is a bool too, never the number 1 or 0
+        return a_bool and b_bool and bool(a) == bool(b)
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):

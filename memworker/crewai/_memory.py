@@ -41,7 +41,7 @@ from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._items import call_items, flow_entry
 from memworker.crewai._recall import matches
 from memworker.crewai._settle import Settler
-from memworker.errors import ConfigError, JobFailedError, ValidationError  # re-exported
+from memworker.errors import ConfigError, JobFailedError, ValidationError, shown  # re-exported
 from memworker.queue.jobs import DrainTimeout, FailedJob, check_timeout, embed_items, needs_flow
 from memworker.queue.producer import MemoryQueue
 from memworker.store.query import MAX_LIMIT
@@ -152,7 +152,7 @@ class QueuedMemory(Memory):
             self.__dict__["storage"] = spec
         if self._embedder_instance is None and self.embedder is None:
             self._embedder_instance = LocalEmbedder()
-        policies = self._check_retention(self.retention)
+        policies = self._check_retention(self.retention, self.root_scope)
         # A default id is the process's: a forked child's queue makes its own, and the
         # settle thread starts afresh there (the parent's jobs are not the child's to
         # wait for; their failures not its to consume). ``producer_id`` reads it.
@@ -166,8 +166,9 @@ class QueuedMemory(Memory):
             self.set_retention(scope, days)
 
     @staticmethod
-    def _check_retention(retention: Any) -> dict[str, float]:
-        """Every policy checked before the first is written."""
+    def _check_retention(retention: Any, root_scope: str | None) -> dict[str, float]:
+        """Every policy checked before the first is written (none under the LangGraph
+        store's scope: the store refuses it)."""
         if retention is None:
             return {}
         if not isinstance(retention, dict):
@@ -175,10 +176,11 @@ class QueuedMemory(Memory):
         out: dict[str, float] = {}
         for scope, days in retention.items():
             path = normalize_scope(scope, field="retention scope")
+            check_not_langgraph(join_scope_paths(root_scope, path) if root_scope else path)
             try:
                 out[path] = check_retention_days(days)
             except ValidationError as exc:
-                raise ValidationError(f"retention[{path!r}]: {exc}") from None
+                raise ValidationError(f"retention[{shown(path)}]: {exc}") from None
         return out
 
     def set_retention(self, scope: str, days: float | None) -> None:

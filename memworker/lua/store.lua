@@ -53,11 +53,15 @@
 --             only records that have an expiry (written with "exp") get one
 --   refresh: now_ms, id, fallback exp, ...        -> records given now_ms + their stored ttl
 --            (the fallback when they have none); only records that have an expiry
---   sweep:  now_ms, limit, tomb_before            -> {expired, retained, tombs trimmed (at most
+--   sweep:  now_ms, limit, tomb_before, kept      -> {expired, retained, tombs trimmed (at most
 --           limit), index entries scanned (stale ones included)}
 --             deletes up to `limit` records whose expiry is due (ns:expiry), then records
 --             older than their scope's retention (ns:retention: scope -> days), and trims
---             tombstones older than tomb_before (us)
+--             tombstones older than tomb_before (us). No retention applies to the records
+--             of the scope `kept` and below (the LangGraph store's items, under their own
+--             TTL; "" none): a policy inside it is skipped, a policy above it passes over
+--             them, at most 4 x limit of them read a sweep, resuming where the last sweep
+--             stopped (ns:meta "retskip:<scope>"), so many of them never stall the scope
 --
 -- Versioned records (a "ver" field in the row, microseconds): a save writes one only
 -- if no later version is stored and no later tombstone exists; it keeps the stored
@@ -300,6 +304,46 @@ local function delete_ids(list)
     drop_log_if_empty()
   end
   return #ids
+end
+
+-- Whether `path` is the scope `root` or below it (normalized scopes).
+local function under(path, root)
+  return root == "/" or path == root or string.sub(path, 1, #root + 1) == root .. "/"
+end
+
+-- The oldest ids of `tree` created before `cutoff` (at most `want`) that are not in the
+-- sorted set `skip` (the kept scope's tree), reading at most 4 x limit entries. The
+-- skipped ids stay (they are old and may stay for ever): the count of them before the
+-- ids taken is kept in ns:meta `field`, and the next sweep starts after them; it starts
+-- from the oldest again once the read reaches the cutoff, so every id is reached.
+-- Returns the ids and the number of entries read.
+local function old_outside(tree, cutoff, want, limit, skip, field)
+  local meta = ns .. ":meta"
+  local pos = tonumber(redis.call("HGET", meta, field)) or 0
+  local out, read, ended = {}, 0, false
+  while #out < want and read < 4 * limit and not ended do
+    local count = math.max(want - #out, 100)
+    -- the ids taken so far are still in the tree: they are before the next page
+    local page = redis.call("ZRANGEBYSCORE", tree, "-inf", cutoff, "LIMIT", pos + #out, count)
+    read = read + #page
+    ended = #page < count
+    for _, id in ipairs(page) do
+      if redis.call("ZSCORE", skip, id) then
+        pos = pos + 1
+      elseif #out < want then
+        out[#out + 1] = id
+      else
+        ended = false
+        break
+      end
+    end
+  end
+  if ended or pos == 0 then
+    redis.call("HDEL", meta, field)
+  else
+    redis.call("HSET", meta, field, pos)
+  end
+  return out, read
 end
 
 if op == "save" then
@@ -549,16 +593,27 @@ elseif op == "sweep" then
   local policies = redis.call("HGETALL", ns .. ":retention")
   local now_s = tonumber(now) / 1000
   local scanned = #due
+  local kept = ARGV[7] or ""
   for i = 1, #policies - 1, 2 do
     local left = limit - expired - retained
     if left <= 0 then break end
+    local scope = policies[i]
     local days = tonumber(policies[i + 1])
-    -- a policy that is not a positive number (written by hand) is skipped, not fatal
-    if days == nil or not (days > 0) or days == math.huge then days = nil end
+    -- a policy that is not a positive number (written by hand) is skipped, not fatal;
+    -- so is one inside the kept scope (refused when set)
+    if days == nil or not (days > 0) or days == math.huge or (kept ~= "" and under(scope, kept)) then
+      days = nil
+    end
     local cutoff = days and string.format("%.6f", now_s - days * 86400)
-    local tree = ns .. ":tree:" .. policies[i]
-    local old = days and redis.call("ZRANGEBYSCORE", tree, "-inf", cutoff, "LIMIT", 0, left) or {}
-    scanned = scanned + #old
+    local tree = ns .. ":tree:" .. scope
+    local old, read = {}, 0
+    if days and kept ~= "" and under(kept, scope) then
+      old, read = old_outside(tree, cutoff, left, limit, ns .. ":tree:" .. kept, "retskip:" .. scope)
+    elseif days then
+      old = redis.call("ZRANGEBYSCORE", tree, "-inf", cutoff, "LIMIT", 0, left)
+      read = #old
+    end
+    scanned = scanned + read
     if #old > 0 then
       -- An id whose record is gone (evicted, deleted by hand) would come first again at
       -- every sweep and, as many as the limit, stall the scope: it leaves this tree.

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from memworker import worker as worker_mod
-from memworker.cli import EXIT_OK, main
+from memworker.cli import EXIT_OK, EXIT_USAGE, main
 from memworker.errors import ConfigError, ValidationError
 from memworker.records import utcnow
 from memworker.settings import Settings
@@ -48,9 +48,13 @@ def test_cli_sets_lists_and_clears_policies(server, namespace, capsys):
         assert store.retention() == {"/": 365.0}
         store.set_retention("/", None)
         assert store.retention() == {}
-    assert main([*base, "set", "/crew", "--days", "-1"]) != EXIT_OK  # ValidationError
-    assert main([*base, "set", "no-slash//x", "--days", "1"]) != EXIT_OK
-    assert "days must be a number" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # a usage error, named by the argument parser
+        main([*base, "set", "/crew", "--days", "-1"])
+    assert refused.value.code == EXIT_USAGE
+    with pytest.raises(SystemExit) as refused:
+        main([*base, "set", "no-slash//x", "--days", "1"])
+    assert refused.value.code == EXIT_USAGE
+    assert "argument --days: must be a number of days" in capsys.readouterr().err
 
 
 def test_bad_policies_are_refused_naming_the_field(store):
@@ -80,6 +84,41 @@ def test_records_gone_from_under_the_index_do_not_stall_retention(store, raw):
         store.sweep(limit=2)
     assert store.get_record("due") is None
     assert raw.zcard(store.keys.tree("/crew")) == 0
+
+
+def test_a_policy_never_applies_to_the_langgraph_stores_items(store, raw):
+    """The LangGraph store's items (/langgraph and below) are under their own TTL: a
+    policy on "/" passes over them (a CrewAI ``retention={"/": 30}`` deleted LangGraph
+    items put with ``ttl=None``), and a policy inside /langgraph is refused. Many old
+    items there never stall the "/" policy: each sweep reads at most 4 x its limit of
+    them and the next goes on after them (the 250 items are older than every CrewAI
+    record: sweeps of limit 20 read 80 of them each, the fourth reaches the records)."""
+    from memworker.keys import LANGGRAPH_ROOT
+
+    old = utcnow() - timedelta(days=40)
+    store.save(
+        [{"id": f"lg{i}", "content": "x", "scope": f"{LANGGRAPH_ROOT}/users/u{i % 3}",
+          "created_at": old - timedelta(days=2, seconds=i), "embedding": [1.0, 0]} for i in range(250)]
+        + [{"id": f"crew{i}", "content": "x", "scope": "/" if i % 2 else "/crew",
+            "created_at": old - timedelta(days=1, seconds=i), "embedding": [1.0, 0]} for i in range(30)]
+        + [{"id": "new", "content": "x", "scope": "/", "created_at": utcnow(), "embedding": [1.0, 0]}]
+    )  # fmt: skip
+    for scope in (LANGGRAPH_ROOT, f"{LANGGRAPH_ROOT}/users"):
+        with pytest.raises(ValidationError, match="LangGraph"):
+            store.set_retention(scope, 1)
+    store.set_retention(f"{LANGGRAPH_ROOT}x", 30)  # a sibling name is not inside it
+    store.set_retention("/", 30)
+    assert store.sweep(limit=20)["retained"] == 0  # 80 of the old items read, no record
+    for _ in range(30):
+        if store.count("/") == 251:
+            break
+        store.sweep(limit=20)
+    assert store.count(LANGGRAPH_ROOT) == 250
+    assert sorted(r.id for r in store.list_records("/", limit=1000) if not r.id.startswith("lg")) == ["new"]
+    # a policy inside it written by hand (not through the store) deletes nothing either
+    raw.hset(store.keys.retention, f"{LANGGRAPH_ROOT}/users", "1")
+    store.sweep(limit=1000)
+    assert store.count(LANGGRAPH_ROOT) == 250
 
 
 def test_workers_apply_retention(server, namespace, monkeypatch):

@@ -8,12 +8,12 @@ from datetime import datetime
 from typing import Any
 
 from memworker.io import Call, Pipeline, Plan, Script, error_text
-from memworker.keys import CHANGES_CAP
+from memworker.keys import CHANGES_CAP, LANGGRAPH_ROOT, in_langgraph
 from memworker.store.plans.read import READ_CHUNK, ReadPlans
 from memworker.store.plans.server import as_text
 from memworker.store.query import TOKEN_FIELDS, SearchFilter
 from memworker.store.times import format_timestamp, to_utc_naive
-from memworker.errors import ValidationError
+from memworker.errors import ValidationError, shown
 from memworker.store.codec import MAX_STAMP
 from memworker.store.validate import (
     MAX_SWEEP_MS,
@@ -87,8 +87,15 @@ class DeletePlans(ReadPlans):
         return total
 
     def _p_set_retention(self, scope: str, days: float | None) -> Plan[None]:
-        """Keep records under ``scope`` for ``days`` (``None``: no policy for it)."""
+        """Keep records under ``scope`` for ``days`` (``None``: no policy for it). No
+        policy applies to the LangGraph store's items (:data:`LANGGRAPH_ROOT`; their TTL
+        governs them): one inside it is refused, one above it passes over them."""
         path = normalize_scope(scope, field="scope")
+        if days is not None and in_langgraph(path):
+            raise ValidationError(
+                f"scope {shown(path)} is under {LANGGRAPH_ROOT}, the LangGraph store's items: "
+                "a retention policy does not apply there (their TTL does: memworker.langgraph)"
+            )
         if days is None:
             yield Call(["HDEL", self.keys.retention, path])
             return
@@ -113,8 +120,8 @@ class DeletePlans(ReadPlans):
         yield Call(["HSET", self.keys.meta, "sweep_ms", str(interval_ms)])
 
     def _p_sweep(self, now_ms: int, limit: int, tomb_keep_ms: int) -> Plan[dict[str, int]]:
-        """One sweep step: expired records, records past their scope's retention,
-        old tombstones (``sweep``)."""
+        """One sweep step: expired records, records past their scope's retention (never
+        the LangGraph store's items), old tombstones (``sweep``)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SWEEP_LIMIT:
             # one atomic step: a huge limit would hold the server that long
             raise ValidationError(f"limit must be an integer from 1 to {MAX_SWEEP_LIMIT}")
@@ -122,7 +129,7 @@ class DeletePlans(ReadPlans):
         tomb_before = (now_ms - tomb_keep_ms) * 1000
         reply = yield Script(
             "store",
-            ["sweep", self.keys.prefix, str(CHANGES_CAP), str(now_ms), str(limit), str(tomb_before)],
+            ["sweep", self.keys.prefix, str(CHANGES_CAP), str(now_ms), str(limit), str(tomb_before), LANGGRAPH_ROOT],
         )
         expired, retained, tombs, scanned = (int(x) for x in reply)
         return {"expired": expired, "retained": retained, "tombs": tombs, "scanned": scanned}
