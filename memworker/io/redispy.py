@@ -222,6 +222,10 @@ class _Driver:
     def _wrap(self, exc: BaseException) -> Exception:
         return self.errors.server(f"Valkey error: {error_text(exc)}")
 
+    def wrapped(self, exc: BaseException) -> Exception:
+        """The error :meth:`guarded` raises for ``exc`` when it is not transient."""
+        return self._wrap(exc)
+
 
 class RedisSyncDriver(_Driver, SyncRunner):
     """Runs plans over one ``redis.Redis``, created on first use and reused.

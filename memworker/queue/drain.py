@@ -26,6 +26,7 @@ transient failures are retried with backoff, other errors raised as
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -35,7 +36,7 @@ from typing import Any
 
 from memworker.errors import DrainTimeout, ReplicationTimeout
 from memworker.io.plan import Pipeline, Plan, Replicated, Script, Step, one
-from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver
+from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver, is_transient_redis
 from memworker.keys import QueueKeys
 from memworker.queue.admin import HEALTH_TTL_MS, as_text, now_ms
 from memworker.queue.jobs import (
@@ -58,6 +59,8 @@ __all__ = [
     "p_replicated",
     "replica_timeout_ms",
 ]
+
+log = logging.getLogger("memworker.queue.drain")
 
 #: Longest wait between two checks of the pending set during a drain (safety net
 #: under the pub/sub wake-up), in milliseconds.
@@ -362,6 +365,107 @@ def replica_timeout_ms(request_timeout_ms: int) -> int:
     return max(50, request_timeout_ms * 4 // 5)
 
 
+class _Wakeups:
+    """A drain's wake-ups: a pub/sub subscription to the producers' done channel(s),
+    made before the snapshot. It only shortens the waits (the plan reads the pending
+    set again at least every :data:`DRAIN_POLL_MS`), so a connection lost under it is
+    not the drain's failure: after a failover redis-py's cluster pub/sub stays on the
+    node it first chose (its slot map is refreshed by a command, not by a
+    subscription), and every retry reached the dead primary until the drain gave up.
+    Now a wait whose subscription is lost sleeps instead (a poll), and the next wait
+    subscribes again, once, through the client's slot map as the drain's reads left
+    it. Other errors (an ACL refusing pub/sub) fail the drain, wrapped, as before."""
+
+    def __init__(self, driver: RedisSyncDriver | RedisAsyncDriver, keys: QueueKeys, producers: list[str]) -> None:
+        self.driver = driver
+        self.channel = keys.producer(producers[0]).done_channel if len(producers) == 1 else None
+        self.pattern = keys.done_pattern
+        self.pubsub: Any = None
+
+    def failed(self, exc: Exception) -> None:
+        """Drop the subscription after ``exc`` (raised wrapped unless transient)."""
+        self.pubsub = None
+        if not is_transient_redis(exc):
+            raise self.driver.wrapped(exc) from exc
+        log.info("drain: wake-up subscription lost (%s), polling until it is back", type(exc).__name__)
+
+    def subscribe(self) -> None:
+        pubsub = self.driver.client().pubsub(ignore_subscribe_messages=True)
+        try:
+            if self.channel is not None:
+                pubsub.subscribe(self.channel)
+            else:
+                pubsub.psubscribe(self.pattern)
+        except Exception as exc:
+            _close_quietly(pubsub)
+            self.failed(exc)
+            return
+        self.pubsub = pubsub
+
+    def wait(self, seconds: float) -> list[str]:
+        if self.pubsub is None:
+            self.subscribe()
+            if self.pubsub is None:
+                time.sleep(seconds)
+                return []
+        try:
+            return _wait_sync(self.pubsub, seconds)
+        except Exception as exc:
+            _close_quietly(self.pubsub)
+            self.failed(exc)
+            return []
+
+    def close(self) -> None:
+        if self.pubsub is not None:
+            _close_quietly(self.pubsub)
+            self.pubsub = None
+
+    async def asubscribe(self) -> None:
+        pubsub = self.driver.client().pubsub(ignore_subscribe_messages=True)
+        try:
+            if self.channel is not None:
+                await pubsub.subscribe(self.channel)
+            else:
+                await pubsub.psubscribe(self.pattern)
+        except Exception as exc:
+            await _aclose_quietly(pubsub)
+            self.failed(exc)
+            return
+        self.pubsub = pubsub
+
+    async def await_(self, seconds: float) -> list[str]:
+        if self.pubsub is None:
+            await self.asubscribe()
+            if self.pubsub is None:
+                await asyncio.sleep(seconds)
+                return []
+        try:
+            return await _wait_async(self.pubsub, seconds)
+        except Exception as exc:
+            await _aclose_quietly(self.pubsub)
+            self.failed(exc)
+            return []
+
+    async def aclose(self) -> None:
+        if self.pubsub is not None:
+            await _aclose_quietly(self.pubsub)
+            self.pubsub = None
+
+
+def _close_quietly(pubsub: Any) -> None:
+    try:
+        pubsub.close()
+    except Exception:  # noqa: BLE001 - its connection is already gone
+        pass
+
+
+async def _aclose_quietly(pubsub: Any) -> None:
+    try:
+        await pubsub.aclose()
+    except Exception:  # noqa: BLE001 - its connection is already gone
+        pass
+
+
 def drain_sync(
     driver: RedisSyncDriver,
     keys: QueueKeys,
@@ -373,13 +477,11 @@ def drain_sync(
     also: dict[str, list[str]] | None = None,
 ) -> DrainReport:
     """Run :func:`drain_plan` on ``driver`` (each step with the driver's retries and
-    error wrapping), its waits on a pub/sub subscription made before the snapshot."""
-    pubsub = driver.client().pubsub(ignore_subscribe_messages=True)
+    error wrapping), its waits on a pub/sub subscription made before the snapshot
+    (:class:`_Wakeups`)."""
+    wakeups = _Wakeups(driver, keys, producers)
     try:
-        if len(producers) == 1:
-            driver.guarded(lambda _c: pubsub.subscribe(keys.producer(producers[0]).done_channel))
-        else:
-            driver.guarded(lambda _c: pubsub.psubscribe(keys.done_pattern))
+        wakeups.subscribe()
         plan = drain_plan(keys, producers, timeout, given, owner, *_replication(driver), also=also)
         reply: Any = None
         while True:
@@ -388,12 +490,11 @@ def drain_sync(
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
             if isinstance(step, Wait):
-                seconds = step.seconds
-                reply = driver.guarded(lambda _c: _wait_sync(pubsub, seconds))
+                reply = wakeups.wait(step.seconds)
             else:
                 reply = driver.run(one(step))
     finally:
-        pubsub.close()
+        wakeups.close()
 
 
 async def drain_async(
@@ -410,12 +511,9 @@ async def drain_async(
     """Async :func:`drain_sync`. The final claim runs to its end even if the drain is
     cancelled meanwhile (``asyncio.wait_for``): what it consumed goes to ``late``, for
     the producer's next drain to report."""
-    pubsub = driver.client().pubsub(ignore_subscribe_messages=True)
+    wakeups = _Wakeups(driver, keys, producers)
     try:
-        if len(producers) == 1:
-            await driver.guarded(lambda _c: pubsub.subscribe(keys.producer(producers[0]).done_channel))
-        else:
-            await driver.guarded(lambda _c: pubsub.psubscribe(keys.done_pattern))
+        await wakeups.asubscribe()
         plan = drain_plan(keys, producers, timeout, given, owner, *_replication(driver), also=also)
         reply: Any = None
         while True:
@@ -424,8 +522,7 @@ async def drain_async(
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
             if isinstance(step, Wait):
-                seconds = step.seconds
-                reply = await driver.guarded(lambda _c: _wait_async(pubsub, seconds))
+                reply = await wakeups.await_(step.seconds)
             elif late is not None and isinstance(step, Script) and step.args[:1] == ["claim"]:
                 # Once sent, the claim consumes reports on the server: a cancelled
                 # drain must not drop them with its reply.
@@ -438,7 +535,7 @@ async def drain_async(
             else:
                 reply = await driver.run(one(step))
     finally:
-        await pubsub.aclose()
+        await wakeups.aclose()
 
 
 #: How many of its latest jobs a queue remembers for its next drain (:class:`RecentJobs`).
