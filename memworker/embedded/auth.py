@@ -85,9 +85,10 @@ def prepare_home(home: Path | str) -> Path:
         _make_private(path)
         data = path / DATA_DIR
         try:
-            _check_entry(data, directory=True)
-        except FileNotFoundError:
             data.mkdir(mode=DIR_MODE)
+        except FileExistsError:  # made before, or by a caller racing this one
+            pass
+        _check_entry(data, directory=True)
         for name in (STATE_FILE, LOCK_FILE, LOG_FILE, PASSWORD_FILE, CONFIG_FILE):
             try:
                 _check_entry(path / name, directory=False)
@@ -162,7 +163,9 @@ def open_private(path: Path, flags: int) -> int:
         OSError: As ``os.open`` (e.g. ``FileNotFoundError``).
     """
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        # O_NONBLOCK: a FIFO planted under the name would block the open for ever (and
+        # a stop holding the start lock with it); it is refused below, not a regular file
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, FILE_MODE)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # a symlink: O_NOFOLLOW refused it
             _check_entry(path, directory=False)  # raises UnsafeHomeError

@@ -28,6 +28,7 @@ from memworker.embedded.procs import (
     POLL_INTERVAL,
     children,
     free_port,
+    listening,
     port_free,
     probe,
     server_pid,
@@ -139,7 +140,14 @@ def _wait_ready(
             raise EmbeddedServerError(
                 f"valkey-server exited with code {code} at start{_quote(tail, home, log_offset)}"
             )
-        if server_pid(port, password) == proc.pid and probe(HOST, port, password) == "up":
+        # The password goes only to a port our process is seen listening on: a program
+        # that took the chosen port first is never sent it (we wait, then our server
+        # exits on the taken port and another is tried).
+        if (
+            listening(proc.pid, port) is not False
+            and server_pid(port, password) == proc.pid
+            and probe(HOST, port, password) == "up"
+        ):
             return True
         if time.monotonic() > deadline:
             terminate(proc.pid, 5.0)

@@ -23,7 +23,11 @@ __all__ = [
     "Probe",
     "children",
     "free_port",
+    "home_servers",
     "is_valkey",
+    "listening",
+    "listening_ports",
+    "loaded_module",
     "pid_alive",
     "port_free",
     "probe",
@@ -58,7 +62,7 @@ def pid_alive(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # a pid no process can have (a forged record)
         return False
     except PermissionError:
         return True
@@ -70,16 +74,100 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_valkey(pid: int) -> bool:
-    """True if ``pid`` is a ``valkey-server`` process (never signal anything else)."""
+    """True if ``pid`` runs a ``valkey-server`` executable (never signal anything else):
+    the file it executes, not a text anywhere in its command line (``sleep 1000
+    valkey-server`` is not one). An upgrade that replaced the binary shows it
+    ``(deleted)``: still a server."""
     if Path("/proc/self").is_dir():
         try:
-            return b"valkey-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:
-            return False
+            return False  # gone, or another user's
+        return Path(exe.removesuffix(" (deleted)")).name == "valkey-server"
     found = subprocess.run(
-        ["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True, check=False
+        ["ps", "-p", str(pid), "-o", "comm="], capture_output=True, text=True, check=False
     )
-    return "valkey-server" in found.stdout
+    return Path(found.stdout.strip()).name == "valkey-server"
+
+
+def _loopback_listeners() -> dict[str, int] | None:
+    """Socket inode -> port of every TCP socket listening on :data:`HOST` (``/proc/net/tcp``),
+    or ``None`` without ``/proc``."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    out: dict[str, int] = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != "0A":  # 0A: LISTEN
+            continue
+        address, _, port = fields[1].partition(":")
+        if address == "0100007F":  # 127.0.0.1, as the kernel prints it
+            out[fields[9]] = int(port, 16)
+    return out
+
+
+def listening_ports(pid: int) -> set[int] | None:
+    """The ports on :data:`HOST` on which ``pid`` holds a listening socket, or ``None``
+    where that cannot be known (no ``/proc``: macOS)."""
+    listeners = _loopback_listeners()
+    if listeners is None:
+        return None
+    ports: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return ports  # gone, or another user's: holds nothing we can prove
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in listeners:
+            ports.add(listeners[link[8:-1]])
+    return ports
+
+
+def listening(pid: int, port: int) -> bool | None:
+    """Whether ``pid`` itself listens on :data:`HOST`:``port`` (``None``: unknown, no
+    ``/proc``). Nothing, the password least of all, goes to a port before this: a
+    program that took the port a new server tried, or the port a server left, is not
+    the server."""
+    ports = listening_ports(pid)
+    return None if ports is None else port in ports
+
+
+def loaded_module(pid: int) -> str | None:
+    """The ``--loadmodule`` path on ``pid``'s command line, or ``None``."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for flag, value in zip(args, args[1:]):
+        if flag == b"--loadmodule":
+            return os.fsdecode(value)
+    return None
+
+
+def home_servers(data_dir: Path) -> list[int]:
+    """Pids of the ``valkey-server`` processes whose working directory is ``data_dir``
+    (a home's server whose state file was lost); empty without ``/proc``."""
+    proc = Path("/proc")
+    if not (proc / "self").is_dir():
+        return []
+    target = data_dir.resolve()
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if not is_valkey(pid):
+            continue
+        cwd = working_dir(pid)
+        if cwd is not None and cwd.resolve() == target:
+            found.append(pid)
+    return sorted(found)
 
 
 def working_dir(pid: int) -> Path | None:

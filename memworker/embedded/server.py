@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from memworker.embedded.auth import PASSWORD_FILE, STATE_FILE, prepare_home, read_password
+from memworker.embedded.auth import DATA_DIR, PASSWORD_FILE, STATE_FILE, prepare_home, read_password
 from memworker.embedded.launch import (
     check_module_path,
     check_port,
@@ -27,6 +27,7 @@ from memworker.embedded.procs import (
     PING_TIMEOUT,
     POLL_INTERVAL,
     children,
+    home_servers,
     pid_alive,
     terminate,
 )
@@ -130,7 +131,8 @@ def stop_server(home: Path | str, *, timeout: float = 10.0) -> bool:
 
     Only a process proven to be this home's server is signalled (see
     :func:`~memworker.embedded.state.owned`): a stale state file whose pid now belongs
-    to another process is just removed.
+    to another process is just removed. A server of the home that its state file does
+    not record (lost, truncated) is stopped too.
 
     Returns:
         True if a live server was stopped, False if none was running.
@@ -141,12 +143,13 @@ def stop_server(home: Path | str, *, timeout: float = 10.0) -> bool:
         return False
     with locked(home, timeout):
         state = read_state(home)
-        stopped = False
-        if state is not None and owned(state):
-            terminate(state.pid, timeout)
-            stopped = True
+        pids = [state.pid] if state is not None and owned(state) else []
+        # and one its state file lost (truncated, deleted): found by its working dir
+        pids += [pid for pid in home_servers(home / DATA_DIR) if pid not in pids]
+        for pid in pids:
+            terminate(pid, timeout)
         (home / STATE_FILE).unlink(missing_ok=True)
-    return stopped
+    return bool(pids)
 
 
 def serve_forever(

@@ -29,7 +29,11 @@ from memworker.embedded.auth import (
 from memworker.embedded.procs import (
     HOST,
     Probe,
+    home_servers,
     is_valkey,
+    listening,
+    listening_ports,
+    loaded_module,
     pid_alive,
     probe,
     terminate,
@@ -83,9 +87,8 @@ def owned(server: EmbeddedServer) -> bool:
 
     A recorded pid can outlive its server (a reboot, a crash) and now belong to any
     process, another project's ``valkey-server`` included, and its port to anyone's
-    listener: only a pid proven here is ever signalled, and nothing (the password
-    least of all) goes to the recorded port before its pid is proven. A proven server
-    holds its port: no other process listens on it.
+    listener: only a pid proven here is ever signalled. :func:`serving` also proves
+    the port before the password goes to it.
     """
     if not (pid_alive(server.pid) and is_valkey(server.pid)):
         return False
@@ -93,25 +96,59 @@ def owned(server: EmbeddedServer) -> bool:
     return cwd is not None and cwd.resolve() == server.data_dir.resolve()
 
 
+def serving(server: EmbeddedServer) -> bool:
+    """:func:`owned`, and the process itself listens on the recorded port (a server
+    moved by ``CONFIG SET port`` left it to whoever takes it; unknown without
+    ``/proc``: trusted)."""
+    return owned(server) and listening(server.pid, server.port) is not False
+
+
 def recorded_foreground(home: Path) -> bool:
     try:
         return bool(json.loads(read_private(home / STATE_FILE)).get("foreground"))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 
 def read_state(home: Path) -> EmbeddedServer | None:
-    """The recorded server, or ``None`` if there is no state file or it is unreadable."""
+    """The recorded server, or ``None`` if there is no state file or it is unreadable
+    (a pid no process can have, a host other than :data:`HOST`: the server listens on
+    loopback only, so a record naming another address is forged)."""
     try:
         data = json.loads(read_private(home / STATE_FILE))
         pid, port, host, module = data["pid"], data["port"], data["host"], data["module"]
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
         return None
-    if not (isinstance(pid, int) and isinstance(port, int) and 0 < port < 65536 and pid > 0):
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**31:
         return None
-    if not isinstance(host, str) or not (module is None or isinstance(module, str)):
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    if host != HOST or not (module is None or isinstance(module, str)):
         return None
     return EmbeddedServer(host, port, pid, home, module, read_password(home))
+
+
+def _unrecorded(home: Path, state: EmbeddedServer | None) -> EmbeddedServer | None:
+    """The home's running server when the state file does not record it (lost,
+    truncated, or naming a dead pid): a ``valkey-server`` whose working directory is
+    the home's data folder, at the one port it listens on. Without ``/proc`` none.
+
+    Raises:
+        EmbeddedServerError: Several run on the home's data, or the port is unknown.
+    """
+    pids = home_servers(home / DATA_DIR)
+    if not pids:
+        return None
+    if len(pids) == 1:
+        ports = listening_ports(pids[0]) or set()
+        if len(ports) == 1:
+            module = loaded_module(pids[0])
+            return EmbeddedServer(HOST, ports.pop(), pids[0], home, module, read_password(home))
+    raise EmbeddedServerError(
+        f"valkey-server process(es) {', '.join(map(str, pids))} serve {home / DATA_DIR} but "
+        f"{home / STATE_FILE} does not record them: stop them (kill PID; Valkey saves its "
+        "data on SIGTERM) and the next start records its server"
+    )
 
 
 def write_state(server: EmbeddedServer, *, foreground: bool) -> None:
@@ -168,12 +205,22 @@ def find_live(home: Path, timeout: float, *, recover: bool) -> EmbeddedServer | 
     ``recover`` that raises, else ``None``.
     """
     state = read_state(home)
+    if state is None or not owned(state):
+        # No record, or a stale one: the home's server may still run (its record lost
+        # or corrupted): found by its working directory, never started beside it.
+        orphan = _unrecorded(home, state)
+        if orphan is not None:
+            state = orphan
+            if recover:
+                write_state(state, foreground=False)
     if state is None:
         if recover:
             (home / STATE_FILE).unlink(missing_ok=True)
         return None
     status: Probe = "down"
-    if owned(state):  # else stale: the pid and the port may be anyone's now
+    # else stale: the pid and the port may be anyone's now; and the password goes to
+    # the port only once the home's server is seen listening there
+    if serving(state):
         deadline = time.monotonic() + timeout
         status = probe(state.host, state.port, state.password)
         while status == "busy" and time.monotonic() < deadline:
@@ -195,11 +242,11 @@ def find_live(home: Path, timeout: float, *, recover: bool) -> EmbeddedServer | 
                 f"the Valkey server recorded in {home / STATE_FILE} (pid {state.pid}, "
                 f"port {state.port}) {what}"
             )
-        if recover and owned(state):
-            # This home's server (its working dir is home/data) not serving its port:
-            # stop it, never leave it beside a new one on the same AOF. A pid not
-            # proven to be this home's server (reused after a reboot) is left alone.
-            terminate(state.pid, timeout)
+    if recover and owned(state):
+        # This home's server (its working dir is home/data) not serving its port:
+        # stop it, never leave it beside a new one on the same AOF. A pid not
+        # proven to be this home's server (reused after a reboot) is left alone.
+        terminate(state.pid, timeout)
     if recover:
         (home / STATE_FILE).unlink(missing_ok=True)
     return None
