@@ -319,10 +319,12 @@ end
 -- Returns the ids and the number of entries read.
 local function old_outside(tree, cutoff, want, limit, skip, field)
   local meta = ns .. ":meta"
-  local pos = tonumber(redis.call("HGET", meta, field)) or 0
+  local pos = tonumber(redis.call("HGET", meta, field))
+  -- not a count (written by hand): start from the oldest, never fail the sweep
+  if pos == nil or pos < 0 or pos ~= math.floor(pos) or pos > 2147483647 then pos = 0 end
   local out, read, ended = {}, 0, false
   while #out < want and read < 4 * limit and not ended do
-    local count = math.max(want - #out, 100)
+    local count = math.min(math.max(want - #out, 100), 4 * limit - read)
     -- the ids taken so far are still in the tree: they are before the next page
     local page = redis.call("ZRANGEBYSCORE", tree, "-inf", cutoff, "LIMIT", pos + #out, count)
     read = read + #page
