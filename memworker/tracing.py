@@ -110,12 +110,14 @@ def span(name: str, attributes: Mapping[str, Any], *, parent: Any = None, links:
     ) as current:  # fmt: skip
         try:
             yield current
-        except Exception as exc:
+        except GeneratorExit:
+            raise
+        except BaseException as exc:  # a cancelled task's span fails too (CancelledError)
             _failed(current, exc)
             raise
 
 
-def _failed(current: Any, exc: Exception) -> None:
+def _failed(current: Any, exc: BaseException) -> None:
     """Mark ``current`` failed by ``exc``'s type alone. OpenTelemetry's own recording
     puts the exception's message and traceback on the span (an event, and the status
     description): an embedder's or LLM client's error may quote the memory's text, and

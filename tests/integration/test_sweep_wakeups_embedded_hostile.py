@@ -323,3 +323,34 @@ def test_a_failed_span_propagates_the_same_exception_and_names_its_type_only():
         f"{Boom.__module__}.{Boom.__qualname__}"
     ]
     exp.clear()
+
+
+def test_a_span_of_a_cancelled_task_fails_naming_the_cancellation():
+    """A task cancelled inside a span (an ``adrain`` under ``asyncio.wait_for``) ends
+    it failed, by the cancellation's type (it ended unset: only ``Exception`` was
+    caught), and the cancellation propagates."""
+    pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.trace import StatusCode
+    from otel_file import memory_exporter
+
+    from memworker import tracing
+
+    exp = memory_exporter()
+    exp.clear()
+
+    async def slow():
+        with tracing.span("memworker.cancelled", {}):
+            await asyncio.sleep(60)
+
+    async def main():
+        task = asyncio.ensure_future(slow())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    [sp] = [s for s in exp.get_finished_spans() if s.name == "memworker.cancelled"]
+    assert sp.status.status_code == StatusCode.ERROR
+    assert sp.status.description == "CancelledError"
+    exp.clear()
