@@ -71,6 +71,13 @@ def _check_categories(categories: Any) -> None:
         raise ValidationError("categories must be None or a list of strings")
 
 
+def _check_scope(value: Any, field: str = "scope") -> None:
+    """A scope or path argument: a string or ``None`` (CrewAI's ``join_scope_paths``,
+    under a ``root_scope``, calls ``.strip`` on it: an int crashed with AttributeError)."""
+    if value is not None and not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string or None, got {type(value).__name__}")
+
+
 def _check_call(metadata: Any, root_scope: Any) -> None:
     """A save call's arguments that CrewAI's event models (built before the item's own
     checks) would refuse with their own error type."""
@@ -304,6 +311,7 @@ class QueuedMemory(Memory):
             return None
         if not isinstance(content, str):
             raise ValidationError(f"content must be a string, got {type(content).__name__}")
+        _check_scope(scope)
         _check_call(metadata, root_scope)  # before CrewAI's event models
         root = root_scope if root_scope is not None else self.root_scope
         emit(MemorySaveStartedEvent(value=content, metadata=metadata, source_type=SOURCE_TYPE), self)
@@ -371,6 +379,7 @@ class QueuedMemory(Memory):
                 raise ValidationError(
                     f"contents must be a list of strings, got {type(contents).__name__}"
                 )
+            _check_scope(scope)
             _check_call(metadata, root_scope)
             items = self._items(list(contents), scope, categories, metadata, importance, source, private, root)
         except Exception as exc:  # noqa: BLE001 - reported like CrewAI's background failures
@@ -485,6 +494,7 @@ class QueuedMemory(Memory):
         (another source's private records never take a result slot)."""
         if not isinstance(query, str):
             raise ValidationError(f"query must be a string, got {type(query).__name__}")
+        _check_scope(scope)
         _check_categories(categories)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             # checked here: deep recall's flow turns a store's refusal into no results
@@ -524,6 +534,7 @@ class QueuedMemory(Memory):
 
     def _effective(self, scope: str | None) -> str | None:
         """A call's scope as CrewAI's forget and reset resolve it (under the root)."""
+        _check_scope(scope)
         if scope is None:
             return self.root_scope or None
         return join_scope_paths(self.root_scope, scope) if self.root_scope else scope
@@ -575,6 +586,7 @@ class QueuedMemory(Memory):
         unknown id: CrewAI's looks the id up anywhere) and a new ``scope`` is joined
         under the root, as every other call's is (CrewAI's stores it as given).
         """
+        _check_scope(scope)
         self.drain_writes()
         root = join_scope_paths(self.root_scope, None) if self.root_scope else "/"
         existing = self._storage.get_record(record_id)
@@ -587,16 +599,19 @@ class QueuedMemory(Memory):
         return super().update(record_id, content, scope, categories, metadata, importance)
 
     def list_scopes(self, path: str | None = None) -> list[str]:
+        _check_scope(path, "path")
         self.drain_writes()
         return super().list_scopes(path)
 
     def list_records(self, scope: str | None = None, limit: int = 200, offset: int = 0) -> list[MemoryRecord]:
         """CrewAI's list_records, after the drain barrier, without the LangGraph
         store's items (a page may then hold fewer than ``limit``)."""
+        _check_scope(scope)
         self.drain_writes()
         return without_langgraph(super().list_records(scope, limit, offset))
 
     def info(self, path: str | None = None) -> Any:
+        _check_scope(path, "path")
         self.drain_writes()
         return super().info(path)
 
@@ -609,6 +624,7 @@ class QueuedMemory(Memory):
         return super().tree(path, max_depth)
 
     def list_categories(self, path: str | None = None) -> dict[str, int]:
+        _check_scope(path, "path")
         self.drain_writes()
         return super().list_categories(path)
 

@@ -167,7 +167,7 @@ def _grouped_calls(memory: QueuedMemory, texts: dict[str, str], fail_single=None
     def hooked(job_items, **kwargs):
         state["n"] += 1
         if state["n"] == 1:  # the leader: hold its send until the others queue up
-            assert _wait_for(lambda: len(memory._group._waiting) >= n_waiting, 30)
+            assert _wait_for(lambda: len(memory._group._waiting) >= n_waiting, 120)
         elif len(job_items) == 1 and fail_single is not None:
             fail_single(job_items[0])
         return real(job_items, **kwargs)
@@ -189,7 +189,8 @@ def _grouped_calls(memory: QueuedMemory, texts: dict[str, str], fail_single=None
         t = threading.Thread(target=call, args=(name, text))
         t.start()
         threads.append(t)
-        assert _wait_for(lambda i=i: len(memory._group._waiting) >= i + 1)
+        # generous: a loaded machine (the whole suite beside) once took over 30 s
+        assert _wait_for(lambda i=i: len(memory._group._waiting) >= i + 1, 120)
     for t in [leader, *threads]:
         t.join(120)
     del memory.queue.enqueue_encode_items
