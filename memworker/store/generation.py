@@ -10,7 +10,8 @@ sync protocol that keeps it exact is :mod:`memworker.store.vectors`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import heapq
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,16 @@ import numpy as np
 from memworker.store.query import SearchFilter
 from memworker.store.tokens import token
 
-__all__ = ["ROW_WIDTH", "Generation", "build_state", "candidates", "cosine"]
+__all__ = [
+    "ROW_WIDTH",
+    "Generation",
+    "build_state",
+    "candidates",
+    "cosine",
+    "row_norms",
+    "top_positions",
+    "unit_query",
+]
 
 #: Fields per record in a ``rows`` reply: embedding, then the token fields.
 ROW_WIDTH = 6
@@ -62,7 +72,8 @@ class Generation:
 
     def _allocate(self, capacity: int) -> None:
         self.matrix = np.zeros((capacity, self.dim), dtype=np.float32)
-        self.norms = np.zeros(capacity, dtype=np.float32)
+        # float64: a float32 norm of a row of 1e20s overflowed (1e-30s underflowed)
+        self.norms = np.zeros(capacity, dtype=np.float64)
         self.alive = np.zeros(capacity, dtype=bool)
         self.exists = np.zeros(capacity, dtype=bool)
 
@@ -141,7 +152,7 @@ class Generation:
             self.fields[r] = values
         if ok:
             self.matrix[r] = np.frombuffer(emb, dtype="<f4" if len(emb) == 4 * self.dim else "<f2")
-            self.norms[r] = np.linalg.norm(self.matrix[r : r + 1], axis=1)[0]
+            self.norms[r] = row_norms(self.matrix[r : r + 1])[0]
         self.alive[r] = ok
         if exists != bool(self.exists[r]):
             self.present += 1 if exists else -1
@@ -187,7 +198,7 @@ def build_state(
             rows = np.asarray(part, dtype=np.intp)
             block = np.frombuffer(blob, dtype=dtype).reshape(len(part), dim).astype(np.float32)
             st.matrix[rows] = block
-            st.norms[rows] = np.linalg.norm(block, axis=1)
+            st.norms[rows] = row_norms(block)
             st.alive[rows] = True
             good += part
     # Token fields, interned column by column (values repeat across records).
@@ -202,11 +213,46 @@ def build_state(
     return st
 
 
-def cosine(matrix: np.ndarray, norms: np.ndarray, query: np.ndarray, scale: float) -> np.ndarray:
-    """Cosine similarity, computed as the uncached path always did."""
-    denom = norms * scale
-    similarity: np.ndarray = (matrix @ query) / np.where(denom == 0, 1.0, denom)
+def row_norms(matrix: np.ndarray) -> np.ndarray:
+    """The rows' euclidean norms, in float64 (in float32 the squares of a row of 1e20s
+    overflow, of 1e-30s underflow: its cosine came out 0 or NaN)."""
+    norms: np.ndarray = np.linalg.norm(matrix.astype(np.float64), axis=1)
+    return norms
+
+
+def unit_query(query: np.ndarray) -> np.ndarray:
+    """``query`` scaled to norm 1 (its norm taken in float64), as float32; a zero
+    query as it is (every score 0)."""
+    scale = float(np.linalg.norm(query.astype(np.float64)))
+    if scale == 0 or not np.isfinite(scale):
+        return query
+    unit: np.ndarray = (query.astype(np.float64) / scale).astype(np.float32)
+    return unit
+
+
+def cosine(matrix: np.ndarray, norms: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """Cosine similarity of the rows (``norms``: :func:`row_norms`) with a
+    :func:`unit_query`: the float32 product of a unit query stays in range whatever the
+    rows' magnitude, the division is in float64."""
+    similarity: np.ndarray = (matrix @ unit) / np.where(norms == 0, 1.0, norms)
     return similarity
+
+
+def top_positions(scores: np.ndarray, k: int, id_of: Callable[[int], str]) -> np.ndarray:
+    """Positions of the ``k`` best ``scores``, records tied at the cut taken by id (the
+    smaller first), so the exact cache and the bulk scan cut ties alike (the caller
+    sorts the result by score, then id)."""
+    n = len(scores)
+    if k >= n:
+        return np.arange(n)
+    part = np.argpartition(-scores, k - 1)[:k]
+    cut = scores[part].min()
+    above = np.flatnonzero(scores > cut)
+    tied = np.flatnonzero(scores == cut)
+    if len(above) + len(tied) == k:
+        return np.concatenate([above, tied])
+    chosen = heapq.nsmallest(k - len(above), tied.tolist(), key=id_of)
+    return np.concatenate([above, np.asarray(chosen, dtype=np.intp)])
 
 
 def _union(index: dict[str, set[int]], tokens: Iterable[str]) -> set[int] | frozenset[int]:

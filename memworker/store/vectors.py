@@ -46,7 +46,15 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from memworker.store.generation import ROW_WIDTH, Generation, build_state, candidates, cosine
+from memworker.store.generation import (
+    ROW_WIDTH,
+    Generation,
+    build_state,
+    candidates,
+    cosine,
+    top_positions,
+    unit_query,
+)
 from memworker.store.query import SearchFilter
 
 __all__ = [
@@ -231,12 +239,12 @@ class VectorCache:
                 return None
             n = st.n
             rows = candidates(st, flt)
-            scale = float(np.linalg.norm(query))
+            unit = unit_query(query)
             if rows is None:
                 count = int(np.count_nonzero(st.alive[:n]))
                 if not count:
                     return []
-                scores = cosine(st.matrix[:n], st.norms[:n], query, scale)
+                scores = cosine(st.matrix[:n], st.norms[:n], unit)
                 if count < n:
                     scores[~st.alive[:n]] = -np.inf
                 index = None
@@ -246,13 +254,14 @@ class VectorCache:
                     return []
                 index = rows if isinstance(rows, np.ndarray) else np.fromiter(rows, dtype=np.intp, count=count)
                 if 4 * count > n:
-                    scores = cosine(st.matrix[:n], st.norms[:n], query, scale)[index]
+                    scores = cosine(st.matrix[:n], st.norms[:n], unit)[index]
                 else:
-                    scores = cosine(st.matrix[index], st.norms[index], query, scale)
+                    scores = cosine(st.matrix[index], st.norms[index], unit)
             k = min(limit, count)
-            top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-            rows_top = top if index is None else index[top]
             ids = st.ids
+            row = (lambda t: t) if index is None else (lambda t: int(index[t]))
+            top = top_positions(scores, k, lambda t: ids[row(t)])
+            rows_top = top if index is None else index[top]
             return [(ids[r], float(scores[t])) for r, t in zip(rows_top.tolist(), top.tolist())]
 
     # ------------------------------------------------------------------ introspection

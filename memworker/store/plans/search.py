@@ -20,7 +20,7 @@ from memworker.store.embeddings import vector_bytes, vector_from_bytes, query_to
 from memworker.store.plans.read import ReadPlans
 from memworker.store.plans.server import as_text, optional_text
 from memworker.store.query import MAX_LIMIT, SearchFilter
-from memworker.store.generation import ROW_WIDTH
+from memworker.store.generation import ROW_WIDTH, cosine, row_norms, top_positions, unit_query
 from memworker.store.vectors import APPLY, BYPASS, CHANGES_PAGE, CURRENT, ROWS_CHUNK
 
 __all__ = ["EXACT_CHUNK", "SearchPlans"]
@@ -272,10 +272,8 @@ class SearchPlans(ReadPlans):
         if not kept:
             return []
         matrix = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        norms = np.linalg.norm(matrix, axis=1) * float(np.linalg.norm(query))
-        scores = (matrix @ query) / np.where(norms == 0, 1.0, norms)
-        k = min(limit, len(kept))
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(kept) else np.arange(len(kept))
+        scores = cosine(matrix, row_norms(matrix), unit_query(query))
+        top = top_positions(scores, min(limit, len(kept)), kept.__getitem__)
         records = yield from self._p_fetch([kept[i] for i in top], flt)
         return [(r, float(scores[i])) for i, r in zip(top, records) if r is not None]
 
