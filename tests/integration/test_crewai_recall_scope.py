@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("crewai")
 
-from test_crewai import FACTORY, embedder, env, events, worker_llm  # noqa: E402,F401
+from test_crewai import FACTORY, _wait_for, embedder, env, events, worker_llm  # noqa: E402,F401
 
 from memworker.crewai.testing import StandInLLM  # noqa: E402
 from memworker.errors import ValidationError  # noqa: E402
@@ -114,6 +114,8 @@ def test_remember_many_refuses_a_string_and_writes_nothing(env, events, contents
     assert m.remember_many(contents, scope="/s", **F) == []
     m.drain_writes()
     assert m.store.count() == 0
+    # CrewAI's bus runs handlers on its own threads: the event may come a moment later
+    assert _wait_for(lambda: any(isinstance(e, MemorySaveFailedEvent) for e in events))
     failed = [e for e in events if isinstance(e, MemorySaveFailedEvent)]
     assert failed and all("contents must be a list of strings" in e.error for e in failed)
 
@@ -191,7 +193,7 @@ def test_remember_many_with_bad_metadata_reports_and_never_raises(env, events):
     assert m.remember_many(["x"], metadata=[1], scope="/a", **F) == []
     m.drain_writes()
     assert m.store.count() == 0
-    assert any("metadata" in e.error for e in events if isinstance(e, MemorySaveFailedEvent))
+    assert _wait_for(lambda: any("metadata" in e.error for e in events if isinstance(e, MemorySaveFailedEvent)))
 
 
 def test_update_never_reaches_a_record_outside_the_root_scope(env):
