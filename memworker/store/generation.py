@@ -213,10 +213,18 @@ def build_state(
     return st
 
 
+#: Rows whose norms are taken at once (a float64 copy of 4,096 x 384 is 12 MB: a whole
+#: cache's copy would be twice the cache).
+_NORM_ROWS = 4096
+
+
 def row_norms(matrix: np.ndarray) -> np.ndarray:
     """The rows' euclidean norms, in float64 (in float32 the squares of a row of 1e20s
-    overflow, of 1e-30s underflow: its cosine came out 0 or NaN)."""
-    norms: np.ndarray = np.linalg.norm(matrix.astype(np.float64), axis=1)
+    overflow, of 1e-30s underflow: its cosine came out 0 or NaN), a block at a time."""
+    norms = np.empty(len(matrix), dtype=np.float64)
+    for start in range(0, len(matrix), _NORM_ROWS):
+        block = matrix[start : start + _NORM_ROWS].astype(np.float64)
+        norms[start : start + len(block)] = np.sqrt(np.einsum("ij,ij->i", block, block))
     return norms
 
 
