@@ -128,13 +128,18 @@ def read_state(home: Path) -> EmbeddedServer | None:
     return EmbeddedServer(host, port, pid, home, module, read_password(home))
 
 
-def _unrecorded(home: Path, state: EmbeddedServer | None) -> EmbeddedServer | None:
+def _unrecorded(home: Path, *, recover: bool, timeout: float) -> EmbeddedServer | None:
     """The home's running server when the state file does not record it (lost,
     truncated, or naming a dead pid): a ``valkey-server`` whose working directory is
     the home's data folder, at the one port it listens on. Without ``/proc`` none.
 
+    One listening on no port yet is being started by the holder of the start lock (it
+    records it once it answers): ``None``, so the caller waits for the lock. Under the
+    lock (``recover``) it is a start that died half-way: stopped, never left beside a
+    new server on the same AOF.
+
     Raises:
-        EmbeddedServerError: Several run on the home's data, or the port is unknown.
+        EmbeddedServerError: Several run on the home's data.
     """
     pids = home_servers(home / DATA_DIR)
     if not pids:
@@ -144,6 +149,10 @@ def _unrecorded(home: Path, state: EmbeddedServer | None) -> EmbeddedServer | No
         if len(ports) == 1:
             module = loaded_module(pids[0])
             return EmbeddedServer(HOST, ports.pop(), pids[0], home, module, read_password(home))
+        if not ports:
+            if recover:
+                terminate(pids[0], timeout)
+            return None
     raise EmbeddedServerError(
         f"valkey-server process(es) {', '.join(map(str, pids))} serve {home / DATA_DIR} but "
         f"{home / STATE_FILE} does not record them: stop them (kill PID; Valkey saves its "
@@ -208,7 +217,7 @@ def find_live(home: Path, timeout: float, *, recover: bool) -> EmbeddedServer | 
     if state is None or not owned(state):
         # No record, or a stale one: the home's server may still run (its record lost
         # or corrupted): found by its working directory, never started beside it.
-        orphan = _unrecorded(home, state)
+        orphan = _unrecorded(home, recover=recover, timeout=timeout)
         if orphan is not None:
             state = orphan
             if recover:
