@@ -72,6 +72,20 @@ def _settings(cluster: Any, namespace: str, **kw: Any) -> Settings:
     return Settings.from_url(cluster.url, namespace=namespace, search_mode="exact", **kw)
 
 
+def _drain_in_background(q: Any, out: dict[str, Any]) -> threading.Thread:
+    """``q.drain(timeout=60)`` on a thread: its report (or error) lands in ``out``."""
+
+    def wait() -> None:
+        try:
+            out["report"] = q.drain(timeout=60)
+        except BaseException as exc:  # noqa: BLE001
+            out["error"] = exc
+
+    t = threading.Thread(target=wait, daemon=True)
+    t.start()
+    return t
+
+
 # ----------------------------------------------------------------------------- 1 + 5
 @pytest.mark.parametrize("phase", ["copy", "handover"])
 def test_drains_of_two_producers_across_a_reshard_report_each_job_once(
@@ -177,14 +191,7 @@ def test_a_drain_waiting_across_a_reshard_finishes_when_the_job_commits(
     with MemoryQueue(settings, producer_id="p") as q:
         job, ids = q.enqueue_encode_job([{"id": "waited", "text": "waited across a move"}])
 
-        def wait() -> None:
-            try:
-                out["report"] = q.drain(timeout=60)
-            except BaseException as exc:  # noqa: BLE001
-                out["error"] = exc
-
-        t = threading.Thread(target=wait, daemon=True)
-        t.start()
+        t = _drain_in_background(q, out)
         time.sleep(0.5)  # subscribed and polling on the old owner
         move_namespace(settings, _target(cluster_plain_server, namespace))
         time.sleep(0.5)
@@ -374,14 +381,7 @@ def test_a_drain_waiting_across_a_failover_finishes(namespace, fake, workers, re
             job, ids = q.enqueue_encode_job([{"id": "w", "text": "waited across a failover"}])
             time.sleep(0.3)  # replicated
 
-            def wait() -> None:
-                try:
-                    out["report"] = q.drain(timeout=60)
-                except BaseException as exc:  # noqa: BLE001
-                    out["error"] = exc
-
-            t = threading.Thread(target=wait, daemon=True)
-            t.start()
+            t = _drain_in_background(q, out)
             time.sleep(0.5)
             _promote(cluster, victim, namespace)
             workers(settings, threads=2)

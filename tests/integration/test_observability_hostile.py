@@ -155,12 +155,9 @@ def _span_dump(spans: list[Any]) -> str:
     return "\n".join(parts)
 
 
-def test_no_span_carries_the_text_an_embedder_error_quotes(plain_server, namespace, fake, workers, exporter, monkeypatch):  # noqa: F811
-    """The model's error quotes the text it was given (as API clients' errors do); the
-    job's ``memworker.embed`` span ends with it. The module docstring of
-    memworker.tracing: "No span or attribute carries memory text". OpenTelemetry's
-    ``start_as_current_span`` records an exception leaving the span as an event
-    (``exception.message``, ``exception.stacktrace``) and as the status description."""
+def _quoting_workers(server, namespace, fake, workers, monkeypatch) -> Settings:  # noqa: F811
+    """In-process workers (no retries) whose model fails a text holding SECRET with an
+    error quoting it, as API clients' errors do; their settings."""
     encode = fake.encode
 
     def quoting(texts):
@@ -170,8 +167,18 @@ def test_no_span_carries_the_text_an_embedder_error_quotes(plain_server, namespa
         return encode(texts)
 
     monkeypatch.setattr(fake, "encode", quoting)
-    settings = Settings.from_url(plain_server.url, namespace=namespace, search_mode="exact")
+    settings = Settings.from_url(server.url, namespace=namespace, search_mode="exact")
     workers(settings, max_retries=0)
+    return settings
+
+
+def test_no_span_carries_the_text_an_embedder_error_quotes(plain_server, namespace, fake, workers, exporter, monkeypatch):  # noqa: F811
+    """The model's error quotes the text it was given (as API clients' errors do); the
+    job's ``memworker.embed`` span ends with it. The module docstring of
+    memworker.tracing: "No span or attribute carries memory text". OpenTelemetry's
+    ``start_as_current_span`` records an exception leaving the span as an event
+    (``exception.message``, ``exception.stacktrace``) and as the status description."""
+    settings = _quoting_workers(plain_server, namespace, fake, workers, monkeypatch)
     with MemoryQueue(settings, producer_id="p") as q:
         job = q.enqueue_encode_job([f"{SECRET} {ESC}"])[0]
         report = q.drain(timeout=60, job_ids=[job])
@@ -189,17 +196,7 @@ def test_a_failure_record_keeps_a_bounded_error_text(plain_server, namespace, fa
     first MAX_ERROR_CHARS characters and says how long it was."""
     from memworker.worker.middleware import MAX_ERROR_CHARS
 
-    encode = fake.encode
-
-    def quoting(texts):
-        for t in texts:
-            if SECRET in t:
-                raise ValueError(f"cannot embed: {t}")
-        return encode(texts)
-
-    monkeypatch.setattr(fake, "encode", quoting)
-    settings = Settings.from_url(plain_server.url, namespace=namespace, search_mode="exact")
-    workers(settings, max_retries=0)
+    settings = _quoting_workers(plain_server, namespace, fake, workers, monkeypatch)
     with MemoryQueue(settings, producer_id="p") as q:
         job = q.enqueue_encode_job([SECRET + " x" * 30_000])[0]
         report = q.drain(timeout=60, job_ids=[job])
