@@ -180,7 +180,7 @@ local function categories(json)
   return parsed_categories(json)
 end
 
--- Pending side-index changes of one call, applied by flush(), gathered per scope:
+-- Pending side-index changes of one call, applied (and emptied) by flush(), gathered per scope:
 -- the sorted-set entries added or removed under each scope, and the net count of
 -- records per (scope, categories JSON). Per record that is two table updates; the
 -- fan-out to every ancestor happens once per scope in flush().
@@ -274,6 +274,9 @@ local function flush()
       end
     end
   end
+  -- applied: a call that flushes again (a sweep deletes expired records, then each
+  -- policy's) must not apply these once more
+  adds, rems, nets = {}, {}, {}
 end
 
 -- A record's new expiry (ms), in its row and in ns:expiry (expire and refresh).

@@ -86,6 +86,26 @@ def test_records_gone_from_under_the_index_do_not_stall_retention(store, raw):
     assert raw.zcard(store.keys.tree("/crew")) == 0
 
 
+def test_two_policies_in_one_sweep_keep_the_counters(store):
+    """A sweep that deletes records of two policies (one script call) applied the
+    first policy's counter changes twice: the side-index changes were not emptied once
+    applied, so the second deletion lowered the first scope's counts again."""
+    old = utcnow() - timedelta(days=40)
+    store.save(
+        [{"id": f"{s}{i}", "content": "x", "scope": f"/{s}", "categories": ["c"], "created_at": old,
+          "embedding": [1.0, 0]} for s in ("a", "b") for i in range(2)]
+        + [{"id": f"{s}-new", "content": "x", "scope": f"/{s}", "categories": ["c"],
+            "created_at": utcnow(), "embedding": [1.0, 0]} for s in ("a", "b", "c")]
+    )  # fmt: skip
+    store.set_retention("/a", 30)
+    store.set_retention("/b", 30)
+    store.sweep(limit=100)
+    assert store.count("/") == 3
+    assert store.list_categories("/") == {"c": 3}
+    assert sorted(store.list_scopes("/")) == ["/a", "/b", "/c"]
+    assert [store.get_scope_info(s).record_count for s in ("/a", "/b", "/c")] == [1, 1, 1]
+
+
 def test_a_policy_never_applies_to_the_langgraph_stores_items(store, raw):
     """The LangGraph store's items (/langgraph and below) are under their own TTL: a
     policy on "/" passes over them (a CrewAI ``retention={"/": 30}`` deleted LangGraph
