@@ -78,8 +78,10 @@ from memworker.store.jsontext import json_text
 from memworker.store.tokens import float_range
 from memworker.store.validate import (
     MAX_CATEGORY_LENGTH,
+    MAX_CONTENT_BYTES,
     MAX_SCOPE_DEPTH,
     MAX_SWEEP_MS,
+    check_metadata,
     check_nesting,
 )
 
@@ -91,6 +93,8 @@ ROOT_SCOPE = LANGGRAPH_ROOT
 _MAX_K = 10_000
 #: Most labels of a namespace (the store's scope depth, less the root's level).
 MAX_LABELS = MAX_SCOPE_DEPTH - 1
+#: Most characters of a put's key (kept in its record's metadata, beside the value).
+MAX_KEY_LENGTH = 4096
 #: Most puts of concurrent callers sent as one job.
 GROUP_LIMIT = 64
 #: Records read per page by a search without a query.
@@ -485,13 +489,17 @@ def _put_error(key: str, detail: str) -> ValidationError:
     own entries, so ``metadata['=n']`` is ``value['n']`` and ``metadata`` the value."""
     detail = re.sub(r"^metadata\['" + re.escape(_FIELD), "value['", detail)
     detail = re.sub(r"^metadata\b", "value", detail)
+    detail = re.sub(r"^content\b", "the indexed text of its value", detail)
     return ValidationError(f"put of {shown(key)}: {detail}")
 
 
 def _prefix_scope(prefix: Sequence[str], where: str) -> str:
     """The scope of a namespace prefix; longer than any put's namespace may be is an
     error naming ``where``."""
-    path, scope = _cached(_placement, tuple(prefix))
+    try:
+        path, scope = _cached(_placement, tuple(prefix))
+    except ValidationError as exc:
+        raise ValidationError(f"{where}: {exc}") from None
     if len(path) > MAX_CATEGORY_LENGTH:
         raise ValidationError(
             f"{where} is {len(path)} characters percent-encoded, the limit is {MAX_CATEGORY_LENGTH}"
@@ -834,8 +842,10 @@ class QueuedStore(BaseStore):
             return None
         return _check_minutes(op.ttl, f"ttl of {shown(op.key)}")
 
-    def _texts(self, op: PutOp) -> str:
-        """The text the workers embed for a put ("" when it is not indexed)."""
+    def _texts(self, op: PutOp, metadata: dict[str, Any]) -> str:
+        """The text the workers embed for a put ("" when it is not indexed), each
+        field path once; collecting stops past :data:`MAX_CONTENT_BYTES` (a value too
+        big is refused as such first, then the indexed text)."""
         if self.index_config is None or op.index is False or op.value is None:
             return ""
         if op.index is None:
@@ -847,11 +857,24 @@ class QueuedStore(BaseStore):
                 raise ValidationError(
                     f"index of {shown(op.key)} must be False, None or a list of field paths (strings)"
                 )
-            paths = [_field_path(f) for f in op.index]
+            paths = [_field_path(f) for f in dict.fromkeys(op.index)]
         texts: list[str] = []
+        size = 0
         for _, tokens in paths:
-            # a blank text is nothing to embed (the value is stored as it is)
-            texts.extend(t for t in get_text_at_path(op.value, tokens) if t.strip())
+            for text in get_text_at_path(op.value, tokens):
+                if not text.strip():
+                    continue  # a blank text is nothing to embed (the value is stored as it is)
+                size += len(text) + 1  # characters <= UTF-8 bytes, and the joining newline
+                if size > MAX_CONTENT_BYTES + 1:
+                    try:
+                        check_metadata(metadata)
+                    except ValidationError as exc:
+                        raise _put_error(op.key, str(exc)) from None
+                    raise ValidationError(
+                        f"put of {shown(op.key)}: the indexed text of its value is over "
+                        f"{MAX_CONTENT_BYTES} bytes, the limit is {MAX_CONTENT_BYTES} (MAX_CONTENT_BYTES)"
+                    )
+                texts.append(text)
         return "\n".join(texts)
 
     def _p_put(self, puts: list[PutOp]) -> _Plan:
@@ -864,6 +887,10 @@ class QueuedStore(BaseStore):
         for op in puts:
             if not isinstance(op.key, str) or not op.key:
                 raise ValidationError("key must be a non-empty string")
+            if len(op.key) > MAX_KEY_LENGTH and op.value is not None:
+                raise ValidationError(
+                    f"put of {shown(op.key)}: key is {len(op.key)} characters, the limit is {MAX_KEY_LENGTH}"
+                )
             rid = record_id(op.namespace, op.key)
             ver = next_version()
             if op.value is None:
@@ -888,7 +915,7 @@ class QueuedStore(BaseStore):
                 if not isinstance(field, str):
                     raise ValidationError(f"value of {shown(op.key)}: field names must be strings")
                 metadata[_FIELD + field] = value
-            text = self._texts(op)
+            text = self._texts(op, metadata)
             item: dict[str, Any] = {
                 "id": rid,
                 "scope": scope,
