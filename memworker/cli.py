@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from memworker import __version__
 from memworker.errors import shown
@@ -25,9 +26,36 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
+#: A URL's password (``scheme://user:password@``) and a ``password=`` parameter.
+_SECRET = re.compile(r"(://[^/@\s:]*:)[^@\s]*@|(password=)[^&\s]*", re.IGNORECASE)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors never print a password: an argument it
+    does not know (a URL given without ``--url``) is quoted in its message."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(_SECRET.sub(lambda m: f"{m[1]}***@" if m[1] else f"{m[2]}***", message))
+
+
+def _with_common(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    common: argparse.ArgumentParser,
+) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """``commands``, required, each of its parsers taking ``common``'s options."""
+    add = commands.add_parser
+
+    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return add(name, parents=[common], **kwargs)  # type: ignore[arg-type,no-any-return]
+
+    commands.add_parser = add_parser  # type: ignore[method-assign]
+    commands.required = True
+    return commands
+
+
 def make_argument_parser() -> argparse.ArgumentParser:
     """The parser of every ``memworker`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="memworker",
         description="Write-behind memory for AI agents on Valkey.",
     )
@@ -43,19 +71,13 @@ def make_argument_parser() -> argparse.ArgumentParser:
         help="key namespace (default: $MEMWORKER_NAMESPACE or 'memworker')",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
-    # --url and --namespace are accepted before or after the command
-    # (`memworker --namespace ns worker` and `memworker worker --namespace ns`).
+    # --url and --namespace are accepted before or after the command and its action
+    # (`memworker --namespace ns worker`, `memworker worker --namespace ns` and
+    # `memworker dead list --namespace ns`).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     common.add_argument("--namespace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_parser = commands.add_parser
-
-    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
-        return _add_parser(name, parents=[common], **kwargs)  # type: ignore[arg-type]
-
-    commands.add_parser = add_parser  # type: ignore[method-assign]
-    commands.required = True
+    commands = _with_common(parser.add_subparsers(dest="command", metavar="COMMAND"), common)
 
     server = commands.add_parser(
         "server", help="run the embedded Valkey in the foreground (for a Procfile)"
@@ -140,8 +162,7 @@ def make_argument_parser() -> argparse.ArgumentParser:
     drain.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
 
     dead = commands.add_parser("dead", help="dead-lettered jobs")
-    dead_commands = dead.add_subparsers(dest="dead_command", metavar="ACTION")
-    dead_commands.required = True
+    dead_commands = _with_common(dead.add_subparsers(dest="dead_command", metavar="ACTION"), common)
     dead_list = dead_commands.add_parser("list", help="list dead-lettered jobs")
     dead_list.add_argument("--limit", type=_limit, default=100, help="jobs to list, at least 1 (default 100)")
     dead_list.add_argument("--json", action="store_true", help="print JSON")
@@ -170,10 +191,9 @@ def make_argument_parser() -> argparse.ArgumentParser:
     ret = commands.add_parser(
         "retention", help="keep records of a scope N days: the workers delete older ones"
     )
-    ret_commands = ret.add_subparsers(dest="retention_command", metavar="ACTION")
-    ret_commands.required = True
+    ret_commands = _with_common(ret.add_subparsers(dest="retention_command", metavar="ACTION"), common)
     ret_set = ret_commands.add_parser("set", help="set a scope's retention")
-    ret_set.add_argument("scope", type=_scope, help="the scope (and every scope below it), e.g. /crew/research")
+    ret_set.add_argument("scope", type=_policy_scope, help="the scope (and every scope below it), e.g. /crew/research")
     ret_set.add_argument("--days", type=_days, required=True, help="days to keep a record after its creation")
     ret_clear = ret_commands.add_parser("clear", help="remove a scope's retention")
     ret_clear.add_argument("scope", type=_scope)
@@ -294,6 +314,20 @@ def _scope(text: str) -> str:
         return normalize_scope(text, field="scope")
     except ValidationError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _policy_scope(text: str) -> str:
+    """An argparse type: a scope a retention policy may be set on (not the LangGraph
+    store's ``/langgraph``: a usage error, as a bad scope is)."""
+    from memworker.errors import ValidationError
+    from memworker.store.plans.delete import check_policy_scope
+
+    path = _scope(text)
+    try:
+        check_policy_scope(path)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return path
 
 
 def _watch_seconds(text: str) -> float:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from memworker.errors import ConfigError
 
@@ -36,6 +36,36 @@ DEFAULT_CONNECT_TIMEOUT_MS = 2_000
 _SCHEMES = {"valkey": False, "redis": False, "valkeys": True, "rediss": True}
 _SEARCH_MODES = ("auto", "module", "exact")
 _MAX_DB = 15_999  # Valkey accepts `databases` up to this kind of size; 16 by default.
+
+
+def _split(url: str) -> SplitResult:
+    """``urlsplit(url)``, or a ConfigError that never holds the URL: neither its text
+    nor its ``__context__`` (raised after the ``except`` block, so nothing chains the
+    parser's error, which quotes the netloc and so the password)."""
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        ipv6 = "IPv6" in str(exc)
+    if ipv6:
+        raise ConfigError("URL is malformed: its host is not a valid IPv6 address in brackets")
+    raise ConfigError(
+        "URL is malformed: its user, password or host holds a character that Unicode "
+        "NFKC normalization turns into '/', '?', '#', '@' or ':' (percent-encode the password)"
+    )
+
+
+def _port(parts: SplitResult) -> int | None:
+    """The URL's port, or a ConfigError that never holds the netloc (a password with
+    an unencoded '/', '?' or '#' makes urlsplit read part of it as the host and port;
+    its error, quoting it, is not chained: raised after the ``except`` block)."""
+    try:
+        return parts.port
+    except ValueError:
+        pass
+    raise ConfigError(
+        "URL port is not a number from 1 to 65535 (if the password contains "
+        "'/', '?', '#' or '@', percent-encode it)"
+    )
 
 
 def _ms_param(name: str, raw: str, scale: float) -> int:
@@ -232,10 +262,7 @@ class Settings:
         """
         if not isinstance(url, str) or not url.strip():
             raise ConfigError("URL is empty")
-        try:
-            parts = urlsplit(url.strip())
-        except ValueError as exc:
-            raise ConfigError(f"URL is malformed: {exc}") from None
+        parts = _split(url.strip())
         scheme = parts.scheme.lower()
         if scheme not in _SCHEMES:
             raise ConfigError(
@@ -250,15 +277,7 @@ class Settings:
                 "URL has an '@' after the host, or a '#': if the password contains "
                 "'/', '?', '#' or '@', percent-encode it"
             )
-        try:
-            port = parts.port
-        except ValueError:
-            # Never echo the netloc: a password with an unencoded '/', '?' or '#'
-            # makes urlsplit read part of it as the host and port.
-            raise ConfigError(
-                "URL port is not a number from 1 to 65535 (if the password contains "
-                "'/', '?', '#' or '@', percent-encode it)"
-            ) from None
+        port = _port(parts)
         host = parts.hostname
         if not host:
             raise ConfigError("URL has no host")

@@ -22,6 +22,7 @@ from crewai.memory.types import MemoryMatch, MemoryRecord
 from crewai.memory.unified_memory import Memory
 from crewai.memory.utils import join_scope_paths
 from pydantic import Field, PrivateAttr
+from pydantic import ValidationError as PydanticValidationError
 
 from memworker.crewai._calls import (
     SOURCE_TYPE,
@@ -41,7 +42,7 @@ from memworker.crewai._install import is_valkey_spec, store_for_spec
 from memworker.crewai._items import call_items, flow_entry
 from memworker.crewai._recall import matches
 from memworker.crewai._settle import Settler
-from memworker.errors import ConfigError, JobFailedError, ValidationError, shown  # re-exported
+from memworker.errors import ConfigError, JobFailedError, MemworkerError, ValidationError, shown  # re-exported
 from memworker.queue.jobs import DrainTimeout, FailedJob, check_timeout, embed_items, needs_flow
 from memworker.queue.producer import MemoryQueue
 from memworker.store.query import MAX_LIMIT
@@ -131,6 +132,22 @@ class QueuedMemory(Memory):
     _settler: Any = PrivateAttr(default=None)
     _group: Any = PrivateAttr(default=None)
 
+    def __init__(self, **data: Any) -> None:
+        """CrewAI's constructor; memworker's own refusal of an argument (a
+        ``ValidationError`` from :meth:`model_post_init`, which pydantic wraps in its
+        own, quoting every argument, the storage URL's password too) is raised as it is."""
+        try:
+            super().__init__(**data)
+            return
+        except PydanticValidationError as exc:
+            ours = next(
+                (e["ctx"]["error"] for e in exc.errors()
+                 if isinstance(e.get("ctx", {}).get("error"), MemworkerError)), None,
+            )  # fmt: skip
+            if ours is None:
+                raise
+        raise ours  # after the except block: pydantic's error is not its context
+
     def model_post_init(self, __context: Any) -> None:
         try:  # inf raised OverflowError, nan and -1 a DrainTimeout, after each write
             self.drain_timeout = check_timeout(self.drain_timeout)
@@ -141,9 +158,13 @@ class QueuedMemory(Memory):
         spec = self.storage
         if isinstance(spec, str):
             if not is_valkey_spec(spec):
+                # a URL is named by its scheme only: the rest may hold a password
+                got = f"a {shown(spec.partition('://')[0])}:// URL" if "://" in spec else (
+                    "a string with '@' in it" if "@" in spec else shown(spec)
+                )
                 raise ConfigError(
                     f"QueuedMemory needs a Valkey storage spec (valkey://, valkeys://, redis://, "
-                    f"rediss:// or 'valkey'), got {spec!r}"
+                    f"rediss:// or 'valkey'), got {got}"
                 )
             store = store_for_spec(spec, namespace=self.namespace)
         elif isinstance(spec, ValkeyStore):
@@ -156,7 +177,8 @@ class QueuedMemory(Memory):
         try:
             super().model_post_init(__context)
         finally:
-            self.__dict__["storage"] = spec
+            # the field as given, a URL's password replaced by *** (repr and str show it)
+            self.__dict__["storage"] = store.settings.redacted_url() if isinstance(spec, str) and spec != "valkey" else spec
         if self._embedder_instance is None and self.embedder is None:
             self._embedder_instance = LocalEmbedder()
         policies = self._check_retention(self.retention, self.root_scope)
