@@ -122,8 +122,8 @@ def test_remember_many_refuses_a_string_and_writes_nothing(env, events, contents
 
 @pytest.mark.parametrize("timeout", [math.inf, math.nan, -1])
 def test_a_drain_timeout_that_is_not_a_finite_number_is_refused(env, timeout):
-    # pydantic wraps an error of the model's own checks (a ValueError, as ValidationError is)
-    with pytest.raises(ValueError, match="drain_timeout must be None or a finite number"):
+    # memworker's own error, not pydantic's wrapping of it (which quotes every argument)
+    with pytest.raises(ValidationError, match="drain_timeout must be None or a finite number"):
         env(drain_timeout=timeout)
 
 

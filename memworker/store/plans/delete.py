@@ -38,6 +38,16 @@ DELETE_CHUNK = 500
 MAX_SWEEP_LIMIT = 10_000
 
 
+
+def check_policy_scope(path: str) -> None:
+    """Refuse a retention policy on the normalized scope ``path`` inside
+    :data:`LANGGRAPH_ROOT` (the LangGraph store's items: their TTL governs them)."""
+    if in_langgraph(path):
+        raise ValidationError(
+            f"scope {shown(path)} is under {LANGGRAPH_ROOT}, the LangGraph store's items: "
+            "a retention policy does not apply there (their TTL does: memworker.langgraph)"
+        )
+
 class DeletePlans(ReadPlans):
     """Plans that delete records."""
 
@@ -91,11 +101,8 @@ class DeletePlans(ReadPlans):
         policy applies to the LangGraph store's items (:data:`LANGGRAPH_ROOT`; their TTL
         governs them): one inside it is refused, one above it passes over them."""
         path = normalize_scope(scope, field="scope")
-        if days is not None and in_langgraph(path):
-            raise ValidationError(
-                f"scope {shown(path)} is under {LANGGRAPH_ROOT}, the LangGraph store's items: "
-                "a retention policy does not apply there (their TTL does: memworker.langgraph)"
-            )
+        if days is not None:
+            check_policy_scope(path)
         if days is None:
             yield Call(["HDEL", self.keys.retention, path])
             return
