@@ -79,7 +79,7 @@ def _cli(url: str, namespace: str, *args: str, timeout: float = 60, extra_env=No
     for name in ("VALKEY_URL", "REDIS_URL", "MEMWORKER_NAMESPACE"):
         env.pop(name, None)
     return subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "memworker"), "--url", url, "--namespace", namespace, *args],
+        [sys.executable, "-m", "memworker.cli", "--url", url, "--namespace", namespace, *args],
         env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
