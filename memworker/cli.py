@@ -26,27 +26,47 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-#: A URL's password (``scheme://user:password@``) and a ``password=`` parameter.
-_SECRET = re.compile(r"(://[^/@\s:]*:)[^@\s]*@|(password=)[^&\s]*", re.IGNORECASE)
+#: What is left of a URL's password (``scheme://user:password@``, to the last ``@``
+#: before a space) and a ``password=`` parameter, once the arguments' own are replaced.
+_SECRET = re.compile(r"(://[^/@\s:]*:)\S*@|(password=)[^&\s]*", re.IGNORECASE)
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse's parser whose usage errors never print a password: an argument it
-    does not know (a URL given without ``--url``) is quoted in its message."""
+    does not know (a URL given without ``--url``) is quoted in its message. Each
+    argument holding a URL is replaced by its :func:`redact_url` form (a password with
+    ``@`` or a space in it too), then anything URL-shaped left by :data:`_SECRET`.
+    A command's parsers share the list of arguments they were given (``tokens``)."""
+
+    def __init__(self, *args: Any, tokens: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tokens: list[str] = [] if tokens is None else tokens
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.tokens.extend(str(a) for a in (sys.argv[1:] if args is None else args))
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
+        from memworker.settings import redact_url
+
+        for token in sorted(set(self.tokens), key=len, reverse=True):
+            hidden = redact_url(token)
+            if hidden != token:
+                message = message.replace(token, hidden).replace(repr(token)[1:-1], repr(hidden)[1:-1])
         super().error(_SECRET.sub(lambda m: f"{m[1]}***@" if m[1] else f"{m[2]}***", message))
 
 
 def _with_common(
     commands: argparse._SubParsersAction,  # type: ignore[type-arg]
     common: argparse.ArgumentParser,
+    tokens: list[str],
 ) -> argparse._SubParsersAction:  # type: ignore[type-arg]
-    """``commands``, required, each of its parsers taking ``common``'s options."""
+    """``commands``, required, each of its parsers taking ``common``'s options and
+    sharing ``tokens`` (:class:`_Parser`)."""
     add = commands.add_parser
 
     def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
-        return add(name, parents=[common], **kwargs)  # type: ignore[arg-type,no-any-return]
+        return add(name, parents=[common], tokens=tokens, **kwargs)  # type: ignore[arg-type,no-any-return]
 
     commands.add_parser = add_parser  # type: ignore[method-assign]
     commands.required = True
@@ -77,7 +97,7 @@ def make_argument_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     common.add_argument("--namespace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    commands = _with_common(parser.add_subparsers(dest="command", metavar="COMMAND"), common)
+    commands = _with_common(parser.add_subparsers(dest="command", metavar="COMMAND"), common, parser.tokens)
 
     server = commands.add_parser(
         "server", help="run the embedded Valkey in the foreground (for a Procfile)"
@@ -162,7 +182,7 @@ def make_argument_parser() -> argparse.ArgumentParser:
     drain.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
 
     dead = commands.add_parser("dead", help="dead-lettered jobs")
-    dead_commands = _with_common(dead.add_subparsers(dest="dead_command", metavar="ACTION"), common)
+    dead_commands = _with_common(dead.add_subparsers(dest="dead_command", metavar="ACTION"), common, parser.tokens)
     dead_list = dead_commands.add_parser("list", help="list dead-lettered jobs")
     dead_list.add_argument("--limit", type=_limit, default=100, help="jobs to list, at least 1 (default 100)")
     dead_list.add_argument("--json", action="store_true", help="print JSON")
@@ -191,7 +211,7 @@ def make_argument_parser() -> argparse.ArgumentParser:
     ret = commands.add_parser(
         "retention", help="keep records of a scope N days: the workers delete older ones"
     )
-    ret_commands = _with_common(ret.add_subparsers(dest="retention_command", metavar="ACTION"), common)
+    ret_commands = _with_common(ret.add_subparsers(dest="retention_command", metavar="ACTION"), common, parser.tokens)
     ret_set = ret_commands.add_parser("set", help="set a scope's retention")
     ret_set.add_argument("scope", type=_policy_scope, help="the scope (and every scope below it), e.g. /crew/research")
     ret_set.add_argument("--days", type=_days, required=True, help="days to keep a record after its creation")

@@ -231,6 +231,17 @@ def _field_path(field: str) -> tuple[str, str | list[str]]:
     return field, field if field == "$" else tokenize_path(field)
 
 
+def _path_key(tokens: str | list[str]) -> object:
+    """A field path's tokens as a dict key, the same for spellings of one index
+    (``[0]``, ``[00]``: ``get_text_at_path`` reads both as element 0)."""
+    if isinstance(tokens, str):
+        return tokens
+    return tuple(
+        f"[{int(t[1:-1])}]" if t.startswith("[") and t.endswith("]") and t[1:-1].strip().lstrip("-").isdecimal() else t
+        for t in tokens
+    )
+
+
 def namespace_scope(namespace: Sequence[str]) -> str:
     return _cached(_placement, namespace)[1]
 
@@ -857,7 +868,9 @@ class QueuedStore(BaseStore):
                 raise ValidationError(
                     f"index of {shown(op.key)} must be False, None or a list of field paths (strings)"
                 )
-            paths = [_field_path(f) for f in dict.fromkeys(op.index)]
+            # each path once: by its text, then by its tokens ("t[0]" and "t[00]")
+            parsed = (_field_path(f) for f in dict.fromkeys(op.index))
+            paths = list({_path_key(tokens): (f, tokens) for f, tokens in parsed}.values())
         texts: list[str] = []
         size = 0
         for _, tokens in paths:

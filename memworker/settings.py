@@ -12,6 +12,7 @@ The worker's variables are in :mod:`memworker.worker_settings`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +37,19 @@ DEFAULT_CONNECT_TIMEOUT_MS = 2_000
 _SCHEMES = {"valkey": False, "redis": False, "valkeys": True, "rediss": True}
 _SEARCH_MODES = ("auto", "module", "exact")
 _MAX_DB = 15_999  # Valkey accepts `databases` up to this kind of size; 16 by default.
+
+
+def redact_url(url: str) -> str:
+    """``url`` as given, its password (between the user's ``:`` and the last ``@``:
+    a password may hold an unencoded ``@``) and any ``password=`` parameter replaced by
+    ``***``; text without ``://`` keeps only the parameter rule."""
+    head, sep, rest = url.partition("://")
+    if sep:
+        userinfo, at, host = rest.rpartition("@")
+        if at and ":" in userinfo:
+            rest = f"{userinfo.partition(':')[0]}:***@{host}"
+        url = head + sep + rest
+    return re.sub(r"(?i)(password=)[^&#]*", r"\1***", url)
 
 
 def _split(url: str) -> SplitResult:

@@ -45,6 +45,7 @@ from memworker.crewai._settle import Settler
 from memworker.errors import ConfigError, JobFailedError, MemworkerError, ValidationError, shown  # re-exported
 from memworker.queue.jobs import DrainTimeout, FailedJob, check_timeout, embed_items, needs_flow
 from memworker.queue.producer import MemoryQueue
+from memworker.settings import redact_url
 from memworker.store.query import MAX_LIMIT
 from memworker.store.store import ValkeyStore
 from memworker.store.validate import check_retention_days, normalize_scope, normalize_scope_prefix
@@ -88,6 +89,23 @@ def _check_call(metadata: Any, root_scope: Any) -> None:
         raise ValidationError("metadata must be None or a dict with string keys")
     if root_scope is not None and not isinstance(root_scope, str):
         raise ValidationError(f"root_scope must be a string or None, got {type(root_scope).__name__}")
+
+
+def _unwrapped(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``; a pydantic ``ValidationError`` wrapping memworker's
+    own error (a ``ValueError``, so pydantic wraps it, quoting the input) is replaced
+    by that error, raised after the ``except`` block so pydantic's is not its context."""
+    ours: MemworkerError | None = None
+    try:
+        return call(*args, **kwargs)
+    except PydanticValidationError as exc:
+        ours = next(
+            (e["ctx"]["error"] for e in exc.errors()
+             if isinstance(e.get("ctx", {}).get("error"), MemworkerError)), None,
+        )  # fmt: skip
+        if ours is None:
+            raise
+    raise ours
 
 
 class QueuedMemory(Memory):
@@ -136,17 +154,22 @@ class QueuedMemory(Memory):
         """CrewAI's constructor; memworker's own refusal of an argument (a
         ``ValidationError`` from :meth:`model_post_init`, which pydantic wraps in its
         own, quoting every argument, the storage URL's password too) is raised as it is."""
-        try:
-            super().__init__(**data)
-            return
-        except PydanticValidationError as exc:
-            ours = next(
-                (e["ctx"]["error"] for e in exc.errors()
-                 if isinstance(e.get("ctx", {}).get("error"), MemworkerError)), None,
-            )  # fmt: skip
-            if ours is None:
-                raise
-        raise ours  # after the except block: pydantic's error is not its context
+        _unwrapped(super().__init__, **data)
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> QueuedMemory:
+        """pydantic's, memworker's own refusal raised as it is (see ``__init__``)."""
+        return cast(QueuedMemory, _unwrapped(super().model_validate, obj, *args, **kwargs))
+
+    @classmethod
+    def model_validate_json(cls, json_data: Any, *args: Any, **kwargs: Any) -> QueuedMemory:
+        """pydantic's, memworker's own refusal raised as it is (see ``__init__``)."""
+        return cast(QueuedMemory, _unwrapped(super().model_validate_json, json_data, *args, **kwargs))
+
+    @classmethod
+    def model_validate_strings(cls, obj: Any, *args: Any, **kwargs: Any) -> QueuedMemory:
+        """pydantic's, memworker's own refusal raised as it is (see ``__init__``)."""
+        return cast(QueuedMemory, _unwrapped(super().model_validate_strings, obj, *args, **kwargs))
 
     def model_post_init(self, __context: Any) -> None:
         try:  # inf raised OverflowError, nan and -1 a DrainTimeout, after each write
@@ -178,7 +201,7 @@ class QueuedMemory(Memory):
             super().model_post_init(__context)
         finally:
             # the field as given, a URL's password replaced by *** (repr and str show it)
-            self.__dict__["storage"] = store.settings.redacted_url() if isinstance(spec, str) and spec != "valkey" else spec
+            self.__dict__["storage"] = redact_url(spec) if isinstance(spec, str) else spec
         if self._embedder_instance is None and self.embedder is None:
             self._embedder_instance = LocalEmbedder()
         policies = self._check_retention(self.retention, self.root_scope)
