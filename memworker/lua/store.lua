@@ -44,6 +44,8 @@
 --               {0-based indexes of the groups skipped: not pending}}
 --   delete: id, id, ...                          -> number of records deleted
 --   touch:  last_accessed, id, id, ...           -> number of records touched
+--   reindex: id, id, ...                         -> number of records rewritten as they are
+--             (a field set to its own value: a just-made search index indexes them now)
 --   vdelete: id, ver, id, ver, ...               -> number of records deleted
 --             a versioned delete (LangGraph's write-behind store): deletes the record
 --             unless a later version is stored, and leaves a tombstone (ns:tomb, the
@@ -458,8 +460,6 @@ if op == "save" then
     if take and since and not rec.ver and (stamped or old[4]) then
       -- the job's enqueue time (see "groups"); a stamp once written stays (ever later)
       rec.upd = string.format("%.0f", since)
-    elseif take and not since and not stamp and old[4] then
-      rec.upd = old[4]  -- the same write again (unguarded, unstamped): its stamp stays
     end
     if take then
       local at = where[rec.id]
@@ -646,5 +646,19 @@ elseif op == "touch" then
     end
   end
   return touched
+elseif op == "reindex" then
+  -- Rewrite one field of each existing record to its own value: a search module whose
+  -- index was just (re)created indexes the record at once, as it is now (a record
+  -- updated or deleted since a commit is left so: nothing is written back).
+  local done = 0
+  for i = 4, #ARGV do
+    local key = REC .. ARGV[i]
+    local scope = redis.call("HGET", key, "scope")
+    if scope then
+      redis.call("HSET", key, "scope", scope)
+      done = done + 1
+    end
+  end
+  return done
 end
 return redis.error_reply("UNKNOWNOP " .. tostring(op))

@@ -80,7 +80,6 @@ class WritePlans(ServerPlans):
         *,
         retried: bool = False,
         guard: tuple[str, str] | None = None,
-        unstamped: bool = False,
     ) -> Plan[int]:
         """Write validated records in atomic chunks; ``extra`` commands run in the last one.
 
@@ -98,7 +97,7 @@ class WritePlans(ServerPlans):
         if stored:
             yield from self._p_ensure_index(stored)
         inserted = 0
-        stamp = "" if unstamped else str(int(time.time() * 1000))
+        stamp = str(int(time.time() * 1000))
         chunks = [encoded[i : i + self.batch_size] for i in range(0, len(encoded), self.batch_size)]
         if not chunks and extra:
             chunks = [[]]
@@ -161,15 +160,14 @@ class WritePlans(ServerPlans):
             inserted += int(reply[0])
             if int(reply[1]) and dim:
                 # First write since the namespace was empty: another process may have
-                # dropped the index (reset). Make sure it exists, then rewrite the
-                # chunk so the module indexes it synchronously (writes are idempotent).
+                # dropped the index (reset). Make sure it exists, then have the module
+                # index the chunk's records at once, as they are now (never the chunk
+                # written again: a record it left, or one updated since, would revert).
                 self._state.dim = dim
                 if self._state.module and self._state.index_ready:
                     self._state.index_ready = False
                     yield from self._p_ensure_index(dim)
-                    last = n == len(chunks) - 1
-                    args[9:11] = ["", ""]  # the same write again (the guard held), unstamped
-                    yield Script("store", _strip_extra(args, extra) if last else args)
+                    yield from self._p_reindex([rec.id for rec in chunk])
         return inserted
 
     def _p_write_jobs(
@@ -226,16 +224,16 @@ class WritePlans(ServerPlans):
         skipped = [int(i) for i in reply[2]] if len(reply) > 2 and reply[2] else []
         if int(reply[1]) and dim:
             # First write since the namespace was empty (see _p_write): make sure the
-            # index exists, then write the committed jobs' records again, unguarded
-            # (their marks are gone now) and unstamped, so the module indexes them.
+            # index exists, then have the module index the committed jobs' records as
+            # they are now (a record a job left, updated after it was enqueued, stays).
             self._state.dim = dim
             if self._state.module and self._state.index_ready:
                 self._state.index_ready = False
                 yield from self._p_ensure_index(dim)
                 gone = set(skipped)
-                again = [row for i, job in enumerate(jobs) if i not in gone for row in job.rows]
-                if again:
-                    yield from self._p_write(again, unstamped=True)
+                yield from self._p_reindex(
+                    [row.id for i, job in enumerate(jobs) if i not in gone for row in job.rows]
+                )
         return int(reply[0]), skipped
 
     def _p_save(self, records: Iterable[Any]) -> Plan[None]:
@@ -247,6 +245,13 @@ class WritePlans(ServerPlans):
         encoded = to_rows([record], keep_embedding=True)
         yield from self._p_write(encoded)
 
+    def _p_reindex(self, record_ids: list[str]) -> Plan[None]:
+        """Have the search module index these records now, as they are (the
+        script's ``reindex``), in calls of at most ``batch_size`` ids."""
+        for start in range(0, len(record_ids), self.batch_size):
+            ids = record_ids[start : start + self.batch_size]
+            yield Script("store", ["reindex", self.keys.prefix, str(CHANGES_CAP), *ids])
+
     def _p_touch(self, record_ids: Sequence[str]) -> Plan[int]:
         ids = [] if record_ids is None else check_ids(record_ids)
         if not ids:
@@ -254,9 +259,3 @@ class WritePlans(ServerPlans):
         now = format_timestamp(utcnow())
         touched = yield Script("store", ["touch", self.keys.prefix, str(CHANGES_CAP), now, *ids])
         return int(touched)
-
-
-def _strip_extra(args: list[Any], extra: Sequence[Sequence[Any]]) -> list[Any]:
-    """A save script's arguments without its trailing extra commands (they ran once)."""
-    drop = sum(len(c) + 1 for c in extra)
-    return args[: len(args) - drop] if drop else args
