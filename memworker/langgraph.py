@@ -326,7 +326,23 @@ def _matches(value: Any, condition: Any) -> bool:
         if not isinstance(value, dict):
             return False
         return all(_matches(value.get(k, _MISSING), v) for k, v in condition.items())
+    if isinstance(condition, (list, tuple)) and _holds_dict(condition):
+        # element by element, as LangGraph's stores do: a dict in it matches field by
+        # field (or applies its operators)
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(condition)
+            and all(_matches(v, c) for v, c in zip(value, condition))
+        )
     return _json_equal(value, condition)
+
+
+def _holds_dict(value: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether a list (at any depth of lists; its nesting is bounded by
+    ``check_nesting``) holds a dict."""
+    return any(
+        isinstance(v, dict) or (isinstance(v, (list, tuple)) and _holds_dict(v)) for v in value
+    )
 
 
 def check_filter(
@@ -367,6 +383,10 @@ def check_filter(
 def _check_condition(condition: Any, where: str) -> None:
     """Every operator of a condition, at any depth below plain dicts, is one LangGraph
     documents (the filter's nesting is bounded by ``check_nesting`` first)."""
+    if isinstance(condition, (list, tuple)):
+        for i, element in enumerate(condition):  # matched element by element (_matches)
+            _check_condition(element, f"{where}[{i}]")
+        return
     if not isinstance(condition, dict):
         return
     if any(isinstance(k, str) and k.startswith("$") for k in condition):
@@ -392,6 +412,8 @@ def _pushable(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, list):
+        if _holds_dict(value):
+            return False  # matched element by element, a dict field by field (_matches)
         try:
             json_text(value)
         except (TypeError, ValueError):

@@ -114,7 +114,7 @@ def test_an_operator_below_a_plain_dict_is_checked(lg, flt, operator):
 def test_a_refused_put_records_no_sweep_interval(make_store, settings):
     store = make_store(ttl={"sweep_interval_minutes": 5})
     with pytest.raises(ValidationError):
-        store.put(("n",), "fat", {"text": "apple " * 10_000}, index=["text"] * 17)
+        store.put(("n",), "fat", {"text": "apple " * 12_000}, index=["text"])  # 72 KB > 64 KiB
     client = redis_client(settings)
     try:
         assert client.hget(store.store.keys.meta, "sweep_ms") is None
