@@ -24,6 +24,12 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 #: Bad arguments or configuration.
 EXIT_USAGE = 2
+#: Longest ``memworker drain --timeout`` (a year, in seconds).
+MAX_DRAIN_SECONDS = 31_536_000
+#: ``dead list --limit`` above this lists them all (the server's range is 64-bit).
+MAX_LIST = 2**63 - 1
+#: Most records ``memworker demo`` writes (its memories are built in memory first).
+MAX_DEMO_RECORDS = 1_000_000
 
 
 #: What is left of a URL's password (``scheme://user:password@``, to the last ``@``
@@ -102,7 +108,7 @@ def make_argument_parser() -> argparse.ArgumentParser:
     server = commands.add_parser(
         "server", help="run the embedded Valkey in the foreground (for a Procfile)"
     )
-    server.add_argument("--home", default=None, help="data folder (default: $MEMWORKER_HOME or ./.memworker)")
+    server.add_argument("--home", type=_home, default=None, help="data folder (default: $MEMWORKER_HOME or ./.memworker)")
     server.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     server.add_argument(
         "--search-module",
@@ -179,7 +185,9 @@ def make_argument_parser() -> argparse.ArgumentParser:
         "--producer", default=None,
         help="wait for this producer's jobs; reports without consuming (its own drain still reports them)",
     )
-    drain.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    drain.add_argument(
+        "--timeout", type=_drain_seconds, default=60.0, help=f"seconds to wait, 0 to {MAX_DRAIN_SECONDS:,} (default 60)"
+    )
 
     dead = commands.add_parser("dead", help="dead-lettered jobs")
     dead_commands = _with_common(dead.add_subparsers(dest="dead_command", metavar="ACTION"), common, parser.tokens)
@@ -262,7 +270,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
     from memworker.settings import Settings
 
     settings = Settings.from_env()
-    home = args.home or settings.home
+    home = settings.home if args.home is None else args.home
     return serve_forever(
         home,
         search_module=args.search_module or settings.search_module,
@@ -274,13 +282,21 @@ def _cmd_server(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from memworker.demo import print_report, run_demo
 
-    if min(args.records, args.agents, args.batch, args.processes, args.threads) < 1 or args.think_ms < 0:
-        print(
-            "memworker demo: --records, --agents, --batch, --processes and --threads must be "
-            "positive, --think-ms not negative",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+    from memworker.queue.jobs import DEFAULT_MAX_ITEMS
+    from memworker.worker.process import MAX_PROCESSES, MAX_THREADS
+
+    # checked whole before the demo resets its namespace or starts a worker
+    bounds = {
+        "--records": (args.records, MAX_DEMO_RECORDS),
+        "--agents": (args.agents, MAX_THREADS),
+        "--batch": (args.batch, DEFAULT_MAX_ITEMS),  # one job per enqueue call
+        "--processes": (args.processes, MAX_PROCESSES),
+        "--threads": (args.threads, MAX_THREADS),
+    }
+    for flag, (value, high) in bounds.items():
+        if not 1 <= value <= high:
+            print(f"memworker demo: {flag} must be an integer from 1 to {high:,}, got {value}", file=sys.stderr)
+            return EXIT_USAGE
     if args.namespace:
         # The demo deletes its namespace's records first: it always uses its own.
         print("memworker demo: --namespace is not accepted: the demo always runs in its own "
@@ -290,7 +306,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(
         _settings(args) if args.url else None,
         records=args.records,
-        agents=args.agents,
+        agents=min(args.agents, args.records),  # an agent with no memory to write is none
         batch=args.batch,
         processes=args.processes,
         threads=args.threads,
@@ -350,6 +366,18 @@ def _policy_scope(text: str) -> str:
     return path
 
 
+def _home(text: str) -> str:
+    """An argparse type: a home folder path (empty or holding a NUL is a usage error:
+    an empty one would be read as the default folder)."""
+    if not text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"must be a folder path, got {shown(text)}")
+    return text
+
+
+def _drain_seconds(text: str) -> float:
+    return _finite(text, 0, MAX_DRAIN_SECONDS, "seconds")
+
+
 def _watch_seconds(text: str) -> float:
     return _finite(text, 0.1, 86_400, "seconds")
 
@@ -365,7 +393,7 @@ def _limit(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {shown(text)}")
-    return value
+    return min(value, MAX_LIST)  # more than there can be: all of them
 
 
 def _nice(text: str) -> int | str:

@@ -80,8 +80,10 @@ def import_lancedb(
         raise ConfigError(f"no LanceDB folder at {str(folder)!r}")
     try:
         source = lancedb.connect(str(folder)).open_table(table)
-    except (ValueError, FileNotFoundError) as exc:
-        raise ConfigError(f"no LanceDB table {table!r} in {str(folder)!r} ({exc})") from None
+    except (ValueError, OSError, RuntimeError) as exc:
+        # lance raises RuntimeError (LanceError) for a name it cannot open as a folder
+        # (too long for the file system): an error of the input, not a crash
+        raise ConfigError(f"no LanceDB table {shown(table)} in {str(folder)!r} ({shown(str(exc), 300)})") from None
     names = set(source.schema.names)
     missing = [c for c in REQUIRED if c not in names]
     if missing:

@@ -16,7 +16,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from memworker.errors import EmbeddedServerError
+from memworker.errors import EmbeddedServerError, shown
 
 __all__ = [
     "CONFIG_FILE",
@@ -78,7 +78,7 @@ def prepare_home(home: Path | str) -> Path:
         UnsafeHomeError: A symlink, or an entry owned by another user (named).
         EmbeddedServerError: The home cannot be created or changed.
     """
-    path = Path(home).expanduser().resolve()
+    path = home_path(home)
     try:
         path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         _check_entry(path, directory=True)
@@ -105,6 +105,22 @@ def prepare_home(home: Path | str) -> Path:
     except OSError as exc:
         raise EmbeddedServerError(f"cannot prepare the memworker home {path}: {exc}") from None
     return path
+
+
+def home_path(home: str | os.PathLike[str]) -> Path:
+    """The home as an absolute path, symlinks resolved.
+
+    Raises:
+        EmbeddedServerError: It cannot be resolved (a symlink loop: a RuntimeError on
+            Python 3.11; a NUL character; an empty path).
+    """
+    if not str(home):
+        raise EmbeddedServerError("the memworker home is an empty path")
+    try:
+        return Path(home).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        problem = "a symlink loop" if isinstance(exc, RuntimeError) else type(exc).__name__
+        raise EmbeddedServerError(f"cannot resolve the memworker home {shown(str(home), 200)}: {problem}") from None
 
 
 def _check_entry(path: Path, *, directory: bool) -> os.stat_result:

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from memworker.embedded.auth import DATA_DIR, PASSWORD_FILE, STATE_FILE, prepare_home, read_password
+from memworker.embedded.auth import DATA_DIR, PASSWORD_FILE, STATE_FILE, home_path, prepare_home, read_password
 from memworker.embedded.launch import (
     check_module_path,
     check_port,
@@ -73,7 +73,7 @@ def ensure_server(
         EmbeddedServerError: The module path does not exist, the binary is missing,
             or the server did not start (the message quotes its log).
     """
-    home = Path(home).expanduser().resolve()
+    home = home_path(home)
     explicit_module = check_module_path(search_module)
     fsync = resolve_appendfsync(appendfsync)
     cached = _cache.get(home)
@@ -123,7 +123,7 @@ def find_server(home: Path | str) -> EmbeddedServer | None:
     """The server recorded for ``home`` if it answers PING with the home's password;
     never starts or kills one (a server without a password, or refusing it, is ``None``:
     :func:`ensure_server` says why)."""
-    return find_live(Path(home).expanduser().resolve(), PING_TIMEOUT, recover=False)
+    return find_live(home_path(home), PING_TIMEOUT, recover=False)
 
 
 def stop_server(home: Path | str, *, timeout: float = 10.0) -> bool:
@@ -137,7 +137,7 @@ def stop_server(home: Path | str, *, timeout: float = 10.0) -> bool:
     Returns:
         True if a live server was stopped, False if none was running.
     """
-    home = Path(home).expanduser().resolve()
+    home = home_path(home)
     _cache.pop(home, None)
     if not home.is_dir():
         return False
@@ -182,9 +182,9 @@ def serve_forever(
     """
     if port is not None:
         check_port(port)
-    home = prepare_home(home)
-    module = resolve_module(search_module)
+    module = resolve_module(search_module)  # the configuration before the home is made
     fsync = resolve_appendfsync(appendfsync)
+    home = prepare_home(home)
     received: list[int] = []
     proc: subprocess.Popen[bytes] | None = None
 

@@ -38,6 +38,7 @@ from memworker.worker_settings import (
     BROKER_ENV,
     read_backend,
     read_broker_options,
+    read_inference_threads,
     read_llm,
     read_memory_factory,
     read_metrics_port,
@@ -318,12 +319,17 @@ def run_worker(
         commit_step=commit_step, inflight_records=inflight_records, inflight_bytes=inflight_bytes,
         commit_threads=commit_threads,
     )  # fmt: skip
+    # Everything read from arguments and the environment is checked before the embedded
+    # server is started or found (a refused worker leaves no server behind).
+    port = read_metrics_port(metrics_port)
+    read_backend()
+    read_inference_threads()
+    check_nice(nice)
     settings = Settings.resolve(settings)
     settings = ensure_embedded(settings)  # start/find the embedded server once, before the children
     qlist = list(queues) if queues else None
-    check_nice(nice)
     check_eviction(settings)  # before any child loads a model
-    with _metrics_server(settings, read_metrics_port(metrics_port)):
+    with _metrics_server(settings, port):
         return _run(settings, threads, qlist, processes, nice, options)
 
 
