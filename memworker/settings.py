@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
-from memworker.errors import ConfigError
+from memworker.errors import ConfigError, shown
 
 __all__ = ["Settings", "EmbeddedEndpoint", "SearchMode", "VectorType", "DEFAULT_NAMESPACE"]
 
@@ -86,12 +86,12 @@ def _ms_param(name: str, raw: str, scale: float) -> int:
     try:
         value = float(raw) * scale
     except ValueError:
-        raise ConfigError(f"URL parameter {name!r} must be a number, got {raw!r}") from None
+        raise ConfigError(f"URL parameter {shown(name)} must be a number, got {shown(raw)}") from None
     if not value > 0 or value > 3_600_000:
-        raise ConfigError(f"URL parameter {name!r} must be > 0 and at most 3600 s, got {raw!r}")
+        raise ConfigError(f"URL parameter {shown(name)} must be > 0 and at most 3600 s, got {shown(raw)}")
     if value < 1:  # int() would make it 0 ms: every connection or request would fail
         limit = "1 ms" if scale == 1.0 else "0.001 s (1 ms)"
-        raise ConfigError(f"URL parameter {name!r} must be at least {limit}, got {raw!r}")
+        raise ConfigError(f"URL parameter {shown(name)} must be at least {limit}, got {shown(raw)}")
     return int(value)
 
 
@@ -140,7 +140,7 @@ def _check_namespace(namespace: str) -> str:
     bad = [c for c in namespace if not (c.isascii() and (c.isalnum() or c in "_-."))]
     if bad:
         raise ConfigError(
-            f"namespace may contain only ASCII letters, digits, '_', '-' and '.', got {namespace!r}"
+            f"namespace may contain only ASCII letters, digits, '_', '-' and '.', got {shown(namespace)}"
         )
     return namespace
 
@@ -237,22 +237,22 @@ class Settings:
         _check_namespace(self.namespace)
         if self.search_mode not in _SEARCH_MODES:
             raise ConfigError(
-                f"search mode must be one of {', '.join(_SEARCH_MODES)}, got {self.search_mode!r}"
+                f"search mode must be one of {', '.join(_SEARCH_MODES)}, got {shown(self.search_mode)}"
             )
         if self.vector_type not in _VECTOR_TYPES:
             raise ConfigError(
-                f"vector_type must be one of {', '.join(_VECTOR_TYPES)}, got {self.vector_type!r}"
+                f"vector_type must be one of {', '.join(_VECTOR_TYPES)}, got {shown(self.vector_type)}"
             )
         if not isinstance(self.commit_replicas, int) or not 0 <= self.commit_replicas <= 16:
             raise ConfigError(
                 f"commit_replicas (MEMWORKER_COMMIT_REPLICAS) must be a whole number from 0 "
-                f"to 16, got {self.commit_replicas!r}"
+                f"to 16, got {shown(self.commit_replicas)}"
             )
         ef = self.hnsw_ef_construction
         if type(ef) is not int or not 1 <= ef <= MAX_HNSW_EF_CONSTRUCTION:
             raise ConfigError(
                 "hnsw_ef_construction (MEMWORKER_HNSW_EF_CONSTRUCTION) must be a whole number "
-                f"from 1 to {MAX_HNSW_EF_CONSTRUCTION}, got {ef!r}"
+                f"from 1 to {MAX_HNSW_EF_CONSTRUCTION}, got {shown(ef)}"
             )
         if self.cluster and self.db:
             raise ConfigError(f"a Valkey Cluster has only database 0, got database {self.db}")
@@ -301,7 +301,7 @@ class Settings:
         path = parts.path.strip("/")
         if path:
             if not _digits(path) or int(path) > _MAX_DB:
-                raise ConfigError(f"URL database must be a number from 0 to {_MAX_DB}, got {path!r}")
+                raise ConfigError(f"URL database must be a number from 0 to {_MAX_DB}, got {shown(path)}")
             db = int(path)
         values: dict[str, object] = {
             "host": host,
@@ -317,24 +317,24 @@ class Settings:
                 values[target] = _ms_param(name, raw, scale)
             elif name == "db":
                 if not _digits(raw) or int(raw) > _MAX_DB:
-                    raise ConfigError(f"URL parameter 'db' must be a number, got {raw!r}")
+                    raise ConfigError(f"URL parameter 'db' must be a number, got {shown(raw)}")
                 values["db"] = int(raw)
             elif name == "cluster":
                 values["cluster"] = _CLUSTER_PARAM.get(raw.lower(), "bad")
                 if values["cluster"] == "bad":
                     raise ConfigError(
-                        f"URL parameter 'cluster' must be 'yes', 'no' or 'auto', got {raw!r}"
+                        f"URL parameter 'cluster' must be 'yes', 'no' or 'auto', got {shown(raw)}"
                     )
             elif name == "ssl_ca_certs":
                 values["tls_ca_file"] = raw
             elif name == "ssl_cert_reqs":
                 if raw.lower() not in ("required", "none"):
                     raise ConfigError(
-                        f"URL parameter 'ssl_cert_reqs' must be 'required' or 'none', got {raw!r}"
+                        f"URL parameter 'ssl_cert_reqs' must be 'required' or 'none', got {shown(raw)}"
                     )
                 values["tls_insecure"] = raw.lower() == "none"
             else:
-                raise ConfigError(f"URL parameter {name!r} is not supported")
+                raise ConfigError(f"URL parameter {shown(name)} is not supported")
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
@@ -365,11 +365,11 @@ class Settings:
                     _check_namespace(value)
                 elif field_name == "search_mode" and value not in _SEARCH_MODES:
                     raise ConfigError(
-                        f"search mode must be one of {', '.join(_SEARCH_MODES)}, got {value!r}"
+                        f"search mode must be one of {', '.join(_SEARCH_MODES)}, got {shown(value)}"
                     )
                 elif field_name == "vector_type" and value not in _VECTOR_TYPES:
                     raise ConfigError(
-                        f"vector_type must be one of {', '.join(_VECTOR_TYPES)}, got {value!r}"
+                        f"vector_type must be one of {', '.join(_VECTOR_TYPES)}, got {shown(value)}"
                     )
             except ConfigError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
@@ -390,7 +390,7 @@ class Settings:
         if raw_replicas:
             if not _digits(raw_replicas.strip()):
                 raise ConfigError(
-                    f"MEMWORKER_COMMIT_REPLICAS must be a whole number from 0 to 16, got {raw_replicas!r}"
+                    f"MEMWORKER_COMMIT_REPLICAS must be a whole number from 0 to 16, got {shown(raw_replicas)}"
                 )
             values["commit_replicas"] = int(raw_replicas)
         raw_ef = get("MEMWORKER_HNSW_EF_CONSTRUCTION")
@@ -398,7 +398,7 @@ class Settings:
             if not _digits(raw_ef.strip()):
                 raise ConfigError(
                     "MEMWORKER_HNSW_EF_CONSTRUCTION must be a whole number from 1 to "
-                    f"{MAX_HNSW_EF_CONSTRUCTION}, got {raw_ef!r}"
+                    f"{MAX_HNSW_EF_CONSTRUCTION}, got {shown(raw_ef)}"
                 )
             values["hnsw_ef_construction"] = int(raw_ef)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -510,7 +510,7 @@ class Settings:
         username, password = self.credentials()
         family = {"redis": "redis", "rediss": "redis", "valkey": "valkey", "valkeys": "valkey"}
         if (scheme or "valkey") not in family:
-            raise ConfigError(f"scheme must be one of {', '.join(family)}, got {scheme!r}")
+            raise ConfigError(f"scheme must be one of {', '.join(family)}, got {shown(scheme)}")
         base = family[scheme or "valkey"]
         scheme = base + "s" if self.tls else base
         auth = ""

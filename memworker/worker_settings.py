@@ -138,7 +138,7 @@ def read_broker_options(
             try:
                 value = int(raw)
             except ValueError:
-                raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
+                raise ConfigError(f"{var} must be an integer, got {shown(raw)}") from None
         if value is None:
             value = default
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -163,7 +163,7 @@ def _check_spec(var: str, spec: str | None, what: str) -> str | None:
     if spec:
         module, _, name = spec.partition(":")
         if not module or not name:
-            raise ConfigError(f"{var} must be 'module:{what}', got {spec!r}")
+            raise ConfigError(f"{var} must be 'module:{what}', got {shown(spec)}")
     return spec
 
 
@@ -192,7 +192,7 @@ def read_backend(env: Mapping[str, str] | None = None) -> str:
     if raw is None:
         return "torch"
     if raw not in BACKEND_VALUES:
-        raise ConfigError(f"{BACKEND_ENV} must be one of {', '.join(BACKEND_VALUES)}, got {raw!r}")
+        raise ConfigError(f"{BACKEND_ENV} must be one of {', '.join(BACKEND_VALUES)}, got {shown(raw)}")
     return raw
 
 
@@ -211,7 +211,7 @@ def read_metrics_port(given: int | None = None, env: Mapping[str, str] | None = 
     except ValueError:
         port = -1
     if not 1 <= port <= 65_535:
-        raise ConfigError(f"the metrics port (MEMWORKER_METRICS_PORT, --metrics-port) must be 1-65535, got {raw!r}")
+        raise ConfigError(f"the metrics port (MEMWORKER_METRICS_PORT, --metrics-port) must be 1-65535, got {shown(raw)}")
     return port
 
 
@@ -268,7 +268,7 @@ def read_appendfsync(env: Mapping[str, str] | None = None, *, check: bool = True
     value = _get(env, APPENDFSYNC_ENV)
     if check and value is not None and value not in APPENDFSYNC_VALUES:
         raise ConfigError(
-            f"{APPENDFSYNC_ENV} must be one of {', '.join(APPENDFSYNC_VALUES)}, got {value!r}"
+            f"{APPENDFSYNC_ENV} must be one of {', '.join(APPENDFSYNC_VALUES)}, got {shown(value)}"
         )
     return value
 
@@ -335,14 +335,14 @@ class WorkerSettings:
             )
         if self.backend not in BACKEND_VALUES:
             raise ConfigError(
-                f"backend must be one of {', '.join(BACKEND_VALUES)}, got {self.backend!r}"
+                f"backend must be one of {', '.join(BACKEND_VALUES)}, got {shown(self.backend)}"
             )
         _check_spec("embedder", self.embedder, "callable")
         _check_spec("memory_factory", self.memory_factory, "function")
         if self.appendfsync is not None and self.appendfsync not in APPENDFSYNC_VALUES:
             raise ConfigError(
                 f"appendfsync must be one of {', '.join(APPENDFSYNC_VALUES)}, "
-                f"got {self.appendfsync!r}"
+                f"got {shown(self.appendfsync)}"
             )
 
     @classmethod
