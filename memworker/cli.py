@@ -32,9 +32,10 @@ MAX_LIST = 2**63 - 1
 MAX_DEMO_RECORDS = 1_000_000
 
 
-#: What is left of a URL's password (``scheme://user:password@``, to the last ``@``
-#: before a space) and a ``password=`` parameter, once the arguments' own are replaced.
-_SECRET = re.compile(r"(://[^/@\s:]*:)\S*@|(password=)[^&\s]*", re.IGNORECASE)
+#: What is left of a URL's password (``scheme://user:`` and all after it to a space or
+#: quote: a cut quote of it may have lost its ``@``) and of a ``password=`` parameter,
+#: once the arguments' own are replaced (a ``:***@`` is one already).
+_SECRET = re.compile(r"(://[^/@\s:'\"]*:)(?!\*\*\*@)[^\s'\"]*|(password=)[^&\s'\"]*", re.IGNORECASE)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,8 +59,10 @@ class _Parser(argparse.ArgumentParser):
         for token in sorted(set(self.tokens), key=len, reverse=True):
             hidden = redact_url(token)
             if hidden != token:
-                message = message.replace(token, hidden).replace(repr(token)[1:-1], repr(hidden)[1:-1])
-        super().error(_SECRET.sub(lambda m: f"{m[1]}***@" if m[1] else f"{m[2]}***", message))
+                for shown_token, shown_hidden in ((token, hidden), (repr(token)[1:-1], repr(hidden)[1:-1]),
+                                                  (shown(token), shown(hidden))):  # fmt: skip
+                    message = message.replace(shown_token, shown_hidden)
+        super().error(_SECRET.sub(lambda m: f"{m[1]}***" if m[1] else f"{m[2]}***", message))
 
 
 def _with_common(

@@ -360,7 +360,12 @@ def check_filter(
         return {}, {}, {}
     if not isinstance(flt, dict):
         raise ValidationError(f"filter must be a mapping, got {type(flt).__name__}")
-    check_nesting(flt, "filter")  # bounded before any recursion over it
+    try:
+        check_nesting(flt, "filter")  # bounded before any recursion over it
+    except ValidationError:
+        for key, condition in flt.items():  # name the field that is too deep or too big
+            check_nesting({key: condition}, f"filter[{shown(key)}]")
+        raise
     push: dict[str, Any] = {}
     ranges: dict[str, tuple[Any, bool, Any, bool]] = {}
     for key, condition in flt.items():
