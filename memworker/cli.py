@@ -327,8 +327,15 @@ def _finite(text: str, low: float, high: float, unit: str) -> float:
     except ValueError:
         value = float("nan")
     if not low <= value <= high:  # also false for nan
-        raise argparse.ArgumentTypeError(f"must be a number of {unit} from {low:g} to {high:g}, got {shown(text)}")
+        raise argparse.ArgumentTypeError(
+            f"must be a number of {unit} from {_figure(low)} to {_figure(high)}, got {shown(text)}"
+        )
     return value
+
+
+def _figure(value: float) -> str:
+    """A bound as a user types it: ``31536000`` (``:g`` made it ``3.1536e+07``), ``0.1``."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _days(text: str) -> float:

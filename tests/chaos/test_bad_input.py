@@ -43,7 +43,7 @@ def test_api_rejects_bad_input_and_writes_nothing(chaos_server, ns):
 
 
 def test_cli_rejects_bad_arguments(chaos_server, ns):
-    cases = [(["drain", "--timeout", "abc"], "invalid float"),
+    cases = [(["drain", "--timeout", "abc"], "argument --timeout: must be a number of seconds"),
              (["worker", "--processes", "0"], "processes must be"),
              (["drain"], "--all or --producer")]
     for args, needle in cases:
