@@ -25,6 +25,7 @@ from valkey_servers import (
     search_module_path,
     start_server,
     stop_server,
+    store_maker,
     valkey_binary,
 )
 
@@ -113,25 +114,7 @@ def namespace() -> str:
 @pytest.fixture
 def store_factory(server: ServerInfo, namespace: str):
     """Make stores on the current server and namespace; closes them and deletes their keys."""
-    from memworker import ValkeyStore
-
-    made: list[ValkeyStore] = []
-
-    def make(**kwargs):
-        kwargs.setdefault("namespace", namespace)
-        kwargs.setdefault("search_mode", "module" if server.module else "exact")
-        store = ValkeyStore(server.url, **kwargs)
-        made.append(store)
-        return store
-
-    yield make
-    if made:
-        try:
-            made[0].reset()
-        except Exception:  # noqa: BLE001
-            pass
-    for store in made:
-        store.close()
+    yield from store_maker(server.url, namespace, "module" if server.module else "exact")
 
 
 @pytest.fixture

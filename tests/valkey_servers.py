@@ -8,6 +8,7 @@ other conftest shadows.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -49,3 +50,28 @@ def raw_client(server: ServerInfo | ThrowawayCluster) -> Any:
     if isinstance(server, ThrowawayCluster):
         return RedisCluster(host="127.0.0.1", port=server.port)
     return redis.Redis(host="127.0.0.1", port=server.port)
+
+
+def store_maker(url: str, namespace: str, search_mode: str) -> Iterator[Any]:
+    """A fixture body: yields ``make(**kwargs)``, which opens a ValkeyStore on ``url``
+    (``namespace`` and ``search_mode`` unless given); then resets the namespace and
+    closes every store made."""
+    from memworker import ValkeyStore
+
+    made: list[Any] = []
+
+    def make(**kwargs: Any) -> Any:
+        kwargs.setdefault("namespace", namespace)
+        kwargs.setdefault("search_mode", search_mode)
+        store = ValkeyStore(url, **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    if made:
+        try:
+            made[0].reset()
+        except Exception:  # noqa: BLE001
+            pass
+    for store in made:
+        store.close()

@@ -28,6 +28,7 @@ from memworker import ValidationError, ValkeyStore
 from memworker.store.codec import to_rows
 from memworker.store.store import JobWrite
 from memworker.testing import ThrowawayCluster
+from valkey_servers import store_maker  # tests/ is on sys.path
 
 DIM = 4
 
@@ -40,29 +41,12 @@ def mod_server(request: pytest.FixtureRequest):
 
 @pytest.fixture
 def mk(mod_server):
-    made: list[ValkeyStore] = []
-    ns = f"t{uuid.uuid4().hex[:12]}"
-
-    def make(**kw: Any) -> ValkeyStore:
-        kw.setdefault("namespace", ns)
-        kw.setdefault("search_mode", "module")
-        s = ValkeyStore(mod_server.url, **kw)
-        made.append(s)
-        return s
-
-    yield make
-    if made:
-        try:
-            made[0].reset()
-        except Exception:  # noqa: BLE001
-            pass
-    for s in made:
-        s.close()
+    yield from store_maker(mod_server.url, f"t{uuid.uuid4().hex[:12]}", "module")
 
 
 @pytest.fixture
 def rawc(mod_server):
-    import valkey
+    import valkey  # its FT.SEARCH reply is the plain list (redis-py parses it into a dict)
 
     if isinstance(mod_server, ThrowawayCluster):
         c = valkey.ValkeyCluster(host="127.0.0.1", port=mod_server.port)
