@@ -1032,11 +1032,12 @@ class QueuedStore(BaseStore):
         jobs: list[list[dict[str, Any]]] = []
         size = 0
         for entry, item in zip(entries, items):
-            # build_message's JSON (compact, ASCII), and a comma
-            grows = len(json.dumps(item, separators=(",", ":"))) + 1
+            # build_message's JSON (compact, UTF-8), and a comma
+            text = json.dumps(item, separators=(",", ":"), ensure_ascii=False)
+            grows = (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) + 1
             if grows > limit:
                 raise ValidationError(
-                    f"put of {entry['metadata'][_KEY]!r} is {grows} bytes as a job, the limit "
+                    f"put of {shown(entry['metadata'][_KEY])} is {grows} bytes as a job, the limit "
                     f"(max_job_bytes less {self._envelope} for the job's envelope) is {limit}"
                 )
             if not jobs or size + grows > limit or len(jobs[-1]) >= self.queue.max_items:

@@ -3,6 +3,7 @@ read) and its bytes (build_message: exactly what dramatiq's Message.encode write
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 
@@ -56,8 +57,23 @@ def test_the_bytes_are_what_dramatiqs_message_encodes(trace: dict | None) -> Non
     items = embed_items(["caf\u00e9 \u2603 \"quoted\" \\ text", {"text": "two", "metadata": {"k": [1, 2.5, None]}}], 10)
     redis_id, data = build_message(ENCODE_ACTOR, "job-1", "p-1", items, 1 << 20, trace=trace, redis_id="msg-1")
     assert redis_id == "msg-1"
-    assert data == _message(data, "job-1", "msg-1", items, trace).encode()
+    want = _message(data, "job-1", "msg-1", items, trace).encode()
+    # dramatiq's fields in its order, compact, its text as UTF-8 rather than escapes
+    assert data == json.dumps(json.loads(want), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    assert "caf\u00e9 \u2603".encode() in data
     assert dramatiq.Message.decode(data).args[0]["items"] == items
+    ascii_items = embed_items(["plain \"quoted\" \\ text"], 10)
+    _, plain = build_message(ENCODE_ACTOR, "job-3", "p-1", ascii_items, 1 << 20, trace=trace, redis_id="msg-3")
+    assert plain == _message(plain, "job-3", "msg-3", ascii_items, trace).encode()  # byte for byte
+
+
+def test_a_text_in_utf_8_takes_its_utf_8_bytes_in_the_job() -> None:
+    """300,000 CJK characters (900 KB of UTF-8, within the 1 MiB content limit) fit a
+    1 MiB job: as JSON escapes they took 1.8 MB and the job was refused."""
+    items = embed_items(["\u4e2d" * 300_000], 10)
+    _, data = build_message(ENCODE_ACTOR, "job-4", "p-1", items, 1 << 20, redis_id="msg-4")
+    assert 900_000 < len(data) < 901_000
+    assert dramatiq.Message.decode(data).args[0]["items"][0]["content"] == "\u4e2d" * 300_000
 
 
 def test_another_global_encoder_encodes_the_message_itself() -> None:
