@@ -233,13 +233,24 @@ def _field_path(field: str) -> tuple[str, str | list[str]]:
 
 def _path_key(tokens: str | list[str]) -> object:
     """A field path's tokens as a dict key, the same for spellings of one index
-    (``[0]``, ``[00]``: ``get_text_at_path`` reads both as element 0)."""
+    (``[0]``, ``[00]``, ``[ 0 ]``: ``get_text_at_path`` reads them all as element 0)."""
     if isinstance(tokens, str):
         return tokens
-    return tuple(
-        f"[{int(t[1:-1])}]" if t.startswith("[") and t.endswith("]") and t[1:-1].strip().lstrip("-").isdecimal() else t
-        for t in tokens
-    )
+    return tuple(_index_token(t) for t in tokens)
+
+
+def _index_token(token: str) -> str:
+    """An index token written one way: ``[00]`` -> ``[0]``. An index past 19 digits
+    (leading zeros aside) stays as written: no list is that long, and ``int()`` of
+    4,300 digits and more raises."""
+    if not (token.startswith("[") and token.endswith("]")):
+        return token
+    inner = token[1:-1].strip()
+    sign = "-" if inner.startswith("-") else ""
+    digits = inner[len(sign):].lstrip("0") or "0"
+    if not digits.isdecimal() or len(digits) > 19:
+        return token
+    return f"[{int(sign + digits)}]"
 
 
 def namespace_scope(namespace: Sequence[str]) -> str:

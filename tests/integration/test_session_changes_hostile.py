@@ -320,6 +320,15 @@ def test_langgraph_equivalent_index_paths_are_collected_once(lg) -> None:
     assert contents == {"é" * 8000, "😀" * 4000}
 
 
+def test_langgraph_an_index_path_with_a_5000_digit_index_is_no_error(lg) -> None:
+    """Deduplicating index paths read ``t[99...9]`` with int(): 5,000 digits raised
+    Python's ValueError (its 4,300-digit limit) where LangGraph's path reader finds
+    nothing there; the put goes through, indexed by its other path."""
+    lg.put(("a",), "digits", {"t": ["x"], "text": "apple"}, index=["t[" + "9" * 5000 + "]", "text"])
+    assert _wait_for(lambda: lg.get(("a",), "digits")) is not None
+    assert {r.content for r in lg.store.list_records("/langgraph/a")} == {"apple"}
+
+
 # ----------------------------------------------------------------------------- store.lua flush()
 def test_sweep_of_overlapping_policies_keeps_counters_exact(plain_server, namespace, raw) -> None:
     """Nested and sibling policies deleting in one sweep call (one record matched by
