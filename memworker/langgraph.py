@@ -753,6 +753,11 @@ class QueuedStore(BaseStore):
         except StopIteration as done:
             return done.value
 
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> QueuedStore:
+        """The store itself: it is a handle on live clients (and their locks), which a
+        copy shares, as ``copy.deepcopy`` of a ``logging.Logger`` does."""
+        return self
+
     def close(self) -> None:
         """Close the store's and the queue's sync clients, and drop their async ones
         of event loops that are closed (``asyncio.run`` ended); a running loop's are

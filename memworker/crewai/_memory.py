@@ -505,6 +505,12 @@ class QueuedMemory(Memory):
         except Exception:  # noqa: BLE001 - never raise from the settle thread
             log.debug("remember_many settle callback failed", exc_info=True)
 
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> QueuedMemory:
+        """The memory itself: it is a handle on a live queue, store and save thread, which
+        a copy shares (as ``copy.deepcopy`` of a ``logging.Logger`` does). A Flow state or
+        any structure holding it can be deep-copied; both copies write through one queue."""
+        return self
+
     def drain_writes(self) -> None:
         """Wait for CrewAI's local save pool and every job this memory enqueued.
 

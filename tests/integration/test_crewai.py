@@ -533,6 +533,36 @@ def test_crew_kickoff_with_queued_memory_completes(env, worker_llm, events):
     assert _wait_for(lambda: "MemorySaveCompletedEvent" in _names(events)), _names(events)
 
 
+def test_deepcopy_returns_the_memory_itself(env):
+    import copy
+
+    memory = env()
+    state = {"memory": memory, "notes": ["a"]}
+    copied = copy.deepcopy(state)
+    assert copied["memory"] is memory and copied["notes"] is not state["notes"]
+    copied["memory"].remember("Copied memories write through one queue.", scope="/copied")
+    assert [r.content for r in memory.list_records("/copied")] == ["Copied memories write through one queue."]
+
+
+def test_crew_copies_share_the_queued_memory(env, worker_llm):
+    """CrewAI's ``Crew.copy()`` (``kickoff_for_each``, ``train``, ``test``) hands the
+    crew's memory object to each copy: every run writes through the one QueuedMemory
+    (its queue and its drain), not through a Memory rebuilt from its fields."""
+    from crewai import Agent, Crew, Task
+
+    llm = StandInLLM()
+    memory = env(llm=llm, root_scope="/crew/each")
+    agent = Agent(role="Researcher", goal="Summarize facts", backstory="Careful.", llm=llm)
+    task = Task(description="Summarize what we know about {topic}.", expected_output="A sentence.", agent=agent)
+    crew = Crew(agents=[agent], tasks=[task], memory=memory)
+    assert crew.copy()._memory is memory
+    outs = crew.kickoff_for_each(inputs=[{"topic": "peanuts"}, {"topic": "almonds"}])
+    assert len(outs) == 2 and all("Stand-in answer" in out.raw for out in outs)
+    memory.drain_writes()
+    contents = " ".join(record.content for record in memory.list_records())
+    assert "peanuts" in contents and "almonds" in contents, contents
+
+
 # ----------------------------------------------------------------------------- a real worker process
 def test_real_worker_subprocess_and_lancedb_import(plain_server, namespace, embedder, tmp_path):
     from crewai.memory.unified_memory import Memory

@@ -113,6 +113,16 @@ def test_get_right_after_put_sees_it_with_types_kept(lg):
     assert lg.get(("users", "u2"), "k1") is None
 
 
+def test_deepcopy_returns_the_store_itself_and_a_copied_state_writes_through_it(lg):
+    import copy
+
+    state = {"store": lg, "notes": ["a"]}
+    copied = copy.deepcopy(state)
+    assert copied["store"] is lg and copied["notes"] == ["a"] and copied["notes"] is not state["notes"]
+    copied["store"].put(("copied",), "k", {"text": "through the copy"})
+    assert lg.get(("copied",), "k").value == {"text": "through the copy"}
+
+
 def test_second_put_replaces_and_keeps_created_at(lg):
     lg.put(("n",), "k", {"text": "v1"})
     first = lg.get(("n",), "k")
