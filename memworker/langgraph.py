@@ -231,6 +231,13 @@ def _field_path(field: str) -> tuple[str, str | list[str]]:
     return field, field if field == "$" else tokenize_path(field)
 
 
+def _unique_paths(fields: Sequence[str]) -> list[tuple[str, str | list[str]]]:
+    """Each field path once (:func:`_field_path`), in the order first given: by its
+    text, then by its tokens (``t[0]`` and ``t[00]`` read the same element)."""
+    parsed = (_field_path(f) for f in dict.fromkeys(fields))
+    return list({_path_key(tokens): (f, tokens) for f, tokens in parsed}.values())
+
+
 def _path_key(tokens: str | list[str]) -> object:
     """A field path's tokens as a dict key, the same for spellings of one index
     (``[0]``, ``[00]``, ``[ 0 ]``: ``get_text_at_path`` reads them all as element 0)."""
@@ -239,18 +246,24 @@ def _path_key(tokens: str | list[str]) -> object:
     return tuple(_index_token(t) for t in tokens)
 
 
+#: An index as ``int()`` reads it (LangGraph's path reader does): a sign, decimal
+#: digits (any script's), single underscores between them.
+_INDEX = re.compile(r"([+-]?)(\d+(?:_\d+)*)")
+
+
 def _index_token(token: str) -> str:
-    """An index token written one way: ``[00]`` -> ``[0]``. An index past 19 digits
-    (leading zeros aside) stays as written: no list is that long, and ``int()`` of
-    4,300 digits and more raises."""
+    """An index token written one way: ``[00]``, ``[+0]``, ``[0_0]``, ``[-0]`` ->
+    ``[0]``. An index past 19 digits (leading zeros aside) stays as written: no list
+    is that long, and ``int()`` of 4,300 digits and more raises."""
     if not (token.startswith("[") and token.endswith("]")):
         return token
-    inner = token[1:-1].strip()
-    sign = "-" if inner.startswith("-") else ""
-    digits = inner[len(sign):].lstrip("0") or "0"
-    if not digits.isdecimal() or len(digits) > 19:
+    index = _INDEX.fullmatch(token[1:-1].strip())
+    if index is None:
         return token
-    return f"[{int(sign + digits)}]"
+    digits = index[2].replace("_", "").lstrip("0") or "0"
+    if len(digits) > 19:
+        return token
+    return f"[{int(('-' if index[1] == '-' else '') + digits)}]"
 
 
 def namespace_scope(namespace: Sequence[str]) -> str:
@@ -674,7 +687,7 @@ class QueuedStore(BaseStore):
             raise ConfigError(f"index has unknown key(s): {', '.join(sorted(unknown))}")
         dims = index.get("dims")
         if isinstance(dims, bool) or not isinstance(dims, int) or not 0 < dims <= 32_768:
-            raise ConfigError(f"index['dims'] must be a positive integer, got {dims!r}")
+            raise ConfigError(f"index['dims'] must be a positive integer, got {shown(dims)}")
         fields = index.get("fields") or ["$"]
         if isinstance(fields, str) or not all(isinstance(f, str) and f for f in fields):
             raise ConfigError("index['fields'] must be a list of field paths")
@@ -683,7 +696,7 @@ class QueuedStore(BaseStore):
         return {
             "dims": dims,
             "fields": list(fields),
-            "paths": [_field_path(f) for f in fields],
+            "paths": _unique_paths(fields),
             # An embedder in the agent's process (a LangChain Embeddings), or None:
             # the workers embed.
             "embeddings": ensure_embeddings(embed) if local else None,
@@ -911,13 +924,21 @@ class QueuedStore(BaseStore):
                 raise ValidationError(
                     f"index of {shown(op.key)} must be False, None or a list of field paths (strings)"
                 )
-            # each path once: by its text, then by its tokens ("t[0]" and "t[00]")
-            parsed = (_field_path(f) for f in dict.fromkeys(op.index))
-            paths = list({_path_key(tokens): (f, tokens) for f, tokens in parsed}.values())
+            paths = _unique_paths(op.index)
         texts: list[str] = []
         size = 0
         for _, tokens in paths:
-            for text in get_text_at_path(op.value, tokens):
+            try:
+                found = get_text_at_path(op.value, tokens)
+            except (TypeError, ValueError) as exc:  # json.dumps of a non-JSON leaf, a huge int
+                try:
+                    check_metadata(metadata)  # names the problem, as a put not indexed does
+                except ValidationError as refused:
+                    raise _put_error(op.key, str(refused)) from None
+                raise ValidationError(
+                    f"put of {shown(op.key)}: its indexed text cannot be read ({type(exc).__name__})"
+                ) from None
+            for text in found:
                 if not text.strip():
                     continue  # a blank text is nothing to embed (the value is stored as it is)
                 size += len(text) + 1  # characters <= UTF-8 bytes, and the joining newline

@@ -160,7 +160,8 @@ def check_metadata(metadata: Any, field: str = "metadata") -> tuple[dict[str, An
         ValidationError: Not a mapping; nested deeper than :data:`MAX_METADATA_DEPTH`
             (the metadata object is level 1; objects and lists count); more than
             :data:`MAX_METADATA_BYTES` of JSON; not JSON-serializable; or a key that
-            is not a string. The message names the field and the limit, never a value.
+            is not a string, at any level. The message names the field and the limit,
+            never a value.
     """
     if metadata is None:
         metadata = {}
@@ -199,7 +200,13 @@ def check_nesting(metadata: dict[str, Any], field: str) -> None:
                 f"{field} is nested more than {MAX_METADATA_DEPTH} levels deep, the limit "
                 "(MAX_METADATA_DEPTH; objects and lists count, the metadata itself is level 1)"
             )
-        children = node.values() if isinstance(node, Mapping) else node
+        if isinstance(node, Mapping):
+            children = node.values()
+            if depth > 1 and any(not isinstance(k, str) for k in node):
+                # JSON would turn 1 into "1" (and {1: .., "1": ..} into one pair)
+                raise ValidationError(f"{field} keys must be strings, at every level (level {depth})")
+        else:
+            children = node
         budget -= len(children)
         if budget < 0:
             raise ValidationError(
