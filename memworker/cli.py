@@ -32,10 +32,11 @@ MAX_LIST = 2**63 - 1
 MAX_DEMO_RECORDS = 1_000_000
 
 
-#: What is left of a URL's password (``scheme://user:`` and all after it to a space or
+#: What is left of a URL's password (``scheme://user:``, or ``scheme:/user:`` as a path
+#: shows it, and all after it to a space or
 #: quote: a cut quote of it may have lost its ``@``) and of a ``password=`` parameter,
 #: once the arguments' own are replaced (a ``:***@`` is one already).
-_SECRET = re.compile(r"(://[^/@\s:'\"]*:)(?!\*\*\*@)[^\s'\"]*|(password=)[^&\s'\"]*", re.IGNORECASE)
+_SECRET = re.compile(r"(:/{1,2}[^/@\s:'\"]*:)(?!\*\*\*@)[^\s'\"]*|(password=)[^&\s'\"]*", re.IGNORECASE)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +54,9 @@ class _Parser(argparse.ArgumentParser):
         self.tokens.extend(str(a) for a in (sys.argv[1:] if args is None else args))
         return super().parse_known_args(args, namespace)
 
-    def error(self, message: str) -> NoReturn:
+    def redact(self, message: str) -> str:
+        """``message`` without the password of any argument given (as typed, as its
+        ``repr`` or as :func:`shown` quotes it), nor anything URL-shaped's."""
         from memworker.settings import redact_url
 
         for token in sorted(set(self.tokens), key=len, reverse=True):
@@ -62,7 +65,10 @@ class _Parser(argparse.ArgumentParser):
                 for shown_token, shown_hidden in ((token, hidden), (repr(token)[1:-1], repr(hidden)[1:-1]),
                                                   (shown(token), shown(hidden))):  # fmt: skip
                     message = message.replace(shown_token, shown_hidden)
-        super().error(_SECRET.sub(lambda m: f"{m[1]}***" if m[1] else f"{m[2]}***", message))
+        return _SECRET.sub(lambda m: f"{m[1]}***" if m[1] else f"{m[2]}***", message)
+
+    def error(self, message: str) -> NoReturn:
+        super().error(self.redact(message))
 
 
 def _with_common(
@@ -82,7 +88,7 @@ def _with_common(
     return commands
 
 
-def make_argument_parser() -> argparse.ArgumentParser:
+def make_argument_parser() -> _Parser:
     """The parser of every ``memworker`` command."""
     parser = _Parser(
         prog="memworker",
@@ -778,18 +784,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.DEBUG)
     from memworker.errors import ConfigError, MemworkerError
 
+    # An error names what was given; a URL given to another option or argument keeps
+    # its password out of it, as in a usage error (_Parser.redact).
+    def report(text: str) -> None:
+        print(f"memworker {args.command}: {parser.redact(text)}", file=sys.stderr)
+
     try:
         return _COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"memworker {args.command}: configuration error: {exc}", file=sys.stderr)
+        report(f"configuration error: {exc}")
         return EXIT_USAGE
     except MemworkerError as exc:
-        print(f"memworker {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        report(f"{type(exc).__name__}: {exc}")
         return EXIT_FAILURE
     except Exception as exc:  # noqa: BLE001 - a client library's error (redis-py, glide)
         if not _is_server_error(exc):
             raise
-        print(f"memworker {args.command}: cannot use Valkey: {type(exc).__name__}: {exc}", file=sys.stderr)
+        report(f"cannot use Valkey: {type(exc).__name__}: {exc}")
         return EXIT_FAILURE
 
 

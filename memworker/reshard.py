@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from memworker.errors import ConfigError, MemworkerError
+from memworker.errors import ConfigError, MemworkerError, shown
 from memworker.keys import Keys, tag
 from memworker.queue.admin import as_text
 from memworker.settings import Settings
@@ -152,7 +152,7 @@ def move_namespace(
     from memworker.io.redispy import is_cluster, redis_client, redis_kwargs
 
     if isinstance(pause_ms, bool) or not isinstance(pause_ms, int) or not 1 <= pause_ms <= 3_600_000:
-        raise ConfigError(f"pause_ms must be an integer from 1 to 3600000 (ms), got {pause_ms!r}")
+        raise ConfigError(f"pause_ms must be an integer from 1 to 3600000 (ms), got {shown(pause_ms)}")
     if not is_cluster(settings):
         raise ConfigError("memworker reshard moves a namespace between shards of a Valkey Cluster; "
                           f"{settings.redacted_url()} is a standalone server")  # fmt: skip
@@ -303,7 +303,7 @@ def _target_id(primaries: dict[str, tuple[str, int]], to: str) -> str:
         if to == f"{host}:{port}" or (to.startswith(":") and to == f":{port}"):
             return node_id
     known = ", ".join(sorted(f"{h}:{p}" for h, p in primaries.values()))
-    raise ConfigError(f"--to {to!r} is not a primary of this cluster (primaries: {known})")
+    raise ConfigError(f"--to {shown(to)} is not a primary of this cluster (primaries: {known})")
 
 
 def _abort_import(target: Any, slot: int) -> None:

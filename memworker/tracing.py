@@ -229,23 +229,23 @@ def _setup_hook(hook: str) -> Any:
         ConfigError: Naming the variable, when the module cannot be imported or has no
             such function.
     """
-    from memworker.errors import ConfigError
+    from memworker.errors import ConfigError, shown
 
     expected = "must be 'module:function' (a function that sets up OpenTelemetry)"
     module, _, function = hook.partition(":")
     function = function or "setup"
     if not module.strip() or not function.isidentifier():
-        raise ConfigError(f"MEMWORKER_OTEL_SETUP {expected}, got {hook!r}")
+        raise ConfigError(f"MEMWORKER_OTEL_SETUP {expected}, got {shown(hook)}")
     try:
         loaded = importlib.import_module(module)
     except (ImportError, ValueError, TypeError) as exc:  # not found, '', '.relative'
         raise ConfigError(
-            f"MEMWORKER_OTEL_SETUP {expected}: cannot import {module!r} ({exc})"
+            f"MEMWORKER_OTEL_SETUP {expected}: cannot import {shown(module)} ({shown(str(exc), 300)})"
         ) from exc
     target = getattr(loaded, function, None)
     if not callable(target):
         raise ConfigError(
-            f"MEMWORKER_OTEL_SETUP {expected}: module {module!r} has no function {function!r}"
+            f"MEMWORKER_OTEL_SETUP {expected}: module {shown(module)} has no function {shown(function)}"
         )
     return target
 

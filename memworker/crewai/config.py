@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memworker.errors import ConfigError, WorkerLLMMissingError  # re-exported
+from memworker.errors import shown
 from memworker.worker_settings import LLM_ENV, MEMORY_FACTORY_ENV, read_llm, read_memory_factory
 
 if TYPE_CHECKING:
@@ -70,14 +71,14 @@ def load_memory_config(env: Mapping[str, str] | None = None) -> WorkerMemoryConf
         try:
             factory = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"{MEMORY_FACTORY_ENV}={spec!r} cannot be loaded: {exc}") from None
+            raise ConfigError(f"{MEMORY_FACTORY_ENV}={shown(spec)} cannot be loaded: {shown(str(exc), 300)}") from None
         made = factory()
         if isinstance(made, WorkerMemoryConfig):
             return made
         if isinstance(made, Mapping) and set(made) <= {"llm", "embedder"}:
             return WorkerMemoryConfig(llm=made.get("llm"), embedder=made.get("embedder"))
         raise ConfigError(
-            f"{MEMORY_FACTORY_ENV}={spec!r} returned {type(made).__name__}; expected a "
+            f"{MEMORY_FACTORY_ENV}={shown(spec)} returned {type(made).__name__}; expected a "
             "WorkerMemoryConfig or a mapping with 'llm' and optional 'embedder'"
         )
     return WorkerMemoryConfig(llm=read_llm(env))

@@ -77,18 +77,18 @@ def import_lancedb(
 
     folder = Path(path)
     if not folder.is_dir():
-        raise ConfigError(f"no LanceDB folder at {str(folder)!r}")
+        raise ConfigError(f"no LanceDB folder at {shown(str(path), 200)}")
     try:
         source = lancedb.connect(str(folder)).open_table(table)
     except (ValueError, OSError, RuntimeError) as exc:
         # lance raises RuntimeError (LanceError) for a name it cannot open as a folder
         # (too long for the file system): an error of the input, not a crash
-        raise ConfigError(f"no LanceDB table {shown(table)} in {str(folder)!r} ({shown(str(exc), 300)})") from None
+        raise ConfigError(f"no LanceDB table {shown(table)} in {shown(str(path), 200)} ({shown(str(exc), 300)})") from None
     names = set(source.schema.names)
     missing = [c for c in REQUIRED if c not in names]
     if missing:
         raise ConfigError(
-            f"table {table!r} in {str(folder)!r} is not a CrewAI memory table: no column(s) {', '.join(missing)}"
+            f"table {shown(table)} in {shown(str(path), 200)} is not a CrewAI memory table: no column(s) {', '.join(missing)}"
         )
     columns = [c for c in COLUMNS if c in names]
     if keep_vectors and "vector" in names:

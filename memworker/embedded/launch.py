@@ -34,7 +34,7 @@ from memworker.embedded.procs import (
     server_pid,
     terminate,
 )
-from memworker.errors import ConfigError, EmbeddedServerError
+from memworker.errors import ConfigError, EmbeddedServerError, shown
 from memworker.worker_settings import APPENDFSYNC_VALUES, read_appendfsync
 
 __all__ = [
@@ -249,7 +249,7 @@ def resolve_appendfsync(value: str | None) -> str:
     value = value or read_appendfsync() or DEFAULT_APPENDFSYNC
     if value not in APPENDFSYNC_VALUES:
         raise ConfigError(
-            f"appendfsync must be one of {', '.join(APPENDFSYNC_VALUES)}, got {value!r}"
+            f"appendfsync must be one of {', '.join(APPENDFSYNC_VALUES)}, got {shown(value)}"
         )
     return value
 

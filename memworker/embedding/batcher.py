@@ -20,7 +20,7 @@ import numpy as np
 
 from memworker.embedding.model import check_texts
 from memworker.embedding.protocols import TextEncoder
-from memworker.errors import ConfigError, MemworkerError
+from memworker.errors import ConfigError, MemworkerError, shown
 from memworker.metrics import worker_metrics
 
 if TYPE_CHECKING:
@@ -116,11 +116,11 @@ class EmbeddingBatcher:
         on_start: Callable[[], None] | None = None,
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+            raise ConfigError(f"batch_size must be an integer >= 1, got {shown(batch_size)}")
         if not isinstance(threads, int) or threads < 1:
-            raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
+            raise ConfigError(f"threads must be an integer >= 1, got {shown(threads)}")
         if not max_wait_ms >= 0:
-            raise ConfigError(f"max_wait_ms must be >= 0, got {max_wait_ms!r}")
+            raise ConfigError(f"max_wait_ms must be >= 0, got {shown(max_wait_ms)}")
         self._embedder = embedder
         self._on_start = on_start
         self._batch_size = batch_size

@@ -35,7 +35,7 @@ from memworker.embedding.backends import (
 )
 from memworker.embedding.protocols import TextEncoder
 from memworker.embedding.threads import configured_threads
-from memworker.errors import ConfigError, ValidationError
+from memworker.errors import ConfigError, ValidationError, shown
 from memworker.worker_settings import DEFAULT_HOME, HOME_ENV, MODEL_ENV, read_home, read_model
 
 __all__ = [
@@ -124,9 +124,9 @@ class Embedder:
         model_id: str | None = None,
     ) -> None:
         if backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {shown(backend)}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
-            raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {shown(device)}")
         if backend != "torch":
             missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
             if missing:
@@ -271,6 +271,6 @@ def _resolve_model(model: str | os.PathLike[str] | None) -> tuple[str, bool, str
         return str(path.resolve()), True, path.resolve().name
     text = str(model)
     if not text or text.startswith((".", "/", "~", "\\")):
-        raise ConfigError(f"model folder {text!r} does not exist")
+        raise ConfigError(f"model folder {shown(text, 200)} does not exist")
     return text, False, text  # a hub name: needs network or the Hugging Face cache
 

@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Mapping
 
-from memworker.errors import ConfigError
+from memworker.errors import ConfigError, shown
 from memworker.worker_settings import THREADS_ENV, read_inference_threads
 
 __all__ = ["THREADS_ENV", "configure_threads", "configured_threads"]
@@ -46,7 +46,7 @@ def configure_threads(processes: int = 1, env: Mapping[str, str] | None = None) 
     """
     global _threads
     if not isinstance(processes, int) or processes < 1:
-        raise ConfigError(f"processes must be an integer >= 1, got {processes!r}")
+        raise ConfigError(f"processes must be an integer >= 1, got {shown(processes)}")
     with _threads_lock:
         if _threads is None:
             import torch

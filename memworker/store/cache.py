@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from memworker.io import AsyncConnection, Call, Plan, SyncConnection
-from memworker.errors import ValidationError
+from memworker.errors import ValidationError, shown
 from memworker.keys import Keys
 from memworker.settings import Settings
 
@@ -59,7 +59,7 @@ class ValkeyCache:
             raise ValidationError("prefix must be a string without control characters")
         if ":" in prefix:
             # 'a' + 'b:c' and 'a:b' + 'c' would be one key: caches would share keys.
-            raise ValidationError(f"prefix must not contain ':', got {prefix!r}")
+            raise ValidationError(f"prefix must not contain ':', got {shown(prefix)}")
         self.prefix = prefix
         self.default_ttl = _check_ttl(default_ttl, "default_ttl")
         self._sync = SyncConnection(self.settings)
@@ -149,5 +149,5 @@ def _check_ttl(ttl: Any, field: str) -> float | None:
     if ttl is None:
         return None
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
-        raise ValidationError(f"{field} must be a positive number of seconds or None, got {ttl!r}")
+        raise ValidationError(f"{field} must be a positive number of seconds or None, got {shown(ttl)}")
     return float(ttl)

@@ -434,7 +434,7 @@ def _check_unique_ids(encoded: Sequence[Row]) -> None:
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-        raise ValidationError(f"records: id {dup!r} appears more than once in one batch")
+        raise ValidationError(f"records: id {shown(dup)} appears more than once in one batch")
 
 
 def with_vectors(rows: list[Row], vectors: Sequence[Any] | np.ndarray) -> list[Row]:

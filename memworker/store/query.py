@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from memworker.errors import ValidationError
+from memworker.errors import ValidationError, shown
 from memworker.store.tokens import (
     PUBLIC_TOKEN,
     RANGE_PREFIX,
@@ -138,7 +138,7 @@ class SearchFilter:
                     metas.append(metadata_token(key, value))
                 except (TypeError, ValueError) as exc:
                     raise ValidationError(
-                        f"metadata_filter[{key!r}] is not JSON-serializable: {exc}"
+                        f"metadata_filter[{shown(key)}] is not JSON-serializable: {exc}"
                     ) from None
         check_source(source, "source")
         check_source(viewer, "viewer")
@@ -236,24 +236,24 @@ def _range_group(key: Any, bounds: Any) -> tuple[str, ...]:
     if not isinstance(key, str) or not key.startswith(RANGE_PREFIX):
         raise ValidationError(
             f"metadata_ranges keys must be strings starting with {RANGE_PREFIX!r}, got "
-            + (repr(key) if isinstance(key, str) else type(key).__name__)
+            + (shown(key) if isinstance(key, str) else type(key).__name__)
         )
     try:
         low, low_in, high, high_in = bounds
     except (TypeError, ValueError):
         raise ValidationError(
-            f"metadata_ranges[{key!r}] must be (low, low_inclusive, high, high_inclusive)"
+            f"metadata_ranges[{shown(key)}] must be (low, low_inclusive, high, high_inclusive)"
         ) from None
     edges = []
     for name, value in (("low", low), ("high", high)):
         if isinstance(value, int) and not isinstance(value, bool) and not float_range(value):
             raise ValidationError(
-                f"metadata_ranges[{key!r}] {name} is beyond the float64 range (about 1.8e308)"
+                f"metadata_ranges[{shown(key)}] {name} is beyond the float64 range (about 1.8e308)"
             )
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
         ):
-            raise ValidationError(f"metadata_ranges[{key!r}] {name} must be a number or None")
+            raise ValidationError(f"metadata_ranges[{shown(key)}] {name} must be a number or None")
         edges.append(value)
     lo = 0 if low is None else sortable_bits(low) + (0 if low_in else 1)
     hi = (1 << 64) - 1 if high is None else sortable_bits(high) - (0 if high_in else 1)

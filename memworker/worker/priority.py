@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Union
 
-from memworker.errors import ConfigError
+from memworker.errors import ConfigError, shown
 
 __all__ = ["Nice", "check_nice", "lower_priority"]
 
@@ -22,7 +22,7 @@ def check_nice(nice: Any) -> None:
     if nice == "idle" and isinstance(nice, str):
         return
     if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
-        raise ConfigError(f"nice must be an integer from 0 to 19 or 'idle', got {nice!r}")
+        raise ConfigError(f"nice must be an integer from 0 to 19 or 'idle', got {shown(nice)}")
 
 
 def lower_priority(nice: Nice) -> None:

@@ -355,7 +355,7 @@ def _metrics_server(settings: Settings, port: int | None) -> Iterator[None]:
             ) from exc
         except (OSError, UnicodeError) as exc:  # a taken port, an unknown host name
             raise ConfigError(
-                f"--metrics-port {port} on MEMWORKER_METRICS_ADDRESS {address!r}: {exc}"
+                f"--metrics-port {port} on MEMWORKER_METRICS_ADDRESS {shown(address)}: {exc}"
             ) from exc
         log.info("serving Prometheus metrics on %r port %d (/metrics)", address, port)
         yield

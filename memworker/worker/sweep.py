@@ -26,7 +26,7 @@ import logging
 import os
 from typing import Any
 
-from memworker.errors import ConfigError
+from memworker.errors import ConfigError, shown
 from memworker.io.scripts import script_source
 from memworker.keys import Keys, QueueKeys
 from memworker.store.validate import MAX_SWEEP_MS
@@ -60,7 +60,7 @@ def sweep_interval_ms(raw: str | None = None) -> int:
         seconds = -1.0
     if not 0 < seconds <= 86_400:
         raise ConfigError(
-            f"MEMWORKER_SWEEP_INTERVAL must be a number of seconds from 0 to 86400, got {raw!r}"
+            f"MEMWORKER_SWEEP_INTERVAL must be a number of seconds from 0 to 86400, got {shown(raw)}"
         )
     return max(1, int(seconds * 1000))
 
