@@ -63,7 +63,8 @@ def call_items(contents: list[str], scope: Any, categories: Any, metadata: Any, 
             "categories": cats,
             "metadata": meta,
             "importance": weight,
-            "source": source,
+            # "" is no source, as CrewAI's LanceDB storage reads it back (None)
+            "source": None if source == "" else source,
             "private": private,
             "flow": flow,
         }

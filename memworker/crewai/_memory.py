@@ -550,6 +550,8 @@ class QueuedMemory(Memory):
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             # checked here: deep recall's flow turns a store's refusal into no results
             raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}")
+        if isinstance(source, str) and not source:
+            source = None  # "" is no source, as a save's (CrewAI's LanceDB reads it so)
         self.drain_writes()
         effective_scope = scope
         if effective_scope is None and self.root_scope:

@@ -29,8 +29,8 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
-
 
 from memworker.errors import (
     DrainTimeout,
@@ -301,7 +301,8 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
     """Validate texts (``str`` or mappings with ``text``/``content`` and optional
     ``scope``, ``categories``, ``metadata``, ``importance``, ``source``, ``private``)
     -> job items, each with a new record id (uuid4) and ``created_at`` = now unless
-    it brings its own. A field absent takes its default, and so does ``None`` for every
+    it brings its own (item ``i`` now + ``i`` microseconds: a call's items keep their
+    order, newest last, as CrewAI's storage lists them). A field absent takes its default, and so does ``None`` for every
     field but ``importance`` (a number from 0 to 1) and ``private`` (a real boolean),
     which refuse it (``scope``: the root; ``id``: a new uuid4; ``created_at``: now);
     any other value is validated as
@@ -311,7 +312,6 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
 
     check_count(items, max_items, "items")
     now = utcnow()
-    now_iso = now.isoformat()
     # Random ids for the items that bring none (memworker.langgraph's bring theirs).
     new_ids = iter(uuid4_texts(sum(1 for i in items if not isinstance(i, Mapping) or i.get("id") is None)))
     # Items of one call usually share their flow settings, often the same object:
@@ -344,7 +344,7 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
             "categories": [] if item.get("categories") is None else item["categories"],
             "metadata": {} if item.get("metadata") is None else item["metadata"],
             "importance": item.get("importance", 0.5),
-            "created_at": now if created is None else created,
+            "created_at": now + timedelta(microseconds=i) if created is None else created,
             "source": item.get("source"),
             "private": item.get("private", False),
             "embedding": None,
@@ -356,7 +356,7 @@ def embed_items(items: Sequence[Any], max_items: int) -> list[dict[str, Any]]:
         to_row(entry, where=where, require_embedding=False, validate_only=True)
         del entry["embedding"]
         entry["private"] = bool(entry["private"])  # a real or a numpy bool: validated
-        entry["created_at"] = now_iso if created is None else _iso(created)
+        entry["created_at"] = entry["created_at"].isoformat() if created is None else _iso(created)
         entry["categories"] = list(entry["categories"])
         entry["metadata"] = dict(entry["metadata"])
         flow = item.get("flow")
