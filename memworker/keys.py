@@ -180,6 +180,9 @@ class ProducerKeys:
     committed: str = field(init=False, repr=False)
     #: Sorted set of the producer's jobs a drain has reported (tombstones).
     reported: str = field(init=False, repr=False)
+    #: Sorted set of the producer's jobs ``memworker dead requeue`` put back (score:
+    #: requeue time, ms): its drains wait for and report them, as jobs it enqueued.
+    requeued: str = field(init=False, repr=False)
     #: Channel on which a job id is published when it leaves the pending set.
     done_channel: str = field(init=False, repr=False)
 
@@ -191,7 +194,7 @@ class ProducerKeys:
         ns, p = tag(self.namespace), self.producer
         _fill(self, pending=f"{ns}:pending:{p}", failed=f"{ns}:failed:{p}",
               committed=f"{ns}:committed:{p}", reported=f"{ns}:reported:{p}",
-              done_channel=f"{ns}:done:{p}")  # fmt: skip
+              requeued=f"{ns}:requeued:{p}", done_channel=f"{ns}:done:{p}")  # fmt: skip
 
 
 @functools.lru_cache(maxsize=4096)

@@ -20,7 +20,8 @@
 --
 --   claim:   now (ms), oldest tombstone kept (ms), tombstone TTL (ms), the claim's own
 --            key (or ""), then for each producer: its failed hash, committed zset,
---            reported zset, n, and n pairs (kind, job id) -> one 0/1 a pair: 1 when
+--            reported zset, requeued zset, n, and n pairs (kind, job id) (each id
+--            leaves the requeued zset) -> one 0/1 a pair: 1 when
 --            this call claimed the report. The answer is kept under the claim's key
 --            (60 s): the same claim sent again (a retry after a lost reply) gets it
 --            back instead of finding its reports consumed, by itself.
@@ -37,7 +38,8 @@
 --   requeue: dead zset, dead msgs hash, msgs hash, queue, wake list, message id,
 --            message, then (when the job can be read) its pending zset, producers set,
 --            failed hash, reported zset, committed zset, deliveries hash, producer id,
---            job id, now (ms), delivery field -> 1 when this call moved it, else 0
+--            job id, now (ms), delivery field, requeued zset, its ttl (ms) -> 1 when
+--            this call moved it, else 0
 --
 --   memory:  (nothing) -> INFO memory of the namespace's server (its maxmemory and
 --            maxmemory-policy: memworker/queue/admin.py eviction_plan; a script, so
@@ -45,7 +47,9 @@
 --
 -- requeue is `memworker dead requeue` (memworker/queue/admin.py): the dead letter back
 -- on the queue, with its job's pending mark restored and its reports cleared, only if
--- it is still a dead letter (ZREM). Two requeues of one dead letter at once, each having
+-- it is still a dead letter (ZREM); the job is listed in the producer's requeued set,
+-- so the producer's next drain reports it even when it committed before that drain
+-- (a claim removes it; the set expires with the markers). Two requeues of one dead letter at once, each having
 -- read it, queued it twice (two deliveries) when this was a MULTI.
 --
 -- prune is the workers' sweep (memworker/worker/sweep.py): a producer with nothing
@@ -103,8 +107,8 @@ end
 
 if op == "requeue" then
   local dead, dead_msgs, msgs, queue, wake, mid, data = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-  if #ARGV ~= 8 and #ARGV ~= 18 then
-    return redis.error_reply("BADARGS requeue takes 7 or 17 arguments")
+  if #ARGV ~= 8 and #ARGV ~= 20 then
+    return redis.error_reply("BADARGS requeue takes 7 or 19 arguments")
   end
   if redis.call("ZREM", dead, mid) == 0 then
     return 0
@@ -113,10 +117,13 @@ if op == "requeue" then
   redis.call("HSET", msgs, mid, data)
   redis.call("RPUSH", queue, mid)
   redis.call("RPUSH", wake, "1")
-  if #ARGV == 18 then
+  if #ARGV == 20 then
     local pending, producers, failed, reported, committed, deliveries = ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-    local producer, job, now, delivery = ARGV[15], ARGV[16], ARGV[17], ARGV[18]
+    local producer, job, now, delivery, requeued, ttl = ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20]
     redis.call("ZADD", pending, now, job)
+    redis.call("ZADD", requeued, now, job)
+    redis.call("ZREMRANGEBYSCORE", requeued, "-inf", tonumber(now) - tonumber(ttl))
+    redis.call("PEXPIRE", requeued, ttl)
     redis.call("SADD", producers, producer)  -- the sweep may have forgotten it
     redis.call("HDEL", failed, job)
     redis.call("ZREM", reported, job)
@@ -134,12 +141,14 @@ if op == "claim" then
   end
   local out, b = {}, 6
   while b <= #ARGV do
-    local failed, committed, reported, n = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
-    if n == nil or b + 3 + 2 * n > #ARGV then
-      return redis.error_reply("BADARGS claim takes failed, committed, reported, n and n pairs")
+    local failed, committed, reported, requeued = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+    local n = tonumber(ARGV[b + 4])
+    if n == nil or b + 4 + 2 * n > #ARGV then
+      return redis.error_reply("BADARGS claim takes failed, committed, reported, requeued, n and n pairs")
     end
     for j = 0, n - 1 do
-      local kind, id = ARGV[b + 4 + 2 * j], ARGV[b + 5 + 2 * j]
+      local kind, id = ARGV[b + 5 + 2 * j], ARGV[b + 6 + 2 * j]
+      redis.call("ZREM", requeued, id)
       local mine = 0
       if kind == "f" then
         mine = redis.call("HDEL", failed, id)
@@ -157,7 +166,7 @@ if op == "claim" then
     end
     redis.call("ZREMRANGEBYSCORE", reported, "-inf", oldest)
     redis.call("PEXPIRE", reported, ttl)
-    b = b + 4 + 2 * n
+    b = b + 5 + 2 * n
   end
   if own ~= "" then redis.call("SET", own, cjson.encode(out), "PX", 60000) end
   return out

@@ -19,7 +19,7 @@ from memworker.errors import shown
 from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, Plan, Script
 from memworker.io.redispy import RedisSyncDriver
 from memworker.keys import DEFAULT_QUEUE, QueueKeys
-from memworker.queue.jobs import delivery_field
+from memworker.queue.jobs import MARKER_TTL_MS, cut_error, delivery_field
 from memworker.queue.payload import parse_job
 from memworker.settings import Settings
 from memworker.store.validate import check_ids
@@ -274,13 +274,18 @@ def _dead_row(mid: Any, score: Any, raw: Any) -> dict[str, Any]:
             i["id"] for i in (items if isinstance(items, list) else [])
             if isinstance(i, dict) and isinstance(i.get("id"), str)
         ],  # fmt: skip
-        traceback=_str_or_none(options.get("traceback") if isinstance(options, dict) else None),
+        # cut as a failure record's error is: an embedder's error may quote a whole text
+        traceback=_cut_or_none(options.get("traceback") if isinstance(options, dict) else None),
     )
     return row
 
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _cut_or_none(value: Any) -> str | None:
+    return cut_error(value) if isinstance(value, str) else None
 
 
 def _dead_list_plan(keys: QueueKeys, limit: int) -> Plan[list[dict[str, Any]]]:
@@ -320,11 +325,13 @@ def _requeue_args(keys: QueueKeys, mid: str, raw: Any) -> list[str]:
         job_id, producer, _ = parse_job(msg["args"][0])
         if msg.get("message_id") != job_id:
             raise ValueError("the message's id is not its job's")
-        data: Any = json.dumps(msg, separators=(",", ":"))
+        # UTF-8, as build_message encodes a job (ASCII escapes took up to 6 bytes a
+        # character: a job within max_job_bytes came back twice its size)
+        data: Any = json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         p = keys.producer(producer)
         job = [
             p.pending, keys.producers, p.failed, p.reported, p.committed, keys.deliveries,
-            producer, job_id, str(now_ms()), delivery_field(job_id, 0),
+            producer, job_id, str(now_ms()), delivery_field(job_id, 0), p.requeued, str(MARKER_TTL_MS),
         ]  # fmt: skip
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
         data = raw  # JobPayloadError too; RecursionError: a body nested too deep to read

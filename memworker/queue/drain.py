@@ -94,7 +94,12 @@ class Wait:
 
 
 def _snapshot_commands(keys: QueueKeys, producers: list[str]) -> list[list[Any]]:
-    return [["ZRANGE", keys.producer(p).pending, "0", "-1"] for p in producers]
+    """Each producer's pending ids, then each one's requeued ids (``memworker dead
+    requeue``: reported like its own, also when they committed before this drain)."""
+    since = f"({now_ms() - MARKER_TTL_MS}"
+    return [["ZRANGE", keys.producer(p).pending, "0", "-1"] for p in producers] + [
+        ["ZRANGEBYSCORE", keys.producer(p).requeued, since, "+inf"] for p in producers
+    ]
 
 
 def _check_commands(keys: QueueKeys, snapshot: dict[str, list[str]]) -> list[list[Any]]:
@@ -190,7 +195,7 @@ def _claim(
     k = keys.producer(mine[0][0])
     # its own key: a retry of the same claim (its reply lost) gets the same answer
     args = ["claim", str(now), str(now - MARKER_TTL_MS), str(MARKER_TTL_MS), k.claim(uuid.uuid4().hex)]
-    args += [k.failed, k.committed, k.reported, str(len(mine))]
+    args += [k.failed, k.committed, k.reported, k.requeued, str(len(mine))]
     args += [x for _, i, kind, _ in mine for x in (kind, i)]
     return [f for f in found if f[0] != owner and f[2] != "m"], mine, Script("queue", args)
 
@@ -278,7 +283,8 @@ def drain_plan(
     deadline = None if timeout is None else time.monotonic() + timeout
     if given is None:
         replies = yield Pipeline(_snapshot_commands(keys, producers))
-        snap = dict(zip(producers, replies))
+        n = len(producers)
+        snap = {p: [*pending, *requeued] for p, pending, requeued in zip(producers, replies[:n], replies[n:])}
         for p, ids in (also or {}).items():
             snap[p] = [*snap.get(p, []), *ids]
     else:

@@ -52,6 +52,7 @@ __all__ = [
     "JOB_SCHEMA",
     "LOST_ERROR",
     "MARKER_TTL_MS",
+    "MAX_ERROR_CHARS",
     "SAVE_ACTOR",
     "DrainReport",
     "DrainTimeout",
@@ -80,6 +81,18 @@ ENCODE_ACTOR = "encode_records"
 #: for by id (``drain(job_ids=...)``) more than this long after it committed, and
 #: never reported, is reported lost.
 MARKER_TTL_MS = 3_600_000
+
+#: Longest error text a failure record keeps (what ``FailedJob.error`` reports), and
+#: that ``memworker dead list`` shows of a dead letter's traceback.
+MAX_ERROR_CHARS = 4_000
+
+
+def cut_error(error: str) -> str:
+    """``error`` cut to :data:`MAX_ERROR_CHARS` (an embedder's error may quote a whole
+    text), saying how long it was."""
+    if len(error) > MAX_ERROR_CHARS:
+        return f"{error[:MAX_ERROR_CHARS]}... ({len(error)} characters)"
+    return error
 #: Error of a job reported lost by a drain.
 LOST_ERROR = "lost: neither committed nor failed — the server may have lost recent writes"
 

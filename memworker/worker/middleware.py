@@ -33,7 +33,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 
 from memworker.metrics import flush_worker_metrics, worker_metrics
 from memworker.tracing import TRACE_OPTION, extract
-from memworker.queue.jobs import PoisonJobError, QueueKeys, delivery_field, failure_json
+from memworker.queue.jobs import MAX_ERROR_CHARS, PoisonJobError, QueueKeys, cut_error, delivery_field, failure_json
 from memworker.queue.payload import job_identity
 from memworker.queue.admin import HEALTH_TTL_MS
 from memworker.settings import Settings
@@ -82,10 +82,6 @@ return 1
 current_delivery = threading.local()
 
 
-#: Longest error text a failure record keeps (what ``FailedJob.error`` reports).
-MAX_ERROR_CHARS = 4_000
-
-
 def failure_args(
     keys: QueueKeys,
     field: str | None,
@@ -97,8 +93,7 @@ def failure_args(
     """``EVAL FAIL_SCRIPT`` arguments (numkeys, keys, argv) of one failed message; an
     ``error`` longer than :data:`MAX_ERROR_CHARS` is cut (an embedder's error may quote
     a whole text: each failure record is kept until a drain reports it)."""
-    if len(error) > MAX_ERROR_CHARS:
-        error = f"{error[:MAX_ERROR_CHARS]}... ({len(error)} characters)"
+    error = cut_error(error)
     if producer is None or job_id is None:
         return [2, keys.deliveries, keys.stats, field or "", job_id or "", "", ""]
     pk = keys.producer(producer)
