@@ -20,7 +20,7 @@ from memworker.io.plan import QUEUE_ERRORS, Call, Pipeline, Plan, Script
 from memworker.io.redispy import RedisSyncDriver
 from memworker.keys import DEFAULT_QUEUE, QueueKeys
 from memworker.queue.jobs import MARKER_TTL_MS, cut_error, delivery_field
-from memworker.queue.payload import parse_job
+from memworker.queue.payload import parse_job, undecodable_identity
 from memworker.settings import Settings
 from memworker.store.validate import check_ids
 
@@ -261,7 +261,10 @@ def _dead_row(mid: Any, score: Any, raw: Any) -> dict[str, Any]:
     except (ValueError, RecursionError):
         msg = None
     if not isinstance(msg, dict):
-        row["error"] = "undecodable message"
+        # what the worker read of it to report it to its producer's drain (truncated
+        # bytes, invalid UTF-8): the operator can match the two
+        job_id, producer, record_ids = undecodable_identity(raw)
+        row.update(error="undecodable message", job_id=job_id, producer=producer, record_ids=record_ids)
         return row
     args, options = msg.get("args"), msg.get("options")
     job = args[0] if isinstance(args, list) and args and isinstance(args[0], dict) else {}
