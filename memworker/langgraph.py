@@ -750,7 +750,7 @@ class QueuedStore(BaseStore):
                 target, name, args, *more = plan.send(reply)
                 kwargs = more[0] if more else {}
                 if target == "e":
-                    reply = await asyncio.to_thread(self._embed, *args)
+                    reply = await self._aembed(*args)
                 elif target == "g":
                     reply = await self._agroup.submit(args[0])
                     if reply is not None:
@@ -1017,7 +1017,7 @@ class QueuedStore(BaseStore):
             self._save_item({**item, "content": t, "embedding": None})
         if local:
             vectors = yield ("e", "", ([t for _, t in local], True))
-            save.extend({**item, "content": t, "embedding": v} for (item, t), v in zip(local, vectors))
+            save.extend({**item, "content": t, "embedding": v} for (item, t), v in zip(local, vectors, strict=True))
         # (a single put goes to the group commit, whose fallback refuses only it if it
         # is too big for a job: no size estimate on the put's own path)
         encode_jobs = self._jobs(prepared, prepared) if len(prepared) > 1 else []
@@ -1245,20 +1245,52 @@ class QueuedStore(BaseStore):
     # ------------------------------------------------------------------ embedding
     def _embed(self, texts: list[str], documents: bool) -> list[list[float]]:
         """Embed in this process: documents with a local ``embed`` (put), or a query
-        with the same model the workers use."""
+        with it or with the same model the workers use."""
         assert self.index_config is not None
         local = self.index_config["embeddings"]
+        n = len(texts)  # the embedder gets its own copy: one that edits it changes nothing here
         if local is not None:
-            vectors = local.embed_documents(texts) if documents else [local.embed_query(texts[0])]
+            vectors = local.embed_documents(list(texts)) if documents else [local.embed_query(texts[0])]
         else:
             vectors = [list(map(float, v)) for v in self._workers_model().encode(texts)]
+        return self._checked(vectors, n)
+
+    async def _aembed(self, texts: list[str], documents: bool) -> list[list[float]]:
+        """:meth:`_embed` on the async face: a local ``embed``'s async methods (an async
+        function works; LangChain runs a sync one in an executor), the workers' model
+        in a thread."""
+        assert self.index_config is not None
+        local = self.index_config["embeddings"]
+        if local is None:
+            return await asyncio.to_thread(self._embed, texts, documents)
+        n = len(texts)
+        if documents:
+            vectors = await local.aembed_documents(list(texts))
+        else:
+            vectors = [await local.aembed_query(texts[0])]
+        return self._checked(vectors, n)
+
+    def _checked(self, vectors: Any, n: int) -> list[list[float]]:
+        """An embedder's reply as ``n`` lists of ``index['dims']`` values; anything else
+        is refused before anything is written (a reply one vector short lost an item)."""
+        assert self.index_config is not None
+        try:
+            if not isinstance(vectors, (list, tuple, np.ndarray)):  # as InMemoryStore refuses
+                raise TypeError
+            out: list[list[float]] = [list(v) for v in vectors]
+        except TypeError:
+            raise ValidationError(
+                f"the index's embedder returned {type(vectors).__name__}, not a list of vectors"
+            ) from None
+        if len(out) != n:
+            raise ValidationError(f"the index's embedder returned {len(out)} vector(s) for {n} text(s)")
         dims = self.index_config["dims"]
-        for v in vectors:
+        for v in out:
             if len(v) != dims:
                 raise ConfigError(
                     f"index['dims'] is {dims}, the embedding model gives {len(v)} dimensions"
                 )
-        return [list(v) for v in vectors]
+        return out
 
     def _workers_model(self) -> Any:
         """The workers' model in this process, for queries (made once)."""
