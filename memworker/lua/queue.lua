@@ -30,7 +30,7 @@
 -- what it will report; this step consumes it and says which reports are its own. Two
 -- drains of one producer that read the same failure or commit at once both reach here;
 -- the first claims it, the second reports nothing of it. Kinds:
---   f  a failure record: HDEL it (claimed if it was there), drop any marker, tombstone
+--   f  a failure record: HDEL it; if it was there (claimed), drop any marker, tombstone
 --   c  a commit marker: tombstone (claimed if no tombstone was there), drop the marker
 --   l  lost (no mark at all): tombstone (claimed if no tombstone was there)
 --   m  a marker of a job already reported: drop it (never claimed)
@@ -148,17 +148,23 @@ if op == "claim" then
     end
     for j = 0, n - 1 do
       local kind, id = ARGV[b + 5 + 2 * j], ARGV[b + 6 + 2 * j]
-      redis.call("ZREM", requeued, id)
       local mine = 0
       if kind == "f" then
         mine = redis.call("HDEL", failed, id)
-        redis.call("ZREM", committed, id)
-        redis.call("ZADD", reported, now, id)
+        -- 0: another drain claimed it, or a requeue (after this drain's read) cleared
+        -- it and runs the job again: its tombstone and requeued entry are not ours
+        if mine == 1 then
+          redis.call("ZREM", committed, id)
+          redis.call("ZADD", reported, now, id)
+          redis.call("ZREM", requeued, id)
+        end
       elseif kind == "c" or kind == "l" then
         mine = redis.call("ZADD", reported, "NX", now, id)
         redis.call("ZREM", committed, id)
+        redis.call("ZREM", requeued, id)
       elseif kind == "m" then
         redis.call("ZREM", committed, id)
+        redis.call("ZREM", requeued, id)
       else
         return redis.error_reply("BADARGS claim kind " .. tostring(kind))
       end
