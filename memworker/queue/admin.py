@@ -22,7 +22,7 @@ from memworker.keys import DEFAULT_QUEUE, QueueKeys
 from memworker.queue.jobs import MARKER_TTL_MS, cut_error, delivery_field
 from memworker.queue.payload import parse_job, undecodable_identity
 from memworker.settings import Settings
-from memworker.store.validate import check_ids
+from memworker.store.validate import MAX_ID_LENGTH, check_ids
 
 __all__ = [
     "ALLOW_EVICTION_ENV",
@@ -264,7 +264,7 @@ def _dead_row(mid: Any, score: Any, raw: Any) -> dict[str, Any]:
         # what the worker read of it to report it to its producer's drain (truncated
         # bytes, invalid UTF-8): the operator can match the two
         job_id, producer, record_ids = undecodable_identity(raw)
-        row.update(error="undecodable message", job_id=job_id, producer=producer, record_ids=record_ids)
+        row.update(error="undecodable message", job_id=job_id, producer=producer, record_ids=_shown_ids(record_ids))
         return row
     args, options = msg.get("args"), msg.get("options")
     job = args[0] if isinstance(args, list) and args and isinstance(args[0], dict) else {}
@@ -273,18 +273,34 @@ def _dead_row(mid: Any, score: Any, raw: Any) -> dict[str, Any]:
         job_id=_str_or_none(msg.get("message_id")),
         actor=_str_or_none(msg.get("actor_name")),
         producer=_str_or_none(job.get("producer")),
-        record_ids=[
+        record_ids=_shown_ids([
             i["id"] for i in (items if isinstance(items, list) else [])
             if isinstance(i, dict) and isinstance(i.get("id"), str)
-        ],  # fmt: skip
+        ]),  # fmt: skip
         # cut as a failure record's error is: an embedder's error may quote a whole text
         traceback=_cut_or_none(options.get("traceback") if isinstance(options, dict) else None),
     )
     return row
 
 
+#: Record ids a dead-list row shows (the rest counted), each cut past MAX_ID_LENGTH.
+MAX_SHOWN_IDS = 100
+
+
+def _shown_ids(ids: list[str]) -> list[str]:
+    """A dead letter's record ids as a row shows them: bounded whatever a forged
+    message holds (a 1 MB id, a million ids)."""
+    shown_ids = [i if len(i) <= MAX_ID_LENGTH else f"{i[:MAX_ID_LENGTH]}..." for i in ids[:MAX_SHOWN_IDS]]
+    if len(ids) > MAX_SHOWN_IDS:
+        shown_ids.append(f"... ({len(ids)} ids)")
+    return shown_ids
+
+
 def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    """A string field of a dead letter as a row shows it (cut past MAX_ID_LENGTH)."""
+    if not isinstance(value, str):
+        return None
+    return value if len(value) <= MAX_ID_LENGTH else f"{value[:MAX_ID_LENGTH]}..."
 
 
 def _cut_or_none(value: Any) -> str | None:
