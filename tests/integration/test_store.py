@@ -1145,7 +1145,10 @@ def test_async_twins_give_the_same_answers(store: ValkeyStore) -> None:
         sync_hits = store.search(query, limit=20, min_score=-1.0)
         async_hits = await store.asearch(query, limit=20, min_score=-1.0)
         assert ids(async_hits) == ids(sync_hits)
-        assert [s for _, s in async_hits] == pytest.approx([s for _, s in sync_hits], abs=1e-6)
+        # With a module, a search answers on the exact path while FT.INFO says the new
+        # index is still building, then on FT.SEARCH: the two searches may take one
+        # path each, and a float16 namespace's scores differ by ~1e-4 between them
+        assert [s for _, s in async_hits] == pytest.approx([s for _, s in sync_hits], abs=2e-3)
         assert ids(
             await store.asearch(
                 query, scope_prefix="/a", categories=["x"], limit=20, min_score=-1.0
