@@ -145,7 +145,9 @@ def move_namespace(
             ``pause_ms`` is not from 1 to 3,600,000.
         ReshardError: The target already holds keys of the slot, or the copy failed or
             ran out of ``pause_ms`` (the namespace stays whole on its source; the
-            target's copies are removed).
+            target's copies are removed, or the error says how to remove them when the
+            target stopped answering), or the hand-over was sent and neither node can
+            say whether it happened. The source takes writes again in every case.
     """
     import redis
 
@@ -180,8 +182,11 @@ def move_namespace(
             raise ReshardError(f"slot {slot} of namespace {settings.namespace!r} has no live owner")
         where = {i: f"{h}:{p}" for i, (h, p) in primaries.items()}
         if source_id == target_id:
+            # Nothing to move; a rerun after a move killed past its hand-over makes the
+            # namespace's index there (other namespaces of the slot, unlisted now that
+            # their source indexes are gone, get theirs at their first search).
             return ReshardReport(settings.namespace, slot, where[source_id], where[target_id], 0, 0.0,
-                                 None)  # fmt: skip
+                                 _build_index(settings, index_timeout))  # fmt: skip
         source, target = node(primaries[source_id]), node(primaries[target_id])
         if int(target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)):
             raise ReshardError(
@@ -193,6 +198,11 @@ def move_namespace(
         others = _slot_namespaces(source, cluster, slot, settings.namespace)
         indexes = [Keys(ns).index for ns in (settings.namespace, *others)]
         target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        # sent: SETSLOT NODE went out (its reply may be lost); owned: the target owns the
+        # slot. The source takes writes again whatever the target answers, or fails to:
+        # at once before the hand-over, else once its old owner learnt it.
+        sent = owned = False
+        refused: redis.RedisError | None = None
         try:
             # The source's indexes go first: it would otherwise delete each record from
             # its HNSW graph as the source drops the slot's keys, with writes paused (30x
@@ -203,15 +213,43 @@ def move_namespace(
             source.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE")
             try:
                 moved = _copy_slot(source, target, slot, deadline=started + 0.75 * pause_ms / 1000)
-                target.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                sent = True
+                try:
+                    target.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                    owned = True
+                except redis.RedisError as exc:  # refused, or its reply lost: asked below
+                    refused = exc
             finally:
-                if _slot_owner(target, slot) == target_id:
-                    _wait_handover(source, slot, target_id, _HANDOVER_S)
-                source.execute_command("CLIENT", "UNPAUSE")
+                try:
+                    owned = owned or (sent and _took_slot(source, target, slot, target_id))
+                    if owned:
+                        _wait_handover(source, slot, target_id, _HANDOVER_S)
+                finally:
+                    source.execute_command("CLIENT", "UNPAUSE")
+            if refused is not None and not owned:
+                raise refused
         except BaseException as exc:  # an interrupt too: the target must not keep half a slot
-            if _slot_owner(target, slot) == target_id:
+            if owned:
                 raise  # handed over: the target holds the namespace now
-            _abort_import(target, slot)
+            if sent:
+                try:
+                    took = _slot_owner(target, slot) == target_id
+                except redis.RedisError:
+                    raise ReshardError(
+                        f"moving slot {slot} to {where[target_id]}: the hand-over was sent, and "
+                        f"neither node says whether it happened ({_answer(exc)}); check `CLUSTER "
+                        "NODES` on both, and move again once the target answers"
+                    ) from exc
+                if took:
+                    raise
+            try:
+                _abort_import(target, slot)
+            except redis.RedisError as cleanup:
+                raise ReshardError(
+                    f"moving slot {slot} to {where[target_id]} failed, nothing moved: {_answer(exc)}; "
+                    f"its copies stay on the target ({_answer(cleanup)}): delete them there (ASKING, "
+                    f"then DEL) and run `CLUSTER SETSLOT {slot} STABLE` on it, then move again"
+                ) from exc
             if isinstance(exc, (redis.RedisError, ReshardError)):
                 raise ReshardError(f"moving slot {slot} to {where[target_id]} failed, nothing moved: "
                                    f"{_answer(exc)}") from exc  # fmt: skip
@@ -267,6 +305,22 @@ def _copy_slot(source: Any, target: Any, slot: int, *, deadline: float) -> int:
         if time.monotonic() > deadline:  # checked before the hand-over, too
             raise ReshardError(f"the copy would outlast the pause ({len(keys)} keys; raise --pause-ms)")
     return moved
+
+
+def _took_slot(source: Any, target: Any, slot: int, target_id: str) -> bool:
+    """Whether the target owns ``slot`` after a ``SETSLOT NODE`` whose reply was lost:
+    as the target says, or, if it cannot answer, as the source learns over the
+    cluster bus within :data:`_HANDOVER_S` (its writes paused meanwhile)."""
+    import redis
+
+    try:
+        return _slot_owner(target, slot) == target_id
+    except redis.RedisError:
+        try:
+            _wait_handover(source, slot, target_id, _HANDOVER_S)
+        except ReshardError:
+            return False
+        return True
 
 
 def _wait_handover(source: Any, slot: int, target_id: str, timeout: float) -> None:
