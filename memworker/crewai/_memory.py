@@ -48,7 +48,7 @@ from memworker.queue.producer import MemoryQueue
 from memworker.settings import redact_url
 from memworker.store.query import MAX_LIMIT
 from memworker.store.store import ValkeyStore
-from memworker.store.validate import check_retention_days, normalize_scope, normalize_scope_prefix
+from memworker.store.validate import check_retention_days, check_unicode, normalize_scope, normalize_scope_prefix
 
 __all__ = ["QueuedMemory", "JobFailedError"]
 
@@ -545,6 +545,7 @@ class QueuedMemory(Memory):
         (another source's private records never take a result slot)."""
         if not isinstance(query, str):
             raise ValidationError(f"query must be a string, got {type(query).__name__}")
+        check_unicode(query, "query")
         _check_scope(scope)
         _check_categories(categories)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:

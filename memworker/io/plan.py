@@ -27,6 +27,7 @@ from memworker.errors import (
     QueueConnectionLostError,
     QueueError,
     StoreError,
+    ValidationError,
 )
 
 __all__ = [
@@ -139,6 +140,15 @@ _PERMANENT = (
 def error_text(exc: BaseException) -> str:
     """The message of a server error, without the client's decoration."""
     return str(exc.args[0]) if exc.args else str(exc)
+
+
+def server_error(errors: ErrorClasses, exc: BaseException) -> Exception:
+    """The error a driver raises for ``exc``, a step's error that is not transient:
+    ``errors.server``, or a ``ValidationError`` for an argument the client could not
+    encode (a string with a lone surrogate that no check caught before)."""
+    if isinstance(exc, UnicodeEncodeError):
+        return ValidationError("an argument is not valid unicode text (a lone surrogate)")
+    return errors.server(f"Valkey error: {error_text(exc)}")
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -257,5 +267,5 @@ def throw(plan: Plan[Any], exc: BaseException, errors: ErrorClasses = STORE_ERRO
         raise
     except Exception as err:
         if err is exc:
-            raise errors.server(f"Valkey error: {error_text(exc)}") from exc
+            raise server_error(errors, exc) from exc
         raise

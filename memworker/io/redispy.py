@@ -38,6 +38,7 @@ from memworker.io.plan import (
     backoff,
     error_text,
     is_permanent,
+    server_error,
 )
 from memworker.io.scripts import script_key, script_source
 from memworker.settings import Settings
@@ -220,7 +221,7 @@ class _Driver:
         )
 
     def _wrap(self, exc: BaseException) -> Exception:
-        return self.errors.server(f"Valkey error: {error_text(exc)}")
+        return server_error(self.errors, exc)
 
     def wrapped(self, exc: BaseException) -> Exception:
         """The error :meth:`guarded` raises for ``exc`` when it is not transient."""

@@ -15,6 +15,7 @@ from memworker.io import AsyncConnection, Call, Plan, SyncConnection
 from memworker.errors import ValidationError, shown
 from memworker.keys import Keys
 from memworker.settings import Settings
+from memworker.store.validate import check_unicode
 
 __all__ = ["ValkeyCache"]
 
@@ -73,6 +74,7 @@ class ValkeyCache:
             raise ValidationError("key must be a non-empty string")
         if len(key) > MAX_KEY_LENGTH:
             raise ValidationError(f"key is {len(key)} characters, the limit is {MAX_KEY_LENGTH}")
+        check_unicode(key, "key")
         return self.keys.cache(f"{self.prefix}:{key}" if self.prefix else key)
 
     # ------------------------------------------------------------------ plans
@@ -89,6 +91,7 @@ class ValkeyCache:
             payload = json.dumps(value, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"value is not JSON-serializable: {exc}") from None
+        check_unicode(payload, "value")
         if len(payload.encode("utf-8")) > MAX_VALUE_BYTES:
             raise ValidationError(f"value is larger than {MAX_VALUE_BYTES} bytes of JSON")
         command = ["SET", name, payload]

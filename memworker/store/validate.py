@@ -35,6 +35,7 @@ __all__ = [
     "FLAT_TYPES",
     "check_id",
     "check_ids",
+    "check_unicode",
     "check_metadata",
     "check_page",
     "check_source",
@@ -340,7 +341,23 @@ def check_ids(value: Any, field: str = "record_ids") -> list[str]:
     for i, rid in enumerate(ids):
         if not isinstance(rid, str):
             raise ValidationError(f"{field}[{i}] must be a string, got {type(rid).__name__}")
+        check_unicode(rid, f"{field}[{i}]")
     return ids
+
+
+#: A code point no UTF-8 text holds (a lone surrogate, or a pair as two code points).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(value: str, where: str) -> str:
+    """``value`` can be sent to the server (UTF-8): no surrogate code point.
+
+    Raises:
+        ValidationError: Naming ``where``.
+    """
+    if not value.isascii() and _SURROGATE.search(value):
+        raise ValidationError(f"{where} is not valid unicode text (a lone surrogate)")
+    return value
 
 
 #: Largest ``limit`` / ``offset`` of a page (what the server takes: a signed 64-bit integer).

@@ -19,7 +19,7 @@ from memworker.store.plans.server import ServerPlans, as_text
 from memworker.store.query import TOKEN_FIELDS, SearchFilter
 from memworker.store.times import parse_timestamp
 from memworker.store.tokens import PUBLIC_TOKEN, visibility_token
-from memworker.store.validate import MAX_PAGE, check_page, check_source, normalize_scope_prefix
+from memworker.store.validate import MAX_PAGE, check_page, check_source, check_unicode, normalize_scope_prefix
 
 #: Records (newest first) whose categories :meth:`ReadPlans._p_visible_categories` counts,
 #: read this many per script call.
@@ -38,7 +38,7 @@ class ReadPlans(ServerPlans):
     """Plans that read records and the side indexes."""
 
     def _p_get(self, record_id: str) -> Plan[Any]:
-        return (yield from self._p_fetch([str(record_id)]))[0]
+        return (yield from self._p_fetch([check_unicode(str(record_id), "record_id")]))[0]
 
     def _p_expiries(self, ids: Sequence[str]) -> Plan[list[int | None]]:
         """Each id's expiry time (ms; ``None``: none), from the expiry index."""
