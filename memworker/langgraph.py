@@ -802,6 +802,7 @@ class QueuedStore(BaseStore):
             validate_op_namespace(op)
         results: list[Result] = [None] * len(ops)
         puts: dict[tuple[tuple[str, ...], str], PutOp] = {}
+        deleted: set[tuple[tuple[str, ...], str]] = set()
         # Every op is checked before the first write: a bad read refuses the batch
         # before its puts and deletes are sent.
         reads: dict[int, Any] = {}
@@ -816,6 +817,8 @@ class QueuedStore(BaseStore):
             if isinstance(op, PutOp):
                 _check_key_text(op.key)
                 puts[(tuple(op.namespace), op.key)] = op  # the later put of a key wins
+                if op.value is None:
+                    deleted.add((tuple(op.namespace), op.key))
             elif isinstance(op, SearchOp):
                 reads[i] = _check_search(op)
             elif isinstance(op, ListNamespacesOp):
@@ -823,7 +826,10 @@ class QueuedStore(BaseStore):
             elif not isinstance(op, GetOp):
                 raise ValidationError(f"unknown store operation: {type(op).__name__}")
         if puts:
-            yield from self._p_put(list(puts.values()))
+            # a put after a delete of its key in the batch makes a new item, as the two
+            # calls would (its created_at now, not the deleted item's)
+            fresh = {k for k in deleted if puts[k].value is not None}
+            yield from self._p_put(list(puts.values()), fresh)
         if any(not isinstance(op, PutOp) for op in ops):
             yield from self._p_settle()
         gets = [(i, op) for i, op in enumerate(ops) if isinstance(op, GetOp)]
@@ -954,10 +960,14 @@ class QueuedStore(BaseStore):
                 texts.append(text)
         return "\n".join(texts)
 
-    def _p_put(self, puts: list[PutOp]) -> _Plan:
+    def _p_put(self, puts: list[PutOp], fresh: set[tuple[tuple[str, ...], str]] | None = None) -> _Plan:
+        """Send one batch's writes, one op per key. ``fresh``: keys whose put follows a
+        delete in the batch: that delete goes first (an earlier version), so the put
+        makes a new item."""
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         now_ms = int(time.time() * 1000)
         deletes: list[tuple[str, int]] = []
+        cleared: list[tuple[str, int]] = []
         encode: list[dict[str, Any]] = []
         save: list[dict[str, Any]] = []
         local: list[tuple[dict[str, Any], str]] = []
@@ -969,6 +979,8 @@ class QueuedStore(BaseStore):
                     f"put of {shown(op.key)}: key is {len(op.key)} characters, the limit is {MAX_KEY_LENGTH}"
                 )
             rid = record_id(op.namespace, op.key)
+            if op.value is not None and fresh and (tuple(op.namespace), op.key) in fresh:
+                cleared.append((rid, next_version()))
             ver = next_version()
             if op.value is None:
                 deletes.append((rid, ver))
@@ -1022,6 +1034,8 @@ class QueuedStore(BaseStore):
         # is too big for a job: no size estimate on the put's own path)
         encode_jobs = self._jobs(prepared, prepared) if len(prepared) > 1 else []
         save_jobs = self._jobs(save, [self._save_item(item) for item in save])
+        if cleared:  # before the puts: a tombstone older than each put, then the put
+            yield ("s", "delete_versioned", (cleared,))
         if len(prepared) == 1:
             yield ("g", "", (prepared[0],))  # with other threads' puts, as one job
         else:

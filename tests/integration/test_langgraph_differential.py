@@ -313,8 +313,11 @@ class Model:
 
     def record_puts(self, ops: list[PutOp]) -> None:
         last: dict[tuple[tuple[str, ...], str], PutOp] = {}
+        deleted = set()  # a put after a delete of its key in the batch is a new item
         for op in ops:
             last[(tuple(op.namespace), op.key)] = op
+            if op.value is None:
+                deleted.add((tuple(op.namespace), op.key))
         self.seq += 1
         for k, op in last.items():
             self.touched.add(k)
@@ -323,6 +326,8 @@ class Model:
                 self.updated.pop(k, None)
                 self.text.pop(k, None)
             else:
+                if k in deleted:
+                    self.created[k] = self.seq
                 self.created.setdefault(k, self.seq)
                 self.updated[k] = self.seq
                 self.text[k] = self.joined_text(op)
