@@ -478,11 +478,17 @@ def _print_status(status: dict[str, Any], rates: Sequence[tuple[str, object]] = 
     rows += [(f"  worker: {w['id']}", _worker_line(w)) for w in status["workers"]]
     rows += [(f"  counter: {k}", v) for k, v in sorted(status["counters"].items())]
     # producer and worker ids, counter names and worker fields are read from Valkey:
-    # escaped, so none can write an escape sequence or a line of its own
-    shown_rows = [(escape(str(k)), escape(str(v))) for k, v in rows]
+    # escaped, so none can write an escape sequence or a line of its own, and cut, so
+    # none can make a line of megabytes (memworker's own are far shorter)
+    shown_rows = [(_fit(escape(str(k)), 300), _fit(escape(str(v)), 600)) for k, v in rows]
     width = max(len(k) for k, _ in shown_rows)
     for key, value in shown_rows:
         print(f"{key.ljust(width)}  {value}")
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters ("..." after a cut)."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _watch_status(settings: Any, seconds: float, count: int | None) -> int:
@@ -787,8 +793,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # An error names what was given; a URL given to another option or argument keeps
     # its password out of it, as in a usage error (_Parser.redact).
     def report(text: str) -> None:
-        print(f"memworker {args.command}: {parser.redact(text)}", file=sys.stderr)
+        # (glide's error texts end with line breaks)
+        print(f"memworker {args.command}: {parser.redact(text).rstrip()}", file=sys.stderr)
 
+    from memworker.io.glide import quiet_native_logs
+
+    quiet_native_logs()  # memworker reports Valkey errors itself, redacted, on stderr
     try:
         return _COMMANDS[args.command](args)
     except ConfigError as exc:

@@ -39,7 +39,35 @@ from memworker.io.redispy import is_cluster, is_transient_redis, known_nodes
 from memworker.io.scripts import SCRIPTS, script_key, script_source
 from memworker.settings import Settings
 
-__all__ = ["AsyncConnection", "SyncConnection", "glide_config"]
+__all__ = ["AsyncConnection", "SyncConnection", "glide_config", "quiet_native_logs"]
+
+#: Whether glide's own log lines are turned off before a client is made (the CLI's
+#: processes: they went to stdout, coloured and unredacted, beside memworker's error).
+_quiet = False
+_quieted: set[str] = set()
+
+
+def quiet_native_logs() -> None:
+    """Turn glide's own console logging off for the clients this process makes from
+    now on (``memworker`` commands: memworker reports Valkey errors itself). A library
+    user's process keeps glide's configuration as the user set it."""
+    global _quiet
+    _quiet = True
+
+
+def _native_logs(package: str) -> None:
+    """Apply :func:`quiet_native_logs` to glide ``package`` (sync and async glide
+    each have their own logger)."""
+    if not _quiet or package in _quieted:
+        return
+    _quieted.add(package)
+    try:
+        import importlib
+
+        glide = importlib.import_module(package)
+        glide.Logger.set_logger_config(glide.LogLevel.OFF)
+    except Exception:  # noqa: BLE001 - logging is not worth failing a command for
+        log.debug("could not turn glide's logging off", exc_info=True)
 
 log = logging.getLogger("memworker.client")
 
@@ -200,6 +228,7 @@ class SyncConnection(_Face, SyncRunner):
                 if self._client is None:
                     from glide_sync import GlideClient, GlideClusterClient
 
+                    _native_logs("glide_sync")
                     config, cluster = self._create_args()
                     client = (GlideClusterClient if cluster else GlideClient).create(config)
                     for name in SCRIPTS:  # so the first EVALSHA does not miss
@@ -295,6 +324,7 @@ class AsyncConnection(_Face, AsyncRunner):
             if self._client is None:
                 from glide import GlideClient, GlideClusterClient
 
+                _native_logs("glide")
                 config, cluster = self._create_args()
                 client = await (GlideClusterClient if cluster else GlideClient).create(config)
                 for name in SCRIPTS:  # so the first EVALSHA does not miss

@@ -60,6 +60,18 @@ def as_text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
+def id_text(raw: Any) -> str | None:
+    """An id read back from the keyspace (a producer, a job), or ``None`` for bytes
+    that are not UTF-8: anything that can write the namespace's keys may put them
+    there, and no id memworker makes is such (they are skipped, not waited for)."""
+    if not isinstance(raw, bytes):
+        return str(raw)
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def shown_text(raw: Any) -> str:
     """A reply value read back for display (ids, names, fields of health records and
     dead letters): bytes that are not UTF-8 (anything may write them) are shown with

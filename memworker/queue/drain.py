@@ -38,7 +38,7 @@ from memworker.errors import DrainTimeout, ReplicationTimeout
 from memworker.io.plan import Pipeline, Plan, Replicated, Script, Step, one
 from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver, is_transient_redis
 from memworker.keys import QueueKeys
-from memworker.queue.admin import HEALTH_TTL_MS, as_text, now_ms
+from memworker.queue.admin import HEALTH_TTL_MS, id_text, now_ms
 from memworker.queue.jobs import (
     LOST_ERROR,
     MARKER_TTL_MS,
@@ -102,6 +102,11 @@ def _snapshot_commands(keys: QueueKeys, producers: list[str]) -> list[list[Any]]
     ]
 
 
+def _ids(raws: Any) -> list[str]:
+    """Ids read back, those that are not UTF-8 left out (:func:`id_text`)."""
+    return [i for i in map(id_text, raws) if i is not None]
+
+
 def _check_commands(keys: QueueKeys, snapshot: dict[str, list[str]]) -> list[list[Any]]:
     return [["ZMSCORE", keys.producer(p).pending, *ids] for p, ids in snapshot.items()]
 
@@ -151,7 +156,8 @@ def _settle(
     an id with a tombstone, to consume."""
     n = len(producers)
     failures: dict[str, dict[str, Any]] = {
-        p: {as_text(k): v for k, v in (raw or {}).items()} for p, raw in zip(producers, replies[:n])
+        p: {k: v for k, v in ((id_text(k), v) for k, v in (raw or {}).items()) if k is not None}
+        for p, raw in zip(producers, replies[:n])
     }
     rest = replies[n:]
     left: dict[str, list[str]] = {}
@@ -290,7 +296,8 @@ def drain_plan(
     else:
         snap = given
     # An id given twice is waited for, and reported, once.
-    snapshot = {p: list(dict.fromkeys(as_text(i) for i in ids)) for p, ids in snap.items() if ids}
+    # (a member that is not UTF-8 is no job of memworker's: a forgery, not waited for)
+    snapshot = {p: kept for p, ids in snap.items() if (kept := list(dict.fromkeys(_ids(ids))))}
     everyone = list(dict.fromkeys([*producers, *snapshot]))
     left = snapshot
     check, checked = True, 0.0
@@ -334,7 +341,7 @@ def drain_plan(
 
 def _job_id(message: dict[str, Any]) -> str | None:
     data = message.get("data")
-    return as_text(data) if isinstance(data, (bytes, str)) else None
+    return id_text(data) if isinstance(data, (bytes, str)) else None
 
 
 def _wait_sync(pubsub: Any, seconds: float) -> list[str]:

@@ -37,7 +37,7 @@ from memworker.keys import DEFAULT_QUEUE, QueueKeys, result_key
 from memworker.metrics import producer_metrics
 from memworker.tracing import enabled as tracing_enabled
 from memworker.tracing import inject, span
-from memworker.queue.admin import as_text, eviction_plan, now_ms, shown_text, status_plan
+from memworker.queue.admin import as_text, eviction_plan, id_text, now_ms, shown_text, status_plan
 from memworker.queue.drain import LateClaims, RecentJobs, drain_async, drain_sync, p_replicated, replica_timeout_ms
 from memworker.queue.group import AsyncGroupCommit, GroupCommit
 from memworker.queue.jobs import (
@@ -541,7 +541,7 @@ class MemoryQueue:
         ``consume=False`` leaves this producer's too (an observer, as
         ``memworker drain --all`` is)."""
         raw = self._driver.run(one(Call(["SMEMBERS", self.keys.producers])))
-        producers = sorted(as_text(p) for p in raw)
+        producers = sorted(p for p in map(id_text, raw) if p is not None)
         recent = self._take_recent(consume)
         try:
             report = drain_sync(
@@ -556,7 +556,7 @@ class MemoryQueue:
     def pending(self) -> list[str]:
         """Ids of this producer's jobs not yet committed or failed."""
         pending = Call(["ZRANGE", self.keys.producer(self.producer_id).pending, "0", "-1"])
-        return [as_text(i) for i in self._driver.run(one(pending))]
+        return [i for i in map(id_text, self._driver.run(one(pending))) if i is not None]
 
     def job_result(self, job_id: str, item_id: str) -> str | None:
         """What an item of an encode job became, as the worker recorded it in
@@ -653,7 +653,7 @@ class MemoryQueue:
     async def adrain_all(self, timeout: float | None = None, *, consume: bool = True) -> DrainReport:
         """Async :meth:`drain_all`."""
         raw = await self._adriver.run(one(Call(["SMEMBERS", self.keys.producers])))
-        producers = sorted(as_text(p) for p in raw)
+        producers = sorted(p for p in map(id_text, raw) if p is not None)
         recent = self._take_recent(consume)
         try:
             report = await drain_async(
@@ -680,7 +680,7 @@ class MemoryQueue:
     async def apending(self) -> list[str]:
         """Async :meth:`pending`."""
         pending = Call(["ZRANGE", self.keys.producer(self.producer_id).pending, "0", "-1"])
-        return [as_text(i) for i in await self._adriver.run(one(pending))]
+        return [i for i in map(id_text, await self._adriver.run(one(pending))) if i is not None]
 
     async def aclose(self) -> None:
         """Close the async client."""
