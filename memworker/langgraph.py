@@ -83,6 +83,7 @@ from memworker.store.validate import (
     MAX_SWEEP_MS,
     check_metadata,
     check_nesting,
+    check_unicode,
 )
 
 __all__ = ["ROOT_SCOPE", "QueuedStore"]
@@ -395,7 +396,10 @@ def check_filter(
     for key, condition in flt.items():
         if not isinstance(key, str):
             raise ValidationError("filter keys must be strings")
+        check_unicode(key, f"filter key {shown(key)}")
         _check_condition(condition, f"filter[{shown(key)}]")
+        if not (condition is None or type(condition) in (int, float, bool)):
+            check_unicode(json.dumps(condition, ensure_ascii=False, default=str), f"filter[{shown(key)}]")
         if isinstance(condition, dict) and any(
             isinstance(k, str) and k.startswith("$") for k in condition
         ):
@@ -603,6 +607,8 @@ def _check_list_namespaces(op: ListNamespacesOp) -> tuple[int, int, str]:
             labels = None
         if labels is None or not all(isinstance(label, str) for label in labels):
             raise ValidationError("a match condition's path must be a tuple of strings")
+        for i, label in enumerate(labels):
+            check_unicode(label, f"list_namespaces {cond.match_type} label {i}")
         if cond.match_type == "prefix":
             literal = []
             for label in cond.path:
@@ -1032,7 +1038,9 @@ class QueuedStore(BaseStore):
             save.extend({**item, "content": t, "embedding": v} for (item, t), v in zip(local, vectors, strict=True))
         # (a single put goes to the group commit, whose fallback refuses only it if it
         # is too big for a job: no size estimate on the put's own path)
-        encode_jobs = self._jobs(prepared, prepared) if len(prepared) > 1 else []
+        # (with a delete going first, the lone put is sized here too: refused, it must
+        # not have let the delete through)
+        encode_jobs = self._jobs(prepared, prepared) if len(prepared) > 1 or cleared else []
         save_jobs = self._jobs(save, [self._save_item(item) for item in save])
         if cleared:  # before the puts: a tombstone older than each put, then the put
             yield ("s", "delete_versioned", (cleared,))

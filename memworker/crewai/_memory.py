@@ -71,6 +71,8 @@ def _check_categories(categories: Any) -> None:
         return
     if not isinstance(categories, (list, tuple)) or not all(isinstance(c, str) for c in categories):
         raise ValidationError("categories must be None or a list of strings")
+    for i, category in enumerate(categories):
+        check_unicode(category, f"categories[{i}]")
 
 
 def _check_scope(value: Any, field: str = "scope") -> None:
@@ -641,6 +643,8 @@ class QueuedMemory(Memory):
         under the root, as every other call's is (CrewAI's stores it as given).
         """
         _check_scope(scope)
+        if isinstance(content, str):
+            check_unicode(content, "content")  # (the tokenizer raised a bare TypeError)
         self.drain_writes()
         root = join_scope_paths(self.root_scope, None) if self.root_scope else "/"
         existing = self._storage.get_record(record_id)

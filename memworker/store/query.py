@@ -14,6 +14,7 @@ it gets here, so no value can change the structure of the query.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from memworker.store.tokens import (
     token,
     visibility_token,
 )
-from memworker.store.validate import check_source, normalize_scope_prefix
+from memworker.store.validate import check_source, check_unicode, normalize_scope_prefix
 
 __all__ = ["SearchFilter", "TOKEN_FIELDS", "MAX_LIMIT"]
 
@@ -126,7 +127,7 @@ class SearchFilter:
             for i, cat in enumerate(categories):
                 if not isinstance(cat, str):
                     raise ValidationError(f"categories[{i}] must be a string")
-                cats.append(token("c", cat))
+                cats.append(token("c", check_unicode(cat, f"categories[{i}]")))
         metas: list[str] = []
         if metadata_filter:
             if not isinstance(metadata_filter, Mapping):
@@ -140,6 +141,10 @@ class SearchFilter:
                     raise ValidationError(
                         f"metadata_filter[{shown(key)}] is not JSON-serializable: {exc}"
                     ) from None
+                check_unicode(key, f"metadata_filter key {shown(key)}")
+                if not (value is None or type(value) in (int, float, bool)):
+                    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+                    check_unicode(text, f"metadata_filter[{shown(key)}]")
         check_source(source, "source")
         check_source(viewer, "viewer")
         if type(include_private) is not bool and not isinstance(include_private, np.bool_):
@@ -156,6 +161,8 @@ class SearchFilter:
             )
         groups: list[tuple[str, ...]] = []
         for key, bounds in (metadata_ranges or {}).items():
+            if isinstance(key, str):
+                check_unicode(key, f"metadata_ranges key {shown(key)}")
             groups.append(_range_group(key, bounds))
         return cls(
             scope=scope,
