@@ -579,6 +579,14 @@ elseif op == "refresh" then
   return n
 elseif op == "sweep" then
   local now, limit = ARGV[4], tonumber(ARGV[5])
+  local tomb_before = ARGV[6]
+  if ARGV[8] == "1" and server_ms() < tonumber(now) then
+    -- a worker's clock ahead of the server's: the server's, so that nothing goes
+    -- before its time by either clock (a clock behind only sweeps later)
+    local ahead = tonumber(now) - server_ms()
+    now = string.format("%.0f", server_ms())
+    tomb_before = string.format("%.0f", tonumber(tomb_before) - ahead * 1000)
+  end
   local due = redis.call("ZRANGEBYSCORE", ns .. ":expiry", "-inf", now, "LIMIT", 0, limit)
   local ids = {}
   for _, id in ipairs(due) do
@@ -632,7 +640,7 @@ elseif op == "sweep" then
     end
   end
   -- tombstones past their week, at most limit a step (a week after a big delete)
-  local stale = redis.call("ZRANGEBYSCORE", ns .. ":tomb", "-inf", "(" .. ARGV[6], "LIMIT", 0, limit)
+  local stale = redis.call("ZRANGEBYSCORE", ns .. ":tomb", "-inf", "(" .. tomb_before, "LIMIT", 0, limit)
   if #stale > 0 then redis.call("ZREM", ns .. ":tomb", unpack(stale)) end
   return { expired, retained, #stale, scanned }
 elseif op == "touch" then

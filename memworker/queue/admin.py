@@ -44,6 +44,12 @@ __all__ = [
 
 #: A worker whose health key is older than this is not live, in milliseconds.
 HEALTH_TTL_MS = 5_000
+#: How far back (ms, by the reader's clock) ``ns:workers`` is read for workers whose
+#: health key still exists: a worker is live while its key lives (``HEALTH_TTL_MS``,
+#: by the server's clock), whatever its own clock says of its beats; a day of skew
+#: between hosts is tolerated. Most entries read: :data:`WORKERS_READ`.
+WORKERS_WINDOW_MS = 86_400_000
+WORKERS_READ = 1_000
 
 #: ``1``/``true``/``yes``: a worker starts (and ``memworker check`` passes) on a server
 #: that may evict keys, with a warning instead of a refusal.
@@ -143,9 +149,17 @@ def _driver(settings: Settings, client: Any = None) -> RedisSyncDriver:
     return RedisSyncDriver(settings, QUEUE_ERRORS, client=client)
 
 
+def _workers_read(keys: QueueKeys) -> list[str]:
+    """The worker ids to look up (newest beats first): a worker is live if its health
+    key exists (it expires by the server's clock), so the beats' scores, stamped by the
+    workers' clocks, are read with a day's slack."""
+    since = str(now_ms() - WORKERS_WINDOW_MS)
+    return ["ZREVRANGEBYSCORE", keys.workers, "+inf", since, "LIMIT", "0", str(WORKERS_READ)]
+
+
 def _workers_plan(namespace: str) -> Plan[list[dict[str, Any]]]:
     keys = QueueKeys(namespace)
-    raw = yield Call(["ZRANGEBYSCORE", keys.workers, str(now_ms() - HEALTH_TTL_MS), "+inf"])
+    raw = yield Call(_workers_read(keys))
     ids = [shown_text(i) for i in raw]
     rows = yield Pipeline([["HGETALL", keys.worker(i)] for i in ids])
     out = []
@@ -158,7 +172,8 @@ def _workers_plan(namespace: str) -> Plan[list[dict[str, Any]]]:
 
 
 def live_workers(settings: Settings, *, client: Any = None) -> list[dict[str, Any]]:
-    """Health records of the workers that refreshed their key in the last ``HEALTH_TTL_MS``."""
+    """Health records of the workers that refreshed their key in the last
+    ``HEALTH_TTL_MS`` (by the server's clock: the key's TTL)."""
     driver = _driver(settings, client)
     try:
         return driver.run(_workers_plan(settings.namespace))
@@ -195,7 +210,7 @@ def status_plan(namespace: str) -> Generator[Pipeline, list[Any], dict[str, Any]
     producers_raw, worker_ids_raw = yield Pipeline(
         [
             ["SMEMBERS", keys.producers],
-            ["ZRANGEBYSCORE", keys.workers, str(now_ms() - HEALTH_TTL_MS), "+inf"],
+            _workers_read(keys),
         ]
     )
     # Read back from Valkey, written by anything with access to it: an id that is not

@@ -17,8 +17,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from memworker.errors import ConfigError
-from memworker.io import AsyncConnection, Plan, SyncConnection
+from memworker.errors import ConfigError, MemworkerError
+from memworker.io import AsyncConnection, Call, Plan, SyncConnection
+from memworker.io.plan import is_permanent
 from memworker.keys import Keys
 from memworker.settings import SearchMode, Settings, VectorType
 from memworker.store.codec import Row
@@ -39,6 +40,11 @@ TOMB_KEEP_MS = 7 * 86_400_000
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+#: Without ``now_ms``, a sweep's time is this host's clock or the server's, whichever
+#: is earlier (docs/guarantees.md, "Clocks that disagree"). A test whose virtual clock
+#: stands for the server's too turns this off.
+SWEEP_AT_MOST_SERVER_TIME = True
 
 
 def _sync_face(
@@ -269,6 +275,17 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         """Each record's expiry time in ms since the epoch (``None``: it has none)."""
         return self._p_expiries(check_ids(record_ids))
 
+    def _server_time(self) -> Plan[int | None]:
+        """The server's clock (``TIME``), in ms since the epoch; ``None`` when the
+        server refuses the command (an ACL user without it, e.g. the README's reader)."""
+        try:
+            reply = yield Call(["TIME"])
+        except Exception as exc:
+            if isinstance(exc, MemworkerError) or not is_permanent(exc):
+                raise
+            return None
+        return int(reply[0]) * 1000 + int(reply[1]) // 1000
+
     def _delete_versioned(self, versions: list[tuple[str, int]]) -> Plan[int]:
         """Versioned deletes (LangGraph's write-behind store): each ``(id, version)``
         deletes the record unless a later version is stored, and leaves a tombstone so
@@ -324,9 +341,13 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         tombstones: one atomic step. The workers call it (:mod:`memworker.worker.sweep`);
         returns ``{"expired", "retained", "tombs", "scanned"}`` counts (``scanned``:
         index entries read, stale ones included: another step may find more when it
-        or ``tombs`` reached ``limit``)."""
-        now = int(time.time() * 1000) if now_ms is None else now_ms
-        return self._p_sweep(now, limit, TOMB_KEEP_MS)
+        or ``tombs`` reached ``limit``). Without ``now_ms``, the time is this host's
+        clock or the server's, whichever is earlier: a host whose clock is ahead never
+        deletes anything before its time."""
+        if now_ms is None:
+            now = int(time.time() * 1000)
+            return self._p_sweep(now, limit, TOMB_KEEP_MS, clamp=SWEEP_AT_MOST_SERVER_TIME)
+        return self._p_sweep(now_ms, limit, TOMB_KEEP_MS)
 
     def _set_retention(self, scope: str, days: float | None) -> Plan[None]:
         """A retention policy: the workers' sweep deletes records created more than
@@ -345,6 +366,8 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
     aget_records = _async_face(_get_records)
     expiries = _sync_face(_expiries)
     aexpiries = _async_face(_expiries)
+    server_time_ms = _sync_face(_server_time)
+    aserver_time_ms = _async_face(_server_time)
     delete_versioned = _sync_face(_delete_versioned)
     adelete_versioned = _async_face(_delete_versioned)
     visible_categories = _sync_face(_visible_categories)

@@ -17,6 +17,7 @@ The consumer subclass (:class:`~memworker.worker.broker.WakeConsumer`) also reli
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
@@ -35,6 +36,7 @@ __all__ = [
     "decode_message",
     "enqueue_commands",
     "fetch",
+    "dispatcher",
     "heartbeat",
     "message_exception",
     "msgs_key",
@@ -103,12 +105,28 @@ def enqueue_commands(
     pipe.rpush(queue_key(namespace, queue_name), message_id)
 
 
-def nack_eval_args(broker: RedisBroker, queue_name: str, redis_id: str) -> list[Any]:
+def dispatcher(broker: RedisBroker, command: str, clock: Callable[[], int]) -> Callable[..., Any]:
+    """``RedisBroker._dispatch``: a call of the dispatch script's ``command``, with
+    its arguments in dramatiq's order, but the time it passes (which the script
+    compares with every broker's heartbeat, and stamps the broker's own with) read
+    from ``clock``."""
+    script = broker.scripts["dispatch"]
+    keys = [broker.namespace]
+
+    def call(queue_name: str, *args: Any) -> Any:
+        head = [command, clock(), queue_name, broker.broker_id, broker.heartbeat_timeout, broker.dead_message_ttl]
+        tail = [broker._should_do_maintenance(command), broker._max_unpack_size()]
+        return script(args=[*head, *tail, *args], keys=keys)
+
+    return call
+
+
+def nack_eval_args(broker: RedisBroker, queue_name: str, redis_id: str, now: int | None = None) -> list[Any]:
     """``EVAL`` arguments (script, numkeys, keys, argv) of the dispatch script's ``nack``
     of one message (move it to ``<q>.XQ``), without maintenance."""
     return [
         broker.scripts["dispatch"].script, 1, broker.namespace,
-        "nack", current_millis(), queue_name, broker.broker_id, broker.heartbeat_timeout,
+        "nack", current_millis() if now is None else now, queue_name, broker.broker_id, broker.heartbeat_timeout,
         broker.dead_message_ttl, 0, broker._max_unpack_size(), redis_id,
     ]  # fmt: skip
 

@@ -58,6 +58,7 @@ from memworker.settings import Settings
 from memworker.store.codec import to_rows
 from memworker.store.store import NotPending, ValkeyStore
 from memworker.worker.batch import JobBatches, commit_commands
+from memworker.worker.clock import server_now_ms
 from memworker.worker.broker import HEARTBEAT_TIMEOUT_MS, MemworkerBroker
 from memworker.worker.dedup import batch_duplicates, dedup_results, fast_path_dedup_threshold
 from memworker.worker.logs import LogRedaction, redact_worker_logs
@@ -139,7 +140,7 @@ class WorkerContext:
             *extra,
             # the delivery counter of this attempt (BarrierMiddleware's), done with
             *([["HDEL", k.deliveries, field]] if field else []),
-            *commit_commands(k, producer, job_id, len(encoded), int(time.time() * 1000)),
+            *commit_commands(k, producer, job_id, len(encoded), server_now_ms()),
         ]
         inserted = 0
         step = self.commit_step

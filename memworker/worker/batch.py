@@ -75,6 +75,7 @@ from memworker.queue.payload import encode_job_rows, parse_job, records_from_sav
 from memworker.store.codec import Row, to_rows, with_vectors
 from memworker.store.store import JobWrite
 from memworker.worker import _dramatiq_compat as compat
+from memworker.worker.clock import server_now_ms
 from memworker.worker.dedup import batch_duplicates, dedup_results, fast_path_dedup_threshold
 from memworker.worker.runtime import get_batcher, searchable
 
@@ -477,8 +478,8 @@ class JobBatches:
         except Exception:  # noqa: BLE001 - the per-message path fails or retries it
             self._hand_back([job])
             return None
-        now = int(time.time() * 1000)
-        commands = extra + commit_commands(self.keys, job.producer, job.job_id, len(rows), now)
+        # the commit marker: by the server's clock, as every worker's (trimmed by age)
+        commands = extra + commit_commands(self.keys, job.producer, job.job_id, len(rows), server_now_ms())
         with self._lock:
             stamp = bool(self._handed_ids) and any(i in self._handed_ids for i in job.ids)
         return JobWrite(rows, self.keys.producer(job.producer).pending, job.job_id, commands, stamp)

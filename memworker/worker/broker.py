@@ -39,7 +39,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from dramatiq.broker import MessageProxy
@@ -52,6 +52,7 @@ from memworker.queue.payload import undecodable_identity
 from memworker.settings import Settings
 from memworker.worker import _dramatiq_compat as compat
 from memworker.worker._dramatiq_compat import REDIS_ID_OPTION
+from memworker.worker.clock import server_now_ms
 from memworker.worker.middleware import FAIL_SCRIPT, HEALTH_INTERVAL_MS, failure_args
 
 if TYPE_CHECKING:
@@ -382,6 +383,16 @@ class MemworkerBroker(compat.RedisBroker):
     def consumer_class(self) -> type[WakeConsumer]:
         return WakeConsumer
 
+    def _dispatch(self, command: str) -> Callable[..., Any]:
+        """dramatiq's dispatch script, given the server's clock as this worker
+        estimates it (:func:`~memworker.worker.clock.server_now_ms`) instead of this
+        host's: the script requeues the unacked messages of every broker whose
+        heartbeat it finds ``heartbeat_timeout`` (5 s) older than the time it is given,
+        so a host whose clock ran 5 s ahead would take every other worker's jobs
+        (redelivered, counted against ``max_deliveries``), and one 5 s behind would
+        have its own taken."""
+        return compat.dispatcher(self, command, server_now_ms)
+
     def dead_letter(self, queue_name: str, redis_id: str, failure: list[Any] | None = None) -> None:
         """dramatiq's nack (move the message to ``<q>.XQ``) and, in the same MULTI, the
         failure bookkeeping ``failure``
@@ -391,7 +402,7 @@ class MemworkerBroker(compat.RedisBroker):
         with self.client.pipeline(transaction=True) as pipe:
             if failure is not None:
                 pipe.execute_command("EVAL", FAIL_SCRIPT, *failure)
-            pipe.execute_command("EVAL", *compat.nack_eval_args(self, queue_name, redis_id))
+            pipe.execute_command("EVAL", *compat.nack_eval_args(self, queue_name, redis_id, server_now_ms()))
             pipe.execute()
 
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:

@@ -35,7 +35,8 @@ from memworker.metrics import flush_worker_metrics, worker_metrics
 from memworker.tracing import TRACE_OPTION, extract
 from memworker.queue.jobs import MAX_ERROR_CHARS, PoisonJobError, QueueKeys, cut_error, delivery_field, failure_json
 from memworker.queue.payload import job_identity
-from memworker.queue.admin import HEALTH_TTL_MS
+from memworker.queue.admin import HEALTH_TTL_MS, WORKERS_READ, WORKERS_WINDOW_MS
+from memworker.worker.clock import learn_offset
 from memworker.settings import Settings
 from memworker.worker._dramatiq_compat import message_exception
 from memworker.worker.sweep import Sweeper
@@ -57,6 +58,8 @@ __all__ = [
 
 log = logging.getLogger("memworker.worker")
 
+#: Beats between two prunes of ``ns:workers`` (:meth:`HealthMiddleware.prune`).
+PRUNE_EVERY = 30
 #: Interval of the worker health key refresh (ms); the key lives HEALTH_TTL_MS.
 HEALTH_INTERVAL_MS = 1_000
 
@@ -297,11 +300,14 @@ class HealthMiddleware(Middleware):
         self.barrier = barrier
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.started = int(time.time() * 1000)
+        self._beats = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def beat(self, broker: Any) -> None:
         k = self.keys
+        # the server's clock (the namespace's node), for what other hosts compare
+        learn_offset(broker.client, k.workers)
         now = int(time.time() * 1000)
         with broker.client.pipeline(transaction=True) as pipe:
             pipe.hset(
@@ -321,8 +327,29 @@ class HealthMiddleware(Middleware):
             )
             pipe.pexpire(k.worker(self.worker_id), HEALTH_TTL_MS)
             pipe.zadd(k.workers, {self.worker_id: now})
-            pipe.zremrangebyscore(k.workers, 0, now - 10 * HEALTH_TTL_MS)
+            # entries of workers gone for a day (by this host's clock: a host whose clock
+            # is ahead must not drop live workers); the others: see prune()
+            pipe.zremrangebyscore(k.workers, 0, now - WORKERS_WINDOW_MS)
             pipe.execute()
+        self._beats += 1
+        if self._beats % PRUNE_EVERY == 0:
+            self.prune(broker)
+
+    def prune(self, broker: Any) -> None:
+        """Drop from ``ns:workers`` the workers whose health key expired (by the
+        server's clock): readers then look up only live ones and the recently gone."""
+        k = self.keys
+        ids = broker.client.zrange(k.workers, 0, WORKERS_READ - 1)
+        if not ids:
+            return
+        with broker.client.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                name = worker_id if isinstance(worker_id, str) else worker_id.decode("utf-8", "replace")
+                pipe.exists(k.worker(name))  # (an id memworker did not write: gone)
+            alive = pipe.execute()
+        gone = [worker_id for worker_id, n in zip(ids, alive) if not n]
+        if gone:
+            broker.client.zrem(k.workers, *gone)
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         try:

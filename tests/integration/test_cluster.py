@@ -141,3 +141,35 @@ def test_a_client_made_after_the_urls_node_died_finds_the_cluster(namespace) -> 
         store.close()
     finally:
         cluster.stop()
+
+
+def test_a_workers_clock_offset_is_read_from_its_namespaces_primary(cluster_plain_server, namespace) -> None:
+    """The server's clock on a cluster is the clock of the node the namespace lives on
+    (its scripts read it): the health beat's ``TIME`` goes there, not to any node
+    (redis-py's routing for ``TIME``), whose host's clock may differ."""
+    import redis
+
+    from memworker.io.redispy import redis_client
+    from memworker.queue.jobs import QueueKeys
+    from memworker.worker import clock
+
+    settings = Settings.from_url(cluster_plain_server.url, namespace=namespace)
+    client = redis_client(settings)
+    key = QueueKeys(namespace).workers
+    owner = client.get_node_from_key(key)
+    nodes = {p: redis.Redis(port=p) for p in cluster_plain_server.ports}
+    saved = clock._offset_ms
+    try:
+        for node in nodes.values():
+            node.config_resetstat()
+        for _ in range(12):
+            clock.learn_offset(client, key)
+        calls = {p: n.info("commandstats").get("cmdstat_time", {}).get("calls", 0) for p, n in nodes.items()}
+        assert calls[int(owner.port)] == 12, calls
+        assert sum(calls.values()) == 12, calls
+        assert abs(clock.server_now_ms() - owner.redis_connection.time()[0] * 1000) < 5_000
+    finally:
+        clock._offset_ms = saved
+        client.close()
+        for node in nodes.values():
+            node.close()

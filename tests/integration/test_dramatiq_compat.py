@@ -233,3 +233,37 @@ def test_message_exception_is_what_dramatiq_stored() -> None:
     error = ValueError("boom")
     proxy.stuff_exception(error)
     assert compat.message_exception(proxy) is error
+
+
+def test_a_worker_whose_clock_runs_ahead_leaves_other_workers_messages(
+    plain_server: Any, client: Any, monkeypatch: Any
+) -> None:
+    """dramatiq's dispatch script requeues the unacked messages of every broker whose
+    heartbeat is older than ``heartbeat_timeout`` (5 s) by the time it is given. A
+    worker's broker gives it the server's clock as the worker estimates it: one whose
+    host clock runs an hour ahead, with maintenance on every call, leaves a message
+    another worker fetched where it is; given its host's clock, it takes it."""
+    from memworker.worker import clock
+
+    monkeypatch.setattr(clock, "_offset_ms", 0.0)  # restored after the test
+    settings = Settings.from_url(plain_server.url, namespace=f"compat{uuid.uuid4().hex[:8]}")
+    ours = MemworkerBroker(settings)
+    other = RedisBroker(client=client, namespace=ours.namespace)
+    try:
+        other.declare_queue(QUEUE)
+        redis_id = other.enqueue(_message()).options[compat.REDIS_ID_OPTION]
+        assert len(compat.fetch(other, QUEUE, 10)) == 1  # held by the other worker
+        acks = compat.acks_key(ours.namespace, other.broker_id, QUEUE)
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this host's clock, an hour ahead
+        clock.learn_offset(ours.client)  # what each health beat of the worker does
+        assert ours._should_do_maintenance("fetch")  # maintenance on every call
+        assert compat.fetch(ours, QUEUE, 10) == []
+        assert client.smembers(acks) == {redis_id.encode()}
+        # Without the offset (the host's clock, as dramatiq's own broker uses): taken.
+        monkeypatch.setattr(clock, "_offset_ms", 0.0)
+        assert len(compat.fetch(ours, QUEUE, 10)) == 1
+        assert client.smembers(acks) == set()
+    finally:
+        other.close()
+        ours.close()

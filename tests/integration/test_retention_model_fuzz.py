@@ -243,6 +243,10 @@ def world(server, namespace, monkeypatch, raw):
     monkeypatch.setattr(records_mod, "utcnow", lambda: real_utcnow() + timedelta(milliseconds=clock.off_u * U_MS))
     monkeypatch.setattr(lg_mod, "time", clock)
     monkeypatch.setattr(store_mod, "time", clock)
+    # The virtual clock is every host's and the server's: sweeps and the store's
+    # expiries go by it, not by the server's real clock.
+    monkeypatch.setattr(store_mod, "SWEEP_AT_MOST_SERVER_TIME", False)
+    monkeypatch.setattr(lg_mod, "_CLOCK_REFRESH_S", float("inf"))
     # The worker's sweeper sweeps only when the fuzz asks (then once).
     gate = threading.Event()
     results: list[dict] = []
@@ -270,6 +274,7 @@ def world(server, namespace, monkeypatch, raw):
             memory = QueuedMemory(storage=server.url, **kw)
             rooted = QueuedMemory(storage=server.url, root_scope=ROOT, **kw)
             lg = QueuedStore(settings, index={"dims": DIM, "fields": ["text"]}, ttl={"default_ttl": 30})
+            lg._clock = (0.0, 0.0)  # no offset from the server's clock, never read again
             keys = memory.store.keys
 
             def worker_sweep() -> dict:

@@ -126,9 +126,10 @@ class DeletePlans(ReadPlans):
             raise ValidationError(f"sweep interval must be from 1 to {MAX_SWEEP_MS} ms (a day)")
         yield Call(["HSET", self.keys.meta, "sweep_ms", str(interval_ms)])
 
-    def _p_sweep(self, now_ms: int, limit: int, tomb_keep_ms: int) -> Plan[dict[str, int]]:
+    def _p_sweep(self, now_ms: int, limit: int, tomb_keep_ms: int, clamp: bool = False) -> Plan[dict[str, int]]:
         """One sweep step: expired records, records past their scope's retention (never
-        the LangGraph store's items), old tombstones (``sweep``)."""
+        the LangGraph store's items), old tombstones (``sweep``). ``clamp``: ``now_ms``
+        is this host's clock, used only where it is not ahead of the server's."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SWEEP_LIMIT:
             # one atomic step: a huge limit would hold the server that long
             raise ValidationError(f"limit must be an integer from 1 to {MAX_SWEEP_LIMIT}")
@@ -136,7 +137,8 @@ class DeletePlans(ReadPlans):
         tomb_before = (now_ms - tomb_keep_ms) * 1000
         reply = yield Script(
             "store",
-            ["sweep", self.keys.prefix, str(CHANGES_CAP), str(now_ms), str(limit), str(tomb_before), LANGGRAPH_ROOT],
+            ["sweep", self.keys.prefix, str(CHANGES_CAP), str(now_ms), str(limit), str(tomb_before), LANGGRAPH_ROOT,
+             "1" if clamp else "0"],  # fmt: skip
         )
         expired, retained, tombs, scanned = (int(x) for x in reply)
         return {"expired": expired, "retained": retained, "tombs": tombs, "scanned": scanned}

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from memworker.errors import ConfigError
+from memworker.errors import ConfigError, MemworkerError
 from memworker.io import Call, Plan, error_text
+from memworker.io.plan import is_permanent
 from memworker.keys import Keys
 from memworker.records import dimension_mismatch
 from memworker.settings import Settings
@@ -203,8 +204,17 @@ class ServerPlans:
     def _p_ensure_model(self, model_id: str) -> Plan[str]:
         if not isinstance(model_id, str) or not model_id:
             raise ConfigError(f"model_id must be a non-empty string, got {model_id!r}")
-        yield Call(["HSETNX", self.keys.meta, "model", model_id])
-        stored = as_text((yield Call(["HGET", self.keys.meta, "model"])) or model_id)
+        # Read first: a read-only user (the README's reader) may compare, not record.
+        found = yield Call(["HGET", self.keys.meta, "model"])
+        if found is None:
+            try:
+                yield Call(["HSETNX", self.keys.meta, "model", model_id])
+            except Exception as exc:
+                if isinstance(exc, MemworkerError) or not is_permanent(exc):
+                    raise
+                return model_id  # nothing recorded to compare with; a writer records it
+            found = yield Call(["HGET", self.keys.meta, "model"])
+        stored = as_text(found or model_id)
         if stored != model_id:
             raise ConfigError(
                 f"embedding model mismatch in namespace {self.keys.namespace!r}: the store was "
