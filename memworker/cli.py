@@ -264,7 +264,7 @@ def make_argument_parser() -> _Parser:
         action="store_true",
         help="keep the stored vectors instead of re-embedding with the local model",
     )
-    imp.add_argument("--model-id", default=None, help="with --keep-vectors: the model that made them")
+    imp.add_argument("--model-id", default=None, help="with --keep-vectors (only): the model that made them")
     return parser
 
 
@@ -659,10 +659,15 @@ def _shadowed(policies: dict[str, float], scope: str) -> list[str]:
 def _cmd_check(args: argparse.Namespace) -> int:
     import socket
 
-    from memworker.queue.admin import ALLOW_EVICTION_ENV, check_health, eviction_allowed
+    from memworker.queue.admin import ALLOW_EVICTION_ENV, eviction_allowed, live_workers
 
     settings = _settings(args)
-    if not check_health(settings, host=None if args.any else socket.gethostname()):
+    # A server that cannot be reached or refuses the password raises here, and main
+    # reports that (exit 1 as well): "no live worker" only when the server answered.
+    workers = live_workers(settings)
+    if not args.any:
+        workers = [w for w in workers if w.get("host") == socket.gethostname()]
+    if not workers:
         print("no live worker", file=sys.stderr)
         return EXIT_FAILURE
     if _eviction_warning(settings) is not None and not eviction_allowed():

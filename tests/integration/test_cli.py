@@ -18,6 +18,7 @@ from memworker import MemoryQueue, ValkeyStore
 from memworker.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main, make_argument_parser
 from memworker.settings import Settings
 from memworker.records import record_types
+from valkey_servers import start_server, stop_server
 
 MEMWORKER = str(Path(sys.executable).with_name("memworker"))
 
@@ -117,6 +118,32 @@ def test_usage_errors_exit_2(plain_server) -> None:
 
 def test_check_fails_without_worker(queue_server, namespace) -> None:
     assert main(["--url", queue_server.url, "--namespace", namespace, "check", "--any"]) == EXIT_FAILURE
+
+
+def test_check_names_a_server_it_cannot_use() -> None:
+    """`check` fails (exit 1) on a refused password or a closed port, saying so: "no
+    live worker" is only said when the server answered (a probe's log then tells a
+    wrong secret from a stopped worker)."""
+    secret = "check-Pa55"
+    server = start_server("plain", "--requirepass", secret)
+    try:
+        bad = server.url.replace("://", f"://default:{secret}WRONG@", 1)
+        good = server.url.replace("://", f"://default:{secret}@", 1)
+        refused = _run("--url", bad, "--namespace", "chk", "check", "--any")
+        answered = _run("--url", good, "--namespace", "chk", "check", "--any")
+    finally:
+        stop_server(server)
+    closed = _run("--url", server.url, "--namespace", "chk", "check", "--any")
+    assert answered.returncode == EXIT_FAILURE
+    assert answered.stderr.strip() == "no live worker"
+    for result in (refused, closed):
+        assert result.returncode == EXIT_FAILURE, result.stderr
+        assert "no live worker" not in result.stderr
+        # (the client's retry warnings may come first: the verdict is the last line)
+        assert result.stderr.strip().splitlines()[-1].startswith("memworker check: "), result.stderr
+        assert "Traceback" not in result.stderr
+        assert secret not in result.stderr + result.stdout
+    assert re.search(r"(?i)auth|password|WRONGPASS", refused.stderr), refused.stderr
 
 
 def test_worker_processes_commit_drain_status_check(queue_server, namespace, tmp_path) -> None:

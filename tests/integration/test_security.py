@@ -278,6 +278,35 @@ def test_read_only_user_can_recall_but_not_write(acl_server) -> None:
     reader.close()
 
 
+def test_readme_users_put_and_read_a_langgraph_store_with_ttl(acl_server, caplog) -> None:
+    """LangGraph expiries go by the server's clock (``TIME``), which the README's reader
+    rule does not grant: the reader reads by its host's clock instead of failing."""
+    from memworker.langgraph import QueuedStore
+    from memworker.worker.process import running_worker
+
+    base = f"127.0.0.1:{acl_server.port}"
+    worker = Settings.from_url(f"valkey://worker:{PASSWORD}@{base}", namespace="sec")
+    agent = Settings.from_url(f"valkey://agent:{PASSWORD}@{base}", namespace="sec")
+    with running_worker(worker, threads=2), QueuedStore(agent, ttl={"default_ttl": 10}) as lg:
+        lg.put(("acl",), "k", {"x": 1})
+        assert lg.get(("acl",), "k").value == {"x": 1}
+    reader = Settings.from_url(f"valkey://reader:{PASSWORD}@{base}", namespace="sec")
+    # a read-only user cannot refresh TTLs on read (a write): the reader turns it off
+    with QueuedStore(reader, ttl={"default_ttl": 10, "refresh_on_read": False}) as ro:
+        for _ in range(2):  # the refusal is remembered, not asked again
+            item = ro.get(("acl",), "k")
+            assert item is not None and item.value == {"x": 1}
+            assert [i.key for i in ro.search(("acl",))] == ["k"]
+        assert ro._clock is not None and ro._clock[0] == 0.0  # the host's clock
+    said = [r for r in caplog.records if "refused TIME" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    with QueuedStore(reader, ttl={"default_ttl": 10}) as ro, pytest.raises(StoreError, match="permission"):
+        ro.get(("acl",), "k")  # the refresh it asks for is refused, said as such
+    admin = ValkeyStore(f"valkey://admin:{PASSWORD}@{base}", namespace="sec")
+    admin.reset()
+    admin.close()
+
+
 def test_list_records_reads_with_the_script_when_the_acl_refuses_sort(acl_server) -> None:
     """SORT_RO ... GET needs access to every key (and is in @dangerous): users limited
     to the namespace get the same pages from the read script."""
