@@ -12,7 +12,8 @@ import rewrites the same ids (idempotent).
 The table is read in one scan (its vectors only with ``keep_vectors``), and every row
 is converted and validated before the first write: a bad row (a NULL or missing
 column, JSON that does not parse, a timestamp that is not one, an id that repeats,
-vectors of two dimensions, anything the store refuses) stops the import with a
+vectors of two dimensions or of another than the namespace's, a scope under
+``/langgraph``, anything the store refuses) stops the import with a
 ``ValidationError`` naming the row's id and the column, and nothing is written.
 """
 
@@ -24,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from memworker.crewai._calls import check_not_langgraph
 from memworker.embedding.model import Embedder
 from memworker.errors import ConfigError, ValidationError, shown
 from memworker.store.codec import to_row
@@ -69,12 +71,17 @@ def import_lancedb(
 
     Raises:
         ConfigError: The folder has no LanceDB table of that name, the table lacks a
-            column of CrewAI's memory table, or the namespace records another
-            embedding model.
+            column of CrewAI's memory table, the namespace records another
+            embedding model, or ``model_id`` is given without ``keep_vectors``.
         ValidationError: A bad row (named by its id and the column); nothing written.
     """
     import lancedb
 
+    if model_id is not None and not keep_vectors:
+        raise ConfigError(
+            "model_id goes with keep_vectors=True (re-embedded vectors are recorded as the "
+            "embedding model's own; `--model-id` with `--keep-vectors`)"
+        )
     folder = Path(path)
     if not folder.is_dir():
         raise ConfigError(f"no LanceDB folder at {shown(str(path), 200)}")
@@ -95,8 +102,14 @@ def import_lancedb(
         columns.append("vector")
     rows = source.search().select(columns).limit(None).to_arrow()
     total = rows.num_rows
-    _check_rows(_pages(rows), keep_vectors)  # every row, before the first write
+    dims = _check_rows(_pages(rows), keep_vectors)  # every row, before the first write
     with ValkeyStore(url, namespace=namespace) as store:
+        stored = store.stored_dimension()
+        if dims is not None and stored is not None and dims[0] != stored:
+            raise ValidationError(
+                f"row {shown(dims[1])}.vector has {dims[0]} dimensions; the namespace's "
+                f"vectors have {stored}"
+            )
         embedder = None
         if keep_vectors:
             if model_id:
@@ -124,9 +137,10 @@ def _pages(rows: Any) -> Iterator[list[dict[str, Any]]]:
         yield batch.to_pylist()
 
 
-def _check_rows(pages: Iterator[list[dict[str, Any]]], keep_vectors: bool) -> None:
+def _check_rows(pages: Iterator[list[dict[str, Any]]], keep_vectors: bool) -> tuple[int, str] | None:
     """Convert and validate every row: each as the store checks a record, ids
-    distinct, kept vectors of one dimension."""
+    distinct, not in LangGraph's scope, kept vectors of one dimension. Returns that
+    dimension and the first row that has it (``None``: no vector kept)."""
     seen: set[str] = set()
     dims: tuple[int, str] | None = None
     n = 0
@@ -140,14 +154,25 @@ def _check_rows(pages: Iterator[list[dict[str, Any]]], keep_vectors: bool) -> No
                 raise ValidationError(f"{where}: the id appears more than once in the table")
             seen.add(rid)
             to_row(record, where=where, validate_only=True)
+            check_not_langgraph_row(record["scope"], where)
             vector = record["embedding"]
-            if vector and any(vector):  # zeros or empty: stored without a vector
+            if vector is not None:
                 if dims is None:
                     dims = (len(vector), rid)
                 elif len(vector) != dims[0]:
                     raise ValidationError(
                         f"{where}.vector has {len(vector)} dimensions, row {shown(dims[1])}'s {dims[0]}"
                     )
+    return dims
+
+
+def check_not_langgraph_row(scope: str, where: str) -> None:
+    """Refuse a row in LangGraph's scope (``/langgraph``): CrewAI's memory neither shows
+    nor deletes records there (docs/crewai.md, "Sharing a namespace with LangGraph")."""
+    try:
+        check_not_langgraph(scope)
+    except ValidationError as exc:
+        raise ValidationError(f"{where}.scope: {exc}") from None
 
 
 def _record(row: dict[str, Any], n: int, keep_vectors: bool) -> dict[str, Any]:
@@ -172,8 +197,16 @@ def _record(row: dict[str, Any], n: int, keep_vectors: bool) -> dict[str, Any]:
         "last_accessed": _time(row.get("last_accessed"), f"{where}.last_accessed", required=False),
         "source": row.get("source") or None,  # CrewAI writes "" for none
         "private": False if private is None else private,
-        "embedding": row.get("vector") if keep_vectors else None,
+        "embedding": _vector(row.get("vector")) if keep_vectors else None,
     }
+
+
+def _vector(raw: Any) -> Any:
+    """A kept vector; LanceDB's zero vector (a record saved without one) is none, of
+    whatever dimension."""
+    if raw is None or (isinstance(raw, list) and not any(raw)):
+        return None
+    return raw
 
 
 def _json(raw: Any, kind: type, empty: Any, where: str) -> Any:
@@ -186,6 +219,8 @@ def _json(raw: Any, kind: type, empty: Any, where: str) -> Any:
         value = json.loads(raw)
     except ValueError as exc:
         raise ValidationError(f"{where} is not JSON ({exc})") from None
+    except RecursionError:
+        raise ValidationError(f"{where} is nested too deeply to read") from None
     if not isinstance(value, kind):
         raise ValidationError(f"{where} must be a JSON {'array' if kind is list else 'object'}, got {type(value).__name__}")  # fmt: skip
     return value
