@@ -12,9 +12,12 @@ with RediSearch on every node and one without; a test of such a module marked
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from memworker.testing import ThrowawayCluster, start_cluster
@@ -34,6 +37,19 @@ __all__ = ["ServerInfo", "free_port", "raw_client", "search_module_path", "start
 os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 os.environ.setdefault("CREWAI_TESTING", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def unraisable() -> Iterator[list[Any]]:
+    """What Python reports as "Exception ignored in ..." while the test runs."""
+    seen: list[Any] = []
+    before = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        yield seen
+    finally:
+        gc.collect()
+        sys.unraisablehook = before
 
 
 @pytest.fixture(scope="session")

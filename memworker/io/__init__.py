@@ -2,8 +2,8 @@
 sync and an async driver over each client library.
 
 Modules: ``plan`` (the step types, the retry policy, error classes), ``scripts`` (the
-Lua loader), ``glide`` (the store's glide faces), ``redispy`` (the redis-py client
-factory and drivers, used by the queue).
+Lua loader), ``loops`` (closing a loop's clients as it ends), ``glide`` (the store's
+glide faces), ``redispy`` (the redis-py client factory and drivers, used by the queue).
 """
 
 from memworker.io.glide import AsyncConnection, SyncConnection, glide_config

@@ -15,6 +15,7 @@ never answered as :class:`~memworker.errors.ConnectionLostError`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 from memworker.embedded import ensure_embedded
 from memworker.errors import ConnectionLostError
+from memworker.io.loops import LoopEnd
 from memworker.io.plan import (
     MAX_ATTEMPTS,
     AsyncRunner,
@@ -70,6 +72,23 @@ def _native_logs(package: str) -> None:
         log.debug("could not turn glide's logging off", exc_info=True)
 
 log = logging.getLogger("memworker.client")
+
+
+def _close_off_loop(client: Any) -> None:
+    """Close a glide async client whose event loop has ended, from sync code (a store's
+    ``close()``): on a loop of its own, unless this thread runs one (then the GC does)."""
+    try:
+        asyncio.get_running_loop()
+        return
+    except RuntimeError:
+        pass
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(client.close())
+    except Exception:  # noqa: BLE001 - its connections went with its loop
+        pass
+    finally:
+        loop.close()
 
 
 def glide_config(settings: Settings) -> Any:
@@ -299,13 +318,23 @@ class SyncConnection(_Face, SyncRunner):
 
 
 class AsyncConnection(_Face, AsyncRunner):
-    """The async face: one ``glide`` client per event loop, created on first use."""
+    """The async face: one ``glide`` client per event loop, created on first use.
+
+    A client is closed on its loop as the loop ends (``asyncio.run``,
+    ``asyncio.Runner``: :class:`~memworker.io.loops.LoopEnd`); one of a loop closed by
+    hand is closed by the next loop's first call, or by :meth:`forget_closed_loop`.
+    """
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
+        # id(client) -> (its loop, what closes it as that loop ends)
+        self._ends: dict[int, tuple[asyncio.AbstractEventLoop, LoopEnd]] = {}
+        self._users = 0  # plans in flight (hold/release)
+        # a client to close once no plan uses it: made, or in use, as its loop ended
+        self._late: tuple[asyncio.AbstractEventLoop, Any] | None = None
 
     async def client(self) -> Any:
         """The client of the running loop, created on first use.
@@ -317,16 +346,33 @@ class AsyncConnection(_Face, AsyncRunner):
         if self._client is not None and self._loop is loop:
             return self._client
         if self._lock is None or self._loop is not loop:
+            old, old_loop = self._client, self._loop
             self._lock = asyncio.Lock()
             self._loop = loop
             self._client = None
+            self._forget_ended()
+            if old is not None and old_loop is not None and old_loop.is_closed():
+                # the client of a loop that ended (asyncio.run per call): closed here, not
+                # left to the GC (a ResourceWarning per loop); one of a live loop is its own
+                try:
+                    await old.close()
+                except Exception:  # noqa: BLE001 - its connections went with its loop
+                    pass
         async with self._lock:
-            if self._client is None:
+            # (a loop: an aclose() while the scripts load drops the new client; make another)
+            while (client := self._client) is None:
                 from glide import GlideClient, GlideClusterClient
 
                 _native_logs("glide")
                 config, cluster = self._create_args()
                 client = await (GlideClusterClient if cluster else GlideClient).create(config)
+                # Kept before the scripts load: a caller cancelled while they load leaves
+                # a client the next call uses (and close() closes), not one left to the GC.
+                self._client = client
+                end = LoopEnd(functools.partial(self._loop_ended, client))
+                self._ends[id(client)] = (loop, end)
+                if end.late:
+                    self._late = (loop, client)
                 for name in SCRIPTS:  # so the first EVALSHA does not miss
                     try:
                         await client.custom_command(
@@ -334,18 +380,60 @@ class AsyncConnection(_Face, AsyncRunner):
                         )
                     except Exception:  # noqa: BLE001 - EVAL after NOSCRIPT still works
                         pass
-                self._client = client
-        return self._client
+        return client
+
+    def _forget_ended(self) -> None:
+        """Disarm the loop-end closers of loops closed by hand (their clients are
+        closed off their loop, or already were)."""
+        for key, (loop, end) in list(self._ends.items()):
+            if loop.is_closed():
+                self._ends.pop(key, None)
+                end.cancel()
+
+    def _disarm(self, client: Any) -> None:
+        found = self._ends.pop(id(client), None)
+        if found is not None:
+            found[1].cancel()
+
+    def hold(self) -> None:
+        self._users += 1
+
+    async def release(self, held: Any) -> None:
+        self._users -= 1
+        late = self._late
+        if self._users == 0 and late is not None and late[0] is asyncio.get_running_loop():
+            self._late = None
+            await self._drop(late[1])
+
+    async def _loop_ended(self, client: Any) -> None:
+        """Run on the client's loop as it ends: the client is closed there (by the
+        last plan using it, if a user's async generator closed at the same time is
+        calling the store)."""
+        if self._users and self._client is client:
+            self._late = (asyncio.get_running_loop(), client)
+            return
+        self._ends.pop(id(client), None)
+        if self._client is client:
+            self._client, self._loop, self._lock = None, None, None
+        try:
+            await client.close()
+        except Exception:  # noqa: BLE001 - its connections go with its loop
+            pass
 
     def forget_closed_loop(self) -> None:
         """Drop the client when its event loop is closed (see
         :meth:`RedisAsyncDriver.forget_closed_loops`)."""
+        self._forget_ended()
         if self._loop is not None and self._loop.is_closed():
+            client = self._client
             self._client, self._loop, self._lock = None, None, None
+            if client is not None:
+                _close_off_loop(client)
 
     async def _drop(self, client: Any) -> None:
         if self._client is client:
             self._client = None
+        self._disarm(client)
         try:
             await client.close()
         except Exception:  # noqa: BLE001
@@ -390,6 +478,7 @@ class AsyncConnection(_Face, AsyncRunner):
         """Close the client; the next call creates a new one."""
         client, self._client = self._client, None
         if client is not None:
+            self._disarm(client)
             try:
                 await client.close()
             except Exception:  # noqa: BLE001

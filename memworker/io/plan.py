@@ -148,7 +148,11 @@ def server_error(errors: ErrorClasses, exc: BaseException) -> Exception:
     encode (a string with a lone surrogate that no check caught before)."""
     if isinstance(exc, UnicodeEncodeError):
         return ValidationError("an argument is not valid unicode text (a lone surrogate)")
-    return errors.server(f"Valkey error: {error_text(exc)}")
+    text = error_text(exc)
+    if "cluster mode is not enabled" in text.lower():
+        # redis-py's words for any error of CLUSTER SLOTS, an ACL refusal included
+        text += " (or the user may not run CLUSTER SLOTS: grant it +cluster|slots)"
+    return errors.server(f"Valkey error: {text}")
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -229,11 +233,23 @@ class AsyncRunner(_Runner):
 
     async def run(self, plan: Plan[T]) -> T:
         """Drive a plan to its result (after the layout check, once per driver)."""
-        check = self._layout_plan()
-        if check is not None:
-            await self._drive(check)
-            self._layout_ok = True
-        return await self._drive(plan)
+        held = self.hold()
+        try:
+            check = self._layout_plan()
+            if check is not None:
+                await self._drive(check)
+                self._layout_ok = True
+            return await self._drive(plan)
+        finally:
+            await self.release(held)
+
+    def hold(self) -> Any:
+        """Mark the running loop's client in use until :meth:`release` (a driver
+        closes a client made while its loop ends once nothing uses it any more)."""
+        return None
+
+    async def release(self, held: Any) -> None:
+        """End a :meth:`hold`."""
 
     async def _drive(self, plan: Plan[T]) -> T:
         try:

@@ -40,6 +40,7 @@ from memworker.io.plan import (
     is_permanent,
     server_error,
 )
+from memworker.io.loops import LoopEnd
 from memworker.io.scripts import script_key, script_source
 from memworker.settings import Settings
 
@@ -167,11 +168,33 @@ def redis_client(settings: Settings) -> Any:
     if is_cluster(settings):
         from redis.cluster import ClusterNode, RedisCluster
 
+        from redis.exceptions import RedisClusterException
+
         nodes = [ClusterNode(host, port) for host, port in known_nodes(settings)]  # type: ignore[no-untyped-call]
-        client = RedisCluster.from_url(url, startup_nodes=nodes, **redis_kwargs(settings))
+        try:
+            client = RedisCluster.from_url(url, startup_nodes=nodes, **redis_kwargs(settings))
+        except RedisClusterException:
+            _refused_slot_map(settings)
+            raise
         _learn_nodes(settings, [(n.host, int(n.port)) for n in client.get_nodes()])  # type: ignore[no-untyped-call]
         return client
     return redis.Redis.from_url(url, **redis_kwargs(settings))
+
+
+def _refused_slot_map(settings: Settings) -> None:
+    """redis-py's cluster client reports any error of ``CLUSTER SLOTS`` as "Cluster mode
+    is not enabled on this node", an ACL refusal included (a node memworker found in
+    cluster mode): ask the node once more, and raise its refusal (naming the command)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.url(redact=False, scheme="redis"), **redis_kwargs(settings))
+    try:
+        client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        if is_permanent(exc):
+            raise
+    finally:
+        client.close()
 
 
 def async_redis_client(settings: Settings) -> Any:
@@ -370,12 +393,30 @@ class _LoopState:
     """What the async driver keeps for one event loop: its client, its cluster-node
     clients and the script path's free connections (all bound to that loop)."""
 
-    __slots__ = ("client", "nodes", "free")
+    __slots__ = ("client", "nodes", "free", "end", "users", "late")
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self.nodes: dict[tuple[str, int], Any] = {}
         self.free: list[Any] = []
+        self.end: LoopEnd | None = None
+        self.users = 0  # calls in flight (hold/release), all on the state's loop
+        self.late = False  # its loop is ending: closed once users is back to 0
+
+    async def aclose(self) -> None:
+        """Close every connection (on the state's own loop)."""
+        free, self.free = self.free, []
+        for conn in free:
+            await _drop(conn)
+        for node in self.nodes.values():
+            await node.aclose()
+        await self.client.aclose()
+
+    def disarm(self) -> None:
+        """Its loop will not close it as it ends (closed already, or left to the GC
+        because the loop is closed and nothing can await its sockets)."""
+        if self.end is not None:
+            self.end.cancel()
 
 
 class RedisAsyncDriver(_Driver, AsyncRunner):
@@ -383,7 +424,9 @@ class RedisAsyncDriver(_Driver, AsyncRunner):
 
     Loops of several threads may use one driver at once: each has its own client and
     connections (a connection awaited from another loop fails after its command was
-    sent). A closed loop's are dropped when the next loop starts using the driver.
+    sent). A loop's are closed on it as it ends (``asyncio.run``, ``asyncio.Runner``:
+    see :class:`~memworker.io.loops.LoopEnd`); those of a loop closed by hand, without
+    ``shutdown_asyncgens()``, are dropped when the next loop starts using the driver.
 
     Args:
         settings: Where the server is.
@@ -393,6 +436,9 @@ class RedisAsyncDriver(_Driver, AsyncRunner):
     def __init__(self, settings: Settings, errors: ErrorClasses = STORE_ERRORS) -> None:
         super().__init__(settings, errors)
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        # states close() took from loops still running (in other threads): each is
+        # closed by its own loop when it ends
+        self._ending: dict[_LoopState, asyncio.AbstractEventLoop] = {}
         self._states_lock = threading.Lock()
 
     def _state(self) -> _LoopState:
@@ -403,13 +449,49 @@ class RedisAsyncDriver(_Driver, AsyncRunner):
             with self._states_lock:
                 state = self._states.get(loop)
                 if state is None:
-                    # A closed loop's connections cannot be awaited any more: dropped,
-                    # they go with their sockets when collected (asyncio.run per call
-                    # must not pile up clients).
-                    for old in [other for other in self._states if other.is_closed()]:
-                        del self._states[old]
+                    self._forget_closed()
                     state = self._states[loop] = _LoopState(async_redis_client(self.settings))
+                    state.end = LoopEnd(lambda: self._loop_ended(loop, state))
+                    state.late = state.end.late
         return state
+
+    def hold(self) -> _LoopState:
+        state = self._state()
+        state.users += 1
+        return state
+
+    async def release(self, held: _LoopState) -> None:
+        held.users -= 1
+        if held.late and held.users == 0:
+            loop = asyncio.get_running_loop()
+            with self._states_lock:
+                if self._states.get(loop) is held:
+                    del self._states[loop]
+                self._ending.pop(held, None)
+            await held.aclose()
+
+    def _forget_closed(self) -> None:
+        """Drop the states of loops closed without closing them (by hand, no
+        ``shutdown_asyncgens()``): their connections cannot be awaited any more and go
+        with their sockets when collected. Under ``_states_lock``."""
+        for old in [other for other in self._states if other.is_closed()]:
+            self._states.pop(old).disarm()
+        for gone in [state for state, loop in self._ending.items() if loop.is_closed()]:
+            del self._ending[gone]
+            gone.disarm()
+
+    async def _loop_ended(self, loop: asyncio.AbstractEventLoop, state: _LoopState) -> None:
+        """Run on ``loop`` as it ends: its state is closed there, not left open. In use
+        (a user's async generator closed at the same time calls memworker), it is
+        closed by its last user instead."""
+        if state.users:
+            state.late = True
+            return
+        with self._states_lock:
+            if self._states.get(loop) is state:
+                del self._states[loop]
+            self._ending.pop(state, None)
+        await state.aclose()
 
     def _node_client(self, node: Any) -> Any:
         """A plain ``redis.asyncio.Redis`` on one cluster node (for WAIT, which needs
@@ -434,12 +516,12 @@ class RedisAsyncDriver(_Driver, AsyncRunner):
         return self._state().client
 
     def forget_closed_loops(self) -> None:
-        """Drop the clients of event loops that are closed (``asyncio.run`` ended):
-        nothing can await their connections any more, and unreferenced they go with
-        their sockets. For a sync ``close()`` (no loop to close them on)."""
+        """Drop the clients of event loops closed by hand (``asyncio.run`` closes its
+        own as it ends): nothing can await their connections any more, and
+        unreferenced they go with their sockets. For a sync ``close()`` (no loop to
+        close them on)."""
         with self._states_lock:
-            for old in [loop for loop in self._states if loop.is_closed()]:
-                del self._states[old]
+            self._forget_closed()
 
     async def _send(self, step: Step) -> Any:
         client = self.client()
@@ -537,20 +619,24 @@ class RedisAsyncDriver(_Driver, AsyncRunner):
     async def close(self) -> None:
         """Close the client of the running loop and the script path's connections;
         the next call creates a new one."""
+        running = asyncio.get_running_loop()
         with self._states_lock:
             states, self._states = self._states, {}
-        # Other event loops' clients (closed with them, e.g. by asyncio.run, or still
-        # running in other threads): their connections cannot be awaited here ("Event
-        # loop is closed", a RuntimeError, or another loop's futures); they are
-        # dropped, and go with their sockets when collected.
-        state = states.get(asyncio.get_running_loop())
+            # Other event loops' connections cannot be awaited here ("Event loop is
+            # closed", a RuntimeError, or another loop's futures): a loop still running
+            # (another thread) closes its own as it ends; a closed one's are dropped.
+            for loop, other in states.items():
+                if loop is running:
+                    continue
+                if loop.is_closed() or other.end is None or not other.end.armed:
+                    other.disarm()
+                else:
+                    self._ending[other] = loop
+        state = states.get(running)
         if state is None:
             return
-        for conn in state.free:
-            await _drop(conn)
-        for node in state.nodes.values():
-            await node.aclose()
-        await state.client.aclose()
+        state.disarm()
+        await state.aclose()
 
 
 async def _drop(conn: Any) -> None:

@@ -525,6 +525,7 @@ async def drain_async(
     cancelled meanwhile (``asyncio.wait_for``): what it consumed goes to ``late``, for
     the producer's next drain to report."""
     wakeups = _Wakeups(driver, keys, producers)
+    held = driver.hold()  # the subscription's connection is the loop client's too
     try:
         await wakeups.asubscribe()
         plan = drain_plan(keys, producers, timeout, given, owner, *_replication(driver), also=also)
@@ -548,7 +549,10 @@ async def drain_async(
             else:
                 reply = await driver.run(one(step))
     finally:
-        await wakeups.aclose()
+        try:
+            await wakeups.aclose()
+        finally:
+            await driver.release(held)
 
 
 #: How many of its latest jobs a queue remembers for its next drain (:class:`RecentJobs`).
