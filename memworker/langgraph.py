@@ -34,12 +34,14 @@ import asyncio
 import functools
 import hashlib
 import json
+import logging
 import math
 import numbers
 import re
 import threading
 import time
 import uuid
+from time import monotonic as _monotonic
 from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -76,6 +78,7 @@ from memworker.settings import Settings
 from memworker.store.store import ValkeyStore
 from memworker.store.jsontext import json_text
 from memworker.store.tokens import float_range
+from memworker.worker.clock import offset_ms
 from memworker.store.validate import (
     MAX_CATEGORY_LENGTH,
     MAX_CONTENT_BYTES,
@@ -208,6 +211,20 @@ class _OneByOne:
     @property
     def results(self) -> list[Exception | None]:
         return [self._verdict.get(id(item)) for item in self._items]
+
+
+def _named(item: dict[str, Any], exc: Exception) -> Exception:
+    """A put's ``ValidationError`` from the queue (e.g. a job over ``max_job_bytes``)
+    naming the put's key; any other error as it is."""
+    key = item.get("metadata", {}).get(_KEY)
+    if not isinstance(exc, ValidationError) or key is None or str(exc).startswith("put of "):
+        return exc
+    return _put_error(key, str(exc))
+
+
+def _with(verdicts: list[Exception | None], refused: dict[int, Exception]) -> list[Exception | None]:
+    """``verdicts`` with the refusals of ``refused`` (by position) in place of ``None``."""
+    return [refused.get(n) if v is None else v for n, v in enumerate(verdicts)]
 
 
 def _latest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -532,6 +549,11 @@ def _count(where: str, value: Any) -> int:
     return int(value)
 
 
+log = logging.getLogger(__name__)
+
+#: Seconds between two reads of the server's clock by a store (QueuedStore._p_now_ms).
+_CLOCK_REFRESH_S = 60.0
+
 #: A search op, checked: (pushed equalities, the candidates' conditions, ranges, limit,
 #: offset, scope).
 _Search = tuple[dict[str, Any], dict[str, Any], dict[str, tuple[Any, bool, Any, bool]], int, int, str]
@@ -681,6 +703,9 @@ class QueuedStore(BaseStore):
         self._query_embedder: Any = None
         self._embed_lock = threading.Lock()
         self._sweep_set = False
+        #: The server's clock less this host's (ms), and when it was read (monotonic s):
+        #: what TTL expiries are stamped and checked by (_p_now_ms).
+        self._clock: tuple[float, float] | None = None
 
     # ------------------------------------------------------------------ config
     def _check_index(self, index: IndexConfig | None) -> dict[str, Any] | None:
@@ -735,7 +760,12 @@ class QueuedStore(BaseStore):
                 if target == "e":
                     reply = self._embed(*args)
                 elif target == "g":
-                    reply = self._group.submit(args[0])
+                    try:
+                        reply = self._group.submit(args[0])
+                    except BaseException:
+                        # interrupted or failed: the group may have sent its put anyway
+                        self._count_enqueued()
+                        raise
                     if reply is not None:
                         raise reply  # this caller's put alone was refused
                 elif target == "q" and name.startswith("enqueue"):
@@ -758,7 +788,13 @@ class QueuedStore(BaseStore):
                 if target == "e":
                     reply = await self._aembed(*args)
                 elif target == "g":
-                    reply = await self._agroup.submit(args[0])
+                    try:
+                        reply = await self._agroup.submit(args[0])
+                    except BaseException:
+                        # cancelled while the sender task sends its put: the next read
+                        # drains it (the sender counts it only once its send returns)
+                        self._count_enqueued()
+                        raise
                     if reply is not None:
                         raise reply  # this caller's put alone was refused
                 elif target == "q" and name.startswith("enqueue"):
@@ -857,49 +893,69 @@ class QueuedStore(BaseStore):
     def _send_group(self, items: list[dict[str, Any]]) -> list[Exception | None]:
         """One job for the single puts of concurrent callers (each validated alone):
         of two puts of one key, the later version goes (it would win anyway). Each
-        caller gets its own put's verdict (see :class:`_OneByOne`). Counted for the
+        caller gets its own put's verdict (see :class:`_OneByOne`), its key named. Counted for the
         next read's drain whatever the send's outcome, even interrupted: a job may be
         in Valkey though its caller never saw the reply."""
         unique = _latest(items)
+        refused = self._superseded_too_big(items, unique)
         try:
             self.queue.enqueue_encode_items(unique)
-        except ValidationError:
+        except ValidationError as exc:
             if len(items) == 1:  # one caller: its verdict (two of one key: one by one)
-                raise
+                raise _named(items[0], exc) from None
             verdicts = _OneByOne(items)
             while (item := verdicts.next()) is not None:
                 try:
                     self.queue.enqueue_encode_items([item])
                 except Exception as exc:  # noqa: BLE001 - this put's own verdict
-                    verdicts.told(exc)
+                    verdicts.told(_named(item, exc))
                 else:
                     verdicts.told(None)
-            return verdicts.results
+            return _with(verdicts.results, refused)
         finally:
             self._count_enqueued()
-        return [None] * len(items)
+        return _with([None] * len(items), refused)
 
     async def _asend_group(self, items: list[dict[str, Any]]) -> list[Exception | None]:
         """Async :meth:`_send_group` (counted even when the sending task is cancelled
         waiting for the reply)."""
         unique = _latest(items)
+        refused = self._superseded_too_big(items, unique)
         try:
             await self.queue.aenqueue_encode_items(unique)
-        except ValidationError:
+        except ValidationError as exc:
             if len(items) == 1:  # one caller: its verdict (two of one key: one by one)
-                raise
+                raise _named(items[0], exc) from None
             verdicts = _OneByOne(items)
             while (item := verdicts.next()) is not None:
                 try:
                     await self.queue.aenqueue_encode_items([item])
                 except Exception as exc:  # noqa: BLE001 - this put's own verdict
-                    verdicts.told(exc)
+                    verdicts.told(_named(item, exc))
                 else:
                     verdicts.told(None)
-            return verdicts.results
+            return _with(verdicts.results, refused)
         finally:
             self._count_enqueued()
-        return [None] * len(items)
+        return _with([None] * len(items), refused)
+
+    def _superseded_too_big(self, items: list[dict[str, Any]], sent: list[dict[str, Any]]) -> dict[int, Exception]:
+        """The puts of a group that a later put of their key replaced (not sent) and
+        that are too big for a job: refused as each would be alone (a put's verdict
+        must not depend on another thread putting its key at the same moment). Rare:
+        only two puts of one key in one group are checked."""
+        if len(sent) == len(items):
+            return {}
+        kept = {id(item) for item in sent}
+        refused: dict[int, Exception] = {}
+        for n, item in enumerate(items):
+            if id(item) not in kept:
+                try:
+                    build_message(ENCODE_ACTOR, str(uuid.uuid4()), self.queue.producer_id, [item],
+                                  self.queue.max_job_bytes, redis_id=str(uuid.uuid4()))  # fmt: skip
+                except ValidationError as exc:
+                    refused[n] = _named(item, exc)
+        return refused
 
     def _p_settle(self) -> _Plan:
         """Wait for this store's pending puts (nothing to do if every job it enqueued
@@ -971,7 +1027,7 @@ class QueuedStore(BaseStore):
         delete in the batch: that delete goes first (an earlier version), so the put
         makes a new item."""
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        now_ms = int(time.time() * 1000)
+        now_ms: int | None = None  # the server's clock, read for the first put with a TTL
         deletes: list[tuple[str, int]] = []
         cleared: list[tuple[str, int]] = []
         encode: list[dict[str, Any]] = []
@@ -1021,6 +1077,8 @@ class QueuedStore(BaseStore):
             }
             if minutes is not None:
                 item["ttl"] = int(minutes * 60_000)
+                if now_ms is None:
+                    now_ms = yield from self._p_now_ms()
                 item["exp"] = now_ms + item["ttl"]
             if text and self.index_config and self.index_config["embeddings"] is None:
                 encode.append({**item, "text": text})
@@ -1140,13 +1198,34 @@ class QueuedStore(BaseStore):
             return bool(op_refresh)
         return bool((self.ttl_config or {}).get("refresh_on_read", True))
 
+    def _p_now_ms(self) -> _Plan:
+        """Now by the server's clock (ms): this host's clock plus its offset from the
+        server's, read again at most every :data:`_CLOCK_REFRESH_S` (one ``TIME``).
+        Expiries are stamped and checked by it: hosts whose clocks disagree (NTP off,
+        a VM resumed) agree on when an item expires."""
+        clock = self._clock
+        if clock is None or _monotonic() - clock[1] > _CLOCK_REFRESH_S:
+            before = time.time()
+            server = yield ("s", "server_time_ms", ())
+            after = time.time()
+            if server is None:  # refused (an ACL user without TIME): this host's clock
+                if clock is None:
+                    log.warning(
+                        "the server refused TIME: this store stamps and checks TTL expiries "
+                        "by its host's clock; grant +time to its user to use the server's"
+                    )
+                clock = self._clock = (0.0, _monotonic())
+            else:
+                clock = self._clock = (offset_ms(server, before, after), _monotonic())
+        return int(time.time() * 1000 + clock[0])
+
     def _p_live(self, records: list[Any]) -> _Plan:
         """Which records are not expired (a list of booleans)."""
         ids = [r.id for r in records if r is not None]
         if not ids:
             return [False] * len(records)
         exps = iter((yield ("s", "expiries", (ids,))))
-        now = int(time.time() * 1000)
+        now = yield from self._p_now_ms()
         out = []
         for r in records:
             if r is None:
@@ -1161,7 +1240,7 @@ class QueuedStore(BaseStore):
         the record stored when the refresh runs (a re-put of the key committed since
         the read keeps its own TTL); the TTL the read saw is only the fallback for a
         record stored without one (written before records kept their TTL)."""
-        now = int(time.time() * 1000)
+        now = yield from self._p_now_ms()
         pairs = [
             (r.id, now + int(float(r.metadata[_TTL]) * 60_000))
             for r in records

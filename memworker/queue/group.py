@@ -24,11 +24,13 @@ go together in the next one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from memworker.errors import QueueError
 from memworker.forks import reset_in_forked_children
 
 __all__ = ["AsyncGroupCommit", "GroupCommit"]
@@ -88,15 +90,15 @@ class GroupCommit(Generic[T]):
             if not slot.lead:
                 slot.done = _held_lock()
             self._busy = True
-        if slot.done is not None:
-            try:
+        try:
+            if slot.done is not None:
                 slot.done.acquire()  # released when sent by a leader, or when promoted to lead
-            except BaseException:  # KeyboardInterrupt: the lead must not die with it
-                self._abandon(slot)
-                raise
-            slot.done = None  # woken: a leader skips its own slot
-        if slot.lead:
-            self._flush()
+                slot.done = None  # woken: a leader skips its own slot
+            if slot.lead:
+                self._flush()
+        except BaseException:  # KeyboardInterrupt: the lead must not die with it
+            self._abandon(slot)
+            raise
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[no-any-return]
@@ -123,8 +125,7 @@ class GroupCommit(Generic[T]):
         """Send the oldest waiting entries (the leader's own first), then hand the lead
         to the oldest entry still waiting, or end the busy spell."""
         with self._lock:
-            batch = self._waiting[: self._limit]
-            del self._waiting[: self._limit]
+            batch, self._waiting = self._waiting[: self._limit], self._waiting[self._limit :]
         try:
             results = self._send([s.entry for s in batch])
             if len(results) != len(batch):
@@ -133,7 +134,9 @@ class GroupCommit(Generic[T]):
                 s.result = result
         except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
             for s in batch:
-                s.error = exc
+                # KeyboardInterrupt, SystemExit: the leader's own; the others get an
+                # Exception their callers handle (their entries' fate is unknown)
+                s.error = exc if isinstance(exc, Exception) or s.done is None else _interrupted(exc)
         finally:
             with self._lock:
                 successor = self._waiting[0] if self._waiting else None
@@ -146,6 +149,19 @@ class GroupCommit(Generic[T]):
                     s.done.release()
             if successor is not None and successor.done is not None:
                 successor.done.release()
+
+
+def _interrupted(exc: BaseException) -> QueueError:
+    """What the callers whose entries another caller was sending get when that send
+    was interrupted (``KeyboardInterrupt``, ``SystemExit``): an ``Exception`` (code that
+    catches ``Exception``, CrewAI's save thread included, handles it), saying that
+    their entries may or may not have reached Valkey, as after a lost connection."""
+    error = QueueError(
+        f"the send carrying this call was interrupted ({type(exc).__name__}) in the thread "
+        "that made it; whether it reached Valkey is unknown (a drain reports it if it did)"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _held_lock() -> Any:
@@ -230,9 +246,21 @@ class AsyncGroupCommit(Generic[T]):
         """A send ended: the entries that came meanwhile go with a sender task."""
         queue.waiting = [(e, f) for e, f in queue.waiting if not f.done()]
         if queue.waiting:
-            queue.task = loop.create_task(self._run(queue))
+            task = loop.create_task(self._run(queue))
+            if not task.done():  # (an eager task factory may have run it to its end)
+                queue.task = task
+                task.add_done_callback(functools.partial(self._ended, loop, queue))
         else:
             queue.busy = False
+
+    def _ended(self, loop: asyncio.AbstractEventLoop, queue: _LoopQueue, task: asyncio.Task[None]) -> None:
+        """A sender task cancelled before its first step (a shutdown cancelling every
+        task) never ran the ``finally`` of :meth:`_run`: the queue would stay busy and
+        every later call wait for ever. Its callers still waiting go with a new task
+        (those cancelled are dropped)."""
+        if queue.task is task and task.cancelled():
+            queue.task = None
+            self._hand_on(loop, queue)
 
     async def _run(self, queue: _LoopQueue) -> None:
         batch: list[tuple[Any, asyncio.Future[Any]]] = []
@@ -251,7 +279,7 @@ class AsyncGroupCommit(Generic[T]):
                 except BaseException as exc:  # noqa: BLE001 - handed to each caller of the batch
                     for _, future in batch:
                         if not future.done():
-                            future.set_exception(exc)
+                            future.set_exception(exc if isinstance(exc, Exception) else _interrupted(exc))
                     if not isinstance(exc, Exception):
                         raise
                 else:
