@@ -5,7 +5,7 @@ starts with ``{ns}:``: the braces make the namespace the key's hash tag, so on a
 Cluster all of a namespace's keys share one slot (each script and MULTI stays atomic
 on one shard) and different namespaces spread over the shards. Standalone servers use
 the same names. Layout 1 (``ns:`` without braces) is refused with an error naming
-``memworker migrate`` (:mod:`memworker.migrate`)::
+``memworker migrate`` (:mod:`memworker.layout`)::
 
     {ns}:rec:<id>          hash    one record (fields: memworker.store.codec.WRITE_FIELDS
                                  and ``embedding``)
@@ -32,6 +32,11 @@ the same names. Layout 1 (``ns:`` without braces) is refused with an error namin
     {ns}:sweep             string  lock of the sweep (one worker at a time)
     {ns}:idx                       the vector index over the prefix {ns}:rec:
     {ns}:cache:<key>       string  ValkeyCache values
+    {ns}:lock:consolidate:<scope>  string  a consolidation lock: the holder's token, PX = lease
+    {ns}:lock:under:<scope>        zset    "<token><locked scope>" -> lease expiry (ms), one
+                                         entry per lock held on a strict descendant
+    {ns}:results:<job>     hash    item id -> record id it became ("" dropped as a
+                                 duplicate): an encode job's result, TTL 1 h
 
 The queue's keys (:class:`QueueKeys`; dramatiq's own live under ``{ns}:dq``)::
 
@@ -43,6 +48,8 @@ The queue's keys (:class:`QueueKeys`; dramatiq's own live under ``{ns}:dq``)::
     {ns}:reported:<producer>  zset    job id -> time (ms) a drain reported it (committed, failed or
                                     lost): a later drain skips it; trimmed after 1 h
                                     (the set expires 1 h after its last write)
+    {ns}:requeued:<producer>  zset    job id -> time (ms) ``memworker dead requeue`` put it
+                                    back: the producer's next drain reports it; trimmed after 1 h
     {ns}:done:<producer>      channel a job id is published when it leaves the pending set
     {ns}:claim:<producer>:<t> string  what a drain's claim (token t) consumed, for its retry
                                     after a lost reply: the same answer (TTL 60 s)
