@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 from chaos_embedder import vector
-from harness import Workers, audit, record, wait_for
+from harness import HANG_SLACK_S, Workers, audit, record, wait_for
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -45,7 +45,6 @@ from memworker.queue.producer import MemoryQueue
 from memworker.store.store import ValkeyStore
 
 PRODUCER = "sm"
-HANG_SLACK_S = 2.5          # a drain(timeout=T) that takes longer than T + this is a hang
 FINAL_DRAIN_S = 45          # teardown drain: covers a SIGKILLed worker's redelivery (~6-7 s)
 SIGTERM_EXIT_S = 20         # a worker that got SIGTERM must exit within this
 WORKER_ARGS = ("--max-retries", "3", "--min-backoff-ms", "50",

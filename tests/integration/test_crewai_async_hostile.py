@@ -10,6 +10,7 @@ runs inside the real call and waits on a condition, so nothing depends on timing
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
@@ -17,6 +18,8 @@ import time
 import pytest
 
 pytest.importorskip("crewai")
+
+from forking import fork_and_wait, isolated  # noqa: E402
 
 from memworker import worker as worker_mod  # noqa: E402
 from memworker.crewai import JobFailedError, LocalEmbedder, QueuedMemory  # noqa: E402
@@ -255,20 +258,13 @@ def test_a_group_over_the_job_size_is_split_and_each_caller_gets_its_record(env)
 
 
 # ============================================================================ 3. fork
-def _fork(child) -> int:
-    """Run ``child()`` in a forked child; its return value (an int) is the exit code."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 99
-        try:
-            code = child()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+def _fork(child) -> int | None:
+    """``child()`` (its int is the exit code) in a forked child, waited for 60 s at
+    most (``None``: it hung and was killed)."""
+    return fork_and_wait(child, bound=60)
 
 
-def test_a_forked_child_does_not_wait_for_the_parents_jobs(env):
+def test_a_forked_child_does_not_wait_for_the_parents_jobs(request, env):
     """DEFECT: a child forked (gunicorn/celery prefork) after the parent's memory
     enqueued a job shares the parent's producer id AND the settle futures it copied:
     its ``drain_writes()`` (every ``recall``) waits for the parent's job, and with no
@@ -276,6 +272,8 @@ def test_a_forked_child_does_not_wait_for_the_parents_jobs(env):
     (docs/guarantees.md promises a child's drains neither wait for nor consume the
     parent's jobs for a default producer id; ``QueuedMemory`` always makes its id
     explicit, and the Settler is never reset in a child.)"""
+    if isolated(request):  # it forks: in a fresh interpreter (tests/forking.py)
+        return
     memory = env(drain_timeout=1.0, background_enqueue=False)
     memory.remember_many(["the parent's fact"], scope="/p", **F)
     [parent_job] = memory.queue.pending()
@@ -294,7 +292,7 @@ def test_a_forked_child_does_not_wait_for_the_parents_jobs(env):
     }.get(code, f"child exit code {code}")
 
 
-def test_a_forked_child_does_not_consume_the_parents_failure(env):
+def test_a_forked_child_does_not_consume_the_parents_failure(request, env):
     """DEFECT: the child keeps the parent's producer id and the settle futures it
     copied at fork; its first ``remember()`` starts a settle thread that checks them
     all, the parent's too, and consumes their failure records (``HDEL`` + tombstone).
@@ -303,6 +301,8 @@ def test_a_forked_child_does_not_consume_the_parents_failure(env):
     otherwise a race of two threads woken by one message), the parent's ``remember()``
     of a job the workers dead-lettered RETURNS as if saved (the tombstone reads as
     "reported") instead of raising ``JobFailedError``."""
+    if isolated(request):  # it forks: in a fresh interpreter (tests/forking.py)
+        return
     memory = env(drain_timeout=60)
     parent_pid = os.getpid()
     settler = memory._settler
@@ -347,10 +347,12 @@ def test_a_forked_child_does_not_consume_the_parents_failure(env):
     )
 
 
-def test_a_child_forked_while_a_remember_is_in_flight_can_remember(env):
+def test_a_child_forked_while_a_remember_is_in_flight_can_remember(request, env):
     """Pinned: a child forked while another parent thread is inside ``remember()``
     (its group send held open) neither hangs nor inherits the parent's group: its
     own ``remember()`` enqueues and commits (the parent's worker commits it)."""
+    if isolated(request):  # it forks: in a fresh interpreter (tests/forking.py)
+        return
     memory = env(drain_timeout=60)
     parent_pid = os.getpid()
     real = memory.queue.enqueue_encode_items
@@ -487,19 +489,24 @@ def test_a_cancelled_aremember_is_waited_for_by_the_next_recall(env):
     """Pinned: ``aremember`` cancelled by ``asyncio.wait_for`` (it runs the sync
     remember in a thread here, as an app offloading it would) still leaves its job
     watched: the next ``recall`` waits for it and sees the memory."""
+    from concurrent.futures import ThreadPoolExecutor
+
     memory = env(drain_timeout=60)
+    # Its own pool: asyncio.run's default executor would wait at exit for the remember,
+    # which waits for a worker that starts only after (60 s of nothing).
+    pool = ThreadPoolExecutor(1)
 
     async def main():
+        remember = functools.partial(memory.remember, "offloaded and cancelled", scope="/cx", **F)
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(
-                asyncio.to_thread(memory.remember, "offloaded and cancelled", scope="/cx", **F), 0.001
-            )
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(pool, remember), 0.001)
 
     asyncio.run(main())  # no worker yet: the remember is still waiting
     assert _wait_for(lambda: len(memory._settler.outstanding()) == 1)
     with env.worker():
         found = [m.record.content for m in memory.recall("offloaded", scope="/cx", depth="shallow")]
     assert found == ["offloaded and cancelled"]
+    pool.shutdown(wait=True)  # the remember saw its job committed
 
 
 def test_a_recall_from_another_thread_sees_every_write_that_returned_before_it(env):

@@ -911,7 +911,7 @@ def test_reset_all_blocks_new_save_submission_until_reset_completes(
     def blocking_reset(scope_prefix: str | None = None) -> None:
         order.append("reset-start")
         reset_started.set()
-        assert release_reset.wait(timeout=2)
+        assert release_reset.wait(timeout=30)
         original_reset(scope_prefix=scope_prefix)
         order.append("reset-end")
 
@@ -924,15 +924,15 @@ def test_reset_all_blocks_new_save_submission_until_reset_completes(
 
     reset_thread = threading.Thread(target=mem.reset_all)
     reset_thread.start()
-    assert reset_started.wait(timeout=2)
+    assert reset_started.wait(timeout=30)
 
     submit_thread = threading.Thread(target=submit_save)
     submit_thread.start()
     assert not submission_returned.wait(timeout=0.1)
 
     release_reset.set()
-    reset_thread.join(timeout=2)
-    submit_thread.join(timeout=2)
+    reset_thread.join(timeout=30)
+    submit_thread.join(timeout=30)
 
     assert not reset_thread.is_alive()
     assert not submit_thread.is_alive()
@@ -987,7 +987,7 @@ def test_drain_writes_reports_background_save_failure_without_raising(
         mem._submit_save(fail_save)
         mem.drain_writes()
 
-        assert failure_seen.wait(timeout=2)
+        assert failure_seen.wait(timeout=30)
 
     assert failures
     assert failures[0].value == "background save"

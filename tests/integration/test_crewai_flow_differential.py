@@ -84,11 +84,22 @@ def _make_pair(server, namespace, tmp_path, monkeypatch, factory, oracle_llm, pl
     ctx = worker_mod.running_worker(
         settings, threads=4, worker_timeout_ms=100, min_backoff_ms=10, max_backoff_ms=50, max_retries=0
     )
-    ctx.__enter__()
-    queued = QueuedMemory(storage=server.url, namespace=namespace, embedder=_embedder(), llm=StandInLLM(),
-                          drain_timeout=60, **weights)  # fmt: skip
-    oracle = Memory(storage=LanceDBStorage(path=str(tmp_path / "lance")), embedder=_embedder(),
-                    llm=oracle_llm, **weights)  # fmt: skip
+    try:  # a failed set-up must not leak the worker or the factory into later tests
+        ctx.__enter__()
+    except BaseException:
+        worker_mod.set_embedder_factory(None)
+        crewai_config.reset_worker_memory_config()
+        raise
+    try:
+        queued = QueuedMemory(storage=server.url, namespace=namespace, embedder=_embedder(), llm=StandInLLM(),
+                              drain_timeout=60, **weights)  # fmt: skip
+        oracle = Memory(storage=LanceDBStorage(path=str(tmp_path / "lance")), embedder=_embedder(),
+                        llm=oracle_llm, **weights)  # fmt: skip
+    except BaseException:
+        ctx.__exit__(None, None, None)
+        worker_mod.set_embedder_factory(None)
+        crewai_config.reset_worker_memory_config()
+        raise
 
     def close():
         try:

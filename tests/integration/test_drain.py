@@ -87,10 +87,11 @@ def test_jobs_enqueued_after_the_snapshot_do_not_delay_drain(qsettings, fake, wo
             assert snapshot_taken.wait(10)
             workers(qsettings, threads=4)
             n = 0
+            deadline = time.monotonic() + 60  # past the drain's own timeout (30 s)
             while not drained.wait(0.005):
                 q.enqueue_encode([f"B: {n}"])
                 n += 1
-                assert n < 2000, "drain did not return"
+                assert time.monotonic() < deadline, "drain did not return"
             thread.join()
             report = result["report"]
             assert report.committed == 3 and report.failed == []
@@ -354,8 +355,9 @@ def test_an_id_given_twice_is_reported_once(qsettings, fake, workers):  # noqa: 
         assert [f.job_id for f in report.failed] == [bad] and report.lost == []
 
 
-def _hold_first_settle(monkeypatch, release):
-    """Make the first drain to settle wait, after its final read, until ``release``."""
+def _hold_first_settle(monkeypatch, release, holding):
+    """Make the first drain to settle wait, after its final read, until ``release``;
+    ``holding`` is set once it waits."""
     from memworker.queue import drain as queue_mod
 
     real = queue_mod._settle
@@ -364,6 +366,7 @@ def _hold_first_settle(monkeypatch, release):
     def settle(*args, **kwargs):
         out = real(*args, **kwargs)
         if not out[0] and first.acquire(blocking=False):
+            holding.set()
             assert release.wait(30)
         return out
 
@@ -382,8 +385,8 @@ def test_two_drains_of_one_producer_report_each_job_once(qsettings, fake, worker
         workers(qsettings, threads=1)
         while q.pending():
             time.sleep(0.02)
-        release = threading.Event()
-        _hold_first_settle(monkeypatch, release)
+        release, holding = threading.Event(), threading.Event()
+        _hold_first_settle(monkeypatch, release, holding)
         given = None if waits == "snapshot" else jobs
         reports: dict = {}
 
@@ -392,7 +395,7 @@ def test_two_drains_of_one_producer_report_each_job_once(qsettings, fake, worker
 
         held = threading.Thread(target=first)
         held.start()
-        time.sleep(0.3)  # the first drain is inside its settle, holding its read
+        assert holding.wait(30)  # the first drain is inside its settle, holding its read
         reports["b"] = q.drain(timeout=30, job_ids=given)
         release.set()
         held.join(30)

@@ -469,7 +469,11 @@ def test_langgraph_ttl_items_keep_their_expiry_across_a_move(cluster_plain_serve
     worker_mod.set_embedder_factory(WordEmbedder)
     ctx = worker_mod.running_worker(settings, threads=2, min_backoff_ms=10, max_backoff_ms=50, max_retries=3,
                                     worker_timeout_ms=100)  # fmt: skip
-    ctx.__enter__()
+    try:
+        ctx.__enter__()
+    except BaseException:
+        worker_mod.set_embedder_factory(None)  # a failed start must not leak into later tests
+        raise
     try:
         lg = QueuedStore(settings, index={"dims": DIM, "fields": ["text"]},
                          ttl={"refresh_on_read": False})  # fmt: skip

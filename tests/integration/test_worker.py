@@ -227,16 +227,27 @@ def test_redelivered_job_counts_exactly_once(qsettings, fake, workers, rawq):
         assert int(rawq.hget(keys.stats, "committed")) == 1
 
 
+def _clients_of(raw):
+    """``CLIENT LIST`` of the server, or of every node of a cluster."""
+    if hasattr(raw, "get_nodes"):
+        return [c for node in raw.get_nodes() for c in raw.client_list(target_nodes=node)]
+    return raw.client_list()
+
+
 def test_idle_worker_is_woken_by_the_enqueue(qsettings, fake, workers, rawq):
     broker, _ = workers(qsettings, worker_timeout_ms=1000)
     with MemoryQueue(qsettings, producer_id="p") as q:
         q.drain(timeout=30, job_ids=[q.enqueue_save([_record(0)])])  # warm up (client, script load)
         blocked_before = broker.woken_fetches
-        # Wait until the consumer is parked in BLPOP on the wake list.
-        for _ in range(500):
-            if any(c.get("cmd") == "blpop" for c in rawq.client_list()):
+        # Wait until the consumer is parked in BLPOP on the wake list ("b": blocked now;
+        # ``cmd`` alone is a connection's last command), on every node of a cluster.
+        parked = False
+        for _ in range(3000):
+            if any(c.get("cmd") == "blpop" and "b" in c.get("flags", "") for c in _clients_of(rawq)):
+                parked = True
                 break
-            threading.Event().wait(0.01)
+            threading.Event().wait(0.002)
+        assert parked, "the idle consumer never blocked in BLPOP"
         job = q.enqueue_save([_record(1)])
         assert q.drain(timeout=30, job_ids=[job]).committed == 1
     # The job was fetched right after a wake-up token, not by a timed re-poll.
