@@ -429,6 +429,9 @@ def test_delete_then_put_on_the_save_paths_makes_a_new_item_and_drops_the_old_ve
     old = _created(lg, ns, "k")
     put = PutOp(ns, "k", {"text": "pear"}, index=False if path == "index-false" else None)
     lg.batch([PutOp(ns, "k", None), put])
+    # a store of its own (a new producer) reads what lg's drain has seen committed:
+    # lg's put goes as a save job that no drain of the new store waits for
+    lg.queue.drain(timeout=60)
     value, created = _created(make_store(**kw), ns, "k")
     assert value == {"text": "pear"} and created > old[1]
     hits = {h.key: h.score for h in lg.search(ns, query="apple")}
