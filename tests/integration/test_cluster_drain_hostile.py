@@ -280,6 +280,27 @@ def _replicas_of(cluster: Any, primary_port: int) -> list[Any]:
             if int(redis.Redis(port=n.port).info("replication").get("master_port", -1)) == primary_port]  # fmt: skip
 
 
+def _repl_offset(port: int, field: str) -> int:
+    return int(redis.Redis(port=port).info("replication").get(field, -1))
+
+
+def _wait_replicated(primary_port: int, replicas: list[Any], timeout: float = 60) -> None:
+    """Wait until every replica of ``replicas`` has applied all the primary has written
+    so far (the replication offsets, not a sleep)."""
+    target = _repl_offset(primary_port, "master_repl_offset")
+    deadline = time.monotonic() + timeout
+    for node in replicas:
+        while _repl_offset(node.port, "slave_repl_offset") < target:
+            assert time.monotonic() < deadline, f"replica {node.port} never caught up"
+            time.sleep(0.02)
+
+
+def _most_caught_up(cluster: Any, primary_port: int) -> list[Any]:
+    """The primary's replicas, the most up to date first (as Valkey's election ranks
+    them): with commit replicas 1 of 2, the one that acknowledged the writes."""
+    return sorted(_replicas_of(cluster, primary_port), key=lambda n: -_repl_offset(n.port, "slave_repl_offset"))
+
+
 def _promote(cluster: Any, victim_port: int, namespace: str, replicas: list[Any] | None = None) -> int:
     """Kill the primary on ``victim_port`` and force its replica to take over at once
     (CLUSTER FAILOVER TAKEOVER); returns the new owner's port."""
@@ -316,7 +337,7 @@ def test_an_unreplicated_enqueue_lost_in_a_failover_is_reported_lost(namespace, 
         replica = _replicas_of(cluster, victim)[0]
         with MemoryQueue(settings, producer_id="p") as q:
             q.enqueue_encode_job([{"id": "before", "text": "replicated"}])
-            time.sleep(0.3)
+            _wait_replicated(victim, [replica])
             replica.process.send_signal(signal.SIGSTOP)
             # cut its link from the primary's side, so nothing written next sits in
             # the stopped replica's socket buffer
@@ -345,7 +366,7 @@ def test_a_replicated_enqueue_survives_a_failover_and_commits(namespace, fake, w
         victim = _owner_port(cluster, namespace)
         with MemoryQueue(settings, producer_id="p") as q:
             done = [q.enqueue_encode_job([{"id": f"r{i}", "text": f"replicated {i}"}]) for i in range(5)]
-            _promote(cluster, victim, namespace)
+            _promote(cluster, victim, namespace, _most_caught_up(cluster, victim))
             workers(settings, threads=2)
             if refresh:  # a plain command first: the client learns the new owner
                 q.pending()
@@ -379,7 +400,7 @@ def test_a_drain_waiting_across_a_failover_finishes(namespace, fake, workers, re
         out: dict[str, Any] = {}
         with MemoryQueue(settings, producer_id="p") as q:
             job, ids = q.enqueue_encode_job([{"id": "w", "text": "waited across a failover"}])
-            time.sleep(0.3)  # replicated
+            _wait_replicated(victim, _replicas_of(cluster, victim))
 
             t = _drain_in_background(q, out)
             time.sleep(0.5)

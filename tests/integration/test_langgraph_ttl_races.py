@@ -156,11 +156,13 @@ def test_a_put_after_the_item_expired_is_a_new_item_with_its_own_created_at(lg):
     stored predecessor): the new item reports the creation time of an item that every
     read already called gone; after a sweep the same put gets its own. LangGraph's
     stores delete expired items, so the new item's created_at is its own."""
-    lg.put(("t",), "k", {"text": "apple"}, ttl=0.02)  # 1.2 s (committed and read before it is due)
+    lg.put(("t",), "k", {"text": "apple"}, ttl=0.1)  # 6 s (committed and read before it is due)
     lg.get(("t",), "other")  # drains
     first = lg.store.get_records([record_id(("t",), "k")])[0]
     assert first is not None
-    time.sleep(1.5)
+    due = lg.store.expiries([record_id(("t",), "k")])[0]
+    while time.time() * 1000 < due + 200:  # past the item's own expiry, however long the drain took
+        time.sleep(0.05)
     assert lg.get(("t",), "k") is None  # expired
     lg.put(("t",), "k", {"text": "new"}, ttl=None)
     again = lg.get(("t",), "k")

@@ -251,7 +251,8 @@ def one_job(own_plain_server, namespace):
     import redis
 
     raw = redis.Redis(port=own_plain_server.port)
-    q = MemoryQueue(own_plain_server.url, namespace=namespace, producer_id="p1")
+    # a long request timeout: a test holds calls with CLIENT PAUSE while its threads queue
+    q = MemoryQueue(f"{own_plain_server.url}?request_timeout_ms=60000", namespace=namespace, producer_id="p1")
     try:
         q.enqueue_encode(["loads the script"])
         yield raw, q
@@ -271,7 +272,7 @@ def test_concurrent_enqueues_of_one_queue_share_a_script_call_and_stay_separate_
 
     raw, q = one_job
     before = _script_calls(raw)
-    raw.execute_command("CLIENT", "PAUSE", 3_000, "WRITE")  # under the 5 s request timeout
+    raw.execute_command("CLIENT", "PAUSE", 40_000, "WRITE")  # under the fixture's 60 s request timeout
     got: dict[int, tuple[str, list[str]]] = {}
 
     def put(k: int) -> None:
@@ -279,7 +280,7 @@ def test_concurrent_enqueues_of_one_queue_share_a_script_call_and_stay_separate_
 
     threads = [threading.Thread(target=put, args=(0,))]
     threads[0].start()
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 30  # within the pause: the callers queue before it ends
     group = q._sends  # its state, to know when every caller is where the test needs it
     while not (group._busy and not group._waiting):  # the leader's call is out, held
         assert time.monotonic() < deadline

@@ -215,7 +215,7 @@ def test_redelivered_job_counts_exactly_once(qsettings, fake, workers, rawq):
         rawq.hset(keys.msgs(), "00000000-0000-0000-0000-000000000001", json.dumps(msg))
         rawq.rpush(keys.q(), "00000000-0000-0000-0000-000000000001")
         broker, worker = workers(qsettings)
-        broker.join("default", timeout=10_000)  # both deliveries consumed
+        broker.join("default", timeout=60_000)  # both deliveries consumed
         worker.join()
         assert q.pending() == []
         assert store.count() == 4 and store.count("/x") == 4 and store.count("/x/y") == 4
