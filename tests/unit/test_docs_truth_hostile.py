@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from test_docs_truth import PKG, ROOT, _existing  # the same corpus roots
+from test_docs_truth import PKG, ROOT, _existing, line_of, rel, text_of  # the same corpus helpers
 
 MD_FILES = _existing(
     [
@@ -32,19 +32,6 @@ MD_FILES = _existing(
         *sorted((ROOT / "examples").glob("*.md")),
     ]
 )
-
-
-def rel(path: Path) -> str:
-    return str(path.relative_to(ROOT))
-
-
-@cache
-def text_of(path: Path) -> str:
-    return path.read_text(encoding="utf-8")
-
-
-def line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
 
 
 @cache
