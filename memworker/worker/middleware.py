@@ -304,10 +304,18 @@ class HealthMiddleware(Middleware):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def learn_clock(self, broker: Any, level: int = logging.DEBUG) -> None:
+        """Read the server's clock (the namespace's node), for what other hosts compare.
+        A failure keeps the last offset (0 until one is learnt), logged at ``level``:
+        the beat still goes."""
+        try:
+            learn_offset(broker.client, self.keys.workers)
+        except Exception:  # noqa: BLE001 - e.g. a user without TIME; the next beat tries again
+            log.log(level, "could not read the server's clock (TIME); using the last offset", exc_info=True)
+
     def beat(self, broker: Any) -> None:
         k = self.keys
-        # the server's clock (the namespace's node), for what other hosts compare
-        learn_offset(broker.client, k.workers)
+        self.learn_clock(broker)
         now = int(time.time() * 1000)
         with broker.client.pipeline(transaction=True) as pipe:
             pipe.hset(
@@ -350,6 +358,12 @@ class HealthMiddleware(Middleware):
         gone = [worker_id for worker_id, n in zip(ids, alive) if not n]
         if gone:
             broker.client.zrem(k.workers, *gone)
+
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        # before dramatiq adds its consumers: their first fetches run the dispatch
+        # script's maintenance, which compares other workers' heartbeats with the
+        # server's clock as this worker knows it
+        self.learn_clock(broker, logging.WARNING)
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         try:

@@ -267,3 +267,41 @@ def test_a_worker_whose_clock_runs_ahead_leaves_other_workers_messages(
     finally:
         other.close()
         ours.close()
+
+
+def test_a_worker_started_on_a_host_whose_clock_runs_ahead_takes_no_other_workers_message(
+    plain_server: Any, client: Any, monkeypatch: Any
+) -> None:
+    """The same from a worker's start: its consumers' first fetches run the dispatch
+    script's maintenance, so the server's clock must be known before dramatiq starts
+    them (``before_worker_boot``). Learnt with the first health beat (after the boot),
+    a worker started on a host an hour ahead took every other live worker's unacked
+    messages at once, to be delivered twice."""
+    from memworker.worker import clock
+    from memworker.worker.process import running_worker
+
+    monkeypatch.setattr(clock, "_offset_ms", 0.0)  # restored after the test
+    settings = Settings.from_url(plain_server.url, namespace=f"compat{uuid.uuid4().hex[:8]}")
+    probe = MemworkerBroker(settings)
+    namespace = probe.namespace
+    probe.close()
+    other = RedisBroker(client=client, namespace=namespace)
+    try:
+        other.declare_queue("default")
+        message = dramatiq.Message(queue_name="default", actor_name="save_records", args=(), kwargs={}, options={})
+        redis_id = other.enqueue(message).options[compat.REDIS_ID_OPTION]
+        assert len(compat.fetch(other, "default", 10)) == 1  # held by the other (live) worker
+        acks = compat.acks_key(namespace, other.broker_id, "default")
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this host's clock, an hour ahead
+        heartbeats = f"{namespace}:__heartbeats__"
+        with running_worker(settings, threads=1, worker_timeout_ms=100) as (ours, _):
+            deadline = time.monotonic() + 60
+            # our broker's heartbeat is stamped by the same script call as its maintenance
+            while client.zscore(heartbeats, ours.broker_id) is None:
+                assert time.monotonic() < deadline, "the worker never fetched"
+                time.sleep(0.02)
+            assert client.smembers(acks) == {redis_id.encode()}
+            assert client.hexists(f"{namespace}:default.msgs", redis_id)
+    finally:
+        other.close()
