@@ -40,6 +40,7 @@ __all__ = [
     "queue_status",
     "shown_text",
     "status_plan",
+    "workers_read",
 ]
 
 #: A worker whose health key is older than this is not live, in milliseconds.
@@ -149,7 +150,7 @@ def _driver(settings: Settings, client: Any = None) -> RedisSyncDriver:
     return RedisSyncDriver(settings, QUEUE_ERRORS, client=client)
 
 
-def _workers_read(keys: QueueKeys) -> list[str]:
+def workers_read(keys: QueueKeys) -> list[str]:
     """The worker ids to look up (newest beats first): a worker is live if its health
     key exists (it expires by the server's clock), so the beats' scores, stamped by the
     workers' clocks, are read with a day's slack."""
@@ -159,7 +160,7 @@ def _workers_read(keys: QueueKeys) -> list[str]:
 
 def _workers_plan(namespace: str) -> Plan[list[dict[str, Any]]]:
     keys = QueueKeys(namespace)
-    raw = yield Call(_workers_read(keys))
+    raw = yield Call(workers_read(keys))
     ids = [shown_text(i) for i in raw]
     rows = yield Pipeline([["HGETALL", keys.worker(i)] for i in ids])
     out = []
@@ -210,7 +211,7 @@ def status_plan(namespace: str) -> Generator[Pipeline, list[Any], dict[str, Any]
     producers_raw, worker_ids_raw = yield Pipeline(
         [
             ["SMEMBERS", keys.producers],
-            _workers_read(keys),
+            workers_read(keys),
         ]
     )
     # Read back from Valkey, written by anything with access to it: an id that is not

@@ -38,7 +38,7 @@ from memworker.errors import DrainTimeout, ReplicationTimeout
 from memworker.io.plan import Pipeline, Plan, Replicated, Script, Step, one
 from memworker.io.redispy import RedisAsyncDriver, RedisSyncDriver, is_transient_redis
 from memworker.keys import QueueKeys
-from memworker.queue.admin import HEALTH_TTL_MS, id_text, now_ms
+from memworker.queue.admin import HEALTH_TTL_MS, id_text, now_ms, workers_read
 from memworker.queue.jobs import (
     LOST_ERROR,
     MARKER_TTL_MS,
@@ -232,23 +232,24 @@ def _cause(depth: int, live: int, messages: int) -> str:
     if live == 0:
         return (
             "no live worker (no worker health key refreshed in the last "
-            f"{HEALTH_TTL_MS} ms): start one with `memworker worker`"
+            f"{HEALTH_TTL_MS} ms, by the server's clock): start one with `memworker worker`"
         )
     return f"{live} live worker(s), {depth} message(s) queued ahead: the workers may be saturated"
 
 
-def _depth_live_commands(keys: QueueKeys) -> list[list[Any]]:
-    return [
-        ["LLEN", keys.q()],
-        ["ZCOUNT", keys.workers, str(now_ms() - HEALTH_TTL_MS), "+inf"],
-        ["HLEN", keys.msgs()],
-        ["HLEN", keys.delayed_msgs()],
-    ]
-
-
-def _timeout(keys: QueueKeys, left: dict[str, list[str]], counts: list[Any], timeout: Any) -> DrainTimeout:
-    depth, live, queued, delayed = (int(c) for c in counts)
-    return DrainTimeout([i for ids in left.values() for i in ids], _cause(depth, live, queued + delayed), timeout)
+def _timeout(keys: QueueKeys, left: dict[str, list[str]], timeout: Any) -> Plan[DrainTimeout]:
+    """The error of a drain out of time, with its likely cause. A worker counts as live
+    while its health key exists (it expires by the server's clock), as ``memworker
+    check`` counts it: its beats' scores are stamped by its own host's clock."""
+    depth, ids, queued, delayed = yield Pipeline(
+        [["LLEN", keys.q()], workers_read(keys), ["HLEN", keys.msgs()], ["HLEN", keys.delayed_msgs()]]
+    )
+    names = [name for name in (id_text(i) for i in ids) if name is not None]
+    live = 0
+    if names:
+        live = sum(int(n) for n in (yield Pipeline([["EXISTS", keys.worker(name)] for name in names])))
+    left_ids = [i for ids in left.values() for i in ids]
+    return DrainTimeout(left_ids, _cause(int(depth), live, int(queued) + int(delayed)), timeout)
 
 
 def drain_plan(
@@ -315,7 +316,7 @@ def drain_plan(
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise _timeout(keys, left, (yield Pipeline(_depth_live_commands(keys))), timeout)
+                raise (yield from _timeout(keys, left, timeout))
             wait = min(wait, remaining)
         notified = yield Wait(wait)
         # A wake-up names the job that left its pending set: drop it without reading

@@ -273,3 +273,48 @@ def embedder_factory():
     worker_mod.set_embedder_factory(WordEmbedder)
     yield
     worker_mod.set_embedder_factory(None)
+
+
+def test_a_worker_whose_clock_read_fails_keeps_beating(plain_server, namespace, raw):
+    """A health beat reads the server's clock first. A ``TIME`` that fails (here an ACL
+    user without it; a one-off error alike) keeps the last offset and the beat goes on:
+    it skipped the whole beat, so a working worker never showed live to ``check`` or a
+    drain's diagnostics."""
+    from memworker.queue.admin import live_workers
+    from memworker.worker.process import running_worker
+
+    user = f"notime{namespace}"
+    raw.execute_command("ACL", "SETUSER", user, "on", ">notime-Pa55", "~*", "&*", "+@all", "-time")
+    try:
+        url = plain_server.url.replace("valkey://", f"valkey://{user}:notime-Pa55@")
+        settings = Settings.from_url(url, namespace=namespace)
+        with running_worker(settings, threads=1, worker_timeout_ms=100) as (broker, _):
+            deadline = time.monotonic() + 60
+            while not live_workers(settings):
+                assert time.monotonic() < deadline, "the worker never showed live"
+                time.sleep(0.05)
+            with pytest.raises(Exception, match="(?i)permission|NOPERM"):
+                broker.client.time()  # the clock really is refused to this user
+    finally:
+        raw.execute_command("ACL", "DELUSER", user)
+
+
+def test_a_drain_out_of_time_counts_a_live_worker_whose_clock_is_behind(settings, raw):
+    """A drain's timeout names its likely cause. A worker counts as live while its health
+    key exists (``check`` and ``status`` count so); the drain counted beats of the last
+    5 s by the reader's clock, so a live worker whose clock is 10 minutes behind was
+    "no live worker: start one", sending the operator to start workers that run."""
+    from memworker.errors import DrainTimeout
+
+    keys = QueueKeys(settings.namespace)
+    # what a live worker 10 minutes behind has written: its health key (expiring by the
+    # server's clock) and its beat, stamped by its own clock
+    raw.hset(keys.worker("behind-1"), mapping={"pid": 1, "host": "h", "beat_ms": int(time.time() * 1000) - 600_000})
+    raw.pexpire(keys.worker("behind-1"), 60_000)
+    raw.zadd(keys.workers, {"behind-1": int(time.time() * 1000) - 600_000})
+    with MemoryQueue(settings, producer_id="p") as q:
+        q.enqueue_encode(["waits for the worker"])
+        with pytest.raises(DrainTimeout) as info:
+            q.drain(timeout=0.5)
+    assert "no live worker" not in str(info.value), str(info.value)
+    assert "1 live worker(s)" in str(info.value), str(info.value)
