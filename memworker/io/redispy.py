@@ -404,13 +404,17 @@ class _LoopState:
         self.late = False  # its loop is ending: closed once users is back to 0
 
     async def aclose(self) -> None:
-        """Close every connection (on the state's own loop)."""
+        """Close every connection (on the state's own loop). Never raises: it runs as a
+        loop ends or after a plan's result (the last user's ``release``), which a
+        socket's failure to close must not replace; what is left goes with the loop."""
         free, self.free = self.free, []
         for conn in free:
             await _drop(conn)
-        for node in self.nodes.values():
-            await node.aclose()
-        await self.client.aclose()
+        for client in [*self.nodes.values(), self.client]:
+            try:
+                await client.aclose()
+            except Exception:  # noqa: BLE001 - the others are still closed
+                log.debug("closing a loop's client failed", exc_info=True)
 
     def disarm(self) -> None:
         """Its loop will not close it as it ends (closed already, or left to the GC

@@ -467,3 +467,33 @@ def test_server_gone_as_the_loop_ends_the_closers_neither_hang_nor_raise(own, un
     finally:
         q.close()
         store.close()
+
+
+def test_a_client_that_fails_to_close_at_the_last_release_does_not_replace_the_calls_result(own) -> None:
+    """A call made while its loop ends closes the loop's client as it returns (the last
+    user's ``release``). A close that fails there (a socket already broken) must not
+    replace the call's own result: an enqueue that reached Valkey would raise to its
+    caller, who would enqueue it again."""
+    settings, raw, _ = own
+    q = _queue(settings)
+    try:
+
+        async def main() -> list[str]:
+            driver = q._adriver  # noqa: SLF001
+            await q.apending()  # the loop's state exists
+            state = driver._state()  # noqa: SLF001
+            state.late = True  # as when the loop's closer found it in use
+
+            async def broken() -> None:
+                raise ConnectionError("the socket is gone")
+
+            state.client.aclose = broken
+            job = await q.aenqueue_encode([{"text": "kept", "id": "late1"}])
+            assert driver._states.get(asyncio.get_running_loop()) is None  # noqa: SLF001 - closed
+            return job
+
+        ids = asyncio.run(main())
+        assert ids == ["late1"]
+        assert q.pending() != []  # the job is on the queue
+    finally:
+        q.close()
