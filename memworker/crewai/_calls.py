@@ -128,18 +128,20 @@ class PrivacyView:
         ``include_private``, those holding a record the viewer may see)."""
         scope = self.inside(parent)
         if self._include_private:
-            return [scope, *self._store.list_scopes(scope)]
-        return [scope, *self._store.visible_scopes(scope, viewer=self._viewer)]
+            return [scope, *self._store.list_scopes(scope, exclude_scope=LANGGRAPH_ROOT)]
+        return [scope, *self._store.visible_scopes(scope, viewer=self._viewer, exclude_scope=LANGGRAPH_ROOT)]
 
     def get_scope_info(self, scope: Any) -> Any:
         """The scope's info for the LLM's query analysis; without ``include_private``,
         its categories and child scopes are those of records the viewer may see (the
         counters count every source's private records)."""
         path = self.inside(scope)
-        info = self._store.get_scope_info(path)
+        info = self._store.get_scope_info(path, exclude_scope=LANGGRAPH_ROOT)
         if self._include_private:
             return info
-        categories, children = self._store.visible_summary(path, viewer=self._viewer)
+        categories, children = self._store.visible_summary(
+            path, viewer=self._viewer, exclude_scope=LANGGRAPH_ROOT
+        )
         return info.model_copy(update={"categories": sorted(categories), "child_scopes": children})
 
     def __getattr__(self, name: str) -> Any:

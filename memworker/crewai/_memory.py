@@ -657,9 +657,11 @@ class QueuedMemory(Memory):
         return super().update(record_id, content, scope, categories, metadata, importance)
 
     def list_scopes(self, path: str | None = None) -> list[str]:
+        """CrewAI's list_scopes, after the drain barrier, without the LangGraph store's
+        items (``/langgraph`` is listed only if CrewAI could write there: never)."""
         _check_scope(path, "path")
         self.drain_writes()
-        return super().list_scopes(path)
+        return self.store.list_scopes(self._effective(path) or "/", exclude_scope=LANGGRAPH_ROOT)
 
     def list_records(self, scope: str | None = None, limit: int = 200, offset: int = 0) -> list[MemoryRecord]:
         """CrewAI's list_records, after the drain barrier, without the LangGraph
@@ -669,22 +671,35 @@ class QueuedMemory(Memory):
         return without_langgraph(super().list_records(scope, limit, offset))
 
     def info(self, path: str | None = None) -> Any:
+        """CrewAI's info, after the drain barrier; its count, categories, dates and
+        child scopes leave the LangGraph store's items out."""
         _check_scope(path, "path")
         self.drain_writes()
-        return super().info(path)
+        return self.store.get_scope_info(self._effective(path) or "/", exclude_scope=LANGGRAPH_ROOT)
 
     def tree(self, path: str | None = None, max_depth: int = 3) -> str:
-        if path is not None and not isinstance(path, str):
-            raise ValidationError(f"path must be a string or None, got {type(path).__name__}")
+        """CrewAI's tree (the same text), after the drain barrier, without the
+        LangGraph store's items."""
+        _check_scope(path, "path")
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0:
             raise ValidationError("max_depth must be an integer >= 0")
         self.drain_writes()
-        return super().tree(path, max_depth)
+        lines: list[str] = []
+        pending = [((self._effective(path) or "/").rstrip("/") or "/", 0)]
+        while pending:  # depth first, children in order, as CrewAI's walk
+            scope, depth = pending.pop()
+            info = self.store.get_scope_info(scope, exclude_scope=LANGGRAPH_ROOT)
+            lines.append(f"{'  ' * depth}{scope} ({info.record_count} records)")
+            if depth < max_depth:
+                pending += [(child, depth + 1) for child in reversed(info.child_scopes[:20])]
+        return "\n".join(lines)
 
     def list_categories(self, path: str | None = None) -> dict[str, int]:
+        """CrewAI's list_categories, after the drain barrier, without the LangGraph
+        store's items."""
         _check_scope(path, "path")
         self.drain_writes()
-        return super().list_categories(path)
+        return self.store.list_categories(self._effective(path), exclude_scope=LANGGRAPH_ROOT)
 
     def reset_all(self) -> None:
         """Reset the whole namespace (after the drain barrier); the model id is recorded again."""

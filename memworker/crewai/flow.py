@@ -133,7 +133,8 @@ class _FlowStorage:
     - ``list_scopes``/``list_categories`` (field inference: the "existing scopes and
       categories" of the LLM's prompt) list those of the records the writer could
       recall (``visible_scopes``/``visible_categories``, viewer = the items' source),
-      never those of another source's private records; nothing else reaches the store.
+      never those of another source's private records nor the LangGraph store's
+      items (``/langgraph``); nothing else reaches the store.
     """
 
     def __init__(self, store: ValkeyStore, items: list[dict[str, Any]]) -> None:
@@ -280,10 +281,12 @@ class _FlowStorage:
             self.inserted.append(record)
 
     def list_scopes(self, parent: str = "/") -> list[str]:
-        return self._store.visible_scopes(parent, viewer=self.source)
+        return self._store.visible_scopes(parent, viewer=self.source, exclude_scope=LANGGRAPH_ROOT)
 
     def list_categories(self, scope_prefix: str | None = None) -> dict[str, int]:
-        return self._store.visible_categories(scope_prefix, viewer=self.source)
+        return self._store.visible_categories(
+            scope_prefix, viewer=self.source, exclude_scope=LANGGRAPH_ROOT
+        )
 
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(f"the consolidation flow's storage has no {name!r}")

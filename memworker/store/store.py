@@ -246,17 +246,24 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         """Records in a scope (and below), newest first, paginated."""
         return self._sync.run(self._p_list(scope_prefix, limit, offset))
 
-    def get_scope_info(self, scope: str) -> Any:
-        """Count, categories, oldest/newest and child scopes of a scope."""
-        return self._sync.run(self._p_scope_info(scope))
+    def get_scope_info(self, scope: str, *, exclude_scope: str | None = None) -> Any:
+        """Count, categories, oldest/newest and child scopes of a scope.
 
-    def list_scopes(self, parent: str = "/") -> list[str]:
-        """Immediate child scopes of ``parent`` that hold records."""
-        return self._sync.run(self._p_list_scopes(parent))
+        ``exclude_scope``: leave the records of this scope and below out of every
+        figure (a scope below the root; the info of a scope inside it is empty)."""
+        return self._sync.run(self._p_scope_info(scope, exclude_scope))
 
-    def list_categories(self, scope_prefix: str | None = None) -> dict[str, int]:
-        """Category -> number of records carrying it, in a scope and below."""
-        return self._sync.run(self._p_list_categories(scope_prefix))
+    def list_scopes(self, parent: str = "/", *, exclude_scope: str | None = None) -> list[str]:
+        """Immediate child scopes of ``parent`` that hold records (``exclude_scope``:
+        not counting that scope's records)."""
+        return self._sync.run(self._p_list_scopes(parent, exclude_scope))
+
+    def list_categories(
+        self, scope_prefix: str | None = None, *, exclude_scope: str | None = None
+    ) -> dict[str, int]:
+        """Category -> number of records carrying it, in a scope and below
+        (``exclude_scope``: not counting that scope's records)."""
+        return self._sync.run(self._p_list_categories(scope_prefix, exclude_scope))
 
     def count(self, scope_prefix: str | None = None) -> int:
         """Number of records in a scope and below (``None``: all)."""
@@ -295,28 +302,33 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         return self._p_delete_versioned(versions)
 
     def _visible_categories(
-        self, scope_prefix: str | None = None, viewer: str | None = None
+        self, scope_prefix: str | None = None, viewer: str | None = None,
+        exclude_scope: str | None = None,
     ) -> Plan[dict[str, int]]:
         """Category -> number of records carrying it, in a scope and below, among the
         records ``viewer`` may see (public ones and its own private ones; ``None``:
         public ones only), counted over the scope's newest 10,000 records.
         :meth:`list_categories` counts every record, private ones of every source too:
-        what an LLM prompt built for one source shows comes from here."""
-        counts, _ = yield from self._p_visible(scope_prefix, viewer)
+        what an LLM prompt built for one source shows comes from here.
+        ``exclude_scope``: records of that scope and below are not counted."""
+        counts, _ = yield from self._p_visible(scope_prefix, viewer, exclude_scope)
         return counts
 
     def _visible_summary(
-        self, scope_prefix: str | None = None, viewer: str | None = None
+        self, scope_prefix: str | None = None, viewer: str | None = None,
+        exclude_scope: str | None = None,
     ) -> Plan[tuple[dict[str, int], list[str]]]:
         """:meth:`visible_categories` and :meth:`visible_scopes` of one scope, from one
         read of its records."""
-        return self._p_visible(scope_prefix, viewer)
+        return self._p_visible(scope_prefix, viewer, exclude_scope)
 
-    def _visible_scopes(self, parent: str = "/", viewer: str | None = None) -> Plan[list[str]]:
+    def _visible_scopes(
+        self, parent: str = "/", viewer: str | None = None, exclude_scope: str | None = None
+    ) -> Plan[list[str]]:
         """Immediate child scopes of ``parent`` holding a record ``viewer`` may see, as
         :meth:`visible_categories` counts them (:meth:`list_scopes` lists those of
         every record, private ones of every source too)."""
-        _, children = yield from self._p_visible(parent, viewer)
+        _, children = yield from self._p_visible(parent, viewer, exclude_scope)
         return children
 
     def _set_expiries(self, expiries: list[tuple[str, int]]) -> Plan[int]:
@@ -451,17 +463,19 @@ class ValkeyStore(WritePlans, DeletePlans, SearchPlans):
         """Async :meth:`list_records`."""
         return await self._async.run(self._p_list(scope_prefix, limit, offset))
 
-    async def aget_scope_info(self, scope: str) -> Any:
+    async def aget_scope_info(self, scope: str, *, exclude_scope: str | None = None) -> Any:
         """Async :meth:`get_scope_info`."""
-        return await self._async.run(self._p_scope_info(scope))
+        return await self._async.run(self._p_scope_info(scope, exclude_scope))
 
-    async def alist_scopes(self, parent: str = "/") -> list[str]:
+    async def alist_scopes(self, parent: str = "/", *, exclude_scope: str | None = None) -> list[str]:
         """Async :meth:`list_scopes`."""
-        return await self._async.run(self._p_list_scopes(parent))
+        return await self._async.run(self._p_list_scopes(parent, exclude_scope))
 
-    async def alist_categories(self, scope_prefix: str | None = None) -> dict[str, int]:
+    async def alist_categories(
+        self, scope_prefix: str | None = None, *, exclude_scope: str | None = None
+    ) -> dict[str, int]:
         """Async :meth:`list_categories`."""
-        return await self._async.run(self._p_list_categories(scope_prefix))
+        return await self._async.run(self._p_list_categories(scope_prefix, exclude_scope))
 
     async def acount(self, scope_prefix: str | None = None) -> int:
         """Async :meth:`count`."""

@@ -25,6 +25,7 @@ pytest.importorskip("langgraph.store.base")
 
 from memworker import worker as worker_mod  # noqa: E402
 from memworker.crewai import LocalEmbedder, QueuedMemory  # noqa: E402
+from memworker.crewai._calls import PrivacyView  # noqa: E402
 from memworker.crewai import config as crewai_config  # noqa: E402
 from memworker.crewai.testing import SCRIPT_PLAN_ENV, StandInLLM  # noqa: E402
 from memworker.errors import ValidationError  # noqa: E402
@@ -195,6 +196,49 @@ def test_a_crewai_recall_never_returns_langgraph_items(both, depth):
     leaked = [m.record.content for m in hits if m.record.scope.startswith("/langgraph")]
     listed = [r.content for r in memory.list_records() if r.scope.startswith("/langgraph")]
     assert leaked == [] and listed == [], f"recall: {leaked}, list_records: {listed}"
+
+
+def test_crewai_counters_and_the_recall_prompt_leave_langgraph_items_out(both):
+    """``info``, ``tree``, ``list_scopes`` and ``list_categories`` of a QueuedMemory
+    sharing the namespace read the scope counters, which count LangGraph's items too:
+    a crew's ``info()`` showed a ``/langgraph`` child, its items' namespace labels as
+    categories, a LangGraph item as the newest record, and its count; the recall's
+    query analysis put the same in its LLM prompt. Expected: the figures of the crew's
+    own memories alone (what a namespace without the LangGraph store gives)."""
+    make_memory, make_store = both
+    memory, lg = make_memory(), make_store()
+    lg.put(("early", "bird"), "k", {"text": "put before the crew's memories"})
+    lg.get(("early", "bird"), "k")  # drained: committed before the crew's memories
+    memory.remember("crew fact one", scope="/crew", categories=["c"], importance=0.5)
+    memory.remember("crew fact two", scope="/crew/sub", categories=["c", "d"], importance=0.5)
+    memory.drain_writes()
+    own = memory.list_records()
+    _seed_lg(lg)  # the newest record of the namespace is now a LangGraph item
+
+    info = memory.info()
+    assert info.record_count == 2, info
+    assert info.child_scopes == ["/crew"], info
+    assert info.categories == ["c", "d"], info
+    assert (info.oldest_record, info.newest_record) == (
+        min(r.created_at for r in own), max(r.created_at for r in own)
+    ), info
+    assert memory.list_scopes() == ["/crew"]
+    assert memory.list_categories() == {"c": 2, "d": 1}
+    assert memory.tree() == "/ (2 records)\n  /crew (2 records)\n    /crew/sub (1 records)"
+    assert memory.tree(max_depth=1) == "/ (2 records)\n  /crew (2 records)"
+    for path in ("/langgraph", "/langgraph/users"):
+        assert memory.info(path).record_count == 0
+        assert memory.list_scopes(path) == [] and memory.list_categories(path) == {}
+        assert memory.tree(path) == f"{path} (0 records)"
+    # a scoped view (CrewAI's MemoryScope) goes through the same calls
+    assert memory.scope("/").info().record_count == 2
+    # the recall's query analysis (CrewAI's RecallFlow reads these for its LLM prompt)
+    for include_private in (True, False):
+        view = PrivacyView(memory.store, include_private, None, "/")
+        assert view.list_scopes("/") == ["/", "/crew"]
+        seen = view.get_scope_info("/")
+        assert "/langgraph" not in seen.child_scopes and "users" not in seen.categories, seen
+    assert lg.get(LG_NS, "k") is not None  # the items are there, only left out
 
 
 @pytest.mark.parametrize("depth", ["shallow", "deep"])

@@ -11,12 +11,12 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from memworker.errors import MemworkerError
+from memworker.errors import MemworkerError, ValidationError
 from memworker.io import Call, Pipeline, Plan, Script, error_text
 from memworker.records import record_types
 from memworker.store.decode import RECORD_FIELDS, decode_rows
 from memworker.store.plans.server import ServerPlans, as_text
-from memworker.store.query import TOKEN_FIELDS, SearchFilter
+from memworker.store.query import TOKEN_FIELDS, SearchFilter, within_scope
 from memworker.store.times import parse_timestamp
 from memworker.store.tokens import PUBLIC_TOKEN, visibility_token
 from memworker.store.validate import MAX_PAGE, check_page, check_source, check_unicode, normalize_scope_prefix
@@ -105,49 +105,106 @@ class ReadPlans(ServerPlans):
         scope = normalize_scope_prefix(scope_prefix)
         return int((yield Call(["ZCARD", self.keys.tree(scope)])))
 
-    def _p_scope_info(self, scope: str) -> Plan[Any]:
+    def _p_scope_info(self, scope: str, exclude: str | None = None) -> Plan[Any]:
         path = normalize_scope_prefix(scope, field="scope")
+        cut = _excluded(path, exclude)
+        info = record_types()[1]
+        if cut == path:  # the left-out subtree itself: nothing of the caller's
+            return info(path=path, record_count=0, categories=[], oldest_record=None,
+                        newest_record=None, child_scopes=[])  # fmt: skip
         tree = self.keys.tree(path)
-        count, oldest, newest, cats, children = yield Pipeline(
-            [
-                ["ZCARD", tree],
-                ["ZRANGE", tree, "0", "0", "WITHSCORES"],
-                ["ZRANGE", tree, "-1", "-1", "WITHSCORES"],
-                ["HKEYS", self.keys.cats(path)],
-                ["HKEYS", self.keys.children(path)],
-            ]
-        )
+        reads: list[list[str]] = [
+            ["ZCARD", tree],
+            ["ZRANGE", tree, "0", "0", "WITHSCORES"],
+            ["ZRANGE", tree, "-1", "-1", "WITHSCORES"],
+            ["HGETALL", self.keys.cats(path)],
+            ["HKEYS", self.keys.children(path)],
+        ]
+        if cut is not None:
+            reads += [["ZCARD", self.keys.tree(cut)], ["HGETALL", self.keys.cats(cut)]]
+        replies = yield Pipeline(reads)
+        count, oldest, newest, cats, children = replies[:5]
+        categories = _counts(cats)
+        child_scopes = sorted(as_text(c) for c in children)
+        oldest_at, newest_at = _score(oldest), _score(newest)
+        if cut is not None and int(replies[5]):
+            count = int(count) - int(replies[5])
+            for name, n in _counts(replies[6]).items():
+                categories[name] = categories.get(name, 0) - n
+            child_scopes = yield from self._p_children_outside(path, child_scopes, cut)
+            oldest_at = yield from self._p_edge_outside(tree, self.keys.tree(cut), newest=False)
+            newest_at = yield from self._p_edge_outside(tree, self.keys.tree(cut), newest=True)
 
-        def when(pair: Any) -> datetime | None:
-            if not pair:
-                return None
-            score = next(iter(pair.values())) if isinstance(pair, Mapping) else pair[1]
-            return parse_timestamp(float(score))
+        def when(score: float | None) -> datetime | None:
+            return None if score is None else parse_timestamp(score)
 
-        return record_types()[1](
+        return info(
             path=path,
-            record_count=int(count),
-            categories=sorted(as_text(c) for c in cats),
-            oldest_record=when(oldest),
-            newest_record=when(newest),
-            child_scopes=sorted(as_text(c) for c in children),
+            record_count=max(int(count), 0),
+            categories=sorted(name for name, n in categories.items() if n > 0),
+            oldest_record=when(oldest_at),
+            newest_record=when(newest_at),
+            child_scopes=child_scopes,
         )
 
-    def _p_list_scopes(self, parent: str) -> Plan[list[str]]:
+    def _p_list_scopes(self, parent: str, exclude: str | None = None) -> Plan[list[str]]:
         path = normalize_scope_prefix(parent, field="parent")
+        cut = _excluded(path, exclude)
+        if cut == path:
+            return []
         children = yield Call(["HKEYS", self.keys.children(path)])
-        return sorted(as_text(c) for c in children)
+        scopes = sorted(as_text(c) for c in children)
+        if cut is None:
+            return scopes
+        return (yield from self._p_children_outside(path, scopes, cut))
+
+    def _p_children_outside(self, path: str, children: list[str], cut: str) -> Plan[list[str]]:
+        """``path``'s child scopes ``children`` without the one holding only records
+        of the left-out subtree ``cut`` (a scope below ``path``)."""
+        via = path.rstrip("/") + "/" + cut[len(path.rstrip("/")) + 1 :].split("/", 1)[0]
+        if via not in children:
+            return children
+        if via != cut:  # the child is an ancestor of the cut: kept if it holds more
+            both = yield Pipeline([["ZCARD", self.keys.tree(via)], ["ZCARD", self.keys.tree(cut)]])
+            if int(both[0]) > int(both[1]):
+                return children
+        return [c for c in children if c != via]
+
+    def _p_edge_outside(self, tree: str, cut_tree: str, *, newest: bool) -> Plan[float | None]:
+        """The oldest (or newest) score of the zset ``tree`` among members not in
+        ``cut_tree``: pages from that end (growing, so a long run of left-out records
+        costs a few round trips), each checked with one ZMSCORE."""
+        start, size = 0, 16
+        while True:
+            members = yield Call(
+                ["ZRANGE", tree, str(start), str(start + size - 1), *(("REV",) if newest else ())]
+            )
+            if not members:
+                return None
+            inside = yield Call(["ZMSCORE", cut_tree, *(as_text(m) for m in members)])
+            for member, score in zip(members, inside):
+                if score is None:
+                    own = yield Call(["ZSCORE", tree, as_text(member)])
+                    if own is not None:  # (None: deleted meanwhile; the next one)
+                        return float(as_text(own)) if isinstance(own, bytes) else float(own)
+            if len(members) < size:
+                return None
+            start, size = start + size, min(size * 4, _EDGE_PAGE_MAX)
 
     def _p_visible(
-        self, scope_prefix: str | None, viewer: str | None
+        self, scope_prefix: str | None, viewer: str | None, exclude: str | None = None
     ) -> Plan[tuple[dict[str, int], list[str]]]:
         """Among the newest :data:`VISIBLE_CATEGORY_SCAN` records of a scope (and below)
         that ``viewer`` may see (public ones and its own private ones; ``None``: public
         ones only): category -> records carrying it, and the scope's child scopes that
         hold one. Read from the records (``categories``, ``vis`` and ``scope``, a page
-        per call), not from the counters, which count every source's private records."""
+        per call), not from the counters, which count every source's private records.
+        Records of the scope ``exclude`` and below are passed over."""
         check_source(viewer, "viewer")
         path = normalize_scope_prefix(scope_prefix)
+        cut = _excluded(path, exclude)
+        if cut == path:
+            return {}, []
         visible = {PUBLIC_TOKEN} if viewer is None else {PUBLIC_TOKEN, visibility_token(viewer)}
         counts: dict[str, int] = {}
         children: set[str] = set()
@@ -162,20 +219,65 @@ class ReadPlans(ServerPlans):
             for raw, vis, scope in zip(rows[::3], rows[1::3], rows[2::3]):
                 if raw is None or vis is None or as_text(vis) not in visible:
                     continue
+                text = as_text(scope) if scope is not None else path
+                if cut is not None and within_scope(text, cut):
+                    continue
                 for category in dict.fromkeys(json.loads(as_text(raw)) or []):
                     counts[category] = counts.get(category, 0) + 1
-                text = as_text(scope) if scope is not None else path
                 if text.startswith(under) and len(text) > len(under):
                     children.add(under + text[len(under) :].split("/", 1)[0])
             if len(rows) < 3 * _VISIBLE_PAGE:
                 break
         return counts, sorted(children)
 
-    def _p_list_categories(self, scope_prefix: str | None) -> Plan[dict[str, int]]:
+    def _p_list_categories(
+        self, scope_prefix: str | None, exclude: str | None = None
+    ) -> Plan[dict[str, int]]:
         path = normalize_scope_prefix(scope_prefix)
-        raw = yield Call(["HGETALL", self.keys.cats(path)])
-        items = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2])
-        return {as_text(k): int(v) for k, v in items if int(v) > 0}
+        cut = _excluded(path, exclude)
+        if cut == path:
+            return {}
+        if cut is None:
+            counts = _counts((yield Call(["HGETALL", self.keys.cats(path)])))
+        else:
+            whole, left_out = yield Pipeline(
+                [["HGETALL", self.keys.cats(path)], ["HGETALL", self.keys.cats(cut)]]
+            )
+            counts = _counts(whole)
+            for name, n in _counts(left_out).items():
+                counts[name] = counts.get(name, 0) - n
+        return {name: n for name, n in counts.items() if n > 0}
+
+
+#: The largest page :meth:`ReadPlans._p_edge_outside` reads in one round trip.
+_EDGE_PAGE_MAX = 4_096
+
+
+def _excluded(path: str, exclude: str | None) -> str | None:
+    """The normalized ``exclude`` scope when it is ``path`` or below it (a counter of
+    ``path`` then counts it), else ``None``; ``path`` itself when ``path`` is inside it."""
+    if exclude is None:
+        return None
+    cut = normalize_scope_prefix(exclude, field="exclude_scope")
+    if cut == "/":
+        raise ValidationError("exclude_scope must be a scope below the root, got '/'")
+    if within_scope(path, cut):
+        return path
+    return cut if within_scope(cut, path) else None
+
+
+def _counts(raw: Any) -> dict[str, int]:
+    """A counter hash's reply (a mapping or a flat list) as text -> int."""
+    items = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2])
+    return {as_text(k): int(v) for k, v in items}
+
+
+def _score(pair: Any) -> float | None:
+    """The score of a one-member ``ZRANGE ... WITHSCORES`` reply, or ``None``."""
+    if not pair:
+        return None
+    score = next(iter(pair.values())) if isinstance(pair, Mapping) else pair[1]
+    return float(as_text(score)) if isinstance(score, bytes) else float(score)
 
 
 def _sort_refused(exc: BaseException) -> bool:
