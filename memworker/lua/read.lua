@@ -26,6 +26,12 @@
 --   page:     scope, start, stop (ZREVRANGE ranks: newest first), nfields, field1..fieldN
 --             -> { dim, then the N fields of each record on the page, flattened }
 --                (list_records in one round trip)
+--   edges:    scope, cut (a scope below it)
+--             -> { oldest score, newest score } of the members of ns:tree:<scope> not in
+--                ns:tree:<cut> (false: none). Both sets order their members alike (score,
+--                then member), so from either end they agree rank by rank up to the first
+--                member outside the cut: that rank is found by galloping then bisecting,
+--                O(log n) single-member ZRANGEs, never a scan.
 --   scan:     scope, start, stop (ZRANGE ranks), with_tokens ("1"/"0")
 --             -> { ids joined by "\n", embeddings concatenated (records without one skipped),
 --                  token lines joined by "\n" (fields joined by "\t"), or "" }
@@ -113,6 +119,35 @@ elseif op == "records" or op == "page" then
     end
     for j = 1, nfields do out[n + j] = row[j] end
     n = n + nfields
+  end
+  return out
+elseif op == "edges" then
+  local tree, cut = ns .. ":tree:" .. ARGV[3], ns .. ":tree:" .. ARGV[4]
+  if redis.call("ZCARD", tree) <= redis.call("ZCARD", cut) then return { false, false } end
+  local out = {}
+  for e, cmd in ipairs({ "ZRANGE", "ZREVRANGE" }) do
+    local function agree(rank)
+      local c = redis.call(cmd, cut, rank, rank)
+      if #c == 0 then return false end
+      local t = redis.call(cmd, tree, rank, rank)
+      return #t > 0 and t[1] == c[1]
+    end
+    local lo, step = -1, 1 -- ranks 0..lo agree; lo + step is the next probe
+    while agree(lo + step) do
+      lo = lo + step
+      step = step * 2
+    end
+    local hi = lo + step -- the first rank known to differ
+    while hi - lo > 1 do
+      local mid = math.floor((lo + hi) / 2)
+      if agree(mid) then lo = mid else hi = mid end
+    end
+    local member = redis.call(cmd, tree, hi, hi)[1]
+    out[e] = false
+    -- (a member of the cut here: the sets do not order alike, e.g. a forged score)
+    if member and not redis.call("ZSCORE", cut, member) then
+      out[e] = redis.call("ZSCORE", tree, member)
+    end
   end
   return out
 elseif op == "scan" then

@@ -130,3 +130,87 @@ def test_the_async_faces_take_exclude_scope(pair):
     assert asyncio.run(main()) == (
         alone.get_scope_info("/"), alone.list_scopes("/"), alone.list_categories("/")
     )
+
+
+# ---------------------------------------------------------------- cost and window (review helper-95)
+def _steps(store: ValkeyStore) -> list:
+    """Record the steps (round trips) of every plan the store's sync face runs."""
+    steps: list = []
+    run = store._sync.run
+
+    def counted(plan):
+        def spy(inner):
+            reply = None
+            while True:
+                try:
+                    step = inner.send(reply)
+                except StopIteration as stop:
+                    return stop.value
+                steps.append(step)
+                reply = yield step
+
+        return run(spy(plan))
+
+    store._sync.run = counted
+    return steps
+
+
+def _newer_items(n: int, start: int = 0) -> list:
+    return [mk(f"lg{i}", scope=f"{CUT}/users/u{i % 3}", categories=["users"], embedding=None,
+               created=T0 + timedelta(days=1, seconds=i)) for i in range(start, start + n)]  # fmt: skip
+
+
+@pytest.mark.parametrize("crew", [False, True])
+def test_the_oldest_and_newest_outside_the_cut_cost_no_round_trip_per_left_out_record(store_factory, crew):
+    """5,000 left-out records newer than every crew record (or no crew record at all):
+    the edge search read them all, a page of up to 4,096 per round trip; now it is one
+    script call (O(log n) inside), none when nothing is left outside the cut."""
+    store = store_factory()
+    if crew:
+        store.save(_crew())
+    for start in range(0, 5_000, 1_000):
+        store.save(_newer_items(1_000, start))
+    steps = _steps(store)
+    info = store.get_scope_info("/", exclude_scope=CUT)
+    if crew:
+        assert info.record_count == 4
+        assert (info.oldest_record, info.newest_record) == (T0 + timedelta(hours=1), T0 + timedelta(hours=4))
+    else:
+        assert info.record_count == 0 and info.oldest_record is None and info.newest_record is None
+    assert len(steps) <= (3 if crew else 2), steps
+
+
+def test_the_recall_prompt_window_is_filled_with_records_outside_the_cut(pair, monkeypatch):
+    """``visible_summary`` counts a scope's newest records (10,000; 20 here): with the
+    cut's records newer than every crew record, the window held only left-out records,
+    so the recall's and field inference's prompts showed no scope and no category. It
+    now passes over them (reading at most VISIBLE_READ_MAX records)."""
+    from memworker.store.plans import read as read_mod
+
+    monkeypatch.setattr(read_mod, "VISIBLE_CATEGORY_SCAN", 20)
+    monkeypatch.setattr(read_mod, "_VISIBLE_PAGE", 10)
+    monkeypatch.setattr(read_mod, "VISIBLE_READ_MAX", 100)
+    alone, shared = pair
+    alone.save(_crew())
+    shared.save(_crew() + _newer_items(30))
+    want = alone.visible_summary("/", viewer=None)
+    assert want == ({"r": 1, "x": 2, "y": 1, "shared": 1}, ["/a", "/langgraphx"])
+    assert shared.visible_summary("/", viewer=None, exclude_scope=CUT) == want
+    # past VISIBLE_READ_MAX records of the cut, the window ends there (documented)
+    shared.save(_newer_items(100, start=30))
+    assert shared.visible_summary("/", viewer=None, exclude_scope=CUT) == ({}, [])
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 33])
+def test_ties_of_created_at_across_the_cut(pair, n):
+    """Records of one created_at, ids interleaved inside and outside the cut (a zset
+    orders ties by member): the search by rank still lands on a crew record."""
+    alone, shared = pair
+    crew = [mk(f"m{i:03d}b", scope="/a", created=T0) for i in range(n)]
+    left = [mk(f"m{i:03d}{c}", scope=f"{CUT}/x", created=T0) for i in range(n) for c in "ac"]
+    left += [mk("early", scope=f"{CUT}/x", created=T0 - timedelta(days=1)),
+             mk("late", scope=f"{CUT}/x", created=T0 + timedelta(days=1))]  # fmt: skip
+    alone.save(crew)
+    shared.save(crew + left)
+    got, want = shared.get_scope_info("/", exclude_scope=CUT), alone.get_scope_info("/")
+    assert got == want and got.oldest_record == got.newest_record == T0

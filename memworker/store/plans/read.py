@@ -25,6 +25,9 @@ from memworker.store.validate import MAX_PAGE, check_page, check_source, check_u
 #: read this many per script call.
 VISIBLE_CATEGORY_SCAN = 10_000
 _VISIBLE_PAGE = 1_000
+#: Most records :meth:`ReadPlans._p_visible` reads with ``exclude``, passing over the
+#: excluded ones to fill its window of :data:`VISIBLE_CATEGORY_SCAN` others.
+VISIBLE_READ_MAX = 5 * VISIBLE_CATEGORY_SCAN
 
 __all__ = ["READ_CHUNK", "ReadPlans", "decode_reply"]
 
@@ -132,8 +135,10 @@ class ReadPlans(ServerPlans):
             for name, n in _counts(replies[6]).items():
                 categories[name] = categories.get(name, 0) - n
             child_scopes = yield from self._p_children_outside(path, child_scopes, cut)
-            oldest_at = yield from self._p_edge_outside(tree, self.keys.tree(cut), newest=False)
-            newest_at = yield from self._p_edge_outside(tree, self.keys.tree(cut), newest=True)
+            oldest_at = newest_at = None  # (nothing outside the cut: nothing to look for)
+            if int(count) > 0:  # one atomic script call, O(log n) inside (read.lua)
+                edges = yield Script("read", ["edges", self.keys.prefix, path, cut])
+                oldest_at, newest_at = (None if e is None else float(as_text(e)) for e in edges)
 
         def when(score: float | None) -> datetime | None:
             return None if score is None else parse_timestamp(score)
@@ -170,27 +175,6 @@ class ReadPlans(ServerPlans):
                 return children
         return [c for c in children if c != via]
 
-    def _p_edge_outside(self, tree: str, cut_tree: str, *, newest: bool) -> Plan[float | None]:
-        """The oldest (or newest) score of the zset ``tree`` among members not in
-        ``cut_tree``: pages from that end (growing, so a long run of left-out records
-        costs a few round trips), each checked with one ZMSCORE."""
-        start, size = 0, 16
-        while True:
-            members = yield Call(
-                ["ZRANGE", tree, str(start), str(start + size - 1), *(("REV",) if newest else ())]
-            )
-            if not members:
-                return None
-            inside = yield Call(["ZMSCORE", cut_tree, *(as_text(m) for m in members)])
-            for member, score in zip(members, inside):
-                if score is None:
-                    own = yield Call(["ZSCORE", tree, as_text(member)])
-                    if own is not None:  # (None: deleted meanwhile; the next one)
-                        return float(as_text(own)) if isinstance(own, bytes) else float(own)
-            if len(members) < size:
-                return None
-            start, size = start + size, min(size * 4, _EDGE_PAGE_MAX)
-
     def _p_visible(
         self, scope_prefix: str | None, viewer: str | None, exclude: str | None = None
     ) -> Plan[tuple[dict[str, int], list[str]]]:
@@ -209,7 +193,10 @@ class ReadPlans(ServerPlans):
         counts: dict[str, int] = {}
         children: set[str] = set()
         under = "/" if path == "/" else path + "/"
-        for start in range(0, VISIBLE_CATEGORY_SCAN, _VISIBLE_PAGE):
+        # the window a namespace without the cut has: its newest records outside the cut
+        # (read past those of the cut, up to VISIBLE_READ_MAX records in all)
+        seen, start = 0, 0
+        while seen < VISIBLE_CATEGORY_SCAN and start < VISIBLE_READ_MAX:
             flat = yield Script(
                 "read",
                 ["page", self.keys.prefix, path, str(start), str(start + _VISIBLE_PAGE - 1),
@@ -217,10 +204,13 @@ class ReadPlans(ServerPlans):
             )  # fmt: skip
             rows = list(flat)[1:]  # after the namespace's dimension
             for raw, vis, scope in zip(rows[::3], rows[1::3], rows[2::3]):
-                if raw is None or vis is None or as_text(vis) not in visible:
-                    continue
                 text = as_text(scope) if scope is not None else path
-                if cut is not None and within_scope(text, cut):
+                if cut is not None and scope is not None and within_scope(text, cut):
+                    continue
+                if seen == VISIBLE_CATEGORY_SCAN:
+                    break
+                seen += 1
+                if raw is None or vis is None or as_text(vis) not in visible:
                     continue
                 for category in dict.fromkeys(json.loads(as_text(raw)) or []):
                     counts[category] = counts.get(category, 0) + 1
@@ -228,6 +218,7 @@ class ReadPlans(ServerPlans):
                     children.add(under + text[len(under) :].split("/", 1)[0])
             if len(rows) < 3 * _VISIBLE_PAGE:
                 break
+            start += _VISIBLE_PAGE
         return counts, sorted(children)
 
     def _p_list_categories(
@@ -247,10 +238,6 @@ class ReadPlans(ServerPlans):
             for name, n in _counts(left_out).items():
                 counts[name] = counts.get(name, 0) - n
         return {name: n for name, n in counts.items() if n > 0}
-
-
-#: The largest page :meth:`ReadPlans._p_edge_outside` reads in one round trip.
-_EDGE_PAGE_MAX = 4_096
 
 
 def _excluded(path: str, exclude: str | None) -> str | None:
