@@ -32,6 +32,14 @@
 --                then member), so from either end they agree rank by rank up to the first
 --                member outside the cut: that rank is found by galloping then bisecting,
 --                O(log n) single-member ZRANGEs, never a scan.
+--   outside:  scope, cut (a scope below it), start, k, n, nfields, field1..fieldN
+--             -> { dim, next start (-1: the end), next k, then the N fields of each of
+--                  the next (at most) n members of ns:tree:<scope>, newest first, that
+--                  are not in ns:tree:<cut>, flattened }
+--             (start: a rank of the scope's set, newest first; k: the members outside
+--             the cut at ranks below it; 0, 0 for the newest.) A member at rank j that is
+--             in the cut is the cut's member at rank j - k, so a run of cut members is
+--             skipped by galloping then bisecting (O(log run) single-member ZREVRANGEs).
 --   scan:     scope, start, stop (ZRANGE ranks), with_tokens ("1"/"0")
 --             -> { ids joined by "\n", embeddings concatenated (records without one skipped),
 --                  token lines joined by "\n" (fields joined by "\t"), or "" }
@@ -148,6 +156,54 @@ elseif op == "edges" then
     if member and not redis.call("ZSCORE", cut, member) then
       out[e] = redis.call("ZSCORE", tree, member)
     end
+  end
+  return out
+elseif op == "outside" then
+  local tree, cut = ns .. ":tree:" .. ARGV[3], ns .. ":tree:" .. ARGV[4]
+  local start, k, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+  local nfields = tonumber(ARGV[8])
+  local fields = {}
+  for j = 1, nfields do fields[j] = ARGV[8 + j] end
+  local function agree(rank) -- tree[rank] is the cut's member at rank - k
+    local c = redis.call("ZREVRANGE", cut, rank - k, rank - k)
+    if #c == 0 then return false end
+    local t = redis.call("ZREVRANGE", tree, rank, rank)
+    return #t > 0 and t[1] == c[1]
+  end
+  local ids, probes = {}, 0
+  while #ids < n and probes < 20000 do
+    local hi = start
+    if agree(start) then
+      local lo, step = start, 1
+      while agree(lo + step) do
+        lo = lo + step
+        step = step * 2
+      end
+      hi = lo + step
+      while hi - lo > 1 do
+        local mid = math.floor((lo + hi) / 2)
+        if agree(mid) then lo = mid else hi = mid end
+        probes = probes + 1
+      end
+    end
+    local member = redis.call("ZREVRANGE", tree, hi, hi)[1]
+    probes = probes + 1
+    if not member then
+      start = -1
+      break
+    end
+    start = hi + 1
+    -- (in the cut: the sets do not order alike, e.g. an index entry left behind)
+    if not redis.call("ZSCORE", cut, member) then
+      ids[#ids + 1] = member
+      k = k + 1
+    end
+  end
+  local out, m = { redis.call("HGET", ns .. ":meta", "dim") or "", start, k }, 3
+  for _, id in ipairs(ids) do
+    local row = redis.call("HMGET", ns .. ":rec:" .. id, unpack(fields))
+    for j = 1, nfields do out[m + j] = row[j] end
+    m = m + nfields
   end
   return out
 elseif op == "scan" then

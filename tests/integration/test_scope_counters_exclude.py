@@ -184,21 +184,40 @@ def test_the_recall_prompt_window_is_filled_with_records_outside_the_cut(pair, m
     """``visible_summary`` counts a scope's newest records (10,000; 20 here): with the
     cut's records newer than every crew record, the window held only left-out records,
     so the recall's and field inference's prompts showed no scope and no category. It
-    now passes over them (reading at most VISIBLE_READ_MAX records)."""
+    is now the newest records outside the cut, however many of the cut's are newer."""
     from memworker.store.plans import read as read_mod
 
     monkeypatch.setattr(read_mod, "VISIBLE_CATEGORY_SCAN", 20)
-    monkeypatch.setattr(read_mod, "_VISIBLE_PAGE", 10)
-    monkeypatch.setattr(read_mod, "VISIBLE_READ_MAX", 100)
+    monkeypatch.setattr(read_mod, "_VISIBLE_PAGE", 3)
     alone, shared = pair
-    alone.save(_crew())
-    shared.save(_crew() + _newer_items(30))
-    want = alone.visible_summary("/", viewer=None)
-    assert want == ({"r": 1, "x": 2, "y": 1, "shared": 1}, ["/a", "/langgraphx"])
-    assert shared.visible_summary("/", viewer=None, exclude_scope=CUT) == want
-    # past VISIBLE_READ_MAX records of the cut, the window ends there (documented)
-    shared.save(_newer_items(100, start=30))
-    assert shared.visible_summary("/", viewer=None, exclude_scope=CUT) == ({}, [])
+    crew = [mk(f"w{i:02d}", scope=f"/w/s{i % 4}", categories=[f"c{i}"], created=T0 + timedelta(minutes=i),
+               private=i % 5 == 0, source="s" if i % 5 == 0 else None) for i in range(30)]  # fmt: skip
+    left = _newer_items(200)  # newer than every crew record
+    left += [mk(f"mid{i}", scope=f"{CUT}/m", categories=["users"], embedding=None,
+                created=T0 + timedelta(minutes=i, seconds=30)) for i in range(30)]  # interleaved  # fmt: skip
+    alone.save(crew)
+    shared.save(crew + left)
+    for viewer in (None, "s"):
+        want = alone.visible_summary("/", viewer=viewer)
+        assert len(want[0]) >= 14, want  # the 20 newest crew records, less the private ones
+        assert shared.visible_summary("/", viewer=viewer, exclude_scope=CUT) == want
+        assert shared.visible_summary("/w", viewer=viewer, exclude_scope=CUT) == alone.visible_summary(
+            "/w", viewer=viewer
+        )
+
+
+def test_the_window_passes_over_the_cut_in_a_few_script_calls(store_factory):
+    """5,000 of the cut's records newer than the crew's 4: one script call (it read
+    every page of them before, 10,000 records at most)."""
+    store = store_factory()
+    store.save(_crew())
+    for start in range(0, 5_000, 1_000):
+        store.save(_newer_items(1_000, start))
+    steps = _steps(store)
+    assert store.visible_summary("/", viewer=None, exclude_scope=CUT) == (
+        {"r": 1, "x": 2, "y": 1, "shared": 1}, ["/a", "/langgraphx"]
+    )
+    assert len(steps) == 1, steps
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 33])
@@ -214,3 +233,60 @@ def test_ties_of_created_at_across_the_cut(pair, n):
     shared.save(crew + left)
     got, want = shared.get_scope_info("/", exclude_scope=CUT), alone.get_scope_info("/")
     assert got == want and got.oldest_record == got.newest_record == T0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_layouts_give_the_answers_of_a_namespace_without_the_cut(pair, monkeypatch, seed):
+    """Random records inside and outside the cut, many sharing a created_at (ties are
+    ordered by id), checked with a small window and page (7 and 3) so that every run
+    length and page boundary occurs."""
+    import random
+
+    from memworker.store.plans import read as read_mod
+
+    monkeypatch.setattr(read_mod, "VISIBLE_CATEGORY_SCAN", 7)
+    monkeypatch.setattr(read_mod, "_VISIBLE_PAGE", 3)
+    rng = random.Random(seed)
+    alone, shared = pair
+    crew, left = [], []
+    for i in range(rng.randint(1, 60)):
+        when = T0 + timedelta(seconds=rng.randint(0, 12))
+        if rng.random() < rng.choice([0.2, 0.5, 0.9]):
+            left.append(mk(f"{rng.randint(0, 99):02d}L{i}", scope=f"{CUT}/u{rng.randint(0, 2)}",
+                           categories=["users"], embedding=None, created=when))  # fmt: skip
+        else:
+            crew.append(mk(f"{rng.randint(0, 99):02d}C{i}", scope=rng.choice(["/", "/a", "/a/b", "/z"]),
+                           categories=[f"c{rng.randint(0, 9)}"], created=when))  # fmt: skip
+    if crew:
+        alone.save(crew)
+    shared.save(crew + left)
+    for path in ("/", "/a"):
+        assert _figures(shared, path, CUT) == _figures(alone, path, None), (seed, path)
+
+
+def test_a_long_run_of_the_cut_costs_the_server_a_few_steps(own_plain_server):
+    """A crew record, then 25,000 of the cut's records, then older crew records: the
+    read script skips the run by rank (galloping, then bisecting), a few dozen
+    single-member reads, not one per record (counted on a server of this test alone)."""
+    import valkey
+
+    store = ValkeyStore(own_plain_server.url, namespace="runs", search_mode="exact")
+    raw = valkey.Valkey(host="127.0.0.1", port=own_plain_server.port)
+    try:
+        crew = [mk("newest", scope="/a", created=T0 + timedelta(days=9))]
+        crew += [mk(f"old{i}", scope="/z", categories=["o"], created=T0 - timedelta(days=1, seconds=i))
+                 for i in range(5)]  # fmt: skip
+        store.save(crew)
+        for start in range(0, 25_000, 5_000):
+            store.save(_newer_items(5_000, start))
+
+        def reads() -> int:
+            return int(raw.info("commandstats").get("cmdstat_zrevrange", {}).get("calls", 0))
+
+        before = reads()
+        assert store.visible_summary("/", viewer=None, exclude_scope=CUT) == ({"o": 5}, ["/a", "/z"])
+        assert reads() - before < 500, reads() - before
+    finally:
+        store.reset()
+        store.close()
+        raw.close()

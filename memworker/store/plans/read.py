@@ -25,9 +25,6 @@ from memworker.store.validate import MAX_PAGE, check_page, check_source, check_u
 #: read this many per script call.
 VISIBLE_CATEGORY_SCAN = 10_000
 _VISIBLE_PAGE = 1_000
-#: Most records :meth:`ReadPlans._p_visible` reads with ``exclude``, passing over the
-#: excluded ones to fill its window of :data:`VISIBLE_CATEGORY_SCAN` others.
-VISIBLE_READ_MAX = 5 * VISIBLE_CATEGORY_SCAN
 
 __all__ = ["READ_CHUNK", "ReadPlans", "decode_reply"]
 
@@ -193,32 +190,37 @@ class ReadPlans(ServerPlans):
         counts: dict[str, int] = {}
         children: set[str] = set()
         under = "/" if path == "/" else path + "/"
-        # the window a namespace without the cut has: its newest records outside the cut
-        # (read past those of the cut, up to VISIBLE_READ_MAX records in all)
-        seen, start = 0, 0
-        while seen < VISIBLE_CATEGORY_SCAN and start < VISIBLE_READ_MAX:
-            flat = yield Script(
-                "read",
-                ["page", self.keys.prefix, path, str(start), str(start + _VISIBLE_PAGE - 1),
-                 "3", "categories", "vis", "scope"],
-            )  # fmt: skip
-            rows = list(flat)[1:]  # after the namespace's dimension
-            for raw, vis, scope in zip(rows[::3], rows[1::3], rows[2::3]):
-                text = as_text(scope) if scope is not None else path
-                if cut is not None and scope is not None and within_scope(text, cut):
-                    continue
-                if seen == VISIBLE_CATEGORY_SCAN:
+        # the window a namespace without the cut has: its newest records outside the
+        # cut (the read script passes over runs of the cut's records by rank)
+        seen, start, k = 0, 0, 0
+        while seen < VISIBLE_CATEGORY_SCAN and start >= 0:
+            size = min(_VISIBLE_PAGE, VISIBLE_CATEGORY_SCAN - seen)
+            if cut is None:
+                flat = yield Script(
+                    "read",
+                    ["page", self.keys.prefix, path, str(start), str(start + size - 1),
+                     "3", "categories", "vis", "scope"],
+                )  # fmt: skip
+                rows = list(flat)[1:]  # after the namespace's dimension
+                start = start + size if len(rows) == 3 * size else -1
+            else:
+                flat = yield Script(
+                    "read",
+                    ["outside", self.keys.prefix, path, cut, str(start), str(k), str(size),
+                     "3", "categories", "vis", "scope"],
+                )  # fmt: skip
+                start, k, rows = int(flat[1]), int(flat[2]), list(flat)[3:]
+                if not rows and start >= 0:  # (no progress within the script's probes)
                     break
-                seen += 1
+            seen += len(rows) // 3
+            for raw, vis, scope in zip(rows[::3], rows[1::3], rows[2::3]):
                 if raw is None or vis is None or as_text(vis) not in visible:
                     continue
                 for category in dict.fromkeys(json.loads(as_text(raw)) or []):
                     counts[category] = counts.get(category, 0) + 1
+                text = as_text(scope) if scope is not None else path
                 if text.startswith(under) and len(text) > len(under):
                     children.add(under + text[len(under) :].split("/", 1)[0])
-            if len(rows) < 3 * _VISIBLE_PAGE:
-                break
-            start += _VISIBLE_PAGE
         return counts, sorted(children)
 
     def _p_list_categories(
