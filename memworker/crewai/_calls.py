@@ -129,7 +129,9 @@ class PrivacyView:
         scope = self.inside(parent)
         if self._include_private:
             return [scope, *self._store.list_scopes(scope, exclude_scope=LANGGRAPH_ROOT)]
-        return [scope, *self._store.visible_scopes(scope, viewer=self._viewer, exclude_scope=LANGGRAPH_ROOT)]
+        return [scope, *self._store.visible_scopes(
+            scope, viewer=self._viewer, exclude_scope=LANGGRAPH_ROOT
+        )]  # fmt: skip
 
     def get_scope_info(self, scope: Any) -> Any:
         """The scope's info for the LLM's query analysis; without ``include_private``,

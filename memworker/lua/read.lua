@@ -63,6 +63,33 @@ local function stream_info()
   return added, length, last
 end
 
+-- The first rank >= start of the zset `tree`, in `cmd`'s order (ZRANGE: oldest first,
+-- ZREVRANGE: newest first), whose member is not in its subset `cut`, given k members
+-- outside the cut at the ranks below start; and the bisection steps it took. A member
+-- at rank j inside the cut is the cut's member at rank j - k (both order alike: score,
+-- then member), so the run of cut members is skipped by galloping then bisecting.
+local function first_outside(cmd, tree, cut, start, k)
+  local function agree(rank)
+    local c = redis.call(cmd, cut, rank - k, rank - k)
+    if #c == 0 then return false end
+    local t = redis.call(cmd, tree, rank, rank)
+    return #t > 0 and t[1] == c[1]
+  end
+  if not agree(start) then return start, 0 end
+  local lo, step, steps = start, 1, 0
+  while agree(lo + step) do
+    lo = lo + step
+    step = step * 2
+  end
+  local hi = lo + step -- the first rank known to differ
+  while hi - lo > 1 do
+    local mid = math.floor((lo + hi) / 2)
+    if agree(mid) then lo = mid else hi = mid end
+    steps = steps + 1
+  end
+  return hi, steps
+end
+
 if op == "sync" then
   local added, length = stream_info()
   local out = {
@@ -134,22 +161,7 @@ elseif op == "edges" then
   if redis.call("ZCARD", tree) <= redis.call("ZCARD", cut) then return { false, false } end
   local out = {}
   for e, cmd in ipairs({ "ZRANGE", "ZREVRANGE" }) do
-    local function agree(rank)
-      local c = redis.call(cmd, cut, rank, rank)
-      if #c == 0 then return false end
-      local t = redis.call(cmd, tree, rank, rank)
-      return #t > 0 and t[1] == c[1]
-    end
-    local lo, step = -1, 1 -- ranks 0..lo agree; lo + step is the next probe
-    while agree(lo + step) do
-      lo = lo + step
-      step = step * 2
-    end
-    local hi = lo + step -- the first rank known to differ
-    while hi - lo > 1 do
-      local mid = math.floor((lo + hi) / 2)
-      if agree(mid) then lo = mid else hi = mid end
-    end
+    local hi = first_outside(cmd, tree, cut, 0, 0)
     local member = redis.call(cmd, tree, hi, hi)[1]
     out[e] = false
     -- (a member of the cut here: the sets do not order alike, e.g. a forged score)
@@ -164,30 +176,11 @@ elseif op == "outside" then
   local nfields = tonumber(ARGV[8])
   local fields = {}
   for j = 1, nfields do fields[j] = ARGV[8 + j] end
-  local function agree(rank) -- tree[rank] is the cut's member at rank - k
-    local c = redis.call("ZREVRANGE", cut, rank - k, rank - k)
-    if #c == 0 then return false end
-    local t = redis.call("ZREVRANGE", tree, rank, rank)
-    return #t > 0 and t[1] == c[1]
-  end
   local ids, probes = {}, 0
   while #ids < n and probes < 20000 do
-    local hi = start
-    if agree(start) then
-      local lo, step = start, 1
-      while agree(lo + step) do
-        lo = lo + step
-        step = step * 2
-      end
-      hi = lo + step
-      while hi - lo > 1 do
-        local mid = math.floor((lo + hi) / 2)
-        if agree(mid) then lo = mid else hi = mid end
-        probes = probes + 1
-      end
-    end
+    local hi, steps = first_outside("ZREVRANGE", tree, cut, start, k)
     local member = redis.call("ZREVRANGE", tree, hi, hi)[1]
-    probes = probes + 1
+    probes = probes + steps + 1
     if not member then
       start = -1
       break
