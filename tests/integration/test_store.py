@@ -22,6 +22,7 @@ from crewai.memory.storage.backend import EmbeddingDimensionMismatchError
 
 from memworker import ValidationError, ValkeyStore
 from memworker.records import record_types
+from memworker.testing import ThrowawayCluster
 
 ON_CLUSTER = True  # also on the test clusters (tests/conftest.py)
 
@@ -1211,18 +1212,39 @@ def test_side_index_keys_are_gone_after_everything_is_deleted(store: ValkeyStore
     assert left == []
 
 
-def test_reads_do_not_scan(store: ValkeyStore, raw: Any) -> None:
+def test_reads_do_not_scan(server: Any, namespace: str, store: ValkeyStore) -> None:
+    """The reads run as an ACL user refused every keyspace scan (``SCAN``, ``KEYS``,
+    ``HSCAN``, ``SSCAN``, ``ZSCAN``): a read that scanned would fail with ``NOPERM``. The
+    refusal is this test's own connection's, so nothing else on the shared server can
+    make it pass or fail (the server's ``commandstats`` counted every client's scans)."""
+    import valkey
+
     store.save(_tree_data())
-    raw.config_resetstat()
-    store.search(vec(1), scope_prefix="/a", categories=["x"])
-    store.list_records("/a")
-    store.count("/a")
-    store.get_scope_info("/a")
-    store.list_scopes("/a")
-    store.list_categories("/a")
-    store.get_record("a")
-    stats = raw.info("commandstats")
-    assert not any(name in stats for name in ("cmdstat_scan", "cmdstat_keys", "cmdstat_hscan"))
+    ports = server.ports if isinstance(server, ThrowawayCluster) else [server.port]
+    user, password = f"noscan{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    rules = ["on", f">{password}", "~*", "&*", "+@all", "-scan", "-keys", "-hscan", "-sscan", "-zscan"]
+    nodes = [valkey.Valkey(host="127.0.0.1", port=p) for p in ports]
+    for node in nodes:
+        node.execute_command("ACL", "SETUSER", user, *rules)
+    url = server.url.replace("://", f"://{user}:{password}@", 1)
+    reader = ValkeyStore(url, namespace=namespace, search_mode="module" if server.module else "exact")
+    try:
+        refused = valkey.Valkey(host="127.0.0.1", port=ports[0], username=user, password=password)
+        with pytest.raises(valkey.exceptions.NoPermissionError):  # the rule holds
+            refused.scan(0)
+        refused.close()
+        assert id_set(reader.search(vec(1), scope_prefix="/a", categories=["x"]))
+        assert reader.list_records("/a")
+        assert reader.count("/a") > 0
+        assert reader.get_scope_info("/a").record_count > 0
+        assert reader.list_scopes("/a")
+        assert reader.list_categories("/a")
+        assert reader.get_record("a") is not None
+    finally:
+        reader.close()
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", user)
+            node.close()
 
 
 # ============================================================================ module == exact
