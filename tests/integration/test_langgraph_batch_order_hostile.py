@@ -289,8 +289,8 @@ def _record_versions(monkeypatch) -> list[tuple[int, Any]]:
     lock = threading.Lock()
     real = lg_mod.next_version
 
-    def observed() -> int:
-        ver = real()
+    def observed(*args: float) -> int:
+        ver = real(*args)
         tags = _TAGS.get()
         with lock:
             seen.append((ver, next(tags) if tags is not None else None))
