@@ -28,6 +28,7 @@ an outcome from a fixed set, the model id and the backend.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -36,6 +37,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from memworker.settings import Settings
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MULTIPROC_ENV",
@@ -343,15 +346,65 @@ class QueueCollector:
             yield family
 
 
+#: Scrapes ``serve_metrics`` serves at once; a connection past them is closed at once.
+METRICS_CONNECTIONS = 16
+#: Seconds a scrape's connection may stay silent before it is dropped.
+METRICS_IDLE_S = 10.0
+
+
 def serve_metrics(settings: Settings, port: int, address: str = "0.0.0.0") -> Any:  # noqa: S104
     """Serve ``/metrics`` on ``port``: every worker process's samples (multiprocess
     mode) and the queue's gauges. Call it after ``PROMETHEUS_MULTIPROC_DIR`` is set.
-    Returns the server (``shutdown()`` stops it)."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    Returns the server (``shutdown()`` stops it, ``server_close()`` frees the port).
+
+    A thread per scrape, as prometheus_client's own server, but at most
+    :data:`METRICS_CONNECTIONS` at once and none held past :data:`METRICS_IDLE_S` of
+    silence: its server kept a thread for every connection, for as long as the peer
+    kept it open, so anyone who could reach the port could use up the worker process's
+    threads."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    class Handler(WSGIRequestHandler):
+        timeout = METRICS_IDLE_S  # the socket's: a silent peer is dropped
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - no access log
+            pass
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self.slots.acquire(blocking=False):  # busy: closed, no thread
+                self.shutdown_request(request)
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            log.debug("a /metrics connection ended in an error (a timeout, a hang-up)")
+
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    Server.address_family = family  # an IPv6 address too
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(QueueCollector(settings))
-    server, _thread = start_http_server(port, addr=address, registry=registry)
+    server = make_server(str(sockaddr[0]), port, make_wsgi_app(registry), Server, handler_class=Handler)
+    threading.Thread(target=server.serve_forever, name="memworker-metrics", daemon=True).start()
     return server

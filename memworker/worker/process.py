@@ -362,6 +362,7 @@ def _metrics_server(settings: Settings, port: int | None) -> Iterator[None]:
     finally:
         if server is not None:
             server.shutdown()
+            server.server_close()
         if previous is None:
             os.environ.pop(MULTIPROC_ENV, None)
         else:

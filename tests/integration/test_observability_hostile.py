@@ -321,3 +321,42 @@ def test_retention_set_refuses_a_hostile_scope_as_a_usage_error(plain_server, na
     with ValkeyStore(Settings.from_url(plain_server.url, namespace=namespace, search_mode="exact")) as store:
         assert store.retention() == {}
     assert code == EXIT_USAGE, (code, out.err[:300])
+
+
+def test_the_metrics_server_bounds_the_connections_a_silent_peer_holds(plain_server, namespace, monkeypatch, tmp_path) -> None:
+    """``/metrics`` listens on every interface by default (for Prometheus in another
+    container). prometheus_client's server started a thread per connection and never
+    dropped a silent one: 200 half-sent requests held 200 threads for good (review
+    helper-97), and enough of them stop a worker process from starting any thread.
+    Now at most ``METRICS_CONNECTIONS`` are served at once (the others are closed at
+    once), a silent one is dropped after ``METRICS_IDLE_S``, and scrapes work again."""
+    import socket
+    import threading
+
+    from memworker import metrics
+
+    monkeypatch.setattr(metrics, "METRICS_IDLE_S", 1.0)
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    settings = Settings.from_url(plain_server.url, namespace=namespace, search_mode="exact")
+    port = free_port()
+    before = threading.active_count()
+    server = metrics.serve_metrics(settings, port, "127.0.0.1")
+    peers = []
+    try:
+        for _ in range(200):
+            peer = socket.create_connection(("127.0.0.1", port), timeout=5)
+            peer.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+            peers.append(peer)
+        time.sleep(0.5)
+        held = threading.active_count() - before
+        assert held <= metrics.METRICS_CONNECTIONS + 2, held  # + the serving thread
+        deadline = time.monotonic() + 30
+        while threading.active_count() - before > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert threading.active_count() - before <= 1  # the silent ones were dropped
+        assert "memworker_valkey_up" in _scrape(port)
+    finally:
+        for peer in peers:
+            peer.close()
+        server.shutdown()
+        server.server_close()
