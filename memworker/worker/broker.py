@@ -77,6 +77,20 @@ WORKER_TIMEOUT_MS = 1_000
 RECONCILE_INTERVAL_S = 5.0
 
 
+#: dramatiq options that decide how a message runs or fails, read from the message
+#: before its actor's: memworker's producer never sets them, and a forged one made
+#: dramatiq misbehave (``throws="x"``: its ``isinstance(exc, throws)`` raised in its
+#: ``except`` block, the worker thread died and the job was acked unreported; the
+#: others would override the worker's retry policy, chain another actor, or time it
+#: out). A message that sets one is dead-lettered (:meth:`WakeConsumer._fault`).
+FAILURE_OPTIONS = frozenset({
+    "throws", "max_retries", "min_backoff", "max_backoff", "retry_when", "on_retry_exhausted",
+    "on_success", "on_failure", "pipe_target", "pipe_ignore", "time_limit", "max_age",
+    "notify_shutdown", "store_results", "result_ttl", "group_completion_callbacks",
+    "group_completion_uuid",
+})
+
+
 class WakeConsumer(compat.RedisConsumer):
     """dramatiq's Redis consumer, with the idle wait blocked on a wake-up list
     instead of a sleep, a heartbeat while prefetch is full, and undecodable
@@ -286,6 +300,9 @@ class WakeConsumer(compat.RedisConsumer):
             or not math.isfinite(stamp)  # JSON's NaN: the metrics after the commit raised
         ):
             return "JobPayloadError: the message's id or timestamp is malformed"
+        forged = sorted(FAILURE_OPTIONS.intersection(message.options))
+        if forged:  # dramatiq reads them before the actor's own
+            return "JobPayloadError: the message sets dramatiq option(s) " + ", ".join(map(repr, forged))
         return None
 
     def _ids_of(self, bodies: list[bytes]) -> list[str | None]:

@@ -510,3 +510,43 @@ def test_dead_list_names_the_job_of_a_truncated_message_its_drain_reported(
     rows = dead_list(qsettings)
     assert len(rows) == 1
     assert rows[0].get("job_id") == job_id and rows[0].get("producer") == "evil", rows[0]
+
+
+#: dramatiq options a message can set that decide how its failure is handled (read
+#: before the actor's own); memworker's producer sets none of them.
+FAILURE_OPTIONS: list[tuple[str, Any]] = [
+    ("throws", "x"), ("throws", ["ValueError"]), ("retry_when", "x"), ("max_retries", "x"),
+    ("min_backoff", "x"), ("on_failure", "x"), ("on_retry_exhausted", "x"),
+    ("pipe_target", {"actor_name": "memworker.save", "args": []}),
+]
+
+
+@pytest.mark.parametrize(("option", "value"), FAILURE_OPTIONS, ids=[f"{o}={v!r}" for o, v in FAILURE_OPTIONS])
+def test_a_failing_job_with_a_forged_failure_option_is_reported_and_the_worker_runs_on(
+    queue_server, qsettings, rawq, hostile, workers, option, value  # noqa: F811
+) -> None:
+    """A job the worker refuses (an item with no content) whose message also sets one of
+    dramatiq's failure options. ``throws="x"`` made dramatiq's ``isinstance(exc,
+    throws)`` raise in its ``except`` block: the worker thread died, the job was acked
+    with no dead letter and no failure, and its producer's drain waited it out (review
+    helper-97). Each such message is dead-lettered and reported failed, naming the
+    option; the threads stay alive and the jobs after it commit."""
+    keys = QueueKeys(qsettings.namespace)
+    with MemoryQueue(qsettings, producer_id="evil") as q:
+        forged = []
+        for n in range(2):  # one per worker thread
+            job_id, _ = q.enqueue_encode_job(crewai_items(f"bad{n}", 1))
+            redis_id, msg = find_message(rawq, keys, job_id)
+            msg["options"][option] = value
+            msg["args"][0]["items"][0]["content"] = ""
+            rawq.hset(keys.msgs(), redis_id, json.dumps(msg))
+            forged.append(job_id)
+        good, _ = q.enqueue_encode_job(crewai_items("good", 2))
+        _, worker = workers(qsettings, inflight_records=0)
+        report = q.drain(timeout=60, job_ids=[*forged, good])
+        alive = [t.is_alive() for t in worker.workers]
+    assert sorted(f.job_id for f in report.failed) == sorted(forged), report
+    assert report.committed == 1, report
+    assert all(alive), alive
+    assert all(repr(option) in f.error for f in report.failed), report.failed
+    assert sorted(r["job_id"] for r in dead_list(qsettings)) == sorted(forged)
