@@ -17,10 +17,9 @@ How LangGraph's model maps onto the store (:class:`~memworker.store.ValkeyStore`
 - The value's top-level fields are metadata keys ``=<field>`` (JSON: types kept), so
   equality filters run in the query through the store's filter tokens; ``key`` and
   ``ttl`` (minutes) are bookkeeping keys.
-- Each put carries a version (microseconds by the server's clock as the putting
-  store estimates it, strictly increasing in a process): a later put of a key is
-  never overwritten by an earlier one, whatever order the workers commit them in
-  (``lua/store.lua``) and whatever the putting hosts' clocks say. A delete is versioned too, applied at
+- Each put carries a version (microseconds, strictly increasing in a process): a
+  later put of a key is never overwritten by an earlier one, whatever order the
+  workers commit them in (``lua/store.lua``). A delete is versioned too, applied at
   once, and leaves a tombstone so that an earlier put still in the queue cannot
   bring the item back.
 - TTL: an item with a TTL has an expiry (ms) in ``{ns}:expiry``; reads hide it once
@@ -44,7 +43,7 @@ import time
 import uuid
 from time import monotonic as _monotonic
 from collections.abc import Callable, Generator, Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
@@ -117,18 +116,14 @@ T = TypeVar("T")
 
 _clock_lock = threading.Lock()
 _clock_last = 0
-_EPOCH = datetime(1970, 1, 1)
 
 
-def next_version(offset_ms: float = 0.0) -> int:
+def next_version() -> int:
     """A version for a put or delete: the time in microseconds, strictly increasing
-    within the process (two puts of a key from one process never tie). ``offset_ms``:
-    the server's clock less this host's, as the putting store estimates it
-    (``QueuedStore._p_offset_ms``), so that hosts whose clocks disagree order their
-    puts of one key by one clock."""
+    within the process (two puts of a key from one process never tie)."""
     global _clock_last
     with _clock_lock:
-        now = time.time_ns() // 1000 + int(offset_ms * 1000)
+        now = time.time_ns() // 1000
         _clock_last = now if now > _clock_last else _clock_last + 1
         return _clock_last
 
@@ -709,10 +704,8 @@ class QueuedStore(BaseStore):
         self._embed_lock = threading.Lock()
         self._sweep_set = False
         #: The server's clock less this host's (ms), and when it was read (monotonic s):
-        #: what versions, ``created_at`` and TTL expiries are stamped and checked by
-        #: (_p_offset_ms).
+        #: what TTL expiries are stamped and checked by (_p_now_ms).
         self._clock: tuple[float, float] | None = None
-        self._clock_lock = threading.Lock()
 
     # ------------------------------------------------------------------ config
     def _check_index(self, index: IndexConfig | None) -> dict[str, Any] | None:
@@ -1033,10 +1026,13 @@ class QueuedStore(BaseStore):
         """Send one batch's writes, one op per key. ``fresh``: keys whose put follows a
         delete in the batch: that delete goes first (an earlier version), so the put
         makes a new item."""
-        deletes: list[list[Any]] = []  # [record id, version]
-        cleared: list[list[Any]] = []
-        built: list[tuple[dict[str, Any], str]] = []  # each put with a value: (item, text)
-        stamped: list[Any] = []  # what gets a version, in the batch's order
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now_ms: int | None = None  # the server's clock, read for the first put with a TTL
+        deletes: list[tuple[str, int]] = []
+        cleared: list[tuple[str, int]] = []
+        encode: list[dict[str, Any]] = []
+        save: list[dict[str, Any]] = []
+        local: list[tuple[dict[str, Any], str]] = []
         for op in puts:
             if not isinstance(op.key, str) or not op.key:
                 raise ValidationError("key must be a non-empty string")
@@ -1046,11 +1042,10 @@ class QueuedStore(BaseStore):
                 )
             rid = record_id(op.namespace, op.key)
             if op.value is not None and fresh and (tuple(op.namespace), op.key) in fresh:
-                cleared.append([rid, 0])
-                stamped.append(cleared[-1])
+                cleared.append((rid, next_version()))
+            ver = next_version()
             if op.value is None:
-                deletes.append([rid, 0])
-                stamped.append(deletes[-1])
+                deletes.append((rid, ver))
                 continue
             if not isinstance(op.value, dict):
                 raise ValidationError(f"value of {shown(op.key)} must be a dict, got {type(op.value).__name__}")
@@ -1072,31 +1067,19 @@ class QueuedStore(BaseStore):
                     raise ValidationError(f"value of {shown(op.key)}: field names must be strings")
                 metadata[_FIELD + field] = value
             text = self._texts(op, metadata)
-            item: dict[str, Any] = {"id": rid, "scope": scope, "categories": [path], "metadata": metadata}
+            item: dict[str, Any] = {
+                "id": rid,
+                "scope": scope,
+                "categories": [path],
+                "metadata": metadata,
+                "created_at": now,
+                "ver": ver,
+            }
             if minutes is not None:
                 item["ttl"] = int(minutes * 60_000)
-            stamped.append(item)
-            built.append((item, text))
-        # Validated, then stamped by the server's clock as this store estimates it
-        # (one TIME read a minute): hosts whose clocks disagree still order their puts
-        # of a key by when they were made, and agree on created_at and expiries.
-        offset = self._offset_now()
-        now_us = time.time_ns() // 1000 + int(offset * 1000)
-        now_ms = now_us // 1000
-        now = _EPOCH + timedelta(microseconds=now_us)  # naive UTC, as the records' dates
-        for entry in stamped:
-            if isinstance(entry, dict):
-                entry["created_at"] = now
-                entry["ver"] = next_version(offset)
-                if "ttl" in entry:
-                    entry["exp"] = now_ms + entry["ttl"]
-            else:
-                entry[1] = next_version(offset)
-        yield from self._p_offset_ms()  # read again if stale, for the next puts
-        encode: list[dict[str, Any]] = []
-        save: list[dict[str, Any]] = []
-        local: list[tuple[dict[str, Any], str]] = []
-        for item, text in built:
+                if now_ms is None:
+                    now_ms = yield from self._p_now_ms()
+                item["exp"] = now_ms + item["ttl"]
             if text and self.index_config and self.index_config["embeddings"] is None:
                 encode.append({**item, "text": text})
             elif text:
@@ -1118,7 +1101,7 @@ class QueuedStore(BaseStore):
         encode_jobs = self._jobs(prepared, prepared) if len(prepared) > 1 or cleared else []
         save_jobs = self._jobs(save, [self._save_item(item) for item in save])
         if cleared:  # before the puts: a tombstone older than each put, then the put
-            yield ("s", "delete_versioned", ([(r, v) for r, v in cleared],))
+            yield ("s", "delete_versioned", (cleared,))
         if len(prepared) == 1:
             yield ("g", "", (prepared[0],))  # with other threads' puts, as one job
         else:
@@ -1133,7 +1116,7 @@ class QueuedStore(BaseStore):
                 yield ("s", "set_sweep_interval", (max(1, int(minutes * 60_000)),))
             self._sweep_set = True
         if deletes:
-            yield ("s", "delete_versioned", ([(r, v) for r, v in deletes],))
+            yield ("s", "delete_versioned", (deletes,))
 
     @staticmethod
     def _save_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -1216,54 +1199,25 @@ class QueuedStore(BaseStore):
         return bool((self.ttl_config or {}).get("refresh_on_read", True))
 
     def _p_now_ms(self) -> _Plan:
-        """Now by the server's clock (ms), as :meth:`_p_offset_ms` estimates it."""
-        offset = yield from self._p_offset_ms()
-        return int(time.time() * 1000 + offset)
-
-    def _p_offset_ms(self) -> _Plan:
-        """The server's clock less this host's (ms), read again at most every
-        :data:`_CLOCK_REFRESH_S` (one ``TIME``). Versions, ``created_at`` and expiries
-        are stamped by it, and expiries checked: hosts whose clocks disagree (NTP off,
-        a VM resumed) agree on which of two puts of a key came later and on when an
-        item expires. 0 (this host's clock) for a user refused ``TIME``."""
+        """Now by the server's clock (ms): this host's clock plus its offset from the
+        server's, read again at most every :data:`_CLOCK_REFRESH_S` (one ``TIME``).
+        Expiries are stamped and checked by it: hosts whose clocks disagree (NTP off,
+        a VM resumed) agree on when an item expires."""
         clock = self._clock
         if clock is None or _monotonic() - clock[1] > _CLOCK_REFRESH_S:
             before = time.time()
             server = yield ("s", "server_time_ms", ())
-            return self._learn_clock(server, before, time.time())
-        return clock[0]
-
-    def _learn_clock(self, server: int | None, before: float, after: float) -> float:
-        """Keep the offset of a ``TIME`` reply (``None``: refused) read between this
-        host's ``before`` and ``after``."""
-        if server is None:  # refused (an ACL user without TIME): this host's clock
-            if self._clock is None:
-                log.warning(
-                    "the server refused TIME: this store stamps versions and TTL expiries, "
-                    "and checks expiries, by its host's clock; grant +time to its user to "
-                    "use the server's"
-                )
-            self._clock = (0.0, _monotonic())
-        else:
-            self._clock = (offset_ms(server, before, after), _monotonic())
-        return self._clock[0]
-
-    def _offset_now(self) -> float:
-        """The offset a put's versions are stamped with, without a step: the one known
-        (a stale one is read again after the stamps, by :meth:`_p_offset_ms`), or, at
-        a store's first put, one ``TIME`` read now through its sync client (also from
-        ``aput``: once per store). A put never waits for another's read between its
-        call and its stamps, so one process's puts are stamped in the order they were
-        made (tasks of one event loop included), whatever order reads return in."""
-        clock = self._clock
-        if clock is None:
-            with self._clock_lock:
-                clock = self._clock
+            after = time.time()
+            if server is None:  # refused (an ACL user without TIME): this host's clock
                 if clock is None:
-                    before = time.time()
-                    server = self.store.server_time_ms()
-                    return self._learn_clock(server, before, time.time())
-        return clock[0]
+                    log.warning(
+                        "the server refused TIME: this store stamps and checks TTL expiries "
+                        "by its host's clock; grant +time to its user to use the server's"
+                    )
+                clock = self._clock = (0.0, _monotonic())
+            else:
+                clock = self._clock = (offset_ms(server, before, after), _monotonic())
+        return int(time.time() * 1000 + clock[0])
 
     def _p_live(self, records: list[Any]) -> _Plan:
         """Which records are not expired (a list of booleans)."""

@@ -59,8 +59,8 @@ def test_sigkill_worker_mid_put_nothing_lost_later_put_wins(chaos_server, ns, wo
     seen = threading.local()
     original = lg_mod.next_version
 
-    def traced(*args: float) -> int:
-        seen.version = original(*args)
+    def traced() -> int:
+        seen.version = original()
         return seen.version
 
     monkeypatch.setattr(lg_mod, "next_version", traced)

@@ -518,27 +518,6 @@ def test_concurrent_aputs_share_jobs_and_the_later_put_of_a_key_wins(lg):
     assert by_key == {f"k{i}": {"text": "apple", "i": i} for i in range(25)}
 
 
-def test_puts_keep_their_order_when_the_stores_clock_estimate_moves_back(lg):
-    """Versions are the server's clock as the store estimates it; the estimate is read
-    again each minute, after a put's stamps. Here the store's estimate was 5 s ahead
-    and stale: the tasks of one ``gather`` are stamped with it, the read that follows
-    moves it back 5 s, and a put made after that must still win over all of them (a
-    version never goes back within a process)."""
-    lg._clock = (5_000.0, time.monotonic() - 3_600)  # 5 s ahead, read an hour ago
-
-    async def main():
-        await asyncio.gather(*(lg.aput(("mv",), "k", {"text": "pear", "n": n}) for n in range(5)))
-        moved = lg._clock[0]
-        await lg.aput(("mv",), "k", {"text": "pear", "n": 5})
-        item = await lg.aget(("mv",), "k")
-        await lg.aclose()
-        return moved, item
-
-    moved, item = asyncio.run(main())
-    assert abs(moved) < 1_000, moved  # read again: about this host's clock
-    assert item.value == {"text": "pear", "n": 5}
-
-
 def test_concurrent_aputs_over_a_jobs_size_go_one_job_each(lg):
     """A group of concurrent puts that would make a job over ``max_job_bytes`` (each
     put fits alone) is enqueued one job per put: none is refused or lost."""

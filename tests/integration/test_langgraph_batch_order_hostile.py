@@ -289,8 +289,8 @@ def _record_versions(monkeypatch) -> list[tuple[int, Any]]:
     lock = threading.Lock()
     real = lg_mod.next_version
 
-    def observed(*args: float) -> int:
-        ver = real(*args)
+    def observed() -> int:
+        ver = real()
         tags = _TAGS.get()
         with lock:
             seen.append((ver, next(tags) if tags is not None else None))
