@@ -89,6 +89,8 @@ FAILURE_OPTIONS = frozenset({
     "notify_shutdown", "store_results", "result_ttl", "group_completion_callbacks",
     "group_completion_uuid",
 })
+#: Above any ``retries`` count a worker writes (``max_retries`` is at most 1,000).
+MAX_RETRIES_OPTION = 1 << 31
 
 
 class WakeConsumer(compat.RedisConsumer):
@@ -303,6 +305,11 @@ class WakeConsumer(compat.RedisConsumer):
         forged = sorted(FAILURE_OPTIONS.intersection(message.options))
         if forged:  # dramatiq reads them before the actor's own
             return "JobPayloadError: the message sets dramatiq option(s) " + ", ".join(map(repr, forged))
+        retries = message.options.get("retries", 0)
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < MAX_RETRIES_OPTION:
+            # dramatiq's Retries adds 1 to it, the middleware reads it as a number: on
+            # anything else they raised in their hooks and the failure went unreported
+            return "JobPayloadError: the message's 'retries' option is not a count of retries"
         return None
 
     def _ids_of(self, bodies: list[bytes]) -> list[str | None]:

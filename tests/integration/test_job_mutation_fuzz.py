@@ -513,11 +513,13 @@ def test_dead_list_names_the_job_of_a_truncated_message_its_drain_reported(
 
 
 #: dramatiq options a message can set that decide how its failure is handled (read
-#: before the actor's own); memworker's producer sets none of them.
+#: before the actor's own; memworker's producer sets none of them), and a ``retries``
+#: count that is no count (dramatiq's Retries adds 1 to it).
 FAILURE_OPTIONS: list[tuple[str, Any]] = [
     ("throws", "x"), ("throws", ["ValueError"]), ("retry_when", "x"), ("max_retries", "x"),
     ("min_backoff", "x"), ("on_failure", "x"), ("on_retry_exhausted", "x"),
     ("pipe_target", {"actor_name": "memworker.save", "args": []}),
+    ("retries", "x"), ("retries", -1), ("retries", True), ("retries", 1e308),
 ]
 
 
@@ -548,5 +550,5 @@ def test_a_failing_job_with_a_forged_failure_option_is_reported_and_the_worker_r
     assert sorted(f.job_id for f in report.failed) == sorted(forged), report
     assert report.committed == 1, report
     assert all(alive), alive
-    assert all(repr(option) in f.error for f in report.failed), report.failed
+    assert all(repr(option) in f.error for f in report.failed), report.failed  # named
     assert sorted(r["job_id"] for r in dead_list(qsettings)) == sorted(forged)
