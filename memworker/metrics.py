@@ -348,8 +348,18 @@ class QueueCollector:
 
 #: Scrapes ``serve_metrics`` serves at once; a connection past them is closed at once.
 METRICS_CONNECTIONS = 16
-#: Seconds a scrape's connection may stay silent before it is dropped.
+#: Seconds a scrape's connection may last (and stay silent) before it is dropped.
 METRICS_IDLE_S = 10.0
+
+
+def _hang_up(connection: Any) -> None:
+    """End a connection from another thread (its handler's read returns)."""
+    import socket
+
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
 
 
 def serve_metrics(settings: Settings, port: int, address: str = "0.0.0.0") -> Any:  # noqa: S104
@@ -358,9 +368,9 @@ def serve_metrics(settings: Settings, port: int, address: str = "0.0.0.0") -> An
     Returns the server (``shutdown()`` stops it, ``server_close()`` frees the port).
 
     A thread per scrape, as prometheus_client's own server, but at most
-    :data:`METRICS_CONNECTIONS` at once and none held past :data:`METRICS_IDLE_S` of
-    silence: its server kept a thread for every connection, for as long as the peer
-    kept it open, so anyone who could reach the port could use up the worker process's
+    :data:`METRICS_CONNECTIONS` at once and none held past :data:`METRICS_IDLE_S`:
+    its server kept a thread for every connection, for as long as the peer kept it
+    open, so anyone who could reach the port could use up the worker process's
     threads."""
     import socket
     from socketserver import ThreadingMixIn
@@ -390,9 +400,15 @@ def serve_metrics(settings: Settings, port: int, address: str = "0.0.0.0") -> An
                 raise
 
         def process_request_thread(self, request: Any, client_address: Any) -> None:
+            # METRICS_IDLE_S in all: a peer that trickles bytes is never silent long
+            # enough for the socket's timeout, and would hold its slot for good
+            deadline = threading.Timer(METRICS_IDLE_S, _hang_up, (request,))
+            deadline.daemon = True
+            deadline.start()
             try:
                 super().process_request_thread(request, client_address)
             finally:
+                deadline.cancel()
                 self.slots.release()
 
         def handle_error(self, request: Any, client_address: Any) -> None:

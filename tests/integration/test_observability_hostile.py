@@ -329,7 +329,7 @@ def test_the_metrics_server_bounds_the_connections_a_silent_peer_holds(plain_ser
     dropped a silent one: 200 half-sent requests held 200 threads for good (review
     helper-97), and enough of them stop a worker process from starting any thread.
     Now at most ``METRICS_CONNECTIONS`` are served at once (the others are closed at
-    once), a silent one is dropped after ``METRICS_IDLE_S``, and scrapes work again."""
+    once), each is dropped after ``METRICS_IDLE_S``, and scrapes work again."""
     import socket
     import threading
 
@@ -349,13 +349,62 @@ def test_the_metrics_server_bounds_the_connections_a_silent_peer_holds(plain_ser
             peers.append(peer)
         time.sleep(0.5)
         held = threading.active_count() - before
-        assert held <= metrics.METRICS_CONNECTIONS + 2, held  # + the serving thread
+        # a handler and its deadline per connection served, and the serving thread
+        assert held <= 2 * metrics.METRICS_CONNECTIONS + 1, held
         deadline = time.monotonic() + 30
         while threading.active_count() - before > 1 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert threading.active_count() - before <= 1  # the silent ones were dropped
         assert "memworker_valkey_up" in _scrape(port)
     finally:
+        for peer in peers:
+            peer.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_peers_that_trickle_bytes_do_not_hold_the_metrics_server(plain_server, namespace, monkeypatch, tmp_path) -> None:
+    """A peer that sends one header byte now and then never goes silent for
+    ``METRICS_IDLE_S``: 16 of them held every connection slot for as long as they
+    trickled, and every scrape was refused (review helper-98). A connection gets
+    ``METRICS_IDLE_S`` in all, so a scrape gets through once theirs are up."""
+    import socket
+    import threading
+
+    from memworker import metrics
+
+    monkeypatch.setattr(metrics, "METRICS_IDLE_S", 3.0)
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    settings = Settings.from_url(plain_server.url, namespace=namespace, search_mode="exact")
+    port = free_port()
+    server = metrics.serve_metrics(settings, port, "127.0.0.1")
+    stop = threading.Event()
+    peers = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(metrics.METRICS_CONNECTIONS)]
+
+    def trickle() -> None:
+        while not stop.wait(0.05):  # far under the 3 s a silent peer gets
+            for peer in peers:
+                try:
+                    peer.send(b"X")
+                except OSError:
+                    pass
+
+    for peer in peers:
+        peer.send(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
+    try:
+        deadline = time.monotonic() + 15
+        text = None
+        while text is None and time.monotonic() < deadline:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.2)
+        assert text is not None and "memworker_valkey_up" in text, "no scrape got through in 15 s"
+    finally:
+        stop.set()
+        feeder.join(5)
         for peer in peers:
             peer.close()
         server.shutdown()
