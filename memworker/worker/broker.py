@@ -91,6 +91,9 @@ FAILURE_OPTIONS = frozenset({
 })
 #: Above any ``retries`` count a worker writes (``max_retries`` is at most 1,000).
 MAX_RETRIES_OPTION = 1 << 31
+#: How far ahead of this worker's clock a delayed message may be due (ms): a retry's
+#: backoff is at most an hour (``min_backoff_ms``), the rest covers clock skew.
+MAX_ETA_AHEAD_MS = 86_400_000
 
 
 class WakeConsumer(compat.RedisConsumer):
@@ -310,6 +313,22 @@ class WakeConsumer(compat.RedisConsumer):
             # dramatiq's Retries adds 1 to it, the middleware reads it as a number: on
             # anything else they raised in their hooks and the failure went unreported
             return "JobPayloadError: the message's 'retries' option is not a count of retries"
+        return self._eta_fault(message.options)
+
+    def _eta_fault(self, options: dict[str, Any]) -> str | None:
+        """dramatiq holds a message with an ``eta`` in this worker's memory, unacked, until
+        it is due: one due in a year held its job for a year. Only the delay queue's
+        messages carry one (a message moved back to its queue loses it); there it must
+        be a time at most :data:`MAX_ETA_AHEAD_MS` ahead."""
+        if not self.queue_name.endswith(".DQ"):
+            return "JobPayloadError: the message sets dramatiq option 'eta'" if "eta" in options else None
+        eta = options.get("eta")
+        if (
+            isinstance(eta, bool)
+            or not isinstance(eta, (int, float))
+            or not eta <= time.time() * 1000 + MAX_ETA_AHEAD_MS  # NaN and inf too; dramatiq reads the host clock
+        ):
+            return "JobPayloadError: the message's 'eta' option is not a time within a day"
         return None
 
     def _ids_of(self, bodies: list[bytes]) -> list[str | None]:

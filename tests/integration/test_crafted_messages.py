@@ -13,6 +13,7 @@ refused it.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -128,3 +129,57 @@ def test_an_encode_job_with_two_items_of_one_id_is_refused_before_any_work() -> 
     items = [{"id": "a", "content": "one"}, {"id": "b", "content": "two"}, {"id": "a", "content": "three"}]
     with pytest.raises(JobPayloadError, match=r"items\[2\]\.id appears more than once .*items\[0\]"):
         check_encode_job(items)
+
+
+def _to_delay_queue(rawq, keys: QueueKeys, job_id: str, eta: Any) -> None:
+    """Move the stored message of ``job_id`` to its queue's delay queue, due at ``eta``
+    (ms), as dramatiq's ``enqueue(message, delay=...)`` writes a retry."""
+    (rid,) = [r for r in rawq.lrange(keys.q(), 0, -1) if job_id.encode() in rawq.hget(keys.msgs(), r)]
+    msg = json.loads(rawq.hget(keys.msgs(), rid))
+    msg["queue_name"] += ".DQ"
+    msg["options"]["eta"] = eta
+    dq = msg["queue_name"]
+    rawq.lrem(keys.q(), 0, rid)
+    rawq.hdel(keys.msgs(), rid)
+    rawq.hset(keys.msgs(dq), rid, json.dumps(msg))  # Infinity for inf, as Python's json reads it
+    rawq.rpush(keys.q(dq), rid)
+    rawq.rpush(keys.wake(dq), "1")
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "per-message"])
+def test_a_message_due_far_ahead_is_refused_not_held_in_memory(qsettings, embedder, rawq, batched) -> None:
+    """dramatiq holds a message with an ``eta`` in the worker's memory until it is due: a
+    forged ``eta`` on the main queue (where no message carries one: a delayed message
+    loses it when it moves back) or one on the delay queue that is not a time within
+    a day (a retry's backoff is at most an hour) held its job, unacked, for good, and
+    its producer's drain waited it out (review helper-98). Such messages are
+    dead-lettered and reported failed naming 'eta'; a delay queue message due now
+    runs."""
+    keys = QueueKeys(qsettings.namespace)
+    now = int(time.time() * 1000)
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        def job(n: int) -> str:
+            return q.enqueue_encode_job([{"id": f"e{n}", "content": f"delayed {n}"}])[0]
+
+        forged = []
+        for n, eta in enumerate([now + 10**9, 10**18, "soon", None]):
+            forged.append(job(n))
+            _rewrite(rawq, keys, forged[-1], lambda msg, eta=eta: msg["options"].__setitem__("eta", eta))
+        for n, eta in enumerate([now + 3 * 86_400_000, float("inf"), "soon", None, True], start=10):
+            forged.append(job(n))
+            _to_delay_queue(rawq, keys, forged[-1], eta)
+        due = [job(20), job(21)]
+        _to_delay_queue(rawq, keys, due[0], now)
+        _to_delay_queue(rawq, keys, due[1], now + 1_000)
+        good = job(30)
+        with worker_mod.running_worker(
+            qsettings, threads=2, worker_timeout_ms=100, **({} if batched else {"inflight_records": 0})
+        ):
+            report = q.drain(timeout=30, job_ids=[*forged, *due, good])
+    failed = {f.job_id: f.error for f in report.failed}
+    assert set(failed) == set(forged), report
+    assert all("'eta'" in error for error in failed.values()), failed
+    assert report.committed == 3, report
+    with ValkeyStore(qsettings) as store:
+        assert sorted(r.id for r in store.list_records(limit=100)) == ["e20", "e21", "e30"]
+    assert len(rawq.hvals(keys.dead_msgs())) == len(forged)
