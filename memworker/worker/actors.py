@@ -41,7 +41,7 @@ import dramatiq
 from dramatiq.middleware import Retries
 
 from memworker.crewai import flow as crewai_flow
-from memworker.errors import ValidationError
+from memworker.errors import ConfigError, ValidationError, shown
 from memworker.queue.jobs import (
     DEFAULT_QUEUE,
     ENCODE_ACTOR,
@@ -91,6 +91,9 @@ __all__ = [
 
 #: Longest retry backoff (ms).
 DEFAULT_MAX_BACKOFF_MS = 60_000
+#: The most ``max_backoff_ms`` can be (an hour): a retry is a delayed message, and the
+#: workers refuse one due more than a day ahead (:data:`memworker.worker.broker.MAX_ETA_AHEAD_MS`).
+MAX_BACKOFF_LIMIT_MS = 3_600_000
 
 
 class WorkerContext:
@@ -251,6 +254,12 @@ def make_broker(
     and its batched path (:mod:`memworker.worker.batch`) for ``queue``
     (``inflight_records=0`` turns it off; ``commit_threads`` lanes, each lane after
     the first on a store of its own)."""
+    if isinstance(max_backoff_ms, bool) or not isinstance(max_backoff_ms, int) or not (
+        0 <= max_backoff_ms <= MAX_BACKOFF_LIMIT_MS
+    ):
+        raise ConfigError(
+            f"max_backoff_ms must be an integer >= 0 and <= {MAX_BACKOFF_LIMIT_MS}, got {shown(max_backoff_ms, 40)}"
+        )
     settings = Settings.resolve(settings)
     broker = MemworkerBroker(settings, heartbeat_timeout=heartbeat_timeout_ms)
     refuse_legacy(settings, broker.client)  # never serve a namespace of an older key layout

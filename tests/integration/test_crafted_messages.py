@@ -22,7 +22,7 @@ from test_hostile_input import embedder, qsettings, rawq  # noqa: F401 - fixture
 
 from memworker import ValkeyStore
 from memworker import worker as worker_mod
-from memworker.errors import DrainTimeout, JobPayloadError
+from memworker.errors import ConfigError, DrainTimeout, JobPayloadError
 from memworker.queue.jobs import QueueKeys
 from memworker.queue.payload import check_encode_job, job_identity
 from memworker.queue.producer import MemoryQueue
@@ -183,3 +183,11 @@ def test_a_message_due_far_ahead_is_refused_not_held_in_memory(qsettings, embedd
     with ValkeyStore(qsettings) as store:
         assert sorted(r.id for r in store.list_records(limit=100)) == ["e20", "e21", "e30"]
     assert len(rawq.hvals(keys.dead_msgs())) == len(forged)
+
+
+@pytest.mark.parametrize("value", [3_600_001, 86_400_000, -1, 1.5, True, "60000"])
+def test_a_retry_backoff_the_workers_would_refuse_is_a_config_error(value: Any) -> None:
+    """A retry is a delayed message, and the workers refuse one due more than a day
+    ahead: ``max_backoff_ms`` is at most an hour, checked before any connection."""
+    with pytest.raises(ConfigError, match=r"max_backoff_ms must be an integer >= 0 and <= 3600000"):
+        worker_mod.make_broker("redis://127.0.0.1:1/0", max_backoff_ms=value)
