@@ -253,7 +253,11 @@ def make_broker(
     """A broker with memworker's middleware and actors registered (no global broker),
     and its batched path (:mod:`memworker.worker.batch`) for ``queue``
     (``inflight_records=0`` turns it off; ``commit_threads`` lanes, each lane after
-    the first on a store of its own)."""
+    the first on a store of its own).
+
+    Raises:
+        ConfigError: ``max_backoff_ms`` above :data:`MAX_BACKOFF_LIMIT_MS` (an hour).
+    """
     if isinstance(max_backoff_ms, bool) or not isinstance(max_backoff_ms, int) or not (
         0 <= max_backoff_ms <= MAX_BACKOFF_LIMIT_MS
     ):
