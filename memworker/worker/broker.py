@@ -92,8 +92,10 @@ FAILURE_OPTIONS = frozenset({
 #: Above any ``retries`` count a worker writes (``max_retries`` is at most 1,000).
 MAX_RETRIES_OPTION = 1 << 31
 #: How far ahead of this worker's clock a delayed message may be due (ms): a retry's
-#: backoff is at most an hour (``min_backoff_ms``), the rest covers clock skew.
+#: backoff is at most an hour (``max_backoff_ms``), the rest covers clock skew.
 MAX_ETA_AHEAD_MS = 86_400_000
+#: Above any ``message_timestamp`` (ms) a producer writes, and within a float's range.
+MAX_TIMESTAMP = 1 << 62
 
 
 class WakeConsumer(compat.RedisConsumer):
@@ -150,7 +152,13 @@ class WakeConsumer(compat.RedisConsumer):
             i.decode() if isinstance(i, bytes) else str(i)
             for i in self.broker.client.smembers(self.acks_key)
         }
-        orphans = sorted(server - self.broker.held_ids())
+        held = self.broker.held_ids()
+        if self.queue_name.endswith(".DQ") and self._next_reconcile == 0.0:
+            # A new delay-queue consumer: its thread's in-memory delay queue is new too
+            # (dramatiq puts the old one's messages back, or on a connection error drops
+            # them, still held here): none of these is held by anyone.
+            held = set()
+        orphans = sorted(server - held)
         if orphans:
             log.warning(
                 "requeueing %d message(s) whose fetch reply was lost on %r",
@@ -160,6 +168,8 @@ class WakeConsumer(compat.RedisConsumer):
             compat.requeue(self.broker, self.queue_name, *orphans)
             self.broker.client.rpush(self.wake_key, *(["1"] * len(orphans)))
             self.broker.orphans_requeued += len(orphans)
+            for redis_id in orphans:
+                self.broker.release(redis_id)
 
     def requeue(self, messages: Iterable[Any]) -> None:
         """dramatiq's requeue (acks set -> back on the queue), plus one wake-up token
@@ -269,7 +279,11 @@ class WakeConsumer(compat.RedisConsumer):
             if data is None:
                 continue
             message = compat.decode_message(data)
-            fault = "DecodeError: undecodable message" if message is None else self._fault(message)
+            try:
+                fault = "DecodeError: undecodable message" if message is None else self._fault(message)
+            except Exception as exc:  # a check that raises must not stop the fetch (it came back every second)
+                log.error("checking a fetched message on %r raised %s", self.queue_name, type(exc).__name__)
+                fault = "JobPayloadError: the message's envelope is malformed"
             if message is None or fault is not None:
                 bad.append((data if isinstance(data, bytes) else str(data).encode(), str(fault)))
             else:
@@ -302,7 +316,9 @@ class WakeConsumer(compat.RedisConsumer):
             not isinstance(message.message_id, str)
             or isinstance(stamp, bool)
             or not isinstance(stamp, (int, float))
-            or not math.isfinite(stamp)  # JSON's NaN: the metrics after the commit raised
+            # JSON's NaN: the metrics after the commit raised; an integer past a float's
+            # range: math.isfinite raised in the fetch
+            or not (abs(stamp) < MAX_TIMESTAMP if isinstance(stamp, int) else math.isfinite(stamp))
         ):
             return "JobPayloadError: the message's id or timestamp is malformed"
         forged = sorted(FAILURE_OPTIONS.intersection(message.options))

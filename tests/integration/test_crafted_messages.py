@@ -78,6 +78,10 @@ CRAFTED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("two items of one id", _duplicate_item, "items[1].id"),
     ("a timestamp that is text", _set("message_timestamp", "soon"), "timestamp"),
     ("a timestamp of NaN", _set("message_timestamp", float("nan")), "timestamp"),
+    # past a float's range: math.isfinite raised in the fetch, which was put back and
+    # fetched again every second with the good jobs beside it (review helper-99)
+    ("a timestamp of 10**400", _set("message_timestamp", 10**400), "timestamp"),
+    ("a timestamp of -10**400", _set("message_timestamp", -(10**400)), "timestamp"),
     ("a message id that is a number", _set("message_id", 7), "id"),
 ]
 
