@@ -366,6 +366,11 @@ def _requeue_args(keys: QueueKeys, mid: str, raw: Any) -> list[str]:
         msg = json.loads(raw)
         (msg.get("options") or {}).pop("retries", None)
         msg.setdefault("options", {}).pop("traceback", None)
+        # A delay queue's dead letter goes back to the queue, due now (as it was
+        # refused: the workers refuse a delay on the queue itself).
+        msg["options"].pop("eta", None)
+        if msg.get("queue_name") == keys.queue + ".DQ":
+            msg["queue_name"] = keys.queue
         # The job's own ids, checked (key names): a mark restored under another id
         # than the one the worker commits or fails would never clear, and hold that
         # producer's every drain. A message that fails the check goes back without one.

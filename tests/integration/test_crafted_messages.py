@@ -23,6 +23,7 @@ from test_hostile_input import embedder, qsettings, rawq  # noqa: F401 - fixture
 from memworker import ValkeyStore
 from memworker import worker as worker_mod
 from memworker.errors import ConfigError, DrainTimeout, JobPayloadError
+from memworker.queue.admin import dead_requeue
 from memworker.queue.jobs import QueueKeys
 from memworker.queue.payload import check_encode_job, job_identity
 from memworker.queue.producer import MemoryQueue
@@ -187,6 +188,14 @@ def test_a_message_due_far_ahead_is_refused_not_held_in_memory(qsettings, embedd
     with ValkeyStore(qsettings) as store:
         assert sorted(r.id for r in store.list_records(limit=100)) == ["e20", "e21", "e30"]
     assert len(rawq.hvals(keys.dead_msgs())) == len(forged)
+    # Requeued from the dead letters, each goes back to the queue due now, the delay
+    # queue's too (it came back naming the delay queue and was refused again).
+    assert dead_requeue(qsettings) == len(forged)
+    with MemoryQueue(qsettings, producer_id="p") as q:
+        with worker_mod.running_worker(qsettings, threads=2, worker_timeout_ms=100):
+            report = q.drain(timeout=30, job_ids=forged)
+    assert report.committed == len(forged) and not report.failed, report
+    assert not rawq.hvals(keys.dead_msgs())
 
 
 @pytest.mark.parametrize("value", [3_600_001, 86_400_000, -1, 1.5, True, "60000"])
