@@ -174,12 +174,22 @@ class WakeConsumer(compat.RedisConsumer):
     def requeue(self, messages: Iterable[Any]) -> None:
         """dramatiq's requeue (acks set -> back on the queue), plus one wake-up token
         per message so an idle peer takes them at once."""
+        import redis
+
         messages = list(messages)
-        super().requeue(messages)
-        if messages:
-            self.broker.client.rpush(self.wake_key, *(["1"] * len(messages)))
-        for message in messages:
-            self.broker.release(message.options.get(REDIS_ID_OPTION))
+        try:
+            super().requeue(messages)
+            if messages:
+                self.broker.client.rpush(self.wake_key, *(["1"] * len(messages)))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # dramatiq's consumer restart puts its delay queue back through here and
+            # ignores only its own connection error: redis-py's killed the delay
+            # queue's consumer thread (no retry ran again). Left in the acks set and
+            # released, the next consumer's reconciler requeues them.
+            raise ConnectionClosed(exc) from None
+        finally:
+            for message in messages:
+                self.broker.release(message.options.get(REDIS_ID_OPTION))
 
     def close(self) -> None:
         """Put back the messages fetched into ``message_cache`` but never handed to

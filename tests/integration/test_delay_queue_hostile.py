@@ -10,6 +10,11 @@ skipped them and no peer's maintenance took them (the broker kept its heartbeat)
 job never ran again while the worker lived, and its producer's drain timed out. A new
 delay-queue consumer now puts back everything its acks set holds.
 
+And when the link dropped just as a due retry was moved back to the queue, with another
+retry waiting, dramatiq's restart put the waiting one back and failed with redis-py's
+error, which it does not catch there: the delay queue's consumer thread died. A failed
+put-back now raises dramatiq's own connection error.
+
 The link is cut by a TCP forwarder between the worker and a server of its own; the
 producer talks to the server directly.
 """
@@ -92,18 +97,19 @@ class Forwarder:
 
 
 class FailsOnce:
-    """Raises a transient error the first time it sees a text marked FLAKY."""
+    """Raises a transient error the first time it sees each text marked FLAKY."""
 
     dimension = DIM
 
     def __init__(self) -> None:
-        self.failed = threading.Event()
+        self.failed: set[str] = set()
         self.lock = threading.Lock()
 
     def encode(self, texts: list[str]) -> np.ndarray:
         with self.lock:
-            if not self.failed.is_set() and any("FLAKY" in t for t in texts):
-                self.failed.set()
+            new = {t for t in texts if "FLAKY" in t} - self.failed
+            if new:
+                self.failed |= new
                 raise OSError("transient")
         return np.stack([_vector(t) for t in texts])
 
@@ -136,7 +142,7 @@ def test_a_retry_held_in_the_delay_queue_runs_after_a_connection_blip(own_plain_
                 while not raw.scard(dq_acks):  # the retry, fetched and held until due (6-12 s)
                     assert time.monotonic() < deadline, "the retry never reached the delay queue"
                     time.sleep(0.05)
-                assert model.failed.is_set()
+                assert model.failed
                 forwarder.cut()
                 time.sleep(5)  # past the client's own reconnect attempts: the consumers restart
                 forwarder.restore()
@@ -147,3 +153,59 @@ def test_a_retry_held_in_the_delay_queue_runs_after_a_connection_blip(own_plain_
     finally:
         worker_mod.set_embedder_factory(None)
         raw.close()
+
+
+def test_a_retry_due_while_the_link_is_down_runs_when_it_is_back(own_plain_server, forwarder) -> None:
+    """The link drops just as the delay-queue consumer moves a due retry back to the
+    queue, while another retry waits: the move fails, and dramatiq's restart then puts
+    the waiting one back, which failed too with redis-py's own error (dramatiq only
+    ignores its own connection error there): the consumer thread died, and no retry
+    ran again while the worker lived. The link is cut from inside the move, so the
+    fault falls exactly there."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    namespace = "blip2"
+    model = FailsOnce()
+    worker_mod.set_embedder_factory(lambda: model)
+    direct = Settings.from_url(own_plain_server.url, namespace=namespace, search_mode="exact")
+    linked = Settings.from_url(f"redis://127.0.0.1:{forwarder.port}", namespace=namespace, search_mode="exact")
+    try:
+        with MemoryQueue(direct, producer_id="p") as q:
+            with worker_mod.running_worker(
+                linked, threads=2, worker_timeout_ms=100, inflight_records=0,
+                max_retries=5, min_backoff_ms=6_000, max_backoff_ms=12_000,
+            ) as (broker, worker):  # fmt: skip
+                dq_acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{QueueKeys(namespace).queue}.DQ"
+                jobs = []
+                for n in range(2):  # two retries waiting (one at a time: each fails alone)
+                    jobs.append(q.enqueue_encode_job([{"id": f"r{n}", "content": f"FLAKY {n}"}])[0])
+                    deadline = time.monotonic() + 5
+                    while broker.client.scard(dq_acks) <= n:
+                        assert time.monotonic() < deadline, "the retry never reached the delay queue"
+                        time.sleep(0.02)
+                # redis-py retries a command 10 times with backoff (a minute or so): one
+                # retry stands for an outage longer than that
+                broker.client.set_retry(Retry(NoBackoff(), 1))
+                enqueue, moves = broker.enqueue, []
+
+                def move_back(message, *, delay=None):  # the delay queue's consumer, a due retry
+                    if delay is None and message.options.get("retries") and not moves:
+                        moves.append(message.message_id)
+                        forwarder.cut()
+                        threading.Timer(5, forwarder.restore).start()
+                    return enqueue(message, delay=delay)
+
+                broker.enqueue = move_back
+                deadline = time.monotonic() + 30
+                while not moves:
+                    assert time.monotonic() < deadline, "no retry was moved back"
+                    time.sleep(0.05)
+                time.sleep(6)  # the link is back
+                jobs.append(q.enqueue_encode_job([{"id": "r2", "content": "FLAKY 2"}])[0])  # a retry after
+                report = q.drain(timeout=60, job_ids=jobs)
+                alive = {name: t.is_alive() for name, t in worker.consumers.items()}
+            assert report.committed == 3 and not report.failed, report
+            assert all(alive.values()), alive
+    finally:
+        worker_mod.set_embedder_factory(None)
