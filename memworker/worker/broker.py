@@ -119,11 +119,33 @@ class WakeConsumer(compat.RedisConsumer):
         self._next_reconcile = 0.0
 
     def ack(self, message: Any) -> None:
+        """Acknowledge, unless the message's retry could not be enqueued
+        (:meth:`MemworkerBroker.enqueue`): it stays in the acks set, and the reconciler
+        requeues it. An ack that fails on the connection keeps the message held:
+        dramatiq retries it until it goes through, and the reconciler must not take
+        the message for a lost fetch meanwhile (it ran the job again)."""
+        import redis
+
+        if getattr(message, "memworker_retry_unsent", False):
+            log.warning("a failed job's retry could not be enqueued; its message is requeued as it was")
+            self.queued_message_ids.discard(message.message_id)
+            self._settled(message)
+            return
         try:
             super().ack(message)
-        finally:
-            self.broker.release(message.options.get(REDIS_ID_OPTION))
-            self._slot.set()
+        except ConnectionClosed:
+            raise
+        except redis.TimeoutError as exc:  # not a ConnectionError: dramatiq would not retry it
+            raise ConnectionClosed(exc) from None
+        except BaseException:
+            self._settled(message)
+            raise
+        self._settled(message)
+
+    def _settled(self, message: Any) -> None:
+        """The message is no longer this process's: a worker thread may take another."""
+        self.broker.release(message.options.get(REDIS_ID_OPTION))
+        self._slot.set()
 
     def nack(self, message: Any) -> None:
         """Dead-letter the message and, in the same MULTI, its failure bookkeeping
@@ -136,12 +158,16 @@ class WakeConsumer(compat.RedisConsumer):
             self.broker.dead_letter(
                 self.queue_name, redis_id, getattr(message, "memworker_failure", None)
             )
-        except redis.ConnectionError as e:
-            raise ConnectionClosed(e) from None
-        finally:
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            # dramatiq retries the nack: still held meanwhile (see ack)
             self.queued_message_ids.discard(message.message_id)
-            self.broker.release(redis_id)
-            self._slot.set()
+            raise ConnectionClosed(e) from None
+        except BaseException:
+            self.queued_message_ids.discard(message.message_id)
+            self._settled(message)
+            raise
+        self.queued_message_ids.discard(message.message_id)
+        self._settled(message)
 
     def _reconcile(self) -> None:
         """Requeue the messages that this broker's acks set holds for this queue but
@@ -181,11 +207,12 @@ class WakeConsumer(compat.RedisConsumer):
             super().requeue(messages)
             if messages:
                 self.broker.client.rpush(self.wake_key, *(["1"] * len(messages)))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:
             # dramatiq's consumer restart puts its delay queue back through here and
-            # ignores only its own connection error: redis-py's killed the delay
-            # queue's consumer thread (no retry ran again). Left in the acks set and
-            # released, the next consumer's reconciler requeues them.
+            # ignores only its own connection error: redis-py's (a lost link, a full
+            # server, a replica's READONLY) killed the delay queue's consumer thread
+            # (no retry ran again). Left in the acks set and released, the next
+            # consumer's reconciler requeues them.
             raise ConnectionClosed(exc) from None
         finally:
             for message in messages:
@@ -473,6 +500,21 @@ class MemworkerBroker(compat.RedisBroker):
                 pipe.execute_command("EVAL", FAIL_SCRIPT, *failure)
             pipe.execute_command("EVAL", *compat.nack_eval_args(self, queue_name, redis_id, server_now_ms()))
             pipe.execute()
+
+    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
+        """dramatiq's enqueue. When a retry (``delay``: only dramatiq's Retries sends
+        one) cannot be enqueued, the delivery it replaces is marked so that
+        :meth:`WakeConsumer.ack` leaves it for the reconciler: dramatiq logs and
+        swallows the error and acked the message, and the job was lost."""
+        try:
+            return super().enqueue(message, delay=delay)
+        except Exception:
+            if delay is not None:
+                try:
+                    message.memworker_retry_unsent = True  # a MessageProxy
+                except AttributeError:  # a bare Message (frozen): not a delivery
+                    pass
+            raise
 
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:
         with self.client.pipeline(transaction=True) as pipe:

@@ -13,7 +13,14 @@ delay-queue consumer now puts back everything its acks set holds.
 And when the link dropped just as a due retry was moved back to the queue, with another
 retry waiting, dramatiq's restart put the waiting one back and failed with redis-py's
 error, which it does not catch there: the delay queue's consumer thread died. A failed
-put-back now raises dramatiq's own connection error.
+put-back now raises dramatiq's own connection error (so does one that fails on a full
+server).
+
+Review helper-100 found two more with the same forwarder: a job whose attempt failed
+as the link dropped, whose retry could not be enqueued either, was acked and lost; and
+a job whose ack waited for the link was released at once, so the reconciler requeued
+it and it ran twice. redis-py's own retries (a minute or so) are cut to one in these
+tests, standing for an outage longer than that.
 
 The link is cut by a TCP forwarder between the worker and a server of its own; the
 producer talks to the server directly.
@@ -21,79 +28,19 @@ producer talks to the server directly.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from netcut import Forwarder
 from test_hostile_input import DIM, _vector
 
 from memworker import worker as worker_mod
 from memworker.queue.jobs import QueueKeys
 from memworker.queue.producer import MemoryQueue
 from memworker.settings import Settings
-
-
-class Forwarder:
-    """Forwards 127.0.0.1:<port> to the server; ``cut()`` resets every connection and
-    refuses new ones until ``restore()``."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream = ("127.0.0.1", upstream_port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.down = threading.Event()
-        self.lock = threading.Lock()
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            if self.down.is_set():
-                client.close()
-                continue
-            server = socket.create_connection(self.upstream)
-            with self.lock:
-                self.conns += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        self.down.set()
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def restore(self) -> None:
-        self.down.clear()
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut()
 
 
 class FailsOnce:
@@ -208,4 +155,148 @@ def test_a_retry_due_while_the_link_is_down_runs_when_it_is_back(own_plain_serve
             assert report.committed == 3 and not report.failed, report
             assert all(alive.values()), alive
     finally:
+        worker_mod.set_embedder_factory(None)
+
+
+class Counts:
+    """Counts the texts it embeds; a text marked CUT cuts the link (restored after
+    ``outage`` s) and fails, the first time."""
+
+    dimension = DIM
+
+    def __init__(self, link: Forwarder | None = None, outage: float = 5.0) -> None:
+        self.link, self.outage = link, outage
+        self.calls: list[str] = []
+        self.lock = threading.Lock()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with self.lock:
+            cut = self.link is not None and any("CUT" in t for t in texts) and "CUT" not in str(self.calls)
+            self.calls.extend(texts)
+        if cut:
+            assert self.link is not None
+            self.link.cut()  # the outage that makes this attempt fail
+            threading.Timer(self.outage, self.link.restore).start()
+            raise OSError("transient: the connection was lost")
+        return np.stack([_vector(t) for t in texts])
+
+
+def _short_retries(broker) -> None:
+    """redis-py retries a command 10 times with backoff (a minute or so): one retry
+    stands for an outage longer than that."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    broker.client.set_retry(Retry(NoBackoff(), 1))
+
+
+def test_a_retry_that_cannot_be_enqueued_is_not_acked_away(own_plain_server, forwarder) -> None:
+    """A job's attempt fails because the link dropped, and dramatiq's Retries cannot
+    enqueue the retry either: dramatiq logged and swallowed that, then acked the
+    message once the link was back. No retry, no dead letter, no failure: the job was
+    lost, its drain timed out ("the jobs' messages are gone"; review helper-100). The
+    message now stays in the acks set, and the reconciler requeues it."""
+    model = Counts(forwarder)
+    worker_mod.set_embedder_factory(lambda: model)
+    direct = Settings.from_url(own_plain_server.url, namespace="lostretry", search_mode="exact")
+    linked = Settings.from_url(f"redis://127.0.0.1:{forwarder.port}", namespace="lostretry", search_mode="exact")
+    try:
+        with MemoryQueue(direct, producer_id="p") as q:
+            with worker_mod.running_worker(
+                linked, threads=2, worker_timeout_ms=100, inflight_records=0,
+                max_retries=5, min_backoff_ms=500, max_backoff_ms=1000,
+            ) as (broker, _):  # fmt: skip
+                _short_retries(broker)
+                job, _ = q.enqueue_encode_job([{"id": "r", "content": "CUT"}])
+                report = q.drain(timeout=40, job_ids=[job])
+        assert report.committed == 1 and not report.failed, report
+        assert model.calls == ["CUT", "CUT"]
+    finally:
+        worker_mod.set_embedder_factory(None)
+
+
+def test_a_job_whose_ack_waits_for_the_link_is_not_run_again(own_plain_server, forwarder) -> None:
+    """The link drops as a committed job is acked: dramatiq retries the ack every 5 s
+    until the link is back, but the message was released at once, so the restarted
+    consumer's reconciler took it for a lost fetch and requeued it: the job ran twice
+    (its second commit wrote nothing; review helper-100). It stays held while its ack
+    is retried."""
+    model = Counts()
+    worker_mod.set_embedder_factory(lambda: model)
+    direct = Settings.from_url(own_plain_server.url, namespace="ackdup", search_mode="exact")
+    linked = Settings.from_url(f"redis://127.0.0.1:{forwarder.port}", namespace="ackdup", search_mode="exact")
+    try:
+        with MemoryQueue(direct, producer_id="p") as q:
+            with worker_mod.running_worker(linked, threads=2, worker_timeout_ms=100, inflight_records=0) as (
+                broker, _,
+            ):  # fmt: skip
+                _short_retries(broker)
+                do_ack, acks = broker.do_ack, []
+
+                def cut_at_first_ack(queue_name, *ids):
+                    acks.append(ids)
+                    if len(acks) == 1:
+                        forwarder.cut()
+                        threading.Timer(1.5, forwarder.restore).start()
+                    return do_ack(queue_name, *ids)
+
+                broker.do_ack = cut_at_first_ack
+                job, _ = q.enqueue_encode_job([{"id": "r", "content": "ONCE"}])
+                report = q.drain(timeout=30, job_ids=[job])
+                time.sleep(8)  # past the ack's retry and a reconcile
+                requeued = broker.orphans_requeued
+        assert report.committed == 1 and not report.failed, report
+        assert model.calls == ["ONCE"], model.calls
+        assert requeued == 0
+    finally:
+        worker_mod.set_embedder_factory(None)
+
+
+def test_a_full_server_while_a_retry_moves_back_does_not_kill_the_delay_queue(own_plain_server) -> None:
+    """As the second test above, with the server out of memory (maxmemory, noeviction)
+    instead of the link down: the put-back raised redis-py's OutOfMemoryError, which
+    is no connection error, and the delay queue's consumer thread died (review
+    helper-100)."""
+    import redis
+
+    model = FailsOnce()
+    worker_mod.set_embedder_factory(lambda: model)
+    settings = Settings.from_url(own_plain_server.url, namespace="dqoom", search_mode="exact")
+    raw = redis.Redis(host="127.0.0.1", port=own_plain_server.port)
+    limit = raw.config_get("maxmemory")["maxmemory"]
+    try:
+        with MemoryQueue(settings, producer_id="p") as q:
+            with worker_mod.running_worker(
+                settings, threads=2, worker_timeout_ms=100, inflight_records=0,
+                max_retries=5, min_backoff_ms=6_000, max_backoff_ms=12_000,
+            ) as (broker, worker):  # fmt: skip
+                dq_acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{QueueKeys('dqoom').queue}.DQ"
+                jobs = []
+                for n in range(2):  # two retries waiting (one at a time: each fails alone)
+                    jobs.append(q.enqueue_encode_job([{"id": f"r{n}", "content": f"FLAKY {n}"}])[0])
+                    deadline = time.monotonic() + 5
+                    while raw.scard(dq_acks) <= n:
+                        assert time.monotonic() < deadline, "the retry never reached the delay queue"
+                        time.sleep(0.02)
+                enqueue, moves = broker.enqueue, []
+
+                def move_back(message, *, delay=None):
+                    if delay is None and message.options.get("retries") and not moves:
+                        moves.append(message.message_id)
+                        raw.config_set("maxmemory", 1)  # full for 3 s
+                        threading.Timer(3, raw.config_set, ("maxmemory", limit)).start()
+                    return enqueue(message, delay=delay)
+
+                broker.enqueue = move_back
+                deadline = time.monotonic() + 30
+                while not moves:
+                    assert time.monotonic() < deadline, "no retry was moved back"
+                    time.sleep(0.05)
+                report = q.drain(timeout=60, job_ids=jobs)
+                alive = {name: t.is_alive() for name, t in worker.consumers.items()}
+        assert report.committed == 2 and not report.failed, report
+        assert all(alive.values()), alive
+    finally:
+        raw.config_set("maxmemory", limit)
+        raw.close()
         worker_mod.set_embedder_factory(None)
