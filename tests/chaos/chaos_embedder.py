@@ -6,6 +6,9 @@ by markers in the text:
 - ``POISON``: raises (every time);
 - ``KILLME``: SIGKILLs its own process;
 - ``SLOW<ms>``: sleeps that long;
+- ``FLAKY``: raises the first three times this process sees the text (a transient
+  error: a batch's failure is re-run per request, and a job given up by the batched
+  path runs again on a worker thread, so the job itself fails and is retried);
 - ``GATE``: writes ``$MEMWORKER_CHAOS_GATE/started-<pid>`` then waits until
   ``$MEMWORKER_CHAOS_GATE/open`` exists (at most 60 s).
 
@@ -38,11 +41,25 @@ class PoisonError(RuntimeError):
     """The embedder refuses a POISON text."""
 
 
+class FlakyError(OSError):
+    """A transient failure the first times a FLAKY text is seen."""
+
+
+#: How many times this process saw each FLAKY text.
+_seen: dict[str, int] = {}
+FLAKY_FAILURES = 3
+
+
 class ChaosEmbedder:
     dimension = DIM
 
     def encode(self, texts):
         start = time.time()
+        flaky = [t for t in texts if "FLAKY" in t]
+        for t in flaky:
+            _seen[t] = _seen.get(t, 0) + 1
+        if any(_seen[t] <= FLAKY_FAILURES for t in flaky):
+            raise FlakyError("a flaky text")
         for t in texts:
             if "KILLME" in t:
                 os.kill(os.getpid(), signal.SIGKILL)
