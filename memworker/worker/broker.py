@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from dramatiq.broker import MessageProxy
-from dramatiq.errors import ConnectionClosed
+from dramatiq.errors import BrokerConnectionError, ConnectionClosed
 from dramatiq.message import Message
 
 from memworker.io.redispy import redis_client
@@ -129,6 +129,9 @@ class WakeConsumer(compat.RedisConsumer):
         if getattr(message, "memworker_retry_unsent", False):
             log.warning("a failed job's retry could not be enqueued; its message is requeued as it was")
             self.queued_message_ids.discard(message.message_id)
+            # the attempt is over: its delivery count goes when the message is requeued
+            # (clearing it now failed on the same link), or it counted towards the poison guard
+            self.broker.unsent(message.options.get(REDIS_ID_OPTION), getattr(message, "memworker_delivery", None))
             self._settled(message)
             return
         try:
@@ -191,7 +194,11 @@ class WakeConsumer(compat.RedisConsumer):
                 len(orphans),
                 self.queue_name,
             )
+            fields = self.broker.unsent_fields(orphans)
+            if fields:
+                self.broker.client.hdel(self.broker.keys.deliveries, *fields)
             compat.requeue(self.broker, self.queue_name, *orphans)
+            self.broker.unsent_done(orphans)
             self.broker.client.rpush(self.wake_key, *(["1"] * len(orphans)))
             self.broker.orphans_requeued += len(orphans)
             for redis_id in orphans:
@@ -449,10 +456,27 @@ class MemworkerBroker(compat.RedisBroker):
         self.woken_fetches = 0
         self.orphans_requeued = 0
         self._held: set[str] = set()
+        self._unsent: dict[str, str] = {}  # redis id -> delivery field (see unsent)
         self._held_lock = threading.Lock()
         self.context: WorkerContext | None = None
         #: The batched path (:mod:`memworker.worker.batch`), set by :func:`make_broker`.
         self.batches: JobBatches | None = None
+
+    def unsent(self, redis_id: Any, field: str | None) -> None:
+        """Remember the delivery field of a message whose retry could not be enqueued
+        (cleared when :meth:`WakeConsumer._reconcile` requeues it)."""
+        if isinstance(redis_id, str) and field:
+            with self._held_lock:
+                self._unsent[redis_id] = field
+
+    def unsent_fields(self, redis_ids: Iterable[str]) -> list[str]:
+        with self._held_lock:
+            return [f for i in redis_ids if (f := self._unsent.get(i))]
+
+    def unsent_done(self, redis_ids: Iterable[str]) -> None:
+        with self._held_lock:
+            for redis_id in redis_ids:
+                self._unsent.pop(redis_id, None)
 
     def hold(self, redis_ids: Iterable[str]) -> None:
         """Record the redis message ids of fetched messages (until ack, nack or requeue)."""
@@ -506,14 +530,17 @@ class MemworkerBroker(compat.RedisBroker):
         one) cannot be enqueued, the delivery it replaces is marked so that
         :meth:`WakeConsumer.ack` leaves it for the reconciler: dramatiq logs and
         swallows the error and acked the message, and the job was lost."""
+        import redis
+
         try:
             return super().enqueue(message, delay=delay)
-        except Exception:
-            if delay is not None:
-                try:
-                    message.memworker_retry_unsent = True  # a MessageProxy
-                except AttributeError:  # a bare Message (frozen): not a delivery
-                    pass
+        except Exception as exc:
+            if delay is not None and isinstance(message, MessageProxy):
+                delivery: Any = message  # the delivery this retry replaces
+                if isinstance(exc, (redis.RedisError, BrokerConnectionError)):
+                    delivery.memworker_retry_unsent = True
+                else:  # not Valkey's: it would fail the same way every time
+                    delivery.fail()
             raise
 
     def do_enqueue(self, queue_name: str, message_id: str, data: bytes) -> Any:

@@ -19,7 +19,10 @@ server).
 Review helper-100 found two more with the same forwarder: a job whose attempt failed
 as the link dropped, whose retry could not be enqueued either, was acked and lost; and
 a job whose ack waited for the link was released at once, so the reconciler requeued
-it and it ran twice. redis-py's own retries (a minute or so) are cut to one in these
+it and it ran twice; and helper-101 two in that fix: the requeued message's delivery
+count (not cleared over the dead link) failed a healthy job as a poison job after
+three outages, and a retry that failed to enqueue for a reason not Valkey's ran again
+every 5 s forever. redis-py's own retries (a minute or so) are cut to one in these
 tests, standing for an outage longer than that.
 
 The link is cut by a TCP forwarder between the worker and a server of its own; the
@@ -299,4 +302,83 @@ def test_a_full_server_while_a_retry_moves_back_does_not_kill_the_delay_queue(ow
     finally:
         raw.config_set("maxmemory", limit)
         raw.close()
+        worker_mod.set_embedder_factory(None)
+
+
+class CutsNTimes(Counts):
+    """Each of the first ``n`` attempts of a CUT text cuts the link (restored after
+    ``outage`` s) and fails, as its commit would with the link down."""
+
+    def __init__(self, link: Forwarder, n: int, outage: float = 1.5) -> None:
+        super().__init__(link, outage)
+        self.n = n
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with self.lock:
+            self.calls.extend(texts)
+            cut = "CUT" in texts and self.calls.count("CUT") <= self.n
+        if cut:
+            assert self.link is not None
+            self.link.cut()
+            threading.Timer(self.outage, self.link.restore).start()
+            raise OSError("transient: the connection was lost")
+        return np.stack([_vector(t) for t in texts])
+
+
+def test_unsent_retries_do_not_count_towards_the_poison_guard(own_plain_server, forwarder) -> None:
+    """Three attempts of one job fail with the link down (max_retries 5): each retry
+    could not be enqueued, and each attempt's delivery count could not be cleared over
+    the dead link, so the requeued message's next delivery counted on: the fourth was
+    failed as a poison job ("delivered 4 times without finishing: it may crash its
+    worker"; review helper-101). The count is cleared when the message is requeued."""
+    model = CutsNTimes(forwarder, 3)
+    worker_mod.set_embedder_factory(lambda: model)
+    direct = Settings.from_url(own_plain_server.url, namespace="poison3", search_mode="exact")
+    linked = Settings.from_url(f"redis://127.0.0.1:{forwarder.port}", namespace="poison3", search_mode="exact")
+    try:
+        with MemoryQueue(direct, producer_id="p") as q:
+            with worker_mod.running_worker(
+                linked, threads=2, worker_timeout_ms=100, inflight_records=0,
+                max_retries=5, min_backoff_ms=500, max_backoff_ms=1000,
+            ) as (broker, _):  # fmt: skip
+                _short_retries(broker)
+                job, _ = q.enqueue_encode_job([{"id": "r", "content": "CUT"}])
+                report = q.drain(timeout=60, job_ids=[job])
+        assert report.committed == 1 and not report.failed, report
+        assert model.calls.count("CUT") == 4
+    finally:
+        worker_mod.set_embedder_factory(None)
+
+
+def test_a_retry_that_fails_to_enqueue_for_another_reason_fails_the_job(own_plain_server) -> None:
+    """A retry whose enqueue fails for a reason that is not Valkey's (here a middleware
+    that raises, standing for a bug) would fail the same way every time: left for the
+    reconciler, the job ran again every 5 s, forever, and its drain timed out (review
+    helper-101). It is failed and reported."""
+    from dramatiq.middleware import Middleware, MiddlewareError
+
+    class Buggy(Middleware):
+        def before_enqueue(self, broker, message, delay):
+            if delay is not None:
+                raise MiddlewareError("a bug in a before_enqueue hook")
+
+    class AlwaysFails:
+        dimension = DIM
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            raise OSError("transient, forever")
+
+    worker_mod.set_embedder_factory(AlwaysFails)
+    settings = Settings.from_url(own_plain_server.url, namespace="bugloop", search_mode="exact")
+    try:
+        with MemoryQueue(settings, producer_id="p") as q:
+            with worker_mod.running_worker(
+                settings, threads=2, worker_timeout_ms=100, inflight_records=0,
+                max_retries=3, min_backoff_ms=100, max_backoff_ms=200,
+            ) as (broker, _):  # fmt: skip
+                broker.add_middleware(Buggy())
+                job, _ = q.enqueue_encode_job([{"id": "r", "content": "X"}])
+                report = q.drain(timeout=30, job_ids=[job])
+        assert [f.job_id for f in report.failed] == [job], report
+    finally:
         worker_mod.set_embedder_factory(None)
