@@ -34,6 +34,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,6 +66,30 @@ class FailsOnce:
         return np.stack([_vector(t) for t in texts])
 
 
+class CutsNTimes:
+    """Counts the texts it embeds; each of the first ``n`` attempts of the text CUT
+    cuts the link (restored after ``outage`` s) and fails, as its commit would with
+    the link down."""
+
+    dimension = DIM
+
+    def __init__(self, link: Forwarder | None = None, n: int = 0, outage: float = 1.5) -> None:
+        self.link, self.n, self.outage = link, n, outage
+        self.calls: list[str] = []
+        self.lock = threading.Lock()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with self.lock:
+            self.calls.extend(texts)
+            cut = self.link is not None and "CUT" in texts and self.calls.count("CUT") <= self.n
+        if cut:
+            assert self.link is not None
+            self.link.cut()
+            threading.Timer(self.outage, self.link.restore).start()
+            raise OSError("transient: the connection was lost")
+        return np.stack([_vector(t) for t in texts])
+
+
 @pytest.fixture
 def forwarder(own_plain_server) -> Iterator[Forwarder]:
     link = Forwarder(own_plain_server.port)
@@ -71,38 +97,89 @@ def forwarder(own_plain_server) -> Iterator[Forwarder]:
     link.close()
 
 
-def test_a_retry_held_in_the_delay_queue_runs_after_a_connection_blip(own_plain_server, forwarder) -> None:
-    import redis
+@contextmanager
+def worker_behind(
+    server: Any, link: Forwarder | None, namespace: str, model: Any, *, short_retries: bool = False,
+    **options: Any,
+) -> Iterator[tuple[MemoryQueue, Any, Any]]:
+    """A producer on ``server`` and a worker (2 threads, the per-message path, the
+    embedder ``model``) that reaches it through ``link`` (directly when ``None``).
 
-    namespace = "blip"
-    model = FailsOnce()
+    ``short_retries``: redis-py retries a command 10 times with backoff (a minute or
+    so): one retry stands for an outage longer than that."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     worker_mod.set_embedder_factory(lambda: model)
-    direct = Settings.from_url(own_plain_server.url, namespace=namespace, search_mode="exact")
-    linked = Settings.from_url(f"redis://127.0.0.1:{forwarder.port}", namespace=namespace, search_mode="exact")
-    raw = redis.Redis(host="127.0.0.1", port=own_plain_server.port)
+    direct = Settings.from_url(server.url, namespace=namespace, search_mode="exact")
+    linked = direct if link is None else Settings.from_url(
+        f"redis://127.0.0.1:{link.port}", namespace=namespace, search_mode="exact"
+    )
     try:
         with MemoryQueue(direct, producer_id="p") as q:
-            job, _ = q.enqueue_encode_job([{"id": "r", "content": "FLAKY once"}])
             with worker_mod.running_worker(
-                linked, threads=2, worker_timeout_ms=100, inflight_records=0,
-                max_retries=5, min_backoff_ms=12_000, max_backoff_ms=12_000,
-            ) as (broker, _):  # fmt: skip
-                dq_acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{QueueKeys(namespace).queue}.DQ"
-                deadline = time.monotonic() + 30
-                while not raw.scard(dq_acks):  # the retry, fetched and held until due (6-12 s)
-                    assert time.monotonic() < deadline, "the retry never reached the delay queue"
-                    time.sleep(0.05)
-                assert model.failed
-                forwarder.cut()
-                time.sleep(5)  # past the client's own reconnect attempts: the consumers restart
-                forwarder.restore()
-                good, _ = q.enqueue_encode_job([{"id": "g", "content": "after the blip"}])
-                report = q.drain(timeout=45, job_ids=[job, good])
-                assert report.committed == 2 and not report.failed, report
-                assert not raw.scard(dq_acks)
+                linked, threads=2, worker_timeout_ms=100, inflight_records=0, **options
+            ) as (broker, worker):
+                if short_retries:
+                    broker.client.set_retry(Retry(NoBackoff(), 1))
+                yield q, broker, worker
     finally:
         worker_mod.set_embedder_factory(None)
-        raw.close()
+
+
+def dq_acks(broker: Any, namespace: str) -> str:
+    """The set of the delay queue's messages this worker fetched and holds."""
+    return f"{broker.namespace}:__acks__.{broker.broker_id}.{QueueKeys(namespace).queue}.DQ"
+
+
+def flaky_retries_waiting(q: MemoryQueue, broker: Any, namespace: str, n: int) -> list[str]:
+    """Enqueue ``n`` jobs that fail once, one at a time (each fails alone), until each
+    retry is held by the delay queue's consumer; their job ids."""
+    jobs = []
+    for k in range(n):
+        jobs.append(q.enqueue_encode_job([{"id": f"r{k}", "content": f"FLAKY {k}"}])[0])
+        deadline = time.monotonic() + 30
+        while broker.client.scard(dq_acks(broker, namespace)) <= k:
+            assert time.monotonic() < deadline, "the retry never reached the delay queue"
+            time.sleep(0.02)
+    return jobs
+
+
+def fault_at_first_move(broker: Any, fault: Any) -> list[str]:
+    """Run ``fault()`` as the delay queue's consumer moves the first due retry back to
+    the queue, right before it enqueues it there; the ids moved so far."""
+    enqueue, moves = broker.enqueue, []
+
+    def move_back(message: Any, *, delay: int | None = None) -> Any:
+        if delay is None and message.options.get("retries") and not moves:
+            moves.append(message.message_id)
+            fault()
+        return enqueue(message, delay=delay)
+
+    broker.enqueue = move_back
+    return moves
+
+
+def wait_moved(moves: list[str]) -> None:
+    deadline = time.monotonic() + 30
+    while not moves:
+        assert time.monotonic() < deadline, "no retry was moved back"
+        time.sleep(0.05)
+
+
+def test_a_retry_held_in_the_delay_queue_runs_after_a_connection_blip(own_plain_server, forwarder) -> None:
+    with worker_behind(
+        own_plain_server, forwarder, "blip", FailsOnce(), max_retries=5, min_backoff_ms=12_000,
+        max_backoff_ms=12_000,
+    ) as (q, broker, _):  # fmt: skip
+        (job,) = flaky_retries_waiting(q, broker, "blip", 1)  # held until due (6-12 s)
+        forwarder.cut()
+        time.sleep(5)  # past the client's own reconnect attempts: the consumers restart
+        forwarder.restore()
+        good, _ = q.enqueue_encode_job([{"id": "g", "content": "after the blip"}])
+        report = q.drain(timeout=45, job_ids=[job, good])
+        assert report.committed == 2 and not report.failed, report
+        assert not broker.client.scard(dq_acks(broker, "blip"))
 
 
 def test_a_retry_due_while_the_link_is_down_runs_when_it_is_back(own_plain_server, forwarder) -> None:
@@ -112,85 +189,52 @@ def test_a_retry_due_while_the_link_is_down_runs_when_it_is_back(own_plain_serve
     ignores its own connection error there): the consumer thread died, and no retry
     ran again while the worker lived. The link is cut from inside the move, so the
     fault falls exactly there."""
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
-    namespace = "blip2"
-    model = FailsOnce()
-    worker_mod.set_embedder_factory(lambda: model)
-    direct = Settings.from_url(own_plain_server.url, namespace=namespace, search_mode="exact")
-    linked = Settings.from_url(f"redis://127.0.0.1:{forwarder.port}", namespace=namespace, search_mode="exact")
+    def outage() -> None:
+        forwarder.cut()
+        threading.Timer(5, forwarder.restore).start()
+
+    with worker_behind(
+        own_plain_server, forwarder, "blip2", FailsOnce(), short_retries=True, max_retries=5,
+        min_backoff_ms=6_000, max_backoff_ms=12_000,
+    ) as (q, broker, worker):  # fmt: skip
+        jobs = flaky_retries_waiting(q, broker, "blip2", 2)
+        wait_moved(fault_at_first_move(broker, outage))
+        time.sleep(6)  # the link is back
+        jobs.append(q.enqueue_encode_job([{"id": "r2", "content": "FLAKY 2"}])[0])  # a retry after
+        report = q.drain(timeout=60, job_ids=jobs)
+        alive = {name: t.is_alive() for name, t in worker.consumers.items()}
+    assert report.committed == 3 and not report.failed, report
+    assert all(alive.values()), alive
+
+
+def test_a_full_server_while_a_retry_moves_back_does_not_kill_the_delay_queue(own_plain_server) -> None:
+    """As the test above, with the server out of memory (maxmemory, noeviction) instead
+    of the link down: the put-back raised redis-py's OutOfMemoryError, which is no
+    connection error, and the delay queue's consumer thread died (review helper-100)."""
+    import redis
+
+    raw = redis.Redis(host="127.0.0.1", port=own_plain_server.port)
+    limit = raw.config_get("maxmemory")["maxmemory"]
+
+    def full() -> None:  # for 3 s
+        raw.config_set("maxmemory", 1)
+        threading.Timer(3, raw.config_set, ("maxmemory", limit)).start()
+
     try:
-        with MemoryQueue(direct, producer_id="p") as q:
-            with worker_mod.running_worker(
-                linked, threads=2, worker_timeout_ms=100, inflight_records=0,
-                max_retries=5, min_backoff_ms=6_000, max_backoff_ms=12_000,
-            ) as (broker, worker):  # fmt: skip
-                dq_acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{QueueKeys(namespace).queue}.DQ"
-                jobs = []
-                for n in range(2):  # two retries waiting (one at a time: each fails alone)
-                    jobs.append(q.enqueue_encode_job([{"id": f"r{n}", "content": f"FLAKY {n}"}])[0])
-                    deadline = time.monotonic() + 5
-                    while broker.client.scard(dq_acks) <= n:
-                        assert time.monotonic() < deadline, "the retry never reached the delay queue"
-                        time.sleep(0.02)
-                # redis-py retries a command 10 times with backoff (a minute or so): one
-                # retry stands for an outage longer than that
-                broker.client.set_retry(Retry(NoBackoff(), 1))
-                enqueue, moves = broker.enqueue, []
-
-                def move_back(message, *, delay=None):  # the delay queue's consumer, a due retry
-                    if delay is None and message.options.get("retries") and not moves:
-                        moves.append(message.message_id)
-                        forwarder.cut()
-                        threading.Timer(5, forwarder.restore).start()
-                    return enqueue(message, delay=delay)
-
-                broker.enqueue = move_back
-                deadline = time.monotonic() + 30
-                while not moves:
-                    assert time.monotonic() < deadline, "no retry was moved back"
-                    time.sleep(0.05)
-                time.sleep(6)  # the link is back
-                jobs.append(q.enqueue_encode_job([{"id": "r2", "content": "FLAKY 2"}])[0])  # a retry after
-                report = q.drain(timeout=60, job_ids=jobs)
-                alive = {name: t.is_alive() for name, t in worker.consumers.items()}
-            assert report.committed == 3 and not report.failed, report
-            assert all(alive.values()), alive
+        with worker_behind(
+            own_plain_server, None, "dqoom", FailsOnce(), max_retries=5, min_backoff_ms=6_000,
+            max_backoff_ms=12_000,
+        ) as (q, broker, worker):  # fmt: skip
+            jobs = flaky_retries_waiting(q, broker, "dqoom", 2)
+            wait_moved(fault_at_first_move(broker, full))
+            report = q.drain(timeout=60, job_ids=jobs)
+            alive = {name: t.is_alive() for name, t in worker.consumers.items()}
+        assert report.committed == 2 and not report.failed, report
+        assert all(alive.values()), alive
     finally:
-        worker_mod.set_embedder_factory(None)
-
-
-class Counts:
-    """Counts the texts it embeds; a text marked CUT cuts the link (restored after
-    ``outage`` s) and fails, the first time."""
-
-    dimension = DIM
-
-    def __init__(self, link: Forwarder | None = None, outage: float = 5.0) -> None:
-        self.link, self.outage = link, outage
-        self.calls: list[str] = []
-        self.lock = threading.Lock()
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        with self.lock:
-            cut = self.link is not None and any("CUT" in t for t in texts) and "CUT" not in str(self.calls)
-            self.calls.extend(texts)
-        if cut:
-            assert self.link is not None
-            self.link.cut()  # the outage that makes this attempt fail
-            threading.Timer(self.outage, self.link.restore).start()
-            raise OSError("transient: the connection was lost")
-        return np.stack([_vector(t) for t in texts])
-
-
-def _short_retries(broker) -> None:
-    """redis-py retries a command 10 times with backoff (a minute or so): one retry
-    stands for an outage longer than that."""
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    broker.client.set_retry(Retry(NoBackoff(), 1))
+        raw.config_set("maxmemory", limit)
+        raw.close()
 
 
 def test_a_retry_that_cannot_be_enqueued_is_not_acked_away(own_plain_server, forwarder) -> None:
@@ -199,130 +243,15 @@ def test_a_retry_that_cannot_be_enqueued_is_not_acked_away(own_plain_server, for
     message once the link was back. No retry, no dead letter, no failure: the job was
     lost, its drain timed out ("the jobs' messages are gone"; review helper-100). The
     message now stays in the acks set, and the reconciler requeues it."""
-    model = Counts(forwarder)
-    worker_mod.set_embedder_factory(lambda: model)
-    direct = Settings.from_url(own_plain_server.url, namespace="lostretry", search_mode="exact")
-    linked = Settings.from_url(f"redis://127.0.0.1:{forwarder.port}", namespace="lostretry", search_mode="exact")
-    try:
-        with MemoryQueue(direct, producer_id="p") as q:
-            with worker_mod.running_worker(
-                linked, threads=2, worker_timeout_ms=100, inflight_records=0,
-                max_retries=5, min_backoff_ms=500, max_backoff_ms=1000,
-            ) as (broker, _):  # fmt: skip
-                _short_retries(broker)
-                job, _ = q.enqueue_encode_job([{"id": "r", "content": "CUT"}])
-                report = q.drain(timeout=40, job_ids=[job])
-        assert report.committed == 1 and not report.failed, report
-        assert model.calls == ["CUT", "CUT"]
-    finally:
-        worker_mod.set_embedder_factory(None)
-
-
-def test_a_job_whose_ack_waits_for_the_link_is_not_run_again(own_plain_server, forwarder) -> None:
-    """The link drops as a committed job is acked: dramatiq retries the ack every 5 s
-    until the link is back, but the message was released at once, so the restarted
-    consumer's reconciler took it for a lost fetch and requeued it: the job ran twice
-    (its second commit wrote nothing; review helper-100). It stays held while its ack
-    is retried."""
-    model = Counts()
-    worker_mod.set_embedder_factory(lambda: model)
-    direct = Settings.from_url(own_plain_server.url, namespace="ackdup", search_mode="exact")
-    linked = Settings.from_url(f"redis://127.0.0.1:{forwarder.port}", namespace="ackdup", search_mode="exact")
-    try:
-        with MemoryQueue(direct, producer_id="p") as q:
-            with worker_mod.running_worker(linked, threads=2, worker_timeout_ms=100, inflight_records=0) as (
-                broker, _,
-            ):  # fmt: skip
-                _short_retries(broker)
-                do_ack, acks = broker.do_ack, []
-
-                def cut_at_first_ack(queue_name, *ids):
-                    acks.append(ids)
-                    if len(acks) == 1:
-                        forwarder.cut()
-                        threading.Timer(1.5, forwarder.restore).start()
-                    return do_ack(queue_name, *ids)
-
-                broker.do_ack = cut_at_first_ack
-                job, _ = q.enqueue_encode_job([{"id": "r", "content": "ONCE"}])
-                report = q.drain(timeout=30, job_ids=[job])
-                time.sleep(8)  # past the ack's retry and a reconcile
-                requeued = broker.orphans_requeued
-        assert report.committed == 1 and not report.failed, report
-        assert model.calls == ["ONCE"], model.calls
-        assert requeued == 0
-    finally:
-        worker_mod.set_embedder_factory(None)
-
-
-def test_a_full_server_while_a_retry_moves_back_does_not_kill_the_delay_queue(own_plain_server) -> None:
-    """As the second test above, with the server out of memory (maxmemory, noeviction)
-    instead of the link down: the put-back raised redis-py's OutOfMemoryError, which
-    is no connection error, and the delay queue's consumer thread died (review
-    helper-100)."""
-    import redis
-
-    model = FailsOnce()
-    worker_mod.set_embedder_factory(lambda: model)
-    settings = Settings.from_url(own_plain_server.url, namespace="dqoom", search_mode="exact")
-    raw = redis.Redis(host="127.0.0.1", port=own_plain_server.port)
-    limit = raw.config_get("maxmemory")["maxmemory"]
-    try:
-        with MemoryQueue(settings, producer_id="p") as q:
-            with worker_mod.running_worker(
-                settings, threads=2, worker_timeout_ms=100, inflight_records=0,
-                max_retries=5, min_backoff_ms=6_000, max_backoff_ms=12_000,
-            ) as (broker, worker):  # fmt: skip
-                dq_acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{QueueKeys('dqoom').queue}.DQ"
-                jobs = []
-                for n in range(2):  # two retries waiting (one at a time: each fails alone)
-                    jobs.append(q.enqueue_encode_job([{"id": f"r{n}", "content": f"FLAKY {n}"}])[0])
-                    deadline = time.monotonic() + 5
-                    while raw.scard(dq_acks) <= n:
-                        assert time.monotonic() < deadline, "the retry never reached the delay queue"
-                        time.sleep(0.02)
-                enqueue, moves = broker.enqueue, []
-
-                def move_back(message, *, delay=None):
-                    if delay is None and message.options.get("retries") and not moves:
-                        moves.append(message.message_id)
-                        raw.config_set("maxmemory", 1)  # full for 3 s
-                        threading.Timer(3, raw.config_set, ("maxmemory", limit)).start()
-                    return enqueue(message, delay=delay)
-
-                broker.enqueue = move_back
-                deadline = time.monotonic() + 30
-                while not moves:
-                    assert time.monotonic() < deadline, "no retry was moved back"
-                    time.sleep(0.05)
-                report = q.drain(timeout=60, job_ids=jobs)
-                alive = {name: t.is_alive() for name, t in worker.consumers.items()}
-        assert report.committed == 2 and not report.failed, report
-        assert all(alive.values()), alive
-    finally:
-        raw.config_set("maxmemory", limit)
-        raw.close()
-        worker_mod.set_embedder_factory(None)
-
-
-class CutsNTimes(Counts):
-    """Each of the first ``n`` attempts of a CUT text cuts the link (restored after
-    ``outage`` s) and fails, as its commit would with the link down."""
-
-    def __init__(self, link: Forwarder, n: int, outage: float = 1.5) -> None:
-        super().__init__(link, outage)
-        self.n = n
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        with self.lock:
-            self.calls.extend(texts)
-            cut = "CUT" in texts and self.calls.count("CUT") <= self.n
-        if cut:
-            assert self.link is not None
-            self.link.cut()
-            threading.Timer(self.outage, self.link.restore).start()
-            raise OSError("transient: the connection was lost")
-        return np.stack([_vector(t) for t in texts])
+    model = CutsNTimes(forwarder, 1, outage=5)
+    with worker_behind(
+        own_plain_server, forwarder, "lostretry", model, short_retries=True, max_retries=5,
+        min_backoff_ms=500, max_backoff_ms=1000,
+    ) as (q, _, _):  # fmt: skip
+        job, _ = q.enqueue_encode_job([{"id": "r", "content": "CUT"}])
+        report = q.drain(timeout=40, job_ids=[job])
+    assert report.committed == 1 and not report.failed, report
+    assert model.calls == ["CUT", "CUT"]
 
 
 def test_unsent_retries_do_not_count_towards_the_poison_guard(own_plain_server, forwarder) -> None:
@@ -332,22 +261,41 @@ def test_unsent_retries_do_not_count_towards_the_poison_guard(own_plain_server, 
     failed as a poison job ("delivered 4 times without finishing: it may crash its
     worker"; review helper-101). The count is cleared when the message is requeued."""
     model = CutsNTimes(forwarder, 3)
-    worker_mod.set_embedder_factory(lambda: model)
-    direct = Settings.from_url(own_plain_server.url, namespace="poison3", search_mode="exact")
-    linked = Settings.from_url(f"redis://127.0.0.1:{forwarder.port}", namespace="poison3", search_mode="exact")
-    try:
-        with MemoryQueue(direct, producer_id="p") as q:
-            with worker_mod.running_worker(
-                linked, threads=2, worker_timeout_ms=100, inflight_records=0,
-                max_retries=5, min_backoff_ms=500, max_backoff_ms=1000,
-            ) as (broker, _):  # fmt: skip
-                _short_retries(broker)
-                job, _ = q.enqueue_encode_job([{"id": "r", "content": "CUT"}])
-                report = q.drain(timeout=60, job_ids=[job])
-        assert report.committed == 1 and not report.failed, report
-        assert model.calls.count("CUT") == 4
-    finally:
-        worker_mod.set_embedder_factory(None)
+    with worker_behind(
+        own_plain_server, forwarder, "poison3", model, short_retries=True, max_retries=5,
+        min_backoff_ms=500, max_backoff_ms=1000,
+    ) as (q, _, _):  # fmt: skip
+        job, _ = q.enqueue_encode_job([{"id": "r", "content": "CUT"}])
+        report = q.drain(timeout=60, job_ids=[job])
+    assert report.committed == 1 and not report.failed, report
+    assert model.calls.count("CUT") == 4
+
+
+def test_a_job_whose_ack_waits_for_the_link_is_not_run_again(own_plain_server, forwarder) -> None:
+    """The link drops as a committed job is acked: dramatiq retries the ack every 5 s
+    until the link is back, but the message was released at once, so the restarted
+    consumer's reconciler took it for a lost fetch and requeued it: the job ran twice
+    (its second commit wrote nothing; review helper-100). It stays held while its ack
+    is retried."""
+    model = CutsNTimes()
+    with worker_behind(own_plain_server, forwarder, "ackdup", model, short_retries=True) as (q, broker, _):
+        do_ack, acks = broker.do_ack, []
+
+        def cut_at_first_ack(queue_name: str, *ids: str) -> Any:
+            acks.append(ids)
+            if len(acks) == 1:
+                forwarder.cut()
+                threading.Timer(1.5, forwarder.restore).start()
+            return do_ack(queue_name, *ids)
+
+        broker.do_ack = cut_at_first_ack
+        job, _ = q.enqueue_encode_job([{"id": "r", "content": "ONCE"}])
+        report = q.drain(timeout=30, job_ids=[job])
+        time.sleep(8)  # past the ack's retry and a reconcile
+        requeued = broker.orphans_requeued
+    assert report.committed == 1 and not report.failed, report
+    assert model.calls == ["ONCE"], model.calls
+    assert requeued == 0
 
 
 def test_a_retry_that_fails_to_enqueue_for_another_reason_fails_the_job(own_plain_server) -> None:
@@ -358,7 +306,7 @@ def test_a_retry_that_fails_to_enqueue_for_another_reason_fails_the_job(own_plai
     from dramatiq.middleware import Middleware, MiddlewareError
 
     class Buggy(Middleware):
-        def before_enqueue(self, broker, message, delay):
+        def before_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
             if delay is not None:
                 raise MiddlewareError("a bug in a before_enqueue hook")
 
@@ -368,17 +316,11 @@ def test_a_retry_that_fails_to_enqueue_for_another_reason_fails_the_job(own_plai
         def encode(self, texts: list[str]) -> np.ndarray:
             raise OSError("transient, forever")
 
-    worker_mod.set_embedder_factory(AlwaysFails)
-    settings = Settings.from_url(own_plain_server.url, namespace="bugloop", search_mode="exact")
-    try:
-        with MemoryQueue(settings, producer_id="p") as q:
-            with worker_mod.running_worker(
-                settings, threads=2, worker_timeout_ms=100, inflight_records=0,
-                max_retries=3, min_backoff_ms=100, max_backoff_ms=200,
-            ) as (broker, _):  # fmt: skip
-                broker.add_middleware(Buggy())
-                job, _ = q.enqueue_encode_job([{"id": "r", "content": "X"}])
-                report = q.drain(timeout=30, job_ids=[job])
-        assert [f.job_id for f in report.failed] == [job], report
-    finally:
-        worker_mod.set_embedder_factory(None)
+    with worker_behind(
+        own_plain_server, None, "bugloop", AlwaysFails(), max_retries=3, min_backoff_ms=100,
+        max_backoff_ms=200,
+    ) as (q, broker, _):  # fmt: skip
+        broker.add_middleware(Buggy())
+        job, _ = q.enqueue_encode_job([{"id": "r", "content": "X"}])
+        report = q.drain(timeout=30, job_ids=[job])
+    assert [f.job_id for f in report.failed] == [job], report
