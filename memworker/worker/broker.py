@@ -96,6 +96,44 @@ MAX_RETRIES_OPTION = 1 << 31
 MAX_ETA_AHEAD_MS = 86_400_000
 #: Above any ``message_timestamp`` (ms) a producer writes, and within a float's range.
 MAX_TIMESTAMP = 1 << 62
+#: Withdraw one delivery of an attempt from the poison guard's count (KEYS: deliveries;
+#: ARGV: the attempt's field); the field goes at zero.
+_DROP_DELIVERY = (
+    'local n = redis.call("HINCRBY", KEYS[1], ARGV[1], -1) '
+    'if n <= 0 then redis.call("HDEL", KEYS[1], ARGV[1]) end return n'
+)
+
+
+def _link_lost(exc: BaseException) -> bool:
+    """A lost link to Valkey, as redis-py reports it: dramatiq retries an ack or nack
+    only on its own ConnectionClosed, and redis-py's timeout and (cluster client)
+    unreachable cluster are no ``ConnectionError``."""
+    import redis.exceptions as rex
+
+    return isinstance(exc, (rex.ConnectionError, rex.TimeoutError, rex.RedisClusterException))
+
+
+#: Replies of a server that cannot take a write for now (full, a replica, loading,
+#: busy with a script, a cluster without its slots or its primary).
+_UNAVAILABLE_REPLIES = ("OOM", "READONLY", "LOADING", "BUSY", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")
+
+
+def _valkey_unavailable(exc: BaseException) -> bool:
+    """Valkey out of reach or unable to write for now, which a later attempt may not
+    meet: a lost link (a cluster client's unreachable cluster included), a full server,
+    a replica's READONLY. Not an authentication or permission refusal, nor another
+    error reply or an error of the client's own, which would come back every time."""
+    import redis.exceptions as rex
+
+    from memworker.io.plan import error_text, is_permanent
+
+    if is_permanent(exc):
+        return False
+    if isinstance(exc, rex.ResponseError):
+        return error_text(exc).lstrip().upper().startswith(_UNAVAILABLE_REPLIES) or isinstance(
+            exc, (rex.OutOfMemoryError, rex.ReadOnlyError, rex.BusyLoadingError, rex.ClusterDownError, rex.TryAgainError)
+        )
+    return _link_lost(exc) or isinstance(exc, (BrokerConnectionError, OSError))
 
 
 class WakeConsumer(compat.RedisConsumer):
@@ -124,13 +162,11 @@ class WakeConsumer(compat.RedisConsumer):
         requeues it. An ack that fails on the connection keeps the message held:
         dramatiq retries it until it goes through, and the reconciler must not take
         the message for a lost fetch meanwhile (it ran the job again)."""
-        import redis
-
         if getattr(message, "memworker_retry_unsent", False):
             log.warning("a failed job's retry could not be enqueued; its message is requeued as it was")
             self.queued_message_ids.discard(message.message_id)
-            # the attempt is over: its delivery count goes when the message is requeued
-            # (clearing it now failed on the same link), or it counted towards the poison guard
+            # the attempt is over: the next reconcile withdraws its delivery count (clearing
+            # it at its end failed on the same link), or it counted towards the poison guard
             self.broker.unsent(message.options.get(REDIS_ID_OPTION), getattr(message, "memworker_delivery", None))
             self._settled(message)
             return
@@ -138,8 +174,11 @@ class WakeConsumer(compat.RedisConsumer):
             super().ack(message)
         except ConnectionClosed:
             raise
-        except redis.TimeoutError as exc:  # not a ConnectionError: dramatiq would not retry it
-            raise ConnectionClosed(exc) from None
+        except Exception as exc:
+            if _link_lost(exc):  # dramatiq would not retry it
+                raise ConnectionClosed(exc) from None
+            self._settled(message)
+            raise
         except BaseException:
             self._settled(message)
             raise
@@ -154,17 +193,17 @@ class WakeConsumer(compat.RedisConsumer):
         """Dead-letter the message and, in the same MULTI, its failure bookkeeping
         (prepared by :meth:`BarrierMiddleware.before_nack`): a drain that saw the
         failure finds the dead letter too."""
-        import redis
-
         redis_id = message.options.get(REDIS_ID_OPTION)
         try:
             self.broker.dead_letter(
                 self.queue_name, redis_id, getattr(message, "memworker_failure", None)
             )
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            # dramatiq retries the nack: still held meanwhile (see ack)
+        except Exception as e:
             self.queued_message_ids.discard(message.message_id)
-            raise ConnectionClosed(e) from None
+            if _link_lost(e):  # dramatiq retries the nack: still held meanwhile (see ack)
+                raise ConnectionClosed(e) from None
+            self._settled(message)
+            raise
         except BaseException:
             self.queued_message_ids.discard(message.message_id)
             self._settled(message)
@@ -177,6 +216,12 @@ class WakeConsumer(compat.RedisConsumer):
         no consumer of this process knows of: their fetch reply was lost with a
         connection. Messages still held by worker threads (even those fetched by a
         consumer that was replaced) are in the broker's registry and stay."""
+        for redis_id, field in self.broker.unsent_items():
+            # the attempt whose retry could not be enqueued is over: its delivery no
+            # longer counts, whoever requeues the message (here, or a peer's
+            # maintenance while this worker's link was down)
+            self.broker.client.eval(_DROP_DELIVERY, 1, self.broker.keys.deliveries, field)
+            self.broker.unsent_done([redis_id])
         server = {
             i.decode() if isinstance(i, bytes) else str(i)
             for i in self.broker.client.smembers(self.acks_key)
@@ -194,11 +239,7 @@ class WakeConsumer(compat.RedisConsumer):
                 len(orphans),
                 self.queue_name,
             )
-            fields = self.broker.unsent_fields(orphans)
-            if fields:
-                self.broker.client.hdel(self.broker.keys.deliveries, *fields)
             compat.requeue(self.broker, self.queue_name, *orphans)
-            self.broker.unsent_done(orphans)
             self.broker.client.rpush(self.wake_key, *(["1"] * len(orphans)))
             self.broker.orphans_requeued += len(orphans)
             for redis_id in orphans:
@@ -214,7 +255,7 @@ class WakeConsumer(compat.RedisConsumer):
             super().requeue(messages)
             if messages:
                 self.broker.client.rpush(self.wake_key, *(["1"] * len(messages)))
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
             # dramatiq's consumer restart puts its delay queue back through here and
             # ignores only its own connection error: redis-py's (a lost link, a full
             # server, a replica's READONLY) killed the delay queue's consumer thread
@@ -464,14 +505,14 @@ class MemworkerBroker(compat.RedisBroker):
 
     def unsent(self, redis_id: Any, field: str | None) -> None:
         """Remember the delivery field of a message whose retry could not be enqueued
-        (cleared when :meth:`WakeConsumer._reconcile` requeues it)."""
+        (its count is withdrawn by the next :meth:`WakeConsumer._reconcile`)."""
         if isinstance(redis_id, str) and field:
             with self._held_lock:
                 self._unsent[redis_id] = field
 
-    def unsent_fields(self, redis_ids: Iterable[str]) -> list[str]:
+    def unsent_items(self) -> list[tuple[str, str]]:
         with self._held_lock:
-            return [f for i in redis_ids if (f := self._unsent.get(i))]
+            return list(self._unsent.items())
 
     def unsent_done(self, redis_ids: Iterable[str]) -> None:
         with self._held_lock:
@@ -529,17 +570,16 @@ class MemworkerBroker(compat.RedisBroker):
         """dramatiq's enqueue. When a retry (``delay``: only dramatiq's Retries sends
         one) cannot be enqueued, the delivery it replaces is marked so that
         :meth:`WakeConsumer.ack` leaves it for the reconciler: dramatiq logs and
-        swallows the error and acked the message, and the job was lost."""
-        import redis
-
+        swallows the error and acked the message, and the job was lost. One that
+        fails on a refusal (a permission) or an error not Valkey's fails the job."""
         try:
             return super().enqueue(message, delay=delay)
         except Exception as exc:
             if delay is not None and isinstance(message, MessageProxy):
                 delivery: Any = message  # the delivery this retry replaces
-                if isinstance(exc, (redis.RedisError, BrokerConnectionError)):
+                if _valkey_unavailable(exc):
                     delivery.memworker_retry_unsent = True
-                else:  # not Valkey's: it would fail the same way every time
+                else:  # a refusal, or not Valkey's: it would fail the same way every time
                     delivery.fail()
             raise
 

@@ -22,7 +22,9 @@ a job whose ack waited for the link was released at once, so the reconciler requ
 it and it ran twice; and helper-101 two in that fix: the requeued message's delivery
 count (not cleared over the dead link) failed a healthy job as a poison job after
 three outages, and a retry that failed to enqueue for a reason not Valkey's ran again
-every 5 s forever. redis-py's own retries (a minute or so) are cut to one in these
+every 5 s forever; and helper-102 two in those: a peer that requeued the message
+first left the count standing, and a cluster client's unreachable cluster (no
+RedisError) failed the job for a transient outage. redis-py's own retries (a minute or so) are cut to one in these
 tests, standing for an outage longer than that.
 
 The link is cut by a TCP forwarder between the worker and a server of its own; the
@@ -324,3 +326,81 @@ def test_a_retry_that_fails_to_enqueue_for_another_reason_fails_the_job(own_plai
         job, _ = q.enqueue_encode_job([{"id": "r", "content": "X"}])
         report = q.drain(timeout=30, job_ids=[job])
     assert [f.job_id for f in report.failed] == [job], report
+
+
+def test_a_peer_requeueing_an_unsent_retry_leaves_only_its_own_delivery_counted(own_plain_server) -> None:
+    """Worker A's retry of a job could not be enqueued (its link down for longer than
+    the heartbeat timeout); a peer B's maintenance requeues A's message and delivers
+    it. A cleared the attempt's count only for messages its own reconciler requeued,
+    so B's delivery counted on A's (2 after one outage: a poison job after three), and
+    A remembered the message for good (review helper-102). A now withdraws its own
+    delivery whoever requeued the message."""
+    from dramatiq.broker import MessageProxy
+    from dramatiq.message import Message
+
+    from memworker.worker import _dramatiq_compat as compat
+    from memworker.worker.broker import MemworkerBroker, WakeConsumer
+
+    settings = Settings.from_url(own_plain_server.url, namespace="peerunsent", search_mode="exact")
+    a, b = MemworkerBroker(settings), MemworkerBroker(settings)
+    try:
+        a.enqueue(Message(queue_name="default", actor_name="x", args=({"j": 1},), kwargs={}, options={}))
+        msg = compat.decode_message(compat.fetch(a, "default", 1)[0])
+        rid, field = msg.options["redis_message_id"], f"{msg.message_id}:0"
+        a.client.hincrby(a.keys.deliveries, field, 1)  # A's delivery (before_process_message)
+        consumer = WakeConsumer(a, "default", prefetch=1, timeout=100)
+        a.hold([rid])
+        delivery: Any = MessageProxy(msg)
+        delivery.memworker_retry_unsent, delivery.memworker_delivery = True, field
+        consumer.ack(delivery)  # the retry could not be enqueued; the count stayed (dead link)
+        a.client.zadd(a.keys.heartbeats, {a.broker_id: 0})  # A silent past the heartbeat timeout
+        fetched = compat.fetch(b, "default", 1)  # B's maintenance requeues A's acks; B takes it
+        assert compat.decode_message(fetched[0]).options["redis_message_id"] == rid
+        b.client.hincrby(b.keys.deliveries, field, 1)  # B's delivery
+        consumer._reconcile()  # A's link is back
+        assert a.client.hget(a.keys.deliveries, field) == b"1"  # B's delivery alone
+        assert a.unsent_items() == []
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "unsent"),
+    [("RedisClusterUnreachableError", True), ("ClusterDownError", True), ("OutOfMemoryError", True),
+     ("ReadOnlyError", True), ("BusyLoadingError", True), ("ConnectionError", True), ("TimeoutError", True),
+     ("NoPermissionError", False), ("ResponseError", False), ("DataError", False)],
+)  # fmt: skip
+def test_a_retry_unsent_for_valkey_is_requeued_and_for_a_refusal_fails_the_job(monkeypatch, error, unsent) -> None:
+    """A retry whose enqueue met an outage of Valkey's (a cluster client's unreachable
+    cluster is no RedisError: it failed the job for a transient outage, review
+    helper-102) is left for the reconciler; a permission refusal, another error reply
+    or a client-side error would come back every time (the job would run again every
+    5 s, forever), and fails the job."""
+    import redis.exceptions as rex
+    from dramatiq.broker import MessageProxy
+    from dramatiq.message import Message
+
+    from memworker.worker import _dramatiq_compat as compat
+    from memworker.worker.broker import MemworkerBroker
+
+    exc = getattr(rex, error)
+    text = {
+        "NoPermissionError": "NOPERM this user has no permissions to run the 'evalsha' command",
+        "ResponseError": "ERR unknown command 'evalsha'",
+        "ClusterDownError": "CLUSTERDOWN The cluster is down",
+        "OutOfMemoryError": "OOM command not allowed when used memory > 'maxmemory'.",
+        "ReadOnlyError": "READONLY You can't write against a read only replica.",
+        "BusyLoadingError": "LOADING Valkey is loading the dataset in memory",
+    }.get(error, "x")
+
+    def refuse(self: Any, message: Any, *, delay: Any = None) -> None:
+        raise exc(text)
+
+    monkeypatch.setattr(compat.RedisBroker, "enqueue", refuse)
+    broker = object.__new__(MemworkerBroker)  # no connection: the classification alone
+    delivery: Any = MessageProxy(Message(queue_name="default", actor_name="a", args=(1,), kwargs={}, options={}))
+    with pytest.raises(exc):
+        MemworkerBroker.enqueue(broker, delivery, delay=100)
+    assert getattr(delivery, "memworker_retry_unsent", False) is unsent
+    assert delivery.failed is not unsent
